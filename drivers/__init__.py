@@ -1,0 +1,1 @@
+"""VSP/VSC driver pairs and the plugin registry (entry-point group `hvsim.drivers`)."""

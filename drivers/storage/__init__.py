@@ -1,0 +1,1 @@
+"""Synthetic SCSI storage: VHD files and the storvsp/storvsc pair."""

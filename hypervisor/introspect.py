@@ -1,0 +1,79 @@
+"""Introspection: what the host's owner (tests, the management layer) may see of the core and no
+partition can: page owners, each partition's reachable pages, pools, counters, a state digest."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from hypervisor import _binding
+from hypervisor.abi import OWNER_FREE, OWNER_HV
+
+if TYPE_CHECKING:
+    from hypervisor.host import Host
+    from hypervisor.partition import Partition
+
+FREE = "free"
+HYPERVISOR = "hypervisor"
+
+
+def _pid(p: Partition | int) -> int:
+    return p if isinstance(p, int) else p.id
+
+
+class Introspection:
+    def __init__(self, host: Host):
+        self._host = host
+
+    def totals(self) -> dict:
+        """pages, hv_pages, free_pages, partition_pages, partitions."""
+        return _binding.hv_host_totals(self._host._h)
+
+    def partition_ids(self) -> list[int]:
+        return _binding.hv_host_partitions(self._host._h)
+
+    def partition_info(self, p: Partition | int) -> dict | None:
+        """State, privileges, CPU controls, pages owned, pool free/used, GPA pages mapped, VP
+        mask and counters (hypercalls, hypercalls_failed, reps) of one partition."""
+        return _binding.hv_partition_info(self._host._h, _pid(p))
+
+    def counters(self, p: Partition | int) -> dict:
+        info = self.partition_info(p)
+        return {k: info[k] for k in ("hypercalls", "hypercalls_failed", "reps")}
+
+    def owner_codes(self, first: int = 0, count: int | None = None) -> memoryview:
+        """Raw owner code per SPA page (a partition's slot, OWNER_FREE or OWNER_HV)."""
+        total = self.totals()["pages"]
+        return _binding.hv_page_owners(self._host._h, first, total - first if count is None else count)
+
+    def page_owners(self) -> dict[str | int, int]:
+        """Pages per owner: {"free": n, "hypervisor": n, partition_id: n, ...}."""
+        slots = {self.partition_info(pid)["slot"]: pid for pid in self.partition_ids()}
+        by_code = Counter(self.owner_codes().tolist())
+        return {FREE if code == OWNER_FREE else HYPERVISOR if code == OWNER_HV else slots.get(code, code): n
+                for code, n in by_code.items()}
+
+    def owner_of(self, pfn: int) -> str | int:
+        code = self.owner_codes(pfn, 1)[0]
+        if code == OWNER_FREE:
+            return FREE
+        if code == OWNER_HV:
+            return HYPERVISOR
+        for pid in self.partition_ids():
+            if self.partition_info(pid)["slot"] == code:
+                return pid
+        raise AssertionError(f"SPA page {pfn} has owner code {code}, which names no partition")
+
+    def reach(self, p: Partition | int) -> dict[int, tuple[int, int]]:
+        """{gpa_page: (spa_pfn, rights)} for every page the partition can reach."""
+        return {g: (pfn, r) for g, pfn, r in _binding.hv_partition_reach(self._host._h, _pid(p))}
+
+    def reachable_pages(self, p: Partition | int) -> set[int]:
+        return {pfn for _, pfn, _ in _binding.hv_partition_reach(self._host._h, _pid(p))}
+
+    def pool_pages(self, p: Partition | int) -> list[int]:
+        return _binding.hv_pool_pages(self._host._h, _pid(p))
+
+    def digest(self, *, memory: bool = True) -> bytes:
+        """A 16-byte digest of the whole core state (with memory contents unless memory=False).
+        Statistics such as hypercall counters are not state and are left out."""
+        return _binding.hv_state_digest(self._host._h, memory)

@@ -1,0 +1,336 @@
+"""Partitions and virtual processors as Python objects: the raw hypercall instruction on a VP and
+typed wrappers for every hypercall the core implements.
+
+Every wrapper encodes its TLFS input block, issues it through `VirtualProcessor.hypercall` (the
+same entry point a guest uses; there is no side door) and decodes the output. Rep calls are split
+so that each invocation's input fits in one page, and continued from the reps the hypervisor
+reports as completed, the way Linux's `hv_do_rep_hypercall` does.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+
+from hypervisor import _binding
+from hypervisor.abi import (PAGE_SIZE, MAX_REP_COUNT, PARTITION_ID_INVALID, PARTITION_ID_SELF,
+                            MAP_RWX, CallCode, PartitionProperty, PartitionState, control)
+from hypervisor.status import HvStatus, error_for, status_of
+
+if TYPE_CHECKING:
+    from hypervisor.host import Host
+
+
+@dataclass(frozen=True)
+class HypercallResult:
+    """What the hypercall instruction returned."""
+
+    status: HvStatus | int
+    reps_completed: int
+    output: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.status == HvStatus.SUCCESS
+
+    def check(self, call: str | None = None) -> HypercallResult:
+        """Return self, or raise the HvError subclass for the status."""
+        if not self.ok:
+            raise error_for(int(self.status), call)
+        return self
+
+
+def _round8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+class VirtualProcessor:
+    """One VP of a partition. Its hypercall input and output blocks live in two pages of the
+    partition's own memory (by default GPA pages 2i and 2i+1 for a child's VP i; the root's VPs
+    get pages of their own at boot)."""
+
+    def __init__(self, partition: Partition, index: int, input_gpa: int, output_gpa: int):
+        self.partition = partition
+        self.index = index
+        self.input_gpa = input_gpa
+        self.output_gpa = output_gpa
+
+    def __repr__(self) -> str:
+        return f"<VP {self.index} of partition {self.partition.id}>"
+
+    def set_hypercall_pages(self, input_gpa: int, output_gpa: int) -> None:
+        self.input_gpa, self.output_gpa = input_gpa, output_gpa
+
+    def hypercall(self, control_word: int, input: bytes = b"", *, input_gpa: int | None = None,
+                  output_gpa: int | None = None) -> HypercallResult:
+        """The raw TLFS hypercall: `control_word` as the 64-bit input value, `input` the input
+        block (written to this VP's input page, or passed in registers for a fast call)."""
+        host, pid = self.partition.host, self.partition.id
+        in_gpa = self.input_gpa if input_gpa is None else input_gpa
+        out_gpa = self.output_gpa if output_gpa is None else output_gpa
+        fast = bool(control_word >> 16 & 1)
+        if fast:
+            data = bytes(input).ljust(16, b"\0")
+            rdx, r8 = struct.unpack_from("<QQ", data)
+            raw = _binding.hv_hypercall(host._h, pid, self.index, control_word, rdx, r8,
+                                        data[16:112] if len(data) > 16 else None)
+        else:
+            if input:
+                self.store_input(input, in_gpa)
+            raw = _binding.hv_hypercall(host._h, pid, self.index, control_word, in_gpa, out_gpa)
+        status = status_of(raw & 0xFFFF)
+        reps = raw >> 32 & 0xFFF
+        output = b""
+        shape = _binding.hv_call_shape(control_word & 0xFFFF)
+        if status == HvStatus.SUCCESS and not fast and shape:
+            rep_count = control_word >> 32 & 0xFFF
+            out_len = _round8(shape["out_size"] + rep_count * shape["out_elem_size"])
+            if out_len:
+                output = _binding.hv_partition_read(host._h, pid, out_gpa, out_len) or b""
+        return HypercallResult(status, reps, output)
+
+    def store_input(self, data: bytes, gpa: int | None = None) -> bool:
+        """Store an input block the way a guest does, with ordinary writes to its own memory
+        (this VP's input page unless `gpa` is given). If the writes fault, the hypercall that
+        follows still goes ahead and the hypervisor reports what it finds there."""
+        gpa = self.input_gpa if gpa is None else gpa
+        return _binding.hv_partition_write(self.partition.host._h, self.partition.id, gpa, bytes(data))
+
+    # Registers of this VP, through the partition's own Get/SetVpRegisters.
+    def get_registers(self, names: Sequence[int]) -> list[int]:
+        return self.partition.get_vp_registers(self.partition, self.index, names, via=self)
+
+    def set_registers(self, values: Mapping[int, int]) -> None:
+        self.partition.set_vp_registers(self.partition, self.index, values, via=self)
+
+
+class Partition:
+    """A partition of a Host. The methods are hypercalls this partition issues (from VP 0 unless
+    `via=` names another of its VPs); most of them act on a child named as `target`."""
+
+    def __init__(self, host: Host, partition_id: int):
+        self.host = host
+        self.id = partition_id
+        self._vps: dict[int, VirtualProcessor] = {}
+
+    def __repr__(self) -> str:
+        return f"<Partition {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Partition) and other.host is self.host and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash((id(self.host), self.id))
+
+    @property
+    def is_root(self) -> bool:
+        return self.id == self.host.root.id
+
+    # ---- VPs -------------------------------------------------------------------------------
+    def vp(self, index: int = 0) -> VirtualProcessor:
+        """VP `index` of this partition (it must have been created, or be one of the root's)."""
+        if index not in self._vps:
+            info = self.host.introspect.partition_info(self)
+            if not info or not (info["vp_mask"] >> index) & 1:
+                raise LookupError(f"partition {self.id} has no VP {index}")
+            self._vps[index] = VirtualProcessor(self, index, 2 * index * PAGE_SIZE,
+                                                (2 * index + 1) * PAGE_SIZE)
+        return self._vps[index]
+
+    @property
+    def vps(self) -> list[VirtualProcessor]:
+        mask = self.host.introspect.partition_info(self)["vp_mask"]
+        return [self.vp(i) for i in range(64) if mask >> i & 1]
+
+    # ---- plumbing --------------------------------------------------------------------------
+    def _call(self, code: int, header: bytes, *, via: VirtualProcessor | None, name: str) -> bytes:
+        vp = via or self.vp(0)
+        return vp.hypercall(control(code), header).check(name).output
+
+    def _rep_call(self, code: int, header: bytes, elements: Sequence[bytes] | int, *, elem_size: int,
+                  out_elem_size: int = 0, via: VirtualProcessor | None, name: str) -> bytes:
+        """Issue a rep call over `elements` (packed byte strings, or a bare count for calls
+        without input elements), splitting so each block fits in a page and continuing on
+        partial completion. Returns the concatenated output elements."""
+        vp = via or self.vp(0)
+        total = elements if isinstance(elements, int) else len(elements)
+        per_call = MAX_REP_COUNT
+        if elem_size:
+            per_call = min(per_call, (PAGE_SIZE - len(header)) // elem_size)
+        if out_elem_size:
+            per_call = min(per_call, PAGE_SIZE // out_elem_size)
+        out = bytearray()
+        done = 0
+        while done < total:
+            batch = min(per_call, total - done)
+            block = header if isinstance(elements, int) else header + b"".join(elements[done:done + batch])
+            start = 0
+            while start < batch:
+                r = vp.hypercall(control(code, rep_count=batch, rep_start=start), block)
+                if not r.ok:
+                    raise error_for(int(r.status), name, f"after {done + r.reps_completed} of {total} elements")
+                if out_elem_size:
+                    out += r.output[start * out_elem_size:r.reps_completed * out_elem_size]
+                if r.reps_completed <= start:
+                    raise error_for(int(HvStatus.OPERATION_FAILED), name, "no progress")
+                start = r.reps_completed
+            done += batch
+        return bytes(out)
+
+    @staticmethod
+    def _target_id(target: Partition | int | None) -> int:
+        if target is None:
+            return PARTITION_ID_SELF
+        return target if isinstance(target, int) else target.id
+
+    # ---- partition lifecycle ----------------------------------------------------------------
+    def create_partition(self, *, via: VirtualProcessor | None = None) -> Partition:
+        out = self._call(CallCode.CREATE_PARTITION, bytes(56), via=via, name="CreatePartition")
+        return self.host._partition(struct.unpack_from("<Q", out)[0])
+
+    def initialize_partition(self, target: Partition | int, *, via=None) -> None:
+        self._call(CallCode.INITIALIZE_PARTITION, struct.pack("<Q", self._target_id(target)), via=via,
+                   name="InitializePartition")
+
+    def finalize_partition(self, target: Partition | int, *, via=None) -> None:
+        self._call(CallCode.FINALIZE_PARTITION, struct.pack("<Q", self._target_id(target)), via=via,
+                   name="FinalizePartition")
+
+    def delete_partition(self, target: Partition | int, *, via=None) -> None:
+        tid = self._target_id(target)
+        self._call(CallCode.DELETE_PARTITION, struct.pack("<Q", tid), via=via, name="DeletePartition")
+        self.host._forget(tid)
+
+    def get_partition_property(self, target: Partition | int | None, code: int, *, via=None) -> int:
+        out = self._call(CallCode.GET_PARTITION_PROPERTY, struct.pack("<QII", self._target_id(target), code, 0),
+                         via=via, name="GetPartitionProperty")
+        return struct.unpack_from("<Q", out)[0]
+
+    def set_partition_property(self, target: Partition | int, code: int, value: int, *, via=None) -> None:
+        self._call(CallCode.SET_PARTITION_PROPERTY,
+                   struct.pack("<QIIQ", self._target_id(target), code, 0, value), via=via,
+                   name="SetPartitionProperty")
+
+    def get_partition_id(self, *, via=None) -> int:
+        out = self._call(CallCode.GET_PARTITION_ID, b"", via=via, name="GetPartitionId")
+        return struct.unpack_from("<Q", out)[0]
+
+    def get_next_child_partition(self, previous: Partition | int = PARTITION_ID_INVALID, *, via=None) -> int:
+        prev = previous if isinstance(previous, int) else previous.id
+        out = self._call(CallCode.GET_NEXT_CHILD_PARTITION, struct.pack("<QQ", PARTITION_ID_SELF, prev),
+                         via=via, name="GetNextChildPartition")
+        return struct.unpack_from("<Q", out)[0]
+
+    def children(self, *, via=None) -> list[Partition]:
+        """This partition's children, walked with GetNextChildPartition."""
+        found, prev = [], PARTITION_ID_INVALID
+        while (prev := self.get_next_child_partition(prev, via=via)) != PARTITION_ID_INVALID:
+            found.append(self.host._partition(prev))
+        return found
+
+    # ---- memory pool ----------------------------------------------------------------------
+    def deposit_memory(self, target: Partition | int | None, gpa_pages: Sequence[int], *, via=None) -> None:
+        self._rep_call(CallCode.DEPOSIT_MEMORY, struct.pack("<Q", self._target_id(target)),
+                       [struct.pack("<Q", p) for p in gpa_pages], elem_size=8, via=via, name="DepositMemory")
+
+    def withdraw_memory(self, target: Partition | int | None, count: int, *, via=None) -> list[int]:
+        out = self._rep_call(CallCode.WITHDRAW_MEMORY, struct.pack("<QQ", self._target_id(target), 0), count,
+                             elem_size=0, out_elem_size=8, via=via, name="WithdrawMemory")
+        return list(struct.unpack(f"<{count}Q", out))
+
+    def get_memory_balance(self, target: Partition | int | None = None, *, via=None) -> tuple[int, int]:
+        """(pages available, pages in use) in the target's pool."""
+        out = self._call(CallCode.GET_MEMORY_BALANCE, struct.pack("<QQ", self._target_id(target), 0),
+                         via=via, name="GetMemoryBalance")
+        return struct.unpack_from("<QQ", out)
+
+    # ---- GPA maps -----------------------------------------------------------------------------
+    def map_gpa_pages(self, target: Partition | int, gpa_page_base: int, source_pages: Sequence[int],
+                      flags: int = MAP_RWX, *, via=None) -> None:
+        """Move `source_pages` (this partition's GPA pages) into the target, mapped at
+        consecutive GPA pages from `gpa_page_base` with `flags` rights."""
+        per_call = (PAGE_SIZE - 24) // 8
+        for off in range(0, len(source_pages), per_call):
+            chunk = source_pages[off:off + per_call]
+            header = struct.pack("<QQII", self._target_id(target), gpa_page_base + off, int(flags), 0)
+            self._rep_call(CallCode.MAP_GPA_PAGES, header, [struct.pack("<Q", p) for p in chunk],
+                           elem_size=8, via=via, name="MapGpaPages")
+
+    def unmap_gpa_pages(self, target: Partition | int, gpa_page_base: int, count: int, *, via=None) -> None:
+        for off in range(0, count, MAX_REP_COUNT):
+            n = min(MAX_REP_COUNT, count - off)
+            header = struct.pack("<QQII", self._target_id(target), gpa_page_base + off, 0, 0)
+            self._rep_call(CallCode.UNMAP_GPA_PAGES, header, n, elem_size=0, via=via, name="UnmapGpaPages")
+
+    # ---- VPs of a child -----------------------------------------------------------------------
+    def create_vp(self, target: Partition | int, vp_index: int, *, via=None) -> None:
+        self._call(CallCode.CREATE_VP, struct.pack("<QIIQQ", self._target_id(target), vp_index, 0, 0, 0),
+                   via=via, name="CreateVp")
+
+    def delete_vp(self, target: Partition | int, vp_index: int, *, via=None) -> None:
+        self._call(CallCode.DELETE_VP, struct.pack("<QII", self._target_id(target), vp_index, 0),
+                   via=via, name="DeleteVp")
+
+    def get_vp_registers(self, target: Partition | int | None, vp_index: int, names: Sequence[int],
+                         *, via=None) -> list[int]:
+        header = struct.pack("<QIB3x", self._target_id(target), vp_index, 0)
+        elements = [struct.pack("<I", n) for n in names]
+        out = self._rep_call(CallCode.GET_VP_REGISTERS, header, elements, elem_size=4, out_elem_size=16,
+                             via=via, name="GetVpRegisters")
+        return [struct.unpack_from("<Q", out, 16 * i)[0] for i in range(len(names))]
+
+    def set_vp_registers(self, target: Partition | int | None, vp_index: int, values: Mapping[int, int],
+                         *, via=None) -> None:
+        header = struct.pack("<QIB3x", self._target_id(target), vp_index, 0)
+        elements = [struct.pack("<IIQQQ", n, 0, 0, v & 0xFFFFFFFFFFFFFFFF, 0) for n, v in values.items()]
+        self._rep_call(CallCode.SET_VP_REGISTERS, header, elements, elem_size=32, via=via, name="SetVpRegisters")
+
+    # ---- convenience views (introspection, not hypercalls) -----------------------------------
+    @property
+    def state(self) -> PartitionState | None:
+        info = self.host.introspect.partition_info(self)
+        return PartitionState(info["state"]) if info else None
+
+    @property
+    def privileges(self) -> int:
+        return self.host.introspect.partition_info(self)["privileges"]
+
+    def read(self, gpa: int, length: int) -> bytes:
+        """A load from this partition's own memory, as its guest code would do it."""
+        data = _binding.hv_partition_read(self.host._h, self.id, gpa, length)
+        if data is None:
+            raise MemoryError(f"partition {self.id}: GPA {gpa:#x}+{length} is not readable by it")
+        return data
+
+    def write(self, gpa: int, data: bytes) -> None:
+        """A store to this partition's own memory, as its guest code would do it."""
+        if not _binding.hv_partition_write(self.host._h, self.id, gpa, bytes(data)):
+            raise MemoryError(f"partition {self.id}: GPA {gpa:#x}+{len(data)} is not writable by it")
+
+
+class RootMemory:
+    """The root's own page allocator: which of the root's pages are free for it to deposit or
+    map into children. A real root's memory manager knows this; the hypervisor does not help."""
+
+    def __init__(self, first_pfn: int, end_pfn: int):
+        self._next = first_pfn
+        self._end = end_pfn
+        self._returned: list[int] = []
+
+    @property
+    def available(self) -> int:
+        return self._end - self._next + len(self._returned)
+
+    def allocate(self, count: int) -> list[int]:
+        if count > self.available:
+            raise MemoryError(f"the root has {self.available} free pages, {count} were asked for")
+        take = min(count, len(self._returned))
+        pages = self._returned[len(self._returned) - take:]
+        del self._returned[len(self._returned) - take:]
+        fresh = count - take
+        pages += range(self._next, self._next + fresh)
+        self._next += fresh
+        return pages
+
+    def release(self, pages: Iterable[int]) -> None:
+        self._returned.extend(pages)

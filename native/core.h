@@ -1,0 +1,185 @@
+/* core.h: every object of the hypervisor core and all of its state, in one place.
+ *
+ * All state the isolation argument rests on is reachable from one `struct hv_host`: several hosts
+ * may live in one process (tests create many), so there are no file-scope globals. One line of
+ * comment per field says what it holds and the invariant it keeps.
+ */
+#ifndef HV_CORE_H
+#define HV_CORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hv_abi.h"
+/* The types and calls Python sees; written so that the same file is both C and the cffi cdef. */
+#include "api/core.h"
+
+#define HV_CORE_ABI_VERSION 1u
+
+#define HV_MAX_PARTITIONS 2048u      /* slots, root included (Hyper-V: 1,024 running VMs) */
+#define HV_MAX_VPS        64u        /* per partition (cost-model §5) */
+#define HV_MAX_GPA_PAGES  (1u << 24) /* a child's GPA space: 64 GiB */
+#define HV_LEAF_ENTRIES   512u       /* GPA map leaf table: one 4 KiB page of 8-byte entries */
+#define HV_HV_RESERVED_PAGES 16u     /* SPA pages the hypervisor keeps for itself at boot */
+#define HV_PARTITION_INIT_PAGES 1u   /* pool pages InitializePartition consumes */
+#define HV_VP_PAGES       1u         /* pool pages one VP consumes */
+
+/* Page owners (the owner table holds one uint32 per SPA page). Partition slots are owners
+ * 0..HV_MAX_PARTITIONS-1, slot 0 being the root: a fresh, all-zero owner table therefore says
+ * "the root owns every page", which is Hyper-V's boot state and costs nothing until touched. */
+#define HV_OWNER_FREE 0xFFFFFFFEu
+#define HV_OWNER_HV   0xFFFFFFFFu
+
+/* GPA map leaf entry: bit 0 present, bits 1..3 rights (HV_MAP_GPA_* << 1), 63:12 SPA pfn. */
+#define HV_PTE_PRESENT 0x1ull
+#define HV_PTE_RIGHTS_SHIFT 1
+
+enum hv_partition_state {
+    HV_PARTITION_CREATED = 1,     /* properties may be set; no VPs, no memory map */
+    HV_PARTITION_INITIALIZED = 2, /* VPs and GPA mappings may be added; VPs may run */
+    HV_PARTITION_FINALIZED = 3,   /* stopped for good: may be unmapped, withdrawn, deleted */
+};
+
+struct hv_vp {
+    uint32_t index;              /* VP index within its partition */
+    uint64_t pool_page;          /* SPA pfn of its hypervisor page (from the partition's pool) */
+    uint64_t gp[16];             /* RAX..R15 in x64 register-name order */
+    uint64_t rip, rflags, cr0, cr3, cr4;
+    uint64_t guest_os_id;        /* HV_REGISTER_GUEST_OS_ID */
+    uint64_t run_time_ns;        /* time this VP has run (HV_REGISTER_VP_RUNTIME / 100) */
+};
+
+struct hv_page_list {             /* a growable array of SPA pfns */
+    uint64_t *pfn;
+    uint64_t len, cap;
+};
+
+struct hv_partition_counters {
+    uint64_t hypercalls;          /* hypercalls this partition issued */
+    uint64_t hypercalls_failed;   /* of those, how many returned a status other than SUCCESS */
+    uint64_t reps;                /* rep elements completed */
+};
+
+struct hv_partition {
+    uint64_t id;                  /* HV partition id, never reused within a host */
+    uint32_t slot;                /* index in host->parts and the page-owner code */
+    uint32_t parent_slot;         /* the partition that created it (the root for itself) */
+    enum hv_partition_state state;
+    uint64_t privileges;          /* HV_PARTITION_PRIVILEGE_MASK */
+    uint32_t cpu_reserve;         /* % of one LP per VP (0..100) */
+    uint32_t cpu_cap;             /* % of one LP per VP (1..100) */
+    uint32_t cpu_weight;          /* 1..10000 */
+    uint64_t pages_owned;         /* SPA pages whose owner is this slot (matches the owner table) */
+    struct hv_page_list pool_free;/* deposited pages not yet used; owner HV */
+    struct hv_page_list pool_used;/* deposited pages holding hypervisor structures; owner HV */
+    uint64_t *gpa_leaf;           /* children: SPA pfn of the leaf table per 512-page GPA region, 0 = none */
+    uint16_t *gpa_leaf_count;     /* entries present in each leaf table */
+    uint64_t gpa_mapped;          /* GPA pages mapped in this partition */
+    struct hv_vp *vps[HV_MAX_VPS];/* NULL where no VP exists */
+    struct hv_partition_counters counters;
+};
+
+
+struct hv_host {
+    struct hv_host_config cfg;
+    uint64_t nr_pages;            /* SPA pages */
+    uint8_t *spa;                 /* the SPA space: one MAP_NORESERVE mapping, touched lazily */
+    uint32_t *owner;              /* owner code per SPA page (see HV_OWNER_*), lazily zero */
+    uint64_t *dirty;              /* bitmap: page may hold non-zero bytes (zeroing is skipped otherwise) */
+    struct hv_page_list free_pages;/* SPA pages owned by nobody (owner HV_OWNER_FREE), all zero */
+    uint64_t hv_pages;            /* pages owned by the hypervisor (reserved + every pool) */
+    struct hv_partition *parts[HV_MAX_PARTITIONS]; /* by slot; slot 0 is the root */
+    uint64_t next_partition_id;   /* next id CreatePartition hands out */
+    uint32_t current_slot, current_vp; /* the caller of the hypercall in progress */
+};
+
+/* ---- memory.c: SPA pages, owners, GPA maps, a partition's access to its own memory ---------- */
+int hv_mem_init(struct hv_host *h);
+void hv_mem_fini(struct hv_host *h);
+uint8_t *hv_spa_page(struct hv_host *h, uint64_t pfn);
+void hv_page_set_owner(struct hv_host *h, uint64_t pfn, uint32_t owner); /* zeroes the page */
+void hv_page_mark_dirty(struct hv_host *h, uint64_t pfn);
+bool hv_page_list_push(struct hv_page_list *l, uint64_t pfn);
+bool hv_page_list_reserve(struct hv_page_list *l, uint64_t extra);
+void hv_page_list_free(struct hv_page_list *l);
+/* Translate a GPA page of partition p to an SPA pfn if mapped with all of `rights`. */
+bool hv_gpa_translate(struct hv_host *h, const struct hv_partition *p, uint64_t gpa_page,
+                      uint32_t rights, uint64_t *pfn);
+uint64_t hv_gpa_entry(const struct hv_host *h, const struct hv_partition *p, uint64_t gpa_page);
+uint32_t hv_gpa_new_leaves(const struct hv_host *h, const struct hv_partition *p,
+                           uint64_t first, uint64_t count);
+void hv_gpa_map(struct hv_host *h, struct hv_partition *p, uint64_t gpa_page, uint64_t pfn, uint32_t rights);
+uint64_t hv_gpa_unmap(struct hv_host *h, struct hv_partition *p, uint64_t gpa_page);
+uint64_t hv_pool_take(struct hv_host *h, struct hv_partition *p);   /* free -> used */
+void hv_pool_give_back(struct hv_host *h, struct hv_partition *p, uint64_t pfn); /* used -> free */
+/* Copy between a partition's own memory and a host buffer, page by page; false on a fault. */
+bool hv_guest_read(struct hv_host *h, const struct hv_partition *p, uint64_t gpa, void *buf, size_t len);
+bool hv_guest_write(struct hv_host *h, const struct hv_partition *p, uint64_t gpa, const void *buf, size_t len);
+
+/* ---- partition.c ---------------------------------------------------------------------------- */
+struct hv_partition *hv_partition_alloc(struct hv_host *h, uint32_t parent_slot);
+void hv_partition_destroy(struct hv_host *h, struct hv_partition *p);
+struct hv_partition *hv_partition_by_id(struct hv_host *h, uint64_t id);
+
+/* ---- vp.c ----------------------------------------------------------------------------------- */
+struct hv_vp *hv_vp_alloc(uint32_t index);
+void hv_vp_free(struct hv_vp *vp);
+
+/* ---- hypercall.c: one entry point ------------------------------------------------------------ */
+/* A decoded call, as handlers see it. Handlers validate everything, then apply. */
+struct hv_call {
+    struct hv_host *h;
+    struct hv_partition *caller;
+    struct hv_vp *vp;
+    uint16_t code;
+    bool fast;
+    uint32_t rep_count, rep_start, rep_end; /* rep_end: where this invocation stops */
+    const uint8_t *in;            /* a private copy of the input block */
+    uint32_t in_len;
+    uint8_t *out;                 /* a private output block, copied out on success */
+    uint32_t out_len;
+};
+
+struct hv_call_desc {
+    const char *name;
+    uint64_t privilege;           /* HV_PRIV(...) mask the caller needs, 0 = none */
+    uint32_t header_size;         /* fixed input header bytes */
+    uint32_t in_elem_size;        /* rep input element size (0: none) */
+    uint32_t out_size;            /* fixed output bytes */
+    uint32_t out_elem_size;       /* rep output element size (0: none) */
+    bool rep;                     /* a rep call */
+    bool fast_ok;                 /* may be issued as a register-based (fast) call */
+    uint16_t (*handler)(struct hv_call *c);
+};
+
+const struct hv_call_desc *hv_call_lookup(uint16_t code);
+
+/* Handlers (partition.c, memory_calls.c, vp.c). */
+uint16_t hv_call_create_partition(struct hv_call *c);
+uint16_t hv_call_initialize_partition(struct hv_call *c);
+uint16_t hv_call_finalize_partition(struct hv_call *c);
+uint16_t hv_call_delete_partition(struct hv_call *c);
+uint16_t hv_call_get_partition_property(struct hv_call *c);
+uint16_t hv_call_set_partition_property(struct hv_call *c);
+uint16_t hv_call_get_partition_id(struct hv_call *c);
+uint16_t hv_call_get_next_child_partition(struct hv_call *c);
+uint16_t hv_call_deposit_memory(struct hv_call *c);
+uint16_t hv_call_withdraw_memory(struct hv_call *c);
+uint16_t hv_call_get_memory_balance(struct hv_call *c);
+uint16_t hv_call_map_gpa_pages(struct hv_call *c);
+uint16_t hv_call_unmap_gpa_pages(struct hv_call *c);
+uint16_t hv_call_create_vp(struct hv_call *c);
+uint16_t hv_call_delete_vp(struct hv_call *c);
+uint16_t hv_call_get_vp_registers(struct hv_call *c);
+uint16_t hv_call_set_vp_registers(struct hv_call *c);
+
+/* Resolve a partition id named in a hypercall: SELF or the caller's own id gives the caller;
+ * otherwise it must be a live child of the caller. NULL if not. */
+struct hv_partition *hv_call_target(struct hv_call *c, uint64_t id, bool allow_self);
+
+static inline uint64_t hv_load64(const uint8_t *p) { uint64_t v; __builtin_memcpy(&v, p, 8); return v; }
+static inline uint32_t hv_load32(const uint8_t *p) { uint32_t v; __builtin_memcpy(&v, p, 4); return v; }
+static inline void hv_store64(uint8_t *p, uint64_t v) { __builtin_memcpy(p, &v, 8); }
+
+#endif /* HV_CORE_H */

@@ -1,0 +1,8 @@
+/* hvsim.h: the one header the cffi module includes; it pulls in every part of the core. */
+#ifndef HVSIM_H
+#define HVSIM_H
+
+#include "hv_abi.h"
+#include "core.h"
+
+#endif

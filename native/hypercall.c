@@ -1,0 +1,156 @@
+/* hypercall.c: the one hypercall entry point: decode the control word, check the privilege,
+ * copy the input block out of the caller's memory, run the handler, copy the output back.
+ *
+ * Order of checks (the TLFS asks that the least revealing status win): reserved bits and rep
+ * encoding (INVALID_HYPERCALL_INPUT), the call code (INVALID_HYPERCALL_CODE), the privilege
+ * (ACCESS_DENIED), then the input/output blocks (INVALID_ALIGNMENT), then the handler's own
+ * argument checks. Handlers apply nothing until every check has passed, and the output block is
+ * written back only on success, so a failed hypercall changes nothing.
+ */
+#include <string.h>
+
+#include "core.h"
+
+#define P(bit) HV_PRIV(bit)
+
+/* name, privilege, header, in elem, out, out elem, rep, fast_ok, handler */
+static const struct {
+    uint16_t code;
+    struct hv_call_desc d;
+} calls[] = {
+    {HVCALL_CREATE_PARTITION, {"CreatePartition", P(HV_PRIV_CREATE_PARTITIONS), 56, 0, 8, 0, false, false, hv_call_create_partition}},
+    {HVCALL_INITIALIZE_PARTITION, {"InitializePartition", P(HV_PRIV_CREATE_PARTITIONS), 8, 0, 0, 0, false, true, hv_call_initialize_partition}},
+    {HVCALL_FINALIZE_PARTITION, {"FinalizePartition", P(HV_PRIV_CREATE_PARTITIONS), 8, 0, 0, 0, false, true, hv_call_finalize_partition}},
+    {HVCALL_DELETE_PARTITION, {"DeletePartition", P(HV_PRIV_CREATE_PARTITIONS), 8, 0, 0, 0, false, true, hv_call_delete_partition}},
+    {HVCALL_GET_PARTITION_PROPERTY, {"GetPartitionProperty", 0, 16, 0, 8, 0, false, false, hv_call_get_partition_property}},
+    {HVCALL_SET_PARTITION_PROPERTY, {"SetPartitionProperty", P(HV_PRIV_CREATE_PARTITIONS), 24, 0, 0, 0, false, true, hv_call_set_partition_property}},
+    {HVCALL_GET_PARTITION_ID, {"GetPartitionId", P(HV_PRIV_ACCESS_PARTITION_ID), 0, 0, 8, 0, false, false, hv_call_get_partition_id}},
+    {HVCALL_GET_NEXT_CHILD_PARTITION, {"GetNextChildPartition", P(HV_PRIV_CREATE_PARTITIONS), 16, 0, 8, 0, false, false, hv_call_get_next_child_partition}},
+    {HVCALL_DEPOSIT_MEMORY, {"DepositMemory", P(HV_PRIV_ACCESS_MEMORY_POOL), 8, 8, 0, 0, true, false, hv_call_deposit_memory}},
+    {HVCALL_WITHDRAW_MEMORY, {"WithdrawMemory", P(HV_PRIV_ACCESS_MEMORY_POOL), 16, 0, 0, 8, true, false, hv_call_withdraw_memory}},
+    {HVCALL_GET_MEMORY_BALANCE, {"GetMemoryBalance", P(HV_PRIV_ACCESS_MEMORY_POOL), 16, 0, 16, 0, false, false, hv_call_get_memory_balance}},
+    {HVCALL_MAP_GPA_PAGES, {"MapGpaPages", P(HV_PRIV_CREATE_PARTITIONS), 24, 8, 0, 0, true, false, hv_call_map_gpa_pages}},
+    {HVCALL_UNMAP_GPA_PAGES, {"UnmapGpaPages", P(HV_PRIV_CREATE_PARTITIONS), 24, 0, 0, 0, true, false, hv_call_unmap_gpa_pages}},
+    {HVCALL_CREATE_VP, {"CreateVp", P(HV_PRIV_CREATE_PARTITIONS), 32, 0, 0, 0, false, true, hv_call_create_vp}},
+    {HVCALL_DELETE_VP, {"DeleteVp", P(HV_PRIV_CREATE_PARTITIONS), 16, 0, 0, 0, false, true, hv_call_delete_vp}},
+    {HVCALL_GET_VP_REGISTERS, {"GetVpRegisters", 0, 16, 4, 0, 16, true, false, hv_call_get_vp_registers}},
+    {HVCALL_SET_VP_REGISTERS, {"SetVpRegisters", 0, 16, 32, 0, 0, true, false, hv_call_set_vp_registers}},
+};
+
+const struct hv_call_desc *hv_call_lookup(uint16_t code)
+{
+    for (size_t i = 0; i < sizeof(calls) / sizeof(calls[0]); i++)
+        if (calls[i].code == code)
+            return &calls[i].d;
+    return NULL;
+}
+
+static uint32_t round8(uint32_t n) { return (n + 7u) & ~7u; }
+
+/* A memory block of the caller: 8-byte aligned, inside one page, mapped with `rights`. */
+static bool block_ok(struct hv_host *h, struct hv_partition *p, uint64_t gpa, uint32_t len, uint32_t rights)
+{
+    uint64_t pfn;
+    if (gpa & 7)
+        return false;
+    if ((gpa & (HV_PAGE_SIZE - 1)) + len > HV_PAGE_SIZE)
+        return false;
+    return hv_gpa_translate(h, p, gpa >> HV_PAGE_SHIFT, rights, &pfn);
+}
+
+static uint16_t decode_and_run(struct hv_call *c, const struct hv_call_desc *d, uint64_t control,
+                               uint64_t in_arg, uint64_t out_arg, const uint64_t *xmm,
+                               uint8_t *in_buf, uint8_t *out_buf)
+{
+    struct hv_host *h = c->h;
+    if (control & (HV_CTL_RSVD0_MASK | HV_CTL_RSVD1_MASK | HV_CTL_RSVD2_MASK | HV_CTL_NESTED))
+        return HV_STATUS_INVALID_HYPERCALL_INPUT;
+    if (!d)
+        return HV_STATUS_INVALID_HYPERCALL_CODE;
+    c->fast = (control & HV_CTL_FAST) != 0;
+    c->rep_count = (uint32_t)((control & HV_CTL_REP_COUNT_MASK) >> HV_CTL_REP_COUNT_SHIFT);
+    c->rep_start = (uint32_t)((control & HV_CTL_REP_START_MASK) >> HV_CTL_REP_START_SHIFT);
+    if (d->rep ? (c->rep_count == 0 || c->rep_start >= c->rep_count) : (c->rep_count || c->rep_start))
+        return HV_STATUS_INVALID_HYPERCALL_INPUT;
+    if (control & HV_CTL_VARHEAD_MASK) /* no call hvsim implements takes a variable header */
+        return HV_STATUS_INVALID_HYPERCALL_INPUT;
+    if (d->privilege && !(c->caller->privileges & d->privilege))
+        return HV_STATUS_ACCESS_DENIED;
+
+    c->in_len = round8(d->header_size + c->rep_count * d->in_elem_size);
+    c->out_len = round8(d->out_size + c->rep_count * d->out_elem_size);
+    if (c->fast) {
+        /* Register input: RDX, R8, then XMM0-XMM5 (112 bytes); output always goes to memory,
+         * so a call with output cannot be fast. */
+        if (!d->fast_ok || c->out_len || c->in_len > 112 || (c->in_len > 16 && !xmm))
+            return HV_STATUS_INVALID_HYPERCALL_INPUT;
+        memset(in_buf, 0, 112);
+        hv_store64(in_buf, in_arg);
+        hv_store64(in_buf + 8, out_arg);
+        if (xmm)
+            memcpy(in_buf + 16, xmm, 96);
+    } else {
+        if (c->in_len && !block_ok(h, c->caller, in_arg, c->in_len, HV_MAP_GPA_READABLE))
+            return HV_STATUS_INVALID_ALIGNMENT;
+        if (c->out_len && !block_ok(h, c->caller, out_arg, c->out_len, HV_MAP_GPA_WRITABLE))
+            return HV_STATUS_INVALID_ALIGNMENT;
+        if (c->in_len && c->out_len && in_arg < out_arg + c->out_len && out_arg < in_arg + c->in_len)
+            return HV_STATUS_INVALID_PARAMETER;
+        /* One snapshot of the input: the handler never reads guest memory twice. */
+        if (c->in_len)
+            hv_guest_read(h, c->caller, in_arg, in_buf, c->in_len);
+        if (c->out_len)
+            hv_guest_read(h, c->caller, out_arg, out_buf, c->out_len);
+    }
+    c->in = in_buf;
+    c->out = out_buf;
+    uint32_t budget = h->cfg.reps_per_call ? h->cfg.reps_per_call : HV_MAX_REP_COUNT;
+    c->rep_end = d->rep ? (c->rep_count - c->rep_start > budget ? c->rep_start + budget : c->rep_count) : 0;
+    uint16_t st = d->handler(c);
+    if (st == HV_STATUS_SUCCESS && !c->fast && c->out_len)
+        hv_guest_write(h, c->caller, out_arg, out_buf, c->out_len);
+    return st;
+}
+
+uint64_t hv_hypercall(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint64_t control,
+                      uint64_t in_arg, uint64_t out_arg, const uint64_t *xmm)
+{
+    struct hv_partition *caller = hv_partition_by_id(h, partition_id);
+    if (!caller || vp_index >= HV_MAX_VPS || !caller->vps[vp_index])
+        return HV_STATUS_INVALID_VP_INDEX;
+    if (caller->state != HV_PARTITION_INITIALIZED)
+        return HV_STATUS_INVALID_VP_STATE; /* a VP of a finalized partition never runs */
+    uint8_t in_buf[HV_PAGE_SIZE], out_buf[HV_PAGE_SIZE];
+    struct hv_call c = { .h = h, .caller = caller, .vp = caller->vps[vp_index],
+                         .code = (uint16_t)(control & HV_CTL_CALL_CODE_MASK) };
+    const struct hv_call_desc *d = hv_call_lookup(c.code);
+    uint16_t st = decode_and_run(&c, d, control, in_arg, out_arg, xmm, in_buf, out_buf);
+    /* The caller may have been deleted by its own call only if it were its own parent: never. */
+    caller->counters.hypercalls++;
+    uint64_t reps = 0;
+    if (st == HV_STATUS_SUCCESS && d && d->rep)
+        reps = c.rep_end;
+    else if (d && d->rep && c.rep_count && c.rep_start < c.rep_count)
+        reps = c.rep_start; /* a failed invocation completed nothing beyond its start index */
+    if (st != HV_STATUS_SUCCESS)
+        caller->counters.hypercalls_failed++;
+    else if (d && d->rep)
+        caller->counters.reps += c.rep_end - c.rep_start;
+    return (uint64_t)st | (reps << HV_RESULT_REPS_SHIFT);
+}
+
+int hv_call_shape(uint16_t code, uint32_t *header_size, uint32_t *in_elem_size, uint32_t *out_size,
+                  uint32_t *out_elem_size, int *rep, int *fast_ok, uint64_t *privilege)
+{
+    const struct hv_call_desc *d = hv_call_lookup(code);
+    if (!d)
+        return -1;
+    *header_size = d->header_size;
+    *in_elem_size = d->in_elem_size;
+    *out_size = d->out_size;
+    *out_elem_size = d->out_elem_size;
+    *rep = d->rep;
+    *fast_ok = d->fast_ok;
+    *privilege = d->privilege;
+    return 0;
+}

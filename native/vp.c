@@ -1,0 +1,194 @@
+/* vp.c: virtual processors: CreateVp, DeleteVp and the register subset of Get/SetVpRegisters.
+ *
+ * Registers hvsim implements (HV_REGISTER_NAME): RAX..R15, RIP, RFLAGS, CR0, CR3, CR4,
+ * GuestOsId, VpIndex (read-only), VpRuntime (read-only), TimeRefCount (read-only).
+ * A partition may read and write its own VPs' registers when it holds the privilege that gates
+ * the register; the parent reaches its children's VPs only with AccessVpRegisters.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core.h"
+
+struct hv_vp *hv_vp_alloc(uint32_t index)
+{
+    struct hv_vp *vp = calloc(1, sizeof(*vp));
+    if (vp) {
+        vp->index = index;
+        vp->rflags = 0x2; /* bit 1 of RFLAGS always reads as one */
+    }
+    return vp;
+}
+
+void hv_vp_free(struct hv_vp *vp)
+{
+    free(vp);
+}
+
+uint16_t hv_call_create_vp(struct hv_call *c)
+{
+    struct hv_in_create_vp in;
+    memcpy(&in, c->in, sizeof(in));
+    struct hv_partition *p = hv_call_target(c, in.partition_id, false);
+    if (!p)
+        return HV_STATUS_INVALID_PARTITION_ID;
+    if (in.flags != 0 || in.padding != 0)
+        return HV_STATUS_INVALID_PARAMETER;
+    if (in.proximity_domain_info != 0)
+        return HV_STATUS_INVALID_PROXIMITY_DOMAIN_INFO;
+    if (p->state != HV_PARTITION_INITIALIZED)
+        return HV_STATUS_INVALID_PARTITION_STATE;
+    if (in.vp_index >= HV_MAX_VPS)
+        return HV_STATUS_INVALID_VP_INDEX;
+    if (p->vps[in.vp_index])
+        return HV_STATUS_INVALID_VP_STATE;
+    if (p->pool_free.len < HV_VP_PAGES || !hv_page_list_reserve(&p->pool_used, HV_VP_PAGES))
+        return HV_STATUS_INSUFFICIENT_MEMORY;
+    struct hv_vp *vp = hv_vp_alloc(in.vp_index);
+    if (!vp)
+        return HV_STATUS_INSUFFICIENT_MEMORY;
+    /* apply */
+    vp->pool_page = hv_pool_take(c->h, p);
+    p->vps[in.vp_index] = vp;
+    return HV_STATUS_SUCCESS;
+}
+
+uint16_t hv_call_delete_vp(struct hv_call *c)
+{
+    struct hv_in_delete_vp in;
+    memcpy(&in, c->in, sizeof(in));
+    struct hv_partition *p = hv_call_target(c, in.partition_id, false);
+    if (!p)
+        return HV_STATUS_INVALID_PARTITION_ID;
+    if (in.padding != 0)
+        return HV_STATUS_INVALID_PARAMETER;
+    if (in.vp_index >= HV_MAX_VPS || !p->vps[in.vp_index])
+        return HV_STATUS_INVALID_VP_INDEX;
+    /* apply */
+    struct hv_vp *vp = p->vps[in.vp_index];
+    hv_pool_give_back(c->h, p, vp->pool_page);
+    p->vps[in.vp_index] = NULL;
+    hv_vp_free(vp);
+    return HV_STATUS_SUCCESS;
+}
+
+/* The privilege a register needs when a partition touches its own VP; -1: unknown register. */
+static int register_privilege(uint32_t name)
+{
+    if ((name >= HV_X64_REGISTER_RAX && name <= HV_X64_REGISTER_RFLAGS) ||
+        name == HV_X64_REGISTER_CR0 || name == HV_X64_REGISTER_CR3 || name == HV_X64_REGISTER_CR4)
+        return 64; /* architectural state: no synthetic privilege */
+    switch (name) {
+    case HV_REGISTER_GUEST_OS_ID: return HV_PRIV_ACCESS_HYPERCALL_MSRS;
+    case HV_REGISTER_VP_INDEX: return HV_PRIV_ACCESS_VP_INDEX;
+    case HV_REGISTER_VP_RUNTIME: return HV_PRIV_ACCESS_VP_RUNTIME_REG;
+    case HV_REGISTER_TIME_REF_COUNT: return HV_PRIV_ACCESS_PARTITION_REF_COUNTER;
+    default: return -1;
+    }
+}
+
+static bool register_read_only(uint32_t name)
+{
+    return name == HV_REGISTER_VP_INDEX || name == HV_REGISTER_VP_RUNTIME ||
+           name == HV_REGISTER_TIME_REF_COUNT;
+}
+
+static uint64_t *register_slot(struct hv_vp *vp, uint32_t name)
+{
+    if (name >= HV_X64_REGISTER_RAX && name <= HV_X64_REGISTER_R15)
+        return &vp->gp[name - HV_X64_REGISTER_RAX];
+    switch (name) {
+    case HV_X64_REGISTER_RIP: return &vp->rip;
+    case HV_X64_REGISTER_RFLAGS: return &vp->rflags;
+    case HV_X64_REGISTER_CR0: return &vp->cr0;
+    case HV_X64_REGISTER_CR3: return &vp->cr3;
+    case HV_X64_REGISTER_CR4: return &vp->cr4;
+    case HV_REGISTER_GUEST_OS_ID: return &vp->guest_os_id;
+    default: return NULL;
+    }
+}
+
+static uint64_t register_read(const struct hv_vp *vp, uint32_t name)
+{
+    switch (name) {
+    case HV_REGISTER_VP_INDEX: return vp->index;
+    case HV_REGISTER_VP_RUNTIME: return vp->run_time_ns / 100;
+    case HV_REGISTER_TIME_REF_COUNT: return 0; /* simulated time arrives with the scheduler */
+    default: return *register_slot((struct hv_vp *)vp, name);
+    }
+}
+
+/* Decode the header shared by Get/SetVpRegisters: the target VP and the access check. */
+static uint16_t registers_target(struct hv_call *c, struct hv_vp **out, bool *self)
+{
+    struct hv_in_vp_registers in;
+    memcpy(&in, c->in, sizeof(in));
+    if (in.input_vtl != 0 || in.padding[0] || in.padding[1] || in.padding[2])
+        return HV_STATUS_INVALID_PARAMETER;
+    struct hv_partition *p = hv_call_target(c, in.partition_id, true);
+    if (!p)
+        return HV_STATUS_INVALID_PARTITION_ID;
+    *self = p == c->caller;
+    if (!*self && !(c->caller->privileges & HV_PRIV(HV_PRIV_ACCESS_VP_REGISTERS)))
+        return HV_STATUS_ACCESS_DENIED;
+    uint32_t idx = in.vp_index == HV_VP_INDEX_SELF && *self ? c->vp->index : in.vp_index;
+    if (idx >= HV_MAX_VPS || !p->vps[idx])
+        return HV_STATUS_INVALID_VP_INDEX;
+    *out = p->vps[idx];
+    return HV_STATUS_SUCCESS;
+}
+
+static uint16_t check_register(const struct hv_call *c, uint32_t name, bool self, bool write)
+{
+    int priv = register_privilege(name);
+    if (priv < 0)
+        return HV_STATUS_INVALID_PARAMETER;
+    if (self && priv < 64 && !(c->caller->privileges & HV_PRIV(priv)))
+        return HV_STATUS_ACCESS_DENIED;
+    if (write && register_read_only(name))
+        return HV_STATUS_INVALID_PARAMETER;
+    return HV_STATUS_SUCCESS;
+}
+
+uint16_t hv_call_get_vp_registers(struct hv_call *c)
+{
+    struct hv_vp *vp;
+    bool self;
+    uint16_t st = registers_target(c, &vp, &self);
+    if (st != HV_STATUS_SUCCESS)
+        return st;
+    for (uint32_t i = c->rep_start; i < c->rep_end; i++) {
+        st = check_register(c, hv_load32(c->in + 16 + (size_t)i * 4), self, false);
+        if (st != HV_STATUS_SUCCESS)
+            return st;
+    }
+    for (uint32_t i = c->rep_start; i < c->rep_end; i++) {
+        hv_store64(c->out + (size_t)i * 16, register_read(vp, hv_load32(c->in + 16 + (size_t)i * 4)));
+        hv_store64(c->out + (size_t)i * 16 + 8, 0);
+    }
+    return HV_STATUS_SUCCESS;
+}
+
+uint16_t hv_call_set_vp_registers(struct hv_call *c)
+{
+    struct hv_vp *vp;
+    bool self;
+    uint16_t st = registers_target(c, &vp, &self);
+    if (st != HV_STATUS_SUCCESS)
+        return st;
+    for (uint32_t i = c->rep_start; i < c->rep_end; i++) {
+        struct hv_register_assoc a;
+        memcpy(&a, c->in + 16 + (size_t)i * sizeof(a), sizeof(a));
+        if (a.reserved1 || a.reserved2 || a.value_high)
+            return HV_STATUS_INVALID_PARAMETER;
+        st = check_register(c, a.name, self, true);
+        if (st != HV_STATUS_SUCCESS)
+            return st;
+    }
+    for (uint32_t i = c->rep_start; i < c->rep_end; i++) {
+        struct hv_register_assoc a;
+        memcpy(&a, c->in + 16 + (size_t)i * sizeof(a), sizeof(a));
+        *register_slot(vp, a.name) = a.value_low;
+    }
+    return HV_STATUS_SUCCESS;
+}

@@ -1,0 +1,1 @@
+"""The parent's virtualization stack (VM workers, saved state, management) and the guest model."""
