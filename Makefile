@@ -9,12 +9,16 @@ CORE   := hypervisor/.core-built
 NATIVE := $(wildcard native/*.c native/*.h native/api/*.h) native/build_core.py
 ARGS   ?=
 
-.PHONY: run test bench sanitize clean core
+.PHONY: run test bench sanitize clean core tools
 
 run: $(CORE)
 	$(VENV)/bin/hvsim run $(ARGS)
 
+# Reference tools the interoperability tests compare against (Debian packages, installed if missing).
+TOOLS := qemu-img:qemu-utils qemu-io:qemu-utils
+
 test: $(CORE)
+	sh tools/ensure-debian-packages $(TOOLS)
 	$(PY) -m pytest $(ARGS)
 
 bench: $(CORE)

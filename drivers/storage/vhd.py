@@ -1,0 +1,523 @@
+"""VHD virtual disk files (fixed, dynamic, differencing): create, open, read, write, inspect.
+
+`VirtualDisk` is the backing store of the synthetic SCSI disks. Byte layouts are in
+`drivers.storage.vhd_format`, file layout and the checks on opening in `drivers.storage.vhd_layout`;
+this module does the I/O and decides the order of updates.
+
+Invariants kept for every file written through a `VirtualDisk`:
+
+- The last 512 bytes of the file are a valid footer at every moment (dynamic and differencing
+  files also keep the identical copy at offset 0). A new block goes where the footer was, after
+  the footer has been moved to the new end and, with `write_barriers`, made durable.
+- A BAT entry is written only after the block's bitmap and data are written and, with
+  `write_barriers` (the default), flushed to stable storage; likewise a sector's bitmap bit is set
+  only after its data is durable. So a crash at any point leaves every BAT entry and every set
+  bitmap bit pointing at data that was really written: never garbage.
+- Blocks are appended past everything else, so no write lands on metadata or on another block.
+
+Opening takes an advisory `flock` on the file: exclusive for read-write, shared for read-only, so
+two writers, or a writer and a disk using the file as a parent, cannot run together.
+
+Not thread-safe: callers serialise access to one `VirtualDisk`.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import stat
+import time
+import uuid
+
+from drivers.storage.vhd_format import (
+    DEFAULT_BLOCK_SIZE, FOOTER_SIZE, MAX_BLOCK_SIZE, MAX_DISK_SIZE, MIN_BLOCK_SIZE, NO_DATA_OFFSET,
+    SECTOR_SIZE, UNALLOCATED, DiskType, DynamicHeader, Footer, PlatformCode, VhdCorruptError,
+    VhdError, VhdParentError, VhdRangeError, bitmap_from_disk, bitmap_runs, bitmap_to_disk,
+    geometry_for, pack_bat_entry, sector_align, sector_mask, uuid_text, vhd_timestamp,
+)
+from drivers.storage.vhd_layout import (
+    DYNAMIC_HEADER_AT, Metadata, ParentLink, locator_text, new_file_layout, parent_locator_paths,
+    read_metadata, write_new_file,
+)
+
+__all__ = [
+    "VirtualDisk", "VhdError", "VhdCorruptError", "VhdParentError", "VhdRangeError", "VhdInUseError",
+    "KINDS",
+]
+
+# Creator application written into every footer. Readers disagree on where a VHD's size lives:
+# Virtual PC (and qemu for creators "vpc ", "qemu" and unknown ones) multiplies out the CHS
+# geometry, which the spec's algorithm rounds *down*; Hyper-V, Windows and qemu for creators
+# "win ", "qem2", "d2v ", "CTXS" and "tap\0" use `current_size`. hvsim disks follow Hyper-V's
+# rules (exact current_size, spec geometry), so they carry Hyper-V's marker, and every reader
+# then sees exactly the requested size.
+CREATOR_APP = b"win "
+CREATOR_HOST_OS = b"Wi2k"
+CREATOR_VERSION = (0 << 16) | 1  # hvsim 0.1, major.minor in 16 bits each
+
+KINDS = {"fixed": DiskType.FIXED, "dynamic": DiskType.DYNAMIC, "differencing": DiskType.DIFFERENCING}
+_KIND_NAMES = {value: name for name, value in KINDS.items()}
+
+# Differencing chains longer than this are refused (also stops a loop of files naming each other).
+MAX_CHAIN_DEPTH = 64
+
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]|^\\\\")
+
+
+class VhdInUseError(VhdError):
+    """Another open disk holds the file (as a writer, or as a parent while we want to write)."""
+
+
+class VirtualDisk:
+    """An open VHD file. Construct with `VirtualDisk.create` or `VirtualDisk.open`."""
+
+    def __init__(self, *, path: str, fd: int, read_only: bool, write_barriers: bool, meta: Metadata,
+                 parent: VirtualDisk | None, parent_path: str | None) -> None:
+        # Internal: every argument has been checked by `open`.
+        footer, header = meta.footer, meta.header
+        self._path = path
+        self._fd = fd
+        self._read_only = read_only
+        self._barriers = write_barriers
+        self._footer = footer
+        self._footer_bytes = footer.pack()
+        self._header = header
+        self._bat = meta.bat
+        self._parent = parent
+        self._parent_path = parent_path
+        self._bitmaps: dict[int, int] = {}  # block index → sector bitmap (bit i = sector i)
+        # Where the trailing footer starts: the next block goes here.
+        self._end = meta.file_size - FOOTER_SIZE
+        self._size = footer.current_size
+        if header is not None:
+            self._block_size = header.block_size
+            self._bitmap_size = header.bitmap_size
+            self._full_bitmap = (1 << (self._block_size // SECTOR_SIZE)) - 1
+
+    # --- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, size: int | None, kind: str,
+               parent: str | os.PathLike | None = None, *, block_size: int | None = None,
+               created_at: float | None = None, unique_id: uuid.UUID | None = None,
+               write_barriers: bool = True) -> VirtualDisk:
+        """Create a new VHD at `path` and return it open read-write.
+
+        `kind` is "fixed", "dynamic" or "differencing". A differencing disk needs `parent` and
+        takes its size (`size` may be None, or must equal it). `size` is in bytes, a multiple of
+        512, at most 2040 GiB; every reader sees exactly this size. `created_at` (Unix seconds,
+        default now) and `unique_id` (default random) are injectable for reproducible files.
+        Refuses to replace an existing file; the file appears complete or not at all.
+        """
+        path = os.fspath(path)
+        disk_type = KINDS.get(kind) if isinstance(kind, str) else None
+        if disk_type is None:
+            raise VhdError(f"{path}: kind {kind!r} is not one of {', '.join(KINDS)}")
+        if (parent is None) != (disk_type is not DiskType.DIFFERENCING):
+            raise VhdError(f"{path}: a parent is required for, and only for, a differencing disk")
+        if block_size is not None and disk_type is DiskType.FIXED:
+            raise VhdError(f"{path}: a fixed disk has no blocks; block_size does not apply")
+        stamp = vhd_timestamp(time.time() if created_at is None else created_at)
+        disk_id = (uuid.uuid4() if unique_id is None else unique_id).bytes
+
+        if disk_type is DiskType.DIFFERENCING:
+            assert parent is not None
+            with cls.open(parent, read_only=True) as base:
+                if size is not None and size != base.size:
+                    raise VhdError(f"{path}: size {size} differs from the parent's size {base.size}; "
+                                   "a differencing disk takes its parent's size")
+                size = base.size
+                geometry = base._footer.geometry
+                if block_size is None:
+                    block_size = base._block_size if base._header is not None else DEFAULT_BLOCK_SIZE
+                link = ParentLink(os.path.abspath(base.path), base._footer.unique_id,
+                                  vhd_timestamp(os.fstat(base._fd).st_mtime))
+        else:
+            _check_new_size(path, size)
+            assert size is not None
+            geometry = geometry_for(size)
+            link = None
+        block_size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
+        if (not isinstance(block_size, int) or block_size & (block_size - 1)
+                or not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE):
+            raise VhdError(f"{path}: block size {block_size} is not a power of two in "
+                           f"[{MIN_BLOCK_SIZE}, {MAX_BLOCK_SIZE}]")
+
+        footer = Footer(
+            disk_type=disk_type, current_size=size, original_size=size, geometry=geometry,
+            unique_id=disk_id, timestamp=stamp, creator_app=CREATOR_APP,
+            creator_version=CREATOR_VERSION, creator_host_os=CREATOR_HOST_OS,
+            data_offset=NO_DATA_OFFSET if disk_type is DiskType.FIXED else DYNAMIC_HEADER_AT,
+        )
+        write_new_file(path, new_file_layout(path, footer, block_size, link))
+        return cls.open(path, write_barriers=write_barriers)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, read_only: bool = False,
+             write_barriers: bool = True) -> VirtualDisk:
+        """Open an existing VHD (and, for a differencing disk, its chain of parents read-only).
+
+        Raises `VhdCorruptError` for a file that breaks the format, `VhdParentError` when a parent
+        is missing or is not the one the child was made from, `VhdInUseError` when another open
+        disk holds the file, and `OSError` when the file cannot be opened at all.
+        """
+        return cls._open(os.fspath(path), read_only, write_barriers, chain=())
+
+    @classmethod
+    def _open(cls, path: str, read_only: bool, write_barriers: bool,
+              chain: tuple[tuple[int, int], ...]) -> VirtualDisk:
+        fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0))
+        parent: VirtualDisk | None = None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise VhdError(f"{path}: not a regular file")
+            _lock(fd, path, read_only)
+            chain = chain + ((st.st_dev, st.st_ino),)
+            meta = read_metadata(fd, path, st.st_size)
+            parent_path = None
+            if meta.footer.disk_type is DiskType.DIFFERENCING:
+                assert meta.header is not None
+                parent, parent_path = _open_parent(fd, path, meta.header, chain)
+            return cls(path=path, fd=fd, read_only=read_only, write_barriers=write_barriers,
+                       meta=meta, parent=parent, parent_path=parent_path)
+        except BaseException:
+            if parent is not None:
+                parent.close()
+            os.close(fd)
+            raise
+
+    # --- properties --------------------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def size(self) -> int:
+        """Virtual disk size in bytes."""
+        return self._size
+
+    @property
+    def kind(self) -> str:
+        """"fixed", "dynamic" or "differencing"."""
+        return _KIND_NAMES[self._footer.disk_type]
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    @property
+    def parent(self) -> VirtualDisk | None:
+        return self._parent
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    @property
+    def block_size(self) -> int | None:
+        return self._block_size if self._header is not None else None
+
+    @property
+    def allocated_blocks(self) -> int:
+        if self._bat is None:
+            return 0
+        return sum(1 for entry in self._bat if entry != UNALLOCATED)
+
+    def info(self) -> dict:
+        """Plain, JSON-ready description of the file (what `hvsim vhd info` prints)."""
+        self._check_open()
+        f, h = self._footer, self._header
+        cylinders, heads, spt = f.geometry
+        result = {
+            "path": self._path,
+            "kind": self.kind,
+            "size": self._size,
+            "original_size": f.original_size,
+            "geometry": {"cylinders": cylinders, "heads": heads, "sectors_per_track": spt},
+            "creator_app": f.creator_app.decode("latin-1"),
+            "creator_version": f"{f.creator_version >> 16}.{f.creator_version & 0xFFFF}",
+            "creator_host_os": f.creator_host_os.decode("latin-1"),
+            "timestamp": f.timestamp,
+            "uuid": uuid_text(f.unique_id),
+            "saved_state": bool(f.saved_state),
+            "block_size": None,
+            "allocated_blocks": 0,
+            "total_blocks": 0,
+            "file_size": os.fstat(self._fd).st_size,
+        }
+        if h is not None:
+            result.update(block_size=h.block_size, allocated_blocks=self.allocated_blocks,
+                          total_blocks=-(-self._size // h.block_size))
+        if f.disk_type is DiskType.DIFFERENCING:
+            assert h is not None
+            result.update(parent_path=self._parent_path, parent_uuid=uuid_text(h.parent_unique_id),
+                          parent_name=h.parent_name, parent_timestamp=h.parent_timestamp,
+                          parent_locators={
+                              loc.platform.decode("latin-1"): locator_text(self._fd, loc)
+                              for loc in h.locators
+                              if loc.platform in (PlatformCode.W2RU.value, PlatformCode.W2KU.value)})
+        return result
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("read-only" if self._read_only else "read-write")
+        return f"<VirtualDisk {self._path!r} {self.kind} {self._size} bytes {state}>"
+
+    # --- I/O ---------------------------------------------------------------------------------
+
+    def read(self, offset: int, length: int) -> bytes:
+        """`length` bytes of the virtual disk from `offset` (any alignment)."""
+        self._check_range(offset, length, "read")
+        buf = bytearray(length)
+        self._read_into(offset, memoryview(buf))
+        return bytes(buf)
+
+    def readinto(self, offset: int, buffer) -> int:
+        """Fill a writable buffer from the virtual disk at `offset`; returns the byte count."""
+        view = memoryview(buffer).cast("B")
+        self._check_range(offset, len(view), "read")
+        self._read_into(offset, view)
+        return len(view)
+
+    def write(self, offset: int, data) -> None:
+        """Write bytes-like `data` at `offset` (any alignment), allocating blocks as needed."""
+        view = memoryview(data).cast("B")
+        self._check_range(offset, len(view), "write")
+        if self._read_only:
+            raise VhdError(f"{self._path}: opened read-only; cannot write")
+        if not view:
+            return
+        if self._header is None:
+            self._pwrite(view, offset)
+            return
+        # Sparse disks track presence per sector: widen a ragged write to whole sectors, filling
+        # the edges with what the disk reads there now (from this file, a parent, or zeros).
+        head = offset % SECTOR_SIZE
+        tail = -(offset + len(view)) % SECTOR_SIZE
+        if head or tail:
+            start = offset - head
+            wide = bytearray(head + len(view) + tail)
+            wide_view = memoryview(wide)
+            if head:
+                self._read_into(start, wide_view[:SECTOR_SIZE])
+            if tail and (not head or len(wide) > SECTOR_SIZE):
+                self._read_into(start + len(wide) - SECTOR_SIZE, wide_view[-SECTOR_SIZE:])
+            wide_view[head:head + len(view)] = view
+            offset, view = start, wide_view
+        self._write_sectors(offset, view)
+
+    def flush(self) -> None:
+        """Make every completed write durable (fsync)."""
+        self._check_open()
+        if not self._read_only:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Close the file and its parents. Idempotent. Does not flush: call `flush` for that."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)  # also drops the flock
+        if self._parent is not None:
+            self._parent.close()
+
+    def __enter__(self) -> VirtualDisk:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # --- internals: reading -----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._fd < 0:
+            raise VhdError(f"{self._path}: disk is closed")
+
+    def _check_range(self, offset: int, length: int, verb: str) -> None:
+        self._check_open()
+        if not isinstance(offset, int) or not isinstance(length, int):
+            raise VhdRangeError(f"{self._path}: {verb} offset and length must be integers")
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise VhdRangeError(
+                f"{self._path}: {verb} of {length} bytes at offset {offset} is outside the "
+                f"disk's {self._size} bytes")
+
+    def _read_into(self, offset: int, view: memoryview) -> None:
+        if self._header is None:
+            self._pread_into(view, offset)
+            return
+        block_size, bat = self._block_size, self._bat
+        assert bat is not None
+        pos = 0
+        while pos < len(view):
+            block, in_block = divmod(offset + pos, block_size)
+            chunk = min(len(view) - pos, block_size - in_block)
+            dst = view[pos:pos + chunk]
+            entry = bat[block]
+            if entry == UNALLOCATED:
+                self._read_absent(offset + pos, dst)
+            else:
+                data_at = entry * SECTOR_SIZE + self._bitmap_size
+                first = in_block // SECTOR_SIZE
+                count = (in_block + chunk - 1) // SECTOR_SIZE - first + 1
+                for present, sector, sectors in bitmap_runs(self._bitmap(block), first, count):
+                    lo = max(sector * SECTOR_SIZE, in_block)
+                    hi = min((sector + sectors) * SECTOR_SIZE, in_block + chunk)
+                    part = dst[lo - in_block:hi - in_block]
+                    if present:
+                        self._pread_into(part, data_at + lo)
+                    else:
+                        self._read_absent(block * block_size + lo, part)
+            pos += chunk
+
+    def _read_absent(self, offset: int, dst: memoryview) -> None:
+        """Bytes this file does not hold: the parent's (zeros past its end), or zeros."""
+        inherited = 0
+        if self._parent is not None and offset < self._parent.size:
+            inherited = min(len(dst), self._parent.size - offset)
+            self._parent.readinto(offset, dst[:inherited])
+        if inherited < len(dst):
+            dst[inherited:] = bytes(len(dst) - inherited)
+
+    def _bitmap(self, block: int) -> int:
+        bits = self._bitmaps.get(block)
+        if bits is None:
+            assert self._bat is not None
+            raw = os.pread(self._fd, self._bitmap_size, self._bat[block] * SECTOR_SIZE)
+            if len(raw) != self._bitmap_size:
+                raise VhdCorruptError(f"{self._path}: sector bitmap of block {block} is cut short by "
+                                      "the end of the file (file truncated while open?)")
+            bits = self._bitmaps[block] = bitmap_from_disk(raw)
+        return bits
+
+    def _pread_into(self, view: memoryview, at: int) -> None:
+        done = 0
+        while done < len(view):
+            n = os.preadv(self._fd, [view[done:]], at + done)
+            if n == 0:
+                raise VhdCorruptError(
+                    f"{self._path}: data at file offset {at + done} is past the end of the file "
+                    "(file truncated while open?)")
+            done += n
+
+    # --- internals: writing -----------------------------------------------------------------
+
+    def _write_sectors(self, offset: int, view: memoryview) -> None:
+        block_size, bat = self._block_size, self._bat
+        assert bat is not None
+        pos = 0
+        while pos < len(view):
+            block, in_block = divmod(offset + pos, block_size)
+            chunk = min(len(view) - pos, block_size - in_block)
+            src = view[pos:pos + chunk]
+            entry = bat[block]
+            if entry == UNALLOCATED:
+                self._allocate(block, in_block, src)
+            else:
+                self._pwrite(src, entry * SECTOR_SIZE + self._bitmap_size + in_block)
+                bits = self._bitmap(block)
+                mask = sector_mask(in_block // SECTOR_SIZE, chunk // SECTOR_SIZE)
+                if bits & mask != mask:
+                    # The data must be durable before the bits that make it visible.
+                    self._barrier()
+                    bits |= mask
+                    self._pwrite(memoryview(bitmap_to_disk(bits, self._bitmap_size)), entry * SECTOR_SIZE)
+                    self._bitmaps[block] = bits
+            pos += chunk
+
+    def _allocate(self, block: int, in_block: int, src: memoryview) -> None:
+        """Give `block` space at the end of the file and write `src` into it at `in_block`.
+
+        Order: footer at the new end, barrier; bitmap (over the old footer) and data, barrier;
+        BAT entry. The first barrier keeps a valid footer at the end of the file whatever the
+        disk reorders; the second keeps the BAT entry from reaching the disk before the block.
+        The block's other bytes are a hole past the old end of file, so they read as zeros.
+        """
+        assert self._bat is not None
+        at = sector_align(self._end)
+        new_end = at + self._bitmap_size + self._block_size
+        if at // SECTOR_SIZE >= UNALLOCATED:
+            raise VhdError(f"{self._path}: file would grow past the 2 TiB a BAT entry can address")
+        if self._parent is None:
+            # No parent to fall through to, and the unwritten rest of the block reads as zeros:
+            # mark every sector present once, as qemu does, so later writes need no bitmap update.
+            bits = self._full_bitmap
+        else:
+            bits = sector_mask(in_block // SECTOR_SIZE, len(src) // SECTOR_SIZE)
+        self._pwrite(memoryview(self._footer_bytes), new_end)
+        self._barrier()
+        self._pwrite(memoryview(bitmap_to_disk(bits, self._bitmap_size)), at)
+        self._pwrite(src, at + self._bitmap_size + in_block)
+        self._barrier()
+        self._pwrite(memoryview(pack_bat_entry(at // SECTOR_SIZE)), self._header.table_offset + 4 * block)
+        self._bat[block] = at // SECTOR_SIZE
+        self._bitmaps[block] = bits
+        self._end = new_end
+
+    def _barrier(self) -> None:
+        if self._barriers:
+            os.fdatasync(self._fd)
+
+    def _pwrite(self, view: memoryview, at: int) -> None:
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self._fd, view[done:], at + done)
+
+
+# --- opening and creating ------------------------------------------------------------------
+
+def _lock(fd: int, path: str, read_only: bool) -> None:
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise VhdInUseError(
+                f"{path}: in use by another open disk "
+                f"({'a writer' if read_only else 'a reader or writer'} holds it)") from None
+        raise
+
+
+def _open_parent(fd: int, path: str, header: DynamicHeader,
+                 chain: tuple[tuple[int, int], ...]) -> tuple[VirtualDisk, str]:
+    """Find the parent by relative, then absolute locator, then header name; check its identity."""
+    if len(chain) > MAX_CHAIN_DEPTH:
+        raise VhdParentError(f"{path}: differencing chain is deeper than {MAX_CHAIN_DEPTH} disks")
+    child_dir = os.path.dirname(os.path.abspath(path))
+    tried: list[str] = []
+    for candidate in parent_locator_paths(fd, header):
+        if os.sep == "/":
+            if _WINDOWS_DRIVE.match(candidate):
+                tried.append(f"{candidate} (a Windows path)")
+                continue
+            candidate = candidate.replace("\\", "/")
+        full = os.path.normpath(os.path.join(child_dir, candidate))
+        try:
+            st = os.stat(full)
+        except OSError as exc:
+            tried.append(f"{full} ({exc.strerror})")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            tried.append(f"{full} (not a regular file)")
+            continue
+        if (st.st_dev, st.st_ino) in chain:
+            raise VhdParentError(f"{path}: parent {full} is already in this disk's chain (a loop)")
+        parent = VirtualDisk._open(full, True, True, chain)
+        if parent._footer.unique_id == header.parent_unique_id:
+            return parent, full
+        tried.append(f"{full} (unique id {uuid_text(parent._footer.unique_id)})")
+        parent.close()
+    raise VhdParentError(
+        f"{path}: parent with unique id {uuid_text(header.parent_unique_id)} not found; tried: "
+        + ("; ".join(tried) if tried else "nothing (no parent locators)"))
+
+
+def _check_new_size(path: str, size: object) -> None:
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise VhdError(f"{path}: size must be an integer number of bytes, got {size!r}")
+    if size <= 0 or size > MAX_DISK_SIZE:
+        raise VhdError(f"{path}: size {size} is not between 1 sector and {MAX_DISK_SIZE} bytes (2040 GiB)")
+    if size % SECTOR_SIZE:
+        below = size - size % SECTOR_SIZE
+        raise VhdError(f"{path}: size {size} is not a multiple of {SECTOR_SIZE} bytes "
+                       f"(nearest: {below} or {below + SECTOR_SIZE})")
