@@ -65,9 +65,13 @@ def hv_call_shape(code: int) -> dict | None:
 
 
 def hv_host_create(memory_bytes: int, logical_processors: int, smt: int, seed: int,
-                   root_vps: int, reps_per_call: int):
-    """Boot a host; the handle frees itself when garbage-collected."""
+                   root_vps: int, reps_per_call: int, scheduler: int = 0, costs: dict | None = None):
+    """Boot a host; the handle frees itself when garbage-collected. `costs` maps hv_costs
+    fields (ns) to values; missing or zero ones take the core's defaults."""
     cfg = ffi.new("struct hv_host_config *")
+    cfg.scheduler = scheduler
+    for name, value in (costs or {}).items():
+        setattr(cfg.costs, name, value)
     cfg.memory_bytes = memory_bytes
     cfg.logical_processors = logical_processors
     cfg.smt = smt
@@ -120,7 +124,7 @@ def hv_host_partitions(h) -> list[int]:
 
 _INFO_FIELDS = ("id", "slot", "parent_id", "state", "privileges", "cpu_reserve", "cpu_cap",
                 "cpu_weight", "pages_owned", "pool_free", "pool_used", "gpa_mapped", "vp_mask",
-                "hypercalls", "hypercalls_failed", "reps")
+                "hypercalls", "hypercalls_failed", "reps", "run_time_ns", "started")
 
 
 def hv_partition_info(h, partition_id: int) -> dict | None:
@@ -159,4 +163,162 @@ def hv_state_digest(h, include_memory: bool) -> bytes:
     return bytes(ffi.buffer(out, 16))
 
 
+# --- simulated time and guests ----------------------------------------------------------------
+
+
+def hv_costs_fields() -> tuple[str, ...]:
+    return ("hypercall_ns", "parent_exit_ns", "message_ns", "event_ns", "interrupt_ns",
+            "time_slice_ns", "window_ns")
+
+
+def hv_run(h, until: int, max_records: int = 512) -> list[tuple[int, int, int, int]]:
+    """Run the C loop to `until` ns or until Python guests must step: [(partition id, vp index,
+    reason, pending sints)], empty when `until` was reached."""
+    out = ffi.new("struct hv_resume[]", max_records)
+    n = lib.hv_run(h, until, out, max_records)
+    return [(int(out[i].partition_id), int(out[i].vp_index), int(out[i].reason), int(out[i].pending_sints))
+            for i in range(n)]
+
+
+def hv_vp_step(h, partition_id: int, vp_index: int, op: int, arg: int) -> bool:
+    return lib.hv_vp_step(h, partition_id, vp_index, op, arg) == 0
+
+
+def hv_vp_set_guest(h, partition_id: int, vp_index: int, kind: int, a: int = 0) -> bool:
+    return lib.hv_vp_set_guest(h, partition_id, vp_index, kind, a) == 0
+
+
+def hv_now(h) -> int:
+    return int(lib.hv_now(h))
+
+
+def hv_trace_digest(h) -> bytes:
+    out = ffi.new("uint8_t[16]")
+    lib.hv_trace_digest(h, out)
+    return bytes(ffi.buffer(out, 16))
+
+
+def hv_vp_info(h, partition_id: int, vp_index: int) -> dict | None:
+    info = ffi.new("struct hv_vp_info *")
+    if lib.hv_vp_info(h, partition_id, vp_index, info) != 0:
+        return None
+    return {f: int(getattr(info, f)) for f in ("exec", "lp", "guest_kind", "pending_sints", "run_time_ns",
+                                                "work_ns", "debt_ns", "window_used_ns")}
+
+
+def hv_run_stats(h) -> dict:
+    st = ffi.new("struct hv_run_stats *")
+    lib.hv_run_stats(h, st)
+    return {"now": st.now, "events_processed": st.events_processed, "events_pending": st.events_pending,
+            "runnable": st.runnable}
+
+
+def hv_lp_busy(h, lp: int) -> int:
+    return int(lib.hv_lp_busy(h, lp))
+
+
+def hv_lp_running(h, lp: int) -> tuple[int, int] | None:
+    pid = ffi.new("uint64_t *")
+    vp = lib.hv_lp_running(h, lp, pid)
+    return None if vp < 0 else (int(pid[0]), int(vp))
+
+
 # --- ring primitives (vmbus fast path) -------------------------------------------------------
+# Batched packet copies into and out of a VMBus ring (native/ring.c; vmbus/ring.py is the only
+# caller and the pure-Python reference). A ring argument is any writable buffer holding a whole
+# ring: the 4096-byte control page and the data area.
+
+import array as _array  # noqa: E402 - this section is appended to the binding; see its header
+from contextlib import nullcontext as _nullcontext  # noqa: E402
+from typing import NamedTuple as _NamedTuple  # noqa: E402
+
+
+class RingBatch(_NamedTuple):
+    """What one hv_ring_*_batch call did."""
+
+    count: int  # packets written / copied out
+    signal: bool  # the peer must be signalled
+    index: int  # the index left published (write_index / read_index)
+    out_used: int  # read: bytes of `out` holding packet records
+    stop: int  # read: why it stopped, lib.HV_RING_STOP_* (EMPTY, MAX, OUT_FULL, CORRUPT)
+
+
+class RingCorruptError(ValueError):
+    """The ring's shared state is invalid. `kind` is "write_index", "read_index", "descriptor"
+    or "truncated", the names vmbus.ring.RingCorrupt uses for the same checks."""
+
+    def __init__(self, code: int, kind: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.kind = kind
+
+
+# -HV_RING_E* -> (kind of corruption or None for a caller error, message)
+_RING_ERRORS = {
+    lib.HV_RING_EINVAL: (None, "invalid ring arguments"),
+    lib.HV_RING_EMSGSIZE: (None, "a packet can never fit in this ring"),
+    lib.HV_RING_EBAD_WRITE_INDEX: ("write_index", "write_index unaligned or beyond the data area"),
+    lib.HV_RING_EBAD_READ_INDEX: ("read_index", "read_index unaligned or beyond the data area"),
+    lib.HV_RING_EBAD_DESCRIPTOR: ("descriptor", "packet descriptor: offset8 < 2 or > len8"),
+    lib.HV_RING_ETRUNCATED: ("truncated", "packet is longer than the bytes published"),
+}
+
+
+def _ring_check(rc: int) -> int:
+    if rc >= 0:
+        return rc
+    kind, message = _RING_ERRORS.get(-rc, (None, f"unknown ring error {rc}"))
+    if kind is None:
+        raise ValueError(message)
+    raise RingCorruptError(-rc, kind, message)
+
+
+def hv_ring_write_batch(ring, payloads, *, packet_type: int = 6, flags: int = 0,
+                        trans_ids=None) -> RingBatch:
+    """Append `payloads` (bytes-like) as packets until one does not fit; one index publish."""
+    if not (0 <= packet_type <= 0xFFFF and 0 <= flags <= 0xFFFF):
+        raise ValueError(f"packet type {packet_type} / flags {flags} are not u16")
+    count = len(payloads)
+    if count >= 1 << 31:
+        raise ValueError(f"{count} payloads in one batch")
+    try:
+        lengths = _array.array("I", map(len, payloads))
+        ids = None if trans_ids is None else _array.array("Q", trans_ids)
+    except OverflowError as exc:
+        raise ValueError(f"payload length or trans_id out of range: {exc}") from None
+    if ids is not None and len(ids) != count:
+        raise ValueError(f"{len(ids)} trans_ids for {count} payloads")
+    blob = b"".join(payloads)
+    if len(blob) != sum(lengths):  # a memoryview whose items are not bytes
+        raise TypeError("payloads must be bytes-like objects of bytes")
+    result = ffi.new("struct hv_ring_result *")
+    # N.B. every from_buffer is released by `with`, even on error: a cdata left alive in a
+    # traceback keeps an export on the ring's memoryview, and CPython's GC crashes when it
+    # clears a memoryview that is still exported.
+    tids = _nullcontext(ffi.NULL) if ids is None else ffi.from_buffer("uint64_t[]", ids)
+    try:
+        with ffi.from_buffer("uint8_t[]", ring, require_writable=True) as buf, \
+                ffi.from_buffer("uint8_t[]", blob) as src, \
+                ffi.from_buffer("uint32_t[]", lengths) as lens, tids as ids_ptr:
+            rc = lib.hv_ring_write_batch(buf, len(buf), src, lens, count, packet_type, flags,
+                                         ids_ptr, result)
+    except BufferError as exc:
+        raise TypeError(f"the ring must be a writable buffer: {exc}") from None
+    return RingBatch(_ring_check(rc), bool(result.signal), result.index, 0, 0)
+
+
+def hv_ring_read_batch(ring, out, max_packets: int) -> RingBatch:
+    """Copy up to max_packets packets out of `ring` into the writable buffer `out` as records
+    (each: the packet as in the ring, descriptor first, trailer dropped, len8 * 8 bytes, back to
+    back); publish read_index once."""
+    if not 0 <= max_packets < 1 << 31:
+        raise ValueError(f"max_packets {max_packets} out of range")
+    result = ffi.new("struct hv_ring_result *")
+    try:
+        with ffi.from_buffer("uint8_t[]", ring, require_writable=True) as buf, \
+                ffi.from_buffer("uint8_t[]", out, require_writable=True) as dst:
+            rc = lib.hv_ring_read_batch(buf, len(buf), dst, len(dst), max_packets, result)
+    except BufferError as exc:
+        raise TypeError(f"the ring and `out` must be writable buffers: {exc}") from None
+    return RingBatch(_ring_check(rc), bool(result.signal), result.index, result.out_used,
+                     result.stop)

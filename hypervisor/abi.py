@@ -49,7 +49,7 @@ PRIVILEGES_ROOT_ONLY = _binding.constant("HV_PRIV_ROOT_ONLY")
 PRIVILEGES_ROOT = _binding.constant("HV_PRIV_ROOT")
 
 PartitionProperty = _enum("PartitionProperty", "HV_PARTITION_PROPERTY_", [
-    "PRIVILEGE_FLAGS", "CPU_RESERVE", "CPU_CAP", "CPU_WEIGHT"])
+    "PRIVILEGE_FLAGS", "SUSPEND", "CPU_RESERVE", "CPU_CAP", "CPU_WEIGHT"])
 
 MapFlags = _enum("MapFlags", "HV_MAP_GPA_", ["READABLE", "WRITABLE", "EXECUTABLE"], base=enum.IntFlag)
 MAP_RWX = MapFlags.READABLE | MapFlags.WRITABLE | MapFlags.EXECUTABLE

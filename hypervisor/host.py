@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from hypervisor import _binding
 from hypervisor.abi import PAGE_SIZE
+from hypervisor.guest import GuestRunner
 from hypervisor.introspect import Introspection
 from hypervisor.partition import Partition, RootMemory, VirtualProcessor
-from hypervisor.quantities import parse_size
+from hypervisor.quantities import parse_duration, parse_size
+
+#: Scheduling policies: Hyper-V classic (fair share, any VP on any LP) and Hyper-V core (SMT
+#: siblings never run VPs of two different partitions at once).
+SCHEDULERS = {"classic": 0, "core": 1}
+
+#: Simulated costs and periods a host can set (durations); unset ones take the cost model's
+#: defaults (../shared/reference/cost-model.md §1).
+COSTS = {"hypercall": "hypercall_ns", "parent_exit": "parent_exit_ns", "message": "message_ns",
+         "event": "event_ns", "interrupt": "interrupt_ns", "time_slice": "time_slice_ns",
+         "window": "window_ns"}
 
 #: Rep elements one hypercall invocation completes before it returns for continuation. The TLFS
 #: asks the hypervisor to return within about 50 us; at the cost model's ~0.2 us per element
@@ -23,7 +34,8 @@ class Host:
     """
 
     def __init__(self, logical_processors: int = 4, memory: int | str = "4GiB", seed: int = 0, *,
-                 smt: int = 1, root_vps: int | None = None, reps_per_call: int = DEFAULT_REPS_PER_CALL):
+                 smt: int = 1, root_vps: int | None = None, reps_per_call: int = DEFAULT_REPS_PER_CALL,
+                 scheduler: str = "classic", costs: dict[str, int | str] | None = None):
         memory_bytes = parse_size(memory, "memory")
         if memory_bytes % PAGE_SIZE or memory_bytes < 64 * PAGE_SIZE:
             raise ValueError(f"memory: expected a multiple of 4 KiB of at least 256 KiB, got {memory!r}")
@@ -36,12 +48,25 @@ class Host:
             raise ValueError(f"root_vps: expected 1..64, got {root_vps!r}")
         if not 1 <= reps_per_call <= 4095:
             raise ValueError(f"reps_per_call: expected 1..4095, got {reps_per_call!r}")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler: expected one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+        core_costs = {}
+        for key, value in (costs or {}).items():
+            if key not in COSTS:
+                raise ValueError(f"costs: unknown cost {key!r}; known: {', '.join(COSTS)}")
+            ns = parse_duration(value, f"costs.{key}")
+            if ns <= 0:
+                raise ValueError(f"costs.{key}: expected a positive duration, got {value!r}")
+            core_costs[COSTS[key]] = ns
+        self.scheduler = scheduler
         self.logical_processors = logical_processors
         self.smt = smt
         self.memory_bytes = memory_bytes
         self.seed = seed
-        self._h = _binding.hv_host_create(memory_bytes, logical_processors, smt, seed, root_vps, reps_per_call)
+        self._h = _binding.hv_host_create(memory_bytes, logical_processors, smt, seed, root_vps, reps_per_call,
+                                          SCHEDULERS[scheduler], core_costs)
         self._partitions: dict[int, Partition] = {}
+        self._guests = GuestRunner(self)
         self.introspect = Introspection(self)
         root_id = self.introspect.partition_ids()[0]
         self.root = self._partition(root_id)
@@ -56,6 +81,32 @@ class Host:
     def __repr__(self) -> str:
         return (f"<Host {self.logical_processors} LPs, {self.memory_bytes // 2**20} MiB, "
                 f"{len(self.introspect.partition_ids())} partitions>")
+
+    # ---- simulated time ------------------------------------------------------------------------
+    @property
+    def now(self) -> int:
+        """Simulated time, ns."""
+        return _binding.hv_now(self._h)
+
+    def run(self, until: int | str) -> int:
+        """Run the simulation until simulated time `until` (ns, or a duration such as "1.5s",
+        measured from boot). Returns the new `now`."""
+        target = parse_duration(until, "until")
+        while True:
+            batch = _binding.hv_run(self._h, target)
+            if not batch:
+                return self.now
+            for partition_id, vp_index, reason, sints in batch:
+                self._guests.step(partition_id, vp_index, reason, sints)
+
+    def run_for(self, duration: int | str) -> int:
+        """Run for `duration` more simulated time."""
+        return self.run(self.now + parse_duration(duration, "duration"))
+
+    def trace_digest(self) -> bytes:
+        """A digest of every event processed and every scheduling decision so far: the same
+        configuration and seed give the same digest."""
+        return _binding.hv_trace_digest(self._h)
 
     @property
     def pages(self) -> int:

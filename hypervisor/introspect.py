@@ -77,3 +77,22 @@ class Introspection:
         """A 16-byte digest of the whole core state (with memory contents unless memory=False).
         Statistics such as hypercall counters are not state and are left out."""
         return _binding.hv_state_digest(self._host._h, memory)
+
+    # ---- scheduling ------------------------------------------------------------------------
+    def run_stats(self) -> dict:
+        """now, events_processed, events_pending, runnable."""
+        return _binding.hv_run_stats(self._host._h)
+
+    def vp_info(self, p: Partition | int, vp_index: int) -> dict | None:
+        return _binding.hv_vp_info(self._host._h, _pid(p), vp_index)
+
+    def lp_busy_ns(self, lp: int) -> int:
+        """Time LP `lp` has spent running VPs."""
+        return _binding.hv_lp_busy(self._host._h, lp)
+
+    def lp_running(self, lp: int) -> tuple[int, int] | None:
+        """(partition id, VP index) running on LP `lp` now, or None."""
+        return _binding.hv_lp_running(self._host._h, lp)
+
+    def run_time_ns(self, p: Partition | int) -> int:
+        return self.partition_info(p)["run_time_ns"]

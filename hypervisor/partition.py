@@ -96,6 +96,29 @@ class VirtualProcessor:
         gpa = self.input_gpa if gpa is None else gpa
         return _binding.hv_partition_write(self.partition.host._h, self.partition.id, gpa, bytes(data))
 
+    # ---- what runs on it ------------------------------------------------------------------------
+    def run(self, guest) -> None:
+        """Run `guest` (an async function taking a GuestContext) on this VP. It starts when the
+        partition runs (at once for the root)."""
+        self.partition.host._guests.attach(self, guest)
+
+    def run_builtin(self, kind: str, *, work: int | str = "20us") -> None:
+        """Run a guest that lives entirely in C: "idle" (halts, only takes interrupts), "burn"
+        (computes forever) or "tick" (an idle kernel: on each interrupt computes `work`,
+        acknowledges its SynIC messages and event flags, and halts again)."""
+        from hypervisor import guest as g
+        from hypervisor.quantities import parse_duration
+        kinds = {"idle": g.GUEST_NONE, "burn": g.GUEST_BURN, "tick": g.GUEST_TICK}
+        if kind not in kinds:
+            raise ValueError(f"built-in guest: expected one of {', '.join(kinds)}, got {kind!r}")
+        host = self.partition.host
+        host._guests.detach(self.partition.id, self.index)
+        _binding.hv_vp_set_guest(host._h, self.partition.id, self.index, kinds[kind], parse_duration(work))
+
+    def info(self) -> dict:
+        """Scheduling state: exec, lp, run_time_ns, work_ns, debt_ns, window_used_ns, ..."""
+        return _binding.hv_vp_info(self.partition.host._h, self.partition.id, self.index)
+
     # Registers of this VP, through the partition's own Get/SetVpRegisters.
     def get_registers(self, names: Sequence[int]) -> list[int]:
         return self.partition.get_vp_registers(self.partition, self.index, names, via=self)
@@ -227,6 +250,14 @@ class Partition:
         while (prev := self.get_next_child_partition(prev, via=via)) != PARTITION_ID_INVALID:
             found.append(self.host._partition(prev))
         return found
+
+    def resume_partition(self, target: Partition | int, *, via=None) -> None:
+        """Let the target's VPs run (SUSPEND property = 0); admission-controlled: a CPU reserve
+        that cannot be met fails with NO_RESOURCES and the partition stays suspended."""
+        self.set_partition_property(target, PartitionProperty.SUSPEND, 0, via=via)
+
+    def suspend_partition(self, target: Partition | int, *, via=None) -> None:
+        self.set_partition_property(target, PartitionProperty.SUSPEND, 1, via=via)
 
     # ---- memory pool ----------------------------------------------------------------------
     def deposit_memory(self, target: Partition | int | None, gpa_pages: Sequence[int], *, via=None) -> None:

@@ -14,6 +14,8 @@
 #include "hv_abi.h"
 /* The types and calls Python sees; written so that the same file is both C and the cffi cdef. */
 #include "api/core.h"
+#include "synic.h"
+#include "port.h"
 
 #define HV_CORE_ABI_VERSION 1u
 
@@ -35,6 +37,15 @@
 #define HV_PTE_PRESENT 0x1ull
 #define HV_PTE_RIGHTS_SHIFT 1
 
+/* What a VP is doing, from the scheduler's point of view. */
+enum hv_vp_exec {
+    HV_VP_STOPPED = 0,   /* not started (or its partition stopped): never scheduled */
+    HV_VP_RUNNABLE = 1,  /* has work and waits for an LP */
+    HV_VP_RUNNING = 2,   /* on an LP */
+    HV_VP_HALTED = 3,    /* waits for an interrupt (or its wake_at time) */
+    HV_VP_GUEST = 4,     /* waits for its Python guest to say what it does next */
+};
+
 enum hv_partition_state {
     HV_PARTITION_CREATED = 1,     /* properties may be set; no VPs, no memory map */
     HV_PARTITION_INITIALIZED = 2, /* VPs and GPA mappings may be added; VPs may run */
@@ -48,6 +59,27 @@ struct hv_vp {
     uint64_t rip, rflags, cr0, cr3, cr4;
     uint64_t guest_os_id;        /* HV_REGISTER_GUEST_OS_ID */
     uint64_t run_time_ns;        /* time this VP has run (HV_REGISTER_VP_RUNTIME / 100) */
+    struct hv_synic synic;       /* SINTs, SIMP/SIEFP, message queues, synthetic timers (synic.c) */
+    /* ---- execution (run.c, sched_*.c) ---- */
+    uint32_t part_slot;          /* its partition's slot */
+    enum hv_vp_exec exec;        /* see enum hv_vp_exec */
+    int32_t lp;                  /* LP it runs on, -1 if none */
+    uint64_t work_ns;            /* CPU time it still has to spend before its guest's next step */
+    uint64_t debt_ns;            /* costs charged (hypercalls, interrupts) not yet spent */
+    uint32_t pending_sints;      /* SINT interrupts raised since the guest last looked */
+    uint32_t guest_kind;         /* HV_GUEST_* */
+    uint64_t tick_period_ns, tick_work_ns; /* HV_GUEST_TICK parameters */
+    uint64_t wake_at;            /* HV_VP_HALTED with a timeout: when it wakes, else 0 */
+    uint64_t wake_seq;           /* invalidates stale wake events */
+    uint64_t slice_end;          /* when its current slice ends */
+    uint64_t slice_seq;          /* invalidates stale slice events */
+    uint64_t dispatched_at;      /* when it last went on an LP */
+    uint64_t window_used_ns;     /* run time in the current accounting window */
+    uint64_t vruntime;           /* weighted virtual run time (fair share) */
+    uint32_t resume_reason;      /* HV_RESUME_* it will report to its guest */
+    bool in_resume_list;
+    bool sleeping;               /* halted by a guest sleep: only its timeout wakes it */
+    int32_t rq_pos;              /* index in host->rq, -1 if not runnable */
 };
 
 struct hv_page_list {             /* a growable array of SPA pfns */
@@ -78,8 +110,78 @@ struct hv_partition {
     uint64_t gpa_mapped;          /* GPA pages mapped in this partition */
     struct hv_vp *vps[HV_MAX_VPS];/* NULL where no VP exists */
     struct hv_partition_counters counters;
+    uint64_t run_time_ns;         /* sum of its VPs' run time */
+    bool started;                 /* its VPs take part in scheduling */
 };
 
+
+/* A running digest: two independent 64-bit lanes over 64-bit words. Not cryptographic, only a
+ * change detector (state digest, trace digest). */
+struct hv_digest { uint64_t a, b; };
+static inline void hv_digest_init(struct hv_digest *d) { d->a = 0xcbf29ce484222325ull; d->b = 0x84222325cbf29ce4ull; }
+static inline void hv_digest_u64(struct hv_digest *d, uint64_t v)
+{
+    d->a = (d->a ^ v) * 0x100000001b3ull;
+    d->a ^= d->a >> 29;
+    d->b = (d->b + v + 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull;
+    d->b ^= d->b >> 31;
+}
+
+enum hv_event_kind {
+    HV_EV_SLICE = 1,     /* a VP's slice or work ends: charge it, pick again */
+    HV_EV_WAKE = 2,      /* a halted VP's timeout */
+    HV_EV_STIMER = 3,    /* a synthetic timer expires (synic.c) */
+    HV_EV_WINDOW = 4,    /* a new accounting window starts */
+};
+
+/* Guest contexts a VP runs (hv_vp_set_guest). */
+#define HV_GUEST_NONE   0u  /* nothing: the VP halts and only spends interrupt costs */
+#define HV_GUEST_PYTHON 1u  /* a Python coroutine: the run loop returns to Python for its steps */
+#define HV_GUEST_BURN   2u  /* computes forever, all in C */
+#define HV_GUEST_TICK   3u  /* an idle kernel: on each interrupt computes tick_work_ns, acknowledges
+                               its SynIC messages and flags, halts again; all in C */
+/* Steps a Python guest takes (hv_vp_step). */
+#define HV_STEP_COMPUTE 1u  /* spend arg ns of CPU time */
+#define HV_STEP_HALT    2u  /* wait for an interrupt (arg: timeout ns, 0 = none) */
+#define HV_STEP_SLEEP   3u  /* wait arg ns; interrupts stay pending */
+#define HV_STEP_STOP    4u  /* the guest ended: the VP halts for good */
+/* Why a Python guest is resumed. */
+#define HV_RESUME_START     1u
+#define HV_RESUME_STEP      2u  /* its computation finished */
+#define HV_RESUME_INTERRUPT 3u  /* an interrupt woke it */
+#define HV_RESUME_TIMEOUT   4u  /* its halt or sleep timed out */
+#define HV_WORK_FOREVER UINT64_MAX
+
+struct hv_event {
+    uint64_t time, seq;
+    uint32_t kind;
+    uint32_t slot, vp;   /* partition slot and VP index, where relevant */
+    uint64_t arg, arg2;  /* kind-specific (timer index, sequence guard) */
+};
+
+struct hv_lp {
+    uint32_t index;
+    uint32_t core;       /* index / smt: SMT siblings share it */
+    struct hv_vp *vp;    /* running VP, NULL when idle */
+    uint64_t busy_ns;    /* time it ran VPs */
+};
+
+/* A scheduling policy: hooks the run loop calls. One file per policy (sched_*.c). */
+struct hv_sched_ops {
+    const char *name;
+    /* Whether partition p may start (admission control); returns an HV_STATUS. */
+    uint16_t (*admit)(struct hv_host *h, struct hv_partition *p);
+    /* The VP to run next on LP lp, or NULL to leave it idle. */
+    struct hv_vp *(*pick)(struct hv_host *h, struct hv_lp *lp);
+    /* How long `vp` may run from now before the policy wants to decide again. */
+    uint64_t (*budget)(struct hv_host *h, struct hv_vp *vp);
+    /* vp ran `ns`: account it. */
+    void (*charge)(struct hv_host *h, struct hv_vp *vp, uint64_t ns);
+    /* A new accounting window starts. */
+    void (*window)(struct hv_host *h);
+    /* vp becomes runnable after waiting (halted or stopped), not after a preemption. */
+    void (*rejoin)(struct hv_host *h, struct hv_vp *vp);
+};
 
 struct hv_host {
     struct hv_host_config cfg;
@@ -92,7 +194,46 @@ struct hv_host {
     struct hv_partition *parts[HV_MAX_PARTITIONS]; /* by slot; slot 0 is the root */
     uint64_t next_partition_id;   /* next id CreatePartition hands out */
     uint32_t current_slot, current_vp; /* the caller of the hypercall in progress */
+    struct hv_port_space ports;   /* ports and connections of every partition (port.c) */
+    /* ---- time and scheduling (run.c, event.c, sched_*.c) ---- */
+    struct hv_costs costs;        /* simulated costs (host settings) */
+    uint64_t now;                 /* simulated time, ns */
+    uint64_t seq;                 /* event sequence: ties in time break by it */
+    struct hv_event *events;      /* binary min-heap on (time, seq) */
+    uint32_t nr_events, cap_events;
+    struct hv_lp *lps;            /* logical processors */
+    const struct hv_sched_ops *sched; /* the scheduling policy */
+    uint64_t window_start;        /* start of the current accounting window */
+    struct hv_digest trace;       /* running digest of every event and scheduling decision */
+    struct hv_vp **rq;            /* runnable VPs (order irrelevant: picks break ties by id) */
+    uint32_t nr_rq, cap_rq;
+    uint64_t events_processed;
+    struct hv_vp **resume;        /* VPs whose Python guest must take its next step */
+    uint32_t nr_resume, cap_resume;
 };
+
+/* ---- run.c: execution of VPs in simulated time ----------------------------------------------- */
+void hv_event_push(struct hv_host *h, uint64_t time, uint32_t kind, uint32_t slot, uint32_t vp,
+                   uint64_t arg, uint64_t arg2);
+/* Raise SINT `sint` on a VP: record it and wake the VP if it is halted. */
+void hv_vp_raise_interrupt(struct hv_host *h, struct hv_vp *vp, uint32_t sint);
+/* Charge a cost to a VP (spent as CPU time before its guest's next step). */
+void hv_vp_charge(struct hv_host *h, struct hv_vp *vp, uint64_t ns);
+struct hv_vp *hv_vp_lookup(struct hv_host *h, uint32_t slot, uint32_t vp_index);
+extern const struct hv_sched_ops hv_sched_classic, hv_sched_core;
+/* Start or stop a partition's VPs taking part in scheduling (the SUSPEND property). */
+uint16_t hv_partition_set_running(struct hv_host *h, struct hv_partition *p, bool run);
+int hv_run_init(struct hv_host *h);
+void hv_run_fini(struct hv_host *h);
+/* Fair-share helpers shared by the policies (sched_classic.c). */
+uint64_t hv_sched_cap_ns(const struct hv_host *h, const struct hv_vp *vp);
+uint64_t hv_sched_reserve_ns(const struct hv_host *h, const struct hv_vp *vp);
+struct hv_vp *hv_sched_pick_fair(struct hv_host *h, uint32_t only_slot);
+uint64_t hv_sched_fair_budget(struct hv_host *h, struct hv_vp *vp);
+void hv_sched_fair_charge(struct hv_host *h, struct hv_vp *vp, uint64_t ns);
+void hv_sched_fair_window(struct hv_host *h);
+void hv_sched_fair_rejoin(struct hv_host *h, struct hv_vp *vp);
+uint16_t hv_sched_fair_admit(struct hv_host *h, struct hv_partition *p);
 
 /* ---- memory.c: SPA pages, owners, GPA maps, a partition's access to its own memory ---------- */
 int hv_mem_init(struct hv_host *h);

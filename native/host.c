@@ -53,7 +53,18 @@ struct hv_host *hv_host_create(const struct hv_host_config *cfg)
     if (h->cfg.root_vps > HV_MAX_VPS)
         h->cfg.root_vps = HV_MAX_VPS;
     h->next_partition_id = 1;
-    if (hv_mem_init(h) != 0) {
+    /* Zero costs take the cost model's defaults (../shared/reference/cost-model.md §1). */
+    struct hv_costs *c = &h->costs;
+    *c = cfg->costs;
+    if (!c->hypercall_ns) c->hypercall_ns = 1000;
+    if (!c->parent_exit_ns) c->parent_exit_ns = 4000;
+    if (!c->message_ns) c->message_ns = 1000;
+    if (!c->event_ns) c->event_ns = 1000;
+    if (!c->interrupt_ns) c->interrupt_ns = 1000;
+    if (!c->time_slice_ns) c->time_slice_ns = 10000000;
+    if (!c->window_ns) c->window_ns = 100000000;
+    hv_ports_init(&h->ports);
+    if (hv_mem_init(h) != 0 || hv_run_init(h) != 0) {
         hv_host_destroy(h);
         return NULL;
     }
@@ -72,7 +83,9 @@ struct hv_host *hv_host_create(const struct hv_host_config *cfg)
             hv_host_destroy(h);
             return NULL;
         }
+        root->vps[i]->part_slot = 0;
     }
+    hv_partition_set_running(h, root, true);
     return h;
 }
 
@@ -83,6 +96,8 @@ void hv_host_destroy(struct hv_host *h)
     for (uint32_t s = HV_MAX_PARTITIONS; s-- > 0;)
         if (h->parts[s])
             hv_partition_destroy(h, h->parts[s]);
+    hv_run_fini(h);
+    hv_ports_fini(&h->ports);
     hv_mem_fini(h);
     free(h);
 }
@@ -138,6 +153,11 @@ int hv_partition_info(struct hv_host *h, uint64_t id, struct hv_partition_info *
     out->hypercalls = p->counters.hypercalls;
     out->hypercalls_failed = p->counters.hypercalls_failed;
     out->reps = p->counters.reps;
+    out->run_time_ns = p->run_time_ns;
+    for (uint32_t i = 0; i < HV_MAX_VPS; i++)
+        if (p->vps[i] && p->vps[i]->exec == HV_VP_RUNNING)
+            out->run_time_ns += h->now - p->vps[i]->dispatched_at;
+    out->started = p->started;
     return 0;
 }
 
@@ -215,16 +235,8 @@ int hv_partition_write(struct hv_host *h, uint64_t id, uint64_t gpa, const uint8
 }
 
 /* ---- the state digest ------------------------------------------------------------------------ */
-/* Two independent 64-bit lanes over 64-bit words: not cryptographic, only a change detector. */
-struct digest { uint64_t a, b; };
-
-static void dg(struct digest *d, uint64_t v)
-{
-    d->a = (d->a ^ v) * 0x100000001b3ull;
-    d->a ^= d->a >> 29;
-    d->b = (d->b + v + 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull;
-    d->b ^= d->b >> 31;
-}
+#define digest hv_digest
+#define dg hv_digest_u64
 
 static void dg_list(struct digest *d, const struct hv_page_list *l)
 {
@@ -235,7 +247,8 @@ static void dg_list(struct digest *d, const struct hv_page_list *l)
 
 void hv_state_digest(struct hv_host *h, int include_memory, uint8_t *out)
 {
-    struct digest d = { 0xcbf29ce484222325ull, 0x84222325cbf29ce4ull };
+    struct digest d;
+    hv_digest_init(&d);
     dg(&d, h->nr_pages);
     dg(&d, h->next_partition_id);
     dg(&d, h->hv_pages);
@@ -253,6 +266,7 @@ void hv_state_digest(struct hv_host *h, int include_memory, uint8_t *out)
         dg(&d, p->id);
         dg(&d, p->parent_slot);
         dg(&d, p->state);
+        dg(&d, p->started);
         dg(&d, p->privileges);
         dg(&d, ((uint64_t)p->cpu_reserve << 40) | ((uint64_t)p->cpu_cap << 20) | p->cpu_weight);
         dg(&d, p->pages_owned);
@@ -273,6 +287,7 @@ void hv_state_digest(struct hv_host *h, int include_memory, uint8_t *out)
             dg(&d, vp->cr3);
             dg(&d, vp->cr4);
             dg(&d, vp->guest_os_id);
+            hv_synic_digest(&vp->synic, &d);
         }
         /* GPA maps live in leaf pages; those are hashed with memory below, and their
          * presence per region here. */
@@ -286,6 +301,7 @@ void hv_state_digest(struct hv_host *h, int include_memory, uint8_t *out)
                         dg(&d, t[i]);
                 }
     }
+    hv_ports_digest(&h->ports, &d);
     if (include_memory) {
         for (uint64_t pfn = 0; pfn < h->nr_pages; pfn++) {
             if (!((h->dirty[pfn / 64] >> (pfn % 64)) & 1))

@@ -177,6 +177,7 @@ enum hv_status {
 
 /* The documented property subset (HV_PARTITION_PROPERTY_CODE). */
 #define HV_PARTITION_PROPERTY_PRIVILEGE_FLAGS 0x00010000u /* set before InitializePartition */
+#define HV_PARTITION_PROPERTY_SUSPEND     0x00020000u /* 1: VPs do not run (new children start so) */
 #define HV_PARTITION_PROPERTY_CPU_RESERVE     0x00020001u /* % of one LP per VP, 0..100      */
 #define HV_PARTITION_PROPERTY_CPU_CAP         0x00020002u /* limit, % of one LP, 1..100      */
 #define HV_PARTITION_PROPERTY_CPU_WEIGHT      0x00020003u /* relative weight 1..10000        */

@@ -4,5 +4,6 @@
 
 #include "hv_abi.h"
 #include "core.h"
+#include "ring.h"
 
 #endif

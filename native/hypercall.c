@@ -99,16 +99,25 @@ static uint16_t decode_and_run(struct hv_call *c, const struct hv_call_desc *d, 
         /* One snapshot of the input: the handler never reads guest memory twice. */
         if (c->in_len)
             hv_guest_read(h, c->caller, in_arg, in_buf, c->in_len);
-        if (c->out_len)
-            hv_guest_read(h, c->caller, out_arg, out_buf, c->out_len);
     }
+    /* The private output block starts zeroed: nothing from an earlier call can leak through it. */
+    memset(out_buf, 0, c->out_len);
     c->in = in_buf;
     c->out = out_buf;
     uint32_t budget = h->cfg.reps_per_call ? h->cfg.reps_per_call : HV_MAX_REP_COUNT;
     c->rep_end = d->rep ? (c->rep_count - c->rep_start > budget ? c->rep_start + budget : c->rep_count) : 0;
     uint16_t st = d->handler(c);
-    if (st == HV_STATUS_SUCCESS && !c->fast && c->out_len)
-        hv_guest_write(h, c->caller, out_arg, out_buf, c->out_len);
+    if (st == HV_STATUS_SUCCESS && !c->fast && c->out_len) {
+        /* Write back only what this invocation produced: the fixed output and the elements
+         * [rep_start, rep_end); the caller's other output elements stay as they were. */
+        if (d->out_size)
+            hv_guest_write(h, c->caller, out_arg, out_buf, d->out_size);
+        if (d->out_elem_size && c->rep_end > c->rep_start) {
+            uint32_t off = d->out_size + c->rep_start * d->out_elem_size;
+            hv_guest_write(h, c->caller, out_arg + off, out_buf + off,
+                           (c->rep_end - c->rep_start) * d->out_elem_size);
+        }
+    }
     return st;
 }
 
@@ -125,6 +134,8 @@ uint64_t hv_hypercall(struct hv_host *h, uint64_t partition_id, uint32_t vp_inde
                          .code = (uint16_t)(control & HV_CTL_CALL_CODE_MASK) };
     const struct hv_call_desc *d = hv_call_lookup(c.code);
     uint16_t st = decode_and_run(&c, d, control, in_arg, out_arg, xmm, in_buf, out_buf);
+    /* An exit and a hypercall cost the calling VP time, whatever the outcome. */
+    hv_vp_charge(h, c.vp, h->costs.hypercall_ns);
     /* The caller may have been deleted by its own call only if it were its own parent: never. */
     caller->counters.hypercalls++;
     uint64_t reps = 0;

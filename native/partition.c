@@ -47,6 +47,7 @@ struct hv_partition *hv_partition_alloc(struct hv_host *h, uint32_t parent_slot)
 void hv_partition_destroy(struct hv_host *h, struct hv_partition *p)
 {
     uint32_t parent = p->parent_slot;
+    hv_ports_drop_partition(h, p->slot);
     for (uint32_t i = 0; i < HV_MAX_VPS; i++) {
         if (p->vps[i]) {
             hv_vp_free(p->vps[i]);
@@ -139,6 +140,7 @@ uint16_t hv_call_finalize_partition(struct hv_call *c)
         return HV_STATUS_INVALID_PARTITION_ID;
     if (p->state != HV_PARTITION_INITIALIZED)
         return HV_STATUS_INVALID_PARTITION_STATE;
+    hv_partition_set_running(c->h, p, false); /* cannot fail */
     p->state = HV_PARTITION_FINALIZED;
     return HV_STATUS_SUCCESS;
 }
@@ -159,6 +161,7 @@ static uint16_t property_get(const struct hv_partition *p, uint32_t code, uint64
 {
     switch (code) {
     case HV_PARTITION_PROPERTY_PRIVILEGE_FLAGS: *value = p->privileges; return HV_STATUS_SUCCESS;
+    case HV_PARTITION_PROPERTY_SUSPEND: *value = !p->started; return HV_STATUS_SUCCESS;
     case HV_PARTITION_PROPERTY_CPU_RESERVE: *value = p->cpu_reserve; return HV_STATUS_SUCCESS;
     case HV_PARTITION_PROPERTY_CPU_CAP: *value = p->cpu_cap; return HV_STATUS_SUCCESS;
     case HV_PARTITION_PROPERTY_CPU_WEIGHT: *value = p->cpu_weight; return HV_STATUS_SUCCESS;
@@ -201,11 +204,24 @@ uint16_t hv_call_set_partition_property(struct hv_call *c)
             return HV_STATUS_PROPERTY_VALUE_OUT_OF_RANGE;
         p->privileges = v;
         return HV_STATUS_SUCCESS;
-    case HV_PARTITION_PROPERTY_CPU_RESERVE:
+    case HV_PARTITION_PROPERTY_SUSPEND:
+        if (v > 1)
+            return HV_STATUS_PROPERTY_VALUE_OUT_OF_RANGE;
+        if (v == 0 && p->state != HV_PARTITION_INITIALIZED)
+            return HV_STATUS_INVALID_PARTITION_STATE;
+        /* Resuming is admission-controlled: a reserve that cannot be met fails (nothing changes). */
+        return hv_partition_set_running(c->h, p, v == 0);
+    case HV_PARTITION_PROPERTY_CPU_RESERVE: {
         if (v > 100)
             return HV_STATUS_PROPERTY_VALUE_OUT_OF_RANGE;
+        uint32_t old = p->cpu_reserve;
         p->cpu_reserve = (uint32_t)v;
+        if (p->started && c->h->sched->admit(c->h, p) != HV_STATUS_SUCCESS) {
+            p->cpu_reserve = old;
+            return HV_STATUS_NO_RESOURCES;
+        }
         return HV_STATUS_SUCCESS;
+    }
     case HV_PARTITION_PROPERTY_CPU_CAP:
         if (v < 1 || v > 100)
             return HV_STATUS_PROPERTY_VALUE_OUT_OF_RANGE;

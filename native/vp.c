@@ -16,12 +16,17 @@ struct hv_vp *hv_vp_alloc(uint32_t index)
     if (vp) {
         vp->index = index;
         vp->rflags = 0x2; /* bit 1 of RFLAGS always reads as one */
+        vp->lp = -1;
+        vp->rq_pos = -1;
+        vp->exec = HV_VP_STOPPED;
+        hv_synic_init(&vp->synic);
     }
     return vp;
 }
 
 void hv_vp_free(struct hv_vp *vp)
 {
+    hv_synic_fini(&vp->synic);
     free(vp);
 }
 
@@ -47,7 +52,10 @@ uint16_t hv_call_create_vp(struct hv_call *c)
     struct hv_vp *vp = hv_vp_alloc(in.vp_index);
     if (!vp)
         return HV_STATUS_INSUFFICIENT_MEMORY;
+    if (p->started)
+        return HV_STATUS_INVALID_PARTITION_STATE; /* VPs are added before a partition starts */
     /* apply */
+    vp->part_slot = p->slot;
     vp->pool_page = hv_pool_take(c->h, p);
     p->vps[in.vp_index] = vp;
     return HV_STATUS_SUCCESS;
@@ -64,6 +72,8 @@ uint16_t hv_call_delete_vp(struct hv_call *c)
         return HV_STATUS_INVALID_PARAMETER;
     if (in.vp_index >= HV_MAX_VPS || !p->vps[in.vp_index])
         return HV_STATUS_INVALID_VP_INDEX;
+    if (p->vps[in.vp_index]->exec != HV_VP_STOPPED)
+        return HV_STATUS_INVALID_VP_STATE; /* a VP taking part in scheduling cannot go */
     /* apply */
     struct hv_vp *vp = p->vps[in.vp_index];
     hv_pool_give_back(c->h, p, vp->pool_page);
@@ -83,14 +93,14 @@ static int register_privilege(uint32_t name)
     case HV_REGISTER_VP_INDEX: return HV_PRIV_ACCESS_VP_INDEX;
     case HV_REGISTER_VP_RUNTIME: return HV_PRIV_ACCESS_VP_RUNTIME_REG;
     case HV_REGISTER_TIME_REF_COUNT: return HV_PRIV_ACCESS_PARTITION_REF_COUNTER;
-    default: return -1;
+    default: return hv_synic_register_privilege(name);
     }
 }
 
 static bool register_read_only(uint32_t name)
 {
     return name == HV_REGISTER_VP_INDEX || name == HV_REGISTER_VP_RUNTIME ||
-           name == HV_REGISTER_TIME_REF_COUNT;
+           name == HV_REGISTER_TIME_REF_COUNT || hv_synic_register_read_only(name);
 }
 
 static uint64_t *register_slot(struct hv_vp *vp, uint32_t name)
@@ -108,18 +118,21 @@ static uint64_t *register_slot(struct hv_vp *vp, uint32_t name)
     }
 }
 
-static uint64_t register_read(const struct hv_vp *vp, uint32_t name)
+static uint64_t register_read(struct hv_host *h, struct hv_partition *p, struct hv_vp *vp, uint32_t name)
 {
     switch (name) {
     case HV_REGISTER_VP_INDEX: return vp->index;
     case HV_REGISTER_VP_RUNTIME: return vp->run_time_ns / 100;
-    case HV_REGISTER_TIME_REF_COUNT: return 0; /* simulated time arrives with the scheduler */
-    default: return *register_slot((struct hv_vp *)vp, name);
+    case HV_REGISTER_TIME_REF_COUNT: return h->now / 100; /* reference time counts 100 ns */
+    default: {
+        uint64_t *slot = register_slot(vp, name);
+        return slot ? *slot : hv_synic_get_register(h, p, vp, name);
+    }
     }
 }
 
 /* Decode the header shared by Get/SetVpRegisters: the target VP and the access check. */
-static uint16_t registers_target(struct hv_call *c, struct hv_vp **out, bool *self)
+static uint16_t registers_target(struct hv_call *c, struct hv_vp **out, bool *self, struct hv_partition **part)
 {
     struct hv_in_vp_registers in;
     memcpy(&in, c->in, sizeof(in));
@@ -135,6 +148,7 @@ static uint16_t registers_target(struct hv_call *c, struct hv_vp **out, bool *se
     if (idx >= HV_MAX_VPS || !p->vps[idx])
         return HV_STATUS_INVALID_VP_INDEX;
     *out = p->vps[idx];
+    *part = p;
     return HV_STATUS_SUCCESS;
 }
 
@@ -153,8 +167,9 @@ static uint16_t check_register(const struct hv_call *c, uint32_t name, bool self
 uint16_t hv_call_get_vp_registers(struct hv_call *c)
 {
     struct hv_vp *vp;
+    struct hv_partition *p;
     bool self;
-    uint16_t st = registers_target(c, &vp, &self);
+    uint16_t st = registers_target(c, &vp, &self, &p);
     if (st != HV_STATUS_SUCCESS)
         return st;
     for (uint32_t i = c->rep_start; i < c->rep_end; i++) {
@@ -163,7 +178,7 @@ uint16_t hv_call_get_vp_registers(struct hv_call *c)
             return st;
     }
     for (uint32_t i = c->rep_start; i < c->rep_end; i++) {
-        hv_store64(c->out + (size_t)i * 16, register_read(vp, hv_load32(c->in + 16 + (size_t)i * 4)));
+        hv_store64(c->out + (size_t)i * 16, register_read(c->h, p, vp, hv_load32(c->in + 16 + (size_t)i * 4)));
         hv_store64(c->out + (size_t)i * 16 + 8, 0);
     }
     return HV_STATUS_SUCCESS;
@@ -172,8 +187,9 @@ uint16_t hv_call_get_vp_registers(struct hv_call *c)
 uint16_t hv_call_set_vp_registers(struct hv_call *c)
 {
     struct hv_vp *vp;
+    struct hv_partition *p;
     bool self;
-    uint16_t st = registers_target(c, &vp, &self);
+    uint16_t st = registers_target(c, &vp, &self, &p);
     if (st != HV_STATUS_SUCCESS)
         return st;
     for (uint32_t i = c->rep_start; i < c->rep_end; i++) {
@@ -182,13 +198,24 @@ uint16_t hv_call_set_vp_registers(struct hv_call *c)
         if (a.reserved1 || a.reserved2 || a.value_high)
             return HV_STATUS_INVALID_PARAMETER;
         st = check_register(c, a.name, self, true);
+        if (st == HV_STATUS_SUCCESS && !register_slot(vp, a.name))
+            st = hv_synic_check_register(c->h, p, vp, a.name, a.value_low);
         if (st != HV_STATUS_SUCCESS)
             return st;
+        /* N.B. hvsim refuses two writes to one register in a batch, so that checking each
+         * write against the state before the batch is the same as checking them in turn. */
+        for (uint32_t j = c->rep_start; j < i; j++)
+            if (hv_load32(c->in + 16 + (size_t)j * sizeof(a)) == a.name)
+                return HV_STATUS_INVALID_PARAMETER;
     }
     for (uint32_t i = c->rep_start; i < c->rep_end; i++) {
         struct hv_register_assoc a;
         memcpy(&a, c->in + 16 + (size_t)i * sizeof(a), sizeof(a));
-        *register_slot(vp, a.name) = a.value_low;
+        uint64_t *slot = register_slot(vp, a.name);
+        if (slot)
+            *slot = a.value_low;
+        else
+            hv_synic_set_register(c->h, p, vp, a.name, a.value_low);
     }
     return HV_STATUS_SUCCESS;
 }

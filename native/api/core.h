@@ -4,6 +4,17 @@
 
 struct hv_host;
 
+/* Simulated costs and scheduling periods (ns); defaults in ../shared/reference/cost-model.md §1. */
+struct hv_costs {
+    uint64_t hypercall_ns;        /* VM exit + a hypercall handled in the hypervisor (1 us) */
+    uint64_t parent_exit_ns;      /* an exit handled by the parent's VM worker (4 us) */
+    uint64_t message_ns;          /* SynIC message delivery (1 us) */
+    uint64_t event_ns;            /* event-flag delivery (1 us) */
+    uint64_t interrupt_ns;        /* taking an interrupt in the target VP (1 us) */
+    uint64_t time_slice_ns;       /* scheduler time slice (10 ms) */
+    uint64_t window_ns;           /* CPU-control accounting window (100 ms) */
+};
+
 struct hv_host_config {
     uint64_t memory_bytes;        /* simulated host memory (SPA space), a multiple of 4 KiB */
     uint32_t logical_processors;
@@ -12,6 +23,8 @@ struct hv_host_config {
     uint32_t root_vps;            /* VPs of the root partition (0 = one per LP, at most 64) */
     uint32_t reps_per_call;       /* rep elements one invocation completes before it returns for
                                      continuation (the TLFS 50 us target); 0 = no limit */
+    uint32_t scheduler;           /* 0 = Hyper-V classic, 1 = Hyper-V core */
+    struct hv_costs costs;
 };
 
 struct hv_host_totals {
@@ -34,6 +47,29 @@ struct hv_partition_info {
     uint64_t gpa_mapped;
     uint64_t vp_mask;             /* bit i set: VP i exists */
     uint64_t hypercalls, hypercalls_failed, reps;
+    uint64_t run_time_ns;         /* CPU time its VPs have run */
+    uint32_t started;             /* its VPs take part in scheduling (SUSPEND property is 0) */
+};
+
+/* A VP whose Python guest must take its next step (hv_run). */
+struct hv_resume {
+    uint64_t partition_id;
+    uint32_t vp_index;
+    uint32_t reason;              /* HV_RESUME_* */
+    uint32_t pending_sints;       /* SINTs raised since the guest last looked */
+};
+
+struct hv_vp_info {
+    uint32_t exec;                /* 0 stopped, 1 runnable, 2 running, 3 halted, 4 waiting for its guest */
+    int32_t lp;
+    uint32_t guest_kind;
+    uint32_t pending_sints;
+    uint64_t run_time_ns, work_ns, debt_ns, window_used_ns;
+};
+
+struct hv_run_stats {
+    uint64_t now, events_processed, events_pending;
+    uint32_t runnable;
 };
 
 uint32_t hv_core_abi_version(void);
@@ -68,3 +104,17 @@ void hv_state_digest(struct hv_host *h, int include_memory, uint8_t *out);
 /* The shape of a hypercall as the dispatch table knows it: 0 or -1 for an unknown code. */
 int hv_call_shape(uint16_t code, uint32_t *header_size, uint32_t *in_elem_size, uint32_t *out_size,
                   uint32_t *out_elem_size, int *rep, int *fast_ok, uint64_t *privilege);
+
+/* Simulated time. Run until `until` (ns) or until Python guests must step: returns how many
+ * resume records it wrote to `out` (0: it reached `until`). */
+uint32_t hv_run(struct hv_host *h, uint64_t until, struct hv_resume *out, uint32_t max);
+/* A Python guest's next step (HV_STEP_*): 0, or -1 if the VP is not waiting for one. */
+int hv_vp_step(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint32_t op, uint64_t arg);
+/* What a VP runs (HV_GUEST_*; `a` is the tick guest's work per interrupt in ns). */
+int hv_vp_set_guest(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint32_t kind, uint64_t a);
+uint64_t hv_now(struct hv_host *h);
+void hv_trace_digest(struct hv_host *h, uint8_t *out);
+int hv_vp_info(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, struct hv_vp_info *out);
+void hv_run_stats(struct hv_host *h, struct hv_run_stats *out);
+uint64_t hv_lp_busy(struct hv_host *h, uint32_t lp);
+int32_t hv_lp_running(struct hv_host *h, uint32_t lp, uint64_t *partition_id);

@@ -1,0 +1,170 @@
+"""Guests on VPs: Python coroutines that spend simulated CPU time only by saying so.
+
+A guest is an `async def` function taking a `GuestContext`. Between its awaits it runs in zero
+simulated time; `await ctx.compute("2ms")` spends CPU time on its VP (the scheduler decides when,
+and on which LP), `await ctx.halt()` waits for an interrupt (HLT), `await ctx.sleep("10ms")` waits
+for time to pass. Hypercalls (`ctx.hypercall`, or the partition's typed wrappers) execute at once
+and cost the VP `hypercall_ns` of CPU time, spent before its next step.
+
+    async def pinger(ctx):
+        while True:
+            await ctx.compute("100us")
+            ctx.partition.post_message(connection_id=5, message_type=1, payload=b"ping")
+            await ctx.halt()
+
+    host.root.vp(0).run(pinger)
+    host.run(until="1s")
+
+The C run loop returns to Python only when guests must take their next steps, and hands over
+every VP that must step at that instant in one batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Awaitable, Callable, Coroutine, Generator
+
+from hypervisor import _binding
+from hypervisor.quantities import parse_duration
+
+if TYPE_CHECKING:
+    from hypervisor.partition import HypercallResult, Partition, VirtualProcessor
+
+STEP_COMPUTE = _binding.constant("HV_STEP_COMPUTE")
+STEP_HALT = _binding.constant("HV_STEP_HALT")
+STEP_SLEEP = _binding.constant("HV_STEP_SLEEP")
+STEP_STOP = _binding.constant("HV_STEP_STOP")
+GUEST_NONE = _binding.constant("HV_GUEST_NONE")
+GUEST_PYTHON = _binding.constant("HV_GUEST_PYTHON")
+GUEST_BURN = _binding.constant("HV_GUEST_BURN")
+GUEST_TICK = _binding.constant("HV_GUEST_TICK")
+
+_REASONS = {_binding.constant("HV_RESUME_START"): "start", _binding.constant("HV_RESUME_STEP"): "step",
+            _binding.constant("HV_RESUME_INTERRUPT"): "interrupt",
+            _binding.constant("HV_RESUME_TIMEOUT"): "timeout"}
+
+
+@dataclass(frozen=True)
+class Wakeup:
+    """What a guest's await returns: why it resumed and which SINTs were raised meanwhile."""
+
+    reason: str  # "start", "step" (its computation finished), "interrupt", "timeout"
+    sints: int   # bit n: SINT n was raised since the guest last looked
+
+    def raised(self, sint: int) -> bool:
+        return bool(self.sints >> sint & 1)
+
+
+class Step:
+    """An awaitable step: the coroutine yields it to the run loop and gets a Wakeup back."""
+
+    __slots__ = ("op", "arg")
+
+    def __init__(self, op: int, arg: int):
+        self.op, self.arg = op, arg
+
+    def __await__(self) -> Generator[Step, Wakeup, Wakeup]:
+        return (yield self)
+
+
+class GuestError(RuntimeError):
+    """A guest coroutine raised; the VP is stopped and the error names it."""
+
+
+class GuestContext:
+    """What a guest sees: its VP, its partition, time, and the steps it can take."""
+
+    def __init__(self, vp: VirtualProcessor):
+        self.vp = vp
+        self.partition: Partition = vp.partition
+        self.host = vp.partition.host
+
+    @property
+    def now(self) -> int:
+        """Simulated time in ns."""
+        return self.host.now
+
+    def compute(self, duration: int | str) -> Step:
+        """Spend CPU time on this VP."""
+        return Step(STEP_COMPUTE, parse_duration(duration))
+
+    def halt(self, timeout: int | str | None = None) -> Step:
+        """Wait for an interrupt (returns at once if one is pending), or for `timeout`."""
+        return Step(STEP_HALT, 0 if timeout is None else max(1, parse_duration(timeout)))
+
+    def sleep(self, duration: int | str) -> Step:
+        """Let `duration` pass; interrupts that arrive meanwhile stay pending."""
+        return Step(STEP_SLEEP, max(1, parse_duration(duration)))
+
+    async def wait_for_sint(self, sint: int, timeout: int | str | None = None) -> Wakeup:
+        """Halt until SINT `sint` is raised (or the timeout passes)."""
+        deadline = None if timeout is None else self.now + parse_duration(timeout)
+        while True:
+            left = None if deadline is None else deadline - self.now
+            if left is not None and left <= 0:
+                return Wakeup("timeout", 0)
+            w = await self.halt(left)
+            if w.raised(sint) or w.reason == "timeout":
+                return w
+
+    def hypercall(self, control_word: int, input: bytes = b"", **kw) -> HypercallResult:
+        """The raw hypercall from this VP (it costs the VP hypercall_ns)."""
+        return self.vp.hypercall(control_word, input, **kw)
+
+    def read(self, gpa: int, length: int) -> bytes:
+        return self.partition.read(gpa, length)
+
+    def write(self, gpa: int, data: bytes) -> None:
+        self.partition.write(gpa, data)
+
+
+GuestFunction = Callable[[GuestContext], Awaitable[None]]
+
+
+class GuestRunner:
+    """Drives the guest coroutines of one host: starts them, feeds them their wakeups, hands
+    their next steps to the core."""
+
+    def __init__(self, host):
+        self._host = host
+        self._coros: dict[tuple[int, int], Coroutine] = {}
+
+    def attach(self, vp: VirtualProcessor, fn: GuestFunction) -> None:
+        key = (vp.partition.id, vp.index)
+        old = self._coros.pop(key, None)
+        if old is not None:
+            old.close()
+        coro = fn(GuestContext(vp))
+        if not hasattr(coro, "send"):
+            raise TypeError(f"a guest must be an async function taking a GuestContext, got {fn!r}")
+        self._coros[key] = coro
+        _binding.hv_vp_set_guest(self._host._h, vp.partition.id, vp.index, GUEST_PYTHON)
+
+    def detach(self, partition_id: int, vp_index: int | None = None) -> None:
+        for key in [k for k in self._coros if k[0] == partition_id and (vp_index is None or k[1] == vp_index)]:
+            self._coros.pop(key).close()
+
+    def step(self, partition_id: int, vp_index: int, reason: int, sints: int) -> None:
+        key = (partition_id, vp_index)
+        coro = self._coros.get(key)
+        h = self._host._h
+        if coro is None:  # its guest was replaced or removed: the VP idles
+            _binding.hv_vp_step(h, partition_id, vp_index, STEP_STOP, 0)
+            return
+        wake = Wakeup(_REASONS.get(reason, "step"), sints)
+        try:
+            step = coro.send(None if wake.reason == "start" else wake)
+        except StopIteration:
+            del self._coros[key]
+            _binding.hv_vp_step(h, partition_id, vp_index, STEP_STOP, 0)
+            return
+        except Exception as exc:
+            del self._coros[key]
+            _binding.hv_vp_step(h, partition_id, vp_index, STEP_STOP, 0)
+            raise GuestError(f"the guest on VP {vp_index} of partition {partition_id} raised "
+                             f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(step, Step):
+            del self._coros[key]
+            _binding.hv_vp_step(h, partition_id, vp_index, STEP_STOP, 0)
+            raise GuestError(f"the guest on VP {vp_index} of partition {partition_id} awaited "
+                             f"{step!r}; guests await only ctx.compute/halt/sleep")
+        _binding.hv_vp_step(h, partition_id, vp_index, step.op, step.arg)

@@ -1,0 +1,304 @@
+/* ring.c: batched packet copies into and out of a VMBus ring (layout and rules in ring.h).
+ *
+ * The point of this file is batching: Python pays one call and one index publish per batch
+ * instead of per packet (cost model §4). Behaviour matches vmbus/ring.py, the pure-Python
+ * reference, check for check and in the same order, so the two can be tested against each other.
+ *
+ * The peer owns half of the control page and may write anything there at any time, so:
+ *  - every shared field is loaded once per use into a local, validated, and only the local is
+ *    used afterwards (no double fetch);
+ *  - a descriptor is copied out before it is checked, and the record handed back is built from
+ *    that checked copy;
+ *  - every access is inside [ring, ring + ring_len): positions are < dsize and copies longer than
+ *    the distance to the end of the data area are split at the wrap.
+ * Loads and stores go byte by byte in little-endian order: the layout is little-endian whatever
+ * the host, and byte access can never be an unaligned (undefined) access. Compilers turn these
+ * into single moves on little-endian hosts.
+ *
+ * N.B. hvsim runs in one thread, so no memory barriers are needed; the comments mark where a
+ * concurrent implementation (Linux hv_ringbuffer_write, hv_pkt_iter_close) puts them.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "ring.h"
+
+static uint16_t get_le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+static uint32_t get_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void put_le16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static void put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* One ring, decoded from (buffer, length). */
+struct ring_view {
+    uint8_t *ctl;   /* control page */
+    uint8_t *data;  /* data area */
+    uint32_t dsize; /* data area size: multiple of 8 in [MIN_DATA_SIZE, MAX_DATA_SIZE] */
+};
+
+static int view_init(struct ring_view *v, uint8_t *ring, size_t ring_len)
+{
+    if (ring == NULL || ring_len < HV_RING_CONTROL_SIZE)
+        return -HV_RING_EINVAL;
+    size_t dsize = ring_len - HV_RING_CONTROL_SIZE;
+    if (dsize < HV_RING_MIN_DATA_SIZE || dsize > HV_RING_MAX_DATA_SIZE || dsize % HV_RING_ALIGN)
+        return -HV_RING_EINVAL;
+    v->ctl = ring;
+    v->data = ring + HV_RING_CONTROL_SIZE;
+    v->dsize = (uint32_t)dsize;
+    return 0;
+}
+
+static int index_valid(const struct ring_view *v, uint32_t index)
+{
+    return index < v->dsize && index % HV_RING_ALIGN == 0;
+}
+
+/* Bytes published and not yet consumed, for valid indices. */
+static uint32_t bytes_used(const struct ring_view *v, uint32_t w, uint32_t r)
+{
+    return w >= r ? w - r : v->dsize - r + w;
+}
+
+/* pos < dsize, n <= dsize  ->  result < dsize (no u32 overflow: dsize <= 2^31). */
+static uint32_t advance(const struct ring_view *v, uint32_t pos, uint32_t n)
+{
+    pos += n;
+    return pos >= v->dsize ? pos - v->dsize : pos;
+}
+
+/* Copy n (<= dsize) bytes to/from the data area starting at pos (< dsize), wrapping once. */
+static void copy_in(const struct ring_view *v, uint32_t pos, const uint8_t *src, uint32_t n)
+{
+    uint32_t first = v->dsize - pos < n ? v->dsize - pos : n;
+    if (first)
+        memcpy(v->data + pos, src, first);
+    if (n > first)
+        memcpy(v->data, src + first, n - first);
+}
+
+static void copy_out(const struct ring_view *v, uint32_t pos, uint8_t *dst, uint32_t n)
+{
+    uint32_t first = v->dsize - pos < n ? v->dsize - pos : n;
+    if (first)
+        memcpy(dst, v->data + pos, first);
+    if (n > first)
+        memcpy(dst + first, v->data, n - first);
+}
+
+/* Total ring bytes of a packet with `len` payload bytes: descriptor + padded payload + trailer.
+ * 0 if it can never fit this ring (len8 is a u16; at most dsize - 8 bytes are usable). */
+static uint32_t packet_total(const struct ring_view *v, uint32_t len)
+{
+    uint64_t padded = ((uint64_t)len + HV_RING_ALIGN - 1) & ~(uint64_t)(HV_RING_ALIGN - 1);
+    uint64_t body = HV_RING_DESC_SIZE + padded;
+    uint64_t total = body + HV_RING_TRAILER_SIZE;
+    if (body / HV_RING_ALIGN > UINT16_MAX || total > v->dsize - HV_RING_ALIGN)
+        return 0;
+    return (uint32_t)total;
+}
+
+int hv_ring_write_batch(uint8_t *ring, size_t ring_len,
+                        const uint8_t *payloads, const uint32_t *lengths, uint32_t count,
+                        uint16_t type, uint16_t flags, const uint64_t *trans_ids,
+                        struct hv_ring_result *result)
+{
+    struct ring_view v;
+    int rc = view_init(&v, ring, ring_len);
+    if (rc)
+        return rc;
+    if (result == NULL || count > INT32_MAX || (count && lengths == NULL))
+        return -HV_RING_EINVAL;
+    memset(result, 0, sizeof *result);
+
+    /* Decode: every packet must be able to fit at all, and the payload pointer must exist if any
+     * byte is to be read from it; otherwise nothing is written. */
+    uint64_t payload_bytes = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        if (packet_total(&v, lengths[i]) == 0)
+            return -HV_RING_EMSGSIZE;
+        payload_bytes += lengths[i];
+    }
+    if (payload_bytes && payloads == NULL)
+        return -HV_RING_EINVAL;
+
+    /* Own index first, then the peer's: the same order as the Python writer. */
+    uint32_t old_w = get_le32(v.ctl + HV_RING_OFF_WRITE_INDEX);
+    uint32_t r = get_le32(v.ctl + HV_RING_OFF_READ_INDEX);
+    if (!index_valid(&v, old_w))
+        return -HV_RING_EBAD_WRITE_INDEX;
+    if (!index_valid(&v, r))
+        return -HV_RING_EBAD_READ_INDEX;
+    result->index = old_w;
+
+    /* A packet fits only if free > total, so the writer never makes w == r (8 bytes stay free).
+     * A read_index the peer moved backwards or past w just shows as less free space. */
+    uint32_t free_bytes = v.dsize - bytes_used(&v, old_w, r);
+    uint32_t w = old_w;
+    uint32_t n = 0;
+    for (; n < count; n++) {
+        uint32_t len = lengths[n];
+        uint32_t total = packet_total(&v, len);
+        if (free_bytes <= total)
+            break;
+        uint32_t body = total - HV_RING_TRAILER_SIZE;
+
+        uint8_t desc[HV_RING_DESC_SIZE];
+        put_le16(desc + 0, type);
+        put_le16(desc + 2, HV_RING_DESC_SIZE / HV_RING_ALIGN);
+        put_le16(desc + 4, (uint16_t)(body / HV_RING_ALIGN));
+        put_le16(desc + 6, flags);
+        put_le64(desc + 8, trans_ids ? trans_ids[n] : 0);
+
+        /* Zero padding then the trailer: the packet's start offset in the upper 32 bits. */
+        uint8_t tail[HV_RING_ALIGN + HV_RING_TRAILER_SIZE] = {0};
+        uint32_t pad = body - HV_RING_DESC_SIZE - len;
+        put_le64(tail + pad, (uint64_t)w << 32);
+
+        uint32_t pos = w;
+        copy_in(&v, pos, desc, HV_RING_DESC_SIZE);
+        pos = advance(&v, pos, HV_RING_DESC_SIZE);
+        if (len) {
+            copy_in(&v, pos, payloads, len);
+            pos = advance(&v, pos, len);
+            payloads += len;
+        }
+        copy_in(&v, pos, tail, pad + HV_RING_TRAILER_SIZE);
+
+        w = advance(&v, w, total);
+        free_bytes -= total;
+    }
+    if (n == 0)
+        return 0;
+
+    /* (barrier: packet bytes before the index) One publish for the whole batch. */
+    put_le32(v.ctl + HV_RING_OFF_WRITE_INDEX, w);
+    result->index = w;
+
+    /* (full barrier) Signal only on empty -> non-empty, and only if the reader has not masked
+     * interrupts. read_index is loaded again after publishing: a reader that drained the ring
+     * meanwhile and went idle must still be woken. */
+    uint32_t mask = get_le32(v.ctl + HV_RING_OFF_INTERRUPT_MASK);
+    uint32_t r_now = get_le32(v.ctl + HV_RING_OFF_READ_INDEX);
+    result->signal = mask == 0 && r_now == old_w;
+    return (int)n;
+}
+
+/* Whether a reader that consumed `bytes_read` bytes, leaving read_index at r, must signal the
+ * writer: only if the writer asked (feature bit and pending_send_sz) and free space crossed
+ * pending_send_sz with this batch (free before <= pending < free now). pending is masked to 8
+ * as OpenVMM does (some peers set ring size - 1); free space is always a multiple of 8, so the
+ * mask changes no outcome. */
+static uint32_t reader_signal(const struct ring_view *v, uint32_t r, uint32_t bytes_read)
+{
+    uint32_t features = get_le32(v->ctl + HV_RING_OFF_FEATURE_BITS);
+    uint32_t pending = get_le32(v->ctl + HV_RING_OFF_PENDING_SEND_SZ);
+    pending &= ~(uint32_t)(HV_RING_ALIGN - 1);
+    if (!(features & HV_RING_FEAT_PENDING_SEND_SZ) || pending == 0)
+        return 0;
+    /* (full barrier) write_index again: the writer may have appended since the batch began. An
+     * invalid one is left for the next call to report. */
+    uint32_t w = get_le32(v->ctl + HV_RING_OFF_WRITE_INDEX);
+    if (!index_valid(v, w))
+        return 0;
+    uint32_t free_now = v->dsize - bytes_used(v, w, r);
+    uint32_t free_before = free_now >= bytes_read ? free_now - bytes_read : 0;
+    return free_before <= pending && free_now > pending;
+}
+
+int hv_ring_read_batch(uint8_t *ring, size_t ring_len, uint8_t *out, size_t out_cap,
+                       uint32_t max_packets, struct hv_ring_result *result)
+{
+    struct ring_view v;
+    int rc = view_init(&v, ring, ring_len);
+    if (rc)
+        return rc;
+    if (result == NULL || max_packets > INT32_MAX || (out == NULL && out_cap))
+        return -HV_RING_EINVAL;
+    memset(result, 0, sizeof *result);
+
+    /* Own index first, then the peer's: the same order as the Python reader. */
+    uint32_t r = get_le32(v.ctl + HV_RING_OFF_READ_INDEX);
+    uint32_t w = get_le32(v.ctl + HV_RING_OFF_WRITE_INDEX);
+    if (!index_valid(&v, r))
+        return -HV_RING_EBAD_READ_INDEX;
+    if (!index_valid(&v, w))
+        return -HV_RING_EBAD_WRITE_INDEX;
+    result->index = r;
+
+    uint32_t pos = r;
+    size_t used = 0;
+    uint32_t n = 0;
+    int err = 0;
+    result->stop = HV_RING_STOP_MAX;
+    for (; n < max_packets; n++) {
+        uint32_t avail = bytes_used(&v, w, pos);
+        if (avail == 0) {
+            result->stop = HV_RING_STOP_EMPTY;
+            break;
+        }
+        if (avail < HV_RING_DESC_SIZE + HV_RING_TRAILER_SIZE) {
+            err = HV_RING_ETRUNCATED;
+            break;
+        }
+        uint8_t desc[HV_RING_DESC_SIZE]; /* the one snapshot every check and the record use */
+        copy_out(&v, pos, desc, HV_RING_DESC_SIZE);
+        uint32_t offset8 = get_le16(desc + 2);
+        uint32_t len8 = get_le16(desc + 4);
+        if (offset8 < HV_RING_DESC_SIZE / HV_RING_ALIGN || offset8 > len8) {
+            err = HV_RING_EBAD_DESCRIPTOR;
+            break;
+        }
+        uint32_t len = len8 * HV_RING_ALIGN; /* <= 524280, no overflow */
+        if ((uint64_t)len + HV_RING_TRAILER_SIZE > avail) {
+            err = HV_RING_ETRUNCATED;
+            break;
+        }
+        if (len > out_cap - used) {
+            result->stop = HV_RING_STOP_OUT_FULL;
+            break;
+        }
+        memcpy(out + used, desc, HV_RING_DESC_SIZE);
+        copy_out(&v, advance(&v, pos, HV_RING_DESC_SIZE), out + used + HV_RING_DESC_SIZE,
+                 len - HV_RING_DESC_SIZE);
+        used += len;
+        pos = advance(&v, pos, len + HV_RING_TRAILER_SIZE);
+    }
+
+    /* A corrupt packet is reported as an error only when it is the first one; packets before it
+     * were good and are delivered, and the next call, starting at the corrupt one, fails. */
+    if (err) {
+        if (n == 0)
+            return -err;
+        result->stop = HV_RING_STOP_CORRUPT;
+    }
+    result->out_used = (uint32_t)used;
+    if (n == 0)
+        return 0;
+
+    /* (read barrier) One publish for the whole batch. */
+    put_le32(v.ctl + HV_RING_OFF_READ_INDEX, pos);
+    result->index = pos;
+    result->signal = reader_signal(&v, pos, (uint32_t)used + n * HV_RING_TRAILER_SIZE);
+    return (int)n;
+}

@@ -1,0 +1,525 @@
+/* run.c: simulated time: the event queue, VPs on logical processors, and the run loop that
+ * returns to Python only when Python guests must take their next steps.
+ *
+ * Time is integer nanoseconds; events are ordered by (time, sequence), so two runs of the same
+ * configuration process the same events in the same order, and the trace digest (every event and
+ * every dispatch folded in) proves it.
+ *
+ * A VP's life: STOPPED until its partition runs; then RUNNABLE (in host->rq) when it has CPU work,
+ * RUNNING on an LP until its slice or its work ends, HALTED while it waits for an interrupt or a
+ * timeout, GUEST while its Python coroutine decides what it does next. Work is `debt_ns` (costs
+ * charged to it: hypercalls, interrupts) spent first, then `work_ns` (what its guest computes).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core.h"
+
+/* ---- trace --------------------------------------------------------------------------------- */
+static void trace4(struct hv_host *h, uint64_t a, uint64_t b, uint64_t c, uint64_t d)
+{
+    hv_digest_u64(&h->trace, h->now);
+    hv_digest_u64(&h->trace, a);
+    hv_digest_u64(&h->trace, b);
+    hv_digest_u64(&h->trace, c);
+    hv_digest_u64(&h->trace, d);
+}
+
+/* ---- the event queue: a binary min-heap on (time, seq) -------------------------------------- */
+static bool ev_before(const struct hv_event *a, const struct hv_event *b)
+{
+    return a->time < b->time || (a->time == b->time && a->seq < b->seq);
+}
+
+void hv_event_push(struct hv_host *h, uint64_t time, uint32_t kind, uint32_t slot, uint32_t vp,
+                   uint64_t arg, uint64_t arg2)
+{
+    if (h->nr_events == h->cap_events) {
+        uint32_t cap = h->cap_events ? h->cap_events * 2 : 256;
+        struct hv_event *n = realloc(h->events, cap * sizeof(*n));
+        if (!n)
+            abort(); /* N.B. losing an event would silently break determinism; stop instead */
+        h->events = n;
+        h->cap_events = cap;
+    }
+    struct hv_event e = { time, h->seq++, kind, slot, vp, arg, arg2 };
+    uint32_t i = h->nr_events++;
+    while (i > 0) {
+        uint32_t parent = (i - 1) / 2;
+        if (!ev_before(&e, &h->events[parent]))
+            break;
+        h->events[i] = h->events[parent];
+        i = parent;
+    }
+    h->events[i] = e;
+}
+
+static struct hv_event ev_pop(struct hv_host *h)
+{
+    struct hv_event top = h->events[0];
+    struct hv_event last = h->events[--h->nr_events];
+    uint32_t i = 0, n = h->nr_events;
+    for (;;) {
+        uint32_t l = 2 * i + 1, r = l + 1, m = i;
+        const struct hv_event *best = &last;
+        if (l < n && ev_before(&h->events[l], best)) { m = l; best = &h->events[l]; }
+        if (r < n && ev_before(&h->events[r], best)) { m = r; }
+        if (m == i)
+            break;
+        h->events[i] = h->events[m];
+        i = m;
+    }
+    if (n)
+        h->events[i] = last;
+    return top;
+}
+
+/* ---- VPs --------------------------------------------------------------------------------------- */
+struct hv_vp *hv_vp_lookup(struct hv_host *h, uint32_t slot, uint32_t vp_index)
+{
+    if (slot >= HV_MAX_PARTITIONS || vp_index >= HV_MAX_VPS || !h->parts[slot])
+        return NULL;
+    return h->parts[slot]->vps[vp_index];
+}
+
+static void rq_add(struct hv_host *h, struct hv_vp *vp)
+{
+    if (vp->rq_pos >= 0)
+        return;
+    if (h->nr_rq == h->cap_rq) {
+        uint32_t cap = h->cap_rq ? h->cap_rq * 2 : 64;
+        struct hv_vp **n = realloc(h->rq, cap * sizeof(*n));
+        if (!n)
+            abort();
+        h->rq = n;
+        h->cap_rq = cap;
+    }
+    vp->rq_pos = (int32_t)h->nr_rq;
+    h->rq[h->nr_rq++] = vp;
+}
+
+static void rq_remove(struct hv_host *h, struct hv_vp *vp)
+{
+    if (vp->rq_pos < 0)
+        return;
+    struct hv_vp *last = h->rq[--h->nr_rq];
+    h->rq[vp->rq_pos] = last;
+    last->rq_pos = vp->rq_pos;
+    vp->rq_pos = -1;
+}
+
+static void resume_add(struct hv_host *h, struct hv_vp *vp, uint32_t reason)
+{
+    vp->exec = HV_VP_GUEST;
+    vp->resume_reason = reason;
+    if (vp->in_resume_list)
+        return;
+    if (h->nr_resume == h->cap_resume) {
+        uint32_t cap = h->cap_resume ? h->cap_resume * 2 : 64;
+        struct hv_vp **n = realloc(h->resume, cap * sizeof(*n));
+        if (!n)
+            abort();
+        h->resume = n;
+        h->cap_resume = cap;
+    }
+    vp->in_resume_list = true;
+    h->resume[h->nr_resume++] = vp;
+}
+
+static void resume_remove(struct hv_host *h, struct hv_vp *vp)
+{
+    if (!vp->in_resume_list)
+        return;
+    for (uint32_t i = 0; i < h->nr_resume; i++)
+        if (h->resume[i] == vp) {
+            memmove(&h->resume[i], &h->resume[i + 1], (h->nr_resume - i - 1) * sizeof(vp));
+            h->nr_resume--;
+            break;
+        }
+    vp->in_resume_list = false;
+}
+
+static void make_runnable(struct hv_host *h, struct hv_vp *vp)
+{
+    vp->exec = HV_VP_RUNNABLE;
+    rq_add(h, vp);
+}
+
+void hv_vp_charge(struct hv_host *h, struct hv_vp *vp, uint64_t ns)
+{
+    (void)h;
+    vp->debt_ns += ns;
+}
+
+/* A halted VP wakes: it spends its debt (and a tick guest its tick work), then its guest goes on. */
+static void wake(struct hv_host *h, struct hv_vp *vp, uint32_t reason)
+{
+    vp->wake_seq++;           /* any pending timeout is now stale */
+    vp->sleeping = false;
+    vp->resume_reason = reason;
+    if (vp->guest_kind == HV_GUEST_TICK)
+        vp->work_ns += vp->tick_work_ns;
+    h->sched->rejoin(h, vp);
+    make_runnable(h, vp);
+}
+
+void hv_vp_raise_interrupt(struct hv_host *h, struct hv_vp *vp, uint32_t sint)
+{
+    struct hv_partition *p = h->parts[vp->part_slot];
+    vp->pending_sints |= 1u << sint;
+    hv_vp_charge(h, vp, h->costs.interrupt_ns);
+    trace4(h, 0x1000 + sint, vp->part_slot, vp->index, 0);
+    if (vp->exec == HV_VP_HALTED && !vp->sleeping && p && p->started)
+        wake(h, vp, HV_RESUME_INTERRUPT);
+}
+
+static void halt(struct hv_host *h, struct hv_vp *vp, uint64_t timeout, bool sleeping)
+{
+    vp->exec = HV_VP_HALTED;
+    vp->sleeping = sleeping;
+    vp->wake_seq++;
+    if (timeout) {
+        vp->wake_at = h->now + timeout;
+        hv_event_push(h, vp->wake_at, HV_EV_WAKE, vp->part_slot, vp->index, 0, vp->wake_seq);
+    } else {
+        vp->wake_at = 0;
+    }
+}
+
+/* The VP's work is done: its guest takes its next step. */
+static void step_done(struct hv_host *h, struct hv_vp *vp)
+{
+    struct hv_partition *p = h->parts[vp->part_slot];
+    switch (vp->guest_kind) {
+    case HV_GUEST_PYTHON:
+        resume_add(h, vp, vp->resume_reason ? vp->resume_reason : HV_RESUME_STEP);
+        return;
+    case HV_GUEST_TICK:
+        /* What the tick guest's interrupt handler does: acknowledge, then idle again. */
+        if (vp->pending_sints)
+            hv_synic_consume(h, p, vp, vp->pending_sints);
+        vp->pending_sints = 0;
+        halt(h, vp, 0, false);
+        return;
+    default:
+        vp->pending_sints = 0;
+        halt(h, vp, 0, false);
+        return;
+    }
+}
+
+/* ---- LPs -------------------------------------------------------------------------------------- */
+
+/* Charge a running VP for the time since it was dispatched (or last accounted). */
+static void account(struct hv_host *h, struct hv_vp *vp)
+{
+    uint64_t ran = h->now - vp->dispatched_at;
+    vp->dispatched_at = h->now;
+    if (!ran)
+        return;
+    uint64_t d = ran < vp->debt_ns ? ran : vp->debt_ns;
+    vp->debt_ns -= d;
+    if (vp->work_ns != HV_WORK_FOREVER)
+        vp->work_ns -= (ran - d) < vp->work_ns ? (ran - d) : vp->work_ns;
+    vp->run_time_ns += ran;
+    h->parts[vp->part_slot]->run_time_ns += ran;
+    h->lps[vp->lp].busy_ns += ran;
+    h->sched->charge(h, vp, ran);
+}
+
+static void dispatch(struct hv_host *h, struct hv_lp *lp, struct hv_vp *vp)
+{
+    rq_remove(h, vp);
+    vp->exec = HV_VP_RUNNING;
+    vp->lp = (int32_t)lp->index;
+    lp->vp = vp;
+    vp->dispatched_at = h->now;
+    uint64_t want = vp->work_ns == HV_WORK_FOREVER ? HV_WORK_FOREVER : vp->work_ns + vp->debt_ns;
+    uint64_t budget = h->sched->budget(h, vp);
+    uint64_t run_for = want < budget ? want : budget;
+    vp->slice_end = h->now + run_for;
+    vp->slice_seq++;
+    hv_event_push(h, vp->slice_end, HV_EV_SLICE, vp->part_slot, vp->index, 0, vp->slice_seq);
+    trace4(h, 0x2000 + lp->index, vp->part_slot, vp->index, run_for);
+}
+
+static void undispatch(struct hv_host *h, struct hv_vp *vp)
+{
+    h->lps[vp->lp].vp = NULL;
+    vp->lp = -1;
+}
+
+static void schedule_idle(struct hv_host *h)
+{
+    if (!h->nr_rq)
+        return;
+    for (uint32_t i = 0; i < h->cfg.logical_processors && h->nr_rq; i++) {
+        struct hv_lp *lp = &h->lps[i];
+        if (lp->vp)
+            continue;
+        struct hv_vp *vp = h->sched->pick(h, lp);
+        if (vp)
+            dispatch(h, lp, vp);
+    }
+}
+
+/* ---- events ------------------------------------------------------------------------------------ */
+static void on_slice(struct hv_host *h, const struct hv_event *e)
+{
+    struct hv_vp *vp = hv_vp_lookup(h, e->slot, e->vp);
+    if (!vp || vp->exec != HV_VP_RUNNING || vp->slice_seq != e->arg2)
+        return; /* stale: the VP was stopped or redispatched since */
+    account(h, vp);
+    undispatch(h, vp);
+    if (vp->debt_ns || vp->work_ns)
+        make_runnable(h, vp);
+    else
+        step_done(h, vp);
+}
+
+static void on_wake(struct hv_host *h, const struct hv_event *e)
+{
+    struct hv_vp *vp = hv_vp_lookup(h, e->slot, e->vp);
+    if (!vp || vp->exec != HV_VP_HALTED || vp->wake_seq != e->arg2)
+        return;
+    wake(h, vp, HV_RESUME_TIMEOUT);
+}
+
+static void on_window(struct hv_host *h)
+{
+    /* Split the running VPs' time at the boundary, so each window is charged exactly. */
+    for (uint32_t i = 0; i < h->cfg.logical_processors; i++)
+        if (h->lps[i].vp)
+            account(h, h->lps[i].vp);
+    h->window_start = h->now;
+    h->sched->window(h);
+    /* A VP whose slice was cut by its cap gets a new budget from the next pick. */
+    hv_event_push(h, h->now + h->costs.window_ns, HV_EV_WINDOW, 0, 0, 0, 0);
+}
+
+static void process(struct hv_host *h, const struct hv_event *e)
+{
+    trace4(h, e->kind, e->slot, e->vp, e->arg);
+    h->events_processed++;
+    switch (e->kind) {
+    case HV_EV_SLICE: on_slice(h, e); break;
+    case HV_EV_WAKE: on_wake(h, e); break;
+    case HV_EV_WINDOW: on_window(h); break;
+    case HV_EV_STIMER: {
+        struct hv_vp *vp = hv_vp_lookup(h, e->slot, e->vp);
+        if (vp && h->parts[e->slot]->started)
+            hv_synic_timer_expired(h, h->parts[e->slot], vp, (uint32_t)e->arg, e->arg2);
+        break;
+    }
+    default: break;
+    }
+}
+
+/* ---- starting and stopping partitions ------------------------------------------------------------ */
+
+static void vp_start(struct hv_host *h, struct hv_vp *vp)
+{
+    vp->pending_sints = 0;
+    switch (vp->guest_kind) {
+    case HV_GUEST_PYTHON: resume_add(h, vp, HV_RESUME_START); break;
+    case HV_GUEST_BURN:
+        vp->work_ns = HV_WORK_FOREVER;
+        h->sched->rejoin(h, vp);
+        make_runnable(h, vp);
+        break;
+    default: halt(h, vp, 0, false); break;
+    }
+}
+
+static void vp_stop(struct hv_host *h, struct hv_vp *vp)
+{
+    if (vp->exec == HV_VP_RUNNING) {
+        account(h, vp);
+        undispatch(h, vp);
+    }
+    rq_remove(h, vp);
+    resume_remove(h, vp);
+    vp->exec = HV_VP_STOPPED;
+    vp->slice_seq++;
+    vp->wake_seq++;
+    vp->work_ns = vp->debt_ns = 0;
+}
+
+uint16_t hv_partition_set_running(struct hv_host *h, struct hv_partition *p, bool run)
+{
+    if (run == p->started)
+        return HV_STATUS_SUCCESS;
+    if (run) {
+        uint16_t st = h->sched->admit(h, p);
+        if (st != HV_STATUS_SUCCESS)
+            return st;
+        p->started = true;
+        for (uint32_t i = 0; i < HV_MAX_VPS; i++)
+            if (p->vps[i])
+                vp_start(h, p->vps[i]);
+    } else {
+        for (uint32_t i = 0; i < HV_MAX_VPS; i++)
+            if (p->vps[i])
+                vp_stop(h, p->vps[i]);
+        p->started = false;
+    }
+    trace4(h, 0x3000 + run, p->slot, 0, 0);
+    return HV_STATUS_SUCCESS;
+}
+
+/* ---- the loop ------------------------------------------------------------------------------------ */
+
+int hv_run_init(struct hv_host *h)
+{
+    h->lps = calloc(h->cfg.logical_processors, sizeof(*h->lps));
+    if (!h->lps)
+        return -1;
+    for (uint32_t i = 0; i < h->cfg.logical_processors; i++) {
+        h->lps[i].index = i;
+        h->lps[i].core = i / h->cfg.smt;
+    }
+    h->sched = h->cfg.scheduler == 1 ? &hv_sched_core : &hv_sched_classic;
+    hv_digest_init(&h->trace);
+    hv_event_push(h, h->costs.window_ns, HV_EV_WINDOW, 0, 0, 0, 0);
+    return 0;
+}
+
+void hv_run_fini(struct hv_host *h)
+{
+    free(h->lps);
+    free(h->events);
+    free(h->rq);
+    free(h->resume);
+}
+
+uint32_t hv_run(struct hv_host *h, uint64_t until, struct hv_resume *out, uint32_t max)
+{
+    for (;;) {
+        if (h->nr_resume) {
+            /* Hand Python a batch: every VP whose guest must step at this instant. */
+            uint32_t n = h->nr_resume < max ? h->nr_resume : max;
+            for (uint32_t i = 0; i < n; i++) {
+                struct hv_vp *vp = h->resume[i];
+                out[i].partition_id = h->parts[vp->part_slot]->id;
+                out[i].vp_index = vp->index;
+                out[i].reason = vp->resume_reason;
+                out[i].pending_sints = vp->pending_sints;
+                vp->pending_sints = 0;
+                vp->resume_reason = 0;
+                vp->in_resume_list = false;
+            }
+            memmove(h->resume, h->resume + n, (h->nr_resume - n) * sizeof(*h->resume));
+            h->nr_resume -= n;
+            return n;
+        }
+        schedule_idle(h);
+        if (!h->nr_events || h->events[0].time > until) {
+            if (until > h->now) {
+                h->now = until;
+                for (uint32_t i = 0; i < h->cfg.logical_processors; i++)
+                    if (h->lps[i].vp)
+                        account(h, h->lps[i].vp);
+            }
+            return 0;
+        }
+        struct hv_event e = ev_pop(h);
+        h->now = e.time;
+        process(h, &e);
+    }
+}
+
+int hv_vp_step(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint32_t op, uint64_t arg)
+{
+    struct hv_partition *p = hv_partition_by_id(h, partition_id);
+    struct hv_vp *vp = p && vp_index < HV_MAX_VPS ? p->vps[vp_index] : NULL;
+    if (!vp || vp->exec != HV_VP_GUEST || vp->in_resume_list)
+        return -1;
+    trace4(h, 0x4000 + op, vp->part_slot, vp->index, arg);
+    switch (op) {
+    case HV_STEP_COMPUTE:
+        vp->work_ns = arg;
+        make_runnable(h, vp);
+        return 0;
+    case HV_STEP_HALT:
+        if (vp->pending_sints) { /* an interrupt is already pending: HLT falls through */
+            resume_add(h, vp, HV_RESUME_INTERRUPT);
+            return 0;
+        }
+        halt(h, vp, arg, false);
+        return 0;
+    case HV_STEP_SLEEP:
+        halt(h, vp, arg ? arg : 1, true);
+        return 0;
+    case HV_STEP_STOP:
+        vp->guest_kind = HV_GUEST_NONE;
+        halt(h, vp, 0, false);
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+int hv_vp_set_guest(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint32_t kind, uint64_t a)
+{
+    struct hv_partition *p = hv_partition_by_id(h, partition_id);
+    struct hv_vp *vp = p && vp_index < HV_MAX_VPS ? p->vps[vp_index] : NULL;
+    if (!vp || kind > HV_GUEST_TICK)
+        return -1;
+    bool running = vp->exec != HV_VP_STOPPED;
+    if (running)
+        vp_stop(h, vp);
+    vp->guest_kind = kind;
+    vp->tick_work_ns = kind == HV_GUEST_TICK ? a : 0;
+    if (running || p->started)
+        vp_start(h, vp);
+    return 0;
+}
+
+uint64_t hv_now(struct hv_host *h) { return h->now; }
+
+void hv_trace_digest(struct hv_host *h, uint8_t *out)
+{
+    memcpy(out, &h->trace.a, 8);
+    memcpy(out + 8, &h->trace.b, 8);
+}
+
+int hv_vp_info(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, struct hv_vp_info *out)
+{
+    struct hv_partition *p = hv_partition_by_id(h, partition_id);
+    struct hv_vp *vp = p && vp_index < HV_MAX_VPS ? p->vps[vp_index] : NULL;
+    if (!vp)
+        return -1;
+    out->exec = vp->exec;
+    out->lp = vp->lp;
+    out->guest_kind = vp->guest_kind;
+    out->pending_sints = vp->pending_sints;
+    out->run_time_ns = vp->run_time_ns + (vp->exec == HV_VP_RUNNING ? h->now - vp->dispatched_at : 0);
+    out->work_ns = vp->work_ns;
+    out->debt_ns = vp->debt_ns;
+    out->window_used_ns = vp->window_used_ns;
+    return 0;
+}
+
+void hv_run_stats(struct hv_host *h, struct hv_run_stats *out)
+{
+    out->now = h->now;
+    out->events_processed = h->events_processed;
+    out->events_pending = h->nr_events;
+    out->runnable = h->nr_rq;
+}
+
+uint64_t hv_lp_busy(struct hv_host *h, uint32_t lp)
+{
+    if (lp >= h->cfg.logical_processors)
+        return 0;
+    struct hv_vp *vp = h->lps[lp].vp;
+    return h->lps[lp].busy_ns + (vp ? h->now - vp->dispatched_at : 0);
+}
+
+int32_t hv_lp_running(struct hv_host *h, uint32_t lp, uint64_t *partition_id)
+{
+    if (lp >= h->cfg.logical_processors || !h->lps[lp].vp)
+        return -1;
+    *partition_id = h->parts[h->lps[lp].vp->part_slot]->id;
+    return (int32_t)h->lps[lp].vp->index;
+}
