@@ -8,13 +8,32 @@
  */
 #include "core.h"
 
+/* Is a better placed than b by the fair-share order (reserve first, then vruntime)? */
+static bool fairer(const struct hv_host *h, const struct hv_vp *a, const struct hv_vp *b)
+{
+    bool ra = a->window_used_ns < hv_sched_reserve_ns(h, a), rb = b->window_used_ns < hv_sched_reserve_ns(h, b);
+    if (ra != rb)
+        return ra;
+    return a->vruntime < b->vruntime;
+}
+
 static struct hv_vp *core_pick(struct hv_host *h, struct hv_lp *lp)
 {
     uint32_t smt = h->cfg.smt, first = lp->core * smt;
-    for (uint32_t i = first; i < first + smt; i++)
+    struct hv_vp *sibling = NULL;
+    for (uint32_t i = first; i < first + smt && !sibling; i++)
         if (i != lp->index && h->lps[i].vp)
-            return hv_sched_pick_fair(h, h->lps[i].vp->part_slot); /* siblings share one VM */
-    return hv_sched_pick_fair(h, UINT32_MAX);
+            sibling = h->lps[i].vp;
+    if (!sibling)
+        return hv_sched_pick_fair(h, UINT32_MAX);
+    /* The core belongs to the sibling's VM: only its VPs may join. If another VM deserves the
+     * CPU more, stay idle instead, so the core drains and changes hands when its siblings'
+     * slices end (otherwise one VM could keep a core for ever). */
+    struct hv_vp *own = hv_sched_pick_fair(h, sibling->part_slot);
+    struct hv_vp *any = hv_sched_pick_fair(h, UINT32_MAX);
+    if (own && any && any->part_slot != own->part_slot && fairer(h, any, own))
+        return NULL;
+    return own;
 }
 
 const struct hv_sched_ops hv_sched_core = {
