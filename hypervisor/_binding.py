@@ -163,6 +163,32 @@ def hv_state_digest(h, include_memory: bool) -> bytes:
     return bytes(ffi.buffer(out, 16))
 
 
+class HypercallBatch:
+    """Hypercalls prepared once and issued from one VP in one crossing (hv_hypercall_batch)."""
+
+    def __init__(self, controls: list[int], in_args: list[int], out_args: list[int]):
+        n = len(controls)
+        if not (len(in_args) == len(out_args) == n) or n == 0:
+            raise ValueError("a batch needs as many controls, in_args and out_args, at least one")
+        self.count = n
+        self._controls = ffi.new("uint64_t[]", controls)
+        self._ins = ffi.new("uint64_t[]", in_args)
+        self._outs = ffi.new("uint64_t[]", out_args)
+        self._results = ffi.new("uint64_t[]", n)
+
+    def issue(self, h, partition_id: int, vp_index: int, stop_on_error: bool = False) -> int:
+        """Issue them all; returns how many were issued. Results: `result(i)`."""
+        return int(lib.hv_hypercall_batch(h, partition_id, vp_index, self.count, self._controls, self._ins,
+                                          self._outs, self._results, 1 if stop_on_error else 0))
+
+    def result(self, i: int) -> int:
+        return int(self._results[i])
+
+
+def hv_nop() -> None:
+    lib.hv_nop()
+
+
 # --- simulated time and guests ----------------------------------------------------------------
 
 

@@ -118,3 +118,11 @@ int hv_vp_info(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, stru
 void hv_run_stats(struct hv_host *h, struct hv_run_stats *out);
 uint64_t hv_lp_busy(struct hv_host *h, uint32_t lp);
 int32_t hv_lp_running(struct hv_host *h, uint32_t lp, uint64_t *partition_id);
+
+/* Issue `count` hypercalls from one VP in one crossing (each through hv_hypercall); returns how
+ * many were issued (fewer if stop_on_error and one failed). */
+uint32_t hv_hypercall_batch(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint32_t count,
+                            const uint64_t *controls, const uint64_t *in_args, const uint64_t *out_args,
+                            uint64_t *results, int stop_on_error);
+/* Does nothing: the baseline of an empty cffi call for the benchmarks. */
+void hv_nop(void);
