@@ -137,7 +137,7 @@ int hv_partition_info(struct hv_host *h, uint64_t id, struct hv_partition_info *
     memset(out, 0, sizeof(*out));
     out->id = p->id;
     out->slot = p->slot;
-    out->parent_id = h->parts[p->parent_slot] ? h->parts[p->parent_slot]->id : 0;
+    out->parent_id = p->slot != 0 && h->parts[p->parent_slot] ? h->parts[p->parent_slot]->id : 0;
     out->state = p->state;
     out->privileges = p->privileges;
     out->cpu_reserve = p->cpu_reserve;

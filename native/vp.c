@@ -49,11 +49,11 @@ uint16_t hv_call_create_vp(struct hv_call *c)
         return HV_STATUS_INVALID_VP_STATE;
     if (p->pool_free.len < HV_VP_PAGES || !hv_page_list_reserve(&p->pool_used, HV_VP_PAGES))
         return HV_STATUS_INSUFFICIENT_MEMORY;
+    if (p->started)
+        return HV_STATUS_INVALID_PARTITION_STATE; /* VPs are added before a partition starts */
     struct hv_vp *vp = hv_vp_alloc(in.vp_index);
     if (!vp)
         return HV_STATUS_INSUFFICIENT_MEMORY;
-    if (p->started)
-        return HV_STATUS_INVALID_PARTITION_STATE; /* VPs are added before a partition starts */
     /* apply */
     vp->part_slot = p->slot;
     vp->pool_page = hv_pool_take(c->h, p);

@@ -8,11 +8,11 @@ import pytest
 
 from hypervisor import CallCode, Control, HvError, HvStatus, MapFlags, PartitionState, Register, control
 from hypervisor import _binding
-from hypervisor.abi import MAP_RWX, PAGE_SIZE, PARTITION_ID_SELF, PRIVILEGES_GUEST_DEFAULT, VP_INDEX_SELF
+from hypervisor.abi import PAGE_SIZE, PARTITION_ID_SELF, PRIVILEGES_GUEST_DEFAULT, VP_INDEX_SELF
 from hypervisor.status import HvAccessDenied, HvInsufficientMemory, HvInvalidParameter, HvNotFound
 
 from .conftest import (create_partition_in, create_vp_in, expect, get_property_in, get_regs_in, info,
-                       make_child, new_host, pid_in, set_property_in, unchanged)
+                       make_child, new_host, pid_in, set_property_in)
 
 GET_ID = control(CallCode.GET_PARTITION_ID)
 PROP_CAP = 0x00020002  # HV_PARTITION_PROPERTY_CPU_CAP

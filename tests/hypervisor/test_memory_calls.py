@@ -3,7 +3,6 @@ success paths checked through introspection, every error the core returns for th
 continuation, and page ownership (moves, zeroing, conservation)."""
 from __future__ import annotations
 
-import struct
 
 import pytest
 

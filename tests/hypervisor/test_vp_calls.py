@@ -351,14 +351,18 @@ def test_get_registers_resumes_across_invocations():
     before = host.introspect.counters(root)["hypercalls"]
     assert root.get_vp_registers(c, 0, list(values)) == list(values.values())
     assert host.introspect.counters(root)["hypercalls"] == before + 3
-    # raw, resumed at 4: the output elements 4..9 are this invocation's
+    # raw, resumed at 4: this invocation produces elements 4..7; the output elements of earlier
+    # invocations (0..3) and of later ones (8, 9) stay as the caller left them, which is what a
+    # guest continuing a rep call in one output page relies on
     vp = root.vp(0)
-    root.write(vp.output_gpa, bytes(PAGE_SIZE))
+    root.write(vp.output_gpa, b"\xEE" * PAGE_SIZE)
     r = expect(vp, control(CallCode.GET_VP_REGISTERS, rep_count=10, rep_start=4), get_regs_in(c.id, 0, list(values)),
                reps=8)
     got = struct.unpack("<20Q", r.output)
-    assert got[8:16:2] == tuple(0x104 + i for i in range(4))
-    assert got[16:] == (0,) * 4  # not reached yet
+    assert got[8:16] == sum(((0x104 + i, 0) for i in range(4)), ())
+    fill = 0xEEEE_EEEE_EEEE_EEEE
+    assert got[:8] == (fill,) * 8
+    assert got[16:] == (fill,) * 4
 
 
 def test_set_registers_resumes_across_invocations():
