@@ -189,6 +189,43 @@ def hv_nop() -> None:
     lib.hv_nop()
 
 
+# --- grants (VMBus GPADLs in the core) --------------------------------------------------------
+
+
+def hv_grant_create(h, child_id: int, grant_id: int, gpa_pages: list[int]) -> int:
+    """Returns the HV_STATUS of the grant's creation."""
+    pages = ffi.new("uint64_t[]", list(gpa_pages) or [0])
+    return int(lib.hv_grant_create(h, child_id, grant_id & 0xFFFFFFFF, pages, len(gpa_pages)))
+
+
+def hv_grant_revoke(h, child_id: int, grant_id: int) -> int:
+    return int(lib.hv_grant_revoke(h, child_id, grant_id & 0xFFFFFFFF))
+
+
+def hv_grant_view(h, child_id: int, grant_id: int) -> memoryview | None:
+    """A writable memoryview of the grant's pages, mapped contiguously (None if no such grant).
+    After the grant is revoked the view reads zeros and writes go nowhere."""
+    n = ffi.new("uint32_t *")
+    ptr = lib.hv_grant_view(h, child_id, grant_id & 0xFFFFFFFF, n)
+    if ptr == ffi.NULL:
+        return None
+    return memoryview(ffi.buffer(ptr, n[0] * 4096))
+
+
+def hv_grant_pages(h, child_id: int, grant_id: int) -> list[int]:
+    n = lib.hv_grant_pages(h, child_id, grant_id & 0xFFFFFFFF, ffi.NULL, 0)
+    out = ffi.new("uint64_t[]", max(n, 1))
+    n = lib.hv_grant_pages(h, child_id, grant_id & 0xFFFFFFFF, out, n)
+    return [int(out[i]) for i in range(n)]
+
+
+def hv_grant_ids(h, child_id: int) -> list[int]:
+    n = lib.hv_grant_ids(h, child_id, ffi.NULL, 0)
+    out = ffi.new("uint32_t[]", max(n, 1))
+    n = lib.hv_grant_ids(h, child_id, out, n)
+    return [int(out[i]) for i in range(n)]
+
+
 # --- simulated time and guests ----------------------------------------------------------------
 
 
@@ -247,6 +284,54 @@ def hv_lp_running(h, lp: int) -> tuple[int, int] | None:
     pid = ffi.new("uint64_t *")
     vp = lib.hv_lp_running(h, lp, pid)
     return None if vp < 0 else (int(pid[0]), int(vp))
+
+
+# --- synic and ports ---------------------------------------------------------------------------
+# Introspection of the SynIC and of ports and connections (native/api/synic.h). Each raises
+# LookupError when the partition, VP, SINT, port or connection it names does not exist.
+
+
+def _found(rc: int, what: str) -> int:
+    if rc < 0:
+        raise LookupError(f"no such {what}")
+    return int(rc)
+
+
+def hv_synic_queue_length(h, partition_id: int, vp_index: int, sint: int) -> int:
+    """Messages the hypervisor holds for SINT `sint` of a VP (not yet in the SIM slot)."""
+    return _found(lib.hv_synic_queue_length(h, partition_id, vp_index, sint), "VP or SINT")
+
+
+def hv_synic_interrupt_count(h, partition_id: int, vp_index: int, sint: int) -> int:
+    """Interrupts the SynIC has raised on SINT `sint` of a VP since the VP was created."""
+    return _found(lib.hv_synic_interrupt_count(h, partition_id, vp_index, sint), "VP or SINT")
+
+
+def hv_synic_timer_state(h, partition_id: int, vp_index: int, timer: int) -> dict:
+    """Synthetic timer `timer` of a VP: due_ns (when its event fires), armed, pending (its
+    TimerExpired message waits in a queue)."""
+    due, armed, pending = ffi.new("uint64_t *"), ffi.new("int32_t *"), ffi.new("int32_t *")
+    _found(lib.hv_synic_timer_state(h, partition_id, vp_index, timer, due, armed, pending), "VP or timer")
+    return {"due_ns": int(due[0]), "armed": bool(armed[0]), "pending": bool(pending[0])}
+
+
+def hv_port_undelivered(h, partition_id: int, port_id: int) -> int:
+    """Buffers of a port holding messages not yet copied into a SIM slot (0..16)."""
+    return _found(lib.hv_port_undelivered(h, partition_id, port_id & 0xFFFFFFFF), "port")
+
+
+def hv_port_counts(h, partition_id: int) -> tuple[int, int]:
+    """(ports, connections) the partition owns."""
+    ports, conns = ffi.new("uint32_t *"), ffi.new("uint32_t *")
+    _found(lib.hv_port_counts(h, partition_id, ports, conns), "partition")
+    return int(ports[0]), int(conns[0])
+
+
+def hv_connection_target(h, partition_id: int, connection_id: int) -> tuple[int, int] | None:
+    """(port partition id, port id) a partition's connection leads to; None if it dangles."""
+    pid, port = ffi.new("uint64_t *"), ffi.new("uint32_t *")
+    rc = _found(lib.hv_connection_target(h, partition_id, connection_id & 0xFFFFFFFF, pid, port), "connection")
+    return (int(pid[0]), int(port[0])) if rc else None
 
 
 # --- ring primitives (vmbus fast path) -------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypervisor import _binding
 from hypervisor.abi import PAGE_SIZE
+from hypervisor.grants import Grants
 from hypervisor.guest import GuestRunner
 from hypervisor.introspect import Introspection
 from hypervisor.partition import Partition, RootMemory, VirtualProcessor
@@ -68,6 +69,7 @@ class Host:
         self._partitions: dict[int, Partition] = {}
         self._guests = GuestRunner(self)
         self.introspect = Introspection(self)
+        self.grants = Grants(self)
         root_id = self.introspect.partition_ids()[0]
         self.root = self._partition(root_id)
         # The root's VPs get hypercall pages right after the hypervisor's reserve; its memory

@@ -16,6 +16,7 @@ from hypervisor import _binding
 from hypervisor.abi import (PAGE_SIZE, MAX_REP_COUNT, PARTITION_ID_INVALID, PARTITION_ID_SELF,
                             MAP_RWX, CallCode, PartitionProperty, PartitionState, control)
 from hypervisor.status import HvStatus, error_for, status_of
+from hypervisor.synic import PAYLOAD_MAX, PortType
 
 if TYPE_CHECKING:
     from hypervisor.host import Host
@@ -337,6 +338,55 @@ class Partition:
         """A store to this partition's own memory, as its guest code would do it."""
         if not _binding.hv_partition_write(self.host._h, self.id, gpa, bytes(data)):
             raise MemoryError(f"partition {self.id}: GPA {gpa:#x}+{len(data)} is not writable by it")
+
+    # ---- ports, connections, messages and events (synic) ----
+    def create_port(self, port_partition: Partition | int | None, port_id: int, *, port_type: int,
+                    target_sint: int, target_vp: int, base_flag: int = 0, flag_count: int = 0,
+                    connection_partition: Partition | int | None, via=None) -> None:
+        """Create port `port_id` in `port_partition` (this partition or a child): what arrives is
+        delivered to SINT `target_sint` of its VP `target_vp`; only `connection_partition` may
+        connect to it. Event ports own flags base_flag .. base_flag + flag_count - 1."""
+        info = struct.pack("<IIIIHHI", int(port_type), 0, target_sint, target_vp, base_flag, flag_count, 0)
+        header = struct.pack("<QIBBHQ", self._target_id(port_partition), port_id, 0, 0, 0,
+                             self._target_id(connection_partition)) + info + struct.pack("<Q", 0)
+        self._call(CallCode.CREATE_PORT, header, via=via, name="CreatePort")
+
+    def connect_port(self, connection_partition: Partition | int | None, connection_id: int,
+                     port_partition: Partition | int | None, port_id: int, *,
+                     port_type: int = PortType.MESSAGE, via=None) -> None:
+        """Give `connection_partition` connection `connection_id` to port `port_id` of
+        `port_partition`; `port_type` must be the port's type."""
+        header = struct.pack("<QIB3xQII", self._target_id(connection_partition), connection_id, 0,
+                             self._target_id(port_partition), port_id, 0)
+        header += struct.pack("<II24x", int(port_type), 0) + struct.pack("<Q", 0)
+        self._call(CallCode.CONNECT_PORT, header, via=via, name="ConnectPort")
+
+    def delete_port(self, port_partition: Partition | int | None, port_id: int, *, via=None) -> None:
+        self._call(CallCode.DELETE_PORT, struct.pack("<QII", self._target_id(port_partition), port_id, 0),
+                   via=via, name="DeletePort")
+
+    def disconnect_port(self, connection_partition: Partition | int | None, connection_id: int, *,
+                        via=None) -> None:
+        self._call(CallCode.DISCONNECT_PORT,
+                   struct.pack("<QII", self._target_id(connection_partition), connection_id, 0),
+                   via=via, name="DisconnectPort")
+
+    def post_message(self, connection_id: int, message_type: int, payload: bytes = b"", *, via=None) -> None:
+        """Post a message (at most 240 bytes) on one of this partition's connections."""
+        if len(payload) > PAYLOAD_MAX:
+            raise ValueError(f"a message payload holds at most {PAYLOAD_MAX} bytes, got {len(payload)}")
+        header = struct.pack("<IIII", connection_id, 0, int(message_type), len(payload))
+        self._call(CallCode.POST_MESSAGE, header + bytes(payload).ljust(PAYLOAD_MAX, b"\0"), via=via,
+                   name="PostMessage")
+
+    def signal_event(self, connection_id: int, flag_number: int = 0, fast: bool = True, *, via=None) -> None:
+        """Signal event flag `flag_number` (relative to the port's base flag) on one of this
+        partition's connections; as a fast call (the 8-byte input in RDX) unless fast=False."""
+        data = struct.pack("<IHH", connection_id, flag_number, 0)
+        if not fast:
+            self._call(CallCode.SIGNAL_EVENT, data, via=via, name="SignalEvent")
+            return
+        (via or self.vp(0)).hypercall(control(CallCode.SIGNAL_EVENT, fast=True), data).check("SignalEvent")
 
 
 class RootMemory:

@@ -14,6 +14,7 @@
 #include "hv_abi.h"
 /* The types and calls Python sees; written so that the same file is both C and the cffi cdef. */
 #include "api/core.h"
+#include "api/grant.h"
 #include "synic.h"
 #include "port.h"
 
@@ -85,6 +86,17 @@ struct hv_vp {
 struct hv_page_list {             /* a growable array of SPA pfns */
     uint64_t *pfn;
     uint64_t len, cap;
+};
+
+/* A grant: pages of a child made reachable by its parent (a VMBus GPADL), with a contiguous
+ * view of them for the parent's ring code. */
+struct hv_grant {
+    uint32_t child_slot;
+    uint32_t id;                  /* the GPADL id; unique per child */
+    uint32_t npages;
+    uint64_t *gpas;               /* the child's GPA pages, in grant order */
+    uint64_t *pfns;               /* their SPA pages */
+    uint8_t *view;                /* npages contiguous pages mapping pfns */
 };
 
 struct hv_partition_counters {
@@ -186,7 +198,11 @@ struct hv_sched_ops {
 struct hv_host {
     struct hv_host_config cfg;
     uint64_t nr_pages;            /* SPA pages */
-    uint8_t *spa;                 /* the SPA space: one MAP_NORESERVE mapping, touched lazily */
+    uint8_t *spa;                 /* the SPA space: a sparse memory file mapped once, touched lazily */
+    int spa_fd;                   /* that memory file (grant views map its pages again) */
+    uint16_t *grant_refs;         /* per SPA page: live grants naming it (such a page cannot move) */
+    struct hv_grant **grants;     /* live grants, in creation order */
+    uint32_t nr_grants, cap_grants;
     uint32_t *owner;              /* owner code per SPA page (see HV_OWNER_*), lazily zero */
     uint64_t *dirty;              /* bitmap: page may hold non-zero bytes (zeroing is skipped otherwise) */
     struct hv_page_list free_pages;/* SPA pages owned by nobody (owner HV_OWNER_FREE), all zero */
@@ -258,6 +274,11 @@ void hv_pool_give_back(struct hv_host *h, struct hv_partition *p, uint64_t pfn);
 bool hv_guest_read(struct hv_host *h, const struct hv_partition *p, uint64_t gpa, void *buf, size_t len);
 bool hv_guest_write(struct hv_host *h, const struct hv_partition *p, uint64_t gpa, const void *buf, size_t len);
 
+/* ---- grant.c ---- */
+void hv_grants_drop_partition(struct hv_host *h, uint32_t slot);
+void hv_grants_fini(struct hv_host *h);
+void hv_grants_digest(const struct hv_host *h, struct hv_digest *d);
+
 /* ---- partition.c ---------------------------------------------------------------------------- */
 struct hv_partition *hv_partition_alloc(struct hv_host *h, uint32_t parent_slot);
 void hv_partition_destroy(struct hv_host *h, struct hv_partition *p);
@@ -314,6 +335,13 @@ uint16_t hv_call_create_vp(struct hv_call *c);
 uint16_t hv_call_delete_vp(struct hv_call *c);
 uint16_t hv_call_get_vp_registers(struct hv_call *c);
 uint16_t hv_call_set_vp_registers(struct hv_call *c);
+/* Handlers in port.c: ports, connections, PostMessage, SignalEvent. */
+uint16_t hv_call_create_port(struct hv_call *c);
+uint16_t hv_call_connect_port(struct hv_call *c);
+uint16_t hv_call_delete_port(struct hv_call *c);
+uint16_t hv_call_disconnect_port(struct hv_call *c);
+uint16_t hv_call_post_message(struct hv_call *c);
+uint16_t hv_call_signal_event(struct hv_call *c);
 
 /* Resolve a partition id named in a hypercall: SELF or the caller's own id gives the caller;
  * otherwise it must be a live child of the caller. NULL if not. */

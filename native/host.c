@@ -97,6 +97,7 @@ void hv_host_destroy(struct hv_host *h)
         if (h->parts[s])
             hv_partition_destroy(h, h->parts[s]);
     hv_run_fini(h);
+    hv_grants_fini(h);
     hv_ports_fini(&h->ports);
     hv_mem_fini(h);
     free(h);
@@ -193,7 +194,7 @@ uint64_t hv_partition_reach(struct hv_host *h, uint64_t id, uint64_t *gpas, uint
     uint64_t n = 0;
     if (p->slot == 0) {
         for (uint64_t pfn = 0; pfn < h->nr_pages; pfn++) {
-            if (h->owner[pfn] != 0)
+            if (h->owner[pfn] != 0 && !h->grant_refs[pfn])
                 continue;
             if (n < max) {
                 gpas[n] = pfn;
@@ -302,6 +303,7 @@ void hv_state_digest(struct hv_host *h, int include_memory, uint8_t *out)
                 }
     }
     hv_ports_digest(&h->ports, &d);
+    hv_grants_digest(h, &d);
     if (include_memory) {
         for (uint64_t pfn = 0; pfn < h->nr_pages; pfn++) {
             if (!((h->dirty[pfn / 64] >> (pfn % 64)) & 1))

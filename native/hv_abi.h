@@ -304,4 +304,180 @@ _Static_assert(sizeof(struct hv_in_delete_vp) == 16, "layout");
 _Static_assert(sizeof(struct hv_in_vp_registers) == 16, "layout");
 _Static_assert(sizeof(struct hv_register_assoc) == 32, "HV_REGISTER_ASSOC is 32 bytes");
 
+/* ==== SynIC, ports and timers (synic.c, port.c) ============================================== */
+/* TLFS inter-partition communication; ../shared/reference/hyperv-abi.md §1.4 and §2. */
+#define HV_SYNIC_SINT_COUNT      16u
+#define HV_SYNIC_STIMER_COUNT    4u
+#define HV_SYNIC_VERSION         1u          /* what SVERSION reads */
+#define HV_SYNIC_MIN_VECTOR      16u         /* an unmasked SINT needs a vector 16..255 */
+
+/* SINTn: 7:0 vector, 15:8 RsvdP, 16 masked, 17 AutoEOI, 18 polling, 63:19 RsvdP. Bits 19
+ * (as_intercept) and 20 (proxy) are Linux/nested extensions hvsim does not implement. */
+#define HV_SINT_VECTOR_MASK      0xFFull
+#define HV_SINT_MASKED           (1ull << 16)
+#define HV_SINT_AUTO_EOI         (1ull << 17)
+#define HV_SINT_POLLING          (1ull << 18)
+#define HV_SINT_VALID_MASK       (HV_SINT_VECTOR_MASK | HV_SINT_MASKED | HV_SINT_AUTO_EOI | HV_SINT_POLLING)
+#define HV_SINT_RESET            HV_SINT_MASKED
+/* SCONTROL: bit 0 enable. SIMP / SIEFP: bit 0 enable, 11:1 RsvdP, 63:12 GPFN. */
+#define HV_SCONTROL_ENABLE       0x1ull
+#define HV_SYNIC_PAGE_ENABLE     0x1ull
+#define HV_SYNIC_PAGE_RSVD_MASK  0xFFEull
+#define HV_SYNIC_PAGE_GPFN_SHIFT 12
+
+/* Synthetic timers: STIMERn_CONFIG = HV_REGISTER_STIMER0_CONFIG + 2n, STIMERn_COUNT = +2n+1. */
+#define HV_REGISTER_STIMER0_COUNT 0x000B0001u
+#define HV_STIMER_ENABLE         (1ull << 0)
+#define HV_STIMER_PERIODIC       (1ull << 1)
+#define HV_STIMER_LAZY           (1ull << 2)
+#define HV_STIMER_AUTO_ENABLE    (1ull << 3)
+#define HV_STIMER_APIC_VECTOR_SHIFT 4        /* 11:4, direct mode only */
+#define HV_STIMER_APIC_VECTOR_MASK  0xFF0ull
+#define HV_STIMER_DIRECT_MODE    (1ull << 12)
+#define HV_STIMER_SINTX_SHIFT    16          /* 19:16 */
+#define HV_STIMER_SINTX_MASK     0xF0000ull
+#define HV_STIMER_CONFIG_VALID_MASK 0xF1FFFull /* 12:0 and 19:16; the rest is reserved */
+
+/* The message page (SIM page): 16 slots of HV_MESSAGE, slot n for SINTn. */
+#define HV_MESSAGE_SIZE          256u
+#define HV_MESSAGE_PAYLOAD_MAX   240u
+#define HV_MESSAGE_FLAG_PENDING  0x1u        /* MessageFlags bit 0: MessagePending */
+#define HV_MESSAGE_TYPE_HYPERVISOR_MASK 0x80000000u /* guests may not send these types */
+
+/* HV_MESSAGE_TYPE (TLFS hv_message_type.md). VMBus channel messages use type 1. */
+#define HV_MESSAGE_TYPE_NONE                        0x00000000u
+#define HV_MESSAGE_TYPE_VMBUS                       0x00000001u
+#define HV_MESSAGE_TYPE_UNMAPPED_GPA                0x80000000u
+#define HV_MESSAGE_TYPE_GPA_INTERCEPT               0x80000001u
+#define HV_MESSAGE_TYPE_UNACCEPTED_GPA              0x80000003u
+#define HV_MESSAGE_TYPE_GPA_ATTRIBUTE_INTERCEPT     0x80000004u
+#define HV_MESSAGE_TYPE_TIMER_EXPIRED               0x80000010u
+#define HV_MESSAGE_TYPE_INVALID_VP_REGISTER_VALUE   0x80000020u
+#define HV_MESSAGE_TYPE_UNRECOVERABLE_EXCEPTION     0x80000021u
+#define HV_MESSAGE_TYPE_UNSUPPORTED_FEATURE         0x80000022u
+#define HV_MESSAGE_TYPE_OPAQUE_INTERCEPT            0x8000003Fu
+#define HV_MESSAGE_TYPE_EVENT_LOG_BUFFER_COMPLETE   0x80000040u
+#define HV_MESSAGE_TYPE_HYPERCALL_INTERCEPT         0x80000050u
+#define HV_MESSAGE_TYPE_SYNIC_EVENT_INTERCEPT       0x80000060u
+#define HV_MESSAGE_TYPE_SYNIC_SINT_INTERCEPT        0x80000061u
+#define HV_MESSAGE_TYPE_SYNIC_SINT_DELIVERABLE      0x80000062u
+#define HV_MESSAGE_TYPE_ASYNC_CALL_COMPLETION       0x80000070u
+#define HV_MESSAGE_TYPE_INSUFFICIENT_MEMORY         0x80000071u
+#define HV_MESSAGE_TYPE_SCHEDULER_VP_SIGNAL_BITSET  0x80000100u
+#define HV_MESSAGE_TYPE_SCHEDULER_VP_SIGNAL_PAIR    0x80000101u
+#define HV_MESSAGE_TYPE_X64_IO_PORT_INTERCEPT       0x80010000u
+#define HV_MESSAGE_TYPE_MSR_INTERCEPT               0x80010001u
+#define HV_MESSAGE_TYPE_X64_CPUID_INTERCEPT         0x80010002u
+#define HV_MESSAGE_TYPE_EXCEPTION_INTERCEPT         0x80010003u
+#define HV_MESSAGE_TYPE_X64_APIC_EOI                0x80010004u
+#define HV_MESSAGE_TYPE_REGISTER_INTERCEPT          0x80010006u
+#define HV_MESSAGE_TYPE_X64_HALT                    0x80010007u
+#define HV_MESSAGE_TYPE_X64_INTERRUPTION_DELIVERABLE 0x80010008u
+#define HV_MESSAGE_TYPE_X64_SIPI_INTERCEPT          0x80010009u
+
+/* The event-flags page (SIEF page): 16 areas of 256 bytes, 2048 flags per SINT. */
+#define HV_EVENT_FLAGS_BYTES     256u
+#define HV_EVENT_FLAGS_COUNT     2048u
+
+/* Ports and connections. HV_PORT_ID / HV_CONNECTION_ID: 23:0 id, 31:24 reserved-zero. */
+#define HV_PORT_TYPE_MESSAGE     1u
+#define HV_PORT_TYPE_EVENT       2u
+#define HV_PORT_TYPE_MONITOR     3u
+#define HV_PORT_ID_MASK          0x00FFFFFFu
+#define HV_PORT_MESSAGE_BUFFERS  16u         /* per port, from the port owner's pool */
+
+struct hv_message_header {       /* HV_MESSAGE_HEADER, 16 bytes */
+    uint32_t message_type;
+    uint8_t payload_size;
+    uint8_t message_flags;        /* HV_MESSAGE_FLAG_* */
+    uint16_t reserved;
+    uint64_t origination_id;      /* sender's port id for PostMessage, 0 for timers */
+};
+struct hv_message {              /* HV_MESSAGE: one SIM slot, 256 bytes */
+    struct hv_message_header header;
+    uint8_t payload[HV_MESSAGE_PAYLOAD_MAX];
+};
+struct hv_timer_message_payload { /* TimerExpired payload, 24 bytes; times in 100 ns */
+    uint32_t timer_index;
+    uint32_t reserved;
+    uint64_t expiration_time;
+    uint64_t delivery_time;
+};
+/* HV_PORT_INFO, 24 bytes. The TLFS union is flattened: message and event ports share the
+ * target fields; a message port's base_flag_number..rsvdz is its RsvdZ u64. (A monitor port's
+ * MonitorAddress would overlay target_sint/target_vp; hvsim does not implement monitor ports.) */
+struct hv_port_info {
+    uint32_t port_type;
+    uint32_t reserved;
+    uint32_t target_sint;
+    uint32_t target_vp;
+    uint16_t base_flag_number;    /* event ports */
+    uint16_t flag_count;          /* event ports */
+    uint32_t rsvdz;
+};
+struct hv_connection_info {      /* HV_CONNECTION_INFO as ConnectPort takes it, 32 bytes */
+    uint32_t port_type;
+    uint32_t reserved;
+    uint64_t monitor_address;     /* monitor connections only: RsvdZ otherwise */
+    uint64_t rsvdz[2];
+};
+struct hv_in_create_port {       /* 0x0095, 56 bytes */
+    uint64_t port_partition;
+    uint32_t port_id;
+    uint8_t port_vtl;
+    uint8_t min_connection_vtl;
+    uint16_t rsvdz;
+    uint64_t connection_partition;
+    struct hv_port_info port_info;
+    uint64_t proximity_domain_info;
+};
+struct hv_in_connect_port {      /* 0x0096, 72 bytes */
+    uint64_t connection_partition;
+    uint32_t connection_id;
+    uint8_t connection_vtl;
+    uint8_t rsvdz[3];
+    uint64_t port_partition;
+    uint32_t port_id;
+    uint32_t rsvdz2;
+    struct hv_connection_info connection_info;
+    uint64_t proximity_domain_info;
+};
+struct hv_in_delete_port {       /* 0x0058, 16 bytes (12 used) */
+    uint64_t port_partition;
+    uint32_t port_id;
+    uint32_t padding;
+};
+struct hv_in_disconnect_port {   /* 0x005B, 16 bytes (12 used) */
+    uint64_t connection_partition;
+    uint32_t connection_id;
+    uint32_t padding;
+};
+struct hv_in_post_message {      /* 0x005C, 256 bytes */
+    uint32_t connection_id;
+    uint32_t rsvdz;
+    uint32_t message_type;
+    uint32_t payload_size;
+    uint8_t payload[HV_MESSAGE_PAYLOAD_MAX];
+};
+struct hv_in_signal_event {      /* 0x005D, 8 bytes (a fast call passes them in RDX) */
+    uint32_t connection_id;
+    uint16_t flag_number;
+    uint16_t rsvdz;
+};
+
+_Static_assert(sizeof(struct hv_message_header) == 16, "HV_MESSAGE_HEADER is 16 bytes");
+_Static_assert(sizeof(struct hv_message) == HV_MESSAGE_SIZE, "HV_MESSAGE is 256 bytes");
+_Static_assert(sizeof(struct hv_timer_message_payload) == 24, "TimerExpired payload is 24 bytes");
+_Static_assert(sizeof(struct hv_port_info) == 24, "HV_PORT_INFO is 24 bytes");
+_Static_assert(sizeof(struct hv_connection_info) == 32, "HV_CONNECTION_INFO is 32 bytes");
+_Static_assert(sizeof(struct hv_in_create_port) == 56, "CreatePort input is 56 bytes");
+_Static_assert(sizeof(struct hv_in_connect_port) == 72, "ConnectPort input is 72 bytes");
+_Static_assert(sizeof(struct hv_in_delete_port) == 16, "layout");
+_Static_assert(sizeof(struct hv_in_disconnect_port) == 16, "layout");
+_Static_assert(sizeof(struct hv_in_post_message) == 256, "PostMessage input is 256 bytes");
+_Static_assert(sizeof(struct hv_in_signal_event) == 8, "SignalEvent input is 8 bytes");
+_Static_assert(offsetof(struct hv_in_connect_port, connection_info) == 32, "layout");
+_Static_assert(offsetof(struct hv_in_create_port, port_info) == 24, "layout");
+/* ==== end of SynIC, ports and timers ========================================================== */
+
 #endif /* HV_ABI_H */

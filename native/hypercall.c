@@ -35,6 +35,13 @@ static const struct {
     {HVCALL_DELETE_VP, {"DeleteVp", P(HV_PRIV_CREATE_PARTITIONS), 16, 0, 0, 0, false, true, hv_call_delete_vp}},
     {HVCALL_GET_VP_REGISTERS, {"GetVpRegisters", 0, 16, 4, 0, 16, true, false, hv_call_get_vp_registers}},
     {HVCALL_SET_VP_REGISTERS, {"SetVpRegisters", 0, 16, 32, 0, 0, true, false, hv_call_set_vp_registers}},
+    /* ports, connections, messages and events (port.c) */
+    {HVCALL_CREATE_PORT, {"CreatePort", P(HV_PRIV_CREATE_PORT), 56, 0, 0, 0, false, false, hv_call_create_port}},
+    {HVCALL_CONNECT_PORT, {"ConnectPort", P(HV_PRIV_CONNECT_PORT), 72, 0, 0, 0, false, false, hv_call_connect_port}},
+    {HVCALL_DELETE_PORT, {"DeletePort", P(HV_PRIV_CREATE_PORT), 16, 0, 0, 0, false, true, hv_call_delete_port}},
+    {HVCALL_DISCONNECT_PORT, {"DisconnectPort", P(HV_PRIV_CONNECT_PORT), 16, 0, 0, 0, false, true, hv_call_disconnect_port}},
+    {HVCALL_POST_MESSAGE, {"PostMessage", P(HV_PRIV_POST_MESSAGES), 256, 0, 0, 0, false, false, hv_call_post_message}},
+    {HVCALL_SIGNAL_EVENT, {"SignalEvent", P(HV_PRIV_SIGNAL_EVENTS), 8, 0, 0, 0, false, true, hv_call_signal_event}},
 };
 
 const struct hv_call_desc *hv_call_lookup(uint16_t code)

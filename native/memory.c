@@ -7,13 +7,16 @@
  *    partition wrote ever reaches another owner;
  *  - a child's GPA map names only pages the child owns; its leaf tables live in pages of its
  *    pool (owner HV), so no partition can reach them.
- * The SPA space, the owner table and the dirty bitmap are MAP_NORESERVE mappings: a 64 GiB host
- * costs only the pages something has touched.
+ * The SPA space is a sparse memory file (memfd) mapped once; the owner table, the dirty bitmap
+ * and the grant counts are MAP_NORESERVE mappings: a 64 GiB host costs only the pages something
+ * has touched. The memory file lets the core map any set of SPA pages contiguously (a grant's
+ * view, as Linux vmaps a VMBus ring), so ring code runs on guest pages with no copy.
  */
-#define _DEFAULT_SOURCE
+#define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "core.h"
 
@@ -26,10 +29,16 @@ static void *reserve(size_t bytes)
 int hv_mem_init(struct hv_host *h)
 {
     h->nr_pages = h->cfg.memory_bytes >> HV_PAGE_SHIFT;
-    h->spa = reserve(h->nr_pages << HV_PAGE_SHIFT);
+    h->spa_fd = memfd_create("hvsim-spa", MFD_CLOEXEC);
+    if (h->spa_fd < 0 || ftruncate(h->spa_fd, (off_t)(h->nr_pages << HV_PAGE_SHIFT)) != 0)
+        return -1;
+    void *spa = mmap(NULL, h->nr_pages << HV_PAGE_SHIFT, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
+                     h->spa_fd, 0);
+    h->spa = spa == MAP_FAILED ? NULL : spa;
     h->owner = reserve(h->nr_pages * sizeof(uint32_t));
     h->dirty = reserve(((h->nr_pages + 63) / 64) * sizeof(uint64_t));
-    if (!h->spa || !h->owner || !h->dirty)
+    h->grant_refs = reserve(h->nr_pages * sizeof(uint16_t));
+    if (!h->spa || !h->owner || !h->dirty || !h->grant_refs)
         return -1;
     /* The hypervisor keeps the lowest pages (SPA pfn 0 among them, which is why 0 can mean
      * "no leaf table" in GPA maps); the root owns the rest through the all-zero table. */
@@ -44,6 +53,8 @@ void hv_mem_fini(struct hv_host *h)
     if (h->spa) munmap(h->spa, h->nr_pages << HV_PAGE_SHIFT);
     if (h->owner) munmap(h->owner, h->nr_pages * sizeof(uint32_t));
     if (h->dirty) munmap(h->dirty, ((h->nr_pages + 63) / 64) * sizeof(uint64_t));
+    if (h->grant_refs) munmap(h->grant_refs, h->nr_pages * sizeof(uint16_t));
+    if (h->spa_fd > 0) close(h->spa_fd);
     hv_page_list_free(&h->free_pages);
 }
 
@@ -132,8 +143,8 @@ bool hv_gpa_translate(struct hv_host *h, const struct hv_partition *p, uint64_t 
                       uint32_t rights, uint64_t *pfn)
 {
     if (p->slot == 0) {
-        /* The root sees its own pages at GPA == SPA. */
-        if (gpa_page >= h->nr_pages || h->owner[gpa_page] != 0)
+        /* The root sees its own pages, and pages its children granted it, at GPA == SPA. */
+        if (gpa_page >= h->nr_pages || (h->owner[gpa_page] != 0 && !h->grant_refs[gpa_page]))
             return false;
         *pfn = gpa_page;
         return true;

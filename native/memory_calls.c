@@ -133,9 +133,13 @@ uint16_t hv_call_unmap_gpa_pages(struct hv_call *c)
         return HV_STATUS_INVALID_PARAMETER;
     if (in.target_gpa_base >= HV_MAX_GPA_PAGES || in.target_gpa_base + c->rep_count > HV_MAX_GPA_PAGES)
         return HV_STATUS_INVALID_PARAMETER;
-    for (uint32_t i = c->rep_start; i < c->rep_end; i++)
-        if (!(hv_gpa_entry(c->h, p, in.target_gpa_base + i) & HV_PTE_PRESENT))
+    for (uint32_t i = c->rep_start; i < c->rep_end; i++) {
+        uint64_t e = hv_gpa_entry(c->h, p, in.target_gpa_base + i);
+        if (!(e & HV_PTE_PRESENT))
             return HV_STATUS_INVALID_PARAMETER;
+        if (c->h->grant_refs[e >> HV_PAGE_SHIFT])
+            return HV_STATUS_OBJECT_IN_USE; /* granted to the parent (a live GPADL): pinned */
+    }
     /* apply: the page returns to the parent, zeroed */
     for (uint32_t i = c->rep_start; i < c->rep_end; i++) {
         uint64_t pfn = hv_gpa_unmap(c->h, p, in.target_gpa_base + i);

@@ -48,6 +48,7 @@ void hv_partition_destroy(struct hv_host *h, struct hv_partition *p)
 {
     uint32_t parent = p->parent_slot;
     hv_ports_drop_partition(h, p->slot);
+    hv_grants_drop_partition(h, p->slot);
     for (uint32_t i = 0; i < HV_MAX_VPS; i++) {
         if (p->vps[i]) {
             hv_vp_free(p->vps[i]);

@@ -53,10 +53,22 @@ def check_ownership(host: Host) -> None:
 
 
 def check_reach(host: Host) -> None:
-    """INV-REACH-CHILD and INV-HV: a child reaches exactly the pages it owns, each at one GPA;
-    the root reaches exactly its own pages; no partition reaches a hypervisor or free page."""
+    """INV-REACH-CHILD, INV-REACH-PARENT and INV-HV: a child reaches exactly the pages it owns,
+    each at one GPA; the root reaches exactly its own pages plus the pages its children granted
+    it (live grants, each page the granting child's); no partition reaches a hypervisor page."""
     codes = host.introspect.owner_codes()
     root_id = host.root.id
+    slots = {host.introspect.partition_info(pid)["slot"]: pid for pid in host.introspect.partition_ids()}
+    granted: dict[int, int] = {}  # pfn -> granting child's slot
+    for pid in host.introspect.partition_ids():
+        if pid == root_id:
+            continue
+        slot = host.introspect.partition_info(pid)["slot"]
+        own = {pfn for pfn, _ in host.introspect.reach(pid).values()}
+        for pfn in host.grants.granted_pages(pid):
+            if pfn not in own:
+                _fail("INV-REACH-PARENT", f"partition {pid} granted page {pfn}, which it does not reach")
+            granted[pfn] = slot
     for pid in host.introspect.partition_ids():
         info = host.introspect.partition_info(pid)
         reach = host.introspect.reach(pid)
@@ -67,12 +79,16 @@ def check_reach(host: Host) -> None:
             owner = codes[pfn]
             if owner == OWNER_HV:
                 _fail("INV-HV", f"partition {pid} reaches hypervisor page {pfn} at GPA page {gpa}")
-            if owner != info["slot"]:
-                _fail("INV-REACH-CHILD" if pid != root_id else "INV-REACH-PARENT",
-                      f"partition {pid} reaches page {pfn} owned by code {owner}")
-        if len(pfns) != info["pages_owned"]:
+            if owner == info["slot"]:
+                continue
+            if pid == root_id and granted.get(pfn) == owner:
+                continue
             _fail("INV-REACH-CHILD" if pid != root_id else "INV-REACH-PARENT",
-                  f"partition {pid} owns {info['pages_owned']} pages but reaches {len(pfns)}")
+                  f"partition {pid} reaches page {pfn} owned by {slots.get(owner, owner)}")
+        expected = info["pages_owned"] + (len(granted) if pid == root_id else 0)
+        if len(pfns) != expected:
+            _fail("INV-REACH-CHILD" if pid != root_id else "INV-REACH-PARENT",
+                  f"partition {pid} should reach {expected} pages, reaches {len(pfns)}")
         if pid != root_id and info["gpa_mapped"] != len(pfns):
             _fail("INV-REACH-CHILD", f"partition {pid}: core counts {info['gpa_mapped']} mapped GPA pages, "
                                      f"its map holds {len(pfns)}")

@@ -135,6 +135,28 @@ class HypervisorMachine(RuleBasedStateMachine):
         except MemoryError:
             pass
 
+    # ---- grants (the core's half of VMBus GPADLs) --------------------------------------------------
+    @precondition(lambda self: self._live())
+    @rule(data=st.data(), grant_id=st.integers(0, 5), n=st.integers(1, 6))
+    def grant_pages(self, data, grant_id: int, n: int) -> None:
+        child = data.draw(st.sampled_from(self.children))
+        mapped = sorted(self.host.introspect.reach(child))
+        pool = mapped + [data.draw(st.integers(0, 2000))]  # sometimes a page it does not have
+        pages = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=n))
+        before = self.host.introspect.digest()
+        try:
+            self.host.grants.create(child, grant_id, pages)
+        except HvError:
+            assert self.host.introspect.digest() == before, "INV-ATOMIC: a refused grant changed the state"
+
+    @precondition(lambda self: self._live())
+    @rule(data=st.data())
+    def revoke_grant(self, data) -> None:
+        child = data.draw(st.sampled_from(self.children))
+        ids = self.host.grants.ids(child)
+        if ids:
+            self.host.grants.get(child, data.draw(st.sampled_from(ids))).revoke()
+
     # ---- raw hypercalls from anyone ---------------------------------------------------------------
     @rule(data=st.data())
     def raw_hypercall(self, data) -> None:

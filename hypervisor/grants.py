@@ -1,0 +1,66 @@
+"""Grants: a child's pages made reachable by its parent, the core's half of a VMBus GPADL.
+
+The parent's VMBus server creates a grant when a child announces a GPADL of its own pages; the
+core checks every page is the child's, pins them while the grant lives, and gives the parent a
+contiguous view of them (`Grant.view`) that ring code reads and writes in place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hypervisor import _binding
+from hypervisor.status import HvStatus, error_for
+
+if TYPE_CHECKING:
+    from hypervisor.host import Host
+    from hypervisor.partition import Partition
+
+
+@dataclass
+class Grant:
+    host: Host
+    child_id: int
+    id: int
+
+    @property
+    def view(self) -> memoryview:
+        """The granted pages, contiguous and writable (zeros once revoked)."""
+        view = _binding.hv_grant_view(self.host._h, self.child_id, self.id)
+        if view is None:
+            raise LookupError(f"grant {self.id:#x} of partition {self.child_id} is gone")
+        return view
+
+    @property
+    def pfns(self) -> list[int]:
+        return _binding.hv_grant_pages(self.host._h, self.child_id, self.id)
+
+    def revoke(self) -> None:
+        st = _binding.hv_grant_revoke(self.host._h, self.child_id, self.id)
+        if st != HvStatus.SUCCESS:
+            raise error_for(st, "RevokeGrant")
+
+
+class Grants:
+    """host.grants: create and find grants (the parent's view of its children's GPADLs)."""
+
+    def __init__(self, host: Host):
+        self._host = host
+
+    def create(self, child: Partition | int, grant_id: int, gpa_pages: list[int]) -> Grant:
+        cid = child if isinstance(child, int) else child.id
+        st = _binding.hv_grant_create(self._host._h, cid, grant_id, gpa_pages)
+        if st != HvStatus.SUCCESS:
+            raise error_for(st, "CreateGrant")
+        return Grant(self._host, cid, grant_id)
+
+    def get(self, child: Partition | int, grant_id: int) -> Grant | None:
+        cid = child if isinstance(child, int) else child.id
+        return Grant(self._host, cid, grant_id) if grant_id in self.ids(cid) else None
+
+    def ids(self, child: Partition | int) -> list[int]:
+        return _binding.hv_grant_ids(self._host._h, child if isinstance(child, int) else child.id)
+
+    def granted_pages(self, child: Partition | int) -> set[int]:
+        cid = child if isinstance(child, int) else child.id
+        return {pfn for gid in self.ids(cid) for pfn in _binding.hv_grant_pages(self._host._h, cid, gid)}
