@@ -185,12 +185,17 @@ void hv_ports_drop_partition(struct hv_host *h, uint32_t slot)
         table_free(t);
         ps->by_slot[slot] = NULL;
     }
-    /* Messages it posted that still wait in other partitions' queues. */
-    for (uint32_t s = 0; s < HV_MAX_PARTITIONS; s++) {
-        struct hv_partition *q = h->parts[s];
-        for (uint32_t i = 0; q && s != slot && i < HV_MAX_VPS; i++)
-            if (q->vps[i])
-                hv_synic_purge_sender(&q->vps[i]->synic, slot);
+    /* Messages it posted that still wait in other partitions' queues. A queued port message
+     * always sits in its (live) port's target queue: ports purge theirs when deleted, and a
+     * deleted VP takes its queues along. So the live message ports say where to look. */
+    for (uint32_t s = 0; ps->by_slot && s < HV_MAX_PARTITIONS; s++) {
+        struct hv_port_table *pt = ps->by_slot[s];
+        for (uint32_t i = 0; pt && i < pt->nr_ports; i++) {
+            const struct hv_port *port = pt->ports[i];
+            struct hv_vp *vp = h->parts[s]->vps[port->target_vp];
+            if (port->type == HV_PORT_TYPE_MESSAGE && vp)
+                hv_synic_purge_sender(&vp->synic, port->target_sint, slot);
+        }
     }
     if (ps->by_slot && ps->nr_ports == 0 && ps->nr_connections == 0)
         hv_ports_fini(ps); /* nothing left: give the tables back (host teardown ends here) */

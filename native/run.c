@@ -194,13 +194,22 @@ static void step_done(struct hv_host *h, struct hv_vp *vp)
     case HV_GUEST_PYTHON:
         resume_add(h, vp, vp->resume_reason ? vp->resume_reason : HV_RESUME_STEP);
         return;
-    case HV_GUEST_TICK:
-        /* What the tick guest's interrupt handler does: acknowledge, then idle again. */
-        if (vp->pending_sints)
-            hv_synic_consume(h, p, vp, vp->pending_sints);
+    case HV_GUEST_TICK: {
+        /* What the tick guest's interrupt handler does: acknowledge, then idle again. The
+         * acknowledgement may deliver a queued message and raise the SINT anew: then it has
+         * another interrupt to handle before it halts. */
+        uint32_t sints = vp->pending_sints;
         vp->pending_sints = 0;
-        halt(h, vp, 0, false);
+        if (sints)
+            hv_synic_consume(h, p, vp, sints);
+        if (vp->pending_sints) {
+            vp->work_ns += vp->tick_work_ns;
+            make_runnable(h, vp);
+        } else {
+            halt(h, vp, 0, false);
+        }
         return;
+    }
     default:
         vp->pending_sints = 0;
         halt(h, vp, 0, false);
@@ -306,8 +315,9 @@ static void process(struct hv_host *h, const struct hv_event *e)
     case HV_EV_WAKE: on_wake(h, e); break;
     case HV_EV_WINDOW: on_window(h); break;
     case HV_EV_STIMER: {
+        /* A suspended partition's timers still expire: the message waits for its VP. */
         struct hv_vp *vp = hv_vp_lookup(h, e->slot, e->vp);
-        if (vp && h->parts[e->slot]->started)
+        if (vp)
             hv_synic_timer_expired(h, h->parts[e->slot], vp, (uint32_t)e->arg, e->arg2);
         break;
     }

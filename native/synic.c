@@ -244,10 +244,9 @@ void hv_synic_purge_port(struct hv_synic *s, uint32_t sint, uint64_t serial)
     purge(&s->queue[sint], 0, serial);
 }
 
-void hv_synic_purge_sender(struct hv_synic *s, uint32_t slot)
+void hv_synic_purge_sender(struct hv_synic *s, uint32_t sint, uint32_t slot)
 {
-    for (uint32_t i = 0; i < SINTS; i++)
-        purge(&s->queue[i], slot, 0);
+    purge(&s->queue[sint], slot, 0);
 }
 
 void hv_synic_consume(struct hv_host *h, struct hv_partition *p, struct hv_vp *vp, uint32_t sints)

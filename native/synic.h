@@ -91,7 +91,7 @@ void hv_synic_enqueue(struct hv_host *h, struct hv_partition *p, struct hv_vp *v
 void hv_synic_signal(struct hv_host *h, struct hv_partition *p, struct hv_vp *vp, uint32_t sint, uint32_t flag);
 /* Drop queued messages of port `serial` / posted by partition slot `slot`. */
 void hv_synic_purge_port(struct hv_synic *s, uint32_t sint, uint64_t serial);
-void hv_synic_purge_sender(struct hv_synic *s, uint32_t slot);
+void hv_synic_purge_sender(struct hv_synic *s, uint32_t sint, uint32_t slot);
 
 /* ---- introspection (native/api/synic.h) ------------------------------------------------------- */
 int32_t hv_synic_queue_length(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint32_t sint);
