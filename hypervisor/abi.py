@@ -63,6 +63,8 @@ _regs += [(n, _binding.constant("HV_REGISTER_" + n)) for n in
           ("VP_RUNTIME", "GUEST_OS_ID", "VP_INDEX", "TIME_REF_COUNT", "SCONTROL", "SVERSION",
            "SIEFP", "SIMP", "EOM")]
 _regs += [(f"SINT{i}", _binding.constant("HV_REGISTER_SINT0") + i) for i in range(16)]
+_stimer0 = _binding.constant("HV_REGISTER_STIMER0_CONFIG")
+_regs += [(f"STIMER{n}_{kind}", _stimer0 + 2 * n + k) for n in range(4) for k, kind in enumerate(("CONFIG", "COUNT"))]
 #: HV_REGISTER_NAME values of the registers hvsim implements.
 Register = enum.IntEnum("Register", _regs, module=__name__)
 

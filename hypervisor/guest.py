@@ -106,6 +106,24 @@ class GuestContext:
             if w.raised(sint) or w.reason == "timeout":
                 return w
 
+    async def receive(self, sint: int, simp_gpfn: int, timeout: int | str | None = None):
+        """The next SynIC message on `sint`, the way a guest takes it: copy it out of its slot,
+        free the slot, and write EOM if another message is pending. None on timeout."""
+        from hypervisor.abi import Register
+        from hypervisor.synic import clear_message_slot, read_message_slot
+        deadline = None if timeout is None else self.now + parse_duration(timeout)
+        while True:
+            msg = read_message_slot(self.partition, simp_gpfn, sint)
+            if not msg.empty:
+                clear_message_slot(self.partition, simp_gpfn, sint)
+                if msg.pending:
+                    self.vp.set_registers({Register.EOM: 0})
+                return msg
+            left = None if deadline is None else deadline - self.now
+            if left is not None and left <= 0:
+                return None
+            await self.halt(left)
+
     def hypercall(self, control_word: int, input: bytes = b"", **kw) -> HypercallResult:
         """The raw hypercall from this VP (it costs the VP hypercall_ns)."""
         return self.vp.hypercall(control_word, input, **kw)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from vmbus.protocol import (
@@ -161,31 +161,30 @@ class _Grant:
     ranges: tuple[GpaRange, ...]
 
 
-@dataclass
 class Loopback:
     """A child's memory and the wiring between a VMBus server and client, without a host.
 
-    `host` is a server notifier and `guest` a client notifier; messages each side sends go into
-    one FIFO that run() delivers in order (synchronously, so a step is one message). The host
-    side grants a GPADL only if every PFN lies in `memory`, and opens a channel by building a
-    ChannelEnd over the ring pages (which must be contiguous here, as this memory is one
-    buffer). Everything both sides did is in `events`.
+    `host` is a server notifier and `guest` a client notifier; the messages each side sends go
+    into one FIFO that run() delivers in order, one message per step. The host side grants a
+    GPADL only if every PFN lies in `memory` (the core's ownership check), and opens a channel
+    by building a ChannelEnd over the ring pages, which here must be contiguous since the
+    memory is one buffer. The guest allocates and initialises ring pages with alloc_ring().
+    Everything both sides did is appended to `events`.
     """
 
-    pages: int = 64
-    memory: bytearray = field(init=False)
-    queue: deque = field(default_factory=deque, init=False)
-    grants: dict[int, _Grant] = field(default_factory=dict, init=False)
-    host_ends: dict[int, ChannelEnd] = field(default_factory=dict, init=False)
-    guest_ends: dict[int, ChannelEnd] = field(default_factory=dict, init=False)
-    events: list = field(default_factory=list, init=False)
-    server: object = field(default=None, init=False)
-    client: object = field(default=None, init=False)
-
-    def __post_init__(self) -> None:
-        self.memory = bytearray(self.pages * PAGE_SIZE)
+    def __init__(self, pages: int = 64):
+        self.pages = pages
+        self.memory = bytearray(pages * PAGE_SIZE)
+        self.queue: deque[tuple[bool, bytes, int | None]] = deque()  # (to host, message, conn)
+        self.grants: dict[int, _Grant] = {}  # gpadl id -> what the host was granted
+        self.host_ends: dict[int, ChannelEnd] = {}  # relid -> host end of an open channel
+        self.guest_ends: dict[int, ChannelEnd] = {}
+        self.events: list[tuple] = []
+        self.server = self.client = None
         self.host = _LoopbackHost(self)
         self.guest = _LoopbackGuest(self)
+        self._next_free = 0  # bump allocator over memory
+        self._rings: dict[int, tuple[memoryview, int]] = {}  # relid -> (ring memory, offset)
 
     def attach(self, server, client) -> None:
         self.server, self.client = server, client
@@ -204,7 +203,25 @@ class Loopback:
             steps += 1
         return steps
 
-    def pages_of(self, pfns) -> memoryview | None:
+    def alloc_ring(self, up_pages: int = 2, down_pages: int = 2) -> tuple[list[int], int]:
+        """Guest side: contiguous fresh pages for a ring GPADL, both rings initialised;
+        returns (pfns, downstream_page_offset) for VmbusClient.open_channel."""
+        n = up_pages + down_pages
+        if self._next_free + n > self.pages:
+            raise MemoryError("loopback memory exhausted")
+        pfns = list(range(self._next_free, self._next_free + n))
+        self._next_free += n
+        init_ring_gpadl(self._pages_of(pfns), up_pages)
+        return pfns, up_pages
+
+    def guest_end(self, relid: int) -> ChannelEnd:
+        """The guest's end of an open channel."""
+        if relid not in self.guest_ends:
+            memory, offset = self._rings[relid]
+            self.guest_ends[relid] = ChannelEnd.guest(memory, offset, self.host_ends[relid].signalled)
+        return self.guest_ends[relid]
+
+    def _pages_of(self, pfns) -> memoryview | None:
         """The memory of contiguous in-range `pfns`, or None."""
         pfns = list(pfns)
         if not pfns or pfns != list(range(pfns[0], pfns[0] + len(pfns))):
@@ -212,16 +229,6 @@ class Loopback:
         if pfns[0] < 0 or pfns[-1] >= self.pages:
             return None
         return memoryview(self.memory)[pfns[0] * PAGE_SIZE : (pfns[-1] + 1) * PAGE_SIZE]
-
-    def guest_end(self, relid: int) -> ChannelEnd:
-        """The guest's end of an open channel (built on first use from the host's open)."""
-        if relid not in self.guest_ends:
-            host_end, (memory, offset) = self.host_ends[relid], self._ring_of[relid]
-            end = ChannelEnd.guest(memory, offset, host_end.signalled)
-            self.guest_ends[relid] = end
-        return self.guest_ends[relid]
-
-    _ring_of: dict = field(default_factory=dict, init=False)
 
 
 class _LoopbackHost:
@@ -251,11 +258,11 @@ class _LoopbackHost:
         del self.loop.grants[gpadl_id]
 
     def open_channel(self, request: OpenRequest) -> int:
-        memory = self.loop.pages_of(request.ring_pfns)
+        memory = self.loop._pages_of(request.ring_pfns)
         if memory is None:
             return STATUS_UNSUCCESSFUL
         relid = request.relid
-        self.loop._ring_of[relid] = (memory, request.downstream_page_offset)
+        self.loop._rings[relid] = (memory, request.downstream_page_offset)
         self.loop.host_ends[relid] = ChannelEnd.host(
             memory, request.downstream_page_offset, lambda: self.loop.guest_end(relid).signalled()
         )
@@ -264,7 +271,7 @@ class _LoopbackHost:
     def close_channel(self, relid: int) -> None:
         self.loop.host_ends.pop(relid, None)
         self.loop.guest_ends.pop(relid, None)
-        self.loop._ring_of.pop(relid, None)
+        self.loop._rings.pop(relid, None)
 
     def log(self, event: str, **fields) -> None:
         self.loop.events.append(("host_log", event, fields))
