@@ -7,6 +7,7 @@ the core's error codes into exceptions. The rest of hvsim imports from here, nev
 from __future__ import annotations
 
 import os
+import struct as _struct
 
 # ABI version this Python package was written against; the compiled core reports its own.
 ABI_VERSION = 1
@@ -241,6 +242,39 @@ def hv_run(h, until: int, max_records: int = 512) -> list[tuple[int, int, int, i
     n = lib.hv_run(h, until, out, max_records)
     return [(int(out[i].partition_id), int(out[i].vp_index), int(out[i].reason), int(out[i].pending_sints))
             for i in range(n)]
+
+
+class RunLoop:
+    """The crossing between Python guests and the C run loop, with buffers made once per host:
+    each call hands the C loop the steps Python's guests just took and gets back the next batch
+    of VPs whose guests must step."""
+
+    MAX = 1024
+
+    def __init__(self, h):
+        self._h = h
+        self._steps = ffi.new("struct hv_step[]", self.MAX)
+        self._out = ffi.new("struct hv_resume[]", self.MAX)
+        self._refused = ffi.new("int32_t *")
+        self._out_buf = ffi.buffer(self._out)
+        self._record = _struct.Struct("<QIII4x")
+        self._step = _struct.Struct("<QIIQ")
+        self._steps_buf = ffi.buffer(self._steps)
+        assert self._record.size == ffi.sizeof("struct hv_resume")
+        assert self._step.size == ffi.sizeof("struct hv_step")
+
+    def run(self, until: int, steps: list[tuple[int, int, int, int]]) -> tuple[list[tuple[int, int, int, int]], int]:
+        """Apply `steps` [(partition id, vp index, op, arg)], run to `until` or the next batch of
+        guest steps; returns (resume records, index of the first refused step or -1)."""
+        n = len(steps)
+        if n > self.MAX:
+            raise ValueError(f"at most {self.MAX} guest steps per crossing, got {n}")
+        pack, buf, size = self._step.pack_into, self._steps_buf, self._step.size
+        for i, step in enumerate(steps):
+            pack(buf, i * size, *step)
+        k = lib.hv_run_steps(self._h, self._steps, n, self._refused, until, self._out, self.MAX)
+        size = self._record.size
+        return list(self._record.iter_unpack(self._out_buf[:k * size])), int(self._refused[0])
 
 
 def hv_vp_step(h, partition_id: int, vp_index: int, op: int, arg: int) -> bool:

@@ -161,28 +161,50 @@ class GuestRunner:
         for key in [k for k in self._coros if k[0] == partition_id and (vp_index is None or k[1] == vp_index)]:
             self._coros.pop(key).close()
 
-    def step(self, partition_id: int, vp_index: int, reason: int, sints: int) -> None:
+    def run(self, until: int) -> None:
+        """Run the host to `until`, stepping guests in batches: one crossing into C per batch."""
+        loop = self._loop = getattr(self, "_loop", None) or _binding.RunLoop(self._host._h)
+        steps: list[tuple[int, int, int, int]] = []
+        while True:
+            batch, refused = loop.run(until, steps)
+            if refused >= 0:
+                raise AssertionError(f"the core refused guest step {steps[refused]}")
+            if not batch:
+                return
+            steps = []
+            error: GuestError | None = None
+            for partition_id, vp_index, reason, sints in batch:
+                try:
+                    op, arg = self.step(partition_id, vp_index, reason, sints)
+                except GuestError as exc:  # that VP is stopped; the others still take their step
+                    error = error or exc
+                    continue
+                steps.append((partition_id, vp_index, op, arg))
+            if error is not None:
+                for partition_id, vp_index, op, arg in steps:
+                    _binding.hv_vp_step(self._host._h, partition_id, vp_index, op, arg)
+                raise error
+
+    def step(self, partition_id: int, vp_index: int, reason: int, sints: int) -> tuple[int, int]:
+        """Resume one guest; returns its next step (op, arg)."""
         key = (partition_id, vp_index)
         coro = self._coros.get(key)
-        h = self._host._h
         if coro is None:  # its guest was replaced or removed: the VP idles
-            _binding.hv_vp_step(h, partition_id, vp_index, STEP_STOP, 0)
-            return
+            return STEP_STOP, 0
         wake = Wakeup(_REASONS.get(reason, "step"), sints)
         try:
             step = coro.send(None if wake.reason == "start" else wake)
         except StopIteration:
             del self._coros[key]
-            _binding.hv_vp_step(h, partition_id, vp_index, STEP_STOP, 0)
-            return
+            return STEP_STOP, 0
         except Exception as exc:
             del self._coros[key]
-            _binding.hv_vp_step(h, partition_id, vp_index, STEP_STOP, 0)
+            _binding.hv_vp_step(self._host._h, partition_id, vp_index, STEP_STOP, 0)
             raise GuestError(f"the guest on VP {vp_index} of partition {partition_id} raised "
                              f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(step, Step):
             del self._coros[key]
-            _binding.hv_vp_step(h, partition_id, vp_index, STEP_STOP, 0)
+            _binding.hv_vp_step(self._host._h, partition_id, vp_index, STEP_STOP, 0)
             raise GuestError(f"the guest on VP {vp_index} of partition {partition_id} awaited "
                              f"{step!r}; guests await only ctx.compute/halt/sleep")
-        _binding.hv_vp_step(h, partition_id, vp_index, step.op, step.arg)
+        return step.op, step.arg

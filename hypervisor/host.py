@@ -93,13 +93,8 @@ class Host:
     def run(self, until: int | str) -> int:
         """Run the simulation until simulated time `until` (ns, or a duration such as "1.5s",
         measured from boot). Returns the new `now`."""
-        target = parse_duration(until, "until")
-        while True:
-            batch = _binding.hv_run(self._h, target)
-            if not batch:
-                return self.now
-            for partition_id, vp_index, reason, sints in batch:
-                self._guests.step(partition_id, vp_index, reason, sints)
+        self._guests.run(parse_duration(until, "until"))
+        return self.now
 
     def run_for(self, duration: int | str) -> int:
         """Run for `duration` more simulated time."""

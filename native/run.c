@@ -405,8 +405,9 @@ void hv_run_fini(struct hv_host *h)
 uint32_t hv_run(struct hv_host *h, uint64_t until, struct hv_resume *out, uint32_t max)
 {
     for (;;) {
-        if (h->nr_resume) {
-            /* Hand Python a batch: every VP whose guest must step at this instant. */
+        /* Hand Python a batch: every VP whose guest must step at this instant, once every
+         * event of this instant has been processed (so one crossing serves them all). */
+        if (h->nr_resume && (!h->nr_events || h->events[0].time > h->now || h->nr_resume >= max)) {
             uint32_t n = h->nr_resume < max ? h->nr_resume : max;
             for (uint32_t i = 0; i < n; i++) {
                 struct hv_vp *vp = h->resume[i];
@@ -422,7 +423,8 @@ uint32_t hv_run(struct hv_host *h, uint64_t until, struct hv_resume *out, uint32
             h->nr_resume -= n;
             return n;
         }
-        schedule_idle(h);
+        if (!h->nr_resume)
+            schedule_idle(h); /* LPs are handed out once the guests of this instant have stepped */
         if (!h->nr_events || h->events[0].time > until) {
             if (until > h->now) {
                 h->now = until;
@@ -532,4 +534,14 @@ int32_t hv_lp_running(struct hv_host *h, uint32_t lp, uint64_t *partition_id)
         return -1;
     *partition_id = h->parts[h->lps[lp].vp->part_slot]->id;
     return (int32_t)h->lps[lp].vp->index;
+}
+
+uint32_t hv_run_steps(struct hv_host *h, const struct hv_step *steps, uint32_t n_steps, int32_t *refused,
+                      uint64_t until, struct hv_resume *out, uint32_t max)
+{
+    *refused = -1;
+    for (uint32_t i = 0; i < n_steps; i++)
+        if (hv_vp_step(h, steps[i].partition_id, steps[i].vp_index, steps[i].op, steps[i].arg) != 0 && *refused < 0)
+            *refused = (int32_t)i;
+    return hv_run(h, until, out, max);
 }

@@ -105,6 +105,19 @@ void hv_state_digest(struct hv_host *h, int include_memory, uint8_t *out);
 int hv_call_shape(uint16_t code, uint32_t *header_size, uint32_t *in_elem_size, uint32_t *out_size,
                   uint32_t *out_elem_size, int *rep, int *fast_ok, uint64_t *privilege);
 
+/* A Python guest's next step, for hv_run_steps. */
+struct hv_step {
+    uint64_t partition_id;
+    uint32_t vp_index;
+    uint32_t op;                  /* HV_STEP_* */
+    uint64_t arg;
+};
+
+/* Apply `n_steps` guest steps (as hv_vp_step; the index of the first refused one, or -1, goes to
+ * *refused), then run as hv_run does: one crossing per batch of guest steps. */
+uint32_t hv_run_steps(struct hv_host *h, const struct hv_step *steps, uint32_t n_steps, int32_t *refused,
+                      uint64_t until, struct hv_resume *out, uint32_t max);
+
 /* Simulated time. Run until `until` (ns) or until Python guests must step: returns how many
  * resume records it wrote to `out` (0: it reached `until`). */
 uint32_t hv_run(struct hv_host *h, uint64_t until, struct hv_resume *out, uint32_t max);
