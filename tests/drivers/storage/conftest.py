@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import os
 import subprocess
 from pathlib import Path
 
@@ -17,7 +18,10 @@ class Qemu:
         self.qemu_io_path = qemu_io
 
     def run(self, *argv: str) -> str:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        # Under `make sanitize` the sanitizer runtimes are preloaded into Python; qemu must not
+        # inherit them.
+        env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
         if proc.returncode != 0:
             raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
         return proc.stdout
