@@ -1,0 +1,26 @@
+"""A throw-away third-party device: the VSP answers every packet with its payload reversed."""
+import uuid
+
+from drivers.device import DeviceType, Vsc, Vsp
+
+
+class ReverseVsp(Vsp):
+    def on_packets(self, packets):
+        for packet in packets:
+            self.channel.send(bytes(packet.payload).rstrip(b"\0")[::-1], trans_id=packet.trans_id)
+
+
+class ReverseVsc(Vsc):
+    def __init__(self, channel, config=None):
+        super().__init__(channel, config)
+        self.answers = []
+
+    def ask(self, data: bytes, trans_id: int) -> None:
+        self.channel.send(data, trans_id=trans_id)
+
+    def on_packets(self, packets):
+        self.answers += [(p.trans_id, bytes(p.payload).rstrip(b"\0")) for p in packets]
+
+
+DEVICE = DeviceType(name="reverse", class_id=uuid.UUID("0b7e3e8c-1d2a-4c55-9e0f-3a5b6c7d8e9f"),
+                    vsp=ReverseVsp, vsc=ReverseVsc, description="reverses payloads")
