@@ -25,7 +25,7 @@ from vmbus.protocol import (
     GpaRange,
     OfferChannel,
 )
-from vmbus.ring import CONTROL_SIZE, IncomingRing, OutgoingRing, Packet, init_ring
+from vmbus.ring import IncomingRing, OutgoingRing, Packet, init_ring
 
 MIN_RING_PAGES = 2  # control page + one data page
 
