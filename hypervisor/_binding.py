@@ -227,6 +227,23 @@ def hv_grant_ids(h, child_id: int) -> list[int]:
     return [int(out[i]) for i in range(n)]
 
 
+def hv_view_create(h, partition_id: int, view_id: int, gpa_pages: list[int]) -> int:
+    pages = ffi.new("uint64_t[]", list(gpa_pages) or [0])
+    return int(lib.hv_view_create(h, partition_id, view_id & 0xFFFFFFFF, pages, len(gpa_pages)))
+
+
+def hv_view_release(h, partition_id: int, view_id: int) -> int:
+    return int(lib.hv_view_release(h, partition_id, view_id & 0xFFFFFFFF))
+
+
+def hv_view_ptr(h, partition_id: int, view_id: int) -> memoryview | None:
+    n = ffi.new("uint32_t *")
+    ptr = lib.hv_view_ptr(h, partition_id, view_id & 0xFFFFFFFF, n)
+    if ptr == ffi.NULL:
+        return None
+    return memoryview(ffi.buffer(ptr, n[0] * 4096))
+
+
 # --- simulated time and guests ----------------------------------------------------------------
 
 

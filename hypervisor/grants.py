@@ -64,3 +64,23 @@ class Grants:
     def granted_pages(self, child: Partition | int) -> set[int]:
         cid = child if isinstance(child, int) else child.id
         return {pfn for gid in self.ids(cid) for pfn in _binding.hv_grant_pages(self._host._h, cid, gid)}
+
+
+def own_view(partition: Partition, view_id: int, gpa_pages: list[int]) -> memoryview:
+    """A contiguous, writable view of some of a partition's own pages (pinned until released):
+    what a guest kernel's ring code works in."""
+    st = _binding.hv_view_create(partition.host._h, partition.id, view_id, gpa_pages)
+    if st != HvStatus.SUCCESS:
+        raise error_for(st, "CreateView")
+    return _binding.hv_view_ptr(partition.host._h, partition.id, view_id)
+
+
+def release_view(partition: Partition, view_id: int) -> None:
+    st = _binding.hv_view_release(partition.host._h, partition.id, view_id)
+    if st != HvStatus.SUCCESS:
+        raise error_for(st, "ReleaseView")
+
+
+def view(partition: Partition, view_id: int) -> memoryview | None:
+    """The memoryview of one of a partition's own views, or None."""
+    return _binding.hv_view_ptr(partition.host._h, partition.id, view_id)

@@ -92,7 +92,8 @@ struct hv_page_list {             /* a growable array of SPA pfns */
  * view of them for the parent's ring code. */
 struct hv_grant {
     uint32_t child_slot;
-    uint32_t id;                  /* the GPADL id; unique per child */
+    bool own;                     /* a view of the partition's own pages, not a grant to its parent */
+    uint32_t id;                  /* the GPADL id (or view id); unique per child and kind */
     uint32_t npages;
     uint64_t *gpas;               /* the child's GPA pages, in grant order */
     uint64_t *pfns;               /* their SPA pages */
@@ -200,7 +201,8 @@ struct hv_host {
     uint64_t nr_pages;            /* SPA pages */
     uint8_t *spa;                 /* the SPA space: a sparse memory file mapped once, touched lazily */
     int spa_fd;                   /* that memory file (grant views map its pages again) */
-    uint16_t *grant_refs;         /* per SPA page: live grants naming it (such a page cannot move) */
+    uint16_t *grant_refs;         /* per SPA page: live grants to the parent naming it (its reach) */
+    uint16_t *pin_refs;           /* per SPA page: live grants and own views naming it (it cannot move) */
     struct hv_grant **grants;     /* live grants, in creation order */
     uint32_t nr_grants, cap_grants;
     uint32_t *owner;              /* owner code per SPA page (see HV_OWNER_*), lazily zero */

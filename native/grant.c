@@ -16,18 +16,26 @@
 
 #define HV_GRANT_PAGES_PER_CHILD (1280u * 256u) /* 1,280 MiB (Hyper-V WS2019+ GPADL limit) */
 
+/* Own views (hv_view_*) are grants a partition makes to itself: a contiguous mapping of its own
+ * pages for its own ring code, pinned like any grant, reaching nothing new. They live in the same
+ * list with `own` set, and only parent grants count in grant_refs (the root's reach). */
 static struct hv_partition *child_of_root(struct hv_host *h, uint64_t child_id)
 {
     struct hv_partition *p = hv_partition_by_id(h, child_id);
     return p && p->slot != 0 && p->parent_slot == 0 ? p : NULL;
 }
 
-static int find(const struct hv_host *h, uint32_t slot, uint32_t id)
+static int find_kind(const struct hv_host *h, uint32_t slot, uint32_t id, bool own)
 {
     for (uint32_t i = 0; i < h->nr_grants; i++)
-        if (h->grants[i]->child_slot == slot && h->grants[i]->id == id)
+        if (h->grants[i]->child_slot == slot && h->grants[i]->id == id && h->grants[i]->own == own)
             return (int)i;
     return -1;
+}
+
+static int find(const struct hv_host *h, uint32_t slot, uint32_t id)
+{
+    return find_kind(h, slot, id, false);
 }
 
 uint64_t hv_granted_pages(struct hv_host *h, uint64_t child_id)
@@ -35,7 +43,7 @@ uint64_t hv_granted_pages(struct hv_host *h, uint64_t child_id)
     struct hv_partition *p = hv_partition_by_id(h, child_id);
     uint64_t n = 0;
     for (uint32_t i = 0; p && i < h->nr_grants; i++)
-        if (h->grants[i]->child_slot == p->slot)
+        if (h->grants[i]->child_slot == p->slot && !h->grants[i]->own)
             n += h->grants[i]->npages;
     return n;
 }
@@ -57,15 +65,12 @@ static uint8_t *map_view(struct hv_host *h, const uint64_t *pfns, uint32_t n)
     return base;
 }
 
-uint16_t hv_grant_create(struct hv_host *h, uint64_t child_id, uint32_t grant_id, const uint64_t *gpa_pages,
-                         uint32_t count)
+static uint16_t create(struct hv_host *h, struct hv_partition *p, uint32_t grant_id, const uint64_t *gpa_pages,
+                       uint32_t count, bool own)
 {
-    struct hv_partition *p = child_of_root(h, child_id);
-    if (!p)
-        return HV_STATUS_INVALID_PARTITION_ID;
-    if (count == 0 || count > HV_GRANT_PAGES_PER_CHILD || find(h, p->slot, grant_id) >= 0)
+    if (count == 0 || count > HV_GRANT_PAGES_PER_CHILD || find_kind(h, p->slot, grant_id, own) >= 0)
         return HV_STATUS_INVALID_PARAMETER;
-    if (hv_granted_pages(h, child_id) + count > HV_GRANT_PAGES_PER_CHILD)
+    if (!own && hv_granted_pages(h, p->id) + count > HV_GRANT_PAGES_PER_CHILD)
         return HV_STATUS_NO_RESOURCES;
     struct hv_grant *g = calloc(1, sizeof(*g));
     uint64_t *pfns = malloc(count * sizeof(uint64_t)), *gpas = malloc(count * sizeof(uint64_t));
@@ -73,7 +78,9 @@ uint16_t hv_grant_create(struct hv_host *h, uint64_t child_id, uint32_t grant_id
         goto fail;
     for (uint32_t i = 0; i < count; i++) {
         uint64_t e = hv_gpa_entry(h, p, gpa_pages[i]);
-        if (!(e & HV_PTE_PRESENT))
+        /* An own view needs the pages readable and writable by the partition itself. */
+        uint32_t rw = HV_MAP_GPA_READABLE | HV_MAP_GPA_WRITABLE;
+        if (!(e & HV_PTE_PRESENT) || (own && (((e >> HV_PTE_RIGHTS_SHIFT) & rw) != rw)))
             goto fail_param;
         pfns[i] = e >> HV_PAGE_SHIFT;
         gpas[i] = gpa_pages[i];
@@ -94,12 +101,15 @@ uint16_t hv_grant_create(struct hv_host *h, uint64_t child_id, uint32_t grant_id
         goto fail;
     /* apply */
     g->child_slot = p->slot;
+    g->own = own;
     g->id = grant_id;
     g->npages = count;
     g->pfns = pfns;
     g->gpas = gpas;
     for (uint32_t i = 0; i < count; i++) {
-        h->grant_refs[pfns[i]]++;
+        h->pin_refs[pfns[i]]++;
+        if (!own)
+            h->grant_refs[pfns[i]]++;
         /* Writes through the view bypass the core's copy paths: assume the page dirty, so it is
          * zeroed before it ever changes owner. */
         hv_page_mark_dirty(h, pfns[i]);
@@ -114,11 +124,30 @@ fail:
     return HV_STATUS_INSUFFICIENT_MEMORY;
 }
 
+uint16_t hv_grant_create(struct hv_host *h, uint64_t child_id, uint32_t grant_id, const uint64_t *gpa_pages,
+                         uint32_t count)
+{
+    struct hv_partition *p = child_of_root(h, child_id);
+    return p ? create(h, p, grant_id, gpa_pages, count, false) : HV_STATUS_INVALID_PARTITION_ID;
+}
+
+uint16_t hv_view_create(struct hv_host *h, uint64_t partition_id, uint32_t view_id, const uint64_t *gpa_pages,
+                        uint32_t count)
+{
+    struct hv_partition *p = hv_partition_by_id(h, partition_id);
+    if (!p || p->slot == 0)
+        return HV_STATUS_INVALID_PARTITION_ID; /* the root sees its memory at GPA == SPA already */
+    return create(h, p, view_id, gpa_pages, count, true);
+}
+
 static void drop(struct hv_host *h, uint32_t index)
 {
     struct hv_grant *g = h->grants[index];
-    for (uint32_t i = 0; i < g->npages; i++)
-        h->grant_refs[g->pfns[i]]--;
+    for (uint32_t i = 0; i < g->npages; i++) {
+        h->pin_refs[g->pfns[i]]--;
+        if (!g->own)
+            h->grant_refs[g->pfns[i]]--;
+    }
     /* Keep the address range, but as private zero pages: see the invariant above. */
     mmap(g->view, (size_t)g->npages << HV_PAGE_SHIFT, PROT_READ | PROT_WRITE,
          MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
@@ -183,6 +212,7 @@ void hv_grants_digest(const struct hv_host *h, struct hv_digest *d)
     for (uint32_t i = 0; i < h->nr_grants; i++) {
         const struct hv_grant *g = h->grants[i];
         hv_digest_u64(d, ((uint64_t)g->child_slot << 32) | g->id);
+        hv_digest_u64(d, g->own);
         for (uint32_t k = 0; k < g->npages; k++)
             hv_digest_u64(d, g->pfns[k]);
     }
@@ -193,10 +223,30 @@ uint32_t hv_grant_ids(struct hv_host *h, uint64_t child_id, uint32_t *ids, uint3
     struct hv_partition *p = hv_partition_by_id(h, child_id);
     uint32_t n = 0;
     for (uint32_t i = 0; p && i < h->nr_grants; i++)
-        if (h->grants[i]->child_slot == p->slot) {
+        if (h->grants[i]->child_slot == p->slot && !h->grants[i]->own) {
             if (n < max)
                 ids[n] = h->grants[i]->id;
             n++;
         }
     return n;
+}
+
+uint16_t hv_view_release(struct hv_host *h, uint64_t partition_id, uint32_t view_id)
+{
+    struct hv_partition *p = hv_partition_by_id(h, partition_id);
+    int i = p ? find_kind(h, p->slot, view_id, true) : -1;
+    if (i < 0)
+        return HV_STATUS_INVALID_PARAMETER;
+    drop(h, (uint32_t)i);
+    return HV_STATUS_SUCCESS;
+}
+
+uint8_t *hv_view_ptr(struct hv_host *h, uint64_t partition_id, uint32_t view_id, uint32_t *npages)
+{
+    struct hv_partition *p = hv_partition_by_id(h, partition_id);
+    int i = p ? find_kind(h, p->slot, view_id, true) : -1;
+    if (i < 0)
+        return NULL;
+    *npages = h->grants[i]->npages;
+    return h->grants[i]->view;
 }

@@ -38,7 +38,8 @@ int hv_mem_init(struct hv_host *h)
     h->owner = reserve(h->nr_pages * sizeof(uint32_t));
     h->dirty = reserve(((h->nr_pages + 63) / 64) * sizeof(uint64_t));
     h->grant_refs = reserve(h->nr_pages * sizeof(uint16_t));
-    if (!h->spa || !h->owner || !h->dirty || !h->grant_refs)
+    h->pin_refs = reserve(h->nr_pages * sizeof(uint16_t));
+    if (!h->spa || !h->owner || !h->dirty || !h->grant_refs || !h->pin_refs)
         return -1;
     /* The hypervisor keeps the lowest pages (SPA pfn 0 among them, which is why 0 can mean
      * "no leaf table" in GPA maps); the root owns the rest through the all-zero table. */
@@ -54,6 +55,7 @@ void hv_mem_fini(struct hv_host *h)
     if (h->owner) munmap(h->owner, h->nr_pages * sizeof(uint32_t));
     if (h->dirty) munmap(h->dirty, ((h->nr_pages + 63) / 64) * sizeof(uint64_t));
     if (h->grant_refs) munmap(h->grant_refs, h->nr_pages * sizeof(uint16_t));
+    if (h->pin_refs) munmap(h->pin_refs, h->nr_pages * sizeof(uint16_t));
     if (h->spa_fd > 0) close(h->spa_fd);
     hv_page_list_free(&h->free_pages);
 }

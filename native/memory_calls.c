@@ -137,8 +137,8 @@ uint16_t hv_call_unmap_gpa_pages(struct hv_call *c)
         uint64_t e = hv_gpa_entry(c->h, p, in.target_gpa_base + i);
         if (!(e & HV_PTE_PRESENT))
             return HV_STATUS_INVALID_PARAMETER;
-        if (c->h->grant_refs[e >> HV_PAGE_SHIFT])
-            return HV_STATUS_OBJECT_IN_USE; /* granted to the parent (a live GPADL): pinned */
+        if (c->h->pin_refs[e >> HV_PAGE_SHIFT])
+            return HV_STATUS_OBJECT_IN_USE; /* granted (a live GPADL) or in a view: pinned */
     }
     /* apply: the page returns to the parent, zeroed */
     for (uint32_t i = c->rep_start; i < c->rep_end; i++) {

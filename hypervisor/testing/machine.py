@@ -1,24 +1,43 @@
 """A hypothesis state machine over the hypervisor: random partition management by the root,
 random raw hypercalls (valid and malformed) from random partitions, unprivileged children
-included, and the isolation invariants checked after every step.
+included, ports, connections, messages and events between them, and the isolation invariants
+checked after every step.
 
 Use it as it is (`TestHypervisor = HypervisorMachine.TestCase`) or subclass it to add rules of
-your own; every rule you add is followed by the same invariant checks.
+your own; every rule you add is followed by the same invariant checks. Issue hypercalls of your own
+through `HypervisorMachine.issue` to have them checked (INV-ATOMIC, INV-PRIV, the port-call status
+oracle) and to keep the machine's port model up to date.
 """
 from __future__ import annotations
+
+import struct
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from hypervisor import _binding
-from hypervisor.abi import MAP_RWX, Control, MapFlags, PartitionProperty
+from hypervisor.abi import (MAP_RWX, PAGE_SIZE, PARTITION_ID_SELF, PRIVILEGES_GUEST_DEFAULT, CallCode, Control,
+                            MapFlags, PartitionProperty, PartitionState, Privilege, Register, control)
 from hypervisor.host import Host
-from hypervisor.partition import Partition
+from hypervisor.partition import HypercallResult, Partition, VirtualProcessor
 from hypervisor.status import HvError, HvStatus
+from hypervisor.synic import (EVENT_FLAGS_BYTES, MESSAGE_FLAG_PENDING, MESSAGE_SIZE, PAYLOAD_MAX,
+                              PORT_MESSAGE_BUFFERS, SINT_COUNT, SINT_MASKED, SCONTROL_ENABLE, siefp_value,
+                              simp_value, sint_value)
 from hypervisor.testing import strategies as hs
-from hypervisor.testing.invariants import check_all
+from hypervisor.testing.invariants import InvariantViolation, PortFacts, check_all, check_messages
 
 MAX_CHILDREN = 4
+MSG, EVT = hs.PORT_TYPE_MESSAGE, hs.PORT_TYPE_EVENT
+PORT_CALLS = (CallCode.CREATE_PORT, CallCode.CONNECT_PORT, CallCode.DELETE_PORT, CallCode.DISCONNECT_PORT,
+              CallCode.POST_MESSAGE, CallCode.SIGNAL_EVENT)
+VMBUS_SINT = 2
+_HEADER = struct.Struct("<IBBHQ")  # HV_MESSAGE header: type, size, flags, reserved, origin
+_TYPE_HV = 0x80000000
+_PAGE_ENABLE = 1
+_RW = MapFlags.READABLE | MapFlags.WRITABLE
 
 
 def well_formed(ctl_word: int) -> bool:
@@ -33,9 +52,53 @@ def well_formed(ctl_word: int) -> bool:
     return ctl.rep_count == 0 and ctl.rep_start == 0
 
 
+def _violation(name: str, message: str) -> InvariantViolation:
+    return InvariantViolation(f"{name}: {message}")
+
+
+def _expected_message(mtype: int, size: int, origin: int, payload: bytes) -> bytes:
+    """The 256-byte HV_MESSAGE a post must produce: the header, PayloadSize bytes, zeros."""
+    return _HEADER.pack(mtype, size, 0, 0, origin) + payload[:size].ljust(PAYLOAD_MAX, b"\0")
+
+
+def _without_pending(slot: bytes) -> bytes:
+    """A slot with MessagePending cleared (the hypervisor may set it at any time after delivery)."""
+    return slot[:5] + bytes([slot[5] & ~MESSAGE_FLAG_PENDING & 0xFF]) + slot[6:]
+
+
+# ---- the machine's model of ports and connections -----------------------------------------------
+
+@dataclass(eq=False)
+class ModelPort:
+    """A port as the machine created it, and the messages posted to it not yet in a SIM slot."""
+
+    owner: int
+    id: int
+    type: int
+    vp: int
+    sint: int
+    base: int
+    count: int
+    connection_partition: int
+    pending: deque = field(default_factory=deque)  # (sender id, expected 256-byte message), oldest first
+
+    @property
+    def facts(self) -> PortFacts:
+        return PortFacts(self.type, self.vp, self.sint)
+
+
+@dataclass(eq=False)
+class ModelConnection:
+    type: int
+    port: ModelPort | None  # None once its port is gone: the connection dangles for good
+
+
 class HypervisorMachine(RuleBasedStateMachine):
-    """Random hypercalls against a small host, checking INV-OWN, INV-REACH, INV-HV, INV-PRIV and
-    INV-ATOMIC (a failed hypercall leaves the state digest unchanged) after every step."""
+    """Random hypercalls against a small host, checking after every step INV-OWN, INV-REACH,
+    INV-HV, INV-QUEUE, INV-TEARDOWN, INV-ACCOUNT and INV-MSG, and after every hypercall INV-PRIV,
+    INV-ATOMIC (a failed hypercall leaves the state digest unchanged) and, for the six port calls,
+    the status the model predicts (which includes A10: a connection id the caller does not own
+    gives INVALID_CONNECTION_ID, whoever owns it)."""
 
     #: Host settings; a small rep budget makes rep calls continue often.
     host_memory = "2MiB"
@@ -47,6 +110,18 @@ class HypervisorMachine(RuleBasedStateMachine):
                          reps_per_call=self.reps_per_call)
         self.root = self.host.root
         self.children: list[Partition] = []
+        # the port model
+        self.ports: dict[tuple[int, int], ModelPort] = {}
+        self.connections: dict[tuple[int, int], ModelConnection] = {}
+        self.slots: dict[tuple[int, int, int], bytes] = {}  # (pid, SIM GPA page, SINT) -> last delivery
+        self.known: set[int] = {self.root.id}                # partitions the model has seen alive
+        self.vp_masks: dict[int, int] = {}
+        self.vp_ever: dict[int, set[int]] = defaultdict(set)
+        self.synic_vps: set[tuple[int, int]] = set()         # VPs that may hold messages: scanned
+        self.untrusted: dict[int, set[int]] = defaultdict(set)  # GPA pages guest code wrote / SIEF pages
+        self.root_synic_pages: dict[int, tuple[int, int]] = {}
+        self.child_synic_pages: dict[tuple[int, int], tuple[int, int]] = {}
+        self.sequence = 0
 
     # ---- helpers ------------------------------------------------------------------------------
     def _live(self) -> list[Partition]:
@@ -60,6 +135,305 @@ class HypervisorMachine(RuleBasedStateMachine):
             return fn(*args, **kw)
         except HvError:
             return None
+
+    def _info(self, p: Partition | int) -> dict | None:
+        return self.host.introspect.partition_info(p)
+
+    def _callers(self) -> list[Partition]:
+        """Partitions whose VPs can issue hypercalls: the root and initialized children with VPs."""
+        out = [self.root]
+        for c in self._live():
+            info = self._info(c)
+            if info["vp_mask"] and info["state"] == PartitionState.INITIALIZED:
+                out.append(c)
+        return out
+
+    def _everyone(self) -> list[Partition]:
+        return [self.root] + self._live()
+
+    # ---- issuing a checked hypercall ----------------------------------------------------------
+    def issue(self, vp: VirtualProcessor, ctl: int, inp: bytes) -> HypercallResult:
+        """Issue one raw hypercall the way a guest does (store the input block, then call), and
+        check it: a failure leaves the digest unchanged (INV-ATOMIC), a missing privilege gives
+        ACCESS_DENIED (INV-PRIV), a port call returns what the model predicts; a successful port
+        call updates the model."""
+        caller = vp.partition
+        decoded = Control.decode(ctl)
+        if not decoded.fast:
+            vp.store_input(inp)  # the guest's own stores: not part of the hypercall
+        predicted = self._predict(vp, ctl, inp) if decoded.code in PORT_CALLS else None
+        before = self.host.introspect.digest()
+        result = vp.hypercall(ctl, inp if decoded.fast else b"")
+        if not result.ok:
+            assert self.host.introspect.digest() == before, (
+                f"INV-ATOMIC: a failed hypercall ({result.status!r}) changed the state")
+        shape = _binding.hv_call_shape(decoded.code)
+        if well_formed(ctl) and shape["privilege"] and not caller.privileges & shape["privilege"]:
+            assert result.status == HvStatus.ACCESS_DENIED, (
+                f"INV-PRIV: a call without its privilege returned {result.status!r}")
+        if decoded.code in PORT_CALLS:
+            if predicted is None:
+                assert not result.ok, f"a malformed {decoded.code.name} control word {ctl:#x} succeeded"
+            else:
+                allowed, apply = predicted
+                if result.status not in allowed:
+                    raise _violation("ORACLE", f"{decoded.code.name} from partition {caller.id} VP {vp.index} "
+                                               f"returned {result.status!r}, the model allows "
+                                               f"{sorted(HvStatus(s).name for s in allowed)}")
+                if result.ok and apply is not None:
+                    apply()
+        return result
+
+    # ---- the status oracle for port calls -----------------------------------------------------
+    def _target(self, caller_id: int, pid: int) -> int | None:
+        """The partition a port call names: the caller itself (SELF or its id) or a child of it."""
+        if pid in (PARTITION_ID_SELF, caller_id):
+            return caller_id
+        info = self._info(pid)
+        return pid if info and info["parent_id"] == caller_id else None
+
+    def _state(self, pid: int) -> int:
+        return self._info(pid)["state"]
+
+    def _has_vp(self, pid: int, vp: int) -> bool:
+        info = self._info(pid)
+        return bool(info) and vp < 64 and bool(info["vp_mask"] >> vp & 1)
+
+    def _registers(self, pid: int, vp: int, names: list[int]) -> list[int] | None:
+        """A VP's registers as the root reads them (None if the root cannot now)."""
+        try:
+            return self.root.get_vp_registers(None if pid == self.root.id else pid, vp, names)
+        except HvError:
+            return None
+
+    def _page_rw(self, pid: int, gpfn: int) -> bool:
+        """Whether GPA page `gpfn` is mapped readable and writable in partition `pid` (what the
+        SynIC needs of its pages)."""
+        if pid == self.root.id:
+            if gpfn >= self.host.pages:
+                return False
+            if self.host.introspect.owner_codes(gpfn, 1)[0] == self._info(pid)["slot"]:
+                return True
+            return any(gpfn in self.host.grants.granted_pages(c) for c in self.host.introspect.partition_ids()
+                       if c != pid)
+        entry = self.host.introspect.reach(pid).get(gpfn)
+        return entry is not None and entry[1] & _RW == _RW
+
+    def _synic_ok(self, port: ModelPort, event: bool) -> bool | None:
+        """hv_synic_check_target as the model sees it: SynIC enabled, SINT unmasked and, for an
+        event, the SIEF page enabled and mapped read/write. None: the registers are unreadable."""
+        regs = self._registers(port.owner, port.vp, [Register.SCONTROL, Register.SINT0 + port.sint, Register.SIEFP])
+        if regs is None:
+            return None
+        scontrol, sint, siefp = regs
+        if not scontrol & SCONTROL_ENABLE or sint & SINT_MASKED:
+            return False
+        if event:
+            return bool(siefp & _PAGE_ENABLE) and self._page_rw(port.owner, siefp >> 12)
+        return True
+
+    def _predict(self, vp: VirtualProcessor, ctl: int, inp: bytes):
+        """(statuses the call may return, what to do to the model if it succeeds), or None for a
+        malformed control word (the entry point's own checks, covered by the other oracles)."""
+        if not well_formed(ctl):
+            return None
+        caller = vp.partition
+        decoded = Control.decode(ctl)
+        shape = _binding.hv_call_shape(decoded.code)
+        S = HvStatus
+        if shape["privilege"] and not caller.privileges & shape["privilege"]:
+            return {S.ACCESS_DENIED}, None
+        if decoded.fast and not shape["fast_ok"]:
+            return {S.INVALID_HYPERCALL_INPUT}, None
+        size = (shape["header_size"] + 7) & ~7
+        if decoded.fast:
+            b = bytes(inp).ljust(16, b"\0")[:16].ljust(size, b"\0")
+        else:
+            try:
+                b = caller.read(vp.input_gpa, size)  # what the hypervisor will find there
+            except MemoryError:
+                return {S.INVALID_ALIGNMENT}, None
+        handler = {CallCode.CREATE_PORT: self._predict_create, CallCode.CONNECT_PORT: self._predict_connect,
+                   CallCode.DELETE_PORT: self._predict_delete, CallCode.DISCONNECT_PORT: self._predict_disconnect,
+                   CallCode.POST_MESSAGE: self._predict_post, CallCode.SIGNAL_EVENT: self._predict_signal}
+        return handler[decoded.code](caller.id, b)
+
+    def _predict_create(self, caller: int, b: bytes):
+        S = HvStatus
+        port_pid, port_id, vtl, min_vtl, rsvdz, conn_pid = struct.unpack_from("<QIBBHQ", b, 0)
+        ptype, info_rsvd, sint, vp, base, count, info_rsvdz = struct.unpack_from("<IIIIHHI", b, 24)
+        (proximity,) = struct.unpack_from("<Q", b, 48)
+        if vtl or min_vtl or rsvdz or info_rsvd or info_rsvdz:
+            return {S.INVALID_PARAMETER}, None
+        if ptype == MSG:
+            if base or count:
+                return {S.INVALID_PARAMETER}, None
+        elif ptype == EVT:
+            if count == 0 or base + count > hs.EVENT_FLAGS_COUNT:
+                return {S.INVALID_PARAMETER}, None
+        else:
+            return {S.INVALID_PARAMETER}, None
+        if sint >= SINT_COUNT:
+            return {S.INVALID_PARAMETER}, None
+        if proximity:
+            return {S.INVALID_PROXIMITY_DOMAIN_INFO}, None
+        owner, cp = self._target(caller, port_pid), self._target(caller, conn_pid)
+        if owner is None or cp is None:
+            return {S.INVALID_PARTITION_ID}, None
+        if self._state(owner) != PartitionState.INITIALIZED:
+            return {S.INVALID_PARTITION_STATE}, None
+        if not self._has_vp(owner, vp):
+            return {S.INVALID_VP_INDEX}, None
+        if port_id & ~hs.PORT_ID_MASK or (owner, port_id) in self.ports:
+            return {S.INVALID_PORT_ID}, None
+        if ptype == MSG and self._info(owner)["pool_free"] < 1:
+            return {S.INSUFFICIENT_MEMORY}, None
+
+        def apply() -> None:
+            self.ports[owner, port_id] = ModelPort(owner, port_id, ptype, vp, sint, base if ptype == EVT else 0,
+                                                   count if ptype == EVT else 0, cp)
+            self.synic_vps.add((owner, vp))
+        return {S.SUCCESS}, apply
+
+    def _predict_connect(self, caller: int, b: bytes):
+        S = HvStatus
+        conn_pid, conn_id, vtl, rsvdz, port_pid, port_id, rsvdz2 = struct.unpack_from("<QIB3sQII", b, 0)
+        ptype, info_rsvd, monitor, t0, t1 = struct.unpack_from("<IIQQQ", b, 32)
+        (proximity,) = struct.unpack_from("<Q", b, 64)
+        if vtl or any(rsvdz) or rsvdz2 or info_rsvd or monitor or t0 or t1:
+            return {S.INVALID_PARAMETER}, None
+        if proximity:
+            return {S.INVALID_PROXIMITY_DOMAIN_INFO}, None
+        cp, owner = self._target(caller, conn_pid), self._target(caller, port_pid)
+        if cp is None or owner is None:
+            return {S.INVALID_PARTITION_ID}, None
+        if self._state(cp) != PartitionState.INITIALIZED or self._state(owner) != PartitionState.INITIALIZED:
+            return {S.INVALID_PARTITION_STATE}, None
+        if conn_id & ~hs.PORT_ID_MASK or (cp, conn_id) in self.connections:
+            return {S.INVALID_CONNECTION_ID}, None
+        port = self.ports.get((owner, port_id))
+        if port is None:
+            return {S.INVALID_PORT_ID}, None
+        if port.connection_partition != cp:
+            return {S.ACCESS_DENIED}, None
+        if ptype != port.type:
+            return {S.INVALID_PARAMETER}, None
+
+        def apply() -> None:
+            self.connections[cp, conn_id] = ModelConnection(port.type, port)
+        return {S.SUCCESS}, apply
+
+    def _predict_delete(self, caller: int, b: bytes):
+        S = HvStatus
+        port_pid, port_id, padding = struct.unpack_from("<QII", b, 0)
+        if padding:
+            return {S.INVALID_PARAMETER}, None
+        owner = self._target(caller, port_pid)
+        if owner is None:
+            return {S.INVALID_PARTITION_ID}, None
+        if self._state(owner) != PartitionState.INITIALIZED:
+            return {S.INVALID_PARTITION_STATE}, None
+        port = self.ports.get((owner, port_id))
+        if port is None:
+            return {S.INVALID_PORT_ID}, None
+
+        def apply() -> None:
+            del self.ports[owner, port_id]
+            port.pending.clear()  # its queued messages go with it
+            for conn in self.connections.values():
+                if conn.port is port:
+                    conn.port = None
+        return {S.SUCCESS}, apply
+
+    def _predict_disconnect(self, caller: int, b: bytes):
+        S = HvStatus
+        conn_pid, conn_id, padding = struct.unpack_from("<QII", b, 0)
+        if padding:
+            return {S.INVALID_PARAMETER}, None
+        cp = self._target(caller, conn_pid)
+        if cp is None:
+            return {S.INVALID_PARTITION_ID}, None
+        if self._state(cp) != PartitionState.INITIALIZED:
+            return {S.INVALID_PARTITION_STATE}, None
+        if (cp, conn_id) not in self.connections:
+            return {S.INVALID_CONNECTION_ID}, None
+
+        def apply() -> None:
+            del self.connections[cp, conn_id]  # messages it posted stay queued (TLFS)
+        return {S.SUCCESS}, apply
+
+    def _resolve(self, caller: int, conn_id: int, ptype: int):
+        """The connection lookup PostMessage and SignalEvent share: (status, port)."""
+        conn = self.connections.get((caller, conn_id))
+        if conn is None or conn.type != ptype:
+            # A10: the same answer whether or not another partition owns this id
+            return HvStatus.INVALID_CONNECTION_ID, None
+        if conn.port is None:
+            return HvStatus.INVALID_PORT_ID, None
+        if not self._has_vp(conn.port.owner, conn.port.vp):
+            return HvStatus.INVALID_VP_INDEX, None
+        return None, conn.port
+
+    def _predict_post(self, caller: int, b: bytes):
+        S = HvStatus
+        conn_id, rsvdz, mtype, size = struct.unpack_from("<IIII", b, 0)
+        if rsvdz or mtype == 0 or mtype & _TYPE_HV or size > PAYLOAD_MAX:
+            return {S.INVALID_PARAMETER}, None
+        status, port = self._resolve(caller, conn_id, MSG)
+        if status is not None:
+            return {status}, None
+        ok = self._synic_ok(port, event=False)
+        undelivered = _binding.hv_port_undelivered(self.host._h, port.owner, port.id)
+        if ok is False:
+            return {S.INVALID_SYNIC_STATE}, None
+        if undelivered >= PORT_MESSAGE_BUFFERS:
+            allowed = {S.INSUFFICIENT_BUFFERS}  # INV-QUEUE: never a 17th undelivered message
+        else:
+            allowed = {S.SUCCESS}
+        if ok is None:
+            allowed |= {S.INVALID_SYNIC_STATE}
+        message = _expected_message(mtype, size, port.id, b[16:16 + size])
+
+        def apply() -> None:
+            port.pending.append((caller, message))
+        return allowed, apply
+
+    def _predict_signal(self, caller: int, b: bytes):
+        S = HvStatus
+        conn_id, flag, rsvdz = struct.unpack_from("<IHH", b, 0)
+        if rsvdz:
+            return {S.INVALID_PARAMETER}, None
+        status, port = self._resolve(caller, conn_id, EVT)
+        if status is not None:
+            return {status}, None
+        if flag >= port.count:
+            return {S.INVALID_PARAMETER}, None
+        ok = self._synic_ok(port, event=True)
+        if ok is False:
+            return {S.INVALID_SYNIC_STATE}, None
+        allowed = {S.SUCCESS} | ({S.INVALID_SYNIC_STATE} if ok is None else set())
+        regs = self._registers(port.owner, port.vp, [Register.SIEFP])
+        if regs is None:
+            return allowed, None
+        gpfn = regs[0] >> 12
+        owner = self.host.partition(port.owner)
+        area = gpfn * PAGE_SIZE + port.sint * EVENT_FLAGS_BYTES
+        try:
+            before = owner.read(area, EVENT_FLAGS_BYTES)
+        except MemoryError:
+            return allowed, None
+        bit = port.base + flag
+
+        def apply() -> None:
+            self.untrusted[port.owner].add(gpfn)  # flags live there now: no SIM page to check
+            after = owner.read(area, EVENT_FLAGS_BYTES)
+            want = bytearray(before)
+            want[bit // 8] |= 1 << bit % 8
+            if after != bytes(want):
+                raise _violation("INV-MSG", f"SignalEvent on connection {conn_id:#x} of partition {caller} should "
+                                            f"set flag {bit} of SINT {port.sint} of partition {port.owner} VP "
+                                            f"{port.vp} and nothing else")
+        return allowed, apply
 
     # ---- root-side management -------------------------------------------------------------------
     @initialize()
@@ -134,6 +508,8 @@ class HypervisorMachine(RuleBasedStateMachine):
             child.write(gpa * 4096 + 8, payload)
         except MemoryError:
             pass
+        else:
+            self.untrusted[child.id].add(gpa)  # guest bytes: a SIM slot there proves nothing
 
     # ---- grants (the core's half of VMBus GPADLs) --------------------------------------------------
     @precondition(lambda self: self._live())
@@ -160,30 +536,362 @@ class HypervisorMachine(RuleBasedStateMachine):
     # ---- raw hypercalls from anyone ---------------------------------------------------------------
     @rule(data=st.data())
     def raw_hypercall(self, data) -> None:
-        callers = [self.root] + [c for c in self._live() if self.host.introspect.partition_info(c)["vp_mask"]
-                                 and self.host.introspect.partition_info(c)["state"] == 2]
-        caller = data.draw(st.sampled_from(callers), label="caller")
+        caller = data.draw(st.sampled_from(self._callers()), label="caller")
         vp = data.draw(st.sampled_from(caller.vps), label="vp")
         ctl = data.draw(hs.control_words(), label="control")
         decoded = Control.decode(ctl)
         ids = [p.id for p in self.host.partitions()]
         pages = list(range(0, self.host.pages, 7))
-        inp = data.draw(hs.call_inputs(decoded.code, partition_ids=ids, pages=pages,
-                                       rep_count=decoded.rep_count), label="input")
-        if not decoded.fast:
-            vp.store_input(inp)  # the guest's own stores: not part of the hypercall
-        before = self.host.introspect.digest()
-        result = vp.hypercall(ctl, inp if decoded.fast else b"")
-        if not result.ok:
-            assert self.host.introspect.digest() == before, (
-                f"INV-ATOMIC: a failed hypercall ({result.status!r}) changed the state")
-        shape = _binding.hv_call_shape(decoded.code)
-        if well_formed(ctl) and shape["privilege"] and not caller.privileges & shape["privilege"]:
-            assert result.status == HvStatus.ACCESS_DENIED, (
-                f"INV-PRIV: a call without its privilege returned {result.status!r}")
+        conn_ids = sorted({cid for _, cid in self.connections} | set(hs.PORT_IDS))
+        inp = data.draw(hs.call_inputs(decoded.code, partition_ids=ids, pages=pages, rep_count=decoded.rep_count,
+                                       connection_ids=conn_ids), label="input")
+        self.issue(vp, ctl, inp)
+
+    # ---- ports and connections ------------------------------------------------------------------------
+    def _pid_field(self, data, caller: Partition, pid: int) -> int:
+        """How a call names partition `pid`: by id, or as SELF when it is the caller."""
+        return PARTITION_ID_SELF if pid == caller.id and data.draw(st.booleans(), label="as SELF") else pid
+
+    def _managers(self, privilege: int) -> list[Partition]:
+        """Partitions that may manage ports: the root, and children holding `privilege`."""
+        return [p for p in self._callers() if p.privileges >> privilege & 1]
+
+    @rule(data=st.data())
+    def create_port(self, data) -> None:
+        caller = data.draw(st.sampled_from(self._managers(Privilege.CREATE_PORT)), label="caller")
+        owner = data.draw(st.sampled_from(self._everyone() if caller.is_root else [caller]), label="owner")
+        if owner.is_root and self._info(owner)["pool_free"] == 0 and self.host.root_memory.available >= 2:
+            self._try(self.root.deposit_memory, None, self.host.root_memory.allocate(2))
+        conn_partition = data.draw(st.sampled_from([p.id for p in self._everyone()] + [0x7777]), label="for")
+        vps = [vp.index for vp in owner.vps] if self._info(owner) and self._info(owner)["vp_mask"] else [0]
+        ptype = data.draw(st.sampled_from([MSG, MSG, EVT]), label="type")
+        count = data.draw(st.integers(1, 16)) if ptype == EVT else 0
+        base = data.draw(st.integers(0, hs.EVENT_FLAGS_COUNT - count)) if ptype == EVT else 0
+        inp = hs.create_port_block(self._pid_field(data, caller, owner.id), data.draw(hs.port_ids(), label="port"),
+                                   self._pid_field(data, caller, conn_partition), port_type=ptype,
+                                   sint=data.draw(st.one_of(st.just(VMBUS_SINT), st.integers(0, SINT_COUNT - 1))),
+                                   vp=data.draw(st.one_of(st.sampled_from(vps), st.integers(0, 3))),
+                                   base_flag=base, flag_count=count)
+        self.issue(data.draw(st.sampled_from(caller.vps)), control(CallCode.CREATE_PORT), inp)
+
+    @precondition(lambda self: self.ports)
+    @rule(data=st.data())
+    def connect_port(self, data) -> None:
+        caller = data.draw(st.sampled_from(self._managers(Privilege.CONNECT_PORT)), label="caller")
+        port = data.draw(st.sampled_from(sorted(self.ports.values(), key=lambda p: (p.owner, p.id))), label="port")
+        cp = data.draw(st.one_of(st.just(port.connection_partition),
+                                 st.sampled_from([p.id for p in self._everyone()])), label="connection partition")
+        ptype = port.type if data.draw(st.integers(0, 7)) else MSG + EVT - port.type
+        inp = hs.connect_port_block(self._pid_field(data, caller, cp), data.draw(hs.port_ids(), label="connection"),
+                                    self._pid_field(data, caller, port.owner), port.id, port_type=ptype)
+        self.issue(data.draw(st.sampled_from(caller.vps)), control(CallCode.CONNECT_PORT), inp)
+
+    @precondition(lambda self: self.ports)
+    @rule(data=st.data(), fast=st.booleans())
+    def delete_port(self, data, fast: bool) -> None:
+        caller = data.draw(st.sampled_from(self._managers(Privilege.CREATE_PORT)), label="caller")
+        port = data.draw(st.sampled_from(sorted(self.ports.values(), key=lambda p: (p.owner, p.id))), label="port")
+        inp = hs.delete_port_block(self._pid_field(data, caller, port.owner), port.id)
+        self.issue(data.draw(st.sampled_from(caller.vps)), control(CallCode.DELETE_PORT, fast=fast), inp)
+
+    @precondition(lambda self: self.connections)
+    @rule(data=st.data(), fast=st.booleans())
+    def disconnect_port(self, data, fast: bool) -> None:
+        caller = data.draw(st.sampled_from(self._managers(Privilege.CONNECT_PORT)), label="caller")
+        owner, conn_id = data.draw(st.sampled_from(sorted(self.connections)), label="connection")
+        inp = hs.disconnect_port_block(self._pid_field(data, caller, owner), conn_id)
+        self.issue(data.draw(st.sampled_from(caller.vps)), control(CallCode.DISCONNECT_PORT, fast=fast), inp)
+
+    # ---- messages and events ----------------------------------------------------------------------------
+    def _connection_id(self, data, caller: Partition, ptype: int) -> int:
+        """Mostly one of the caller's own connections of that type; else one of another
+        partition's (the A10 case), or any id."""
+        own = sorted(cid for (pid, cid), c in self.connections.items() if pid == caller.id and c.type == ptype)
+        others = sorted(cid for (pid, cid) in self.connections if pid != caller.id)
+        choices = [hs.port_ids()]
+        if own:
+            choices += [st.sampled_from(own)] * 4
+        if others:
+            choices += [st.sampled_from(others)] * 2
+        return data.draw(st.one_of(*choices), label="connection id")
+
+    def _next_payload(self, data) -> bytes:
+        """A payload that starts with a sequence number, so every message is told apart."""
+        self.sequence += 1
+        return struct.pack("<I", self.sequence) + data.draw(st.binary(max_size=PAYLOAD_MAX - 4), label="payload")
+
+    @rule(data=st.data())
+    def post_message(self, data) -> None:
+        caller = data.draw(st.sampled_from(self._callers()), label="caller")
+        payload = self._next_payload(data)
+        inp = hs.post_message_block(self._connection_id(data, caller, MSG), data.draw(hs.message_types()), payload,
+                                    size=data.draw(hs.payload_sizes(payload)),
+                                    tail=data.draw(st.binary(max_size=8)))
+        self.issue(data.draw(st.sampled_from(caller.vps)), control(CallCode.POST_MESSAGE), inp)
+
+    @precondition(lambda self: any(c.type == MSG for c in self.connections.values()))
+    @rule(data=st.data(), n=st.integers(2, 20))
+    def post_burst(self, data, n: int) -> None:
+        """Valid posts on one connection, enough to fill a port's 16 buffers."""
+        (pid, conn_id) = data.draw(st.sampled_from(sorted(k for k, c in self.connections.items() if c.type == MSG)))
+        caller = self.host.partition(pid)
+        if caller not in self._callers():
+            return
+        vp = data.draw(st.sampled_from(caller.vps))
+        for _ in range(n):
+            payload = self._next_payload(data)
+            self.issue(vp, control(CallCode.POST_MESSAGE), hs.post_message_block(conn_id, hs.MESSAGE_TYPE_VMBUS, payload))
+
+    @rule(data=st.data(), fast=st.booleans())
+    def signal_event(self, data, fast: bool) -> None:
+        caller = data.draw(st.sampled_from(self._callers()), label="caller")
+        inp = hs.signal_event_block(self._connection_id(data, caller, EVT),
+                                    data.draw(st.one_of(st.integers(0, 3), st.integers(0, 0xFFFF)), label="flag"),
+                                    0 if data.draw(st.integers(0, 15)) else 1)
+        self.issue(data.draw(st.sampled_from(caller.vps)), control(CallCode.SIGNAL_EVENT, fast=fast), inp)
+
+    # ---- guests: their SynIC, taking messages ------------------------------------------------------------
+    def _scratch(self, pid: int) -> set[int]:
+        """GPA pages a partition's own hypercalls write (input blocks) or the hypervisor writes
+        (output blocks): slots there hold guest bytes."""
+        if pid == self.root.id:
+            return {g // PAGE_SIZE for vp in self.root.vps for g in (vp.input_gpa, vp.output_gpa)}
+        return set(range(8)) | {2 * i + k for i in self.vp_ever[pid] for k in (0, 1)}
+
+    def _synic_targets(self) -> list[tuple[Partition, int]]:
+        """(partition, VP) pairs whose guest can program its own SynIC now."""
+        return [(p, vp.index) for p in self._callers() for vp in p.vps]
+
+    @rule(data=st.data(), scontrol=st.integers(0, 7), simp_on=st.integers(0, 7), masked=st.integers(0, 7))
+    def enable_synic(self, data, scontrol: int, simp_on: int, masked: int) -> None:
+        """A guest enables its SynIC: SIM and SIEF pages on two of its pages, SCONTROL, SINT2
+        unmasked (and now and then the SynIC, the SIM page or SINT2 left off)."""
+        part, vp = data.draw(st.sampled_from(self._synic_targets()), label="vp")
+        if part.is_root:
+            pages = self.root_synic_pages.get(vp)
+            if pages is None or any(not self._page_rw(part.id, g) for g in pages):
+                if self.host.root_memory.available < 2:
+                    return
+                pages = tuple(self.host.root_memory.allocate(2))
+                self.root_synic_pages[vp] = pages
+        else:
+            pages = self.child_synic_pages.get((part.id, vp))
+            if pages is None or any(not self._page_rw(part.id, g) for g in pages):
+                taken = {g for (pid, _), ps in self.child_synic_pages.items() if pid == part.id for g in ps}
+                free = [g for g in sorted(self.host.introspect.reach(part)) if g not in taken
+                        and g not in self._scratch(part.id) and g not in self.untrusted[part.id]
+                        and self._page_rw(part.id, g)]
+                if len(free) < 2:
+                    return
+                pages = tuple(data.draw(st.lists(st.sampled_from(free), min_size=2, max_size=2, unique=True)))
+                self.child_synic_pages[part.id, vp] = pages
+        simp, siefp = pages
+        self.untrusted[part.id].add(siefp)
+        sint = data.draw(st.one_of(st.just(VMBUS_SINT), st.integers(0, SINT_COUNT - 1)), label="sint")
+        regs = {Register.SIMP: simp_value(simp, simp_on != 0), Register.SIEFP: siefp_value(siefp),
+                Register.SCONTROL: int(scontrol != 0),
+                Register.SINT0 + sint: sint_value(0x30 + sint, masked=masked == 0)}
+        self._try(part.vp(vp).set_registers, regs)
+        self.synic_vps.add((part.id, vp))
+
+    @precondition(lambda self: self.synic_vps)
+    @rule(data=st.data(), always_eom=st.booleans())
+    def guest_takes_message(self, data, always_eom: bool) -> None:
+        """A guest takes the message in one of its slots: clears MessageType, then writes EOM if
+        MessagePending was set (Linux), or always."""
+        pid, vp = data.draw(st.sampled_from(sorted(self.synic_vps)), label="vp")
+        part = self.host.partition(pid) if pid in self.host.introspect.partition_ids() else None
+        if part is None or part not in self._callers() or not self._has_vp(pid, vp):
+            return
+        sints = sorted({p.sint for p in self.ports.values() if (p.owner, p.vp) == (pid, vp)} | {VMBUS_SINT})
+        sint = data.draw(st.sampled_from(sints), label="sint")
+        regs = self._registers(pid, vp, [Register.SIMP])
+        if regs is None or not regs[0] & _PAGE_ENABLE:
+            return
+        gpa = (regs[0] >> 12) * PAGE_SIZE + sint * MESSAGE_SIZE
+        try:
+            part.write(gpa, bytes(4))  # MessageType = None
+            pending = part.read(gpa + 5, 1)[0] & MESSAGE_FLAG_PENDING
+        except MemoryError:
+            return
+        if pending or always_eom:
+            self.issue(part.vp(vp), control(CallCode.SET_VP_REGISTERS, rep_count=1),
+                       struct.pack("<QIB3x", PARTITION_ID_SELF, vp, 0) + struct.pack("<IIQQQ", Register.EOM, 0, 0, 0, 0))
+
+    @precondition(lambda self: self._live())
+    @rule(data=st.data())
+    def delete_vp(self, data) -> None:
+        child = data.draw(st.sampled_from(self.children))
+        vps = [vp.index for vp in child.vps] if self._info(child)["vp_mask"] else []
+        if vps:
+            self._try(self.root.delete_vp, child, data.draw(st.sampled_from(vps)))
+
+    @precondition(lambda self: len(self._live()) < MAX_CHILDREN and self.host.root_memory.available >= 48)
+    @rule(data=st.data(), vps=st.integers(1, 2), create_port=st.booleans(), connect_port=st.booleans(),
+          no_post=st.integers(0, 7), no_signal=st.integers(0, 7))
+    def create_guest(self, data, vps: int, create_port: bool, connect_port: bool, no_post: int,
+                     no_signal: int) -> None:
+        """A ready guest in one step: created (sometimes with CreatePort/ConnectPort, rarely
+        without PostMessages/SignalEvents), 10 pool pages, initialized, VPs, 32 pages at GPA 0,
+        and each VP's SynIC on (SIM page 16 + 2i, SIEF page 17 + 2i, SINT2 unmasked)."""
+        child = self.root.create_partition()
+        self.children.append(child)
+        privileges = PRIVILEGES_GUEST_DEFAULT | create_port << Privilege.CREATE_PORT \
+            | connect_port << Privilege.CONNECT_PORT
+        privileges &= ~((no_post == 0) << Privilege.POST_MESSAGES | (no_signal == 0) << Privilege.SIGNAL_EVENTS)
+        self.root.set_partition_property(child, PartitionProperty.PRIVILEGE_FLAGS, privileges)
+        self.root.deposit_memory(child, self.host.root_memory.allocate(10))
+        self.root.initialize_partition(child)
+        for i in range(vps):
+            self.root.create_vp(child, i)
+            self.vp_ever[child.id].add(i)
+        self.root.map_gpa_pages(child, 0, self.host.root_memory.allocate(32))
+        for i in range(vps):
+            simp, siefp = 16 + 2 * i, 17 + 2 * i
+            self.child_synic_pages[child.id, i] = (simp, siefp)
+            self.untrusted[child.id].add(siefp)
+            child.vp(i).set_registers({Register.SIMP: simp_value(simp), Register.SIEFP: siefp_value(siefp),
+                                       Register.SCONTROL: 1, Register.SINT2: sint_value(0x32)})
+            self.synic_vps.add((child.id, i))
+
+    @precondition(lambda self: any(p.owner != self.root.id for p in self.ports.values())
+                  or any(pid != self.root.id for pid, _ in self.connections))
+    @rule(data=st.data())
+    def delete_busy_child(self, data) -> None:
+        """Delete a child that owns ports or connections (often with messages still queued)."""
+        busy = sorted({p.owner for p in self.ports.values()} | {pid for pid, _ in self.connections}
+                      - {self.root.id})
+        child = self.host.partition(data.draw(st.sampled_from(busy)))
+        self._try(self.root.finalize_partition, child)
+        self._try(self.root.delete_partition, child)
 
     # ---- after every step ---------------------------------------------------------------------------
     @invariant()
     def isolation_holds(self) -> None:
         check_all(self.host)
 
+    @invariant()
+    def messages_hold(self) -> None:
+        """Bring the model up to date with deletions, account for every message that left a
+        queue (it must be in its SIM slot, whole and in posting order), check every slot, then
+        recount queues, connections and pools against the model (`check_messages`)."""
+        self._sync_teardown()
+        self._check_deliveries()
+        self._check_slots()
+        check_messages(self.host, ports={k: p.facts for k, p in self.ports.items()},
+                       connections={k: (None if c.port is None else (c.port.owner, c.port.id))
+                                    for k, c in self.connections.items()})
+
+    def _sync_teardown(self) -> None:
+        live = set(self.host.introspect.partition_ids())
+        for pid in self.known - live:  # deleted: ports, connections and messages it posted go
+            for key in [k for k, p in self.ports.items() if p.owner == pid]:
+                self.ports.pop(key).pending.clear()
+            for conn in self.connections.values():
+                if conn.port is not None and conn.port.owner == pid:
+                    conn.port = None
+            for key in [k for k in self.connections if k[0] == pid]:
+                del self.connections[key]
+            for port in self.ports.values():
+                port.pending = deque(m for m in port.pending if m[0] != pid)
+            for key in [k for k in self.slots if k[0] == pid]:
+                del self.slots[key]
+            self.synic_vps = {(p, v) for p, v in self.synic_vps if p != pid}
+            self.vp_masks.pop(pid, None)
+        self.known = live
+        for pid in live:
+            mask = self._info(pid)["vp_mask"]
+            gone = self.vp_masks.get(pid, 0) & ~mask
+            for port in self.ports.values():
+                if port.owner == pid and gone >> port.vp & 1:
+                    port.pending.clear()  # a deleted VP takes its queues along
+            self.vp_masks[pid] = mask
+            self.vp_ever[pid] |= {i for i in range(64) if mask >> i & 1}
+
+    def _trusted(self, pid: int, gpfn: int) -> bool:
+        """Whether a SIM slot on that page holds only what the hypervisor put there."""
+        if gpfn in self._scratch(pid) or gpfn in self.untrusted[pid]:
+            return False
+        if pid == self.root.id:  # the root's own page, not one a child granted it
+            return gpfn < self.host.pages and self.host.introspect.owner_codes(gpfn, 1)[0] == self._info(pid)["slot"]
+        return True
+
+    def _slot_bytes(self, pid: int, gpfn: int, sint: int) -> bytes | None:
+        try:
+            return self.host.partition(pid).read(gpfn * PAGE_SIZE + sint * MESSAGE_SIZE, MESSAGE_SIZE)
+        except MemoryError:
+            return None
+
+    def _check_deliveries(self) -> None:
+        delivered: dict[tuple[int, int, int], list[tuple[ModelPort, bytes]]] = defaultdict(list)
+        for port in self.ports.values():
+            if not self._has_vp(port.owner, port.vp):
+                continue
+            n = _binding.hv_port_undelivered(self.host._h, port.owner, port.id)
+            gone = len(port.pending) - n
+            if gone < 0:
+                raise _violation("INV-QUEUE", f"port {port.id:#x} of partition {port.owner} holds {n} undelivered "
+                                              f"messages, only {len(port.pending)} were posted and not delivered")
+            for _ in range(gone):
+                delivered[port.owner, port.vp, port.sint].append((port, port.pending.popleft()[1]))
+        for (pid, vp, sint), messages in delivered.items():
+            if len(messages) > 1:
+                raise _violation("INV-QUEUE", f"{len(messages)} messages left the queue of partition {pid} VP {vp} "
+                                              f"SINT {sint} in one step; its slot takes one at a time")
+            port, message = messages[0]
+            regs = self._registers(pid, vp, [Register.SIMP])
+            if regs is None:
+                continue
+            if not regs[0] & _PAGE_ENABLE:
+                raise _violation("INV-QUEUE", f"a message of port {port.id:#x} left the queue of partition {pid} VP "
+                                              f"{vp} SINT {sint}, whose SIM page is disabled")
+            gpfn = regs[0] >> 12
+            self.slots[pid, gpfn, sint] = message
+            if not self._trusted(pid, gpfn):
+                continue
+            slot = self._slot_bytes(pid, gpfn, sint)
+            if slot is None or _without_pending(slot) != message:
+                raise _violation("INV-MSG", f"partition {pid} VP {vp} SINT {sint}: port {port.id:#x}'s oldest message "
+                                            f"left the queue, its slot holds "
+                                            f"{None if slot is None else slot[:24].hex()}..., expected "
+                                            f"{message[:24].hex()}...")
+
+    def _check_slots(self) -> None:
+        """INV-MSG for every message in every SIM slot the machine can trust: a valid type (or a
+        timer's), at most 240 bytes with nothing behind them, exactly the last message delivered
+        there, which a port of this partition targeting this VP and SINT received through a
+        connection its sender owned."""
+        for pid, vp in sorted(self.synic_vps):
+            if not self._has_vp(pid, vp):
+                continue
+            regs = self._registers(pid, vp, [Register.SIMP])
+            if regs is None or not regs[0] & _PAGE_ENABLE:
+                continue
+            gpfn = regs[0] >> 12
+            if not self._trusted(pid, gpfn):
+                continue
+            try:
+                page = self.host.partition(pid).read(gpfn * PAGE_SIZE, PAGE_SIZE)
+            except MemoryError:
+                continue
+            for sint in range(SINT_COUNT):
+                slot = page[sint * MESSAGE_SIZE:(sint + 1) * MESSAGE_SIZE]
+                mtype, size, flags, reserved, origin = _HEADER.unpack_from(slot)
+                if mtype == 0:
+                    continue
+                where = f"partition {pid} VP {vp} SINT {sint} (GPA page {gpfn})"
+                if mtype & _TYPE_HV:
+                    if mtype != hs.MESSAGE_TYPE_TIMER_EXPIRED or origin != 0:
+                        raise _violation("INV-MSG", f"{where} holds hypervisor message type {mtype:#x} from {origin:#x}")
+                    continue
+                if size > PAYLOAD_MAX or flags & ~MESSAGE_FLAG_PENDING or reserved:
+                    raise _violation("INV-MSG", f"{where}: malformed header {slot[:16].hex()}")
+                if any(slot[16 + size:]):
+                    raise _violation("INV-MSG", f"{where}: bytes past PayloadSize {size} are not zero")
+                expected = self.slots.get((pid, gpfn, sint))
+                if expected is None:
+                    raise _violation("INV-MSG", f"{where} holds a message (type {mtype:#x}, origin {origin:#x}) no port "
+                                                f"of the partition delivered there")
+                if _without_pending(slot) != expected:
+                    raise _violation("INV-MSG", f"{where} holds {slot[:24].hex()}..., the last message delivered there "
+                                                f"was {expected[:24].hex()}...")

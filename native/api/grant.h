@@ -20,3 +20,10 @@ uint32_t hv_grant_pages(struct hv_host *h, uint64_t child_id, uint32_t grant_id,
 uint64_t hv_granted_pages(struct hv_host *h, uint64_t child_id);
 /* The ids of a child's live grants (introspection); returns how many there are. */
 uint32_t hv_grant_ids(struct hv_host *h, uint64_t child_id, uint32_t *ids, uint32_t max);
+
+/* Own views: a partition's own pages mapped contiguously for its own ring code (a guest kernel's
+ * direct map of its VMBus rings). Pinned like grants; they reach nothing the partition could not. */
+uint16_t hv_view_create(struct hv_host *h, uint64_t partition_id, uint32_t view_id, const uint64_t *gpa_pages,
+                        uint32_t count);
+uint16_t hv_view_release(struct hv_host *h, uint64_t partition_id, uint32_t view_id);
+uint8_t *hv_view_ptr(struct hv_host *h, uint64_t partition_id, uint32_t view_id, uint32_t *npages);

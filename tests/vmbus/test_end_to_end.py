@@ -1,0 +1,111 @@
+"""VMBus end to end on a simulated host: a child contacts the parent, receives offers, opens the
+echo device over rings in its own pages granted to the parent, exchanges packets, and closes."""
+from drivers.example import DEVICE as ECHO
+from drivers.registry import discover
+from hypervisor import Host
+from hypervisor.testing.invariants import check_all
+from partitions.worker import VmSpec, VmWorker
+from vmbus.guest import GuestVmbus
+from vmbus.parent import ParentVmbus
+from vmbus.server import ChannelState
+
+MS = 1_000_000
+
+
+def boot(echoes=10):
+    host = Host(logical_processors=2, memory="64MiB", seed=2)
+    parent = ParentVmbus(host, vp_index=1)
+    child = VmWorker(host, VmSpec("guest", memory="1MiB")).build()
+    manager = parent.attach(child, [(ECHO, {})])
+
+    sent = []
+
+    def workload(stack):
+        vsc = stack.devices.get("echo")
+        if vsc is not None and vsc.ready and not sent:
+            for i in range(echoes):
+                sent.append(vsc.echo(f"packet {i}".encode()))
+
+    stack = GuestVmbus(child, discover(), on_poll=workload)
+    child.vp(0).run(stack.run)
+    host.root.resume_partition(child)
+    return host, parent, child, manager, stack
+
+
+def test_contact_offers_open_and_echo():
+    host, parent, child, manager, stack = boot()
+    host.run(20 * MS)
+    vsc = stack.devices["echo"]
+    assert vsc.version is not None
+    assert vsc.replies == [f"packet {i}".encode() for i in range(10)]
+    (relid,) = manager.relids
+    assert manager.channel_state(relid) is ChannelState.OPEN
+    assert parent.vsp(child, relid).echoed == 10
+    # The rings live in the child's pages, granted to the parent for as long as the channel is open.
+    assert len(host.grants.ids(child)) == 1
+    check_all(host)
+    # Serving VMBus cost the parent CPU time; the guest's own work cost the child's.
+    assert host.introspect.run_time_ns(host.root) > 0
+    assert host.introspect.run_time_ns(child) > 0
+
+
+def test_close_tears_the_ring_gpadl_down():
+    host, parent, child, manager, stack = boot()
+    host.run(10 * MS)
+    (relid,) = manager.relids
+
+    # The guest kernel closes the channel (between runs, as if its VP 0 decided so).
+    stack.client.close_channel(relid)
+    host.run(20 * MS)
+    assert manager.channel_state(relid) is ChannelState.OFFERED
+    assert host.grants.ids(child) == []
+    assert "echo" not in stack.devices
+    check_all(host)
+
+
+def test_same_seed_same_trace():
+    a = boot()
+    a[0].run(15 * MS)
+    b = boot()
+    b[0].run(15 * MS)
+    assert a[0].trace_digest() == b[0].trace_digest()
+
+
+def test_a_hostile_ring_breaks_only_its_own_channel():
+    """Two children; one corrupts its upstream ring's write index. Its channel is rescinded;
+    the other child's echoes go on."""
+    host = Host(logical_processors=2, memory="64MiB", seed=2)
+    parent = ParentVmbus(host, vp_index=1)
+    stacks = []
+    for name in ("good", "evil"):
+        child = VmWorker(host, VmSpec(name, memory="1MiB")).build()
+        parent.attach(child, [(ECHO, {})])
+        counter = {"n": 0}
+
+        def workload(stack, counter=counter):
+            vsc = stack.devices.get("echo")
+            if vsc is not None and vsc.ready and len(vsc.outstanding) == 0 and counter["n"] < 100_000:
+                counter["n"] += 1
+                vsc.echo(b"x" * 100)
+
+        stack = GuestVmbus(child, discover(), on_poll=workload)
+        child.vp(0).run(stack.run)
+        host.root.resume_partition(child)
+        stacks.append((child, stack))
+    host.run(5 * MS)
+    (good, good_stack), (evil, evil_stack) = stacks
+    assert good_stack.devices["echo"].replies and evil_stack.devices["echo"].replies
+    # The evil guest writes a write_index past its ring's data area, then signals.
+    (relid,) = evil_stack.channels
+    import struct
+    from hypervisor.grants import view
+    mem = view(evil, relid)
+    struct.pack_into("<I", mem, 0, 0x7FFFFFF8)
+    evil.signal_event(evil_stack.client.channels[relid].offer.connection_id)
+    before = len(good_stack.devices["echo"].replies)
+    host.run(30 * MS)
+    assert parent.broken(evil, relid) is not None and "ring" in parent.broken(evil, relid)
+    assert "echo" not in evil_stack.devices            # rescinded in the guest too
+    assert len(good_stack.devices["echo"].replies) > before  # the other child is unaffected
+    assert host.grants.ids(evil) == []                # its ring GPADL went with the channel
+    check_all(host)

@@ -1,0 +1,166 @@
+"""A child's VMBus driver: the client state machine wired to its SynIC, run on its VP 0 as part of
+the guest kernel. It negotiates a version, requests offers, binds each offer to the VSC the driver
+registry has for its class, builds the channel's rings in the guest's own pages, opens it, and
+from then on hands each signal's packets to the VSC."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from drivers.device import DeviceType, Vsc
+from drivers.registry import Registry
+from hypervisor import Partition, Register
+from hypervisor.grants import own_view, release_view, view as own_view_ptr
+from hypervisor.synic import clear_message_slot, read_message_slot, simp_value, siefp_value, sint_value
+from vmbus.channel import ChannelEnd, init_ring_gpadl
+from vmbus.client import ClientEvent, EventKind, VmbusClient
+from vmbus.protocol import OfferChannel, VMBUS_MESSAGE_SINT
+
+MESSAGE_TYPE_VMBUS = 1
+
+
+class GuestPages:
+    """The guest kernel's allocator of its own pages (GPA page numbers), for ring buffers."""
+
+    def __init__(self, first: int, count: int):
+        self._next, self._end = first, first + count
+        self._free: list[int] = []
+
+    def allocate(self, n: int) -> list[int]:
+        if n <= len(self._free):
+            pages, self._free = self._free[:n], self._free[n:]
+            return pages
+        if self._next + n > self._end:
+            raise MemoryError(f"the guest has no {n} free pages for rings")
+        pages = list(range(self._next, self._next + n))
+        self._next += n
+        return pages
+
+    def release(self, pages: list[int]) -> None:
+        self._free.extend(pages)
+
+
+@dataclass
+class _Open:
+    device: DeviceType
+    pages: list[int]
+    end: ChannelEnd | None = None
+    vsc: Vsc | None = None
+
+
+class GuestVmbus:
+    """The VMBus stack of one guest: call `run` as (part of) its VP 0's guest coroutine."""
+
+    def __init__(self, partition: Partition, registry: Registry, *, simp_gpfn: int = 2, siefp_gpfn: int = 3,
+                 ring_pages: tuple[int, int] = (16, 240), configs: dict[str, dict] | None = None,
+                 on_poll: Callable[[GuestVmbus], None] | None = None):
+        self.partition = partition
+        self.registry = registry
+        self.simp, self.siefp = simp_gpfn, siefp_gpfn
+        self.pages = GuestPages(*ring_pages)
+        self.configs = configs or {}
+        self.on_poll = on_poll  # called after every pass over messages and signals
+        self.client = VmbusClient(self, self._bind)
+        self.channels: dict[int, _Open] = {}
+        self.devices: dict[str, Vsc] = {}
+        self.events: list[ClientEvent] = []
+        self.log_entries: list[tuple] = []
+        self._pending: list[ClientEvent] = []
+
+    # ---- the client's notifier ------------------------------------------------------------------
+    def send(self, message: bytes, connection_id: int) -> None:
+        self.partition.post_message(connection_id, MESSAGE_TYPE_VMBUS, message)
+
+    def event(self, event: ClientEvent) -> None:
+        self._pending.append(event)
+
+    def log(self, event: str, **fields: Any) -> None:
+        self.log_entries.append((self.partition.host.now, event, fields))
+
+    def _bind(self, offer: OfferChannel) -> DeviceType | None:
+        return self.registry.by_class(offer.interface_id)
+
+    # ---- channels ------------------------------------------------------------------------------------
+    def _open(self, relid: int, device: DeviceType) -> None:
+        n = device.ring_pages
+        pages = self.pages.allocate(2 * n)
+        view = own_view(self.partition, relid, pages)
+        init_ring_gpadl(view, n)
+        self.channels[relid] = _Open(device, pages)
+        self.client.open_channel(relid, pages, n)
+
+    def _opened(self, relid: int) -> None:
+        ch = self.channels[relid]
+        offer = self.client.channels[relid].offer
+        view = own_view_ptr(self.partition, relid)
+        part = self.partition
+
+        def signal_host() -> None:
+            part.signal_event(offer.connection_id)
+
+        end = ChannelEnd.guest(view, ch.device.ring_pages, signal_host)
+        vsc = ch.device.vsc(end, self.configs.get(ch.device.name))
+        end.on_signal = lambda: vsc.on_packets(end.receive())
+        ch.end, ch.vsc = end, vsc
+        self.devices[ch.device.name] = vsc
+        vsc.on_open()
+
+    def _closed(self, relid: int) -> None:
+        ch = self.channels.pop(relid, None)
+        if ch is None:
+            return
+        if ch.vsc is not None:
+            ch.vsc.on_close()
+            self.devices.pop(ch.device.name, None)
+        release_view(self.partition, relid)
+        self.pages.release(ch.pages)
+
+    def _handle_events(self) -> None:
+        while self._pending:
+            ev = self._pending.pop(0)
+            self.events.append(ev)
+            if ev.kind is EventKind.OFFERS_DELIVERED:
+                for relid, ch in sorted(self.client.channels.items()):
+                    if ch.driver is not None and relid not in self.channels:
+                        self._open(relid, ch.driver)
+            elif ev.kind is EventKind.OPENED:
+                self._opened(ev.relid)
+            elif ev.kind in (EventKind.CLOSED, EventKind.RESCINDED, EventKind.OPEN_FAILED):
+                self._closed(ev.relid)
+
+    # ---- the loop ------------------------------------------------------------------------------------
+    def _drain(self) -> None:
+        part = self.partition
+        while True:
+            msg = read_message_slot(part, self.simp, VMBUS_MESSAGE_SINT)
+            if msg.empty:
+                break
+            clear_message_slot(part, self.simp, VMBUS_MESSAGE_SINT)
+            if msg.pending:
+                part.vp(0).set_registers({Register.EOM: 0})
+            if msg.message_type == MESSAGE_TYPE_VMBUS:
+                self.client.handle_message(msg.payload)
+            self._handle_events()
+        base = self.siefp * 4096 + VMBUS_MESSAGE_SINT * 256
+        flags = int.from_bytes(part.read(base, 256), "little")
+        if flags:
+            part.write(base, bytes(256))
+            while flags:
+                relid = (flags & -flags).bit_length() - 1
+                flags &= flags - 1
+                ch = self.channels.get(relid)
+                if ch is not None and ch.end is not None:
+                    ch.end.signalled()
+        self._handle_events()
+        if self.on_poll is not None:
+            self.on_poll(self)
+
+    async def run(self, ctx) -> None:
+        """Boot the stack (SynIC, contact, offers, opens), then serve signals for ever."""
+        ctx.vp.set_registers({Register.SIMP: simp_value(self.simp), Register.SIEFP: siefp_value(self.siefp),
+                              Register.SCONTROL: 1, Register.SINT0 + VMBUS_MESSAGE_SINT: sint_value(0x32)})
+        self.client.connect()
+        while True:
+            self._drain()
+            await ctx.halt()
+

@@ -1,0 +1,276 @@
+"""The parent partition's VMBus service: one channel manager per child, wired to the hypervisor
+(ports and connections for messages and events, grants for GPADLs) and run on a root VP, so that
+serving VMBus costs the parent CPU time.
+
+Per child it sets up, before the child runs:
+  - two root message ports the child reaches on connections 1 and 4 (VMBus's message connection
+    ids; which one a message came through is told by the port it arrives at);
+  - a message port and an event port in the child (SINT 2 of its VP 0), with root connections to
+    them: host->guest messages, and host->guest channel signals (flag = relid);
+  - per offered channel, a root event port (one flag of the root's SINT 2) the child signals on
+    the offer's connection id.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.device import DeviceType, Vsp
+from hypervisor import Host, Partition, Register
+from hypervisor.status import HvError, HvStatus
+from hypervisor.synic import (PortType, clear_message_slot, read_message_slot, simp_value, siefp_value,
+                              sint_value)
+from vmbus.channel import ChannelEnd, OfferSpec, OpenRequest
+from vmbus.protocol import STATUS_SUCCESS, STATUS_UNSUCCESSFUL, VMBUS_MESSAGE_SINT, GpaRange
+from vmbus.ring import RingError
+from vmbus.server import ChannelManager
+
+MESSAGE_TYPE_VMBUS = 1
+CHILD_MESSAGE_PORT = 1     # in each child: host->guest messages
+CHILD_EVENT_PORT = 2       # in each child: host->guest channel signals
+FLAGS_PER_SINT = 2048
+
+
+@dataclass
+class _Channel:
+    device: DeviceType
+    config: dict
+    flag: int                     # the root SIEF flag the child signals
+    port_id: int                  # the root event port behind it
+    connection_id: int            # the child's connection to that port
+    end: ChannelEnd | None = None
+    vsp: Vsp | None = None
+    broken: str | None = None     # why the channel was broken (a hostile ring, a failing VSP)
+
+
+@dataclass
+class _Child:
+    partition: Partition
+    manager: ChannelManager | None = None
+    msg_ports: dict[int, int] = field(default_factory=dict)   # root port id -> connection id
+    to_child_msg: int = 0         # root connection id -> the child's message port
+    to_child_evt: int = 0         # root connection id -> the child's event port
+    channels: dict[int, _Channel] = field(default_factory=dict)  # relid -> channel
+    outbox: list[bytes] = field(default_factory=list)       # messages waiting for buffers
+
+
+class _Notifier:
+    """The channel manager's effects for one child, carried out through the hypervisor."""
+
+    def __init__(self, service: ParentVmbus, child: _Child):
+        self.service, self.child = service, child
+
+    def send(self, message: bytes, target_vp: int, sint: int) -> None:
+        self.child.outbox.append(message)
+        self.service._flush(self.child)
+
+    def connect(self, version: int, target_vp: int, sint: int, monitor_pages) -> bool:
+        # The child's message port was made for VP 0, SINT 2.
+        return target_vp == 0 and sint == VMBUS_MESSAGE_SINT
+
+    def disconnect(self) -> None:
+        pass
+
+    def create_gpadl(self, relid: int, gpadl_id: int, ranges: tuple[GpaRange, ...]) -> int:
+        if any(r.byte_offset for r in ranges):
+            return STATUS_UNSUCCESSFUL  # hvsim's grants are whole pages
+        pages = [pfn for r in ranges for pfn in r.pfns]
+        try:
+            self.service.host.grants.create(self.child.partition, gpadl_id, pages)
+        except HvError as exc:
+            self.log("gpadl refused by the core", relid=relid, gpadl=gpadl_id, status=str(exc))
+            return STATUS_UNSUCCESSFUL
+        return STATUS_SUCCESS
+
+    def teardown_gpadl(self, relid: int, gpadl_id: int) -> None:
+        grant = self.service.host.grants.get(self.child.partition, gpadl_id)
+        if grant is not None:
+            grant.revoke()
+
+    def open_channel(self, request: OpenRequest) -> int:
+        ch = self.child.channels.get(request.relid)
+        grant = self.service.host.grants.get(self.child.partition, request.ring_gpadl_id)
+        if ch is None or grant is None:
+            return STATUS_UNSUCCESSFUL
+        service, child = self.service, self.child
+        relid = request.relid
+
+        def signal_guest() -> None:
+            service.host.root.signal_event(child.to_child_evt, relid, via=service.vp)
+
+        try:
+            end = ChannelEnd.host(grant.view, request.downstream_page_offset, signal_guest)
+        except ValueError as exc:
+            self.log("ring gpadl unusable", relid=relid, error=str(exc))
+            return STATUS_UNSUCCESSFUL
+        vsp = ch.device.vsp(end, ch.config)
+        ch.end, ch.vsp = end, vsp
+        end.on_signal = lambda: service._deliver(child, relid)
+        vsp.on_open()
+        return STATUS_SUCCESS
+
+    def close_channel(self, relid: int) -> None:
+        ch = self.child.channels.get(relid)
+        if ch is not None and ch.vsp is not None:
+            ch.vsp.on_close()
+            ch.end = ch.vsp = None
+
+    def log(self, event: str, **fields: Any) -> None:
+        self.service.log.append((self.service.host.now, self.child.partition.id, event, fields))
+
+
+class ParentVmbus:
+    """The VMBus server side of the parent, for all its children, on root VP `vp_index`."""
+
+    def __init__(self, host: Host, vp_index: int = 0, *, packet_cost: int | str = "2us"):
+        from hypervisor.quantities import parse_duration
+        self.host = host
+        self.vp = host.root.vp(vp_index)
+        self.packet_cost = parse_duration(packet_cost, "packet_cost")
+        self.children: dict[int, _Child] = {}
+        self.log: list[tuple] = []
+        self._port_owner: dict[int, _Child] = {}      # root message port id -> child
+        self._flag_owner: dict[int, tuple[_Child, int]] = {}  # root flag -> (child, relid)
+        self._next_id = 0x1000
+        self._free_flags = list(range(FLAGS_PER_SINT - 1, 0, -1))  # flag 0 unused
+        self._pending_work = 0
+        root = host.root
+        self.simp, self.siefp = host.root_memory.allocate(2)
+        root.set_vp_registers(root, vp_index, {
+            Register.SIMP: simp_value(self.simp), Register.SIEFP: siefp_value(self.siefp),
+            Register.SCONTROL: 1, Register.SINT0 + VMBUS_MESSAGE_SINT: sint_value(0x32)})
+        self.vp.run(self._serve)
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    # ---- setting a child up --------------------------------------------------------------------
+    def attach(self, child: Partition, devices: list[tuple[DeviceType, dict]] = ()) -> ChannelManager:
+        """Give `child` (initialized, not yet running) its VMBus: ports, connections and a channel
+        manager offering `devices` [(device type, config)]."""
+        root, host = self.host.root, self.host
+        c = _Child(child)
+        # Buffers: the root's two message ports and the child's one come from the owners' pools.
+        root.deposit_memory(None, host.root_memory.allocate(2))
+        root.deposit_memory(child, host.root_memory.allocate(1))
+        for conn in (1, 4):
+            port = self._new_id()
+            root.create_port(None, port, port_type=PortType.MESSAGE, target_sint=VMBUS_MESSAGE_SINT,
+                             target_vp=self.vp.index, connection_partition=child)
+            root.connect_port(child, conn, None, port)
+            c.msg_ports[port] = conn
+            self._port_owner[port] = c
+        root.create_port(child, CHILD_MESSAGE_PORT, port_type=PortType.MESSAGE, target_sint=VMBUS_MESSAGE_SINT,
+                         target_vp=0, connection_partition=root)
+        root.create_port(child, CHILD_EVENT_PORT, port_type=PortType.EVENT, target_sint=VMBUS_MESSAGE_SINT,
+                         target_vp=0, base_flag=0, flag_count=FLAGS_PER_SINT, connection_partition=root)
+        c.to_child_msg, c.to_child_evt = self._new_id(), self._new_id()
+        root.connect_port(None, c.to_child_msg, child, CHILD_MESSAGE_PORT)
+        root.connect_port(None, c.to_child_evt, child, CHILD_EVENT_PORT, port_type=PortType.EVENT)
+        c.manager = ChannelManager(_Notifier(self, c))
+        self.children[child.id] = c
+        for device, config in devices:
+            self.offer(child, device, config)
+        return c.manager
+
+    def offer(self, child: Partition, device: DeviceType, config: dict | None = None, *,
+              instance_id=None) -> int:
+        """Offer a device to a child; returns its relid."""
+        import uuid
+        c = self.children[child.id]
+        if not self._free_flags:
+            raise RuntimeError("the parent's VMBus SINT has no event flag left for another channel")
+        spec = OfferSpec(device.class_id, instance_id or uuid.UUID(int=(child.id << 64) | (len(c.channels) + 1)))
+        relid = c.manager.offer(spec)
+        flag = self._free_flags.pop()
+        port, conn = self._new_id(), 0x2000 + relid
+        self.host.root.create_port(None, port, port_type=PortType.EVENT, target_sint=VMBUS_MESSAGE_SINT,
+                                   target_vp=self.vp.index, base_flag=flag, flag_count=1, connection_partition=child)
+        self.host.root.connect_port(child, conn, None, port, port_type=PortType.EVENT)
+        c.channels[relid] = _Channel(device, dict(config or device.defaults), flag, port, conn)
+        self._flag_owner[flag] = (c, relid)
+        return relid
+
+    def vsp(self, child: Partition, relid: int) -> Vsp | None:
+        ch = self.children[child.id].channels.get(relid)
+        return ch.vsp if ch else None
+
+    # ---- serving ----------------------------------------------------------------------------------
+    def _flush(self, c: _Child) -> None:
+        while c.outbox:
+            try:
+                self.host.root.post_message(c.to_child_msg, MESSAGE_TYPE_VMBUS, c.outbox[0], via=self.vp)
+            except HvError as exc:
+                if exc.status in (HvStatus.INSUFFICIENT_BUFFERS, HvStatus.INVALID_SYNIC_STATE):
+                    return  # retried on the next pass
+                raise
+            c.outbox.pop(0)
+
+    def _deliver(self, c: _Child, relid: int) -> None:
+        """Hand a signalled channel's packets to its VSP. A ring the guest corrupted, or a VSP
+        that fails on what it was sent, breaks that channel only: it is rescinded."""
+        ch = c.channels.get(relid)
+        if ch is None or ch.end is None or ch.vsp is None:
+            return
+        try:
+            packets = ch.end.receive()
+            self._pending_work += len(packets)
+            if packets:
+                ch.vsp.on_packets(packets)
+        except RingError as exc:
+            self._break(c, relid, f"ring: {exc}")
+        except Exception as exc:  # a VSP bug or a packet it could not take: this channel only
+            self._break(c, relid, f"{type(ch.vsp).__name__} failed: {type(exc).__name__}: {exc}")
+
+    def _break(self, c: _Child, relid: int, why: str) -> None:
+        self.log.append((self.host.now, c.partition.id, "channel broken", {"relid": relid, "why": why}))
+        ch = c.channels.get(relid)
+        if ch is not None:
+            ch.broken = why
+        c.manager.rescind(relid)
+
+    def broken(self, child: Partition, relid: int) -> str | None:
+        """Why a channel was broken, or None."""
+        ch = self.children[child.id].channels.get(relid)
+        return ch.broken if ch else None
+
+    def _drain(self) -> bool:
+        """Take every message and event waiting; True if there was any."""
+        root = self.host.root
+        did = False
+        while True:
+            msg = read_message_slot(root, self.simp, VMBUS_MESSAGE_SINT)
+            if msg.empty:
+                break
+            did = True
+            clear_message_slot(root, self.simp, VMBUS_MESSAGE_SINT)
+            if msg.pending:
+                self.vp.set_registers({Register.EOM: 0})
+            c = self._port_owner.get(msg.origin)
+            if c is not None and msg.message_type == MESSAGE_TYPE_VMBUS:
+                c.manager.handle_message(msg.payload, connection_id=c.msg_ports[msg.origin])
+        base = self.siefp * 4096 + VMBUS_MESSAGE_SINT * 256
+        flags = int.from_bytes(root.read(base, 256), "little")
+        if flags:
+            did = True
+            root.write(base, bytes(256))  # taken, all at once
+            while flags:
+                bit = (flags & -flags).bit_length() - 1
+                flags &= flags - 1
+                owner = self._flag_owner.get(bit)
+                if owner is not None:
+                    ch = owner[0].channels.get(owner[1])
+                    if ch is not None and ch.end is not None:
+                        ch.end.signalled()
+        for c in self.children.values():
+            self._flush(c)
+        return did
+
+    async def _serve(self, ctx) -> None:
+        while True:
+            if self._drain() or self._pending_work:
+                work, self._pending_work = self._pending_work, 0
+                await ctx.compute(max(1, work) * self.packet_cost)
+            else:
+                await ctx.halt()
