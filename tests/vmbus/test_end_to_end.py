@@ -109,3 +109,20 @@ def test_a_hostile_ring_breaks_only_its_own_channel():
     assert len(good_stack.devices["echo"].replies) > before  # the other child is unaffected
     assert host.grants.ids(evil) == []                # its ring GPADL went with the channel
     check_all(host)
+
+
+def test_rescind_during_traffic_fails_outstanding_requests_cleanly():
+    host, parent, child, manager, stack = boot(echoes=0)
+    host.run(10 * MS)
+    vsc = stack.devices["echo"]
+    (relid,) = manager.relids
+    ids = [vsc.echo(f"late {i}".encode()) for i in range(5)]   # in flight...
+    manager.rescind(relid)                                      # ...when the host takes the device away
+    host.run(20 * MS)
+    assert [t for t, why in vsc.failed] == ids
+    assert all(why == "channel closed" for _, why in vsc.failed)
+    assert vsc.outstanding == {}
+    assert "echo" not in stack.devices and relid not in stack.channels
+    assert host.grants.ids(child) == []                        # nothing of the channel remains
+    assert relid not in manager.relids                          # the guest released the relid
+    check_all(host)
