@@ -8,7 +8,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-BENCHES = ("hypercalls", "simulation", "ring")
+BENCHES = ("hypercalls", "simulation", "ring", "channel")
 
 
 def main() -> None:
