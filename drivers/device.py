@@ -16,6 +16,59 @@ from vmbus.channel import ChannelEnd
 from vmbus.ring import Packet
 
 
+class DeviceContext:
+    """What a device side may ask of the partition it runs in: simulated time, timers, CPU time,
+    a log. The parent's VMBus service and a guest's VMBus stack each provide one; tests use
+    ManualContext. All times are simulated nanoseconds."""
+
+    def now(self) -> int:
+        raise NotImplementedError
+
+    def call_later(self, delay_ns: int, fn) -> None:
+        """Call fn() after delay_ns of simulated time (from the side's own partition's loop)."""
+        raise NotImplementedError
+
+    def charge(self, ns: int) -> None:
+        """Account ns of CPU time for work this side just did (its partition pays it)."""
+
+    def log(self, event: str, **fields: Any) -> None:
+        """A structured event."""
+
+
+class ManualContext(DeviceContext):
+    """A context with a clock that moves only when told: for testing one device without a host."""
+
+    def __init__(self) -> None:
+        self.time = 0
+        self.charged = 0
+        self.events: list[tuple[int, str, dict]] = []
+        self._timers: list[tuple[int, int, Any]] = []
+        self._seq = 0
+
+    def now(self) -> int:
+        return self.time
+
+    def call_later(self, delay_ns: int, fn) -> None:
+        self._seq += 1
+        self._timers.append((self.time + max(0, int(delay_ns)), self._seq, fn))
+        self._timers.sort(key=lambda t: (t[0], t[1]))
+
+    def charge(self, ns: int) -> None:
+        self.charged += ns
+
+    def log(self, event: str, **fields: Any) -> None:
+        self.events.append((self.time, event, fields))
+
+    def advance(self, ns: int) -> None:
+        """Move the clock by ns, running each timer due on the way, in order."""
+        end = self.time + ns
+        while self._timers and self._timers[0][0] <= end:
+            when, _, fn = self._timers.pop(0)
+            self.time = when
+            fn()
+        self.time = end
+
+
 class SaveUnsupported(RuntimeError):
     """This device cannot save its state (its VM cannot be saved while it is open)."""
 
@@ -26,9 +79,11 @@ class DeviceSide:
     #: The device this side belongs to (set by DeviceType).
     device: ClassVar[DeviceType]
 
-    def __init__(self, channel: ChannelEnd, config: dict[str, Any] | None = None):
+    def __init__(self, channel: ChannelEnd, config: dict[str, Any] | None = None,
+                 context: DeviceContext | None = None):
         self.channel = channel
         self.config = dict(config or {})
+        self.context = context or ManualContext()
 
     def on_open(self) -> None:
         """The channel is open: rings are ready. A VSC usually starts its negotiation here."""
@@ -43,7 +98,8 @@ class DeviceSide:
         raise SaveUnsupported(f"{type(self).__name__} cannot save its state")
 
     @classmethod
-    def restore(cls, channel: ChannelEnd, state: dict[str, Any], config: dict[str, Any] | None = None):
+    def restore(cls, channel: ChannelEnd, state: dict[str, Any], config: dict[str, Any] | None = None,
+                context: DeviceContext | None = None):
         raise SaveUnsupported(f"{cls.__name__} cannot restore a saved state")
 
 

@@ -13,8 +13,10 @@ from hypervisor import Partition, Register
 from hypervisor.grants import own_view, release_view, view as own_view_ptr
 from hypervisor.synic import clear_message_slot, read_message_slot, simp_value, siefp_value, sint_value
 from vmbus.channel import ChannelEnd, init_ring_gpadl
+from vmbus.endpoint import EndpointContext
 from vmbus.client import ClientEvent, EventKind, VmbusClient
 from vmbus.protocol import OfferChannel, VMBUS_MESSAGE_SINT
+from vmbus.ring import RingError
 
 MESSAGE_TYPE_VMBUS = 1
 
@@ -66,6 +68,7 @@ class GuestVmbus:
         self.events: list[ClientEvent] = []
         self.log_entries: list[tuple] = []
         self._pending: list[ClientEvent] = []
+        self.context = EndpointContext(partition.host, lambda event, fields: self.log(event, **fields))
 
     # ---- the client's notifier ------------------------------------------------------------------
     def send(self, message: bytes, connection_id: int) -> None:
@@ -99,8 +102,19 @@ class GuestVmbus:
             part.signal_event(offer.connection_id)
 
         end = ChannelEnd.guest(view, ch.device.ring_pages, signal_host)
-        vsc = ch.device.vsc(end, self.configs.get(ch.device.name))
-        end.on_signal = lambda: vsc.on_packets(end.receive())
+        vsc = ch.device.vsc(end, self.configs.get(ch.device.name), self.context)
+
+        def deliver() -> None:
+            # The host is not trusted: a ring it corrupted breaks this channel only.
+            try:
+                packets = end.receive()
+            except RingError as exc:
+                self.log("channel broken", relid=relid, why=str(exc))
+                self.client.close_channel(relid)
+                return
+            vsc.on_packets(packets)
+
+        end.on_signal = deliver
         ch.end, ch.vsc = end, vsc
         self.devices[ch.device.name] = vsc
         vsc.on_open()
@@ -162,5 +176,10 @@ class GuestVmbus:
         self.client.connect()
         while True:
             self._drain()
-            await ctx.halt()
+            self.context.run_due()
+            cpu = self.context.take_pending()
+            if cpu:
+                await ctx.compute(cpu)
+            else:
+                await ctx.halt(self.context.next_timeout())
 

@@ -21,6 +21,7 @@ from hypervisor.status import HvError, HvStatus
 from hypervisor.synic import (PortType, clear_message_slot, read_message_slot, simp_value, siefp_value,
                               sint_value)
 from vmbus.channel import ChannelEnd, OfferSpec, OpenRequest
+from vmbus.endpoint import EndpointContext
 from vmbus.protocol import STATUS_SUCCESS, STATUS_UNSUCCESSFUL, VMBUS_MESSAGE_SINT, GpaRange
 from vmbus.ring import RingError
 from vmbus.server import ChannelManager
@@ -103,7 +104,7 @@ class _Notifier:
         except ValueError as exc:
             self.log("ring gpadl unusable", relid=relid, error=str(exc))
             return STATUS_UNSUCCESSFUL
-        vsp = ch.device.vsp(end, ch.config)
+        vsp = ch.device.vsp(end, ch.config, service.context)
         ch.end, ch.vsp = end, vsp
         end.on_signal = lambda: service._deliver(child, relid)
         vsp.on_open()
@@ -134,6 +135,7 @@ class ParentVmbus:
         self._next_id = 0x1000
         self._free_flags = list(range(FLAGS_PER_SINT - 1, 0, -1))  # flag 0 unused
         self._pending_work = 0
+        self.context = EndpointContext(host, lambda event, fields: self.log.append((host.now, 0, event, fields)))
         root = host.root
         self.simp, self.siefp = host.root_memory.allocate(2)
         root.set_vp_registers(root, vp_index, {
@@ -269,8 +271,11 @@ class ParentVmbus:
 
     async def _serve(self, ctx) -> None:
         while True:
-            if self._drain() or self._pending_work:
-                work, self._pending_work = self._pending_work, 0
-                await ctx.compute(max(1, work) * self.packet_cost)
+            did = self._drain()
+            did |= self.context.run_due()
+            work, self._pending_work = self._pending_work, 0
+            cpu = work * self.packet_cost + self.context.take_pending()
+            if did or cpu:
+                await ctx.compute(max(1, cpu))
             else:
-                await ctx.halt()
+                await ctx.halt(self.context.next_timeout())

@@ -8,8 +8,8 @@ from vmbus.ring import Packet
 
 
 class EchoVsc(Vsc):
-    def __init__(self, channel, config=None):
-        super().__init__(channel, config)
+    def __init__(self, channel, config=None, context=None):
+        super().__init__(channel, config, context)
         self.version: int | None = None
         self._offered = list(p.VERSIONS)
         self._next_id = 1

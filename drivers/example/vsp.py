@@ -7,8 +7,8 @@ from vmbus.ring import Packet
 
 
 class EchoVsp(Vsp):
-    def __init__(self, channel, config=None):
-        super().__init__(channel, config)
+    def __init__(self, channel, config=None, context=None):
+        super().__init__(channel, config, context)
         self.version: int | None = None   # negotiated version, None until then
         self.echoed = 0
         self.rejected = 0
@@ -42,7 +42,7 @@ class EchoVsp(Vsp):
         return {"version": self.version, "echoed": self.echoed, "rejected": self.rejected}
 
     @classmethod
-    def restore(cls, channel, state, config=None):
-        vsp = cls(channel, config)
+    def restore(cls, channel, state, config=None, context=None):
+        vsp = cls(channel, config, context)
         vsp.version, vsp.echoed, vsp.rejected = state["version"], state["echoed"], state["rejected"]
         return vsp

@@ -7,6 +7,7 @@ from hypervisor.testing.invariants import check_all
 from partitions.worker import VmSpec, VmWorker
 from vmbus.guest import GuestVmbus
 from vmbus.parent import ParentVmbus
+from vmbus.ring import RingError
 from vmbus.server import ChannelState
 
 MS = 1_000_000
@@ -86,7 +87,10 @@ def test_a_hostile_ring_breaks_only_its_own_channel():
             vsc = stack.devices.get("echo")
             if vsc is not None and vsc.ready and len(vsc.outstanding) == 0 and counter["n"] < 100_000:
                 counter["n"] += 1
-                vsc.echo(b"x" * 100)
+                try:
+                    vsc.echo(b"x" * 100)
+                except RingError:
+                    pass  # the evil guest broke its own ring too; it does not care
 
         stack = GuestVmbus(child, discover(), on_poll=workload)
         child.vp(0).run(stack.run)

@@ -11,8 +11,8 @@ class ReverseVsp(Vsp):
 
 
 class ReverseVsc(Vsc):
-    def __init__(self, channel, config=None):
-        super().__init__(channel, config)
+    def __init__(self, channel, config=None, context=None):
+        super().__init__(channel, config, context)
         self.answers = []
 
     def ask(self, data: bytes, trans_id: int) -> None:

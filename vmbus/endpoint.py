@@ -1,0 +1,47 @@
+"""The device context a VMBus endpoint (the parent's service, a guest's stack) gives its device
+sides: simulated time, timers run from the endpoint's own VP loop, and CPU time charged to it."""
+from __future__ import annotations
+
+import heapq
+from typing import Any, Callable
+
+from drivers.device import DeviceContext
+
+
+class EndpointContext(DeviceContext):
+    def __init__(self, host, log: Callable[[str, dict], None]):
+        self._host = host
+        self._log = log
+        self._timers: list[tuple[int, int, Callable[[], None]]] = []
+        self._seq = 0
+        self.pending_ns = 0  # CPU time charged and not yet spent by the loop
+
+    def now(self) -> int:
+        return self._host.now
+
+    def call_later(self, delay_ns: int, fn: Callable[[], None]) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (self._host.now + max(0, int(delay_ns)), self._seq, fn))
+
+    def charge(self, ns: int) -> None:
+        self.pending_ns += max(0, int(ns))
+
+    def log(self, event: str, **fields: Any) -> None:
+        self._log(event, fields)
+
+    def run_due(self) -> bool:
+        """Run every timer due now; True if any ran."""
+        ran = False
+        while self._timers and self._timers[0][0] <= self._host.now:
+            _, _, fn = heapq.heappop(self._timers)
+            fn()
+            ran = True
+        return ran
+
+    def next_timeout(self) -> int | None:
+        """ns until the next timer, or None if there is none."""
+        return max(1, self._timers[0][0] - self._host.now) if self._timers else None
+
+    def take_pending(self) -> int:
+        ns, self.pending_ns = self.pending_ns, 0
+        return ns
