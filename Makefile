@@ -15,7 +15,7 @@ run: $(CORE)
 	$(VENV)/bin/hvsim run $(ARGS)
 
 # Reference tools the interoperability tests compare against (Debian packages, installed if missing).
-TOOLS := qemu-img:qemu-utils qemu-io:qemu-utils
+TOOLS := qemu-img:qemu-utils qemu-io:qemu-utils tshark:tshark
 
 test: $(CORE)
 	sh tools/ensure-debian-packages $(TOOLS)

@@ -6,6 +6,7 @@ the core's error codes into exceptions. The rest of hvsim imports from here, nev
 """
 from __future__ import annotations
 
+import functools as _functools
 import os
 import struct as _struct
 
@@ -55,8 +56,10 @@ def hv_call_name(code: int) -> str | None:
     return None if name == ffi.NULL else ffi.string(name).decode()
 
 
+@_functools.lru_cache(maxsize=None)
 def hv_call_shape(code: int) -> dict | None:
-    """The dispatch table's view of a call code: block sizes, rep-ness, privilege."""
+    """The dispatch table's view of a call code: block sizes, rep-ness, privilege (the table
+    is fixed at build time, so the answer is cached; treat it as read-only)."""
     out = ffi.new("uint32_t[4]")
     rep, fast_ok, priv = ffi.new("int *"), ffi.new("int *"), ffi.new("uint64_t *")
     if lib.hv_call_shape(code & 0xFFFF, out, out + 1, out + 2, out + 3, rep, fast_ok, priv) != 0:

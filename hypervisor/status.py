@@ -18,12 +18,12 @@ HvStatus.__doc__ = "A TLFS HV_STATUS code."
 HvStatus.message = property(lambda self: _MESSAGES[int(self)])  # type: ignore[attr-defined]
 
 
+_BY_CODE = {int(s): s for s in HvStatus}
+
+
 def status_of(code: int) -> HvStatus | int:
     """The HvStatus for a raw code, or the bare int if the core never returns it."""
-    try:
-        return HvStatus(code)
-    except ValueError:
-        return code
+    return _BY_CODE.get(code, code)
 
 
 class HvError(Exception):
