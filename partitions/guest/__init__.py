@@ -1,0 +1,1 @@
+"""The guest side of a child partition as hvsim models it for synthetic guests."""
