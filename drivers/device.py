@@ -34,6 +34,22 @@ class DeviceContext:
     def log(self, event: str, **fields: Any) -> None:
         """A structured event."""
 
+    # ---- GPADLs beyond the ring (receive/send buffers, I/O pools) ----------------------------
+    def gpadl_view(self, gpadl_id: int):
+        """Parent side: the memory of a GPADL the guest created on this VMBus connection (a
+        writable memoryview of its pages, in GPADL order), or None if there is no such GPADL."""
+        return None
+
+    def create_gpadl(self, relid: int, pages: list[int], done) -> int:
+        """Guest side: offer some of the guest's own pages to the parent as a GPADL of channel
+        `relid`; `done(gpadl_id, ok)` is called when the parent answers. Returns the GPADL id."""
+        raise NotImplementedError
+
+    def own_view(self, pages: list[int]):
+        """Guest side: a writable view of some of the guest's own pages (to fill a buffer it
+        shares through a GPADL)."""
+        raise NotImplementedError
+
 
 class ManualContext(DeviceContext):
     """A context with a clock that moves only when told: for testing one device without a host."""

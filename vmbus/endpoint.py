@@ -9,9 +9,11 @@ from drivers.device import DeviceContext
 
 
 class EndpointContext(DeviceContext):
-    def __init__(self, host, log: Callable[[str, dict], None]):
+    def __init__(self, host, log: Callable[[str, dict], None], *, gpadl_view=None, create_gpadl=None,
+                 own_view=None):
         self._host = host
         self._log = log
+        self._gpadl_view, self._create_gpadl, self._own_view = gpadl_view, create_gpadl, own_view
         self._timers: list[tuple[int, int, Callable[[], None]]] = []
         self._seq = 0
         self.pending_ns = 0  # CPU time charged and not yet spent by the loop
@@ -28,6 +30,19 @@ class EndpointContext(DeviceContext):
 
     def log(self, event: str, **fields: Any) -> None:
         self._log(event, fields)
+
+    def gpadl_view(self, gpadl_id: int):
+        return self._gpadl_view(gpadl_id) if self._gpadl_view else None
+
+    def create_gpadl(self, relid: int, pages: list[int], done) -> int:
+        if not self._create_gpadl:
+            raise NotImplementedError("this endpoint does not create GPADLs")
+        return self._create_gpadl(relid, pages, done)
+
+    def own_view(self, pages: list[int]):
+        if not self._own_view:
+            raise NotImplementedError("this endpoint has no own memory")
+        return self._own_view(pages)
 
     def run_due(self) -> bool:
         """Run every timer due now; True if any ran."""

@@ -68,7 +68,10 @@ class GuestVmbus:
         self.events: list[ClientEvent] = []
         self.log_entries: list[tuple] = []
         self._pending: list[ClientEvent] = []
-        self.context = EndpointContext(partition.host, lambda event, fields: self.log(event, **fields))
+        self._gpadl_done: dict[int, Callable[[int, bool], None]] = {}
+        self._views = 0x40000000  # own-view ids for buffers (ring views use the relid)
+        self.context = EndpointContext(partition.host, lambda event, fields: self.log(event, **fields),
+                                       create_gpadl=self._create_gpadl, own_view=self._own_buffer_view)
 
     # ---- the client's notifier ------------------------------------------------------------------
     def send(self, message: bytes, connection_id: int) -> None:
@@ -82,6 +85,17 @@ class GuestVmbus:
 
     def _bind(self, offer: OfferChannel) -> DeviceType | None:
         return self.registry.by_class(offer.interface_id)
+
+    # ---- GPADLs and buffers the devices ask for ---------------------------------------------------
+    def _create_gpadl(self, relid: int, pages: list[int], done: Callable[[int, bool], None]) -> int:
+        from vmbus.protocol import GpaRange
+        gpadl_id = self.client.create_gpadl(relid, [GpaRange(len(pages) * 4096, 0, tuple(pages))])
+        self._gpadl_done[gpadl_id] = done
+        return gpadl_id
+
+    def _own_buffer_view(self, pages: list[int]):
+        self._views += 1
+        return own_view(self.partition, self._views, pages)
 
     # ---- channels ------------------------------------------------------------------------------------
     def _open(self, relid: int, device: DeviceType) -> None:
@@ -139,6 +153,8 @@ class GuestVmbus:
                         self._open(relid, ch.driver)
             elif ev.kind is EventKind.OPENED:
                 self._opened(ev.relid)
+            elif ev.kind in (EventKind.GPADL_CREATED, EventKind.GPADL_FAILED) and ev.gpadl_id in self._gpadl_done:
+                self._gpadl_done.pop(ev.gpadl_id)(ev.gpadl_id, ev.kind is EventKind.GPADL_CREATED)
             elif ev.kind in (EventKind.CLOSED, EventKind.RESCINDED, EventKind.OPEN_FAILED):
                 self._closed(ev.relid)
 

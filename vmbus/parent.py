@@ -53,6 +53,7 @@ class _Child:
     to_child_evt: int = 0         # root connection id -> the child's event port
     channels: dict[int, _Channel] = field(default_factory=dict)  # relid -> channel
     outbox: list[bytes] = field(default_factory=list)       # messages waiting for buffers
+    context: EndpointContext | None = None                  # what this child's VSPs see
 
 
 class _Notifier:
@@ -104,7 +105,7 @@ class _Notifier:
         except ValueError as exc:
             self.log("ring gpadl unusable", relid=relid, error=str(exc))
             return STATUS_UNSUCCESSFUL
-        vsp = ch.device.vsp(end, ch.config, service.context)
+        vsp = ch.device.vsp(end, ch.config, child.context)
         ch.end, ch.vsp = end, vsp
         end.on_signal = lambda: service._deliver(child, relid)
         vsp.on_open()
@@ -118,6 +119,20 @@ class _Notifier:
 
     def log(self, event: str, **fields: Any) -> None:
         self.service.log.append((self.service.host.now, self.child.partition.id, event, fields))
+
+
+class _ChildContext(EndpointContext):
+    """One child's VSPs' context: the service's timers and CPU account, this child's GPADLs."""
+
+    def __init__(self, shared: EndpointContext, host, log, *, gpadl_view):
+        super().__init__(host, log, gpadl_view=gpadl_view)
+        self._shared = shared
+
+    def call_later(self, delay_ns: int, fn) -> None:
+        self._shared.call_later(delay_ns, fn)
+
+    def charge(self, ns: int) -> None:
+        self._shared.charge(ns)
 
 
 class ParentVmbus:
@@ -171,6 +186,13 @@ class ParentVmbus:
         root.connect_port(None, c.to_child_msg, child, CHILD_MESSAGE_PORT)
         root.connect_port(None, c.to_child_evt, child, CHILD_EVENT_PORT, port_type=PortType.EVENT)
         c.manager = ChannelManager(_Notifier(self, c))
+
+        def gpadl_view(gpadl_id: int, child=child):
+            grant = host.grants.get(child, gpadl_id)
+            return grant.view if grant is not None else None
+
+        c.context = _ChildContext(self.context, host, lambda e, f: self.log.append((host.now, child.id, e, f)),
+                                  gpadl_view=gpadl_view)
         self.children[child.id] = c
         for device, config in devices:
             self.offer(child, device, config)
