@@ -388,6 +388,20 @@ def hv_connection_target(h, partition_id: int, connection_id: int) -> tuple[int,
     return (int(pid[0]), int(port[0])) if rc else None
 
 
+def hv_sched_log_enable(h, capacity: int) -> None:
+    if lib.hv_sched_log_enable(h, capacity) != 0:
+        raise MemoryError(f"no room for {capacity} scheduling records")
+
+
+def hv_sched_log_take(h, max_records: int = 65536) -> tuple[list[tuple[int, int, int, int, int]], int]:
+    """Drain scheduling records: ([(time_ns, partition_id, lp, vp_index, kind)], dropped so far)."""
+    out = ffi.new("struct hv_sched_record[]", max_records)
+    dropped = ffi.new("uint64_t *")
+    n = lib.hv_sched_log_take(h, out, max_records, dropped)
+    rec = _struct.Struct("<QQIIII")
+    return [r[:5] for r in rec.iter_unpack(ffi.buffer(out, n * rec.size))], int(dropped[0])
+
+
 # --- ring primitives (vmbus fast path) -------------------------------------------------------
 # Batched packet copies into and out of a VMBus ring (native/ring.c; vmbus/ring.py is the only
 # caller and the pure-Python reference). A ring argument is any writable buffer holding a whole

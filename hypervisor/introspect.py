@@ -96,3 +96,13 @@ class Introspection:
 
     def run_time_ns(self, p: Partition | int) -> int:
         return self.partition_info(p)["run_time_ns"]
+
+    def record_scheduling(self, capacity: int = 1 << 20) -> None:
+        """Start recording every VP dispatch and undispatch (for traces); 0 stops."""
+        _binding.hv_sched_log_enable(self._host._h, capacity)
+
+    def take_scheduling(self) -> tuple[list[tuple[int, int, int, int, str]], int]:
+        """The records since the last call: [(time_ns, partition_id, lp, vp_index, "run"|"stop")],
+        and how many records were dropped because the buffer was full."""
+        records, dropped = _binding.hv_sched_log_take(self._host._h)
+        return [(t, pid, lp, vp, "run" if kind == 1 else "stop") for t, pid, lp, vp, kind in records], dropped

@@ -228,6 +228,9 @@ struct hv_host {
     uint64_t events_processed;
     struct hv_vp **resume;        /* VPs whose Python guest must take its next step */
     uint32_t nr_resume, cap_resume;
+    struct hv_sched_record *sched_log; /* scheduling records for traces (off when cap is 0) */
+    uint32_t nr_sched_log, cap_sched_log;
+    uint64_t sched_log_dropped;   /* records lost because nobody drained the buffer */
 };
 
 /* ---- run.c: execution of VPs in simulated time ----------------------------------------------- */

@@ -236,6 +236,51 @@ static void account(struct hv_host *h, struct hv_vp *vp)
     h->sched->charge(h, vp, ran);
 }
 
+static void sched_record(struct hv_host *h, const struct hv_vp *vp, uint32_t lp, uint32_t kind)
+{
+    if (!h->cap_sched_log)
+        return;
+    if (h->nr_sched_log == h->cap_sched_log) {
+        h->sched_log_dropped++;
+        return;
+    }
+    struct hv_sched_record *r = &h->sched_log[h->nr_sched_log++];
+    r->time_ns = h->now;
+    r->partition_id = h->parts[vp->part_slot]->id;
+    r->lp = lp;
+    r->vp_index = vp->index;
+    r->kind = kind;
+    r->pad = 0;
+}
+
+int hv_sched_log_enable(struct hv_host *h, uint32_t capacity)
+{
+    free(h->sched_log);
+    h->sched_log = NULL;
+    h->nr_sched_log = h->cap_sched_log = 0;
+    if (!capacity)
+        return 0;
+    h->sched_log = calloc(capacity, sizeof(*h->sched_log));
+    if (!h->sched_log)
+        return -1;
+    h->cap_sched_log = capacity;
+    /* VPs already on an LP open their slice now, so every "off" has its "on". */
+    for (uint32_t i = 0; i < h->cfg.logical_processors; i++)
+        if (h->lps[i].vp)
+            sched_record(h, h->lps[i].vp, i, 1);
+    return 0;
+}
+
+uint32_t hv_sched_log_take(struct hv_host *h, struct hv_sched_record *out, uint32_t max, uint64_t *dropped)
+{
+    uint32_t n = h->nr_sched_log < max ? h->nr_sched_log : max;
+    memcpy(out, h->sched_log, n * sizeof(*out));
+    memmove(h->sched_log, h->sched_log + n, (h->nr_sched_log - n) * sizeof(*out));
+    h->nr_sched_log -= n;
+    *dropped = h->sched_log_dropped;
+    return n;
+}
+
 static void dispatch(struct hv_host *h, struct hv_lp *lp, struct hv_vp *vp)
 {
     rq_remove(h, vp);
@@ -250,10 +295,12 @@ static void dispatch(struct hv_host *h, struct hv_lp *lp, struct hv_vp *vp)
     vp->slice_seq++;
     hv_event_push(h, vp->slice_end, HV_EV_SLICE, vp->part_slot, vp->index, 0, vp->slice_seq);
     trace4(h, 0x2000 + lp->index, vp->part_slot, vp->index, run_for);
+    sched_record(h, vp, lp->index, 1);
 }
 
 static void undispatch(struct hv_host *h, struct hv_vp *vp)
 {
+    sched_record(h, vp, (uint32_t)vp->lp, 2);
     h->lps[vp->lp].vp = NULL;
     vp->lp = -1;
 }
@@ -396,6 +443,7 @@ int hv_run_init(struct hv_host *h)
 
 void hv_run_fini(struct hv_host *h)
 {
+    free(h->sched_log);
     free(h->lps);
     free(h->events);
     free(h->rq);

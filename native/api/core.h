@@ -105,6 +105,21 @@ void hv_state_digest(struct hv_host *h, int include_memory, uint8_t *out);
 int hv_call_shape(uint16_t code, uint32_t *header_size, uint32_t *in_elem_size, uint32_t *out_size,
                   uint32_t *out_elem_size, int *rep, int *fast_ok, uint64_t *privilege);
 
+/* One scheduling record (for Chrome/Perfetto traces): a VP went on (kind 1) or off (kind 2) an LP. */
+struct hv_sched_record {
+    uint64_t time_ns;
+    uint64_t partition_id;
+    uint32_t lp;
+    uint32_t vp_index;
+    uint32_t kind;
+    uint32_t pad;
+};
+
+/* Record scheduling into a buffer of `capacity` records (0 turns recording off); drain it with
+ * hv_sched_log_take before it fills (records past capacity are counted as dropped). */
+int hv_sched_log_enable(struct hv_host *h, uint32_t capacity);
+uint32_t hv_sched_log_take(struct hv_host *h, struct hv_sched_record *out, uint32_t max, uint64_t *dropped);
+
 /* A Python guest's next step, for hv_run_steps. */
 struct hv_step {
     uint64_t partition_id;

@@ -191,3 +191,24 @@ def test_classic_scheduler_does_mix_vms_on_a_core():
 def test_unknown_scheduler_is_a_clear_error():
     with pytest.raises(ValueError, match="scheduler"):
         Host(logical_processors=1, memory="1MiB", scheduler="fifo")
+
+
+def test_scheduling_records_pair_up_and_account_for_all_run_time():
+    host = Host(logical_processors=2, memory="64MiB", seed=1)
+    host.introspect.record_scheduling()
+    vms = [vm(host, f"r{i}", weight=w) for i, w in enumerate((100, 300, 600))]
+    host.run("300ms")
+    records, dropped = host.introspect.take_scheduling()
+    assert dropped == 0
+    open_slices, ran = {}, {}
+    for t, pid, lp, vp, kind in records:
+        if kind == "run":
+            assert lp not in open_slices          # one VP per LP at a time
+            open_slices[lp] = (t, pid)
+        else:
+            start, owner = open_slices.pop(lp)
+            assert owner == pid and t >= start
+            ran[pid] = ran.get(pid, 0) + t - start
+    for lp, (start, pid) in open_slices.items():   # still running at the end of the run
+        ran[pid] = ran.get(pid, 0) + host.now - start
+    assert ran == {p.id: host.introspect.run_time_ns(p) for p in vms}
