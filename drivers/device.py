@@ -148,3 +148,6 @@ class DeviceType:
             raise TypeError(f"device {self.name!r}: vsc must be a Vsc subclass")
         if self.ring_pages < 2:
             raise ValueError(f"device {self.name!r}: a ring needs at least 2 pages")
+        # Each side knows its device (the classes belong to exactly one device type).
+        self.vsp.device = self
+        self.vsc.device = self

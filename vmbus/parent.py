@@ -216,6 +216,35 @@ class ParentVmbus:
         self._flag_owner[flag] = (c, relid)
         return relid
 
+    def detach(self, child: Partition | int) -> None:
+        """Forget a child (turned off or deleted): close its VSPs, delete the root's ports and
+        connections for it, free its event flags. The child's own ports go with the child."""
+        cid = child if isinstance(child, int) else child.id
+        c = self.children.pop(cid, None)
+        if c is None:
+            return
+        root = self.host.root
+        alive = cid in self.host.introspect.partition_ids()
+        for relid, ch in c.channels.items():
+            if ch.vsp is not None:
+                ch.vsp.on_close()
+                ch.vsp = ch.end = None
+            self._flag_owner.pop(ch.flag, None)
+            self._free_flags.append(ch.flag)
+            root.delete_port(None, ch.port_id, via=self.vp)
+        for port in c.msg_ports:
+            self._port_owner.pop(port, None)
+            root.delete_port(None, port, via=self.vp)
+        if alive:
+            for conn in (c.to_child_msg, c.to_child_evt):
+                root.disconnect_port(None, conn, via=self.vp)
+        else:
+            for conn in (c.to_child_msg, c.to_child_evt):
+                try:
+                    root.disconnect_port(None, conn, via=self.vp)
+                except HvError:
+                    pass  # dropped with the child already
+
     def vsp(self, child: Partition, relid: int) -> Vsp | None:
         ch = self.children[child.id].channels.get(relid)
         return ch.vsp if ch else None

@@ -1,0 +1,84 @@
+"""The heartbeat IC's parent side: a heartbeat every `period` (default 2 s), and the guest's
+health as Hyper-V shows it: "no contact" until the first answer, "ok" while answers come,
+"lost contact" once none came for more than `lost_after` periods (default 2).
+
+A heartbeat still unanswered when the next is due is given up (one in flight at a time), so a
+guest that stops answering leaves no backlog behind.
+"""
+from __future__ import annotations
+
+from enum import Enum
+
+from drivers.ic import framing as f
+from drivers.ic.heartbeat import protocol as p
+from drivers.ic.vsp import Exchange, IcVsp
+from hypervisor.quantities import parse_duration
+
+
+class HeartbeatStatus(str, Enum):
+    NO_CONTACT = "no contact"
+    OK = "ok"
+    LOST_CONTACT = "lost contact"
+
+
+class HeartbeatVsp(IcVsp):
+    MSGTYPE = f.HEARTBEAT
+    VERSIONS = p.VERSIONS
+
+    def __init__(self, channel, config=None, context=None):
+        super().__init__(channel, config, context)
+        self.period = parse_duration(self.config.get("period", "2s"), "heartbeat period")
+        if self.period <= 0:
+            raise ValueError("heartbeat period must be positive")
+        self.lost_after = int(self.config.get("lost_after", 2))  # periods without an answer
+        self.sequence = 0
+        self.last_answer: int | None = None   # simulated time of the last good answer
+        self.application_state = p.UNKNOWN
+        self._beat: Exchange | None = None
+        self._shown = HeartbeatStatus.NO_CONTACT
+
+    @property
+    def status(self) -> HeartbeatStatus:
+        if self.last_answer is None:
+            return HeartbeatStatus.NO_CONTACT
+        if self.context.now() - self.last_answer > self.lost_after * self.period:
+            return HeartbeatStatus.LOST_CONTACT
+        return HeartbeatStatus.OK
+
+    def on_ready(self) -> None:
+        self._send()
+        self._every(self.period, self._send)
+
+    def _send(self) -> None:
+        self._note_status()
+        if self._beat is not None:
+            self.cancel(self._beat, "no answer within a period")
+        self.sequence = (self.sequence + 1) & 0xFFFF_FFFF_FFFF_FFFF
+        self._beat = self._submit(f.HEARTBEAT, p.message(self.sequence), request=self.sequence,
+                                  decode=self._decode, on_done=self._answered)
+
+    @staticmethod
+    def _decode(sequence: int, body: bytes) -> int:
+        answered, state = p.parse(body)
+        if answered != (sequence + 1) & 0xFFFF_FFFF_FFFF_FFFF:
+            raise f.IcError(f"heartbeat {sequence} answered with {answered}, not {sequence + 1}")
+        return state
+
+    def _answered(self, ex: Exchange) -> None:
+        if self._beat is ex:
+            self._beat = None
+        if ex.ok:
+            self.last_answer, self.application_state = self.context.now(), ex.reply
+            self._note_status()
+
+    def _note_status(self) -> None:
+        status = self.status
+        if status is not self._shown:
+            self.context.log("heartbeat status", status=status.value, was=self._shown.value)
+            self._shown = status
+
+    def save(self) -> dict:
+        return super().save() | {"sequence": self.sequence}
+
+    def _load(self, state: dict) -> None:
+        self.sequence = state["sequence"]
