@@ -149,17 +149,19 @@ class GuestRunner:
     def attach(self, vp: VirtualProcessor, fn: GuestFunction) -> None:
         key = (vp.partition.id, vp.index)
         old = self._coros.pop(key, None)
-        if old is not None:
+        if hasattr(old, "close"):
             old.close()
-        coro = fn(GuestContext(vp))
-        if not hasattr(coro, "send"):
+        if not callable(fn):
             raise TypeError(f"a guest must be an async function taking a GuestContext, got {fn!r}")
-        self._coros[key] = coro
+        # The coroutine is made when the VP first runs, so a guest that never runs leaves none.
+        self._coros[key] = (fn, GuestContext(vp))
         _binding.hv_vp_set_guest(self._host._h, vp.partition.id, vp.index, GUEST_PYTHON)
 
     def detach(self, partition_id: int, vp_index: int | None = None) -> None:
         for key in [k for k in self._coros if k[0] == partition_id and (vp_index is None or k[1] == vp_index)]:
-            self._coros.pop(key).close()
+            coro = self._coros.pop(key)
+            if hasattr(coro, "close"):
+                coro.close()
 
     def run(self, until: int) -> None:
         """Run the host to `until`, stepping guests in batches: one crossing into C per batch."""
@@ -193,7 +195,14 @@ class GuestRunner:
             return STEP_STOP, 0
         wake = Wakeup(_REASONS.get(reason, "step"), sints)
         try:
-            step = coro.send(None if wake.reason == "start" else wake)
+            if isinstance(coro, tuple):  # first run: make the coroutine now
+                fn, ctx = coro
+                coro = self._coros[key] = fn(ctx)
+                if not hasattr(coro, "send"):
+                    raise TypeError(f"a guest must be an async function taking a GuestContext, got {fn!r}")
+                step = coro.send(None)
+            else:
+                step = coro.send(None if wake.reason == "start" else wake)
         except StopIteration:
             del self._coros[key]
             return STEP_STOP, 0

@@ -185,17 +185,26 @@ class GuestVmbus:
         if self.on_poll is not None:
             self.on_poll(self)
 
-    async def run(self, ctx) -> None:
-        """Boot the stack (SynIC, contact, offers, opens), then serve signals for ever."""
+    def boot(self, ctx) -> None:
+        """What the guest kernel does once: SynIC on (message and flag pages, SINT 2), then
+        contact the host; negotiation, offers and opens follow as messages arrive."""
         ctx.vp.set_registers({Register.SIMP: simp_value(self.simp), Register.SIEFP: siefp_value(self.siefp),
                               Register.SCONTROL: 1, Register.SINT0 + VMBUS_MESSAGE_SINT: sint_value(0x32)})
         self.client.connect()
+
+    def service(self) -> int:
+        """Take every message and signal waiting and run due timers; returns the CPU time the
+        device sides charged meanwhile (the caller spends it)."""
+        self._drain()
+        self.context.run_due()
+        return self.context.take_pending()
+
+    async def run(self, ctx) -> None:
+        """Boot the stack, then serve it for ever (a VP that does nothing else)."""
+        self.boot(ctx)
         while True:
-            self._drain()
-            self.context.run_due()
-            cpu = self.context.take_pending()
+            cpu = self.service()
             if cpu:
                 await ctx.compute(cpu)
             else:
                 await ctx.halt(self.context.next_timeout())
-

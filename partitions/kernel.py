@@ -1,0 +1,76 @@
+"""The synthetic guest kernel: VP 0 runs the guest's VMBus stack and, interleaved with it, the
+VM's workload, the way a kernel takes device interrupts between a program's time slices.
+
+A workload is an `async def workload(ctx)` using the same steps as any guest (compute, sleep,
+halt); here `ctx` is a KernelContext that serves VMBus (messages, channel signals, device timers)
+every millisecond of computation and whenever it waits.
+"""
+from __future__ import annotations
+
+from hypervisor.quantities import parse_duration
+from vmbus.guest import GuestVmbus
+
+SERVICE_SLICE_NS = 1_000_000
+
+
+class KernelContext:
+    """What a workload sees: its VP's context, with VMBus served in between its steps."""
+
+    def __init__(self, ctx, stack: GuestVmbus):
+        self._ctx, self.stack = ctx, stack
+        self.vp, self.partition, self.host = ctx.vp, ctx.partition, ctx.host
+
+    @property
+    def now(self) -> int:
+        return self._ctx.now
+
+    @property
+    def devices(self):
+        return self.stack.devices
+
+    async def _serve(self) -> None:
+        cpu = self.stack.service()
+        if cpu:
+            await self._ctx.compute(cpu)
+
+    async def compute(self, duration: int | str) -> None:
+        left = parse_duration(duration)
+        while left > 0:
+            chunk = min(left, SERVICE_SLICE_NS)
+            await self._ctx.compute(chunk)
+            left -= chunk
+            await self._serve()
+
+    async def sleep(self, duration: int | str) -> None:
+        deadline = self.now + parse_duration(duration)
+        await self.wait_until(deadline)
+
+    async def wait_until(self, deadline: int, condition=None) -> bool:
+        """Serve VMBus until `deadline` or until condition() is true; returns condition()."""
+        while True:
+            await self._serve()
+            if condition is not None and condition():
+                return True
+            if self.now >= deadline:
+                return bool(condition and condition())
+            timeout = deadline - self.now
+            nxt = self.stack.context.next_timeout()
+            await self._ctx.halt(min(timeout, nxt) if nxt else timeout)
+
+    async def wait_for(self, condition, timeout: int | str = "10s") -> bool:
+        """Serve VMBus until condition() holds (e.g. a device became ready), or the timeout."""
+        return await self.wait_until(self.now + parse_duration(timeout), condition)
+
+
+async def kernel_main(ctx, stack: GuestVmbus, workload=None) -> None:
+    """VP 0's guest: boot the VMBus stack, run the workload (if any), then idle serving VMBus."""
+    stack.boot(ctx)
+    kctx = KernelContext(ctx, stack)
+    if workload is not None:
+        await workload(kctx)
+    while True:
+        cpu = stack.service()
+        if cpu:
+            await ctx.compute(cpu)
+        else:
+            await ctx.halt(stack.context.next_timeout())

@@ -1,0 +1,201 @@
+"""A virtual machine as the parent's management sees it: Hyper-V's states and the transitions
+between them, carried out by a VM worker, the parent's VMBus service and the guest kernel.
+
+States (Hyper-V's): Off, Starting, Running, Paused, Saving, Saved, Stopping, Resetting.
+    start       Off -> Starting -> Running        build the partition, offer devices, run the guest
+    stop        Running -> Stopping -> Off        graceful: the shutdown integration service asks
+                                                  the guest, which stops; then the partition goes
+    turn_off    Running|Paused|Stopping -> Off    at once, the guest is not asked
+    pause       Running -> Paused                 its VPs stop being scheduled
+    resume      Paused -> Running
+    quick_reset Running|Paused -> Resetting -> Running   turn off and start again
+Anything else raises InvalidTransition, which names the VM, its state and the action.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from drivers.device import DeviceType
+from drivers.registry import Registry
+from hypervisor import Host
+from partitions.kernel import kernel_main
+from partitions.worker import VmSpec, VmWorker
+from vmbus.guest import GuestVmbus
+from vmbus.parent import ParentVmbus
+
+
+class VmState(enum.Enum):
+    OFF = "Off"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    SAVING = "Saving"
+    SAVED = "Saved"
+    STOPPING = "Stopping"
+    RESETTING = "Resetting"
+
+
+class InvalidTransition(RuntimeError):
+    """An action the VM's current state does not allow."""
+
+    def __init__(self, vm: str, state: VmState, action: str, allowed: tuple[VmState, ...]):
+        super().__init__(f"vm {vm!r} is {state.value}: cannot {action} "
+                         f"(allowed from {', '.join(s.value for s in allowed)})")
+        self.vm, self.state, self.action = vm, state, action
+
+
+@dataclass
+class DeviceSlot:
+    device: DeviceType
+    host_config: dict = field(default_factory=dict)
+    guest_config: dict = field(default_factory=dict)
+
+
+class VirtualMachine:
+    def __init__(self, host: Host, vmbus: ParentVmbus, registry: Registry, spec: VmSpec, *,
+                 devices: list[DeviceSlot] = (), workload: Callable | None = None,
+                 on_state: Callable[[VirtualMachine, VmState, VmState], None] | None = None):
+        self.host, self.vmbus, self.registry, self.spec = host, vmbus, registry, spec
+        self.devices = list(devices)
+        self.workload = workload
+        self.on_state = on_state
+        self.state = VmState.OFF
+        self.worker: VmWorker | None = None
+        self.stack: GuestVmbus | None = None
+        self.started_at: int | None = None
+        self._relids: dict[str, int] = {}
+        self._run_time_before = 0   # CPU time of earlier incarnations (before a reset)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def partition(self):
+        return self.worker.partition if self.worker else None
+
+    # ---- transitions ----------------------------------------------------------------------------
+    def _require(self, action: str, *allowed: VmState) -> None:
+        if self.state not in allowed:
+            raise InvalidTransition(self.name, self.state, action, allowed)
+
+    def _set(self, state: VmState) -> None:
+        old, self.state = self.state, state
+        if self.on_state is not None and old is not state:
+            self.on_state(self, old, state)
+
+    def start(self) -> None:
+        self._require("start", VmState.OFF)
+        self._set(VmState.STARTING)
+        self._build()
+        self._set(VmState.RUNNING)
+
+    def _build(self) -> None:
+        self.worker = VmWorker(self.host, self.spec)
+        part = self.worker.build()
+        self.vmbus.attach(part)
+        self._relids = {}
+        for slot in self.devices:
+            config = dict(slot.host_config)
+            self._relids[slot.device.name] = self.vmbus.offer(part, slot.device, config)
+        guest_configs = {slot.device.name: self._guest_config(slot) for slot in self.devices}
+        self.stack = GuestVmbus(part, self.registry, configs=guest_configs)
+        stack, workload = self.stack, self.workload
+        part.vp(0).run(lambda ctx: kernel_main(ctx, stack, workload))
+        self.host.root.resume_partition(part)
+        self.started_at = self.host.now
+
+    def _guest_config(self, slot: DeviceSlot) -> dict:
+        config = dict(slot.guest_config)
+        if slot.device.name == "shutdown":
+            config.setdefault("on_shutdown", self._guest_shut_down)
+        return config
+
+    def _guest_shut_down(self, restart: bool = False) -> None:
+        # The guest kernel finished stopping: the worker turns the partition off, from the
+        # parent's side and outside the guest's own step.
+        self.vmbus.context.call_later(0, lambda: self._finish_stop(restart))
+
+    def _finish_stop(self, restart: bool) -> None:
+        if self.state is VmState.STOPPING:
+            self._teardown()
+            self._set(VmState.OFF)
+            if restart:
+                self.start()
+
+    def _teardown(self) -> None:
+        part = self.partition
+        if part is not None:
+            self._run_time_before += self.host.introspect.run_time_ns(part)
+            self.host._guests.detach(part.id)
+            self.vmbus.detach(part)
+            self.worker.destroy()
+        self.worker = self.stack = None
+        self.started_at = None
+
+    def turn_off(self) -> None:
+        self._require("turn off", VmState.RUNNING, VmState.PAUSED, VmState.STOPPING)
+        self._teardown()
+        self._set(VmState.OFF)
+
+    def stop(self, *, force: bool = False) -> None:
+        """Ask the guest to shut down (the shutdown integration service); it goes Off when the
+        guest has stopped. Without the service this is an error: use turn_off."""
+        self._require("stop", VmState.RUNNING)
+        vsp = self.device_vsp("shutdown")
+        if vsp is None:
+            raise InvalidTransition(self.name, self.state, "stop without the shutdown integration service",
+                                    (VmState.RUNNING,))
+        self._set(VmState.STOPPING)
+        vsp.request_shutdown(force=force)
+
+    def pause(self) -> None:
+        self._require("pause", VmState.RUNNING)
+        self.host.root.suspend_partition(self.partition)
+        self._set(VmState.PAUSED)
+
+    def resume(self) -> None:
+        self._require("resume", VmState.PAUSED)
+        self.host.root.resume_partition(self.partition)
+        self._set(VmState.RUNNING)
+
+    def quick_reset(self) -> None:
+        self._require("quick reset", VmState.RUNNING, VmState.PAUSED)
+        self._set(VmState.RESETTING)
+        self._teardown()
+        self._build()
+        self._set(VmState.RUNNING)
+
+    # ---- what management shows ------------------------------------------------------------------
+    def device_vsp(self, name: str):
+        relid = self._relids.get(name)
+        return None if relid is None or self.partition is None else self.vmbus.vsp(self.partition, relid)
+
+    def device_vsc(self, name: str):
+        return self.stack.devices.get(name) if self.stack else None
+
+    @property
+    def uptime_ns(self) -> int:
+        return 0 if self.started_at is None else self.host.now - self.started_at
+
+    def run_time_ns(self) -> int:
+        part = self.partition
+        return self._run_time_before + (self.host.introspect.run_time_ns(part) if part is not None else 0)
+
+    def heartbeat_status(self) -> str:
+        vsp = self.device_vsp("heartbeat")
+        if self.state is not VmState.RUNNING:
+            return ""
+        return {"ok": "OK", "lost contact": "Lost Communication", "no contact": "No Contact"}.get(
+            getattr(vsp, "status", ""), "No Contact") if vsp is not None else "Unknown"
+
+    def summary(self) -> dict[str, Any]:
+        part = self.partition
+        info = self.host.introspect.partition_info(part) if part is not None else None
+        return {"name": self.name, "state": self.state.value,
+                "memory_assigned_mib": (info["pages_owned"] * 4096 // 2**20) if info else 0,
+                "uptime_ns": self.uptime_ns, "status": self.heartbeat_status(),
+                "partition_id": part.id if part is not None else None,
+                "hypercalls": info["hypercalls"] if info else 0}

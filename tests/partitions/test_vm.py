@@ -1,0 +1,104 @@
+"""VM lifecycle with Hyper-V's states: start, graceful stop through the shutdown integration
+service, turn off, pause/resume, quick reset, and clear errors for invalid transitions."""
+import pytest
+
+from drivers.ic import HEARTBEAT, SHUTDOWN
+from drivers.registry import discover
+from hypervisor import Host
+from hypervisor.testing.invariants import check_all
+from partitions.vm import DeviceSlot, InvalidTransition, VirtualMachine, VmState
+from partitions.worker import VmSpec
+from vmbus.parent import ParentVmbus
+
+MS, S = 1_000_000, 1_000_000_000
+
+
+async def burn(ctx):
+    while True:
+        await ctx.compute("6ms")
+        await ctx.sleep("4ms")
+
+
+@pytest.fixture
+def env():
+    host = Host(logical_processors=2, memory="128MiB", seed=3)
+    vmbus = ParentVmbus(host, vp_index=1)
+    return host, vmbus, discover()
+
+
+def make(env, name="vm", workload=burn, devices=(HEARTBEAT, SHUTDOWN), states=None):
+    host, vmbus, registry = env
+    return VirtualMachine(host, vmbus, registry, VmSpec(name, memory="2MiB", processors=1),
+                          devices=[DeviceSlot(d) for d in devices], workload=workload,
+                          on_state=(lambda vm, old, new: states.append((old.value, new.value))) if states is not None else None)
+
+
+def test_start_runs_the_guest_and_heartbeats_come_back(env):
+    host, vmbus, _ = env
+    vm = make(env)
+    vm.start()
+    assert vm.state is VmState.RUNNING
+    host.run(5 * S)
+    assert vm.heartbeat_status() == "OK"
+    # The workload is 60 % busy (plus the kernel's VMBus work).
+    assert 0.55 < vm.run_time_ns() / host.now < 0.7
+    check_all(host)
+
+
+def test_graceful_stop_goes_through_the_guest(env):
+    host, vmbus, _ = env
+    states = []
+    vm = make(env, states=states)
+    vm.start()
+    host.run(1 * S)
+    vm.stop()
+    assert vm.state is VmState.STOPPING
+    host.run(2 * S)
+    assert vm.state is VmState.OFF
+    assert states == [("Off", "Starting"), ("Starting", "Running"), ("Running", "Stopping"), ("Stopping", "Off")]
+    assert vm.partition is None
+    assert len(host.introspect.partition_ids()) == 1   # only the root is left
+    check_all(host)
+
+
+def test_turn_off_pause_resume_and_reset(env):
+    host, vmbus, _ = env
+    vm = make(env)
+    vm.start()
+    host.run(100 * MS)
+    vm.pause()
+    before = vm.run_time_ns()
+    host.run(300 * MS)
+    assert vm.run_time_ns() == before            # paused: no CPU
+    vm.resume()
+    host.run(400 * MS)
+    assert vm.run_time_ns() > before
+    old_id = vm.partition.id
+    vm.quick_reset()
+    assert vm.state is VmState.RUNNING and vm.partition.id != old_id
+    host.run(600 * MS)
+    vm.turn_off()
+    assert vm.state is VmState.OFF
+    check_all(host)
+    vm.start()                                  # and it can start again
+    host.run(700 * MS)
+    assert vm.state is VmState.RUNNING
+
+
+def test_invalid_transitions_are_clear_errors(env):
+    vm = make(env)
+    with pytest.raises(InvalidTransition, match="vm 'vm' is Off: cannot pause"):
+        vm.pause()
+    vm.start()
+    with pytest.raises(InvalidTransition, match="is Running: cannot start"):
+        vm.start()
+    with pytest.raises(InvalidTransition, match="resume"):
+        vm.resume()
+
+
+def test_stop_without_the_shutdown_service_is_refused(env):
+    vm = make(env, devices=(HEARTBEAT,))
+    vm.start()
+    with pytest.raises(InvalidTransition, match="shutdown integration service"):
+        vm.stop()
+    vm.turn_off()
