@@ -4,7 +4,7 @@ registry has for its class, builds the channel's rings in the guest's own pages,
 from then on hands each signal's packets to the VSC."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from drivers.device import DeviceType, Vsc
@@ -48,6 +48,7 @@ class _Open:
     pages: list[int]
     end: ChannelEnd | None = None
     vsc: Vsc | None = None
+    buffers: list = field(default_factory=list)  # (gpadl id, pages) granted beyond the ring
 
 
 class GuestVmbus:
@@ -93,6 +94,21 @@ class GuestVmbus:
         self._gpadl_done[gpadl_id] = done
         return gpadl_id
 
+    def _grant_pages(self, relid: int, count: int, done) -> None:
+        """For a VSC: `count` of the guest's pages, mapped for it and granted to the host as a
+        GPADL of its channel; done(gpadl_id, pages, view) once created, done(None, [], None) if not."""
+        pages = self.pages.allocate(count)
+        view = self._own_buffer_view(pages)
+
+        def created(gpadl_id: int, ok: bool) -> None:
+            if ok:
+                self.channels[relid].buffers.append((gpadl_id, pages))
+                done(gpadl_id, pages, view)
+            else:
+                done(None, [], None)
+
+        self._create_gpadl(relid, pages, created)
+
     def _own_buffer_view(self, pages: list[int]):
         self._views += 1
         return own_view(self.partition, self._views, pages)
@@ -116,7 +132,9 @@ class GuestVmbus:
             part.signal_event(offer.connection_id)
 
         end = ChannelEnd.guest(view, ch.device.ring_pages, signal_host)
-        vsc = ch.device.vsc(end, self.configs.get(ch.device.name), self.context)
+        config = dict(self.configs.get(ch.device.name) or {})
+        config.setdefault("grant_pages", lambda n, done: self._grant_pages(relid, n, done))
+        vsc = ch.device.vsc(end, config, self.context)
 
         def deliver() -> None:
             # The host is not trusted: a ring it corrupted breaks this channel only.

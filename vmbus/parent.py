@@ -105,11 +105,24 @@ class _Notifier:
         except ValueError as exc:
             self.log("ring gpadl unusable", relid=relid, error=str(exc))
             return STATUS_UNSUCCESSFUL
-        vsp = ch.device.vsp(end, ch.config, child.context)
+        config = dict(ch.config)
+        # Buffers beyond the ring (an I/O pool, receive/send buffers): GPADLs of this channel,
+        # resolved to the parent's view of them and the guest PFNs they cover.
+        config.setdefault("resolve_gpadl", lambda gid: self._gpadl(relid, request.ring_gpadl_id, gid))
+        vsp = ch.device.vsp(end, config, child.context)
         ch.end, ch.vsp = end, vsp
         end.on_signal = lambda: service._deliver(child, relid)
         vsp.on_open()
         return STATUS_SUCCESS
+
+    def _gpadl(self, relid: int, ring_gpadl_id: int, gpadl_id: int):
+        if gpadl_id == ring_gpadl_id:
+            return None
+        ranges = self.child.manager.gpadl_ranges(relid, gpadl_id)
+        grant = self.service.host.grants.get(self.child.partition, gpadl_id)
+        if ranges is None or grant is None:
+            return None
+        return grant.view, [pfn for r in ranges for pfn in r.pfns]
 
     def close_channel(self, relid: int) -> None:
         ch = self.child.channels.get(relid)

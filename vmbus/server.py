@@ -182,6 +182,11 @@ class ChannelManager:
 
     # -- introspection -----------------------------------------------------------------------
 
+    def gpadl_ranges(self, relid: int, gpadl_id: int) -> tuple[GpaRange, ...] | None:
+        """The ranges of a GPADL the guest created on channel `relid`, or None."""
+        g = self._gpadls.get(gpadl_id)
+        return g.ranges if g is not None and g.relid == relid and g.state is GpadlState.CREATED else None
+
     def channel_state(self, relid: int) -> ChannelState | None:
         ch = self._channels.get(relid)
         return None if ch is None else ch.state

@@ -1,0 +1,435 @@
+"""storvsc, the guest side of the synthetic SCSI controller, and the block device it gives guest
+workloads: negotiate (BEGIN_INITIALIZATION, QUERY_PROTOCOL_VERSION newest first,
+QUERY_PROPERTIES, ANNOUNCE_IO_POOL, END_INITIALIZATION), discover the disk (INQUIRY, READ
+CAPACITY (16), falling back to (10)), then carry reads, writes and flushes as EXECUTE_SRBs.
+
+Data goes through the I/O pool (protocol.py): pages of the guest granted to the host once, at
+open, through the `grant_pages(count, done)` hook in the config, which the guest's VMBus stack
+supplies: it allocates `count` of the guest's pages, grants them as a GPADL on this channel and
+calls `done(gpadl_id, pfns, view)` once the host accepted (`done(None, [], None)` if not). A
+write is copied into pool pages before its SRB goes out; a read is copied out when it completes.
+
+Config: grant_pages (required, above); pool_pages 64 (the pool, and so the largest transfer,
+256 KiB); max_outstanding 64 (SRBs in flight); cpu_per_request "1us" (guest CPU charged per SRB
+sent); keep_completed 10000.
+
+The block device, for a workload driven by the guest stack's loop (it polls, or is called back):
+
+    request = vsc.read(lba, count, callback=None)     # IoRequest; count blocks of 512 bytes
+    request = vsc.write(lba, data, callback=None)     # data: a multiple of 512 bytes
+    request = vsc.flush(callback=None)                # SYNCHRONIZE CACHE: writes made durable
+    request.done, request.ok, request.data, request.error, request.sense
+
+`vsc.ready` once the disk is discovered; then `vsc.capacity` (blocks) and `vsc.max_blocks` (the
+largest single transfer). Requests beyond max_outstanding, or that find the pool or the ring
+full, wait in `vsc.pending` and go out in order as completions free room; finished requests are
+appended to `vsc.completed` (the last `keep_completed`). The host is not trusted: completions
+for unknown transaction ids are dropped, and a read returns only the bytes the host reports.
+"""
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from drivers.device import Vsc
+from drivers.storage import protocol as p
+from drivers.storage.protocol import (
+    BLOCK_SIZE, PKT_GPA_DIRECT, NtStatus, Operation, ScsiRequest, SrbStatus, StorError,
+)
+from hypervisor.quantities import parse_duration
+from vmbus.protocol import PAGE_SIZE, GpaRange
+from vmbus.ring import FLAG_COMPLETION_REQUESTED, PKT_COMP, PKT_DATA_INBAND, Packet, RingError, RingFull
+
+INIT_TRANS_ID = (1 << 64) - 3  # Linux's VMBUS_RQST_INIT: init requests never collide with I/O ids
+
+
+class State(enum.Enum):
+    NEGOTIATING = "negotiating"
+    DISCOVERING = "discovering"
+    READY = "ready"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+@dataclass(eq=False)
+class IoRequest:
+    """One I/O of the block device (or a raw SCSI command), from submission to completion."""
+
+    id: int
+    kind: str                     # "read", "write", "flush" or "scsi"
+    lba: int = 0
+    count: int = 0                # blocks
+    callback: Callable[[IoRequest], None] | None = None
+    done: bool = False
+    data: bytes | None = None     # a read's (or a data-in command's) bytes once done
+    error: str | None = None
+    srb_status: int | None = None
+    scsi_status: int | None = None
+    sense: tuple[int, int, int] | None = None  # (key, ASC, ASCQ) when the host sent sense
+    transferred: int = 0
+    cdb: bytes = b""
+    data_in: int = p.DATA_UNKNOWN
+    length: int = 0               # bytes the request moves through the pool
+    out: bytes = field(default=b"", repr=False)  # data to write
+    pages: list[int] = field(default_factory=list, repr=False)  # pool pages while outstanding
+
+    @property
+    def ok(self) -> bool:
+        return self.done and self.error is None
+
+
+class StorVsc(Vsc):
+    def __init__(self, channel, config=None, context=None):
+        super().__init__(channel, config, context)
+        cfg = self.config
+        self.pool_pages = int(cfg.get("pool_pages", 64))
+        self.max_outstanding = max(1, int(cfg.get("max_outstanding", 64)))
+        self.cpu_per_request = parse_duration(cfg.get("cpu_per_request", "1us"), "cpu_per_request")
+        self.state = State.NEGOTIATING
+        self.error: str | None = None       # why the device failed
+        self.version: int | None = None
+        self.properties: p.ChannelProperties | None = None
+        self.inquiry: bytes | None = None   # standard INQUIRY data
+        self.capacity: int | None = None    # blocks
+        self.block_size = BLOCK_SIZE
+        self.max_blocks = 0
+        self.pending: deque[IoRequest] = deque()
+        self.outstanding: dict[int, IoRequest] = {}  # trans_id -> request sent
+        self.completed: deque[IoRequest] = deque(maxlen=int(cfg.get("keep_completed", 10_000)))
+        self._offered = list(p.VERSIONS)
+        self._init_op: Operation | None = None  # the init request awaiting its completion
+        self._pool: tuple[int, list[int], memoryview] | None = None  # (gpadl id, pfns, view)
+        self._announced = False
+        self._free: list[int] = []            # free pool page indices, ascending
+        self._next_id = 1                     # IoRequest ids
+        self._next_trans_id = 0               # the last transaction id used
+        self._pumping = False
+
+    # -- negotiation -------------------------------------------------------------------------
+
+    def on_open(self) -> None:
+        grant = self.config.get("grant_pages")
+        if grant is None:
+            self._fail("no grant_pages hook: the guest stack cannot give this device an I/O pool")
+            return
+        grant(self.pool_pages, self._pool_granted)
+        if self.state is State.NEGOTIATING:
+            self._init(Operation.BEGIN_INITIALIZATION)
+
+    def _pool_granted(self, gpadl_id: int | None, pfns, view) -> None:
+        if self.state is not State.NEGOTIATING:
+            return
+        if gpadl_id is None or view is None or len(pfns) == 0:
+            self._fail("the I/O pool could not be granted")
+            return
+        view = memoryview(view).cast("B")
+        if len(view) < len(pfns) * PAGE_SIZE:
+            self._fail("the I/O pool view is smaller than its pages")
+            return
+        self._pool = (gpadl_id, list(pfns), view)
+        self._free = list(range(len(pfns)))
+        self._announce_when_ready()
+
+    def _init(self, op: Operation, body: bytes = b"") -> None:
+        self._init_op = op  # before sending: the reply may arrive before send() returns
+        packet = p.VstorPacket(op, p.REQUEST_COMPLETION_FLAG, 0, body).encode()
+        try:
+            self.channel.send(packet, trans_id=INIT_TRANS_ID, flags=FLAG_COMPLETION_REQUESTED)
+        except RingError as exc:
+            self._fail(f"cannot send {op.name}: {exc}")
+
+    def _announce_when_ready(self) -> None:
+        if self.properties is not None and self._pool is not None and not self._announced:
+            self._announced = True
+            self._init(Operation.ANNOUNCE_IO_POOL, p.encode_pool(self._pool[0]))
+
+    def _on_init_reply(self, vp: p.VstorPacket) -> None:
+        op, self._init_op = self._init_op, None
+        if op == Operation.QUERY_PROTOCOL_VERSION and vp.status != NtStatus.SUCCESS:
+            if len(self._offered) > 1:  # REVISION_MISMATCH (or any refusal): try the next one
+                self._offered.pop(0)
+                self._init(Operation.QUERY_PROTOCOL_VERSION, p.encode_version(self._offered[0]))
+            else:
+                self._fail("the host accepts none of the vstor versions offered")
+        elif vp.status != NtStatus.SUCCESS:
+            self._fail(f"{op.name} refused: status {vp.status:#x}")
+        elif op == Operation.BEGIN_INITIALIZATION:
+            self._init(Operation.QUERY_PROTOCOL_VERSION, p.encode_version(self._offered[0]))
+        elif op == Operation.QUERY_PROTOCOL_VERSION:
+            self.version = self._offered[0]
+            self._init(Operation.QUERY_PROPERTIES)
+        elif op == Operation.QUERY_PROPERTIES:
+            self.properties = p.ChannelProperties.decode(vp.body)
+            self._announce_when_ready()
+        elif op == Operation.ANNOUNCE_IO_POOL:
+            self._init(Operation.END_INITIALIZATION)
+        elif op == Operation.END_INITIALIZATION:
+            self._discover()
+
+    def _discover(self) -> None:
+        assert self.properties is not None and self._pool is not None
+        limit = min(self.properties.max_transfer_bytes, len(self._pool[1]) * PAGE_SIZE)
+        self.max_blocks = limit // BLOCK_SIZE
+        if self.max_blocks == 0:
+            self._fail(f"transfers of at most {limit} bytes: not one block")
+            return
+        self.state = State.DISCOVERING
+        self._submit(self._scsi(p.cdb_inquiry(96), data_in=96, callback=self._on_inquiry))
+
+    # -- discovery ---------------------------------------------------------------------------
+
+    def _on_inquiry(self, request: IoRequest) -> None:
+        if not request.ok or not request.data or request.data[0] & 0x1F != 0:
+            self._fail(f"INQUIRY: {request.error or 'not a direct-access disk'}")
+            return
+        self.inquiry = request.data
+        self._submit(self._scsi(p.cdb_read_capacity_16(32), data_in=32, callback=self._on_capacity_16))
+
+    def _on_capacity_16(self, request: IoRequest) -> None:
+        if request.ok and request.data and len(request.data) >= 12:
+            last = int.from_bytes(request.data[0:8], "big")
+            self._set_capacity(last, int.from_bytes(request.data[8:12], "big"))
+        else:  # an older target: READ CAPACITY (10)
+            self._submit(self._scsi(p.cdb_read_capacity_10(), data_in=8, callback=self._on_capacity_10))
+
+    def _on_capacity_10(self, request: IoRequest) -> None:
+        if not request.ok or not request.data or len(request.data) < 8:
+            self._fail(f"READ CAPACITY: {request.error or 'short data'}")
+            return
+        self._set_capacity(int.from_bytes(request.data[0:4], "big"), int.from_bytes(request.data[4:8], "big"))
+
+    def _set_capacity(self, last_lba: int, block_size: int) -> None:
+        if block_size != BLOCK_SIZE:
+            self._fail(f"block size {block_size}: this driver does {BLOCK_SIZE}")
+            return
+        self.capacity = last_lba + 1
+        self.state = State.READY
+
+    # -- the block device --------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.READY
+
+    def read(self, lba: int, count: int, callback=None) -> IoRequest:
+        """Read `count` blocks from `lba`; request.data holds them once done."""
+        self._check_blocks(lba, count)
+        request = self._scsi(p.cdb_rw(False, lba, count), data_in=count * BLOCK_SIZE, callback=callback)
+        request.kind, request.lba, request.count = "read", lba, count
+        return self._submit(request)
+
+    def write(self, lba: int, data, callback=None) -> IoRequest:
+        """Write `data` (a multiple of 512 bytes) from `lba`."""
+        data = bytes(data)
+        if not data or len(data) % BLOCK_SIZE:
+            raise ValueError(f"a write is a positive multiple of {BLOCK_SIZE} bytes, got {len(data)}")
+        count = len(data) // BLOCK_SIZE
+        self._check_blocks(lba, count)
+        request = self._scsi(p.cdb_rw(True, lba, count), data_out=data, callback=callback)
+        request.kind, request.lba, request.count = "write", lba, count
+        return self._submit(request)
+
+    def flush(self, callback=None) -> IoRequest:
+        """Make every completed write durable (SYNCHRONIZE CACHE)."""
+        self._check_ready()
+        request = self._scsi(p.cdb_synchronize_cache(), callback=callback)
+        request.kind = "flush"
+        return self._submit(request)
+
+    def execute(self, cdb: bytes, *, data_in: int = 0, data_out: bytes = b"", callback=None) -> IoRequest:
+        """A raw SCSI command: receive up to data_in bytes, or send data_out."""
+        self._check_ready()
+        return self._submit(self._scsi(bytes(cdb), data_in=data_in, data_out=bytes(data_out), callback=callback))
+
+    def _check_ready(self) -> None:
+        if self.state is not State.READY:
+            raise RuntimeError(f"the disk is not ready ({self.state.value}{': ' + self.error if self.error else ''})")
+
+    def _check_blocks(self, lba: int, count: int) -> None:
+        self._check_ready()
+        if not (type(lba) is int and lba >= 0 and type(count) is int and count >= 1):
+            raise ValueError(f"lba {lba!r} and count {count!r} must be integers, lba >= 0, count >= 1")
+        if count > self.max_blocks:
+            raise ValueError(f"{count} blocks in one request; at most {self.max_blocks}")
+
+    def _scsi(self, cdb: bytes, *, data_in: int = 0, data_out: bytes = b"", callback=None) -> IoRequest:
+        if data_in and data_out:
+            raise ValueError("a SCSI command moves data one way")
+        length = data_in or len(data_out)
+        if length > self.max_blocks * BLOCK_SIZE and self.max_blocks:
+            raise ValueError(f"{length} bytes in one request; at most {self.max_blocks * BLOCK_SIZE}")
+        direction = p.DATA_IN if data_in else p.DATA_OUT if data_out else p.DATA_UNKNOWN
+        request = IoRequest(self._next_id, "scsi", callback=callback, cdb=cdb, data_in=direction,
+                            length=length, out=data_out)
+        self._next_id += 1
+        return request
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _submit(self, request: IoRequest) -> IoRequest:
+        if self.state in (State.FAILED, State.CLOSED):  # e.g. discovery going on after a failure
+            request.error = self.error or "channel closed"
+            self._finish(request)
+            return request
+        self.pending.append(request)
+        self._pump()
+        return request
+
+    def _pump(self) -> None:
+        """Send pending requests, in order, while the bound, the pool and the ring allow."""
+        if self._pumping:
+            return  # a completion delivered while sending: the outer loop carries on
+        self._pumping = True
+        try:
+            while (self.pending and len(self.outstanding) < self.max_outstanding
+                   and self.state in (State.DISCOVERING, State.READY)):
+                request = self.pending[0]
+                npages = -(-request.length // PAGE_SIZE)
+                if npages > len(self._free):
+                    break
+                if not self._send(request, self._free[:npages]):
+                    break
+        finally:
+            self._pumping = False
+
+    def _send(self, request: IoRequest, pages: list[int]) -> bool:
+        assert self._pool is not None
+        _, pfns, view = self._pool
+        srb = ScsiRequest.for_cdb(request.cdb, request.data_in, request.length)
+        packet = p.VstorPacket(Operation.EXECUTE_SRB, p.REQUEST_COMPLETION_FLAG, 0, srb.encode()).encode()
+        if request.length:
+            for i, page in enumerate(pages):
+                # A write's data; zeros for a read, so a short reply cannot show an older one's.
+                chunk = request.out[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] or bytes(PAGE_SIZE)
+                view[page * PAGE_SIZE:page * PAGE_SIZE + len(chunk)] = chunk
+            rng = GpaRange(request.length, 0, tuple(pfns[page] for page in pages))
+            payload, kind = p.encode_gpa_direct((rng,), packet), PKT_GPA_DIRECT
+        else:
+            payload, kind = packet, PKT_DATA_INBAND
+        trans_id = self._new_trans_id()
+        # Taken before sending: the completion may arrive before send() returns.
+        self.pending.popleft()
+        del self._free[:len(pages)]
+        request.pages = pages
+        self.outstanding[trans_id] = request
+        try:
+            self.channel.send(payload, packet_type=kind, flags=FLAG_COMPLETION_REQUESTED,
+                              trans_id=trans_id, set_pending_send_sz=True)
+        except RingFull:
+            # The host signals once it has read enough: on_packets pumps again then.
+            self.outstanding.pop(trans_id, None)
+            self._release(request)
+            self.pending.appendleft(request)
+            return False
+        except RingError as exc:
+            self.outstanding.pop(trans_id, None)
+            self._release(request)
+            self.pending.appendleft(request)
+            self._fail(f"ring: {exc}")
+            return False
+        self.context.charge(self.cpu_per_request)
+        return True
+
+    def _new_trans_id(self) -> int:
+        # Small integers, never addresses (a hostile host learns nothing from them).
+        while True:
+            self._next_trans_id = self._next_trans_id % (1 << 63) + 1
+            if self._next_trans_id not in self.outstanding:
+                return self._next_trans_id
+
+    def _release(self, request: IoRequest) -> None:
+        if request.pages:
+            self._free.extend(request.pages)
+            self._free.sort()
+            request.pages = []
+
+    # -- completions -------------------------------------------------------------------------
+
+    def on_packets(self, packets: list[Packet]) -> None:
+        for packet in packets:
+            if packet.type not in (PKT_COMP, PKT_DATA_INBAND):
+                continue
+            try:
+                vp = p.decode_packet(packet.payload)
+            except StorError:
+                continue  # the host is not trusted either
+            if vp.operation != Operation.COMPLETE_IO:
+                continue  # ENUMERATE_BUS and the like: hvsim's disk never changes
+            if packet.trans_id == INIT_TRANS_ID:
+                if self._init_op is not None:
+                    try:
+                        self._on_init_reply(vp)
+                    except StorError as exc:
+                        self._fail(f"bad reply to initialization: {exc}")
+            elif packet.trans_id in self.outstanding:
+                self._on_srb_reply(self.outstanding.pop(packet.trans_id), vp)
+            # anything else is dropped: each id completes at most once
+        self._pump()
+
+    def _on_srb_reply(self, request: IoRequest, vp: p.VstorPacket) -> None:
+        srb = ScsiRequest.decode(vp.body)  # the body is always 52 bytes
+        request.srb_status, request.scsi_status = srb.srb_status, srb.scsi_status
+        request.transferred = min(srb.data_transfer_length, request.length)
+        if srb.srb_status & p.SRB_STATUS_AUTOSENSE_VALID and srb.sense_info_length:
+            try:
+                request.sense = p.parse_sense(srb.sense)
+            except StorError:
+                pass
+        status = srb.srb_status & p.SRB_STATUS_MASK
+        if status == SrbStatus.SUCCESS and srb.scsi_status == p.ScsiStatus.GOOD:
+            if request.data_in == p.DATA_IN:
+                request.data = self._copy_out(request.pages, request.transferred)
+            if request.kind in ("read", "write") and request.transferred != request.length:
+                request.error = f"short transfer: {request.transferred} of {request.length} bytes"
+        else:
+            request.error = _describe(status, srb.scsi_status, request.sense)
+        self._finish(request)
+
+    def _copy_out(self, pages: list[int], n: int) -> bytes:
+        assert self._pool is not None
+        view = self._pool[2]
+        return b"".join(bytes(view[page * PAGE_SIZE:page * PAGE_SIZE + min(PAGE_SIZE, n - i * PAGE_SIZE)])
+                        for i, page in enumerate(pages) if i * PAGE_SIZE < n)
+
+    def _finish(self, request: IoRequest) -> None:
+        self._release(request)
+        request.done = True
+        request.out = b""
+        self.completed.append(request)
+        if request.callback is not None:
+            request.callback(request)
+
+    def _fail(self, why: str) -> None:
+        if self.state in (State.FAILED, State.CLOSED):
+            return
+        self.state, self.error = State.FAILED, why
+        self.context.log("storvsc failed", why=why)
+        self._fail_all(why)
+
+    def _fail_all(self, why: str) -> None:
+        requests = list(self.outstanding.values()) + list(self.pending)
+        self.outstanding.clear()
+        self.pending.clear()
+        for request in requests:
+            request.error = why
+            self._finish(request)
+
+    def on_close(self) -> None:
+        if self.state is not State.FAILED:
+            self.state = State.CLOSED
+        self._fail_all("channel closed")
+        self._pool = None  # the guest stack takes the pages back
+        self._free = []
+
+
+def _describe(status: int, scsi_status: int, sense: tuple[int, int, int] | None) -> str:
+    try:
+        name = SrbStatus(status).name
+    except ValueError:
+        name = f"{status:#x}"
+    text = f"SRB {name}, SCSI status {scsi_status:#x}"
+    if sense is not None:
+        text += f", sense {sense[0]:#x}/{sense[1]:#x}/{sense[2]:#x}"
+    return text

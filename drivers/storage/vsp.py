@@ -1,0 +1,440 @@
+"""storvsp, the parent side of the synthetic SCSI controller: the vstor negotiation, then SCSI
+requests on one disk (LUN 0:0:0) backed by a VHD file, each completed after the disk's service
+time in simulated time. Wire format and the I/O pool: protocol.py; the SCSI target: scsi.py.
+
+Config (all optional but the disk):
+  path / disk         the VHD file to open (read-write unless read_only), or an open VirtualDisk
+                      that the caller owns and closes
+  read_only           False
+  write_barriers      True (VirtualDisk's ordering of data before metadata)
+  latency, bandwidth  "100us", "500MB/s": a request that reaches the medium takes
+                      latency + bytes / bandwidth (reference/cost-model.md §1)
+  max_outstanding     64: requests in service per channel; more are refused with SRB BUSY
+  max_transfer_bytes  256 KiB (what OpenVMM reports): longer transfers are refused
+  cpu_per_request     "3us": parent CPU charged for every packet handled
+  resolve_gpadl       callable(gpadl_id) -> (view, pfns) of a GPADL the child created on this
+                      channel, or None: the parent's writable view of its pages (the core's
+                      grant) and their guest page numbers in GPADL order (the VMBus server's
+                      record). The parent's VMBus service supplies it.
+
+Invariants:
+- Decode, then invoke: a request packet is checked completely (layout, state, lengths, every PFN
+  of its range inside the announced pool, the CDB) before anything is queued; a refused one is
+  answered at once and changes nothing, and the channel goes on.
+- Every request packet is answered with one completion (VMBus type 0xB, operation COMPLETE_IO,
+  the request's trans_id), as Hyper-V and OpenVMM do; a completion from the guest is dropped
+  (completions are never answered). trans_ids are only echoed, never interpreted. Completions
+  the guest's full ring cannot take wait in a backlog bounded at 2 x max_outstanding; past that
+  they are dropped (a guest that does not read only hurts itself).
+- The medium serves one request at a time, in arrival order: a request starts when the previous
+  one finished and completes `service time` later, so bandwidth is never exceeded. Commands that
+  do not reach the medium (INQUIRY, READ CAPACITY, TEST UNIT READY) are answered at once.
+- The pool is resolved again when a request executes: if the guest tore it down meanwhile, the
+  request fails with SRB ERROR and no byte moves. Nothing else of the guest is ever reached.
+"""
+from __future__ import annotations
+
+import enum
+import weakref
+from collections import deque
+from dataclasses import dataclass
+
+from drivers.device import Vsp
+from drivers.storage import protocol as p
+from drivers.storage.protocol import PKT_GPA_DIRECT, NtStatus, Operation, ScsiRequest, SrbStatus, StorError
+from drivers.storage.scsi import Command, Direction, ScsiDisk, ScsiResult
+from drivers.storage.vhd import VhdError, VirtualDisk
+from hypervisor.quantities import parse_duration, parse_size
+from vmbus.protocol import PAGE_SIZE, GpaRange
+from vmbus.ring import PKT_COMP, PKT_DATA_INBAND, Packet, RingError, RingFull
+
+MAX_TRANSFER_BYTES = 256 * 1024
+_LOGGED_REFUSALS = 16          # log this many refusals per channel, then only count them
+_RETRY_NS = (100_000, 64_000_000)  # backlog retry: first delay, cap (doubling)
+# What a guest may send besides EXECUTE_SRB; anything else is refused as INVALID_DEVICE_REQUEST.
+_GUEST_CONTROL = frozenset({
+    Operation.BEGIN_INITIALIZATION, Operation.QUERY_PROTOCOL_VERSION, Operation.QUERY_PROPERTIES,
+    Operation.ANNOUNCE_IO_POOL, Operation.END_INITIALIZATION, Operation.RESET_LUN,
+    Operation.RESET_ADAPTER, Operation.RESET_BUS, Operation.CREATE_SUB_CHANNELS})
+
+
+class State(enum.Enum):
+    BEGIN = "begin"                        # waiting for BEGIN_INITIALIZATION
+    QUERY_VERSION = "query_version"        # until a version is accepted
+    QUERY_PROPERTIES = "query_properties"
+    END_INITIALIZATION = "end_initialization"  # ANNOUNCE_IO_POOL allowed here
+    READY = "ready"
+
+
+@dataclass
+class _Request:
+    trans_id: int
+    srb: ScsiRequest
+    command: Command
+    range: GpaRange | None
+
+
+def parse_rate(value: int | str, what: str = "bandwidth") -> int:
+    """Bytes per second from an int or a string such as "500MB/s"."""
+    text = value if isinstance(value, int) else str(value).removesuffix("/s")
+    rate = parse_size(text, what)
+    if rate <= 0:
+        raise ValueError(f"{what}: must be positive, got {value!r}")
+    return rate
+
+
+class StorVsp(Vsp):
+    def __init__(self, channel, config=None, context=None):
+        super().__init__(channel, config, context)
+        cfg = self.config
+        self.state = State.BEGIN
+        self.version: int | None = None
+        self.pool_gpadl: int | None = None
+        self.max_outstanding = max(1, int(cfg.get("max_outstanding", 64)))
+        self.max_transfer = parse_size(cfg.get("max_transfer_bytes", MAX_TRANSFER_BYTES), "max_transfer_bytes")
+        self.latency = parse_duration(cfg.get("latency", "100us"), "latency")
+        self.bandwidth = parse_rate(cfg.get("bandwidth", "500MB/s"))
+        self.cpu_per_request = parse_duration(cfg.get("cpu_per_request", "3us"), "cpu_per_request")
+        self._resolve = cfg.get("resolve_gpadl")
+        self.outstanding: dict[int, _Request] = {}   # sequence number -> request in service
+        self.busy_until = 0                          # when the medium finishes what it has
+        self.completed = self.refused = self.busy = self.dropped = 0
+        self.last_refusal: str | None = None
+        self._seq = 0
+        self._backlog: deque[tuple[int, bytes]] = deque()  # (trans_id, completion) the ring refused
+        self._retry_ns: int | None = None                   # armed retry delay, None: not armed
+        self._pool_index: tuple[tuple[int, ...], dict[int, int]] = ((), {})
+        self._closed = False
+        self.disk: VirtualDisk | None = None
+        self.target: ScsiDisk | None = None
+        self._open_disk()
+
+    def _open_disk(self) -> None:
+        cfg = self.config
+        try:
+            if cfg.get("disk") is not None:
+                self.disk = cfg["disk"]
+            else:
+                if cfg.get("path") is None:
+                    raise ValueError("the storage device needs a 'path' (a VHD file) in its config")
+                self.disk = VirtualDisk.open(cfg["path"], read_only=bool(cfg.get("read_only", False)),
+                                             write_barriers=bool(cfg.get("write_barriers", True)))
+                # Closed with the channel; and if the parent never closes it (a host torn down),
+                # when this VSP is collected, so that the file's lock goes with the host.
+                weakref.finalize(self, self.disk.close)
+            self.target = ScsiDisk(self.disk, serial=cfg.get("serial"))
+        except (OSError, VhdError, ValueError) as exc:
+            # No disk: the controller still negotiates; every SRB then finds no LUN.
+            self.context.log("storvsp has no disk", error=f"{type(exc).__name__}: {exc}")
+
+    # -- packets -----------------------------------------------------------------------------
+
+    def on_packets(self, packets: list[Packet]) -> None:
+        self._flush_backlog()
+        for packet in packets:
+            self.context.charge(self.cpu_per_request)
+            if packet.type == PKT_COMP:
+                self._note_refusal("a guest sends requests, not completions")
+                continue  # a completion is never answered
+            try:
+                self._handle(packet)
+            except StorError as exc:
+                self._refuse(packet.trans_id, NtStatus.INVALID_PARAMETER, str(exc))
+
+    def _handle(self, packet: Packet) -> None:
+        if packet.type == PKT_GPA_DIRECT:
+            if packet.offset8 != 2:
+                raise StorError(f"GPA-direct packet with offset8 {packet.offset8}: hvsim's layout has 2")
+            ranges, rest = p.decode_gpa_direct(packet.payload)
+        elif packet.type == PKT_DATA_INBAND:
+            ranges, rest = (), packet.payload
+        else:
+            raise StorError(f"storvsp takes in-band and GPA-direct packets, not type {packet.type:#x}")
+        vp = p.decode_packet(rest)
+        if vp.operation == Operation.EXECUTE_SRB:
+            self._execute_srb(packet.trans_id, vp, ranges)
+            return
+        if ranges:
+            raise StorError(f"operation {vp.operation} carries no data ranges")
+        self._control(packet.trans_id, vp)
+
+    def _control(self, trans_id: int, vp: p.VstorPacket) -> None:
+        """The negotiation and the other non-SRB operations, one state machine (OpenVMM's)."""
+        op, state, body = vp.operation, self.state, b""
+        status = NtStatus.INVALID_DEVICE_STATE
+        if op == Operation.BEGIN_INITIALIZATION and state is State.BEGIN:
+            status, self.state = NtStatus.SUCCESS, State.QUERY_VERSION
+        elif op == Operation.QUERY_PROTOCOL_VERSION and state is State.QUERY_VERSION:
+            version = p.decode_version(vp.body)
+            body = p.encode_version(version)
+            if version in p.VERSIONS:
+                status, self.state, self.version = NtStatus.SUCCESS, State.QUERY_PROPERTIES, version
+            else:
+                status = NtStatus.REVISION_MISMATCH
+        elif op == Operation.QUERY_PROPERTIES and state is State.QUERY_PROPERTIES:
+            body = p.ChannelProperties(0, 0, self.max_transfer).encode()
+            status, self.state = NtStatus.SUCCESS, State.END_INITIALIZATION
+        elif op == Operation.ANNOUNCE_IO_POOL and state is State.END_INITIALIZATION:
+            gpadl_id = p.decode_pool(vp.body)
+            if self._resolve_pool(gpadl_id) is None:
+                self._note_refusal(f"pool GPADL {gpadl_id:#x} is not granted on this channel")
+                status = NtStatus.INVALID_PARAMETER
+            else:
+                status, self.pool_gpadl = NtStatus.SUCCESS, gpadl_id
+        elif op == Operation.END_INITIALIZATION and state is State.END_INITIALIZATION:
+            status, self.state = NtStatus.SUCCESS, State.READY
+        elif op in (Operation.RESET_LUN, Operation.RESET_ADAPTER, Operation.RESET_BUS) and state is State.READY:
+            status = NtStatus.SUCCESS  # no-ops in Hyper-V and OpenVMM too
+        elif op not in _GUEST_CONTROL:
+            status = NtStatus.INVALID_DEVICE_REQUEST  # unknown, or one only a host sends
+        # Anything else (out of order; CREATE_SUB_CHANNELS, as hvsim offers no sub-channels) is
+        # INVALID_DEVICE_STATE, as in OpenVMM.
+        if status not in (NtStatus.SUCCESS, NtStatus.REVISION_MISMATCH):
+            self._note_refusal(f"operation {op} in state {state.value}: {status.name}")
+        self._send(trans_id, p.VstorPacket(Operation.COMPLETE_IO, 0, status, body).encode())
+
+    # -- EXECUTE_SRB -------------------------------------------------------------------------
+
+    def _execute_srb(self, trans_id: int, vp: p.VstorPacket, ranges: tuple[GpaRange, ...]) -> None:
+        if self.state is not State.READY:
+            self._refuse(trans_id, NtStatus.INVALID_DEVICE_STATE, f"EXECUTE_SRB in state {self.state.value}")
+            return
+        srb = ScsiRequest.decode(vp.body)
+        problem = self._check_srb(srb, ranges)
+        if problem is not None:
+            self._refuse(trans_id, NtStatus.INVALID_DEVICE_REQUEST, problem, srb)
+            return
+        if len(self.outstanding) >= self.max_outstanding:
+            self.busy += 1
+            self._complete(trans_id, srb, ScsiResult(p.ScsiStatus.BUSY, SrbStatus.BUSY))
+            return
+        if self.target is None or (srb.path_id, srb.target_id, srb.lun) != (0, 0, 0):
+            self._complete(trans_id, srb, ScsiResult(p.ScsiStatus.GOOD, SrbStatus.INVALID_LUN))
+            return
+        command = self.target.decode(srb.cdb, srb.data_transfer_length)
+        if isinstance(command, ScsiResult):
+            self._complete(trans_id, srb, command)
+            return
+        wrong_way = ((command.direction is Direction.IN and srb.data_in == p.DATA_OUT)
+                     or (command.direction is Direction.OUT and srb.data_in == p.DATA_IN))
+        if wrong_way:
+            self._refuse(trans_id, NtStatus.INVALID_DEVICE_REQUEST,
+                         f"data_in {srb.data_in} against a {command.direction.value} command", srb)
+            return
+        request = _Request(trans_id, srb, command, ranges[0] if ranges else None)
+        if not command.medium:
+            self._finish(request)
+            return
+        now = self.context.now()
+        done = max(now, self.busy_until) + self.service_time(command.length)
+        self.busy_until = done
+        self._seq += 1
+        seq = self._seq
+        self.outstanding[seq] = request
+        self.context.call_later(done - now, lambda: self._medium_done(seq))
+
+    def _check_srb(self, srb: ScsiRequest, ranges: tuple[GpaRange, ...]) -> str | None:
+        """Why a vmscsi_request cannot be taken, or None."""
+        if srb.length != p.REQUEST_SIZE:
+            return f"vmscsi_request length {srb.length}, expected {p.REQUEST_SIZE}"
+        if not 1 <= srb.cdb_length <= p.CDB_SIZE:
+            return f"cdb_length {srb.cdb_length}"
+        if srb.data_in not in (p.DATA_OUT, p.DATA_IN, p.DATA_UNKNOWN):
+            return f"data_in {srb.data_in}"
+        if srb.data_transfer_length > self.max_transfer:
+            return f"data_transfer_length {srb.data_transfer_length} > {self.max_transfer}"
+        if len(ranges) > 1:
+            return f"{len(ranges)} ranges; storvsc sends one"
+        if not ranges:
+            return "data without a range" if srb.data_transfer_length else None
+        (rng,) = ranges
+        if rng.byte_count < srb.data_transfer_length:
+            return f"range of {rng.byte_count} bytes for a {srb.data_transfer_length}-byte transfer"
+        pool = self._pool()
+        if pool is None:
+            return "no I/O pool announced (or it was torn down)"
+        outside = [pfn for pfn in rng.pfns if pfn not in pool[1]]
+        if outside:
+            return f"PFN {outside[0]:#x} is outside the I/O pool"
+        return None
+
+    def service_time(self, nbytes: int) -> int:
+        """Simulated ns the medium takes for a request moving nbytes."""
+        return self.latency + -(-nbytes * 1_000_000_000 // self.bandwidth)
+
+    def _medium_done(self, seq: int) -> None:
+        request = self.outstanding.pop(seq, None)
+        if self._closed or request is None:
+            return
+        try:
+            self._finish(request)
+        except RingError as exc:
+            # The guest broke its ring: the parent breaks the channel when it next reads it.
+            self.context.log("storvsp cannot complete", error=str(exc))
+
+    def _finish(self, request: _Request) -> None:
+        """Invoke: move the data between the pool and the medium, then complete."""
+        command, length = request.command, request.command.length
+        if not length:
+            self._complete(request.trans_id, request.srb, command.execute(bytearray()))
+            return
+        pool = self._pool()
+        spans = None if pool is None else _spans(request.range, length, pool[1])
+        if spans is None:
+            self._complete(request.trans_id, request.srb, ScsiResult(p.ScsiStatus.GOOD, SrbStatus.ERROR))
+            return
+        view = pool[0]
+        if len(spans) == 1:  # the usual case: the data lies in consecutive pool pages
+            at, n = spans[0]
+            result = command.execute(view[at:at + n])
+        else:
+            buffer = bytearray(length)
+            if command.direction is Direction.OUT:
+                _gather(view, spans, buffer)
+            result = command.execute(buffer)
+            if command.direction is Direction.IN:
+                _scatter(view, spans, memoryview(buffer)[:result.transferred])
+        self._complete(request.trans_id, request.srb, result)
+
+    # -- the pool ----------------------------------------------------------------------------
+
+    def _resolve_pool(self, gpadl_id: int) -> tuple[memoryview, tuple[int, ...]] | None:
+        resolved = None if self._resolve is None else self._resolve(gpadl_id)
+        if resolved is None:
+            return None
+        view, pfns = resolved
+        view, pfns = memoryview(view).cast("B"), tuple(pfns)
+        if not pfns or len(view) < len(pfns) * PAGE_SIZE:
+            return None
+        return view, pfns
+
+    def _pool(self) -> tuple[memoryview, dict[int, int]] | None:
+        """(view, pfn -> page index in the view) of the announced pool, resolved now, or None."""
+        if self.pool_gpadl is None:
+            return None
+        resolved = self._resolve_pool(self.pool_gpadl)
+        if resolved is None:
+            return None
+        view, pfns = resolved
+        if self._pool_index[0] != pfns:
+            self._pool_index = (pfns, {pfn: i for i, pfn in enumerate(pfns)})
+        return view, self._pool_index[1]
+
+    # -- completions -------------------------------------------------------------------------
+
+    def _complete(self, trans_id: int, srb: ScsiRequest, result: ScsiResult) -> None:
+        sense = result.sense or b""
+        srb_status = result.srb_status | (p.SRB_STATUS_AUTOSENSE_VALID if sense else 0)
+        response = ScsiRequest(
+            cdb_length=srb.cdb_length, data_in=srb.data_in, data_transfer_length=result.transferred,
+            payload=sense[:p.SENSE_BUFFER_SIZE], srb_status=srb_status, scsi_status=result.scsi_status,
+            port=srb.port, path_id=srb.path_id, target_id=srb.target_id, lun=srb.lun,
+            sense_info_length=min(len(sense), p.SENSE_BUFFER_SIZE))
+        status = p.ntstatus_for(srb_status)
+        self.completed += 1
+        self._send(trans_id, p.VstorPacket(Operation.COMPLETE_IO, 0, status, response.encode()).encode())
+
+    def _refuse(self, trans_id: int, status: NtStatus, why: str, srb: ScsiRequest | None = None) -> None:
+        self._note_refusal(why)
+        response = ScsiRequest(srb_status=SrbStatus.INVALID_REQUEST,
+                               data_in=srb.data_in if srb else p.DATA_UNKNOWN,
+                               cdb_length=srb.cdb_length if srb else 0)
+        self._send(trans_id, p.VstorPacket(Operation.COMPLETE_IO, 0, status, response.encode()).encode())
+
+    def _note_refusal(self, why: str) -> None:
+        self.refused += 1
+        self.last_refusal = why
+        if self.refused <= _LOGGED_REFUSALS:
+            self.context.log("storvsp refused a request", why=why)
+
+    def _send(self, trans_id: int, completion: bytes) -> None:
+        if self._closed:
+            return
+        if not self._backlog:
+            try:
+                self.channel.send(completion, packet_type=PKT_COMP, trans_id=trans_id, set_pending_send_sz=True)
+                return
+            except RingFull:
+                pass
+        if len(self._backlog) >= 2 * self.max_outstanding:
+            self.dropped += 1
+            return
+        self._backlog.append((trans_id, completion))
+        self._arm_retry()
+
+    def _flush_backlog(self) -> None:
+        while self._backlog and not self._closed:
+            trans_id, completion = self._backlog[0]
+            try:
+                self.channel.send(completion, packet_type=PKT_COMP, trans_id=trans_id, set_pending_send_sz=True)
+            except RingFull:
+                return
+            self._backlog.popleft()
+
+    def _arm_retry(self) -> None:
+        # N.B. the parent hands a VSP only signals that bring packets, so the guest freeing ring
+        # space is noticed by polling, backing off while the guest does not read.
+        if self._retry_ns is not None:
+            return
+        self._retry_ns = _RETRY_NS[0]
+        self.context.call_later(self._retry_ns, self._retry)
+
+    def _retry(self) -> None:
+        delay, self._retry_ns = self._retry_ns or _RETRY_NS[0], None
+        try:
+            self._flush_backlog()
+        except RingError as exc:
+            self.context.log("storvsp cannot complete", error=str(exc))
+            self._backlog.clear()
+            return
+        if self._backlog and not self._closed:
+            self._retry_ns = min(2 * delay, _RETRY_NS[1])
+            self.context.call_later(self._retry_ns, self._retry)
+
+    def on_close(self) -> None:
+        self._closed = True
+        self.outstanding.clear()
+        self._backlog.clear()
+        if self.disk is not None and self.config.get("disk") is None:
+            self.disk.close()
+        self.target = None
+
+
+def _spans(rng: GpaRange | None, length: int, index: dict[int, int]) -> list[tuple[int, int]] | None:
+    """The (view offset, byte count) pieces of the first `length` bytes of a range, merged where
+    consecutive; None if a page is not in the pool (any more)."""
+    if rng is None:
+        return None
+    spans: list[tuple[int, int]] = []
+    offset, left = rng.byte_offset, length
+    for pfn in rng.pfns:
+        if left == 0:
+            break
+        page = index.get(pfn)
+        if page is None:
+            return None
+        n = min(PAGE_SIZE - offset, left)
+        at = page * PAGE_SIZE + offset
+        if spans and spans[-1][0] + spans[-1][1] == at:
+            spans[-1] = (spans[-1][0], spans[-1][1] + n)
+        else:
+            spans.append((at, n))
+        offset, left = 0, left - n
+    return spans if left == 0 else None
+
+
+def _gather(view: memoryview, spans: list[tuple[int, int]], buffer: bytearray) -> None:
+    pos = 0
+    for at, n in spans:
+        buffer[pos:pos + n] = view[at:at + n]
+        pos += n
+
+
+def _scatter(view: memoryview, spans: list[tuple[int, int]], data: memoryview) -> None:
+    pos = 0
+    for at, n in spans:
+        if pos >= len(data):
+            return
+        chunk = data[pos:pos + n]
+        view[at:at + len(chunk)] = chunk
+        pos += n
