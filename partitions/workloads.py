@@ -45,3 +45,44 @@ def python_workload(target: str, args: dict | None = None) -> Workload:
         raise ValueError(f"python workload {target!r} is not callable")
     kwargs = dict(args or {})
     return lambda ctx: fn(ctx, **kwargs)
+
+
+def disk_io(pattern: str = "sequential", block_size: int | str = "64KiB", queue_depth: int = 4,
+            read_fraction: float = 0.5, device: str = "storage", seed: int = 0) -> Workload:
+    """Keep `queue_depth` requests of `block_size` in flight on the VM's disk: `pattern`
+    "sequential" or "random" offsets, `read_fraction` of them reads. Random choices come from a
+    generator seeded from the VM (deterministic)."""
+    import random
+
+    from hypervisor.quantities import parse_size
+    size = parse_size(block_size, "disk-io block_size")
+    if size <= 0 or size % 512:
+        raise ValueError(f"disk-io block_size: expected a positive multiple of 512, got {block_size!r}")
+    if pattern not in ("sequential", "random"):
+        raise ValueError(f"disk-io pattern: expected sequential or random, got {pattern!r}")
+    if not 1 <= int(queue_depth) <= 256:
+        raise ValueError(f"disk-io queue_depth: expected 1..256, got {queue_depth!r}")
+    blocks = size // 512
+
+    async def io(ctx) -> None:
+        rng = random.Random(seed)
+        if not await ctx.wait_for(lambda: ctx.devices.get(device) is not None and ctx.devices[device].ready, "30s"):
+            return  # no disk: nothing to do
+        disk = ctx.devices[device]
+        span = max(1, disk.capacity // blocks)
+        payload = bytes(range(256)) * (size // 256)
+        position = 0
+        inflight = []
+        while True:
+            inflight = [r for r in inflight if not r.done]
+            while len(inflight) < queue_depth:
+                slot = position if pattern == "sequential" else rng.randrange(span)
+                position = (position + 1) % span
+                lba = slot * blocks
+                if rng.random() < read_fraction:
+                    inflight.append(disk.read(lba, blocks))
+                else:
+                    inflight.append(disk.write(lba, payload))
+            await ctx.wait_for(lambda: any(r.done for r in inflight), "1s")
+
+    return io

@@ -102,3 +102,24 @@ def test_stop_without_the_shutdown_service_is_refused(env):
     with pytest.raises(InvalidTransition, match="shutdown integration service"):
         vm.stop()
     vm.turn_off()
+
+
+def test_a_vm_with_a_disk_does_io_that_costs_the_parent_cpu(env, tmp_path):
+    from drivers.storage import DEVICE as STORAGE
+    from drivers.storage.vhd import VirtualDisk
+    from partitions.workloads import disk_io
+    host, vmbus, registry = env
+    path = tmp_path / "d.vhd"
+    VirtualDisk.create(str(path), 8 * 2**20, "dynamic").close()
+    vm = VirtualMachine(host, vmbus, registry, VmSpec("disk", memory="2MiB", processors=1),
+                        devices=[DeviceSlot(STORAGE, {"path": str(path)})],
+                        workload=disk_io(pattern="random", block_size="16KiB", queue_depth=4, read_fraction=0.5))
+    vm.start()
+    host.run(300 * MS)
+    vsp = vm.device_vsp("storage")
+    vsc = vm.device_vsc("storage")
+    assert vsc.ready and vsc.capacity == 8 * 2**20 // 512
+    assert len(vsc.completed) > 100 and all(r.ok for r in vsc.completed)
+    assert host.introspect.run_time_ns(host.root) > 0   # storvsp's work is the parent's
+    vm.turn_off()
+    check_all(host)
