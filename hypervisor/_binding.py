@@ -193,6 +193,11 @@ def hv_nop() -> None:
     lib.hv_nop()
 
 
+def core_library_path() -> str:
+    """The file of the compiled core this process loaded (the ASan build under HVSIM_SANITIZE=1)."""
+    return _core.__file__
+
+
 # --- grants (VMBus GPADLs in the core) --------------------------------------------------------
 
 

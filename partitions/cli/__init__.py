@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `hvsim --help` lists them.
-SUBCOMMANDS = ("run", "vhd")
+SUBCOMMANDS = ("run", "vhd", "drivers", "tcb")
 
 
 def build_parser() -> argparse.ArgumentParser:
