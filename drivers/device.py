@@ -137,6 +137,7 @@ class DeviceType:
     vsc: type[Vsc]
     description: str = ""
     ring_pages: int = 4           # pages per ring the VSC asks for (control page included)
+    guest_buffer_pages: int = 0   # guest pages the guest stack hands the VSC as config["buffer_pages"]
     defaults: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -74,3 +74,41 @@ async def kernel_main(ctx, stack: GuestVmbus, workload=None) -> None:
             await ctx.compute(cpu)
         else:
             await ctx.halt(stack.context.next_timeout())
+
+
+class SecondaryContext:
+    """What a workload on another VP of the VM sees: the same steps and devices; VMBus is served
+    by VP 0, so waiting for a device polls (every 100 us of simulated time)."""
+
+    POLL_NS = 100_000
+
+    def __init__(self, ctx, stack: GuestVmbus):
+        self._ctx, self.stack = ctx, stack
+        self.vp, self.partition, self.host = ctx.vp, ctx.partition, ctx.host
+
+    @property
+    def now(self) -> int:
+        return self._ctx.now
+
+    @property
+    def devices(self):
+        return self.stack.devices
+
+    async def compute(self, duration: int | str) -> None:
+        await self._ctx.compute(parse_duration(duration))
+
+    async def sleep(self, duration: int | str) -> None:
+        await self._ctx.sleep(max(1, parse_duration(duration)))
+
+    async def wait_for(self, condition, timeout: int | str = "10s") -> bool:
+        deadline = self.now + parse_duration(timeout)
+        while not condition():
+            if self.now >= deadline:
+                return False
+            await self._ctx.sleep(min(self.POLL_NS, deadline - self.now))
+        return True
+
+
+async def secondary_main(ctx, stack: GuestVmbus, workload) -> None:
+    """Another VP of the VM: runs one workload, then halts."""
+    await workload(SecondaryContext(ctx, stack))

@@ -9,6 +9,10 @@ States (Hyper-V's): Off, Starting, Running, Paused, Saving, Saved, Stopping, Res
     pause       Running -> Paused                 its VPs stop being scheduled
     resume      Paused -> Running
     quick_reset Running|Paused -> Resetting -> Running   turn off and start again
+    checkpoint  Running|Paused|Off                a production checkpoint of its disks (VSS when
+                                                  the guest offers it), disks fork (partitions/checkpoints.py)
+    apply_checkpoint   Off                        continue from a checkpoint
+    delete_checkpoint  Running|Paused|Off         merge its disk
 Anything else raises InvalidTransition, which names the VM, its state and the action.
 """
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any, Callable
 from drivers.device import DeviceType
 from drivers.registry import Registry
 from hypervisor import Host
-from partitions.kernel import kernel_main
+from partitions.checkpoints import CheckpointError, CheckpointTree
+from partitions.kernel import kernel_main, secondary_main
 from partitions.worker import VmSpec, VmWorker
 from vmbus.guest import GuestVmbus
 from vmbus.parent import ParentVmbus
@@ -56,10 +61,17 @@ class DeviceSlot:
 class VirtualMachine:
     def __init__(self, host: Host, vmbus: ParentVmbus, registry: Registry, spec: VmSpec, *,
                  devices: list[DeviceSlot] = (), workload: Callable | None = None,
+                 more_workloads: list[Callable] = (),
+                 guest_services: list[Callable] = (),
                  on_state: Callable[[VirtualMachine, VmState, VmState], None] | None = None):
         self.host, self.vmbus, self.registry, self.spec = host, vmbus, registry, spec
         self.devices = list(devices)
         self.workload = workload
+        self.more_workloads = list(more_workloads)  # one per further VP: VP 1, VP 2, ...
+        if len(self.more_workloads) >= spec.processors:
+            raise ValueError(f"vm {spec.name!r}: {1 + len(self.more_workloads)} workloads need as many "
+                             f"processors, it has {spec.processors}")
+        self.guest_services = list(guest_services)  # on_poll hooks of the guest's stack (e.g. an echo service)
         self.on_state = on_state
         self.state = VmState.OFF
         self.worker: VmWorker | None = None
@@ -67,6 +79,10 @@ class VirtualMachine:
         self.started_at: int | None = None
         self._relids: dict[str, int] = {}
         self._run_time_before = 0   # CPU time of earlier incarnations (before a reset)
+        storage = next((d for d in self.devices if d.device.name == "storage" and "path" in d.host_config), None)
+        self._storage_slot = storage
+        self.checkpoints = CheckpointTree(self.name, storage.host_config["path"]) if storage else None
+        self.checkpoint_log: list[tuple[int, str, str]] = []  # (time, checkpoint, what happened)
 
     @property
     def name(self) -> str:
@@ -101,9 +117,13 @@ class VirtualMachine:
             config = dict(slot.host_config)
             self._relids[slot.device.name] = self.vmbus.offer(part, slot.device, config)
         guest_configs = {slot.device.name: self._guest_config(slot) for slot in self.devices}
-        self.stack = GuestVmbus(part, self.registry, configs=guest_configs)
+        services = list(self.guest_services)
+        self.stack = GuestVmbus(part, self.registry, configs=guest_configs,
+                                on_poll=(lambda stack: [svc(stack) for svc in services]) if services else None)
         stack, workload = self.stack, self.workload
         part.vp(0).run(lambda ctx: kernel_main(ctx, stack, workload))
+        for i, extra in enumerate(self.more_workloads, start=1):
+            part.vp(i).run(lambda ctx, extra=extra: secondary_main(ctx, stack, extra))
         self.host.root.resume_partition(part)
         self.started_at = self.host.now
 
@@ -167,6 +187,52 @@ class VirtualMachine:
         self._teardown()
         self._build()
         self._set(VmState.RUNNING)
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def _require_disks(self, action: str) -> CheckpointTree:
+        if self.checkpoints is None:
+            raise CheckpointError(f"vm {self.name!r} has no disk: nothing to {action}")
+        return self.checkpoints
+
+    def checkpoint(self, name: str) -> None:
+        """Take a production checkpoint. Running with the backup service: the guest freezes its
+        writes, the disks fork, the guest thaws (it happens as the exchange runs, in simulated
+        time); if the guest refuses or has no backup service, the checkpoint is taken at once,
+        crash-consistent (as Hyper-V falls back to a standard checkpoint)."""
+        self._require("checkpoint", VmState.RUNNING, VmState.PAUSED, VmState.OFF)
+        tree = self._require_disks("checkpoint")
+        if name in tree.checkpoints:
+            raise CheckpointError(f"vm {self.name!r} already has a checkpoint named {name!r}")
+
+        def take(consistent: bool):
+            cp = tree.take(name, self.host.now, consistent=consistent, serving=self.device_vsp("storage"))
+            self._storage_slot.host_config["path"] = tree.live_disk
+            self.checkpoint_log.append((self.host.now, name, "consistent" if consistent else "crash-consistent"))
+            return cp
+
+        vss = self.device_vsp("vss") if self.state is VmState.RUNNING else None
+        if vss is None:
+            take(False)
+            return
+
+        def done(backup) -> None:
+            if backup.point is None and name not in tree.checkpoints:
+                take(False)  # refused or failed: fall back to a crash-consistent point
+        vss.backup(lambda: take(True), on_done=done)
+
+    def apply_checkpoint(self, name: str) -> None:
+        self._require("apply a checkpoint", VmState.OFF)
+        tree = self._require_disks("apply")
+        tree.apply(name)
+        self._storage_slot.host_config["path"] = tree.live_disk
+        self.checkpoint_log.append((self.host.now, name, "applied"))
+
+    def delete_checkpoint(self, name: str) -> None:
+        self._require("delete a checkpoint", VmState.RUNNING, VmState.PAUSED, VmState.OFF)
+        tree = self._require_disks("delete")
+        tree.delete(name, serving=self.device_vsp("storage"))
+        self._storage_slot.host_config["path"] = tree.live_disk
+        self.checkpoint_log.append((self.host.now, name, "deleted"))
 
     # ---- what management shows ------------------------------------------------------------------
     def device_vsp(self, name: str):

@@ -86,3 +86,54 @@ def disk_io(pattern: str = "sequential", block_size: int | str = "64KiB", queue_
             await ctx.wait_for(lambda: any(r.done for r in inflight), "1s")
 
     return io
+
+
+def net_request_response(peer_ip: str | None, port: int = 5000, size: int = 64, interval: int | str = "10ms",
+                         device: str = "network") -> Workload:
+    """Send a `size`-byte UDP request to `peer_ip`:`port` every `interval`; the peer's echo
+    service (udp_echo_service) answers. Counts go in the workload's `stats` dict."""
+    interval_ns = parse_duration(interval, "net-request-response interval")
+    stats = {"sent": 0, "answered": 0}
+
+    async def client(ctx) -> None:
+        if peer_ip is None:
+            return
+        if not await ctx.wait_for(lambda: getattr(ctx.devices.get(device), "stack", None) is not None, "30s"):
+            return
+        stack = ctx.devices[device].stack
+        sock = stack.udp_socket(0, on_datagram=lambda *_: stats.__setitem__("answered", stats["answered"] + 1))
+        payload = bytes(size)
+        while True:
+            try:
+                sock.sendto(payload, (peer_ip, port))
+                stats["sent"] += 1
+            except OSError:
+                pass  # no route yet, ARP pending, queue full: the next period tries again
+            await ctx.sleep(interval_ns)
+
+    client.stats = stats  # type: ignore[attr-defined]
+    return client
+
+
+def udp_echo_service(port: int = 5000, device: str = "network"):
+    """An on_poll hook for a guest stack: once its network adapter is up, answer every UDP
+    datagram to `port` with the same bytes (the server side of net-request-response)."""
+    state = {"sock": None}
+
+    def poll(stack) -> None:
+        if state["sock"] is not None:
+            return
+        vsc = stack.devices.get(device)
+        netstack = getattr(vsc, "stack", None)
+        if netstack is None:
+            return
+        holder = {}
+
+        def answer(data, addr, *_):
+            try:
+                holder["sock"].sendto(data, addr)
+            except OSError:
+                pass
+        holder["sock"] = state["sock"] = netstack.udp_socket(port, on_datagram=answer)
+
+    return poll

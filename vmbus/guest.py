@@ -55,11 +55,16 @@ class GuestVmbus:
     """The VMBus stack of one guest: call `run` as (part of) its VP 0's guest coroutine."""
 
     def __init__(self, partition: Partition, registry: Registry, *, simp_gpfn: int = 2, siefp_gpfn: int = 3,
-                 ring_pages: tuple[int, int] = (16, 240), configs: dict[str, dict] | None = None,
+                 ring_pages: tuple[int, int] | None = None, configs: dict[str, dict] | None = None,
                  on_poll: Callable[[GuestVmbus], None] | None = None):
         self.partition = partition
         self.registry = registry
         self.simp, self.siefp = simp_gpfn, siefp_gpfn
+        if ring_pages is None:
+            # Pages 0-63 are the kernel's own (hypercall pages, SynIC pages); device buffers come
+            # from the rest of the first 16 MiB the guest has.
+            mapped = partition.host.introspect.partition_info(partition)["gpa_mapped"]
+            ring_pages = (64, max(0, min(mapped, 4096) - 64))
         self.pages = GuestPages(*ring_pages)
         self.configs = configs or {}
         self.on_poll = on_poll  # called after every pass over messages and signals
@@ -134,6 +139,10 @@ class GuestVmbus:
         end = ChannelEnd.guest(view, ch.device.ring_pages, signal_host)
         config = dict(self.configs.get(ch.device.name) or {})
         config.setdefault("grant_pages", lambda n, done: self._grant_pages(relid, n, done))
+        config.setdefault("relid", relid)
+        if ch.device.guest_buffer_pages and "buffer_pages" not in config:
+            # Pages the VSC shares through GPADLs of its own (netvsc's receive and send buffers).
+            config["buffer_pages"] = self.pages.allocate(ch.device.guest_buffer_pages)
         vsc = ch.device.vsc(end, config, self.context)
 
         def deliver() -> None:

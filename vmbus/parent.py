@@ -54,6 +54,7 @@ class _Child:
     channels: dict[int, _Channel] = field(default_factory=dict)  # relid -> channel
     outbox: list[bytes] = field(default_factory=list)       # messages waiting for buffers
     context: EndpointContext | None = None                  # what this child's VSPs see
+    stats: dict = field(default_factory=lambda: {"messages_in": 0, "messages_out": 0, "packets_in": 0})
 
 
 class _Notifier:
@@ -258,6 +259,11 @@ class ParentVmbus:
                 except HvError:
                     pass  # dropped with the child already
 
+    def traffic(self, child: Partition | int) -> dict:
+        """VMBus traffic of one child: control messages in and out, data packets to its VSPs."""
+        c = self.children.get(child if isinstance(child, int) else child.id)
+        return dict(c.stats) if c else {"messages_in": 0, "messages_out": 0, "packets_in": 0}
+
     def vsp(self, child: Partition, relid: int) -> Vsp | None:
         ch = self.children[child.id].channels.get(relid)
         return ch.vsp if ch else None
@@ -272,6 +278,7 @@ class ParentVmbus:
                     return  # retried on the next pass
                 raise
             c.outbox.pop(0)
+            c.stats["messages_out"] += 1
 
     def _deliver(self, c: _Child, relid: int) -> None:
         """Hand a signalled channel's packets to its VSP. A ring the guest corrupted, or a VSP
@@ -282,6 +289,7 @@ class ParentVmbus:
         try:
             packets = ch.end.receive()
             self._pending_work += len(packets)
+            c.stats["packets_in"] += len(packets)
             if packets:
                 ch.vsp.on_packets(packets)
         except RingError as exc:
@@ -315,6 +323,7 @@ class ParentVmbus:
                 self.vp.set_registers({Register.EOM: 0})
             c = self._port_owner.get(msg.origin)
             if c is not None and msg.message_type == MESSAGE_TYPE_VMBUS:
+                c.stats["messages_in"] += 1
                 c.manager.handle_message(msg.payload, connection_id=c.msg_ports[msg.origin])
         base = self.siefp * 4096 + VMBUS_MESSAGE_SINT * 256
         flags = int.from_bytes(root.read(base, 256), "little")

@@ -22,6 +22,8 @@ Not thread-safe: callers serialise access to one `VirtualDisk`.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import errno
 import fcntl
 import os
@@ -313,6 +315,23 @@ class VirtualDisk:
         self._check_open()
         if not self._read_only:
             os.fsync(self._fd)
+
+    def own_ranges(self) -> Iterator[tuple[int, int]]:
+        """(offset, length) of the byte ranges this file itself holds: every byte of a fixed
+        disk; the allocated sectors of a dynamic or differencing one (what a merge copies)."""
+        self._check_open()
+        if self._header is None:
+            yield 0, self._size
+            return
+        assert self._bat is not None
+        sectors = self._block_size // SECTOR_SIZE
+        for block, entry in enumerate(self._bat):
+            if entry == UNALLOCATED:
+                continue
+            for present, sector, count in bitmap_runs(self._bitmap(block), 0, sectors):
+                start = block * self._block_size + sector * SECTOR_SIZE
+                if present and start < self._size:
+                    yield start, min(count * SECTOR_SIZE, self._size - start)
 
     def close(self) -> None:
         """Close the file and its parents. Idempotent. Does not flush: call `flush` for that."""

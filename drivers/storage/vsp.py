@@ -391,6 +391,14 @@ class StorVsp(Vsp):
             self._retry_ns = min(2 * delay, _RETRY_NS[1])
             self.context.call_later(self._retry_ns, self._retry)
 
+    def replace_disk(self, disk: VirtualDisk) -> VirtualDisk | None:
+        """Serve `disk` from now on (a checkpoint forked the VM's disk into a differencing one);
+        returns the disk it served before, which the caller closes. Requests already executed
+        went to the old disk; later ones go to the new one."""
+        old, self.disk = self.disk, disk
+        self.target = ScsiDisk(disk, serial=self.config.get("serial"))
+        return old
+
     def on_close(self) -> None:
         self._closed = True
         self.outstanding.clear()

@@ -19,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from hypervisor import _binding
 from hypervisor.abi import (MAP_RWX, PAGE_SIZE, PARTITION_ID_SELF, PRIVILEGES_GUEST_DEFAULT, CallCode, Control,
-                            MapFlags, PartitionProperty, PartitionState, Privilege, Register, control)
+                            MapFlags, PartitionProperty, PartitionState, Privilege, Register, VP_INDEX_SELF, control)
 from hypervisor.host import Host
 from hypervisor.partition import HypercallResult, Partition, VirtualProcessor
 from hypervisor.status import HvError, HvStatus
@@ -114,6 +114,8 @@ class HypervisorMachine(RuleBasedStateMachine):
         self.ports: dict[tuple[int, int], ModelPort] = {}
         self.connections: dict[tuple[int, int], ModelConnection] = {}
         self.slots: dict[tuple[int, int, int], bytes] = {}  # (pid, SIM GPA page, SINT) -> last delivery
+        self.occupied: dict[tuple[int, int, int], int] = {}  # slots holding an untaken message -> SPA frame
+        self.simp_before: dict[tuple[int, int], int] = {}    # SIMP of VPs whose registers this step set
         self.known: set[int] = {self.root.id}                # partitions the model has seen alive
         self.vp_masks: dict[int, int] = {}
         self.vp_ever: dict[int, set[int]] = defaultdict(set)
@@ -162,6 +164,18 @@ class HypervisorMachine(RuleBasedStateMachine):
         if not decoded.fast:
             vp.store_input(inp)  # the guest's own stores: not part of the hypercall
         predicted = self._predict(vp, ctl, inp) if decoded.code in PORT_CALLS else None
+        if decoded.code == CallCode.SET_VP_REGISTERS and len(inp) >= 16:
+            # An EOM may deliver into the SIM page and a later element of the batch move it: the
+            # delivery check must look where the SIM page was before the call.
+            pid, index = struct.unpack_from("<QI", inp)
+            pid = caller.id if pid == PARTITION_ID_SELF else pid
+            index = vp.index if index == VP_INDEX_SELF and pid == caller.id else index
+            if self._has_vp(pid, index) and (pid, index) not in self.simp_before:
+                regs = self._registers(pid, index, [Register.SIMP])
+                if regs is not None:
+                    self.simp_before[pid, index] = regs[0]
+        if not decoded.fast:
+            vp.store_input(inp)  # again: the root's register reads for the prediction use its VP 0 page
         before = self.host.introspect.digest()
         result = vp.hypercall(ctl, inp if decoded.fast else b"")
         if not result.ok:
@@ -173,13 +187,16 @@ class HypervisorMachine(RuleBasedStateMachine):
                 f"INV-PRIV: a call without its privilege returned {result.status!r}")
         if decoded.code in PORT_CALLS:
             if predicted is None:
-                assert not result.ok, f"a malformed {decoded.code.name} control word {ctl:#x} succeeded"
+                assert not result.ok, f"a malformed {CallCode(decoded.code).name} control word {ctl:#x} succeeded"
             else:
                 allowed, apply = predicted
                 if result.status not in allowed:
-                    raise _violation("ORACLE", f"{decoded.code.name} from partition {caller.id} VP {vp.index} "
-                                               f"returned {result.status!r}, the model allows "
-                                               f"{sorted(HvStatus(s).name for s in allowed)}")
+                    S = HvStatus
+                    name = ("A10" if allowed == {S.INVALID_CONNECTION_ID} else
+                            "INV-QUEUE" if S.INSUFFICIENT_BUFFERS in allowed | {result.status} else "ORACLE")
+                    raise _violation(name, f"{CallCode(decoded.code).name} from partition {caller.id} VP "
+                                           f"{vp.index} returned {result.status!r}, the model allows "
+                                           f"{sorted(S(s).name for s in allowed)}")
                 if result.ok and apply is not None:
                     apply()
         return result
@@ -567,10 +584,10 @@ class HypervisorMachine(RuleBasedStateMachine):
         ptype = data.draw(st.sampled_from([MSG, MSG, EVT]), label="type")
         count = data.draw(st.integers(1, 16)) if ptype == EVT else 0
         base = data.draw(st.integers(0, hs.EVENT_FLAGS_COUNT - count)) if ptype == EVT else 0
+        sint = data.draw(st.integers(0, SINT_COUNT - 1)) if data.draw(hs.rarely(3)) else VMBUS_SINT
+        vp = data.draw(st.integers(0, 3)) if data.draw(hs.rarely(4)) else data.draw(st.sampled_from(vps))
         inp = hs.create_port_block(self._pid_field(data, caller, owner.id), data.draw(hs.port_ids(), label="port"),
-                                   self._pid_field(data, caller, conn_partition), port_type=ptype,
-                                   sint=data.draw(st.one_of(st.just(VMBUS_SINT), st.integers(0, SINT_COUNT - 1))),
-                                   vp=data.draw(st.one_of(st.sampled_from(vps), st.integers(0, 3))),
+                                   self._pid_field(data, caller, conn_partition), port_type=ptype, sint=sint, vp=vp,
                                    base_flag=base, flag_count=count)
         self.issue(data.draw(st.sampled_from(caller.vps)), control(CallCode.CREATE_PORT), inp)
 
@@ -581,8 +598,11 @@ class HypervisorMachine(RuleBasedStateMachine):
         port = data.draw(st.sampled_from(sorted(self.ports.values(), key=lambda p: (p.owner, p.id))), label="port")
         cp = data.draw(st.one_of(st.just(port.connection_partition),
                                  st.sampled_from([p.id for p in self._everyone()])), label="connection partition")
-        ptype = port.type if data.draw(st.integers(0, 7)) else MSG + EVT - port.type
-        inp = hs.connect_port_block(self._pid_field(data, caller, cp), data.draw(hs.port_ids(), label="connection"),
+        ptype = MSG + EVT - port.type if data.draw(hs.rarely(8), label="wrong type") else port.type
+        free = [i for i in hs.PORT_IDS if (cp, i) not in self.connections]
+        conn_id = data.draw(hs.port_ids() if not free or data.draw(hs.rarely(4)) else st.sampled_from(free),
+                            label="connection")
+        inp = hs.connect_port_block(self._pid_field(data, caller, cp), conn_id,
                                     self._pid_field(data, caller, port.owner), port.id, port_type=ptype)
         self.issue(data.draw(st.sampled_from(caller.vps)), control(CallCode.CONNECT_PORT), inp)
 
@@ -602,27 +622,62 @@ class HypervisorMachine(RuleBasedStateMachine):
         inp = hs.disconnect_port_block(self._pid_field(data, caller, owner), conn_id)
         self.issue(data.draw(st.sampled_from(caller.vps)), control(CallCode.DISCONNECT_PORT, fast=fast), inp)
 
+    @rule(data=st.data(), ptype=st.sampled_from([MSG, EVT]))
+    def wire(self, data, ptype: int) -> None:
+        """The root gives partition B a connection to a new port of partition A (the root or an
+        initialized child with VPs; A may be B): CreatePort, then ConnectPort, valid inputs."""
+        ready = [p for p in self._everyone()
+                 if self._info(p)["state"] == PartitionState.INITIALIZED and self._info(p)["vp_mask"]]
+        owner = data.draw(st.sampled_from(ready), label="port partition")
+        peer = data.draw(st.sampled_from(ready), label="connection partition")
+        if owner.is_root and self._info(owner)["pool_free"] == 0 and self.host.root_memory.available >= 2:
+            self._try(self.root.deposit_memory, None, self.host.root_memory.allocate(2))
+        free_ports = [i for i in hs.PORT_IDS if (owner.id, i) not in self.ports]
+        free_conns = [i for i in hs.PORT_IDS if (peer.id, i) not in self.connections]
+        if not free_ports or not free_conns:
+            return
+        port_id = data.draw(st.sampled_from(free_ports), label="port id")
+        count = data.draw(st.integers(1, 16)) if ptype == EVT else 0
+        base = data.draw(st.integers(0, hs.EVENT_FLAGS_COUNT - count)) if ptype == EVT else 0
+        sint = data.draw(st.integers(0, SINT_COUNT - 1)) if data.draw(hs.rarely(4)) else VMBUS_SINT
+        vp = data.draw(st.sampled_from([v.index for v in owner.vps]), label="target vp")
+        created = self.issue(self.root.vp(0), control(CallCode.CREATE_PORT),
+                             hs.create_port_block(owner.id, port_id, peer.id, port_type=ptype, sint=sint, vp=vp,
+                                                  base_flag=base, flag_count=count))
+        if created.ok:
+            self.issue(self.root.vp(0), control(CallCode.CONNECT_PORT),
+                       hs.connect_port_block(peer.id, data.draw(st.sampled_from(free_conns), label="connection id"),
+                                             owner.id, port_id, port_type=ptype))
+
     # ---- messages and events ----------------------------------------------------------------------------
     def _connection_id(self, data, caller: Partition, ptype: int) -> int:
         """Mostly one of the caller's own connections of that type; else one of another
         partition's (the A10 case), or any id."""
         own = sorted(cid for (pid, cid), c in self.connections.items() if pid == caller.id and c.type == ptype)
         others = sorted(cid for (pid, cid) in self.connections if pid != caller.id)
-        choices = [hs.port_ids()]
-        if own:
-            choices += [st.sampled_from(own)] * 4
-        if others:
-            choices += [st.sampled_from(others)] * 2
-        return data.draw(st.one_of(*choices), label="connection id")
+        kind = data.draw(st.integers(0, 6), label="whose connection")
+        if own and kind <= 3:
+            return data.draw(st.sampled_from(own), label="own connection")
+        if others and kind <= 5:
+            return data.draw(st.sampled_from(others), label="another's connection")
+        return data.draw(hs.port_ids(), label="connection id")
 
     def _next_payload(self, data) -> bytes:
         """A payload that starts with a sequence number, so every message is told apart."""
         self.sequence += 1
         return struct.pack("<I", self.sequence) + data.draw(st.binary(max_size=PAYLOAD_MAX - 4), label="payload")
 
+    def _sender(self, data, ptype: int) -> Partition:
+        """A caller, most often one that owns a connection of that type."""
+        callers = self._callers()
+        senders = [p for p in callers
+                   if any(pid == p.id and c.type == ptype for (pid, _), c in self.connections.items())]
+        return data.draw(st.sampled_from(senders if senders and not data.draw(hs.rarely(4)) else callers),
+                         label="caller")
+
     @rule(data=st.data())
     def post_message(self, data) -> None:
-        caller = data.draw(st.sampled_from(self._callers()), label="caller")
+        caller = self._sender(data, MSG)
         payload = self._next_payload(data)
         inp = hs.post_message_block(self._connection_id(data, caller, MSG), data.draw(hs.message_types()), payload,
                                     size=data.draw(hs.payload_sizes(payload)),
@@ -640,14 +695,15 @@ class HypervisorMachine(RuleBasedStateMachine):
         vp = data.draw(st.sampled_from(caller.vps))
         for _ in range(n):
             payload = self._next_payload(data)
-            self.issue(vp, control(CallCode.POST_MESSAGE), hs.post_message_block(conn_id, hs.MESSAGE_TYPE_VMBUS, payload))
+            self.issue(vp, control(CallCode.POST_MESSAGE),
+                       hs.post_message_block(conn_id, hs.MESSAGE_TYPE_VMBUS, payload))
 
     @rule(data=st.data(), fast=st.booleans())
     def signal_event(self, data, fast: bool) -> None:
-        caller = data.draw(st.sampled_from(self._callers()), label="caller")
+        caller = self._sender(data, EVT)
         inp = hs.signal_event_block(self._connection_id(data, caller, EVT),
                                     data.draw(st.one_of(st.integers(0, 3), st.integers(0, 0xFFFF)), label="flag"),
-                                    0 if data.draw(st.integers(0, 15)) else 1)
+                                    int(data.draw(hs.rarely(16), label="rsvdz")))
         self.issue(data.draw(st.sampled_from(caller.vps)), control(CallCode.SIGNAL_EVENT, fast=fast), inp)
 
     # ---- guests: their SynIC, taking messages ------------------------------------------------------------
@@ -662,8 +718,8 @@ class HypervisorMachine(RuleBasedStateMachine):
         """(partition, VP) pairs whose guest can program its own SynIC now."""
         return [(p, vp.index) for p in self._callers() for vp in p.vps]
 
-    @rule(data=st.data(), scontrol=st.integers(0, 7), simp_on=st.integers(0, 7), masked=st.integers(0, 7))
-    def enable_synic(self, data, scontrol: int, simp_on: int, masked: int) -> None:
+    @rule(data=st.data(), scontrol_off=hs.rarely(8), simp_off=hs.rarely(8), masked=hs.rarely(8))
+    def enable_synic(self, data, scontrol_off: bool, simp_off: bool, masked: bool) -> None:
         """A guest enables its SynIC: SIM and SIEF pages on two of its pages, SCONTROL, SINT2
         unmasked (and now and then the SynIC, the SIM page or SINT2 left off)."""
         part, vp = data.draw(st.sampled_from(self._synic_targets()), label="vp")
@@ -687,36 +743,60 @@ class HypervisorMachine(RuleBasedStateMachine):
                 self.child_synic_pages[part.id, vp] = pages
         simp, siefp = pages
         self.untrusted[part.id].add(siefp)
-        sint = data.draw(st.one_of(st.just(VMBUS_SINT), st.integers(0, SINT_COUNT - 1)), label="sint")
-        regs = {Register.SIMP: simp_value(simp, simp_on != 0), Register.SIEFP: siefp_value(siefp),
-                Register.SCONTROL: int(scontrol != 0),
-                Register.SINT0 + sint: sint_value(0x30 + sint, masked=masked == 0)}
+        sint = data.draw(st.integers(0, SINT_COUNT - 1), label="sint") if data.draw(hs.rarely(3)) else VMBUS_SINT
+        regs = {Register.SIMP: simp_value(simp, not simp_off), Register.SIEFP: siefp_value(siefp),
+                Register.SCONTROL: int(not scontrol_off),
+                Register.SINT0 + sint: sint_value(0x30 + sint, masked=masked)}
         self._try(part.vp(vp).set_registers, regs)
         self.synic_vps.add((part.id, vp))
 
     @precondition(lambda self: self.synic_vps)
-    @rule(data=st.data(), always_eom=st.booleans())
-    def guest_takes_message(self, data, always_eom: bool) -> None:
-        """A guest takes the message in one of its slots: clears MessageType, then writes EOM if
-        MessagePending was set (Linux), or always."""
-        pid, vp = data.draw(st.sampled_from(sorted(self.synic_vps)), label="vp")
+    @rule(data=st.data(), always_eom=st.booleans(), n=st.integers(1, 4))
+    def guest_takes_messages(self, data, always_eom: bool, n: int) -> None:
+        """A guest takes up to `n` messages in turn from one of its slots (most often one that a
+        port has messages waiting for): clears MessageType, then writes EOM if MessagePending
+        was set (Linux), or always."""
+        waiting = sorted({(p.owner, p.vp, p.sint) for p in self.ports.values() if p.pending})
+        if waiting and not data.draw(hs.rarely(4)):
+            pid, vp, sint = data.draw(st.sampled_from(waiting), label="slot")
+        else:
+            pid, vp = data.draw(st.sampled_from(sorted(self.synic_vps)), label="vp")
+            sints = sorted({p.sint for p in self.ports.values() if (p.owner, p.vp) == (pid, vp)} | {VMBUS_SINT})
+            sint = data.draw(st.sampled_from(sints), label="sint")
+        for i in range(n):
+            if i:
+                self._check_deliveries()  # what the last EOM brought into the slot, before it is taken
+            if not self.take_message(pid, vp, sint, always_eom):
+                return
+
+    def take_message(self, pid: int, vp: int, sint: int, always_eom: bool = False) -> bool:
+        """The guest of VP `vp` of partition `pid` takes the message in its SINT `sint` slot, the
+        Linux way. False if it cannot (not running, no SIM page)."""
         part = self.host.partition(pid) if pid in self.host.introspect.partition_ids() else None
         if part is None or part not in self._callers() or not self._has_vp(pid, vp):
-            return
-        sints = sorted({p.sint for p in self.ports.values() if (p.owner, p.vp) == (pid, vp)} | {VMBUS_SINT})
-        sint = data.draw(st.sampled_from(sints), label="sint")
+            return False
         regs = self._registers(pid, vp, [Register.SIMP])
         if regs is None or not regs[0] & _PAGE_ENABLE:
-            return
-        gpa = (regs[0] >> 12) * PAGE_SIZE + sint * MESSAGE_SIZE
+            return False
+        gpfn = regs[0] >> 12
+        gpa = gpfn * PAGE_SIZE + sint * MESSAGE_SIZE
         try:
             part.write(gpa, bytes(4))  # MessageType = None
             pending = part.read(gpa + 5, 1)[0] & MESSAGE_FLAG_PENDING
         except MemoryError:
-            return
+            return False
+        self.occupied.pop((pid, gpfn, sint), None)
         if pending or always_eom:
-            self.issue(part.vp(vp), control(CallCode.SET_VP_REGISTERS, rep_count=1),
-                       struct.pack("<QIB3x", PARTITION_ID_SELF, vp, 0) + struct.pack("<IIQQQ", Register.EOM, 0, 0, 0, 0))
+            queued = _binding.hv_synic_queue_length(self.host._h, pid, vp, sint)
+            result = self.issue(part.vp(vp), control(CallCode.SET_VP_REGISTERS, rep_count=1),
+                                struct.pack("<QIB3x", PARTITION_ID_SELF, vp, 0)
+                                + struct.pack("<IIQQQ", Register.EOM, 0, 0, 0, 0))
+            scontrol = self._registers(pid, vp, [Register.SCONTROL])
+            if (result.ok and queued and scontrol and scontrol[0] & SCONTROL_ENABLE and self._page_rw(pid, gpfn)
+                    and _binding.hv_synic_queue_length(self.host._h, pid, vp, sint) != queued - 1):
+                raise _violation("INV-QUEUE", f"partition {pid} VP {vp} SINT {sint}: the guest emptied its slot and "
+                                              f"wrote EOM with {queued} messages queued, none was delivered")
+        return True
 
     @precondition(lambda self: self._live())
     @rule(data=st.data())
@@ -728,9 +808,9 @@ class HypervisorMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: len(self._live()) < MAX_CHILDREN and self.host.root_memory.available >= 48)
     @rule(data=st.data(), vps=st.integers(1, 2), create_port=st.booleans(), connect_port=st.booleans(),
-          no_post=st.integers(0, 7), no_signal=st.integers(0, 7))
-    def create_guest(self, data, vps: int, create_port: bool, connect_port: bool, no_post: int,
-                     no_signal: int) -> None:
+          no_post=hs.rarely(8), no_signal=hs.rarely(8))
+    def create_guest(self, data, vps: int, create_port: bool, connect_port: bool, no_post: bool,
+                     no_signal: bool) -> None:
         """A ready guest in one step: created (sometimes with CreatePort/ConnectPort, rarely
         without PostMessages/SignalEvents), 10 pool pages, initialized, VPs, 32 pages at GPA 0,
         and each VP's SynIC on (SIM page 16 + 2i, SIEF page 17 + 2i, SINT2 unmasked)."""
@@ -738,7 +818,7 @@ class HypervisorMachine(RuleBasedStateMachine):
         self.children.append(child)
         privileges = PRIVILEGES_GUEST_DEFAULT | create_port << Privilege.CREATE_PORT \
             | connect_port << Privilege.CONNECT_PORT
-        privileges &= ~((no_post == 0) << Privilege.POST_MESSAGES | (no_signal == 0) << Privilege.SIGNAL_EVENTS)
+        privileges &= ~(no_post << Privilege.POST_MESSAGES | no_signal << Privilege.SIGNAL_EVENTS)
         self.root.set_partition_property(child, PartitionProperty.PRIVILEGE_FLAGS, privileges)
         self.root.deposit_memory(child, self.host.root_memory.allocate(10))
         self.root.initialize_partition(child)
@@ -759,9 +839,12 @@ class HypervisorMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def delete_busy_child(self, data) -> None:
         """Delete a child that owns ports or connections (often with messages still queued)."""
-        busy = sorted({p.owner for p in self.ports.values()} | {pid for pid, _ in self.connections}
+        busy = sorted(({p.owner for p in self.ports.values()} | {pid for pid, _ in self.connections})
                       - {self.root.id})
-        child = self.host.partition(data.draw(st.sampled_from(busy)))
+        queued = sorted(({p.owner for p in self.ports.values() if p.pending}
+                         | {sender for p in self.ports.values() for sender, _ in p.pending}) - {self.root.id})
+        child = self.host.partition(data.draw(st.sampled_from(queued if queued and not data.draw(hs.rarely(3))
+                                                              else busy), label="child"))
         self._try(self.root.finalize_partition, child)
         self._try(self.root.delete_partition, child)
 
@@ -839,7 +922,8 @@ class HypervisorMachine(RuleBasedStateMachine):
                 raise _violation("INV-QUEUE", f"{len(messages)} messages left the queue of partition {pid} VP {vp} "
                                               f"SINT {sint} in one step; its slot takes one at a time")
             port, message = messages[0]
-            regs = self._registers(pid, vp, [Register.SIMP])
+            regs = [self.simp_before[pid, vp]] if (pid, vp) in self.simp_before else \
+                self._registers(pid, vp, [Register.SIMP])
             if regs is None:
                 continue
             if not regs[0] & _PAGE_ENABLE:
@@ -849,18 +933,35 @@ class HypervisorMachine(RuleBasedStateMachine):
             self.slots[pid, gpfn, sint] = message
             if not self._trusted(pid, gpfn):
                 continue
+            frame = self._frame(pid, gpfn)
+            if frame is not None and self.occupied.get((pid, gpfn, sint)) == frame:
+                raise _violation("INV-QUEUE", f"partition {pid} VP {vp} SINT {sint}: a message of port {port.id:#x} "
+                                              f"was delivered over one the guest had not taken (a lost message)")
             slot = self._slot_bytes(pid, gpfn, sint)
             if slot is None or _without_pending(slot) != message:
                 raise _violation("INV-MSG", f"partition {pid} VP {vp} SINT {sint}: port {port.id:#x}'s oldest message "
                                             f"left the queue, its slot holds "
                                             f"{None if slot is None else slot[:24].hex()}..., expected "
                                             f"{message[:24].hex()}...")
+        self.simp_before.clear()
+
+    def _frame(self, pid: int, gpfn: int) -> int | None:
+        """The SPA frame behind GPA page `gpfn` of partition `pid` (None if it has none)."""
+        if pid == self.root.id:
+            return gpfn if gpfn < self.host.pages else None
+        entry = self.host.introspect.reach(pid).get(gpfn)
+        return None if entry is None else entry[0]
 
     def _check_slots(self) -> None:
         """INV-MSG for every message in every SIM slot the machine can trust: a valid type (or a
         timer's), at most 240 bytes with nothing behind them, exactly the last message delivered
         there, which a port of this partition targeting this VP and SINT received through a
         connection its sender owned."""
+        for key, frame in list(self.occupied.items()):  # forget slots whose page changed under them
+            pid, gpfn, sint = key
+            slot = self._slot_bytes(pid, gpfn, sint) if pid in self.known else None
+            if slot is None or self._frame(pid, gpfn) != frame or not any(slot[:4]):
+                del self.occupied[key]
         for pid, vp in sorted(self.synic_vps):
             if not self._has_vp(pid, vp):
                 continue
@@ -874,15 +975,18 @@ class HypervisorMachine(RuleBasedStateMachine):
                 page = self.host.partition(pid).read(gpfn * PAGE_SIZE, PAGE_SIZE)
             except MemoryError:
                 continue
+            frame = self._frame(pid, gpfn)
             for sint in range(SINT_COUNT):
                 slot = page[sint * MESSAGE_SIZE:(sint + 1) * MESSAGE_SIZE]
                 mtype, size, flags, reserved, origin = _HEADER.unpack_from(slot)
                 if mtype == 0:
                     continue
+                self.occupied[pid, gpfn, sint] = frame
                 where = f"partition {pid} VP {vp} SINT {sint} (GPA page {gpfn})"
                 if mtype & _TYPE_HV:
                     if mtype != hs.MESSAGE_TYPE_TIMER_EXPIRED or origin != 0:
-                        raise _violation("INV-MSG", f"{where} holds hypervisor message type {mtype:#x} from {origin:#x}")
+                        raise _violation("INV-MSG", f"{where} holds hypervisor message type {mtype:#x} "
+                                                    f"from {origin:#x}")
                     continue
                 if size > PAYLOAD_MAX or flags & ~MESSAGE_FLAG_PENDING or reserved:
                     raise _violation("INV-MSG", f"{where}: malformed header {slot[:16].hex()}")
@@ -890,8 +994,31 @@ class HypervisorMachine(RuleBasedStateMachine):
                     raise _violation("INV-MSG", f"{where}: bytes past PayloadSize {size} are not zero")
                 expected = self.slots.get((pid, gpfn, sint))
                 if expected is None:
-                    raise _violation("INV-MSG", f"{where} holds a message (type {mtype:#x}, origin {origin:#x}) no port "
-                                                f"of the partition delivered there")
+                    raise _violation("INV-MSG", f"{where} holds a message (type {mtype:#x}, origin {origin:#x}) "
+                                                f"no port of the partition delivered there")
                 if _without_pending(slot) != expected:
                     raise _violation("INV-MSG", f"{where} holds {slot[:24].hex()}..., the last message delivered there "
                                                 f"was {expected[:24].hex()}...")
+
+
+class MessagingMachine(HypervisorMachine):
+    """`HypervisorMachine` without its memory-management rules (children come ready from
+    `create_guest`), so nearly every step creates, connects, deletes or disconnects ports, posts,
+    signals, takes messages, or deletes a VP or a partition with its ports, connections and
+    queued messages; raw hypercalls stay."""
+
+    host_memory = "4MiB"
+    create_child = deposit = initialize_child = create_vp = map_pages = withdraw = None
+    set_property = grant_pages = revoke_grant = child_writes_memory = None
+
+    @initialize()
+    def root_synic(self) -> None:
+        """The root's VPs take messages from the start (SIM and SIEF pages of its own, SINT2),
+        and its pool has pages for message ports."""
+        self.root.deposit_memory(None, self.host.root_memory.allocate(4))
+        for vp in self.root.vps:
+            simp, siefp = self.root_synic_pages[vp.index] = tuple(self.host.root_memory.allocate(2))
+            self.untrusted[self.root.id].add(siefp)
+            vp.set_registers({Register.SIMP: simp_value(simp), Register.SIEFP: siefp_value(siefp),
+                              Register.SCONTROL: 1, Register.SINT2: sint_value(0x32)})
+            self.synic_vps.add((self.root.id, vp.index))

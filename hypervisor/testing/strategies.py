@@ -125,7 +125,8 @@ PORT_IDS = (1, 2, 3, 0x10, 0x20, 0xFFFFFF)
 _c = _binding.constant
 PORT_ID_MASK = _c("HV_PORT_ID_MASK")
 #: HV_PORT_TYPE values (hvsim refuses monitor ports).
-PORT_TYPE_MESSAGE, PORT_TYPE_EVENT, PORT_TYPE_MONITOR = (_c("HV_PORT_TYPE_" + n) for n in ("MESSAGE", "EVENT", "MONITOR"))
+PORT_TYPE_MESSAGE, PORT_TYPE_EVENT, PORT_TYPE_MONITOR = (_c("HV_PORT_TYPE_" + n)
+                                                        for n in ("MESSAGE", "EVENT", "MONITOR"))
 MESSAGE_TYPE_VMBUS = _c("HV_MESSAGE_TYPE_VMBUS")
 MESSAGE_TYPE_TIMER_EXPIRED = _c("HV_MESSAGE_TYPE_TIMER_EXPIRED")
 PAYLOAD_MAX = _c("HV_MESSAGE_PAYLOAD_MAX")
@@ -179,29 +180,36 @@ def signal_event_block(connection_id: int, flag_number: int = 0, rsvdz: int = 0)
     return struct.pack("<IHH", connection_id, flag_number, rsvdz)
 
 
-def port_ids(ids: Sequence[int] | None = None) -> st.SearchStrategy[int]:
+def rarely(one_in: int) -> st.SearchStrategy[bool]:
+    """True about once in `one_in` draws. (Hypothesis favours small integers, 0 above all, so
+    "rare" is the top of the range, never 0.)"""
+    return st.integers(0, one_in - 1).map(lambda k: k == one_in - 1)
+
+
+@st.composite
+def port_ids(draw, ids: Sequence[int] | None = None) -> int:
     """A port or connection id: mostly one of `ids` (default PORT_IDS), sometimes any 24-bit id,
     sometimes one with a reserved bit (31:24) set."""
     ids = list(ids or PORT_IDS)
-    reserved = st.builds(lambda i, hi: (i & PORT_ID_MASK) | hi << 24, st.sampled_from(ids),
-                         st.integers(1, 0xFF))
-    return st.one_of(st.sampled_from(ids), st.sampled_from(ids), st.sampled_from(ids),
-                     st.integers(0, PORT_ID_MASK), reserved)
+    kind = draw(st.integers(0, 9))
+    if kind == 8:
+        return draw(st.integers(0, PORT_ID_MASK))
+    if kind == 9:
+        return draw(st.sampled_from(ids)) & PORT_ID_MASK | draw(st.integers(1, 0xFF)) << 24
+    return draw(st.sampled_from(ids))
 
 
 _ids = port_ids  # for the strategies below, whose `port_ids` argument shadows it
 
 
-def message_types(valid_only: bool = False) -> st.SearchStrategy[int]:
+@st.composite
+def message_types(draw, valid_only: bool = False) -> int:
     """A PostMessage MessageType: mostly valid (non-zero, bit 31 clear; VMBus's 1 often), unless
-    `valid_only` sometimes 0 (None), a hypervisor type (bit 31 set; TimerExpired among them) or
-    0xFFFFFFFF."""
-    valid = st.one_of(st.just(MESSAGE_TYPE_VMBUS), st.integers(1, 0x7FFFFFFF))
-    if valid_only:
-        return valid
-    invalid = st.one_of(st.just(0), st.just(MESSAGE_TYPE_TIMER_EXPIRED), st.just(0xFFFFFFFF),
-                        st.integers(0x80000000, 0xFFFFFFFF))
-    return st.one_of(valid, valid, valid, invalid)
+    `valid_only` one time in six 0 (None), a hypervisor type (bit 31 set; TimerExpired among
+    them) or 0xFFFFFFFF."""
+    if valid_only or not draw(rarely(6)):
+        return draw(st.one_of(st.just(MESSAGE_TYPE_VMBUS), st.integers(1, 0x7FFFFFFF)))
+    return draw(st.sampled_from([0, MESSAGE_TYPE_TIMER_EXPIRED, 0xFFFFFFFF, 0x80000000 | draw(u32)]))
 
 
 def message_payloads(max_size: int = PAYLOAD_MAX) -> st.SearchStrategy[bytes]:
@@ -214,9 +222,9 @@ def payload_sizes(draw, payload: bytes, valid_only: bool = False) -> int:
     """The PayloadSize field for `payload`: its length mostly, sometimes shorter (the bytes past it
     must not be delivered), unless `valid_only` sometimes above 240."""
     kind = draw(st.integers(0, 9))
-    if kind == 0 and payload:
+    if kind == 8 and payload:
         return draw(st.integers(0, len(payload) - 1))
-    if kind == 1 and not valid_only:
+    if kind == 9 and not valid_only:
         return draw(st.one_of(st.integers(PAYLOAD_MAX + 1, 256), st.just(0xFF), st.just(0x100), st.just(2**32 - 1)))
     return len(payload)
 
@@ -230,7 +238,7 @@ def post_message_inputs(draw, connection_ids: Sequence[int] | None = None, *, va
     payload = draw(message_payloads())
     size = draw(payload_sizes(payload, valid_only))
     tail = draw(st.one_of(st.just(b""), st.binary(min_size=1, max_size=16)))
-    rsvdz = 0 if valid_only or draw(st.integers(0, 15)) else draw(st.integers(1, 2**32 - 1))
+    rsvdz = draw(st.integers(1, 2**32 - 1)) if not valid_only and draw(rarely(16)) else 0
     return post_message_block(conn, mtype, payload, size=size, rsvdz=rsvdz, tail=tail)
 
 
@@ -239,9 +247,12 @@ def signal_event_inputs(draw, connection_ids: Sequence[int] | None = None, *, va
     """A SignalEvent block: a connection id, a flag number (small, the last of a SINT's 2048, or
     0xFFFF) and, sometimes, RsvdZ set."""
     conn = draw(_ids(connection_ids))
-    flag = draw(st.one_of(st.integers(0, 3), st.integers(0, 3), st.integers(0, EVENT_FLAGS_COUNT - 1),
-                          st.just(0xFFFF)))
-    rsvdz = 0 if valid_only or draw(st.integers(0, 15)) else draw(st.integers(1, 0xFFFF))
+    kind = draw(st.integers(0, 5))
+    if kind == 4:
+        flag = draw(st.integers(0, EVENT_FLAGS_COUNT - 1))
+    else:
+        flag = 0xFFFF if kind == 5 else draw(st.integers(0, 3))
+    rsvdz = draw(st.integers(1, 0xFFFF)) if not valid_only and draw(rarely(16)) else 0
     return signal_event_block(conn, flag, rsvdz)
 
 
@@ -251,19 +262,18 @@ def create_port_inputs(draw, partition_ids: Sequence[int], port_ids: Sequence[in
     """A CreatePort block: port and connection partition among `partition_ids` (or self, or an
     arbitrary id), a message or event port to SINT 2 (often) or any SINT of one of `vps`; now and
     then a broken field (VTLs, RsvdZ, flag range, SINT ≥ 16, monitor type, proximity info)."""
-    pids = st.one_of(st.sampled_from(list(partition_ids) + [PARTITION_ID_SELF]), u64) if not valid_only \
-        else st.sampled_from(list(partition_ids) + [PARTITION_ID_SELF])
+    pids = _partition_ids(partition_ids, valid_only)
     port_pid, conn_pid = draw(pids), draw(pids)
     port_id = draw(_ids(port_ids))
     ptype = draw(st.sampled_from([PORT_TYPE_MESSAGE, PORT_TYPE_EVENT]))
-    sint = draw(st.one_of(st.just(2), st.integers(0, SINT_COUNT - 1)))
+    sint = draw(st.integers(0, SINT_COUNT - 1)) if draw(rarely(3)) else 2
     vp = draw(st.sampled_from(list(vps)))
     base = count = 0
     if ptype == PORT_TYPE_EVENT:
         count = draw(st.integers(1, 64))
         base = draw(st.integers(0, EVENT_FLAGS_COUNT - count))
     fields = dict(port_type=ptype, sint=sint, vp=vp, base_flag=base, flag_count=count)
-    if not valid_only and draw(st.integers(0, 3)) == 0:
+    if not valid_only and draw(rarely(5)):
         broken = draw(st.sampled_from(["port_vtl", "min_connection_vtl", "rsvdz", "info_reserved", "info_rsvdz",
                                        "proximity", "sint", "vp", "type", "flags"]))
         if broken == "sint":
@@ -287,12 +297,11 @@ def connect_port_inputs(draw, partition_ids: Sequence[int], connection_ids: Sequ
                         port_ids: Sequence[int] | None = None, *, valid_only: bool = False) -> bytes:
     """A ConnectPort block: connection and port partitions among `partition_ids` (or self, or an
     arbitrary id), a message or event connection; now and then a broken field."""
-    pids = st.one_of(st.sampled_from(list(partition_ids) + [PARTITION_ID_SELF]), u64) if not valid_only \
-        else st.sampled_from(list(partition_ids) + [PARTITION_ID_SELF])
+    pids = _partition_ids(partition_ids, valid_only)
     conn_pid, port_pid = draw(pids), draw(pids)
     conn_id, port_id = draw(_ids(connection_ids)), draw(_ids(port_ids))
     fields: dict = dict(port_type=draw(st.sampled_from([PORT_TYPE_MESSAGE, PORT_TYPE_EVENT])))
-    if not valid_only and draw(st.integers(0, 3)) == 0:
+    if not valid_only and draw(rarely(5)):
         broken = draw(st.sampled_from(["connection_vtl", "rsvdz", "rsvdz2", "info_reserved", "monitor_address",
                                        "info_rsvdz", "proximity", "type"]))
         if broken == "rsvdz":
@@ -308,11 +317,23 @@ def connect_port_inputs(draw, partition_ids: Sequence[int], connection_ids: Sequ
 
 @st.composite
 def delete_port_inputs(draw, partition_ids: Sequence[int], port_ids: Sequence[int] | None = None) -> bytes:
-    pid = draw(st.one_of(st.sampled_from(list(partition_ids) + [PARTITION_ID_SELF]), u64))
-    return delete_port_block(pid, draw(_ids(port_ids)), 0 if draw(st.integers(0, 7)) else draw(u32))
+    """A DeletePort block: a partition among `partition_ids` (or self, or any id), a port id,
+    now and then non-zero padding."""
+    pid = draw(_partition_ids(partition_ids))
+    return delete_port_block(pid, draw(_ids(port_ids)), draw(st.integers(1, 2**32 - 1)) if draw(rarely(8)) else 0)
 
 
 @st.composite
 def disconnect_port_inputs(draw, partition_ids: Sequence[int], connection_ids: Sequence[int] | None = None) -> bytes:
-    pid = draw(st.one_of(st.sampled_from(list(partition_ids) + [PARTITION_ID_SELF]), u64))
-    return disconnect_port_block(pid, draw(_ids(connection_ids)), 0 if draw(st.integers(0, 7)) else draw(u32))
+    """A DisconnectPort block, like `delete_port_inputs`."""
+    pid = draw(_partition_ids(partition_ids))
+    return disconnect_port_block(pid, draw(_ids(connection_ids)),
+                                 draw(st.integers(1, 2**32 - 1)) if draw(rarely(8)) else 0)
+
+
+@st.composite
+def _partition_ids(draw, partition_ids: Sequence[int], valid_only: bool = False) -> int:
+    """One of `partition_ids` or SELF; unless `valid_only`, one time in six any id."""
+    if not valid_only and draw(rarely(6)):
+        return draw(u64)
+    return draw(st.sampled_from(list(partition_ids) + [PARTITION_ID_SELF]))

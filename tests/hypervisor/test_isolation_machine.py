@@ -1,8 +1,15 @@
-"""The shipped isolation state machine, run as hvsim's own stateful test."""
+"""The shipped isolation state machines, run as hvsim's own stateful tests: `HypervisorMachine`
+(everything: partition and memory management, grants, ports and messages, raw hypercalls) and
+`MessagingMachine` (its port, message and event rules without the memory churn, so most steps
+carry messages)."""
 from hypothesis import HealthCheck, settings
 
-from hypervisor.testing.machine import HypervisorMachine
+from hypervisor.testing.machine import HypervisorMachine, MessagingMachine
 
 TestHypervisorIsolation = HypervisorMachine.TestCase
-TestHypervisorIsolation.settings = settings(max_examples=60, stateful_step_count=40, deadline=None,
+TestHypervisorIsolation.settings = settings(max_examples=80, stateful_step_count=40, deadline=None,
                                             suppress_health_check=[HealthCheck.too_slow])
+
+TestMessagingIsolation = MessagingMachine.TestCase
+TestMessagingIsolation.settings = settings(max_examples=150, stateful_step_count=50, deadline=None,
+                                           suppress_health_check=[HealthCheck.too_slow])

@@ -1,25 +1,65 @@
-"""`hvsim run`: the boot summary of the default host."""
+"""`hvsim run`: the default host end to end in a temporary directory, its records, determinism,
+and bad input."""
 import json
+
+import pytest
 
 from partitions.cli import main
 
 
-def test_default_host_boots_runs_and_reports(capsys):
-    assert main(["run", "--for", "200ms", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["host"]["logical_processors"] == 4
-    assert out["simulated_ns"] == 200_000_000
-    (vm,) = out["vms"]
-    assert vm["state"] == "initialized" and vm["vps"] == 2
-    # Two VPs 60 % busy on a 4-LP host: 30 % of the host.
-    assert abs(vm["cpu_percent"] - 30.0) < 1.0
+def run_json(capsys, *argv):
+    assert main(["run", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
 
 
-def test_same_seed_same_trace(capsys):
-    main(["run", "--for", "100ms", "--json"])
-    a = json.loads(capsys.readouterr().out)["trace_digest"]
-    main(["run", "--for", "100ms", "--json"])
-    assert json.loads(capsys.readouterr().out)["trace_digest"] == a
+def test_the_default_host_shows_contention_disk_network_heartbeats_and_a_checkpoint(tmp_path, capsys):
+    pcap, log, trace = tmp_path / "lan.pcap", tmp_path / "log.jsonl", tmp_path / "trace.json"
+    out = run_json(capsys, "--for", "3s", "--workdir", str(tmp_path / "w"), "--pcap", str(pcap),
+                   "--log", str(log), "--trace", str(trace))
+    vms = {v["Name"]: v for v in out["vms"]}
+    assert set(vms) == {"web", "db", "batch"}
+    assert vms["web"]["Status"] == "Operating normally"            # heartbeats answered
+    assert vms["batch"]["State"] == "Paused"                       # the timeline's pause at 3 s
+    assert sum(v["CPUUsage(%)"] for v in vms.values()) > 20        # CPU is being shared
+    parts = {p["name"]: p for p in out["partitions"]}
+    assert parts["db"]["vmbus"]["packets_in"] > 1000               # disk I/O through storvsc
+    assert out["switches"]["lan"]["forwarded"] > 100               # network traffic
+    assert out["checkpoints"]["db"][0]["checkpoint"] == "before-pause"
+    assert (tmp_path / "w").is_dir() and any((tmp_path / "w").glob("*.vhd"))
+    assert pcap.stat().st_size > 24
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert all("t_ns" in e for e in events) and any(e["event"] == "vm_state" for e in events)
+    doc = json.loads(trace.read_text())
+    assert any(e.get("ph") == "X" for e in doc["traceEvents"])
+
+
+def test_the_default_run_is_deterministic(tmp_path, capsys):
+    a = run_json(capsys, "--for", "1s", "--workdir", str(tmp_path / "a"))
+    b = run_json(capsys, "--for", "1s", "--workdir", str(tmp_path / "b"))
+    assert a["trace_digest"] == b["trace_digest"]
+    c = run_json(capsys, "--for", "1s", "--workdir", str(tmp_path / "c"), "--seed", "1")
+    assert c["seed"] == 1
+
+
+def test_a_config_file(tmp_path, capsys):
+    cfg = tmp_path / "host.toml"
+    cfg.write_text('[host]\nlogical_processors = 1\nmemory = "256MiB"\n'
+                   '[[vm]]\nname = "a"\nmemory = "8MiB"\nworkload = { kind = "cpu-burn", duty = 0.5 }\n')
+    out = run_json(capsys, str(cfg), "--for", "1s")
+    assert out["vms"][0]["Name"] == "a" and abs(out["vms"][0]["CPUUsage(%)"] - 50) < 3
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[host]\nlogical_processors = 0\n', "host.logical_processors"),
+    ('[[vm]]\nname = "a"\ncpu = { weight = 0 }\n', "vm[0].cpu.weight"),
+    ('[[vm]]\nname = "a"\nnics = [ { switch = "nowhere" } ]\n', "vm[0].nics[0].switch"),
+])
+def test_bad_configuration_names_file_and_key(tmp_path, capsys, text, message):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    assert main(["run", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.toml" in err and message in err
 
 
 def test_bad_duration_is_a_clear_error(capsys):

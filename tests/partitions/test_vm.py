@@ -123,3 +123,71 @@ def test_a_vm_with_a_disk_does_io_that_costs_the_parent_cpu(env, tmp_path):
     assert host.introspect.run_time_ns(host.root) > 0   # storvsp's work is the parent's
     vm.turn_off()
     check_all(host)
+
+
+def _disk_vm(env, tmp_path, devices=()):
+    from drivers.storage import DEVICE as STORAGE
+    from drivers.storage.vhd import VirtualDisk
+    host, vmbus, registry = env
+    path = tmp_path / "base.vhd"
+    VirtualDisk.create(str(path), 4 * 2**20, "dynamic").close()
+    vm = VirtualMachine(host, vmbus, registry, VmSpec("ck", memory="2MiB", processors=1),
+                        devices=[DeviceSlot(d) for d in devices] + [DeviceSlot(STORAGE, {"path": str(path)})],
+                        workload=None)
+    return vm, path
+
+
+def _write_and_wait(host, vm, lba, data):
+    req = vm.device_vsc("storage").write(lba, data)
+    host.run(host.now + 50 * MS)
+    assert req.done and req.ok
+    req = vm.device_vsc("storage").read(lba, len(data) // 512)
+    host.run(host.now + 50 * MS)
+    assert req.ok
+    return req.data
+
+
+def test_checkpoint_writes_apply_brings_the_old_data_back(env, tmp_path):
+    from drivers.ic import VSS
+    host, vmbus, _ = env
+    vm, base = _disk_vm(env, tmp_path, devices=(VSS,))
+    vm.start()
+    host.run(200 * MS)
+    assert _write_and_wait(host, vm, 0, b"A" * 512) == b"A" * 512
+    vm.checkpoint("before")
+    host.run(host.now + 200 * MS)                       # the VSS freeze/thaw exchange runs
+    assert vm.checkpoint_log[-1][1:] == ("before", "consistent")
+    assert vm.checkpoints.checkpoints["before"].disk == str(base)
+    assert _write_and_wait(host, vm, 0, b"B" * 512) == b"B" * 512
+    vm.turn_off()
+    vm.apply_checkpoint("before")
+    vm.start()
+    host.run(host.now + 300 * MS)
+    req = vm.device_vsc("storage").read(0, 1)
+    host.run(host.now + 50 * MS)
+    assert req.data == b"A" * 512                        # the old data is back
+    check_all(host)
+
+
+def test_delete_merges_the_checkpoint_disk(env, tmp_path):
+    from drivers.storage.vhd import VirtualDisk
+    host, vmbus, _ = env
+    vm, base = _disk_vm(env, tmp_path)
+    vm.start()
+    host.run(200 * MS)
+    _write_and_wait(host, vm, 8, b"1" * 1024)
+    vm.checkpoint("c1")                                  # no VSS: crash-consistent at once
+    assert vm.checkpoint_log[-1][2] == "crash-consistent"
+    _write_and_wait(host, vm, 8, b"2" * 512)             # after the checkpoint, on the child disk
+    live = vm.checkpoints.live_disk
+    assert live != str(base)
+    vm.delete_checkpoint("c1")
+    assert vm.checkpoints.live_disk == str(base) and not (tmp_path / live).exists()
+    # The VM keeps running on the merged disk and sees its latest data.
+    assert _write_and_wait(host, vm, 16, b"3" * 512) == b"3" * 512
+    vm.turn_off()
+    with VirtualDisk.open(str(base), read_only=True) as d:
+        assert d.read(8 * 512, 1024) == b"2" * 512 + b"1" * 512
+        assert d.read(16 * 512, 512) == b"3" * 512
+    with pytest.raises(Exception, match="no checkpoint named"):
+        vm.apply_checkpoint("c1")

@@ -1,0 +1,568 @@
+"""Host configuration files: load a TOML host description into `partitions.config_schema`
+dataclasses (checking everything, with errors that name the file and the key), the built-in
+default host, and `dump` back to TOML.
+
+    config = load("web.toml")          # or loads(text, file=..., base_dir=...), from_dict(data, ...)
+    config = default_config(workdir)   # what `hvsim run` uses without a file
+    text = dump(config)
+
+Checking happens in two passes: each table on its own (types, ranges, unknown keys), then what
+ties tables together (names, switches, addresses, reserves, memory, the timeline). The first
+problem found raises ConfigError; nothing is created on disk.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Any, NoReturn
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from hypervisor.host import COSTS, SCHEDULERS
+from hypervisor.quantities import parse_duration, parse_size
+from partitions.config_schema import (
+    ACTIONS, CHECKPOINT_ACTIONS, DISK_TYPES, GIB, INTEGRATION_SERVICES, MIB, MS, SWITCH_TYPES, WORKLOADS,
+    AtConfig, Config, ConfigError, CpuBurnWorkload, CpuConfig, DiskConfig, DiskIoWorkload, HostConfig,
+    IdleWorkload, IntegrationServices, NetRequestResponseWorkload, NicConfig, PythonWorkload, SwitchConfig,
+    VmConfig, dump, format_size_exact, generated_mac, show,
+)
+
+__all__ = ["ConfigError", "Config", "load", "loads", "from_dict", "default_config", "dump", "DEFAULT_TOML"]
+
+_REQUIRED = object()
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_NAME_EXPECTED = "a name of letters, digits, '_', '.' and '-' (at most 64, not starting with '.' or '-')"
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$|\s*\(at end of document\)$")
+MAX_HOST_MEMORY = 64 * 1024 * GIB
+MAX_DISK_SIZE = 2040 * GIB          # the VHD format's limit (drivers/storage/vhd.py)
+MAX_TIME = 2**63 - 1
+UDP_PAYLOAD_MAX = 1472              # 1500-byte MTU less IPv4 and UDP headers
+
+_KEYS = {
+    "": ("host", "vm", "switch", "at"),
+    "host": ("logical_processors", "smt", "memory", "scheduler", "seed", "costs"),
+    "vm": ("name", "processors", "memory", "cpu", "workload", "disks", "nics", "integration_services",
+           "autostart"),
+    "cpu": ("reserve", "limit", "weight"),
+    "disk": ("path", "size", "type", "parent"),
+    "nic": ("switch", "vlan", "mac", "ip", "gateway"),
+    "switch": ("name", "type"),
+    "at": ("time", "action", "vm", "name"),
+}
+_WORKLOAD_KEYS = {kind: ("kind",) + tuple(f.name for f in dataclasses.fields(cls)) for kind, cls in WORKLOADS.items()}
+
+
+# ---- entry points --------------------------------------------------------------------------------
+
+def load(path: str | os.PathLike) -> Config:
+    """Load a configuration file; relative disk paths resolve against its directory."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), None, "a readable file", exc.strerror or type(exc).__name__) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), None, "UTF-8 text", f"byte {exc.object[exc.start]:#04x} at offset {exc.start}") \
+            from None
+    return dataclasses.replace(loads(text, file=str(path), base_dir=path.parent), path=path)
+
+
+def loads(text: str, *, file: str = "<string>", base_dir: str | os.PathLike | None = None) -> Config:
+    """Load configuration text; `file` names it in errors, `base_dir` (default: the current
+    directory) is where relative disk paths point."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        m = _TOML_POSITION.search(message)
+        line = column = None
+        if m and m.group(1):
+            line, column = int(m.group(1)), int(m.group(2))
+        elif m:
+            line, column = text.count("\n") + 1, len(text) - text.rfind("\n")
+        reason = message[:m.start()] if m else message
+        raise ConfigError(file, None, "valid TOML", reason[:1].lower() + reason[1:], line=line, column=column) \
+            from None
+    return from_dict(data, file=file, base_dir=base_dir)
+
+
+def from_dict(data: dict[str, Any], *, file: str = "<dict>", base_dir: str | os.PathLike | None = None) -> Config:
+    """Check and convert a parsed TOML document (dicts, lists and TOML scalars)."""
+    base = Path(os.path.abspath(base_dir if base_dir is not None else Path.cwd()))
+    return _Reader(file, base).config(data)
+
+
+# ---- the reader ----------------------------------------------------------------------------------
+
+def _path(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _suggest(word: Any, choices: tuple[str, ...]) -> str | None:
+    close = difflib.get_close_matches(str(word), choices, n=1) if isinstance(word, str) else []
+    return f'"{close[0]}"' if close else None
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    return "one of " + ", ".join(f'"{c}"' for c in choices)
+
+
+class _Reader:
+    def __init__(self, file: str, base: Path) -> None:
+        self.file, self.base = file, base
+
+    def fail(self, key: str | None, expected: str, got: str, hint: str | None = None) -> NoReturn:
+        raise ConfigError(self.file, key, expected, got, hint=hint)
+
+    # -- typed getters: each reads t[name] at key.name, returning `default` when it is absent --
+    def table(self, value: Any, key: str, known: tuple[str, ...], what: str = "") -> dict:
+        if not isinstance(value, dict):
+            self.fail(key or None, "a table", show(value))
+        for name in value:
+            if name not in known:
+                self.fail(_path(key, name), "one of the keys " + ", ".join(known) + (f" (of {what})" if what else ""),
+                          "an unknown key", _suggest(name, known))
+        return value
+
+    def tables(self, t: dict, key: str, name: str) -> list[tuple[str, Any]]:
+        value = t.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            self.fail(_path(key, name), "an array of tables", show(value))
+        return [(f"{_path(key, name)}[{i}]", v) for i, v in enumerate(value)]
+
+    def _get(self, t: dict, key: str, name: str, default: Any, expected: str) -> tuple[Any, bool]:
+        """(value, True) when t has `name`; else (default, False), or a failure when required."""
+        if name in t:
+            return t[name], True
+        if default is _REQUIRED:
+            self.fail(_path(key, name), expected, "nothing")
+        return default, False
+
+    def integer(self, t: dict, key: str, name: str, lo: int, hi: int, default: Any = _REQUIRED) -> int:
+        expected = f"an integer from {lo} to {hi}"
+        value, given = self._get(t, key, name, default, expected)
+        if given and not (isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi):
+            self.fail(_path(key, name), expected, show(value))
+        return value
+
+    def number(self, t: dict, key: str, name: str, lo: float, hi: float, default: Any = _REQUIRED) -> float:
+        expected = f"a number from {lo:g} to {hi:g}"
+        value, given = self._get(t, key, name, default, expected)
+        if given and not (isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi):
+            self.fail(_path(key, name), expected, show(value))
+        return float(value)
+
+    def boolean(self, t: dict, key: str, name: str, default: Any = _REQUIRED) -> bool:
+        value, given = self._get(t, key, name, default, "true or false")
+        if given and not isinstance(value, bool):
+            self.fail(_path(key, name), "true or false", show(value))
+        return value
+
+    def string(self, t: dict, key: str, name: str, default: Any = _REQUIRED, *, choices: tuple[str, ...] = (),
+               pattern: re.Pattern | None = None, expected: str = "a string") -> Any:
+        expected = _one_of(choices) if choices else expected
+        value, given = self._get(t, key, name, default, expected)
+        if given and (not isinstance(value, str) or (choices and value not in choices)
+                      or (pattern is not None and not pattern.fullmatch(value))):
+            self.fail(_path(key, name), expected, show(value), _suggest(value, choices) if choices else None)
+        return value
+
+    def size(self, t: dict, key: str, name: str, lo: int, hi: int, multiple: int, example: str,
+             default: Any = _REQUIRED) -> Any:
+        expected = (f"a size from {format_size_exact(lo)} to {format_size_exact(hi)}"
+                    + (f", a multiple of {format_size_exact(multiple)}" if multiple > 1 else "")
+                    + f', such as "{example}"')
+        value, given = self._get(t, key, name, default, expected)
+        if not given:
+            return value
+        try:
+            n = parse_size(value, name) if isinstance(value, (int, str)) else None
+        except (ValueError, OverflowError):   # OverflowError: "1e400"-sized digit strings
+            n = None
+        if n is None or not lo <= n <= hi or n % multiple:
+            self.fail(_path(key, name), expected, show(value))
+        return n
+
+    def duration(self, t: dict, key: str, name: str, *, positive: bool, default: Any = _REQUIRED) -> Any:
+        expected = f'a {"positive " if positive else ""}duration such as "1.5s", "10ms" or nanoseconds'
+        value, given = self._get(t, key, name, default, expected)
+        if not given:
+            return value
+        try:
+            n = parse_duration(value, name) if isinstance(value, (int, str)) else None
+        except (ValueError, OverflowError):
+            n = None
+        if n is None or n > MAX_TIME or (positive and n == 0):
+            self.fail(_path(key, name), expected, show(value))
+        return n
+
+    # -- the document --
+    def config(self, data: Any) -> Config:
+        self.table(data, "", _KEYS[""])
+        host = self.host(data.get("host", {}))
+        switches = tuple(self.switch(t, key) for key, t in self.tables(data, "", "switch"))
+        vm_tables = self.tables(data, "", "vm")
+        vms = [self.vm(t, key, host) for key, t in vm_tables]
+        timeline = tuple(self.at(t, key) for key, t in self.tables(data, "", "at"))
+        _Checks(self, host, vms, switches, timeline, [t for _, t in vm_tables]).run()
+        return Config(host, tuple(self.assign_macs(vms)), switches, timeline)
+
+    def host(self, value: Any) -> HostConfig:
+        t, key = self.table(value, "host", _KEYS["host"]), "host"
+        lps = self.integer(t, key, "logical_processors", 1, 1024, 4)
+        smt = self.integer(t, key, "smt", 1, 8, 1)
+        if lps % smt:
+            self.fail("host.smt", f"a number of threads per core that divides logical_processors ({lps})", show(smt))
+        memory = self.size(t, key, "memory", 256 * 1024, MAX_HOST_MEMORY, 4096, "16GiB", 4 * GIB)
+        scheduler = self.string(t, key, "scheduler", "classic", choices=tuple(SCHEDULERS))
+        seed = self.integer(t, key, "seed", 0, 2**64 - 1, None) if "seed" in t else None
+        costs = self.table(t.get("costs", {}), "host.costs", tuple(COSTS))
+        costs = {name: self.duration(costs, "host.costs", name, positive=True) for name in costs}
+        return HostConfig(lps, smt, memory, scheduler, seed, costs)
+
+    def vm(self, value: dict, key: str, host: HostConfig) -> VmConfig:
+        t = self.table(value, key, _KEYS["vm"])
+        name = self.string(t, key, "name", pattern=_NAME, expected=_NAME_EXPECTED)
+        processors = self.integer(t, key, "processors", 1, min(host.logical_processors, 64), 1)
+        memory = self.size(t, key, "memory", 4096, MAX_HOST_MEMORY, 4096, "2GiB", 512 * MIB)
+        cpu = self.table(t.get("cpu", {}), f"{key}.cpu", _KEYS["cpu"])
+        reserve = self.integer(cpu, f"{key}.cpu", "reserve", 0, 100, 0)
+        limit = self.integer(cpu, f"{key}.cpu", "limit", 1, 100, 100)
+        if reserve > limit:   # as Hyper-V: a VP cannot be guaranteed more than it may use
+            self.fail(f"{key}.cpu.reserve", f"a reserve no higher than the limit ({limit})", show(reserve))
+        weight = self.integer(cpu, f"{key}.cpu", "weight", 1, 10000, 100)
+        ics = self.table(t.get("integration_services", {}), f"{key}.integration_services", INTEGRATION_SERVICES)
+        ics = IntegrationServices(**{s: self.boolean(ics, f"{key}.integration_services", s, True) for s in ics})
+        return VmConfig(name, processors, memory, CpuConfig(reserve, limit, weight),
+                        tuple(self.disk(d, k) for k, d in self.tables(t, key, "disks")),
+                        tuple(self.nic(n, k) for k, n in self.tables(t, key, "nics")),
+                        ics, self.workloads(t, key), self.boolean(t, key, "autostart", True))
+
+    def file_path(self, t: dict, key: str, name: str, default: Any = _REQUIRED) -> Path | None:
+        value = self.string(t, key, name, default, expected="a file path")
+        if value is None:
+            return None
+        if not value or "\0" in value:
+            self.fail(_path(key, name), "a file path", show(value))
+        return Path(os.path.abspath(self.base / value))
+
+    def disk(self, value: dict, key: str) -> DiskConfig:
+        t = self.table(value, key, _KEYS["disk"])
+        path = self.file_path(t, key, "path")
+        kind = self.string(t, key, "type", "dynamic", choices=DISK_TYPES)
+        parent = self.file_path(t, key, "parent", None)
+        if (parent is None) != (kind != "differencing"):
+            self.fail(f"{key}.parent", "a parent for, and only for, a differencing disk",
+                      "nothing" if parent is None else show(t["parent"]))
+        size = self.size(t, key, "size", 512, MAX_DISK_SIZE, 512, "4GiB", None)
+        if size is not None and kind == "differencing":
+            self.fail(f"{key}.size", "no size for a differencing disk (it takes its parent's)", show(t["size"]))
+        if size is None and kind != "differencing" and not os.path.exists(path):
+            self.fail(f"{key}.size", f"a size, since {path} does not exist yet", "nothing")
+        return DiskConfig(path, size, kind, parent)
+
+    def nic(self, value: dict, key: str) -> NicConfig:
+        t = self.table(value, key, _KEYS["nic"])
+        switch = self.string(t, key, "switch", expected="the name of a [[switch]]")
+        vlan = self.integer(t, key, "vlan", 0, 4094, 0)
+        mac = self.string(t, key, "mac", None, pattern=_MAC, expected='a MAC address such as "00:15:5d:00:10:02"')
+        if mac is not None:
+            raw = bytes.fromhex(mac.replace("-", "").replace(":", ""))
+            if raw[0] & 1 or not any(raw):
+                self.fail(f"{key}.mac", "a unicast MAC address (first byte even, not all zero)", show(mac))
+            mac = ":".join(f"{b:02x}" for b in raw)
+        ip_expected = 'an IPv4 address with a prefix length, such as "10.0.10.2/24"'
+        ip = self.string(t, key, "ip", None, expected=ip_expected)
+        gateway = self.string(t, key, "gateway", None, expected="an IPv4 address in the adapter's network")
+        interface = None
+        if ip is not None:
+            try:
+                interface = ipaddress.IPv4Interface(ip) if "/" in ip else None
+            except ValueError:
+                pass
+            if interface is None:
+                self.fail(f"{key}.ip", ip_expected, show(ip))
+            net = interface.network
+            if net.prefixlen < 31 and interface.ip in (net.network_address, net.broadcast_address):
+                self.fail(f"{key}.ip", f"a host address of {net}, not its network or broadcast address", show(ip))
+            ip = interface.with_prefixlen
+        if gateway is not None:
+            try:
+                gw = ipaddress.IPv4Address(gateway)
+            except ValueError:
+                gw = None
+            if interface is None or gw is None or gw not in interface.network or gw == interface.ip:
+                where = f"another address in {interface.network}" if interface else "an ip for the adapter first"
+                self.fail(f"{key}.gateway", f"an IPv4 address: {where}", show(gateway))
+            gateway = str(gw)
+        return NicConfig(switch, mac, vlan, ip, gateway)   # mac None until assign_macs
+
+    def workloads(self, t: dict, key: str) -> tuple:
+        value, key = t.get("workload"), f"{key}.workload"
+        if value is None:
+            return ()
+        if isinstance(value, dict):
+            return (self.workload(value, key),)
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            return tuple(self.workload(v, f"{key}[{i}]") for i, v in enumerate(value))
+        self.fail(key, 'a table such as { kind = "cpu-burn", duty = 0.6 }, or an array of them', show(value))
+
+    def workload(self, t: dict, key: str):
+        kind = self.string(t, key, "kind", choices=tuple(WORKLOADS))
+        self.table(t, key, _WORKLOAD_KEYS[kind], f"a {kind} workload")
+        if kind == "idle":
+            return IdleWorkload()
+        if kind == "cpu-burn":
+            return CpuBurnWorkload(self.number(t, key, "duty", 0, 1, 1.0),
+                                   self.duration(t, key, "period", positive=True, default=10 * MS))
+        if kind == "disk-io":
+            return DiskIoWorkload(self.string(t, key, "pattern", "random", choices=("sequential", "random")),
+                                  self.size(t, key, "block_size", 512, 2 * MIB, 512, "64KiB", 4096),
+                                  self.integer(t, key, "queue_depth", 1, 256, 4),
+                                  self.number(t, key, "read_fraction", 0, 1, 0.7),
+                                  self.integer(t, key, "disk", 0, 255, 0))
+        if kind == "net-request-response":
+            return NetRequestResponseWorkload(self.string(t, key, "peer", expected="the name of another VM"),
+                                              self.integer(t, key, "port", 1, 65535, 5000),
+                                              self.integer(t, key, "size", 1, UDP_PAYLOAD_MAX, 64),
+                                              self.duration(t, key, "interval", positive=True, default=10 * MS))
+        target = self.string(t, key, "target", expected='an import path such as "package.module:function"')
+        module, _, function = target.partition(":")
+        if not all(part.isidentifier() for part in module.split(".") + function.split(".")):
+            self.fail(f"{key}.target", 'an import path such as "package.module:function"', show(target))
+        args = t.get("args", {})
+        if not isinstance(args, dict):
+            self.fail(f"{key}.args", "a table of keyword arguments", show(args))
+        return PythonWorkload(target, args)
+
+    def switch(self, value: dict, key: str) -> SwitchConfig:
+        t = self.table(value, key, _KEYS["switch"])
+        return SwitchConfig(self.string(t, key, "name", pattern=_NAME, expected=_NAME_EXPECTED),
+                            self.string(t, key, "type", "private", choices=SWITCH_TYPES))
+
+    def at(self, value: dict, key: str) -> AtConfig:
+        t = self.table(value, key, _KEYS["at"])
+        time = self.duration(t, key, "time", positive=False)
+        action = self.string(t, key, "action", choices=ACTIONS)
+        vm = self.string(t, key, "vm", expected="the name of a [[vm]]")
+        name = self.string(t, key, "name", None, expected="a checkpoint name")
+        if name is not None and (action not in CHECKPOINT_ACTIONS or not 1 <= len(name) <= 100):
+            self.fail(f"{key}.name", "a name of 1 to 100 characters, on a checkpoint action only", show(name))
+        if name is None and action in CHECKPOINT_ACTIONS[1:]:
+            self.fail(f"{key}.name", f"the name of the checkpoint to {action.partition('-')[0]}", "nothing")
+        return AtConfig(time, action, vm, name)
+
+    def assign_macs(self, vms: list[VmConfig]) -> list[VmConfig]:
+        """Give adapters without a MAC one generated from the VM name and index, skipping any MAC
+        already taken on the host (given ones, and those generated for earlier adapters)."""
+        taken = {nic.mac for vm in vms for nic in vm.nics if nic.mac is not None}
+        out = []
+        for vm in vms:
+            nics = []
+            for i, nic in enumerate(vm.nics):
+                attempt = 0
+                while nic.mac is None:
+                    mac = generated_mac(vm.name, i, attempt)
+                    if mac not in taken:
+                        taken.add(mac)
+                        nic = dataclasses.replace(nic, mac=mac)
+                    attempt += 1
+                nics.append(nic)
+            out.append(dataclasses.replace(vm, nics=tuple(nics)))
+        return out
+
+
+class _Checks:
+    """What ties the tables together; each finding names the key that should change."""
+
+    def __init__(self, r: _Reader, host: HostConfig, vms: list[VmConfig], switches: tuple[SwitchConfig, ...],
+                 timeline: tuple[AtConfig, ...], vm_tables: list[dict]) -> None:
+        self.r, self.host, self.vms, self.switches, self.timeline = r, host, vms, switches, timeline
+        self.vm_tables = vm_tables
+
+    def run(self) -> None:
+        self.unique([(f"switch[{i}].name", s.name) for i, s in enumerate(self.switches)], "a switch name")
+        self.unique([(f"vm[{i}].name", v.name) for i, v in enumerate(self.vms)], "a VM name")
+        self.unique([(f"vm[{i}].disks[{j}].path", str(d.path)) for i, v in enumerate(self.vms)
+                     for j, d in enumerate(v.disks)], "a disk path")
+        self.network()
+        self.disks()
+        self.workloads()
+        self.capacity()
+        self.timeline_entries()
+
+    def unique(self, items: list[tuple[str, Any]], what: str) -> None:
+        seen: dict[Any, str] = {}
+        for key, value in items:
+            if value in seen:
+                self.r.fail(key, f"{what} used once", f"{show(value)} (also at {seen[value]})")
+            seen[value] = key
+
+    def network(self) -> None:
+        names = tuple(s.name for s in self.switches)
+        macs: dict[tuple[str, str], str] = {}
+        ips: dict[tuple[str, int, Any], str] = {}
+        for i, vm in enumerate(self.vms):
+            for j, nic in enumerate(vm.nics):
+                key = f"vm[{i}].nics[{j}]"
+                if nic.switch not in names:
+                    self.r.fail(f"{key}.switch", "the name of a [[switch]]" + (f" ({_one_of(names)})" if names else
+                                " (this file has none)"), show(nic.switch), _suggest(nic.switch, names))
+                if nic.mac is not None:
+                    if (nic.switch, nic.mac) in macs:
+                        self.r.fail(f"{key}.mac", f'a MAC unique on switch "{nic.switch}"',
+                                    f"{show(nic.mac)} (also at {macs[nic.switch, nic.mac]})")
+                    macs[nic.switch, nic.mac] = f"{key}.mac"
+                if nic.ip is not None:
+                    where = (nic.switch, nic.vlan, ipaddress.IPv4Interface(nic.ip).ip)
+                    if where in ips:
+                        self.r.fail(f"{key}.ip", f'an address unique on switch "{nic.switch}" VLAN {nic.vlan}',
+                                    f"{show(nic.ip)} (also at {ips[where]})")
+                    ips[where] = f"{key}.ip"
+
+    def disks(self) -> None:
+        paths = {d.path for vm in self.vms for d in vm.disks}
+        for i, vm in enumerate(self.vms):
+            for j, d in enumerate(vm.disks):
+                if (d.parent is not None and d.parent not in paths and not os.path.exists(d.parent)
+                        and not os.path.exists(d.path)):
+                    self.r.fail(f"vm[{i}].disks[{j}].parent", "an existing VHD or another disk of this file",
+                                show(self.vm_tables[i]["disks"][j]["parent"]))
+
+    def workloads(self) -> None:
+        names = tuple(vm.name for vm in self.vms)
+        for i, vm in enumerate(self.vms):
+            single = isinstance(self.vm_tables[i].get("workload"), dict)
+            for j, w in enumerate(vm.workloads):
+                key = f"vm[{i}].workload" + ("" if single else f"[{j}]")
+                if isinstance(w, DiskIoWorkload) and w.disk >= len(vm.disks):
+                    self.r.fail(f"{key}.disk", f"the index of one of the VM's {len(vm.disks)} disks", show(w.disk))
+                if isinstance(w, NetRequestResponseWorkload):
+                    others = tuple(n for n in names if n != vm.name)
+                    if w.peer not in others:
+                        self.r.fail(f"{key}.peer", "the name of another VM", show(w.peer), _suggest(w.peer, others))
+                    peer = next(v for v in self.vms if v.name == w.peer)
+                    ours = {(n.switch, n.vlan) for n in vm.nics if n.ip}
+                    if not any((n.switch, n.vlan) in ours for n in peer.nics if n.ip):
+                        self.r.fail(f"{key}.peer", "a VM with an address on a switch and VLAN where this VM has one",
+                                    show(w.peer))
+
+    def capacity(self) -> None:
+        lps, reserved, memory = self.host.logical_processors, 0, 0
+        for i, vm in enumerate(self.vms):
+            reserved += vm.cpu.reserve * vm.processors
+            if reserved > 100 * lps:
+                self.r.fail(f"vm[{i}].cpu.reserve",
+                            f"reserves the host's {lps} logical processors can admit (sum of reserve x processors "
+                            f"at most {100 * lps})", f"{vm.cpu.reserve} (the sum reaches {reserved} here)")
+            memory += vm.memory
+            if memory > self.host.memory:
+                self.r.fail(f"vm[{i}].memory", f"VM memory that fits in the host's {format_size_exact(self.host.memory)}",
+                            f"{show(format_size_exact(vm.memory))} (the VMs reach {format_size_exact(memory)} here)")
+
+    def timeline_entries(self) -> None:
+        vms = {vm.name: vm for vm in self.vms}
+        for i, at in enumerate(self.timeline):
+            if at.vm not in vms:
+                self.r.fail(f"at[{i}].vm", "the name of a [[vm]]", show(at.vm), _suggest(at.vm, tuple(vms)))
+            if at.action == "stop" and not vms[at.vm].integration_services.shutdown:
+                self.r.fail(f"at[{i}].action", f'an action VM "{at.vm}" can take (a graceful stop needs its '
+                            'shutdown integration service; "turn-off" does not)', show(at.action))
+
+
+# ---- the default host ----------------------------------------------------------------------------
+
+def default_config(workdir: str | os.PathLike = ".") -> Config:
+    """The host `hvsim run` boots without a file (the same as DEFAULT_TOML): three VMs on four LPs
+    that show CPU contention (six VPs, a weight, a reserve and a limit), disk I/O, network
+    request/response traffic, heartbeats, a checkpoint and a pause. Disks live in `workdir`."""
+    base = Path(os.path.abspath(workdir))
+    lan = dict(switch="lan", vlan=10)
+    web = VmConfig(
+        "web", processors=2, memory=512 * MIB, cpu=CpuConfig(weight=200),
+        disks=(DiskConfig(base / "web.vhd", 64 * MIB, "dynamic"),),
+        nics=(NicConfig(mac=generated_mac("web", 0), ip="10.0.10.2/24", **lan),),
+        workloads=(CpuBurnWorkload(duty=0.6, period=10 * MS),
+                   NetRequestResponseWorkload(peer="db", port=5000, size=256, interval=5 * MS)))
+    db = VmConfig(
+        "db", processors=2, memory=512 * MIB, cpu=CpuConfig(reserve=20, weight=100),
+        disks=(DiskConfig(base / "db.vhd", 256 * MIB, "dynamic"),),
+        nics=(NicConfig(mac=generated_mac("db", 0), ip="10.0.10.3/24", **lan),),
+        workloads=(DiskIoWorkload(pattern="random", block_size=4096, queue_depth=4, read_fraction=0.7),))
+    batch = VmConfig("batch", processors=2, memory=256 * MIB, cpu=CpuConfig(limit=50),
+                     workloads=(CpuBurnWorkload(duty=1.0),))
+    return Config(HostConfig(logical_processors=4, smt=2, memory=8 * GIB, scheduler="classic"),
+                  (web, db, batch), (SwitchConfig("lan", "private"),),
+                  (AtConfig(2000 * MS, "checkpoint", "db", "before-pause"), AtConfig(3000 * MS, "pause", "batch"),
+                   AtConfig(3500 * MS, "resume", "batch")))
+
+
+#: default_config() as a file (examples/default-host.toml holds the same text).
+DEFAULT_TOML = """\
+# The built-in default host of `hvsim run`: three VMs on four logical processors.
+# web and batch burn CPU on six VPs between them (contention, weight, limit), db keeps its disk
+# busy under a CPU reserve, web sends requests to db over the "lan" switch, every VM runs the
+# heartbeat service, db takes a checkpoint at 2 s and batch is paused from 3 s to 3.5 s.
+
+[host]
+logical_processors = 4
+smt = 2
+memory = "8GiB"
+scheduler = "classic"
+
+[[vm]]
+name = "web"
+processors = 2
+memory = "512MiB"
+cpu = { weight = 200 }
+workload = [
+  { kind = "cpu-burn", duty = 0.6, period = "10ms" },
+  { kind = "net-request-response", peer = "db", port = 5000, size = 256, interval = "5ms" },
+]
+disks = [ { path = "web.vhd", size = "64MiB", type = "dynamic" } ]
+nics = [ { switch = "lan", vlan = 10, ip = "10.0.10.2/24" } ]
+
+[[vm]]
+name = "db"
+processors = 2
+memory = "512MiB"
+cpu = { reserve = 20, weight = 100 }
+workload = { kind = "disk-io", pattern = "random", block_size = "4KiB", queue_depth = 4, read_fraction = 0.7 }
+disks = [ { path = "db.vhd", size = "256MiB", type = "dynamic" } ]
+nics = [ { switch = "lan", vlan = 10, ip = "10.0.10.3/24" } ]
+
+[[vm]]
+name = "batch"
+processors = 2
+memory = "256MiB"
+cpu = { limit = 50 }
+workload = { kind = "cpu-burn", duty = 1.0 }
+
+[[switch]]
+name = "lan"
+type = "private"
+
+[[at]]
+time = "2s"
+action = "checkpoint"
+vm = "db"
+name = "before-pause"
+
+[[at]]
+time = "3s"
+action = "pause"
+vm = "batch"
+
+[[at]]
+time = "3.5s"
+action = "resume"
+vm = "batch"
+"""

@@ -1,0 +1,338 @@
+"""The host configuration as plain frozen data: what `partitions.config` loads from TOML, builds as
+the default host and writes back.
+
+Values are already parsed: sizes in bytes, durations and times in simulated ns, disk paths
+absolute, every network adapter with its MAC. Mappings (`HostConfig.costs`, `PythonWorkload.args`)
+are read-only views and take no part in hashing. docs/configuration.md is the reference for the
+keys users type; the field names here are the same. At the end: how values are written as TOML
+(tomllib only reads), shared by `dump` and by error messages.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import os
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar, Mapping, Union
+
+from hypervisor.quantities import parse_duration
+
+MIB, GIB = 1024**2, 1024**3
+MS = 1_000_000
+
+SWITCH_TYPES = ("private", "internal", "external")
+DISK_TYPES = ("fixed", "dynamic", "differencing")
+ACTIONS = ("start", "stop", "turn-off", "pause", "resume", "save", "restore", "checkpoint",
+           "apply-checkpoint", "delete-checkpoint", "quick-reset")
+#: Actions that name a checkpoint: optional for "checkpoint", required for the other two.
+CHECKPOINT_ACTIONS = ("checkpoint", "apply-checkpoint", "delete-checkpoint")
+INTEGRATION_SERVICES = ("heartbeat", "shutdown", "timesync", "kvp", "vss")
+#: Hyper-V's organizationally unique identifier: the first three bytes of every MAC it assigns.
+MAC_PREFIX = bytes.fromhex("00155d")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used: which file, which key (a dotted path such as
+    `vm[1].cpu.weight`, None for the whole file), what was expected and what was found.
+
+    `str()` reads "web.toml: vm[0].cpu.weight: expected an integer from 1 to 10000, got 0";
+    `hint` is a did-you-mean suggestion; `line`/`column` locate TOML syntax errors."""
+
+    def __init__(self, file: str, key: str | None, expected: str, got: str, *, hint: str | None = None,
+                 line: int | None = None, column: int | None = None) -> None:
+        self.file, self.key, self.expected, self.got = file, key, expected, got
+        self.hint, self.line, self.column = hint, line, column
+        if line is not None:
+            where = f"line {line}, column {column}"
+        else:
+            where = key if key is not None else "(file)"
+        text = f"{file}: {where}: expected {expected}, got {got}"
+        super().__init__(text + (f"; did you mean {hint}?" if hint else ""))
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    logical_processors: int = 4
+    smt: int = 1                       # threads per core; divides logical_processors
+    memory: int = 4 * GIB              # bytes
+    scheduler: str = "classic"         # a key of hypervisor.host.SCHEDULERS
+    seed: int | None = None            # None: the command line's --seed (default 0)
+    costs: Mapping[str, int] = field(default_factory=dict, hash=False)  # hypervisor.host.COSTS key -> ns
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "costs", MappingProxyType(dict(self.costs)))
+
+    def host_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `hypervisor.Host` (without the seed)."""
+        return {"logical_processors": self.logical_processors, "smt": self.smt, "memory": self.memory,
+                "scheduler": self.scheduler, "costs": dict(self.costs)}
+
+
+@dataclass(frozen=True)
+class CpuConfig:
+    reserve: int = 0      # % of one LP guaranteed to each VP, 0..100
+    limit: int = 100      # % of one LP each VP may use at most, 1..100
+    weight: int = 100     # relative share among the rest, 1..10000
+
+
+@dataclass(frozen=True)
+class DiskConfig:
+    path: Path                       # absolute
+    size: int | None = None          # bytes; None: the file exists already, or a differencing disk
+    type: str = "dynamic"            # one of DISK_TYPES
+    parent: Path | None = None       # absolute; a differencing disk's parent, and only that
+
+
+@dataclass(frozen=True)
+class NicConfig:
+    switch: str                      # a SwitchConfig name
+    mac: str                         # "00:15:5d:xx:xx:xx", lower case
+    vlan: int = 0                    # access VLAN on the switch, 0 (untagged) .. 4094
+    ip: str | None = None            # "10.0.10.2/24"
+    gateway: str | None = None       # "10.0.10.1", inside ip's network
+
+
+@dataclass(frozen=True)
+class IntegrationServices:
+    heartbeat: bool = True
+    shutdown: bool = True
+    timesync: bool = True
+    kvp: bool = True
+    vss: bool = True
+
+    def enabled(self) -> tuple[str, ...]:
+        return tuple(name for name in INTEGRATION_SERVICES if getattr(self, name))
+
+
+@dataclass(frozen=True)
+class IdleWorkload:
+    kind: ClassVar[str] = "idle"
+
+
+@dataclass(frozen=True)
+class CpuBurnWorkload:
+    """Every VP computes `duty` of each `period` and sleeps the rest."""
+    kind: ClassVar[str] = "cpu-burn"
+    duty: float = 1.0                # 0..1
+    period: int = 10 * MS            # ns, > 0
+
+
+@dataclass(frozen=True)
+class DiskIoWorkload:
+    """Keeps `queue_depth` requests of `block_size` bytes in flight on disk number `disk`."""
+    kind: ClassVar[str] = "disk-io"
+    pattern: str = "random"          # "sequential" | "random"
+    block_size: int = 4096           # bytes, a multiple of 512
+    queue_depth: int = 4             # 1..256
+    read_fraction: float = 0.7       # 0..1
+    disk: int = 0                    # index into the VM's disks
+
+
+@dataclass(frozen=True)
+class NetRequestResponseWorkload:
+    """Sends a `size`-byte UDP request to `peer` on `port` every `interval`; the peer answers."""
+    kind: ClassVar[str] = "net-request-response"
+    peer: str                        # a VM name, sharing a switch and VLAN with this VM
+    port: int = 5000                 # 1..65535
+    size: int = 64                   # request (and response) payload, bytes, 1..1472
+    interval: int = 10 * MS          # ns, > 0
+
+
+@dataclass(frozen=True)
+class PythonWorkload:
+    """A user workload: `target` is "package.module:function", called with the guest context and
+    `**args` (the runner imports it; the configuration only checks its form)."""
+    kind: ClassVar[str] = "python"
+    target: str
+    args: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args", MappingProxyType(dict(self.args)))
+
+
+Workload = Union[IdleWorkload, CpuBurnWorkload, DiskIoWorkload, NetRequestResponseWorkload, PythonWorkload]
+WORKLOADS: dict[str, type] = {w.kind: w for w in Workload.__args__}  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    name: str
+    processors: int = 1
+    memory: int = 512 * MIB                       # bytes, a multiple of 4 KiB
+    cpu: CpuConfig = CpuConfig()
+    disks: tuple[DiskConfig, ...] = ()
+    nics: tuple[NicConfig, ...] = ()
+    integration_services: IntegrationServices = IntegrationServices()
+    workloads: tuple[Workload, ...] = ()          # none: idle
+    autostart: bool = True                        # False: Off until an [[at]] start
+
+
+@dataclass(frozen=True)
+class SwitchConfig:
+    name: str
+    type: str = "private"            # one of SWITCH_TYPES
+
+
+@dataclass(frozen=True)
+class AtConfig:
+    time: int                        # ns of simulated time since boot
+    action: str                      # one of ACTIONS
+    vm: str
+    name: str | None = None          # checkpoint name (CHECKPOINT_ACTIONS only)
+
+
+@dataclass(frozen=True)
+class Config:
+    host: HostConfig = HostConfig()
+    vms: tuple[VmConfig, ...] = ()
+    switches: tuple[SwitchConfig, ...] = ()
+    timeline: tuple[AtConfig, ...] = ()           # in file order; the runner sorts stably by time
+    path: Path | None = field(default=None, compare=False)  # the file it came from, if any
+
+    def vm(self, name: str) -> VmConfig:
+        for vm in self.vms:
+            if vm.name == name:
+                return vm
+        raise LookupError(f"no VM named {name!r} in this configuration")
+
+
+def generated_mac(vm: str, index: int, attempt: int = 0) -> str:
+    """The MAC of adapter `index` of `vm` when the configuration gives none: Hyper-V's prefix and
+    three bytes of a hash of the name and index, so it is the same on every run. `attempt` > 0
+    gives the alternatives used when the first one is already taken on the host."""
+    tail = hashlib.sha256(f"{vm}\0{index}\0{attempt}".encode()).digest()[:3]
+    return ":".join(f"{b:02x}" for b in MAC_PREFIX + tail)
+
+
+# ---- values as TOML text (for dump and for error messages) --------------------------------------
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def format_size_exact(n: int) -> str:
+    """"64GiB", "1536MiB", "512B": the largest binary unit that divides `n` exactly."""
+    for unit, scale in (("TiB", 1024**4), ("GiB", GIB), ("MiB", MIB), ("KiB", 1024)):
+        if n and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return f"{n}B"
+
+
+def format_duration(ns: int) -> str | int:
+    """"2s", "3.5s", "250us", "999ns": the largest unit that reads back to exactly `ns` (units go
+    through a float); past float precision, the bare integer of ns."""
+    if ns == 0:
+        return "0s"
+    for unit, scale in (("s", 10**9), ("ms", 10**6), ("us", 10**3), ("ns", 1)):
+        if ns >= scale:
+            whole, frac = divmod(ns, scale)
+            digits = f".{frac:0{len(str(scale)) - 1}d}".rstrip("0") if frac else ""
+            text = f"{whole}{digits}{unit}"
+            if parse_duration(text) == ns:
+                return text
+    return ns
+
+
+def toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else toml_value(key)
+
+
+def toml_value(value: Any) -> str:
+    """One TOML value, inline (tables as inline tables); None entries of tables are left out."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
+    if isinstance(value, str):
+        # TOML basic strings: escape quotes, backslashes and every control character (DEL too).
+        return '"' + "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04X}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
+                             for c in value) + '"'
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        items = [f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items() if v is not None]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A value as the user would have typed it, shortened, for an error message."""
+    try:
+        text = toml_value(value)
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def emit(document: Mapping[str, Any]) -> str:
+    """A TOML document: top-level tables as [name], arrays of tables as [[name]], everything below
+    them inline. None values and empty arrays are left out (they mean "the default")."""
+    out: list[str] = []
+    for name, value in document.items():
+        rows = [value] if isinstance(value, Mapping) else value
+        header = f"[{toml_key(name)}]" if isinstance(value, Mapping) else f"[[{toml_key(name)}]]"
+        for row in rows:
+            out.append(header)
+            for key, v in row.items():
+                if v is None or (isinstance(v, list) and not v):
+                    continue
+                if isinstance(v, list) and len(v) > 1:
+                    out.append(f"{toml_key(key)} = [\n" + "".join(f"  {toml_value(x)},\n" for x in v) + "]")
+                else:
+                    out.append(f"{toml_key(key)} = {toml_value(v)}")
+            out.append("")
+    return "\n".join(out)
+
+
+# ---- a whole configuration as TOML --------------------------------------------------------------
+
+def dump(config: Config, relative_to: str | os.PathLike | None = None) -> str:
+    """The configuration as TOML that loads back to an equal Config. Disk paths under
+    `relative_to` (default: the directory of the file the config came from) are written relative
+    to it; the others absolute."""
+    base = Path(relative_to) if relative_to is not None else (config.path.parent if config.path else None)
+
+    def path(p: Path) -> str:
+        if base is not None:
+            try:
+                return p.relative_to(os.path.abspath(base)).as_posix()
+            except ValueError:
+                pass
+        return str(p)
+
+    def workload(w) -> dict:
+        out = {"kind": w.kind, **{f.name: getattr(w, f.name) for f in dataclasses.fields(w)}}
+        for name, text in (("period", format_duration), ("interval", format_duration),
+                           ("block_size", format_size_exact), ("args", dict)):
+            if name in out:
+                out[name] = text(out[name])
+        return out
+
+    h = config.host
+    host = {"logical_processors": h.logical_processors, "smt": h.smt, "memory": format_size_exact(h.memory),
+            "scheduler": h.scheduler, "seed": h.seed,
+            "costs": {k: format_duration(v) for k, v in h.costs.items()} or None}
+    vms = []
+    for vm in config.vms:
+        workloads = [workload(w) for w in vm.workloads]
+        vms.append({
+            "name": vm.name, "processors": vm.processors, "memory": format_size_exact(vm.memory),
+            "autostart": vm.autostart, "cpu": dataclasses.asdict(vm.cpu),
+            "workload": workloads[0] if len(workloads) == 1 else workloads or None,
+            "disks": [{"path": path(d.path), "size": None if d.size is None else format_size_exact(d.size),
+                       "type": d.type, "parent": None if d.parent is None else path(d.parent)} for d in vm.disks],
+            "nics": [dataclasses.asdict(n) for n in vm.nics],
+            "integration_services": dataclasses.asdict(vm.integration_services),
+        })
+    return emit({"host": host, "vm": vms, "switch": [dataclasses.asdict(s) for s in config.switches],
+                 "at": [{"time": format_duration(a.time), "action": a.action, "vm": a.vm, "name": a.name}
+                        for a in config.timeline]})

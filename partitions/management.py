@@ -1,0 +1,210 @@
+"""The management service: a simulated host built from a configuration (its switches, its VMs
+with their devices and workloads) and run through its scenario timeline; the Get-VM view.
+
+    managed = ManagedHost(config, seed=0, workdir=Path("run"))
+    managed.run(until="5s", on_progress=print)
+    managed.summary()
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+from drivers.ic import HEARTBEAT, KVP, SHUTDOWN, TIMESYNC, VSS
+from drivers.registry import discover
+from hypervisor import Host
+from hypervisor.quantities import parse_duration
+from partitions.config_schema import (Config, CpuBurnWorkload, DiskIoWorkload, IdleWorkload,
+                                      NetRequestResponseWorkload, PythonWorkload, VmConfig)
+from partitions.vm import DeviceSlot, VirtualMachine, VmState
+from partitions.worker import VmSpec
+from partitions import workloads as wl
+from vmbus.parent import ParentVmbus
+
+IC_DEVICES = {"heartbeat": HEARTBEAT, "shutdown": SHUTDOWN, "timesync": TIMESYNC, "kvp": KVP, "vss": VSS}
+SUPPORTED_ACTIONS = ("start", "stop", "turn-off", "pause", "resume", "quick-reset", "checkpoint",
+                     "apply-checkpoint", "delete-checkpoint")
+
+
+class ScenarioError(RuntimeError):
+    """A timeline action that cannot be carried out (the message names the time, VM and action)."""
+
+
+class ManagedHost:
+    def __init__(self, config: Config, *, seed: int | None = None, workdir: Path | str = ".",
+                 event_log=None, record_scheduling: bool = False, pcap: Path | str | None = None):
+        self.config = config
+        self.workdir = Path(workdir)
+        self.log = event_log
+        h = config.host
+        self.seed = h.seed if h.seed is not None else (seed or 0)
+        costs = {name: ns for name, ns in h.costs.items()}
+        self.host = Host(logical_processors=h.logical_processors, smt=h.smt, memory=h.memory, seed=self.seed,
+                         scheduler=h.scheduler, costs=costs)
+        if record_scheduling:
+            self.host.introspect.record_scheduling()
+        # The parent's VMBus service runs on the root's last VP (the first ones do other work).
+        self.vmbus = ParentVmbus(self.host, vp_index=h.logical_processors - 1)
+        self.registry = discover()
+        for err in self.registry.errors:
+            self._event("driver_load_failed", entry_point=err.entry_point, error=err.message)
+        self.switches = {}
+        for sw in config.switches:
+            from drivers.network.vswitch import VirtualSwitch
+            self.switches[sw.name] = VirtualSwitch(sw.name, sw.type, now=lambda: self.host.now)
+        if pcap is not None:
+            for sw in self.switches.values():
+                sw.capture(str(pcap) if len(self.switches) == 1 else f"{pcap}.{sw.name}")
+        self.vms: dict[str, VirtualMachine] = {}
+        for vm in config.vms:
+            self.vms[vm.name] = self._make_vm(vm)
+        self.timeline = sorted(config.timeline, key=lambda a: a.time)  # stable: file order at equal times
+        for at in self.timeline:
+            if at.action not in SUPPORTED_ACTIONS:
+                raise ScenarioError(f"at {at.time / 1e9:g}s: {at.action} of vm {at.vm!r} is not available in this "
+                                    f"version of hvsim (supported: {', '.join(SUPPORTED_ACTIONS)})")
+        self._next_action = 0
+
+    # ---- building -------------------------------------------------------------------------------
+    def _event(self, name: str, **fields: Any) -> None:
+        if self.log is not None:
+            self.log.event(name, **fields)
+
+    def _make_vm(self, cfg: VmConfig) -> VirtualMachine:
+        spec = VmSpec(cfg.name, memory=cfg.memory, processors=cfg.processors, cpu_reserve=cfg.cpu.reserve,
+                      cpu_limit=cfg.cpu.limit, cpu_weight=cfg.cpu.weight)
+        slots = [DeviceSlot(dev) for name, dev in IC_DEVICES.items() if getattr(cfg.integration_services, name)]
+        if cfg.disks:
+            from drivers.storage import DEVICE as STORAGE
+            disk = cfg.disks[0]
+            self._ensure_disk(disk)
+            slots.append(DeviceSlot(STORAGE, {"path": str(disk.path)}))
+        if cfg.nics:
+            from drivers.network import DEVICE as NETWORK
+            nic = cfg.nics[0]
+            slots.append(DeviceSlot(NETWORK, {"switch": self.switches[nic.switch], "mac": nic.mac, "vlan": nic.vlan},
+                                    {"address": nic.ip, "gateway": nic.gateway, "mac": nic.mac}))
+        services = []
+        ports = {w.port for other in self.config.vms for w in other.workloads
+                 if isinstance(w, NetRequestResponseWorkload) and w.peer == cfg.name}
+        for port in sorted(ports):
+            services.append(wl.udp_echo_service(port))
+        runners = [self._workload(cfg, w) for w in cfg.workloads] or [wl.idle]
+        vm = VirtualMachine(self.host, self.vmbus, self.registry, spec, devices=slots, workload=runners[0],
+                            more_workloads=runners[1:], guest_services=services, on_state=self._state_changed)
+        return vm
+
+    def _ensure_disk(self, disk) -> None:
+        from drivers.storage.vhd import VirtualDisk
+        path = Path(disk.path)
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        parent = str(disk.parent) if disk.parent else None
+        VirtualDisk.create(str(path), disk.size, disk.type, parent=parent).close()
+        self._event("disk_created", path=str(path), size=disk.size, type=disk.type)
+
+    def _workload(self, cfg: VmConfig, w):
+        if isinstance(w, IdleWorkload):
+            return wl.idle
+        if isinstance(w, CpuBurnWorkload):
+            return wl.cpu_burn(w.duty, w.period)
+        if isinstance(w, DiskIoWorkload):
+            return wl.disk_io(w.pattern, w.block_size, w.queue_depth, w.read_fraction,
+                              seed=self.seed ^ hash(cfg.name) & 0xFFFF)
+        if isinstance(w, NetRequestResponseWorkload):
+            peer = next(v for v in self.config.vms if v.name == w.peer)
+            peer_ip = peer.nics[0].ip.split("/")[0] if peer.nics and peer.nics[0].ip else None
+            return wl.net_request_response(peer_ip, w.port, w.size, w.interval)
+        if isinstance(w, PythonWorkload):
+            return wl.python_workload(w.target, dict(w.args))
+        raise ValueError(f"vm {cfg.name!r}: workload {w!r} has no runner")
+
+    def _state_changed(self, vm: VirtualMachine, old: VmState, new: VmState) -> None:
+        self._event("vm_state", vm=vm.name, old=old.value, new=new.value)
+
+    # ---- running ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start every VM that starts with the host (autostart)."""
+        for cfg in self.config.vms:
+            if cfg.autostart:
+                self.vms[cfg.name].start()
+
+    def run(self, until: int | str, *, step: int | str = "100ms",
+            on_progress: Callable[[ManagedHost], None] | None = None) -> None:
+        """Run to `until`, carrying out the timeline's actions at their times; `on_progress` is
+        called every `step` of simulated time (for a live view)."""
+        end = parse_duration(until, "until")
+        step_ns = max(1, parse_duration(step, "step"))
+        if self.host.now == 0 and all(vm.state is VmState.OFF for vm in self.vms.values()):
+            self.start()
+        while self.host.now < end:
+            nxt = min(end, (self.host.now // step_ns + 1) * step_ns)
+            if self._next_action < len(self.timeline):
+                nxt = min(nxt, max(self.host.now, self.timeline[self._next_action].time))
+            self.host.run(nxt)
+            while self._next_action < len(self.timeline) and self.timeline[self._next_action].time <= self.host.now:
+                self._act(self.timeline[self._next_action])
+                self._next_action += 1
+            if on_progress is not None:
+                on_progress(self)
+
+    def _act(self, at) -> None:
+        vm = self.vms[at.vm]
+        action = {"start": vm.start, "stop": vm.stop, "turn-off": vm.turn_off, "pause": vm.pause,
+                  "resume": vm.resume, "quick-reset": vm.quick_reset,
+                  "checkpoint": lambda: vm.checkpoint(at.name or f"checkpoint-{self.host.now // 1_000_000}ms"),
+                  "apply-checkpoint": lambda: vm.apply_checkpoint(at.name),
+                  "delete-checkpoint": lambda: vm.delete_checkpoint(at.name)}[at.action]
+        self._event("action", vm=at.vm, action=at.action)
+        try:
+            action()
+        except Exception as exc:
+            self._event("action_failed", vm=at.vm, action=at.action, error=str(exc))
+            raise ScenarioError(f"at {at.time / 1e9:g}s: {at.action} of vm {at.vm!r} failed: {exc}") from exc
+
+    # ---- what it shows ---------------------------------------------------------------------------
+    def get_vm(self) -> list[dict[str, Any]]:
+        """The Get-VM view: Name, State, CPUUsage(%), MemoryAssigned(M), Uptime, Status."""
+        rows = []
+        lps = self.host.logical_processors
+        for vm in self.vms.values():
+            s = vm.summary()
+            cpu = 100.0 * vm.run_time_ns() / max(1, self.host.now) / lps
+            status = {"OK": "Operating normally", "Lost Communication": "Lost communication (heartbeat)",
+                      "No Contact": "No contact (heartbeat)", "Unknown": "Operating normally"}.get(s["status"], "")
+            rows.append({"Name": vm.name, "State": s["state"], "CPUUsage(%)": round(cpu, 1),
+                         "MemoryAssigned(M)": s["memory_assigned_mib"], "Uptime": _uptime(s["uptime_ns"]),
+                         "Status": status})
+        return rows
+
+    def summary(self) -> dict[str, Any]:
+        intro = self.host.introspect
+        partitions = []
+        for pid in intro.partition_ids():
+            info = intro.partition_info(pid)
+            name = "root" if pid == self.host.root.id else next(
+                (vm.name for vm in self.vms.values() if vm.partition is not None and vm.partition.id == pid), str(pid))
+            partitions.append({"partition": pid, "name": name, "hypercalls": info["hypercalls"],
+                               "hypercalls_failed": info["hypercalls_failed"],
+                               "cpu_ms": round(info["run_time_ns"] / 1e6, 3),
+                               "vmbus": self.vmbus.traffic(pid) if pid != self.host.root.id else None})
+        checkpoints = {vm.name: [{"time_ns": t, "checkpoint": n, "what": w} for t, n, w in vm.checkpoint_log]
+                       for vm in self.vms.values() if vm.checkpoint_log}
+        return {"simulated_ns": self.host.now, "seed": self.seed, "vms": self.get_vm(), "partitions": partitions,
+                "checkpoints": checkpoints,
+                "switches": {name: dataclasses.asdict(sw.stats) for name, sw in self.switches.items()},
+                "trace_digest": self.host.trace_digest().hex()}
+
+    def close(self) -> None:
+        for sw in self.switches.values():
+            sw.stop_capture()
+
+
+def _uptime(ns: int) -> str:
+    total_ms = ns // 1_000_000
+    s, ms = divmod(total_ms, 1000)
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
