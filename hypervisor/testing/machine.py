@@ -413,7 +413,24 @@ class HypervisorMachine(RuleBasedStateMachine):
 
         def apply() -> None:
             port.pending.append((caller, message))
+            self._check_posted(port)
         return allowed, apply
+
+    def _check_posted(self, port: ModelPort) -> None:
+        """Right after a successful post with the receiver's SIM page usable, its slot holds a
+        message (this one, or an earlier one that kept it busy), and if anything is still queued
+        behind it, MessagePending is set, so a Linux guest knows to write EOM."""
+        regs = self._registers(port.owner, port.vp, [Register.SIMP])
+        if regs is None or not regs[0] & _PAGE_ENABLE or not self._page_rw(port.owner, regs[0] >> 12):
+            return
+        slot = self._slot_bytes(port.owner, regs[0] >> 12, port.sint)
+        queued = _binding.hv_synic_queue_length(self.host._h, port.owner, port.vp, port.sint)
+        where = f"partition {port.owner} VP {port.vp} SINT {port.sint}"
+        if slot is None or not any(slot[:4]):
+            raise _violation("INV-QUEUE", f"{where}: a message was posted, the SIM page is usable, its slot is empty")
+        if queued and not slot[5] & MESSAGE_FLAG_PENDING:
+            raise _violation("INV-QUEUE", f"{where}: {queued} messages queued behind a full slot, MessagePending "
+                                          f"is clear")
 
     def _predict_signal(self, caller: int, b: bytes):
         S = HvStatus
@@ -797,6 +814,12 @@ class HypervisorMachine(RuleBasedStateMachine):
                 raise _violation("INV-QUEUE", f"partition {pid} VP {vp} SINT {sint}: the guest emptied its slot and "
                                               f"wrote EOM with {queued} messages queued, none was delivered")
         return True
+
+    @precondition(lambda self: self._live())
+    @rule(data=st.data())
+    def finalize_child(self, data) -> None:
+        """Finalize a child and keep it: its ports still receive, nothing manages them."""
+        self._try(self.root.finalize_partition, data.draw(st.sampled_from(self.children)))
 
     @precondition(lambda self: self._live())
     @rule(data=st.data())
