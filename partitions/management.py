@@ -23,8 +23,8 @@ from partitions import workloads as wl
 from vmbus.parent import ParentVmbus
 
 IC_DEVICES = {"heartbeat": HEARTBEAT, "shutdown": SHUTDOWN, "timesync": TIMESYNC, "kvp": KVP, "vss": VSS}
-SUPPORTED_ACTIONS = ("start", "stop", "turn-off", "pause", "resume", "quick-reset", "checkpoint",
-                     "apply-checkpoint", "delete-checkpoint")
+SUPPORTED_ACTIONS = ("start", "stop", "turn-off", "pause", "resume", "quick-reset", "save", "restore",
+                     "checkpoint", "apply-checkpoint", "delete-checkpoint")
 
 
 class ScenarioError(RuntimeError):
@@ -154,6 +154,7 @@ class ManagedHost:
         vm = self.vms[at.vm]
         action = {"start": vm.start, "stop": vm.stop, "turn-off": vm.turn_off, "pause": vm.pause,
                   "resume": vm.resume, "quick-reset": vm.quick_reset,
+                  "save": lambda: vm.save(self.workdir / f"{vm.name}.hvsav"), "restore": vm.restore,
                   "checkpoint": lambda: vm.checkpoint(at.name or f"checkpoint-{self.host.now // 1_000_000}ms"),
                   "apply-checkpoint": lambda: vm.apply_checkpoint(at.name),
                   "delete-checkpoint": lambda: vm.delete_checkpoint(at.name)}[at.action]

@@ -9,6 +9,11 @@ States (Hyper-V's): Off, Starting, Running, Paused, Saving, Saved, Stopping, Res
     pause       Running -> Paused                 its VPs stop being scheduled
     resume      Paused -> Running
     quick_reset Running|Paused -> Resetting -> Running   turn off and start again
+    save        Running|Paused -> Saving -> Saved  memory, VP state and device records to a file
+                                                  (partitions/savedstate.py); the partition's
+                                                  memory is wiped, its shell and devices wait
+    restore     Saved -> Starting -> Running      the file is checked whole first, then memory
+                                                  and VP state come back from it
     checkpoint  Running|Paused|Off                a production checkpoint of its disks (VSS when
                                                   the guest offers it), disks fork (partitions/checkpoints.py)
     apply_checkpoint   Off                        continue from a checkpoint
@@ -83,6 +88,7 @@ class VirtualMachine:
         self._storage_slot = storage
         self.checkpoints = CheckpointTree(self.name, storage.host_config["path"]) if storage else None
         self.checkpoint_log: list[tuple[int, str, str]] = []  # (time, checkpoint, what happened)
+        self._saved_path: str | None = None
 
     @property
     def name(self) -> str:
@@ -156,7 +162,7 @@ class VirtualMachine:
         self.started_at = None
 
     def turn_off(self) -> None:
-        self._require("turn off", VmState.RUNNING, VmState.PAUSED, VmState.STOPPING)
+        self._require("turn off", VmState.RUNNING, VmState.PAUSED, VmState.STOPPING, VmState.SAVED)
         self._teardown()
         self._set(VmState.OFF)
 
@@ -186,6 +192,99 @@ class VirtualMachine:
         self._set(VmState.RESETTING)
         self._teardown()
         self._build()
+        self._set(VmState.RUNNING)
+
+    # ---- saved state ----------------------------------------------------------------------------
+    # Registers a save carries: every settable one hvsim implements (read-only ones and the EOM
+    # trigger are not state).
+    _NOT_SAVED = ("VP_INDEX", "VP_RUNTIME", "TIME_REF_COUNT", "SVERSION", "EOM")
+
+    def _saved_registers(self) -> list[int]:
+        from hypervisor import Register
+        return [r for r in Register if r.name not in self._NOT_SAVED]
+
+    def memory_digest(self) -> str:
+        """A digest of the partition's memory contents (GPA order): what save/restore preserves."""
+        import hashlib
+        part = self.partition
+        h = hashlib.blake2b(digest_size=16)
+        for gpa in sorted(self.host.introspect.reach(part)):
+            h.update(gpa.to_bytes(8, "little"))
+            h.update(part.read(gpa * 4096, 4096))
+        return h.hexdigest()
+
+    def save(self, path) -> None:
+        """Save the VM to `path`. While Saved its memory lives only in the file (the partition's
+        pages are wiped); N.B. hvsim keeps the partition's shell (VPs, ports, device objects) in
+        the parent meanwhile, so a restore continues in this process; device records are written
+        for the devices that can save, the others are named in the file as not saved."""
+        from partitions.savedstate import SavedStateWriter
+        self._require("save", VmState.RUNNING, VmState.PAUSED)
+        was = self.state
+        part = self.partition
+        if was is VmState.RUNNING:
+            self.host.root.suspend_partition(part)
+        self._set(VmState.SAVING)
+        try:
+            names = self._saved_registers()
+            vps = [{"index": vp.index, "registers": [[int(n), v] for n, v in zip(
+                        names, self.host.root.get_vp_registers(part, vp.index, names))]}
+                   for vp in part.vps]
+            devices = {}
+            for slot in self.devices:
+                vsp = self.device_vsp(slot.device.name)
+                try:
+                    devices[slot.device.name] = {"saved": vsp.save() if vsp is not None else None}
+                except Exception as exc:  # SaveUnsupported and friends: recorded, not fatal here
+                    devices[slot.device.name] = {"not_saved": f"{type(exc).__name__}: {exc}"}
+            pages = sorted(self.host.introspect.reach(part))
+            meta = {"vm": self.name, "memory_bytes": self.worker.memory_bytes, "processors": self.spec.processors,
+                    "time_ns": self.host.now, "memory_digest": self.memory_digest(), "pages": len(pages)}
+            with SavedStateWriter(path, "saved-state", meta) as w:
+                w.section("vps", vps)
+                w.section("devices", devices)
+                mem = w.stream("memory")
+                zero = bytes(4096)
+                for gpa in pages:
+                    data = part.read(gpa * 4096, 4096)
+                    if data != zero:
+                        mem.write_record([gpa, data])
+                mem.close()
+        except Exception:
+            self._set(was)
+            if was is VmState.RUNNING:
+                self.host.root.resume_partition(part)
+            raise
+        for gpa in pages:  # the state now lives in the file
+            part.write(gpa * 4096, bytes(4096))
+        self._saved_path = str(path)
+        self._set(VmState.SAVED)
+
+    def restore(self, path=None) -> None:
+        """Restore from a saved-state file (by default the one saved last). The whole file is
+        checked before anything changes; a corrupt or foreign file leaves the VM Saved."""
+        from partitions.savedstate import SavedStateError, SavedStateReader
+        self._require("restore", VmState.SAVED)
+        path = path or self._saved_path
+        reader = SavedStateReader(path, kind="saved-state")  # validates everything, or raises
+        meta = reader.meta
+        part = self.partition
+        if meta.get("vm") != self.name or meta.get("memory_bytes") != self.worker.memory_bytes:
+            raise SavedStateError(f"{path}: saved from vm {meta.get('vm')!r} with {meta.get('memory_bytes')} "
+                                  f"bytes of memory, not vm {self.name!r} with {self.worker.memory_bytes}")
+        vps = reader.load("vps")
+        mapped = set(self.host.introspect.reach(part))
+        records = list(reader.records("memory"))
+        if any(gpa not in mapped or len(data) != 4096 for gpa, data in records):
+            raise SavedStateError(f"{path}: memory records outside vm {self.name!r}'s memory")
+        if sorted(v["index"] for v in vps) != sorted(vp.index for vp in part.vps):
+            raise SavedStateError(f"{path}: VPs {[v['index'] for v in vps]} do not match the VM's")
+        self._set(VmState.STARTING)
+        for gpa, data in records:
+            part.write(gpa * 4096, data)
+        for v in vps:
+            self.host.root.set_vp_registers(part, v["index"], {int(k): val for k, val in v["registers"]})
+        self.host.root.resume_partition(part)
         self._set(VmState.RUNNING)
 
     # ---- checkpoints ----------------------------------------------------------------------------

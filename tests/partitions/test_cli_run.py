@@ -65,3 +65,45 @@ def test_bad_configuration_names_file_and_key(tmp_path, capsys, text, message):
 def test_bad_duration_is_a_clear_error(capsys):
     assert main(["run", "--for", "soon"]) == 2
     assert "--for" in capsys.readouterr().err
+
+
+def test_a_timeline_with_save_restore_and_checkpoints(tmp_path, capsys):
+    cfg = tmp_path / "life.toml"
+    cfg.write_text('''
+[host]
+logical_processors = 2
+memory = "512MiB"
+
+[[vm]]
+name = "a"
+memory = "16MiB"
+workload = { kind = "disk-io", queue_depth = 2 }
+disks = [ { path = "a.vhd", size = "8MiB" } ]
+
+[[at]]
+time = "500ms"
+action = "save"
+vm = "a"
+
+[[at]]
+time = "800ms"
+action = "restore"
+vm = "a"
+
+[[at]]
+time = "1s"
+action = "checkpoint"
+vm = "a"
+name = "one"
+
+[[at]]
+time = "1.5s"
+action = "delete-checkpoint"
+vm = "a"
+name = "one"
+''')
+    out = run_json(capsys, str(cfg), "--for", "2s")
+    assert out["vms"][0]["State"] == "Running"
+    whats = [c["what"] for c in out["checkpoints"]["a"]]
+    assert whats[0] in ("consistent", "crash-consistent") and whats[-1] == "deleted"
+    assert (tmp_path / "a.hvsav").exists()

@@ -191,3 +191,56 @@ def test_delete_merges_the_checkpoint_disk(env, tmp_path):
         assert d.read(16 * 512, 512) == b"3" * 512
     with pytest.raises(Exception, match="no checkpoint named"):
         vm.apply_checkpoint("c1")
+
+
+def test_save_restore_continues_with_identical_memory_and_devices(env, tmp_path):
+    host, vmbus, _ = env
+    steps = []
+
+    async def counter(ctx):
+        while True:
+            steps.append(ctx.now)
+            ctx.partition.write(0x9000, len(steps).to_bytes(8, "little"))  # state in guest memory
+            await ctx.compute("1ms")
+            await ctx.sleep("1ms")
+
+    vm = make(env, workload=counter)
+    vm.start()
+    host.run(1 * S)
+    before_mem = vm.memory_digest()
+    before_hb = vm.device_vsp("heartbeat").save()
+    n = len(steps)
+    path = tmp_path / "vm.hvsav"
+    vm.save(path)
+    assert vm.state is VmState.SAVED
+    assert vm.memory_digest() != before_mem                  # the memory lives in the file now
+    host.run(2 * S)
+    assert len(steps) == n                                  # nothing runs while Saved
+    vm.restore(path)
+    assert vm.state is VmState.RUNNING
+    assert vm.memory_digest() == before_mem
+    assert vm.device_vsp("heartbeat").save() == before_hb
+    host.run(3 * S)
+    assert len(steps) > n                                   # the guest just goes on
+    assert int.from_bytes(vm.partition.read(0x9000, 8), "little") == len(steps)
+    check_all(host)
+
+
+def test_a_corrupt_or_truncated_saved_state_changes_nothing(env, tmp_path):
+    from partitions.savedstate import SavedStateError
+    host, vmbus, _ = env
+    vm = make(env)
+    vm.start()
+    host.run(500 * MS)
+    path = tmp_path / "vm.hvsav"
+    vm.save(path)
+    good = path.read_bytes()
+    wiped = vm.memory_digest()
+    for bad in (good[:len(good) // 2], good[:100] + bytes([good[100] ^ 1]) + good[101:]):
+        path.write_bytes(bad)
+        with pytest.raises(SavedStateError):
+            vm.restore(path)
+        assert vm.state is VmState.SAVED and vm.memory_digest() == wiped
+    path.write_bytes(good)
+    vm.restore(path)
+    assert vm.state is VmState.RUNNING
