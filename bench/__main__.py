@@ -8,7 +8,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-BENCHES = ("hypercalls", "simulation", "ring", "channel", "network")
+BENCHES = ("hypercalls", "simulation", "ring", "channel", "host", "network")
 
 
 def main() -> None:
