@@ -46,6 +46,8 @@ class ManagedHost:
             self.host.introspect.record_scheduling()
         # The parent's VMBus service runs on the root's last VP (the first ones do other work).
         self.vmbus = ParentVmbus(self.host, vp_index=h.logical_processors - 1)
+        if record_scheduling:
+            self.vmbus.message_trace = []
         self.registry = discover()
         for err in self.registry.errors:
             self._event("driver_load_failed", entry_point=err.entry_point, error=err.message)

@@ -164,6 +164,7 @@ class ParentVmbus:
         self._next_id = 0x1000
         self._free_flags = list(range(FLAGS_PER_SINT - 1, 0, -1))  # flag 0 unused
         self._pending_work = 0
+        self.message_trace: list[tuple[int, str, dict]] | None = None  # (time, name, args) when recording
         self.context = EndpointContext(host, lambda event, fields: self.log.append((host.now, 0, event, fields)))
         root = host.root
         self.simp, self.siefp = host.root_memory.allocate(2)
@@ -277,8 +278,10 @@ class ParentVmbus:
                 if exc.status in (HvStatus.INSUFFICIENT_BUFFERS, HvStatus.INVALID_SYNIC_STATE):
                     return  # retried on the next pass
                 raise
-            c.outbox.pop(0)
+            message = c.outbox.pop(0)
             c.stats["messages_out"] += 1
+            if self.message_trace is not None:
+                self.message_trace.append((self.host.now, _message_name(message), {"to": c.partition.id}))
 
     def _deliver(self, c: _Child, relid: int) -> None:
         """Hand a signalled channel's packets to its VSP. A ring the guest corrupted, or a VSP
@@ -324,6 +327,9 @@ class ParentVmbus:
             c = self._port_owner.get(msg.origin)
             if c is not None and msg.message_type == MESSAGE_TYPE_VMBUS:
                 c.stats["messages_in"] += 1
+                if self.message_trace is not None:
+                    self.message_trace.append((self.host.now, _message_name(msg.payload),
+                                               {"from": c.partition.id}))
                 c.manager.handle_message(msg.payload, connection_id=c.msg_ports[msg.origin])
         base = self.siefp * 4096 + VMBUS_MESSAGE_SINT * 256
         flags = int.from_bytes(root.read(base, 256), "little")
@@ -352,3 +358,14 @@ class ParentVmbus:
                 await ctx.compute(max(1, cpu))
             else:
                 await ctx.halt(self.context.next_timeout())
+
+
+def _message_name(raw: bytes) -> str:
+    """The channel-management message's name, for traces (no validation: names only)."""
+    import struct
+
+    from vmbus.protocol import MESSAGES
+    if len(raw) < 4:
+        return "short message"
+    msgtype = struct.unpack_from("<I", raw)[0]
+    return next((spec.name for spec in MESSAGES if spec.id == msgtype), f"message type {msgtype}")

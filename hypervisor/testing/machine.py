@@ -192,7 +192,8 @@ class HypervisorMachine(RuleBasedStateMachine):
                 allowed, apply = predicted
                 if result.status not in allowed:
                     S = HvStatus
-                    name = ("A10" if allowed == {S.INVALID_CONNECTION_ID} else
+                    messaging = decoded.code in (CallCode.POST_MESSAGE, CallCode.SIGNAL_EVENT)
+                    name = ("A10" if messaging and allowed == {S.INVALID_CONNECTION_ID} else
                             "INV-QUEUE" if S.INSUFFICIENT_BUFFERS in allowed | {result.status} else "ORACLE")
                     raise _violation(name, f"{CallCode(decoded.code).name} from partition {caller.id} VP "
                                            f"{vp.index} returned {result.status!r}, the model allows "

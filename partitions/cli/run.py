@@ -91,8 +91,10 @@ def _write_trace(path: str, managed, records) -> None:
     from partitions import perfetto
     names = {vm.partition.id: vm.name for vm in managed.vms.values() if vm.partition is not None}
     names[managed.host.root.id] = "root"
-    trace = perfetto.build([(t, lp, pid, vp, kind) for t, pid, lp, vp, kind in records], end_ns=managed.host.now,
-                           partition_names=names, logical_processors=managed.host.logical_processors)
+    instants = [(t, name, args) for t, name, args in (managed.vmbus.message_trace or [])]
+    trace = perfetto.build([(t, lp, pid, vp, kind) for t, pid, lp, vp, kind in records], instants,
+                           end_ns=managed.host.now, partition_names=names,
+                           logical_processors=managed.host.logical_processors)
     perfetto.write(path, trace)
 
 

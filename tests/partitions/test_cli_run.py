@@ -30,7 +30,8 @@ def test_the_default_host_shows_contention_disk_network_heartbeats_and_a_checkpo
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert all("t_ns" in e for e in events) and any(e["event"] == "vm_state" for e in events)
     doc = json.loads(trace.read_text())
-    assert any(e.get("ph") == "X" for e in doc["traceEvents"])
+    assert any(e.get("ph") == "X" for e in doc["traceEvents"])                       # VP slices per LP
+    assert any(e.get("ph") == "i" and e["name"] == "OfferChannel" for e in doc["traceEvents"])  # VMBus
 
 
 def test_the_default_run_is_deterministic(tmp_path, capsys):
