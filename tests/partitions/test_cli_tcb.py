@@ -36,8 +36,9 @@ def test_it_reads_the_core_this_python_loaded(capsys):
 
 
 def test_the_hypervisor_is_kept_apart_from_the_cffi_glue(report):
+    # A list, not a set: static functions (and a sanitizer's per-file constructors) share names.
     hypervisor = {f["name"] for f in report["largest"]}
-    assert len(hypervisor) == report["hypervisor"]["functions"]
+    assert len(report["largest"]) == report["hypervisor"]["functions"]
     assert not any(name.startswith(("_cffi_", "PyInit_")) for name in hypervisor)
     assert {"hv_hypercall", "hv_run"} <= hypervisor
     assert report["glue"]["code"] > 0 and report["glue"]["functions"] > 0
