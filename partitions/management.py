@@ -76,6 +76,9 @@ class ManagedHost:
     def _make_vm(self, cfg: VmConfig) -> VirtualMachine:
         spec = VmSpec(cfg.name, memory=cfg.memory, processors=cfg.processors, cpu_reserve=cfg.cpu.reserve,
                       cpu_limit=cfg.cpu.limit, cpu_weight=cfg.cpu.weight)
+        if len(cfg.disks) > 1 or len(cfg.nics) > 1:
+            raise ValueError(f"vm {cfg.name!r}: this version of hvsim runs one disk and one network adapter per VM; "
+                             f"it has {len(cfg.disks)} disks and {len(cfg.nics)} adapters")
         slots = [DeviceSlot(dev) for name, dev in IC_DEVICES.items() if getattr(cfg.integration_services, name)]
         if cfg.disks:
             from drivers.storage import DEVICE as STORAGE
