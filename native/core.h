@@ -249,6 +249,7 @@ void hv_run_fini(struct hv_host *h);
 /* Fair-share helpers shared by the policies (sched_classic.c). */
 uint64_t hv_sched_cap_ns(const struct hv_host *h, const struct hv_vp *vp);
 uint64_t hv_sched_reserve_ns(const struct hv_host *h, const struct hv_vp *vp);
+bool hv_sched_fairer(const struct hv_host *h, const struct hv_vp *a, const struct hv_vp *b);
 struct hv_vp *hv_sched_pick_fair(struct hv_host *h, uint32_t only_slot);
 uint64_t hv_sched_fair_budget(struct hv_host *h, struct hv_vp *vp);
 void hv_sched_fair_charge(struct hv_host *h, struct hv_vp *vp, uint64_t ns);

@@ -43,14 +43,21 @@ static uint16_t classic_admit(struct hv_host *h, struct hv_partition *p)
     return reserved <= 100ull * h->cfg.logical_processors ? HV_STATUS_SUCCESS : HV_STATUS_NO_RESOURCES;
 }
 
-/* Is a strictly better than b? Under-reserve first, then least vruntime, then id. */
-static bool better(const struct hv_host *h, const struct hv_vp *a, const struct hv_vp *b)
+/* Does a come before b in the fair-share order: under its reserve first, then least vruntime?
+ * (Ties are not decided here.) */
+bool hv_sched_fairer(const struct hv_host *h, const struct hv_vp *a, const struct hv_vp *b)
 {
     bool ra = a->window_used_ns < hv_sched_reserve_ns(h, a), rb = b->window_used_ns < hv_sched_reserve_ns(h, b);
     if (ra != rb)
         return ra;
-    if (a->vruntime != b->vruntime)
-        return a->vruntime < b->vruntime;
+    return a->vruntime < b->vruntime;
+}
+
+/* Is a strictly better than b? The fair-share order, then (partition slot, VP index). */
+static bool better(const struct hv_host *h, const struct hv_vp *a, const struct hv_vp *b)
+{
+    if (hv_sched_fairer(h, a, b) || hv_sched_fairer(h, b, a))
+        return hv_sched_fairer(h, a, b);
     if (a->part_slot != b->part_slot)
         return a->part_slot < b->part_slot;
     return a->index < b->index;

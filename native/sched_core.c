@@ -8,15 +8,6 @@
  */
 #include "core.h"
 
-/* Is a better placed than b by the fair-share order (reserve first, then vruntime)? */
-static bool fairer(const struct hv_host *h, const struct hv_vp *a, const struct hv_vp *b)
-{
-    bool ra = a->window_used_ns < hv_sched_reserve_ns(h, a), rb = b->window_used_ns < hv_sched_reserve_ns(h, b);
-    if (ra != rb)
-        return ra;
-    return a->vruntime < b->vruntime;
-}
-
 static struct hv_vp *core_pick(struct hv_host *h, struct hv_lp *lp)
 {
     uint32_t smt = h->cfg.smt, first = lp->core * smt;
@@ -31,7 +22,7 @@ static struct hv_vp *core_pick(struct hv_host *h, struct hv_lp *lp)
      * slices end (otherwise one VM could keep a core for ever). */
     struct hv_vp *own = hv_sched_pick_fair(h, sibling->part_slot);
     struct hv_vp *any = hv_sched_pick_fair(h, UINT32_MAX);
-    if (own && any && any->part_slot != own->part_slot && fairer(h, any, own))
+    if (own && any && any->part_slot != own->part_slot && hv_sched_fairer(h, any, own))
         return NULL;
     return own;
 }

@@ -13,8 +13,8 @@ from vmbus.guest import GuestVmbus
 SERVICE_SLICE_NS = 1_000_000
 
 
-class KernelContext:
-    """What a workload sees: its VP's context, with VMBus served in between its steps."""
+class _WorkloadContext:
+    """What every workload context has: its VP, partition, host, the time and the VM's devices."""
 
     def __init__(self, ctx, stack: GuestVmbus):
         self._ctx, self.stack = ctx, stack
@@ -27,6 +27,10 @@ class KernelContext:
     @property
     def devices(self):
         return self.stack.devices
+
+
+class KernelContext(_WorkloadContext):
+    """What a workload on VP 0 sees: its steps, with VMBus served in between them."""
 
     async def _serve(self) -> None:
         cpu = self.stack.service()
@@ -76,23 +80,11 @@ async def kernel_main(ctx, stack: GuestVmbus, workload=None) -> None:
             await ctx.halt(stack.context.next_timeout())
 
 
-class SecondaryContext:
+class SecondaryContext(_WorkloadContext):
     """What a workload on another VP of the VM sees: the same steps and devices; VMBus is served
     by VP 0, so waiting for a device polls (every 100 us of simulated time)."""
 
     POLL_NS = 100_000
-
-    def __init__(self, ctx, stack: GuestVmbus):
-        self._ctx, self.stack = ctx, stack
-        self.vp, self.partition, self.host = ctx.vp, ctx.partition, ctx.host
-
-    @property
-    def now(self) -> int:
-        return self._ctx.now
-
-    @property
-    def devices(self):
-        return self.stack.devices
 
     async def compute(self, duration: int | str) -> None:
         await self._ctx.compute(parse_duration(duration))
