@@ -78,7 +78,9 @@ def test_without_debug_information_it_falls_back_on_names(report, tmp_path, caps
     out = _report(capsys, "--library", str(bare), "--top", "10000")
     assert out["attribution"] in ("file-symbols", "names")
     # Same split as with DWARF: glue by its _cffi_/PyInit_ names, the hypervisor's hv_ functions.
-    assert out["glue"]["code"] == report["glue"]["code"]
+    # Compiler-made helpers without telling names (a sanitizer build's module constructors) may
+    # land on either side without DWARF, so the glue agrees to within 1 %.
+    assert abs(out["glue"]["code"] - report["glue"]["code"]) <= report["glue"]["code"] // 100
     assert {f["name"] for f in out["largest"] if f["name"].startswith("hv_")} == \
            {f["name"] for f in report["largest"] if f["name"].startswith("hv_")}
 
