@@ -19,8 +19,8 @@ from drivers.network.vswitch import VirtualSwitch
 from drivers.registry import discover
 from hypervisor import Host
 from partitions.worker import VmSpec, VmWorker
-from vmbus.guest import GuestVmbus
-from vmbus.parent import ParentVmbus
+from partitions.vmbus_guest import GuestVmbus
+from partitions.vmbus_parent import ParentVmbus
 
 MS = 1_000_000
 SIZES = (64, 1500)

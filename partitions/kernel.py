@@ -8,7 +8,7 @@ every millisecond of computation and whenever it waits.
 from __future__ import annotations
 
 from hypervisor.quantities import parse_duration
-from vmbus.guest import GuestVmbus
+from partitions.vmbus_guest import GuestVmbus
 
 SERVICE_SLICE_NS = 1_000_000
 

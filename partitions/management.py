@@ -20,7 +20,7 @@ from partitions.config_schema import (Config, CpuBurnWorkload, DiskIoWorkload, I
 from partitions.vm import DeviceSlot, VirtualMachine, VmState
 from partitions.worker import VmSpec
 from partitions import workloads as wl
-from vmbus.parent import ParentVmbus
+from partitions.vmbus_parent import ParentVmbus
 
 IC_DEVICES = {"heartbeat": HEARTBEAT, "shutdown": SHUTDOWN, "timesync": TIMESYNC, "kvp": KVP, "vss": VSS}
 SUPPORTED_ACTIONS = ("start", "stop", "turn-off", "pause", "resume", "quick-reset", "save", "restore",

@@ -32,8 +32,8 @@ from hypervisor import Host
 from partitions.checkpoints import CheckpointError, CheckpointTree
 from partitions.kernel import kernel_main, secondary_main
 from partitions.worker import VmSpec, VmWorker
-from vmbus.guest import GuestVmbus
-from vmbus.parent import ParentVmbus
+from partitions.vmbus_guest import GuestVmbus
+from partitions.vmbus_parent import ParentVmbus
 
 
 class VmState(enum.Enum):

@@ -31,3 +31,29 @@ def test_the_check_above_can_fail(tmp_path):
     assert pattern.search("from hypervisor._binding import lib")
     assert pattern.search("import hypervisor._hvcore")
     assert not pattern.search("from hypervisor import _binding")
+
+
+LAYERS = ["hypervisor", "vmbus", "drivers", "partitions"]  # native <- hypervisor <- vmbus <- drivers <- partitions
+
+
+def test_imports_point_downward_only():
+    """DESIGN.md's layers: a package imports only the ones below it. The test kit
+    (hypervisor/testing/vmbus_strategies.py) imports upward inside its functions on purpose."""
+    import ast
+    offenders = []
+    for i, package in enumerate(LAYERS):
+        above = set(LAYERS[i + 1:])
+        for path in (ROOT / package).glob("**/*.py"):
+            if path.name == "vmbus_strategies.py":
+                continue
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module]
+                for name in names:
+                    if name.split(".")[0] in above:
+                        offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert offenders == []

@@ -12,7 +12,7 @@ default 256), "versions" (NVSP versions to try, default protocol.VERSIONS), "ini
 N.B. the device contract gives a VSC neither its relid nor a page allocator; until it does, both
 come from the config.
 
-Once `ready`, `vsc.stack` is a partitions.guest.netstack.NetStack on the MAC the host reported,
+Once `ready`, `vsc.stack` is a drivers.network.netstack.NetStack on the MAC the host reported,
 with the device context as its clock; its frames go out through `transmit(frame)`: as an RNDIS data
 message in a free send-buffer section, or in-band after the NVSP message when none is free; frames
 wait (at most tx_queue) when the ring is full. Received frames arrive in transfer-page packets;
@@ -31,7 +31,7 @@ from drivers.network import protocol as p
 from drivers.network.frames import HEADER_LEN, MTU, TAG_LEN, mac_text
 from drivers.network.protocol import NetError, NvspStatus
 from hypervisor.quantities import parse_duration
-from partitions.guest.netstack import NetStack, StackSettings
+from drivers.network.netstack import NetStack, StackSettings
 from vmbus.ring import FLAG_COMPLETION_REQUESTED, PKT_COMP, Packet, RingError, RingFull
 
 CONTROL_TRANS_ID = (1 << 64) - 3   # NVSP init requests (Linux's VMBUS_RQST_INIT): never an I/O id

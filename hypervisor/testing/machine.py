@@ -719,9 +719,12 @@ class HypervisorMachine(RuleBasedStateMachine):
     @rule(data=st.data(), fast=st.booleans())
     def signal_event(self, data, fast: bool) -> None:
         caller = self._sender(data, EVT)
-        inp = hs.signal_event_block(self._connection_id(data, caller, EVT),
-                                    data.draw(st.one_of(st.integers(0, 3), st.integers(0, 0xFFFF)), label="flag"),
-                                    int(data.draw(hs.rarely(16), label="rsvdz")))
+        conn_id = self._connection_id(data, caller, EVT)
+        conn = self.connections.get((caller.id, conn_id))
+        count = conn.port.count if conn is not None and conn.port is not None else 4
+        flag = data.draw(st.sampled_from([0, count - 1, count, count + 1, 0xFFFF]), label="flag") \
+            if data.draw(hs.rarely(3)) else data.draw(st.integers(0, max(count - 1, 0)), label="flag")
+        inp = hs.signal_event_block(conn_id, flag, int(data.draw(hs.rarely(16), label="rsvdz")))
         self.issue(data.draw(st.sampled_from(caller.vps)), control(CallCode.SIGNAL_EVENT, fast=fast), inp)
 
     # ---- guests: their SynIC, taking messages ------------------------------------------------------------
@@ -865,10 +868,11 @@ class HypervisorMachine(RuleBasedStateMachine):
         """Delete a child that owns ports or connections (often with messages still queued)."""
         busy = sorted(({p.owner for p in self.ports.values()} | {pid for pid, _ in self.connections})
                       - {self.root.id})
-        queued = sorted(({p.owner for p in self.ports.values() if p.pending}
-                         | {sender for p in self.ports.values() for sender, _ in p.pending}) - {self.root.id})
-        child = self.host.partition(data.draw(st.sampled_from(queued if queued and not data.draw(hs.rarely(3))
-                                                              else busy), label="child"))
+        senders = sorted({sender for p in self.ports.values() for sender, _ in p.pending} - {self.root.id})
+        receivers = sorted({p.owner for p in self.ports.values() if p.pending} - {self.root.id})
+        kind = data.draw(st.integers(0, 3), label="which")
+        pick = senders if senders and kind < 2 else receivers if receivers and kind < 3 else busy
+        child = self.host.partition(data.draw(st.sampled_from(pick), label="child"))
         self._try(self.root.finalize_partition, child)
         self._try(self.root.delete_partition, child)
 

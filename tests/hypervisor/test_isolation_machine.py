@@ -11,5 +11,5 @@ TestHypervisorIsolation.settings = settings(max_examples=80, stateful_step_count
                                             suppress_health_check=[HealthCheck.too_slow])
 
 TestMessagingIsolation = MessagingMachine.TestCase
-TestMessagingIsolation.settings = settings(max_examples=150, stateful_step_count=50, deadline=None,
+TestMessagingIsolation.settings = settings(max_examples=170, stateful_step_count=50, deadline=None,
                                            suppress_health_check=[HealthCheck.too_slow])

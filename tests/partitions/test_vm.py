@@ -8,7 +8,7 @@ from hypervisor import Host
 from hypervisor.testing.invariants import check_all
 from partitions.vm import DeviceSlot, InvalidTransition, VirtualMachine, VmState
 from partitions.worker import VmSpec
-from vmbus.parent import ParentVmbus
+from partitions.vmbus_parent import ParentVmbus
 
 MS, S = 1_000_000, 1_000_000_000
 

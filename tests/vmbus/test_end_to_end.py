@@ -5,8 +5,8 @@ from drivers.registry import discover
 from hypervisor import Host
 from hypervisor.testing.invariants import check_all
 from partitions.worker import VmSpec, VmWorker
-from vmbus.guest import GuestVmbus
-from vmbus.parent import ParentVmbus
+from partitions.vmbus_guest import GuestVmbus
+from partitions.vmbus_parent import ParentVmbus
 from vmbus.ring import RingError
 from vmbus.server import ChannelState
 

@@ -6,8 +6,8 @@ from drivers.registry import discover
 from hypervisor import Host
 from hypervisor.testing.invariants import check_all
 from partitions.worker import VmSpec, VmWorker
-from vmbus.guest import GuestVmbus
-from vmbus.parent import ParentVmbus
+from partitions.vmbus_guest import GuestVmbus
+from partitions.vmbus_parent import ParentVmbus
 
 S = 1_000_000_000
 MS = 1_000_000

@@ -16,8 +16,8 @@ from hypervisor import Host
 from hypervisor.testing.invariants import check_all
 from partitions.worker import VmSpec, VmWorker
 from tests.drivers.network.test_pcap import tshark
-from vmbus.guest import GuestVmbus
-from vmbus.parent import ParentVmbus
+from partitions.vmbus_guest import GuestVmbus
+from partitions.vmbus_parent import ParentVmbus
 from vmbus.ring import FLAG_COMPLETION_REQUESTED, RingFull
 
 US, MS = 1_000, 1_000_000

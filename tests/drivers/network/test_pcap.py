@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from drivers.device import ManualContext
 from drivers.network import frames, pcap
 from drivers.network.vswitch import VirtualSwitch, VlanConfig
-from partitions.guest.netstack import NetStack
+from drivers.network.netstack import NetStack
 
 SECOND = 1_000_000_000
 

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from drivers.device import ManualContext
 from drivers.network import frames
 from drivers.network.vswitch import SwitchSettings, VirtualSwitch, VlanConfig, VlanMode
-from partitions.guest.netstack import NetStack
+from drivers.network.netstack import NetStack
 
 MS = 1_000_000
 SECOND = 1_000_000_000

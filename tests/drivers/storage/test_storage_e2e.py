@@ -2,8 +2,8 @@
 storvsp over VMBus, grants its I/O pool, writes and reads a VHD-backed disk; the data is in the
 file after a host restart; a hostile child's bad requests leave another child's I/O alone.
 
-Two hooks the VMBus stacks do not provide yet are wired here by hand, as vmbus/guest.py and
-vmbus/parent.py would: `grant_pages` for the VSC (PoolGrants below) and `resolve_gpadl` for the
+Two hooks the VMBus stacks do not provide yet are wired here by hand, as partitions/vmbus_guest.py and
+partitions/vmbus_parent.py would: `grant_pages` for the VSC (PoolGrants below) and `resolve_gpadl` for the
 VSP (`resolve` below: the server's record of the GPADL plus the core's view of its grant).
 """
 import gc
@@ -19,8 +19,8 @@ from hypervisor.grants import own_view
 from hypervisor.testing.invariants import check_all
 from partitions.worker import VmSpec, VmWorker
 from vmbus.client import EventKind
-from vmbus.guest import GuestVmbus
-from vmbus.parent import ParentVmbus
+from partitions.vmbus_guest import GuestVmbus
+from partitions.vmbus_parent import ParentVmbus
 from vmbus.protocol import GpaRange
 from vmbus.server import GpadlState
 
@@ -59,7 +59,7 @@ class PoolGrants:
 
 
 def resolve(parent, child, gpadl_id):
-    """`resolve_gpadl` as vmbus/parent.py would supply it to the storage VSP of `child`: a GPADL
+    """`resolve_gpadl` as partitions/vmbus_parent.py would supply it to the storage VSP of `child`: a GPADL
     the server created on the storage channel -> (the core's view of it, its guest PFNs)."""
     c = parent.children[child.id]
     gpadl = c.manager._gpadls.get(gpadl_id)  # N.B. ChannelManager has no public accessor yet

@@ -13,7 +13,7 @@ from hypervisor import Partition, Register
 from hypervisor.grants import own_view, release_view, view as own_view_ptr
 from hypervisor.synic import clear_message_slot, read_message_slot, simp_value, siefp_value, sint_value
 from vmbus.channel import ChannelEnd, init_ring_gpadl
-from vmbus.endpoint import EndpointContext
+from partitions.device_context import EndpointContext
 from vmbus.client import ClientEvent, EventKind, VmbusClient
 from vmbus.protocol import OfferChannel, VMBUS_MESSAGE_SINT
 from vmbus.ring import RingError

@@ -21,7 +21,7 @@ from hypervisor.status import HvError, HvStatus
 from hypervisor.synic import (PortType, clear_message_slot, read_message_slot, simp_value, siefp_value,
                               sint_value)
 from vmbus.channel import ChannelEnd, OfferSpec, OpenRequest
-from vmbus.endpoint import EndpointContext
+from partitions.device_context import EndpointContext
 from vmbus.protocol import STATUS_SUCCESS, STATUS_UNSUCCESSFUL, VMBUS_MESSAGE_SINT, GpaRange
 from vmbus.ring import RingError
 from vmbus.server import ChannelManager

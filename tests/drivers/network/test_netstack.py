@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from drivers.device import ManualContext
 from drivers.network import frames
 from drivers.network.frames import BROADCAST, ETHERTYPE_ARP, ETHERTYPE_IPV4
-from partitions.guest import netstack as ns
-from partitions.guest.netstack import NetStack, StackSettings
+from drivers.network import netstack as ns
+from drivers.network.netstack import NetStack, StackSettings
 
 SECOND = 1_000_000_000
 US = 1_000

@@ -1,1 +1,0 @@
-"""The guest side of a child partition as hvsim models it for synthetic guests."""
