@@ -34,7 +34,7 @@ ring GPADL as a buffer corrupts only its own channel. Every refusal is counted i
 on_packets. (A ring the guest corrupted raises RingCorrupt from a reply, which the parent's VMBus
 service turns into breaking this channel alone.)
 
-FUTURE: save/restore (the default SaveUnsupported stands), multiple RNDIS messages per packet,
+FUTURE: restore from a saved record (save() writes one), multiple RNDIS messages per packet,
 GPA-direct (type 9) sends, VLAN and checksum per-packet info.
 """
 from __future__ import annotations
@@ -97,7 +97,22 @@ class _Buffer:
     count: int
 
 
+def _buffer_record(buffer: _Buffer | None) -> dict | None:
+    return None if buffer is None else {"gpadl": buffer.gpadl_id, "id": buffer.buffer_id, "size": buffer.size,
+                                        "count": buffer.count}
+
+
 class NetVsp(Vsp):
+    def save(self) -> dict:
+        """The adapter's state as a plain record: NVSP and NDIS versions, buffers (by GPADL),
+        RNDIS state, packet filter, addresses, receive sections free and in flight.
+        N.B. hvsim's saved VMs keep their device objects, so no restore from it exists yet."""
+        return {"version": self.version, "ndis_version": list(self.ndis_version) if self.ndis_version else None,
+                "guest_mtu": self.guest_mtu, "receive": _buffer_record(self.receive),
+                "send": _buffer_record(self.send), "rndis": self.rndis.name, "packet_filter": self.packet_filter,
+                "mac": self.mac.hex(), "vlan": repr(self.vlan), "free_sections": sorted(self._free),
+                "in_flight": sorted(self._in_flight)}
+
     def __init__(self, channel, config=None, context=None):
         super().__init__(channel, config, context)
         cfg = self.config

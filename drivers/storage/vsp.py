@@ -391,6 +391,15 @@ class StorVsp(Vsp):
             self._retry_ns = min(2 * delay, _RETRY_NS[1])
             self.context.call_later(self._retry_ns, self._retry)
 
+    def save(self) -> dict:
+        """The controller's state as a plain record: protocol state, negotiated version, the I/O
+        pool's GPADL, the disk file, requests in service (by transaction id) and counters.
+        N.B. hvsim's saved VMs keep their device objects, so no restore from it exists yet."""
+        return {"state": self.state.value, "version": self.version, "pool_gpadl": self.pool_gpadl,
+                "disk": self.disk.path if self.disk is not None else None,
+                "outstanding": sorted(r.trans_id for r in self.outstanding.values()),
+                "busy_until": self.busy_until, "completed": self.completed, "refused": self.refused}
+
     def replace_disk(self, disk: VirtualDisk) -> VirtualDisk | None:
         """Serve `disk` from now on (a checkpoint forked the VM's disk into a differencing one);
         returns the disk it served before, which the caller closes. Requests already executed

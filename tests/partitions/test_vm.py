@@ -244,3 +244,25 @@ def test_a_corrupt_or_truncated_saved_state_changes_nothing(env, tmp_path):
     path.write_bytes(good)
     vm.restore(path)
     assert vm.state is VmState.RUNNING
+
+
+def test_saved_state_covers_every_device_of_the_default_host(tmp_path):
+    from partitions.config import default_config
+    from partitions.management import ManagedHost
+    from partitions.savedstate import SavedStateReader
+    managed = ManagedHost(default_config(tmp_path), workdir=tmp_path)
+    managed.run(1 * S)
+    web = managed.vms["web"]
+    records = {name: web.device_vsp(name).save() for name in ("storage", "network", "heartbeat", "kvp")}
+    digest = web.memory_digest()
+    web.save(tmp_path / "web.hvsav")
+    devices = SavedStateReader(tmp_path / "web.hvsav", kind="saved-state").load("devices")
+    for name in ("storage", "network", "heartbeat", "shutdown", "timesync", "kvp", "vss"):
+        assert "saved" in devices[name], (name, devices[name])
+    assert devices["storage"]["saved"]["disk"].endswith("web.vhd")
+    assert devices["network"]["saved"]["rndis"] == "INITIALIZED"
+    web.restore()
+    assert web.memory_digest() == digest
+    assert {name: web.device_vsp(name).save() for name in records} == records
+    managed.run(2 * S)
+    assert web.heartbeat_status() == "OK"
