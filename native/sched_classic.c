@@ -56,8 +56,13 @@ bool hv_sched_fairer(const struct hv_host *h, const struct hv_vp *a, const struc
 /* Is a strictly better than b? The fair-share order, then (partition slot, VP index). */
 static bool better(const struct hv_host *h, const struct hv_vp *a, const struct hv_vp *b)
 {
-    if (hv_sched_fairer(h, a, b) || hv_sched_fairer(h, b, a))
-        return hv_sched_fairer(h, a, b);
+    /* hv_sched_fairer's order, spelled out so each reserve is computed once (this is the
+     * scheduler's inner loop). */
+    bool ra = a->window_used_ns < hv_sched_reserve_ns(h, a), rb = b->window_used_ns < hv_sched_reserve_ns(h, b);
+    if (ra != rb)
+        return ra;
+    if (a->vruntime != b->vruntime)
+        return a->vruntime < b->vruntime;
     if (a->part_slot != b->part_slot)
         return a->part_slot < b->part_slot;
     return a->index < b->index;
