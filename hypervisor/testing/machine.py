@@ -680,17 +680,17 @@ class HypervisorMachine(RuleBasedStateMachine):
             return data.draw(st.sampled_from(others), label="another's connection")
         return data.draw(hs.port_ids(), label="connection id")
 
-    def _next_payload(self, data) -> bytes:
+    def _next_payload(self, data, max_size: int = PAYLOAD_MAX) -> bytes:
         """A payload that starts with a sequence number, so every message is told apart."""
         self.sequence += 1
-        return struct.pack("<I", self.sequence) + data.draw(st.binary(max_size=PAYLOAD_MAX - 4), label="payload")
+        return struct.pack("<I", self.sequence) + data.draw(st.binary(max_size=max_size - 4), label="payload")
 
     def _sender(self, data, ptype: int) -> Partition:
         """A caller, most often one that owns a connection of that type."""
         callers = self._callers()
         senders = [p for p in callers
                    if any(pid == p.id and c.type == ptype for (pid, _), c in self.connections.items())]
-        return data.draw(st.sampled_from(senders if senders and not data.draw(hs.rarely(4)) else callers),
+        return data.draw(st.sampled_from(senders if senders and not data.draw(hs.rarely(3)) else callers),
                          label="caller")
 
     @rule(data=st.data())
@@ -702,6 +702,46 @@ class HypervisorMachine(RuleBasedStateMachine):
                                     tail=data.draw(st.binary(max_size=8)))
         self.issue(data.draw(st.sampled_from(caller.vps)), control(CallCode.POST_MESSAGE), inp)
 
+    @precondition(lambda self: self.connections)
+    @rule(data=st.data(), fast=st.booleans())
+    def use_foreign_connection(self, data, fast: bool) -> None:
+        """A10: a partition posts or signals on a connection id another partition owns (and it
+        does not): INVALID_CONNECTION_ID, exactly as for an id nobody owns."""
+        owner, conn_id = data.draw(st.sampled_from(sorted(self.connections)), label="connection")
+        conn = self.connections[owner, conn_id]
+        strangers = [p for p in self._callers() if (p.id, conn_id) not in self.connections]
+        if not strangers:
+            return
+        caller = data.draw(st.sampled_from(strangers), label="caller")
+        vp = data.draw(st.sampled_from(caller.vps), label="vp")
+        if conn.type == MSG:
+            self.issue(vp, control(CallCode.POST_MESSAGE),
+                       hs.post_message_block(conn_id, hs.MESSAGE_TYPE_VMBUS, self._next_payload(data, 24)))
+        else:
+            self.issue(vp, control(CallCode.SIGNAL_EVENT, fast=fast), hs.signal_event_block(conn_id))
+
+    @rule(data=st.data(), n=st.integers(1, 6))
+    def sender_dies(self, data, n: int) -> None:
+        """A child that just posted `n` messages to another partition's port (most of them still
+        queued behind a busy slot) is deleted: its messages must leave every queue with it."""
+        senders = [p for p in self._callers() if not p.is_root]
+        if not senders:
+            return
+        sender = data.draw(st.sampled_from(senders), label="sender")
+        ports = sorted((p for p in self.ports.values() if p.type == MSG and p.connection_partition == sender.id
+                        and p.owner != sender.id), key=lambda p: (p.owner, p.id))
+        conns = {c.port: cid for (pid, cid), c in self.connections.items() if pid == sender.id and c.port in ports}
+        if not conns:
+            return
+        port = data.draw(st.sampled_from([p for p in ports if p in conns]), label="port")
+        vp = data.draw(st.sampled_from(sender.vps), label="vp")
+        for _ in range(n):
+            self.issue(vp, control(CallCode.POST_MESSAGE),
+                       hs.post_message_block(conns[port], hs.MESSAGE_TYPE_VMBUS, self._next_payload(data, 24)))
+        self._check_deliveries()  # the first may be in its slot already
+        self._try(self.root.finalize_partition, sender)
+        self._try(self.root.delete_partition, sender)
+
     @precondition(lambda self: any(c.type == MSG for c in self.connections.values()))
     @rule(data=st.data(), n=st.integers(2, 20))
     def post_burst(self, data, n: int) -> None:
@@ -712,7 +752,7 @@ class HypervisorMachine(RuleBasedStateMachine):
             return
         vp = data.draw(st.sampled_from(caller.vps))
         for _ in range(n):
-            payload = self._next_payload(data)
+            payload = self._next_payload(data, 24)
             self.issue(vp, control(CallCode.POST_MESSAGE),
                        hs.post_message_block(conn_id, hs.MESSAGE_TYPE_VMBUS, payload))
 
@@ -722,7 +762,8 @@ class HypervisorMachine(RuleBasedStateMachine):
         conn_id = self._connection_id(data, caller, EVT)
         conn = self.connections.get((caller.id, conn_id))
         count = conn.port.count if conn is not None and conn.port is not None else 4
-        flag = data.draw(st.sampled_from([0, count - 1, count, count + 1, 0xFFFF]), label="flag") \
+        edges = sorted({f for f in (0, count - 1, count, count + 1, 0xFFFF) if f >= 0})  # a port may own no flags
+        flag = data.draw(st.sampled_from(edges), label="flag") \
             if data.draw(hs.rarely(3)) else data.draw(st.integers(0, max(count - 1, 0)), label="flag")
         inp = hs.signal_event_block(conn_id, flag, int(data.draw(hs.rarely(16), label="rsvdz")))
         self.issue(data.draw(st.sampled_from(caller.vps)), control(CallCode.SIGNAL_EVENT, fast=fast), inp)
@@ -822,8 +863,19 @@ class HypervisorMachine(RuleBasedStateMachine):
     @precondition(lambda self: self._live())
     @rule(data=st.data())
     def finalize_child(self, data) -> None:
-        """Finalize a child and keep it: its ports still receive, nothing manages them."""
-        self._try(self.root.finalize_partition, data.draw(st.sampled_from(self.children)))
+        """Finalize a child and keep it: its ports still receive, but the root can no longer
+        delete one of them, nor disconnect one of its connections (INVALID_PARTITION_STATE)."""
+        child = data.draw(st.sampled_from(self.children))
+        if self._try(self.root.finalize_partition, child) is None and child.state != PartitionState.FINALIZED:
+            return
+        ports = sorted(pid for owner, pid in self.ports if owner == child.id)
+        conns = sorted(cid for owner, cid in self.connections if owner == child.id)
+        if ports:
+            self.issue(self.root.vp(0), control(CallCode.DELETE_PORT),
+                       hs.delete_port_block(child.id, data.draw(st.sampled_from(ports), label="port")))
+        if conns:
+            self.issue(self.root.vp(0), control(CallCode.DISCONNECT_PORT),
+                       hs.disconnect_port_block(child.id, data.draw(st.sampled_from(conns), label="connection")))
 
     @precondition(lambda self: self._live())
     @rule(data=st.data())
