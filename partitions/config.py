@@ -481,7 +481,7 @@ class _Checks:
 # ---- the default host ----------------------------------------------------------------------------
 
 def default_config(workdir: str | os.PathLike = ".") -> Config:
-    """The host `hvsim run` boots without a file (the same as DEFAULT_TOML): three VMs on four LPs
+    """The host `hvsim run` boots without a file (the same as DEFAULT_TOML): three VMs on two LPs
     that show CPU contention (six VPs, a weight, a reserve and a limit), disk I/O, network
     request/response traffic, heartbeats, a checkpoint and a pause. Disks live in `workdir`."""
     base = Path(os.path.abspath(workdir))
@@ -499,7 +499,7 @@ def default_config(workdir: str | os.PathLike = ".") -> Config:
         workloads=(DiskIoWorkload(pattern="random", block_size=4096, queue_depth=4, read_fraction=0.7),))
     batch = VmConfig("batch", processors=2, memory=256 * MIB, cpu=CpuConfig(limit=50),
                      workloads=(CpuBurnWorkload(duty=1.0),))
-    return Config(HostConfig(logical_processors=4, smt=2, memory=8 * GIB, scheduler="classic"),
+    return Config(HostConfig(logical_processors=2, smt=2, memory=8 * GIB, scheduler="classic"),
                   (web, db, batch), (SwitchConfig("lan", "private"),),
                   (AtConfig(2000 * MS, "checkpoint", "db", "before-pause"), AtConfig(3000 * MS, "pause", "batch"),
                    AtConfig(3500 * MS, "resume", "batch")))
@@ -507,13 +507,13 @@ def default_config(workdir: str | os.PathLike = ".") -> Config:
 
 #: default_config() as a file (examples/default-host.toml holds the same text).
 DEFAULT_TOML = """\
-# The built-in default host of `hvsim run`: three VMs on four logical processors.
-# web and batch burn CPU on six VPs between them (contention, weight, limit), db keeps its disk
+# The built-in default host of `hvsim run`: three VMs on two logical processors.
+# web and batch burn CPU on four VPs between them (contention, weight, limit), db keeps its disk
 # busy under a CPU reserve, web sends requests to db over the "lan" switch, every VM runs the
 # heartbeat service, db takes a checkpoint at 2 s and batch is paused from 3 s to 3.5 s.
 
 [host]
-logical_processors = 4
+logical_processors = 2
 smt = 2
 memory = "8GiB"
 scheduler = "classic"

@@ -96,6 +96,10 @@ class ManagedHost:
         for port in sorted(ports):
             services.append(wl.udp_echo_service(port))
         runners = [self._workload(cfg, w) for w in cfg.workloads] or [wl.idle]
+        # A CPU burn burns on every VP no other workload of the VM takes (a multi-threaded burner).
+        burn = next((w for w in cfg.workloads if isinstance(w, CpuBurnWorkload)), None)
+        while burn is not None and len(runners) < cfg.processors:
+            runners.append(wl.cpu_burn(burn.duty, burn.period))
         vm = VirtualMachine(self.host, self.vmbus, self.registry, spec, devices=slots, workload=runners[0],
                             more_workloads=runners[1:], guest_services=services, on_state=self._state_changed)
         return vm

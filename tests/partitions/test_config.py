@@ -371,7 +371,7 @@ def test_the_example_file_is_the_default_host():
 def test_the_default_host_shows_what_hvsim_run_promises(tmp_path):
     config = default_config(tmp_path)
     host = config.host
-    assert (host.logical_processors, host.smt, host.memory, host.scheduler) == (4, 2, 8 * GIB, "classic")
+    assert (host.logical_processors, host.smt, host.memory, host.scheduler) == (2, 2, 8 * GIB, "classic")
     assert sum(vm.processors for vm in config.vms) > host.logical_processors          # CPU contention
     kinds = {w.kind for vm in config.vms for w in vm.workloads}
     assert {"cpu-burn", "disk-io", "net-request-response"} <= kinds
