@@ -401,7 +401,11 @@ class HypervisorMachine(RuleBasedStateMachine):
         if status is not None:
             return {status}, None
         ok = self._synic_ok(port, event=False)
-        undelivered = _binding.hv_port_undelivered(self.host._h, port.owner, port.id)
+        try:
+            undelivered = _binding.hv_port_undelivered(self.host._h, port.owner, port.id)
+        except LookupError:
+            raise _violation("INV-ACCOUNT", f"partition {port.owner} has no port {port.id:#x}, which it was given "
+                                            f"and never lost") from None
         if ok is False:
             return {S.INVALID_SYNIC_STATE}, None
         if undelivered >= PORT_MESSAGE_BUFFERS:
@@ -990,7 +994,11 @@ class HypervisorMachine(RuleBasedStateMachine):
         for port in self.ports.values():
             if not self._has_vp(port.owner, port.vp):
                 continue
-            n = _binding.hv_port_undelivered(self.host._h, port.owner, port.id)
+            try:
+                n = _binding.hv_port_undelivered(self.host._h, port.owner, port.id)
+            except LookupError:
+                raise _violation("INV-ACCOUNT", f"partition {port.owner} has no port {port.id:#x}, which it was "
+                                                f"given and never lost") from None
             gone = len(port.pending) - n
             if gone < 0:
                 raise _violation("INV-QUEUE", f"port {port.id:#x} of partition {port.owner} holds {n} undelivered "
