@@ -644,10 +644,11 @@ class HypervisorMachine(RuleBasedStateMachine):
         inp = hs.disconnect_port_block(self._pid_field(data, caller, owner), conn_id)
         self.issue(data.draw(st.sampled_from(caller.vps)), control(CallCode.DISCONNECT_PORT, fast=fast), inp)
 
-    @rule(data=st.data(), ptype=st.sampled_from([MSG, EVT]))
-    def wire(self, data, ptype: int) -> None:
+    @rule(data=st.data(), ptype=st.sampled_from([MSG, EVT]), uses=st.integers(0, 3))
+    def wire(self, data, ptype: int, uses: int) -> None:
         """The root gives partition B a connection to a new port of partition A (the root or an
-        initialized child with VPs; A may be B): CreatePort, then ConnectPort, valid inputs."""
+        initialized child with VPs; A may be B): CreatePort, then ConnectPort, valid inputs; then
+        B uses it `uses` times (posts, or signals a flag at or around the edges of the port's)."""
         ready = [p for p in self._everyone()
                  if self._info(p)["state"] == PartitionState.INITIALIZED and self._info(p)["vp_mask"]]
         owner = data.draw(st.sampled_from(ready), label="port partition")
@@ -666,10 +667,21 @@ class HypervisorMachine(RuleBasedStateMachine):
         created = self.issue(self.root.vp(0), control(CallCode.CREATE_PORT),
                              hs.create_port_block(owner.id, port_id, peer.id, port_type=ptype, sint=sint, vp=vp,
                                                   base_flag=base, flag_count=count))
-        if created.ok:
-            self.issue(self.root.vp(0), control(CallCode.CONNECT_PORT),
-                       hs.connect_port_block(peer.id, data.draw(st.sampled_from(free_conns), label="connection id"),
-                                             owner.id, port_id, port_type=ptype))
+        if not created.ok:
+            return
+        conn_id = data.draw(st.sampled_from(free_conns), label="connection id")
+        connected = self.issue(self.root.vp(0), control(CallCode.CONNECT_PORT),
+                               hs.connect_port_block(peer.id, conn_id, owner.id, port_id, port_type=ptype))
+        if not connected.ok or peer not in self._callers():
+            return
+        for _ in range(uses):
+            vp = data.draw(st.sampled_from(peer.vps), label="vp")
+            if ptype == MSG:
+                self.issue(vp, control(CallCode.POST_MESSAGE),
+                           hs.post_message_block(conn_id, hs.MESSAGE_TYPE_VMBUS, self._next_payload(data, 24)))
+            else:
+                flag = data.draw(st.sampled_from(sorted({0, count - 1, count, count + 1})), label="flag")
+                self.issue(vp, control(CallCode.SIGNAL_EVENT, fast=True), hs.signal_event_block(conn_id, flag))
 
     # ---- messages and events ----------------------------------------------------------------------------
     def _connection_id(self, data, caller: Partition, ptype: int) -> int:
