@@ -362,16 +362,23 @@ class VirtualDisk:
                 f"{self._path}: {verb} of {length} bytes at offset {offset} is outside the "
                 f"disk's {self._size} bytes")
 
+    def _blocks(self, offset: int, length: int) -> Iterator[tuple[int, int, int, int]]:
+        """Split [offset, offset + length) at block boundaries: (block, offset in block, offset
+        in the range, bytes)."""
+        pos = 0
+        while pos < length:
+            block, in_block = divmod(offset + pos, self._block_size)
+            chunk = min(length - pos, self._block_size - in_block)
+            yield block, in_block, pos, chunk
+            pos += chunk
+
     def _read_into(self, offset: int, view: memoryview) -> None:
         if self._header is None:
             self._pread_into(view, offset)
             return
         block_size, bat = self._block_size, self._bat
         assert bat is not None
-        pos = 0
-        while pos < len(view):
-            block, in_block = divmod(offset + pos, block_size)
-            chunk = min(len(view) - pos, block_size - in_block)
+        for block, in_block, pos, chunk in self._blocks(offset, len(view)):
             dst = view[pos:pos + chunk]
             entry = bat[block]
             if entry == UNALLOCATED:
@@ -388,7 +395,6 @@ class VirtualDisk:
                         self._pread_into(part, data_at + lo)
                     else:
                         self._read_absent(block * block_size + lo, part)
-            pos += chunk
 
     def _read_absent(self, offset: int, dst: memoryview) -> None:
         """Bytes this file does not hold: the parent's (zeros past its end), or zeros."""
@@ -423,12 +429,9 @@ class VirtualDisk:
     # --- internals: writing -----------------------------------------------------------------
 
     def _write_sectors(self, offset: int, view: memoryview) -> None:
-        block_size, bat = self._block_size, self._bat
+        bat = self._bat
         assert bat is not None
-        pos = 0
-        while pos < len(view):
-            block, in_block = divmod(offset + pos, block_size)
-            chunk = min(len(view) - pos, block_size - in_block)
+        for block, in_block, pos, chunk in self._blocks(offset, len(view)):
             src = view[pos:pos + chunk]
             entry = bat[block]
             if entry == UNALLOCATED:
@@ -443,7 +446,6 @@ class VirtualDisk:
                     bits |= mask
                     self._pwrite(memoryview(bitmap_to_disk(bits, self._bitmap_size)), entry * SECTOR_SIZE)
                     self._bitmaps[block] = bits
-            pos += chunk
 
     def _allocate(self, block: int, in_block: int, src: memoryview) -> None:
         """Give `block` space at the end of the file and write `src` into it at `in_block`.
