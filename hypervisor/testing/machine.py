@@ -631,8 +631,11 @@ class HypervisorMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.ports)
     @rule(data=st.data(), fast=st.booleans())
     def delete_port(self, data, fast: bool) -> None:
+        """Delete a port, often one with messages still queued (they must go with it)."""
         caller = data.draw(st.sampled_from(self._managers(Privilege.CREATE_PORT)), label="caller")
-        port = data.draw(st.sampled_from(sorted(self.ports.values(), key=lambda p: (p.owner, p.id))), label="port")
+        ports = sorted(self.ports.values(), key=lambda p: (p.owner, p.id))
+        busy = [p for p in ports if p.pending]
+        port = data.draw(st.sampled_from(busy if busy and data.draw(st.booleans()) else ports), label="port")
         inp = hs.delete_port_block(self._pid_field(data, caller, port.owner), port.id)
         self.issue(data.draw(st.sampled_from(caller.vps)), control(CallCode.DELETE_PORT, fast=fast), inp)
 
