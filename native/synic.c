@@ -87,6 +87,10 @@ static uint8_t *synic_page(struct hv_host *h, const struct hv_partition *p, uint
         return NULL;
     if (!hv_gpa_translate(h, p, reg >> HV_SYNIC_PAGE_GPFN_SHIFT, HV_MAP_GPA_READABLE | HV_MAP_GPA_WRITABLE, pfn))
         return NULL;
+    /* Only a page the partition owns: the root also reaches pages its children granted it, and
+     * the hypervisor must never write one partition's messages into another's memory. */
+    if (h->owner[*pfn] != p->slot)
+        return NULL;
     return hv_spa_page(h, *pfn) + off;
 }
 

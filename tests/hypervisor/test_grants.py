@@ -95,3 +95,18 @@ def test_deleting_a_child_ends_its_grants_and_zeroes_its_pages(host):
     assert host.introspect.owner_of(pfn) == root.id
     assert root.read(pfn * 4096, 6) == bytes(6)
     check_all(host)
+
+
+def test_the_root_cannot_put_its_synic_pages_on_a_granted_child_page(host):
+    """A granted page is the child's: the hypervisor must never deliver the root's messages (or
+    event flags) into it, or another child's message to the root would land in this child."""
+    from hypervisor import Register
+    from hypervisor.synic import simp_value, siefp_value
+    c = child(host)
+    pfn = host.grants.create(c, 1, [4]).pfns[0]
+    for register, value in ((Register.SIMP, simp_value(pfn)), (Register.SIEFP, siefp_value(pfn))):
+        with pytest.raises(HvError) as err:
+            host.root.set_vp_registers(host.root, 0, {register: value})
+        assert err.value.status == HvStatus.INVALID_PARAMETER
+    own = host.root_memory.allocate(1)[0]
+    host.root.set_vp_registers(host.root, 0, {Register.SIMP: simp_value(own)})  # its own page: fine
