@@ -3,10 +3,14 @@
 - `hypervisor.testing.strategies`: hypothesis strategies for control words (valid and
   malformed) and for the input block of every hypercall the core implements.
 - `hypervisor.testing.invariants`: `check_all(host)` and the single checks (INV-OWN, INV-REACH,
-  INV-HV) recounted from introspection; each raises `InvariantViolation` naming the invariant.
+  INV-HV, and `check_messages`: INV-QUEUE, INV-TEARDOWN, INV-ACCOUNT) recounted from
+  introspection; each raises `InvariantViolation` naming the invariant.
 - `hypervisor.testing.machine`: `HypervisorMachine`, a hypothesis state machine issuing random
-  management operations and raw hypercalls from random partitions, checking the invariants,
-  INV-PRIV and INV-ATOMIC after every step.
+  management operations, port and message calls and raw hypercalls from random partitions,
+  checking the invariants, INV-PRIV, INV-ATOMIC, INV-MSG and the exact status of every port call
+  after every step; `MessagingMachine` is the same without memory management.
+- `hypervisor.testing.vmbus_strategies`: hostile ring images, channel-management messages and
+  device packets, and `fuzz_vsp` to push them at a device.
 
 A minimal isolation test of your own::
 
