@@ -9,8 +9,8 @@ slice copy) and the pure-Python ring.
 """
 from __future__ import annotations
 
-import time
 
+from bench.timing import rate
 from hypervisor import Host
 from hypervisor.grants import own_view
 from partitions.worker import VmSpec, VmWorker
@@ -22,18 +22,7 @@ SIZES = {64: 1000, 65536: 15}  # payload bytes -> packets per round
 
 
 def _rate(round_fn, per_round: int) -> float:
-    round_fn()
-    best = 0.0
-    for _ in range(3):
-        n, start = 0, time.perf_counter()
-        while True:
-            round_fn()
-            n += per_round
-            elapsed = time.perf_counter() - start
-            if elapsed >= MIN_SECONDS / 3:
-                break
-        best = max(best, n / elapsed)
-    return best
+    return rate(round_fn, per_round, min_seconds=MIN_SECONDS / 3)
 
 
 def _channel(host: Host, child, view_id: int, ring_pages: int):

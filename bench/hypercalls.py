@@ -9,8 +9,8 @@ has had every page written.
 from __future__ import annotations
 
 import resource
-import time
 
+from bench.timing import rate
 from hypervisor import CallCode, Host, control
 from hypervisor import _binding
 from hypervisor.abi import PAGE_SIZE
@@ -20,18 +20,7 @@ MIN_SECONDS = 0.3
 
 
 def _rate(fn, per_call: int = 1) -> float:
-    fn()
-    best = 0.0
-    for _ in range(3):
-        n, start = 0, time.perf_counter()
-        while True:
-            fn()
-            n += per_call
-            elapsed = time.perf_counter() - start
-            if elapsed >= MIN_SECONDS:
-                break
-        best = max(best, n / elapsed)
-    return best
+    return rate(fn, per_call, min_seconds=MIN_SECONDS)
 
 
 def _rss_mib() -> float:

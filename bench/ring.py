@@ -11,9 +11,9 @@ without that cost.
 """
 from __future__ import annotations
 
-import time
 from collections import deque
 
+from bench.timing import rate
 from vmbus.ring import CONTROL_SIZE, IncomingRing, OutgoingRing, init_ring, packet_size
 
 BATCH = 1000
@@ -32,18 +32,7 @@ def _ring_for(payload_size: int) -> bytearray:
 
 def _rate(round_fn) -> float:
     """Packets per second of round_fn (which moves BATCH packets), best of three runs."""
-    round_fn()  # warm up
-    best = 0.0
-    for _ in range(3):
-        rounds, start = 0, time.perf_counter()
-        while True:
-            round_fn()
-            rounds += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= MIN_SECONDS / 3:
-                break
-        best = max(best, rounds * BATCH / elapsed)
-    return best
+    return rate(round_fn, BATCH, min_seconds=MIN_SECONDS / 3)
 
 
 def _deque_round(payloads):
