@@ -8,6 +8,7 @@ with their devices and workloads) and run through its scenario timeline; the Get
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -121,7 +122,7 @@ class ManagedHost:
             return wl.cpu_burn(w.duty, w.period)
         if isinstance(w, DiskIoWorkload):
             return wl.disk_io(w.pattern, w.block_size, w.queue_depth, w.read_fraction,
-                              seed=self.seed ^ hash(cfg.name) & 0xFFFF)
+                              seed=self.seed ^ zlib.crc32(cfg.name.encode()))  # stable across processes
         if isinstance(w, NetRequestResponseWorkload):
             peer = next(v for v in self.config.vms if v.name == w.peer)
             peer_ip = peer.nics[0].ip.split("/")[0] if peer.nics and peer.nics[0].ip else None
