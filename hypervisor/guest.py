@@ -67,7 +67,12 @@ class Step:
 
 
 class GuestError(RuntimeError):
-    """A guest coroutine raised; the VP is stopped and the error names it."""
+    """A guest coroutine raised (or awaited something it may not); its VP is stopped. It names the
+    partition and VP; `detail` says what the guest did ("ZeroDivisionError: division by zero")."""
+
+    def __init__(self, partition_id: int, vp_index: int, detail: str, message: str):
+        super().__init__(message)
+        self.partition_id, self.vp_index, self.detail = partition_id, vp_index, detail
 
 
 class GuestContext:
@@ -164,7 +169,12 @@ class GuestRunner:
                 coro.close()
 
     def run(self, until: int) -> None:
-        """Run the host to `until`, stepping guests in batches: one crossing into C per batch."""
+        """Run the host to `until`, stepping guests in batches: one crossing into C per batch.
+
+        A guest that raises stops its own VP; the others of the batch still take their step.
+        Then, if the host has an `on_guest_error` handler, it is called once per failed VP
+        (after the batch's steps are with the core, so it may tear whole partitions down) and
+        the run goes on; without one, the first error ends the run."""
         loop = self._loop = getattr(self, "_loop", None) or _binding.RunLoop(self._host._h)
         steps: list[tuple[int, int, int, int]] = []
         while True:
@@ -174,18 +184,23 @@ class GuestRunner:
             if not batch:
                 return
             steps = []
-            error: GuestError | None = None
+            errors: list[GuestError] = []
             for partition_id, vp_index, reason, sints in batch:
                 try:
                     op, arg = self.step(partition_id, vp_index, reason, sints)
                 except GuestError as exc:  # that VP is stopped; the others still take their step
-                    error = error or exc
+                    errors.append(exc)
                     continue
                 steps.append((partition_id, vp_index, op, arg))
-            if error is not None:
+            if errors:
                 for partition_id, vp_index, op, arg in steps:
                     _binding.hv_vp_step(self._host._h, partition_id, vp_index, op, arg)
-                raise error
+                steps = []
+                handler = self._host.on_guest_error
+                if handler is None:
+                    raise errors[0]
+                for exc in errors:
+                    handler(exc.partition_id, exc.vp_index, exc)
 
     def step(self, partition_id: int, vp_index: int, reason: int, sints: int) -> tuple[int, int]:
         """Resume one guest; returns its next step (op, arg)."""
@@ -209,11 +224,13 @@ class GuestRunner:
         except Exception as exc:
             del self._coros[key]
             _binding.hv_vp_step(self._host._h, partition_id, vp_index, STEP_STOP, 0)
-            raise GuestError(f"the guest on VP {vp_index} of partition {partition_id} raised "
-                             f"{type(exc).__name__}: {exc}") from exc
+            detail = f"{type(exc).__name__}: {exc}"
+            raise GuestError(partition_id, vp_index, detail,
+                             f"the guest on VP {vp_index} of partition {partition_id} raised {detail}") from exc
         if not isinstance(step, Step):
             del self._coros[key]
             _binding.hv_vp_step(self._host._h, partition_id, vp_index, STEP_STOP, 0)
-            raise GuestError(f"the guest on VP {vp_index} of partition {partition_id} awaited "
-                             f"{step!r}; guests await only ctx.compute/halt/sleep")
+            detail = f"awaited {step!r}; guests await only ctx.compute/halt/sleep"
+            raise GuestError(partition_id, vp_index, detail,
+                             f"the guest on VP {vp_index} of partition {partition_id} {detail}")
         return step.op, step.arg

@@ -2,10 +2,12 @@
 root partition, the partitions it creates and the introspection API."""
 from __future__ import annotations
 
+from typing import Callable
+
 from hypervisor import _binding
 from hypervisor.abi import PAGE_SIZE
 from hypervisor.grants import Grants
-from hypervisor.guest import GuestRunner
+from hypervisor.guest import GuestError, GuestRunner
 from hypervisor.introspect import Introspection
 from hypervisor.partition import Partition, RootMemory, VirtualProcessor
 from hypervisor.quantities import parse_duration, parse_size
@@ -68,6 +70,9 @@ class Host:
                                           SCHEDULERS[scheduler], core_costs)
         self._partitions: dict[int, Partition] = {}
         self._guests = GuestRunner(self)
+        #: on_guest_error(partition_id, vp_index, error): called when a Python guest raises (its
+        #: VP is stopped; the run goes on). None: run() raises the GuestError, ending the run.
+        self.on_guest_error: Callable[[int, int, GuestError], None] | None = None
         self.introspect = Introspection(self)
         self.grants = Grants(self)
         root_id = self.introspect.partition_ids()[0]

@@ -131,6 +131,62 @@ def test_a_guest_that_raises_stops_its_vp_with_a_clear_error():
     host.run("10ms")  # the host goes on
 
 
+def test_with_a_guest_error_handler_the_failing_vp_stops_and_the_run_goes_on():
+    host = Host(logical_processors=2, memory="32MiB", seed=1)
+    bad, good = child(host, "bad", vps=2), child(host, "good")
+    ticks = {"bad1": 0, "good": 0}
+
+    async def crash(ctx):
+        await ctx.compute("1ms")
+        1 / 0
+
+    def ticker(name):
+        async def guest(ctx):
+            while True:
+                await ctx.compute("1ms")
+                ticks[name] += 1
+                await ctx.sleep("1ms")
+        return guest
+
+    bad.vp(0).run(crash)
+    bad.vp(1).run(ticker("bad1"))
+    good.vp(0).run(ticker("good"))
+    for p in (bad, good):
+        host.root.resume_partition(p)
+    seen = []
+    host.on_guest_error = lambda pid, vp, exc: seen.append((pid, vp, exc.detail, host.now))
+    assert host.run("20ms") == 20 * MS
+    assert seen == [(bad.id, 0, "ZeroDivisionError: division by zero", 1 * MS)]
+    assert bad.vp(0).info()["exec"] == 3                  # stopped
+    assert ticks["good"] == 10 and ticks["bad1"] == 10    # the others ran on, the crashed VM's other VP too
+
+
+def test_a_guest_error_handler_may_delete_the_partition_of_the_failing_vp():
+    host = Host(logical_processors=1, memory="32MiB", seed=1)
+    w = VmWorker(host, VmSpec("bad", memory="2MiB", processors=2))
+    bad = w.build()
+
+    async def crash(ctx):
+        await ctx.compute("1ms")
+        raise KeyError("oops")
+
+    async def spin(ctx):
+        while True:
+            await ctx.compute("1ms")
+
+    bad.vp(0).run(crash)
+    bad.vp(1).run(spin)
+    host.root.resume_partition(bad)
+
+    def handler(pid, vp, exc):
+        host._guests.detach(pid)
+        w.destroy()
+
+    host.on_guest_error = handler
+    host.run("10ms")
+    assert host.introspect.partition_ids() == [host.root.id]
+
+
 def test_awaiting_something_else_is_a_clear_error():
     import asyncio
     host = Host(logical_processors=1, memory="32MiB", seed=1)
