@@ -13,9 +13,9 @@ Per child it sets up, before the child runs:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from drivers.device import DeviceType, Vsp
+from drivers.device import DeviceContext, DeviceType, Vsp
 from hypervisor import Host, Partition, Register
 from hypervisor.status import HvError, HvStatus
 from hypervisor.synic import (PortType, clear_message_slot, read_message_slot, simp_value, siefp_value,
@@ -110,10 +110,17 @@ class _Notifier:
         # Buffers beyond the ring (an I/O pool, receive/send buffers): GPADLs of this channel,
         # resolved to the parent's view of them and the guest PFNs they cover.
         config.setdefault("resolve_gpadl", lambda gid: self._gpadl(relid, request.ring_gpadl_id, gid))
-        vsp = ch.device.vsp(end, config, child.context)
-        ch.end, ch.vsp = end, vsp
-        end.on_signal = lambda: service._deliver(child, relid)
-        vsp.on_open()
+        try:  # a VSP that fails to open fails this open only
+            vsp = ch.device.vsp(end, config, _ChannelContext(service, child, relid))
+            ch.end, ch.vsp = end, vsp
+            end.on_signal = lambda: service._deliver(child, relid)
+            vsp.on_open()
+        except Exception as exc:
+            ch.end = ch.vsp = None
+            ch.broken = f"{ch.device.name} failed to open: {type(exc).__name__}: {exc}"
+            service.record(child.partition.id, "device failed", {"relid": relid, "why": ch.broken},
+                           device=ch.device.name)
+            return STATUS_UNSUCCESSFUL
         return STATUS_SUCCESS
 
     def _gpadl(self, relid: int, ring_gpadl_id: int, gpadl_id: int):
@@ -128,11 +135,10 @@ class _Notifier:
     def close_channel(self, relid: int) -> None:
         ch = self.child.channels.get(relid)
         if ch is not None and ch.vsp is not None:
-            ch.vsp.on_close()
-            ch.end = ch.vsp = None
+            self.service._close_vsp(self.child, relid, ch)
 
     def log(self, event: str, **fields: Any) -> None:
-        self.service.log.append((self.service.host.now, self.child.partition.id, event, fields))
+        self.service.record(self.child.partition.id, event, fields)
 
 
 class _ChildContext(EndpointContext):
@@ -149,6 +155,32 @@ class _ChildContext(EndpointContext):
         self._shared.charge(ns)
 
 
+class _ChannelContext(DeviceContext):
+    """One channel's VSP's context: its child's, except that what it logs names the device and
+    channel, and its timers are guarded: a VSP that raises in a timer breaks its own channel,
+    not the parent's VMBus service (whose VP runs every child's timers)."""
+
+    def __init__(self, service: ParentVmbus, child: _Child, relid: int):
+        self._service, self._child, self._relid = service, child, relid
+        self._device = child.channels[relid].device.name
+
+    def now(self) -> int:
+        return self._child.context.now()
+
+    def call_later(self, delay_ns: int, fn) -> None:
+        self._child.context.call_later(delay_ns, lambda: self._service._guard(self._child, self._relid, fn))
+
+    def charge(self, ns: int) -> None:
+        self._child.context.charge(ns)
+
+    def log(self, event: str, **fields: Any) -> None:
+        self._service.record(self._child.partition.id, event, {**fields, "relid": self._relid},
+                             device=self._device)
+
+    def gpadl_view(self, gpadl_id: int):
+        return self._child.context.gpadl_view(gpadl_id)
+
+
 class ParentVmbus:
     """The VMBus server side of the parent, for all its children, on root VP `vp_index`."""
 
@@ -158,14 +190,17 @@ class ParentVmbus:
         self.vp = host.root.vp(vp_index)
         self.packet_cost = parse_duration(packet_cost, "packet_cost")
         self.children: dict[int, _Child] = {}
-        self.log: list[tuple] = []
+        self.log: list[tuple] = []   # (time, partition id, event, fields): everything record() was told
+        #: on_log(partition_id, event, fields, device): told of every entry as it is recorded
+        #: (device: the name of the device whose VSP logged it, None for the service's own).
+        self.on_log: Callable[[int, str, dict, str | None], None] | None = None
         self._port_owner: dict[int, _Child] = {}      # root message port id -> child
         self._flag_owner: dict[int, tuple[_Child, int]] = {}  # root flag -> (child, relid)
         self._next_id = 0x1000
         self._free_flags = list(range(FLAGS_PER_SINT - 1, 0, -1))  # flag 0 unused
         self._pending_work = 0
         self.message_trace: list[tuple[int, str, dict]] | None = None  # (time, name, args) when recording
-        self.context = EndpointContext(host, lambda event, fields: self.log.append((host.now, 0, event, fields)))
+        self.context = EndpointContext(host, lambda event, fields: self.record(0, event, fields))
         root = host.root
         self.simp, self.siefp = host.root_memory.allocate(2)
         root.set_vp_registers(root, vp_index, {
@@ -206,7 +241,7 @@ class ParentVmbus:
             grant = host.grants.get(child, gpadl_id)
             return grant.view if grant is not None else None
 
-        c.context = _ChildContext(self.context, host, lambda e, f: self.log.append((host.now, child.id, e, f)),
+        c.context = _ChildContext(self.context, host, lambda e, f: self.record(child.id, e, f),
                                   gpadl_view=gpadl_view)
         self.children[child.id] = c
         for device, config in devices:
@@ -242,8 +277,7 @@ class ParentVmbus:
         alive = cid in self.host.introspect.partition_ids()
         for relid, ch in c.channels.items():
             if ch.vsp is not None:
-                ch.vsp.on_close()
-                ch.vsp = ch.end = None
+                self._close_vsp(c, relid, ch)
             self._flag_owner.pop(ch.flag, None)
             self._free_flags.append(ch.flag)
             root.delete_port(None, ch.port_id, via=self.vp)
@@ -301,11 +335,39 @@ class ParentVmbus:
             self._break(c, relid, f"{type(ch.vsp).__name__} failed: {type(exc).__name__}: {exc}")
 
     def _break(self, c: _Child, relid: int, why: str) -> None:
-        self.log.append((self.host.now, c.partition.id, "channel broken", {"relid": relid, "why": why}))
         ch = c.channels.get(relid)
-        if ch is not None:
-            ch.broken = why
+        self.record(c.partition.id, "channel broken", {"relid": relid, "why": why},
+                    device=ch.device.name if ch is not None else None)
+        if ch is None or ch.broken is not None or self.children.get(c.partition.id) is not c:
+            return  # broken already, or its child is gone: nothing left to rescind
+        ch.broken = why
         c.manager.rescind(relid)
+
+    def _guard(self, c: _Child, relid: int, fn) -> None:
+        """Run a VSP's timer: if it raises, its channel breaks (the service and the other
+        channels go on)."""
+        try:
+            fn()
+        except Exception as exc:
+            ch = c.channels.get(relid)
+            name = type(ch.vsp).__name__ if ch is not None and ch.vsp is not None else "the VSP"
+            self._break(c, relid, f"{name} failed in a timer: {type(exc).__name__}: {exc}")
+
+    def _close_vsp(self, c: _Child, relid: int, ch: _Channel) -> None:
+        """Tell a VSP its channel closes; one that raises is logged, and closed all the same."""
+        vsp, ch.vsp, ch.end = ch.vsp, None, None
+        try:
+            vsp.on_close()
+        except Exception as exc:
+            self.record(c.partition.id, "device failed", {"relid": relid, "why": f"{type(vsp).__name__} failed "
+                                                           f"to close: {type(exc).__name__}: {exc}"},
+                        device=ch.device.name)
+
+    def record(self, partition_id: int, event: str, fields: dict, *, device: str | None = None) -> None:
+        """The service's one way to log: kept in `log` and handed to `on_log`."""
+        self.log.append((self.host.now, partition_id, event, fields))
+        if self.on_log is not None:
+            self.on_log(partition_id, event, fields, device)
 
     def broken(self, child: Partition, relid: int) -> str | None:
         """Why a channel was broken, or None."""
@@ -330,7 +392,10 @@ class ParentVmbus:
                 if self.message_trace is not None:
                     self.message_trace.append((self.host.now, _message_name(msg.payload),
                                                {"from": c.partition.id}))
-                c.manager.handle_message(msg.payload, connection_id=c.msg_ports[msg.origin])
+                try:
+                    c.manager.handle_message(msg.payload, connection_id=c.msg_ports[msg.origin])
+                except Exception as exc:  # a bug met by this child's message: that child's failure only
+                    self.record(c.partition.id, "message failed", {"error": f"{type(exc).__name__}: {exc}"})
         base = self.siefp * 4096 + VMBUS_MESSAGE_SINT * 256
         flags = int.from_bytes(root.read(base, 256), "little")
         if flags:
