@@ -346,6 +346,7 @@ class Op(enum.IntEnum):
     READ_16 = 0x88
     WRITE_16 = 0x8A
     SERVICE_ACTION_IN_16 = 0x9E
+    REPORT_LUNS = 0xA0
 
 
 SA_READ_CAPACITY_16 = 0x10  # SERVICE ACTION IN(16) service action
@@ -432,3 +433,31 @@ def cdb_rw(write: bool, lba: int, blocks: int) -> bytes:
 
 def cdb_synchronize_cache() -> bytes:
     return bytes([Op.SYNCHRONIZE_CACHE_10]) + bytes(9)
+
+
+def cdb_report_luns(allocation_length: int, select_report: int = 0) -> bytes:
+    """REPORT LUNS (SPC-4 6.33): the target's logical units, 8 bytes each after an 8-byte header."""
+    return struct.pack(">BBBBBBIBB", Op.REPORT_LUNS, 0, select_report, 0, 0, 0, allocation_length, 0, 0)
+
+
+def lun_entry(lun: int) -> bytes:
+    """A LUN as REPORT LUNS lists it: single-level, peripheral device addressing (method 00b) for
+    LUNs below 256, which is every LUN a Hyper-V SCSI controller has (at most 64)."""
+    if not 0 <= lun < 256:
+        raise ValueError(f"LUN {lun} is outside 0..255 (peripheral device addressing)")
+    return bytes([0, lun]) + bytes(6)
+
+
+def parse_report_luns(data: bytes) -> list[int]:
+    """The LUNs of REPORT LUNS parameter data, as far as the data goes (the host is not trusted:
+    a list longer than the data is cut to whole entries; entries in other addressing methods, and
+    repeats, are left out)."""
+    if len(data) < 8:
+        raise StorError(f"REPORT LUNS data of {len(data)} bytes")
+    (length,) = struct.unpack_from(">I", data)
+    luns: list[int] = []
+    for at in range(8, min(len(data), 8 + length) - 7, 8):
+        entry = data[at:at + 8]
+        if entry[0] == 0 and not any(entry[2:]) and entry[1] not in luns:
+            luns.append(entry[1])
+    return luns

@@ -1,5 +1,6 @@
-"""The SCSI target behind storvsp: one direct-access logical unit (a subset of SBC-3/SPC-3) whose
-medium is a VirtualDisk of 512-byte blocks.
+"""The SCSI target behind storvsp: direct-access logical units (a subset of SBC-3/SPC-3), each
+with a VirtualDisk of 512-byte blocks as its medium, and REPORT LUNS, which the target answers for
+all of them.
 
 Each command is decoded first and executed second, as the core's hypercalls are: `decode(cdb,
 buffer_length)` checks everything (opcode, fields, LBA range, the buffer the initiator gave) and
@@ -10,6 +11,7 @@ way, and when the medium is involved, before anything moves.
 Commands: TEST UNIT READY; INQUIRY (standard data, VPD 0x00 supported pages, 0x80 unit serial
 number, 0x83 device identification); READ CAPACITY (10) and (16) (SERVICE ACTION IN 0x9E/0x10);
 READ and WRITE (10) and (16); SYNCHRONIZE CACHE (10), which makes every completed write durable.
+The target (`report_luns`): REPORT LUNS, addressed to any LUN, present or not (SPC-4 6.33).
 
 Errors are CHECK CONDITION with fixed-format sense (the SRB status is chosen as OpenVMM's
 storvsp does: ILLEGAL REQUEST -> INVALID_REQUEST, anything else -> ERROR):
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from drivers.storage.protocol import (
-    BLOCK_SIZE, SA_READ_CAPACITY_16, Asc, Op, ScsiStatus, SenseKey, SrbStatus, sense_fixed,
+    BLOCK_SIZE, SA_READ_CAPACITY_16, Asc, Op, ScsiStatus, SenseKey, SrbStatus, lun_entry, sense_fixed,
 )
 from drivers.storage.vhd import VhdError, VirtualDisk
 
@@ -48,6 +50,7 @@ REVISION = "1.0"
 _CDB_LENGTH = {Op.TEST_UNIT_READY: 6, Op.INQUIRY: 6, Op.READ_CAPACITY_10: 10, Op.READ_10: 10,
                Op.WRITE_10: 10, Op.SYNCHRONIZE_CACHE_10: 10, Op.READ_16: 16, Op.WRITE_16: 16,
                Op.SERVICE_ACTION_IN_16: 16}
+_REPORT_LUNS_CDB = 12   # the target's command: a logical unit on its own does not know its peers
 _VPD_PAGES = (0x00, 0x80, 0x83)
 
 
@@ -239,3 +242,18 @@ class ScsiDisk:
         view = memoryview(buffer).cast("B")
         command = self.decode(cdb, len(view))
         return command if isinstance(command, ScsiResult) else command.execute(view)
+
+
+def report_luns(cdb: bytes, luns: list[int], buffer_length: int) -> Command | ScsiResult:
+    """REPORT LUNS for a target whose logical units are `luns`: decoded like any command (the CDB
+    checked first), answered by the target rather than by one unit. SELECT REPORT 0 and 2 list
+    the units, 1 (well-known LUNs only) lists none, as hvsim has no well-known LUNs."""
+    cdb = bytes(cdb)
+    if len(cdb) < _REPORT_LUNS_CDB or cdb[0] != Op.REPORT_LUNS:
+        return illegal(Asc.INVALID_FIELD_IN_CDB)
+    select, (alloc,) = cdb[2], struct.unpack_from(">I", cdb, 6)
+    if select not in (0, 1, 2) or alloc < 16:   # SPC: an allocation length under 16 is an error
+        return illegal(Asc.INVALID_FIELD_IN_CDB)
+    listed = [] if select == 1 else sorted(luns)
+    data = struct.pack(">II", 8 * len(listed), 0) + b"".join(lun_entry(lun) for lun in listed)
+    return ScsiDisk._data_in(Op.REPORT_LUNS, data, alloc, buffer_length)

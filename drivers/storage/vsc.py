@@ -1,7 +1,9 @@
-"""storvsc, the guest side of the synthetic SCSI controller, and the block device it gives guest
+"""storvsc, the guest side of the synthetic SCSI controller, and the block devices it gives guest
 workloads: negotiate (BEGIN_INITIALIZATION, QUERY_PROTOCOL_VERSION newest first,
-QUERY_PROPERTIES, ANNOUNCE_IO_POOL, END_INITIALIZATION), discover the disk (INQUIRY, READ
-CAPACITY (16), falling back to (10)), then carry reads, writes and flushes as EXECUTE_SRBs.
+QUERY_PROPERTIES, ANNOUNCE_IO_POOL, END_INITIALIZATION), discover the disks (REPORT LUNS to LUN
+0, then INQUIRY and READ CAPACITY (16), falling back to (10), on each LUN; LUN 0 alone when the
+target does not answer REPORT LUNS, or lists nothing, as Linux's scan does), then carry reads,
+writes and flushes as EXECUTE_SRBs addressed to a disk's LUN.
 
 Data goes through the I/O pool (protocol.py): pages of the guest granted to the host once, at
 open, through the `grant_pages(count, done)` hook in the config, which the guest's VMBus stack
@@ -13,18 +15,23 @@ Config: grant_pages (required, above); pool_pages 64 (the pool, and so the large
 256 KiB); max_outstanding 64 (SRBs in flight); cpu_per_request "1us" (guest CPU charged per SRB
 sent); keep_completed 10000.
 
-The block device, for a workload driven by the guest stack's loop (it polls, or is called back):
+The block devices, for a workload driven by the guest stack's loop (it polls, or is called back):
 
-    request = vsc.read(lba, count, callback=None)     # IoRequest; count blocks of 512 bytes
-    request = vsc.write(lba, data, callback=None)     # data: a multiple of 512 bytes
-    request = vsc.flush(callback=None)                # SYNCHRONIZE CACHE: writes made durable
+    disk = vsc.disk(lun)                              # a Disk, or None; vsc.luns: {LUN: Disk}
+    request = disk.read(lba, count, callback=None)    # IoRequest; count blocks of 512 bytes
+    request = disk.write(lba, data, callback=None)    # data: a multiple of 512 bytes
+    request = disk.flush(callback=None)               # SYNCHRONIZE CACHE: writes made durable
     request.done, request.ok, request.data, request.error, request.sense
 
-`vsc.ready` once the disk is discovered; then `vsc.capacity` (blocks) and `vsc.max_blocks` (the
-largest single transfer). Requests beyond max_outstanding, or that find the pool or the ring
-full, wait in `vsc.pending` and go out in order as completions free room; finished requests are
-appended to `vsc.completed` (the last `keep_completed`). The host is not trusted: completions
-for unknown transaction ids are dropped, and a read returns only the bytes the host reports.
+`vsc.read`, `vsc.write`, `vsc.flush`, `vsc.execute`, `vsc.capacity` and `vsc.inquiry` are LUN 0's.
+`vsc.ready` once discovery is over with at least one disk (a LUN that cannot be used is left out,
+its reason in `vsc.lun_errors`); then each disk's `capacity` (blocks), and `vsc.max_blocks` (the
+largest single transfer, the same for every disk: the controller's pool and the host's limit).
+The disks share the controller's pool, ring and max_outstanding. Requests beyond max_outstanding,
+or that find the pool or the ring full, wait in `vsc.pending` and go out in order as completions
+free room; finished requests are appended to `vsc.completed` (the last `keep_completed`). The
+host is not trusted: completions for unknown transaction ids are dropped, a read returns only the
+bytes the host reports, and a LUN list longer than its data is cut to what the data holds.
 """
 from __future__ import annotations
 
@@ -59,6 +66,7 @@ class IoRequest:
 
     id: int
     kind: str                     # "read", "write", "flush" or "scsi"
+    lun: int = 0                  # the disk it is for
     lba: int = 0
     count: int = 0                # blocks
     callback: Callable[[IoRequest], None] | None = None
@@ -80,6 +88,45 @@ class IoRequest:
         return self.done and self.error is None
 
 
+class Disk:
+    """One disk of the controller, as the guest's block layer sees it: a LUN with its INQUIRY data
+    and capacity, and the block-device calls, which go out on the controller's channel."""
+
+    def __init__(self, controller: StorVsc, lun: int, inquiry: bytes, capacity: int):
+        self.controller, self.lun, self.inquiry, self.capacity = controller, lun, inquiry, capacity
+        self.block_size = BLOCK_SIZE
+
+    @property
+    def ready(self) -> bool:
+        return self.controller.ready and self.controller.luns.get(self.lun) is self
+
+    @property
+    def max_blocks(self) -> int:
+        return self.controller.max_blocks
+
+    def read(self, lba: int, count: int, callback=None) -> IoRequest:
+        """Read `count` blocks from `lba`; request.data holds them once done."""
+        return self.controller._read(self.lun, lba, count, callback)
+
+    def write(self, lba: int, data, callback=None) -> IoRequest:
+        """Write `data` (a multiple of 512 bytes) from `lba`."""
+        return self.controller._write(self.lun, lba, data, callback)
+
+    def flush(self, callback=None) -> IoRequest:
+        """Make every completed write of this disk durable (SYNCHRONIZE CACHE)."""
+        return self.controller._flush(self.lun, callback)
+
+    def execute(self, cdb: bytes, *, data_in: int = 0, data_out: bytes = b"", callback=None) -> IoRequest:
+        """A raw SCSI command to this disk: receive up to data_in bytes, or send data_out."""
+        return self.controller.execute(cdb, data_in=data_in, data_out=data_out, callback=callback, lun=self.lun)
+
+    def __repr__(self) -> str:
+        return f"<Disk LUN {self.lun}: {self.capacity} blocks>"
+
+
+MAX_REPORTED_LUNS = 256   # what REPORT LUNS data with peripheral device addressing can name
+
+
 class StorVsc(Vsc):
     def __init__(self, channel, config=None, context=None):
         super().__init__(channel, config, context)
@@ -91,8 +138,10 @@ class StorVsc(Vsc):
         self.error: str | None = None       # why the device failed
         self.version: int | None = None
         self.properties: p.ChannelProperties | None = None
-        self.inquiry: bytes | None = None   # standard INQUIRY data
-        self.capacity: int | None = None    # blocks
+        self.luns: dict[int, Disk] = {}     # the disks discovered, by LUN
+        self.lun_errors: dict[int, str] = {}  # LUNs listed but unusable, and why
+        self._probing: list[int] = []       # LUNs still to discover, in order
+        self._probe: tuple[int, bytes] | None = None  # (LUN, INQUIRY data) while reading its capacity
         self.block_size = BLOCK_SIZE
         self.max_blocks = 0
         self.pending: deque[IoRequest] = deque()
@@ -176,92 +225,163 @@ class StorVsc(Vsc):
             self._fail(f"transfers of at most {limit} bytes: not one block")
             return
         self.state = State.DISCOVERING
-        self._submit(self._scsi(p.cdb_inquiry(96), data_in=96, callback=self._on_inquiry))
+        alloc = min(8 + 8 * MAX_REPORTED_LUNS, self.max_blocks * BLOCK_SIZE)
+        self._submit(self._scsi(p.cdb_report_luns(alloc), data_in=alloc, callback=self._on_report_luns))
 
     # -- discovery ---------------------------------------------------------------------------
 
-    def _on_inquiry(self, request: IoRequest) -> None:
-        if not request.ok or not request.data or request.data[0] & 0x1F != 0:
-            self._fail(f"INQUIRY: {request.error or 'not a direct-access disk'}")
+    def _on_report_luns(self, request: IoRequest) -> None:
+        luns: list[int] = []
+        if request.ok and request.data:
+            try:
+                luns = p.parse_report_luns(request.data)
+            except StorError:
+                pass
+        # No list (an older target), or an empty one: probe LUN 0, as a SCSI scan always does.
+        self._probing = luns or [0]
+        self._probe_next()
+
+    def _probe_next(self) -> None:
+        if self.state is not State.DISCOVERING:
             return
-        self.inquiry = request.data
-        self._submit(self._scsi(p.cdb_read_capacity_16(32), data_in=32, callback=self._on_capacity_16))
+        if not self._probing:
+            if self.luns:
+                self.state = State.READY
+            else:
+                self._fail("no disk: " + "; ".join(f"LUN {lun}: {why}" for lun, why in self.lun_errors.items()))
+            return
+        lun = self._probing.pop(0)
+        self._submit(self._scsi(p.cdb_inquiry(96), lun=lun, data_in=96,
+                                callback=lambda r: self._on_inquiry(lun, r)))
+
+    def _unusable(self, lun: int, why: str) -> None:
+        self.lun_errors[lun] = why
+        self.context.log("storvsc cannot use a disk", lun=lun, why=why)
+        self._probe = None
+        self._probe_next()
+
+    def _on_inquiry(self, lun: int, request: IoRequest) -> None:
+        if not request.ok or not request.data or request.data[0] & 0x1F != 0 or request.data[0] >> 5:
+            # Peripheral qualifier other than 0: no unit there; device type other than 0: not a disk.
+            self._unusable(lun, f"INQUIRY: {request.error or 'not a direct-access disk'}")
+            return
+        self._probe = (lun, request.data)
+        self._submit(self._scsi(p.cdb_read_capacity_16(32), lun=lun, data_in=32, callback=self._on_capacity_16))
 
     def _on_capacity_16(self, request: IoRequest) -> None:
         if request.ok and request.data and len(request.data) >= 12:
             last = int.from_bytes(request.data[0:8], "big")
             self._set_capacity(last, int.from_bytes(request.data[8:12], "big"))
         else:  # an older target: READ CAPACITY (10)
-            self._submit(self._scsi(p.cdb_read_capacity_10(), data_in=8, callback=self._on_capacity_10))
+            self._submit(self._scsi(p.cdb_read_capacity_10(), lun=request.lun, data_in=8,
+                                    callback=self._on_capacity_10))
 
     def _on_capacity_10(self, request: IoRequest) -> None:
         if not request.ok or not request.data or len(request.data) < 8:
-            self._fail(f"READ CAPACITY: {request.error or 'short data'}")
+            self._unusable(request.lun, f"READ CAPACITY: {request.error or 'short data'}")
             return
         self._set_capacity(int.from_bytes(request.data[0:4], "big"), int.from_bytes(request.data[4:8], "big"))
 
     def _set_capacity(self, last_lba: int, block_size: int) -> None:
-        if block_size != BLOCK_SIZE:
-            self._fail(f"block size {block_size}: this driver does {BLOCK_SIZE}")
+        if self._probe is None or self.state is not State.DISCOVERING:
             return
-        self.capacity = last_lba + 1
-        self.state = State.READY
+        lun, inquiry = self._probe
+        if block_size != BLOCK_SIZE:
+            self._unusable(lun, f"block size {block_size}: this driver does {BLOCK_SIZE}")
+            return
+        self._probe = None
+        self.luns[lun] = Disk(self, lun, inquiry, last_lba + 1)
+        self._probe_next()
 
-    # -- the block device --------------------------------------------------------------------
+    # -- the block devices -------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
         return self.state is State.READY
 
+    def disk(self, lun: int = 0) -> Disk | None:
+        """The disk at `lun`, once discovered; None otherwise."""
+        return self.luns.get(lun) if self.state is State.READY else None
+
+    @property
+    def capacity(self) -> int | None:
+        """LUN 0's capacity in blocks."""
+        disk = self.luns.get(0)
+        return disk.capacity if disk is not None else None
+
+    @property
+    def inquiry(self) -> bytes | None:
+        """LUN 0's standard INQUIRY data."""
+        disk = self.luns.get(0)
+        return disk.inquiry if disk is not None else None
+
     def read(self, lba: int, count: int, callback=None) -> IoRequest:
-        """Read `count` blocks from `lba`; request.data holds them once done."""
-        self._check_blocks(lba, count)
-        request = self._scsi(p.cdb_rw(False, lba, count), data_in=count * BLOCK_SIZE, callback=callback)
+        """Read `count` blocks from `lba` of LUN 0; request.data holds them once done."""
+        return self._read(0, lba, count, callback)
+
+    def write(self, lba: int, data, callback=None) -> IoRequest:
+        """Write `data` (a multiple of 512 bytes) from `lba` of LUN 0."""
+        return self._write(0, lba, data, callback)
+
+    def flush(self, callback=None) -> IoRequest:
+        """Make every completed write of LUN 0 durable (SYNCHRONIZE CACHE)."""
+        return self._flush(0, callback)
+
+    def _read(self, lun: int, lba: int, count: int, callback) -> IoRequest:
+        self._check_blocks(lun, lba, count)
+        request = self._scsi(p.cdb_rw(False, lba, count), lun=lun, data_in=count * BLOCK_SIZE, callback=callback)
         request.kind, request.lba, request.count = "read", lba, count
         return self._submit(request)
 
-    def write(self, lba: int, data, callback=None) -> IoRequest:
-        """Write `data` (a multiple of 512 bytes) from `lba`."""
+    def _write(self, lun: int, lba: int, data, callback) -> IoRequest:
         data = bytes(data)
         if not data or len(data) % BLOCK_SIZE:
             raise ValueError(f"a write is a positive multiple of {BLOCK_SIZE} bytes, got {len(data)}")
         count = len(data) // BLOCK_SIZE
-        self._check_blocks(lba, count)
-        request = self._scsi(p.cdb_rw(True, lba, count), data_out=data, callback=callback)
+        self._check_blocks(lun, lba, count)
+        request = self._scsi(p.cdb_rw(True, lba, count), lun=lun, data_out=data, callback=callback)
         request.kind, request.lba, request.count = "write", lba, count
         return self._submit(request)
 
-    def flush(self, callback=None) -> IoRequest:
-        """Make every completed write durable (SYNCHRONIZE CACHE)."""
-        self._check_ready()
-        request = self._scsi(p.cdb_synchronize_cache(), callback=callback)
+    def _flush(self, lun: int, callback) -> IoRequest:
+        self._check_ready(lun)
+        request = self._scsi(p.cdb_synchronize_cache(), lun=lun, callback=callback)
         request.kind = "flush"
         return self._submit(request)
 
-    def execute(self, cdb: bytes, *, data_in: int = 0, data_out: bytes = b"", callback=None) -> IoRequest:
-        """A raw SCSI command: receive up to data_in bytes, or send data_out."""
-        self._check_ready()
-        return self._submit(self._scsi(bytes(cdb), data_in=data_in, data_out=bytes(data_out), callback=callback))
+    def execute(self, cdb: bytes, *, data_in: int = 0, data_out: bytes = b"", callback=None,
+                lun: int = 0) -> IoRequest:
+        """A raw SCSI command to `lun` (which need not hold a disk: REPORT LUNS, say): receive
+        up to data_in bytes, or send data_out."""
+        self._check_ready(None)
+        if not (type(lun) is int and 0 <= lun < MAX_REPORTED_LUNS):
+            raise ValueError(f"LUN {lun!r} is outside 0..{MAX_REPORTED_LUNS - 1}")
+        return self._submit(self._scsi(bytes(cdb), lun=lun, data_in=data_in, data_out=bytes(data_out),
+                                       callback=callback))
 
-    def _check_ready(self) -> None:
+    def _check_ready(self, lun: int | None) -> None:
         if self.state is not State.READY:
             raise RuntimeError(f"the disk is not ready ({self.state.value}{': ' + self.error if self.error else ''})")
+        if lun is not None and lun not in self.luns:
+            why = self.lun_errors.get(lun, "the host reported no disk there")
+            raise RuntimeError(f"no disk at LUN {lun} ({why}; disks at LUNs {sorted(self.luns)})")
 
-    def _check_blocks(self, lba: int, count: int) -> None:
-        self._check_ready()
+    def _check_blocks(self, lun: int, lba: int, count: int) -> None:
+        self._check_ready(lun)
         if not (type(lba) is int and lba >= 0 and type(count) is int and count >= 1):
             raise ValueError(f"lba {lba!r} and count {count!r} must be integers, lba >= 0, count >= 1")
         if count > self.max_blocks:
             raise ValueError(f"{count} blocks in one request; at most {self.max_blocks}")
 
-    def _scsi(self, cdb: bytes, *, data_in: int = 0, data_out: bytes = b"", callback=None) -> IoRequest:
+    def _scsi(self, cdb: bytes, *, lun: int = 0, data_in: int = 0, data_out: bytes = b"",
+              callback=None) -> IoRequest:
         if data_in and data_out:
             raise ValueError("a SCSI command moves data one way")
         length = data_in or len(data_out)
         if length > self.max_blocks * BLOCK_SIZE and self.max_blocks:
             raise ValueError(f"{length} bytes in one request; at most {self.max_blocks * BLOCK_SIZE}")
         direction = p.DATA_IN if data_in else p.DATA_OUT if data_out else p.DATA_UNKNOWN
-        request = IoRequest(self._next_id, "scsi", callback=callback, cdb=cdb, data_in=direction,
+        request = IoRequest(self._next_id, "scsi", lun=lun, callback=callback, cdb=cdb, data_in=direction,
                             length=length, out=data_out)
         self._next_id += 1
         return request
@@ -297,7 +417,7 @@ class StorVsc(Vsc):
     def _send(self, request: IoRequest, pages: list[int]) -> bool:
         assert self._pool is not None
         _, pfns, view = self._pool
-        srb = ScsiRequest.for_cdb(request.cdb, request.data_in, request.length)
+        srb = ScsiRequest.for_cdb(request.cdb, request.data_in, request.length, lun=request.lun)
         packet = p.VstorPacket(Operation.EXECUTE_SRB, p.REQUEST_COMPLETION_FLAG, 0, srb.encode()).encode()
         if request.length:
             for i, page in enumerate(pages):

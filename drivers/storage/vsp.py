@@ -1,10 +1,13 @@
 """storvsp, the parent side of the synthetic SCSI controller: the vstor negotiation, then SCSI
-requests on one disk (LUN 0:0:0) backed by a VHD file, each completed after the disk's service
-time in simulated time. Wire format and the I/O pool: protocol.py; the SCSI target: scsi.py.
+requests on its disks, each a logical unit (path 0, target 0, LUN 0..n-1, as Hyper-V places the
+disks of one controller) backed by a VHD file and completed after that disk's service time in
+simulated time. Wire format and the I/O pool: protocol.py; the SCSI target: scsi.py.
 
-Config (all optional but the disk):
-  path / disk         the VHD file to open (read-write unless read_only), or an open VirtualDisk
-                      that the caller owns and closes
+Config (all optional but the disks):
+  disks               the VHD files of LUN 0, 1, ...: each a path (opened read-write unless
+                      read_only) or an open VirtualDisk that the caller owns and closes; at most
+                      MAX_LUNS. A disk that cannot be opened leaves its LUN absent (logged)
+  path / disk         one disk at LUN 0 (the same as disks = [path or disk])
   read_only           False
   write_barriers      True (VirtualDisk's ordering of data before metadata)
   latency, bandwidth  "100us", "500MB/s": a request that reaches the medium takes
@@ -26,9 +29,13 @@ Invariants:
   (completions are never answered). trans_ids are only echoed, never interpreted. Completions
   the guest's full ring cannot take wait in a backlog bounded at 2 x max_outstanding; past that
   they are dropped (a guest that does not read only hurts itself).
-- The medium serves one request at a time, in arrival order: a request starts when the previous
-  one finished and completes `service time` later, so bandwidth is never exceeded. Commands that
-  do not reach the medium (INQUIRY, READ CAPACITY, TEST UNIT READY) are answered at once.
+- Each LUN's medium serves one request at a time, in arrival order: a request starts when the
+  previous one on that LUN finished and completes `service time` later, so no disk exceeds its
+  bandwidth (the LUNs are separate files: they work in parallel). Commands that do not reach a
+  medium (INQUIRY, READ CAPACITY, TEST UNIT READY, REPORT LUNS) are answered at once. An SRB for
+  a LUN that is not there is answered INVALID_LUN; REPORT LUNS (to any LUN) lists the ones that are.
+- `counters()` gives what each LUN moved (operations and bytes read and written, flushes, medium
+  errors) as plain data, for the management layer's per-VM disk figures.
 - The pool is resolved again when a request executes: if the guest tore it down meanwhile, the
   request fails with SRB ERROR and no byte moves. Nothing else of the guest is ever reached.
 """
@@ -42,13 +49,14 @@ from dataclasses import dataclass
 from drivers.device import Vsp
 from drivers.storage import protocol as p
 from drivers.storage.protocol import PKT_GPA_DIRECT, NtStatus, Operation, ScsiRequest, SrbStatus, StorError
-from drivers.storage.scsi import Command, Direction, ScsiDisk, ScsiResult
+from drivers.storage.scsi import Command, Direction, ScsiDisk, ScsiResult, report_luns
 from drivers.storage.vhd import VhdError, VirtualDisk
 from hypervisor.quantities import parse_duration, parse_size
 from vmbus.protocol import PAGE_SIZE, GpaRange
 from vmbus.ring import PKT_COMP, PKT_DATA_INBAND, Packet, RingError, RingFull
 
 MAX_TRANSFER_BYTES = 256 * 1024
+MAX_LUNS = 64                  # disks on one Hyper-V SCSI controller
 _LOGGED_REFUSALS = 16          # log this many refusals per channel, then only count them
 _RETRY_NS = (100_000, 64_000_000)  # backlog retry: first delay, cap (doubling)
 # What a guest may send besides EXECUTE_SRB; anything else is refused as INVALID_DEVICE_REQUEST.
@@ -67,11 +75,28 @@ class State(enum.Enum):
 
 
 @dataclass
+class _Lun:
+    """One disk of the controller: its file, the SCSI unit over it, its medium's timeline and what
+    it moved."""
+    disk: VirtualDisk
+    target: ScsiDisk
+    owned: bool                 # opened here from a path: closed with the channel
+    busy_until: int = 0         # when this medium finishes what it has
+    read_ops: int = 0
+    read_bytes: int = 0
+    write_ops: int = 0
+    write_bytes: int = 0
+    flushes: int = 0
+    errors: int = 0             # medium commands that failed (the file failing underneath)
+
+
+@dataclass
 class _Request:
     trans_id: int
     srb: ScsiRequest
     command: Command
     range: GpaRange | None
+    lun: _Lun | None = None     # None: answered by the target (REPORT LUNS), not a unit
 
 
 def parse_rate(value: int | str, what: str = "bandwidth") -> int:
@@ -97,7 +122,6 @@ class StorVsp(Vsp):
         self.cpu_per_request = parse_duration(cfg.get("cpu_per_request", "3us"), "cpu_per_request")
         self._resolve = cfg.get("resolve_gpadl")
         self.outstanding: dict[int, _Request] = {}   # sequence number -> request in service
-        self.busy_until = 0                          # when the medium finishes what it has
         self.completed = self.refused = self.busy = self.dropped = 0
         self.last_refusal: str | None = None
         self._seq = 0
@@ -105,27 +129,78 @@ class StorVsp(Vsp):
         self._retry_ns: int | None = None                   # armed retry delay, None: not armed
         self._pool_index: tuple[tuple[int, ...], dict[int, int]] = ((), {})
         self._closed = False
-        self.disk: VirtualDisk | None = None
-        self.target: ScsiDisk | None = None
-        self._open_disk()
+        self.luns: list[_Lun | None] = []           # index = LUN; None: that disk is absent
+        self._open_disks()
 
-    def _open_disk(self) -> None:
+    def _open_disks(self) -> None:
         cfg = self.config
+        if cfg.get("disks") is not None:
+            disks = list(cfg["disks"])
+        elif cfg.get("disk") is not None:
+            disks = [cfg["disk"]]
+        else:
+            disks = [cfg.get("path")]
+        if len(disks) > MAX_LUNS:
+            self.context.log("storvsp has too many disks", disks=len(disks), max=MAX_LUNS)
+            disks = disks[:MAX_LUNS]
+        for lun, disk in enumerate(disks):
+            try:
+                self.luns.append(self._open_lun(disk))
+            except (OSError, VhdError, ValueError) as exc:
+                # No disk here: the controller still negotiates; SRBs for this LUN find none.
+                self.luns.append(None)
+                self.context.log("storvsp has no disk", lun=lun, error=f"{type(exc).__name__}: {exc}")
+
+    def _open_lun(self, disk) -> _Lun:
+        cfg = self.config
+        owned = not isinstance(disk, VirtualDisk)
+        if owned:
+            if disk is None:
+                raise ValueError("the storage device needs a 'path' (a VHD file) in its config")
+            disk = VirtualDisk.open(disk, read_only=bool(cfg.get("read_only", False)),
+                                    write_barriers=bool(cfg.get("write_barriers", True)))
+            # Closed with the channel; and if the parent never closes it (a host torn down),
+            # when this VSP is collected, so that the file's lock goes with the host.
+            weakref.finalize(self, disk.close)
         try:
-            if cfg.get("disk") is not None:
-                self.disk = cfg["disk"]
-            else:
-                if cfg.get("path") is None:
-                    raise ValueError("the storage device needs a 'path' (a VHD file) in its config")
-                self.disk = VirtualDisk.open(cfg["path"], read_only=bool(cfg.get("read_only", False)),
-                                             write_barriers=bool(cfg.get("write_barriers", True)))
-                # Closed with the channel; and if the parent never closes it (a host torn down),
-                # when this VSP is collected, so that the file's lock goes with the host.
-                weakref.finalize(self, self.disk.close)
-            self.target = ScsiDisk(self.disk, serial=cfg.get("serial"))
-        except (OSError, VhdError, ValueError) as exc:
-            # No disk: the controller still negotiates; every SRB then finds no LUN.
-            self.context.log("storvsp has no disk", error=f"{type(exc).__name__}: {exc}")
+            return _Lun(disk, ScsiDisk(disk, serial=cfg.get("serial")), owned)
+        except ValueError:
+            if owned:
+                disk.close()
+            raise
+
+    # -- the disks, for management (checkpoints, figures) ------------------------------------
+
+    @property
+    def disk(self) -> VirtualDisk | None:
+        """LUN 0's disk (the controller's only one in the common case)."""
+        return self.lun_disk(0)
+
+    @property
+    def target(self) -> ScsiDisk | None:
+        """LUN 0's SCSI unit."""
+        lun = self.luns[0] if self.luns else None
+        return lun.target if lun is not None else None
+
+    @property
+    def busy_until(self) -> int:
+        """When the busiest medium finishes what it has."""
+        return max((lun.busy_until for lun in self.luns if lun is not None), default=0)
+
+    def lun_disk(self, lun: int) -> VirtualDisk | None:
+        """The disk at `lun`, or None."""
+        entry = self.luns[lun] if 0 <= lun < len(self.luns) else None
+        return entry.disk if entry is not None else None
+
+    def counters(self) -> dict:
+        """What the controller did, as plain data: per LUN the operations and bytes read and
+        written, flushes and medium errors (what Measure-VM's disk figures are made of), and the
+        channel's completions, refusals and BUSY answers."""
+        luns = [{"lun": i, "path": lun.disk.path, "read_ops": lun.read_ops, "read_bytes": lun.read_bytes,
+                 "write_ops": lun.write_ops, "write_bytes": lun.write_bytes, "flushes": lun.flushes,
+                 "errors": lun.errors}
+                for i, lun in enumerate(self.luns) if lun is not None]
+        return {"luns": luns, "completed": self.completed, "refused": self.refused, "busy": self.busy}
 
     # -- packets -----------------------------------------------------------------------------
 
@@ -208,10 +283,19 @@ class StorVsp(Vsp):
             self.busy += 1
             self._complete(trans_id, srb, ScsiResult(p.ScsiStatus.BUSY, SrbStatus.BUSY))
             return
-        if self.target is None or (srb.path_id, srb.target_id, srb.lun) != (0, 0, 0):
+        ours = (srb.path_id, srb.target_id) == (0, 0)
+        lun = self.luns[srb.lun] if ours and srb.lun < len(self.luns) else None
+        if ours and srb.cdb[:1] == bytes([p.Op.REPORT_LUNS]):
+            # The target answers REPORT LUNS, whichever LUN it is sent to (a guest asks LUN 0
+            # even when no disk is there).
+            lun = None
+            command = report_luns(srb.cdb, [i for i, u in enumerate(self.luns) if u is not None],
+                                  srb.data_transfer_length)
+        elif lun is None:
             self._complete(trans_id, srb, ScsiResult(p.ScsiStatus.GOOD, SrbStatus.INVALID_LUN))
             return
-        command = self.target.decode(srb.cdb, srb.data_transfer_length)
+        else:
+            command = lun.target.decode(srb.cdb, srb.data_transfer_length)
         if isinstance(command, ScsiResult):
             self._complete(trans_id, srb, command)
             return
@@ -221,13 +305,13 @@ class StorVsp(Vsp):
             self._refuse(trans_id, NtStatus.INVALID_DEVICE_REQUEST,
                          f"data_in {srb.data_in} against a {command.direction.value} command", srb)
             return
-        request = _Request(trans_id, srb, command, ranges[0] if ranges else None)
+        request = _Request(trans_id, srb, command, ranges[0] if ranges else None, lun)
         if not command.medium:
             self._finish(request)
             return
         now = self.context.now()
-        done = max(now, self.busy_until) + self.service_time(command.length)
-        self.busy_until = done
+        done = max(now, lun.busy_until) + self.service_time(command.length)
+        lun.busy_until = done
         self._seq += 1
         seq = self._seq
         self.outstanding[seq] = request
@@ -276,7 +360,9 @@ class StorVsp(Vsp):
         """Invoke: move the data between the pool and the medium, then complete."""
         command, length = request.command, request.command.length
         if not length:
-            self._complete(request.trans_id, request.srb, command.execute(bytearray()))
+            result = command.execute(bytearray())
+            self._count(request, result)
+            self._complete(request.trans_id, request.srb, result)
             return
         pool = self._pool()
         spans = None if pool is None else _spans(request.range, length, pool[1])
@@ -294,7 +380,22 @@ class StorVsp(Vsp):
             result = command.execute(buffer)
             if command.direction is Direction.IN:
                 _scatter(view, spans, memoryview(buffer)[:result.transferred])
+        self._count(request, result)
         self._complete(request.trans_id, request.srb, result)
+
+    @staticmethod
+    def _count(request: _Request, result: ScsiResult) -> None:
+        lun, command = request.lun, request.command
+        if lun is None or not command.medium:
+            return
+        if not result.ok:
+            lun.errors += 1
+        elif command.direction is Direction.IN:
+            lun.read_ops, lun.read_bytes = lun.read_ops + 1, lun.read_bytes + result.transferred
+        elif command.direction is Direction.OUT:
+            lun.write_ops, lun.write_bytes = lun.write_ops + 1, lun.write_bytes + result.transferred
+        else:
+            lun.flushes += 1
 
     # -- the pool ----------------------------------------------------------------------------
 
@@ -397,24 +498,35 @@ class StorVsp(Vsp):
         N.B. hvsim's saved VMs keep their device objects, so no restore from it exists yet."""
         return {"state": self.state.value, "version": self.version, "pool_gpadl": self.pool_gpadl,
                 "disk": self.disk.path if self.disk is not None else None,
+                "luns": [None if lun is None else {"path": lun.disk.path, "busy_until": lun.busy_until}
+                         for lun in self.luns],
                 "outstanding": sorted(r.trans_id for r in self.outstanding.values()),
                 "busy_until": self.busy_until, "completed": self.completed, "refused": self.refused}
 
-    def replace_disk(self, disk: VirtualDisk) -> VirtualDisk | None:
-        """Serve `disk` from now on (a checkpoint forked the VM's disk into a differencing one);
-        returns the disk it served before, which the caller closes. Requests already executed
-        went to the old disk; later ones go to the new one."""
-        old, self.disk = self.disk, disk
-        self.target = ScsiDisk(disk, serial=self.config.get("serial"))
+    def replace_disk(self, disk: VirtualDisk, lun: int = 0) -> VirtualDisk | None:
+        """Serve `disk` at `lun` from now on (a checkpoint forked the VM's disk into a differencing
+        one); returns the disk it served before, which the caller closes. Requests already
+        executed went to the old disk; later ones go to the new one. The caller owns `disk`
+        from then on as it owned the old one: one opened here is still closed with the channel."""
+        entry = self.luns[lun]
+        old = entry.disk if entry is not None else None
+        unit = ScsiDisk(disk, serial=self.config.get("serial"))
+        if entry is None:
+            self.luns[lun] = _Lun(disk, unit, owned=True)
+        else:
+            entry.disk, entry.target = disk, unit
+            if entry.owned:
+                weakref.finalize(self, disk.close)
         return old
 
     def on_close(self) -> None:
         self._closed = True
         self.outstanding.clear()
         self._backlog.clear()
-        if self.disk is not None and self.config.get("disk") is None:
-            self.disk.close()
-        self.target = None
+        for lun in self.luns:
+            if lun is not None and lun.owned:
+                lun.disk.close()
+        self.luns = [None] * len(self.luns)
 
 
 def _spans(rng: GpaRange | None, length: int, index: dict[int, int]) -> list[tuple[int, int]] | None:

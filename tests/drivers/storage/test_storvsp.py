@@ -205,11 +205,11 @@ def test_the_init_sequence(disk):
     ops = [op_of(pk) for pk in rig.to_host]
     assert ops[:5] == [Operation.BEGIN_INITIALIZATION, Operation.QUERY_PROTOCOL_VERSION,
                        Operation.QUERY_PROPERTIES, Operation.ANNOUNCE_IO_POOL, Operation.END_INITIALIZATION]
-    assert ops[5:] == [Operation.EXECUTE_SRB] * 2        # INQUIRY, READ CAPACITY (16)
+    assert ops[5:] == [Operation.EXECUTE_SRB] * 3        # REPORT LUNS, INQUIRY, READ CAPACITY (16)
     assert all(pk.trans_id == INIT_TRANS_ID and pk.completion_requested for pk in rig.to_host[:5])
     assert p.decode_version(p.decode_packet(rig.to_host[1].payload).body) == p.VERSION_WIN10
     # Each answered by a COMPLETE_IO completion with the same transaction id.
-    assert [pk.type for pk in rig.to_guest] == [PKT_COMP] * 7
+    assert [pk.type for pk in rig.to_guest] == [PKT_COMP] * 8
     assert [pk.trans_id for pk in rig.to_guest] == [pk.trans_id for pk in rig.to_host]
     assert all(p.decode_packet(pk.payload).status == NtStatus.SUCCESS for pk in rig.to_guest)
     props = p.ChannelProperties.decode(p.decode_packet(rig.to_guest[2].payload).body)
@@ -244,7 +244,7 @@ def test_the_vsc_falls_back_to_read_capacity_10(disk):
     rig.open()
     cdbs = [p.ScsiRequest.decode(p.decode_packet(p.decode_gpa_direct(pk.payload)[1]).body).cdb[0]
             for pk in rig.to_host if pk.type == GPA_DIRECT]
-    assert cdbs == [p.Op.INQUIRY, p.Op.SERVICE_ACTION_IN_16, p.Op.READ_CAPACITY_10]
+    assert cdbs == [p.Op.REPORT_LUNS, p.Op.INQUIRY, p.Op.SERVICE_ACTION_IN_16, p.Op.READ_CAPACITY_10]
     assert rig.vsc.capacity == SIZE // 512
 
 
@@ -395,7 +395,7 @@ def test_scsi_errors_reach_the_guest_with_sense(disk):
     rig = Rig(disk).open()
     vsc = rig.vsc
     past = vsc.read(vsc.capacity, 1)
-    odd = vsc.execute(bytes([0xA0]) + bytes(11), data_in=64)     # REPORT LUNS: not implemented
+    odd = vsc.execute(bytes([0xA3]) + bytes(11), data_in=64)     # MAINTENANCE IN: not implemented
     rig.run(1 * MS)
     assert past.done and not past.ok and past.sense == (p.SenseKey.ILLEGAL_REQUEST, p.Asc.LBA_OUT_OF_RANGE, 0)
     assert past.srb_status == SrbStatus.INVALID_REQUEST | p.SRB_STATUS_AUTOSENSE_VALID
