@@ -26,12 +26,12 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
     import tomli as tomllib  # type: ignore[no-redef]
 
 from hypervisor.host import COSTS, SCHEDULERS
-from hypervisor.quantities import parse_duration, parse_size
+from hypervisor.quantities import AmbiguousSizeError, parse_duration, parse_size
 from partitions.config_schema import (
     ACTIONS, CHECKPOINT_ACTIONS, DISK_TYPES, GIB, INTEGRATION_SERVICES, MIB, MS, SWITCH_TYPES, WORKLOADS,
     AtConfig, Config, ConfigError, CpuBurnWorkload, CpuConfig, DiskConfig, DiskIoWorkload, HostConfig,
     IdleWorkload, IntegrationServices, NetRequestResponseWorkload, NicConfig, PythonWorkload, SwitchConfig,
-    VmConfig, dump, format_size_exact, generated_mac, show,
+    VmConfig, dump, format_duration, format_size_exact, generated_mac, show,
 )
 
 __all__ = ["ConfigError", "Config", "load", "loads", "from_dict", "default_config", "dump", "DEFAULT_TOML"]
@@ -44,6 +44,7 @@ _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$|\s*\(at end of
 MAX_HOST_MEMORY = 64 * 1024 * GIB
 MAX_DISK_SIZE = 2040 * GIB          # the VHD format's limit (drivers/storage/vhd.py)
 MAX_TIME = 2**63 - 1
+MAX_SEED = 2**64 - 1
 UDP_PAYLOAD_MAX = 1472              # 1500-byte MTU less IPv4 and UDP headers
 
 _KEYS = {
@@ -98,6 +99,21 @@ def from_dict(data: dict[str, Any], *, file: str = "<dict>", base_dir: str | os.
     """Check and convert a parsed TOML document (dicts, lists and TOML scalars)."""
     base = Path(os.path.abspath(base_dir if base_dir is not None else Path.cwd()))
     return _Reader(file, base).config(data)
+
+
+def command_line_value(option: str, text: str, like: str) -> int:
+    """A value given on the command line, checked as the file's key `like` is: "host.seed" (an
+    integer; `--seed -5` is refused as `seed = -5` would be) or "at.time" (a duration with a unit).
+    Raises ConfigError with file "the command line" and key `option`."""
+    r = _Reader("the command line", Path.cwd())
+    if like == "host.seed":
+        value: Any = int(text) if re.fullmatch(r"\s*[-+]?[0-9]+\s*", text) else text   # as TOML reads 7
+        return r.integer({option: value}, "", option, 0, MAX_SEED)
+    if like == "at.time":
+        if re.fullmatch(r"\s*[0-9]+\s*", text):   # a bare "5" on a command line is seconds as often as ns
+            r.fail(option, 'a duration with a unit, such as "1.5s" or "10ms"', show(text), show(f"{text.strip()}s"))
+        return r.duration({option: text}, "", option, positive=False)
+    raise ValueError(f"no command-line reading for {like!r}")
 
 
 # ---- the reader ----------------------------------------------------------------------------------
@@ -185,7 +201,13 @@ class _Reader:
             return value
         try:
             n = parse_size(value, name) if isinstance(value, (int, str)) else None
-        except (ValueError, OverflowError):   # OverflowError: "1e400"-sized digit strings
+        except AmbiguousSizeError as exc:   # "512MB": suggest the readings that fit here
+            fits = [text for n, text in ((exc.binary, show(exc.binary_text)), (exc.decimal, str(exc.decimal)))
+                    if n is not None and lo <= n <= hi and n % multiple == 0]
+            readings = (f"which Hyper-V reads as {exc.binary_text} and others as {exc.decimal} bytes"
+                        if exc.binary is not None and exc.decimal is not None else "in a unit read two ways")
+            self.fail(_path(key, name), expected, f"{show(value)}, {readings}", " or ".join(fits) or None)
+        except ValueError:
             n = None
         if n is None or not lo <= n <= hi or n % multiple:
             self.fail(_path(key, name), expected, show(value))
@@ -223,7 +245,7 @@ class _Reader:
             self.fail("host.smt", f"a number of threads per core that divides logical_processors ({lps})", show(smt))
         memory = self.size(t, key, "memory", 256 * 1024, MAX_HOST_MEMORY, 4096, "16GiB", 4 * GIB)
         scheduler = self.string(t, key, "scheduler", "classic", choices=tuple(SCHEDULERS))
-        seed = self.integer(t, key, "seed", 0, 2**64 - 1, None) if "seed" in t else None
+        seed = self.integer(t, key, "seed", 0, MAX_SEED, None) if "seed" in t else None
         costs = self.table(t.get("costs", {}), "host.costs", tuple(COSTS))
         costs = {name: self.duration(costs, "host.costs", name, positive=True) for name in costs}
         return HostConfig(lps, smt, memory, scheduler, seed, costs)
@@ -476,6 +498,73 @@ class _Checks:
             if at.action == "stop" and not vms[at.vm].integration_services.shutdown:
                 self.r.fail(f"at[{i}].action", f'an action VM "{at.vm}" can take (a graceful stop needs its '
                             'shutdown integration service; "turn-off" does not)', show(at.action))
+            if at.action in CHECKPOINT_ACTIONS and not vms[at.vm].disks:
+                self.r.fail(f"at[{i}].action", f'an action VM "{at.vm}" can take: it has no disk, and checkpoints '
+                            "are of a VM's disks", show(at.action))
+        for vm in self.vms:
+            self.lifecycle(vm, sorted((at.time, i) for i, at in enumerate(self.timeline) if at.vm == vm.name))
+
+    def lifecycle(self, vm: VmConfig, entries: list[tuple[int, int]]) -> None:
+        """Walk one VM's timeline as the runner will (by time, file order at equal times) and
+        refuse an action that no state the VM can be in at that moment allows, and a checkpoint
+        name that is taken, or not there to apply or delete."""
+        states = {"Running"} if vm.autostart else {"Off"}
+        since = "since it starts with the host" if vm.autostart else "since autostart is false"
+        checkpoints: dict[str, int] = {}   # name -> the [[at]] that took it
+        for time, i in entries:
+            at = self.timeline[i]
+            allowed, after = LIFECYCLE[at.action]
+            if not states & set(allowed):
+                now = " or ".join(sorted(states, key=_STATE_ORDER.index))
+                needs = " or ".join(allowed) + (f" ({_FIRST[at.action]} first)" if at.action in _FIRST else "")
+                self.r.fail(f"at[{i}].action", f'an action VM "{vm.name}" can take at {_time(time)}, when it is '
+                            f"{now} ({since}): {at.action} needs it {needs}", show(at.action))
+            if after is not None:
+                states = set(after)
+                since = f"since at[{i}] {at.action}"
+            else:
+                states &= set(allowed)
+            if at.action == "checkpoint":
+                name = at.name or f"checkpoint-{time // 1_000_000}ms"   # the name the runner gives it
+                if name in checkpoints:
+                    self.r.fail(f"at[{i}].name", f'a checkpoint name VM "{vm.name}" does not have yet',
+                                f"{show(name)} (taken by at[{checkpoints[name]}])")
+                checkpoints[name] = i
+            elif at.action in CHECKPOINT_ACTIONS and at.name not in checkpoints:
+                have = ", ".join(show(n) for n in checkpoints) if checkpoints else "none"
+                self.r.fail(f"at[{i}].name", f'the name of a checkpoint VM "{vm.name}" has at {_time(time)}, taken '
+                            f"by an earlier checkpoint action (it has {have})", show(at.name),
+                            _suggest(at.name, tuple(checkpoints)))
+            elif at.action == "delete-checkpoint":
+                del checkpoints[at.name]
+
+
+# The VM lifecycle as partitions/vm.py carries it out, for reading a timeline ahead of the run:
+# for each [[at]] action, the states it is allowed from and the states it can leave the VM in
+# (None: the state it found). A graceful stop leaves the VM Stopping until its guest has shut down,
+# and when that happens is not known before the run: then it may be either.
+LIFECYCLE: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
+    "start": (("Off",), ("Running",)),
+    "stop": (("Running",), ("Stopping", "Off")),
+    "turn-off": (("Running", "Paused", "Stopping", "Saved"), ("Off",)),
+    "pause": (("Running",), ("Paused",)),
+    "resume": (("Paused",), ("Running",)),
+    "quick-reset": (("Running", "Paused"), ("Running",)),
+    "save": (("Running", "Paused"), ("Saved",)),
+    "restore": (("Saved",), ("Running",)),
+    "checkpoint": (("Running", "Paused", "Off"), None),
+    "apply-checkpoint": (("Off",), None),
+    "delete-checkpoint": (("Running", "Paused", "Off"), None),
+}
+_STATE_ORDER = ("Off", "Running", "Paused", "Saved", "Stopping")
+# What a timeline must do before an action that only one other action makes possible.
+_FIRST = {"resume": "a pause", "restore": "a save", "start": "a turn-off or stop",
+          "apply-checkpoint": "a turn-off or stop"}
+
+
+def _time(ns: int) -> str:
+    text = format_duration(ns)
+    return text if isinstance(text, str) else f"{text}ns"
 
 
 # ---- the default host ----------------------------------------------------------------------------

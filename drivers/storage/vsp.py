@@ -51,6 +51,7 @@ from drivers.storage import protocol as p
 from drivers.storage.protocol import PKT_GPA_DIRECT, NtStatus, Operation, ScsiRequest, SrbStatus, StorError
 from drivers.storage.scsi import Command, Direction, ScsiDisk, ScsiResult, report_luns
 from drivers.storage.vhd import VhdError, VirtualDisk
+from hypervisor import quantities
 from hypervisor.quantities import parse_duration, parse_size
 from vmbus.protocol import PAGE_SIZE, GpaRange
 from vmbus.ring import PKT_COMP, PKT_DATA_INBAND, Packet, RingError, RingFull
@@ -101,8 +102,7 @@ class _Request:
 
 def parse_rate(value: int | str, what: str = "bandwidth") -> int:
     """Bytes per second from an int or a string such as "500MB/s"."""
-    text = value if isinstance(value, int) else str(value).removesuffix("/s")
-    rate = parse_size(text, what)
+    rate = quantities.parse_rate(value, what)   # MB/s is 10^6 bytes a second, as disks are quoted
     if rate <= 0:
         raise ValueError(f"{what}: must be positive, got {value!r}")
     return rate

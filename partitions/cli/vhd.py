@@ -3,33 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 
 from drivers.storage.vhd import KINDS, VhdError, VirtualDisk
-
-# Units for sizes. Bare K/M/G/T are binary, as in qemu-img, truncate and dd.
-_UNITS = {
-    "": 1, "b": 1,
-    "k": 1024, "kib": 1024, "kb": 1000,
-    "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
-    "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
-    "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
-}
-_SIZE = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
-
-
-def parse_size(text: str) -> int:
-    """"4GiB", "512MiB", "10MB", "4G" or plain bytes → bytes. Raises ValueError naming the problem."""
-    match = _SIZE.fullmatch(text)
-    if match is None:
-        raise ValueError(
-            f"size {text!r} is not a number of bytes with an optional unit (e.g. 4GiB, 512MiB, 10MB)")
-    number, unit = match.groups()
-    factor = _UNITS.get(unit.lower())
-    if factor is None:
-        raise ValueError(f"size {text!r} has unknown unit {unit!r} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")
-    return int(number) * factor
+from hypervisor.quantities import parse_size
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,8 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Create a new VHD. The file must not exist yet. A differencing disk takes "
                     "its parent's size, so --size may be left out for it.")
     create.add_argument("path", metavar="PATH", help="file to create")
-    create.add_argument("--size", help="virtual size: bytes, or with a unit (4GiB, 512MiB, 10MB); "
-                                       "must come to a multiple of 512 bytes")
+    create.add_argument("--size", help="virtual size: bytes, or with a binary unit (4GiB, 512MiB, 1.5GiB); "
+                                       "must come to a multiple of 512 bytes. 512MB and 4G are refused as "
+                                       "ambiguous (Hyper-V reads MB as MiB, others as 10^6 bytes)")
     create.add_argument("--type", dest="kind", choices=tuple(KINDS), default="dynamic",
                         help="disk type (default: dynamic)")
     create.add_argument("--parent", metavar="PARENT", help="parent disk of a differencing disk")
@@ -59,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def create_command(args: argparse.Namespace) -> int:
     try:
-        size = None if args.size is None else parse_size(args.size)
+        size = None if args.size is None else parse_size(args.size, "--size")
     except ValueError as exc:
         return _fail(str(exc))
     if args.kind == "differencing":

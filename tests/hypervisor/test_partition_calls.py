@@ -480,7 +480,11 @@ def test_host_smt_message_names_the_divisor():
 
 def test_host_memory_units():
     assert Host(logical_processors=1, memory="16MiB").pages == 4096
-    assert Host(logical_processors=1, memory="4.096MB").pages == 1000
+    assert Host(logical_processors=1, memory=4_096_000).pages == 1000
+    assert Host(logical_processors=1, memory="0.5MiB").pages == 128
+    # Hyper-V's 16MB is 16 MiB, the SI's 16,000,000 bytes: refused, with both ways to write it.
+    with pytest.raises(ValueError, match='memory: \'16MB\' is ambiguous: write "16MiB" .* or 16000000'):
+        Host(logical_processors=1, memory="16MB")
     assert Host(logical_processors=1, memory=1 << 20).pages == 256
     assert Host(logical_processors=4, memory="1MiB", smt=2).introspect.totals()["pages"] == 256
 

@@ -2,6 +2,7 @@
 dump/load round trips, the built-in default host, and mutated documents that must load or fail
 with a ConfigError."""
 import copy
+import dataclasses
 import tomllib
 from pathlib import Path
 
@@ -199,6 +200,11 @@ BAD = [
      "a multiple of 512B", None),
     (_set(("vm", 0, "disks", 0, "size"), "3TiB"), "vm[0].disks[0].size", "a size from 512B to 2040GiB", None),
     (_set(("at", 0, "time"), "5 parsecs"), "at[0].time", 'a duration such as "1.5s"', None),
+    # units Hyper-V users and others read differently: refused, with the readings that fit the key
+    (_set(("vm", 0, "memory"), "512MB"), "vm[0].memory", "a size from 4KiB", '"512MiB" or 512000000'),
+    (_set(("vm", 0, "memory"), "2GB"), "vm[0].memory", "a size from 4KiB", '"2GiB"'),   # 2e9: not 4 KiB pages
+    (_set(("vm", 0, "disks", 0, "size"), "4G"), "vm[0].disks[0].size", "a size from 512B", '"4GiB" or 4000000000'),
+    (_set(("host", "memory"), "16gb"), "host.memory", "a size from 256KiB", '"16GiB" or 16000000000'),
     (_set(("at", 0, "time"), 1.5), "at[0].time", 'a duration such as "1.5s"', None),
     (_set(("vm", 0, "workload", "period"), "0ms"), "vm[0].workload.period", "a positive duration", None),
     # names
@@ -231,6 +237,42 @@ BAD = [
     (lambda d: d["at"][0].update(action="pause", name="x"), "at[0].name", "on a checkpoint action only", None),
     (lambda d: (d["at"][0].update(action="stop"), d["vm"][0].update(integration_services={"shutdown": False})),
      "at[0].action", "needs its shutdown integration service", None),
+    # the timeline read ahead of the run: what the VM's state at that time cannot do
+    (_set(("at", 0, "action"), "resume"), "at[0].action",
+     'an action VM "web" can take at 5s, when it is Running (since it starts with the host): resume needs it '
+     'Paused (a pause first)', None),
+    (_set(("at", 0, "action"), "restore"), "at[0].action", "restore needs it Saved (a save first)", None),
+    (_set(("at", 0, "action"), "start"), "at[0].action", "start needs it Off (a turn-off or stop first)", None),
+    (lambda d: d["at"][0].update(action="apply-checkpoint", name="x"), "at[0].action",
+     "apply-checkpoint needs it Off (a turn-off or stop first)", None),
+    (lambda d: d["at"].extend([{"time": "9s", "action": "pause", "vm": "web"}, {"time": "8s", "action": "resume", "vm": "web"}]),
+     "at[2].action", "at 8s, when it is Running", None),   # by time, not file order
+    (lambda d: d["at"].extend([{"time": "6s", "action": "pause", "vm": "web"}, {"time": "7s", "action": "save", "vm": "web"},
+                               {"time": "8s", "action": "restore", "vm": "web"}, {"time": "9s", "action": "resume", "vm": "web"}]),
+     "at[4].action", "when it is Running (since at[3] restore)", None),
+    (lambda d: d["at"].extend([{"time": "6s", "action": "stop", "vm": "web"}, {"time": "7s", "action": "pause", "vm": "web"}]),
+     "at[2].action", "when it is Off or Stopping (since at[1] stop): pause needs it Running", None),
+    (lambda d: (d["vm"][1].update(autostart=False), d["at"][0].update(vm="db", action="pause")), "at[0].action",
+     'VM "db" can take at 5s, when it is Off (since autostart is false)', None),
+    (_set(("at", 0, "vm"), "db"), "at[0].action", 'an action VM "db" can take: it has no disk', None),
+    # checkpoint names
+    (lambda d: d["at"].append({"time": "6s", "action": "delete-checkpoint", "vm": "web", "name": "nope"}),
+     "at[1].name", 'the name of a checkpoint VM "web" has at 6s, taken by an earlier checkpoint action (it has '
+                   '"checkpoint-5000ms")', None),
+    (lambda d: (d["at"][0].update(name="one"), d["at"].append({"time": "4s", "action": "delete-checkpoint",
+                                                                "vm": "web", "name": "one"})),
+     "at[1].name", "(it has none)", None),
+    (lambda d: (d["at"][0].update(name="one"), d["at"].extend([
+        {"time": "6s", "action": "delete-checkpoint", "vm": "web", "name": "one"},
+        {"time": "7s", "action": "turn-off", "vm": "web"},
+        {"time": "8s", "action": "apply-checkpoint", "vm": "web", "name": "one"}])), "at[3].name", "(it has none)", None),
+    (lambda d: (d["at"][0].update(name="one"), d["at"].extend([
+        {"time": "6s", "action": "turn-off", "vm": "web"},
+        {"time": "8s", "action": "apply-checkpoint", "vm": "web", "name": "onee"}])), "at[2].name", '(it has "one")',
+     '"one"'),
+    (lambda d: (d["at"][0].update(name="one"), d["at"].append({"time": "6s", "action": "checkpoint", "vm": "web",
+                                                                "name": "one"})),
+     "at[1].name", 'a checkpoint name VM "web" does not have yet', None),
     # capacity
     (lambda d: [v.update(processors=2, cpu={"reserve": 100}) for v in d["vm"]] and d["vm"].append(
         {"name": "c", "processors": 1, "cpu": {"reserve": 10}}), "vm[2].cpu.reserve",
@@ -314,6 +356,83 @@ def test_a_differencing_disk_may_name_another_disk_of_the_file_or_an_existing_fi
     assert from_dict(doc, base_dir=tmp_path).vm("db").disks[1].size is None
 
 
+# ---- the timeline, read ahead of the run ----------------------------------------------------------
+
+def _timeline(*entries, autostart=True):
+    vm = '[[vm]]\nname = "a"\nmemory = "8MiB"\ndisks = [ { path = "a.vhd", size = "1MiB" } ]\n' + ("" if autostart else "autostart = false\n")
+    return vm + "".join(f'[[at]]\ntime = "{t}"\naction = "{a}"\nvm = "a"\n' + (f'name = "{n[0]}"\n' if n else "")
+                        for t, a, *n in entries)
+
+
+@pytest.mark.parametrize("entries, autostart", [
+    ((("1s", "pause"), ("2s", "save"), ("3s", "restore"), ("4s", "pause"), ("5s", "resume")), True),
+    ((("1s", "stop"), ("2s", "start"), ("3s", "quick-reset")), True),
+    ((("1s", "start"), ("2s", "turn-off"), ("3s", "start")), False),
+    ((("1s", "checkpoint"), ("2s", "turn-off"), ("3s", "apply-checkpoint", "checkpoint-1000ms")), True),
+    ((("1s", "checkpoint", "x"), ("2s", "delete-checkpoint", "x"), ("3s", "checkpoint", "x")), True),
+    ((("1s", "save"), ("2s", "turn-off"), ("3s", "start")), True),
+    ((("2s", "resume"), ("1s", "pause")), True),              # run by time: the pause comes first
+])
+def test_timelines_whose_actions_fit_load(entries, autostart):
+    assert len(loads(_timeline(*entries, autostart=autostart), base_dir="/nonexistent").timeline) == len(entries)
+
+
+STATES = {"Off": ["turn-off"], "Running": [], "Paused": ["pause"], "Saved": ["save"]}
+
+
+@pytest.mark.parametrize("state", sorted(STATES))
+def test_the_timeline_check_allows_exactly_what_a_vm_does(tmp_path, state):
+    """LIFECYCLE, the table the file is read ahead with, against a real VM: from each state, each
+    action either fails in the run (ScenarioError) and is refused in the file, or runs and
+    leaves the VM in a state the table allows."""
+    from partitions.config import LIFECYCLE
+    from partitions.config_schema import ACTIONS
+    from partitions.management import ManagedHost, ScenarioError
+
+    assert set(LIFECYCLE) == set(ACTIONS)
+    host = '[host]\nlogical_processors = 1\nmemory = "64MiB"\n'
+    for action in ACTIONS:
+        work = tmp_path / action
+        work.mkdir()
+        names = action in ("apply-checkpoint", "delete-checkpoint")
+        prep = [("5ms", "checkpoint", "c")] * names + [("10ms", a) for a in STATES[state]]
+        entry = AtConfig(20 * MS, action, "a", "c" if names else None)
+        prepared = loads(host + _timeline(*prep), base_dir=work)
+        try:
+            loads(host + _timeline(*prep, ("20ms", action, "c") if names else ("20ms", action)), base_dir=work)
+            refused = False
+        except ConfigError as err:
+            assert err.key == f"at[{len(prep)}].action", (state, action, err)
+            refused = True
+        managed = ManagedHost(dataclasses.replace(prepared, timeline=prepared.timeline + (entry,)), workdir=work)
+        managed.run(15 * MS)
+        assert managed.vms["a"].state.value == state
+        try:
+            managed.run(30 * MS)
+            failed = False
+        except ScenarioError:
+            failed = True
+        assert failed == refused, (state, action)
+        allowed, after = LIFECYCLE[action]
+        if not failed:
+            assert managed.vms["a"].state.value in (after or (state,)), (state, action)
+
+
+def test_command_line_values_are_checked_as_the_files_keys():
+    from partitions.config import command_line_value
+    assert command_line_value("--seed", "7", "host.seed") == 7
+    assert command_line_value("--seed", str(2**64 - 1), "host.seed") == 2**64 - 1
+    assert command_line_value("--for", "1.5s", "at.time") == 1_500_000_000
+    for text in ("-5", str(2**64), "seven", "1.5"):
+        with pytest.raises(ConfigError) as info:
+            command_line_value("--seed", text, "host.seed")
+        assert info.value.key == "--seed" and info.value.expected == "an integer from 0 to 18446744073709551615"
+    with pytest.raises(ConfigError, match='--for: expected a duration with a unit.*; did you mean "5s"'):
+        command_line_value("--for", "5", "at.time")
+    with pytest.raises(ConfigError, match="--for: expected a duration"):
+        command_line_value("--for", "-1s", "at.time")
+
+
 # ---- MACs -----------------------------------------------------------------------------------------
 
 def test_generated_macs_are_hyper_v_macs_from_the_name_and_index():
@@ -338,7 +457,9 @@ def test_dump_then_load_gives_the_same_config(tmp_path):
                         integration_services={"heartbeat": False}, autostart=False)
     doc["vm"][1]["nics"][0]["gateway"] = "10.0.10.1"
     doc["vm"][0]["disks"].append({"path": "/elsewhere/x.vhd", "size": 1536 * MIB, "type": "fixed"})
-    doc["at"].append({"time": 1_234_567, "action": "apply-checkpoint", "vm": "db", "name": "c 1"})
+    doc["at"] += [{"time": 1_234_567, "action": "checkpoint", "vm": "web", "name": "c 1"},
+                  {"time": "6s", "action": "turn-off", "vm": "web"},
+                  {"time": "7s", "action": "apply-checkpoint", "vm": "web", "name": "c 1"}]
     config = from_dict(doc, base_dir=tmp_path)
     text = dump(config, tmp_path)
     assert 'path = "web.vhd"' in text and 'path = "/elsewhere/x.vhd"' in text and 'size = "1536MiB"' in text
@@ -353,7 +474,7 @@ def test_dump_then_load_gives_the_same_config(tmp_path):
 def test_durations_are_written_exactly(ns, text):
     assert format_duration(ns) == text
     assert parse_duration(text) == ns
-    assert loads(f'[[vm]]\nname = "a"\n[[at]]\ntime = {toml_value(text)}\naction = "start"\nvm = "a"').timeline[0].time == ns
+    assert loads(f'[[vm]]\nname = "a"\nautostart = false\n[[at]]\ntime = {toml_value(text)}\naction = "start"\nvm = "a"').timeline[0].time == ns
 
 
 # ---- the default host -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from drivers.storage.vhd import VirtualDisk
+from hypervisor.quantities import parse_size
 from partitions.cli import vhd as vhd_cli
 
 MiB = 1024 * 1024
@@ -22,25 +23,39 @@ def run(*argv: str) -> int:
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("4GiB", 4 << 30), ("512MiB", 512 << 20), ("10MB", 10_000_000), ("1048576", 1 << 20),
-    ("4G", 4 << 30), ("8 mib", 8 << 20), ("3TB", 3 * 10**12), ("512b", 512),
+    ("4GiB", 4 << 30), ("512MiB", 512 << 20), ("1.5MiB", 3 << 19), ("1048576", 1 << 20), ("8 mib", 8 << 20),
+    ("512b", 512),
 ])
-def test_sizes_take_binary_and_decimal_units(text, expected):
-    assert vhd_cli.parse_size(text) == expected
+def test_sizes_take_bytes_and_binary_units(tmp_path, capsys, text, expected):
+    assert run("create", str(tmp_path / "d.vhd"), "--size", text) == 0
+    with VirtualDisk.open(tmp_path / "d.vhd", read_only=True) as disk:
+        assert disk.size == expected
 
 
-@given(st.integers(0, 10**6), st.sampled_from(sorted(vhd_cli._UNITS)))
-def test_any_number_with_any_unit_parses_to_its_product(number, unit):
-    assert vhd_cli.parse_size(f"{number}{unit.upper()}") == number * vhd_cli._UNITS[unit]
-
-
-@pytest.mark.parametrize("text, complaint", [
-    ("", "not a number"), ("-5MiB", "not a number"), ("1.5GiB", "not a number"),
-    ("4 parsecs", "unknown unit 'parsecs'"),
+@pytest.mark.parametrize("text, advice", [
+    ("10MB", 'write "10MiB" (what Hyper-V means by 10MB: 10485760 bytes) or 10000000 (bytes)'),
+    ("4G", 'write "4GiB" (what Hyper-V means by 4GB: 4294967296 bytes) or 4000000000 (bytes)'),
+    ("3tb", 'write "3TiB"'),
+    ("64kb", 'write "64KiB"'),
 ])
-def test_bad_sizes_are_named(text, complaint):
-    with pytest.raises(ValueError, match=complaint):
-        vhd_cli.parse_size(text)
+def test_units_read_two_ways_are_refused_with_both_readings(tmp_path, capsys, text, advice):
+    """Hyper-V's PowerShell reads 10MB as 10 MiB, others as 10,000,000 bytes: no silent choice."""
+    assert run("create", str(tmp_path / "d.vhd"), "--size", text) == 2
+    err = capsys.readouterr().err
+    assert f"--size: {text!r} is ambiguous" in err and advice in err
+    assert not (tmp_path / "d.vhd").exists()
+
+
+@given(st.integers(0, 10**6), st.sampled_from(["", "B", "KiB", "MiB", "GiB", "TiB"]))
+def test_any_number_with_a_binary_unit_parses_to_its_product(number, unit):
+    scale = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}[unit]
+    assert parse_size(f"{number}{unit.upper()}") == number * scale
+
+
+@pytest.mark.parametrize("text", ["", "-5MiB", "4 parsecs", "1.1KiB"])
+def test_bad_sizes_are_named(tmp_path, capsys, text):
+    assert run("create", str(tmp_path / "d.vhd"), f"--size={text}") == 2
+    assert "--size: " in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["fixed", "dynamic"])
@@ -68,8 +83,9 @@ def test_create_differencing_takes_the_parents_size(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, complaint", [
-    (["--size", "10MB"], "10000000 is not a multiple of 512 bytes"),
-    (["--size", "lots"], "size 'lots' is not a number"),
+    (["--size", "10000000"], "10000000 is not a multiple of 512 bytes"),
+    (["--size", "10MB"], "'10MB' is ambiguous"),
+    (["--size", "lots"], "--size: expected a size such as 4096"),
     (["--size", "0"], "not between"),
     ([], "--type dynamic needs --size"),
     (["--size", "1MiB", "--parent", "x.vhd"], "--parent is only for --type differencing"),
