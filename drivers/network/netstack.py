@@ -1,5 +1,5 @@
 """The network stack of a synthetic guest: Ethernet (with an optional 802.1Q tag), ARP with a
-cache, IPv4 without fragmentation, ICMP echo and UDP sockets.
+cache, IPv4 without fragmentation, ICMP echo and UDP sockets, over one or more interfaces.
 
 It is transport-agnostic: frames leave through the `transmit(frame)` callable it is given and come
 in through `stack.receive(frame)`; timers go through a clock with the shape of
@@ -15,6 +15,16 @@ What workloads use:
     sock = stack.udp_socket(5000)
     sock.sendto(b"hello", ("10.0.10.3", 5000))
     sock.recvfrom()                                      # (data, (ip, port)) or None; or on_datagram=
+
+Interfaces. A guest with several network adapters has one stack and one interface per adapter
+(`stack.add_interface(...)`, each with its MAC, address, optional gateway and VLAN, its own ARP
+cache, and the `transmit` of its adapter; frames it receives come in through `iface.receive`).
+Routing, as a host with several interfaces does it: a destination in a network an interface is on
+goes out of that interface (the longest prefix first, then the first interface added), anything
+else goes to the gateway of the first interface that has one; a datagram leaves with the address
+of the interface it leaves by. Sockets are bound on every interface. A frame is taken only for the
+address of the interface it came in on (the strong host model), and ARP answers only for it.
+`stack.mac`, `stack.ip`, `stack.network`, `stack.gateway` and `stack.vlan` are the first interface's.
 
 Every received frame is checked (lengths, checksums, header fields) before anything acts on it; a
 frame that fails is counted in `stats` under its reason and under "rx_malformed" and dropped, and
@@ -218,7 +228,8 @@ class UdpSocket:
             self.stack.stats["tx_oversize"] += 1
             raise OSError(errno.EMSGSIZE, f"{len(data)} bytes do not fit one datagram on an MTU of "
                                           f"{self.stack.settings.mtu} (no fragmentation)")
-        self.stack._send_ip(ip, PROTO_UDP, udp_datagram(self.stack.ip, ip, self.port, port, data))
+        route = self.stack._route(ip)   # the interface it leaves by gives the source address
+        self.stack._send_ip(ip, PROTO_UDP, udp_datagram(route[0].ip, ip, self.port, port, data), route)
         return len(data)
 
     def recvfrom(self) -> tuple[bytes, tuple[str, int]] | None:
@@ -258,21 +269,24 @@ class _Resolving:
         self.queue: deque[bytes] = deque()
 
 
-class NetStack:
-    def __init__(self, *, mac: str | bytes, address: str, transmit: Callable[[bytes], Any],
-                 clock: Clock, gateway: str | None = None, vlan: int | None = None,
-                 settings: StackSettings | None = None) -> None:
+class Interface:
+    """One interface of a stack: an adapter's MAC, its IPv4 address and network, an optional
+    gateway and VLAN tag, the `transmit` of the adapter, and the interface's own ARP cache."""
+
+    def __init__(self, stack: NetStack, name: str, *, mac: str | bytes, address: str,
+                 transmit: Callable[[bytes], Any], gateway: str | None = None, vlan: int | None = None) -> None:
+        self.stack, self.name = stack, name
         self.mac = frames.mac_bytes(mac)
         if self.mac[0] & 1 or self.mac == ZERO_MAC:
             raise ValueError(f"{frames.mac_text(self.mac)} is not a unicast MAC address")
         try:
             if "/" not in str(address):
                 raise ValueError("the prefix length is missing")
-            self.interface = ipaddress.IPv4Interface(address)
+            self.address = ipaddress.IPv4Interface(address)
         except ValueError as exc:
             raise ValueError(f"address {address!r} is not an IPv4 address with a prefix, like "
                              f"10.0.10.2/24: {exc}") from None
-        self.ip, self.network = self.interface.ip, self.interface.network
+        self.ip, self.network = self.address.ip, self.address.network
         if self.network.prefixlen < 31 and self.ip in (self.network.network_address,
                                                         self.network.broadcast_address):
             raise ValueError(f"address {address!r} is its network's own or broadcast address")
@@ -282,17 +296,68 @@ class NetStack:
         if vlan is not None and not 1 <= vlan <= frames.VLAN_MAX:
             raise ValueError(f"VLAN {vlan} is outside 1..{frames.VLAN_MAX}")
         self.vlan = vlan                    # tag sent frames with it, accept only frames with it
-        self.settings = settings or StackSettings()
         self.transmit = transmit
-        self.clock = clock
-        self.stats: Counter[str] = Counter()
         self._arp: OrderedDict[IPv4, tuple[bytes, int]] = OrderedDict()  # ip -> (mac, expires), oldest first
         self._resolving: dict[IPv4, _Resolving] = {}
+
+    def receive(self, frame: bytes) -> None:
+        """One frame from this interface's network. Never raises for what the frame contains."""
+        self.stack._receive(self, frame)
+
+    def __repr__(self) -> str:
+        return f"<Interface {self.name} {self.address} {frames.mac_text(self.mac)}>"
+
+
+class NetStack:
+    def __init__(self, *, clock: Clock, mac: str | bytes | None = None, address: str | None = None,
+                 transmit: Callable[[bytes], Any] | None = None, gateway: str | None = None,
+                 vlan: int | None = None, settings: StackSettings | None = None, name: str = "eth0") -> None:
+        """A stack on `clock`; with `mac`, `address` and `transmit`, its first interface (`name`)
+        too. Without them it has none until `add_interface`."""
+        self.settings = settings or StackSettings()
+        self.clock = clock
+        self.stats: Counter[str] = Counter()
+        self.interfaces: list[Interface] = []
         self._udp: dict[int, UdpSocket] = {}
         self._pings: dict[int, Ping] = {}
         self._next_ident = 1            # IP identification
         self._next_ping = 1             # ICMP echo identifier
         self._next_port = EPHEMERAL_PORTS.start
+        if (mac, address, transmit) != (None, None, None):
+            if mac is None or address is None or transmit is None:
+                raise ValueError("a stack's first interface needs a mac, an address and a transmit")
+            self.add_interface(mac=mac, address=address, transmit=transmit, gateway=gateway, vlan=vlan, name=name)
+
+    def add_interface(self, *, mac: str | bytes, address: str, transmit: Callable[[bytes], Any],
+                      gateway: str | None = None, vlan: int | None = None, name: str | None = None) -> Interface:
+        """Attach another interface (an adapter that came up). Raises ValueError for a bad
+        address, gateway, MAC or VLAN, or an address another interface has."""
+        iface = Interface(self, name or f"eth{len(self.interfaces)}", mac=mac, address=address,
+                          transmit=transmit, gateway=gateway, vlan=vlan)
+        if any(other.ip == iface.ip for other in self.interfaces):
+            raise ValueError(f"address {iface.ip} is already on another interface")
+        self.interfaces.append(iface)
+        return iface
+
+    def remove_interface(self, iface: Interface) -> None:
+        """Detach an interface (its adapter went away): what waited for its ARP answers is dropped."""
+        if iface in self.interfaces:
+            self.interfaces.remove(iface)
+            iface._resolving.clear()
+
+    def _first(self) -> Interface:
+        if not self.interfaces:
+            raise AttributeError("this stack has no interface")
+        return self.interfaces[0]
+
+    # The first interface's addresses, for a stack with one (most of them).
+    mac = property(lambda self: self._first().mac)
+    ip = property(lambda self: self._first().ip)
+    network = property(lambda self: self._first().network)
+    interface = property(lambda self: self._first().address)
+    gateway = property(lambda self: self._first().gateway)
+    vlan = property(lambda self: self._first().vlan)
+    transmit = property(lambda self: self._first().transmit)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], *, transmit: Callable[[bytes], Any], clock: Clock,
@@ -329,7 +394,8 @@ class NetStack:
         return session
 
     def udp_socket(self, port: int = 0, on_datagram=None) -> UdpSocket:
-        """Bind a UDP port (0: the next free ephemeral port). Raises OSError (EADDRINUSE)."""
+        """Bind a UDP port on every interface (0: the next free ephemeral port). Raises OSError
+        (EADDRINUSE)."""
         if port == 0:
             for _ in EPHEMERAL_PORTS:
                 candidate = self._next_port
@@ -347,99 +413,133 @@ class NetStack:
         return sock
 
     def arp_cache(self) -> dict[str, str]:
-        """The live ARP entries: IP -> MAC."""
+        """The live ARP entries of every interface: IP -> MAC."""
         now = self.clock.now()
-        return {str(ip): frames.mac_text(mac) for ip, (mac, expires) in self._arp.items() if expires > now}
+        return {str(ip): frames.mac_text(mac) for iface in self.interfaces
+                for ip, (mac, expires) in iface._arp.items() if expires > now}
+
+    def route(self, ip: str) -> Interface | None:
+        """The interface a packet to `ip` would leave by, or None if there is no route."""
+        try:
+            return self._route(IPv4(ip))[0]
+        except OSError:
+            return None
+
+    def connected(self, ip: str) -> Interface | None:
+        """The interface on `ip`'s own network (no gateway on the way), or None."""
+        try:
+            iface, hop = self._route(IPv4(ip))
+        except OSError:
+            return None
+        return iface if hop == IPv4(ip) else None
 
     # --- sending ---------------------------------------------------------------------------
 
-    def _route(self, dst: IPv4) -> IPv4 | None:
-        """The next hop for dst; None for a broadcast."""
-        if dst == LIMITED_BROADCAST or dst == self.network.broadcast_address:
-            return None
+    def _route(self, dst: IPv4) -> tuple[Interface, IPv4 | None]:
+        """(the interface, the next hop) for dst; the hop is None for a broadcast."""
+        if not self.interfaces:
+            raise OSError(errno.ENETUNREACH, f"no route to {dst}: the stack has no interface")
+        if dst == LIMITED_BROADCAST:
+            return self.interfaces[0], None
+        for iface in self.interfaces:
+            if dst == iface.ip:
+                return iface, dst                      # one of ours: loopback
+            if dst == iface.network.broadcast_address:
+                return iface, None
         if dst.is_multicast or dst.is_unspecified:
             raise OSError(errno.ENETUNREACH, f"cannot send to {dst}: multicast is not supported")
-        if dst in self.network:
-            return dst
-        if self.gateway is None:
-            raise OSError(errno.ENETUNREACH, f"no route to {dst}: not in {self.network} and no gateway")
-        return self.gateway
+        on_link = [iface for iface in self.interfaces if dst in iface.network]
+        if on_link:   # the most specific network; among equals, the first interface added
+            return max(on_link, key=lambda iface: iface.network.prefixlen), dst
+        for iface in self.interfaces:
+            if iface.gateway is not None:
+                return iface, iface.gateway
+        raise OSError(errno.ENETUNREACH, f"no route to {dst}: not in "
+                                         f"{', '.join(str(i.network) for i in self.interfaces)} and no gateway")
 
-    def _send_ip(self, dst: IPv4, proto: int, payload: bytes) -> None:
-        hop = self._route(dst)
+    def _send_ip(self, dst: IPv4, proto: int, payload: bytes,
+                 route: tuple[Interface, IPv4 | None] | None = None) -> None:
+        iface, hop = route or self._route(dst)
         ident, self._next_ident = self._next_ident, (self._next_ident + 1) & 0xFFFF
-        packet = ip_packet(self.ip, dst, proto, payload, ident, self.settings.ttl)
-        if dst == self.ip:
+        packet = ip_packet(iface.ip, dst, proto, payload, ident, self.settings.ttl)
+        if dst == iface.ip:
             # Loopback, on the next turn of the clock so that a reply never recurses into its request.
-            self.clock.call_later(0, lambda: self._receive_guarded(self._ip_input, packet))
+            self.clock.call_later(0, lambda: self._receive_guarded(lambda p: self._ip_input(iface, p), packet))
             return
         if hop is None:
-            self._send_frame(BROADCAST, ETHERTYPE_IPV4, packet)
+            self._send_frame(iface, BROADCAST, ETHERTYPE_IPV4, packet)
             return
-        mac = self._cached(hop)
+        mac = self._cached(iface, hop)
         if mac is not None:
-            self._send_frame(mac, ETHERTYPE_IPV4, packet)
+            self._send_frame(iface, mac, ETHERTYPE_IPV4, packet)
             return
-        waiting = self._resolving.get(hop)
+        waiting = iface._resolving.get(hop)
         if waiting is not None:
             if len(waiting.queue) >= self.settings.arp_queue:
                 waiting.queue.popleft()
                 self.stats["arp_queue_full"] += 1
             waiting.queue.append(packet)
             return
-        waiting = self._resolving[hop] = _Resolving()
+        waiting = iface._resolving[hop] = _Resolving()
         # Queued before the request goes out: transmit() may bring the answer back before it returns.
         waiting.queue.append(packet)
-        self._arp_request(hop, waiting)
+        self._arp_request(iface, hop, waiting)
 
-    def _send_frame(self, dst: bytes, ethertype: int, payload: bytes) -> None:
-        frame = frames.build(dst, self.mac, ethertype, payload, vlan=self.vlan)
+    def _send_frame(self, iface: Interface, dst: bytes, ethertype: int, payload: bytes) -> None:
+        frame = frames.build(dst, iface.mac, ethertype, payload, vlan=iface.vlan)
         self.stats["tx_frames"] += 1
         self.stats["tx_bytes"] += len(frame)
-        self.transmit(frame)
+        iface.transmit(frame)
 
-    def _arp_request(self, hop: IPv4, waiting: _Resolving) -> None:
+    def _arp_request(self, iface: Interface, hop: IPv4, waiting: _Resolving) -> None:
         waiting.tries += 1
         self.stats["arp_requests"] += 1
-        self._send_frame(BROADCAST, ETHERTYPE_ARP, arp_packet(ARP_REQUEST, self.mac, self.ip, ZERO_MAC, hop))
-        self.clock.call_later(self.settings.arp_retry_ns, lambda: self._arp_retry(hop, waiting))
+        self._send_frame(iface, BROADCAST, ETHERTYPE_ARP, arp_packet(ARP_REQUEST, iface.mac, iface.ip, ZERO_MAC, hop))
+        self.clock.call_later(self.settings.arp_retry_ns, lambda: self._arp_retry(iface, hop, waiting))
 
-    def _arp_retry(self, hop: IPv4, waiting: _Resolving) -> None:
-        if self._resolving.get(hop) is not waiting:
-            return                                    # answered in the meantime
+    def _arp_retry(self, iface: Interface, hop: IPv4, waiting: _Resolving) -> None:
+        if iface._resolving.get(hop) is not waiting:
+            return                                    # answered in the meantime (or the interface went)
         if waiting.tries < self.settings.arp_tries:
-            self._arp_request(hop, waiting)
+            self._arp_request(iface, hop, waiting)
             return
-        del self._resolving[hop]
+        del iface._resolving[hop]
         self.stats["arp_failed"] += 1
         self.stats["arp_unresolved_dropped"] += len(waiting.queue)
 
-    def _cached(self, ip: IPv4) -> bytes | None:
-        entry = self._arp.get(ip)
+    def _cached(self, iface: Interface, ip: IPv4) -> bytes | None:
+        entry = iface._arp.get(ip)
         if entry is None:
             return None
         if entry[1] <= self.clock.now():
-            del self._arp[ip]
+            del iface._arp[ip]
             return None
         return entry[0]
 
-    def _learn(self, ip: IPv4, mac: bytes) -> None:
-        self._arp.pop(ip, None)
-        if len(self._arp) >= self.settings.arp_cache_entries:
-            self._arp.popitem(last=False)
+    def _learn(self, iface: Interface, ip: IPv4, mac: bytes) -> None:
+        iface._arp.pop(ip, None)
+        if len(iface._arp) >= self.settings.arp_cache_entries:
+            iface._arp.popitem(last=False)
             self.stats["arp_evicted"] += 1
-        self._arp[ip] = (mac, self.clock.now() + self.settings.arp_cache_ns)
-        waiting = self._resolving.pop(ip, None)
+        iface._arp[ip] = (mac, self.clock.now() + self.settings.arp_cache_ns)
+        waiting = iface._resolving.pop(ip, None)
         if waiting is not None:
             for packet in waiting.queue:
-                self._send_frame(mac, ETHERTYPE_IPV4, packet)
+                self._send_frame(iface, mac, ETHERTYPE_IPV4, packet)
 
     # --- receiving -------------------------------------------------------------------------
 
     def receive(self, frame: bytes) -> None:
-        """One frame from the network. Never raises for what the frame contains."""
+        """One frame from the network of the first interface. Never raises for what the frame
+        contains. (A stack with several interfaces takes frames through `iface.receive`.)"""
+        self._receive(self._first(), frame)
+
+    def _receive(self, iface: Interface, frame: bytes) -> None:
         self.stats["rx_frames"] += 1
-        self._receive_guarded(self._ethernet_input, frame)
+        if iface not in self.interfaces:
+            self.stats["rx_no_interface"] += 1
+            return
+        self._receive_guarded(lambda data: self._ethernet_input(iface, data), frame)
 
     def _receive_guarded(self, handler: Callable[[bytes], None], data: bytes) -> None:
         try:
@@ -451,17 +551,17 @@ class NetStack:
             self.stats[exc.reason] += 1
             self.stats["rx_ignored"] += 1
 
-    def _ethernet_input(self, frame: bytes) -> None:
+    def _ethernet_input(self, iface: Interface, frame: bytes) -> None:
         try:
             vlan, _, inner = frames.untag(frame)
         except FrameError:
             raise _Malformed("eth_short") from None
         if len(inner) < frames.HEADER_LEN:
             raise _Malformed("eth_short")
-        if vlan != self.vlan and not (self.vlan is None and vlan == frames.VLAN_NONE):
+        if vlan != iface.vlan and not (iface.vlan is None and vlan == frames.VLAN_NONE):
             raise _Ignored("eth_other_vlan")
         dst, src = inner[:6], inner[6:12]
-        if dst != self.mac and dst != BROADCAST:
+        if dst != iface.mac and dst != BROADCAST:
             raise _Ignored("eth_not_for_us")
         if src[0] & 1 or src == ZERO_MAC:
             raise _Malformed("eth_bad_source")
@@ -470,13 +570,13 @@ class NetStack:
         if len(payload) > self.settings.mtu:
             raise _Malformed("eth_oversize")
         if ethertype == ETHERTYPE_IPV4:
-            self._ip_input(payload)
+            self._ip_input(iface, payload)
         elif ethertype == ETHERTYPE_ARP:
-            self._arp_input(payload, src)
+            self._arp_input(iface, payload, src)
         else:
             raise _Ignored("eth_unknown_type")
 
-    def _arp_input(self, packet: bytes, frame_src: bytes) -> None:
+    def _arp_input(self, iface: Interface, packet: bytes, frame_src: bytes) -> None:
         if len(packet) < _ARP.size:
             raise _Malformed("arp_short")
         htype, ptype, hlen, plen, op, sha, spa, tha, tpa = _ARP.unpack_from(packet)
@@ -485,23 +585,24 @@ class NetStack:
         if sha[0] & 1 or sha == ZERO_MAC or sha != frame_src:
             raise _Malformed("arp_bad_sender")
         sender, target = IPv4(spa), IPv4(tpa)
-        if sender == self.ip:
+        if sender == iface.ip:
             raise _Ignored("arp_conflict")            # someone else claims our address
-        for_us = target == self.ip
-        if sender in self.network and sender != self.network.broadcast_address and not sender.is_unspecified:
+        for_us = target == iface.ip
+        network = iface.network
+        if sender in network and sender != network.broadcast_address and not sender.is_unspecified:
             # RFC 826: refresh what we know or are asking for; add the sender only when it is
             # talking to us. Unsolicited answers about others are not believed.
-            if sender in self._arp or sender in self._resolving or (for_us and op == ARP_REQUEST):
-                self._learn(sender, sha)
+            if sender in iface._arp or sender in iface._resolving or (for_us and op == ARP_REQUEST):
+                self._learn(iface, sender, sha)
             elif op == ARP_REPLY:
                 self.stats["arp_unsolicited"] += 1
         if op == ARP_REQUEST:
             if not for_us:
                 raise _Ignored("arp_not_for_us")
             self.stats["arp_replies"] += 1
-            self._send_frame(sha, ETHERTYPE_ARP, arp_packet(ARP_REPLY, self.mac, self.ip, sha, sender))
+            self._send_frame(iface, sha, ETHERTYPE_ARP, arp_packet(ARP_REPLY, iface.mac, iface.ip, sha, sender))
 
-    def _ip_input(self, packet: bytes) -> None:
+    def _ip_input(self, iface: Interface, packet: bytes) -> None:
         if len(packet) < _IP.size:
             raise _Malformed("ip_short")
         vihl, _, total, _, fragment, ttl, proto, _, src, dst = _IP.unpack_from(packet)
@@ -520,10 +621,10 @@ class NetStack:
             raise _Ignored("ip_fragment")                 # more fragments, or not the first one
         source, destination = IPv4(src), IPv4(dst)
         if (source.is_multicast or source.is_unspecified or source == LIMITED_BROADCAST
-                or source == self.network.broadcast_address):
+                or source == iface.network.broadcast_address):
             raise _Malformed("ip_bad_source")
-        broadcast = destination in (LIMITED_BROADCAST, self.network.broadcast_address)
-        if destination != self.ip and not broadcast:
+        broadcast = destination in (LIMITED_BROADCAST, iface.network.broadcast_address)
+        if destination != iface.ip and not broadcast:
             raise _Ignored("ip_not_for_us")
         payload = packet[header_len:total]
         if proto == PROTO_ICMP:

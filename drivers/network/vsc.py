@@ -3,7 +3,9 @@ as Linux), share a receive and a send buffer from the guest's own pages, bring R
 query the MAC address, MTU, link state and speed, set the packet filter), then carry frames between
 the guest's network stack and the host.
 
-Config: {"address": "10.0.10.2/24" (the stack's; without it there is no stack), "gateway": optional,
+Config: {"address": "10.0.10.2/24" (the interface's; without it there is no stack), "gateway": optional,
+"netstack": the guest's NetStack, shared by its adapters (optional: without it this adapter gets a
+stack of its own), "interface": the interface's name in it (default "eth<n>"),
 "relid": the channel's relid, "buffer_pages": guest page numbers for the buffers (the first
 "receive_pages" (default 64) for the receive buffer, the next "send_pages" (default 32) for the
 send buffer), "cpu_per_frame" (default "1us" of guest CPU), "tx_queue" (frames waiting for room,
@@ -12,11 +14,12 @@ default 256), "versions" (NVSP versions to try, default protocol.VERSIONS), "ini
 N.B. the device contract gives a VSC neither its relid nor a page allocator; until it does, both
 come from the config.
 
-Once `ready`, `vsc.stack` is a drivers.network.netstack.NetStack on the MAC the host reported,
-with the device context as its clock; its frames go out through `transmit(frame)`: as an RNDIS data
+Once `ready`, `vsc.stack` is a drivers.network.netstack.NetStack and `vsc.interface` this
+adapter's interface in it, on the MAC the host reported (a stack of its own has the device context
+as its clock); the interface's frames go out through `transmit(frame)`: as an RNDIS data
 message in a free send-buffer section, or in-band after the NVSP message when none is free; frames
 wait (at most tx_queue) when the ring is full. Received frames arrive in transfer-page packets;
-each range is checked against the receive buffer, copied out, handed to `stack.receive`, and the
+each range is checked against the receive buffer, copied out, handed to `interface.receive`, and the
 packet is completed by its transaction id (always: the host frees the section on it). The host is
 not trusted either: what fails a check is refused, counted in `refused[reason]`, and dropped.
 """
@@ -31,7 +34,7 @@ from drivers.network import protocol as p
 from drivers.network.frames import HEADER_LEN, MTU, TAG_LEN, mac_text
 from drivers.network.protocol import NetError, NvspStatus
 from hypervisor.quantities import parse_duration
-from drivers.network.netstack import NetStack, StackSettings
+from drivers.network.netstack import Interface, NetStack, StackSettings
 from vmbus.ring import FLAG_COMPLETION_REQUESTED, PKT_COMP, Packet, RingError, RingFull
 
 CONTROL_TRANS_ID = (1 << 64) - 3   # NVSP init requests (Linux's VMBUS_RQST_INIT): never an I/O id
@@ -62,6 +65,7 @@ class NetVsc(Vsc):
         self.link_up = False
         self.link_speed = 0               # bits/s
         self.stack: NetStack | None = None
+        self.interface: Interface | None = None   # this adapter's interface in the stack
         self.stats: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self.tx_queue, self.cpu_per_frame, self._init_timeout = 256, 1_000, 1_000_000_000
@@ -272,14 +276,21 @@ class NetVsc(Vsc):
         self.state = State.READY
         address = self.config.get("address")
         if address is not None:
+            shared = self.config.get("netstack")
             try:
-                self.stack = NetStack(mac=self.mac, address=address, gateway=self.config.get("gateway"),
-                                      transmit=self.transmit, clock=self.context,
-                                      settings=StackSettings(mtu=self.mtu))
-            except ValueError as exc:
+                if shared is None:
+                    stack = NetStack(clock=self.context, settings=StackSettings(mtu=self.mtu))
+                else:
+                    stack = shared
+                self.interface = stack.add_interface(mac=self.mac, address=address,
+                                                     gateway=self.config.get("gateway"), transmit=self.transmit,
+                                                     name=self.config.get("interface"))
+                self.stack = stack
+            except (ValueError, AttributeError) as exc:
                 self._fail(f"network stack: {exc}")
                 return
-        self.context.log("netvsc ready", mac=mac_text(self.mac), mtu=self.mtu, version=hex(self.version))
+        self.context.log("netvsc ready", mac=mac_text(self.mac), mtu=self.mtu, version=hex(self.version),
+                         interface=self.interface.name if self.interface else None)
 
     # -- sending ----------------------------------------------------------------------------------
 
@@ -435,8 +446,8 @@ class NetVsc(Vsc):
                 return
             self.stats["rx_frames"] += 1
             self.context.charge(self.cpu_per_frame)
-            if self.stack is not None:
-                self.stack.receive(message.data)
+            if self.interface is not None:
+                self.interface.receive(message.data)
         elif isinstance(message, p.RndisIndicateStatus):
             if message.status in (p.RNDIS_STATUS_MEDIA_CONNECT, p.RNDIS_STATUS_MEDIA_DISCONNECT):
                 self.link_up = message.status == p.RNDIS_STATUS_MEDIA_CONNECT
@@ -448,6 +459,8 @@ class NetVsc(Vsc):
 
     def on_close(self) -> None:
         self.state = State.CLOSED
+        if self.stack is not None and self.interface is not None:
+            self.stack.remove_interface(self.interface)
         self._outstanding.clear()
         self._backlog.clear()
         self._completions.clear()

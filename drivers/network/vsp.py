@@ -160,6 +160,20 @@ class NetVsp(Vsp):
     def refusals(self) -> int:
         return sum(self.refused.values())
 
+    def counters(self) -> dict:
+        """The adapter's traffic as plain data (what Measure-VM's network figures are made of):
+        frames and bytes the guest sent into the switch (out) and the switch delivered to the
+        guest (in), frames dropped either way, and refusals."""
+        st = self.stats
+        return {"mac": mac_text(self.mac) if self.mac else None,
+                "switch": self.switch.name if self.switch is not None else None,
+                "frames_out": st["tx_frames"], "bytes_out": st["tx_bytes"],
+                "frames_in": st["rx_frames"], "bytes_in": st["rx_bytes"],
+                "dropped_out": st["tx_dropped"] + st["tx_no_port"],
+                "dropped_in": sum(st[k] for k in ("rx_not_ready", "rx_no_buffer", "rx_ring_full", "rx_ring_broken",
+                                                  "rx_vm_saved")),
+                "refused": self.refusals}
+
     # -- life ---------------------------------------------------------------------------------
 
     def on_open(self) -> None:
@@ -397,6 +411,7 @@ class NetVsp(Vsp):
             self.stats["tx_no_port"] += 1
         elif self.port.send(frame):
             self.stats["tx_frames"] += 1
+            self.stats["tx_bytes"] += len(frame)
         else:
             self.stats["tx_dropped"] += 1      # the switch says why, in port.stats
 
@@ -429,6 +444,8 @@ class NetVsp(Vsp):
             self.stats["rx_ring_broken"] += 1
             return False
         self.stats["rx_frames" if sent else "rx_ring_full"] += 1
+        if sent:
+            self.stats["rx_bytes"] += len(frame)
         return sent
 
     def _passes_filter(self, frame: bytes) -> bool:
