@@ -33,13 +33,17 @@ class ScenarioError(RuntimeError):
 
 
 class ManagedHost:
+    """A host built from `config`. The simulation's seed is `seed` when given (`hvsim run --seed`:
+    the command line wins over the file), else the file's `[host] seed`, else 0; `self.seed` is
+    the one used."""
+
     def __init__(self, config: Config, *, seed: int | None = None, workdir: Path | str = ".",
                  event_log=None, record_scheduling: bool = False, pcap: Path | str | None = None):
         self.config = config
         self.workdir = Path(workdir)
         self.log = event_log
         h = config.host
-        self.seed = h.seed if h.seed is not None else (seed or 0)
+        self.seed = seed if seed is not None else h.seed if h.seed is not None else 0   # the caller's wins
         costs = {name: ns for name, ns in h.costs.items()}
         self.host = Host(logical_processors=h.logical_processors, smt=h.smt, memory=h.memory, seed=self.seed,
                          scheduler=h.scheduler, costs=costs)

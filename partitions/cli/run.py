@@ -1,90 +1,266 @@
 """`hvsim run [CONFIG]`: run a simulated host (the built-in default without a file), with a live
-Get-VM table on a terminal, then a summary; --json, --log, --trace and --pcap for the records."""
+Get-VM table on a terminal, then a summary; --json, --log, --trace and --pcap for the records.
+
+Everything that can be known before the run is checked first (`plan`, which `hvsim check` shares):
+the file, the command-line values (as the file's own keys are checked), the disks' files and
+whether every output path can be written; a problem is one line on stderr and exit status 2, with
+nothing created. Once the run has started, whatever stops it early — a timeline action that fails,
+an error that reaches the run loop (the VM it concerns is named), Ctrl-C — still gives the summary
+so far (its `outcome` says how the run ended and why), the trace and the log (ending with a
+`run.end` event); the exit status is then 1 (130 for Ctrl-C).
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import signal
 import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
-from hypervisor.quantities import parse_duration
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a simulated host from a TOML file (the built-in default host without one)",
                        description="Run a simulated host. Without CONFIG, the built-in default host: VMs "
-                                   "competing for CPU, doing disk I/O and network traffic, with heartbeats.")
+                                   "competing for CPU, doing disk I/O and network traffic, with heartbeats.",
+                       epilog="Exit status: 0 when the run completes; 2 for a problem found before it starts "
+                              "(nothing is created then); 1 when a timeline action fails or a guest raises, "
+                              "130 on Ctrl-C: the summary so far, the trace and the log are still written.")
     p.add_argument("config", nargs="?", help="host configuration (TOML); see docs/configuration.md")
-    p.add_argument("--for", dest="duration", default="5s", help="simulated time to run (default 5s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulation (default 0)")
-    p.add_argument("--workdir", default=".hvsim", help="where the default host keeps its disks (default .hvsim)")
+    add_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
-    p.add_argument("--log", metavar="FILE", help="write the structured event log (JSON lines)")
-    p.add_argument("--trace", metavar="FILE", help="write a Chrome/Perfetto trace of VP scheduling")
-    p.add_argument("--pcap", metavar="FILE", help="capture the virtual switch's frames (pcap)")
     p.set_defaults(func=run)
 
 
-def _fail(message: str) -> int:
-    print(f"hvsim run: {message}", file=sys.stderr)
-    return 2
+def add_options(p: argparse.ArgumentParser) -> None:
+    """The options `hvsim run` and `hvsim check` share."""
+    p.add_argument("--for", dest="duration", default="5s", metavar="DURATION",
+                   help="simulated time to run, with a unit: 5s, 1.5s, 250ms (default 5s)")
+    p.add_argument("--seed", default=None,
+                   help="seed of the simulation, 0..2^64-1; wins over the file's [host] seed (default: the "
+                        "file's, else 0)")
+    p.add_argument("--workdir", default=".hvsim", help="where the default host keeps its disks (default .hvsim)")
+    p.add_argument("--log", metavar="FILE", help="write the structured event log (JSON lines)")
+    p.add_argument("--trace", metavar="FILE", help="write a Chrome/Perfetto trace of VP scheduling")
+    p.add_argument("--pcap", metavar="FILE",
+                   help="capture the virtual switch's frames (pcap); with several switches, FILE.SWITCH each")
 
 
-def run(args: argparse.Namespace) -> int:
-    from partitions.config import ConfigError, default_config, load
-    from partitions.eventlog import EventLog
-    from partitions.management import ManagedHost, ScenarioError
+class UsageError(Exception):
+    """A problem found before the run: one line, without the program's name."""
+
+
+@dataclass
+class Plan:
+    """What a run will do, checked: the configuration, where its files go, for how long, the seed."""
+    config: Any                 # partitions.config_schema.Config
+    workdir: Path
+    duration: int               # ns
+    seed: int | None            # None: the file's, else 0
+
+
+def plan(args: argparse.Namespace, *, create: bool) -> Plan:
+    """Check everything a run needs that can be known before it starts; UsageError if anything is
+    wrong. `create`: make the default host's work directory (a run does; a check does not)."""
+    from partitions.config import ConfigError, command_line_value, default_config, load
     try:
-        duration = parse_duration(args.duration, "--for")
-    except ValueError as exc:
-        return _fail(str(exc))
+        duration = command_line_value("--for", args.duration, "at.time")
+        seed = None if args.seed is None else command_line_value("--seed", args.seed, "host.seed")
+    except ConfigError as exc:
+        raise UsageError(f"{exc.key}: expected {exc.expected}, got {exc.got}"
+                         + (f"; did you mean {exc.hint}?" if exc.hint else "")) from None
     try:
         if args.config:
             config = load(args.config)
             workdir = Path(args.config).resolve().parent
         else:
             workdir = Path(args.workdir).resolve()
-            workdir.mkdir(parents=True, exist_ok=True)
+            _check_directory(workdir, "--workdir")
             config = default_config(workdir)
     except ConfigError as exc:
-        return _fail(str(exc))
+        raise UsageError(str(exc)) from None
     except OSError as exc:
-        return _fail(f"{args.config}: {exc.strerror or exc}")
-    built: list = []  # the host, once built: the log's clock reads 0 until then
-    log = EventLog(args.log, lambda: built[0].host.now if built else 0) if args.log else None
-    try:
-        managed = ManagedHost(config, seed=args.seed, workdir=workdir, event_log=log,
-                              record_scheduling=bool(args.trace), pcap=args.pcap)
-    except (ScenarioError, ValueError) as exc:
-        return _fail(str(exc))
-    built.append(managed)
-    records: list = []
+        raise UsageError(f"{exc.filename or args.config or args.workdir}: {exc.strerror or exc}") from None
+    if args.config:
+        _check_directory(workdir, "the run's directory (saved states)")
+    _check_disks(config, args.config or "the default host")
+    for option, path in (("--log", args.log), ("--trace", args.trace)):
+        if path is not None:
+            _check_file(Path(path), option)
+    if args.pcap is not None:
+        names = [sw.name for sw in config.switches]
+        for path in [args.pcap] if len(names) <= 1 else [f"{args.pcap}.{name}" for name in names]:
+            _check_file(Path(path), "--pcap")
+    if create:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{workdir}: {exc.strerror or exc}") from None
+    return Plan(config, workdir, duration, seed)
 
-    def drain(m: ManagedHost) -> None:
-        if args.trace:
-            recs, _ = m.host.introspect.take_scheduling()
-            records.extend(recs)
 
-    try:
-        if sys.stdout.isatty() and not args.json:
-            _run_live(managed, duration, drain)
-        else:
-            managed.run(duration, on_progress=drain)
-    except ScenarioError as exc:
-        return _fail(str(exc))
-    finally:
+def _check_file(path: Path, option: str) -> None:
+    """That `path` can be created or overwritten, without touching it."""
+    parent = path.absolute().parent
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a directory")
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: {'no directory' if not parent.exists() else 'not a directory:'} {parent}")
+    writable = os.access(path, os.W_OK) if path.exists() else os.access(parent, os.W_OK | os.X_OK)
+    if not writable:
+        raise UsageError(f"{option} {path}: not writable")
+
+
+def _check_directory(path: Path, what: str) -> None:
+    """That `path` is a writable directory, or can be made one (its nearest existing ancestor is)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{what} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: {existing} is not writable")
+
+
+def _check_disks(config, file: str) -> None:
+    """Disks that exist are VHDs of the size the file gives; those to be created can be."""
+    from drivers.storage.vhd import VhdError, VirtualDisk
+    for i, vm in enumerate(config.vms):
+        for j, disk in enumerate(vm.disks):
+            key = f"{file}: vm[{i}].disks[{j}]"
+            if not disk.path.exists():
+                _check_directory(disk.path.parent, f"{key}.path")
+                continue
+            try:
+                with VirtualDisk.open(str(disk.path), read_only=True) as vhd:
+                    size = vhd.size
+            except (VhdError, OSError) as exc:
+                raise UsageError(f"{key}.path: {disk.path} is not a usable VHD: {exc}") from None
+            if not os.access(disk.path, os.W_OK):
+                raise UsageError(f"{key}.path: {disk.path} is not writable")
+            if disk.size is not None and disk.size != size:
+                raise UsageError(f"{key}.size: expected the size of the existing {disk.path} ({size} bytes), "
+                                 f"got {disk.size}")
+
+
+def _fail(message: str) -> int:
+    print(f"hvsim run: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def run(args: argparse.Namespace) -> int:
+    from partitions.eventlog import EventLog
+    from partitions.management import ManagedHost, ScenarioError
+    with _CtrlC() as ctrl_c:
+        try:
+            p = plan(args, create=True)
+        except UsageError as exc:
+            return _fail(str(exc))
+        built: list = []  # the host, once built: the log's clock reads 0 until then
+        log = EventLog(args.log, lambda: built[0].host.now if built else 0) if args.log else None
+        try:
+            managed = ManagedHost(p.config, seed=p.seed, workdir=p.workdir, event_log=log,
+                                  record_scheduling=bool(args.trace), pcap=args.pcap)
+        except (ScenarioError, ValueError, OSError) as exc:
+            if log is not None:
+                log.close()
+            return _fail(str(exc))
+        built.append(managed)
+        records: list = []
+
+        def progress(m: ManagedHost) -> None:
+            if args.trace:
+                recs, _ = m.host.introspect.take_scheduling()
+                records.extend(recs)
+            ctrl_c.check()
+
+        outcome, status, crash = {"status": "completed"}, 0, None
+        try:
+            ctrl_c.check()
+            if sys.stdout.isatty() and not args.json:
+                _run_live(managed, p.duration, progress)
+            else:
+                managed.run(p.duration, on_progress=progress)
+        except KeyboardInterrupt:
+            outcome, status = {"status": "interrupted", "reason": "Ctrl-C"}, EXIT_INTERRUPTED
+        except ScenarioError as exc:
+            outcome, status = {"status": "failed", "reason": str(exc)}, EXIT_FAILED
+        except Exception as exc:   # a guest that raised, or a defect of hvsim's: report it, keep the records
+            outcome, status = {"status": "failed", "reason": _naming_vms(exc, managed)}, EXIT_FAILED
+            crash = traceback.format_exc() if not _is_guest_error(exc) else None
+        if args.trace:   # what was scheduled since the last progress point, when the run stopped between two
+            records.extend(managed.host.introspect.take_scheduling()[0])
         managed.close()
+        summary = managed.summary()
+        summary["outcome"] = outcome
         if log is not None:
+            log.event("run.end", **outcome)
             log.close()
-    summary = managed.summary()
-    if args.trace:
-        _write_trace(args.trace, managed, records)
+        if args.trace:
+            _write_trace(args.trace, managed, records)
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         print()
     else:
         _print_summary(summary)
-    return 0
+    if crash is not None:
+        print(crash, file=sys.stderr, end="")
+    if status:
+        print(f"hvsim run: {outcome['status']} at {managed.host.now / 1e9:g} s: {outcome['reason']}",
+              file=sys.stderr)
+    return status
+
+
+class _CtrlC:
+    """Ctrl-C during a run stops it at the next progress point (every 100 ms of simulated time),
+    so that the summary, trace and log are written whole; a second Ctrl-C stops it at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:   # not the main thread: leave Ctrl-C as it is
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _is_guest_error(exc: BaseException) -> bool:
+    from hypervisor.guest import GuestError
+    return isinstance(exc, GuestError)
+
+
+def _naming_vms(exc: BaseException, managed) -> str:
+    """The error's message, with the VM named where it names only a partition id."""
+    text = f"{exc}" if _is_guest_error(exc) else f"{type(exc).__name__}: {exc}"
+    names = {vm.partition.id: vm.name for vm in managed.vms.values() if vm.partition is not None}
+    pid = getattr(exc, "partition_id", None)
+    if pid is None:
+        m = re.search(r"\bpartition (\d+)\b", text)
+        pid = int(m.group(1)) if m else None
+    name = getattr(exc, "vm", None) or names.get(pid)
+    return f"vm {name!r}: {text}" if name and f"vm {name!r}" not in text else text
 
 
 def _write_trace(path: str, managed, records) -> None:
@@ -108,19 +284,32 @@ def _vm_table(rows, title: str):
     return table
 
 
-def _run_live(managed, duration: int, drain) -> None:
+def _run_live(managed, duration: int, progress: Callable) -> None:
     from rich.console import Group
     from rich.live import Live
     from rich.progress import BarColumn, Progress, TextColumn
-    progress = Progress(TextColumn("simulated time"), BarColumn(),
-                        TextColumn("{task.completed:.2f} / {task.total:.2f} s"))
-    task = progress.add_task("run", total=duration / 1e9)
-    with Live(Group(_vm_table(managed.get_vm(), "Get-VM"), progress), refresh_per_second=8) as live:
+    bar = Progress(TextColumn("simulated time"), BarColumn(), TextColumn("{task.completed:.2f} / {task.total:.2f} s"))
+    task = bar.add_task("run", total=duration / 1e9)
+    with Live(Group(_vm_table(managed.get_vm(), "Get-VM"), bar), refresh_per_second=8) as live:
         def update(m) -> None:
-            drain(m)
-            progress.update(task, completed=m.host.now / 1e9)
-            live.update(Group(_vm_table(m.get_vm(), "Get-VM"), progress))
+            bar.update(task, completed=m.host.now / 1e9)
+            live.update(Group(_vm_table(m.get_vm(), "Get-VM"), bar))
+            progress(m)
         managed.run(duration, on_progress=update)
+
+
+def _measure_table(rows):
+    """Measure-VM's figures per VM: disk data (MB), normalized I/O and its rate, network (MB)."""
+    from rich.table import Table
+    columns = (("VMName", "Name"), ("AggregatedDiskDataRead(M)", "Disk read (MB)"),
+               ("AggregatedDiskDataWritten(M)", "Disk written (MB)"), ("AggregatedAverageNormalizedIOPS", "IOPS"),
+               ("NetworkInbound(M)", "Network in (MB)"), ("NetworkOutbound(M)", "Network out (MB)"))
+    table = Table(title="Measure-VM")
+    for key, title in columns:
+        table.add_column(title, justify="left" if key == "VMName" else "right")
+    for r in rows:
+        table.add_row(*[str(r[key]) for key, _ in columns])
+    return table
 
 
 def _print_summary(s: dict) -> None:
@@ -128,6 +317,7 @@ def _print_summary(s: dict) -> None:
     from rich.table import Table
     console = Console()
     console.print(_vm_table(s["vms"], f"Get-VM after {s['simulated_ns'] / 1e9:g} s (seed {s['seed']})"))
+    console.print(_measure_table(s.get("measure", [])))
     parts = Table(title="Partitions")
     for col in ("partition", "name", "CPU (ms)", "hypercalls", "failed", "VMBus msgs in/out", "VMBus packets"):
         parts.add_column(col)
@@ -138,3 +328,7 @@ def _print_summary(s: dict) -> None:
                       str(v.get("packets_in", "")) if v else "")
     console.print(parts)
     console.print(f"trace digest {s['trace_digest']}")
+    outcome = s.get("outcome", {})
+    if outcome.get("status", "completed") != "completed":
+        console.print(f"[bold red]run {outcome['status']}[/] at {s['simulated_ns'] / 1e9:g} s: {outcome['reason']}",
+                      markup=True, highlight=False)
