@@ -90,6 +90,7 @@ def plan(args: argparse.Namespace, *, create: bool) -> Plan:
     if args.config:
         _check_directory(workdir, "the run's directory (saved states)")
     _check_disks(config, args.config or "the default host")
+    _check_workloads(config, args.config or "the default host")
     for option, path in (("--log", args.log), ("--trace", args.trace)):
         if path is not None:
             _check_file(Path(path), option)
@@ -147,6 +148,26 @@ def _check_disks(config, file: str) -> None:
             if disk.size is not None and disk.size != size:
                 raise UsageError(f"{key}.size: expected the size of the existing {disk.path} ({size} bytes), "
                                  f"got {disk.size}")
+
+
+def _check_workloads(config, file: str) -> None:
+    """A python workload's module can be found (as the run will import it, on this sys.path)."""
+    import importlib.util
+
+    from partitions.config_schema import PythonWorkload
+    for i, vm in enumerate(config.vms):
+        for j, w in enumerate(vm.workloads):
+            if not isinstance(w, PythonWorkload):
+                continue
+            module = w.target.partition(":")[0]
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):   # a parent package that is missing, or fails to import
+                found = False
+            if not found:
+                key = f"vm[{i}].workload" + (f"[{j}]" if len(vm.workloads) > 1 else "")
+                raise UsageError(f"{file}: {key}.target: expected a module this Python can import, got "
+                                 f"{w.target!r} (no module {module!r} on sys.path)")
 
 
 def _fail(message: str) -> int:

@@ -83,3 +83,11 @@ def test_the_disks_a_run_would_use_are_checked(tmp_path, capsys):
 def test_a_missing_file(tmp_path, capsys):
     assert main(["check", str(tmp_path / "nope.toml")]) == 2
     assert "expected a readable file" in capsys.readouterr().err
+
+
+def test_a_python_workload_whose_module_cannot_be_found(tmp_path, capsys):
+    cfg = tmp_path / "host.toml"
+    cfg.write_text(HOST.replace('name = "b"\n', 'name = "b"\nworkload = { kind = "python", target = "no_such_mod:run" }\n'))
+    assert main(["check", str(cfg)]) == 2
+    assert f"{cfg}: vm[1].workload.target: expected a module this Python can import, got 'no_such_mod:run'" \
+        in capsys.readouterr().err
