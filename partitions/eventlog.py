@@ -70,7 +70,7 @@ class EventLog:
         event_dict["t_ns"] = int(self._clock())
         return event_dict
 
-    def event(self, name: str, **fields: Any) -> None:
+    def event(self, name: str, /, **fields: Any) -> None:
         """Write one event at the current simulated time."""
         if self._sink.closed:
             raise ValueError(f"event {name!r} logged after the event log was closed")

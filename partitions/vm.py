@@ -23,6 +23,7 @@ Anything else raises InvalidTransition, which names the VM, its state and the ac
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -34,6 +35,11 @@ from partitions.kernel import kernel_main, secondary_main
 from partitions.worker import VmSpec, VmWorker
 from partitions.vmbus_guest import GuestVmbus
 from partitions.vmbus_parent import ParentVmbus
+
+
+#: What VirtualMachine.measure() counts (Measure-VM's figures, in bytes and operations).
+MEASURED = ("disk_read_bytes", "disk_written_bytes", "disk_normalized_ios", "network_in_bytes",
+            "network_out_bytes")
 
 
 class VmState(enum.Enum):
@@ -89,6 +95,10 @@ class VirtualMachine:
         self.checkpoints = CheckpointTree(self.name, storage.host_config["path"]) if storage else None
         self.checkpoint_log: list[tuple[int, str, str]] = []  # (time, checkpoint, what happened)
         self._saved_path: str | None = None
+        self.off_reason: str | None = None     # why it went Off, if not asked to (a crash), until it starts
+        #: on_event(vm, name, fields): files it made or changed (checkpoints, saved state), for the event log
+        self.on_event: Callable[[VirtualMachine, str, dict], None] | None = None
+        self._measured_before: Counter[str] = Counter()   # Measure-VM figures of earlier incarnations
 
     @property
     def name(self) -> str:
@@ -105,11 +115,19 @@ class VirtualMachine:
 
     def _set(self, state: VmState) -> None:
         old, self.state = self.state, state
+        # Uptime counts while Running and Paused; it is zero while Saved and starts again at the
+        # restore (a new VM worker resumes it), as at a start.
+        if state is VmState.SAVED:
+            self.started_at = None
+            self._emit("savedstate.written", path=self._saved_path)
+        elif state is VmState.RUNNING and self.started_at is None:
+            self.started_at = self.host.now
         if self.on_state is not None and old is not state:
             self.on_state(self, old, state)
 
     def start(self) -> None:
         self._require("start", VmState.OFF)
+        self.off_reason = None
         self._set(VmState.STARTING)
         self._build()
         self._set(VmState.RUNNING)
@@ -155,6 +173,7 @@ class VirtualMachine:
         part = self.partition
         if part is not None:
             self._run_time_before += self.host.introspect.run_time_ns(part)
+            self._measured_before.update(self._device_figures())
             self.host._guests.detach(part.id)
             self.vmbus.detach(part)
             self.worker.destroy()
@@ -306,7 +325,7 @@ class VirtualMachine:
         def take(consistent: bool):
             cp = tree.take(name, self.host.now, consistent=consistent, serving=self.device_vsp("storage"))
             self._storage_slot.host_config["path"] = tree.live_disk
-            self.checkpoint_log.append((self.host.now, name, "consistent" if consistent else "crash-consistent"))
+            self._checkpoint_note(name, "consistent" if consistent else "crash-consistent")
             return cp
 
         vss = self.device_vsp("vss") if self.state is VmState.RUNNING else None
@@ -324,14 +343,41 @@ class VirtualMachine:
         tree = self._require_disks("apply")
         tree.apply(name)
         self._storage_slot.host_config["path"] = tree.live_disk
-        self.checkpoint_log.append((self.host.now, name, "applied"))
+        self._checkpoint_note(name, "applied")
 
     def delete_checkpoint(self, name: str) -> None:
         self._require("delete a checkpoint", VmState.RUNNING, VmState.PAUSED, VmState.OFF)
         tree = self._require_disks("delete")
+        merged_into = tree.checkpoints[name].disk if name in tree.checkpoints else None
         tree.delete(name, serving=self.device_vsp("storage"))
         self._storage_slot.host_config["path"] = tree.live_disk
-        self.checkpoint_log.append((self.host.now, name, "deleted"))
+        self._checkpoint_note(name, "deleted", merged_into=merged_into)
+
+    def _checkpoint_note(self, name: str, what: str, **fields) -> None:
+        self.checkpoint_log.append((self.host.now, name, what))
+        tree = self.checkpoints
+        if what == "applied":
+            self._emit("checkpoint.applied", checkpoint=name, disk=tree.live_disk)
+        elif what == "deleted":
+            self._emit("checkpoint.deleted", checkpoint=name, disk=tree.live_disk, **fields)
+        else:
+            self._emit("checkpoint.created", checkpoint=name, consistent=what == "consistent",
+                       frozen=tree.checkpoints[name].disk, disk=tree.live_disk)
+
+    def _emit(self, name: str, **fields) -> None:
+        if self.on_event is not None:
+            self.on_event(self, name, fields)
+
+    # ---- a guest that crashed -------------------------------------------------------------------
+    def crash(self, reason: str) -> None:
+        """The guest crashed (code on one of its VPs raised): the VM goes Off at once, as with
+        turn_off, and `off_reason` says why until it is started again."""
+        if self.state is VmState.OFF:
+            return
+        self._teardown()
+        self._saved_path = None
+        self.off_reason = reason
+        self._set(VmState.OFF)
 
     # ---- what management shows ------------------------------------------------------------------
     def device_vsp(self, name: str):
@@ -343,7 +389,38 @@ class VirtualMachine:
 
     @property
     def uptime_ns(self) -> int:
-        return 0 if self.started_at is None else self.host.now - self.started_at
+        """Time since it started (or was restored); zero while Off or Saved. Pausing does not stop it."""
+        if self.started_at is None or self.state in (VmState.OFF, VmState.SAVED):
+            return 0
+        return self.host.now - self.started_at
+
+    def measure(self) -> dict[str, int]:
+        """Measure-VM's figures since the host started, over every incarnation of the VM: disk
+        bytes read and written, normalized disk operations (8 KiB units, as Hyper-V counts them),
+        network bytes in and out (as the VM sees them)."""
+        total = self._measured_before + self._device_figures()
+        return {key: total[key] for key in MEASURED}
+
+    def _device_figures(self) -> Counter[str]:
+        """The figures of the devices open now (their VSPs count them)."""
+        figures: Counter[str] = Counter()
+        part = self.partition
+        child = self.vmbus.children.get(part.id) if part is not None else None
+        for channel in (child.channels.values() if child is not None else ()):
+            vsp = channel.vsp
+            if vsp is None:
+                continue
+            counters = _counters(vsp)   # storvsp: what each LUN moved; netvsp: its traffic
+            figures["network_in_bytes"] += counters.get("bytes_in", 0)
+            figures["network_out_bytes"] += counters.get("bytes_out", 0)
+            for lun in counters.get("luns", ()):
+                figures["disk_read_bytes"] += lun["read_bytes"]
+                figures["disk_written_bytes"] += lun["write_bytes"]
+                # Hyper-V counts an operation as one per 8 KiB it moves, at least one; from the
+                # totals that is exact while a LUN's operations are of one size.
+                ops, moved = lun["read_ops"] + lun["write_ops"], lun["read_bytes"] + lun["write_bytes"]
+                figures["disk_normalized_ios"] += max(ops, -(-moved // 8192))
+        return figures
 
     def run_time_ns(self) -> int:
         part = self.partition
@@ -360,7 +437,18 @@ class VirtualMachine:
         part = self.partition
         info = self.host.introspect.partition_info(part) if part is not None else None
         return {"name": self.name, "state": self.state.value,
+                "reason": self.off_reason if self.state is VmState.OFF else None,
                 "memory_assigned_mib": (info["pages_owned"] * 4096 // 2**20) if info else 0,
                 "uptime_ns": self.uptime_ns, "status": self.heartbeat_status(),
                 "partition_id": part.id if part is not None else None,
                 "hypercalls": info["hypercalls"] if info else 0}
+
+
+def _counters(vsp) -> dict:
+    """A VSP's counters() (storvsp's, netvsp's), or {} if it has none or they fail: figures
+    for a view must not take the host down."""
+    try:
+        counters = vsp.counters() if callable(getattr(vsp, "counters", None)) else {}
+    except Exception:
+        return {}
+    return counters if isinstance(counters, dict) else {}

@@ -73,6 +73,7 @@ class GuestVmbus:
         self.devices: dict[str, Vsc] = {}
         self.events: list[ClientEvent] = []
         self.log_entries: list[tuple] = []
+        self.on_log: Callable[[str, dict], None] | None = None
         self._pending: list[ClientEvent] = []
         self._gpadl_done: dict[int, Callable[[int, bool], None]] = {}
         self._views = 0x40000000  # own-view ids for buffers (ring views use the relid)
@@ -88,6 +89,8 @@ class GuestVmbus:
 
     def log(self, event: str, **fields: Any) -> None:
         self.log_entries.append((self.partition.host.now, event, fields))
+        if self.on_log is not None:  # the host's event log (the management sets it)
+            self.on_log(event, fields)
 
     def _bind(self, offer: OfferChannel) -> DeviceType | None:
         return self.registry.by_class(offer.interface_id)

@@ -22,6 +22,10 @@ from vmbus.ring import PKT_DATA_INBAND, Packet, RingError
 
 DEFAULT_TIMEOUT = "5s"
 
+# Exchanges not logged one by one: negotiation is logged by its outcome, and a heartbeat every
+# period would flood the log (its status changes are logged instead).
+_QUIET = (f.NEGOTIATE, f.HEARTBEAT)
+
 
 class Negotiation(Enum):
     PENDING = "pending"
@@ -83,9 +87,15 @@ class IcVsp(Vsp):
     def on_ready(self) -> None:
         """Negotiation succeeded (or the VSP was restored): start the service."""
 
+    def describe(self, request) -> dict:
+        """A request's fields for the event log (a subclass says what its requests carry)."""
+        return {}
+
     def _submit(self, msgtype: int, body, *, request=None, decode=None, on_done=None) -> Exchange:
         ex = Exchange(self._next_id, msgtype, request, on_done=on_done, body=body, decode=decode)
         self._next_id += 1
+        if msgtype not in _QUIET:
+            self.context.log("requested", exchange=ex.id, **self.describe(request))
         if not self._open:
             self._finish(ex, error="channel not open")
         elif self.negotiation is Negotiation.FAILED:
@@ -126,14 +136,14 @@ class IcVsp(Vsp):
         if ex.ok and ex.reply is not None:
             self.framework, self.version = ex.reply
             self.negotiation = Negotiation.DONE
-            self.context.log("ic negotiated", service=f.MESSAGE_TYPES.get(self.MSGTYPE),
+            self.context.log("negotiated", service=f.MESSAGE_TYPES.get(self.MSGTYPE),
                              framework=str(self.framework), version=str(self.version))
             self.on_ready()
             self._pump()  # what was asked before negotiation finished
             return
         self.negotiation = Negotiation.FAILED
         why = ex.error or ("no common version" if ex.ok else f"status {f.status_name(ex.status)}")
-        self.context.log("ic negotiation failed", service=f.MESSAGE_TYPES.get(self.MSGTYPE), why=why)
+        self.context.log("negotiation_failed", service=f.MESSAGE_TYPES.get(self.MSGTYPE), why=why)
         while self._queue:
             self._finish(self._queue.popleft(), error="not negotiated")
 
@@ -172,6 +182,9 @@ class IcVsp(Vsp):
 
     def _finish(self, ex: Exchange, *, status=None, reply=None, error=None) -> None:
         ex.status, ex.reply, ex.error = status, reply, error
+        if ex.msgtype not in _QUIET:
+            self.context.log("answered", exchange=ex.id, status=None if status is None else f.status_name(status),
+                             error=error)
         if self._inflight is ex:
             self._inflight = self._sent = None
             self._pump()
@@ -197,7 +210,7 @@ class IcVsp(Vsp):
                 reply = ex.decode(ex.request, body) if ok and ex.decode else None
             except f.IcError as exc:  # refused; the exchange in flight keeps waiting
                 self.rejected += 1
-                self.context.log("ic answer rejected", service=f.MESSAGE_TYPES.get(self.MSGTYPE),
+                self.context.log("answer_rejected", service=f.MESSAGE_TYPES.get(self.MSGTYPE),
                                  why=str(exc))
                 continue
             self._finish(ex, status=header.status, reply=reply)

@@ -28,7 +28,7 @@ def test_the_default_host_shows_contention_disk_network_heartbeats_and_a_checkpo
     assert (tmp_path / "w").is_dir() and any((tmp_path / "w").glob("*.vhd"))
     assert pcap.stat().st_size > 24
     events = [json.loads(line) for line in log.read_text().splitlines()]
-    assert all("t_ns" in e for e in events) and any(e["event"] == "vm_state" for e in events)
+    assert all("t_ns" in e for e in events) and any(e["event"] == "vm.state" for e in events)
     doc = json.loads(trace.read_text())
     assert any(e.get("ph") == "X" for e in doc["traceEvents"])                       # VP slices per LP
     assert any(e.get("ph") == "i" and e["name"] == "OfferChannel" for e in doc["traceEvents"])  # VMBus

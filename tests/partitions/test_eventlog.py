@@ -1,8 +1,11 @@
 """The structured event log: JSON lines with the simulated time on every event, deterministic, and
-its own structlog pipeline (the global configuration is neither used nor changed)."""
+its own structlog pipeline (the global configuration is neither used nor changed); and the events a
+managed host writes, each documented in docs/events.md and each naming its VM."""
 import enum
 import io
 import json
+import pathlib
+import re
 import uuid
 
 import pytest
@@ -10,6 +13,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
+from drivers.example.vsp import EchoVsp
 from partitions.eventlog import RESERVED, EventLog
 
 
@@ -131,3 +135,220 @@ def test_any_json_fields_round_trip(name, fields, t):
     (line,) = log.lines
     assert json.loads(line) == {**fields, "event": name, "t_ns": t}
     assert line == json.dumps(json.loads(line), sort_keys=True)
+
+
+# ---- the events a managed host writes, against docs/events.md ----------------------------------
+
+DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs" / "events.md"
+BUILT_IN_DEVICES = ("heartbeat", "shutdown", "timesync", "kvp", "vss", "storage", "network", "echo")
+
+
+def documented():
+    """(event names, {family: its documented <event> parts}) from docs/events.md's tables."""
+    names, families, family = set(), {}, None
+    for line in DOCS.read_text().splitlines():
+        if line.startswith("#"):
+            m = re.search(r"`([a-z]+(?:\.<[a-z]+>)*\.<event>)`", line)
+            family = m.group(1) if m else None
+            if family:
+                families[family] = set()
+            continue
+        m = re.match(r"\|\s*`([^`]+)`\s*\|", line)
+        if m:
+            (families[family] if family else names).add(m.group(1))
+    return names, families
+
+
+def undocumented(events, names, families):
+    """The events of `events` docs/events.md does not describe."""
+    missing = set()
+    for e in events:
+        if e in names:
+            continue
+        family, _, part = e.rpartition(".")
+        if family.startswith("device."):
+            # A plugin's events are its own; the built-in devices' are listed.
+            if family.split(".")[1] in BUILT_IN_DEVICES and part not in families["device.<device>.<event>"]:
+                missing.add(e)
+        elif f"{family}.<event>" not in families or part not in families[f"{family}.<event>"]:
+            missing.add(e)
+    return missing
+
+
+def _family(event, families):
+    for family in families:
+        if re.fullmatch(re.escape(family).replace(re.escape("<device>"), r"[^.]+").replace(re.escape("<event>"),
+                                                                                           r"[^.]+"), event):
+            return family
+    return None
+
+
+class _TimerFails(EchoVsp):
+    def on_open(self):
+        self.context.call_later(1_000_000, lambda: 1 / 0)
+
+
+class _OpenFails(EchoVsp):
+    def on_open(self):
+        raise RuntimeError("cannot open")
+
+
+class _Chatty(EchoVsp):
+    def on_open(self):
+        for i in range(105):
+            self.context.log("note", n=i, vm="mine")
+
+
+async def misbehave(ctx):
+    """A python workload: a hypercall the core refuses, then a crash at 0.5 s."""
+    from hypervisor import HvError
+    try:
+        ctx.partition.post_message(connection_id=0x7777, message_type=1, payload=b"x")
+    except HvError:
+        pass
+    await ctx.sleep("0.5s")
+    raise RuntimeError("guest bug")
+
+
+SCENARIO = """
+[host]
+logical_processors = 2
+memory = "1GiB"
+
+[[vm]]
+name = "a"
+memory = "64MiB"
+workload = {{ kind = "python", target = "tests.partitions.test_eventlog:misbehave" }}
+
+[[vm]]
+name = "b"
+memory = "64MiB"
+disks = [ {{ path = "{dir}/b.vhd", size = "16MiB", type = "dynamic" }} ]
+
+[[vm]]
+name = "c"
+memory = "64MiB"
+
+[[at]]
+time = "0.2s"
+action = "checkpoint"
+vm = "b"
+name = "one"
+
+[[at]]
+time = "0.4s"
+action = "save"
+vm = "b"
+
+[[at]]
+time = "0.6s"
+action = "restore"
+vm = "b"
+
+[[at]]
+time = "0.8s"
+action = "turn-off"
+vm = "b"
+
+[[at]]
+time = "0.9s"
+action = "apply-checkpoint"
+vm = "b"
+name = "one"
+
+[[at]]
+time = "1s"
+action = "delete-checkpoint"
+vm = "b"
+name = "one"
+"""
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return scenario_events(tmp_path_factory.mktemp("scenario"), monkeypatch)
+
+
+def scenario_events(tmp_path, monkeypatch):
+    """Every event of a run built to make each of the host's own events happen at least once."""
+    import uuid as _uuid
+
+    from drivers.device import DeviceType
+    from drivers.example.vsc import EchoVsc
+    from drivers.registry import LoadError, discover
+    from partitions import management
+    from partitions.config import AtConfig, loads
+    from partitions.vm import DeviceSlot
+
+    plugins = [DeviceType(name, _uuid.uuid5(_uuid.NAMESPACE_URL, f"hvsim-test/{name}"), type(vsp.__name__, (vsp,), {}),
+                          type(f"{name}Vsc", (EchoVsc,), {}))
+               for name, vsp in (("flaky", _TimerFails), ("stiff", _OpenFails), ("chatty", _Chatty))]
+
+    def registry():
+        r = discover()
+        for d in plugins:
+            r.add(d)
+        r.errors.append(LoadError("broken = nowhere:DEVICE", "broken-plugin", "ModuleNotFoundError: nowhere"))
+        return r
+
+    monkeypatch.setattr(management, "discover", registry)
+    built = []
+    log = EventLog(None, lambda: built[0].host.now if built else 0)
+    m = management.ManagedHost(loads(SCENARIO.format(dir=tmp_path), base_dir=tmp_path), workdir=tmp_path,
+                               event_log=log)
+    built.append(m)
+    m.vms["c"].devices += [DeviceSlot(d) for d in plugins]
+    m.run("1.5s")
+    with pytest.raises(management.ScenarioError):
+        m._act(AtConfig(1_500_000_000, "resume", "b"))   # b is Off: the action fails at run time
+    return log.records()
+
+
+def test_every_documented_event_happens_and_every_event_is_documented(tmp_path, scenario, capsys):
+    from partitions.cli import main
+    names, families = documented()
+    assert {"vm.state", "vm.crashed", "channel.broken", "hypercall.failed"} <= names
+    assert set(families) == {"vmbus.<event>", "device.<device>.<event>", "guest.<event>"}
+    # The default host for 5 s, as `hvsim run --log` writes it.
+    log_path = tmp_path / "default.jsonl"
+    assert main(["run", "--for", "5s", "--workdir", str(tmp_path / "w"), "--log", str(log_path), "--json"]) == 0
+    capsys.readouterr()
+    default = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert undocumented({e["event"] for e in default}, names, families) == set()
+    produced = {e["event"] for e in default + scenario}
+    assert undocumented(produced, names, families) == set()
+    assert names - produced == set()                                   # each one happens somewhere
+    assert {f for f in families if any(_family(e, [f]) for e in produced)} == set(families)
+    # Every line about a VM names it; none names a partition without its VM.
+    for e in default + scenario:
+        if "partition" in e and e["partition"] != 1:
+            assert e.get("vm")
+        if e["event"].startswith(("vm.", "checkpoint.", "savedstate.", "channel.", "device.", "guest.", "vmbus.")):
+            assert e.get("vm"), e
+
+
+def test_what_a_plugin_device_logs_names_its_vm_and_device_and_is_bounded(scenario):
+    events = scenario
+    notes = [e for e in events if e["event"] == "device.chatty.note"]
+    assert len(notes) == 100 and notes[0]["vm"] == "c" and notes[0]["device"] == "chatty" and notes[0]["n"] == 0
+    assert notes[0]["_vm"] == "mine"                                # its own field, kept apart from ours
+    assert [e for e in events if e["event"] == "log.suppressed"] == [
+        {"event": "log.suppressed", "t_ns": notes[-1]["t_ns"], "vm": "c", "name": "device.chatty.note", "after": 100}]
+    broken = next(e for e in events if e["event"] == "channel.broken")
+    assert (broken["vm"], broken["device"]) == ("c", "flaky") and "ZeroDivisionError" in broken["why"]
+    failed = next(e for e in events if e["event"] == "device.failed")
+    assert (failed["vm"], failed["device"]) == ("c", "stiff") and "cannot open" in failed["why"]
+    crashed = next(e for e in events if e["event"] == "vm.crashed")
+    assert (crashed["vm"], crashed["error"]) == ("a", "RuntimeError: guest bug")
+    hypercalls = [e for e in events if e["event"] == "hypercall.failed"]
+    assert hypercalls[0]["vm"] == "a" and hypercalls[0]["count"] >= 1
+    kinds = [(e["event"], e.get("checkpoint")) for e in events if e["event"].startswith(("checkpoint.", "savedstate."))]
+    assert kinds == [("checkpoint.created", "one"), ("savedstate.written", None), ("checkpoint.applied", "one"),
+                     ("checkpoint.deleted", "one")]
+
+
+def test_a_field_may_be_called_name():
+    log = EventLog(None, lambda: 0)
+    log.event("log.suppressed", name="device.x.y", after=100)
+    assert log.records() == [{"event": "log.suppressed", "t_ns": 0, "name": "device.x.y", "after": 100}]

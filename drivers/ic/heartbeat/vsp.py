@@ -74,7 +74,7 @@ class HeartbeatVsp(IcVsp):
     def _note_status(self) -> None:
         status = self.status
         if status is not self._shown:
-            self.context.log("heartbeat status", status=status.value, was=self._shown.value)
+            self.context.log("status", status=status.value, was=self._shown.value)
             self._shown = status
 
     def save(self) -> dict:

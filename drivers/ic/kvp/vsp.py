@@ -9,9 +9,15 @@ from drivers.ic.kvp import protocol as p
 from drivers.ic.vsp import Exchange, IcVsp
 
 
+_OPERATIONS = {p.GET: "get", p.SET: "set", p.DELETE: "delete", p.ENUMERATE: "enumerate"}
+
+
 class KvpVsp(IcVsp):
     MSGTYPE = f.KVP_EXCHANGE
     VERSIONS = p.VERSIONS
+
+    def describe(self, request) -> dict:
+        return {"operation": _OPERATIONS.get(request.op, request.op), "pool": request.pool, "key": request.key}
 
     def set(self, pool: int, key: str, value: str, on_done=None) -> Exchange:
         return self._ask(p.KvpMessage(p.SET, pool, key, value), on_done)

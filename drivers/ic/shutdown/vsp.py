@@ -15,6 +15,9 @@ class ShutdownVsp(IcVsp):
         super().__init__(channel, config, context)
         self.shutdown_result: Exchange | None = None
 
+    def describe(self, request) -> dict:
+        return {"restart": request.restart, "force": request.force, "reason": request.reason}
+
     def request_shutdown(self, reason: int = p.REASON_PLANNED, *, force: bool = False,
                          restart: bool = False, message: str = "", timeout_s: int = 30,
                          on_done=None) -> Exchange:

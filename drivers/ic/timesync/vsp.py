@@ -24,6 +24,9 @@ class TimesyncVsp(IcVsp):
         self.stratum = int(self.config.get("stratum", 2))
         self._last: Exchange | None = None
 
+    def describe(self, request) -> dict:
+        return {"kind": "sync" if request == p.SYNC else "sample"}
+
     def host_time_ns(self) -> int:
         return self.epoch_ns + self.context.now()
 

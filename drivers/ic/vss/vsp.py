@@ -39,6 +39,9 @@ class VssVsp(IcVsp):
         self.history: list[tuple[int, str]] = []   # (simulated time, step)
         self._backup: Backup | None = None
 
+    def describe(self, request) -> dict:
+        return {"operation": {p.FREEZE: "freeze", p.THAW: "thaw"}.get(request, request)}
+
     def freeze(self, on_done=None) -> Exchange:
         return self._submit(f.VSS, p.message(p.FREEZE), request=p.FREEZE, on_done=on_done)
 

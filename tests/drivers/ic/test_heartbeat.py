@@ -34,7 +34,7 @@ def test_a_hung_guest_is_lost_after_lost_after_periods_then_found_again():
     pair.vsc.resume()
     pair.ctx.advance(1 * S)
     assert pair.vsp.status is HeartbeatStatus.OK
-    changes = [e[2]["status"] for e in pair.ctx.events if e[1] == "heartbeat status"]
+    changes = [e[2]["status"] for e in pair.ctx.events if e[1] == "status"]
     assert changes == ["ok", "lost contact", "ok"]
 
 
