@@ -96,6 +96,8 @@ def plan(args: argparse.Namespace, *, create: bool) -> Plan:
             _check_file(Path(path), option)
     if args.pcap is not None:
         names = [sw.name for sw in config.switches]
+        if not names:
+            raise UsageError(f"--pcap {args.pcap}: {args.config or 'the host'} has no [[switch]] to capture")
         for path in [args.pcap] if len(names) <= 1 else [f"{args.pcap}.{name}" for name in names]:
             _check_file(Path(path), "--pcap")
     if create:

@@ -91,3 +91,10 @@ def test_a_python_workload_whose_module_cannot_be_found(tmp_path, capsys):
     assert main(["check", str(cfg)]) == 2
     assert f"{cfg}: vm[1].workload.target: expected a module this Python can import, got 'no_such_mod:run'" \
         in capsys.readouterr().err
+
+
+def test_a_capture_of_a_host_without_switches_is_refused(tmp_path, capsys):
+    cfg = tmp_path / "host.toml"
+    cfg.write_text('[[vm]]\nname = "a"\n')
+    assert main(["check", str(cfg), "--pcap", str(tmp_path / "x.pcap")]) == 2
+    assert f"--pcap {tmp_path / 'x.pcap'}: {cfg} has no [[switch]] to capture" in capsys.readouterr().err
