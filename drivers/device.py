@@ -5,6 +5,14 @@ Both sides are plain objects with the same shape: built on an open channel end, 
 channel opens, handed every batch of packets the peer's signal brought, told when it closes. A
 side that can carry its state across save/restore returns a plain record from `save()` and is
 rebuilt by `restore(channel, state)`; one that cannot raises `SaveUnsupported` (the default).
+
+A VSP is also quiesced before its VM's memory is saved and resumed after the restore (as Hyper-V
+does): between `quiesce()` and `resume()` nothing of the VSP may touch the guest's memory, which
+is wiped while the VM is Saved. The parent's VMBus service enforces the part it can see for every
+VSP, so the defaults (do nothing) are safe for a device that writes to the guest only from
+`on_packets` and its timers: no packets are delivered, its timers are held (time stands still for
+them, see partitions/device_context.py) and `channel.send` raises `DeviceQuiesced`. A VSP that
+writes on its own account (frames from a switch, a host API) overrides `quiesce`/`resume`.
 """
 from __future__ import annotations
 
@@ -13,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from vmbus.channel import ChannelEnd
-from vmbus.ring import Packet
+from vmbus.ring import Packet, RingFull
 
 
 class DeviceContext:
@@ -60,13 +68,15 @@ class ManualContext(DeviceContext):
         self.events: list[tuple[int, str, dict]] = []
         self._timers: list[tuple[int, int, Any]] = []
         self._seq = 0
+        self._held: int | None = None   # when hold() stopped the timers
 
     def now(self) -> int:
         return self.time
 
     def call_later(self, delay_ns: int, fn) -> None:
         self._seq += 1
-        self._timers.append((self.time + max(0, int(delay_ns)), self._seq, fn))
+        start = self.time if self._held is None else self._held  # held: it counts from the release
+        self._timers.append((start + max(0, int(delay_ns)), self._seq, fn))
         self._timers.sort(key=lambda t: (t[0], t[1]))
 
     def charge(self, ns: int) -> None:
@@ -76,17 +86,33 @@ class ManualContext(DeviceContext):
         self.events.append((self.time, event, fields))
 
     def advance(self, ns: int) -> None:
-        """Move the clock by ns, running each timer due on the way, in order."""
+        """Move the clock by ns, running each timer due on the way, in order (none while held)."""
         end = self.time + ns
-        while self._timers and self._timers[0][0] <= end:
+        while self._held is None and self._timers and self._timers[0][0] <= end:
             when, _, fn = self._timers.pop(0)
             self.time = when
             fn()
         self.time = end
 
+    def hold(self) -> None:
+        """Stop the timers as the parent does for a quiesced VSP (its VM saved): from now until
+        release() none runs, and each then has the time it had left."""
+        if self._held is None:
+            self._held = self.time
+
+    def release(self) -> None:
+        if self._held is not None:
+            gap, self._held = self.time - self._held, None
+            self._timers = [(when + gap, seq, fn) for when, seq, fn in self._timers]
+
 
 class SaveUnsupported(RuntimeError):
     """This device cannot save its state (its VM cannot be saved while it is open)."""
+
+
+class DeviceQuiesced(RingFull):
+    """The channel's VM is being saved or is Saved: its rings cannot be written until the VSP is
+    resumed. A RingFull, so that a VSP which keeps what the ring refused sends it later."""
 
 
 class DeviceSide:
@@ -121,6 +147,16 @@ class DeviceSide:
 
 class Vsp(DeviceSide):
     """The parent side of a device (a virtualization service provider)."""
+
+    def quiesce(self) -> None:
+        """The VM is about to be saved: stop producing into the rings and guest buffers until
+        resume(). Work in flight either completes into the ring now (before the memory snapshot)
+        or stays in this object's state and finishes after resume(). Timers need no care: the
+        parent holds them until resume(). Called once per save, with the channel open."""
+
+    def resume(self) -> None:
+        """The VM's memory and processors are back (a restore, or a save that failed): carry on
+        from where quiesce() left off. Packets the guest sent meanwhile come next."""
 
 
 class Vsc(DeviceSide):

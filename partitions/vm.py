@@ -5,15 +5,18 @@ States (Hyper-V's): Off, Starting, Running, Paused, Saving, Saved, Stopping, Res
     start       Off -> Starting -> Running        build the partition, offer devices, run the guest
     stop        Running -> Stopping -> Off        graceful: the shutdown integration service asks
                                                   the guest, which stops; then the partition goes
-    turn_off    Running|Paused|Stopping -> Off    at once, the guest is not asked
+    turn_off    Running|Paused|Stopping|Saved -> Off   at once, the guest is not asked (a saved
+                                                  state is discarded)
     pause       Running -> Paused                 its VPs stop being scheduled
     resume      Paused -> Running
     quick_reset Running|Paused -> Resetting -> Running   turn off and start again
-    save        Running|Paused -> Saving -> Saved  memory, VP state and device records to a file
-                                                  (partitions/savedstate.py); the partition's
-                                                  memory is wiped, its shell and devices wait
+    save        Running|Paused -> Saving -> Saved  devices quiesced, then memory, VP state and
+                                                  device records to a file (partitions/savedstate.py);
+                                                  the partition's memory is wiped, its shell and
+                                                  devices wait, and nothing touches it
     restore     Saved -> Starting -> Running      the file is checked whole first, then memory
-                                                  and VP state come back from it
+                                                  and VP state come back from it, then the
+                                                  devices resume
     checkpoint  Running|Paused|Off                a production checkpoint of its disks (VSS when
                                                   the guest offers it), disks fork (partitions/checkpoints.py)
     apply_checkpoint   Off                        continue from a checkpoint
@@ -181,8 +184,11 @@ class VirtualMachine:
         self.started_at = None
 
     def turn_off(self) -> None:
+        """Off at once; the guest is not asked. A Saved VM's saved state is discarded (its next
+        start boots afresh), as Hyper-V deletes it."""
         self._require("turn off", VmState.RUNNING, VmState.PAUSED, VmState.STOPPING, VmState.SAVED)
         self._teardown()
+        self._saved_path = None
         self._set(VmState.OFF)
 
     def stop(self, *, force: bool = False) -> None:
@@ -233,10 +239,15 @@ class VirtualMachine:
         return h.hexdigest()
 
     def save(self, path) -> None:
-        """Save the VM to `path`. While Saved its memory lives only in the file (the partition's
-        pages are wiped); N.B. hvsim keeps the partition's shell (VPs, ports, device objects) in
-        the parent meanwhile, so a restore continues in this process; device records are written
-        for the devices that can save, the others are named in the file as not saved."""
+        """Save the VM to `path`, in Hyper-V's order: its VPs stop, its devices are quiesced (each
+        VSP stops producing into the guest's memory; the VSPs' and the guest's device timers stand
+        still), then VP state, device records and memory go to the file. While Saved its memory
+        lives only in the file (the partition's pages are wiped) and nothing reaches the
+        partition: the parent holds what would, and its SynIC pages and synthetic timers are off.
+        N.B. hvsim keeps the partition's shell (VPs, ports, device objects) in the parent
+        meanwhile, so a restore continues in this process; device records are written for the
+        devices that can save, the others are named in the file as not saved. A save that fails
+        leaves the VM as it was, its devices resumed."""
         from partitions.savedstate import SavedStateWriter
         self._require("save", VmState.RUNNING, VmState.PAUSED)
         was = self.state
@@ -244,6 +255,7 @@ class VirtualMachine:
         if was is VmState.RUNNING:
             self.host.root.suspend_partition(part)
         self._set(VmState.SAVING)
+        self._quiesce_devices()
         try:
             names = self._saved_registers()
             vps = [{"index": vp.index, "registers": [[int(n), v] for n, v in zip(
@@ -270,12 +282,14 @@ class VirtualMachine:
                         mem.write_record([gpa, data])
                 mem.close()
         except Exception:
+            self._resume_devices()
             self._set(was)
             if was is VmState.RUNNING:
                 self.host.root.resume_partition(part)
             raise
         for gpa in pages:  # the state now lives in the file
             part.write(gpa * 4096, bytes(4096))
+        self._synic_off(part)
         self._saved_path = str(path)
         self._set(VmState.SAVED)
 
@@ -301,10 +315,39 @@ class VirtualMachine:
         self._set(VmState.STARTING)
         for gpa, data in records:
             part.write(gpa * 4096, data)
-        for v in vps:
+        from hypervisor import Register
+        for v in vps:  # SynIC pages and synthetic timers on again, as they were
             self.host.root.set_vp_registers(part, v["index"], {int(k): val for k, val in v["registers"]})
+            # An EOM delivers what the hypervisor queued for the VP meanwhile (its slots were off).
+            self.host.root.set_vp_registers(part, v["index"], {Register.EOM: 0})
+        self._resume_devices()
         self.host.root.resume_partition(part)
         self._set(VmState.RUNNING)
+
+    def _quiesce_devices(self) -> None:
+        # The VSPs first: a quiesce hook may still complete work into its ring. A hook that
+        # fails breaks its own channel (the parent's service logs it); the save goes on.
+        self.vmbus.quiesce(self.partition)
+        if self.stack is not None:
+            self.stack.quiesce()
+
+    def _resume_devices(self) -> None:
+        if self.stack is not None:
+            self.stack.resume()
+        self.vmbus.resume(self.partition)
+
+    def _synic_off(self, part) -> None:
+        """While Saved, the hypervisor has nowhere in the partition to put a message or an event
+        flag (its pages would land in wiped memory and be lost on restore): the SynIC pages and
+        synthetic timers of every VP go off; the registers in the file turn them back on."""
+        from hypervisor import Register
+        from hypervisor.synic import STIMER_COUNT
+        timers_off = {Register[f"STIMER{n}_CONFIG"]: 0 for n in range(STIMER_COUNT)}
+        for vp in part.vps:
+            simp, siefp = self.host.root.get_vp_registers(part, vp.index, [Register.SIMP, Register.SIEFP])
+            page_enable = 1  # bit 0 of SIMP and SIEFP (TLFS)
+            self.host.root.set_vp_registers(part, vp.index, {
+                Register.SIMP: simp & ~page_enable, Register.SIEFP: siefp & ~page_enable, **timers_off})
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def _require_disks(self, action: str) -> CheckpointTree:

@@ -215,6 +215,17 @@ class GuestVmbus:
         if self.on_poll is not None:
             self.on_poll(self)
 
+    # ---- the VM saved and restored ------------------------------------------------------------
+    def quiesce(self) -> None:
+        """The VM is being saved (its VPs are suspended already). The devices' timers stop with
+        the guest's time: each runs after the restore as long after it as it had left. Nothing
+        else of the stack runs but on VP 0, and the rings and SynIC pages come back with memory."""
+        self.context.timers.hold(None)
+
+    def resume(self) -> None:
+        """The VM was restored: its devices' timers run again."""
+        self.context.timers.release(None)
+
     def boot(self, ctx) -> None:
         """What the guest kernel does once: SynIC on (message and flag pages, SINT 2), then
         contact the host; negotiation, offers and opens follow as messages arrive."""

@@ -9,13 +9,19 @@ Per child it sets up, before the child runs:
     them: host->guest messages, and host->guest channel signals (flag = relid);
   - per offered channel, a root event port (one flag of the root's SINT 2) the child signals on
     the offer's connection id.
+
+A child is quiesced while its VM is saved (quiesce/resume): its memory is wiped while the VM is
+Saved, so from the VSPs' quiesce() hooks until their resume() nothing reaches it. The service
+holds what would: the VSPs' timers (time stands still for them), the signals and messages for it
+and the messages it sent; its channel ends refuse writes (DeviceQuiesced) and reads. On resume,
+on the service's own VP, it replays them in order and reads every ring of the child.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from drivers.device import DeviceContext, DeviceType, Vsp
+from drivers.device import DeviceContext, DeviceQuiesced, DeviceType, Vsp
 from hypervisor import Host, Partition, Register
 from hypervisor.status import HvError, HvStatus
 from hypervisor.synic import (PortType, clear_message_slot, read_message_slot, simp_value, siefp_value,
@@ -54,6 +60,10 @@ class _Child:
     channels: dict[int, _Channel] = field(default_factory=dict)  # relid -> channel
     outbox: list[bytes] = field(default_factory=list)       # messages waiting for buffers
     context: EndpointContext | None = None                  # what this child's VSPs see
+    quiesced: bool = False        # its VM is being saved or is Saved: nothing may reach its memory
+    quiesced_at: int = 0          # when it was last quiesced
+    held_in: list[tuple[bytes, int]] = field(default_factory=list)  # (message, connection) it sent meanwhile
+    held_signals_out: dict[int, None] = field(default_factory=dict)  # relids to signal to it on resume
     stats: dict = field(default_factory=lambda: {"messages_in": 0, "messages_out": 0, "packets_in": 0})
 
 
@@ -99,10 +109,14 @@ class _Notifier:
         relid = request.relid
 
         def signal_guest() -> None:
+            if child.quiesced:
+                child.held_signals_out[relid] = None
+                return
             service.host.root.signal_event(child.to_child_evt, relid, via=service.vp)
 
         try:
-            end = ChannelEnd.host(grant.view, request.downstream_page_offset, signal_guest)
+            end = _HostEnd.host(grant.view, request.downstream_page_offset, signal_guest)
+            end.child = child
         except ValueError as exc:
             self.log("ring gpadl unusable", relid=relid, error=str(exc))
             return STATUS_UNSUCCESSFUL
@@ -141,18 +155,35 @@ class _Notifier:
         self.service.record(self.child.partition.id, event, fields)
 
 
-class _ChildContext(EndpointContext):
-    """One child's VSPs' context: the service's timers and CPU account, this child's GPADLs."""
+class _HostEnd(ChannelEnd):
+    """The parent's end of a channel: while its child is quiesced the ring is not there to be
+    written or read (the child's memory is wiped while Saved)."""
 
-    def __init__(self, shared: EndpointContext, host, log, *, gpadl_view):
-        super().__init__(host, log, gpadl_view=gpadl_view)
-        self._shared = shared
+    child: _Child
+
+    def send(self, payload, **kw) -> None:
+        if self.child.quiesced:
+            raise DeviceQuiesced("the VM is saved: its rings cannot be written until it is restored")
+        super().send(payload, **kw)
+
+    def receive(self):
+        return [] if self.child.quiesced else super().receive()
+
+
+class _ChildContext(EndpointContext):
+    """One child's VSPs' context: the service's timer queue (in this child's group, held while
+    the child is quiesced) and CPU account, this child's GPADLs."""
+
+    def __init__(self, service: ParentVmbus, child: Partition, log, *, gpadl_view):
+        super().__init__(service.host, log, gpadl_view=gpadl_view, timers=service.context.timers, group=child.id)
+        self._service = service
 
     def call_later(self, delay_ns: int, fn) -> None:
-        self._shared.call_later(delay_ns, fn)
+        super().call_later(delay_ns, fn)
+        self._service._wake_for_timers()
 
     def charge(self, ns: int) -> None:
-        self._shared.charge(ns)
+        self._service.context.charge(ns)
 
 
 class _ChannelContext(DeviceContext):
@@ -206,6 +237,15 @@ class ParentVmbus:
         root.set_vp_registers(root, vp_index, {
             Register.SIMP: simp_value(self.simp), Register.SIEFP: siefp_value(self.siefp),
             Register.SCONTROL: 1, Register.SINT0 + VMBUS_MESSAGE_SINT: sint_value(0x32)})
+        # The service's own doorbell: flag 0 of its SINT (no channel has it). Signalling it wakes
+        # the service's VP when work for it comes from outside its loop (timers a resumed VM's
+        # devices get back, timers armed by a management call) earlier than the VP meant to wake.
+        doorbell_port, self._doorbell = self._new_id(), self._new_id()
+        root.create_port(None, doorbell_port, port_type=PortType.EVENT, target_sint=VMBUS_MESSAGE_SINT,
+                         target_vp=vp_index, base_flag=0, flag_count=1, connection_partition=root)
+        root.connect_port(None, self._doorbell, None, doorbell_port, port_type=PortType.EVENT)
+        self._asleep_until: int | None | bool = False   # False: not halted; None: halted with no timeout
+        self._resuming: dict[int, _Child] = {}   # children restored whose devices resume on the next pass
         self.vp.run(self._serve)
 
     def _new_id(self) -> int:
@@ -241,7 +281,7 @@ class ParentVmbus:
             grant = host.grants.get(child, gpadl_id)
             return grant.view if grant is not None else None
 
-        c.context = _ChildContext(self.context, host, lambda e, f: self.record(child.id, e, f),
+        c.context = _ChildContext(self, child, lambda e, f: self.record(child.id, e, f),
                                   gpadl_view=gpadl_view)
         self.children[child.id] = c
         for device, config in devices:
@@ -273,14 +313,17 @@ class ParentVmbus:
         c = self.children.pop(cid, None)
         if c is None:
             return
+        self._resuming.pop(cid, None)
         root = self.host.root
         alive = cid in self.host.introspect.partition_ids()
+        self.context.timers.drop(cid)   # its VSPs' timers (held ones too) go with it
         for relid, ch in c.channels.items():
             if ch.vsp is not None:
                 self._close_vsp(c, relid, ch)
             self._flag_owner.pop(ch.flag, None)
             self._free_flags.append(ch.flag)
             root.delete_port(None, ch.port_id, via=self.vp)
+        c.quiesced = True   # a VSP object kept by someone can no longer reach the child's memory
         for port in c.msg_ports:
             self._port_owner.pop(port, None)
             root.delete_port(None, port, via=self.vp)
@@ -303,9 +346,69 @@ class ParentVmbus:
         ch = self.children[child.id].channels.get(relid)
         return ch.vsp if ch else None
 
+    # ---- a child saved and restored ----------------------------------------------------------
+    def quiesce(self, child: Partition) -> None:
+        """The child's VM is about to be saved. Each open VSP's quiesce() runs first, while it
+        can still complete work into its ring (before the memory snapshot); from then on until
+        resume() nothing of the service or its VSPs reaches the child's memory."""
+        c = self.children[child.id]
+        if self._resuming.pop(child.id, None) is not None:  # restored and saved again before the service got to it
+            return
+        if c.quiesced:
+            return
+        for relid in sorted(c.channels):
+            self._lifecycle(c, relid, "quiesce")
+        c.quiesced, c.quiesced_at = True, self.host.now
+        self.context.timers.hold(child.id)
+        self.record(child.id, "devices quiesced", {"channels": sum(ch.vsp is not None for ch in c.channels.values())})
+
+    def resume(self, child: Partition) -> None:
+        """The child's memory and VP state are back (restored, or a save failed). Its devices
+        resume on the service's VP, on its next pass (so a restore leaves memory exactly as it
+        was saved): timers run again, each VSP's resume() runs, then what waited meanwhile, in
+        the order it came: messages from the child, its channels' packets (every ring is read),
+        signals and messages to it."""
+        c = self.children.get(child.id)
+        if c is None or not c.quiesced or child.id in self._resuming:
+            return
+        self._resuming[child.id] = c
+        self._ring()
+
+    def _resume_now(self, c: _Child) -> None:
+        c.quiesced = False
+        self.context.timers.release(c.partition.id)
+        self.record(c.partition.id, "devices resumed", {"quiesced_ns": self.host.now - c.quiesced_at})
+        for relid in sorted(c.channels):
+            self._lifecycle(c, relid, "resume")
+        held_in, c.held_in = c.held_in, []
+        for payload, connection_id in held_in:
+            self._handle_message(c, payload, connection_id)
+        for relid in sorted(c.channels):  # every ring, whether or not its signal came meanwhile
+            self._deliver(c, relid)
+        signals_out, c.held_signals_out = list(c.held_signals_out), {}
+        for relid in signals_out:
+            if c.channels.get(relid) is not None and c.channels[relid].end is not None:
+                self.host.root.signal_event(c.to_child_evt, relid, via=self.vp)
+        self._flush(c)
+
+    def quiesced(self, child: Partition) -> bool:
+        c = self.children.get(child.id)
+        return c is not None and c.quiesced
+
+    def _lifecycle(self, c: _Child, relid: int, hook: str) -> None:
+        """Call an open VSP's quiesce or resume. One that raises breaks its own channel (logged
+        with the device); the save or restore and the other channels go on."""
+        ch = c.channels.get(relid)
+        if ch is None or ch.vsp is None:
+            return
+        try:
+            getattr(ch.vsp, hook)()
+        except Exception as exc:
+            self._break(c, relid, f"{type(ch.vsp).__name__} failed to {hook}: {type(exc).__name__}: {exc}")
+
     # ---- serving ----------------------------------------------------------------------------------
     def _flush(self, c: _Child) -> None:
-        while c.outbox:
+        while c.outbox and not c.quiesced:
             try:
                 self.host.root.post_message(c.to_child_msg, MESSAGE_TYPE_VMBUS, c.outbox[0], via=self.vp)
             except HvError as exc:
@@ -322,6 +425,8 @@ class ParentVmbus:
         that fails on what it was sent, breaks that channel only: it is rescinded."""
         ch = c.channels.get(relid)
         if ch is None or ch.end is None or ch.vsp is None:
+            return
+        if c.quiesced:  # its ring is not there now: every ring is read once the child is resumed
             return
         try:
             packets = ch.end.receive()
@@ -377,7 +482,9 @@ class ParentVmbus:
     def _drain(self) -> bool:
         """Take every message and event waiting; True if there was any."""
         root = self.host.root
-        did = False
+        did = bool(self._resuming)
+        while self._resuming:
+            self._resume_now(self._resuming.pop(next(iter(self._resuming))))
         while True:
             msg = read_message_slot(root, self.simp, VMBUS_MESSAGE_SINT)
             if msg.empty:
@@ -392,10 +499,10 @@ class ParentVmbus:
                 if self.message_trace is not None:
                     self.message_trace.append((self.host.now, _message_name(msg.payload),
                                                {"from": c.partition.id}))
-                try:
-                    c.manager.handle_message(msg.payload, connection_id=c.msg_ports[msg.origin])
-                except Exception as exc:  # a bug met by this child's message: that child's failure only
-                    self.record(c.partition.id, "message failed", {"error": f"{type(exc).__name__}: {exc}"})
+                if c.quiesced:  # sent before its VM was saved: handled once it is resumed
+                    c.held_in.append((msg.payload, c.msg_ports[msg.origin]))
+                else:
+                    self._handle_message(c, msg.payload, c.msg_ports[msg.origin])
         base = self.siefp * 4096 + VMBUS_MESSAGE_SINT * 256
         flags = int.from_bytes(root.read(base, 256), "little")
         if flags:
@@ -413,6 +520,28 @@ class ParentVmbus:
             self._flush(c)
         return did
 
+    def _handle_message(self, c: _Child, payload: bytes, connection_id: int) -> None:
+        try:
+            c.manager.handle_message(payload, connection_id=connection_id)
+        except Exception as exc:  # a bug met by this child's message: that child's failure only
+            self.record(c.partition.id, "message failed", {"error": f"{type(exc).__name__}: {exc}"})
+
+    def _wake_for_timers(self) -> None:
+        """Ring the doorbell if the service's VP is halted past its next timer (one armed or
+        released from outside its loop)."""
+        until = self._asleep_until
+        if until is False:
+            return  # running: it looks at its timers before it halts again
+        timeout = self.context.next_timeout()
+        if timeout is not None and (until is None or self.host.now + timeout < until):
+            self._ring()
+
+    def _ring(self) -> None:
+        """Wake the service's VP if it is halted."""
+        if self._asleep_until is not False:
+            self._asleep_until = False
+            self.host.root.signal_event(self._doorbell, 0, via=self.vp)
+
     async def _serve(self, ctx) -> None:
         while True:
             did = self._drain()
@@ -422,7 +551,10 @@ class ParentVmbus:
             if did or cpu:
                 await ctx.compute(max(1, cpu))
             else:
-                await ctx.halt(self.context.next_timeout())
+                timeout = self.context.next_timeout()
+                self._asleep_until = None if timeout is None else self.host.now + timeout
+                await ctx.halt(timeout)
+                self._asleep_until = False
 
 
 def _message_name(raw: bytes) -> str:

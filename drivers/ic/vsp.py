@@ -7,6 +7,10 @@ outstanding; Linux's KVP driver relies on it); an answer is taken only if it is 
 answers the exchange in flight; anything else the guest sends is counted in `rejected` and
 changes nothing else (the exchange in flight keeps waiting for a good answer or its timeout).
 Timers are never cancelled: each checks that what it was set for is still current.
+
+Quiesced (its VM is being saved), nothing is sent: exchanges asked meanwhile wait in the queue,
+the one in flight stays in flight (its request is in the ring the save keeps, and its timeout
+stands still with the VSP's other timers), and sending goes on after resume().
 """
 from __future__ import annotations
 
@@ -81,6 +85,7 @@ class IcVsp(Vsp):
         self._next_id = 1
         self._open = False
         self._pumping = False
+        self._quiesced = False                    # its VM is being saved: send nothing
         self._epoch = 0                           # bumped on close: older timers do nothing
 
     # ---- for subclasses ---------------------------------------------------------------------------
@@ -155,6 +160,13 @@ class IcVsp(Vsp):
         if self._inflight is not None:
             self._finish(self._inflight, error="channel closed")
 
+    def quiesce(self) -> None:
+        self._quiesced = True
+
+    def resume(self) -> None:
+        self._quiesced = False
+        self._pump()  # what was asked while the VM was saved
+
     def _pump(self) -> None:
         """Send the next queued exchange if none is in flight (negotiation goes first). Not
         re-entered: an answer that arrives while send() runs is taken, and the loop goes on."""
@@ -162,7 +174,7 @@ class IcVsp(Vsp):
             return
         self._pumping = True
         try:
-            while self._inflight is None and self._queue and self._open:
+            while self._inflight is None and self._queue and self._open and not self._quiesced:
                 if self.negotiation is not Negotiation.DONE and self._queue[0].msgtype != f.NEGOTIATE:
                     return
                 ex = self._queue.popleft()

@@ -155,6 +155,7 @@ class NetVsp(Vsp):
         self._control: deque[bytes] = deque()    # RNDIS responses waiting for a section
         self._replies: deque[tuple[bytes, int]] = deque()  # (completion payload, trans_id) waiting for ring space
         self._retry_armed = False
+        self._quiesced = False                   # the VM is being saved or is Saved
 
     @property
     def refusals(self) -> int:
@@ -427,8 +428,20 @@ class NetVsp(Vsp):
 
     # -- to the guest ---------------------------------------------------------------------------
 
+    def quiesce(self) -> None:
+        """The VM is being saved: frames the switch brings are refused (its receive buffer is
+        wiped while Saved), as an adapter that is off drops them. Transfers the guest has not
+        completed yet stay in flight; it completes them after the restore."""
+        self._quiesced = True
+
+    def resume(self) -> None:
+        self._quiesced = False
+
     def _from_switch(self, frame: bytes) -> bool:
         """The switch's deliver callback: False when the guest cannot take the frame now."""
+        if self._quiesced:
+            self.stats["rx_vm_saved"] += 1
+            return False
         if self.rndis is not RndisState.INITIALIZED or self.receive is None:
             self.stats["rx_not_ready"] += 1
             return False

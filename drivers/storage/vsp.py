@@ -129,6 +129,7 @@ class StorVsp(Vsp):
         self._retry_ns: int | None = None                   # armed retry delay, None: not armed
         self._pool_index: tuple[tuple[int, ...], dict[int, int]] = ((), {})
         self._closed = False
+        self._quiesced_at: int | None = None        # when the VM's save quiesced it
         self.luns: list[_Lun | None] = []           # index = LUN; None: that disk is absent
         self._open_disks()
 
@@ -502,6 +503,22 @@ class StorVsp(Vsp):
                          for lun in self.luns],
                 "outstanding": sorted(r.trans_id for r in self.outstanding.values()),
                 "busy_until": self.busy_until, "completed": self.completed, "refused": self.refused}
+
+    def quiesce(self) -> None:
+        """The VM is being saved. Requests in service stay in service (they are in `outstanding`
+        and in the saved record): their completion timers stand still with the VM, so each one
+        moves its data and completes after the restore, into the restored pool and ring, as
+        long after it as it had left. Nothing is written to the guest meanwhile."""
+        self._quiesced_at = self.context.now()
+
+    def resume(self) -> None:
+        """Each medium's queue stood still too: what it still owed ends as much later."""
+        if self._quiesced_at is None:
+            return
+        gap, since, self._quiesced_at = self.context.now() - self._quiesced_at, self._quiesced_at, None
+        for lun in self.luns:
+            if lun is not None and lun.busy_until > since:
+                lun.busy_until += gap
 
     def replace_disk(self, disk: VirtualDisk, lun: int = 0) -> VirtualDisk | None:
         """Serve `disk` at `lun` from now on (a checkpoint forked the VM's disk into a differencing

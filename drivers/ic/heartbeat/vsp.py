@@ -3,7 +3,8 @@ health as Hyper-V shows it: "no contact" until the first answer, "ok" while answ
 "lost contact" once none came for more than `lost_after` periods (default 2).
 
 A heartbeat still unanswered when the next is due is given up (one in flight at a time), so a
-guest that stops answering leaves no backlog behind.
+guest that stops answering leaves no backlog behind. The time a VM spends Saved does not count
+against it: the guest could not answer, and its heartbeats stood still too.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class HeartbeatVsp(IcVsp):
         self.application_state = p.UNKNOWN
         self._beat: Exchange | None = None
         self._shown = HeartbeatStatus.NO_CONTACT
+        self._quiesced_at: int | None = None
 
     @property
     def status(self) -> HeartbeatStatus:
@@ -70,6 +72,16 @@ class HeartbeatVsp(IcVsp):
         if ex.ok:
             self.last_answer, self.application_state = self.context.now(), ex.reply
             self._note_status()
+
+    def quiesce(self) -> None:
+        super().quiesce()
+        self._quiesced_at = self.context.now()
+
+    def resume(self) -> None:
+        if self._quiesced_at is not None and self.last_answer is not None:
+            self.last_answer += self.context.now() - self._quiesced_at
+        self._quiesced_at = None
+        super().resume()
 
     def _note_status(self) -> None:
         status = self.status

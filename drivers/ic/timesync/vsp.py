@@ -1,5 +1,5 @@
-"""The time-sync IC's parent side: SYNC once negotiated (and on `resync()`, e.g. after a
-restore), then a SAMPLE every `sample_period` (default 5 s; 0 turns samples off).
+"""The time-sync IC's parent side: SYNC once negotiated, after each restore (resume()) and on
+`resync()`, then a SAMPLE every `sample_period` (default 5 s; 0 turns samples off).
 
 The host's clock is `epoch_ns` (ns since the Unix epoch; a fixed default, never the wall clock,
 so runs are reproducible) plus the simulated time. Messages are built when sent, not when
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from drivers.ic import framing as f
 from drivers.ic.timesync import protocol as p
-from drivers.ic.vsp import Exchange, IcVsp
+from drivers.ic.vsp import Exchange, IcVsp, Negotiation
 from hypervisor.quantities import parse_duration
 
 
@@ -34,6 +34,11 @@ class TimesyncVsp(IcVsp):
         self.resync()
         if self.sample_period:
             self._every(self.sample_period, self.sample)
+
+    def resume(self) -> None:
+        super().resume()
+        if self.negotiation is Negotiation.DONE:
+            self.resync()  # the guest's clock stood still while its VM was saved: set it again
 
     def resync(self, on_done=None) -> Exchange:
         """Tell the guest to set its clock to the host's."""
