@@ -148,6 +148,19 @@ class DeviceSide:
 class Vsp(DeviceSide):
     """The parent side of a device (a virtualization service provider)."""
 
+    @classmethod
+    def validate_config(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        """Check the settings a host file gives this device (`devices = [{ type = "NAME", ... }]`,
+        every key but `type`, as TOML values) and return the config the VSP is built with.
+        Refuse with DeviceConfigError(key, expected) (or any ValueError). The default takes only
+        keys of the device type's `defaults`, over those defaults; override it to check values."""
+        defaults = cls.device.defaults
+        for key in settings:
+            if key not in defaults:
+                known = f"one of the settings {', '.join(sorted(defaults))}" if defaults else "no setting: it takes none"
+                raise DeviceConfigError(key, known, got="an unknown key", hint=_closest(key, tuple(defaults)))
+        return {**defaults, **settings}
+
     def quiesce(self) -> None:
         """The VM is about to be saved: stop producing into the rings and guest buffers until
         resume(). Work in flight either completes into the ring now (before the memory snapshot)
@@ -161,6 +174,22 @@ class Vsp(DeviceSide):
 
 class Vsc(DeviceSide):
     """The guest side of a device (a virtualization service client)."""
+
+
+class DeviceConfigError(ValueError):
+    """A device setting from a host file that the device refuses: which setting (`key`, None for
+    the settings as a whole), what the device expects there, optionally what it found instead
+    (`got`; by default the host file's error shows the value) and a did-you-mean `hint`."""
+
+    def __init__(self, key: str | None, expected: str, *, got: str | None = None, hint: str | None = None):
+        super().__init__(f"{key}: expected {expected}" if key else f"expected {expected}")
+        self.key, self.expected, self.got, self.hint = key, expected, got, hint
+
+
+def _closest(word: str, choices: tuple[str, ...]) -> str | None:
+    import difflib
+    close = difflib.get_close_matches(word, choices, n=1)
+    return close[0] if close else None
 
 
 @dataclass(frozen=True)
@@ -188,3 +217,11 @@ class DeviceType:
         # Each side knows its device (the classes belong to exactly one device type).
         self.vsp.device = self
         self.vsc.device = self
+
+    def validate_config(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """The VSP config for settings from a host file, as the device's VSP checks them
+        (`Vsp.validate_config`): raises DeviceConfigError, or another ValueError, when refused."""
+        config = self.vsp.validate_config(dict(settings))
+        if not isinstance(config, dict):
+            raise TypeError(f"device {self.name!r}: validate_config returned {type(config).__name__}, not a dict")
+        return config

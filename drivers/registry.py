@@ -3,6 +3,7 @@ built-in ones included. A plugin that fails to load is recorded with a clear err
 it never stops the host."""
 from __future__ import annotations
 
+import difflib
 import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -34,7 +35,26 @@ class Registry:
         try:
             return self.devices[name]
         except KeyError:
-            raise KeyError(f"no device named {name!r}; known: {', '.join(sorted(self.devices)) or 'none'}") from None
+            raise KeyError(self.missing(name)) from None
+
+    def failed(self, name: str) -> LoadError | None:
+        """The load error of the entry point named `name`, if one by that name failed to load."""
+        return next((e for e in self.errors if e.entry_point.split(" = ", 1)[0] == name), None)
+
+    def closest(self, name: str, among: tuple[str, ...] | None = None) -> str | None:
+        """The installed device name nearest to `name` (a did-you-mean), or None."""
+        close = difflib.get_close_matches(name, among if among is not None else tuple(self.devices), n=1)
+        return close[0] if close else None
+
+    def missing(self, name: str) -> str:
+        """Why there is no device `name`: it failed to load (and the error), or what is installed
+        and the nearest name."""
+        error = self.failed(name)
+        if error is not None:
+            return f"device {name!r} is installed ({error.distribution}) but failed to load: {error.message}"
+        hint = self.closest(name)
+        return (f"no device named {name!r}; installed: {', '.join(sorted(self.devices)) or 'none'}"
+                + (f"; did you mean {hint!r}?" if hint else ""))
 
     def add(self, device: DeviceType) -> None:
         clash = self.by_class(device.class_id)

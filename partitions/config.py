@@ -28,8 +28,9 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
 from hypervisor.host import COSTS, SCHEDULERS
 from hypervisor.quantities import AmbiguousSizeError, parse_duration, parse_size
 from partitions.config_schema import (
-    ACTIONS, CHECKPOINT_ACTIONS, DISK_TYPES, GIB, INTEGRATION_SERVICES, MIB, MS, SWITCH_TYPES, WORKLOADS,
-    AtConfig, Config, ConfigError, CpuBurnWorkload, CpuConfig, DiskConfig, DiskIoWorkload, HostConfig,
+    ACTIONS, CHECKPOINT_ACTIONS, DEVICES_WITH_KEYS, DISK_TYPES, GIB, INTEGRATION_SERVICES, MAX_DISKS, MAX_NICS, MIB,
+    MS, SWITCH_TYPES, WORKLOADS, AtConfig, Config, ConfigError, CpuBurnWorkload, CpuConfig, DeviceConfig,
+    DiskConfig, DiskIoWorkload, HostConfig,
     IdleWorkload, IntegrationServices, NetRequestResponseWorkload, NicConfig, PythonWorkload, SwitchConfig,
     VmConfig, dump, format_duration, format_size_exact, generated_mac, show,
 )
@@ -50,7 +51,7 @@ UDP_PAYLOAD_MAX = 1472              # 1500-byte MTU less IPv4 and UDP headers
 _KEYS = {
     "": ("host", "vm", "switch", "at"),
     "host": ("logical_processors", "smt", "memory", "scheduler", "seed", "costs"),
-    "vm": ("name", "processors", "memory", "cpu", "workload", "disks", "nics", "integration_services",
+    "vm": ("name", "processors", "memory", "cpu", "workload", "disks", "nics", "devices", "integration_services",
            "autostart"),
     "cpu": ("reserve", "limit", "weight"),
     "disk": ("path", "size", "type", "parent"),
@@ -134,6 +135,7 @@ def _one_of(choices: tuple[str, ...]) -> str:
 class _Reader:
     def __init__(self, file: str, base: Path) -> None:
         self.file, self.base = file, base
+        self._registry = None
 
     def fail(self, key: str | None, expected: str, got: str, hint: str | None = None) -> NoReturn:
         raise ConfigError(self.file, key, expected, got, hint=hint)
@@ -263,10 +265,55 @@ class _Reader:
         weight = self.integer(cpu, f"{key}.cpu", "weight", 1, 10000, 100)
         ics = self.table(t.get("integration_services", {}), f"{key}.integration_services", INTEGRATION_SERVICES)
         ics = IntegrationServices(**{s: self.boolean(ics, f"{key}.integration_services", s, True) for s in ics})
+        disks, nics = self.tables(t, key, "disks"), self.tables(t, key, "nics")
+        if len(disks) > MAX_DISKS:
+            self.fail(f"{key}.disks", f"at most {MAX_DISKS} disks (the LUNs of the VM's SCSI controller, as on "
+                      "Hyper-V)", f"{len(disks)} disks")
+        if len(nics) > MAX_NICS:
+            self.fail(f"{key}.nics", f"at most {MAX_NICS} network adapters (Hyper-V's synthetic adapters per VM)",
+                      f"{len(nics)} adapters")
         return VmConfig(name, processors, memory, CpuConfig(reserve, limit, weight),
-                        tuple(self.disk(d, k) for k, d in self.tables(t, key, "disks")),
-                        tuple(self.nic(n, k) for k, n in self.tables(t, key, "nics")),
-                        ics, self.workloads(t, key), self.boolean(t, key, "autostart", True))
+                        tuple(self.disk(d, k) for k, d in disks), tuple(self.nic(n, k) for k, n in nics),
+                        ics, self.workloads(t, key), self.boolean(t, key, "autostart", True),
+                        tuple(self.device(d, k) for k, d in self.tables(t, key, "devices")))
+
+    def registry(self):
+        """The installed drivers (loaded once per file, and only for a file that names one)."""
+        if self._registry is None:
+            from drivers.registry import discover
+            self._registry = discover()
+        return self._registry
+
+    def device(self, t: dict, key: str) -> DeviceConfig:
+        from drivers.device import DeviceConfigError
+        kind = self.string(t, key, "type", expected='the name of an installed device, such as "echo"')
+        if kind in DEVICES_WITH_KEYS:
+            self.fail(f"{key}.type", f'a device without a key of its own ("{kind}" is configured with '
+                      f"{DEVICES_WITH_KEYS[kind]})", show(kind))
+        registry = self.registry()
+        device = registry.devices.get(kind)
+        if device is None:
+            error = registry.failed(kind)
+            if error is not None:
+                self.fail(f"{key}.type", "an installed device that loads", f"{show(kind)}, which failed to load "
+                          f"({error.distribution}): {error.message}")
+            choices = tuple(sorted(n for n in registry.devices if n not in DEVICES_WITH_KEYS))
+            self.fail(f"{key}.type", f"an installed device ({', '.join(choices) or 'none is'}; see `hvsim drivers`)",
+                      show(kind), _suggest(kind, choices))
+        settings = {name: value for name, value in t.items() if name != "type"}
+        try:
+            device.validate_config(settings)
+        except DeviceConfigError as exc:
+            where = f"{key}.{exc.key}" if exc.key else key
+            got = exc.got or (show(settings[exc.key]) if exc.key in settings else
+                              "nothing" if exc.key else show(settings))
+            self.fail(where, f'{exc.expected} (device "{kind}")', got, f'"{exc.hint}"' if exc.hint else None)
+        except ValueError as exc:
+            self.fail(key, f'settings device "{kind}" accepts: {exc}', show(settings))
+        except Exception as exc:  # noqa: BLE001 - a plugin's check that breaks is the plugin's error, named
+            self.fail(key, f'settings device "{kind}" can check', f"{show(settings)}, on which its validate_config "
+                      f"failed: {type(exc).__name__}: {exc}")
+        return DeviceConfig(kind, settings)
 
     def file_path(self, t: dict, key: str, name: str, default: Any = _REQUIRED) -> Path | None:
         value = self.string(t, key, name, default, expected="a file path")

@@ -2,8 +2,8 @@
 the default host and writes back.
 
 Values are already parsed: sizes in bytes, durations and times in simulated ns, disk paths
-absolute, every network adapter with its MAC. Mappings (`HostConfig.costs`, `PythonWorkload.args`)
-are read-only views and take no part in hashing. docs/configuration.md is the reference for the
+absolute, every network adapter with its MAC. Mappings (`HostConfig.costs`, `PythonWorkload.args`,
+`DeviceConfig.settings`) are read-only views and take no part in hashing. docs/configuration.md is the reference for the
 keys users type; the field names here are the same. At the end: how values are written as TOML
 (tomllib only reads), shared by `dump` and by error messages.
 """
@@ -32,6 +32,12 @@ ACTIONS = ("start", "stop", "turn-off", "pause", "resume", "save", "restore", "c
 #: Actions that name a checkpoint: optional for "checkpoint", required for the other two.
 CHECKPOINT_ACTIONS = ("checkpoint", "apply-checkpoint", "delete-checkpoint")
 INTEGRATION_SERVICES = ("heartbeat", "shutdown", "timesync", "kvp", "vss")
+#: Hyper-V's limits per VM: disks on its (one) SCSI controller, each a LUN; synthetic network adapters.
+MAX_DISKS = 64
+MAX_NICS = 8
+#: Built-in devices that have keys of their own, so `devices` does not take them.
+DEVICES_WITH_KEYS = {"storage": "disks", "network": "nics",
+                     **{name: f"integration_services.{name}" for name in INTEGRATION_SERVICES}}
 #: Hyper-V's organizationally unique identifier: the first three bytes of every MAC it assigns.
 MAC_PREFIX = bytes.fromhex("00155d")
 
@@ -95,6 +101,19 @@ class NicConfig:
     vlan: int = 0                    # access VLAN on the switch, 0 (untagged) .. 4094
     ip: str | None = None            # "10.0.10.2/24"
     gateway: str | None = None       # "10.0.10.1", inside ip's network
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """An installed device (a driver plugin, or the built-in echo device) attached to the VM:
+    `type` names it (its `hvsim.drivers` entry point); `settings` are the other keys of its
+    table, as written, which the device's VSP checked (`Vsp.validate_config`) when the file was
+    read and turns into its config when the host is built."""
+    type: str
+    settings: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
 
 
 @dataclass(frozen=True)
@@ -170,6 +189,7 @@ class VmConfig:
     integration_services: IntegrationServices = IntegrationServices()
     workloads: tuple[Workload, ...] = ()          # none: idle
     autostart: bool = True                        # False: Off until an [[at]] start
+    devices: tuple[DeviceConfig, ...] = ()        # installed devices, offered after disks and nics
 
 
 @dataclass(frozen=True)
@@ -331,6 +351,7 @@ def dump(config: Config, relative_to: str | os.PathLike | None = None) -> str:
             "disks": [{"path": path(d.path), "size": None if d.size is None else format_size_exact(d.size),
                        "type": d.type, "parent": None if d.parent is None else path(d.parent)} for d in vm.disks],
             "nics": [dataclasses.asdict(n) for n in vm.nics],
+            "devices": [{"type": d.type, **d.settings} for d in vm.devices],
             "integration_services": dataclasses.asdict(vm.integration_services),
         })
     return emit({"host": host, "vm": vms, "switch": [dataclasses.asdict(s) for s in config.switches],

@@ -28,6 +28,30 @@ class _WorkloadContext:
     def devices(self):
         return self.stack.devices
 
+    async def device(self, name: str, timeout: int | str = "10s"):
+        """The VM's device `name` (its VSC: `device_vsc(name)` on the host side) once it is there
+        and ready; None if it is not by `timeout`, which is logged (`wait_timeout` with the
+        device's name). A name the VM has no device by is logged at once (`device_missing`, with
+        the names it has) and gives None without waiting."""
+        known = sorted(set(getattr(self.stack, "names", {}).values()))
+        if known and name not in known:
+            self.stack.log("device_missing", device=name, devices=known)
+            return None
+
+        def ready() -> bool:
+            vsc = self.devices.get(name)
+            return vsc is not None and bool(getattr(vsc, "ready", True))
+
+        if await self.wait_for(ready, timeout, what=f"device {name!r} to be ready", device=name):
+            return self.devices[name]
+        return None
+
+    def _timed_out(self, condition, timeout_ns: int, what: str | None, fields: dict) -> None:
+        # A wait that ends without its condition is always logged: a workload waiting for
+        # something that never comes must not look like one that is busy.
+        what = what or getattr(condition, "__qualname__", None) or repr(condition)
+        self.stack.log("wait_timeout", what=what, timeout_ns=timeout_ns, vp=self.vp.index, **fields)
+
 
 class KernelContext(_WorkloadContext):
     """What a workload on VP 0 sees: its steps, with VMBus served in between them."""
@@ -61,9 +85,14 @@ class KernelContext(_WorkloadContext):
             nxt = self.stack.context.next_timeout()
             await self._ctx.halt(min(timeout, nxt) if nxt else timeout)
 
-    async def wait_for(self, condition, timeout: int | str = "10s") -> bool:
-        """Serve VMBus until condition() holds (e.g. a device became ready), or the timeout."""
-        return await self.wait_until(self.now + parse_duration(timeout), condition)
+    async def wait_for(self, condition, timeout: int | str = "10s", *, what: str | None = None, **fields) -> bool:
+        """Serve VMBus until condition() holds (e.g. a device became ready), or the timeout; a
+        timeout is logged (`wait_timeout`, with `what` was awaited and `fields`)."""
+        ns = parse_duration(timeout)
+        if await self.wait_until(self.now + ns, condition):
+            return True
+        self._timed_out(condition, ns, what, fields)
+        return False
 
 
 async def kernel_main(ctx, stack: GuestVmbus, workload=None) -> None:
@@ -92,10 +121,12 @@ class SecondaryContext(_WorkloadContext):
     async def sleep(self, duration: int | str) -> None:
         await self._ctx.sleep(max(1, parse_duration(duration)))
 
-    async def wait_for(self, condition, timeout: int | str = "10s") -> bool:
-        deadline = self.now + parse_duration(timeout)
+    async def wait_for(self, condition, timeout: int | str = "10s", *, what: str | None = None, **fields) -> bool:
+        ns = parse_duration(timeout)
+        deadline = self.now + ns
         while not condition():
             if self.now >= deadline:
+                self._timed_out(condition, ns, what, fields)
                 return False
             await self._ctx.sleep(min(self.POLL_NS, deadline - self.now))
         return True

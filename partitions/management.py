@@ -17,8 +17,10 @@ from drivers.ic import HEARTBEAT, KVP, SHUTDOWN, TIMESYNC, VSS
 from drivers.registry import discover
 from hypervisor import Host
 from hypervisor.quantities import parse_duration
-from partitions.config_schema import (Config, CpuBurnWorkload, DiskIoWorkload, IdleWorkload,
-                                      NetRequestResponseWorkload, PythonWorkload, VmConfig)
+from partitions import run_files
+from partitions.config_schema import (DEVICES_WITH_KEYS, MAX_DISKS, MAX_NICS, Config, ConfigError, CpuBurnWorkload,
+                                      DiskIoWorkload, IdleWorkload, NetRequestResponseWorkload, PythonWorkload,
+                                      VmConfig)
 from partitions.vm import DeviceSlot, VirtualMachine, VmState
 from partitions.worker import VmSpec
 from partitions import workloads as wl
@@ -32,6 +34,36 @@ SUPPORTED_ACTIONS = ("start", "stop", "turn-off", "pause", "resume", "quick-rese
 
 #: Get-VM's CPUUsage is the use over this much recent simulated time (Hyper-V shows recent use).
 CPU_WINDOW_NS = 1_000_000_000
+
+
+@dataclasses.dataclass
+class _VmPlan:
+    """A VM checked and ready to be built: its configuration, device slots, the workload runners
+    of its VPs and the guest services (echo servers) its peers need."""
+    config: VmConfig
+    slots: list
+    runners: list
+    services: list
+
+
+def _unique(base: str, taken: set[str]) -> str:
+    """`base`, or base1, base2, ... : the first name not taken (which it then is)."""
+    name, n = base, 0
+    while name in taken:
+        n += 1
+        name = f"{base}{n}"
+    taken.add(name)
+    return name
+
+
+def _facing(vm: VmConfig, peer: VmConfig) -> tuple[int, int] | None:
+    """(our adapter, theirs): the first pair of adapters with addresses on the same switch and
+    VLAN, in adapter order; None if the two VMs share no network."""
+    for i, ours in enumerate(vm.nics):
+        for j, theirs in enumerate(peer.nics):
+            if ours.ip and theirs.ip and (ours.switch, ours.vlan) == (theirs.switch, theirs.vlan):
+                return i, j
+    return None
 
 
 class ScenarioError(RuntimeError):
@@ -73,12 +105,18 @@ class ManagedHost:
         for sw in config.switches:
             from drivers.network.vswitch import VirtualSwitch
             self.switches[sw.name] = VirtualSwitch(sw.name, sw.type, now=lambda: self.host.now)
+        # Check first, then create: every VM is planned (devices, disks, adapters, workloads)
+        # before any file is made, so a host that cannot be built leaves nothing behind.
+        self._file = str(config.path) if config.path is not None else "(configuration)"
+        disks = run_files.plan_disks(config, self.workdir, self._file)
+        plans = [self._plan_vm(i, vm, disks[vm.name]) for i, vm in enumerate(config.vms)]
+        run_files.make_disks(disks, self.workdir, self._event)
         if pcap is not None:
             for sw in self.switches.values():
                 sw.capture(str(pcap) if len(self.switches) == 1 else f"{pcap}.{sw.name}")
         self.vms: dict[str, VirtualMachine] = {}
-        for vm in config.vms:
-            self.vms[vm.name] = self._make_vm(vm)
+        for plan in plans:
+            self.vms[plan.config.name] = self._make_vm(plan)
         for vm in self.vms.values():
             vm.on_event = self._vm_event   # checkpoint and saved-state files, into the event log
         self.timeline = sorted(config.timeline, key=lambda a: a.time)  # stable: file order at equal times
@@ -102,59 +140,100 @@ class ManagedHost:
                 name = self._names[partition_id] = vm.name
         return name
 
-    def _make_vm(self, cfg: VmConfig) -> VirtualMachine:
-        spec = VmSpec(cfg.name, memory=cfg.memory, processors=cfg.processors, cpu_reserve=cfg.cpu.reserve,
-                      cpu_limit=cfg.cpu.limit, cpu_weight=cfg.cpu.weight)
-        if len(cfg.disks) > 1 or len(cfg.nics) > 1:
-            raise ValueError(f"vm {cfg.name!r}: this version of hvsim runs one disk and one network adapter per VM; "
-                             f"it has {len(cfg.disks)} disks and {len(cfg.nics)} adapters")
+    def _plan_vm(self, index: int, cfg: VmConfig, disks: list) -> _VmPlan:
+        """Everything the VM needs, checked, with nothing created: its device slots (named
+        uniquely: "network", "network1", ...; the storage slot holds every disk, as LUNs), its
+        workloads and the guest services its peers need. ConfigError names the file and key."""
+        key = f"vm[{index}]"
+        if len(cfg.disks) > MAX_DISKS:
+            self._refuse(f"{key}.disks", f"at most {MAX_DISKS} disks (the LUNs of a SCSI controller)",
+                         f"{len(cfg.disks)} disks")
+        if len(cfg.nics) > MAX_NICS:
+            self._refuse(f"{key}.nics", f"at most {MAX_NICS} network adapters", f"{len(cfg.nics)} adapters")
         slots = [DeviceSlot(dev) for name, dev in IC_DEVICES.items() if getattr(cfg.integration_services, name)]
-        if cfg.disks:
+        taken = {slot.name for slot in slots}
+        if disks:
             from drivers.storage import DEVICE as STORAGE
-            disk = cfg.disks[0]
-            self._ensure_disk(disk, cfg.name)
-            slots.append(DeviceSlot(STORAGE, {"path": str(disk.path)}))
-        if cfg.nics:
+            # The run disks are working copies that the next run makes afresh: write barriers
+            # (the ordering that keeps a VHD valid through a power cut) would buy nothing there.
+            slots.append(DeviceSlot(STORAGE, {"disks": [str(d.run_path) for d in disks], "write_barriers": False},
+                                    instance=_unique("storage", taken)))
+        adapters = []
+        for j, nic in enumerate(cfg.nics):
             from drivers.network import DEVICE as NETWORK
-            nic = cfg.nics[0]
+            if nic.switch not in self.switches:
+                self._refuse(f"{key}.nics[{j}].switch", f"the name of a switch ({', '.join(self.switches) or 'none'})",
+                             repr(nic.switch))
+            name = _unique("network", taken)
+            adapters.append(name)
             slots.append(DeviceSlot(NETWORK, {"switch": self.switches[nic.switch], "mac": nic.mac, "vlan": nic.vlan},
-                                    {"address": nic.ip, "gateway": nic.gateway, "mac": nic.mac}))
-        services = []
-        ports = {w.port for other in self.config.vms for w in other.workloads
-                 if isinstance(w, NetRequestResponseWorkload) and w.peer == cfg.name}
-        for port in sorted(ports):
-            services.append(wl.udp_echo_service(port))
-        runners = [self._workload(cfg, w) for w in cfg.workloads] or [wl.idle]
+                                    {"address": nic.ip, "gateway": nic.gateway, "mac": nic.mac,
+                                     "interface": f"eth{j}"}, instance=name))
+        for j, dev in enumerate(cfg.devices):
+            slots.append(self._device_slot(f"{key}.devices[{j}]", dev, taken))
+        services, bound = [], set()
+        for other in self.config.vms:
+            for w in other.workloads:
+                if isinstance(w, NetRequestResponseWorkload) and w.peer == cfg.name and w.port not in bound:
+                    facing = _facing(cfg, other)   # our adapter on the requester's network
+                    if facing is not None:
+                        bound.add(w.port)
+                        services.append(wl.udp_echo_service(w.port, device=adapters[facing[0]]))
+        runners = [self._workload(cfg, w, f"{key}.workload" + (f"[{k}]" if len(cfg.workloads) > 1 else ""), adapters)
+                   for k, w in enumerate(cfg.workloads)] or [wl.idle]
         # A CPU burn burns on every VP no other workload of the VM takes (a multi-threaded burner).
         burn = next((w for w in cfg.workloads if isinstance(w, CpuBurnWorkload)), None)
         while burn is not None and len(runners) < cfg.processors:
             runners.append(wl.cpu_burn(burn.duty, burn.period))
-        vm = VirtualMachine(self.host, self.vmbus, self.registry, spec, devices=slots, workload=runners[0],
-                            more_workloads=runners[1:], guest_services=services, on_state=self._state_changed)
-        return vm
+        return _VmPlan(cfg, slots, runners, services)
 
-    def _ensure_disk(self, disk, vm: str | None = None) -> None:
-        from drivers.storage.vhd import VirtualDisk
-        path = Path(disk.path)
-        if path.exists():
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        parent = str(disk.parent) if disk.parent else None
-        VirtualDisk.create(str(path), disk.size, disk.type, parent=parent).close()
-        self._event("disk.created", vm=vm, path=str(path), size=disk.size, type=disk.type)
+    def _device_slot(self, key: str, dev, taken: set[str]) -> DeviceSlot:
+        """An installed device from `devices`: its type must be in the registry, and its VSP
+        config is what the device makes of the settings (it checks them: Vsp.validate_config)."""
+        from drivers.device import DeviceConfigError
+        device = self.registry.devices.get(dev.type)
+        if device is None or dev.type in DEVICES_WITH_KEYS:
+            self._refuse(f"{key}.type", "an installed device without a key of its own",
+                         self.registry.missing(dev.type) if device is None else repr(dev.type))
+        try:
+            config = device.validate_config(dict(dev.settings))
+        except DeviceConfigError as exc:
+            self._refuse(f"{key}.{exc.key}" if exc.key else key, f'{exc.expected} (device "{dev.type}")',
+                         exc.got or repr(dev.settings.get(exc.key, dict(dev.settings))))
+        except (ValueError, TypeError) as exc:
+            self._refuse(key, f'settings device "{dev.type}" accepts: {exc}', repr(dict(dev.settings)))
+        return DeviceSlot(device, config, instance=_unique(dev.type, taken))
 
-    def _workload(self, cfg: VmConfig, w):
+    def _refuse(self, key: str, expected: str, got: str):
+        raise ConfigError(self._file, key, expected, got)
+
+    def _make_vm(self, plan: _VmPlan) -> VirtualMachine:
+        cfg = plan.config
+        spec = VmSpec(cfg.name, memory=cfg.memory, processors=cfg.processors, cpu_reserve=cfg.cpu.reserve,
+                      cpu_limit=cfg.cpu.limit, cpu_weight=cfg.cpu.weight)
+        return VirtualMachine(self.host, self.vmbus, self.registry, spec, devices=plan.slots,
+                              workload=plan.runners[0], more_workloads=plan.runners[1:],
+                              guest_services=plan.services, on_state=self._state_changed)
+
+    def _workload(self, cfg: VmConfig, w, key: str, adapters: list[str]):
         if isinstance(w, IdleWorkload):
             return wl.idle
         if isinstance(w, CpuBurnWorkload):
             return wl.cpu_burn(w.duty, w.period)
         if isinstance(w, DiskIoWorkload):
-            return wl.disk_io(w.pattern, w.block_size, w.queue_depth, w.read_fraction,
+            if w.disk >= len(cfg.disks):
+                self._refuse(f"{key}.disk", f"the index of one of the VM's {len(cfg.disks)} disks", str(w.disk))
+            return wl.disk_io(w.pattern, w.block_size, w.queue_depth, w.read_fraction, disk=w.disk,
                               seed=self.seed ^ zlib.crc32(cfg.name.encode()))  # stable across processes
         if isinstance(w, NetRequestResponseWorkload):
-            peer = next(v for v in self.config.vms if v.name == w.peer)
-            peer_ip = peer.nics[0].ip.split("/")[0] if peer.nics and peer.nics[0].ip else None
-            return wl.net_request_response(peer_ip, w.port, w.size, w.interval)
+            peer = next((v for v in self.config.vms if v.name == w.peer), None)
+            facing = _facing(cfg, peer) if peer is not None else None
+            if facing is None:
+                self._refuse(f"{key}.peer", "another VM with an address on a switch and VLAN where this VM has one",
+                             repr(w.peer))
+            ours, theirs = facing
+            return wl.net_request_response(peer.nics[theirs].ip.split("/")[0], w.port, w.size, w.interval,
+                                           device=adapters[ours])
         if isinstance(w, PythonWorkload):
             return wl.python_workload(w.target, dict(w.args))
         raise ValueError(f"vm {cfg.name!r}: workload {w!r} has no runner")

@@ -26,6 +26,7 @@ Anything else raises InvalidTransition, which names the VM, its state and the ac
 from __future__ import annotations
 
 import enum
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -67,9 +68,27 @@ class InvalidTransition(RuntimeError):
 
 @dataclass
 class DeviceSlot:
+    """A device of the VM: its type, the VSP's and the VSC's config, and the name it goes by
+    (`device_vsp(name)`, `device_vsc(name)`, the guest's `devices[name]`); by default the type's
+    name. A VM's slots have names of their own: its second adapter is "network1", say. The one
+    storage slot holds every disk of the VM (`host_config["disks"]`, LUN order)."""
     device: DeviceType
     host_config: dict = field(default_factory=dict)
     guest_config: dict = field(default_factory=dict)
+    instance: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.instance or self.device.name
+
+
+#: Where the instance ids of a VM's device offers come from: stable per VM and slot name, so that
+#: a device is the same device to the guest after a reset, as Hyper-V keeps them.
+_INSTANCE_NAMESPACE = uuid.UUID("5d2b7c1e-8f43-4a0e-9b6d-2c1f0e7a9b31")
+
+
+def instance_id(vm: str, slot: str) -> uuid.UUID:
+    return uuid.uuid5(_INSTANCE_NAMESPACE, f"{vm}/{slot}")
 
 
 class VirtualMachine:
@@ -80,6 +99,11 @@ class VirtualMachine:
                  on_state: Callable[[VirtualMachine, VmState, VmState], None] | None = None):
         self.host, self.vmbus, self.registry, self.spec = host, vmbus, registry, spec
         self.devices = list(devices)
+        names = [slot.name for slot in self.devices]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"vm {spec.name!r}: device names {twice} are used more than once; give the slots "
+                             "names of their own (DeviceSlot(..., instance=...))")
         self.workload = workload
         self.more_workloads = list(more_workloads)  # one per further VP: VP 1, VP 2, ...
         if len(self.more_workloads) >= spec.processors:
@@ -93,9 +117,10 @@ class VirtualMachine:
         self.started_at: int | None = None
         self._relids: dict[str, int] = {}
         self._run_time_before = 0   # CPU time of earlier incarnations (before a reset)
-        storage = next((d for d in self.devices if d.device.name == "storage" and "path" in d.host_config), None)
+        storage = next((d for d in self.devices if d.device.name == "storage"
+                        and ("disks" in d.host_config or "path" in d.host_config)), None)
         self._storage_slot = storage
-        self.checkpoints = CheckpointTree(self.name, storage.host_config["path"]) if storage else None
+        self.checkpoints = CheckpointTree(self.name, self._storage_files()) if storage else None
         self.checkpoint_log: list[tuple[int, str, str]] = []  # (time, checkpoint, what happened)
         self._saved_path: str | None = None
         self.off_reason: str | None = None     # why it went Off, if not asked to (a crash), until it starts
@@ -140,13 +165,23 @@ class VirtualMachine:
         part = self.worker.build()
         self.vmbus.attach(part)
         self._relids = {}
+        names = {}
         for slot in self.devices:
             config = dict(slot.host_config)
-            self._relids[slot.device.name] = self.vmbus.offer(part, slot.device, config)
-        guest_configs = {slot.device.name: self._guest_config(slot) for slot in self.devices}
+            offer_id = instance_id(self.name, slot.name)
+            self._relids[slot.name] = self.vmbus.offer(part, slot.device, config, instance_id=offer_id)
+            names[offer_id] = slot.name
+        guest_configs = {slot.name: self._guest_config(slot) for slot in self.devices}
         services = list(self.guest_services)
-        self.stack = GuestVmbus(part, self.registry, configs=guest_configs,
+        self.stack = GuestVmbus(part, self.registry, configs=guest_configs, names=names,
                                 on_poll=(lambda stack: [svc(stack) for svc in services]) if services else None)
+        adapters = [slot for slot in self.devices if slot.device.name == "network"]
+        if adapters:
+            # One IP stack in the guest, an interface per adapter (drivers/network/netstack.py).
+            from drivers.network.netstack import NetStack
+            shared = NetStack(clock=self.stack.context)
+            for slot in adapters:
+                self.stack.configs[slot.name].setdefault("netstack", shared)
         stack, workload = self.stack, self.workload
         part.vp(0).run(lambda ctx: kernel_main(ctx, stack, workload))
         for i, extra in enumerate(self.more_workloads, start=1):
@@ -263,11 +298,11 @@ class VirtualMachine:
                    for vp in part.vps]
             devices = {}
             for slot in self.devices:
-                vsp = self.device_vsp(slot.device.name)
+                vsp = self.device_vsp(slot.name)
                 try:
-                    devices[slot.device.name] = {"saved": vsp.save() if vsp is not None else None}
+                    devices[slot.name] = {"saved": vsp.save() if vsp is not None else None}
                 except Exception as exc:  # SaveUnsupported and friends: recorded, not fatal here
-                    devices[slot.device.name] = {"not_saved": f"{type(exc).__name__}: {exc}"}
+                    devices[slot.name] = {"not_saved": f"{type(exc).__name__}: {exc}"}
             pages = sorted(self.host.introspect.reach(part))
             meta = {"vm": self.name, "memory_bytes": self.worker.memory_bytes, "processors": self.spec.processors,
                     "time_ns": self.host.now, "memory_digest": self.memory_digest(), "pages": len(pages)}
@@ -350,6 +385,19 @@ class VirtualMachine:
                 Register.SIMP: simp & ~page_enable, Register.SIEFP: siefp & ~page_enable, **timers_off})
 
     # ---- checkpoints ----------------------------------------------------------------------------
+    def _storage_files(self) -> list[str]:
+        """The files the storage slot serves, by LUN."""
+        config = self._storage_slot.host_config
+        return [str(d) for d in config["disks"]] if "disks" in config else [str(config["path"])]
+
+    def _storage_follows(self, tree: CheckpointTree) -> None:
+        # The next time the VM starts, its storage VSP opens the live files (every disk forked).
+        config = self._storage_slot.host_config
+        if "disks" in config:
+            config["disks"] = list(tree.live_disks)
+        else:
+            config["path"] = tree.live_disk
+
     def _require_disks(self, action: str) -> CheckpointTree:
         if self.checkpoints is None:
             raise CheckpointError(f"vm {self.name!r} has no disk: nothing to {action}")
@@ -366,8 +414,9 @@ class VirtualMachine:
             raise CheckpointError(f"vm {self.name!r} already has a checkpoint named {name!r}")
 
         def take(consistent: bool):
-            cp = tree.take(name, self.host.now, consistent=consistent, serving=self.device_vsp("storage"))
-            self._storage_slot.host_config["path"] = tree.live_disk
+            cp = tree.take(name, self.host.now, consistent=consistent,
+                           serving=self.device_vsp(self._storage_slot.name))
+            self._storage_follows(tree)
             self._checkpoint_note(name, "consistent" if consistent else "crash-consistent")
             return cp
 
@@ -385,15 +434,15 @@ class VirtualMachine:
         self._require("apply a checkpoint", VmState.OFF)
         tree = self._require_disks("apply")
         tree.apply(name)
-        self._storage_slot.host_config["path"] = tree.live_disk
+        self._storage_follows(tree)
         self._checkpoint_note(name, "applied")
 
     def delete_checkpoint(self, name: str) -> None:
         self._require("delete a checkpoint", VmState.RUNNING, VmState.PAUSED, VmState.OFF)
         tree = self._require_disks("delete")
         merged_into = tree.checkpoints[name].disk if name in tree.checkpoints else None
-        tree.delete(name, serving=self.device_vsp("storage"))
-        self._storage_slot.host_config["path"] = tree.live_disk
+        tree.delete(name, serving=self.device_vsp(self._storage_slot.name))
+        self._storage_follows(tree)
         self._checkpoint_note(name, "deleted", merged_into=merged_into)
 
     def _checkpoint_note(self, name: str, what: str, **fields) -> None:

@@ -1,7 +1,12 @@
 """A child's VMBus driver: the client state machine wired to its SynIC, run on its VP 0 as part of
 the guest kernel. It negotiates a version, requests offers, binds each offer to the VSC the driver
 registry has for its class, builds the channel's rings in the guest's own pages, opens it, and
-from then on hands each signal's packets to the VSC."""
+from then on hands each signal's packets to the VSC.
+
+Each open channel is one of the guest's devices, by name (`stack.devices[name]`): the name the
+VM gave the offer's instance id (`names`, so that a VM's second network adapter is "network1",
+say), else the device type's name, with 1, 2, ... after it for a second, third channel of the
+same type. A device's config (`configs[name]`) goes by the same name."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,6 +51,7 @@ class GuestPages:
 class _Open:
     device: DeviceType
     pages: list[int]
+    name: str = ""                # the device's name in `devices`
     end: ChannelEnd | None = None
     vsc: Vsc | None = None
     buffers: list = field(default_factory=list)  # (gpadl id, pages) granted beyond the ring
@@ -56,7 +62,7 @@ class GuestVmbus:
 
     def __init__(self, partition: Partition, registry: Registry, *, simp_gpfn: int = 2, siefp_gpfn: int = 3,
                  ring_pages: tuple[int, int] | None = None, configs: dict[str, dict] | None = None,
-                 on_poll: Callable[[GuestVmbus], None] | None = None):
+                 on_poll: Callable[[GuestVmbus], None] | None = None, names: dict | None = None):
         self.partition = partition
         self.registry = registry
         self.simp, self.siefp = simp_gpfn, siefp_gpfn
@@ -67,6 +73,7 @@ class GuestVmbus:
             ring_pages = (64, max(0, min(mapped, 4096) - 64))
         self.pages = GuestPages(*ring_pages)
         self.configs = configs or {}
+        self.names = dict(names or {})   # offer instance id -> the device's name in this guest
         self.on_poll = on_poll  # called after every pass over messages and signals
         self.client = VmbusClient(self, self._bind)
         self.channels: dict[int, _Open] = {}
@@ -140,7 +147,8 @@ class GuestVmbus:
             part.signal_event(offer.connection_id)
 
         end = ChannelEnd.guest(view, ch.device.ring_pages, signal_host)
-        config = dict(self.configs.get(ch.device.name) or {})
+        ch.name = self._name_for(offer, ch.device)
+        config = dict(self.configs.get(ch.name) or {})
         config.setdefault("grant_pages", lambda n, done: self._grant_pages(relid, n, done))
         config.setdefault("relid", relid)
         if ch.device.guest_buffer_pages and "buffer_pages" not in config:
@@ -160,8 +168,19 @@ class GuestVmbus:
 
         end.on_signal = deliver
         ch.end, ch.vsc = end, vsc
-        self.devices[ch.device.name] = vsc
+        self.devices[ch.name] = vsc
         vsc.on_open()
+
+    def _name_for(self, offer: OfferChannel, device: DeviceType) -> str:
+        name = self.names.get(offer.instance_id)
+        if name is not None:
+            return name
+        taken = {c.name for c in self.channels.values()} | set(self.devices) | set(self.names.values())
+        name, n = device.name, 0
+        while name in taken:
+            n += 1
+            name = f"{device.name}{n}"
+        return name
 
     def _closed(self, relid: int) -> None:
         ch = self.channels.pop(relid, None)
@@ -169,7 +188,7 @@ class GuestVmbus:
             return
         if ch.vsc is not None:
             ch.vsc.on_close()
-            self.devices.pop(ch.device.name, None)
+            self.devices.pop(ch.name, None)
         release_view(self.partition, relid)
         self.pages.release(ch.pages)
 

@@ -1,6 +1,9 @@
 """Built-in guest workloads, and user workloads given by import path. A workload is an
 `async def workload(ctx)` run by the guest kernel on VP 0 (see partitions/kernel.py); `ctx` has
-compute/sleep/wait_for, the VM's devices (`ctx.devices["storage"]`, ...) and `ctx.now`."""
+compute/sleep/wait_for, the VM's devices (`ctx.devices["storage"]`, `await ctx.device("echo")`,
+...) and `ctx.now`. A VM's disks are the LUNs of its storage device (`.disk(n)`); its network
+adapters ("network", "network1", ...) are interfaces of one guest IP stack, which routes by
+destination."""
 from __future__ import annotations
 
 import importlib
@@ -48,10 +51,10 @@ def python_workload(target: str, args: dict | None = None) -> Workload:
 
 
 def disk_io(pattern: str = "sequential", block_size: int | str = "64KiB", queue_depth: int = 4,
-            read_fraction: float = 0.5, device: str = "storage", seed: int = 0) -> Workload:
-    """Keep `queue_depth` requests of `block_size` in flight on the VM's disk: `pattern`
-    "sequential" or "random" offsets, `read_fraction` of them reads. Random choices come from a
-    generator seeded from the VM (deterministic)."""
+            read_fraction: float = 0.5, device: str = "storage", seed: int = 0, disk: int = 0) -> Workload:
+    """Keep `queue_depth` requests of `block_size` in flight on disk number `disk` of the VM (the
+    LUN of its storage controller): `pattern` "sequential" or "random" offsets, `read_fraction`
+    of them reads. Random choices come from a generator seeded from the VM (deterministic)."""
     import random
 
     from hypervisor.quantities import parse_size
@@ -66,10 +69,16 @@ def disk_io(pattern: str = "sequential", block_size: int | str = "64KiB", queue_
 
     async def io(ctx) -> None:
         rng = random.Random(seed)
-        if not await ctx.wait_for(lambda: ctx.devices.get(device) is not None and ctx.devices[device].ready, "30s"):
-            return  # no disk: nothing to do
-        disk = ctx.devices[device]
-        span = max(1, disk.capacity // blocks)
+
+        def target():
+            controller = ctx.devices.get(device)
+            return controller.disk(disk) if controller is not None and controller.ready else None
+
+        if not await ctx.wait_for(lambda: target() is not None, "30s", what=f"disk {disk} of {device!r}",
+                                  device=device):
+            return  # no disk: nothing to do (the wait's timeout is logged)
+        lun = target()
+        span = max(1, lun.capacity // blocks)
         payload = bytes(range(256)) * (size // 256)
         position = 0
         inflight = []
@@ -80,9 +89,9 @@ def disk_io(pattern: str = "sequential", block_size: int | str = "64KiB", queue_
                 position = (position + 1) % span
                 lba = slot * blocks
                 if rng.random() < read_fraction:
-                    inflight.append(disk.read(lba, blocks))
+                    inflight.append(lun.read(lba, blocks))
                 else:
-                    inflight.append(disk.write(lba, payload))
+                    inflight.append(lun.write(lba, payload))
             await ctx.wait_for(lambda: any(r.done for r in inflight), "1s")
 
     return io
@@ -91,16 +100,25 @@ def disk_io(pattern: str = "sequential", block_size: int | str = "64KiB", queue_
 def net_request_response(peer_ip: str | None, port: int = 5000, size: int = 64, interval: int | str = "10ms",
                          device: str = "network") -> Workload:
     """Send a `size`-byte UDP request to `peer_ip`:`port` every `interval`; the peer's echo
-    service (udp_echo_service) answers. Counts go in the workload's `stats` dict."""
+    service (udp_echo_service) answers. `device` is the adapter on the peer's network: the
+    requests start once its interface is up and is the guest stack's route to the peer (they
+    leave by it, with its address). Counts go in the workload's `stats` dict."""
     interval_ns = parse_duration(interval, "net-request-response interval")
     stats = {"sent": 0, "answered": 0}
 
     async def client(ctx) -> None:
         if peer_ip is None:
             return
-        if not await ctx.wait_for(lambda: getattr(ctx.devices.get(device), "stack", None) is not None, "30s"):
+        def route():
+            adapter = ctx.devices.get(device)
+            iface = getattr(adapter, "interface", None)
+            stack = getattr(adapter, "stack", None)
+            return stack if iface is not None and stack.connected(peer_ip) is iface else None
+
+        if not await ctx.wait_for(lambda: route() is not None, "30s", what=f"a route to {peer_ip} by {device!r}",
+                                  device=device):
             return
-        stack = ctx.devices[device].stack
+        stack = route()
         sock = stack.udp_socket(0, on_datagram=lambda *_: stats.__setitem__("answered", stats["answered"] + 1))
         payload = bytes(size)
         while True:
@@ -116,8 +134,9 @@ def net_request_response(peer_ip: str | None, port: int = 5000, size: int = 64, 
 
 
 def udp_echo_service(port: int = 5000, device: str = "network"):
-    """An on_poll hook for a guest stack: once its network adapter is up, answer every UDP
-    datagram to `port` with the same bytes (the server side of net-request-response)."""
+    """An on_poll hook for a guest stack: once network adapter `device` is up, answer every UDP
+    datagram to `port` with the same bytes (the server side of net-request-response). The port
+    is bound on the guest's IP stack, so on every adapter it has."""
     state = {"sock": None}
 
     def poll(stack) -> None:

@@ -127,7 +127,7 @@ def test_the_digest_does_not_depend_on_the_process(tmp_path):
                              timeout=300, check=True).stdout
         digests.append(json.loads(out)["trace_digest"])
         # db's random I/O wrote where its seeded generator chose: the disk's contents must match.
-        with VirtualDisk.open(str(tmp_path / salt / "db.vhd"), read_only=True) as d:
+        with VirtualDisk.open(str(_run_disk(tmp_path / salt, "db")), read_only=True) as d:
             h = hashlib.blake2b()
             for off, n in d.own_ranges():
                 h.update(off.to_bytes(8, "little") + d.read(off, n))
@@ -162,9 +162,17 @@ def test_seed_on_the_command_line_wins_over_the_files(tmp_path, capsys):
     file_42 = run_in("c", "seed = 42")
     no_seed = run_in("d", "")
     assert file_42_cli_7["seed"] == 7 and file_7["seed"] == 7 and file_42["seed"] == 42 and no_seed["seed"] == 0
-    # It really ran with 7: the disk-io workload wrote where the seed's generator chose.
-    assert _contents(tmp_path / "a" / "a.vhd") == _contents(tmp_path / "b" / "a.vhd")
-    assert _contents(tmp_path / "c" / "a.vhd") != _contents(tmp_path / "b" / "a.vhd")
+    # It really ran with 7: the disk-io workload wrote where the seed's generator chose (into the
+    # VM's run disk: the configured a.vhd is its base, which a run never writes).
+    assert _contents(_run_disk(tmp_path / "b", "a")) != _contents(_run_disk(tmp_path / "d", "a")), "no disk writes, or no seed"
+    assert _contents(_run_disk(tmp_path / "a", "a")) == _contents(_run_disk(tmp_path / "b", "a"))
+    assert _contents(_run_disk(tmp_path / "c", "a")) != _contents(_run_disk(tmp_path / "b", "a"))
+
+
+def _run_disk(root, vm, index=0):
+    """Disk `index` of `vm` as the run under `root` left it (<workdir>/<vm>/disk<i>.vhd)."""
+    (path,) = root.rglob(f"{vm}/disk{index}.vhd")
+    return path
 
 
 def _contents(path):

@@ -259,7 +259,7 @@ def test_saved_state_covers_every_device_of_the_default_host(tmp_path):
     devices = SavedStateReader(tmp_path / "web.hvsav", kind="saved-state").load("devices")
     for name in ("storage", "network", "heartbeat", "shutdown", "timesync", "kvp", "vss"):
         assert "saved" in devices[name], (name, devices[name])
-    assert devices["storage"]["saved"]["disk"].endswith("web.vhd")
+    assert devices["storage"]["saved"]["disk"].endswith("web/disk0.vhd")   # its run disk, over web.vhd
     assert devices["network"]["saved"]["rndis"] == "INITIALIZED"
     web.restore()
     assert web.memory_digest() == digest
