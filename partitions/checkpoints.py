@@ -155,7 +155,7 @@ class CheckpointTree:
             os.remove(child)
             self.parents.pop(child, None)
             if disk is not None:
-                serving.replace_disk(VirtualDisk.open(frozen), lun)
+                serving.replace_disk(VirtualDisk.open(frozen, write_barriers=_barriers(serving)), lun)
         for other in self.checkpoints.values():
             if other.parent == name:
                 other.parent = cp.parent
@@ -185,7 +185,7 @@ def _fork(parent: str, child: str, serving, lun: int) -> None:
     disk.flush()
     disk.close()  # the child opens it again, shared and read-only
     try:
-        opened = VirtualDisk.create(child, None, "differencing", parent=parent)
+        opened = VirtualDisk.create(child, None, "differencing", parent=parent, write_barriers=_barriers(serving))
     except BaseException:
         _reopen(parent, serving, lun)
         raise
@@ -203,7 +203,12 @@ def _unfork(parent: str, child: str, serving, lun: int) -> None:
 
 
 def _reopen(path: str, serving, lun: int) -> None:
-    serving.replace_disk(VirtualDisk.open(path), lun)
+    serving.replace_disk(VirtualDisk.open(path, write_barriers=_barriers(serving)), lun)
+
+
+def _barriers(serving) -> bool:
+    """Whether the VSP's disks are written with barriers: a fork is written as its parent was."""
+    return bool(serving.config.get("write_barriers", True))
 
 
 def _merge(child: str, into: str) -> None:

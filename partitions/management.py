@@ -290,11 +290,16 @@ class ManagedHost:
             if on_progress is not None:
                 on_progress(self)
 
+    def _saved_state_path(self, vm: VirtualMachine) -> Path:
+        """Where a save of `vm` goes: <workdir>/<vm>.hvsav (the run directory is made if need be)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        return self.workdir / f"{vm.name}.hvsav"
+
     def _act(self, at) -> None:
         vm = self.vms[at.vm]
         action = {"start": vm.start, "stop": vm.stop, "turn-off": vm.turn_off, "pause": vm.pause,
                   "resume": vm.resume, "quick-reset": vm.quick_reset,
-                  "save": lambda: vm.save(self.workdir / f"{vm.name}.hvsav"), "restore": vm.restore,
+                  "save": lambda: vm.save(self._saved_state_path(vm)), "restore": vm.restore,
                   "checkpoint": lambda: vm.checkpoint(at.name or f"checkpoint-{self.host.now // 1_000_000}ms"),
                   "apply-checkpoint": lambda: vm.apply_checkpoint(at.name),
                   "delete-checkpoint": lambda: vm.delete_checkpoint(at.name)}[at.action]
