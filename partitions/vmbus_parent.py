@@ -392,6 +392,7 @@ class ParentVmbus:
         self._flush(c)
 
     def quiesced(self, child: Partition) -> bool:
+        """Whether nothing reaches the child now (from quiesce() until its devices resumed)."""
         c = self.children.get(child.id)
         return c is not None and c.quiesced
 
