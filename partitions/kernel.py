@@ -31,18 +31,18 @@ class _WorkloadContext:
     async def device(self, name: str, timeout: int | str = "10s"):
         """The VM's device `name` (its VSC: `device_vsc(name)` on the host side) once it is there
         and ready; None if it is not by `timeout`, which is logged (`wait_timeout` with the
-        device's name). A name the VM has no device by is logged at once (`device_missing`, with
-        the names it has) and gives None without waiting."""
+        device's name as `device_name`). A name the VM has no device by is logged at once
+        (`device_missing`, with the names it has) and gives None without waiting."""
         known = sorted(set(getattr(self.stack, "names", {}).values()))
         if known and name not in known:
-            self.stack.log("device_missing", device=name, devices=known)
+            self.stack.log("device_missing", device_name=name, devices=known)
             return None
 
         def ready() -> bool:
             vsc = self.devices.get(name)
             return vsc is not None and bool(getattr(vsc, "ready", True))
 
-        if await self.wait_for(ready, timeout, what=f"device {name!r} to be ready", device=name):
+        if await self.wait_for(ready, timeout, what=f"device {name!r} to be ready", device_name=name):
             return self.devices[name]
         return None
 

@@ -75,7 +75,7 @@ def disk_io(pattern: str = "sequential", block_size: int | str = "64KiB", queue_
             return controller.disk(disk) if controller is not None and controller.ready else None
 
         if not await ctx.wait_for(lambda: target() is not None, "30s", what=f"disk {disk} of {device!r}",
-                                  device=device):
+                                  device_name=device):
             return  # no disk: nothing to do (the wait's timeout is logged)
         lun = target()
         span = max(1, lun.capacity // blocks)
@@ -116,7 +116,7 @@ def net_request_response(peer_ip: str | None, port: int = 5000, size: int = 64, 
             return stack if iface is not None and stack.connected(peer_ip) is iface else None
 
         if not await ctx.wait_for(lambda: route() is not None, "30s", what=f"a route to {peer_ip} by {device!r}",
-                                  device=device):
+                                  device_name=device):
             return
         stack = route()
         sock = stack.udp_socket(0, on_datagram=lambda *_: stats.__setitem__("answered", stats["answered"] + 1))
