@@ -377,8 +377,17 @@ class ManagedHost:
                 "trace_digest": self.host.trace_digest().hex()}
 
     def close(self) -> None:
+        """The host is done: every VM that still has a partition is turned off (its devices close
+        and let go of their disk files) and the switches' captures are closed. Take the summary
+        first: afterwards every VM is Off."""
+        for vm in self.vms.values():
+            if vm.partition is not None and vm.state in _TURN_OFF_FROM:
+                vm.turn_off()
         for sw in self.switches.values():
             sw.stop_capture()
+
+
+_TURN_OFF_FROM = (VmState.RUNNING, VmState.PAUSED, VmState.STOPPING, VmState.SAVED)
 
 
 def _uptime(ns: int) -> str:

@@ -17,7 +17,6 @@ Each page is read top to bottom in a fresh temporary directory, as a reader foll
 from __future__ import annotations
 
 import contextlib
-import gc
 import io
 import os
 import re
@@ -146,7 +145,6 @@ def _sh(block: Block, workdir: Path, capsys) -> None:
         if argv is None:
             continue
         capsys.readouterr()
-        gc.collect()   # each documented command is its own process: what an earlier run left open goes
         status = main(argv)
         out = capsys.readouterr()
         assert status == 0, f"{where}: `hvsim {' '.join(argv)}` (for `{command}`) exits {status}: {out.err}"

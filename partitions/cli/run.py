@@ -45,7 +45,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", default=None,
                    help="seed of the simulation, 0..2^64-1; wins over the file's [host] seed (default: the "
                         "file's, else 0)")
-    p.add_argument("--workdir", default=".hvsim", help="where the default host keeps its disks (default .hvsim)")
+    p.add_argument("--workdir", default=".hvsim", metavar="DIR",
+                   help="the run directory: each VM's run disks, checkpoint forks and saved states, and the "
+                        "default host's disks (default .hvsim)")
     p.add_argument("--log", metavar="FILE", help="write the structured event log (JSON lines)")
     p.add_argument("--trace", metavar="FILE", help="write a Chrome/Perfetto trace of VP scheduling")
     p.add_argument("--pcap", metavar="FILE",
@@ -68,6 +70,7 @@ class Plan:
 def plan(args: argparse.Namespace, *, create: bool) -> Plan:
     """Check everything a run needs that can be known before it starts; UsageError if anything is
     wrong. `create`: make the default host's work directory (a run does; a check does not)."""
+    from partitions import run_files
     from partitions.config import ConfigError, command_line_value, default_config, load
     try:
         duration = command_line_value("--for", args.duration, "at.time")
@@ -76,20 +79,17 @@ def plan(args: argparse.Namespace, *, create: bool) -> Plan:
         raise UsageError(f"{exc.key}: expected {exc.expected}, got {exc.got}"
                          + (f"; did you mean {exc.hint}?" if exc.hint else "")) from None
     try:
-        if args.config:
-            config = load(args.config)
-            workdir = Path(args.config).resolve().parent
-        else:
-            workdir = Path(args.workdir).resolve()
-            _check_directory(workdir, "--workdir")
-            config = default_config(workdir)
+        workdir = Path(args.workdir).resolve()
+        _check_directory(workdir, "--workdir")
+        config = load(args.config) if args.config else default_config(workdir)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"{exc.filename or args.config or args.workdir}: {exc.strerror or exc}") from None
-    if args.config:
-        _check_directory(workdir, "the run's directory (saved states)")
-    _check_disks(config, args.config or "the default host")
+    try:  # the disks: the ones named exist as VHDs of their size, or can be made; run files can be
+        run_files.plan_disks(config, workdir, args.config or "the default host")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     _check_workloads(config, args.config or "the default host")
     for option, path in (("--log", args.log), ("--trace", args.trace)):
         if path is not None:
@@ -129,27 +129,6 @@ def _check_directory(path: Path, what: str) -> None:
         raise UsageError(f"{what} {path}: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{what} {path}: {existing} is not writable")
-
-
-def _check_disks(config, file: str) -> None:
-    """Disks that exist are VHDs of the size the file gives; those to be created can be."""
-    from drivers.storage.vhd import VhdError, VirtualDisk
-    for i, vm in enumerate(config.vms):
-        for j, disk in enumerate(vm.disks):
-            key = f"{file}: vm[{i}].disks[{j}]"
-            if not disk.path.exists():
-                _check_directory(disk.path.parent, f"{key}.path")
-                continue
-            try:
-                with VirtualDisk.open(str(disk.path), read_only=True) as vhd:
-                    size = vhd.size
-            except (VhdError, OSError) as exc:
-                raise UsageError(f"{key}.path: {disk.path} is not a usable VHD: {exc}") from None
-            if not os.access(disk.path, os.W_OK):
-                raise UsageError(f"{key}.path: {disk.path} is not writable")
-            if disk.size is not None and disk.size != size:
-                raise UsageError(f"{key}.size: expected the size of the existing {disk.path} ({size} bytes), "
-                                 f"got {disk.size}")
 
 
 def _check_workloads(config, file: str) -> None:
@@ -219,14 +198,14 @@ def run(args: argparse.Namespace) -> int:
             crash = traceback.format_exc() if not _is_guest_error(exc) else None
         if args.trace:   # what was scheduled since the last progress point, when the run stopped between two
             records.extend(managed.host.introspect.take_scheduling()[0])
-        managed.close()
         summary = managed.summary()
         summary["outcome"] = outcome
+        if args.trace:
+            _write_trace(args.trace, managed, records)
+        managed.close()   # after the summary and trace: the VMs go Off, their disk files are let go
         if log is not None:
             log.event("run.end", **outcome)
             log.close()
-        if args.trace:
-            _write_trace(args.trace, managed, records)
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         print()

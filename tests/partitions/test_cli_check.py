@@ -72,7 +72,7 @@ def test_the_disks_a_run_would_use_are_checked(tmp_path, capsys):
     (tmp_path / "disks" / "a.vhd").write_bytes(b"not a disk" * 100)
     assert main(["check", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert f"{cfg}: vm[0].disks[0].path: " in err and "is not a usable VHD" in err
+    assert f"{cfg}: vm[0].disks[0].path: expected a VHD file hvsim can open, got " in err and "cookie" in err
     (tmp_path / "disks" / "a.vhd").unlink()
     (tmp_path / "disks").rmdir()
     (tmp_path / "disks").write_text("a file where the disks' directory should be")

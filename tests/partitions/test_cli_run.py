@@ -107,7 +107,7 @@ name = "one"
     assert out["vms"][0]["State"] == "Running"
     whats = [c["what"] for c in out["checkpoints"]["a"]]
     assert whats[0] in ("consistent", "crash-consistent") and whats[-1] == "deleted"
-    assert (tmp_path / "a.hvsav").exists()
+    assert (tmp_path / ".hvsim" / "a.hvsav").exists()   # the run directory: --workdir, .hvsim by default
 
 
 def test_the_digest_does_not_depend_on_the_process(tmp_path):
@@ -155,7 +155,7 @@ def test_seed_on_the_command_line_wins_over_the_files(tmp_path, capsys):
         (tmp_path / name).mkdir()
         cfg = tmp_path / name / "host.toml"
         cfg.write_text(SEEDED.format(seed=seed_line))
-        return run_json(capsys, str(cfg), "--for", "300ms", *argv)
+        return run_json(capsys, str(cfg), "--for", "300ms", "--workdir", str(tmp_path / name / "run"), *argv)
 
     file_42_cli_7 = run_in("a", "seed = 42", "--seed", "7")
     file_7 = run_in("b", "seed = 7")
@@ -176,11 +176,9 @@ def _run_disk(root, vm, index=0):
 
 
 def _contents(path):
-    import gc
     import hashlib
 
     from drivers.storage.vhd import VirtualDisk
-    gc.collect()   # N.B. a finished run's host keeps its disks open until it is collected
     h = hashlib.blake2b()
     with VirtualDisk.open(str(path), read_only=True) as d:
         for off, n in d.own_ranges():

@@ -293,6 +293,8 @@ def scenario_events(tmp_path, monkeypatch):
         return r
 
     monkeypatch.setattr(management, "discover", registry)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "disk0-ckpt7.vhd").write_bytes(b"left by an earlier run")   # -> disk.discarded
     built = []
     log = EventLog(None, lambda: built[0].host.now if built else 0)
     m = management.ManagedHost(loads(SCENARIO.format(dir=tmp_path), base_dir=tmp_path), workdir=tmp_path,
