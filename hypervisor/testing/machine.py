@@ -163,6 +163,10 @@ class HypervisorMachine(RuleBasedStateMachine):
         decoded = Control.decode(ctl)
         if not decoded.fast:
             vp.store_input(inp)  # the guest's own stores: not part of the hypercall
+            # A block longer than the rest of its page runs on over the next pages, a SIM page
+            # perhaps: slots there hold guest bytes now (the call itself fails INVALID_ALIGNMENT).
+            first, last = vp.input_gpa // PAGE_SIZE, (vp.input_gpa + max(len(inp), 1) - 1) // PAGE_SIZE
+            self.untrusted[caller.id].update(range(first + 1, last + 1))
         predicted = self._predict(vp, ctl, inp) if decoded.code in PORT_CALLS else None
         if decoded.code == CallCode.SET_VP_REGISTERS and len(inp) >= 16:
             # An EOM may deliver into the SIM page and a later element of the batch move it: the
@@ -799,6 +803,11 @@ class HypervisorMachine(RuleBasedStateMachine):
         """(partition, VP) pairs whose guest can program its own SynIC now."""
         return [(p, vp.index) for p in self._callers() for vp in p.vps]
 
+    def _repick(self, pid: int, pages: tuple[int, int] | None) -> bool:
+        """Whether a VP's SynIC wants new pages: it has none, one is no longer mapped read/write,
+        or the guest has written over its SIM page (its slots can no longer be checked there)."""
+        return pages is None or pages[0] in self.untrusted[pid] or any(not self._page_rw(pid, g) for g in pages)
+
     @rule(data=st.data(), scontrol_off=hs.rarely(8), simp_off=hs.rarely(8), masked=hs.rarely(8))
     def enable_synic(self, data, scontrol_off: bool, simp_off: bool, masked: bool) -> None:
         """A guest enables its SynIC: SIM and SIEF pages on two of its pages, SCONTROL, SINT2
@@ -806,22 +815,21 @@ class HypervisorMachine(RuleBasedStateMachine):
         part, vp = data.draw(st.sampled_from(self._synic_targets()), label="vp")
         if part.is_root:
             pages = self.root_synic_pages.get(vp)
-            if pages is None or any(not self._page_rw(part.id, g) for g in pages):
-                if self.host.root_memory.available < 2:
-                    return
-                pages = tuple(self.host.root_memory.allocate(2))
-                self.root_synic_pages[vp] = pages
+            fresh = self._root_pages(2) if self._repick(part.id, pages) else None
+            if fresh is not None:
+                pages = self.root_synic_pages[vp] = tuple(fresh)
         else:
             pages = self.child_synic_pages.get((part.id, vp))
-            if pages is None or any(not self._page_rw(part.id, g) for g in pages):
+            if self._repick(part.id, pages):
                 taken = {g for (pid, _), ps in self.child_synic_pages.items() if pid == part.id for g in ps}
                 free = [g for g in sorted(self.host.introspect.reach(part)) if g not in taken
                         and g not in self._scratch(part.id) and g not in self.untrusted[part.id]
                         and self._page_rw(part.id, g)]
-                if len(free) < 2:
-                    return
-                pages = tuple(data.draw(st.lists(st.sampled_from(free), min_size=2, max_size=2, unique=True)))
-                self.child_synic_pages[part.id, vp] = pages
+                if len(free) >= 2:
+                    pages = tuple(data.draw(st.lists(st.sampled_from(free), min_size=2, max_size=2, unique=True)))
+                    self.child_synic_pages[part.id, vp] = pages
+        if pages is None or any(not self._page_rw(part.id, g) for g in pages):
+            return  # no pages to put the SynIC on (the old ones, if any, are kept when they still work)
         simp, siefp = pages
         self.untrusted[part.id].add(siefp)
         sint = data.draw(st.integers(0, SINT_COUNT - 1), label="sint") if data.draw(hs.rarely(3)) else VMBUS_SINT
@@ -904,6 +912,20 @@ class HypervisorMachine(RuleBasedStateMachine):
         if vps:
             self._try(self.root.delete_vp, child, data.draw(st.sampled_from(vps)))
 
+    def _root_pages(self, n: int) -> list[int] | None:
+        """`n` pages from the root's allocator that the root still owns, or None. The allocator is
+        the harness's list; the root's raw DepositMemory/MapGpaPages calls give pages away behind
+        its back, and those are dropped here, never handed out again."""
+        owned: list[int] = []
+        slot = self._info(self.root.id)["slot"]
+        while len(owned) < n:
+            if self.host.root_memory.available < n - len(owned):
+                self.host.root_memory.release(owned)
+                return None
+            owned += [g for g in self.host.root_memory.allocate(n - len(owned))
+                      if self.host.introspect.owner_codes(g, 1)[0] == slot]
+        return owned
+
     @precondition(lambda self: len(self._live()) < MAX_CHILDREN and self.host.root_memory.available >= 48)
     @rule(data=st.data(), vps=st.integers(1, 2), create_port=st.booleans(), connect_port=st.booleans(),
           no_post=hs.rarely(8), no_signal=hs.rarely(8))
@@ -912,18 +934,23 @@ class HypervisorMachine(RuleBasedStateMachine):
         """A ready guest in one step: created (sometimes with CreatePort/ConnectPort, rarely
         without PostMessages/SignalEvents), 10 pool pages, initialized, VPs, 32 pages at GPA 0,
         and each VP's SynIC on (SIM page 16 + 2i, SIEF page 17 + 2i, SINT2 unmasked)."""
+        pool = self._root_pages(10)
+        memory = self._root_pages(32) if pool is not None else None
+        if memory is None:
+            self.host.root_memory.release(pool or [])
+            return
         child = self.root.create_partition()
         self.children.append(child)
         privileges = PRIVILEGES_GUEST_DEFAULT | create_port << Privilege.CREATE_PORT \
             | connect_port << Privilege.CONNECT_PORT
         privileges &= ~(no_post << Privilege.POST_MESSAGES | no_signal << Privilege.SIGNAL_EVENTS)
         self.root.set_partition_property(child, PartitionProperty.PRIVILEGE_FLAGS, privileges)
-        self.root.deposit_memory(child, self.host.root_memory.allocate(10))
+        self.root.deposit_memory(child, pool)
         self.root.initialize_partition(child)
         for i in range(vps):
             self.root.create_vp(child, i)
             self.vp_ever[child.id].add(i)
-        self.root.map_gpa_pages(child, 0, self.host.root_memory.allocate(32))
+        self.root.map_gpa_pages(child, 0, memory)
         for i in range(vps):
             simp, siefp = 16 + 2 * i, 17 + 2 * i
             self.child_synic_pages[child.id, i] = (simp, siefp)
