@@ -112,6 +112,12 @@ def hv_partition_write(h, partition_id: int, gpa: int, data: bytes) -> bool:
                                   ffi.from_buffer(data), len(data)) == 0
 
 
+def hv_check_set_vp_registers(h, caller_id: int, block: bytes, count: int) -> int:
+    if len(block) != 16 + 32 * count:
+        raise ValueError(f"SetVpRegisters block of {len(block)} bytes for {count} elements")
+    return int(lib.hv_check_set_vp_registers(h, caller_id, ffi.from_buffer(block), count))
+
+
 def hv_host_totals(h) -> dict:
     t = ffi.new("struct hv_host_totals *")
     lib.hv_host_totals(h, t)

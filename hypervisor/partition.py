@@ -317,6 +317,18 @@ class Partition:
         elements = [struct.pack("<IIQQQ", n, 0, 0, v & 0xFFFFFFFFFFFFFFFF, 0) for n, v in values.items()]
         self._rep_call(CallCode.SET_VP_REGISTERS, header, elements, elem_size=32, via=via, name="SetVpRegisters")
 
+    def check_vp_registers(self, target: Partition | int | None, vp_index: int, values: Mapping[int, int]) -> None:
+        """Raise the HvError `set_vp_registers(target, vp_index, values)` would raise now (issued by
+        this partition's VP 0), changing nothing: a restore checks every VP before it applies any."""
+        header = struct.pack("<QIB3x", self._target_id(target), vp_index, 0)
+        elements = [struct.pack("<IIQQQ", n, 0, 0, v & 0xFFFFFFFFFFFFFFFF, 0) for n, v in values.items()]
+        per_call = (PAGE_SIZE - len(header)) // 32
+        for done in range(0, len(elements), per_call):
+            batch = elements[done:done + per_call]
+            status = _binding.hv_check_set_vp_registers(self.host._h, self.id, header + b"".join(batch), len(batch))
+            if status != HvStatus.SUCCESS:
+                raise error_for(status, "SetVpRegisters", f"checking elements {done}..{done + len(batch) - 1}")
+
     # ---- convenience views (introspection, not hypercalls) -----------------------------------
     @property
     def state(self) -> PartitionState | None:

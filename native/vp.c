@@ -184,7 +184,8 @@ uint16_t hv_call_get_vp_registers(struct hv_call *c)
     return HV_STATUS_SUCCESS;
 }
 
-uint16_t hv_call_set_vp_registers(struct hv_call *c)
+/* SetVpRegisters' decode: every element checked against the state before the call. */
+static uint16_t set_registers_decode(struct hv_call *c, struct hv_vp **vp_out, struct hv_partition **p_out)
 {
     struct hv_vp *vp;
     struct hv_partition *p;
@@ -192,6 +193,8 @@ uint16_t hv_call_set_vp_registers(struct hv_call *c)
     uint16_t st = registers_target(c, &vp, &self, &p);
     if (st != HV_STATUS_SUCCESS)
         return st;
+    *vp_out = vp;
+    *p_out = p;
     for (uint32_t i = c->rep_start; i < c->rep_end; i++) {
         struct hv_register_assoc a;
         memcpy(&a, c->in + 16 + (size_t)i * sizeof(a), sizeof(a));
@@ -208,6 +211,16 @@ uint16_t hv_call_set_vp_registers(struct hv_call *c)
             if (hv_load32(c->in + 16 + (size_t)j * sizeof(a)) == a.name)
                 return HV_STATUS_INVALID_PARAMETER;
     }
+    return HV_STATUS_SUCCESS;
+}
+
+uint16_t hv_call_set_vp_registers(struct hv_call *c)
+{
+    struct hv_vp *vp;
+    struct hv_partition *p;
+    uint16_t st = set_registers_decode(c, &vp, &p);
+    if (st != HV_STATUS_SUCCESS)
+        return st;
     for (uint32_t i = c->rep_start; i < c->rep_end; i++) {
         struct hv_register_assoc a;
         memcpy(&a, c->in + 16 + (size_t)i * sizeof(a), sizeof(a));
@@ -218,4 +231,19 @@ uint16_t hv_call_set_vp_registers(struct hv_call *c)
             hv_synic_set_register(c->h, p, vp, a.name, a.value_low);
     }
     return HV_STATUS_SUCCESS;
+}
+
+uint16_t hv_check_set_vp_registers(struct hv_host *h, uint64_t caller_id, const uint8_t *in, uint32_t count)
+{
+    struct hv_partition *caller = hv_partition_by_id(h, caller_id);
+    if (!caller || !caller->vps[0])
+        return HV_STATUS_INVALID_PARTITION_ID;
+    if (count == 0 || count > (HV_PAGE_SIZE - 16) / sizeof(struct hv_register_assoc))
+        return HV_STATUS_INVALID_PARAMETER;
+    struct hv_call c = { .h = h, .caller = caller, .vp = caller->vps[0], .code = HVCALL_SET_VP_REGISTERS,
+                         .rep_count = count, .rep_start = 0, .rep_end = count, .in = in,
+                         .in_len = 16 + count * (uint32_t)sizeof(struct hv_register_assoc) };
+    struct hv_vp *vp;
+    struct hv_partition *p;
+    return set_registers_decode(&c, &vp, &p);
 }

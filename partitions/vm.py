@@ -331,6 +331,7 @@ class VirtualMachine:
     def restore(self, path=None) -> None:
         """Restore from a saved-state file (by default the one saved last). The whole file is
         checked before anything changes; a corrupt or foreign file leaves the VM Saved."""
+        from hypervisor import HvError
         from partitions.savedstate import SavedStateError, SavedStateReader
         self._require("restore", VmState.SAVED)
         path = path or self._saved_path
@@ -345,19 +346,56 @@ class VirtualMachine:
         records = list(reader.records("memory"))
         if any(gpa not in mapped or len(data) != 4096 for gpa, data in records):
             raise SavedStateError(f"{path}: memory records outside vm {self.name!r}'s memory")
-        if sorted(v["index"] for v in vps) != sorted(vp.index for vp in part.vps):
-            raise SavedStateError(f"{path}: VPs {[v['index'] for v in vps]} do not match the VM's")
+        registers = self._restore_registers(path, vps)
+        # Decode, then apply: every VP's registers are checked by the core as SetVpRegisters would
+        # check them, so nothing below can fail on the file's account and a bad file leaves the
+        # VM Saved with its memory still in that file.
+        for index, values in registers.items():
+            try:
+                self.host.root.check_vp_registers(part, index, values)
+            except HvError as e:
+                raise SavedStateError(f"{path}: vm {self.name!r} VP {index}: the saved registers are "
+                                      f"refused ({e})") from None
         self._set(VmState.STARTING)
         for gpa, data in records:
             part.write(gpa * 4096, data)
         from hypervisor import Register
-        for v in vps:  # SynIC pages and synthetic timers on again, as they were
-            self.host.root.set_vp_registers(part, v["index"], {int(k): val for k, val in v["registers"]})
+        for index, values in registers.items():  # SynIC pages and synthetic timers on again, as they were
+            self.host.root.set_vp_registers(part, index, values)
             # An EOM delivers what the hypervisor queued for the VP meanwhile (its slots were off).
-            self.host.root.set_vp_registers(part, v["index"], {Register.EOM: 0})
+            self.host.root.set_vp_registers(part, index, {Register.EOM: 0})
         self._resume_devices()
         self.host.root.resume_partition(part)
         self._set(VmState.RUNNING)
+
+    def _restore_registers(self, path, vps) -> dict[int, dict[int, int]]:
+        """The "vps" section of a saved state as {VP index: {register: value}}, one entry for each
+        of the VM's VPs, or a SavedStateError saying what is wrong with it."""
+        from partitions.savedstate import SavedStateError
+
+        def is_int(x) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+        out: dict[int, dict[int, int]] = {}
+        if not isinstance(vps, list):
+            raise SavedStateError(f"{path}: section 'vps' is a {type(vps).__name__}, expected a list")
+        for n, v in enumerate(vps):
+            where = f"{path}: section 'vps' entry {n}"
+            if not isinstance(v, dict) or not is_int(v.get("index")) or not isinstance(v.get("registers"), list):
+                raise SavedStateError(f"{where}: expected a map with an integer 'index' and a list 'registers'")
+            values: dict[int, int] = {}
+            for pair in v["registers"]:
+                if (not isinstance(pair, list) or len(pair) != 2 or not all(map(is_int, pair))
+                        or not 0 <= pair[0] < 1 << 32 or not 0 <= pair[1] < 1 << 64 or pair[0] in values):
+                    raise SavedStateError(f"{where}: register {pair!r}: expected a [name, value] pair of a "
+                                          "32-bit name, given once, and a 64-bit value")
+                values[pair[0]] = pair[1]
+            if v["index"] in out:
+                raise SavedStateError(f"{where}: VP {v['index']} appears twice")
+            out[v["index"]] = values
+        if sorted(out) != sorted(vp.index for vp in self.partition.vps):
+            raise SavedStateError(f"{path}: VPs {sorted(out)} do not match vm {self.name!r}'s "
+                                  f"{sorted(vp.index for vp in self.partition.vps)}")
+        return out
 
     def _quiesce_devices(self) -> None:
         # The VSPs first: a quiesce hook may still complete work into its ring. A hook that

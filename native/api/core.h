@@ -25,6 +25,12 @@ struct hv_host_config {
                                      continuation (the TLFS 50 us target); 0 = no limit */
     uint32_t scheduler;           /* 0 = Hyper-V classic, 1 = Hyper-V core */
     struct hv_costs costs;
+    /* What grants (GPADLs) and own views may cost the process: each run of contiguous SPA pages
+     * in one is a memory mapping, and a process has vm.max_map_count of them (65,530 by default).
+     * 0 takes the default (grant.c). */
+    uint32_t grant_pages_per_child;    /* pages one child may have granted at once (327,680: 1,280 MiB) */
+    uint32_t grant_mappings_per_child; /* mappings one partition's grants and views may cost (1,024) */
+    uint32_t grant_mappings_per_host;  /* mappings all partitions' grants and views may cost (32,768) */
 };
 
 struct hv_host_totals {
@@ -90,6 +96,11 @@ uint64_t hv_hypercall(struct hv_host *h, uint64_t partition_id, uint32_t vp_inde
 /* A partition's loads and stores to its own memory (what its guest code may do): 0 or -1. */
 int hv_partition_read(struct hv_host *h, uint64_t id, uint64_t gpa, uint8_t *buf, size_t len);
 int hv_partition_write(struct hv_host *h, uint64_t id, uint64_t gpa, const uint8_t *buf, size_t len);
+
+/* SetVpRegisters decoded as partition `caller_id`'s VP 0 would issue it (`in`: its input block,
+ * header and `count` elements) and nothing applied: the status the call would return now. A
+ * restore uses it to check every VP's saved registers before it changes anything. */
+uint16_t hv_check_set_vp_registers(struct hv_host *h, uint64_t caller_id, const uint8_t *in, uint32_t count);
 
 /* Introspection: for the host's owner (tests, management), never reachable by a partition. */
 void hv_host_totals(struct hv_host *h, struct hv_host_totals *t);
