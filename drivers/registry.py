@@ -1,6 +1,13 @@
 """The driver registry: every device found through the `hvsim.drivers` entry-point group, the
 built-in ones included. A plugin that fails to load is recorded with a clear error and skipped;
-it never stops the host."""
+it never stops the host, and it never displaces a built-in device.
+
+Built-in devices are the entry points of hvsim's own distribution (`BUILTIN_DISTRIBUTION`); they
+are loaded before any plugin, so a plugin that takes a built-in's name or class GUID is the one
+refused and reported, whatever its entry point's name sorts as. Loading a plugin runs its code:
+whatever that code raises at import, `SystemExit` included, is that plugin's load error (only
+`KeyboardInterrupt` goes through, so Ctrl-C still stops the command).
+"""
 from __future__ import annotations
 
 import difflib
@@ -11,6 +18,7 @@ from importlib import metadata
 from drivers.device import DeviceType
 
 GROUP = "hvsim.drivers"
+BUILTIN_DISTRIBUTION = "hvsim"
 
 
 @dataclass
@@ -24,6 +32,7 @@ class LoadError:
 class Registry:
     devices: dict[str, DeviceType] = field(default_factory=dict)
     errors: list[LoadError] = field(default_factory=list)
+    distributions: dict[str, str] = field(default_factory=dict)   # device name -> its distribution
 
     def by_class(self, class_id: uuid.UUID) -> DeviceType | None:
         for device in self.devices.values():
@@ -56,26 +65,45 @@ class Registry:
         return (f"no device named {name!r}; installed: {', '.join(sorted(self.devices)) or 'none'}"
                 + (f"; did you mean {hint!r}?" if hint else ""))
 
-    def add(self, device: DeviceType) -> None:
-        clash = self.by_class(device.class_id)
-        if device.name in self.devices or clash:
-            raise ValueError(f"device {device.name!r} clashes with {(clash or self.devices[device.name]).name!r}")
+    def add(self, device: DeviceType, distribution: str = "?") -> None:
+        """Add `device` (from `distribution`), unless a device already here has its name or its
+        class GUID: the first one added wins, and discover() adds the built-in devices first."""
+        taken = self.devices.get(device.name) or self.by_class(device.class_id)
+        if taken is not None:
+            what = "name" if taken.name == device.name else f"class GUID {device.class_id}"
+            raise ValueError(f"device {device.name!r} has the {what} of device {taken.name!r} from "
+                             f"{self.distributions.get(taken.name, '?')}, which is kept (built-in devices "
+                             "and earlier plugins win)")
         self.devices[device.name] = device
+        self.distributions[device.name] = distribution
+
+
+def _distribution(ep) -> str:
+    return getattr(getattr(ep, "dist", None), "name", None) or "?"
 
 
 def discover(group: str = GROUP) -> Registry:
-    """Load every entry point of `group`; each must name a DeviceType."""
+    """Load every entry point of `group`; each must name a DeviceType. hvsim's own come first,
+    then the plugins by entry-point name."""
     registry = Registry()
-    for ep in sorted(metadata.entry_points(group=group), key=lambda e: e.name):
+    entry_points = sorted(metadata.entry_points(group=group),
+                          key=lambda e: (_distribution(e) != BUILTIN_DISTRIBUTION, e.name, e.value))
+    for ep in entry_points:
         where = f"{ep.name} = {ep.value}"
-        dist = getattr(getattr(ep, "dist", None), "name", "?")
+        dist = _distribution(ep)
         try:
             device = ep.load()
             if not isinstance(device, DeviceType):
                 raise TypeError(f"it names {type(device).__name__}, not a drivers.device.DeviceType")
             if device.name != ep.name:
                 raise ValueError(f"the entry point is named {ep.name!r} but the device {device.name!r}")
-            registry.add(device)
-        except Exception as exc:  # a broken plugin must not stop the host
+            registry.add(device, dist)
+        except KeyboardInterrupt:
+            raise                     # the user stopping the command, not the plugin failing
+        except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not stop the host
             registry.errors.append(LoadError(where, dist, f"{type(exc).__name__}: {exc}"))
+    # A DeviceType ties its VSP and VSC classes to itself when made; a refused plugin that made
+    # one out of a built-in's classes must not leave them tied to it.
+    for device in registry.devices.values():
+        device.vsp.device = device.vsc.device = device
     return registry

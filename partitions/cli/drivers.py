@@ -30,20 +30,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def listing() -> dict[str, list[dict[str, Any]]]:
     """The loaded and failed plugins, each as a plain record (the layout `--json` prints)."""
     found = registry.discover()
-    # The registry checks that each device is named after its entry point, so the entry point
-    # (and through it the distribution) of a loaded device is found by name.
-    entry_points = {ep.name: ep for ep in metadata.entry_points(group=registry.GROUP)}
     loaded = []
     for name in sorted(found.devices):
         device = found.devices[name]
-        dist = getattr(entry_points.get(name), "dist", None)
+        # The registry's record, not a lookup of entry points by name: a refused plugin may share
+        # the name of the built-in that was kept.
+        distribution = found.distributions.get(name)
         loaded.append({
             "name": name,
             "class_id": str(device.class_id),
             "vsp": _qualified(device.vsp),
             "vsc": _qualified(device.vsc),
-            "distribution": getattr(dist, "name", None),
-            "version": getattr(dist, "version", None),
+            "distribution": distribution,
+            "version": _version(distribution) if distribution else None,
             "description": device.description,
         })
     failed = [{"entry_point": e.entry_point, "distribution": e.distribution,

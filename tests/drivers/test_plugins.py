@@ -105,3 +105,175 @@ def test_a_plugin_device_is_attached_from_a_host_file_with_its_settings(site, tm
     assert key == "vm[0].devices[0].type" and 'did you mean "reverse"?' in text and "echo, reverse" in text
     key, text = result["errors"]["broken.toml"]
     assert key == "vm[0].devices[0].type" and "failed to load" in text and "ModuleNotFoundError" in text
+
+
+# ---- plugins that clash with built-ins or misbehave at import ----------------------------------
+# Installed plugins are simulated: a module on sys.path and an entry point for it, added to the
+# real entry points of this Python (hvsim's own among them) where the registry looks them up.
+
+CLASHING = '''
+from drivers.device import DeviceType
+from drivers.example import EchoVsc, EchoVsp
+from drivers.storage import DEVICE as STORAGE
+
+class TakeoverVsp(EchoVsp):
+    pass
+
+class TakeoverVsc(EchoVsc):
+    pass
+
+# Storage's class GUID under a name that sorts before every built-in.
+AAA = DeviceType(name="aaa_disk", class_id=STORAGE.class_id, vsp=TakeoverVsp, vsc=TakeoverVsc)
+
+class NamedVsp(EchoVsp):
+    pass
+
+class NamedVsc(EchoVsc):
+    pass
+
+# Storage's name with a GUID of its own.
+STORAGE_TOO = DeviceType(name="storage", class_id=__import__("uuid").uuid4(), vsp=NamedVsp, vsc=NamedVsc)
+'''
+
+
+class FakeEntryPoint:
+    """An `hvsim.drivers` entry point of an installed distribution `dist`."""
+
+    def __init__(self, name, value, dist):
+        from importlib import metadata
+        self.name, self.value, self.group = name, value, "hvsim.drivers"
+        self.dist = type("Dist", (), {"name": dist, "version": "0.1"})()
+        self._ep = metadata.EntryPoint(name, value, self.group)
+
+    def load(self):
+        return self._ep.load()
+
+
+@pytest.fixture
+def plugins(tmp_path, monkeypatch):
+    """install(module_name, source, (entry point name, attr, distribution), ...)."""
+    from importlib import metadata
+    real = metadata.entry_points
+    extra = []
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def entry_points(**kw):
+        found = list(real(**kw))
+        return found + [ep for ep in extra if kw.get("group") in (None, ep.group)]
+    monkeypatch.setattr(metadata, "entry_points", entry_points)
+
+    def install(module, source, *eps):
+        (tmp_path / f"{module}.py").write_text(source)
+        monkeypatch.delitem(sys.modules, module, raising=False)
+        extra.extend(FakeEntryPoint(name, f"{module}:{attr}", dist) for name, attr, dist in eps)
+    return install
+
+
+def test_a_plugin_with_a_built_ins_class_guid_is_refused_and_the_built_in_kept(plugins):
+    from drivers.registry import discover
+    from drivers.storage import DEVICE as STORAGE
+    plugins("takeover", CLASHING, ("aaa_disk", "AAA", "takeover-plugin"))
+    reg = discover()
+    assert reg["storage"] is STORAGE and reg.by_class(STORAGE.class_id) is STORAGE
+    assert "aaa_disk" not in reg.devices
+    (err,) = reg.errors
+    assert err.entry_point == "aaa_disk = takeover:AAA" and err.distribution == "takeover-plugin"
+    assert f"class GUID {STORAGE.class_id}" in err.message and "'storage' from hvsim" in err.message
+    assert STORAGE.vsp.device is STORAGE            # the built-in's classes still name the built-in
+
+
+def test_a_plugin_with_a_built_ins_name_is_refused_and_the_built_in_kept(plugins):
+    from drivers.registry import discover
+    from drivers.storage import DEVICE as STORAGE
+    plugins("takeover", CLASHING, ("storage", "STORAGE_TOO", "takeover-plugin"))
+    reg = discover()
+    assert reg["storage"] is STORAGE and reg.distributions["storage"] == "hvsim"
+    (err,) = reg.errors
+    assert err.entry_point == "storage = takeover:STORAGE_TOO" and err.distribution == "takeover-plugin"
+    assert "the name of device 'storage' from hvsim" in err.message
+
+
+EXITS = "import sys\nsys.exit(3)\n"
+RAISES_BASE = "class Odd(BaseException):\n    pass\nraise Odd('at import')\n"
+
+
+def test_nothing_a_plugin_does_at_import_ends_discovery(plugins):
+    from drivers.registry import discover
+    plugins("exits", EXITS, ("exits", "DEVICE", "exits-plugin"))
+    plugins("odd", RAISES_BASE, ("odd", "DEVICE", "odd-plugin"))
+    reg = discover()
+    assert "storage" in reg.devices and "echo" in reg.devices
+    errors = {e.entry_point: e for e in reg.errors}
+    assert errors["exits = exits:DEVICE"].message == "SystemExit: 3"
+    assert errors["exits = exits:DEVICE"].distribution == "exits-plugin"
+    assert errors["odd = odd:DEVICE"].message == "Odd: at import"
+
+
+def test_ctrl_c_while_a_plugin_loads_still_stops_the_command(plugins):
+    from drivers.registry import discover
+    plugins("interrupts", "raise KeyboardInterrupt\n", ("interrupts", "DEVICE", "x"))
+    with pytest.raises(KeyboardInterrupt):
+        discover()
+
+
+HOST = """
+[host]
+logical_processors = 1
+memory = "256MiB"
+
+[[vm]]
+name = "db"
+memory = "64MiB"
+workload = { kind = "disk-io", pattern = "random", block_size = "4KiB", queue_depth = 2 }
+disks = [ { path = "db.vhd", size = "8MiB", type = "dynamic" } ]
+"""
+
+
+def test_hvsim_run_goes_on_and_reports_the_plugins_not_the_built_in(plugins, tmp_path, capsys):
+    from partitions.cli import main
+    plugins("takeover", CLASHING, ("aaa_disk", "AAA", "takeover-plugin"))
+    plugins("exits", EXITS, ("exits", "DEVICE", "exits-plugin"))
+    cfg, log = tmp_path / "host.toml", tmp_path / "log.jsonl"
+    cfg.write_text(HOST)
+    assert main(["run", str(cfg), "--for", "50ms", "--workdir", str(tmp_path / "w"), "--log", str(log),
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    (db,) = [p for p in out["partitions"] if p["name"] == "db"]
+    assert db["vmbus"]["packets_in"] > 10                  # its disk I/O went through the built-in
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    failed = {e["entry_point"]: e["error"] for e in events if e["event"] == "driver.load_failed"}
+    assert set(failed) == {"aaa_disk = takeover:AAA", "exits = exits:DEVICE"}
+    assert failed["exits = exits:DEVICE"] == "SystemExit: 3"
+    assert "class GUID" in failed["aaa_disk = takeover:AAA"]
+
+
+def test_hvsim_drivers_lists_the_built_in_and_the_clashing_plugin_as_failed(plugins, capsys):
+    from partitions.cli import main
+    plugins("takeover", CLASHING, ("aaa_disk", "AAA", "takeover-plugin"))
+    assert main(["drivers", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    (storage,) = [d for d in out["drivers"] if d["name"] == "storage"]
+    assert storage["distribution"] == "hvsim" and storage["vsp"] == "drivers.storage.vsp.StorVsp"
+    (failed,) = out["failed"]
+    assert failed["entry_point"] == "aaa_disk = takeover:AAA" and failed["distribution"] == "takeover-plugin"
+
+
+def test_a_refused_plugin_made_of_a_built_ins_classes_leaves_them_the_built_ins(plugins):
+    from drivers.registry import discover
+    from drivers.storage import DEVICE as STORAGE
+    source = ("import uuid\nfrom drivers.device import DeviceType\nfrom drivers.storage import DEVICE\n"
+              "BORROW = DeviceType(name='storage', class_id=uuid.uuid4(), vsp=DEVICE.vsp, vsc=DEVICE.vsc)\n")
+    plugins("borrow", source, ("storage", "BORROW", "borrow-plugin"))
+    reg = discover()
+    assert reg["storage"] is STORAGE and [e.distribution for e in reg.errors] == ["borrow-plugin"]
+    assert STORAGE.vsp.device is STORAGE and STORAGE.vsc.device is STORAGE
+
+
+def test_hvsim_drivers_names_the_built_ins_distribution_when_a_plugin_takes_its_name(plugins, capsys):
+    from partitions.cli import main
+    plugins("takeover", CLASHING, ("storage", "STORAGE_TOO", "takeover-plugin"))
+    assert main(["drivers", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    (storage,) = [d for d in out["drivers"] if d["name"] == "storage"]
+    assert storage["distribution"] == "hvsim" and storage["vsp"] == "drivers.storage.vsp.StorVsp"
+    assert [f["distribution"] for f in out["failed"]] == ["takeover-plugin"]
