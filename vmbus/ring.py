@@ -20,7 +20,10 @@ channel layer, which builds rings from GPADL pages, is where page multiples are 
 
 Payloads: a packet's payload is bytes [offset8*8, len8*8) of the packet, so it comes back padded
 with zeros to a multiple of 8, exactly as a Hyper-V reader sees it; protocols above carry their
-own lengths.
+own lengths. The bytes between the descriptor and offset8*8 are the packet's header extension:
+the range list of a GPA-direct (type 9) or transfer-page (type 7) packet sits there, and offset8
+counts it, as Linux computes it ((descriptor + range header + PFNs) / 8). write() takes it as
+`header` and a Packet carries it as `header`.
 
 Each end treats the other as hostile. Every shared field is loaded once per use and validated; a
 packet is copied out of the ring before it is parsed and every field returned comes from that one
@@ -96,6 +99,7 @@ class Packet(NamedTuple):
     payload: bytes
     offset8: int  # header length in 8-byte units (2 for a bare descriptor)
     len8: int  # packet length in 8-byte units, trailer excluded
+    header: bytes = b""  # bytes [16, offset8*8): a GPA-direct or transfer-page range list
 
     @property
     def completion_requested(self) -> bool:
@@ -262,9 +266,12 @@ class OutgoingRing(_RingEnd):
         flags: int = 0,
         trans_id: int = 0,
         set_pending_send_sz: bool = False,
+        header=b"",
     ) -> bool:
         """Append one packet; return whether the reader must be signalled.
 
+        `header` (a multiple of 8 bytes) goes between the descriptor and the payload and is
+        counted in offset8, as a GPA-direct or transfer-page packet's range list is.
         Raises RingFull if it does not fit now. With set_pending_send_sz, pending_send_sz is
         first set to the packet's size, so the reader signals once that much is free; the next
         successful write clears it again.
@@ -273,17 +280,21 @@ class OutgoingRing(_RingEnd):
         _check_u("packet type", packet_type, 16)
         _check_u("flags", flags, 16)
         _check_u("trans_id", trans_id, 64)
-        total = self._packet_size(len(payload))
+        if len(header) % ALIGN:
+            raise ValueError(f"a {len(header)}-byte packet header is not a multiple of {ALIGN}")
+        total = self._packet_size(len(header) + len(payload))
         w = self._own_index()
         if not self._fits(w, total, set_pending_send_sz):
             raise RingFull(f"{total}-byte packet, {self.free_bytes} bytes free")
 
         body = total - TRAILER_SIZE
+        offset8 = (DESC_SIZE + len(header)) // ALIGN
         packet = b"".join(
             (
-                _DESC.pack(packet_type, DESC_SIZE // ALIGN, body // ALIGN, flags, trans_id),
+                _DESC.pack(packet_type, offset8, body // ALIGN, flags, trans_id),
+                header,
                 payload,
-                bytes(body - DESC_SIZE - len(payload)),
+                bytes(body - DESC_SIZE - len(header) - len(payload)),
                 _TRAILER.pack(w << 32),
             )
         )
@@ -459,7 +470,8 @@ class IncomingRing(_RingEnd):
             raise self._break("truncated", f"{length}-byte packet at {pos}, {avail} published")
         body = self._copy_out((pos + DESC_SIZE) % self._dsize, length - DESC_SIZE)
         self._cursor = (pos + length + TRAILER_SIZE) % self._dsize
-        return Packet(ptype, flags, trans_id, body[offset8 * ALIGN - DESC_SIZE :], offset8, len8)
+        start = offset8 * ALIGN - DESC_SIZE
+        return Packet(ptype, flags, trans_id, body[start:], offset8, len8, body[:start])
 
     def commit(self) -> bool:
         """Publish what read() consumed as read_index; return whether the writer must be
@@ -500,8 +512,10 @@ class IncomingRing(_RingEnd):
         for _ in range(result.count):
             ptype, offset8, len8, flags, trans_id = unpack(records, pos)
             end = pos + len8 * ALIGN
-            payload = records[pos + offset8 * ALIGN : end]
-            packets.append(new_packet(Packet, (ptype, flags, trans_id, payload, offset8, len8)))
+            start = pos + offset8 * ALIGN
+            payload = records[start:end]
+            header = records[pos + DESC_SIZE : start]
+            packets.append(new_packet(Packet, (ptype, flags, trans_id, payload, offset8, len8, header)))
             pos = end
         return packets, signal or result.signal
 

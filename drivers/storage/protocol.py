@@ -15,16 +15,15 @@ vmscsi_request (52 bytes, the Win8 "V2" layout; hvsim negotiates Win8 and later 
    36 reserve u16   38 queue_tag u8   39 queue_action u8   40 srb_flags u32
    44 time_out_value u32   48 queue_sort_key u32
 
-Data: an EXECUTE_SRB that moves data is a GPA-direct packet (VMBus type 9). In Hyper-V its
-descriptor's offset8 points past the range list, so the payload proper is the vstor_packet alone.
-hvsim's rings always write offset8 = 2 and hand a reader everything after the 16-byte
-descriptor, so here the payload is the GPA-direct header then the vstor_packet:
+Data: an EXECUTE_SRB that moves data is a GPA-direct packet (VMBus type 9), laid out as Linux's
+storvsc sends it (vmbus_sendpacket_mpb_desc): after the 16-byte descriptor comes the range list
 
     0 reserved u32   4 range_count u32   8 ranges: {byte_count u32, byte_offset u32, pfn u64[n]}
-    ...  then the 64-byte vstor_packet
 
-(byte for byte what Hyper-V puts after the descriptor; only offset8 differs). A range's PFN count
-is the number of pages [byte_offset, byte_offset + byte_count) touches.
+and the descriptor's offset8 counts it ((16 + 8 + 8 + 8 * n) / 8 for Linux's one range), so the
+packet's payload proper is the 64-byte vstor_packet alone. The ring hands the range list to a
+reader as Packet.header. A range's PFN count is the number of pages [byte_offset, byte_offset +
+byte_count) touches.
 
 hvsim's one addition (N.B. not in Hyper-V): a parent may touch only the child pages the child
 granted it. So storvsc grants a pool of its own pages as a GPADL on the channel, as netvsc does
@@ -293,44 +292,45 @@ def decode_pool(body: bytes) -> int:
 # -- GPA-direct payloads ---------------------------------------------------------------------------
 
 
-def encode_gpa_direct(ranges: tuple[GpaRange, ...] | list[GpaRange], packet: bytes) -> bytes:
-    """The payload of a GPA-direct packet: header, ranges, then the vstor_packet."""
+def encode_gpa_direct(ranges: tuple[GpaRange, ...] | list[GpaRange]) -> bytes:
+    """The range list of a GPA-direct packet: what goes between its descriptor and offset8*8."""
     if not ranges:
         raise ValueError("a GPA-direct packet names at least one range")
     parts = [_GPA_HEADER.pack(0, len(ranges))]
     for r in ranges:
         parts.append(struct.pack(f"<II{len(r.pfns)}Q", r.byte_count, r.byte_offset, *r.pfns))
-    parts.append(packet)
     return b"".join(parts)
 
 
-def decode_gpa_direct(payload) -> tuple[tuple[GpaRange, ...], bytes]:
-    """(ranges, the bytes after them) of a GPA-direct payload; every range is checked for
-    consistency (non-empty, offset inside the first page, as many PFNs as pages touched)."""
-    data = bytes(payload)
+def decode_gpa_direct(header) -> tuple[GpaRange, ...]:
+    """The ranges of a GPA-direct packet's header (the bytes before offset8*8); every range is
+    checked for consistency (non-empty, offset inside the first page, as many PFNs as pages
+    touched) and must lie inside the header. Bytes after the last range are ignored."""
+    data = bytes(header)
     if len(data) < _GPA_HEADER.size:
-        raise StorError(f"a GPA-direct payload starts with {_GPA_HEADER.size} bytes, got {len(data)}")
+        raise StorError(f"a GPA-direct header starts with {_GPA_HEADER.size} bytes, got {len(data)} "
+                        f"(offset8 must count the range list)")
     _, count = _GPA_HEADER.unpack_from(data)
     # Every range takes at least 16 bytes: this bounds the loop by the bytes actually sent.
     if count == 0 or count > (len(data) - _GPA_HEADER.size) // _RANGE.size:
-        raise StorError(f"range count {count} does not fit a {len(data)}-byte payload")
+        raise StorError(f"range count {count} does not fit a {len(data)}-byte GPA-direct header")
     pos, ranges = _GPA_HEADER.size, []
     for i in range(count):
         if pos + _RANGE.size > len(data):
-            raise StorError(f"range {i} of {count} runs past the payload")
+            raise StorError(f"range {i} of {count} runs past the header")
         byte_count, byte_offset, _ = _RANGE.unpack_from(data, pos)
         if byte_count == 0 or byte_offset >= PAGE_SIZE:
             raise StorError(f"range {i}: byte_count {byte_count}, byte_offset {byte_offset}")
         n = page_count(byte_offset, byte_count)
         end = pos + 8 + 8 * n
         if end > len(data):
-            raise StorError(f"range {i} needs {n} PFNs; the payload ends first")
+            raise StorError(f"range {i} needs {n} PFNs; the header ends first")
         pfns = struct.unpack_from(f"<{n}Q", data, pos + 8)
         if any(pfn > MAX_PFN for pfn in pfns):
             raise StorError(f"range {i} names a PFN beyond {MAX_PFN:#x}")
         ranges.append(GpaRange(byte_count, byte_offset, pfns))
         pos = end
-    return tuple(ranges), data[pos:]
+    return tuple(ranges)
 
 
 # -- SCSI: the commands storvsc sends, and fixed-format sense data ---------------------------------

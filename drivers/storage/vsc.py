@@ -425,9 +425,9 @@ class StorVsc(Vsc):
                 chunk = request.out[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] or bytes(PAGE_SIZE)
                 view[page * PAGE_SIZE:page * PAGE_SIZE + len(chunk)] = chunk
             rng = GpaRange(request.length, 0, tuple(pfns[page] for page in pages))
-            payload, kind = p.encode_gpa_direct((rng,), packet), PKT_GPA_DIRECT
+            header, kind = p.encode_gpa_direct((rng,)), PKT_GPA_DIRECT
         else:
-            payload, kind = packet, PKT_DATA_INBAND
+            header, kind = b"", PKT_DATA_INBAND
         trans_id = self._new_trans_id()
         # Taken before sending: the completion may arrive before send() returns.
         self.pending.popleft()
@@ -435,8 +435,8 @@ class StorVsc(Vsc):
         request.pages = pages
         self.outstanding[trans_id] = request
         try:
-            self.channel.send(payload, packet_type=kind, flags=FLAG_COMPLETION_REQUESTED,
-                              trans_id=trans_id, set_pending_send_sz=True)
+            self.channel.send(packet, packet_type=kind, flags=FLAG_COMPLETION_REQUESTED,
+                              trans_id=trans_id, set_pending_send_sz=True, header=header)
         except RingFull:
             # The host signals once it has read enough: on_packets pumps again then.
             self.outstanding.pop(trans_id, None)

@@ -219,9 +219,7 @@ class StorVsp(Vsp):
 
     def _handle(self, packet: Packet) -> None:
         if packet.type == PKT_GPA_DIRECT:
-            if packet.offset8 != 2:
-                raise StorError(f"GPA-direct packet with offset8 {packet.offset8}: hvsim's layout has 2")
-            ranges, rest = p.decode_gpa_direct(packet.payload)
+            ranges, rest = p.decode_gpa_direct(packet.header), packet.payload
         elif packet.type == PKT_DATA_INBAND:
             ranges, rest = (), packet.payload
         else:

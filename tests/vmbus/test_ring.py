@@ -105,7 +105,26 @@ def test_reader_honours_longer_header(path):
     )
     poke(buf, 0, "I", 40)
     packets, _ = read(path, IncomingRing(buf))
-    assert packets == [Packet(9, 0, 77, b"payload!", 3, 4)]
+    assert packets == [Packet(9, 0, 77, b"payload!", 3, 4, b"HDRHDRHD")]
+
+
+@both
+def test_writer_counts_a_header_in_offset8(path):
+    # A GPA-direct packet's range list lies before offset8*8 (Linux's
+    # vmbus_sendpacket_mpb_desc: dataoffset8 = descriptor size / 8); the reader gets it back apart.
+    buf = new_ring(256)
+    OutgoingRing(buf).write(b"vstor", packet_type=9, trans_id=5, header=b"R" * 24)
+    raw = bytes(buf[CONTROL_SIZE : CONTROL_SIZE + 16])
+    assert struct.unpack("<HHHHQ", raw) == (9, 5, 6, 0, 5)
+    packets, _ = read(path, IncomingRing(buf))
+    assert packets == [Packet(9, 0, 5, b"vstor\0\0\0", 5, 6, b"R" * 24)]
+
+
+def test_writer_refuses_a_header_that_is_not_8_aligned():
+    buf = new_ring(256)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        OutgoingRing(buf).write(b"x", header=b"abc")
+    assert struct.unpack_from("<I", buf, 0)[0] == 0  # nothing written
 
 
 def test_ring_works_over_mmap_and_memoryview():

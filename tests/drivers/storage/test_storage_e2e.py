@@ -203,16 +203,17 @@ def test_a_hostile_guest_does_not_disturb_another_guests_io(tmp_path):
         pool_pfn = vsc._pool[1][0]
         write1 = p.VstorPacket(p.Operation.EXECUTE_SRB, 1, 0, p.ScsiRequest.for_cdb(
             p.cdb_rw(True, 0, 1), p.DATA_OUT, 512).encode()).encode()
-        bad = [
-            (p.encode_gpa_direct([GpaRange(512, 0, (0x10,))], write1), 9),          # its own page, not pooled
-            (p.encode_gpa_direct([GpaRange(512, 0, (1 << 30,))], write1), 9),      # beyond its memory
-            (p.encode_gpa_direct([GpaRange(100, 0, (pool_pfn,))], write1), 9),     # range too short
-            (write1[:30], 6),                                                      # truncated
-            (p.VstorPacket(0x4242, 1).encode(), 6),                                # unknown operation
-            (b"\xff" * 64, 9),                                                     # garbage ranges
+        bad = [   # (range list before offset8, payload, packet type)
+            (p.encode_gpa_direct([GpaRange(512, 0, (0x10,))]), write1, 9),        # its own page, not pooled
+            (p.encode_gpa_direct([GpaRange(512, 0, (1 << 30,))]), write1, 9),     # beyond its memory
+            (p.encode_gpa_direct([GpaRange(100, 0, (pool_pfn,))]), write1, 9),    # range too short
+            (b"", write1[:30], 6),                                                # truncated
+            (b"", p.VstorPacket(0x4242, 1).encode(), 6),                          # unknown operation
+            (b"\xff" * 64, write1, 9),                                            # garbage ranges
         ]
-        for payload, kind in bad[attack["sent"] % len(bad):][:3]:
-            vsc.channel.send(payload, packet_type=kind, trans_id=0xE000 + attack["sent"], flags=1)
+        for header, payload, kind in bad[attack["sent"] % len(bad):][:3]:
+            vsc.channel.send(payload, packet_type=kind, trans_id=0xE000 + attack["sent"], flags=1,
+                             header=header)
             attack["sent"] += 1
 
     good = Guest(host, parent, "good", tmp_path / "good.vhd", steady)

@@ -3,6 +3,7 @@ for byte, the negotiation, data through the I/O pool, completions, bounds, timin
 packets that are refused while the channel keeps working."""
 import dataclasses
 import struct
+from typing import NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -49,6 +50,7 @@ class Rig:
         self.host_ctx, self.guest_ctx = ManualContext(), ManualContext()
         self.pool = Pool(pool_pages)
         self.host_end, self.guest_end = connected_pair(ring_pages)
+        _sending_gpa(self.guest_end)
         self.vsp = StorVsp(self.host_end, {"disk": disk, "resolve_gpadl": self.pool.resolve, **(vsp or {})},
                            self.host_ctx)
         self.vsc = StorVsc(self.guest_end, {"grant_pages": self.pool.grant, "pool_pages": pool_pages,
@@ -97,14 +99,32 @@ def srb(cdb, data_in, transfer, **fields):
     return p.VstorPacket(Operation.EXECUTE_SRB, p.REQUEST_COMPLETION_FLAG, 0, request.encode()).encode()
 
 
+class Gpa(NamedTuple):
+    """A GPA-direct packet to send: its range list (before offset8) and its vstor_packet."""
+    header: bytes
+    packet: bytes
+
+
 def gpa(ranges, packet):
-    return p.encode_gpa_direct(ranges, packet)
+    return Gpa(p.encode_gpa_direct(ranges), packet)
+
+
+def _sending_gpa(end):
+    """Let `end.send` take a Gpa as its payload: the range list goes in as the packet header."""
+    send = end.send
+
+    def send_any(payload, **kw):
+        if isinstance(payload, Gpa):
+            return send(payload.packet, header=payload.header, **kw)
+        return send(payload, **kw)
+
+    end.send = send_any
+    return end
 
 
 def op_of(packet):
     """The vstor operation of a packet the guest sent."""
-    payload = p.decode_gpa_direct(packet.payload)[1] if packet.type == GPA_DIRECT else packet.payload
-    return p.decode_packet(payload).operation
+    return p.decode_packet(packet.payload).operation
 
 
 # -- wire layouts --------------------------------------------------------------------------------
@@ -154,30 +174,28 @@ def test_channel_properties_version_and_pool_layouts():
     assert p.CLASS_ID == DEVICE.class_id and str(DEVICE.class_id) == "ba6163d9-04a1-4d29-b605-72e2ffb1dc7f"
 
 
-def test_gpa_direct_payload_layout():
+def test_gpa_direct_header_layout():
     rng = GpaRange(5000, 100, (0x1234, 0x1235))
-    packet = srb(p.cdb_rw(False, 0, 9), p.DATA_IN, 5000)
-    payload = gpa([rng], packet)
-    assert struct.unpack_from("<IIIIQQ", payload) == (0, 1, 5000, 100, 0x1234, 0x1235)
-    assert payload[32:] == packet
-    assert p.decode_gpa_direct(payload) == ((rng,), packet)
+    header = p.encode_gpa_direct([rng])
+    assert struct.unpack("<IIIIQQ", header) == (0, 1, 5000, 100, 0x1234, 0x1235)
+    assert p.decode_gpa_direct(header) == (rng,)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_gpa_direct_decode_takes_any_bytes(data):
     try:
-        ranges, rest = p.decode_gpa_direct(data)
+        ranges = p.decode_gpa_direct(data)
     except StorError:
         return
-    assert ranges and len(rest) < len(data)
+    assert ranges and sum(8 + 8 * len(r.pfns) for r in ranges) + 8 <= len(data)
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 20000), st.integers(0, 4095)), min_size=1, max_size=4))
 def test_gpa_direct_round_trip(shapes):
     ranges = [GpaRange(n, off, tuple(range(7, 7 + (off + n + 4095) // 4096))) for n, off in shapes]
-    assert p.decode_gpa_direct(gpa(ranges, b"x" * 64)) == (tuple(ranges), b"x" * 64)
+    assert p.decode_gpa_direct(p.encode_gpa_direct(ranges)) == tuple(ranges)
 
 
 @settings(max_examples=100, deadline=None)
@@ -242,7 +260,7 @@ def test_the_vsc_falls_back_to_read_capacity_10(disk):
 
     rig.vsp.target.decode = without_16
     rig.open()
-    cdbs = [p.ScsiRequest.decode(p.decode_packet(p.decode_gpa_direct(pk.payload)[1]).body).cdb[0]
+    cdbs = [p.ScsiRequest.decode(p.decode_packet(pk.payload).body).cdb[0]
             for pk in rig.to_host if pk.type == GPA_DIRECT]
     assert cdbs == [p.Op.REPORT_LUNS, p.Op.INQUIRY, p.Op.SERVICE_ACTION_IN_16, p.Op.READ_CAPACITY_10]
     assert rig.vsc.capacity == SIZE // 512
@@ -426,10 +444,11 @@ def _hostile_cases(pool):
     return {
         "empty": (b"", 6),
         "short packet": (read1[:40], 6),
-        "short GPA header": (b"\0" * 4, GPA_DIRECT),
-        "zero ranges": (struct.pack("<II", 0, 0) + write1, GPA_DIRECT),
-        "range count past the payload": (struct.pack("<II", 0, 1000) + write1, GPA_DIRECT),
-        "range offset past its page": (struct.pack("<IIIIQ", 0, 1, 512, 4096, pfn) + write1, GPA_DIRECT),
+        "no GPA header (offset8 2)": (Gpa(b"", write1), GPA_DIRECT),
+        "ranges in the payload (offset8 2)": (p.encode_gpa_direct(one) + write1, GPA_DIRECT),
+        "zero ranges": (Gpa(struct.pack("<II", 0, 0), write1), GPA_DIRECT),
+        "range count past the header": (Gpa(struct.pack("<II", 0, 1000), write1), GPA_DIRECT),
+        "range offset past its page": (Gpa(struct.pack("<IIIIQ", 0, 1, 512, 4096, pfn), write1), GPA_DIRECT),
         "PFN outside the pool": (gpa([GpaRange(512, 0, (pool.pfns[-1] + 1,))], write1), GPA_DIRECT),
         "PFN outside the guest": (gpa([GpaRange(512, 0, (1 << 39,))], write1), GPA_DIRECT),
         "pool then outside": (gpa([GpaRange(8192, 0, (pfn, 0x42))], srb(p.cdb_rw(True, 0, 16), p.DATA_OUT, 8192)),
