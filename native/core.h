@@ -71,9 +71,9 @@ struct hv_vp {
     uint32_t guest_kind;         /* HV_GUEST_* */
     uint64_t tick_period_ns, tick_work_ns; /* HV_GUEST_TICK parameters */
     uint64_t wake_at;            /* HV_VP_HALTED with a timeout: when it wakes, else 0 */
-    uint64_t wake_seq;           /* invalidates stale wake events */
+    uint64_t wake_seq;           /* guard of its pending wake event (from host->vp_guard_seq) */
     uint64_t slice_end;          /* when its current slice ends */
-    uint64_t slice_seq;          /* invalidates stale slice events */
+    uint64_t slice_seq;          /* guard of its pending slice event (from host->vp_guard_seq) */
     uint64_t dispatched_at;      /* when it last went on an LP */
     uint64_t window_used_ns;     /* run time in the current accounting window */
     uint64_t vruntime;           /* weighted virtual run time (fair share) */
@@ -217,6 +217,8 @@ struct hv_host {
     struct hv_costs costs;        /* simulated costs (host settings) */
     uint64_t now;                 /* simulated time, ns */
     uint64_t seq;                 /* event sequence: ties in time break by it */
+    uint64_t vp_guard_seq;        /* the last wake/slice guard handed to a VP (run.c): host-wide, so a
+                                     deleted partition's queued events never match a later VP */
     struct hv_event *events;      /* binary min-heap on (time, seq) */
     uint32_t nr_events, cap_events;
     struct hv_lp *lps;            /* logical processors */

@@ -396,6 +396,10 @@ static uint16_t resolve(struct hv_call *c, uint32_t id, uint32_t type, struct hv
         return HV_STATUS_INVALID_PORT_ID;
     *port = conn->port;
     *pp = c->h->parts[conn->port->owner_slot];
+    /* A finalized partition never runs again: its ports answer as a deleted one would, which
+     * tells the sender no more than the DeletePartition that follows will. */
+    if ((*pp)->state != HV_PARTITION_INITIALIZED)
+        return HV_STATUS_INVALID_PORT_ID;
     *vp = (*pp)->vps[conn->port->target_vp];
     return *vp ? HV_STATUS_SUCCESS : HV_STATUS_INVALID_VP_INDEX; /* the VP was deleted since */
 }

@@ -9,6 +9,9 @@
  * RUNNING on an LP until its slice or its work ends, HALTED while it waits for an interrupt or a
  * timeout, GUEST while its Python coroutine decides what it does next. Work is `debt_ns` (costs
  * charged to it: hypercalls, interrupts) spent first, then `work_ns` (what its guest computes).
+ * A VP's wake and slice events carry a guard from one host-wide sequence (like the synthetic
+ * timers'): a partition deleted with such events queued cannot reach a VP created later in its
+ * slot, whose own guards are all newer.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -154,7 +157,7 @@ void hv_vp_charge(struct hv_host *h, struct hv_vp *vp, uint64_t ns)
 /* A halted VP wakes: it spends its debt (and a tick guest its tick work), then its guest goes on. */
 static void wake(struct hv_host *h, struct hv_vp *vp, uint32_t reason)
 {
-    vp->wake_seq++;           /* any pending timeout is now stale */
+    vp->wake_seq = ++h->vp_guard_seq; /* any pending timeout is now stale */
     vp->sleeping = false;
     vp->resume_reason = reason;
     if (vp->guest_kind == HV_GUEST_TICK)
@@ -177,7 +180,7 @@ static void halt(struct hv_host *h, struct hv_vp *vp, uint64_t timeout, bool sle
 {
     vp->exec = HV_VP_HALTED;
     vp->sleeping = sleeping;
-    vp->wake_seq++;
+    vp->wake_seq = ++h->vp_guard_seq;
     if (timeout) {
         vp->wake_at = h->now + timeout;
         hv_event_push(h, vp->wake_at, HV_EV_WAKE, vp->part_slot, vp->index, 0, vp->wake_seq);
@@ -292,7 +295,7 @@ static void dispatch(struct hv_host *h, struct hv_lp *lp, struct hv_vp *vp)
     uint64_t budget = h->sched->budget(h, vp);
     uint64_t run_for = want < budget ? want : budget;
     vp->slice_end = h->now + run_for;
-    vp->slice_seq++;
+    vp->slice_seq = ++h->vp_guard_seq;
     hv_event_push(h, vp->slice_end, HV_EV_SLICE, vp->part_slot, vp->index, 0, vp->slice_seq);
     trace4(h, 0x2000 + lp->index, vp->part_slot, vp->index, run_for);
     sched_record(h, vp, lp->index, 1);
@@ -397,8 +400,8 @@ static void vp_stop(struct hv_host *h, struct hv_vp *vp)
     rq_remove(h, vp);
     resume_remove(h, vp);
     vp->exec = HV_VP_STOPPED;
-    vp->slice_seq++;
-    vp->wake_seq++;
+    vp->slice_seq = ++h->vp_guard_seq;
+    vp->wake_seq = ++h->vp_guard_seq;
     vp->work_ns = vp->debt_ns = 0;
 }
 

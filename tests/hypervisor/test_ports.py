@@ -481,6 +481,18 @@ def test_deleting_the_port_partition_dangles_connections(host, guest):
     check_conservation(host)
 
 
+def test_a_finalized_partitions_ports_take_nothing(host, guest):
+    """A finalized partition's VPs never run again: its ports refuse what is posted or signalled
+    to them as a deleted port would (INVALID_PORT_ID), instead of queueing it for good."""
+    root = host.root
+    root.finalize_partition(guest)
+    with rejected(HvStatus.INVALID_PORT_ID, root):
+        post(host, b"x")
+    with rejected(HvStatus.INVALID_PORT_ID, root):
+        root.signal_event(EVENT_CONN)
+    assert queue_length(guest, 0, VMBUS_SINT) == 0 and port_undelivered(guest, PORT) == 0
+
+
 def test_deleting_the_sender_drops_its_queued_messages_and_connections(host):
     root = host.root
     a, b = new_guest(host), new_guest(host)
