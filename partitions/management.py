@@ -98,6 +98,10 @@ class ManagedHost:
         self._cpu: dict[str, deque] = {}          # VM -> (time, CPU time) samples of the last CPU_WINDOW
         self.host.on_guest_error = self._guest_crashed
         self.vmbus.on_log = self.events.from_vmbus
+        # A child the VMBus service had to stop serving crashes; the service tells it from its
+        # own VP, so the crash waits until host.run returns (nothing of the VM runs then).
+        self._vmbus_failed: list[tuple[int, str]] = []
+        self.vmbus.on_child_failed = lambda pid, why: self._vmbus_failed.append((pid, why))
         self.registry = discover()
         for err in self.registry.errors:
             self._event("driver.load_failed", entry_point=err.entry_point, error=err.message)
@@ -262,6 +266,15 @@ class ManagedHost:
         # be torn down at once.
         vm.crash(reason)
 
+    def _crash_vmbus_failed(self) -> None:
+        """Crash each VM the parent's VMBus service stopped serving (ParentVmbus.on_child_failed)."""
+        failed, self._vmbus_failed = self._vmbus_failed, []
+        for pid, why in failed:
+            name = self._vm_name(pid)
+            vm = self.vms.get(name) if name is not None else None
+            if vm is not None and vm.partition is not None and vm.partition.id == pid:
+                vm.crash(f"VMBus failed: {why}")
+
     # ---- running ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Start every VM that starts with the host (autostart)."""
@@ -282,6 +295,7 @@ class ManagedHost:
             if self._next_action < len(self.timeline):
                 nxt = min(nxt, max(self.host.now, self.timeline[self._next_action].time))
             self.host.run(nxt)
+            self._crash_vmbus_failed()
             self._sample_cpu()
             self.events.hypercalls(self.host.introspect, self.host.root.id)
             while self._next_action < len(self.timeline) and self.timeline[self._next_action].time <= self.host.now:

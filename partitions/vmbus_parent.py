@@ -65,6 +65,8 @@ class _Child:
     held_in: list[tuple[bytes, int]] = field(default_factory=list)  # (message, connection) it sent meanwhile
     held_signals_out: dict[int, None] = field(default_factory=dict)  # relids to signal to it on resume
     stats: dict = field(default_factory=lambda: {"messages_in": 0, "messages_out": 0, "packets_in": 0})
+    unreachable: bool = False     # its SynIC refuses the service's signals/messages (it turned it off)
+    failed: str | None = None     # why the service stopped serving it (see ParentVmbus._fail_child)
 
 
 class _Notifier:
@@ -98,7 +100,10 @@ class _Notifier:
     def teardown_gpadl(self, relid: int, gpadl_id: int) -> None:
         grant = self.service.host.grants.get(self.child.partition, gpadl_id)
         if grant is not None:
-            grant.revoke()
+            try:
+                grant.revoke()
+            except HvError as exc:  # the grant went with its partition already: nothing to give back
+                self.log("gpadl revoke failed", relid=relid, gpadl=gpadl_id, status=str(exc))
 
     def open_channel(self, request: OpenRequest) -> int:
         ch = self.child.channels.get(request.relid)
@@ -109,10 +114,7 @@ class _Notifier:
         relid = request.relid
 
         def signal_guest() -> None:
-            if child.quiesced:
-                child.held_signals_out[relid] = None
-                return
-            service.host.root.signal_event(child.to_child_evt, relid, via=service.vp)
+            service._signal(child, relid)
 
         try:
             end = _HostEnd.host(grant.view, request.downstream_page_offset, signal_guest)
@@ -225,6 +227,10 @@ class ParentVmbus:
         #: on_log(partition_id, event, fields, device): told of every entry as it is recorded
         #: (device: the name of the device whose VSP logged it, None for the service's own).
         self.on_log: Callable[[int, str, dict, str | None], None] | None = None
+        #: on_child_failed(partition_id, why): the service stopped serving a child (see
+        #: _fail_child); the management crashes its VM. Called from the service's VP, so it must
+        #: not tear the partition down there and then (the management defers it).
+        self.on_child_failed: Callable[[int, str], None] | None = None
         self._port_owner: dict[int, _Child] = {}      # root message port id -> child
         self._flag_owner: dict[int, tuple[_Child, int]] = {}  # root flag -> (child, relid)
         self._next_id = 0x1000
@@ -322,20 +328,24 @@ class ParentVmbus:
                 self._close_vsp(c, relid, ch)
             self._flag_owner.pop(ch.flag, None)
             self._free_flags.append(ch.flag)
-            root.delete_port(None, ch.port_id, via=self.vp)
+            self._teardown_call(c, alive, root.delete_port, ch.port_id)
         c.quiesced = True   # a VSP object kept by someone can no longer reach the child's memory
         for port in c.msg_ports:
             self._port_owner.pop(port, None)
-            root.delete_port(None, port, via=self.vp)
-        if alive:
-            for conn in (c.to_child_msg, c.to_child_evt):
-                root.disconnect_port(None, conn, via=self.vp)
-        else:
-            for conn in (c.to_child_msg, c.to_child_evt):
-                try:
-                    root.disconnect_port(None, conn, via=self.vp)
-                except HvError:
-                    pass  # dropped with the child already
+            self._teardown_call(c, alive, root.delete_port, port)
+        for conn in (c.to_child_msg, c.to_child_evt):
+            self._teardown_call(c, alive, root.disconnect_port, conn)
+
+    def _teardown_call(self, c: _Child, alive: bool, call, object_id: int) -> None:
+        """One of detach's hypercalls: the root's ports and connections are its own, so these
+        do not fail on the child's account; if one does all the same (or went with the deleted
+        child already) it is logged and the rest of the teardown goes on."""
+        try:
+            call(None, object_id, via=self.vp)
+        except HvError as exc:
+            if alive:
+                self.record(c.partition.id, "teardown failed", {"call": call.__name__, "id": object_id,
+                                                                "status": str(exc)})
 
     def traffic(self, child: Partition | int) -> dict:
         """VMBus traffic of one child: control messages in and out, data packets to its VSPs."""
@@ -385,11 +395,7 @@ class ParentVmbus:
             self._handle_message(c, payload, connection_id)
         for relid in sorted(c.channels):  # every ring, whether or not its signal came meanwhile
             self._deliver(c, relid)
-        signals_out, c.held_signals_out = list(c.held_signals_out), {}
-        for relid in signals_out:
-            if c.channels.get(relid) is not None and c.channels[relid].end is not None:
-                self.host.root.signal_event(c.to_child_evt, relid, via=self.vp)
-        self._flush(c)
+        self._retry(c)
 
     def quiesced(self, child: Partition) -> bool:
         """Whether nothing reaches the child now (from quiesce() until its devices resumed)."""
@@ -408,14 +414,77 @@ class ParentVmbus:
             self._break(c, relid, f"{type(ch.vsp).__name__} failed to {hook}: {type(exc).__name__}: {exc}")
 
     # ---- serving ----------------------------------------------------------------------------------
+    # Every hypercall the service makes on a child's behalf can fail because of what the child
+    # did to its own SynIC (SCONTROL, SIMP, SIEFP, a SINT masked: INVALID_SYNIC_STATE) or to its
+    # own ports. Such a failure is that child's alone: signals to it are held (one per channel,
+    # coalesced, as a ring signal means only "look at this ring") and messages stay in its
+    # outbox; both are retried on the service's next passes, so a guest that turns its SynIC on
+    # again gets them. Any other failure ends the service's work for that child (_fail_child).
+    def _signal(self, c: _Child, relid: int) -> None:
+        """Signal one of a child's channels (its VSP wrote to the ring)."""
+        if c.quiesced or c.unreachable or c.failed is not None:
+            if c.failed is None:
+                c.held_signals_out[relid] = None
+            return
+        try:
+            self.host.root.signal_event(c.to_child_evt, relid, via=self.vp)
+        except HvError as exc:
+            self._refused(c, exc, "SignalEvent")
+            if c.failed is None:
+                c.held_signals_out[relid] = None
+
+    def _refused(self, c: _Child, exc: HvError, call: str) -> None:
+        """A signal or message to `c` failed: held for a retry if the child's SynIC refused it,
+        the child failed otherwise."""
+        if exc.status not in (HvStatus.INVALID_SYNIC_STATE, HvStatus.INSUFFICIENT_BUFFERS):
+            self._fail_child(c, f"{call} to the guest failed: {exc}")
+            return
+        if exc.status is HvStatus.INVALID_SYNIC_STATE and not c.unreachable:
+            c.unreachable = True
+            self.record(c.partition.id, "unreachable", {"call": call, "status": exc.status.name})
+
+    def _retry(self, c: _Child) -> None:
+        """Send a child what waits for it: held signals, then its outbox."""
+        if c.quiesced or c.failed is not None:
+            return
+        was = c.unreachable
+        c.unreachable = False
+        held, c.held_signals_out = list(c.held_signals_out), {}
+        for relid in held:
+            ch = c.channels.get(relid)
+            if ch is not None and ch.end is not None:
+                self._signal(c, relid)
+        self._flush(c)
+        if was and not c.unreachable and c.failed is None:
+            self.record(c.partition.id, "reachable", {})
+
+    def _fail_child(self, c: _Child, why: str) -> None:
+        """The service cannot go on serving `c` (a parent-side call failed on its account, or
+        serving it raised): its open channels are closed on the parent's side, nothing of it is
+        served any more, and `on_child_failed` (the management's: the VM crashes) is told. The
+        service and the other children go on."""
+        if c.failed is not None:
+            return
+        c.failed = why
+        self.record(c.partition.id, "child failed", {"why": why})
+        for relid, ch in sorted(c.channels.items()):
+            if ch.vsp is not None:
+                self._close_vsp(c, relid, ch)
+            if ch.broken is None:
+                ch.broken = why
+        c.outbox.clear()
+        c.held_in.clear()
+        c.held_signals_out.clear()
+        if self.on_child_failed is not None:
+            self.on_child_failed(c.partition.id, why)
+
     def _flush(self, c: _Child) -> None:
-        while c.outbox and not c.quiesced:
+        while c.outbox and not c.quiesced and c.failed is None:
             try:
                 self.host.root.post_message(c.to_child_msg, MESSAGE_TYPE_VMBUS, c.outbox[0], via=self.vp)
             except HvError as exc:
-                if exc.status in (HvStatus.INSUFFICIENT_BUFFERS, HvStatus.INVALID_SYNIC_STATE):
-                    return  # retried on the next pass
-                raise
+                self._refused(c, exc, "PostMessage")
+                return  # held: retried on the next pass
             message = c.outbox.pop(0)
             c.stats["messages_out"] += 1
             if self.message_trace is not None:
@@ -427,7 +496,7 @@ class ParentVmbus:
         ch = c.channels.get(relid)
         if ch is None or ch.end is None or ch.vsp is None:
             return
-        if c.quiesced:  # its ring is not there now: every ring is read once the child is resumed
+        if c.quiesced or c.failed is not None:  # its ring is not there now: every ring is read once the child is resumed
             return
         try:
             packets = ch.end.receive()
@@ -485,7 +554,8 @@ class ParentVmbus:
         root = self.host.root
         did = bool(self._resuming)
         while self._resuming:
-            self._resume_now(self._resuming.pop(next(iter(self._resuming))))
+            c = self._resuming.pop(next(iter(self._resuming)))
+            self._contained(c, self._resume_now, c)
         while True:
             msg = read_message_slot(root, self.simp, VMBUS_MESSAGE_SINT)
             if msg.empty:
@@ -495,7 +565,7 @@ class ParentVmbus:
             if msg.pending:
                 self.vp.set_registers({Register.EOM: 0})
             c = self._port_owner.get(msg.origin)
-            if c is not None and msg.message_type == MESSAGE_TYPE_VMBUS:
+            if c is not None and msg.message_type == MESSAGE_TYPE_VMBUS and c.failed is None:
                 c.stats["messages_in"] += 1
                 if self.message_trace is not None:
                     self.message_trace.append((self.host.now, _message_name(msg.payload),
@@ -503,7 +573,7 @@ class ParentVmbus:
                 if c.quiesced:  # sent before its VM was saved: handled once it is resumed
                     c.held_in.append((msg.payload, c.msg_ports[msg.origin]))
                 else:
-                    self._handle_message(c, msg.payload, c.msg_ports[msg.origin])
+                    self._contained(c, self._handle_message, c, msg.payload, c.msg_ports[msg.origin])
         base = self.siefp * 4096 + VMBUS_MESSAGE_SINT * 256
         flags = int.from_bytes(root.read(base, 256), "little")
         if flags:
@@ -516,10 +586,18 @@ class ParentVmbus:
                 if owner is not None:
                     ch = owner[0].channels.get(owner[1])
                     if ch is not None and ch.end is not None:
-                        ch.end.signalled()
-        for c in self.children.values():
-            self._flush(c)
+                        self._contained(owner[0], ch.end.signalled)
+        for c in list(self.children.values()):
+            self._contained(c, self._retry, c)
         return did
+
+    def _contained(self, c: _Child, fn, *args) -> None:
+        """Serve one child: whatever raises while doing so is that child's failure, never the
+        end of the service's VP (which serves every child)."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            self._fail_child(c, f"serving it raised {type(exc).__name__}: {exc}")
 
     def _handle_message(self, c: _Child, payload: bytes, connection_id: int) -> None:
         try:
