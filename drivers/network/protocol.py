@@ -3,15 +3,20 @@ carries (reference/hyperv-abi.md §6.2 and §4.3; layouts as Linux's hyperv_net.
 decoding only: what a side accepts is vsp.py's and vsc.py's business.
 
 All integers are little-endian. An NVSP message is a u32 type and a fixed body (MESSAGES below);
-SEND_RECV_BUF_COMPLETE is followed by its sections. RNDIS messages carry a u32 type and a u32
+SEND_RECV_BUF_COMPLETE is followed by its sections. On the wire every NVSP message fills Linux's
+whole `struct nvsp_message`, NVSP_MESSAGE_SIZE (40) bytes, zero padded: Linux sends that size and
+copies that size out of what it receives. RNDIS messages carry a u32 type and a u32
 total length; their offsets count from the byte after those two (the start of the request id or,
 for a data packet, of the rndis_packet header), as in RNDIS.
 
 Transfer-page packets (VMBus type 7): descriptor, then xfer_pageset_id u16, sender_owns_set u8,
-reserved u8, range_count u32 and range_count {byte_count u32, byte_offset u32}, then the NVSP
-message. N.B. hvsim's ring writes every packet with offset8 = 2, so the range header is the
-start of the packet's payload rather than sitting before offset8 as on Hyper-V; the bytes are
-in the same places.
+reserved u8, range_count u32 and range_count {byte_count u32, byte_offset u32}, all counted in the
+descriptor's offset8 (Linux's netvsc_receive refuses offset8 * 8 < 24 + 8 * range_count); the
+NVSP message is the payload after offset8. GPA-direct packets (type 9), as Linux sends RNDIS
+messages that are not in a send-buffer section: the range list {reserved u32, range_count u32,
+ranges {byte_count u32, byte_offset u32, pfn u64[pages touched]}} before offset8, the NVSP
+SEND_RNDIS_PKT (section index NO_SECTION) as the payload, and the RNDIS message in the guest
+pages the ranges name, in range order. The ring keeps the bytes before offset8 as Packet.header.
 
 Every decoder checks every length against the bytes it was given and raises NetError, whose
 `reason` names the class of fault (used as a refusal counter's key), for anything malformed.
@@ -166,21 +171,27 @@ _BY_NUMBER = {int(kind): (kind, cls, layout) for kind, (cls, layout) in MESSAGES
 _U32 = struct.Struct("<I")
 _SECTION = struct.Struct("<IIII")
 MAX_SECTIONS = 16  # sections a receive-buffer completion may list (Linux uses one)
-RNDIS_PKT_MESSAGE_SIZE = 4 + MESSAGES[NvspType.SEND_RNDIS_PKT][1].size  # in-band RNDIS starts here (16)
+NVSP_MESSAGE_SIZE = 40  # Linux's sizeof(struct nvsp_message): every message is sent this long
+RNDIS_PKT_MESSAGE_SIZE = NVSP_MESSAGE_SIZE  # hvsim's in-band RNDIS (no section, no ranges) starts here
 
 
 def encode_nvsp(message: NamedTuple) -> bytes:
+    """The message as Linux's struct nvsp_message: type, body, zeros up to NVSP_MESSAGE_SIZE (a
+    receive-buffer completion listing more sections than fit runs longer)."""
     kind = _TYPE_OF[type(message)]
     layout = MESSAGES[kind][1]
     if kind is NvspType.SEND_RECV_BUF_COMPLETE:
-        return (_U32.pack(kind) + layout.pack(message.status, len(message.sections))
-                + b"".join(_SECTION.pack(*s) for s in message.sections))
-    return _U32.pack(kind) + layout.pack(*message)
+        raw = (_U32.pack(kind) + layout.pack(message.status, len(message.sections))
+               + b"".join(_SECTION.pack(*s) for s in message.sections))
+    else:
+        raw = _U32.pack(kind) + layout.pack(*message)
+    return raw.ljust(NVSP_MESSAGE_SIZE, b"\0")
 
 
 def decode_nvsp(payload) -> tuple[NamedTuple, bytes]:
-    """(message, the bytes after it) of a packet payload. The payload may be padded (ring packets
-    are), so trailing bytes are returned, not refused."""
+    """(message, the bytes after the whole nvsp_message) of a packet payload. A peer may send
+    just the fixed fields (then nothing follows); padding after NVSP_MESSAGE_SIZE is returned,
+    not refused."""
     if not isinstance(payload, bytes):
         payload = bytes(payload)
     if len(payload) < 4:
@@ -199,8 +210,8 @@ def decode_nvsp(payload) -> tuple[NamedTuple, bytes]:
         if count > MAX_SECTIONS or len(payload) < end + count * _SECTION.size:
             raise NetError("nvsp_length", f"{count} receive-buffer sections do not fit {len(payload)} bytes")
         sections = tuple(Section(*_SECTION.unpack_from(payload, end + i * _SECTION.size)) for i in range(count))
-        return ReceiveBufferComplete(status, sections), payload[end + count * _SECTION.size:]
-    return cls(*fields), payload[end:]
+        return ReceiveBufferComplete(status, sections), payload[max(end + count * _SECTION.size, NVSP_MESSAGE_SIZE):]
+    return cls(*fields), payload[max(end, NVSP_MESSAGE_SIZE):]
 
 
 # -- transfer-page packets --------------------------------------------------------------------------
@@ -210,26 +221,68 @@ _XFER = struct.Struct("<HBBI")   # xfer_pageset_id, sender_owns_set, reserved, r
 _RANGE = struct.Struct("<II")    # byte_count, byte_offset
 
 
-def encode_transfer_pages(pageset_id: int, ranges: list[tuple[int, int]], message: bytes) -> bytes:
-    """A type-7 payload: ranges [(byte_offset, byte_count)] of the page set, then the NVSP message."""
+def encode_transfer_pages(pageset_id: int, ranges: list[tuple[int, int]]) -> bytes:
+    """A type-7 packet's header (what goes before offset8): ranges [(byte_offset, byte_count)]
+    of the page set. The NVSP message is the packet's payload."""
     return (_XFER.pack(pageset_id, 0, 0, len(ranges))
-            + b"".join(_RANGE.pack(count, offset) for offset, count in ranges) + message)
+            + b"".join(_RANGE.pack(count, offset) for offset, count in ranges))
 
 
-def decode_transfer_pages(payload, max_ranges: int) -> tuple[int, list[tuple[int, int]], bytes]:
-    """(page set id, [(byte_offset, byte_count)], the NVSP message bytes) of a type-7 payload.
-    Ranges are not checked against any buffer here: the receiver knows its buffer's size."""
-    payload = bytes(payload)
-    if len(payload) < _XFER.size:
-        raise NetError("xfer_length", f"{len(payload)} bytes hold no transfer-page header")
-    pageset_id, _, _, count = _XFER.unpack_from(payload)
+def decode_transfer_pages(header, max_ranges: int) -> tuple[int, list[tuple[int, int]]]:
+    """(page set id, [(byte_offset, byte_count)]) of a type-7 packet's header (the bytes before
+    offset8). As Linux's netvsc_receive: the ranges must lie inside the header that offset8
+    counts. Ranges are not checked against any buffer here: the receiver knows its buffer's size."""
+    header = bytes(header)
+    if len(header) < _XFER.size:
+        raise NetError("xfer_length", f"offset8 counts {len(header)} header bytes, no transfer-page header")
+    pageset_id, _, _, count = _XFER.unpack_from(header)
     if not 1 <= count <= max_ranges:
         raise NetError("xfer_range", f"{count} transfer-page ranges (1..{max_ranges} allowed)")
     end = _XFER.size + count * _RANGE.size
-    if len(payload) < end:
-        raise NetError("xfer_length", f"{count} ranges do not fit {len(payload)} bytes")
-    ranges = [(offset, size) for size, offset in _RANGE.iter_unpack(payload[_XFER.size:end])]
-    return pageset_id, ranges, payload[end:]
+    if len(header) < end:
+        raise NetError("xfer_length", f"{count} ranges do not fit the {len(header)} header bytes offset8 counts")
+    ranges = [(offset, size) for size, offset in _RANGE.iter_unpack(header[_XFER.size:end])]
+    return pageset_id, ranges
+
+
+# -- GPA-direct packets ---------------------------------------------------------------------------
+
+PKT_DATA_USING_GPA_DIRECT = 9
+_GPA_HEAD = struct.Struct("<II")    # reserved, range_count
+_GPA_RANGE = struct.Struct("<II")   # byte_count, byte_offset; then one u64 PFN per page touched
+_PAGE = 4096
+
+
+def encode_page_buffers(ranges: list[tuple[int, int, list[int]]]) -> bytes:
+    """A type-9 packet's header: ranges [(byte_count, byte_offset, pfns)]."""
+    return _GPA_HEAD.pack(0, len(ranges)) + b"".join(
+        _GPA_RANGE.pack(count, offset) + struct.pack(f"<{len(pfns)}Q", *pfns) for count, offset, pfns in ranges)
+
+
+def decode_page_buffers(header, max_ranges: int) -> list[tuple[int, int, tuple[int, ...]]]:
+    """[(byte_count, byte_offset, pfns)] of a type-9 packet's header: Linux's page buffers (one
+    PFN per range) or multi-page ranges; each range is non-empty, starts inside its first page and
+    carries one PFN per page it touches, all inside the header."""
+    header = bytes(header)
+    if len(header) < _GPA_HEAD.size:
+        raise NetError("gpa_length", f"offset8 counts {len(header)} header bytes, no GPA-direct header")
+    _, count = _GPA_HEAD.unpack_from(header)
+    if not 1 <= count <= max_ranges:
+        raise NetError("gpa_range", f"{count} GPA-direct ranges (1..{max_ranges} allowed)")
+    pos, ranges = _GPA_HEAD.size, []
+    for i in range(count):
+        if pos + _GPA_RANGE.size > len(header):
+            raise NetError("gpa_length", f"range {i} of {count} runs past the header")
+        size, offset = _GPA_RANGE.unpack_from(header, pos)
+        if size == 0 or offset >= _PAGE:
+            raise NetError("gpa_range", f"range {i}: {size} bytes at offset {offset}")
+        pages = (offset + size + _PAGE - 1) // _PAGE
+        end = pos + _GPA_RANGE.size + 8 * pages
+        if end > len(header):
+            raise NetError("gpa_length", f"range {i} needs {pages} PFNs; the header ends first")
+        ranges.append((size, offset, struct.unpack_from(f"<{pages}Q", header, pos + _GPA_RANGE.size)))
+        pos = end
+    return ranges
 
 
 # -- RNDIS ----------------------------------------------------------------------------------------

@@ -17,9 +17,13 @@ come from the config.
 Once `ready`, `vsc.stack` is a drivers.network.netstack.NetStack and `vsc.interface` this
 adapter's interface in it, on the MAC the host reported (a stack of its own has the device context
 as its clock); the interface's frames go out through `transmit(frame)`: as an RNDIS data
-message in a free send-buffer section, or in-band after the NVSP message when none is free; frames
-wait (at most tx_queue) when the ring is full. Received frames arrive in transfer-page packets;
-each range is checked against the receive buffer, copied out, handed to `interface.receive`, and the
+message in a free send-buffer section, or in-band after the 40-byte NVSP message when none is free
+(hvsim's own: Linux would name the frame's pages in a GPA-direct packet, and the parent may read
+only granted pages); frames wait (at most tx_queue) when the ring is full. RNDIS control messages
+go as Linux sends them, in a GPA-direct packet (type 9) whose page buffers name where the message
+lies: here a send-buffer section, so the pages are granted. Received frames arrive in
+transfer-page packets; the ranges (before offset8) must lie inside the header offset8 counts, as
+Linux's netvsc_receive demands, and each is checked against the receive buffer, copied out, handed to `interface.receive`, and the
 packet is completed by its transaction id (always: the host frees the section on it). The host is
 not trusted either: what fails a check is refused, counted in `refused[reason]`, and dropped.
 """
@@ -35,7 +39,7 @@ from drivers.network.frames import HEADER_LEN, MTU, TAG_LEN, mac_text
 from drivers.network.protocol import NetError, NvspStatus
 from hypervisor.quantities import parse_duration
 from drivers.network.netstack import Interface, NetStack, StackSettings
-from vmbus.ring import FLAG_COMPLETION_REQUESTED, PKT_COMP, Packet, RingError, RingFull
+from vmbus.ring import FLAG_COMPLETION_REQUESTED, PKT_COMP, PKT_DATA_INBAND, Packet, RingError, RingFull
 
 CONTROL_TRANS_ID = (1 << 64) - 3   # NVSP init requests (Linux's VMBUS_RQST_INIT): never an I/O id
 MAX_RANGES = 64                    # transfer-page ranges per packet this side accepts
@@ -230,8 +234,28 @@ class NetVsc(Vsc):
         self._req_id += 1
         request = self._rndis_steps.pop(0)(self._req_id)
         self._rndis_pending = (self._req_id, request)
-        if not self._send(p.encode_nvsp(p.SendRndisPacket(p.CHANNEL_CONTROL)) + p.encode_rndis(request), None):
+        message = p.encode_rndis(request)
+        if not self._send_free or len(message) > self._send_section:
+            self._fail(f"no send section for RNDIS {type(request).__name__}")
+            return
+        section = self._send_free.popleft()
+        start = section * self._send_section
+        self._send_view[start:start + len(message)] = message
+        header = p.encode_page_buffers(self._page_buffers(start, len(message)))
+        if not self._send(p.encode_nvsp(p.SendRndisPacket(p.CHANNEL_CONTROL)), section, header=header):
+            self._send_free.appendleft(section)
             self._fail(f"no ring space for RNDIS {type(request).__name__}")
+
+    def _page_buffers(self, start: int, length: int) -> list[tuple[int, int, list[int]]]:
+        """Send-buffer bytes [start, start + length) as Linux's page buffers: one (byte_count,
+        byte_offset, [pfn]) per page they touch."""
+        pages, out = self._pages[1], []
+        while length:
+            index, offset = divmod(start, 4096)
+            n = min(length, 4096 - offset)
+            out.append((n, offset, [pages[index]]))
+            start, length = start + n, length - n
+        return out
 
     def _rndis_answer(self, message) -> None:
         pending = self._rndis_pending
@@ -328,15 +352,16 @@ class NetVsc(Vsc):
         self.context.charge(self.cpu_per_frame)
         return True
 
-    def _send(self, payload: bytes, section: int | None) -> bool:
+    def _send(self, payload: bytes, section: int | None, header: bytes = b"") -> bool:
         """One SEND_RNDIS_PKT with a fresh transaction id; False if the ring is full (the host is
         asked to signal once there is room)."""
         trans_id = self._next_id
         self._next_id = self._next_id + 1 if self._next_id < CONTROL_TRANS_ID - 1 else 1
         self._outstanding[trans_id] = section  # before sending: the completion may beat send()
         try:
+            kind = p.PKT_DATA_USING_GPA_DIRECT if header else PKT_DATA_INBAND
             self.channel.send(payload, trans_id=trans_id, flags=FLAG_COMPLETION_REQUESTED,
-                              set_pending_send_sz=True)
+                              set_pending_send_sz=True, packet_type=kind, header=header)
         except RingFull:
             del self._outstanding[trans_id]
             return False
@@ -402,10 +427,10 @@ class NetVsc(Vsc):
     def _transfer(self, packet: Packet) -> None:
         status = NvspStatus.SUCCESS
         try:
-            pageset, ranges, rest = p.decode_transfer_pages(packet.payload, MAX_RANGES)
+            pageset, ranges = p.decode_transfer_pages(packet.header, MAX_RANGES)
             if self._recv_view is None or pageset != p.RECEIVE_BUFFER_ID:
                 raise NetError("xfer_pageset", f"transfer page set {pageset:#x}")
-            message, _ = p.decode_nvsp(rest)
+            message, _ = p.decode_nvsp(packet.payload)
             if not isinstance(message, p.SendRndisPacket):
                 raise NetError("nvsp_type", f"{type(message).__name__} in a transfer-page packet")
             size = len(self._recv_view)

@@ -7,9 +7,13 @@ the untagged network), "port": name (default "netvsp-<mac>"), "versions": NVSP v
 (default protocol.VERSIONS), "link_speed": bits/s (default 10 Gbit/s)}. The port is added on open
 and disconnected on close.
 
-Data paths. Guest -> switch: SEND_RNDIS_PKT with the RNDIS data message in a send-buffer section
-(or in-band after the NVSP message when the section index is NO_SECTION); the frame goes into the
-port and the request is completed by transaction id. Switch -> guest: the RNDIS message is copied
+Data paths. Guest -> switch: SEND_RNDIS_PKT with the RNDIS message in a send-buffer section, or
+(section index NO_SECTION) in the guest pages a GPA-direct packet names, as Linux sends RNDIS
+control messages and frames outside the send buffer (hvsim's rule that a parent touches only pages
+the child granted holds: each page must be one of the receive or send buffer's, whose PFNs the
+`resolve_gpadl` config callable gives), or in-band after the 40-byte NVSP message (hvsim's own
+netvsc, without ranges); the frame goes into the port and the request is completed by
+transaction id. Switch -> guest: the RNDIS message is copied
 into a free receive-buffer section and announced with a transfer-page packet (type 7) naming that
 range; the guest's completion of that transaction id frees the section. With no free section (or
 a full ring) the frame is refused and the switch counts it against this port only. RNDIS control
@@ -17,7 +21,8 @@ responses travel the same way and wait (at most MAX_CONTROL_BACKLOG) for a secti
 
 The guest is not trusted. Allow-lists (CVE-2021-28476 was an OID reserved for the host, passed
 through from a guest):
-  - VMBus packets: in-band (6) requests and completions (0xB); nothing else.
+  - VMBus packets: in-band (6) requests, GPA-direct (9) SEND_RNDIS_PKT requests and completions
+    (0xB); nothing else.
   - NVSP from the guest: INIT, SEND_NDIS_VER, SEND_NDIS_CONFIG (NVSP 2+), SEND_RECV_BUF,
     REVOKE_RECV_BUF, SEND_SEND_BUF, REVOKE_SEND_BUF, SEND_RNDIS_PKT; completions only as
     SEND_RNDIS_PKT_COMPLETE of a transfer this VSP has outstanding.
@@ -35,7 +40,7 @@ on_packets. (A ring the guest corrupted raises RingCorrupt from a reply, which t
 service turns into breaking this channel alone.)
 
 FUTURE: restore from a saved record (save() writes one), multiple RNDIS messages per packet,
-GPA-direct (type 9) sends, VLAN and checksum per-packet info.
+VLAN and checksum per-packet info.
 """
 from __future__ import annotations
 
@@ -71,6 +76,9 @@ SUPPORTED_FILTER = (p.FILTER_DIRECTED | p.FILTER_MULTICAST | p.FILTER_ALL_MULTIC
 MAX_BUFFER_BYTES = 16 << 20      # a receive or send buffer (Linux's default receive buffer is 16 MiB)
 MAX_CONTROL_BACKLOG = 16         # RNDIS responses waiting for a receive section
 MAX_REPLY_BACKLOG = 1024         # completions waiting for ring space
+MAX_GPA_RANGES = 32              # page buffers per GPA-direct packet (Linux's MAX_PAGE_BUFFER_COUNT)
+MAX_GPA_BYTES = 64 << 10         # an RNDIS message gathered from GPA-direct ranges
+PAGE_SIZE = 4096
 REPLY_RETRY_NS = 50_000          # how soon replies that found the ring full are tried again
 _U32 = struct.Struct("<I")
 
@@ -95,6 +103,7 @@ class _Buffer:
     view: memoryview
     size: int
     count: int
+    pfns: tuple[int, ...] = ()   # the guest pages, in GPADL order (empty: not known)
 
 
 def _buffer_record(buffer: _Buffer | None) -> dict | None:
@@ -154,6 +163,8 @@ class NetVsp(Vsp):
         self._next_transfer = 1
         self._control: deque[bytes] = deque()    # RNDIS responses waiting for a section
         self._replies: deque[tuple[bytes, int]] = deque()  # (completion payload, trans_id) waiting for ring space
+        self._resolve = cfg.get("resolve_gpadl")  # gpadl id -> (view, pfns), from the parent
+        self._pages: dict[int, tuple[memoryview, int]] | None = None  # pfn -> (buffer view, page index)
         self._retry_armed = False
         self._quiesced = False                   # the VM is being saved or is Saved
 
@@ -213,7 +224,7 @@ class NetVsp(Vsp):
             return
         for packet in packets:
             try:
-                if packet.type == PKT_DATA_INBAND:
+                if packet.type == PKT_DATA_INBAND or packet.type == p.PKT_DATA_USING_GPA_DIRECT:
                     self._request(packet)
                 elif packet.type == PKT_COMP:
                     self._completion(packet)
@@ -229,6 +240,21 @@ class NetVsp(Vsp):
         kind = type(message)
         if kind not in GUEST_NVSP:
             raise NetError("nvsp_type", f"a guest does not send {kind.__name__}")
+        if packet.type == p.PKT_DATA_USING_GPA_DIRECT:
+            if kind is not p.SendRndisPacket or message.section_index != p.NO_SECTION:
+                raise NetError("packet_type", f"a GPA-direct packet carries {kind.__name__}, not an RNDIS "
+                                              f"message outside the send buffer")
+            if self.version is None:
+                raise NetError("nvsp_state", "SendRndisPacket before the NVSP version is negotiated")
+            try:   # answered either way: the guest holds its pages until the completion
+                data = self._gather(p.decode_page_buffers(packet.header, MAX_GPA_RANGES))
+            except NetError as exc:
+                self._refuse(exc.reason, str(exc))
+                status = NvspStatus.INVALID_RNDIS_PKT
+            else:
+                status = self._rndis_packet(message, data)
+            self._reply(p.RndisPacketComplete(status), packet.trans_id)
+            return
         if kind is p.Init:
             self._init(packet, message)
             return
@@ -249,7 +275,7 @@ class NetVsp(Vsp):
             if buffer is None:
                 self._reply(p.ReceiveBufferComplete(NvspStatus.FAIL), packet.trans_id)
                 return
-            self.receive, self._free = buffer, deque(range(buffer.count))
+            self.receive, self._free, self._pages = buffer, deque(range(buffer.count)), None
             section = p.Section(0, buffer.size, buffer.count, buffer.size * buffer.count)
             self._reply(p.ReceiveBufferComplete(NvspStatus.SUCCESS, (section,)), packet.trans_id)
         elif kind is p.SendSendBuffer:
@@ -257,19 +283,19 @@ class NetVsp(Vsp):
             if buffer is None:
                 self._reply(p.SendBufferComplete(NvspStatus.FAIL, 0), packet.trans_id)
                 return
-            self.send = buffer
+            self.send, self._pages = buffer, None
             self._reply(p.SendBufferComplete(NvspStatus.SUCCESS, buffer.size), packet.trans_id)
         elif kind is p.RevokeReceiveBuffer:
             if self.receive is None or message.buffer_id != self.receive.buffer_id:
                 raise NetError("buffer_id", f"no receive buffer {message.buffer_id:#x} to revoke")
-            self.receive = None
+            self.receive, self._pages = None, None
             self._free.clear()
             self._in_flight.clear()
             self._control.clear()
         else:  # RevokeSendBuffer
             if self.send is None or message.buffer_id != self.send.buffer_id:
                 raise NetError("buffer_id", f"no send buffer {message.buffer_id:#x} to revoke")
-            self.send = None
+            self.send, self._pages = None, None
 
     def _init(self, packet: Packet, message: p.Init) -> None:
         if self.version is not None:
@@ -303,7 +329,30 @@ class NetVsp(Vsp):
         if count == 0 or len(view) > MAX_BUFFER_BYTES:
             self._refuse("buffer_size", f"a {what} buffer of {len(view)} bytes")
             return None
-        return _Buffer(message.gpadl_id, message.buffer_id, view, self.section_size, count)
+        resolved = self._resolve(message.gpadl_id) if self._resolve is not None else None
+        pfns = tuple(resolved[1]) if resolved is not None and len(resolved[1]) * PAGE_SIZE == len(view) else ()
+        return _Buffer(message.gpadl_id, message.buffer_id, view, self.section_size, count, pfns)
+
+    def _gather(self, ranges) -> bytes:
+        """The bytes GPA-direct ranges name, copied out of the shared buffers' pages in order;
+        a page that is not one of theirs is refused (the parent sees only granted pages)."""
+        if sum(size for size, _, _ in ranges) > MAX_GPA_BYTES:
+            raise NetError("gpa_length", f"GPA-direct ranges of more than {MAX_GPA_BYTES} bytes")
+        if self._pages is None:
+            self._pages = {pfn: (buffer.view, i) for buffer in (self.send, self.receive) if buffer is not None
+                           for i, pfn in enumerate(buffer.pfns)}
+        parts = []
+        for size, offset, pfns in ranges:
+            for pfn in pfns:
+                where = self._pages.get(pfn)
+                if where is None:
+                    raise NetError("gpa_page", f"PFN {pfn:#x} is not a page of a buffer shared with this adapter")
+                view, index = where
+                n = min(size, PAGE_SIZE - offset)
+                start = index * PAGE_SIZE + offset
+                parts.append(bytes(view[start:start + n]))
+                size, offset = size - n, 0
+        return b"".join(parts)
 
     def _rndis_packet(self, message: p.SendRndisPacket, inband: bytes) -> int:
         """Take one RNDIS message from the send buffer or from the packet; the NVSP status."""
@@ -483,12 +532,11 @@ class NetVsp(Vsp):
         receive.view[start:start + len(message)] = message
         trans_id = self._next_transfer
         self._next_transfer = trans_id + 1 if trans_id < (1 << 63) else 1   # never 0
-        payload = p.encode_transfer_pages(receive.buffer_id, [(start, len(message))],
-                                          p.encode_nvsp(p.SendRndisPacket(channel)))
+        header = p.encode_transfer_pages(receive.buffer_id, [(start, len(message))])
         self._in_flight[trans_id] = section
         try:
-            self.channel.send(payload, packet_type=p.PKT_DATA_USING_XFER_PAGES, trans_id=trans_id,
-                              flags=FLAG_COMPLETION_REQUESTED)
+            self.channel.send(p.encode_nvsp(p.SendRndisPacket(channel)), packet_type=p.PKT_DATA_USING_XFER_PAGES,
+                              trans_id=trans_id, flags=FLAG_COMPLETION_REQUESTED, header=header)
         except RingFull:
             del self._in_flight[trans_id]
             self._free.appendleft(section)

@@ -199,8 +199,11 @@ class Hostile:
             ):
                 send(payload, trans_id=0xFFFF_8000_0000_1000, flags=FLAG_COMPLETION_REQUESTED)
             # A transfer-page packet, which only the host sends, naming ranges far outside any buffer.
-            send(p.encode_transfer_pages(p.RECEIVE_BUFFER_ID, [(1 << 30, 4096)], p.encode_nvsp(p.SendRndisPacket(0))),
+            send(p.encode_nvsp(p.SendRndisPacket(0)), header=p.encode_transfer_pages(p.RECEIVE_BUFFER_ID, [(1 << 30, 4096)]),
                  packet_type=p.PKT_DATA_USING_XFER_PAGES, trans_id=1)
+            # A GPA-direct RNDIS message in a page the guest never shared with the host.
+            send(p.encode_nvsp(p.SendRndisPacket(p.CHANNEL_CONTROL)), header=p.encode_page_buffers([(64, 0, [0x10])]),
+                 packet_type=p.PKT_DATA_USING_GPA_DIRECT, trans_id=2, flags=FLAG_COMPLETION_REQUESTED)
             # A completion for a transfer never made.
             send(p.encode_nvsp(p.RndisPacketComplete(p.NvspStatus.SUCCESS)), packet_type=0xB, trans_id=0xBAD)
         # Broadcast frames in-band until the ring is full, every time the guest runs.
