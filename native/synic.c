@@ -7,7 +7,8 @@
  * mapped read/write in the VP's partition, and the slot's MessageType (read from guest memory at
  * that moment) is None. Otherwise the message stays queued and, if the slot was busy, the slot's
  * MessagePending flag is set so the guest knows to write EOM. The queues are re-examined when a
- * message is queued, on a write to EOM and when the built-in tick guest consumes its SINTs.
+ * message is queued, on a write to EOM, SCONTROL or SIMP and when the built-in tick guest
+ * consumes its SINTs.
  * A delivery costs the receiving VP costs.message_ns (an event flag costs costs.event_ns) and
  * raises the SINT's interrupt unless the SINT is masked or polled.
  *
@@ -15,7 +16,8 @@
  *  - a register write with a reserved bit set fails with INVALID_PARAMETER (a real MSR write
  *    would #GP); so does an unmasked SINT with a vector below 16, STIMER direct mode, and
  *    enabling SIMP/SIEFP on a GPFN the partition has not mapped readable and writable;
- *  - enabling SCONTROL/SIMP or unmasking a SINT does not rescan the queues: the guest writes EOM;
+ *  - writing SCONTROL or SIMP rescans the queues (so what was queued while either was off is
+ *    delivered once both are on); unmasking a SINT does not: the guest writes EOM;
  *  - a whole 256-byte HV_MESSAGE is copied into the slot (payload zero-padded), never stale bytes;
  *  - STIMER: enabling with SINTx = 0 leaves the timer disabled, writing COUNT = 0 disables it and
  *    a non-zero COUNT enables it when AutoEnable is set (as KVM does); an enabled timer with
@@ -449,9 +451,11 @@ void hv_synic_set_register(struct hv_host *h, struct hv_partition *p, struct hv_
         return;
     }
     switch (name) {
-    case HV_REGISTER_SCONTROL: s->scontrol = value; break;
+    /* Turning delivery on looks at the queues at once: what was queued while the SynIC or the
+     * SIM page was off would otherwise wait for an EOM the guest has no reason to write. */
+    case HV_REGISTER_SCONTROL: s->scontrol = value; eom(h, p, vp); break;
     case HV_REGISTER_SIEFP: s->siefp = value; break;
-    case HV_REGISTER_SIMP: s->simp = value; break;
+    case HV_REGISTER_SIMP: s->simp = value; eom(h, p, vp); break;
     case HV_REGISTER_EOM: eom(h, p, vp); break;
     default: break;
     }

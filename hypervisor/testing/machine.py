@@ -390,8 +390,8 @@ class HypervisorMachine(RuleBasedStateMachine):
         if conn is None or conn.type != ptype:
             # A10: the same answer whether or not another partition owns this id
             return HvStatus.INVALID_CONNECTION_ID, None
-        if conn.port is None:
-            return HvStatus.INVALID_PORT_ID, None
+        if conn.port is None or self._state(conn.port.owner) != PartitionState.INITIALIZED:
+            return HvStatus.INVALID_PORT_ID, None  # gone, or its partition finalized: it takes nothing
         if not self._has_vp(conn.port.owner, conn.port.vp):
             return HvStatus.INVALID_VP_INDEX, None
         return None, conn.port

@@ -591,6 +591,7 @@ class PortMachine(RuleBasedStateMachine):
     def toggle_simp(self):
         self.simp = not self.simp
         self.guest.vp(0).set_registers({Register.SIMP: simp_value(simp_gpfn(), self.simp)})
+        self.pump()  # enabling the page delivers what waited
 
     @rule()
     def toggle_mask(self):

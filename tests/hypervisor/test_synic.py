@@ -266,15 +266,28 @@ def test_disabled_synic_refuses_the_post(host, guest):
         post(host, b"x")
 
 
-def test_disabled_simp_queues_until_enabled_and_eom(host, guest):
+def test_disabled_simp_queues_until_enabled(host, guest):
     guest.vp(0).set_registers({Register.SIMP: simp_value(simp_gpfn(), enable=False)})
     post(host, b"early")
-    assert queue_length(guest, 0, VMBUS_SINT) == 1 and slot(guest).empty
+    post(host, b"later")
+    assert queue_length(guest, 0, VMBUS_SINT) == 2 and slot(guest).empty
     assert interrupt_count(guest, 0, VMBUS_SINT) == 0
     guest.vp(0).set_registers({Register.SIMP: simp_value(simp_gpfn())})
-    assert queue_length(guest, 0, VMBUS_SINT) == 1  # enabling alone does not rescan
-    guest.vp(0).set_registers({Register.EOM: 0})
-    assert slot(guest).payload == b"early" and queue_length(guest, 0, VMBUS_SINT) == 0
+    # enabling the page delivers what waited, without an EOM from the guest
+    assert slot(guest).payload == b"early" and slot(guest).pending
+    assert queue_length(guest, 0, VMBUS_SINT) == 1 and interrupt_count(guest, 0, VMBUS_SINT) == 1
+    ack(guest)
+    assert slot(guest).payload == b"later" and queue_length(guest, 0, VMBUS_SINT) == 0
+
+
+def test_enabling_the_synic_delivers_what_waited(host, guest):
+    guest.vp(0).set_registers({Register.SIMP: simp_value(simp_gpfn(), enable=False)})
+    post(host, b"queued")
+    guest.vp(0).set_registers({Register.SCONTROL: 0})
+    guest.vp(0).set_registers({Register.SIMP: simp_value(simp_gpfn())})
+    assert slot(guest).empty and queue_length(guest, 0, VMBUS_SINT) == 1  # the SynIC is still off
+    guest.vp(0).set_registers({Register.SCONTROL: 1})
+    assert slot(guest).payload == b"queued" and queue_length(guest, 0, VMBUS_SINT) == 0
     assert interrupt_count(guest, 0, VMBUS_SINT) == 1
 
 
