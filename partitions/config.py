@@ -66,9 +66,24 @@ _WORKLOAD_KEYS = {kind: ("kind",) + tuple(f.name for f in dataclasses.fields(cls
 
 def load(path: str | os.PathLike) -> Config:
     """Load a configuration file; relative disk paths resolve against its directory."""
+    import stat
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        # O_NONBLOCK so that a FIFO (or a device) named as the host file is refused at once
+        # instead of waiting for a writer or reading without end.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                        else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket")
+                raise ConfigError(str(path), None, "a regular file", kind)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        with open(fd, "rb") as f:
+            text = f.read().decode("utf-8")
     except OSError as exc:
         raise ConfigError(str(path), None, "a readable file", exc.strerror or type(exc).__name__) from None
     except UnicodeDecodeError as exc:

@@ -56,13 +56,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import secrets
 import stat
 import struct
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import msgpack
+
+try:
+    import fcntl
+except ImportError:      # N.B. not POSIX: no locks, so a stale temporary is any of the target's
+    fcntl = None
 
 MAGIC = b"HVSIMSAV"
 TRAILER_MAGIC = b"HVSIMEND"
@@ -147,11 +153,15 @@ def _encode(obj: Any, what: str, max_bytes: int, options: dict) -> bytes:
 
 
 class SavedStateWriter:
-    """Writes one file: the temporary file `.<name>.<random>.tmp` beside the target, then on
+    """Writes one file: the temporary file `.<name>.<12 hex digits>.tmp` beside the target, then on
     `commit` flush → fsync(temp) → rename over the target → fsync(directory). On `abort` (or an
     exception in the `with` block) the temporary file is removed and an existing target is left as
     it was. Until the header is filled in at commit the temporary file has no magic, so a leftover
     from a crash is never mistaken for a saved state.
+
+    A writer holds an exclusive `flock` on its temporary file until it is renamed or removed. A
+    process killed while writing cannot remove its own, so the next writer of the same target
+    removes every temporary of that target's name that nobody holds (see `stale_temporaries`).
 
     `on_step(name)` is called before every I/O step ("write", "patch", "flush", "fsync", "replace",
     "fsync-dir"): tests use it to record their order and to inject a crash at each one.
@@ -174,8 +184,12 @@ class SavedStateWriter:
         self._state = "open"                 # open → committed | aborted; "broken" after a failed write
         directory, base = os.path.split(os.path.abspath(self.path))
         self._dir = directory
-        # mkstemp creates the file 0600: saved state holds guest memory.
-        fd, self._tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=".tmp")
+        for stale in stale_temporaries(self.path):
+            try:
+                os.unlink(stale)
+            except FileNotFoundError:
+                pass         # another writer cleaned it up first
+        fd, self._tmp = _create_temporary(directory, base)
         self._file = os.fdopen(fd, "wb")
         self._offset = 0
         try:
@@ -231,13 +245,13 @@ class SavedStateWriter:
             self._file.flush()
             self._step("fsync")
             os.fsync(self._file.fileno())
-            self._file.close()
             self._step("replace")
-            os.replace(self._tmp, self.path)
+            os.replace(self._tmp, self.path)    # still open: its lock keeps other writers off it
         except BaseException:
             self.abort()
             raise
         self._state = "committed"
+        self._file.close()
         self._step("fsync-dir")
         _fsync_directory(self._dir)
 
@@ -356,6 +370,55 @@ class RecordStream:
             self.close()
 
 
+def _temporary_pattern(base: str) -> "re.Pattern[str]":
+    return re.compile(rf"\.{re.escape(base)}\.[0-9a-f]{{12}}\.tmp")
+
+
+def _create_temporary(directory: str, base: str) -> tuple[int, str]:
+    """A new temporary file for target `base` in `directory`, created 0600 (saved state holds
+    guest memory) and locked exclusively for as long as it stays open."""
+    while True:
+        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except FileExistsError:
+            continue
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd, tmp
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[str]:
+    """The temporary files a killed writer of `path` left behind: those named like a writer's
+    temporary for `path` that no writer holds locked. A live writer's, even in another process, is
+    not among them."""
+    directory, base = os.path.split(os.path.abspath(os.fspath(path)))
+    pattern = _temporary_pattern(base)
+    try:
+        names = [n for n in os.listdir(directory) if pattern.fullmatch(n)]
+    except FileNotFoundError:
+        return []
+    stale = []
+    for name in sorted(names):
+        full = os.path.join(directory, name)
+        try:
+            fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue                    # gone already, or not ours to judge
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue            # a writer holds it: in use
+            stale.append(full)
+        finally:
+            os.close(fd)                # drops our lock too
+    return stale
+
+
 def _fsync_directory(directory: str) -> None:
     """Make a rename in `directory` durable (POSIX: fsync on the directory opened read-only)."""
     if os.name != "posix":
@@ -388,7 +451,9 @@ class SavedStateReader:
 
     def __init__(self, path: str | os.PathLike, *, kind: str | None = None) -> None:
         self.path = os.fspath(path)
-        self._fd: int | None = os.open(self.path, os.O_RDONLY)
+        # O_NONBLOCK so that a FIFO (or a device) given as the path is refused by validate()
+        # rather than waiting for ever for a writer; regular-file reads ignore the flag.
+        self._fd: int | None = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         try:
             self.validate()
             if kind is not None and self.kind != kind:

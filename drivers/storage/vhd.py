@@ -152,7 +152,14 @@ class VirtualDisk:
             creator_version=CREATOR_VERSION, creator_host_os=CREATOR_HOST_OS,
             data_offset=NO_DATA_OFFSET if disk_type is DiskType.FIXED else DYNAMIC_HEADER_AT,
         )
-        write_new_file(path, new_file_layout(path, footer, block_size, link))
+        try:
+            write_new_file(path, new_file_layout(path, footer, block_size, link))
+        except OSError as exc:
+            if exc.filename in (None, path):
+                raise
+            # The file is written under a temporary name beside it first: report the path the
+            # caller gave, not that internal one.
+            raise type(exc)(exc.errno, exc.strerror, path) from None
         return cls.open(path, write_barriers=write_barriers)
 
     @classmethod
@@ -169,12 +176,16 @@ class VirtualDisk:
     @classmethod
     def _open(cls, path: str, read_only: bool, write_barriers: bool,
               chain: tuple[tuple[int, int], ...]) -> VirtualDisk:
-        fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK so that opening a FIFO (or a device) returns at once instead of waiting for
+        # a writer; it is refused just below, and regular-file I/O ignores the flag.
+        fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_NONBLOCK
+                     | getattr(os, "O_CLOEXEC", 0))
         parent: VirtualDisk | None = None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise VhdError(f"{path}: not a regular file")
+                raise VhdError(f"{path}: not a regular file (a VHD must be one)")
+            os.set_blocking(fd, True)
             _lock(fd, path, read_only)
             chain = chain + ((st.st_dev, st.st_ino),)
             meta = read_metadata(fd, path, st.st_size)

@@ -157,6 +157,28 @@ def test_unreadable_files(tmp_path):
         load(tmp_path / "latin1.toml")
 
 
+def test_a_fifo_or_directory_as_the_host_file_is_refused_at_once(tmp_path, capsys):
+    import os
+    import signal
+    from partitions.cli import main
+
+    def stuck(signum, frame):  # the guard against blocking for ever, not the assertion
+        raise TimeoutError("blocked opening the FIFO")
+    os.mkfifo(tmp_path / "fifo.toml")
+    old = signal.signal(signal.SIGALRM, stuck)
+    signal.setitimer(signal.ITIMER_REAL, 10)
+    try:
+        with pytest.raises(ConfigError, match="fifo.toml: .file.: expected a regular file, got a FIFO"):
+            load(tmp_path / "fifo.toml")
+        assert main(["run", str(tmp_path / "fifo.toml")]) == 2
+        assert "expected a regular file, got a FIFO" in capsys.readouterr().err
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    with pytest.raises(ConfigError, match="expected a regular file, got a directory"):
+        load(tmp_path)
+
+
 def _set(path, value):
     def mutate(doc):
         *parents, last = path

@@ -477,3 +477,74 @@ def test_writer_refuses_what_the_reader_would_refuse(tmp_path):
             stream.write_record([1, page(1)])
     assert read_all(path)["memory"] == [[0, page(0)]]
     assert leftovers(tmp_path) == []
+
+
+# -- files that are not regular, and temporaries a killed writer left ------------------------------
+
+class _Stuck(Exception):
+    pass
+
+
+@pytest.fixture
+def no_hang():
+    """Turns a call that would block for ever into a test failure (the guard, not the assertion)."""
+    import signal
+
+    def stuck(signum, frame):
+        raise _Stuck("blocked")
+    old = signal.signal(signal.SIGALRM, stuck)
+    signal.setitimer(signal.ITIMER_REAL, 10)
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_a_fifo_is_refused_as_not_a_regular_file_without_waiting_for_a_writer(tmp_path, no_hang):
+    fifo = tmp_path / "vm.hvsav"
+    os.mkfifo(fifo)
+    with pytest.raises(SavedStateError, match=r"vm.hvsav: is not a regular file"):
+        SavedStateReader(fifo)
+    with pytest.raises(SavedStateError, match="is not a regular file"):
+        SavedStateReader(tmp_path)                      # a directory likewise
+
+
+KILLED_WRITER = r'''
+import os, signal, sys
+from partitions.savedstate import SavedStateWriter
+w = SavedStateWriter(sys.argv[1], "saved-state", {"vm": "web"})
+w.section("vps", [1, 2, 3])
+os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def test_the_next_write_removes_what_a_killed_writer_of_the_same_target_left(tmp_path):
+    import subprocess
+    import sys
+    target = tmp_path / "vm.hvsav"
+    out = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(target)], capture_output=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))), timeout=60)
+    assert out.returncode == -9, out.stderr
+    (left,) = leftovers(tmp_path)
+    assert left.startswith(".vm.hvsav.") and not target.exists()
+    # Not this target's: other targets' temporaries and names a writer would not have made.
+    others = [".other.hvsav.0123456789ab.tmp", ".vm.hvsav.notours.tmp", ".vm.hvsav.0123456789ab.tmp.keep"]
+    for name in others:
+        (tmp_path / name).write_bytes(b"x")
+    assert savedstate.stale_temporaries(target) == [str(tmp_path / left)]
+    write_sample(target, tag="next")
+    assert read_all(target)["partition"]["tag"] == "next"
+    assert sorted(os.listdir(tmp_path)) == sorted(others + ["vm.hvsav"])
+
+
+def test_a_live_writers_temporary_is_not_stale(tmp_path):
+    target = tmp_path / "vm.hvsav"
+    first = SavedStateWriter(target, "saved-state", {"n": 1})
+    first.section("vps", [1])
+    assert savedstate.stale_temporaries(target) == []
+    with SavedStateWriter(target, "saved-state", {"n": 2}) as second:   # does not remove first's
+        second.section("vps", [2])
+    assert len(leftovers(tmp_path)) == 1
+    first.commit()
+    assert leftovers(tmp_path) == []
+    with SavedStateReader(target) as r:
+        assert r.meta == {"n": 1} and r.load("vps") == [1]

@@ -560,3 +560,47 @@ def test_damaged_metadata_is_either_refused_or_harmless(edits, reseal, differenc
                 disk.info()
         except VhdError:
             pass
+
+
+class _Stuck(Exception):
+    pass
+
+
+@pytest.fixture
+def no_hang():
+    """Turns a call that would block for ever into a test failure (the guard, not the assertion)."""
+    import signal
+
+    def stuck(signum, frame):
+        raise _Stuck("blocked")
+    old = signal.signal(signal.SIGALRM, stuck)
+    signal.setitimer(signal.ITIMER_REAL, 10)
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("read_only", [True, False])
+def test_a_fifo_is_refused_as_not_a_regular_file_without_waiting_for_a_writer(tmp_path, no_hang, read_only):
+    fifo = tmp_path / "disk.vhd"
+    os.mkfifo(fifo)
+    with pytest.raises(VhdError, match=r"disk.vhd: not a regular file"):
+        VirtualDisk.open(fifo, read_only=read_only)
+
+
+def test_a_fifo_as_a_differencing_disks_parent_is_refused_without_waiting(tmp_path, no_hang):
+    base = tmp_path / "base.vhd"
+    VirtualDisk.create(base, 1 << 20, "dynamic").close()
+    VirtualDisk.create(tmp_path / "child.vhd", None, "differencing", parent=base).close()
+    base.unlink()
+    os.mkfifo(base)
+    with pytest.raises(VhdError, match="not a regular file"):
+        VirtualDisk.open(tmp_path / "child.vhd")
+
+
+def test_create_in_a_missing_directory_names_the_path_given(tmp_path):
+    path = tmp_path / "missing" / "disk.vhd"
+    with pytest.raises(FileNotFoundError) as caught:
+        VirtualDisk.create(path, 1 << 20, "dynamic")
+    assert caught.value.filename == str(path)
+    assert ".tmp" not in str(caught.value)

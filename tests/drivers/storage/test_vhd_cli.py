@@ -123,3 +123,10 @@ def test_verbs_and_types_are_checked_by_argparse(capsys):
     with pytest.raises(SystemExit) as exit_info:
         run()
     assert exit_info.value.code == 2
+
+
+def test_create_in_a_missing_directory_names_the_users_path_not_a_temporary(tmp_path, capsys):
+    path = tmp_path / "missing" / "disk.vhd"
+    assert run("create", str(path), "--size", "1MiB") == 2
+    err = capsys.readouterr().err
+    assert f"{path}: No such file or directory" in err and ".tmp" not in err
