@@ -1,8 +1,9 @@
 """The heartbeat IC's wire format: the host sends a sequence number every couple of seconds, the
 guest answers it plus one.
 
-Body (OpenVMM's HeartbeatMessage, 16 bytes): sequence u64, application_state u32, reserved u32.
-Linux's guest reads only the sequence (it needs 8 bytes) and answers in the host's buffer.
+Body (Linux's struct heartbeat_msg_data, 40 bytes): sequence u64, then 32 reserved bytes, of
+which the first u32 is OpenVMM's application_state. Linux's guest drops a heartbeat shorter than
+the header plus these 40 bytes, reads only the sequence, and answers in the host's buffer.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ VERSIONS = (Version(3, 0), Version(1, 0))  # Linux's list; newest first
 # application_state
 UNKNOWN, HEALTHY, CRITICAL, STOPPED = 0, 1, 2, 3
 
-_MESSAGE = struct.Struct("<QI4x")
+_MESSAGE = struct.Struct("<QI28x")   # 40 bytes, sizeof(struct heartbeat_msg_data)
+_STATE = struct.Struct("<QI")
 _SEQUENCE = struct.Struct("<Q")
 
 
@@ -29,6 +31,6 @@ def parse(body: bytes) -> tuple[int, int]:
     """(sequence, application state); the state is UNKNOWN in a short (Linux-style) body."""
     if len(body) < _SEQUENCE.size:
         raise IcError(f"a heartbeat carries an 8-byte sequence, got {len(body)} bytes")
-    if len(body) < _MESSAGE.size:
+    if len(body) < _STATE.size:
         return _SEQUENCE.unpack_from(body)[0], UNKNOWN
-    return _MESSAGE.unpack_from(body)
+    return _STATE.unpack_from(body)

@@ -1,10 +1,11 @@
 """The time-sync IC's wire format: the host's clock, in 100 ns units since 1601-01-01 UTC.
 
-Version 4 body (24 bytes, OpenVMM's size; Linux reads 22): parenttime u64, vmreferencetime u64
-(the partition reference counter when parenttime was read, which lets the guest add the
-message's delivery delay), flags u8, leap u8, stratum u8, reserved[5].
-Version 3 and older (28 bytes): parenttime u64, childtime u64, roundtriptime u64, flags u8,
-reserved[3]. Flags: 0 PROBE, 1 SYNC (set the clock: after boot or restore), 2 SAMPLE (a hint).
+Version 4 body (22 bytes, Linux's packed struct ictimesync_ref_data; OpenVMM pads to 24):
+parenttime u64, vmreferencetime u64 (the partition reference counter when parenttime was read,
+which lets the guest add the message's delivery delay), flags u8, leap u8, stratum u8,
+reserved[3]. Version 3 and older (25 bytes, Linux's packed struct ictimesync_data; OpenVMM pads
+to 28): parenttime u64, childtime u64, roundtriptime u64, flags u8. icmsgsize says these sizes;
+the ring pads the packet to 8. Flags: 0 PROBE, 1 SYNC (set the clock: after boot or restore), 2 SAMPLE (a hint).
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ PROBE, SYNC, SAMPLE = 0, 1, 2
 WLTIMEDELTA = 116_444_736_000_000_000  # 100 ns units from 1601-01-01 to 1970-01-01
 DEFAULT_EPOCH_NS = 1_704_067_200 * 10**9  # the host's clock at simulated time 0: 2024-01-01 UTC
 
-_V4 = struct.Struct("<QQBBB5x")
+_V4 = struct.Struct("<QQBBB3x")   # 22 bytes
 _V4_READ = struct.Struct("<QQBBB")   # what a v4 reader needs
-_V3 = struct.Struct("<QQQB3x")
+_V3 = struct.Struct("<QQQB")      # 25 bytes
 _V3_READ = struct.Struct("<QQQB")
 
 

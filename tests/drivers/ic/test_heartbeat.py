@@ -50,5 +50,6 @@ def test_the_guest_reports_its_application_state():
 
 
 def test_the_body_layout():
-    assert p.message(7, p.HEALTHY) == (7).to_bytes(8, "little") + (1).to_bytes(4, "little") + bytes(4)
+    # Linux's struct heartbeat_msg_data: seq_num u64 + reserved u32[8] = 40 bytes.
+    assert p.message(7, p.HEALTHY) == (7).to_bytes(8, "little") + (1).to_bytes(4, "little") + bytes(28)
     assert p.parse((9).to_bytes(8, "little")) == (9, p.UNKNOWN)   # Linux reads only the sequence

@@ -71,10 +71,10 @@ def test_the_v3_layout_when_the_host_offers_no_v4():
 def test_message_layouts():
     m = p.TimeMessage(p.from_unix_ns(10**18), p.SAMPLE, 77, stratum=2)
     v4 = p.encode(m, f.Version(4, 0))
-    assert len(v4) == 24 and v4[16:19] == bytes([p.SAMPLE, 0, 2])
+    assert len(v4) == 22 and v4[16:19] == bytes([p.SAMPLE, 0, 2])   # Linux's ictimesync_ref_data
     assert p.parse(v4, f.Version(4, 0)) == m and p.to_unix_ns(m.parent_time) == 10**18
     v3 = p.encode(m, f.Version(3, 0))
-    assert len(v3) == 28 and v3[24] == p.SAMPLE
+    assert len(v3) == 25 and v3[24] == p.SAMPLE                      # Linux's ictimesync_data
     assert p.parse(v3, f.Version(3, 0)) == p.TimeMessage(m.parent_time, p.SAMPLE)
     assert p.WLTIMEDELTA == 116444736000000000
 
