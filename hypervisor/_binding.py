@@ -134,7 +134,7 @@ def hv_host_partitions(h) -> list[int]:
 
 _INFO_FIELDS = ("id", "slot", "parent_id", "state", "privileges", "cpu_reserve", "cpu_cap",
                 "cpu_weight", "pages_owned", "pool_free", "pool_used", "gpa_mapped", "vp_mask",
-                "hypercalls", "hypercalls_failed", "reps", "run_time_ns", "started")
+                "hypercalls", "hypercalls_failed", "reps", "run_time_ns", "started", "messages_dropped")
 
 
 def hv_partition_info(h, partition_id: int) -> dict | None:

@@ -33,12 +33,12 @@ class Introspection:
 
     def partition_info(self, p: Partition | int) -> dict | None:
         """State, privileges, CPU controls, pages owned, pool free/used, GPA pages mapped, VP
-        mask and counters (hypercalls, hypercalls_failed, reps) of one partition."""
+        mask and counters (hypercalls, hypercalls_failed, reps, messages_dropped) of one partition."""
         return _binding.hv_partition_info(self._host._h, _pid(p))
 
     def counters(self, p: Partition | int) -> dict:
         info = self.partition_info(p)
-        return {k: info[k] for k in ("hypercalls", "hypercalls_failed", "reps")}
+        return {k: info[k] for k in ("hypercalls", "hypercalls_failed", "reps", "messages_dropped")}
 
     def owner_codes(self, first: int = 0, count: int | None = None) -> memoryview:
         """Raw owner code per SPA page (a partition's slot, OWNER_FREE or OWNER_HV)."""

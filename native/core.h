@@ -104,6 +104,7 @@ struct hv_partition_counters {
     uint64_t hypercalls;          /* hypercalls this partition issued */
     uint64_t hypercalls_failed;   /* of those, how many returned a status other than SUCCESS */
     uint64_t reps;                /* rep elements completed */
+    uint64_t messages_dropped;    /* messages queued for its VPs that DeleteVp discarded undelivered */
 };
 
 struct hv_partition {

@@ -154,6 +154,7 @@ int hv_partition_info(struct hv_host *h, uint64_t id, struct hv_partition_info *
     out->hypercalls = p->counters.hypercalls;
     out->hypercalls_failed = p->counters.hypercalls_failed;
     out->reps = p->counters.reps;
+    out->messages_dropped = p->counters.messages_dropped;
     out->run_time_ns = p->run_time_ns;
     for (uint32_t i = 0; i < HV_MAX_VPS; i++)
         if (p->vps[i] && p->vps[i]->exec == HV_VP_RUNNING)

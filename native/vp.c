@@ -74,8 +74,12 @@ uint16_t hv_call_delete_vp(struct hv_call *c)
         return HV_STATUS_INVALID_VP_INDEX;
     if (p->vps[in.vp_index]->exec != HV_VP_STOPPED)
         return HV_STATUS_INVALID_VP_STATE; /* a VP taking part in scheduling cannot go */
-    /* apply */
+    /* apply: its message queues go with it. The port buffers those messages held are free again
+     * (a port's buffers in use are the ones its queued messages name); the count of messages that
+     * never arrived stays visible in the partition's counters. */
     struct hv_vp *vp = p->vps[in.vp_index];
+    for (uint32_t i = 0; i < HV_SYNIC_SINT_COUNT; i++)
+        p->counters.messages_dropped += vp->synic.queue[i].len;
     hv_pool_give_back(c->h, p, vp->pool_page);
     p->vps[in.vp_index] = NULL;
     hv_vp_free(vp);

@@ -55,6 +55,7 @@ struct hv_partition_info {
     uint64_t hypercalls, hypercalls_failed, reps;
     uint64_t run_time_ns;         /* CPU time its VPs have run */
     uint32_t started;             /* its VPs take part in scheduling (SUSPEND property is 0) */
+    uint64_t messages_dropped;    /* messages queued for its VPs that DeleteVp discarded undelivered */
 };
 
 /* A VP whose Python guest must take its next step (hv_run). */

@@ -119,6 +119,30 @@ def test_delete_vp(host, root):
     assert root.get_vp_registers(c, 1, [Register.RAX]) == [0]
 
 
+def test_delete_vp_drops_its_queued_messages_visibly_and_gives_the_buffers_back(host, root):
+    """DeleteVp takes the VP's message queues with it: the sender's port buffers those messages
+    held are free again, and the receiving partition's messages_dropped counter says how many
+    went undelivered."""
+    from hypervisor.synic import PORT_MESSAGE_BUFFERS, port_undelivered, simp_value
+    from .test_synic import CONN, PORT, enable_synic, new_guest, post, simp_gpfn, slot, wire
+    c = new_guest(host, vps=(0, 1))
+    wire(host, c, vp=1)
+    c.vp(1).set_registers({Register.SIMP: simp_value(simp_gpfn(1), enable=False)})
+    for i in range(PORT_MESSAGE_BUFFERS):
+        post(host, b"%d" % i)
+    assert port_undelivered(c, PORT) == PORT_MESSAGE_BUFFERS
+    assert host.introspect.counters(c)["messages_dropped"] == 0
+    root.delete_vp(c, 1)
+    assert host.introspect.counters(c)["messages_dropped"] == PORT_MESSAGE_BUFFERS
+    assert port_undelivered(c, PORT) == 0
+    root.create_vp(c, 1)
+    enable_synic(c, 1)
+    for i in range(PORT_MESSAGE_BUFFERS):  # every buffer is the sender's again
+        root.post_message(CONN, 1, b"again %d" % i)
+    assert slot(c, 1).payload == b"again 0"
+    check_conservation(host)
+
+
 def test_deleted_vp_no_longer_runs(host, root, child):
     vp = child.vp(0)
     expect(vp, control(CallCode.GET_PARTITION_ID))
