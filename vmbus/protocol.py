@@ -378,6 +378,23 @@ class VersionResponse(Message):
 
 
 @dataclass(frozen=True)
+class ModifyChannel(Message):
+    """The guest moves an open channel's host->guest interrupts to another VP (Linux sends it
+    from 4.1 on when it changes a channel's target CPU)."""
+
+    child_relid: int
+    target_vp: int
+
+
+@dataclass(frozen=True)
+class ModifyChannelResponse(Message):
+    """The host's answer to ModifyChannel, from 5.3 on (Linux waits for it there)."""
+
+    child_relid: int
+    status: int  # NTSTATUS, 0 = success
+
+
+@dataclass(frozen=True)
 class Unload(Message):
     pass
 
@@ -432,6 +449,9 @@ MESSAGES: tuple[MessageSpec, ...] = (
          ("version_supported", 8, BOOL8), ("connection_state", 9, U8), ("msg_conn_id", 12, U32)),
     _row(16, Unload, G2H, _V1, 8),
     _row(17, UnloadResponse, H2G, VERSION_WIN7, 8),
+    _row(22, ModifyChannel, G2H, VERSION_WIN10_V4_1, 16, ("child_relid", 8, RELID), ("target_vp", 12, U32)),
+    _row(24, ModifyChannelResponse, H2G, VERSION_WIN10_V5_3, 16,
+         ("child_relid", 8, RELID), ("status", 12, U32)),
 )
 
 _BY_ID = {spec.id: spec for spec in MESSAGES}

@@ -42,6 +42,7 @@ from vmbus.protocol import (
     SUPPORTED_VERSIONS,
     VERSION_WIN8_1,
     VERSION_WIN10_V5,
+    VERSION_WIN10_V5_3,
     VMBUS_MESSAGE_CONNECTION_ID,
     VMBUS_MESSAGE_SINT,
     AllOffersDelivered,
@@ -57,6 +58,8 @@ from vmbus.protocol import (
     GpaRange,
     InitiateContact,
     Message,
+    ModifyChannel,
+    ModifyChannelResponse,
     OpenChannel,
     OpenResult,
     ProtocolError,
@@ -102,6 +105,11 @@ class Notifier(Protocol):
 
     def close_channel(self, relid: int) -> None:
         """Close the device side of an open (or opening) channel."""
+
+    def modify_channel(self, relid: int, target_vp: int) -> int:
+        """Optional: send an open channel's host->guest signals to VP `target_vp` from now on;
+        an NTSTATUS (0 = done). A notifier without it leaves signalling as it was; the manager
+        still records the channel's new target VP."""
 
     def log(self, event: str, **fields: Any) -> None:
         """A structured event: what was ignored and why, and each state change."""
@@ -177,6 +185,7 @@ class ChannelManager:
             OpenChannel: self._on_open_channel,
             CloseChannel: self._on_close_channel,
             RelidReleased: self._on_relid_released,
+            ModifyChannel: self._on_modify_channel,
             Unload: self._on_unload,
         }
 
@@ -501,6 +510,31 @@ class ChannelManager:
         ch.state, ch.ring_gpadl_id = ChannelState.OFFERED, None
         self._log("closed", relid=ch.relid)
         self._teardown_if_pending(ring)
+
+    def _on_modify_channel(self, m: ModifyChannel) -> None:
+        if not self._channel_usable(m, m.child_relid):
+            return
+        ch = self._channels[m.child_relid]
+        if ch.state is not ChannelState.OPEN:
+            status = STATUS_UNSUCCESSFUL
+            self._ignore(m, f"channel {ch.relid} is {ch.state.value}")
+        else:
+            modify = getattr(self.notifier, "modify_channel", None)
+            status = STATUS_SUCCESS if modify is None else modify(ch.relid, m.target_vp)
+            if not (isinstance(status, int) and 0 <= status < 1 << 32):
+                status = STATUS_UNSUCCESSFUL
+            if status == STATUS_SUCCESS:
+                ch.target_vp = m.target_vp
+                self._log("modified", relid=ch.relid, target_vp=m.target_vp)
+        # Before 5.3 there is no response message and the guest does not wait for one.
+        if self.version is not None and self.version >= VERSION_WIN10_V5_3:
+            self._send(ModifyChannelResponse(ch.relid, status))
+
+    def channel_target_vp(self, relid: int) -> int | None:
+        """The VP the guest wants an open channel's host->guest signals on (OpenChannel's
+        target_vp, then each accepted ModifyChannel), or None for an unknown relid."""
+        ch = self._channels.get(relid)
+        return None if ch is None else ch.target_vp
 
     def _on_relid_released(self, m: RelidReleased) -> None:
         if not self._channel_known(m, m.child_relid):

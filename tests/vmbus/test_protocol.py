@@ -50,6 +50,8 @@ EXPECTED = {  # id: (name, direction, fixed size) from the reference
     15: ("VersionResponse", p.H2G, 16),
     16: ("Unload", p.G2H, 8),
     17: ("UnloadResponse", p.H2G, 8),
+    22: ("ModifyChannel", p.G2H, 16),
+    24: ("ModifyChannelResponse", p.H2G, 16),
 }
 
 
