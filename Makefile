@@ -9,7 +9,7 @@ CORE   := hypervisor/.core-built
 NATIVE := $(wildcard native/*.c native/*.h native/api/*.h) native/build_core.py
 ARGS   ?=
 
-.PHONY: run test bench sanitize clean core tools
+.PHONY: run test bench sanitize clean core tools fuzz soak
 
 run: $(CORE)
 	$(VENV)/bin/hvsim run $(ARGS)
@@ -30,6 +30,34 @@ sanitize: $(STAMP)
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	HVSIM_SANITIZE=1 $(PY) -m pytest -p no:cacheprovider $(ARGS)
+
+# Coverage-guided fuzzing (fuzz/, docs/fuzzing.md): libFuzzer for the C core, atheris for the
+# Python parsers, every target for FUZZ_SECONDS (or FUZZ_RUNS executions), FUZZ_JOBS at a time.
+FUZZ_SECONDS ?= 60
+FUZZ_RUNS    ?=
+FUZZ_JOBS    ?= $(shell nproc)
+FUZZ_TARGETS ?=
+FUZZ_EXTRA   := $(VENV)/.fuzz-installed
+
+fuzz: $(CORE) $(FUZZ_EXTRA)
+	sh tools/ensure-debian-packages clang:clang
+	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS) $(if $(FUZZ_RUNS),--runs $(FUZZ_RUNS)) --jobs $(FUZZ_JOBS) $(FUZZ_TARGETS)
+
+# The `fuzz` extra of pyproject.toml, installed alone (not the package again: that would rebuild the core).
+$(FUZZ_EXTRA): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q --disable-pip-version-check $$($(PY) -c "import tomllib; \
+		print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['fuzz'])")
+	touch $@
+
+# Long runs of the stateful isolation machines and a fault campaign over whole hosts (bench/soak.py,
+# docs/fuzzing.md): SOAK_STEPS machine steps in all, SOAK_JOBS processes, SOAK_HOSTS campaign hosts.
+SOAK_STEPS ?= 1000000
+SOAK_JOBS  ?= $(shell nproc)
+SOAK_HOSTS ?= 20
+SOAK_SEED  ?=
+
+soak: $(CORE)
+	$(PY) -m bench.soak --steps $(SOAK_STEPS) --jobs $(SOAK_JOBS) --hosts $(SOAK_HOSTS) $(if $(SOAK_SEED),--seed $(SOAK_SEED))
 
 core: $(CORE)
 
