@@ -1,0 +1,1 @@
+"""hvsim's fuzz targets and their runner (`make fuzz`): see docs/fuzzing.md."""
