@@ -55,6 +55,7 @@ def plan_disks(config: Config, workdir: Path, file: str) -> dict[str, list[DiskP
         out = plans[vm.name] = []
         if vm.disks:
             _check_directory(vm_directory(workdir, vm.name), file, f"vm[{i}]")
+            _check_not_in_use(vm_directory(workdir, vm.name), file, f"vm[{i}]")
         for j, disk in enumerate(vm.disks):
             key = f"vm[{i}].disks[{j}]"
             for name, path in (("path", disk.path), ("parent", disk.parent)):
@@ -112,6 +113,27 @@ def _check_existing(disk: DiskConfig, file: str, key: str) -> None:
     if disk.size is not None and disk.size != size:
         raise ConfigError(file, f"{key}.size", f"the size of the existing {disk.path} "
                           f"({format_size_exact(size)})", format_size_exact(disk.size))
+
+
+def _check_not_in_use(directory: Path, file: str, key: str) -> None:
+    """That no open disk holds a run file the build would replace: the VSPs of another run of
+    this host in the same run directory (or of this process) lock theirs, and removing those
+    under them would leave that run writing files nobody can see."""
+    import fcntl
+    if not directory.is_dir():
+        return
+    for path in sorted(p for p in directory.iterdir() if RUN_DISK.fullmatch(p.name) and p.is_file()):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue     # gone, or unreadable: make_disks reports what it cannot remove
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ConfigError(file, key, f"a run directory no other run is using ({directory})",
+                              f"{path}, which an open disk holds (another run of this host?)") from None
+        finally:
+            os.close(fd)
 
 
 def _check_directory(path: Path, file: str, key: str) -> None:

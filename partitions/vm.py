@@ -66,6 +66,14 @@ class InvalidTransition(RuntimeError):
         self.vm, self.state, self.action = vm, state, action
 
 
+class DiskUnavailable(RuntimeError):
+    """A VM's start refused because one of its disks cannot be opened as its device needs."""
+
+    def __init__(self, message: str, *, vm: str):
+        super().__init__(message)
+        self.vm = vm
+
+
 @dataclass
 class DeviceSlot:
     """A device of the VM: its type, the VSP's and the VSC's config, and the name it goes by
@@ -155,10 +163,23 @@ class VirtualMachine:
 
     def start(self) -> None:
         self._require("start", VmState.OFF)
+        self._check_disks()
         self.off_reason = None
         self._set(VmState.STARTING)
         self._build()
         self._set(VmState.RUNNING)
+
+    def _check_disks(self) -> None:
+        """Refuse to start (the VM stays Off, with the reason) unless every disk of every storage
+        device opens as its VSP will open it: a VM never runs with a LUN silently missing."""
+        for slot in self.devices:
+            if slot.device.name != "storage":
+                continue
+            problems = slot.device.vsp.disk_problems(slot.host_config)
+            if problems:
+                why = "; ".join(f"{slot.name}.disks[{lun}] {disk}: {what}" for lun, disk, what in problems)
+                self.off_reason = f"a disk cannot be opened: {why}"
+                raise DiskUnavailable(f"vm {self.name!r} cannot start: {why}", vm=self.name)
 
     def _build(self) -> None:
         self.worker = VmWorker(self.host, self.spec)

@@ -133,14 +133,39 @@ class StorVsp(Vsp):
         self.luns: list[_Lun | None] = []           # index = LUN; None: that disk is absent
         self._open_disks()
 
-    def _open_disks(self) -> None:
-        cfg = self.config
+    @staticmethod
+    def configured_disks(cfg: dict) -> list:
+        """The disks of a host config, by LUN: paths, open VirtualDisks, or None (no path given)."""
         if cfg.get("disks") is not None:
-            disks = list(cfg["disks"])
-        elif cfg.get("disk") is not None:
-            disks = [cfg["disk"]]
-        else:
-            disks = [cfg.get("path")]
+            return list(cfg["disks"])
+        if cfg.get("disk") is not None:
+            return [cfg["disk"]]
+        return [cfg.get("path")]
+
+    @classmethod
+    def disk_problems(cls, cfg: dict) -> list[tuple[int, object, str]]:
+        """(LUN, disk, why) for each disk of `cfg` the VSP could not open now, opened as it will
+        open them (read-write unless `read_only`) and closed again: the VM's start checks this so
+        that a VM never runs with a LUN silently missing. An open VirtualDisk is the caller's."""
+        problems = []
+        disks = cls.configured_disks(cfg)
+        if len(disks) > MAX_LUNS:
+            problems.append((MAX_LUNS, disks[MAX_LUNS], f"more than {MAX_LUNS} disks"))
+        for lun, disk in enumerate(disks[:MAX_LUNS]):
+            if isinstance(disk, VirtualDisk):
+                continue
+            if disk is None:
+                problems.append((lun, None, "no 'path' (a VHD file) in the storage device's config"))
+                continue
+            try:
+                VirtualDisk.open(disk, read_only=bool(cfg.get("read_only", False))).close()
+            except (OSError, VhdError) as exc:
+                mode = "read-only" if cfg.get("read_only") else "read-write"
+                problems.append((lun, disk, f"cannot be opened {mode}: {type(exc).__name__}: {exc}"))
+        return problems
+
+    def _open_disks(self) -> None:
+        disks = self.configured_disks(self.config)
         if len(disks) > MAX_LUNS:
             self.context.log("storvsp has too many disks", disks=len(disks), max=MAX_LUNS)
             disks = disks[:MAX_LUNS]
@@ -149,8 +174,11 @@ class StorVsp(Vsp):
                 self.luns.append(self._open_lun(disk))
             except (OSError, VhdError, ValueError) as exc:
                 # No disk here: the controller still negotiates; SRBs for this LUN find none.
+                # N.B. a VM's start refuses disks that do not open (disk_problems), so this is
+                # only a disk lost between the start and the channel's opening: logged with the VM.
                 self.luns.append(None)
-                self.context.log("storvsp has no disk", lun=lun, error=f"{type(exc).__name__}: {exc}")
+                self.context.log("storvsp has no disk", lun=lun, path=str(disk),
+                                 error=f"{type(exc).__name__}: {exc}")
 
     def _open_lun(self, disk) -> _Lun:
         cfg = self.config
