@@ -18,6 +18,7 @@ on the service's own VP, it replays them in order and reads every ring of the ch
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -36,6 +37,16 @@ MESSAGE_TYPE_VMBUS = 1
 CHILD_MESSAGE_PORT = 1     # in each child: host->guest messages
 CHILD_EVENT_PORT = 2       # in each child: host->guest channel signals
 FLAGS_PER_SINT = 2048
+
+# Budgets: what one child may take of the service (docs/vmbus.md, "Budgets and backpressure").
+PACKETS_PER_PASS = 64       # per channel per pass; a ring with more waits for the next pass
+SLICE_NS = 4_000            # a pass's CPU time is spent in slices; between two, newly signalled
+                            # channels are served, so they wait a slice, not a flooder's whole pass
+MESSAGE_BURST = 64          # control messages a child may have taken at once...
+MESSAGE_REFILL_NS = 16_000  # ...and one more per 16 us of simulated time after that
+OUTBOX_LIMIT = 64           # messages to a child not yet posted; at the limit its own are not handled
+INBOX_LIMIT = 64            # messages from a child waiting for room in its outbox; beyond: dropped
+LOG_LIMIT = 10_000          # entries kept in ParentVmbus.log (the event log bounds itself per VM)
 
 
 @dataclass
@@ -58,7 +69,11 @@ class _Child:
     to_child_msg: int = 0         # root connection id -> the child's message port
     to_child_evt: int = 0         # root connection id -> the child's event port
     channels: dict[int, _Channel] = field(default_factory=dict)  # relid -> channel
-    outbox: list[bytes] = field(default_factory=list)       # messages waiting for buffers
+    outbox: deque[bytes] = field(default_factory=deque)     # messages waiting for buffers (<= OUTBOX_LIMIT)
+    inbox: deque[tuple[bytes, int]] = field(default_factory=deque)  # (message, connection) waiting for outbox room
+    tokens: int = MESSAGE_BURST   # control messages it may still have taken now
+    tokens_at: int = 0            # when tokens was last brought up to date
+    dropped: int = 0              # its messages dropped (its inbox was full)
     context: EndpointContext | None = None                  # what this child's VSPs see
     quiesced: bool = False        # its VM is being saved or is Saved: nothing may reach its memory
     quiesced_at: int = 0          # when it was last quiesced
@@ -76,6 +91,9 @@ class _Notifier:
         self.service, self.child = service, child
 
     def send(self, message: bytes, target_vp: int, sint: int) -> None:
+        # N.B. never dropped: a host->guest control message lost would wedge the guest's VMBus.
+        # The outbox stays bounded because the child's own messages (what makes replies) are
+        # not handled while it is full (ParentVmbus._serve_inbox).
         self.child.outbox.append(message)
         self.service._flush(self.child)
 
@@ -129,7 +147,7 @@ class _Notifier:
         try:  # a VSP that fails to open fails this open only
             vsp = ch.device.vsp(end, config, _ChannelContext(service, child, relid))
             ch.end, ch.vsp = end, vsp
-            end.on_signal = lambda: service._deliver(child, relid)
+            end.on_signal = lambda: service._ready_channel(child, relid)
             vsp.on_open()
         except Exception as exc:
             ch.end = ch.vsp = None
@@ -170,6 +188,16 @@ class _HostEnd(ChannelEnd):
 
     def receive(self):
         return [] if self.child.quiesced else super().receive()
+
+    def receive_some(self, limit: int):
+        """Up to `limit` packets (the service's per-pass quantum); signals the writer if that
+        freed the space it waits for."""
+        if self.child.quiesced:
+            return []
+        packets, signal = self.incoming.read_batch(limit)
+        if signal:
+            self._signal()
+        return packets
 
 
 class _ChildContext(EndpointContext):
@@ -223,7 +251,8 @@ class ParentVmbus:
         self.vp = host.root.vp(vp_index)
         self.packet_cost = parse_duration(packet_cost, "packet_cost")
         self.children: dict[int, _Child] = {}
-        self.log: list[tuple] = []   # (time, partition id, event, fields): everything record() was told
+        # (time, partition id, event, fields): the last LOG_LIMIT entries record() was told
+        self.log: deque[tuple] = deque(maxlen=LOG_LIMIT)
         #: on_log(partition_id, event, fields, device): told of every entry as it is recorded
         #: (device: the name of the device whose VSP logged it, None for the service's own).
         self.on_log: Callable[[int, str, dict, str | None], None] | None = None
@@ -252,6 +281,9 @@ class ParentVmbus:
         root.connect_port(None, self._doorbell, None, doorbell_port, port_type=PortType.EVENT)
         self._asleep_until: int | None | bool = False   # False: not halted; None: halted with no timeout
         self._resuming: dict[int, _Child] = {}   # children restored whose devices resume on the next pass
+        self._ready: dict[tuple[int, int], None] = {}  # (child, relid) signalled and not yet read empty, in turn
+        self._served: dict[tuple[int, int], int] = {}  # packets each channel had in the current pass
+        self._refill_armed = False   # a timer wakes the service when a throttled child has a message again
         self.vp.run(self._serve)
 
     def _new_id(self) -> int:
@@ -394,7 +426,7 @@ class ParentVmbus:
         for payload, connection_id in held_in:
             self._handle_message(c, payload, connection_id)
         for relid in sorted(c.channels):  # every ring, whether or not its signal came meanwhile
-            self._deliver(c, relid)
+            self._ready_channel(c, relid)
         self._retry(c)
 
     def quiesced(self, child: Partition) -> bool:
@@ -485,12 +517,12 @@ class ParentVmbus:
             except HvError as exc:
                 self._refused(c, exc, "PostMessage")
                 return  # held: retried on the next pass
-            message = c.outbox.pop(0)
+            message = c.outbox.popleft()
             c.stats["messages_out"] += 1
             if self.message_trace is not None:
                 self.message_trace.append((self.host.now, _message_name(message), {"to": c.partition.id}))
 
-    def _deliver(self, c: _Child, relid: int) -> None:
+    def _deliver(self, c: _Child, relid: int, limit: int = PACKETS_PER_PASS) -> None:
         """Hand a signalled channel's packets to its VSP. A ring the guest corrupted, or a VSP
         that fails on what it was sent, breaks that channel only: it is rescinded."""
         ch = c.channels.get(relid)
@@ -499,15 +531,42 @@ class ParentVmbus:
         if c.quiesced or c.failed is not None:  # its ring is not there now: every ring is read once the child is resumed
             return
         try:
-            packets = ch.end.receive()
+            packets = ch.end.receive_some(limit)
+            key = (c.partition.id, relid)
+            self._served[key] = self._served.get(key, 0) + len(packets)
             self._pending_work += len(packets)
             c.stats["packets_in"] += len(packets)
             if packets:
                 ch.vsp.on_packets(packets)
         except RingError as exc:
             self._break(c, relid, f"ring: {exc}")
+            return
         except Exception as exc:  # a VSP bug or a packet it could not take: this channel only
             self._break(c, relid, f"{type(ch.vsp).__name__} failed: {type(exc).__name__}: {exc}")
+            return
+        if len(packets) == limit:  # maybe more: its turn comes again
+            self._ready[key] = None
+
+    def _ready_channel(self, c: _Child, relid: int) -> None:
+        """A channel was signalled: its ring is read in turn (_serve_ready)."""
+        self._ready[(c.partition.id, relid)] = None
+
+    def _serve_ready(self) -> bool:
+        """Read each ready channel once, up to what is left of its PACKETS_PER_PASS in this
+        pass, in the order they became ready (round-robin: one with more is ready again, at the
+        end; one that had its quantum waits for the next pass)."""
+        did = False
+        for key in list(self._ready):
+            left = PACKETS_PER_PASS - self._served.get(key, 0)
+            if left <= 0:
+                continue
+            del self._ready[key]
+            c = self.children.get(key[0])
+            if c is None:
+                continue
+            did = True
+            self._contained(c, self._deliver, c, key[1], left)
+        return did
 
     def _break(self, c: _Child, relid: int, why: str) -> None:
         ch = c.channels.get(relid)
@@ -539,7 +598,8 @@ class ParentVmbus:
                         device=ch.device.name)
 
     def record(self, partition_id: int, event: str, fields: dict, *, device: str | None = None) -> None:
-        """The service's one way to log: kept in `log` and handed to `on_log`."""
+        """The service's one way to log: kept in `log` (the last LOG_LIMIT entries) and handed
+        to `on_log`."""
         self.log.append((self.host.now, partition_id, event, fields))
         if self.on_log is not None:
             self.on_log(partition_id, event, fields, device)
@@ -550,21 +610,40 @@ class ParentVmbus:
         return ch.broken if ch else None
 
     def _drain(self) -> bool:
-        """Take every message and event waiting; True if there was any."""
+        """One pass: take the messages each child may have taken (its budget), every event
+        flag, then read each signalled channel once (its quantum); True if there was any work."""
         root = self.host.root
+        self._served.clear()
         did = bool(self._resuming)
         while self._resuming:
             c = self._resuming.pop(next(iter(self._resuming)))
             self._contained(c, self._resume_now, c)
+        did |= self._take_messages()
+        did |= self._take_flags()
+        did |= self._serve_ready()
+        for c in list(self.children.values()):
+            self._contained(c, self._retry, c)
+            self._contained(c, self._serve_inbox, c)
+        return did
+
+    def _take_messages(self) -> bool:
+        """Take the messages in the service's SIM slot while their senders have budget left.
+        A message from a child out of budget stays in the slot: the core delivers nothing more
+        on the SINT until it is taken, so a flooder's messages cost the service (1 us each to
+        deliver) only at its budget's rate, and its posts fail with INSUFFICIENT_BUFFERS once
+        its ports' 16 buffers are in the queue. A timer takes it when the sender's budget allows."""
+        root, did = self.host.root, False
         while True:
             msg = read_message_slot(root, self.simp, VMBUS_MESSAGE_SINT)
             if msg.empty:
-                break
+                return did
+            c = self._port_owner.get(msg.origin)
+            if c is not None and not self._take_token(c):
+                return did
             did = True
             clear_message_slot(root, self.simp, VMBUS_MESSAGE_SINT)
             if msg.pending:
                 self.vp.set_registers({Register.EOM: 0})
-            c = self._port_owner.get(msg.origin)
             if c is not None and msg.message_type == MESSAGE_TYPE_VMBUS and c.failed is None:
                 c.stats["messages_in"] += 1
                 if self.message_trace is not None:
@@ -572,24 +651,58 @@ class ParentVmbus:
                                                {"from": c.partition.id}))
                 if c.quiesced:  # sent before its VM was saved: handled once it is resumed
                     c.held_in.append((msg.payload, c.msg_ports[msg.origin]))
+                elif len(c.inbox) >= INBOX_LIMIT:
+                    c.dropped += 1
+                    if c.dropped == 1 or c.dropped % 1000 == 0:
+                        self.record(c.partition.id, "messages dropped", {"dropped": c.dropped,
+                                                                          "outbox": len(c.outbox)})
                 else:
-                    self._contained(c, self._handle_message, c, msg.payload, c.msg_ports[msg.origin])
+                    c.inbox.append((msg.payload, c.msg_ports[msg.origin]))
+                    self._contained(c, self._serve_inbox, c)
+
+    def _take_token(self, c: _Child) -> bool:
+        """Spend one of `c`'s message budget; False (and a wake-up armed) if it has none now."""
+        now = self.host.now
+        gained = (now - c.tokens_at) // MESSAGE_REFILL_NS
+        if gained:
+            c.tokens = min(MESSAGE_BURST, c.tokens + gained)
+            c.tokens_at = now if c.tokens == MESSAGE_BURST else c.tokens_at + gained * MESSAGE_REFILL_NS
+        if c.tokens > 0:
+            c.tokens -= 1
+            return True
+        if not self._refill_armed:
+            self._refill_armed = True
+            self.context.timers.add(c.tokens_at + MESSAGE_REFILL_NS - now, self._refilled)
+        return False
+
+    def _refilled(self) -> None:
+        self._refill_armed = False   # the pass this timer makes takes the waiting message
+
+    def _serve_inbox(self, c: _Child) -> None:
+        """Handle a child's messages while its outbox has room: a child that does not take the
+        service's messages (its SIM page full or off) gets none of its own handled meanwhile,
+        so what it makes the service send stays bounded (backpressure)."""
+        while c.inbox and len(c.outbox) < OUTBOX_LIMIT and not c.quiesced and c.failed is None:
+            payload, connection_id = c.inbox.popleft()
+            self._handle_message(c, payload, connection_id)
+
+    def _take_flags(self) -> bool:
+        """Take the service's event flags at once: each channel's marks it ready."""
+        root = self.host.root
         base = self.siefp * 4096 + VMBUS_MESSAGE_SINT * 256
         flags = int.from_bytes(root.read(base, 256), "little")
-        if flags:
-            did = True
-            root.write(base, bytes(256))  # taken, all at once
-            while flags:
-                bit = (flags & -flags).bit_length() - 1
-                flags &= flags - 1
-                owner = self._flag_owner.get(bit)
-                if owner is not None:
-                    ch = owner[0].channels.get(owner[1])
-                    if ch is not None and ch.end is not None:
-                        self._contained(owner[0], ch.end.signalled)
-        for c in list(self.children.values()):
-            self._contained(c, self._retry, c)
-        return did
+        if not flags:
+            return False
+        root.write(base, bytes(256))  # taken, all at once
+        while flags:
+            bit = (flags & -flags).bit_length() - 1
+            flags &= flags - 1
+            owner = self._flag_owner.get(bit)
+            if owner is not None:
+                ch = owner[0].channels.get(owner[1])
+                if ch is not None and ch.end is not None:
+                    self._contained(owner[0], ch.end.signalled)
+        return True
 
     def _contained(self, c: _Child, fn, *args) -> None:
         """Serve one child: whatever raises while doing so is that child's failure, never the
@@ -628,12 +741,27 @@ class ParentVmbus:
             work, self._pending_work = self._pending_work, 0
             cpu = work * self.packet_cost + self.context.take_pending()
             if did or cpu:
-                await ctx.compute(max(1, cpu))
+                await self._spend(ctx, max(1, cpu))
             else:
                 timeout = self.context.next_timeout()
                 self._asleep_until = None if timeout is None else self.host.now + timeout
                 await ctx.halt(timeout)
                 self._asleep_until = False
+
+
+    async def _spend(self, ctx, cpu: int) -> None:
+        """Spend a pass's CPU time in slices; after each, serve the channels signalled meanwhile
+        that have not had their quantum in this pass (and add their cost), so that a channel
+        signalled while a flooder's quantum is being paid for waits a slice, not the whole
+        quantum."""
+        while cpu > 0:
+            chunk = min(cpu, SLICE_NS)
+            await ctx.compute(chunk)
+            cpu -= chunk
+            if cpu > 0 and self._take_flags() | bool(self._ready):
+                self._serve_ready()
+                work, self._pending_work = self._pending_work, 0
+                cpu += work * self.packet_cost + self.context.take_pending()
 
 
 def _message_name(raw: bytes) -> str:

@@ -130,3 +130,91 @@ def test_rescind_during_traffic_fails_outstanding_requests_cleanly():
     assert host.grants.ids(child) == []                        # nothing of the channel remains
     assert relid not in manager.relids                          # the guest released the relid
     check_all(host)
+
+
+# ---- a flooding child costs only itself -------------------------------------------------------
+US = 1_000
+THINK = 20 * US   # the measured child's application: one echo, then 20 us of other work, again
+
+
+def _echo_under(flood: str | None) -> tuple[int, float, object]:
+    """Two children on a 4-LP host for 25 ms: "good" sends one 64-byte echo, waits for the
+    reply and 20 us more, and again; "flood" floods as told: None (idle), "packets" (refills its
+    echo ring whenever it can) or "messages" (garbage control messages, as fast as its posts go
+    through). Returns the good child's replies after 5 ms, their mean latency in simulated ns,
+    and the flooder's partition."""
+    from hypervisor.status import HvError
+    from vmbus.ring import RingFull
+
+    host = Host(logical_processors=4, memory="64MiB", seed=2)
+    parent = ParentVmbus(host, vp_index=1)
+    good = {"sent_at": 0, "armed": False, "seen": 0, "latencies": []}
+
+    def good_poll(stack):
+        vsc = stack.devices.get("echo")
+        if vsc is None or not vsc.ready:
+            return
+        if len(vsc.replies) > good["seen"]:
+            good["seen"] = len(vsc.replies)
+            if host.now >= 5 * MS:
+                good["latencies"].append(host.now - good["sent_at"])
+        if not vsc.outstanding and not good["armed"]:
+            good["armed"] = True
+
+            def send():
+                good["armed"] = False
+                good["sent_at"] = host.now
+                vsc.echo(b"g" * 64)
+            stack.context.call_later(THINK, send)
+
+    def flood_poll(stack):
+        vsc = stack.devices.get("echo")
+        if flood == "packets" and vsc is not None and vsc.ready:
+            for _ in range(1000):
+                try:
+                    vsc.echo(b"f" * 64)
+                except RingFull:
+                    break
+
+    flooder = None
+    for name, poll in (("good", good_poll), ("flood", flood_poll)):
+        child = VmWorker(host, VmSpec(name, memory="1MiB")).build()
+        parent.attach(child, [(ECHO, {})])
+        if name == "flood" and flood == "messages":
+            async def garbage(ctx, child=child):
+                while True:
+                    for _ in range(16):
+                        try:
+                            child.post_message(4, 1, bytes([0xEE]) * 40)   # VMBus's message connection
+                        except HvError:
+                            break   # its port's buffers are all in the queue
+                    await ctx.compute(US)
+            child.vp(0).run(garbage)
+        else:
+            child.vp(0).run(GuestVmbus(child, discover(), on_poll=poll).run)
+        host.root.resume_partition(child)
+        flooder = child if name == "flood" else flooder
+    host.run(25 * MS)
+    lat = good["latencies"]
+    return len(lat), sum(lat) / len(lat), (parent, flooder)
+
+
+def test_a_child_flooding_its_ring_costs_the_others_neither_throughput_nor_latency():
+    """The service reads at most 64 packets of a channel per pass, in turn, and spends a pass's
+    time in 4 us slices, serving channels signalled meanwhile: the flooder waits for itself."""
+    quiet_n, quiet_latency, _ = _echo_under(None)
+    n, latency, (parent, flooder) = _echo_under("packets")
+    assert n >= 0.9 * quiet_n
+    assert latency < 2 * quiet_latency                     # before: ~45x (one full ring drained)
+    assert parent.traffic(flooder)["packets_in"] > 5_000   # the flooder was served too
+    assert parent.broken(flooder, 1) is None
+
+
+def test_a_child_posting_garbage_messages_costs_the_others_neither_throughput_nor_latency():
+    """Each child's control messages are taken at a budgeted rate (a burst of 64, then one per
+    16 us); beyond it they wait in the core's queue, where its ports' 16 buffers bound them."""
+    quiet_n, quiet_latency, _ = _echo_under(None)
+    n, latency, (parent, flooder) = _echo_under("messages")
+    assert n >= 0.9 * quiet_n
+    assert latency < 2 * quiet_latency                     # before: throughput / 2.2, latency x7
+    assert 1_000 < parent.traffic(flooder)["messages_in"] < 25 * MS // 16_000 + 64 + 32

@@ -238,7 +238,9 @@ def test_a_hostile_vm_is_refused_and_the_others_keep_their_throughput():
     for reason in ("rndis_length", "oid", "rndis_type", "section_index", "section_size", "buffer_state",
                    "packet_type", "completion"):
         assert hostile.refused[reason] > 0, (reason, dict(hostile.refused))
-    assert hostile.stats["tx_frames"] > 10_000            # the flood went into the switch...
+    # the flood went into the switch (at its share of the parent's VMBus service: each channel
+    # is read 64 packets per pass, in turn)...
+    assert hostile.stats["tx_frames"] > 5_000
     assert switch.port("vm3").stats.rx_frames == hostile.stats["tx_frames"]
     assert switch.port("vm1").stats.tx_frames < 10        # ...and reached nobody else
     assert a.vsp.refusals == b.vsp.refusals == 0 and a.vsc.refusals == b.vsc.refusals == 0
