@@ -69,10 +69,14 @@ def hv_call_shape(code: int) -> dict | None:
 
 
 def hv_host_create(memory_bytes: int, logical_processors: int, smt: int, seed: int,
-                   root_vps: int, reps_per_call: int, scheduler: int = 0, costs: dict | None = None):
+                   root_vps: int, reps_per_call: int, scheduler: int = 0, costs: dict | None = None,
+                   grant_limits: dict | None = None):
     """Boot a host; the handle frees itself when garbage-collected. `costs` maps hv_costs
-    fields (ns) to values; missing or zero ones take the core's defaults."""
+    fields (ns) to values; missing or zero ones take the core's defaults. `grant_limits` maps
+    hv_host_config's grant_* fields to values (missing ones: the core's defaults)."""
     cfg = ffi.new("struct hv_host_config *")
+    for name, value in (grant_limits or {}).items():
+        setattr(cfg, name, value)
     cfg.scheduler = scheduler
     for name, value in (costs or {}).items():
         setattr(cfg.costs, name, value)
@@ -217,14 +221,22 @@ def hv_grant_revoke(h, child_id: int, grant_id: int) -> int:
     return int(lib.hv_grant_revoke(h, child_id, grant_id & 0xFFFFFFFF))
 
 
+def _exported(m, base, n) -> memoryview | None:
+    """A memoryview over an exported mapping that holds the mapping while it (or anything made
+    from it) lives: cffi's buffer keeps its pointer alive, and the pointer's destructor gives the
+    export back, which unmaps the range once its grant or view is gone too."""
+    if m == ffi.NULL:
+        return None
+    ptr = ffi.gc(ffi.cast("uint8_t *", base[0]), lambda _p, m=m: lib.hv_mapping_release(m))
+    return memoryview(ffi.buffer(ptr, n[0] * 4096))
+
+
 def hv_grant_view(h, child_id: int, grant_id: int) -> memoryview | None:
     """A writable memoryview of the grant's pages, mapped contiguously (None if no such grant).
-    After the grant is revoked the view reads zeros and writes go nowhere."""
-    n = ffi.new("uint32_t *")
-    ptr = lib.hv_grant_view(h, child_id, grant_id & 0xFFFFFFFF, n)
-    if ptr == ffi.NULL:
-        return None
-    return memoryview(ffi.buffer(ptr, n[0] * 4096))
+    After the grant is revoked the view reads zeros and writes go nowhere; its address range is
+    given back when the last memoryview made from it goes."""
+    base, n = ffi.new("uint8_t **"), ffi.new("uint32_t *")
+    return _exported(lib.hv_grant_export(h, child_id, grant_id & 0xFFFFFFFF, base, n), base, n)
 
 
 def hv_grant_pages(h, child_id: int, grant_id: int) -> list[int]:
@@ -251,11 +263,37 @@ def hv_view_release(h, partition_id: int, view_id: int) -> int:
 
 
 def hv_view_ptr(h, partition_id: int, view_id: int) -> memoryview | None:
-    n = ffi.new("uint32_t *")
-    ptr = lib.hv_view_ptr(h, partition_id, view_id & 0xFFFFFFFF, n)
-    if ptr == ffi.NULL:
+    """An own view as a memoryview (None if there is none); held like hv_grant_view's."""
+    base, n = ffi.new("uint8_t **"), ffi.new("uint32_t *")
+    return _exported(lib.hv_view_export(h, partition_id, view_id & 0xFFFFFFFF, base, n), base, n)
+
+
+#: enum hv_grant_limit -> the name hvsim uses for the limit.
+GRANT_LIMITS = {1: "grant_pages_per_child", 2: "grant_mappings_per_child", 3: "grant_mappings_per_host",
+                4: "process"}
+
+
+def hv_grant_last_refusal(h) -> dict | None:
+    """Why the last grant or own view was refused with NO_RESOURCES: limit (a GRANT_LIMITS
+    name), partition_id, have, want, max and, for "process", the errno of mmap."""
+    r = ffi.new("struct hv_grant_refusal *")
+    if lib.hv_grant_last_refusal(h, r) != 0:
         return None
-    return memoryview(ffi.buffer(ptr, n[0] * 4096))
+    return {"limit": GRANT_LIMITS.get(r.limit, str(r.limit)), "partition_id": r.partition_id,
+            "have": r.have, "want": r.want, "max": r.max, "error": r.error}
+
+
+def hv_grant_usage(h, partition_id: int) -> dict | None:
+    u = ffi.new("struct hv_grant_usage *")
+    if lib.hv_grant_usage(h, partition_id, u) != 0:
+        return None
+    return {"pages": u.pages, "pages_limit": u.pages_limit, "mappings": u.mappings,
+            "mappings_limit": u.mappings_limit, "host_mappings": u.host_mappings,
+            "host_mappings_limit": u.host_mappings_limit}
+
+
+def hv_teardown_visits(h) -> int:
+    return int(lib.hv_teardown_visits(h))
 
 
 # --- simulated time and guests ----------------------------------------------------------------

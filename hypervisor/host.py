@@ -22,6 +22,13 @@ COSTS = {"hypercall": "hypercall_ns", "parent_exit": "parent_exit_ns", "message"
          "event": "event_ns", "interrupt": "interrupt_ns", "time_slice": "time_slice_ns",
          "window": "window_ns"}
 
+#: What children's grants (GPADLs) and own views may cost the process (host settings): pages one
+#: child may have granted at once, and memory mappings (runs of contiguous pages, of which a
+#: process has vm.max_map_count) per partition and for all partitions together. Defaults in
+#: native/grant.c: 327,680 pages (1,280 MiB), 1,024 and 32,768 mappings.
+GRANT_LIMITS = {"pages_per_child": "grant_pages_per_child", "mappings_per_child": "grant_mappings_per_child",
+                "mappings_per_host": "grant_mappings_per_host"}
+
 #: Rep elements one hypercall invocation completes before it returns for continuation. The TLFS
 #: asks the hypervisor to return within about 50 us; at the cost model's ~0.2 us per element
 #: that is 256 elements.
@@ -38,7 +45,8 @@ class Host:
 
     def __init__(self, logical_processors: int = 4, memory: int | str = "4GiB", seed: int = 0, *,
                  smt: int = 1, root_vps: int | None = None, reps_per_call: int = DEFAULT_REPS_PER_CALL,
-                 scheduler: str = "classic", costs: dict[str, int | str] | None = None):
+                 scheduler: str = "classic", costs: dict[str, int | str] | None = None,
+                 grant_limits: dict[str, int] | None = None):
         memory_bytes = parse_size(memory, "memory")
         if memory_bytes % PAGE_SIZE or memory_bytes < 64 * PAGE_SIZE:
             raise ValueError(f"memory: expected a multiple of 4 KiB of at least 256 KiB, got {memory!r}")
@@ -61,13 +69,20 @@ class Host:
             if ns <= 0:
                 raise ValueError(f"costs.{key}: expected a positive duration, got {value!r}")
             core_costs[COSTS[key]] = ns
+        core_limits = {}
+        for key, value in (grant_limits or {}).items():
+            if key not in GRANT_LIMITS:
+                raise ValueError(f"grant_limits: unknown limit {key!r}; known: {', '.join(GRANT_LIMITS)}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 0xFFFFFFFF:
+                raise ValueError(f"grant_limits.{key}: expected an integer 1..4294967295, got {value!r}")
+            core_limits[GRANT_LIMITS[key]] = value
         self.scheduler = scheduler
         self.logical_processors = logical_processors
         self.smt = smt
         self.memory_bytes = memory_bytes
         self.seed = seed
         self._h = _binding.hv_host_create(memory_bytes, logical_processors, smt, seed, root_vps, reps_per_call,
-                                          SCHEDULERS[scheduler], core_costs)
+                                          SCHEDULERS[scheduler], core_costs, core_limits)
         self._partitions: dict[int, Partition] = {}
         self._guests = GuestRunner(self)
         #: on_guest_error(partition_id, vp_index, error): called when a Python guest raises (its

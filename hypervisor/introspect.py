@@ -106,3 +106,13 @@ class Introspection:
         and how many records were dropped because the buffer was full."""
         records, dropped = _binding.hv_sched_log_take(self._host._h)
         return [(t, pid, lp, vp, "run" if kind == 1 else "stop") for t, pid, lp, vp, kind in records], dropped
+
+    # ---- costs ---------------------------------------------------------------------------------
+    def teardown_visits(self) -> int:
+        """Table entries partition teardown has visited since boot (ports, connections, grants,
+        pool pages, queued messages): a deterministic measure of DeletePartition's work."""
+        return _binding.hv_teardown_visits(self._host._h)
+
+    def grant_usage(self, p: Partition | int) -> dict | None:
+        """What a partition's grants and own views cost (pages, mappings) and the limits."""
+        return _binding.hv_grant_usage(self._host._h, _pid(p))

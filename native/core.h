@@ -98,6 +98,8 @@ struct hv_grant {
     uint64_t *gpas;               /* the child's GPA pages, in grant order */
     uint64_t *pfns;               /* their SPA pages */
     uint8_t *view;                /* npages contiguous pages mapping pfns */
+    struct hv_mapping *map;       /* the view's address range, shared with Python's exports (grant.c) */
+    uint32_t runs;                /* runs of contiguous SPA pages: the mappings the view costs */
 };
 
 struct hv_partition_counters {
@@ -126,6 +128,8 @@ struct hv_partition {
     struct hv_partition_counters counters;
     uint64_t run_time_ns;         /* sum of its VPs' run time */
     bool started;                 /* its VPs take part in scheduling */
+    uint64_t granted_pages;       /* pages of its live grants to its parent (not own views) */
+    uint32_t grant_mappings;      /* mappings its live grants and own views cost the process */
 };
 
 
@@ -206,6 +210,9 @@ struct hv_host {
     uint16_t *pin_refs;           /* per SPA page: live grants and own views naming it (it cannot move) */
     struct hv_grant **grants;     /* live grants, in creation order */
     uint32_t nr_grants, cap_grants;
+    uint64_t grant_mappings;      /* mappings every live grant and own view costs (sum over partitions) */
+    struct hv_grant_refusal grant_refusal; /* why the last refused grant or view was refused */
+    uint64_t teardown_visits;     /* table entries partition teardown has visited (a work counter) */
     uint32_t *owner;              /* owner code per SPA page (see HV_OWNER_*), lazily zero */
     uint64_t *dirty;              /* bitmap: page may hold non-zero bytes (zeroing is skipped otherwise) */
     struct hv_page_list free_pages;/* SPA pages owned by nobody (owner HV_OWNER_FREE), all zero */

@@ -172,29 +172,64 @@ static void conn_remove(struct hv_port_space *ps, uint32_t slot, struct hv_conne
     ps->nr_connections--;
 }
 
+/* Partition teardown, linear in what it touches: each of its ports and connections once, each
+ * table that may hold connections to its ports once, each message queue once. (Deleting its ports
+ * one by one would scan every connection table per port and search the pool per page.) */
 void hv_ports_drop_partition(struct hv_host *h, uint32_t slot)
 {
     struct hv_port_space *ps = &h->ports;
-    struct hv_partition *p = h->parts[slot];
     struct hv_port_table *t = table(ps, slot);
     if (t) {
-        while (t->nr_ports)
-            port_destroy(h, p, t->ports[t->nr_ports - 1]);
-        while (t->nr_conns)
-            conn_remove(ps, slot, &t->conns[t->nr_conns - 1]);
+        /* Connections to its ports live only in the tables of the ports' connection partitions
+         * (ConnectPort checks it): mark those partitions, then visit each of their tables once. */
+        uint64_t connectors[HV_MAX_PARTITIONS / 64] = { 0 };
+        uint32_t dangling = 0;
+        for (uint32_t i = 0; i < t->nr_ports; i++) {
+            h->teardown_visits++;
+            if (t->ports[i]->connections) {
+                struct hv_partition *cp = hv_partition_by_id(h, t->ports[i]->connection_partition);
+                if (cp)
+                    connectors[cp->slot / 64] |= 1ull << (cp->slot % 64);
+                dangling += t->ports[i]->connections;
+            }
+        }
+        for (uint32_t s = 0; dangling && s < HV_MAX_PARTITIONS; s++) {
+            struct hv_port_table *ct = (connectors[s / 64] >> (s % 64)) & 1 ? table(ps, s) : NULL;
+            for (uint32_t i = 0; ct && i < ct->nr_conns; i++) {
+                h->teardown_visits++;
+                struct hv_port *port = ct->conns[i].port;
+                if (port && port->owner_slot == slot) {
+                    ct->conns[i].port = NULL; /* it dangles for good */
+                    port->connections--;
+                    dangling--;
+                }
+            }
+        }
+        /* Its own connections: the ports they name (in other partitions) lose one each. */
+        for (uint32_t i = 0; i < t->nr_conns; i++) {
+            h->teardown_visits++;
+            if (t->conns[i].port)
+                t->conns[i].port->connections--;
+        }
+        /* Its message ports' queued messages and buffer pages need no separate undoing: the
+         * queues are its own VPs' (they go with them) and the pages are in its pool (which goes
+         * back to its parent whole, zeroed). */
+        ps->nr_ports -= t->nr_ports;
+        ps->nr_connections -= t->nr_conns;
         table_free(t);
         ps->by_slot[slot] = NULL;
     }
-    /* Messages it posted that still wait in other partitions' queues. A queued port message
-     * always sits in its (live) port's target queue: ports purge theirs when deleted, and a
-     * deleted VP takes its queues along. So the live message ports say where to look. */
-    for (uint32_t s = 0; ps->by_slot && s < HV_MAX_PARTITIONS; s++) {
-        struct hv_port_table *pt = ps->by_slot[s];
-        for (uint32_t i = 0; pt && i < pt->nr_ports; i++) {
-            const struct hv_port *port = pt->ports[i];
-            struct hv_vp *vp = h->parts[s]->vps[port->target_vp];
-            if (port->type == HV_PORT_TYPE_MESSAGE && vp)
-                hv_synic_purge_sender(&vp->synic, port->target_sint, slot);
+    /* Messages it posted that still wait in other partitions' queues: visit every queue that
+     * holds anything, once (a queued port message sits in its port's target VP's queue). */
+    for (uint32_t s = 0; s < HV_MAX_PARTITIONS; s++) {
+        struct hv_partition *q = h->parts[s];
+        for (uint32_t v = 0; q && s != slot && v < HV_MAX_VPS; v++) {
+            struct hv_vp *vp = q->vps[v];
+            for (uint32_t sint = 0; vp && sint < HV_SYNIC_SINT_COUNT; sint++)
+                if (vp->synic.queue[sint].len) {
+                    h->teardown_visits += vp->synic.queue[sint].len;
+                    hv_synic_purge_sender(&vp->synic, sint, slot);
+                }
         }
     }
     if (ps->by_slot && ps->nr_ports == 0 && ps->nr_connections == 0)
