@@ -20,7 +20,7 @@ SCHEDULERS = {"classic": 0, "core": 1}
 #: defaults (../shared/reference/cost-model.md §1).
 COSTS = {"hypercall": "hypercall_ns", "parent_exit": "parent_exit_ns", "message": "message_ns",
          "event": "event_ns", "interrupt": "interrupt_ns", "time_slice": "time_slice_ns",
-         "window": "window_ns"}
+         "window": "window_ns", "stimer_min_period": "stimer_min_period_ns"}
 
 #: What children's grants (GPADLs) and own views may cost the process (host settings): pages one
 #: child may have granted at once, and memory mappings (runs of contiguous pages, of which a

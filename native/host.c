@@ -63,6 +63,7 @@ struct hv_host *hv_host_create(const struct hv_host_config *cfg)
     if (!c->interrupt_ns) c->interrupt_ns = 1000;
     if (!c->time_slice_ns) c->time_slice_ns = 10000000;
     if (!c->window_ns) c->window_ns = 100000000;
+    if (!c->stimer_min_period_ns) c->stimer_min_period_ns = 100000;
     hv_ports_init(&h->ports);
     if (hv_mem_init(h) != 0 || hv_run_init(h) != 0) {
         hv_host_destroy(h);

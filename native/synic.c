@@ -23,6 +23,8 @@
  *    a non-zero COUNT enables it when AutoEnable is set (as KVM does); an enabled timer with
  *    COUNT = 0 is idle. One-shot COUNT is an absolute reference time (100 ns), already past
  *    means "now". Lazy is accepted and has no effect (expiries are never late in simulated time).
+ *    A periodic timer's period is at least costs.stimer_min_period_ns (100 us by default), and
+ *    every expiry costs the timer's VP costs.interrupt_ns, whether its message is delivered or not.
  *    A TimerExpired message is queued like any message, at most one per timer: an expiry while
  *    the previous one is still queued is dropped.
  */
@@ -289,6 +291,15 @@ static uint64_t add_sat(uint64_t a, uint64_t b)
     return a > UINT64_MAX - b ? UINT64_MAX : a + b;
 }
 
+/* A periodic timer's period: what the guest asked for, but never shorter than the host's minimum
+ * (Hyper-V too holds periodic timers to a minimum period): a 100 ns period would otherwise make
+ * ten million expiries per simulated second. */
+static uint64_t timer_period_ns(const struct hv_host *h, const struct hv_stimer *t)
+{
+    uint64_t ns = ticks_to_ns(t->count);
+    return ns < h->costs.stimer_min_period_ns ? h->costs.stimer_min_period_ns : ns;
+}
+
 /* (Re)arm timer i after a change: a fresh guard makes every earlier event of it stale. Guards
  * come from one host-wide sequence, so an event can never match a timer of a VP created later
  * in the same slot and index. */
@@ -300,7 +311,7 @@ static void timer_arm(struct hv_host *h, struct hv_vp *vp, uint32_t i)
     if (!(t->config & HV_STIMER_ENABLE) || t->count == 0)
         return;
     if (t->config & HV_STIMER_PERIODIC) {
-        t->due_ns = add_sat(h->now, ticks_to_ns(t->count));
+        t->due_ns = add_sat(h->now, timer_period_ns(h, t));
     } else {
         uint64_t at = ticks_to_ns(t->count);
         t->due_ns = at > h->now ? at : h->now;
@@ -326,8 +337,10 @@ void hv_synic_timer_expired(struct hv_host *h, struct hv_partition *p, struct hv
         return; /* reconfigured (or disabled) since this event was pushed */
     uint64_t expiry = t->due_ns / 100;
     uint32_t sint = (uint32_t)((t->config & HV_STIMER_SINTX_MASK) >> HV_STIMER_SINTX_SHIFT);
+    /* The hypervisor's work for the expiry (its timer interrupt) is the VP's, delivered or not. */
+    hv_vp_charge(h, vp, h->costs.interrupt_ns);
     if (t->config & HV_STIMER_PERIODIC) {
-        t->due_ns = add_sat(t->due_ns, ticks_to_ns(t->count));
+        t->due_ns = add_sat(t->due_ns, timer_period_ns(h, t));
         t->guard = ++h->ports.stimer_seq;
         hv_event_push(h, t->due_ns, HV_EV_STIMER, vp->part_slot, vp->index, index, t->guard);
     } else {

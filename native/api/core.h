@@ -13,6 +13,7 @@ struct hv_costs {
     uint64_t interrupt_ns;        /* taking an interrupt in the target VP (1 us) */
     uint64_t time_slice_ns;       /* scheduler time slice (10 ms) */
     uint64_t window_ns;           /* CPU-control accounting window (100 ms) */
+    uint64_t stimer_min_period_ns;/* shortest period of a periodic synthetic timer (100 us) */
 };
 
 struct hv_host_config {

@@ -532,3 +532,37 @@ def test_register_value_helpers():
         stimer_config_register(4)
     with pytest.raises(ValueError):
         HvMessage.parse(raw_message(1, 0, 0, 0, b"")).timer()
+
+
+# ---- a timer flood costs its own VM -------------------------------------------------------------------------
+
+STIMER_MIN_PERIOD_NS = 100_000  # the default minimum period of a periodic synthetic timer (host.c)
+
+
+def timer_flood(period_ticks: int | None, run_ns: int = 200_000_000):
+    """One LP shared by a tick guest whose VP has a periodic timer of `period_ticks` (None: no
+    timer) and a burning VM: (the tick VM's timer interrupts, its run time, the burner's run
+    time) after `run_ns`."""
+    host = new_host(logical_processors=1)
+    ticker, burner = new_guest(host), new_guest(host)
+    ticker.vp(0).run_builtin("tick", work="1us")
+    burner.vp(0).run_builtin("burn")
+    if period_ticks is not None:
+        ticker.vp(0).set_registers({stimer_count_register(0): period_ticks,
+                                    stimer_config_register(0): stimer_config_value(VMBUS_SINT, periodic=True)})
+    for p in (ticker, burner):
+        host.root.resume_partition(p)
+    host.run(run_ns)
+    intro = host.introspect
+    return interrupt_count(ticker, 0, VMBUS_SINT), intro.run_time_ns(ticker), intro.run_time_ns(burner)
+
+
+def test_a_100ns_periodic_timer_is_held_to_the_minimum_period_and_costs_its_own_vm():
+    run_ns = 200_000_000
+    _, _, burner_alone = timer_flood(None, run_ns)
+    expiries, ticker_ns, burner_ns = timer_flood(1, run_ns)  # 1 tick = 100 ns
+    assert 0 < expiries <= run_ns // STIMER_MIN_PERIOD_NS
+    # each expiry is charged to the timer's VP (the expiry's interrupt, the message's delivery
+    # and interrupt) and the tick guest's 1 us of work: 4 us per expiry at least
+    assert ticker_ns >= expiries * 4_000
+    assert burner_ns >= 0.9 * burner_alone
