@@ -124,3 +124,54 @@ def test_a_child_whose_serving_raises_crashes_alone(tmp_path):
     assert all(b > a for a, b in zip(steady_cpu, steady_cpu[1:]))
     failed = [e for e in log.records() if e["event"] == "vmbus.child_failed"]
     assert len(failed) == 1 and failed[0]["vm"] == "bad" and "injected" in failed[0]["why"]
+
+
+def _contact_flood(ms: int, synic: bool):
+    """One raw child floods the service with InitiateContact messages (each answered with a
+    VersionResponse) for `ms` simulated ms; with synic=False its SynIC is off, so no answer can
+    be posted to it. Returns (service, child)."""
+    from hypervisor.status import HvError
+    from partitions.worker import VmWorker
+    from vmbus.protocol import InitiateContact
+
+    host = Host(logical_processors=2, memory="64MiB", seed=5)
+    vmbus = ParentVmbus(host, vp_index=1)
+    child = VmWorker(host, VmSpec("flood", memory="1MiB")).build()
+    vmbus.attach(child, [])
+    contact = InitiateContact(0x7FFF_0000, 0).encode()      # a version nobody speaks
+
+    async def flood(ctx):
+        if not synic:
+            child.set_vp_registers(None, 0, {Register.SCONTROL: 0})
+        while True:
+            for _ in range(16):
+                try:
+                    child.post_message(4, 1, contact)
+                except HvError:
+                    break
+            await ctx.compute(1_000)
+
+    child.vp(0).run(flood)
+    host.root.resume_partition(child)
+    host.run(ms * MS)
+    return vmbus, child
+
+
+def test_what_the_service_keeps_for_a_child_that_does_not_take_its_answers_is_bounded():
+    """Its outbox stops at OUTBOX_LIMIT: its own messages are then not handled (they wait in a
+    bounded inbox, then are dropped, logged), so no answer is ever lost or grows without end."""
+    from partitions.vmbus_parent import INBOX_LIMIT, OUTBOX_LIMIT
+    vmbus, child = _contact_flood(50, synic=False)
+    c = vmbus.children[child.id]
+    assert vmbus.traffic(child)["messages_in"] > 2 * (OUTBOX_LIMIT + INBOX_LIMIT)
+    assert len(c.outbox) == OUTBOX_LIMIT and len(c.inbox) == INBOX_LIMIT
+    assert c.dropped > 0 and any(e[2] == "messages dropped" for e in vmbus.log)
+
+
+def test_the_service_log_keeps_its_last_entries_under_a_flood(monkeypatch):
+    import partitions.vmbus_parent
+    monkeypatch.setattr(partitions.vmbus_parent, "LOG_LIMIT", 300)   # 10,000 in use: a shorter flood here
+    vmbus, child = _contact_flood(30, synic=True)
+    assert vmbus.traffic(child)["messages_in"] > 1_000          # one log entry each, at least
+    assert len(vmbus.log) == 300
+    assert vmbus.log[-1][0] > 29 * MS                           # the newest are the ones kept
