@@ -286,13 +286,8 @@ class VirtualMachine:
 
     def memory_digest(self) -> str:
         """A digest of the partition's memory contents (GPA order): what save/restore preserves."""
-        import hashlib
         part = self.partition
-        h = hashlib.blake2b(digest_size=16)
-        for gpa in sorted(self.host.introspect.reach(part)):
-            h.update(gpa.to_bytes(8, "little"))
-            h.update(part.read(gpa * 4096, 4096))
-        return h.hexdigest()
+        return _memory_digest((gpa, part.read(gpa * 4096, 4096)) for gpa in sorted(self.host.introspect.reach(part)))
 
     def save(self, path) -> None:
         """Save the VM to `path`, in Hyper-V's order: its VPs stop, its devices are quiesced (each
@@ -364,9 +359,11 @@ class VirtualMachine:
                                   f"bytes of memory, not vm {self.name!r} with {self.worker.memory_bytes}")
         vps = reader.load("vps")
         mapped = set(self.host.introspect.reach(part))
-        records = list(reader.records("memory"))
-        if any(gpa not in mapped or len(data) != 4096 for gpa, data in records):
-            raise SavedStateError(f"{path}: memory records outside vm {self.name!r}'s memory")
+        if not _is_int(meta.get("time_ns")) or meta["time_ns"] < 0 or meta.get("pages") != len(mapped):
+            raise SavedStateError(f"{path}: header says time {meta.get('time_ns')!r} and {meta.get('pages')!r} pages; "
+                                  f"expected a time in ns and vm {self.name!r}'s {len(mapped)} pages")
+        memory = self._restore_memory(path, reader, mapped, meta.get("memory_digest"))
+        self._check_device_records(path, reader.load("devices"))
         registers = self._restore_registers(path, vps)
         # Decode, then apply: every VP's registers are checked by the core as SetVpRegisters would
         # check them, so nothing below can fail on the file's account and a bad file leaves the
@@ -378,7 +375,7 @@ class VirtualMachine:
                 raise SavedStateError(f"{path}: vm {self.name!r} VP {index}: the saved registers are "
                                       f"refused ({e})") from None
         self._set(VmState.STARTING)
-        for gpa, data in records:
+        for gpa, data in memory.items():
             part.write(gpa * 4096, data)
         from hypervisor import Register
         for index, values in registers.items():  # SynIC pages and synthetic timers on again, as they were
@@ -389,13 +386,43 @@ class VirtualMachine:
         self.host.root.resume_partition(part)
         self._set(VmState.RUNNING)
 
+    def _restore_memory(self, path, reader, mapped: set[int], digest) -> dict[int, bytes]:
+        """The "memory" stream as {GPA page: its 4 KiB}: every record a [page, bytes] pair for a
+        page of the VM, each page once, and the whole image (unlisted pages zero) matching the
+        digest the header recorded; else a SavedStateError."""
+        from partitions.savedstate import SavedStateError
+        memory: dict[int, bytes] = {}
+        for n, record in enumerate(reader.records("memory")):
+            ok = (isinstance(record, (list, tuple)) and len(record) == 2 and _is_int(record[0])
+                  and isinstance(record[1], bytes) and len(record[1]) == 4096)
+            if not ok or record[0] not in mapped or record[0] in memory:
+                raise SavedStateError(f"{path}: memory record {n}: expected a [page, 4 KiB] pair for a page of "
+                                      f"vm {self.name!r}, each page once")
+            memory[record[0]] = record[1]
+        zero = bytes(4096)
+        if _memory_digest((gpa, memory.get(gpa, zero)) for gpa in sorted(mapped)) != digest:
+            raise SavedStateError(f"{path}: the memory records do not match the header's memory digest")
+        return memory
+
+    def _check_device_records(self, path, devices) -> None:
+        """The "devices" section: for devices of this VM only, each {"saved": record} or
+        {"not_saved": why}."""
+        from partitions.savedstate import SavedStateError
+        names = {slot.name for slot in self.devices}
+        if not isinstance(devices, dict):
+            raise SavedStateError(f"{path}: section 'devices' is a {type(devices).__name__}, expected a map")
+        for name, record in devices.items():
+            if name not in names or not isinstance(record, dict) or len(record) != 1 or not (
+                    "saved" in record or isinstance(record.get("not_saved"), str)):
+                raise SavedStateError(f"{path}: section 'devices' entry {name!r}: expected one of vm {self.name!r}'s "
+                                      "devices with {'saved': record} or {'not_saved': reason}")
+
     def _restore_registers(self, path, vps) -> dict[int, dict[int, int]]:
         """The "vps" section of a saved state as {VP index: {register: value}}, one entry for each
         of the VM's VPs, or a SavedStateError saying what is wrong with it."""
         from partitions.savedstate import SavedStateError
 
-        def is_int(x) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool)
+        is_int = _is_int
         out: dict[int, dict[int, int]] = {}
         if not isinstance(vps, list):
             raise SavedStateError(f"{path}: section 'vps' is a {type(vps).__name__}, expected a list")
@@ -603,3 +630,17 @@ def _counters(vsp) -> dict:
     except Exception:
         return {}
     return counters if isinstance(counters, dict) else {}
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _memory_digest(pages) -> str:
+    """The digest of a memory image given as (GPA page, 4 KiB) in GPA order."""
+    import hashlib
+    h = hashlib.blake2b(digest_size=16)
+    for gpa, data in pages:
+        h.update(gpa.to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()

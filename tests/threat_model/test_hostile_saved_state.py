@@ -1,7 +1,8 @@
 """Threat model case 41, beyond the VP records (tests/partitions/test_restore_validation.py): a
 saved state whose digests are all valid but whose memory records or sections are hostile (pages
-outside the VM or of the wrong size, addresses of the wrong type or out of range, a section
-missing) is refused with SavedStateError and changes nothing: the VM stays Saved, its memory as
+outside the VM or of the wrong size, addresses of the wrong type or out of range, a page given
+twice or changed from what the header's memory digest says, a header time or page count that
+cannot be, device records of the wrong form, a section missing) is refused with SavedStateError and changes nothing: the VM stays Saved, its memory as
 the save left it, its devices as they were, and the good file still restores."""
 from __future__ import annotations
 
@@ -70,7 +71,19 @@ HOSTILE = {
     "memory record of a short page": dict(memory=lambda m: m + [[m[0][0], b"\x01" * 100]]),
     "memory gpa not a number": dict(memory=lambda m: m + [["zero", bytes(4096)]]),
     "memory gpa negative": dict(memory=lambda m: m + [[-1, bytes(4096)]]),
+    "memory record not a pair": dict(memory=lambda m: m + [[m[0][0]]]),
+    "memory page given twice": dict(memory=lambda m: m + [[m[0][0], bytes(4096)]]),
+    "memory page changed": dict(memory=lambda m: [[m[0][0], bytes([m[0][1][0] ^ 1]) + m[0][1][1:]]] + m[1:]),
+    # the header
+    "time not a number": dict(meta=lambda h: {**h, "time_ns": "soon"}),
+    "wrong page count": dict(meta=lambda h: {**h, "pages": h["pages"] + 1}),
+    # device records
+    "device record not a map": dict(devices=lambda d: {**d, "heartbeat": [1, 2]}),
+    "device state of the wrong form": dict(devices=lambda d: {**d, "heartbeat": {"saved": 1, "extra": 2}}),
+    "device the vm does not have": dict(devices=lambda d: {**d, "storage": {"saved": {}}}),
+    "devices not a map": dict(devices=lambda d: ["heartbeat"]),
     # sections
+    "no devices section": dict(sections=("vps", "memory")),
     "no memory section": dict(sections=("vps", "devices")),
     "no vps section": dict(sections=("devices", "memory")),
 }
