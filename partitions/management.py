@@ -277,10 +277,16 @@ class ManagedHost:
 
     # ---- running ---------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start every VM that starts with the host (autostart)."""
+        """Start every VM that starts with the host (autostart). One that cannot start (a disk
+        that cannot be opened) stays Off with the reason, logged as vm.start_failed; the host
+        and the other VMs go on, as Hyper-V's automatic start does."""
+        from partitions.vm import DiskUnavailable
         for cfg in self.config.vms:
             if cfg.autostart:
-                self.vms[cfg.name].start()
+                try:
+                    self.vms[cfg.name].start()
+                except DiskUnavailable as exc:
+                    self._event("vm.start_failed", vm=cfg.name, error=str(exc))
 
     def run(self, until: int | str, *, step: int | str = "100ms",
             on_progress: Callable[[ManagedHost], None] | None = None) -> None:

@@ -229,6 +229,11 @@ disks = [ {{ path = "{dir}/b.vhd", size = "16MiB", type = "dynamic" }} ]
 name = "c"
 memory = "64MiB"
 
+[[vm]]
+name = "e"
+memory = "8MiB"
+disks = [ {{ path = "{dir}/e.vhd", size = "4MiB" }} ]
+
 [[at]]
 time = "0.2s"
 action = "checkpoint"
@@ -300,6 +305,7 @@ def scenario_events(tmp_path, monkeypatch):
     m = management.ManagedHost(loads(SCENARIO.format(dir=tmp_path), base_dir=tmp_path), workdir=tmp_path,
                                event_log=log)
     built.append(m)
+    (tmp_path / "e" / "disk0.vhd").write_bytes(b"\0" * 4096)   # not a VHD any more: e cannot start
     m.vms["c"].devices += [DeviceSlot(d) for d in plugins]
     m.run("1.5s")
     with pytest.raises(management.ScenarioError):

@@ -116,3 +116,24 @@ def test_a_base_disk_another_writer_holds_is_refused_when_the_host_is_built(tmp_
     with VirtualDisk.create(str(tmp_path / "a.vhd"), 1 << 20, "dynamic"):   # held read-write
         with pytest.raises(ConfigError, match=r"vm\[0\].disks\[0\].path: expected a VHD file hvsim can open.*in use"):
             ManagedHost(load(config), workdir=tmp_path / "work")
+
+
+def test_an_autostart_vm_that_cannot_start_stays_off_and_the_host_runs_on(tmp_path):
+    """Between the check of the host file and the start, a's disk stops being a VHD: the run
+    goes on with b, a is Off with the reason, and the event log says so."""
+    from partitions.eventlog import EventLog
+    cfg = tmp_path / "host.toml"
+    cfg.write_text('[[vm]]\nname = "a"\nmemory = "8MiB"\ndisks = [ { path = "a.vhd", size = "4MiB" } ]\n'
+                   '[[vm]]\nname = "b"\nmemory = "8MiB"\n')
+    log = EventLog(None, lambda: 0)
+    managed = ManagedHost(load(cfg), workdir=tmp_path / "run", event_log=log)
+    run_disk = tmp_path / "run" / "a" / "disk0.vhd"
+    run_disk.unlink()
+    run_disk.write_bytes(b"\0" * 4096)
+    managed.run(200 * MS)
+    rows = {r["Name"]: r for r in managed.get_vm()}
+    assert rows["a"]["State"] == "Off" and "disk" in managed.vms["a"].off_reason
+    assert rows["b"]["State"] == "Running" and managed.vms["b"].device_vsp("heartbeat").status == "ok"
+    failed = [e for e in log.records() if e["event"] == "vm.start_failed"]
+    assert len(failed) == 1 and failed[0]["vm"] == "a" and str(run_disk) in failed[0]["error"]
+    managed.close()
