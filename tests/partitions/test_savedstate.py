@@ -481,23 +481,6 @@ def test_writer_refuses_what_the_reader_would_refuse(tmp_path):
 
 # -- files that are not regular, and temporaries a killed writer left ------------------------------
 
-class _Stuck(Exception):
-    pass
-
-
-@pytest.fixture
-def no_hang():
-    """Turns a call that would block for ever into a test failure (the guard, not the assertion)."""
-    import signal
-
-    def stuck(signum, frame):
-        raise _Stuck("blocked")
-    old = signal.signal(signal.SIGALRM, stuck)
-    signal.setitimer(signal.ITIMER_REAL, 10)
-    yield
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, old)
-
 
 def test_a_fifo_is_refused_as_not_a_regular_file_without_waiting_for_a_writer(tmp_path, no_hang):
     fifo = tmp_path / "vm.hvsav"

@@ -562,24 +562,6 @@ def test_damaged_metadata_is_either_refused_or_harmless(edits, reseal, differenc
             pass
 
 
-class _Stuck(Exception):
-    pass
-
-
-@pytest.fixture
-def no_hang():
-    """Turns a call that would block for ever into a test failure (the guard, not the assertion)."""
-    import signal
-
-    def stuck(signum, frame):
-        raise _Stuck("blocked")
-    old = signal.signal(signal.SIGALRM, stuck)
-    signal.setitimer(signal.ITIMER_REAL, 10)
-    yield
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, old)
-
-
 @pytest.mark.parametrize("read_only", [True, False])
 def test_a_fifo_is_refused_as_not_a_regular_file_without_waiting_for_a_writer(tmp_path, no_hang, read_only):
     fifo = tmp_path / "disk.vhd"
