@@ -1,9 +1,14 @@
 /* port.c: ports and connections, and the hypercalls that use them: CreatePort, ConnectPort,
  * DeletePort, DisconnectPort, PostMessage and SignalEvent.
  *
- * A message posted on a connection lands in one of its port's 16 buffers (a page of the port
- * owner's pool) and waits in the target VP's queue for its SINT (synic.c) until the SynIC copies
- * it into the SIM slot. A buffer is in use from the post until that copy; with all 16 in use a
+ * What they cost: every port takes one page of its owner's pool (a message port keeps its 16
+ * buffers there; an event port only holds it) and every connection one page of its own
+ * partition's pool, the sender's (threat model A7). An empty pool fails Create/ConnectPort with
+ * INSUFFICIENT_MEMORY; DeletePort and DisconnectPort give the page back.
+ *
+ * A message posted on a connection lands in one of its port's 16 buffers (its pool page) and
+ * waits in the target VP's queue for its SINT (synic.c) until the SynIC copies it into the SIM
+ * slot. A buffer is in use from the post until that copy; with all 16 in use a
  * post fails with INSUFFICIENT_BUFFERS. SignalEvent sets a flag and needs no buffer.
  *
  * Who may do what: the dispatcher checks the privilege (CreatePort for Create/DeletePort,
@@ -151,8 +156,7 @@ static void port_destroy(struct hv_host *h, struct hv_partition *owner, struct h
                 port->connections--;
             }
     }
-    if (port->type == HV_PORT_TYPE_MESSAGE)
-        hv_pool_give_back(h, owner, port->buf_pfn);
+    hv_pool_give_back(h, owner, port->buf_pfn);
     struct hv_port_table *t = table(ps, owner->slot);
     uint32_t i = port_index(t, port->id);
     memmove(t->ports + i, t->ports + i + 1, (size_t)(t->nr_ports - i - 1) * sizeof(*t->ports));
@@ -161,11 +165,14 @@ static void port_destroy(struct hv_host *h, struct hv_partition *owner, struct h
     free(port);
 }
 
-static void conn_remove(struct hv_port_space *ps, uint32_t slot, struct hv_connection *conn)
+/* Disconnect: the port loses one connection, the connection's page returns to its pool. */
+static void conn_remove(struct hv_host *h, struct hv_partition *owner, struct hv_connection *conn)
 {
-    struct hv_port_table *t = table(ps, slot);
+    struct hv_port_space *ps = &h->ports;
+    struct hv_port_table *t = table(ps, owner->slot);
     if (conn->port)
         conn->port->connections--;
+    hv_pool_give_back(h, owner, conn->pfn);
     uint32_t i = (uint32_t)(conn - t->conns);
     memmove(t->conns + i, t->conns + i + 1, (size_t)(t->nr_conns - i - 1) * sizeof(*t->conns));
     t->nr_conns--;
@@ -211,9 +218,10 @@ void hv_ports_drop_partition(struct hv_host *h, uint32_t slot)
             if (t->conns[i].port)
                 t->conns[i].port->connections--;
         }
-        /* Its message ports' queued messages and buffer pages need no separate undoing: the
-         * queues are its own VPs' (they go with them) and the pages are in its pool (which goes
-         * back to its parent whole, zeroed). */
+        /* Its message ports' queued messages and the pages its ports and connections cost need
+         * no separate undoing: the queues are its own VPs' (they go with them) and the pages are
+         * in its pool (which goes back to its parent whole, zeroed). Connections of others to
+         * its ports keep their pages (in their own pools) until they are disconnected. */
         ps->nr_ports -= t->nr_ports;
         ps->nr_connections -= t->nr_conns;
         table_free(t);
@@ -263,6 +271,7 @@ void hv_ports_digest(const struct hv_port_space *ps, struct hv_digest *d)
             const struct hv_connection *c = &t->conns[i];
             hv_digest_u64(d, ((uint64_t)c->id << 32) | c->type);
             hv_digest_u64(d, c->port ? c->port->serial : 0);
+            hv_digest_u64(d, c->pfn);
         }
     }
 }
@@ -312,8 +321,8 @@ uint16_t hv_call_create_port(struct hv_call *c)
     if ((in.port_id & ~HV_PORT_ID_MASK) || find_port(ps, pp->slot, in.port_id))
         return HV_STATUS_INVALID_PORT_ID;
     bool message = pi->port_type == HV_PORT_TYPE_MESSAGE;
-    if (message && (pp->pool_free.len < 1 || !hv_page_list_reserve(&pp->pool_used, 1)))
-        return HV_STATUS_INSUFFICIENT_MEMORY;
+    if (pp->pool_free.len < 1 || !hv_page_list_reserve(&pp->pool_used, 1))
+        return HV_STATUS_INSUFFICIENT_MEMORY; /* every port costs a page of its owner's pool */
     struct hv_port_table *t = table_make(ps, pp->slot);
     if (!t || t->nr_ports >= HV_MAX_PORTS_PER_PARTITION ||
         !grow((void **)&t->ports, &t->cap_ports, t->nr_ports + 1, sizeof(*t->ports)))
@@ -331,7 +340,7 @@ uint16_t hv_call_create_port(struct hv_call *c)
     port->target_vp = pi->target_vp;
     port->base_flag = message ? 0 : pi->base_flag_number;
     port->flag_count = message ? 0 : pi->flag_count;
-    port->buf_pfn = message ? hv_pool_take(c->h, pp) : 0;
+    port->buf_pfn = hv_pool_take(c->h, pp);
     uint32_t i = port_index(t, in.port_id);
     memmove(t->ports + i + 1, t->ports + i, (size_t)(t->nr_ports - i) * sizeof(*t->ports));
     t->ports[i] = port;
@@ -366,6 +375,8 @@ uint16_t hv_call_connect_port(struct hv_call *c)
         return HV_STATUS_ACCESS_DENIED; /* the port was made for another connection partition */
     if (ci->port_type != port->type)
         return HV_STATUS_INVALID_PARAMETER;
+    if (cp->pool_free.len < 1 || !hv_page_list_reserve(&cp->pool_used, 1))
+        return HV_STATUS_INSUFFICIENT_MEMORY; /* a connection costs a page of the sender's pool */
     struct hv_port_table *t = table_make(ps, cp->slot);
     if (!t || t->nr_conns >= HV_MAX_CONNECTIONS_PER_PARTITION ||
         !grow((void **)&t->conns, &t->cap_conns, t->nr_conns + 1, sizeof(*t->conns)))
@@ -373,7 +384,7 @@ uint16_t hv_call_connect_port(struct hv_call *c)
     /* apply */
     uint32_t i = conn_index(t, in.connection_id);
     memmove(t->conns + i + 1, t->conns + i, (size_t)(t->nr_conns - i) * sizeof(*t->conns));
-    t->conns[i] = (struct hv_connection){ in.connection_id, port->type, port };
+    t->conns[i] = (struct hv_connection){ in.connection_id, port->type, port, hv_pool_take(c->h, cp) };
     t->nr_conns++;
     port->connections++;
     ps->nr_connections++;
@@ -414,7 +425,7 @@ uint16_t hv_call_disconnect_port(struct hv_call *c)
     if (!conn)
         return HV_STATUS_INVALID_CONNECTION_ID;
     /* apply */
-    conn_remove(&c->h->ports, cp->slot, conn);
+    conn_remove(c->h, cp, conn);
     return HV_STATUS_SUCCESS;
 }
 

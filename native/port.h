@@ -28,7 +28,8 @@ struct hv_port {
     uint32_t type;                /* HV_PORT_TYPE_MESSAGE or HV_PORT_TYPE_EVENT */
     uint32_t target_sint, target_vp;
     uint32_t base_flag, flag_count;/* event ports: flags base_flag .. base_flag+flag_count-1 */
-    uint64_t buf_pfn;             /* message ports: the pool page holding its 16 buffers */
+    uint64_t buf_pfn;             /* a page of the owner's pool: a message port's 16 buffers; an
+                                     event port keeps one too, so that no port is free of cost */
     uint32_t connections;         /* connections pointing at it */
 };
 
@@ -36,6 +37,8 @@ struct hv_connection {
     uint32_t id;                  /* HV_CONNECTION_ID, unique within its owner */
     uint32_t type;                /* the port type it was made for */
     struct hv_port *port;         /* NULL once its port is gone: the connection dangles */
+    uint64_t pfn;                 /* the page of its own partition's pool it costs (A7: a
+                                     connection comes from the sender's pool) */
 };
 
 struct hv_port_table {            /* what one partition owns, each array sorted by id */

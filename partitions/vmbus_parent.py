@@ -276,6 +276,7 @@ class ParentVmbus:
         # the service's VP when work for it comes from outside its loop (timers a resumed VM's
         # devices get back, timers armed by a management call) earlier than the VP meant to wake.
         doorbell_port, self._doorbell = self._new_id(), self._new_id()
+        self._root_pool(2)   # the doorbell's port and connection
         root.create_port(None, doorbell_port, port_type=PortType.EVENT, target_sint=VMBUS_MESSAGE_SINT,
                          target_vp=vp_index, base_flag=0, flag_count=1, connection_partition=root)
         root.connect_port(None, self._doorbell, None, doorbell_port, port_type=PortType.EVENT)
@@ -285,6 +286,13 @@ class ParentVmbus:
         self._served: dict[tuple[int, int], int] = {}  # packets each channel had in the current pass
         self._refill_armed = False   # a timer wakes the service when a throttled child has a message again
         self.vp.run(self._serve)
+
+    def _root_pool(self, pages: int) -> None:
+        """Make sure the root's pool holds `pages` free pages, depositing only what it lacks (the
+        pages of ports and connections a detach deleted come back to the pool and are used again)."""
+        short = pages - self.host.introspect.partition_info(self.host.root.id)["pool_free"]
+        if short > 0:
+            self.host.root.deposit_memory(None, self.host.root_memory.allocate(short))
 
     def _new_id(self) -> int:
         self._next_id += 1
@@ -296,9 +304,10 @@ class ParentVmbus:
         manager offering `devices` [(device type, config)]."""
         root, host = self.host.root, self.host
         c = _Child(child)
-        # Buffers: the root's two message ports and the child's one come from the owners' pools.
-        root.deposit_memory(None, host.root_memory.allocate(2))
-        root.deposit_memory(child, host.root_memory.allocate(1))
+        # Every port costs a page of its owner's pool, every connection one of its sender's: the
+        # root's two message ports and two connections, the child's two ports and two connections.
+        self._root_pool(4)
+        root.deposit_memory(child, host.root_memory.allocate(4))
         for conn in (1, 4):
             port = self._new_id()
             root.create_port(None, port, port_type=PortType.MESSAGE, target_sint=VMBUS_MESSAGE_SINT,
@@ -337,6 +346,9 @@ class ParentVmbus:
         relid = c.manager.offer(spec)
         flag = self._free_flags.pop()
         port, conn = self._new_id(), 0x2000 + relid
+        # The channel's event port (the root's pool) and the child's connection to it (its own).
+        self._root_pool(1)
+        self.host.root.deposit_memory(child, self.host.root_memory.allocate(1))
         self.host.root.create_port(None, port, port_type=PortType.EVENT, target_sint=VMBUS_MESSAGE_SINT,
                                    target_vp=self.vp.index, base_flag=flag, flag_count=1, connection_partition=child)
         self.host.root.connect_port(child, conn, None, port, port_type=PortType.EVENT)

@@ -102,7 +102,6 @@ _c = _binding.constant
 PORT_BUFFERS = _c("HV_PORT_MESSAGE_BUFFERS")
 SINT_COUNT = _c("HV_SYNIC_SINT_COUNT")
 STIMER_COUNT = _c("HV_SYNIC_STIMER_COUNT")
-PORT_TYPE_MESSAGE = _c("HV_PORT_TYPE_MESSAGE")
 MAX_PORTS = _c("HV_MAX_PORTS_PER_PARTITION")
 MAX_CONNECTIONS = _c("HV_MAX_CONNECTIONS_PER_PARTITION")
 LEAF_ENTRIES = 4096 // 8  # a GPA-map leaf table: one page of 8-byte entries
@@ -146,8 +145,8 @@ def check_messages(host: Host, *, ids: Iterable[int] | None = None,
       partition (a deleted partition's ports are gone, and nothing points at them).
     - INV-ACCOUNT: the ports and connections a partition owns stay under hvsim's caps, and its
       pool pages in use are exactly what the core charges: one for initialization, one per VP, one
-      per GPA-map leaf table, one per message port (the root: message ports only). Without
-      `ports` the number of message ports is only bounded by the number of ports.
+      per GPA-map leaf table, one per port it owns and one per connection it owns (the root: ports
+      and connections only). With `ports` the port count is the model's, else the core's.
     """
     from hypervisor.testing.strategies import PORT_IDS
 
@@ -285,15 +284,12 @@ def check_messages(host: Host, *, ids: Iterable[int] | None = None,
         else:
             base = (PARTITION_INIT_PAGES if info["state"] != PartitionState.CREATED else 0) \
                 + VP_PAGES * len(_vps(info)) + _gpa_leaves(host, pid)
-        nports = counts[pid][0]
+        nports, nconns = counts[pid]
         if ports is not None:
-            msg_ports = sum(1 for (owner, _), f in ports.items() if owner == pid and f.port_type == PORT_TYPE_MESSAGE)
-            if info["pool_used"] != base + msg_ports:
-                _fail("INV-ACCOUNT", f"partition {pid} uses {info['pool_used']} pool pages, the recount says {base} "
-                                     f"(initialization, VPs, GPA leaf tables) + {msg_ports} message ports")
-        elif not base <= info["pool_used"] <= base + nports:
+            nports = sum(1 for (owner, _) in ports if owner == pid)
+        if info["pool_used"] != base + nports + nconns:
             _fail("INV-ACCOUNT", f"partition {pid} uses {info['pool_used']} pool pages, the recount says {base} "
-                                 f"(initialization, VPs, GPA leaf tables) + at most {nports} message ports")
+                                 f"(initialization, VPs, GPA leaf tables) + {nports} ports + {nconns} connections")
 
 
 def check_all(host: Host) -> None:

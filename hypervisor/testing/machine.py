@@ -308,8 +308,8 @@ class HypervisorMachine(RuleBasedStateMachine):
             return {S.INVALID_VP_INDEX}, None
         if port_id & ~hs.PORT_ID_MASK or (owner, port_id) in self.ports:
             return {S.INVALID_PORT_ID}, None
-        if ptype == MSG and self._info(owner)["pool_free"] < 1:
-            return {S.INSUFFICIENT_MEMORY}, None
+        if self._info(owner)["pool_free"] < 1:
+            return {S.INSUFFICIENT_MEMORY}, None  # every port costs a page of its owner's pool
 
         def apply() -> None:
             self.ports[owner, port_id] = ModelPort(owner, port_id, ptype, vp, sint, base if ptype == EVT else 0,
@@ -340,6 +340,8 @@ class HypervisorMachine(RuleBasedStateMachine):
             return {S.ACCESS_DENIED}, None
         if ptype != port.type:
             return {S.INVALID_PARAMETER}, None
+        if self._info(cp)["pool_free"] < 1:
+            return {S.INSUFFICIENT_MEMORY}, None  # a connection costs a page of the sender's pool
 
         def apply() -> None:
             self.connections[cp, conn_id] = ModelConnection(port.type, port)
@@ -625,6 +627,8 @@ class HypervisorMachine(RuleBasedStateMachine):
         cp = data.draw(st.one_of(st.just(port.connection_partition),
                                  st.sampled_from([p.id for p in self._everyone()])), label="connection partition")
         ptype = MSG + EVT - port.type if data.draw(hs.rarely(8), label="wrong type") else port.type
+        if cp == self.root.id and self._info(self.root)["pool_free"] == 0 and self.host.root_memory.available >= 2:
+            self._try(self.root.deposit_memory, None, self.host.root_memory.allocate(2))
         free = [i for i in hs.PORT_IDS if (cp, i) not in self.connections]
         conn_id = data.draw(hs.port_ids() if not free or data.draw(hs.rarely(4)) else st.sampled_from(free),
                             label="connection")
@@ -660,7 +664,9 @@ class HypervisorMachine(RuleBasedStateMachine):
                  if self._info(p)["state"] == PartitionState.INITIALIZED and self._info(p)["vp_mask"]]
         owner = data.draw(st.sampled_from(ready), label="port partition")
         peer = data.draw(st.sampled_from(ready), label="connection partition")
-        if owner.is_root and self._info(owner)["pool_free"] == 0 and self.host.root_memory.available >= 2:
+        # The port costs a page of the owner's pool and the connection one of the peer's.
+        if (owner.is_root or peer.is_root) and self._info(self.root)["pool_free"] < 2 \
+                and self.host.root_memory.available >= 2:
             self._try(self.root.deposit_memory, None, self.host.root_memory.allocate(2))
         free_ports = [i for i in hs.PORT_IDS if (owner.id, i) not in self.ports]
         free_conns = [i for i in hs.PORT_IDS if (peer.id, i) not in self.connections]
@@ -1144,7 +1150,7 @@ class MessagingMachine(HypervisorMachine):
     @initialize()
     def root_synic(self) -> None:
         """The root's VPs take messages from the start (SIM and SIEF pages of its own, SINT2),
-        and its pool has pages for message ports."""
+        and its pool has pages for ports and connections."""
         self.root.deposit_memory(None, self.host.root_memory.allocate(4))
         for vp in self.root.vps:
             simp, siefp = self.root_synic_pages[vp.index] = tuple(self.host.root_memory.allocate(2))

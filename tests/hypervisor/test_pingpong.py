@@ -22,13 +22,13 @@ def enable_synic(ctx):
 def wire(host, a, b):
     """Ports in each partition, and a connection to each from the other."""
     root = host.root
+    for p in (a, b):  # each partition's port and connection cost a page of its pool each
+        root.deposit_memory(p, host.root_memory.allocate(2))
     for owner, peer, port in ((a, b, 0x100), (b, a, 0x200)):
         root.create_port(owner, port, port_type=PortType.MESSAGE, target_sint=SINT, target_vp=0,
                          connection_partition=peer)
     root.connect_port(a, 20, b, 0x200)   # a posts on 20 -> b's port
     root.connect_port(b, 10, a, 0x100)   # b posts on 10 -> a's port
-    for p in (a, b):
-        root.deposit_memory(p, host.root_memory.allocate(1))  # the message port's buffers
 
 
 def ping_pong(rounds=25, work="50us"):

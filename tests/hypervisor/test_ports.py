@@ -84,7 +84,12 @@ def root_port(host, port_id: int, conn_partition, *, ptype=MSG) -> None:
 
 # ---- CreatePort ---------------------------------------------------------------------------------------
 
-def test_message_port_takes_one_pool_page_event_port_none(host):
+def free_pages(host, *parts) -> list[int]:
+    return [info(host, p)["pool_free"] for p in parts]
+
+
+def test_every_port_takes_one_page_of_its_owners_pool(host):
+    """Threat model A7: a port comes from its owner's (the receiver's) pool, whatever its type."""
     child = new_guest(host)
     before = info(host, child)
     host.root.create_port(child, 1, port_type=MSG, target_sint=2, target_vp=0, connection_partition=host.root)
@@ -92,7 +97,9 @@ def test_message_port_takes_one_pool_page_event_port_none(host):
     assert (after["pool_free"], after["pool_used"]) == (before["pool_free"] - 1, before["pool_used"] + 1)
     host.root.create_port(child, 2, port_type=EVT, target_sint=2, target_vp=0, base_flag=0, flag_count=2048,
                           connection_partition=host.root)
-    assert info(host, child)["pool_used"] == after["pool_used"]
+    assert (info(host, child)["pool_free"], info(host, child)["pool_used"]) == \
+        (after["pool_free"] - 1, after["pool_used"] + 1)
+    assert info(host, host.root)["pool_used"] == 0   # the caller pays nothing for its child's ports
     assert port_counts(child) == (2, 0) and port_counts(host.root) == (0, 0)
     assert port_undelivered(child, 1) == 0 and port_undelivered(child, 2) == 0
     check_conservation(host)
@@ -147,13 +154,101 @@ def test_create_port_bad_ids(host, guest):
     expect(vp, CREATE, create_port_in(guest.id, 0x0100_0001, PARTITION_ID_SELF), HvStatus.INVALID_PORT_ID)
 
 
-def test_create_message_port_needs_a_pool_page(host):
+@pytest.mark.parametrize("ptype", [MSG, EVT])
+def test_create_port_with_an_empty_pool_is_insufficient_memory(host, ptype):
     child = new_guest(host, pool=3)  # initialize, VP 0 and one GPA leaf use all three
     assert info(host, child)["pool_free"] == 0
     with rejected(HvStatus.INSUFFICIENT_MEMORY, host.root):
-        host.root.create_port(child, 1, port_type=MSG, target_sint=2, target_vp=0, connection_partition=host.root)
-    host.root.create_port(child, 2, port_type=EVT, target_sint=2, target_vp=0, flag_count=1,
-                          connection_partition=host.root)
+        host.root.create_port(child, 1, port_type=ptype, target_sint=2, target_vp=0,
+                              flag_count=0 if ptype == MSG else 1, connection_partition=host.root)
+    assert port_counts(child) == (0, 0)
+
+
+def test_a_connection_takes_one_page_of_its_senders_pool(host):
+    """Threat model A7: a connection comes from the sender's (the connection partition's) pool,
+    not the port owner's nor the caller's; each connection costs exactly one page."""
+    root = host.root
+    a, b = new_guest(host), new_guest(host)
+    root.create_port(b, 9, port_type=MSG, target_sint=VMBUS_SINT, target_vp=0, connection_partition=a)
+    root.create_port(b, 10, port_type=EVT, target_sint=VMBUS_SINT, target_vp=0, flag_count=1,
+                     connection_partition=a)
+    before = free_pages(host, root, a, b)
+    root.connect_port(a, 1, b, 9)
+    assert free_pages(host, root, a, b) == [before[0], before[1] - 1, before[2]]
+    root.connect_port(a, 2, b, 10, port_type=EVT)
+    assert free_pages(host, root, a, b) == [before[0], before[1] - 2, before[2]]
+    a.post_message(1, 1, b"paid for")
+    assert slot(b).payload == b"paid for"
+    check_conservation(host)
+
+
+@pytest.mark.parametrize("ptype", [MSG, EVT])
+def test_connect_with_an_empty_pool_is_insufficient_memory(host, ptype):
+    root = host.root
+    a, b = new_guest(host, pool=3), new_guest(host)  # a's pool is used up by initialize, VP 0, a leaf
+    root.create_port(b, 9, port_type=ptype, target_sint=VMBUS_SINT, target_vp=0,
+                     flag_count=0 if ptype == MSG else 1, connection_partition=a)
+    assert info(host, a)["pool_free"] == 0
+    with rejected(HvStatus.INSUFFICIENT_MEMORY, root):
+        root.connect_port(a, 1, b, 9, port_type=ptype)
+    assert port_counts(a) == (0, 0)
+    root.deposit_memory(a, host.root_memory.allocate(1))
+    root.connect_port(a, 1, b, 9, port_type=ptype)
+    assert port_counts(a) == (0, 1) and info(host, a)["pool_free"] == 0
+
+
+def test_disconnect_and_delete_port_give_the_pages_back(host):
+    root = host.root
+    a, b = new_guest(host), new_guest(host)
+    before, owners = free_pages(host, root, a, b), host.introspect.page_owners()
+    for port, ptype in ((9, MSG), (10, EVT)):
+        root.create_port(b, port, port_type=ptype, target_sint=VMBUS_SINT, target_vp=0,
+                         flag_count=0 if ptype == MSG else 1, connection_partition=a)
+        root.connect_port(a, port, b, port, port_type=ptype)
+    assert free_pages(host, root, a, b) == [before[0], before[1] - 2, before[2] - 2]
+    root.disconnect_port(a, 9)
+    root.delete_port(b, 10)       # a's connection 10 dangles and keeps its page
+    assert free_pages(host, root, a, b) == [before[0], before[1] - 1, before[2] - 1]
+    root.delete_port(b, 9)
+    root.disconnect_port(a, 10)
+    assert free_pages(host, root, a, b) == before
+    assert host.introspect.page_owners() == owners
+    check_conservation(host)
+
+
+def _teardown_world(wired: bool):
+    """The root, A and B; if `wired`, ports of each for the other and connections both ways."""
+    host = new_host()
+    root = host.root
+    a, b = new_guest(host), new_guest(host)
+    if wired:
+        for owner, peer in ((a, b), (b, a)):
+            for port, ptype in ((9, MSG), (10, EVT)):
+                root.create_port(owner, port, port_type=ptype, target_sint=VMBUS_SINT, target_vp=0,
+                                 flag_count=0 if ptype == MSG else 1, connection_partition=peer)
+                root.connect_port(peer, port, owner, port, port_type=ptype)
+    return host, a, b
+
+
+def test_teardown_gives_the_pages_of_ports_and_connections_back():
+    """Deleting A returns its pool, with the pages its ports and connections held, to the root;
+    B's connections to A's ports dangle and keep their pages until B disconnects them. The page
+    owners end as they do for the same partitions never wired."""
+    plain, plain_a, plain_b = _teardown_world(False)
+    host, a, b = _teardown_world(True)
+    b_free = info(plain, plain_b)["pool_free"]
+    assert info(host, b)["pool_free"] == b_free - 4
+    for h, p in ((host, a), (plain, plain_a)):
+        h.root.finalize_partition(p)
+        h.root.delete_partition(p)
+    assert info(host, b)["pool_free"] == b_free - 4      # its two ports and two dangling connections
+    host.root.disconnect_port(b, 9)
+    host.root.disconnect_port(b, 10)
+    host.root.delete_port(b, 9)
+    host.root.delete_port(b, 10)
+    assert info(host, b)["pool_free"] == b_free
+    assert host.introspect.page_owners() == plain.introspect.page_owners()
+    check_conservation(host)
 
 
 def test_children_cannot_create_ports_without_the_privilege(host, guest):
@@ -183,6 +278,7 @@ def test_connect_port(host, guest):
     with pytest.raises(LookupError):
         connection_target(host.root, 0x999)
     # two connections of one partition may lead to the same port
+    host.root.deposit_memory(None, host.root_memory.allocate(1))   # the second connection's page
     host.root.connect_port(None, 0x77, guest, PORT)
     host.root.post_message(0x77, 1, b"via the second")
     assert slot(guest).payload == b"via the second"
@@ -365,6 +461,7 @@ def test_seventeenth_undelivered_message_is_refused(host, guest):
 def test_a_full_port_does_not_block_another_port(host, guest):
     root = host.root
     root.create_port(guest, 0x40, port_type=MSG, target_sint=VMBUS_SINT, target_vp=0, connection_partition=root)
+    root.deposit_memory(None, host.root_memory.allocate(1))   # the connection's page
     root.connect_port(None, 0x41, guest, 0x40)
     for i in range(17):
         post(host, b"%d" % i)
@@ -499,6 +596,7 @@ def test_deleting_the_sender_drops_its_queued_messages_and_connections(host):
     root.create_port(b, 9, port_type=MSG, target_sint=VMBUS_SINT, target_vp=0, connection_partition=a)
     root.connect_port(a, 1, b, 9)
     root.create_port(b, 10, port_type=MSG, target_sint=VMBUS_SINT, target_vp=0, connection_partition=root)
+    root.deposit_memory(None, host.root_memory.allocate(1))   # the root's connection's page
     root.connect_port(None, 1, b, 10)
     for i in range(3):
         a.post_message(1, 1, b"from a %d" % i)

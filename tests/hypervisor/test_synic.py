@@ -69,8 +69,10 @@ def enable_synic(p, vp: int = 0, *, sints=(VMBUS_SINT,), simp: bool = True, sief
 
 def wire(host, child, *, vp: int = 0, sint: int = VMBUS_SINT, conn_base: int = 0) -> None:
     """Root -> child: a message port (PORT) and an event port (EVENT_PORT) in the child, the root
-    connected to them as CONN + conn_base and EVENT_CONN + conn_base."""
+    connected to them as CONN + conn_base and EVENT_CONN + conn_base. The ports cost two pages of
+    the child's pool, the connections two of the root's (deposited here)."""
     root = host.root
+    root.deposit_memory(None, host.root_memory.allocate(2))
     root.create_port(child, PORT, port_type=PortType.MESSAGE, target_sint=sint, target_vp=vp,
                      connection_partition=root)
     root.connect_port(None, CONN + conn_base, child, PORT)

@@ -20,7 +20,10 @@ def build(n: int):
     root = host.root
     bystander = VmWorker(host, VmSpec("bystander", memory="256KiB")).build()
     c = VmWorker(host, VmSpec("c", memory=f"{4 * n}KiB")).build()
-    root.deposit_memory(c, host.root_memory.allocate(n))            # a pool page per message port
+    # Every port costs its owner a pool page, every connection its sender one.
+    root.deposit_memory(c, host.root_memory.allocate(2 * n))
+    root.deposit_memory(bystander, host.root_memory.allocate(1))
+    root.deposit_memory(None, host.root_memory.allocate(1 + 2 * n))
     root.create_port(None, 0xB000, port_type=PortType.EVENT, target_sint=SINT, target_vp=0,
                      flag_count=1, connection_partition=bystander)
     root.connect_port(bystander, 0xB000, None, 0xB000, port_type=PortType.EVENT)

@@ -51,7 +51,7 @@ def _child(host: Host, n: int):
 def build():
     host = Host(logical_processors=2, memory="16MiB", seed=7)
     root = host.root
-    root.deposit_memory(root, host.root_memory.allocate(4))  # the root's message ports' pages
+    root.deposit_memory(root, host.root_memory.allocate(6))  # the root's port and two connections per child
     a, b = _child(host, 0), _child(host, 1)
     return host, a, b
 

@@ -51,7 +51,8 @@ def world(privileges: int):
     # B holds a port that only the root may connect to, and a connection to the root's port:
     # the same ids A probes with
     root.create_port(b, PORT_ID, port_type=PortType.MESSAGE, target_sint=2, target_vp=0, connection_partition=root)
-    root.deposit_memory(root, host.root_memory.allocate(2))  # a message port costs its owner a pool page
+    root.deposit_memory(root, host.root_memory.allocate(2))  # a port costs its owner a pool page
+    root.deposit_memory(b, host.root_memory.allocate(1))     # and a connection its sender one
     root.create_port(None, PORT_ID, port_type=PortType.MESSAGE, target_sint=2, target_vp=0, connection_partition=b)
     root.connect_port(b, CONN_ID, root, PORT_ID)
     hidden = {"root": root.id, "sibling": b.id, "created": c.id, "finalized": f.id, "deleted": d.id}
