@@ -6,7 +6,13 @@ from then on hands each signal's packets to the VSC.
 Each open channel is one of the guest's devices, by name (`stack.devices[name]`): the name the
 VM gave the offer's instance id (`names`, so that a VM's second network adapter is "network1",
 say), else the device type's name, with 1, 2, ... after it for a second, third channel of the
-same type. A device's config (`configs[name]`) goes by the same name."""
+same type. A device's config (`configs[name]`) goes by the same name.
+
+A channel's host->guest signals arrive on the VP the guest asked for (`target_vps` at open, by
+device type name; `modify_channel` later): the flag is set in that VP's SIEF page and its SINT 2
+raised, so a guest that targets VP n > 0 runs `run_vp` on VP n, which turns that VP's SynIC on
+(SIMP/SIEFP at simp_gpfn + 2n, siefp_gpfn + 2n) and takes the signals there; without it the VP's
+SynIC stays off and the parent holds the channel's signals as for any guest with its SynIC off."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,10 +26,12 @@ from hypervisor.synic import clear_message_slot, read_message_slot, simp_value, 
 from vmbus.channel import ChannelEnd, init_ring_gpadl
 from partitions.device_context import EndpointContext
 from vmbus.client import ClientEvent, EventKind, VmbusClient
-from vmbus.protocol import OfferChannel, VMBUS_MESSAGE_SINT
+from vmbus.protocol import ModifyChannel, ModifyChannelResponse, OfferChannel, ProtocolError, VMBUS_MESSAGE_SINT
 from vmbus.ring import RingError
 
 MESSAGE_TYPE_VMBUS = 1
+MODIFY_RESPONSE = (24).to_bytes(4, "little")   # ModifyChannelResponse's message type
+MAX_VPS = 30   # SynIC pages of VP n are simp_gpfn + 2n, siefp_gpfn + 2n, all below page 64
 
 
 class GuestPages:
@@ -62,7 +70,8 @@ class GuestVmbus:
 
     def __init__(self, partition: Partition, registry: Registry, *, simp_gpfn: int = 2, siefp_gpfn: int = 3,
                  ring_pages: tuple[int, int] | None = None, configs: dict[str, dict] | None = None,
-                 on_poll: Callable[[GuestVmbus], None] | None = None, names: dict | None = None):
+                 on_poll: Callable[[GuestVmbus], None] | None = None, names: dict | None = None,
+                 target_vps: dict[str, int] | None = None):
         self.partition = partition
         self.registry = registry
         self.simp, self.siefp = simp_gpfn, siefp_gpfn
@@ -74,6 +83,8 @@ class GuestVmbus:
         self.pages = GuestPages(*ring_pages)
         self.configs = configs or {}
         self.names = dict(names or {})   # offer instance id -> the device's name in this guest
+        self.target_vps = dict(target_vps or {})  # device type name -> VP its channel is opened on
+        self.signals: dict[int, int] = {}  # VP -> channel signals taken from its SIEF page
         self.on_poll = on_poll  # called after every pass over messages and signals
         self.client = VmbusClient(self, self._bind)
         self.channels: dict[int, _Open] = {}
@@ -135,7 +146,12 @@ class GuestVmbus:
         view = own_view(self.partition, relid, pages)
         init_ring_gpadl(view, n)
         self.channels[relid] = _Open(device, pages)
-        self.client.open_channel(relid, pages, n)
+        self.client.open_channel(relid, pages, n, target_vp=self.target_vps.get(device.name, 0))
+
+    def modify_channel(self, relid: int, target_vp: int) -> None:
+        """Ask the host to signal open channel `relid` on VP `target_vp` from now on (the host
+        may refuse: a VP this guest lacks); that VP must run `run_vp`."""
+        self.send(ModifyChannel(relid, target_vp).encode(), self.client.msg_conn_id)
 
     def _opened(self, relid: int) -> None:
         ch = self.channels[relid]
@@ -217,22 +233,36 @@ class GuestVmbus:
             clear_message_slot(part, self.simp, VMBUS_MESSAGE_SINT)
             if msg.pending:
                 part.vp(0).set_registers({Register.EOM: 0})
-            if msg.message_type == MESSAGE_TYPE_VMBUS:
+            if msg.message_type == MESSAGE_TYPE_VMBUS and msg.payload[:4] == MODIFY_RESPONSE:
+                # The client has no state for ModifyChannel: its answer is the stack's.
+                try:
+                    m = ModifyChannelResponse.decode(msg.payload)
+                except ProtocolError as exc:
+                    self.log("ignored", message="ModifyChannelResponse", reason=str(exc))
+                else:
+                    self.log("modify channel answered", relid=m.child_relid, status=m.status)
+            elif msg.message_type == MESSAGE_TYPE_VMBUS:
                 self.client.handle_message(msg.payload)
             self._handle_events()
-        base = self.siefp * 4096 + VMBUS_MESSAGE_SINT * 256
+        self._take_flags(0)
+        self._handle_events()
+        if self.on_poll is not None:
+            self.on_poll(self)
+
+    def _take_flags(self, vp: int) -> None:
+        """Hand the channels whose flags are set in VP `vp`'s SIEF page their signals."""
+        part = self.partition
+        base = (self.siefp + 2 * vp) * 4096 + VMBUS_MESSAGE_SINT * 256
         flags = int.from_bytes(part.read(base, 256), "little")
         if flags:
             part.write(base, bytes(256))
             while flags:
                 relid = (flags & -flags).bit_length() - 1
                 flags &= flags - 1
+                self.signals[vp] = self.signals.get(vp, 0) + 1
                 ch = self.channels.get(relid)
                 if ch is not None and ch.end is not None:
                     ch.end.signalled()
-        self._handle_events()
-        if self.on_poll is not None:
-            self.on_poll(self)
 
     # ---- the VM saved and restored ------------------------------------------------------------
     def quiesce(self) -> None:
@@ -258,6 +288,26 @@ class GuestVmbus:
         self._drain()
         self.context.run_due()
         return self.context.take_pending()
+
+    async def run_vp(self, ctx) -> None:
+        """Serve the channels that target this VP (not VP 0) for ever: its SynIC on, then take the
+        signals its SIEF page gets. Control messages and timers stay with VP 0."""
+        vp = ctx.vp.index
+        if not 0 < vp < MAX_VPS:
+            raise ValueError(f"run_vp: expected a VP 1..{MAX_VPS - 1} of {self.partition!r}, got VP {vp}")
+        ctx.vp.set_registers({Register.SIMP: simp_value(self.simp + 2 * vp),
+                              Register.SIEFP: siefp_value(self.siefp + 2 * vp),
+                              Register.SCONTROL: 1, Register.SINT0 + VMBUS_MESSAGE_SINT: sint_value(0x32)})
+        while True:
+            self._take_flags(vp)
+            self._handle_events()
+            if self.on_poll is not None:
+                self.on_poll(self)
+            cpu = self.context.take_pending()
+            if cpu:
+                await ctx.compute(cpu)
+            else:
+                await ctx.halt()
 
     async def run(self, ctx) -> None:
         """Boot the stack, then serve it for ever (a VP that does nothing else)."""

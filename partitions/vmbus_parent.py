@@ -6,7 +6,9 @@ Per child it sets up, before the child runs:
   - two root message ports the child reaches on connections 1 and 4 (VMBus's message connection
     ids; which one a message came through is told by the port it arrives at);
   - a message port and an event port in the child (SINT 2 of its VP 0), with root connections to
-    them: host->guest messages, and host->guest channel signals (flag = relid);
+    them: host->guest messages, and host->guest channel signals (flag = relid); a channel the guest
+    opened or moved (ModifyChannel) to another of its VPs is signalled there instead, through an
+    event port on SINT 2 of that VP made the first time a channel targets it;
   - per offered channel, a root event port (one flag of the root's SINT 2) the child signals on
     the offer's connection id.
 
@@ -56,6 +58,7 @@ class _Channel:
     flag: int                     # the root SIEF flag the child signals
     port_id: int                  # the root event port behind it
     connection_id: int            # the child's connection to that port
+    target_vp: int = 0            # the child's VP its signals go to (OpenChannel, ModifyChannel)
     end: ChannelEnd | None = None
     vsp: Vsp | None = None
     broken: str | None = None     # why the channel was broken (a hostile ring, a failing VSP)
@@ -67,7 +70,8 @@ class _Child:
     manager: ChannelManager | None = None
     msg_ports: dict[int, int] = field(default_factory=dict)   # root port id -> connection id
     to_child_msg: int = 0         # root connection id -> the child's message port
-    to_child_evt: int = 0         # root connection id -> the child's event port
+    to_child_evt: int = 0         # root connection id -> the child's event port (on its VP 0)
+    vp_evt: dict[int, int] = field(default_factory=dict)      # VP > 0 -> root connection to its event port
     channels: dict[int, _Channel] = field(default_factory=dict)  # relid -> channel
     outbox: deque[bytes] = field(default_factory=deque)     # messages waiting for buffers (<= OUTBOX_LIMIT)
     inbox: deque[tuple[bytes, int]] = field(default_factory=deque)  # (message, connection) waiting for outbox room
@@ -96,6 +100,16 @@ class _Notifier:
         # not handled while it is full (ParentVmbus._serve_inbox).
         self.child.outbox.append(message)
         self.service._flush(self.child)
+
+    def modify_channel(self, relid: int, target_vp: int) -> int:
+        # Refused (and nothing changed) for a VP the child does not have or when the port and
+        # connection for that VP cannot be made (the pools are empty).
+        ch = self.child.channels.get(relid)
+        if ch is None or not self.service._target_vp_ready(self.child, target_vp):
+            self.log("modify channel refused", relid=relid, target_vp=target_vp)
+            return STATUS_UNSUCCESSFUL
+        ch.target_vp = target_vp
+        return STATUS_SUCCESS
 
     def connect(self, version: int, target_vp: int, sint: int, monitor_pages) -> bool:
         # The child's message port was made for VP 0, SINT 2.
@@ -130,6 +144,10 @@ class _Notifier:
             return STATUS_UNSUCCESSFUL
         service, child = self.service, self.child
         relid = request.relid
+        if not service._target_vp_ready(child, request.target_vp):
+            self.log("open refused: no such target VP", relid=relid, target_vp=request.target_vp)
+            return STATUS_UNSUCCESSFUL
+        ch.target_vp = request.target_vp
 
         def signal_guest() -> None:
             service._signal(child, relid)
@@ -298,6 +316,38 @@ class ParentVmbus:
         self._next_id += 1
         return self._next_id
 
+    def _target_vp_ready(self, c: _Child, vp: int) -> bool:
+        """Whether the child's channels can be signalled on its VP `vp`: VP 0's event port is made
+        at attach; another VP's the first time a channel targets it (a page of the child's pool
+        for the port, one of the root's for the connection). False for a VP the child lacks."""
+        if vp == 0 or vp in c.vp_evt:
+            return True
+        info = self.host.introspect.partition_info(c.partition)
+        if not isinstance(vp, int) or not 0 < vp < 64 or not info or not (info["vp_mask"] >> vp) & 1:
+            return False
+        root, port, conn = self.host.root, CHILD_EVENT_PORT + 0x100 * vp, self._new_id()
+        try:
+            self._root_pool(1)
+            root.deposit_memory(c.partition, self.host.root_memory.allocate(1), via=self.vp)
+            root.create_port(c.partition, port, port_type=PortType.EVENT, target_sint=VMBUS_MESSAGE_SINT,
+                             target_vp=vp, base_flag=0, flag_count=FLAGS_PER_SINT, connection_partition=root,
+                             via=self.vp)
+        except (HvError, MemoryError) as exc:
+            self.record(c.partition.id, "event port refused", {"target_vp": vp, "status": str(exc)})
+            return False
+        try:
+            root.connect_port(None, conn, c.partition, port, port_type=PortType.EVENT, via=self.vp)
+        except HvError as exc:
+            self.record(c.partition.id, "event port refused", {"target_vp": vp, "status": str(exc)})
+            try:  # the port without a connection is of no use: its page goes back to the pool
+                root.delete_port(c.partition, port, via=self.vp)
+            except HvError as again:
+                self.record(c.partition.id, "teardown failed", {"call": "delete_port", "id": port,
+                                                                "status": str(again)})
+            return False
+        c.vp_evt[vp] = conn
+        return True
+
     # ---- setting a child up --------------------------------------------------------------------
     def attach(self, child: Partition, devices: list[tuple[DeviceType, dict]] = ()) -> ChannelManager:
         """Give `child` (initialized, not yet running) its VMBus: ports, connections and a channel
@@ -377,7 +427,7 @@ class ParentVmbus:
         for port in c.msg_ports:
             self._port_owner.pop(port, None)
             self._teardown_call(c, alive, root.delete_port, port)
-        for conn in (c.to_child_msg, c.to_child_evt):
+        for conn in (c.to_child_msg, c.to_child_evt, *c.vp_evt.values()):
             self._teardown_call(c, alive, root.disconnect_port, conn)
 
     def _teardown_call(self, c: _Child, alive: bool, call, object_id: int) -> None:
@@ -470,8 +520,10 @@ class ParentVmbus:
             if c.failed is None:
                 c.held_signals_out[relid] = None
             return
+        ch = c.channels.get(relid)
+        conn = c.vp_evt.get(ch.target_vp, c.to_child_evt) if ch is not None else c.to_child_evt
         try:
-            self.host.root.signal_event(c.to_child_evt, relid, via=self.vp)
+            self.host.root.signal_event(conn, relid, via=self.vp)
         except HvError as exc:
             self._refused(c, exc, "SignalEvent")
             if c.failed is None:
