@@ -2,7 +2,8 @@
 ModifyChannel move them to that VP's SIEF page and SINT 2; a VP the child lacks is refused."""
 from drivers.example import DEVICE as ECHO
 from drivers.registry import discover
-from hypervisor import Host
+from hypervisor import Host, Register
+from hypervisor.synic import siefp_value, simp_value, sint_value
 from hypervisor.testing.invariants import check_all
 from partitions.vmbus_guest import GuestVmbus
 from partitions.vmbus_parent import ParentVmbus
@@ -94,8 +95,6 @@ def test_the_flag_is_set_in_vp_1s_sief_page_and_its_sint_2_raised():
 
 
 async def _synic_only(ctx):
-    from hypervisor import Register
-    from hypervisor.synic import siefp_value, simp_value, sint_value
     ctx.vp.set_registers({Register.SIMP: simp_value(4), Register.SIEFP: siefp_value(5),
                           Register.SCONTROL: 1, Register.SINT0 + 2: sint_value(0x32)})
     await ctx.sleep("1s")
