@@ -26,11 +26,10 @@ from hypervisor.synic import clear_message_slot, read_message_slot, simp_value, 
 from vmbus.channel import ChannelEnd, init_ring_gpadl
 from partitions.device_context import EndpointContext
 from vmbus.client import ClientEvent, EventKind, VmbusClient
-from vmbus.protocol import ModifyChannel, ModifyChannelResponse, OfferChannel, ProtocolError, VMBUS_MESSAGE_SINT
+from vmbus.protocol import ModifyChannel, OfferChannel, VMBUS_MESSAGE_SINT
 from vmbus.ring import RingError
 
 MESSAGE_TYPE_VMBUS = 1
-MODIFY_RESPONSE = (24).to_bytes(4, "little")   # ModifyChannelResponse's message type
 MAX_VPS = 30   # SynIC pages of VP n are simp_gpfn + 2n, siefp_gpfn + 2n, all below page 64
 
 
@@ -233,15 +232,7 @@ class GuestVmbus:
             clear_message_slot(part, self.simp, VMBUS_MESSAGE_SINT)
             if msg.pending:
                 part.vp(0).set_registers({Register.EOM: 0})
-            if msg.message_type == MESSAGE_TYPE_VMBUS and msg.payload[:4] == MODIFY_RESPONSE:
-                # The client has no state for ModifyChannel: its answer is the stack's.
-                try:
-                    m = ModifyChannelResponse.decode(msg.payload)
-                except ProtocolError as exc:
-                    self.log("ignored", message="ModifyChannelResponse", reason=str(exc))
-                else:
-                    self.log("modify channel answered", relid=m.child_relid, status=m.status)
-            elif msg.message_type == MESSAGE_TYPE_VMBUS:
+            if msg.message_type == MESSAGE_TYPE_VMBUS:
                 self.client.handle_message(msg.payload)
             self._handle_events()
         self._take_flags(0)

@@ -41,6 +41,7 @@ from vmbus.protocol import (
     GpaRange,
     InitiateContact,
     Message,
+    ModifyChannelResponse,
     OfferChannel,
     OpenChannel,
     OpenResult,
@@ -180,6 +181,7 @@ class VmbusClient:
             GpadlTorndown: self._on_gpadl_torndown,
             RescindChannelOffer: self._on_rescind,
             UnloadResponse: self._on_unload_response,
+            ModifyChannelResponse: self._on_modify_channel_response,
         }
 
     @property
@@ -265,7 +267,15 @@ class VmbusClient:
         if self.version is not None and msg.spec.min_version > self.version:
             self._ignore(msg, f"needs version {msg.spec.min_version:#x}")
             return
-        self._handlers[type(msg)](msg)
+        handler = self._handlers.get(type(msg))
+        if handler is None:  # a host-to-guest message this client has no use for: ignored, never fatal
+            self._ignore(msg, "no use for it in this client")
+            return
+        handler(msg)
+
+    def _on_modify_channel_response(self, m: ModifyChannelResponse) -> None:
+        # The channel's target VP is the guest's own business; the answer is only reported.
+        self._log("modify_channel_answered", relid=m.child_relid, status=m.status)
 
     def _on_version_response(self, m: VersionResponse) -> None:
         if self.state is not ClientState.CONTACTING:

@@ -455,3 +455,18 @@ def test_random_host_behaviour_never_breaks_the_client(data):
                              | guest_calls)  # unload (which resets everything) less often
             guest_call(g.c, call, data.draw(st.integers(1, 3)))
         check_client_invariants(g.c)
+
+
+def test_a_modify_channel_answer_is_reported_and_a_message_without_a_handler_is_ignored(g):
+    """ModifyChannelResponse (5.3) is logged, and a host-to-guest message the client has no
+    handler for is ignored, never an exception out of handle_message."""
+    g.connected(1)
+    before = g.snapshot()
+    g.n.logged.clear()
+    assert g.host(p.ModifyChannelResponse(1, 0)) == []
+    assert g.n.logged == [("modify_channel_answered", {"relid": 1, "status": 0})]
+    del g.c._handlers[p.ModifyChannelResponse]        # as a client without that handler would be
+    g.n.logged.clear()
+    assert g.host(p.ModifyChannelResponse(1, 0)) == []
+    assert [e for e, _ in g.n.logged] == ["ignored"]
+    assert g.snapshot() == before
