@@ -16,17 +16,9 @@ from partitions.savedstate import SavedStateError, SavedStateReader, SavedStateW
 from partitions.vm import DeviceSlot, VirtualMachine, VmState
 from partitions.vmbus_parent import ParentVmbus
 from partitions.worker import VmSpec
+from tests.partitions.test_restore_validation import counter   # the same guest: a counter in memory
 
 MS = 1_000_000
-
-
-async def counter(ctx):
-    n = 0
-    while True:
-        n += 1
-        ctx.partition.write(0x9000, n.to_bytes(8, "little"))
-        await ctx.compute("1ms")
-        await ctx.sleep("1ms")
 
 
 @pytest.fixture
