@@ -64,6 +64,21 @@ static uint64_t rep(uint16_t code, uint32_t count)
 }
 
 /* Build root + one initialized child with memory and a VP; 0 on success. */
+
+/* A rep call from the root, resumed from where it stopped until all `count` elements are done
+ * (reps_per_call is small); 0, or -1 if a call makes no progress. */
+static int rep_all(struct world *w, uint16_t code, uint32_t count, const void *input, size_t size)
+{
+    for (uint32_t done = 0; done < count;) {
+        uint64_t r = call(w, w->root, rep(code, count) | (uint64_t)done << 48, input, size);
+        uint32_t reps = (uint32_t)(r >> 32 & 0xFFF);
+        if (reps <= done)
+            return -1;
+        done = reps;
+    }
+    return 0;
+}
+
 static int build(struct world *w)
 {
     struct hv_host_config cfg;
@@ -96,15 +111,8 @@ static int build(struct world *w)
     block[0] = w->child;
     for (uint32_t i = 0; i < CHILD_POOL_PAGES; i++)
         block[1 + i] = w->next_root_page++;
-    /* reps_per_call is small: continue until every element is done */
-    for (uint32_t done = 0; done < CHILD_POOL_PAGES;) {
-        uint64_t r = call(w, w->root, rep(HVCALL_DEPOSIT_MEMORY, CHILD_POOL_PAGES) | (uint64_t)done << 48,
-                          block, sizeof block);
-        uint32_t reps = (uint32_t)(r >> 32 & 0xFFF);
-        if (reps <= done)
-            return -1;
-        done = reps;
-    }
+    if (rep_all(w, HVCALL_DEPOSIT_MEMORY, CHILD_POOL_PAGES, block, sizeof block) != 0)
+        return -1;
     uint64_t init = w->child;
     if ((call(w, w->root, HVCALL_INITIALIZE_PARTITION, &init, 8) & 0xFFFF) != 0)
         return -1;
@@ -115,14 +123,8 @@ static int build(struct world *w)
     map[2] = 7;                      /* readable | writable | executable, reserved 0 */
     for (uint32_t i = 0; i < CHILD_MEM_PAGES; i++)
         map[3 + i] = w->next_root_page++;
-    for (uint32_t done = 0; done < CHILD_MEM_PAGES;) {
-        uint64_t r = call(w, w->root, rep(HVCALL_MAP_GPA_PAGES, CHILD_MEM_PAGES) | (uint64_t)done << 48,
-                          map, sizeof map);
-        uint32_t reps = (uint32_t)(r >> 32 & 0xFFF);
-        if (reps <= done)
-            return -1;
-        done = reps;
-    }
+    if (rep_all(w, HVCALL_MAP_GPA_PAGES, CHILD_MEM_PAGES, map, sizeof map) != 0)
+        return -1;
     uint64_t vp[4] = {w->child, 0, 0, 0};
     if ((call(w, w->root, HVCALL_CREATE_VP, vp, sizeof vp) & 0xFFFF) != 0)
         return -1;
