@@ -268,6 +268,66 @@ def hv_view_ptr(h, partition_id: int, view_id: int) -> memoryview | None:
     return _exported(lib.hv_view_export(h, partition_id, view_id & 0xFFFFFFFF, base, n), base, n)
 
 
+# --- host visibility (a child's pages shown to its parent: visibility.c) ------------------------
+
+
+def hv_visible_view_create(h, child_id: int, view_id: int, gpa_pages: list[int], access: int) -> tuple[int, int]:
+    """(HV_STATUS, the GPA page that was not visible enough when the status is ACCESS_DENIED)."""
+    pages = ffi.new("uint64_t[]", [int(p) for p in gpa_pages] or [0])
+    bad = ffi.new("uint64_t *")
+    st = int(lib.hv_visible_view_create(h, child_id, view_id & 0xFFFFFFFF, pages, len(gpa_pages), access, bad))
+    return st, int(bad[0])
+
+
+def hv_visible_view_release(h, child_id: int, view_id: int) -> int:
+    return int(lib.hv_visible_view_release(h, child_id, view_id & 0xFFFFFFFF))
+
+
+def hv_visible_view(h, child_id: int, view_id: int) -> memoryview | None:
+    """A memoryview of a host-visible view (read-only unless the view is read-write), held like
+    hv_grant_view's; None if there is no such view."""
+    base, n, access = ffi.new("uint8_t **"), ffi.new("uint32_t *"), ffi.new("uint32_t *")
+    view = _exported(lib.hv_visible_view_export(h, child_id, view_id & 0xFFFFFFFF, base, n, access), base, n)
+    if view is not None and access[0] != lib.HV_HOST_VISIBILITY_READ_WRITE:
+        view = view.toreadonly()
+    return view
+
+
+def hv_visible_view_ids(h, child_id: int) -> list[int]:
+    n = lib.hv_visible_view_ids(h, child_id, ffi.NULL, 0)
+    out = ffi.new("uint32_t[]", max(n, 1))
+    n = lib.hv_visible_view_ids(h, child_id, out, n)
+    return [int(out[i]) for i in range(n)]
+
+
+def hv_visible_copy(h, child_id: int, gpa_pages, offset: int, buf, write: bool) -> tuple[int, int]:
+    """Copy between buf (bytes to store, or a writable buffer to load into) and the child's
+    pages from byte `offset` of the list; (HV_STATUS, the GPA page refused on ACCESS_DENIED)."""
+    pages = ffi.new("uint64_t[]", [int(p) for p in gpa_pages] or [0])
+    bad = ffi.new("uint64_t *")
+    data = ffi.from_buffer(buf, require_writable=not write)
+    st = int(lib.hv_visible_copy(h, child_id, pages, len(gpa_pages), offset, data, len(data), int(write), bad))
+    return st, int(bad[0])
+
+
+def hv_visible_check(h, child_id: int, gpa_pages, access: int) -> int | None:
+    """The first of the child's GPA pages not host-visible with `access`, or None if all are."""
+    pages = ffi.new("uint64_t[]", [int(p) for p in gpa_pages] or [0])
+    bad = ffi.new("uint64_t *")
+    r = lib.hv_visible_check(h, child_id, pages, len(gpa_pages), access, bad)
+    if r < 0:
+        raise LookupError(f"no child partition {child_id}")
+    return int(bad[0]) if r else None
+
+
+def hv_host_visible_pages(h, child_id: int) -> dict[int, int]:
+    """{GPA page: HV_HOST_VISIBILITY_*} of every page the child shows its parent."""
+    n = lib.hv_host_visible_pages(h, child_id, ffi.NULL, ffi.NULL, 0)
+    gpas, vis = ffi.new("uint64_t[]", max(n, 1)), ffi.new("uint8_t[]", max(n, 1))
+    n = lib.hv_host_visible_pages(h, child_id, gpas, vis, n)
+    return dict(zip(memoryview(ffi.buffer(gpas, 8 * n)).cast("Q").tolist(), bytes(ffi.buffer(vis, n))))
+
+
 #: enum hv_grant_limit -> the name hvsim uses for the limit.
 GRANT_LIMITS = {1: "grant_pages_per_child", 2: "grant_mappings_per_child", 3: "grant_mappings_per_host",
                 4: "process"}

@@ -32,7 +32,7 @@ CallCode = _enum("CallCode", "HVCALL_", [
     "GET_NEXT_CHILD_PARTITION", "DEPOSIT_MEMORY", "WITHDRAW_MEMORY", "GET_MEMORY_BALANCE",
     "MAP_GPA_PAGES", "UNMAP_GPA_PAGES", "CREATE_VP", "DELETE_VP", "GET_VP_REGISTERS",
     "SET_VP_REGISTERS", "CREATE_PORT", "CONNECT_PORT", "DELETE_PORT", "DISCONNECT_PORT",
-    "POST_MESSAGE", "SIGNAL_EVENT"])
+    "POST_MESSAGE", "SIGNAL_EVENT", "MODIFY_SPARSE_GPA_PAGE_HOST_VISIBILITY"])
 
 #: HV_PARTITION_PRIVILEGE_MASK bit numbers.
 Privilege = _enum("Privilege", "HV_PRIV_", [
@@ -53,6 +53,9 @@ PartitionProperty = _enum("PartitionProperty", "HV_PARTITION_PROPERTY_", [
 
 MapFlags = _enum("MapFlags", "HV_MAP_GPA_", ["READABLE", "WRITABLE", "EXECUTABLE"], base=enum.IntFlag)
 MAP_RWX = MapFlags.READABLE | MapFlags.WRITABLE | MapFlags.EXECUTABLE
+
+#: What ModifySparseGpaPageHostVisibility makes of a child's page for its parent (2 is invalid).
+HostVisibility = _enum("HostVisibility", "HV_HOST_VISIBILITY_", ["NONE", "READ_ONLY", "READ_WRITE"])
 
 _GP = ["RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI",
        "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15"]

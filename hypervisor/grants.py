@@ -1,10 +1,18 @@
-"""Grants: a child's pages made reachable by its parent, the core's half of a VMBus GPADL.
+"""Grants: a child's pages made reachable by its parent, the core's half of a VMBus GPADL; and
+host visibility, the other way a child shows its parent pages of its own.
 
 The parent's VMBus server creates a grant when a child announces a GPADL of its own pages; the
 core checks every page is the child's, pins them while the grant lives, and gives the parent a
 contiguous view of them (`Grant.view`) that ring code reads and writes in place. What grants cost
 the process is bounded per partition and per host (`Host(grant_limits=...)`), and a refusal says
 which limit it met.
+
+A child (an isolated guest's bounce buffers) marks pages host-visible, read-only or read-write,
+with HvCallModifySparseGpaPageHostVisibility (`modify_host_visibility`, issued from its own VP).
+The parent then reaches them, and only them, with the access the child gave: one-off copies
+(`Grants.read_visible` / `write_visible`) or a pinned view (`Grants.visible_view`, accounted like a
+grant). A page the child makes less visible is out of reach at once: copies are refused naming it
+and every view that needed it is revoked (its memoryview reads zeros from then on).
 """
 from __future__ import annotations
 
@@ -13,7 +21,10 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import struct
+
 from hypervisor import _binding
+from hypervisor.abi import PARTITION_ID_SELF, CallCode, HostVisibility
 from hypervisor.status import HvError, HvStatus, error_for
 
 if TYPE_CHECKING:
@@ -99,6 +110,111 @@ class Grants:
     def granted_pages(self, child: Partition | int) -> set[int]:
         cid = child if isinstance(child, int) else child.id
         return {pfn for gid in self.ids(cid) for pfn in _binding.hv_grant_pages(self._host._h, cid, gid)}
+
+
+    # ---- host-visible pages ----------------------------------------------------------------------
+    def host_visible(self, child: Partition | int) -> dict[int, HostVisibility]:
+        """{GPA page: visibility} of every page the child shows its parent."""
+        cid = _cid(child)
+        return {gpa: HostVisibility(v) for gpa, v in _binding.hv_host_visible_pages(self._host._h, cid).items()}
+
+    def check_visible(self, child: Partition | int, gpa_pages, *, writable: bool = False) -> int | None:
+        """The first of `gpa_pages` the parent may not read (or write, if `writable`), or None."""
+        return _binding.hv_visible_check(self._host._h, _cid(child), list(gpa_pages), _access(writable))
+
+    def read_visible(self, child: Partition | int, gpa_pages, offset: int, length: int) -> bytes:
+        """`length` bytes from byte `offset` of the child's GPA pages `gpa_pages` (in list order,
+        as a GPA-direct range names them); every page touched must be host-visible."""
+        buf = bytearray(length)
+        st, bad = _binding.hv_visible_copy(self._host._h, _cid(child), list(gpa_pages), offset, buf, False)
+        if st != HvStatus.SUCCESS:
+            raise _visibility_error(st, "ReadHostVisible", _cid(child), bad, False)
+        return bytes(buf)
+
+    def write_visible(self, child: Partition | int, gpa_pages, offset: int, data) -> None:
+        """Store `data` from byte `offset` of the child's pages `gpa_pages`; every page touched must
+        be read-write visible, and nothing is stored if one is not."""
+        st, bad = _binding.hv_visible_copy(self._host._h, _cid(child), list(gpa_pages), offset, data, True)
+        if st != HvStatus.SUCCESS:
+            raise _visibility_error(st, "WriteHostVisible", _cid(child), bad, True)
+
+    def visible_view(self, child: Partition | int, view_id: int, gpa_pages, *, writable: bool = False) -> VisibleView:
+        """A pinned, contiguous view of host-visible pages of the child (read-only unless
+        `writable`), counted against the child's grant limits like a GPADL; refused with
+        AccessDenied naming the first page not visible enough."""
+        cid = _cid(child)
+        st, bad = _binding.hv_visible_view_create(self._host._h, cid, view_id, list(gpa_pages), _access(writable))
+        if st == HvStatus.ACCESS_DENIED:
+            raise _visibility_error(st, "CreateHostVisibleView", cid, bad, writable)
+        if st != HvStatus.SUCCESS:
+            raise _refusal(self._host, st, "CreateHostVisibleView")
+        return VisibleView(self._host, cid, view_id, writable)
+
+    def visible_view_ids(self, child: Partition | int) -> list[int]:
+        return _binding.hv_visible_view_ids(self._host._h, _cid(child))
+
+
+@dataclass
+class VisibleView:
+    """The parent's view of some host-visible pages of a child (Grants.visible_view)."""
+
+    host: Host
+    child_id: int
+    id: int
+    writable: bool
+
+    @property
+    def alive(self) -> bool:
+        return self.id in _binding.hv_visible_view_ids(self.host._h, self.child_id)
+
+    @property
+    def view(self) -> memoryview:
+        """The pages, contiguous (read-only unless the view is writable). A memoryview taken
+        earlier reads zeros once the view is released or revoked."""
+        view = _binding.hv_visible_view(self.host._h, self.child_id, self.id)
+        if view is None:
+            raise LookupError(f"host-visible view {self.id:#x} of partition {self.child_id} is gone "
+                              "(released, or revoked when the child made a page of it less visible)")
+        return view
+
+    def release(self) -> None:
+        st = _binding.hv_visible_view_release(self.host._h, self.child_id, self.id)
+        if st != HvStatus.SUCCESS:
+            raise error_for(st, "ReleaseHostVisibleView")
+
+
+def _cid(child: Partition | int) -> int:
+    return child if isinstance(child, int) else child.id
+
+
+def _access(writable: bool) -> int:
+    return HostVisibility.READ_WRITE if writable else HostVisibility.READ_ONLY
+
+
+def _visibility_error(status: int, call: str, child_id: int, page: int, writable: bool) -> HvError:
+    if status == HvStatus.ACCESS_DENIED:
+        need = "read-write" if writable else "readable"
+        return error_for(status, call, f"GPA page {page:#x} of partition {child_id} is not {need} host-visible")
+    return error_for(status, call)
+
+
+def modify_host_visibility(partition: Partition, gpa_pages, visibility: int, *, via=None) -> None:
+    """HvCallModifySparseGpaPageHostVisibility from `partition`'s own VP (VP 0 unless `via`):
+    show `gpa_pages` of its own to its parent with `visibility` (HostVisibility), or hide them
+    (NONE). A rep call, split into blocks of at most 510 pages (a page of input, as Linux's
+    hv_mark_gpa_visibility does) and resumed where the hypervisor stopped."""
+    header = struct.pack("<QII", PARTITION_ID_SELF, int(visibility), 0)
+    pages = list(gpa_pages)
+    for off in range(0, len(pages), MAX_VISIBILITY_REPS):
+        chunk = pages[off:off + MAX_VISIBILITY_REPS]
+        partition._rep_call(CallCode.MODIFY_SPARSE_GPA_PAGE_HOST_VISIBILITY, header,
+                            [struct.pack("<Q", p) for p in chunk], elem_size=8, via=via,
+                            name="ModifySparseGpaPageHostVisibility")
+
+
+#: Pages one ModifySparseGpaPageHostVisibility block holds: (4096 - 16) / 8 (Linux's
+#: HV_MAX_MODIFY_GPA_REP_COUNT).
+MAX_VISIBILITY_REPS = (4096 - 16) // 8
 
 
 def own_view(partition: Partition, view_id: int, gpa_pages: list[int]) -> memoryview:

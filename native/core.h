@@ -15,6 +15,7 @@
 /* The types and calls Python sees; written so that the same file is both C and the cffi cdef. */
 #include "api/core.h"
 #include "api/grant.h"
+#include "api/visibility.h"
 #include "synic.h"
 #include "port.h"
 
@@ -100,6 +101,8 @@ struct hv_grant {
     uint8_t *view;                /* npages contiguous pages mapping pfns */
     struct hv_mapping *map;       /* the view's address range, shared with Python's exports (grant.c) */
     uint32_t runs;                /* runs of contiguous SPA pages: the mappings the view costs */
+    uint8_t visible;              /* a host-visible view (visibility.c): the HV_HOST_VISIBILITY_* its
+                                     pages need; 0 for grants and own views */
 };
 
 struct hv_partition_counters {
@@ -208,6 +211,8 @@ struct hv_host {
     int spa_fd;                   /* that memory file (grant views map its pages again) */
     uint16_t *grant_refs;         /* per SPA page: live grants to the parent naming it (its reach) */
     uint16_t *pin_refs;           /* per SPA page: live grants and own views naming it (it cannot move) */
+    uint8_t *host_vis;            /* per SPA page: the HV_HOST_VISIBILITY_* its owning child gave it (0
+                                     for every other page; reset whenever the page changes owner) */
     struct hv_grant **grants;     /* live grants, in creation order */
     uint32_t nr_grants, cap_grants;
     uint64_t grant_mappings;      /* mappings every live grant and own view costs (sum over partitions) */
@@ -291,6 +296,25 @@ bool hv_guest_read(struct hv_host *h, const struct hv_partition *p, uint64_t gpa
 bool hv_guest_write(struct hv_host *h, const struct hv_partition *p, uint64_t gpa, const void *buf, size_t len);
 
 /* ---- grant.c ---- */
+/* A grant (visible = 0) or host-visible view (visible = the HV_HOST_VISIBILITY_* every page needs)
+ * of child p's pages; a page not visible enough is refused with ACCESS_DENIED and put in *bad. */
+uint16_t hv_grant_make(struct hv_host *h, struct hv_partition *p, uint32_t id, const uint64_t *gpa_pages,
+                       uint32_t count, uint8_t visible, uint64_t *bad);
+int hv_grant_find_visible(const struct hv_host *h, uint32_t slot, uint32_t id);
+void hv_grant_drop(struct hv_host *h, uint32_t index);
+struct hv_mapping *hv_grant_export_at(struct hv_host *h, uint32_t index, uint8_t **base, uint32_t *npages);
+/* The rights the root has on SPA page pfn: its own and granted pages all, a child's host-visible
+ * pages read (and write if read-write visible), others none. */
+static inline uint32_t hv_root_rights(const struct hv_host *h, uint64_t pfn)
+{
+    if (h->owner[pfn] == 0 || h->grant_refs[pfn])
+        return HV_MAP_GPA_VALID_MASK;
+    if (h->host_vis[pfn] == HV_HOST_VISIBILITY_READ_WRITE)
+        return HV_MAP_GPA_READABLE | HV_MAP_GPA_WRITABLE;
+    return h->host_vis[pfn] == HV_HOST_VISIBILITY_READ_ONLY ? HV_MAP_GPA_READABLE : 0;
+}
+/* ---- visibility.c ---- */
+void hv_visibility_digest(const struct hv_host *h, struct hv_digest *d);
 void hv_grants_drop_partition(struct hv_host *h, uint32_t slot);
 void hv_grants_fini(struct hv_host *h);
 void hv_grants_digest(const struct hv_host *h, struct hv_digest *d);
@@ -358,6 +382,8 @@ uint16_t hv_call_delete_port(struct hv_call *c);
 uint16_t hv_call_disconnect_port(struct hv_call *c);
 uint16_t hv_call_post_message(struct hv_call *c);
 uint16_t hv_call_signal_event(struct hv_call *c);
+/* Handler in visibility.c: a child shows pages of its own to its parent. */
+uint16_t hv_call_modify_host_visibility(struct hv_call *c);
 
 /* Resolve a partition id named in a hypercall: SELF or the caller's own id gives the caller;
  * otherwise it must be a live child of the caller. NULL if not. */

@@ -3,7 +3,10 @@
  *
  * Invariants: a grant names only pages mapped in its child at creation; while any grant names a
  * page (grant_refs > 0) the page is pinned: it cannot be unmapped, withdrawn or change owner;
- * the parent reaches exactly its own pages plus the pages of live grants (INV-REACH-PARENT).
+ * the parent reaches exactly its own pages, the pages of live grants and the pages its children
+ * made host-visible (INV-REACH-PARENT; visibility.c). Host-visible views (`visible` set) are
+ * views the parent makes of such pages: pinned and accounted like grants, revoked like one the
+ * moment a page of theirs stops being visible enough.
  * A revoked grant's view is replaced by private zero pages at once, so a stale pointer into it
  * can never reach SPA memory again; its address range is unmapped when the last Python export of
  * it goes too (struct hv_mapping), so create/revoke cycles cost the process nothing lasting.
@@ -81,7 +84,16 @@ static struct hv_partition *child_of_root(struct hv_host *h, uint64_t child_id)
 static int find_kind(const struct hv_host *h, uint32_t slot, uint32_t id, bool own)
 {
     for (uint32_t i = 0; i < h->nr_grants; i++)
-        if (h->grants[i]->child_slot == slot && h->grants[i]->id == id && h->grants[i]->own == own)
+        if (h->grants[i]->child_slot == slot && h->grants[i]->id == id && h->grants[i]->own == own &&
+            !h->grants[i]->visible)
+            return (int)i;
+    return -1;
+}
+
+int hv_grant_find_visible(const struct hv_host *h, uint32_t slot, uint32_t id)
+{
+    for (uint32_t i = 0; i < h->nr_grants; i++)
+        if (h->grants[i]->child_slot == slot && h->grants[i]->id == id && h->grants[i]->visible)
             return (int)i;
     return -1;
 }
@@ -108,7 +120,7 @@ static uint32_t count_runs(const uint64_t *pfns, uint32_t n)
 
 /* Map pfns contiguously, one mmap per run of contiguous SPA pages. NULL (and *err = errno) if
  * the process cannot: everything mapped so far is undone. */
-static struct hv_mapping *map_view(struct hv_host *h, const uint64_t *pfns, uint32_t n, int *err)
+static struct hv_mapping *map_view(struct hv_host *h, const uint64_t *pfns, uint32_t n, int prot, int *err)
 {
     struct hv_mapping *m = malloc(sizeof(*m));
     size_t len = (size_t)n << HV_PAGE_SHIFT;
@@ -123,7 +135,7 @@ static struct hv_mapping *map_view(struct hv_host *h, const uint64_t *pfns, uint
         for (j = i + 1; j < n && pfns[j] == pfns[j - 1] + 1; j++)
             ;
         void *at = mmap(base + ((size_t)i << HV_PAGE_SHIFT), (size_t)(j - i) << HV_PAGE_SHIFT,
-                        PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, h->spa_fd,
+                        prot, MAP_SHARED | MAP_FIXED, h->spa_fd,
                         (off_t)(pfns[i] << HV_PAGE_SHIFT));
         if (at == MAP_FAILED) {
             *err = errno;
@@ -143,9 +155,9 @@ static int cmp_u64(const void *a, const void *b)
 }
 
 static uint16_t create(struct hv_host *h, struct hv_partition *p, uint32_t grant_id, const uint64_t *gpa_pages,
-                       uint32_t count, bool own)
+                       uint32_t count, bool own, uint8_t visible, uint64_t *bad)
 {
-    if (count == 0 || find_kind(h, p->slot, grant_id, own) >= 0)
+    if (count == 0 || (visible ? hv_grant_find_visible(h, p->slot, grant_id) : find_kind(h, p->slot, grant_id, own)) >= 0)
         return HV_STATUS_INVALID_PARAMETER;
     if (!own && p->granted_pages + count > pages_limit(h))
         return refuse(h, p, HV_GRANT_LIMIT_CHILD_PAGES, p->granted_pages, count, pages_limit(h), 0);
@@ -159,6 +171,12 @@ static uint16_t create(struct hv_host *h, struct hv_partition *p, uint32_t grant
         uint32_t rw = HV_MAP_GPA_READABLE | HV_MAP_GPA_WRITABLE;
         if (!(e & HV_PTE_PRESENT) || (own && (((e >> HV_PTE_RIGHTS_SHIFT) & rw) != rw)))
             goto fail_param;
+        /* A host-visible view needs every page shown to the host with at least its access. */
+        if (visible && (h->host_vis[e >> HV_PAGE_SHIFT] & visible) != visible) {
+            free(g); free(pfns); free(gpas);
+            *bad = gpa_pages[i];
+            return HV_STATUS_ACCESS_DENIED;
+        }
         pfns[i] = e >> HV_PAGE_SHIFT;
         gpas[i] = gpa_pages[i];
     }
@@ -192,7 +210,8 @@ static uint16_t create(struct hv_host *h, struct hv_partition *p, uint32_t grant
         return refuse(h, p, HV_GRANT_LIMIT_HOST_MAPPINGS, h->grant_mappings, runs, host_mappings_limit(h), 0);
     }
     int err = 0;
-    g->map = map_view(h, pfns, count, &err);
+    g->map = map_view(h, pfns, count, visible == HV_HOST_VISIBILITY_READ_ONLY ? PROT_READ : PROT_READ | PROT_WRITE,
+                      &err);
     if (!g->map) {
         free(g); free(pfns); free(gpas);
         return refuse(h, p, HV_GRANT_LIMIT_PROCESS_MAPPINGS, h->grant_mappings, runs, host_mappings_limit(h), err);
@@ -206,13 +225,14 @@ static uint16_t create(struct hv_host *h, struct hv_partition *p, uint32_t grant
         p->granted_pages += count;
     g->child_slot = p->slot;
     g->own = own;
+    g->visible = visible;
     g->id = grant_id;
     g->npages = count;
     g->pfns = pfns;
     g->gpas = gpas;
     for (uint32_t i = 0; i < count; i++) {
         h->pin_refs[pfns[i]]++;
-        if (!own)
+        if (!own && !visible)
             h->grant_refs[pfns[i]]++;
         /* Writes through the view bypass the core's copy paths: assume the page dirty, so it is
          * zeroed before it ever changes owner. */
@@ -232,7 +252,14 @@ uint16_t hv_grant_create(struct hv_host *h, uint64_t child_id, uint32_t grant_id
                          uint32_t count)
 {
     struct hv_partition *p = child_of_root(h, child_id);
-    return p ? create(h, p, grant_id, gpa_pages, count, false) : HV_STATUS_INVALID_PARTITION_ID;
+    uint64_t bad;
+    return p ? create(h, p, grant_id, gpa_pages, count, false, 0, &bad) : HV_STATUS_INVALID_PARTITION_ID;
+}
+
+uint16_t hv_grant_make(struct hv_host *h, struct hv_partition *p, uint32_t id, const uint64_t *gpa_pages,
+                       uint32_t count, uint8_t visible, uint64_t *bad)
+{
+    return create(h, p, id, gpa_pages, count, false, visible, bad);
 }
 
 uint16_t hv_view_create(struct hv_host *h, uint64_t partition_id, uint32_t view_id, const uint64_t *gpa_pages,
@@ -241,7 +268,8 @@ uint16_t hv_view_create(struct hv_host *h, uint64_t partition_id, uint32_t view_
     struct hv_partition *p = hv_partition_by_id(h, partition_id);
     if (!p || p->slot == 0)
         return HV_STATUS_INVALID_PARTITION_ID; /* the root sees its memory at GPA == SPA already */
-    return create(h, p, view_id, gpa_pages, count, true);
+    uint64_t bad;
+    return create(h, p, view_id, gpa_pages, count, true, 0, &bad);
 }
 
 /* End grant g: unpin its pages, give back its accounting and its view (the caller takes it out
@@ -251,7 +279,7 @@ static void release(struct hv_host *h, struct hv_grant *g)
     struct hv_partition *p = h->parts[g->child_slot];
     for (uint32_t i = 0; i < g->npages; i++) {
         h->pin_refs[g->pfns[i]]--;
-        if (!g->own)
+        if (!g->own && !g->visible)
             h->grant_refs[g->pfns[i]]--;
     }
     if (p) {
@@ -263,7 +291,7 @@ static void release(struct hv_host *h, struct hv_grant *g)
     /* An export still holds the range: keep it, but as private zero pages (see the invariant
      * above); it is unmapped when the last export goes. Otherwise it is unmapped now. */
     if (g->map->refs > 1)
-        mmap(g->view, g->map->len, PROT_READ | PROT_WRITE,
+        mmap(g->view, g->map->len, g->visible == HV_HOST_VISIBILITY_READ_ONLY ? PROT_READ : PROT_READ | PROT_WRITE,
              MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
     mapping_put(g->map);
     free(g->pfns);
@@ -276,6 +304,11 @@ static void drop(struct hv_host *h, uint32_t index)
     release(h, h->grants[index]);
     memmove(&h->grants[index], &h->grants[index + 1], (h->nr_grants - index - 1) * sizeof(*h->grants));
     h->nr_grants--;
+}
+
+void hv_grant_drop(struct hv_host *h, uint32_t index)
+{
+    drop(h, index);
 }
 
 uint16_t hv_grant_revoke(struct hv_host *h, uint64_t child_id, uint32_t grant_id)
@@ -340,7 +373,7 @@ void hv_grants_digest(const struct hv_host *h, struct hv_digest *d)
     for (uint32_t i = 0; i < h->nr_grants; i++) {
         const struct hv_grant *g = h->grants[i];
         hv_digest_u64(d, ((uint64_t)g->child_slot << 32) | g->id);
-        hv_digest_u64(d, g->own);
+        hv_digest_u64(d, g->own | (uint64_t)g->visible << 8);
         for (uint32_t k = 0; k < g->npages; k++)
             hv_digest_u64(d, g->pfns[k]);
     }
@@ -351,7 +384,7 @@ uint32_t hv_grant_ids(struct hv_host *h, uint64_t child_id, uint32_t *ids, uint3
     struct hv_partition *p = hv_partition_by_id(h, child_id);
     uint32_t n = 0;
     for (uint32_t i = 0; p && i < h->nr_grants; i++)
-        if (h->grants[i]->child_slot == p->slot && !h->grants[i]->own) {
+        if (h->grants[i]->child_slot == p->slot && !h->grants[i]->own && !h->grants[i]->visible) {
             if (n < max)
                 ids[n] = h->grants[i]->id;
             n++;
@@ -393,6 +426,11 @@ struct hv_mapping *hv_grant_export(struct hv_host *h, uint64_t child_id, uint32_
     struct hv_partition *p = child_of_root(h, child_id);
     int i = p ? find(h, p->slot, grant_id) : -1;
     return i < 0 ? NULL : export(h->grants[i], base, npages);
+}
+
+struct hv_mapping *hv_grant_export_at(struct hv_host *h, uint32_t index, uint8_t **base, uint32_t *npages)
+{
+    return export(h->grants[index], base, npages);
 }
 
 struct hv_mapping *hv_view_export(struct hv_host *h, uint64_t partition_id, uint32_t view_id, uint8_t **base,

@@ -196,12 +196,13 @@ uint64_t hv_partition_reach(struct hv_host *h, uint64_t id, uint64_t *gpas, uint
     uint64_t n = 0;
     if (p->slot == 0) {
         for (uint64_t pfn = 0; pfn < h->nr_pages; pfn++) {
-            if (h->owner[pfn] != 0 && !h->grant_refs[pfn])
+            uint32_t have = hv_root_rights(h, pfn);
+            if (!have)
                 continue;
             if (n < max) {
                 gpas[n] = pfn;
                 pfns[n] = pfn;
-                rights[n] = HV_MAP_GPA_VALID_MASK;
+                rights[n] = have;
             }
             n++;
         }
@@ -306,6 +307,7 @@ void hv_state_digest(struct hv_host *h, int include_memory, uint8_t *out)
     }
     hv_ports_digest(&h->ports, &d);
     hv_grants_digest(h, &d);
+    hv_visibility_digest(h, &d);
     if (include_memory) {
         for (uint64_t pfn = 0; pfn < h->nr_pages; pfn++) {
             if (!((h->dirty[pfn / 64] >> (pfn % 64)) & 1))

@@ -124,6 +124,7 @@ enum hv_status {
 #define HVCALL_SIGNAL_EVENT            0x005D
 #define HVCALL_CREATE_PORT             0x0095
 #define HVCALL_CONNECT_PORT            0x0096
+#define HVCALL_MODIFY_SPARSE_GPA_PAGE_HOST_VISIBILITY 0x00DB
 
 /* ---- HV_PARTITION_PRIVILEGE_MASK bit numbers ------------------------------------------- */
 #define HV_PRIV_ACCESS_VP_RUNTIME_REG        0
@@ -187,6 +188,13 @@ enum hv_status {
 #define HV_MAP_GPA_WRITABLE   0x2u
 #define HV_MAP_GPA_EXECUTABLE 0x4u   /* hvsim keeps one "execute" right (kernel and user alike) */
 #define HV_MAP_GPA_VALID_MASK 0x7u
+
+/* Host visibility of a page (ModifySparseGpaPageHostVisibility, low 2 bits of its input's
+ * host_visibility; 2 is invalid, bits 31:2 reserved): what the parent may do with it. */
+#define HV_HOST_VISIBILITY_NONE       0u
+#define HV_HOST_VISIBILITY_READ_ONLY  1u
+#define HV_HOST_VISIBILITY_READ_WRITE 3u
+#define HV_HOST_VISIBILITY_MASK       3u
 
 /* ---- Register names (HV_REGISTER_NAME), the subset hvsim implements ------------------------- */
 #define HV_X64_REGISTER_RAX     0x00020000u /* ..R15 = 0x0002000F, in the x64 encoding order */
@@ -265,6 +273,11 @@ struct hv_in_unmap_gpa_pages {    /* 0x004C header; rep count = page count, no e
     uint32_t unmap_flags;
     uint32_t padding;
 };
+struct hv_in_modify_host_visibility { /* 0x00DB header; reps: u64 GPA page numbers of the caller */
+    uint64_t partition_id;        /* HV_PARTITION_ID_SELF or the caller's own id */
+    uint32_t host_visibility;     /* HV_HOST_VISIBILITY_*; bits 31:2 reserved, zero */
+    uint32_t reserved;            /* zero */
+};
 struct hv_in_create_vp {          /* 0x004E */
     uint64_t partition_id;
     uint32_t vp_index;
@@ -300,6 +313,7 @@ _Static_assert(sizeof(struct hv_out_get_memory_balance) == 16, "layout");
 _Static_assert(sizeof(struct hv_in_map_gpa_pages) == 24, "layout");
 _Static_assert(sizeof(struct hv_in_unmap_gpa_pages) == 24, "layout");
 _Static_assert(sizeof(struct hv_in_create_vp) == 32, "layout");
+_Static_assert(sizeof(struct hv_in_modify_host_visibility) == 16, "ModifySparseGpaPageHostVisibility header is 16 bytes");
 _Static_assert(sizeof(struct hv_in_delete_vp) == 16, "layout");
 _Static_assert(sizeof(struct hv_in_vp_registers) == 16, "layout");
 _Static_assert(sizeof(struct hv_register_assoc) == 32, "HV_REGISTER_ASSOC is 32 bytes");

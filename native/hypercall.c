@@ -42,6 +42,8 @@ static const struct {
     {HVCALL_DISCONNECT_PORT, {"DisconnectPort", P(HV_PRIV_CONNECT_PORT), 16, 0, 0, 0, false, true, hv_call_disconnect_port}},
     {HVCALL_POST_MESSAGE, {"PostMessage", P(HV_PRIV_POST_MESSAGES), 256, 0, 0, 0, false, false, hv_call_post_message}},
     {HVCALL_SIGNAL_EVENT, {"SignalEvent", P(HV_PRIV_SIGNAL_EVENTS), 8, 0, 0, 0, false, true, hv_call_signal_event}},
+    /* host visibility of a child's own pages (visibility.c) */
+    {HVCALL_MODIFY_SPARSE_GPA_PAGE_HOST_VISIBILITY, {"ModifySparseGpaPageHostVisibility", 0, 16, 8, 0, 0, true, false, hv_call_modify_host_visibility}},
 };
 
 const struct hv_call_desc *hv_call_lookup(uint16_t code)

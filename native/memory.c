@@ -39,7 +39,8 @@ int hv_mem_init(struct hv_host *h)
     h->dirty = reserve(((h->nr_pages + 63) / 64) * sizeof(uint64_t));
     h->grant_refs = reserve(h->nr_pages * sizeof(uint16_t));
     h->pin_refs = reserve(h->nr_pages * sizeof(uint16_t));
-    if (!h->spa || !h->owner || !h->dirty || !h->grant_refs || !h->pin_refs)
+    h->host_vis = reserve(h->nr_pages);
+    if (!h->spa || !h->owner || !h->dirty || !h->grant_refs || !h->pin_refs || !h->host_vis)
         return -1;
     /* The hypervisor keeps the lowest pages (SPA pfn 0 among them, which is why 0 can mean
      * "no leaf table" in GPA maps); the root owns the rest through the all-zero table. */
@@ -56,6 +57,7 @@ void hv_mem_fini(struct hv_host *h)
     if (h->dirty) munmap(h->dirty, ((h->nr_pages + 63) / 64) * sizeof(uint64_t));
     if (h->grant_refs) munmap(h->grant_refs, h->nr_pages * sizeof(uint16_t));
     if (h->pin_refs) munmap(h->pin_refs, h->nr_pages * sizeof(uint16_t));
+    if (h->host_vis) munmap(h->host_vis, h->nr_pages);
     if (h->spa_fd > 0) close(h->spa_fd);
     hv_page_list_free(&h->free_pages);
 }
@@ -86,6 +88,7 @@ void hv_page_set_owner(struct hv_host *h, uint64_t pfn, uint32_t owner)
         memset(hv_spa_page(h, pfn), 0, HV_PAGE_SIZE);
         h->dirty[pfn / 64] &= ~(1ull << (pfn % 64));
     }
+    h->host_vis[pfn] = HV_HOST_VISIBILITY_NONE; /* a child's choice ends with its ownership */
     uint32_t old = h->owner[pfn];
     struct hv_partition *from = owner_partition(h, old), *to = owner_partition(h, owner);
     if (from) from->pages_owned--;
@@ -145,8 +148,10 @@ bool hv_gpa_translate(struct hv_host *h, const struct hv_partition *p, uint64_t 
                       uint32_t rights, uint64_t *pfn)
 {
     if (p->slot == 0) {
-        /* The root sees its own pages, and pages its children granted it, at GPA == SPA. */
-        if (gpa_page >= h->nr_pages || (h->owner[gpa_page] != 0 && !h->grant_refs[gpa_page]))
+        /* The root sees its own pages, pages its children granted it and pages they made host
+         * visible (with the access they chose), at GPA == SPA. */
+        if (gpa_page >= h->nr_pages || (hv_root_rights(h, gpa_page) & rights) != rights ||
+            !hv_root_rights(h, gpa_page))
             return false;
         *pfn = gpa_page;
         return true;

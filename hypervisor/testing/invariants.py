@@ -59,11 +59,13 @@ def check_ownership(host: Host) -> None:
 def check_reach(host: Host) -> None:
     """INV-REACH-CHILD, INV-REACH-PARENT and INV-HV: a child reaches exactly the pages it owns,
     each at one GPA; the root reaches exactly its own pages plus the pages its children granted
-    it (live grants, each page the granting child's); no partition reaches a hypervisor page."""
+    it (live grants, each page the granting child's) plus the pages its children made host-visible,
+    with no more access than that visibility gives; no partition reaches a hypervisor page."""
     codes = host.introspect.owner_codes()
     root_id = host.root.id
     slots = {host.introspect.partition_info(pid)["slot"]: pid for pid in host.introspect.partition_ids()}
     granted: dict[int, int] = {}  # pfn -> granting child's slot
+    visible: dict[int, int] = {}  # pfn -> rights the root has on a host-visible page of a child
     for pid in host.introspect.partition_ids():
         if pid == root_id:
             continue
@@ -73,6 +75,11 @@ def check_reach(host: Host) -> None:
             if pfn not in own:
                 _fail("INV-REACH-PARENT", f"partition {pid} granted page {pfn}, which it does not reach")
             granted[pfn] = slot
+        by_gpa = host.introspect.reach(pid)
+        for gpa, vis in host.grants.host_visible(pid).items():
+            if gpa not in by_gpa:
+                _fail("INV-REACH-PARENT", f"partition {pid} shows GPA page {gpa}, which it does not map")
+            visible[by_gpa[gpa][0]] = _VISIBLE_RIGHTS[vis]
     for pid in host.introspect.partition_ids():
         info = host.introspect.partition_info(pid)
         reach = host.introspect.reach(pid)
@@ -87,9 +94,14 @@ def check_reach(host: Host) -> None:
                 continue
             if pid == root_id and granted.get(pfn) == owner:
                 continue
+            if pid == root_id and pfn in visible:
+                if reach[gpa][1] != visible[pfn]:
+                    _fail("INV-REACH-PARENT", f"the root has rights {reach[gpa][1]} on host-visible page {pfn} of "
+                                              f"{slots.get(owner, owner)}, which shows it with rights {visible[pfn]}")
+                continue
             _fail("INV-REACH-CHILD" if pid != root_id else "INV-REACH-PARENT",
                   f"partition {pid} reaches page {pfn} owned by {slots.get(owner, owner)}")
-        expected = info["pages_owned"] + (len(granted) if pid == root_id else 0)
+        expected = info["pages_owned"] + (len(granted.keys() | visible.keys()) if pid == root_id else 0)
         if len(pfns) != expected:
             _fail("INV-REACH-CHILD" if pid != root_id else "INV-REACH-PARENT",
                   f"partition {pid} should reach {expected} pages, reaches {len(pfns)}")
@@ -99,6 +111,9 @@ def check_reach(host: Host) -> None:
 
 
 _c = _binding.constant
+# Rights the root has on a child's page that is host-visible but not granted, by visibility.
+_VISIBLE_RIGHTS = {_c("HV_HOST_VISIBILITY_READ_ONLY"): _c("HV_MAP_GPA_READABLE"),
+                   _c("HV_HOST_VISIBILITY_READ_WRITE"): _c("HV_MAP_GPA_READABLE") | _c("HV_MAP_GPA_WRITABLE")}
 PORT_BUFFERS = _c("HV_PORT_MESSAGE_BUFFERS")
 SINT_COUNT = _c("HV_SYNIC_SINT_COUNT")
 STIMER_COUNT = _c("HV_SYNIC_STIMER_COUNT")
