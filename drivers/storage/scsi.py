@@ -10,7 +10,10 @@ way, and when the medium is involved, before anything moves.
 
 Commands: TEST UNIT READY; INQUIRY (standard data, VPD 0x00 supported pages, 0x80 unit serial
 number, 0x83 device identification); READ CAPACITY (10) and (16) (SERVICE ACTION IN 0x9E/0x10);
-READ and WRITE (10) and (16); SYNCHRONIZE CACHE (10), which makes every completed write durable.
+READ and WRITE (10) and (16); SYNCHRONIZE CACHE (10) and (16), which make every completed write
+durable. The medium has a volatile write cache (`VirtualDisk`): a WRITE completes once the file
+system has it, and is durable after the next SYNCHRONIZE CACHE, or at once with the FUA bit (a
+FUA write flushes the whole cache, which SBC allows: more than that write becomes durable).
 The target (`report_luns`): REPORT LUNS, addressed to any LUN, present or not (SPC-4 6.33).
 
 Errors are CHECK CONDITION with fixed-format sense (the SRB status is chosen as OpenVMM's
@@ -47,9 +50,11 @@ VENDOR = "Msft"          # what Hyper-V's virtual disks report
 PRODUCT = "Virtual Disk"
 REVISION = "1.0"
 
+SYNCHRONIZE_CACHE_16 = 0x91
+FUA = 0x08              # byte 1 of READ/WRITE (10)/(16): force unit access
 _CDB_LENGTH = {Op.TEST_UNIT_READY: 6, Op.INQUIRY: 6, Op.READ_CAPACITY_10: 10, Op.READ_10: 10,
                Op.WRITE_10: 10, Op.SYNCHRONIZE_CACHE_10: 10, Op.READ_16: 16, Op.WRITE_16: 16,
-               Op.SERVICE_ACTION_IN_16: 16}
+               Op.SERVICE_ACTION_IN_16: 16, SYNCHRONIZE_CACHE_16: 16}
 _REPORT_LUNS_CDB = 12   # the target's command: a logical unit on its own does not know its peers
 _VPD_PAGES = (0x00, 0x80, 0x83)
 
@@ -146,12 +151,15 @@ class ScsiDisk:
             return self._data_in(op, data, alloc, buffer_length)
         if op in (Op.READ_10, Op.WRITE_10):
             lba, blocks = struct.unpack_from(">I", cdb, 2)[0], struct.unpack_from(">H", cdb, 7)[0]
-            return self._decode_rw(op, lba, blocks, op == Op.WRITE_10, buffer_length)
+            return self._decode_rw(op, lba, blocks, op == Op.WRITE_10, buffer_length, bool(cdb[1] & FUA))
         if op in (Op.READ_16, Op.WRITE_16):
             lba, blocks = struct.unpack_from(">QI", cdb, 2)
-            return self._decode_rw(op, lba, blocks, op == Op.WRITE_16, buffer_length)
-        assert op == Op.SYNCHRONIZE_CACHE_10
-        lba, blocks = struct.unpack_from(">I", cdb, 2)[0], struct.unpack_from(">H", cdb, 7)[0]
+            return self._decode_rw(op, lba, blocks, op == Op.WRITE_16, buffer_length, bool(cdb[1] & FUA))
+        if op == SYNCHRONIZE_CACHE_16:
+            lba, blocks = struct.unpack_from(">QI", cdb, 2)
+        else:
+            assert op == Op.SYNCHRONIZE_CACHE_10
+            lba, blocks = struct.unpack_from(">I", cdb, 2)[0], struct.unpack_from(">H", cdb, 7)[0]
         if lba + blocks > self.blocks:
             return illegal(Asc.LBA_OUT_OF_RANGE)
         return Command(op, Direction.NONE, 0, True, self._flush)
@@ -200,7 +208,7 @@ class ScsiDisk:
         return Command(op, Direction.IN, n, False, run)
 
     def _decode_rw(self, op: int, lba: int, blocks: int, write: bool,
-                   buffer_length: int) -> Command | ScsiResult:
+                   buffer_length: int, fua: bool = False) -> Command | ScsiResult:
         if lba + blocks > self.blocks or (blocks == 0 and lba > self.blocks):
             return illegal(Asc.LBA_OUT_OF_RANGE)
         if write and self.disk.read_only:
@@ -210,7 +218,9 @@ class ScsiDisk:
             return _overrun()
         offset = lba * BLOCK_SIZE
         if write:
-            return Command(op, Direction.OUT, length, True, lambda buf: self._write(offset, buf[:length]))
+            return Command(op, Direction.OUT, length, True, lambda buf: self._write(offset, buf[:length], fua))
+        # A FUA read reads the medium; the cache never holds anything the file does not, so
+        # every read already does.
         return Command(op, Direction.IN, length, True, lambda buf: self._read(offset, buf[:length]))
 
     # -- execute (only the medium can fail now) ------------------------------------------------
@@ -223,9 +233,11 @@ class ScsiDisk:
             return check_condition(SenseKey.MEDIUM_ERROR, Asc.UNRECOVERED_READ_ERROR)
         return ScsiResult(ScsiStatus.GOOD, SrbStatus.SUCCESS, len(buf))
 
-    def _write(self, offset: int, buf: memoryview) -> ScsiResult:
+    def _write(self, offset: int, buf: memoryview, fua: bool = False) -> ScsiResult:
         try:
             self.disk.write(offset, buf)
+            if fua:
+                self.disk.flush()
         except (OSError, VhdError):
             return check_condition(SenseKey.MEDIUM_ERROR, Asc.WRITE_ERROR)
         return ScsiResult(ScsiStatus.GOOD, SrbStatus.SUCCESS, len(buf))

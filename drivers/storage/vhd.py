@@ -4,16 +4,30 @@
 `drivers.storage.vhd_format`, file layout and the checks on opening in `drivers.storage.vhd_layout`;
 this module does the I/O and decides the order of updates.
 
-Invariants kept for every file written through a `VirtualDisk`:
+Durability is a disk's volatile write cache: `write` reaches the file system at once (pwrite; a
+read sees it at once), but is made durable only by `flush` (the guest's SYNCHRONIZE CACHE and
+FUA writes; checkpoints, saves and `close`). A crash (of hvsim or of the host) may lose writes
+since the last flush, never more, and never leaves the file inconsistent. The rule that keeps it
+consistent: *metadata that makes data visible is written only after that data is durable.*
 
+- Data of a sector this file already holds (BAT entry and bitmap bit on the medium) is written
+  in place at once; a crash leaves the old or the new sector.
+- A sector bitmap bit newly set, and the BAT entry of a newly allocated block, are kept in
+  memory (reads use them at once) and written at the next `flush`: barrier (fdatasync: the data
+  and new blocks' bitmaps durable), then the bits and BAT entries, then a second barrier. So a
+  crash leaves every BAT entry and every set bitmap bit pointing at data that was really
+  written: never garbage. Data written to a block whose BAT entry a crash lost is unreachable
+  (the reader sees the parent's or zeros, as before the write); the space is not reused.
 - The last 512 bytes of the file are a valid footer at every moment (dynamic and differencing
   files also keep the identical copy at offset 0). A new block goes where the footer was, after
-  the footer has been moved to the new end and, with `write_barriers`, made durable.
-- A BAT entry is written only after the block's bitmap and data are written and, with
-  `write_barriers` (the default), flushed to stable storage; likewise a sector's bitmap bit is set
-  only after its data is durable. So a crash at any point leaves every BAT entry and every set
-  bitmap bit pointing at data that was really written: never garbage.
+  the footer has been moved to the new end and made durable: that is the one barrier outside a
+  flush, one per block allocated (a file system may persist a longer file size before its new
+  last sector, so without it a crash could leave a file ending in zeros).
 - Blocks are appended past everything else, so no write lands on metadata or on another block.
+
+`write_barriers=False` (working copies nobody needs after a power cut) keeps the same order of
+writes but drops the barriers that order them; `flush` still ends with an fdatasync, so what a
+guest asks to be durable is. `syncs` counts the fdatasync calls made.
 
 Opening takes an advisory `flock` on the file: exclusive for read-write, shared for read-only, so
 two writers, or a writer and a disk using the file as a parent, cannot run together.
@@ -89,6 +103,12 @@ class VirtualDisk:
         self._parent = parent
         self._parent_path = parent_path
         self._bitmaps: dict[int, int] = {}  # block index → sector bitmap (bit i = sector i)
+        # The write cache: BAT entries and bitmaps ahead of the file, written at the next flush
+        # (after a barrier), and whether anything was written since the last one.
+        self._pending_bat: set[int] = set()
+        self._pending_bits: set[int] = set()
+        self._dirty = False
+        self._syncs = 0
         # Where the trailing footer starts: the next block goes here.
         self._end = meta.file_size - FOOTER_SIZE
         self._size = footer.current_size
@@ -230,6 +250,11 @@ class VirtualDisk:
         return self._fd < 0
 
     @property
+    def syncs(self) -> int:
+        """fdatasync calls made on this file so far (barriers and flushes)."""
+        return self._syncs
+
+    @property
     def block_size(self) -> int | None:
         return self._block_size if self._header is not None else None
 
@@ -302,6 +327,7 @@ class VirtualDisk:
             raise VhdError(f"{self._path}: opened read-only; cannot write")
         if not view:
             return
+        self._dirty = True
         if self._header is None:
             self._pwrite(view, offset)
             return
@@ -322,10 +348,24 @@ class VirtualDisk:
         self._write_sectors(offset, view)
 
     def flush(self) -> None:
-        """Make every completed write durable (fsync)."""
+        """Make every completed write durable: when metadata was held back since the last flush
+        (bitmap bits, BAT entries), a barrier and that metadata; then fdatasync. Nothing to do
+        (no sync) when nothing was written since the last flush."""
         self._check_open()
-        if not self._read_only:
-            os.fsync(self._fd)
+        if self._read_only or not self._dirty:
+            return
+        if self._pending_bits or self._pending_bat:
+            self._barrier()
+            for block in sorted(self._pending_bits):
+                self._pwrite(memoryview(bitmap_to_disk(self._bitmaps[block], self._bitmap_size)),
+                             self._bat[block] * SECTOR_SIZE)
+            for block in sorted(self._pending_bat):
+                self._pwrite(memoryview(pack_bat_entry(self._bat[block])),
+                             self._header.table_offset + 4 * block)
+            self._pending_bits.clear()
+            self._pending_bat.clear()
+        self._sync()
+        self._dirty = False
 
     def own_ranges(self) -> Iterator[tuple[int, int]]:
         """(offset, length) of the byte ranges this file itself holds: every byte of a fixed
@@ -345,12 +385,17 @@ class VirtualDisk:
                     yield start, min(count * SECTOR_SIZE, self._size - start)
 
     def close(self) -> None:
-        """Close the file and its parents. Idempotent. Does not flush: call `flush` for that."""
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)  # also drops the flock
-        if self._parent is not None:
-            self._parent.close()
+        """Flush (as a disk does on shutdown), then close the file and its parents. Idempotent;
+        the file is closed even when the flush fails (and the error is raised)."""
+        try:
+            if self._fd >= 0:
+                self.flush()
+        finally:
+            if self._fd >= 0:
+                fd, self._fd = self._fd, -1
+                os.close(fd)  # also drops the flock
+            if self._parent is not None:
+                self._parent.close()
 
     def __enter__(self) -> VirtualDisk:
         return self
@@ -452,21 +497,21 @@ class VirtualDisk:
                 bits = self._bitmap(block)
                 mask = sector_mask(in_block // SECTOR_SIZE, chunk // SECTOR_SIZE)
                 if bits & mask != mask:
-                    # The data must be durable before the bits that make it visible.
-                    self._barrier()
-                    bits |= mask
-                    self._pwrite(memoryview(bitmap_to_disk(bits, self._bitmap_size)), entry * SECTOR_SIZE)
-                    self._bitmaps[block] = bits
+                    # The data must be durable before the bits that make it visible: the bits
+                    # reach the file at the next flush, after its barrier.
+                    self._bitmaps[block] = bits | mask
+                    self._pending_bits.add(block)
 
     def _allocate(self, block: int, in_block: int, src: memoryview) -> None:
         """Give `block` space at the end of the file and write `src` into it at `in_block`.
 
-        Order: footer at the new end, barrier; bitmap (over the old footer) and data, barrier;
-        BAT entry. The first barrier keeps a valid footer at the end of the file whatever the
-        disk reorders; the second keeps the BAT entry from reaching the disk before the block.
-        The block's other bytes are a hole past the old end of file, so they read as zeros.
+        Order: footer at the new end, barrier; bitmap (over the old footer) and data. The
+        barrier keeps a valid footer at the end of the file whatever the file system reorders.
+        The BAT entry waits for the next flush (after its barrier), so it never reaches the disk
+        before the block. The block's other bytes are a hole past the old end of file, so they
+        read as zeros.
         """
-        assert self._bat is not None
+        assert self._bat is not None and self._header is not None
         at = sector_align(self._end)
         new_end = at + self._bitmap_size + self._block_size
         if at // SECTOR_SIZE >= UNALLOCATED:
@@ -479,17 +524,23 @@ class VirtualDisk:
             bits = sector_mask(in_block // SECTOR_SIZE, len(src) // SECTOR_SIZE)
         self._pwrite(memoryview(self._footer_bytes), new_end)
         self._barrier()
+        self._end = new_end
+        # The bitmap as it stands goes now (before the flush's first barrier): the block is
+        # unreachable until its BAT entry is written, and that is after the barrier.
         self._pwrite(memoryview(bitmap_to_disk(bits, self._bitmap_size)), at)
         self._pwrite(src, at + self._bitmap_size + in_block)
-        self._barrier()
-        self._pwrite(memoryview(pack_bat_entry(at // SECTOR_SIZE)), self._header.table_offset + 4 * block)
         self._bat[block] = at // SECTOR_SIZE
         self._bitmaps[block] = bits
-        self._end = new_end
+        self._pending_bat.add(block)
 
     def _barrier(self) -> None:
+        """Order: writes before it reach stable storage before any write after it."""
         if self._barriers:
-            os.fdatasync(self._fd)
+            self._sync()
+
+    def _sync(self) -> None:
+        os.fdatasync(self._fd)
+        self._syncs += 1
 
     def _pwrite(self, view: memoryview, at: int) -> None:
         done = 0

@@ -263,3 +263,57 @@ def test_any_cdb_decodes_to_a_command_or_a_check_condition(fuzz_target, cdb, buf
     result = command.execute(memoryview(guard)[:buffer_length])
     assert result.ok and result.transferred <= command.length
     assert guard[buffer_length:] == b"\xEE" * 16   # never past the buffer
+
+
+# -- the write cache: durability where the initiator asks for it ------------------------------
+
+
+@pytest.fixture
+def durable(tmp_path):
+    """A disk with write barriers (fdatasync), block 0 already allocated and flushed."""
+    with VirtualDisk.create(tmp_path / "w.vhd", SIZE, "dynamic") as vd:
+        vd.write(0, bytes(512))
+        vd.flush()
+        yield vd
+
+
+def _sync_cache(op, lba=0, blocks=0):
+    if op == Op.SYNCHRONIZE_CACHE_10:
+        return struct.pack(">BBIBHB", op, 0, lba, 0, blocks, 0)
+    return struct.pack(">BBQIBB", op, 0, lba, blocks, 0, 0)
+
+
+@pytest.mark.parametrize("write_op", [Op.WRITE_10, Op.WRITE_16])
+@pytest.mark.parametrize("sync_op", [Op.SYNCHRONIZE_CACHE_10, 0x91])   # (10) and (16)
+def test_writes_are_made_durable_by_synchronize_cache_only(durable, write_op, sync_op):
+    target = ScsiDisk(durable)
+    before = durable.syncs
+    for lba in range(1, 40, 3):
+        assert target.run(rw(write_op, lba, 2), b"d" * 1024).ok
+    assert durable.syncs == before                      # in the cache, not yet durable
+    assert target.run(_sync_cache(sync_op), bytearray()).ok
+    assert durable.syncs == before + 1                  # one fdatasync: nothing was held back
+    assert target.run(_sync_cache(sync_op), bytearray()).ok
+    assert durable.syncs == before + 1                  # nothing written since
+
+
+@pytest.mark.parametrize("write_op", [Op.WRITE_10, Op.WRITE_16])
+def test_a_fua_write_is_durable_when_it_completes(durable, write_op):
+    target = ScsiDisk(durable)
+    cdb = bytearray(rw(write_op, 5, 1))
+    cdb[1] |= 0x08                                      # FUA
+    before = durable.syncs
+    assert target.run(bytes(cdb), b"f" * 512).ok
+    assert durable.syncs == before + 1
+    assert durable.read(5 * 512, 512) == b"f" * 512
+    read = bytearray(rw(Op.READ_10 if write_op == Op.WRITE_10 else Op.READ_16, 5, 1))
+    read[1] |= 0x08                                     # a FUA read is an ordinary read here
+    buf = bytearray(512)
+    assert target.run(bytes(read), buf).ok and buf == b"f" * 512
+    assert durable.syncs == before + 1
+
+
+def test_synchronize_cache_16_checks_its_range(target):
+    assert target.run(_sync_cache(0x91, BLOCKS - 1, 1), bytearray()).ok
+    result = target.run(_sync_cache(0x91, BLOCKS, 1), bytearray())
+    assert sense_of(result) == (SenseKey.ILLEGAL_REQUEST, Asc.LBA_OUT_OF_RANGE, 0)

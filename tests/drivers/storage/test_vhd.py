@@ -288,6 +288,7 @@ def _record_io(monkeypatch) -> list:
 
     monkeypatch.setattr(VirtualDisk, "_pwrite", pwrite)
     monkeypatch.setattr(VirtualDisk, "_barrier", lambda self: log.append("barrier"))
+    monkeypatch.setattr(VirtualDisk, "_sync", lambda self: log.append("barrier"))
     return log
 
 
@@ -313,8 +314,12 @@ def _crash_images(before: bytes, log: list):
 
 
 @pytest.mark.parametrize("kind", ["dynamic", "differencing"])
-@pytest.mark.parametrize("offset", [SMALL_BLOCK + 512, 7])  # a new block; an allocated one
-def test_every_crash_state_of_a_write_reads_old_or_new_sectors(tmp_path, monkeypatch, kind, offset):
+@pytest.mark.parametrize("offsets", [
+    [SMALL_BLOCK + 512],                    # a new block
+    [7],                                    # an allocated one (new sectors of it, if differencing)
+    [7, SMALL_BLOCK + 512, 2 * SMALL_BLOCK - 700],  # both, then across a block boundary
+])
+def test_every_crash_state_of_a_write_reads_old_or_new_sectors(tmp_path, monkeypatch, kind, offsets):
     parent = tmp_path / "p.vhd"
     old = bytearray(ODD_SIZE)
     with make(parent, "dynamic") as disk:
@@ -327,25 +332,143 @@ def test_every_crash_state_of_a_write_reads_old_or_new_sectors(tmp_path, monkeyp
         old[0:512] = b"\1" * 512
     before = path.read_bytes()
     new = bytearray(old)
-    new[offset:offset + 1500] = b"\2" * 1500
     log = _record_io(monkeypatch)
-    with VirtualDisk.open(path) as disk:
-        disk.write(offset, b"\2" * 1500)
+    with VirtualDisk.open(path) as disk:  # closing flushes: the writes become durable
+        for i, offset in enumerate(offsets):
+            disk.write(offset, bytes([2 + i]) * 1500)
+            new[offset:offset + 1500] = bytes([2 + i]) * 1500
     monkeypatch.undo()
-    if "barrier" in log:  # metadata changed: it is written last, after a barrier
-        assert log[-1] != "barrier" and log[-2] == "barrier"
-    first, last = offset // 512, (offset + 1500 - 1) // 512
+    assert log[-1] == "barrier"
+    touched = sorted({s for offset in offsets for s in range(offset // 512, (offset + 1500 - 1) // 512 + 1)})
     states = 0
-    for image in _crash_images(before, log):
+    images = list(_crash_images(before, log))
+    for image in images:
         crashed = tmp_path / "crashed.vhd"
         crashed.write_bytes(image)
         with VirtualDisk.open(crashed, read_only=True) as disk:
-            for sector in range(first, last + 1):
+            for sector in touched:
                 got = disk.read(sector * 512, 512)
                 assert got in (old[sector * 512:sector * 512 + 512], new[sector * 512:sector * 512 + 512])
         crashed.unlink()
         states += 1
     assert states >= 2
+    # After the flush's last barrier nothing is left to lose: the last image is the new disk.
+    assert images[-1] == path.read_bytes()
+    with VirtualDisk.open(path, read_only=True) as disk:
+        assert disk.read(0, ODD_SIZE) == new
+
+
+def test_a_crash_before_a_flush_loses_only_unflushed_writes(tmp_path, monkeypatch):
+    """With nothing flushed after the writes, every crash state reads as before them or after."""
+    parent = tmp_path / "p.vhd"
+    with make(parent, "dynamic") as disk:
+        disk.write(0, pattern(9, ODD_SIZE))
+    path = tmp_path / "d.vhd"
+    make(path, "differencing", parent=parent).close()
+    before = path.read_bytes()
+    log = _record_io(monkeypatch)
+    disk = VirtualDisk.open(path)
+    disk.write(SMALL_BLOCK + 7, b"\3" * 3000)
+    disk.write(512, b"\4" * 512)
+    with VirtualDisk.open(parent, read_only=True) as base:
+        old = base.read(0, ODD_SIZE)
+    new = disk.read(0, ODD_SIZE)
+    log_before_close = list(log)
+    disk.close()
+    monkeypatch.undo()
+    # One barrier per block allocated (the footer moved), none for the writes themselves.
+    assert log_before_close.count("barrier") == 2
+    for image in _crash_images(before, log_before_close):
+        crashed = tmp_path / "crashed.vhd"
+        crashed.write_bytes(image)
+        with VirtualDisk.open(crashed, read_only=True) as disk:
+            got = disk.read(0, ODD_SIZE)
+            for s in range(0, ODD_SIZE, 512):
+                assert got[s:s + 512] in (old[s:s + 512], new[s:s + 512])
+        crashed.unlink()
+
+
+# --- the write cache: syncs only where durability is asked for ---------------------------------
+
+@pytest.fixture
+def fdatasyncs(monkeypatch) -> list:
+    calls: list = []
+    real = os.fdatasync
+
+    def counted(fd):
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counted)
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["fixed", "dynamic", "differencing"])
+def test_writes_without_a_flush_sync_only_when_a_block_is_allocated(tmp_path, fdatasyncs, kind):
+    parent = tmp_path / "p.vhd"
+    if kind == "differencing":
+        make(parent, "dynamic").close()
+    path = tmp_path / "d.vhd"
+    with make(path, kind, parent=parent if kind == "differencing" else None) as disk:
+        if kind != "fixed":
+            disk.write(0, bytes(512))   # block 0 allocated (sector 0 present if differencing): a barrier
+        fdatasyncs.clear()
+        # 200 writes inside block 0, each to sectors not yet present in a differencing disk
+        # (a bitmap change each): no sync at all.
+        for i in range(200):
+            disk.write((i * 512 * 7) % (SMALL_BLOCK - 1024), b"x" * 700)
+        assert fdatasyncs == []
+        assert disk.syncs == (0 if kind == "fixed" else 1)
+        # New blocks cost one barrier each (the footer moves to the new end first).
+        if kind != "fixed":
+            for block in range(1, 5):
+                disk.write(block * SMALL_BLOCK + 512, b"y" * 512)
+            assert len(fdatasyncs) == 4
+        fdatasyncs.clear()
+        disk.flush()
+        # The flush: one barrier, and one more when metadata was held back for it.
+        assert len(fdatasyncs) == (1 if kind == "fixed" else 2)
+        fdatasyncs.clear()
+        disk.flush()  # nothing written since: nothing to sync
+        assert fdatasyncs == []
+
+
+def test_flush_writes_the_held_back_metadata_and_close_flushes(tmp_path, fdatasyncs):
+    parent = tmp_path / "p.vhd"
+    make(parent, "dynamic").close()
+    path = tmp_path / "d.vhd"
+    disk = make(path, "differencing", parent=parent)
+    disk.write(SMALL_BLOCK + 1024, b"z" * 512)
+    # Not yet on the file: a reader of the bytes sees block 1 unallocated.
+    raw_bat_entry = lambda: struct.unpack_from(">I", path.read_bytes(), _bat_offset(path) + 4)[0]
+    assert raw_bat_entry() == 0xFFFF_FFFF
+    disk.flush()
+    assert raw_bat_entry() != 0xFFFF_FFFF
+    disk.write(SMALL_BLOCK + 2048, b"w" * 512)  # a new sector of an allocated block: bit held back
+    fdatasyncs.clear()
+    disk.close()
+    assert len(fdatasyncs) == 2
+    with VirtualDisk.open(path, read_only=True) as again:
+        assert again.read(SMALL_BLOCK + 1024, 512) == b"z" * 512
+        assert again.read(SMALL_BLOCK + 2048, 512) == b"w" * 512
+
+
+def test_without_write_barriers_only_a_flush_syncs(tmp_path, fdatasyncs):
+    path = tmp_path / "d.vhd"
+    with make(path, "dynamic", write_barriers=False) as disk:
+        for block in range(4):
+            disk.write(block * SMALL_BLOCK + 3, b"q" * 4096)
+        assert disk.syncs == 0
+        disk.flush()
+        assert disk.syncs == 1
+    assert len(fdatasyncs) == 1
+    with VirtualDisk.open(path, read_only=True) as again:
+        assert again.read(3 * SMALL_BLOCK + 3, 4096) == b"q" * 4096
+
+
+def _bat_offset(path: Path) -> int:
+    raw = path.read_bytes()
+    return DynamicHeader.unpack(raw[512:1536], str(path)).table_offset
 
 
 # --- corrupt files -----------------------------------------------------------------------------
