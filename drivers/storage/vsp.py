@@ -534,8 +534,12 @@ class StorVsp(Vsp):
         """The VM is being saved. Requests in service stay in service (they are in `outstanding`
         and in the saved record): their completion timers stand still with the VM, so each one
         moves its data and completes after the restore, into the restored pool and ring, as
-        long after it as it had left. Nothing is written to the guest meanwhile."""
+        long after it as it had left. Nothing is written to the guest meanwhile. The disks are
+        flushed: what the guest wrote before the save is durable with the saved state."""
         self._quiesced_at = self.context.now()
+        for lun in self.luns:
+            if lun is not None and not lun.disk.closed:
+                lun.disk.flush()
 
     def resume(self) -> None:
         """Each medium's queue stood still too: what it still owed ends as much later."""
