@@ -116,6 +116,12 @@ def hv_partition_write(h, partition_id: int, gpa: int, data: bytes) -> bool:
                                   ffi.from_buffer(data), len(data)) == 0
 
 
+def hv_partition_overlay_gpa(h, partition_id: int) -> int | None:
+    """The GPA of the partition's hypercall page while it is enabled, else None."""
+    gpa = lib.hv_partition_overlay_gpa(h, partition_id)
+    return None if gpa < 0 else gpa
+
+
 def hv_check_set_vp_registers(h, caller_id: int, block: bytes, count: int) -> int:
     if len(block) != 16 + 32 * count:
         raise ValueError(f"SetVpRegisters block of {len(block)} bytes for {count} elements")

@@ -63,7 +63,7 @@ _rax = _binding.constant("HV_X64_REGISTER_RAX")
 _regs = [(n, _rax + i) for i, n in enumerate(_GP)]
 _regs += [(n, _binding.constant("HV_X64_REGISTER_" + n)) for n in ("RIP", "RFLAGS", "CR0", "CR3", "CR4")]
 _regs += [(n, _binding.constant("HV_REGISTER_" + n)) for n in
-          ("VP_RUNTIME", "GUEST_OS_ID", "VP_INDEX", "TIME_REF_COUNT", "SCONTROL", "SVERSION",
+          ("VP_RUNTIME", "HYPERCALL", "GUEST_OS_ID", "VP_INDEX", "TIME_REF_COUNT", "SCONTROL", "SVERSION",
            "SIEFP", "SIMP", "EOM")]
 _regs += [(f"SINT{i}", _binding.constant("HV_REGISTER_SINT0") + i) for i in range(16)]
 _stimer0 = _binding.constant("HV_REGISTER_STIMER0_CONFIG")

@@ -41,6 +41,16 @@ class HypercallResult:
         return self
 
 
+class OverlayFault(MemoryError):
+    """A store to a GPA page that a hypervisor-provided overlay page (the hypercall page) covers:
+    the overlay is read and execute only, and the store changed nothing."""
+
+    def __init__(self, partition_id: int, gpa: int, length: int, overlay_gpa: int):
+        super().__init__(f"partition {partition_id}: the store to GPA {gpa:#x}+{length} faults: GPA "
+                         f"{overlay_gpa:#x} is the hypercall page, a hypervisor overlay (read and execute only)")
+        self.gpa, self.length, self.overlay_gpa = gpa, length, overlay_gpa
+
+
 def _round8(n: int) -> int:
     return (n + 7) & ~7
 
@@ -349,6 +359,9 @@ class Partition:
     def write(self, gpa: int, data: bytes) -> None:
         """A store to this partition's own memory, as its guest code would do it."""
         if not _binding.hv_partition_write(self.host._h, self.id, gpa, bytes(data)):
+            overlay = _binding.hv_partition_overlay_gpa(self.host._h, self.id)
+            if overlay is not None and gpa < overlay + PAGE_SIZE and overlay < gpa + len(data):
+                raise OverlayFault(self.id, gpa, len(data), overlay)
             raise MemoryError(f"partition {self.id}: GPA {gpa:#x}+{len(data)} is not writable by it")
 
     # ---- ports, connections, messages and events (synic) ----

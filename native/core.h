@@ -16,6 +16,7 @@
 #include "api/core.h"
 #include "api/grant.h"
 #include "api/visibility.h"
+#include "api/overlay.h"
 #include "synic.h"
 #include "port.h"
 
@@ -133,6 +134,8 @@ struct hv_partition {
     bool started;                 /* its VPs take part in scheduling */
     uint64_t granted_pages;       /* pages of its live grants to its parent (not own views) */
     uint32_t grant_mappings;      /* mappings its live grants and own views cost the process */
+    uint64_t hypercall_msr;       /* HV_X64_MSR_HYPERCALL: while enabled, the hypercall page overlays
+                                     that GPA page: reads see the overlay, writes fault (overlay.c) */
 };
 
 
@@ -295,6 +298,10 @@ void hv_pool_give_back(struct hv_host *h, struct hv_partition *p, uint64_t pfn);
 bool hv_guest_read(struct hv_host *h, const struct hv_partition *p, uint64_t gpa, void *buf, size_t len);
 bool hv_guest_write(struct hv_host *h, const struct hv_partition *p, uint64_t gpa, const void *buf, size_t len);
 
+/* ---- overlay.c: the hypercall page over a partition's GPA space ---- */
+bool hv_overlay_covers(const struct hv_partition *p, uint64_t gpa_page);
+void hv_overlay_read(size_t off, uint8_t *buf, size_t len); /* bytes of the hypercall page */
+uint16_t hv_overlay_check_msr(struct hv_host *h, const struct hv_partition *p, const struct hv_vp *vp, uint64_t value);
 /* ---- grant.c ---- */
 /* A grant (visible = 0) or host-visible view (visible = the HV_HOST_VISIBILITY_* every page needs)
  * of child p's pages; a page not visible enough is refused with ACCESS_DENIED and put in *bad. */

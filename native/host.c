@@ -275,6 +275,7 @@ void hv_state_digest(struct hv_host *h, int include_memory, uint8_t *out)
         dg(&d, ((uint64_t)p->cpu_reserve << 40) | ((uint64_t)p->cpu_cap << 20) | p->cpu_weight);
         dg(&d, p->pages_owned);
         dg(&d, p->gpa_mapped);
+        dg(&d, p->hypercall_msr);
         dg_list(&d, &p->pool_free);
         dg_list(&d, &p->pool_used);
         for (uint32_t i = 0; i < HV_MAX_VPS; i++) {

@@ -205,6 +205,7 @@ enum hv_status {
 #define HV_X64_REGISTER_CR3     0x00040002u
 #define HV_X64_REGISTER_CR4     0x00040003u
 #define HV_REGISTER_VP_RUNTIME  0x00090000u /* read-only: ns of run time / 100 */
+#define HV_REGISTER_HYPERCALL   0x00090001u /* HV_X64_MSR_HYPERCALL (0x40000001), partition-wide */
 #define HV_REGISTER_GUEST_OS_ID 0x00090002u
 #define HV_REGISTER_VP_INDEX    0x00090003u /* read-only */
 #define HV_REGISTER_TIME_REF_COUNT 0x00090004u /* read-only: partition reference time, 100 ns */
@@ -338,6 +339,10 @@ _Static_assert(sizeof(struct hv_register_assoc) == 32, "HV_REGISTER_ASSOC is 32 
 #define HV_SYNIC_PAGE_ENABLE     0x1ull
 #define HV_SYNIC_PAGE_RSVD_MASK  0xFFEull
 #define HV_SYNIC_PAGE_GPFN_SHIFT 12
+/* HV_X64_MSR_HYPERCALL: bit 0 enable, bit 1 locked, 11:2 RsvdP, 63:12 GPFN of the hypercall page. */
+#define HV_HYPERCALL_MSR_ENABLE  0x1ull
+#define HV_HYPERCALL_MSR_LOCKED  0x2ull
+#define HV_HYPERCALL_MSR_RSVD_MASK 0xFFCull
 
 /* Synthetic timers: STIMERn_CONFIG = HV_REGISTER_STIMER0_CONFIG + 2n, STIMERn_COUNT = +2n+1. */
 #define HV_REGISTER_STIMER0_COUNT 0x000B0001u

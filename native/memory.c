@@ -6,7 +6,9 @@
  *  - a page changes owner only through hv_page_set_owner, which zeroes it first, so nothing a
  *    partition wrote ever reaches another owner;
  *  - a child's GPA map names only pages the child owns; its leaf tables live in pages of its
- *    pool (owner HV), so no partition can reach them.
+ *    pool (owner HV), so no partition can reach them;
+ *  - no store (a guest's, or the core's into guest memory) reaches a GPA page the hypercall page
+ *    overlays, and loads there see the overlay (overlay.c).
  * The SPA space is a sparse memory file (memfd) mapped once; the owner table, the dirty bitmap
  * and the grant counts are MAP_NORESERVE mappings: a 64 GiB host costs only the pages something
  * has touched. The memory file lets the core map any set of SPA pages contiguously (a grant's
@@ -147,6 +149,9 @@ uint64_t hv_gpa_entry(const struct hv_host *h, const struct hv_partition *p, uin
 bool hv_gpa_translate(struct hv_host *h, const struct hv_partition *p, uint64_t gpa_page,
                       uint32_t rights, uint64_t *pfn)
 {
+    /* The hypercall page overlays this GPA page: no store reaches the page under it (overlay.c). */
+    if ((rights & HV_MAP_GPA_WRITABLE) && hv_overlay_covers(p, gpa_page))
+        return false;
     if (p->slot == 0) {
         /* The root sees its own pages, pages its children granted it and pages they made host
          * visible (with the access they chose), at GPA == SPA. */
@@ -249,7 +254,9 @@ static bool guest_copy(struct hv_host *h, const struct hv_partition *p, uint64_t
         if (n > len - done)
             n = len - done;
         hv_gpa_translate(h, p, a >> HV_PAGE_SHIFT, rights, &pfn);
-        if (write) {
+        if (!write && hv_overlay_covers(p, a >> HV_PAGE_SHIFT)) {
+            hv_overlay_read(off, buf + done, n); /* a load sees the overlay, not the page under it */
+        } else if (write) {
             memcpy(hv_spa_page(h, pfn) + off, buf + done, n);
             hv_page_mark_dirty(h, pfn);
         } else {

@@ -1,7 +1,8 @@
 /* vp.c: virtual processors: CreateVp, DeleteVp and the register subset of Get/SetVpRegisters.
  *
  * Registers hvsim implements (HV_REGISTER_NAME): RAX..R15, RIP, RFLAGS, CR0, CR3, CR4,
- * GuestOsId, VpIndex (read-only), VpRuntime (read-only), TimeRefCount (read-only).
+ * GuestOsId, Hypercall (partition-wide; the hypercall page, overlay.c), VpIndex (read-only),
+ * VpRuntime (read-only), TimeRefCount (read-only).
  * A partition may read and write its own VPs' registers when it holds the privilege that gates
  * the register; the parent reaches its children's VPs only with AccessVpRegisters.
  */
@@ -94,6 +95,7 @@ static int register_privilege(uint32_t name)
         return 64; /* architectural state: no synthetic privilege */
     switch (name) {
     case HV_REGISTER_GUEST_OS_ID: return HV_PRIV_ACCESS_HYPERCALL_MSRS;
+    case HV_REGISTER_HYPERCALL: return HV_PRIV_ACCESS_HYPERCALL_MSRS;
     case HV_REGISTER_VP_INDEX: return HV_PRIV_ACCESS_VP_INDEX;
     case HV_REGISTER_VP_RUNTIME: return HV_PRIV_ACCESS_VP_RUNTIME_REG;
     case HV_REGISTER_TIME_REF_COUNT: return HV_PRIV_ACCESS_PARTITION_REF_COUNTER;
@@ -128,6 +130,7 @@ static uint64_t register_read(struct hv_host *h, struct hv_partition *p, struct 
     case HV_REGISTER_VP_INDEX: return vp->index;
     case HV_REGISTER_VP_RUNTIME: return vp->run_time_ns / 100;
     case HV_REGISTER_TIME_REF_COUNT: return h->now / 100; /* reference time counts 100 ns */
+    case HV_REGISTER_HYPERCALL: return p->hypercall_msr;
     default: {
         uint64_t *slot = register_slot(vp, name);
         return slot ? *slot : hv_synic_get_register(h, p, vp, name);
@@ -205,7 +208,9 @@ static uint16_t set_registers_decode(struct hv_call *c, struct hv_vp **vp_out, s
         if (a.reserved1 || a.reserved2 || a.value_high)
             return HV_STATUS_INVALID_PARAMETER;
         st = check_register(c, a.name, self, true);
-        if (st == HV_STATUS_SUCCESS && !register_slot(vp, a.name))
+        if (st == HV_STATUS_SUCCESS && a.name == HV_REGISTER_HYPERCALL)
+            st = hv_overlay_check_msr(c->h, p, vp, a.value_low);
+        else if (st == HV_STATUS_SUCCESS && !register_slot(vp, a.name))
             st = hv_synic_check_register(c->h, p, vp, a.name, a.value_low);
         if (st != HV_STATUS_SUCCESS)
             return st;
@@ -231,6 +236,8 @@ uint16_t hv_call_set_vp_registers(struct hv_call *c)
         uint64_t *slot = register_slot(vp, a.name);
         if (slot)
             *slot = a.value_low;
+        else if (a.name == HV_REGISTER_HYPERCALL)
+            p->hypercall_msr = a.value_low;
         else
             hv_synic_set_register(c->h, p, vp, a.name, a.value_low);
     }
