@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from hypervisor import _binding
-from hypervisor.abi import PAGE_SIZE
+from hypervisor.abi import MAX_VPS, PAGE_SIZE
 from hypervisor.grants import Grants
 from hypervisor.guest import GuestError, GuestRunner
 from hypervisor.introspect import Introspection
@@ -54,9 +54,11 @@ class Host:
             raise ValueError(f"logical_processors: expected 1..1024, got {logical_processors!r}")
         if not isinstance(smt, int) or smt < 1 or logical_processors % smt:
             raise ValueError(f"smt: expected a divisor of logical_processors ({logical_processors}), got {smt!r}")
-        root_vps = logical_processors if root_vps is None else root_vps
-        if not 1 <= root_vps <= 64:
-            raise ValueError(f"root_vps: expected 1..64, got {root_vps!r}")
+        # The root has a VP per LP, up to the core's VPs per partition (HV_MAX_VPS, 64): on a
+        # larger host the other LPs run only children's VPs.
+        root_vps = min(logical_processors, MAX_VPS) if root_vps is None else root_vps
+        if not isinstance(root_vps, int) or not 1 <= root_vps <= MAX_VPS:
+            raise ValueError(f"root_vps: expected 1..{MAX_VPS} (the core's VPs per partition), got {root_vps!r}")
         if not 1 <= reps_per_call <= 4095:
             raise ValueError(f"reps_per_call: expected 1..4095, got {reps_per_call!r}")
         if scheduler not in SCHEDULERS:

@@ -24,6 +24,7 @@
 
 #define HV_MAX_PARTITIONS 2048u      /* slots, root included (Hyper-V: 1,024 running VMs) */
 #define HV_MAX_VPS        64u        /* per partition (cost-model §5) */
+#define HV_ID_TABLE_SIZE  (2u * HV_MAX_PARTITIONS) /* partition id hash table (partition.c) */
 #define HV_MAX_GPA_PAGES  (1u << 24) /* a child's GPA space: 64 GiB */
 #define HV_LEAF_ENTRIES   512u       /* GPA map leaf table: one 4 KiB page of 8-byte entries */
 #define HV_HV_RESERVED_PAGES 16u     /* SPA pages the hypervisor keeps for itself at boot */
@@ -82,7 +83,12 @@ struct hv_vp {
     uint32_t resume_reason;      /* HV_RESUME_* it will report to its guest */
     bool in_resume_list;
     bool sleeping;               /* halted by a guest sleep: only its timeout wakes it */
+    bool interruptible;          /* its work is an HV_STEP_COMPUTE_INTR: an interrupt ends it */
+    uint64_t work_left_ns;       /* what an interrupt left of that work, for its resume record */
     int32_t rq_pos;              /* index in host->rq, -1 if not runnable */
+    uint32_t rq_class;           /* its heap in host->rq_heap while runnable (HV_RQ_*) */
+    uint32_t rq_hpos;            /* its index in that heap (valid while rq_pos >= 0) */
+    uint64_t window_epoch;       /* the window window_used_ns counts; older: it counts 0 (hv_sched_window_used) */
 };
 
 struct hv_page_list {             /* a growable array of SPA pfns */
@@ -226,6 +232,10 @@ struct hv_host {
     struct hv_page_list free_pages;/* SPA pages owned by nobody (owner HV_OWNER_FREE), all zero */
     uint64_t hv_pages;            /* pages owned by the hypervisor (reserved + every pool) */
     struct hv_partition *parts[HV_MAX_PARTITIONS]; /* by slot; slot 0 is the root */
+    uint64_t slots_used[HV_MAX_PARTITIONS / 64]; /* bitmap: slot s holds a partition (parts[s] != NULL) */
+    /* Live partitions by id: open addressing with linear probing, backward-shift deletion (no
+     * tombstones), at most half full; a deleted partition's id is gone from it at once. */
+    struct hv_partition *by_id[HV_ID_TABLE_SIZE];
     uint64_t next_partition_id;   /* next id CreatePartition hands out */
     uint32_t current_slot, current_vp; /* the caller of the hypercall in progress */
     struct hv_port_space ports;   /* ports and connections of every partition (port.c) */
@@ -243,6 +253,16 @@ struct hv_host {
     struct hv_digest trace;       /* running digest of every event and scheduling decision */
     struct hv_vp **rq;            /* runnable VPs (order irrelevant: picks break ties by id) */
     uint32_t nr_rq, cap_rq;
+    /* The fair-share run queue (sched_classic.c): the runnable VPs again, in three binary min-heaps
+     * on (vruntime, slot, VP index), one per class: under its reserve, the rest, capped. A class
+     * depends on the window's use and the partition's controls, which only change for runnable
+     * VPs at a window or a control change: then rq_stale says the heaps must be sorted again. */
+    struct hv_vp **rq_heap[3];
+    uint32_t nr_rq_heap[3], cap_rq_heap[3];
+    bool rq_stale;
+    uint64_t window_epoch;        /* accounting windows started so far */
+    bool sched_check;             /* debug: every pick is checked against a scan of host->rq */
+    uint64_t sched_checked, sched_mismatches;
     uint64_t events_processed;
     struct hv_vp **resume;        /* VPs whose Python guest must take its next step */
     uint32_t nr_resume, cap_resume;
@@ -274,6 +294,16 @@ void hv_sched_fair_charge(struct hv_host *h, struct hv_vp *vp, uint64_t ns);
 void hv_sched_fair_window(struct hv_host *h);
 void hv_sched_fair_rejoin(struct hv_host *h, struct hv_vp *vp);
 uint16_t hv_sched_fair_admit(struct hv_host *h, struct hv_partition *p);
+/* The run queue's index (sched_classic.c): run.c calls these as VPs join and leave host->rq; a
+ * change of a partition's reserve or cap calls hv_sched_controls_changed. */
+#define HV_RQ_RESERVE 0u  /* under its reserve in this window */
+#define HV_RQ_FAIR    1u
+#define HV_RQ_CAPPED  2u  /* at its cap until the next window */
+void hv_sched_rq_insert(struct hv_host *h, struct hv_vp *vp);
+void hv_sched_rq_erase(struct hv_host *h, struct hv_vp *vp);
+void hv_sched_controls_changed(struct hv_host *h);
+void hv_sched_rq_fini(struct hv_host *h);
+uint64_t hv_sched_window_used(const struct hv_host *h, const struct hv_vp *vp);
 
 /* ---- memory.c: SPA pages, owners, GPA maps, a partition's access to its own memory ---------- */
 int hv_mem_init(struct hv_host *h);

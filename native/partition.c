@@ -10,11 +10,54 @@
 
 #include "core.h"
 
+/* ---- partitions by id and by slot ------------------------------------------------------------
+ * Ids are handed out in ascending order and never reused; slots are reused, the lowest free one
+ * first. Both lookups are O(1): a bitmap of used slots (HV_MAX_PARTITIONS / 64 words) and an open
+ * addressing table of live ids, twice as large as the number of slots so it is never more than
+ * half full. Deletion shifts the following entries of the probe run back (no tombstones), so a
+ * lookup of a deleted (stale) id ends at an empty entry and finds nothing. */
+static uint32_t id_home(uint64_t id)
+{
+    return (uint32_t)((id * 0x9E3779B97F4A7C15ull) >> 32) & (HV_ID_TABLE_SIZE - 1);
+}
+
+static void id_insert(struct hv_host *h, struct hv_partition *p)
+{
+    uint32_t i = id_home(p->id);
+    while (h->by_id[i])
+        i = (i + 1) & (HV_ID_TABLE_SIZE - 1);
+    h->by_id[i] = p;
+}
+
+static void id_remove(struct hv_host *h, const struct hv_partition *p)
+{
+    uint32_t i = id_home(p->id);
+    while (h->by_id[i] != p)
+        i = (i + 1) & (HV_ID_TABLE_SIZE - 1);
+    /* Backward shift: move up every later entry of the run whose home is not in (i, j], so every
+     * entry stays reachable from its home without crossing an empty one. */
+    for (uint32_t j = (i + 1) & (HV_ID_TABLE_SIZE - 1); h->by_id[j]; j = (j + 1) & (HV_ID_TABLE_SIZE - 1)) {
+        uint32_t home = id_home(h->by_id[j]->id);
+        bool stays = i <= j ? (i < home && home <= j) : (i < home || home <= j);
+        if (stays)
+            continue;
+        h->by_id[i] = h->by_id[j];
+        i = j;
+    }
+    h->by_id[i] = NULL;
+}
+
+static uint32_t free_slot(const struct hv_host *h)
+{
+    for (uint32_t w = 0; w < HV_MAX_PARTITIONS / 64; w++)
+        if (~h->slots_used[w])
+            return w * 64 + (uint32_t)__builtin_ctzll(~h->slots_used[w]);
+    return HV_MAX_PARTITIONS;
+}
+
 struct hv_partition *hv_partition_alloc(struct hv_host *h, uint32_t parent_slot)
 {
-    uint32_t slot = 0;
-    while (slot < HV_MAX_PARTITIONS && h->parts[slot])
-        slot++;
+    uint32_t slot = free_slot(h);
     if (slot == HV_MAX_PARTITIONS)
         return NULL;
     struct hv_partition *p = calloc(1, sizeof(*p));
@@ -39,6 +82,8 @@ struct hv_partition *hv_partition_alloc(struct hv_host *h, uint32_t parent_slot)
     p->cpu_cap = 100;
     p->cpu_weight = 100;
     h->parts[slot] = p;
+    h->slots_used[slot / 64] |= 1ull << (slot % 64);
+    id_insert(h, p);
     return p;
 }
 
@@ -73,15 +118,17 @@ void hv_partition_destroy(struct hv_host *h, struct hv_partition *p)
     hv_page_list_free(&p->pool_free);
     free(p->gpa_leaf);
     free(p->gpa_leaf_count);
+    id_remove(h, p);
+    h->slots_used[p->slot / 64] &= ~(1ull << (p->slot % 64));
     h->parts[p->slot] = NULL;
     free(p);
 }
 
 struct hv_partition *hv_partition_by_id(struct hv_host *h, uint64_t id)
 {
-    for (uint32_t s = 0; s < HV_MAX_PARTITIONS; s++)
-        if (h->parts[s] && h->parts[s]->id == id)
-            return h->parts[s];
+    for (uint32_t i = id_home(id); h->by_id[i]; i = (i + 1) & (HV_ID_TABLE_SIZE - 1))
+        if (h->by_id[i]->id == id)
+            return h->by_id[i];
     return NULL;
 }
 
@@ -221,12 +268,14 @@ uint16_t hv_call_set_partition_property(struct hv_call *c)
             p->cpu_reserve = old;
             return HV_STATUS_NO_RESOURCES;
         }
+        hv_sched_controls_changed(c->h); /* its runnable VPs may change class */
         return HV_STATUS_SUCCESS;
     }
     case HV_PARTITION_PROPERTY_CPU_CAP:
         if (v < 1 || v > 100)
             return HV_STATUS_PROPERTY_VALUE_OUT_OF_RANGE;
         p->cpu_cap = (uint32_t)v;
+        hv_sched_controls_changed(c->h);
         return HV_STATUS_SUCCESS;
     case HV_PARTITION_PROPERTY_CPU_WEIGHT:
         if (v < 1 || v > 10000)

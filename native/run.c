@@ -99,12 +99,14 @@ static void rq_add(struct hv_host *h, struct hv_vp *vp)
     }
     vp->rq_pos = (int32_t)h->nr_rq;
     h->rq[h->nr_rq++] = vp;
+    hv_sched_rq_insert(h, vp);
 }
 
 static void rq_remove(struct hv_host *h, struct hv_vp *vp)
 {
     if (vp->rq_pos < 0)
         return;
+    hv_sched_rq_erase(h, vp);
     struct hv_vp *last = h->rq[--h->nr_rq];
     h->rq[vp->rq_pos] = last;
     last->rq_pos = vp->rq_pos;
@@ -450,6 +452,7 @@ void hv_run_fini(struct hv_host *h)
     free(h->lps);
     free(h->events);
     free(h->rq);
+    hv_sched_rq_fini(h);
     free(h->resume);
 }
 
@@ -559,7 +562,7 @@ int hv_vp_info(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, stru
     out->run_time_ns = vp->run_time_ns + (vp->exec == HV_VP_RUNNING ? h->now - vp->dispatched_at : 0);
     out->work_ns = vp->work_ns;
     out->debt_ns = vp->debt_ns;
-    out->window_used_ns = vp->window_used_ns;
+    out->window_used_ns = hv_sched_window_used(h, vp);
     return 0;
 }
 

@@ -87,8 +87,9 @@ class ManagedHost:
                          scheduler=h.scheduler, costs=costs)
         if record_scheduling:
             self.host.introspect.record_scheduling()
-        # The parent's VMBus service runs on the root's last VP (the first ones do other work).
-        self.vmbus = ParentVmbus(self.host, vp_index=h.logical_processors - 1)
+        # The parent's VMBus service runs on the root's last VP (the first ones do other work); the
+        # root has a VP per LP up to the core's 64 VPs per partition.
+        self.vmbus = ParentVmbus(self.host, vp_index=len(self.host.root.vps) - 1)
         if record_scheduling:
             self.vmbus.message_trace = []
         # Failures stay with their VM: a guest that raises turns its own VM off; what the

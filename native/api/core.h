@@ -158,6 +158,9 @@ void hv_trace_digest(struct hv_host *h, uint8_t *out);
 int hv_vp_info(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, struct hv_vp_info *out);
 void hv_run_stats(struct hv_host *h, struct hv_run_stats *out);
 uint64_t hv_lp_busy(struct hv_host *h, uint32_t lp);
+/* Debug: while enabled, every scheduler pick is checked against a linear scan of the run queue.
+ * Returns the picks that disagreed so far; *checked the picks checked so far. */
+uint64_t hv_sched_selfcheck(struct hv_host *h, int enable, uint64_t *checked);
 int32_t hv_lp_running(struct hv_host *h, uint32_t lp, uint64_t *partition_id);
 
 /* Issue `count` hypercalls from one VP in one crossing (each through hv_hypercall); returns how
