@@ -31,7 +31,8 @@ from partitions.config_schema import (
     ACTIONS, CHECKPOINT_ACTIONS, DEVICES_WITH_KEYS, DISK_TYPES, GIB, INTEGRATION_SERVICES, MAX_DISKS, MAX_NICS, MIB,
     MS, SWITCH_TYPES, WORKLOADS, AtConfig, Config, ConfigError, CpuBurnWorkload, CpuConfig, DeviceConfig,
     DiskConfig, DiskIoWorkload, HostConfig,
-    IdleWorkload, IntegrationServices, NetRequestResponseWorkload, NicConfig, PythonWorkload, SwitchConfig,
+    IdleWorkload, IntegrationServices, MemoryCounterWorkload, NetRequestResponseWorkload, NicConfig, PythonWorkload,
+    SwitchConfig,
     VmConfig, dump, format_duration, format_size_exact, generated_mac, show,
 )
 
@@ -418,6 +419,10 @@ class _Reader:
                                               self.integer(t, key, "port", 1, 65535, 5000),
                                               self.integer(t, key, "size", 1, UDP_PAYLOAD_MAX, 64),
                                               self.duration(t, key, "interval", positive=True, default=10 * MS))
+        if kind == "memory-counter":
+            return MemoryCounterWorkload(self.integer(t, key, "pages", 1, 65536, 64),
+                                         self.duration(t, key, "interval", positive=True, default=MS),
+                                         self.duration(t, key, "page_work", positive=False, default=1_000))
         target = self.string(t, key, "target", expected='an import path such as "package.module:function"')
         module, _, function = target.partition(":")
         if not all(part.isidentifier() for part in module.split(".") + function.split(".")):

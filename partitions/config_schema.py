@@ -163,6 +163,16 @@ class NetRequestResponseWorkload:
 
 
 @dataclass(frozen=True)
+class MemoryCounterWorkload:
+    """Stores an incrementing counter in each of `pages` pages of guest memory, `page_work` of
+    computation between two pages, then waits `interval` (a restore or migration canary)."""
+    kind: ClassVar[str] = "memory-counter"
+    pages: int = 64                  # 1..65536
+    interval: int = 1 * MS           # ns, > 0
+    page_work: int = 1_000           # ns, >= 0
+
+
+@dataclass(frozen=True)
 class PythonWorkload:
     """A user workload: `target` is "package.module:function", called with the guest context and
     `**args` (the runner imports it; the configuration only checks its form)."""
@@ -174,7 +184,8 @@ class PythonWorkload:
         object.__setattr__(self, "args", MappingProxyType(dict(self.args)))
 
 
-Workload = Union[IdleWorkload, CpuBurnWorkload, DiskIoWorkload, NetRequestResponseWorkload, PythonWorkload]
+Workload = Union[IdleWorkload, CpuBurnWorkload, DiskIoWorkload, NetRequestResponseWorkload, MemoryCounterWorkload,
+                 PythonWorkload]
 WORKLOADS: dict[str, type] = {w.kind: w for w in Workload.__args__}  # type: ignore[attr-defined]
 
 

@@ -19,7 +19,8 @@ from hypervisor import Host
 from hypervisor.quantities import parse_duration
 from partitions import run_files
 from partitions.config_schema import (DEVICES_WITH_KEYS, MAX_DISKS, MAX_NICS, Config, ConfigError, CpuBurnWorkload,
-                                      DiskIoWorkload, IdleWorkload, NetRequestResponseWorkload, PythonWorkload,
+                                      DiskIoWorkload, IdleWorkload, MemoryCounterWorkload, NetRequestResponseWorkload,
+                                      PythonWorkload,
                                       VmConfig)
 from partitions.vm import DeviceSlot, VirtualMachine, VmState
 from partitions.worker import VmSpec
@@ -230,6 +231,8 @@ class ManagedHost:
                 self._refuse(f"{key}.disk", f"the index of one of the VM's {len(cfg.disks)} disks", str(w.disk))
             return wl.disk_io(w.pattern, w.block_size, w.queue_depth, w.read_fraction, disk=w.disk,
                               seed=self.seed ^ zlib.crc32(cfg.name.encode()))  # stable across processes
+        if isinstance(w, MemoryCounterWorkload):
+            return wl.memory_counter(w.pages, w.interval, w.page_work)
         if isinstance(w, NetRequestResponseWorkload):
             peer = next((v for v in self.config.vms if v.name == w.peer), None)
             facing = _facing(cfg, peer) if peer is not None else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Awaitable, Callable
 
+from hypervisor.abi import PAGE_SIZE
 from hypervisor.quantities import parse_duration
 
 Workload = Callable[[Any], Awaitable[None]]
@@ -33,6 +34,41 @@ def cpu_burn(duty: float = 1.0, period: int | str = "10ms") -> Workload:
                 await ctx.sleep(period_ns - busy)
 
     return burn
+
+
+def memory_counter(pages: int = 64, interval: int | str = "1ms", page_work: int | str = "1us") -> Workload:
+    """Keep an incrementing counter in every page of a region of the guest's own memory: round r
+    (1, 2, ...) stores r, a u64 little-endian, at the start of each of `pages` pages in turn, with
+    `page_work` of computation between two pages (so a save, or a migration copying memory, can
+    fall inside a round), then waits `interval`. The pages come from the guest kernel's page
+    allocator, so nothing else writes them, and the round is read back from guest memory (the
+    first page), so the count goes on from whatever memory a restore or a migration brought back.
+
+    What it wrote stays visible for checks: `workload.region` (the GPA pages, once allocated) and
+    `workload.written` (the value it last stored in each page). A page must always hold its
+    written value: one lower is a write the VM lost."""
+    if not 1 <= int(pages) <= 65536:
+        raise ValueError(f"memory-counter pages: expected 1..65536, got {pages!r}")
+    pages = int(pages)
+    interval_ns = parse_duration(interval, "memory-counter interval")
+    page_ns = parse_duration(page_work, "memory-counter page_work")
+    region: list[int] = []
+    written: list[int] = []
+
+    async def count(ctx) -> None:
+        region[:] = ctx.stack.pages.allocate(pages)
+        written[:] = [0] * pages
+        while True:
+            value = int.from_bytes(ctx.partition.read(region[0] * PAGE_SIZE, 8), "little") + 1
+            for i, page in enumerate(region):
+                ctx.partition.write(page * PAGE_SIZE, value.to_bytes(8, "little"))
+                written[i] = value
+                if page_ns and i + 1 < pages:
+                    await ctx.compute(page_ns)
+            await ctx.sleep(interval_ns)
+
+    count.region, count.written = region, written  # type: ignore[attr-defined]
+    return count
 
 
 def python_workload(target: str, args: dict | None = None) -> Workload:
