@@ -416,27 +416,67 @@ class Partition:
 
 class RootMemory:
     """The root's own page allocator: which of the root's pages are free for it to deposit or
-    map into children. A real root's memory manager knows this; the hypervisor does not help."""
+    map into children. A real root's memory manager knows this; the hypervisor does not help.
+    Free pages are kept as runs (ranges), never one Python int per page, so a host of a thousand
+    VMs does not carry (and collect) millions of page numbers; the VM worker takes and gives back
+    runs (allocate_runs / release_runs). Pages given back are handed out again first, the last
+    given back first."""
 
     def __init__(self, first_pfn: int, end_pfn: int):
         self._next = first_pfn
         self._end = end_pfn
-        self._returned: list[int] = []
+        self._returned: list[range] = []   # runs of consecutive pages given back, in order
+        self._returned_pages = 0
 
     @property
     def available(self) -> int:
-        return self._end - self._next + len(self._returned)
+        return self._end - self._next + self._returned_pages
 
-    def allocate(self, count: int) -> list[int]:
+    def allocate_runs(self, count: int) -> list[range]:
+        """`count` free pages as runs of consecutive pages: the last ones given back, in the order
+        they were given back, then pages never used."""
         if count > self.available:
             raise MemoryError(f"the root has {self.available} free pages, {count} were asked for")
-        take = min(count, len(self._returned))
-        pages = self._returned[len(self._returned) - take:]
-        del self._returned[len(self._returned) - take:]
-        fresh = count - take
-        pages += range(self._next, self._next + fresh)
-        self._next += fresh
-        return pages
+        runs, need = [], count
+        while need and self._returned:
+            r = self._returned[-1]
+            if len(r) <= need:
+                runs.append(self._returned.pop())
+            else:
+                runs.append(r[len(r) - need:])
+                self._returned[-1] = r[:len(r) - need]
+            need -= len(runs[-1])
+        runs.reverse()
+        self._returned_pages -= count - need
+        if need:
+            runs.append(range(self._next, self._next + need))
+            self._next += need
+        return runs
+
+    def allocate(self, count: int) -> list[int]:
+        return [page for run in self.allocate_runs(count) for page in run]
+
+    def release_runs(self, runs: Iterable[range]) -> None:
+        for r in runs:
+            if not r:
+                continue
+            if r.step != 1:
+                self.release(list(r))
+                continue
+            if self._returned and self._returned[-1].stop == r.start:
+                self._returned[-1] = range(self._returned[-1].start, r.stop)
+            else:
+                self._returned.append(r)
+            self._returned_pages += len(r)
 
     def release(self, pages: Iterable[int]) -> None:
-        self._returned.extend(pages)
+        run = None
+        for page in pages:
+            if run is not None and page == run.stop:
+                run = range(run.start, page + 1)
+                continue
+            if run is not None:
+                self.release_runs((run,))
+            run = range(page, page + 1)
+        if run is not None:
+            self.release_runs((run,))
