@@ -38,8 +38,17 @@ C_TARGETS = {
 PY_TARGETS = ("ring_py", "vmbus_control", "ic", "vstor", "nvsp", "rndis", "vhd", "savedstate", "config")
 ALL = (*C_TARGETS, *PY_TARGETS)
 
+#: C targets whose core runs in fuzz/c/arena.c's arena (the harness's persistent mode): the core's
+#: sources are compiled with fuzz/c/arena.h included first, and arena.c is linked in.
+ARENA_TARGETS = {"hypercall"}
+ARENA_H = HERE / "c" / "arena.h"
+ARENA_C = HERE / "c" / "arena.c"
+
 CFLAGS = ["-std=c11", "-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=fuzzer,address,undefined",
           "-fno-sanitize-recover=undefined"]
+#: arena.c is the harness's machinery, not code under test: sanitized, but not coverage-traced.
+ARENA_CFLAGS = ["-O2" if f == "-O1" else f for f in CFLAGS if not f.startswith("-fsanitize=fuzzer")] + [
+    "-fsanitize=address,undefined"]
 #: Core files whose coverage is traced without comparison operands: their whole-table loops (the
 #: state digest, a partition's teardown walking every GPA region) otherwise spend most of each run
 #: in __sanitizer_cov_trace_cmp8. Their branches are still covered.
@@ -48,11 +57,21 @@ SANITIZER_ENV = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1:allocator_may_
                  "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
 
 
+def core_flags(target: str) -> list[str]:
+    """Compiler flags the core's sources of a C target need besides the sanitizers."""
+    return ["-include", str(ARENA_H)] if target in ARENA_TARGETS else []
+
+
+def support_sources(target: str) -> list[Path]:
+    """The harness's own C files besides the harness (built without fuzzer coverage)."""
+    return [ARENA_C] if target in ARENA_TARGETS else []
+
+
 def build_c(target: str) -> Path:
     """The libFuzzer binary of a C target, rebuilt when the harness or any core file is newer."""
     harness, sources = C_TARGETS[target]
     out = BUILD / target
-    inputs = [harness, *sources, *NATIVE.glob("*.h")]
+    inputs = [harness, *sources, *NATIVE.glob("*.h"), *support_sources(target), ARENA_H]
     if out.exists() and out.stat().st_mtime >= max(p.stat().st_mtime for p in inputs):
         return out
     clang = shutil.which("clang")
@@ -60,11 +79,16 @@ def build_c(target: str) -> Path:
         raise SystemExit("fuzz: clang is not installed (make fuzz installs Debian's clang)")
     BUILD.mkdir(parents=True, exist_ok=True)
     objects = []
-    for src in [*sources, harness]:
-        obj = BUILD / "obj" / target / (("fuzz-" if src == harness else "") + src.stem + ".o")
+    support = support_sources(target)
+    for src in [*sources, harness, *support]:
+        own = src == harness or src in support
+        obj = BUILD / "obj" / target / (("fuzz-" if own else "") + src.stem + ".o")
         obj.parent.mkdir(parents=True, exist_ok=True)
+        flags = ARENA_CFLAGS if src in support else CFLAGS
         extra = ["-fno-sanitize-coverage=trace-cmp"] if src.name in NO_TRACE_CMP else []
-        _clang([clang, *CFLAGS, *extra, f"-I{NATIVE}", "-c", str(src), "-o", str(obj)], target)
+        if not own:
+            extra += core_flags(target)
+        _clang([clang, *flags, *extra, f"-I{NATIVE}", "-c", str(src), "-o", str(obj)], target)
         objects.append(str(obj))
     _clang([clang, *CFLAGS, *objects, "-o", str(out)], target)
     return out
@@ -109,12 +133,25 @@ def run_target(target: str, seconds: int, runs: int | None) -> dict:
     if execs is None:  # no final stats (it crashed): take the last progress line
         found = re.findall(r"^#(\d+)\s", done.stderr, re.M)
         execs = int(found[-1]) if found else 0
+    fresh = None
+    if target in ARENA_TARGETS and done.returncode == 0:
+        # The persistent mode's arena hides leaks from LeakSanitizer: every input the run kept is
+        # run once more with a new host on libc's heap each (HVSIM_FUZZ_FRESH=1), destroyed after.
+        again = subprocess.run(command(target, [str(work), str(HERE / "corpus" / target), "-runs=0",
+                                                f"-artifact_prefix={artifacts}/", "-timeout=10"]),
+                               capture_output=True, text=True, env={**env, "HVSIM_FUZZ_FRESH": "1"}, cwd=ROOT)
+        with log.open("a") as f:
+            f.write("\n---- the kept corpus again, a fresh host per input (HVSIM_FUZZ_FRESH=1) ----\n")
+            f.write(again.stderr + again.stdout)
+        inited = re.search(r"^#(\d+)\s+INITED", again.stderr, re.M)
+        fresh = {"inputs": int(inited.group(1)) if inited else 0, "exit": again.returncode}
     new = sorted(set(artifacts.iterdir()) - before)
     crashes = [p for p in new if p.name.split("-")[0] in ("crash", "leak", "timeout", "oom", "slow")]
     return {"target": target, "kind": "C/libFuzzer" if target in C_TARGETS else "Python/atheris",
             "executions": execs, "seconds": round(wall, 1), "exec_per_s": round(execs / wall) if wall else 0,
             "crashes": len(crashes), "crash_inputs": [str(p.relative_to(ROOT)) for p in crashes],
-            "exit": done.returncode, "log": str(log.relative_to(ROOT))}
+            "exit": done.returncode or (fresh or {}).get("exit", 0), "fresh_pass": fresh,
+            "log": str(log.relative_to(ROOT))}
 
 
 def _stat(text: str, name: str) -> int | None:
@@ -130,6 +167,9 @@ def report(results: list[dict]) -> str:
         for path in r["crash_inputs"]:
             lines.append(f"    crash input: {path} (replay: python -m fuzz.run --replay {r['target']} {path}; "
                          f"log: {r['log']})")
+        if r.get("fresh_pass"):
+            lines.append(f"    and the {r['fresh_pass']['inputs']:,} inputs it kept, a fresh host each "
+                         f"(leak checks): exit {r['fresh_pass']['exit']}")
         if r["exit"] and not r["crash_inputs"]:
             lines.append(f"    exited {r['exit']} without a crash input: see {r['log']}")
     return "\n".join(lines)

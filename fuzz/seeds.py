@@ -22,7 +22,8 @@ CORPUS = HERE / "corpus"
 
 def _call(child: bool, control: int, block: bytes = b"", vp: int = 0) -> bytes:
     block = block + bytes(-len(block) % 8)
-    return bytes([1, int(child) | vp << 1])  # op 1: a hypercall checked for INV-ATOMIC + struct.pack("<Q", control) + bytes([len(block) // 8]) + block
+    # op 1: a hypercall checked for INV-ATOMIC
+    return bytes([1, int(child) | vp << 1]) + struct.pack("<Q", control) + bytes([len(block) // 8]) + block
 
 
 def _store(child: bool, page: int, offset: int, data: bytes) -> bytes:
@@ -34,12 +35,16 @@ def _run(ns: int) -> bytes:
 
 
 def hypercall_seeds() -> dict[str, bytes]:
-    from hypervisor.abi import CallCode, Register
+    from hypervisor.abi import CallCode, HostVisibility, Register
     child_id = 1  # the harness's child is the first partition the root creates
     self_ = 0xFFFFFFFFFFFFFFFF
 
     def rep(code, n, start=0):
         return code | n << 32 | start << 48
+
+    def _visibility(pid, visibility, pages):  # HvCallModifySparseGpaPageHostVisibility from the child
+        return _call(True, rep(CallCode.MODIFY_SPARSE_GPA_PAGE_HOST_VISIBILITY, len(pages)),
+                     struct.pack("<QII", pid, visibility, 0) + struct.pack(f"<{len(pages)}Q", *pages))
 
     regs = lambda pid, vp, pairs: (struct.pack("<QIB3x", pid, vp, 0)
                                    + b"".join(struct.pack("<I4xQQ", name, value, 0) for name, value in pairs))
@@ -68,6 +73,12 @@ def hypercall_seeds() -> dict[str, bytes]:
                   + _call(False, CallCode.DELETE_PARTITION, struct.pack("<Q", child_id)),
         "store_run": _store(True, 2, 0, bytes(range(64))) + _run(5000000),
         "fast": _call(False, CallCode.GET_MEMORY_BALANCE | 1 << 16, struct.pack("<QQ", child_id, 0)),
+        # the child shows two of its pages to the root read-write, lowers one to read-only, hides
+        # the other, then asks for a page it never mapped (refused, nothing changes)
+        "host_visibility": (_visibility(self_, HostVisibility.READ_WRITE, [2, 3])
+                            + _visibility(self_, HostVisibility.READ_ONLY, [2])
+                            + _visibility(self_, HostVisibility.NONE, [3])
+                            + _visibility(self_, HostVisibility.READ_WRITE, [4, 1 << 20])),
     }
 
 

@@ -7,6 +7,14 @@
  * Besides the sanitizers, one oracle: a failed hypercall leaves the core's state digest unchanged
  * (INV-ATOMIC in ../shared/reference/threat-model.md).
  *
+ * Persistent mode (the default): the host is built once, in fuzz/c/arena.c's arena, and put back
+ * byte for byte after every input (arena.c says how), so every input starts from the same state
+ * at the same addresses, as if it ran alone, without paying for a host's creation and teardown.
+ * HVSIM_FUZZ_FRESH=1 builds a new host with libc's heap for every input instead and destroys it
+ * after, as before (LeakSanitizer then checks the teardown). HVSIM_FUZZ_OUTCOME=1 prints, after
+ * each input, a digest of every call's result and of the final state with memory and time: the
+ * smoke test compares an input's outcome alone and after others.
+ *
  * Script record (little-endian):  op:u8  then by op % 4
  *   0, 1  hypercall:  caller:u8 (bit 0: child, bit 1: VP 1) control:u64 len:u8 input[len * 8]
  *                     (fast calls take RDX, R8 and XMM0-5 from the same input bytes); op 1 also
@@ -20,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "arena.h"
 #include "hvsim.h"
 
 #define PAGE 4096u
@@ -133,11 +142,34 @@ static int build(struct world *w)
     return 0;
 }
 
+/* FNV-1a over the results and the final state, for HVSIM_FUZZ_OUTCOME. */
+static void mix(uint64_t *acc, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++)
+        *acc = (*acc ^ b[i]) * 0x100000001B3ull;
+}
+
+static int fresh = -1, show_outcome;
+static struct world pristine; /* the persistent host, as the snapshot has it */
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    struct world w;
-    if (build(&w) != 0)
+    if (fresh < 0) {
+        const char *f = getenv("HVSIM_FUZZ_FRESH"), *o = getenv("HVSIM_FUZZ_OUTCOME");
+        fresh = f && *f && *f != '0';
+        show_outcome = o && *o && *o != '0';
+        if (!fresh) {
+            hvfz_arena_start();
+            if (build(&pristine) != 0)
+                abort();
+            hvfz_arena_snapshot();
+        }
+    }
+    struct world w = pristine;
+    if (fresh && build(&w) != 0)
         abort(); /* the setup itself must work on every run */
+    uint64_t outcome = 0xCBF29CE484222325ull;
     struct cursor c = {data, size};
     uint8_t op;
     int steps = 0;
@@ -166,6 +198,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 hv_state_digest(w.h, 0, before);
             uint64_t r = fast ? hv_hypercall(w.h, pid, who >> 1 & 1, control, in[0], in[1], &in[2])
                               : hv_hypercall(w.h, pid, who >> 1 & 1, control, in_gpa, out_gpa, NULL);
+            mix(&outcome, &r, sizeof r);
             if (check && (r & 0xFFFF) != 0) {
                 hv_state_digest(w.h, 0, after);
                 if (memcmp(before, after, sizeof before) != 0) {
@@ -195,12 +228,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (!take(&c, &ns, 4))
                 goto done;
             struct hv_resume out[4];
-            hv_run(w.h, hv_now(w.h) + ns % 50000000u, out, 4);
+            uint32_t resumed = hv_run(w.h, hv_now(w.h) + ns % 50000000u, out, 4);
+            mix(&outcome, &resumed, sizeof resumed);
             break;
         }
         }
     }
 done:
-    hv_host_destroy(w.h);
+    if (show_outcome) {
+        uint8_t state[16];
+        uint64_t now = hv_now(w.h);
+        hv_state_digest(w.h, 1, state);
+        mix(&outcome, state, sizeof state);
+        mix(&outcome, &now, sizeof now);
+        printf("outcome %016llx\n", (unsigned long long)outcome);
+        fflush(stdout);
+    }
+    if (fresh)
+        hv_host_destroy(w.h);
+    else
+        hvfz_arena_restore();
     return 0;
 }
