@@ -295,10 +295,12 @@ void hv_state_digest(struct hv_host *h, int include_memory, uint8_t *out)
             hv_synic_digest(&vp->synic, &d);
         }
         /* GPA maps live in leaf pages; those are hashed with memory below, and their
-         * presence per region here. */
+         * presence per region here. The leaves' entry counts add up to gpa_mapped (memory.c
+         * keeps both), so the walk ends at the last leaf, not at the end of the 64 GiB space. */
         if (p->gpa_leaf)
-            for (uint64_t r = 0; r < HV_MAX_GPA_PAGES / HV_LEAF_ENTRIES; r++)
+            for (uint64_t r = 0, seen = 0; seen < p->gpa_mapped && r < HV_MAX_GPA_PAGES / HV_LEAF_ENTRIES; r++)
                 if (p->gpa_leaf[r]) {
+                    seen += p->gpa_leaf_count[r];
                     dg(&d, r);
                     dg(&d, p->gpa_leaf[r]);
                     const uint64_t *t = (const uint64_t *)(const void *)hv_spa_page(h, p->gpa_leaf[r]);

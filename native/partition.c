@@ -101,9 +101,11 @@ void hv_partition_destroy(struct hv_host *h, struct hv_partition *p)
         }
     }
     if (p->gpa_leaf) {
-        for (uint64_t r = 0; r < HV_MAX_GPA_PAGES / HV_LEAF_ENTRIES; r++) {
+        /* The leaves' entry counts add up to gpa_mapped: the walk ends at the last leaf. */
+        for (uint64_t r = 0, seen = 0; seen < p->gpa_mapped && r < HV_MAX_GPA_PAGES / HV_LEAF_ENTRIES; r++) {
             if (!p->gpa_leaf[r])
                 continue;
+            seen += p->gpa_leaf_count[r];
             uint64_t *t = (uint64_t *)(void *)hv_spa_page(h, p->gpa_leaf[r]);
             for (uint32_t i = 0; i < HV_LEAF_ENTRIES; i++)
                 if (t[i] & HV_PTE_PRESENT)
