@@ -1,13 +1,15 @@
-"""The soak run (`make soak`): the stateful isolation machines for a large number of steps in
-parallel processes, then a fault campaign over whole hosts where one VM misbehaves at random and the
-others must not notice.
+"""The soak run (`make soak`): a fault campaign over whole hosts where one VM misbehaves at random
+and the others must not notice, then the stateful isolation machines for a large number of steps
+in parallel processes.
 
     python -m bench.soak [--steps N] [--jobs J] [--hosts H] [--rounds R] [--seed S] [--only machines|campaign]
 
 Machines: HypervisorMachine and MessagingMachine (hypervisor.testing.machine) and the VMBus server
-machine (tests/vmbus/test_server.py), each given an equal share of --steps. Every step is followed by
+machine (tests/vmbus/test_server.py), each given an equal share of --steps, cut into pieces taken
+in turn (so a run stopped early has run every machine about as long). Every step is followed by
 the machine's invariants; a violation is reported with the seed that replays it
-(`--seed S --only machines`); hypothesis does not shrink here, a soak wants breadth.
+(`--seed S --only machines`); hypothesis does not shrink here, a soak wants breadth. SIGINT or
+SIGTERM stops the run after the step each process is in, and the figures so far are printed.
 
 Campaign: each host has three VMs with heartbeats and an echo device; one of them, chosen at random,
 misbehaves as threat-model.md's guest may (random raw hypercalls, SCONTROL = 0, garbage written over
@@ -19,9 +21,11 @@ invariants must hold.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import random
+import signal
 import struct
 import sys
 import time
@@ -31,6 +35,42 @@ import uuid
 # -- the machines --------------------------------------------------------------------------------
 
 MACHINES = ("hypervisor", "messaging", "vmbus")
+PROGRESS_EVERY_S = 120  # a worker's progress line, for whoever watches the log (--progress-every)
+
+_stop = None  # set by the soak's own processes: a multiprocessing.Event, or a plain flag holder
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised by a machine's step counter once the run is asked to stop (a KeyboardInterrupt,
+    which hypothesis passes through instead of recording as the test's failure)."""
+
+
+def _stopping() -> bool:
+    return _stop is not None and _stop.is_set()
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped
+
+
+def _worker_init(stop, progress_every: float = PROGRESS_EVERY_S) -> None:
+    """In each soak process: the parent's stop event; SIGINT left to the parent (which sets the
+    event); SIGTERM stops this process's piece where it is (its steps so far are returned) or,
+    between pieces, ends the process; and hypothesis's per-draw check that a strategy left the
+    `random` module alone switched off (it copies the module's 2.5 KiB state twice per draw, half
+    of what a draw costs; the machines' strategies never touch `random`). Nothing drawn or checked
+    changes."""
+    global _stop, PROGRESS_EVERY_S
+    _stop = stop
+    PROGRESS_EVERY_S = progress_every
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        import hypothesis.strategies._internal.core as hypothesis_core
+    except ImportError:  # another hypothesis layout: draws simply cost what they cost
+        return
+    if hasattr(hypothesis_core, "deprecate_random_in_strategy"):
+        hypothesis_core.deprecate_random_in_strategy = lambda *args: contextlib.nullcontext()
 
 
 def _machine_class(name: str):
@@ -42,11 +82,14 @@ def _machine_class(name: str):
     from hypothesis.stateful import invariant
 
     class Counted(base):
-        """The machine as it is, with one more invariant: it counts the steps."""
+        """The machine as it is, with one more invariant: it counts the steps (and stops the run
+        between two steps once asked to)."""
         steps = 0
 
         @invariant()
         def count_step(self) -> None:
+            if _stopping():
+                raise Stopped  # this step is not counted: its other invariants may not have run
             type(self).steps += 1
 
     Counted.__name__ = base.__name__
@@ -55,7 +98,8 @@ def _machine_class(name: str):
 
 def run_machine(name: str, steps: int, seed: int, step_count: int = 100) -> dict:
     """Run machine `name` for at least `steps` steps (runs of `step_count` steps, seeded from
-    `seed`, one run after another); returns steps, runs, seconds and violations."""
+    `seed`, one run after another); returns steps, runs, seconds, violations and whether it was
+    stopped early."""
     import hypothesis.core
     from hypothesis import HealthCheck, Phase, settings
     from hypothesis.stateful import run_state_machine_as_test
@@ -64,22 +108,31 @@ def run_machine(name: str, steps: int, seed: int, step_count: int = 100) -> dict
     base = dict(stateful_step_count=step_count, deadline=None, database=None, derandomize=False,
                 phases=[Phase.generate], suppress_health_check=list(HealthCheck), print_blob=False)
     violations = []
-    start = time.monotonic()
+    start = last_report = time.monotonic()
+    cpu_start = time.process_time()
     chunk = 0
-    while machine.steps < steps:
+    stopped = False
+    while machine.steps < steps and not stopped:
         chunk_seed = seed * 1_000_003 + chunk
         hypothesis.core.global_force_seed = chunk_seed
         examples = max(1, min(20, -(-(steps - machine.steps) // step_count)))
         try:
             run_state_machine_as_test(machine, settings=settings(max_examples=examples, **base))
+        except Stopped:
+            stopped = True
         except Exception as exc:  # a violation (or the machine's own error): record it and go on
             violations.append({"seed": chunk_seed, "error": f"{type(exc).__name__}: {str(exc)[:400]}",
                                "where": traceback.format_exc(limit=-3)[-800:]})
         chunk += 1
+        if _stop is not None and time.monotonic() - last_report >= PROGRESS_EVERY_S:
+            last_report = time.monotonic()
+            print(f"soak: {name} (piece seed {seed}): {machine.steps:,} steps, "
+                  f"{machine.steps / (last_report - start):.0f} steps/s, {len(violations)} violations", flush=True)
     seconds = time.monotonic() - start
     return {"machine": name, "steps": machine.steps, "runs": chunk, "seconds": round(seconds, 1),
+            "cpu_seconds": round(time.process_time() - cpu_start, 1),
             "steps_per_s": round(machine.steps / seconds, 1) if seconds else 0, "seed": seed,
-            "violations": violations}
+            "violations": violations, "stopped": stopped}
 
 
 # -- the fault campaign ----------------------------------------------------------------------------
@@ -279,17 +332,109 @@ class Campaign:
                 "actions": self.actions, "echoes": echoes, "problems": problems}
 
 
-def run_campaign(seed: int, rounds: int) -> dict:
+def run_campaign(seed: int, rounds: int) -> dict | None:
+    """One campaign host; None if the run was asked to stop before it began."""
+    if _stopping():
+        return None
     start = time.monotonic()
-    result = Campaign(seed, rounds).run()
+    try:
+        result = Campaign(seed, rounds).run()
+    except Stopped:
+        return None
     result["seconds"] = round(time.monotonic() - start, 2)
     return result
 
 
 # -- the command -----------------------------------------------------------------------------------
 
-def _machine_job(args):
-    return run_machine(*args)
+@contextlib.contextmanager
+def _pool(ctx, jobs: int, stop, progress_every: float = PROGRESS_EVERY_S):
+    """A pool of soak processes, closed (not terminated: SIGTERM is their stop signal) at the end."""
+    pool = ctx.Pool(jobs, initializer=_worker_init, initargs=(stop, progress_every))
+    try:
+        yield pool
+    except BaseException:
+        pool.terminate()
+        raise
+    pool.close()
+    pool.join()
+
+
+STOP_GRACE_S = 60  # after a stop, how long a piece may take to return before it is given up
+
+
+def _collect(pending: list, stop) -> list:
+    """The results of `pending` (AsyncResults), waiting in short slices so that the parent's
+    signal handlers run while it waits. Once the run is stopped, a piece that does not return
+    within STOP_GRACE_S (its process was killed) is left out."""
+    results = []
+    stopped_at = None
+    for item in pending:
+        while not item.ready():
+            if stop.is_set():
+                stopped_at = stopped_at or time.monotonic()
+                if time.monotonic() - stopped_at > STOP_GRACE_S:
+                    break
+            item.wait(0.5)
+        if item.ready() and item.successful():
+            results.append(item.get())
+    return results
+
+
+def _run_machines(ctx, stop, args, seed: int, names: list[str]) -> bool:
+    """The machines' pieces over `args.jobs` processes, then the table; True on a violation."""
+    # Each machine's share is cut into pieces (several per process), queued machine after
+    # machine in turn, so every process always has work and a run stopped early has given every
+    # machine about the same time. A piece's seed depends only on the run seed and its place.
+    per = max(1, args.steps // len(names))
+    parts = max(1, min(999, 4 * args.jobs))
+    size = -(-per // parts)
+    jobs = [(name, size, seed * 10_000 + i * 1000 + k) for k in range(parts) for i, name in enumerate(names)]
+    start = time.monotonic()
+    with _pool(ctx, args.jobs, stop, args.progress_every) as pool:
+        results = _collect([pool.apply_async(run_machine, job) for job in jobs], stop)
+    wall = time.monotonic() - start
+    print(f"{'machine':12} {'steps':>10} {'runs':>6} {'process s':>10} {'steps/s':>9} {'cpu ms/step':>12} "
+          f"{'violations':>10}")
+    total, failed = 0, False
+    for name in names:
+        mine = [r for r in results if r["machine"] == name]
+        steps = sum(r["steps"] for r in mine)
+        seconds = sum(r["seconds"] for r in mine)
+        cpu = sum(r["cpu_seconds"] for r in mine)
+        total += steps
+        violations = [v for r in mine for v in r["violations"]]
+        print(f"{name:12} {steps:>10,} {sum(r['runs'] for r in mine):>6} {seconds:>10.1f} "
+              f"{steps / seconds if seconds else 0:>9.1f} {1000 * cpu / steps if steps else 0:>12.2f} "
+              f"{len(violations):>10}")
+        for v in violations:
+            failed = True
+            print(f"    violation (hypothesis seed {v['seed']}): {v['error']}\n{v['where']}")
+    print(f"machines: {total:,} steps in {wall:.0f} s wall on {args.jobs} processes "
+          f"({total / wall if wall else 0:.0f} steps/s)", flush=True)
+    return failed
+
+
+def _run_campaign(ctx, stop, args, seed: int) -> bool:
+    """The campaign's hosts over `args.jobs` processes, then its summary; True on a problem."""
+    start = time.monotonic()
+    with _pool(ctx, args.jobs, stop) as pool:
+        results = _collect([pool.apply_async(run_campaign, (seed * 1000 + h, args.rounds))
+                            for h in range(args.hosts)], stop)
+    results = [r for r in results if r is not None]
+    wall = time.monotonic() - start
+    bad_hosts = [r for r in results if r["problems"]]
+    actions = sum(r["actions"] for r in results)
+    echoes = sum(r["echoes"] for r in results)
+    print(f"campaign: {len(results)} hosts x {args.rounds} rounds, {actions:,} misbehaving actions, "
+          f"{echoes:,} echo requests of the others answered, "
+          f"{len(bad_hosts)} hosts with problems, {wall:.0f} s wall", flush=True)
+    for r in bad_hosts:
+        print(f"  host seed {r['seed']} ({r['bad']} misbehaving: {', '.join(r['faults'])}"
+              f"{', raises in ' + r['callback'] if r['callback'] else ''}):")
+        for p in r["problems"][:5]:
+            print(f"    {p}")
+    return bool(bad_hosts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,57 +446,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="replay a run (default: a fresh seed, printed)")
     ap.add_argument("--only", choices=("machines", "campaign"), default=None)
     ap.add_argument("--machines", default=",".join(MACHINES), help=f"which machines (default {','.join(MACHINES)})")
+    ap.add_argument("--progress-every", type=float, default=PROGRESS_EVERY_S, metavar="S",
+                    help=f"each process prints its progress every S seconds (default {PROGRESS_EVERY_S})")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     print(f"soak: seed {seed} (replay: python -m bench.soak --seed {seed} with the same --steps, --jobs, "
           f"--hosts and --rounds)", flush=True)
+    names = [m for m in args.machines.split(",") if m]
+    unknown = set(names) - set(MACHINES)
+    if unknown:
+        ap.error(f"unknown machine(s) {', '.join(sorted(unknown))}; known: {', '.join(MACHINES)}")
     failed = False
     ctx = multiprocessing.get_context("spawn")
-    if args.only != "campaign":
-        names = [m for m in args.machines.split(",") if m]
-        unknown = set(names) - set(MACHINES)
-        if unknown:
-            ap.error(f"unknown machine(s) {', '.join(sorted(unknown))}; known: {', '.join(MACHINES)}")
-        # each machine's share, split further so every process has work: jobs chunks per machine
-        per = max(1, args.steps // len(names))
-        parts = max(1, args.jobs)
-        jobs = [(name, -(-per // parts), seed * 100 + i * 10 + k) for i, name in enumerate(names) for k in range(parts)]
-        start = time.monotonic()
-        with ctx.Pool(args.jobs) as pool:
-            results = pool.map(_machine_job, jobs, chunksize=1)
-        wall = time.monotonic() - start
-        print(f"{'machine':12} {'steps':>10} {'runs':>6} {'cpu s':>8} {'steps/s':>9} {'violations':>10}")
-        total = 0
-        for name in names:
-            mine = [r for r in results if r["machine"] == name]
-            steps = sum(r["steps"] for r in mine)
-            cpu = sum(r["seconds"] for r in mine)
-            total += steps
-            violations = [v for r in mine for v in r["violations"]]
-            print(f"{name:12} {steps:>10,} {sum(r['runs'] for r in mine):>6} {cpu:>8.1f} "
-                  f"{steps / cpu if cpu else 0:>9.1f} {len(violations):>10}")
-            for v in violations:
-                failed = True
-                print(f"    violation (hypothesis seed {v['seed']}): {v['error']}\n{v['where']}")
-        print(f"machines: {total:,} steps in {wall:.0f} s wall on {args.jobs} processes "
-              f"({total / wall:.0f} steps/s)", flush=True)
-    if args.only != "machines" and args.hosts:
-        start = time.monotonic()
-        with ctx.Pool(args.jobs) as pool:
-            results = pool.starmap(run_campaign, [(seed * 1000 + h, args.rounds) for h in range(args.hosts)])
-        wall = time.monotonic() - start
-        bad_hosts = [r for r in results if r["problems"]]
-        actions = sum(r["actions"] for r in results)
-        echoes = sum(r["echoes"] for r in results)
-        print(f"campaign: {len(results)} hosts x {args.rounds} rounds, {actions:,} misbehaving actions, "
-              f"{echoes:,} echo requests of the others answered, "
-              f"{len(bad_hosts)} hosts with problems, {wall:.0f} s wall")
-        for r in bad_hosts:
-            failed = True
-            print(f"  host seed {r['seed']} ({r['bad']} misbehaving: {', '.join(r['faults'])}"
-                  f"{', raises in ' + r['callback'] if r['callback'] else ''}):")
-            for p in r["problems"][:5]:
-                print(f"    {p}")
+    stop = ctx.Event()
+    interrupted: list[str] = []
+
+    def ask_to_stop(signum, frame) -> None:
+        # The workers finish the step they are in and return what they did; a second signal
+        # finds the event already set and changes nothing.
+        interrupted.append(signal.Signals(signum).name)
+        stop.set()
+
+    old_handlers = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if args.only != "machines" and args.hosts:
+            failed |= _run_campaign(ctx, stop, args, seed)
+        if args.only != "campaign" and not stop.is_set():
+            failed |= _run_machines(ctx, stop, args, seed, names)
+    finally:
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+    if interrupted:
+        print(f"soak: stopped early by {interrupted[0]}: the figures above are what ran", flush=True)
+        return 1 if failed else 130
     return 1 if failed else 0
 
 

@@ -65,10 +65,24 @@ class Introspection:
 
     def reach(self, p: Partition | int) -> dict[int, tuple[int, int]]:
         """{gpa_page: (spa_pfn, rights)} for every page the partition can reach."""
-        return {g: (pfn, r) for g, pfn, r in _binding.hv_partition_reach(self._host._h, _pid(p))}
+        gpas, pfns, rights = self.reach_columns(p)
+        return dict(zip(gpas, zip(pfns, rights)))
+
+    def reach_columns(self, p: Partition | int) -> tuple[list[int], list[int], list[int]]:
+        """The same as three lists: GPA pages, SPA frames, rights. The core's arrays are copied
+        whole through the buffer protocol (element by element, cffi took ~0.2 ms per thousand
+        pages, and the isolation invariants read every partition's reach after every step)."""
+        ffi, lib, h = _binding.ffi, _binding.lib, self._host._h
+        n = lib.hv_partition_reach(h, _pid(p), ffi.NULL, ffi.NULL, ffi.NULL, 0)
+        gpas, pfns = ffi.new("uint64_t[]", max(n, 1)), ffi.new("uint64_t[]", max(n, 1))
+        rights = ffi.new("uint32_t[]", max(n, 1))
+        n = lib.hv_partition_reach(h, _pid(p), gpas, pfns, rights, n)
+        return (memoryview(ffi.buffer(gpas, 8 * n)).cast("Q").tolist(),
+                memoryview(ffi.buffer(pfns, 8 * n)).cast("Q").tolist(),
+                memoryview(ffi.buffer(rights, 4 * n)).cast("I").tolist())
 
     def reachable_pages(self, p: Partition | int) -> set[int]:
-        return {pfn for _, pfn, _ in _binding.hv_partition_reach(self._host._h, _pid(p))}
+        return set(self.reach_columns(p)[1])
 
     def pool_pages(self, p: Partition | int) -> list[int]:
         return _binding.hv_pool_pages(self._host._h, _pid(p))

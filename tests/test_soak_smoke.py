@@ -1,6 +1,14 @@
 """The soak run's smoke version (`make soak` is the real one): a few hundred steps of the isolation
 machines through the soak runner, and whole hosts where one VM commits every misbehaviour of the
-campaign while the others must keep their heartbeats and lose no echo request."""
+campaign while the others must keep their heartbeats and lose no echo request; and a run stopped
+early still prints what it ran."""
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from bench import soak
@@ -34,3 +42,38 @@ def test_the_campaign_notices_a_well_behaved_vm_that_stops_answering():
     campaign.host.run(campaign.host.now + 500_000_000)
     problems = campaign.check(before, 1)
     assert any(victim.name in p and "OFF" in p for p in problems)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to the runner", "SIGINT to its process group"])
+def test_a_soak_stopped_early_prints_the_steps_it_ran(how):
+    """The run is far too long to finish: once a process has reported steps, the soak is stopped
+    as a deadline or Ctrl-C would stop it; it must print the machine's table with at least the
+    steps reported, say that it was stopped, and exit 130."""
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "bench.soak", "--only", "machines", "--machines", "vmbus",
+                             "--steps", str(10**9), "--jobs", "1", "--seed", "5", "--progress-every", "0"],
+                            cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            progress = re.match(r"soak: vmbus .*: ([\d,]+) steps", line)
+            if progress:
+                break
+        assert progress, "".join(seen)
+        if how.startswith("SIGTERM"):
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        rest = proc.stdout.read()
+        code = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    row = re.search(r"^vmbus\s+([\d,]+)\s+\d+\s", rest, re.M)
+    assert row, rest
+    assert int(row.group(1).replace(",", "")) >= int(progress.group(1).replace(",", ""))
+    assert f"stopped early by {how.split()[0]}" in rest
+    assert "Traceback" not in rest
+    assert code == 130

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from itertools import compress
 from typing import Iterable, Mapping
 
 from hypervisor import _binding
@@ -25,15 +26,56 @@ def _fail(name: str, message: str) -> None:
     raise InvariantViolation(f"{name}: {message}")
 
 
-def check_ownership(host: Host) -> None:
+class Tables:
+    """The core's tables as one round of checks reads them: the live partitions, their info, the
+    owner table and each partition's reach, each read from the core at most once however many
+    checks use it (reading, not judging, is what a round of checks spends its time on). Checks
+    only read, so the tables cannot change under a round; the next round needs new Tables."""
+
+    def __init__(self, host: Host):
+        self.host = host
+        self.ids = host.introspect.partition_ids()
+        self._infos: dict[int, dict | None] = {}
+        self._reach: dict[int, tuple[list[int], list[int], list[int]]] = {}
+        self._maps: dict[int, dict[int, tuple[int, int]]] = {}
+        self._codes: list[int] | None = None
+
+    def info(self, pid: int) -> dict | None:
+        if pid not in self._infos:
+            self._infos[pid] = self.host.introspect.partition_info(pid)
+        return self._infos[pid]
+
+    @property
+    def codes(self) -> list[int]:
+        """The owner code of every SPA page."""
+        if self._codes is None:
+            self._codes = self.host.introspect.owner_codes().tolist()
+        return self._codes
+
+    def reach(self, pid: int) -> tuple[list[int], list[int], list[int]]:
+        """(GPA pages, SPA frames, rights) of every page the partition reaches."""
+        if pid not in self._reach:
+            self._reach[pid] = self.host.introspect.reach_columns(pid)
+        return self._reach[pid]
+
+    def reach_map(self, pid: int) -> dict[int, tuple[int, int]]:
+        """The same as `Introspection.reach`: {GPA page: (SPA frame, rights)}."""
+        if pid not in self._maps:
+            gpas, pfns, rights = self.reach(pid)
+            self._maps[pid] = dict(zip(gpas, zip(pfns, rights)))
+        return self._maps[pid]
+
+
+def check_ownership(host: Host, tables: Tables | None = None) -> None:
     """INV-OWN: every SPA page has exactly one owner (free, the hypervisor or one live
     partition), the core's per-owner counts match a recount, and the totals are conserved."""
-    codes = host.introspect.owner_codes()
+    t = tables or Tables(host)
+    codes = t.codes
     totals = host.introspect.totals()
     if len(codes) != totals["pages"] or totals["pages"] != host.pages:
         _fail("INV-OWN", f"owner table covers {len(codes)} pages, host has {host.pages}")
-    by_code = Counter(codes.tolist())
-    infos = {pid: host.introspect.partition_info(pid) for pid in host.introspect.partition_ids()}
+    by_code = Counter(codes)
+    infos = {pid: t.info(pid) for pid in t.ids}
     slots = {info["slot"]: pid for pid, info in infos.items()}
     for code, n in by_code.items():
         if code not in (OWNER_FREE, OWNER_HV) and code not in slots:
@@ -56,37 +98,41 @@ def check_ownership(host: Host) -> None:
                 _fail("INV-OWN", f"pool page {pfn} of partition {pid} is not hypervisor-owned")
 
 
-def check_reach(host: Host) -> None:
+def check_reach(host: Host, tables: Tables | None = None) -> None:
     """INV-REACH-CHILD, INV-REACH-PARENT and INV-HV: a child reaches exactly the pages it owns,
     each at one GPA; the root reaches exactly its own pages plus the pages its children granted
     it (live grants, each page the granting child's) plus the pages its children made host-visible,
     with no more access than that visibility gives; no partition reaches a hypervisor page."""
-    codes = host.introspect.owner_codes()
+    t = tables or Tables(host)
+    codes = t.codes
     root_id = host.root.id
-    slots = {host.introspect.partition_info(pid)["slot"]: pid for pid in host.introspect.partition_ids()}
+    slots = {t.info(pid)["slot"]: pid for pid in t.ids}
     granted: dict[int, int] = {}  # pfn -> granting child's slot
     visible: dict[int, int] = {}  # pfn -> rights the root has on a host-visible page of a child
-    for pid in host.introspect.partition_ids():
+    for pid in t.ids:
         if pid == root_id:
             continue
-        slot = host.introspect.partition_info(pid)["slot"]
-        own = {pfn for pfn, _ in host.introspect.reach(pid).values()}
+        slot = t.info(pid)["slot"]
+        own = set(t.reach(pid)[1])
         for pfn in host.grants.granted_pages(pid):
             if pfn not in own:
                 _fail("INV-REACH-PARENT", f"partition {pid} granted page {pfn}, which it does not reach")
             granted[pfn] = slot
-        by_gpa = host.introspect.reach(pid)
-        for gpa, vis in host.grants.host_visible(pid).items():
+        shown = host.grants.host_visible(pid)
+        by_gpa = t.reach_map(pid) if shown else {}
+        for gpa, vis in shown.items():
             if gpa not in by_gpa:
                 _fail("INV-REACH-PARENT", f"partition {pid} shows GPA page {gpa}, which it does not map")
             visible[by_gpa[gpa][0]] = _VISIBLE_RIGHTS[vis]
-    for pid in host.introspect.partition_ids():
-        info = host.introspect.partition_info(pid)
-        reach = host.introspect.reach(pid)
-        pfns = [pfn for pfn, _ in reach.values()]
+    for pid in t.ids:
+        info = t.info(pid)
+        gpas, pfns, rights = t.reach(pid)
         if len(set(pfns)) != len(pfns):
             _fail("INV-REACH", f"partition {pid} reaches some SPA page at two GPAs")
-        for gpa, (pfn, _) in reach.items():
+        # Most pages are the partition's own: only those that are not are judged one by one (the
+        # selection runs in C), each exactly as every page once was.
+        foreign = map(info["slot"].__ne__, map(codes.__getitem__, pfns))
+        for gpa, pfn, right in compress(zip(gpas, pfns, rights), foreign):
             owner = codes[pfn]
             if owner == OWNER_HV:
                 _fail("INV-HV", f"partition {pid} reaches hypervisor page {pfn} at GPA page {gpa}")
@@ -95,8 +141,8 @@ def check_reach(host: Host) -> None:
             if pid == root_id and granted.get(pfn) == owner:
                 continue
             if pid == root_id and pfn in visible:
-                if reach[gpa][1] != visible[pfn]:
-                    _fail("INV-REACH-PARENT", f"the root has rights {reach[gpa][1]} on host-visible page {pfn} of "
+                if right != visible[pfn]:
+                    _fail("INV-REACH-PARENT", f"the root has rights {right} on host-visible page {pfn} of "
                                               f"{slots.get(owner, owner)}, which shows it with rights {visible[pfn]}")
                 continue
             _fail("INV-REACH-CHILD" if pid != root_id else "INV-REACH-PARENT",
@@ -136,14 +182,15 @@ def _vps(info: dict) -> list[int]:
     return [i for i in range(64) if info["vp_mask"] >> i & 1]
 
 
-def _gpa_leaves(host: Host, pid: int) -> int:
+def _gpa_leaves(t: Tables, pid: int) -> int:
     """GPA-map leaf tables a child's map needs: one per 512-page region holding a mapped page."""
-    return len({gpa // LEAF_ENTRIES for gpa in host.introspect.reach(pid)})
+    return len({gpa // LEAF_ENTRIES for gpa in t.reach(pid)[0]})
 
 
 def check_messages(host: Host, *, ids: Iterable[int] | None = None,
                    ports: Mapping[tuple[int, int], PortFacts] | None = None,
-                   connections: Mapping[tuple[int, int], tuple[int, int] | None] | None = None) -> None:
+                   connections: Mapping[tuple[int, int], tuple[int, int] | None] | None = None,
+                   tables: Tables | None = None) -> None:
     """INV-QUEUE, INV-TEARDOWN and INV-ACCOUNT for ports, connections and message queues.
 
     Introspection finds a port or connection by id but cannot list them, so the check looks up
@@ -165,11 +212,11 @@ def check_messages(host: Host, *, ids: Iterable[int] | None = None,
     """
     from hypervisor.testing.strategies import PORT_IDS
 
-    intro = host.introspect
-    live = intro.partition_ids()
+    t = tables or Tables(host)
+    live = t.ids
     live_set = set(live)
     root_id = host.root.id
-    infos = {pid: intro.partition_info(pid) for pid in live}
+    infos = {pid: t.info(pid) for pid in live}
     counts = {pid: _binding.hv_port_counts(host._h, pid) for pid in live}
     for pid, (nports, nconns) in counts.items():
         if nports > MAX_PORTS or nconns > MAX_CONNECTIONS:
@@ -298,7 +345,7 @@ def check_messages(host: Host, *, ids: Iterable[int] | None = None,
             base = 0  # the root's VPs and map are the boot's, not its pool's
         else:
             base = (PARTITION_INIT_PAGES if info["state"] != PartitionState.CREATED else 0) \
-                + VP_PAGES * len(_vps(info)) + _gpa_leaves(host, pid)
+                + VP_PAGES * len(_vps(info)) + _gpa_leaves(t, pid)
         nports, nconns = counts[pid]
         if ports is not None:
             nports = sum(1 for (owner, _) in ports if owner == pid)
@@ -308,7 +355,8 @@ def check_messages(host: Host, *, ids: Iterable[int] | None = None,
 
 
 def check_all(host: Host) -> None:
-    """Every invariant above."""
-    check_ownership(host)
-    check_reach(host)
-    check_messages(host)
+    """Every invariant above, over one reading of the core's tables."""
+    tables = Tables(host)
+    check_ownership(host, tables)
+    check_reach(host, tables)
+    check_messages(host, tables=tables)

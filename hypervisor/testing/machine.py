@@ -27,7 +27,7 @@ from hypervisor.synic import (EVENT_FLAGS_BYTES, MESSAGE_FLAG_PENDING, MESSAGE_S
                               PORT_MESSAGE_BUFFERS, SINT_COUNT, SINT_MASKED, SCONTROL_ENABLE, siefp_value,
                               simp_value, sint_value)
 from hypervisor.testing import strategies as hs
-from hypervisor.testing.invariants import InvariantViolation, PortFacts, check_all, check_messages
+from hypervisor.testing.invariants import InvariantViolation, PortFacts, Tables, check_all, check_messages
 
 MAX_CHILDREN = 4
 MSG, EVT = hs.PORT_TYPE_MESSAGE, hs.PORT_TYPE_EVENT
@@ -124,6 +124,7 @@ class HypervisorMachine(RuleBasedStateMachine):
         self.root_synic_pages: dict[int, tuple[int, int]] = {}
         self.child_synic_pages: dict[tuple[int, int], tuple[int, int]] = {}
         self.sequence = 0
+        self._tables: Tables | None = None  # the core's tables while the invariants read them
 
     # ---- helpers ------------------------------------------------------------------------------
     def _live(self) -> list[Partition]:
@@ -139,7 +140,14 @@ class HypervisorMachine(RuleBasedStateMachine):
             return None
 
     def _info(self, p: Partition | int) -> dict | None:
+        if self._tables is not None:
+            return self._tables.info(p if isinstance(p, int) else p.id)
         return self.host.introspect.partition_info(p)
+
+    def _reach(self, pid: int) -> dict[int, tuple[int, int]]:
+        if self._tables is not None:
+            return self._tables.reach_map(pid)
+        return self.host.introspect.reach(pid)
 
     def _callers(self) -> list[Partition]:
         """Partitions whose VPs can issue hypercalls: the root and initialized children with VPs."""
@@ -238,7 +246,7 @@ class HypervisorMachine(RuleBasedStateMachine):
                 return True
             return any(gpfn in self.host.grants.granted_pages(c) for c in self.host.introspect.partition_ids()
                        if c != pid)
-        entry = self.host.introspect.reach(pid).get(gpfn)
+        entry = self._reach(pid).get(gpfn)
         return entry is not None and entry[1] & _RW == _RW
 
     def _synic_ok(self, port: ModelPort, event: bool) -> bool | None:
@@ -989,13 +997,19 @@ class HypervisorMachine(RuleBasedStateMachine):
     def messages_hold(self) -> None:
         """Bring the model up to date with deletions, account for every message that left a
         queue (it must be in its SIM slot, whole and in posting order), check every slot, then
-        recount queues, connections and pools against the model (`check_messages`)."""
-        self._sync_teardown()
-        self._check_deliveries()
-        self._check_slots()
-        check_messages(self.host, ports={k: p.facts for k, p in self.ports.items()},
-                       connections={k: (None if c.port is None else (c.port.owner, c.port.id))
-                                    for k, c in self.connections.items()})
+        recount queues, connections and pools against the model (`check_messages`). The core's
+        tables are read once for all of it: these checks read memory and registers, never change
+        a partition, a map or an owner."""
+        self._tables = Tables(self.host)
+        try:
+            self._sync_teardown()
+            self._check_deliveries()
+            self._check_slots()
+            check_messages(self.host, ports={k: p.facts for k, p in self.ports.items()},
+                           connections={k: (None if c.port is None else (c.port.owner, c.port.id))
+                                        for k, c in self.connections.items()}, tables=self._tables)
+        finally:
+            self._tables = None
 
     def _sync_teardown(self) -> None:
         live = set(self.host.introspect.partition_ids())
@@ -1085,7 +1099,7 @@ class HypervisorMachine(RuleBasedStateMachine):
         """The SPA frame behind GPA page `gpfn` of partition `pid` (None if it has none)."""
         if pid == self.root.id:
             return gpfn if gpfn < self.host.pages else None
-        entry = self.host.introspect.reach(pid).get(gpfn)
+        entry = self._reach(pid).get(gpfn)
         return None if entry is None else entry[0]
 
     def _check_slots(self) -> None:
