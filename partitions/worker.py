@@ -33,7 +33,7 @@ def _map_control(count: int, start: int) -> int:
     return control(CallCode.MAP_GPA_PAGES, rep_count=count, rep_start=start)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _ramp(n: int) -> tuple[int, int]:
     """(0, 1, ..., n-1) and (1, 1, ..., 1) as n little-endian 64-bit lanes of one integer."""
     ones = int.from_bytes(b"\x01\0\0\0\0\0\0\0" * n, "little")
@@ -99,14 +99,24 @@ class VmWorker:
         the host's reps per call; each continuation resumes where the last one stopped, as the
         TLFS says), and so on until every call is complete."""
         root = self.host.root
-        sources = b"".join(_run_bytes(run) for run in self._ram_runs)
-        total = len(sources) // 8
+        total = sum(len(run) for run in self._ram_runs)
         calls = [(first, min(MAP_PER_CALL, total - first)) for first in range(0, total, MAP_PER_CALL)]
         image = bytearray(len(calls) * PAGE_SIZE)
+        # Each call's source pages are the next `count` pages of the runs, written a piece of a
+        # run at a time (small pieces: no transient copy of the whole list).
+        runs, run, taken = iter(self._ram_runs), range(0), 0
         for k, (first, count) in enumerate(calls):
             at = k * PAGE_SIZE
             MAP_HEADER.pack_into(image, at, child.id, first, MAP_RWX, 0)
-            image[at + MAP_HEADER.size:at + MAP_HEADER.size + 8 * count] = sources[8 * first:8 * (first + count)]
+            at += MAP_HEADER.size
+            while count:
+                if taken == len(run):
+                    run, taken = next(runs), 0
+                piece = run[taken:taken + count]
+                image[at:at + 8 * len(piece)] = _run_bytes(piece)
+                at += 8 * len(piece)
+                taken += len(piece)
+                count -= len(piece)
         scratch = self.host.root_memory.allocate_runs(len(calls))
         gpas = [page * PAGE_SIZE for run in scratch for page in run]
         try:
