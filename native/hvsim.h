@@ -5,5 +5,6 @@
 #include "hv_abi.h"
 #include "core.h"
 #include "ring.h"
+#include "vhd_io.h"
 
 #endif

@@ -29,6 +29,12 @@ consistent: *metadata that makes data visible is written only after that data is
 writes but drops the barriers that order them; `flush` still ends with an fdatasync, so what a
 guest asks to be durable is. `syncs` counts the fdatasync calls made.
 
+Data movement for sectors the tables already place (reads through the whole chain, writes to
+present sectors) is one call into the C core (native/vhd_io.c) per request; it reads this
+object's BAT and bitmaps in place and stops where a table would have to change or be loaded, and
+the Python code below, the reference implementation of the layout, does the rest. `native_io`
+(default on when the core loads) chooses; the tests hold the two paths to the same results.
+
 Opening takes an advisory `flock` on the file: exclusive for read-write, shared for read-only, so
 two writers, or a writer and a disk using the file as a parent, cannot run together.
 
@@ -109,6 +115,14 @@ class VirtualDisk:
         self._pending_bits: set[int] = set()
         self._dirty = False
         self._syncs = 0
+        # The C path's view of this disk (None: Python only): see `_native_setup`. A fixed disk's
+        # own requests stay in Python (one pread/pwrite already: the crossing would cost more
+        # than it saves); its struct serves the reads of the children it is a parent of.
+        self._c = None
+        self._c_direct = False
+        self._c_bitmaps = None
+        self._c_keep: dict[int, object] = {}   # block → bitmap buffer the C side points into
+        self._bitmap_bufs: dict[int, bytearray] = {}  # block → bitmap in the file's bit order
         # Where the trailing footer starts: the next block goes here.
         self._end = meta.file_size - FOOTER_SIZE
         self._size = footer.current_size
@@ -116,6 +130,7 @@ class VirtualDisk:
             self._block_size = header.block_size
             self._bitmap_size = header.bitmap_size
             self._full_bitmap = (1 << (self._block_size // SECTOR_SIZE)) - 1
+        self._native_setup()
 
     # --- construction ----------------------------------------------------------------------
 
@@ -250,6 +265,20 @@ class VirtualDisk:
         return self._fd < 0
 
     @property
+    def native_io(self) -> bool:
+        """Whether the C path is on (see the module docstring; a fixed disk uses it only
+        through the children it is a parent of)."""
+        return self._c is not None
+
+    @native_io.setter
+    def native_io(self, on: bool) -> None:
+        if on and self._c is None:
+            self._native_setup()
+        elif not on:
+            self._c = None
+            self._c_direct = False
+
+    @property
     def syncs(self) -> int:
         """fdatasync calls made on this file so far (barriers and flushes)."""
         return self._syncs
@@ -328,6 +357,11 @@ class VirtualDisk:
         if not view:
             return
         self._dirty = True
+        if self._c_direct and not (offset | len(view)) % SECTOR_SIZE:
+            done = self._native(self._c_write, offset, view)
+            if done == len(view):
+                return
+            offset, view = offset + done, view[done:]   # the rest needs a table change
         if self._header is None:
             self._pwrite(view, offset)
             return
@@ -393,6 +427,7 @@ class VirtualDisk:
         finally:
             if self._fd >= 0:
                 fd, self._fd = self._fd, -1
+                self._c, self._c_direct = None, False
                 os.close(fd)  # also drops the flock
             if self._parent is not None:
                 self._parent.close()
@@ -429,6 +464,14 @@ class VirtualDisk:
             pos += chunk
 
     def _read_into(self, offset: int, view: memoryview) -> None:
+        if self._c_direct and len(view):
+            done = self._native(self._c_read, offset, view)
+            if done == len(view):
+                return
+            offset, view = offset + done, view[done:]   # a table to load: the reference does it
+        self._read_into_py(offset, view)
+
+    def _read_into_py(self, offset: int, view: memoryview) -> None:
         if self._header is None:
             self._pread_into(view, offset)
             return
@@ -469,8 +512,67 @@ class VirtualDisk:
             if len(raw) != self._bitmap_size:
                 raise VhdCorruptError(f"{self._path}: sector bitmap of block {block} is cut short by "
                                       "the end of the file (file truncated while open?)")
-            bits = self._bitmaps[block] = bitmap_from_disk(raw)
+            bits = bitmap_from_disk(raw)
+            self._store_bitmap(block, bits)
         return bits
+
+    def _store_bitmap(self, block: int, bits: int) -> None:
+        """Set a block's in-memory bitmap (both forms: the int, and the bytes the C path reads)."""
+        self._bitmaps[block] = bits
+        buf = self._bitmap_bufs.get(block)
+        if buf is None:
+            buf = self._bitmap_bufs[block] = bytearray(self._bitmap_size)
+        buf[:] = bitmap_to_disk(bits, self._bitmap_size)
+        if self._c_bitmaps is not None and block not in self._c_keep:
+            ffi = _ffi()
+            self._c_keep[block] = ptr = ffi.from_buffer("uint8_t[]", buf)
+            self._c_bitmaps[block] = ptr
+
+    # --- internals: the C path --------------------------------------------------------------
+
+    def _native_setup(self) -> None:
+        """Describe this disk to the C path (nothing if the core does not load)."""
+        lib = _lib()
+        if lib is None or (self._parent is not None and self._parent._c is None):
+            return
+        if self._bat is not None and self._bat.itemsize != 4:  # pragma: no cover - see unpack_bat
+            return
+        ffi = _ffi()
+        c = ffi.new("struct hv_vhd_disk *")
+        c.fd, c.size = self._fd, self._size
+        if self._header is not None:
+            assert self._bat is not None
+            c.block_size, c.bitmap_size = self._block_size, self._bitmap_size
+            c.bat_entries = len(self._bat)
+            # In place: the array is never resized, only its entries change.
+            self._c_bat = ffi.from_buffer("uint32_t[]", self._bat)
+            self._c_bitmaps = ffi.new("uint8_t *[]", max(len(self._bat), 1))
+            self._c_keep = {}
+            for block, buf in self._bitmap_bufs.items():
+                self._c_keep[block] = ptr = ffi.from_buffer("uint8_t[]", buf)
+                self._c_bitmaps[block] = ptr
+            c.bat, c.bitmaps = self._c_bat, self._c_bitmaps
+        if self._parent is not None:
+            # Held here too: the parent's struct must outlive this one's pointer to it.
+            self._c_parent = c.parent = self._parent._c
+        self._c_done = ffi.new("uint64_t *")
+        self._c_read, self._c_write, self._c_buffer = lib.hv_vhd_read, lib.hv_vhd_write, ffi.from_buffer
+        self._c = c
+        self._c_direct = self._header is not None
+
+    def _native(self, call, offset: int, view: memoryview) -> int:
+        """One C call over `view`; returns the bytes it moved (all of them, or up to where the
+        Python code must take over)."""
+        done = self._c_done
+        rc = call(self._c, offset, self._c_buffer("uint8_t[]", view), len(view), done)
+        if rc == 0 or rc == _NEED_METADATA:
+            return done[0]
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc), self._path)
+        if rc == _PAST_EOF:
+            raise VhdCorruptError(f"{self._path}: data at disk offset {offset + done[0]} lies past the end "
+                                  "of the file (file truncated while open?)")
+        raise VhdError(f"{self._path}: the C path refused a request at {offset} of {len(view)} bytes")
 
     def _pread_into(self, view: memoryview, at: int) -> None:
         done = 0
@@ -499,7 +601,7 @@ class VirtualDisk:
                 if bits & mask != mask:
                     # The data must be durable before the bits that make it visible: the bits
                     # reach the file at the next flush, after its barrier.
-                    self._bitmaps[block] = bits | mask
+                    self._store_bitmap(block, bits | mask)
                     self._pending_bits.add(block)
 
     def _allocate(self, block: int, in_block: int, src: memoryview) -> None:
@@ -530,7 +632,7 @@ class VirtualDisk:
         self._pwrite(memoryview(bitmap_to_disk(bits, self._bitmap_size)), at)
         self._pwrite(src, at + self._bitmap_size + in_block)
         self._bat[block] = at // SECTOR_SIZE
-        self._bitmaps[block] = bits
+        self._store_bitmap(block, bits)
         self._pending_bat.add(block)
 
     def _barrier(self) -> None:
@@ -546,6 +648,33 @@ class VirtualDisk:
         done = 0
         while done < len(view):
             done += os.pwrite(self._fd, view[done:], at + done)
+
+
+# --- the C path ------------------------------------------------------------------------------
+
+_NEED_METADATA = 1   # native/vhd_io.h: HV_VHD_NEED_METADATA
+_PAST_EOF = 2        # HV_VHD_PAST_EOF
+_CORE: list = []
+
+
+def _core():
+    """(ffi, lib) of the compiled core, or (None, None) when it does not load: the Python code
+    is complete on its own."""
+    if not _CORE:
+        try:
+            from hypervisor import _binding
+            _CORE.append((_binding.ffi, _binding.lib) if hasattr(_binding.lib, "hv_vhd_read") else (None, None))
+        except ImportError:
+            _CORE.append((None, None))
+    return _CORE[0]
+
+
+def _ffi():
+    return _core()[0]
+
+
+def _lib():
+    return _core()[1]
 
 
 # --- opening and creating ------------------------------------------------------------------
