@@ -9,8 +9,9 @@ hypercall page placed, moved and taken away. The core's invariants (check_all, w
 INV-QUEUE and INV-ACCOUNT) are checked after every step by the machine it extends; the ring's
 packets and a restored child's state are checked against a model as well.
 
-`make soak` runs the shipped machines long; here the budget is small, so that the whole suite
-stays short (the same machine runs long under `hypothesis --hypothesis-profile` of your own)."""
+The budget here is small, so that the whole suite stays short; run it longer with
+`run_state_machine_as_test(InterleavedMachine, settings=...)`, or under ASan/UBSan with
+`make sanitize ARGS=tests/threat_model/test_interleaved_machine.py`."""
 from __future__ import annotations
 
 from collections import deque
