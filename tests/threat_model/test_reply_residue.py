@@ -2,7 +2,8 @@
 for that request. storvsp's completions are compared byte for byte between a fresh device and one
 that has just answered errors with sense data, VPD pages, REPORT LUNS and reads of other blocks:
 a completion depends only on its request (and the disk), and its reserved bytes and unused union
-bytes are zero."""
+bytes are zero. The same for netvsp's NVSP completions and RNDIS answers and for every integration
+service's messages (below)."""
 from __future__ import annotations
 
 import struct
