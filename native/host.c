@@ -263,6 +263,10 @@ void hv_state_digest(struct hv_host *h, int include_memory, uint8_t *out)
             dg(&d, h->owner[pfn]);
         }
     for (uint32_t s = 0; s < HV_MAX_PARTITIONS; s++) {
+        if (!(h->slots_used[s / 64] >> (s % 64))) { /* no partition in the rest of this word */
+            s |= 63;
+            continue;
+        }
         struct hv_partition *p = h->parts[s];
         if (!p)
             continue;
