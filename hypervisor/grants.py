@@ -183,6 +183,27 @@ class VisibleView:
             raise error_for(st, "ReleaseHostVisibleView")
 
 
+class VisibleMemory:
+    """One child's host-visible pages as its parent reaches them, for a VSP that serves GPA-direct
+    ranges (storvsp's `guest_memory`): each call checks visibility as it is now."""
+
+    def __init__(self, host: Host, child: Partition | int):
+        self._grants, self.child_id = host.grants, _cid(child)
+
+    def check(self, gpa_pages, writable: bool = False) -> int | None:
+        """The first of `gpa_pages` not host-visible (read-write if `writable`), or None."""
+        try:
+            return self._grants.check_visible(self.child_id, gpa_pages, writable=writable)
+        except LookupError:  # the child is gone: none of its pages is visible
+            return next(iter(gpa_pages), 0)
+
+    def read(self, gpa_pages, offset: int, length: int) -> bytes:
+        return self._grants.read_visible(self.child_id, gpa_pages, offset, length)
+
+    def write(self, gpa_pages, offset: int, data) -> None:
+        self._grants.write_visible(self.child_id, gpa_pages, offset, data)
+
+
 def _cid(child: Partition | int) -> int:
     return child if isinstance(child, int) else child.id
 

@@ -320,11 +320,13 @@ class VirtualMachine:
                 except Exception as exc:  # SaveUnsupported and friends: recorded, not fatal here
                     devices[slot.name] = {"not_saved": f"{type(exc).__name__}: {exc}"}
             pages = sorted(self.host.introspect.reach(part))
+            shown = [[gpa, int(vis)] for gpa, vis in sorted(self.host.grants.host_visible(part).items())]
             meta = {"vm": self.name, "memory_bytes": self.worker.memory_bytes, "processors": self.spec.processors,
                     "time_ns": self.host.now, "memory_digest": self.memory_digest(), "pages": len(pages)}
             with SavedStateWriter(path, "saved-state", meta) as w:
                 w.section("vps", vps)
                 w.section("devices", devices)
+                w.section("host_visibility", shown)
                 mem = w.stream("memory")
                 zero = bytes(4096)
                 for gpa in pages:
@@ -364,6 +366,7 @@ class VirtualMachine:
                                   f"expected a time in ns and vm {self.name!r}'s {len(mapped)} pages")
         memory = self._restore_memory(path, reader, mapped, meta.get("memory_digest"))
         self._check_device_records(path, reader.load("devices"))
+        self._check_host_visibility(path, reader)
         registers = self._restore_registers(path, vps)
         # Decode, then apply: every VP's registers are checked by the core as SetVpRegisters would
         # check them, so nothing below can fail on the file's account and a bad file leaves the
@@ -403,6 +406,24 @@ class VirtualMachine:
         if _memory_digest((gpa, memory.get(gpa, zero)) for gpa in sorted(mapped)) != digest:
             raise SavedStateError(f"{path}: the memory records do not match the header's memory digest")
         return memory
+
+    def _check_host_visibility(self, path, reader) -> None:
+        """The "host_visibility" section: the pages the guest had made host-visible when it was
+        saved, as [GPA page, visibility] pairs. The marks are partition state the core keeps with
+        the partition, which outlives its Saved state in hvsim (as its grants do), so a restore
+        finds them in place: the file must agree with them. (A file written before the section
+        existed has none.)"""
+        from partitions.savedstate import SavedStateError
+        if "host_visibility" not in reader:
+            return
+        saved = reader.load("host_visibility")
+        if not isinstance(saved, list) or not all(
+                isinstance(e, list) and len(e) == 2 and all(map(_is_int, e)) and e[1] in (1, 3) for e in saved):
+            raise SavedStateError(f"{path}: section 'host_visibility' is not a list of [GPA page, 1 or 3] pairs")
+        now = {gpa: int(vis) for gpa, vis in self.host.grants.host_visible(self.partition).items()}
+        if dict(map(tuple, saved)) != now or len(saved) != len(now):
+            raise SavedStateError(f"{path}: vm {self.name!r} was saved with {len(saved)} host-visible pages "
+                                  f"that do not match the {len(now)} its partition shows now")
 
     def _check_device_records(self, path, devices) -> None:
         """The "devices" section: for devices of this VM only, each {"saved": record} or

@@ -20,8 +20,9 @@ from typing import Any, Callable
 
 from drivers.device import DeviceType, Vsc
 from drivers.registry import Registry
-from hypervisor import Partition, Register
-from hypervisor.grants import own_view, release_view, view as own_view_ptr
+from hypervisor import HvError, Partition, Register
+from hypervisor.abi import HostVisibility
+from hypervisor.grants import modify_host_visibility, own_view, release_view, view as own_view_ptr
 from hypervisor.synic import clear_message_slot, read_message_slot, simp_value, siefp_value, sint_value
 from vmbus.channel import ChannelEnd, init_ring_gpadl
 from partitions.device_context import EndpointContext
@@ -62,6 +63,7 @@ class _Open:
     end: ChannelEnd | None = None
     vsc: Vsc | None = None
     buffers: list = field(default_factory=list)  # (gpadl id, pages) granted beyond the ring
+    shared: list = field(default_factory=list)   # (own view id, pages) made host-visible
 
 
 class GuestVmbus:
@@ -134,6 +136,23 @@ class GuestVmbus:
 
         self._create_gpadl(relid, pages, created)
 
+    def _share_pages(self, relid: int, count: int):
+        """For a VSC: `count` of the guest's pages, mapped for it and made host-visible read-write
+        (HvCallModifySparseGpaPageHostVisibility, as an isolated guest shares its bounce buffers);
+        returns (pages, view). They are hidden and freed when the channel closes."""
+        pages = self.pages.allocate(count)
+        self._views += 1
+        view_id = self._views
+        view = own_view(self.partition, view_id, pages)
+        try:
+            modify_host_visibility(self.partition, pages, HostVisibility.READ_WRITE)
+        except Exception:
+            release_view(self.partition, view_id)
+            self.pages.release(pages)
+            raise
+        self.channels[relid].shared.append((view_id, pages))
+        return pages, view
+
     def _own_buffer_view(self, pages: list[int]):
         self._views += 1
         return own_view(self.partition, self._views, pages)
@@ -165,6 +184,7 @@ class GuestVmbus:
         ch.name = self._name_for(offer, ch.device)
         config = dict(self.configs.get(ch.name) or {})
         config.setdefault("grant_pages", lambda n, done: self._grant_pages(relid, n, done))
+        config.setdefault("share_pages", lambda n: self._share_pages(relid, n))
         config.setdefault("relid", relid)
         if ch.device.guest_buffer_pages and "buffer_pages" not in config:
             # Pages the VSC shares through GPADLs of its own (netvsc's receive and send buffers).
@@ -206,6 +226,14 @@ class GuestVmbus:
             self.devices.pop(ch.name, None)
         release_view(self.partition, relid)
         self.pages.release(ch.pages)
+        for view_id, pages in ch.shared:  # the host sees them no more before they are reused
+            release_view(self.partition, view_id)
+            try:
+                modify_host_visibility(self.partition, pages, HostVisibility.NONE)
+            except HvError as exc:  # still visible: never reuse them for anything private
+                self.log("cannot hide shared pages", relid=relid, error=str(exc))
+                continue
+            self.pages.release(pages)
 
     def _handle_events(self) -> None:
         while self._pending:

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from drivers.device import DeviceContext, DeviceQuiesced, DeviceType, Vsp
 from hypervisor import Host, Partition, Register
+from hypervisor.grants import VisibleMemory
 from hypervisor.status import HvError, HvStatus
 from hypervisor.synic import (PortType, clear_message_slot, read_message_slot, simp_value, siefp_value,
                               sint_value)
@@ -159,9 +160,11 @@ class _Notifier:
             self.log("ring gpadl unusable", relid=relid, error=str(exc))
             return STATUS_UNSUCCESSFUL
         config = dict(ch.config)
-        # Buffers beyond the ring (an I/O pool, receive/send buffers): GPADLs of this channel,
+        # Buffers beyond the ring (receive/send buffers): GPADLs of this channel,
         # resolved to the parent's view of them and the guest PFNs they cover.
         config.setdefault("resolve_gpadl", lambda gid: self._gpadl(relid, request.ring_gpadl_id, gid))
+        # Pages the child made host-visible, wherever they are (what GPA-direct ranges name).
+        config.setdefault("guest_memory", VisibleMemory(service.host, child.partition))
         try:  # a VSP that fails to open fails this open only
             vsp = ch.device.vsp(end, config, _ChannelContext(service, child, relid))
             ch.end, ch.vsp = end, vsp

@@ -5,7 +5,7 @@ Every packet payload is one 64-byte vstor_packet (little-endian):
 
     0  operation u32   4  flags u32 (REQUEST_COMPLETION_FLAG)   8  status u32 (an NTSTATUS)
    12  a 52-byte union: vmscsi_request (EXECUTE_SRB and its completion), channel properties
-       (QUERY_PROPERTIES), protocol version (QUERY_PROTOCOL_VERSION), pool announcement
+       (QUERY_PROPERTIES), protocol version (QUERY_PROTOCOL_VERSION)
 
 vmscsi_request (52 bytes, the Win8 "V2" layout; hvsim negotiates Win8 and later only):
 
@@ -25,12 +25,12 @@ packet's payload proper is the 64-byte vstor_packet alone. The ring hands the ra
 reader as Packet.header. A range's PFN count is the number of pages [byte_offset, byte_offset +
 byte_count) touches.
 
-hvsim's one addition (N.B. not in Hyper-V): a parent may touch only the child pages the child
-granted it. So storvsc grants a pool of its own pages as a GPADL on the channel, as netvsc does
-for its receive and send buffers, and announces it with ANNOUNCE_IO_POOL (operation 0x100, union:
-gpadl_id u32, reserved u32) after QUERY_PROPERTIES and before END_INITIALIZATION; every range of
-every EXECUTE_SRB must then lie in that pool. The guest bounces I/O through the pool exactly as a
-confidential Linux guest bounces storvsc I/O through its shared swiotlb pages.
+A parent reaches only the child pages the child granted it (GPADLs) or made host-visible. The
+ranges of an EXECUTE_SRB name guest pages directly, so they must lie in pages the guest made
+host-visible with HvCallModifySparseGpaPageHostVisibility, wherever they are in its memory:
+storvsc bounces its I/O through pages it marked so, exactly as a confidential (isolated) Linux
+guest bounces storvsc I/O through the swiotlb pages it shared with the host (hv_mark_gpa_visibility
+in arch/x86/hyperv/ivm.c). The wire format is Linux's and Hyper-V's; nothing is announced.
 
 decode_* treat their input as hostile: they read nothing past it and raise StorError (a
 ValueError) for anything short or out of range, and nothing else.
@@ -69,7 +69,6 @@ class Operation(enum.IntEnum):
     FCHBA_DATA = 12
     CREATE_SUB_CHANNELS = 13
     EVENT_NOTIFICATION = 14
-    ANNOUNCE_IO_POOL = 0x100  # hvsim's own (see the module docstring)
 
 
 REQUEST_COMPLETION_FLAG = 0x1
@@ -149,7 +148,6 @@ _HEADER = struct.Struct("<III")
 _REQUEST = struct.Struct("<HBBBBBBBBBBI20sHBBIII")
 _PROPERTIES = struct.Struct("<IHHIIQ")
 _VERSION = struct.Struct("<HH")
-_POOL = struct.Struct("<II")
 _GPA_HEADER = struct.Struct("<II")
 _RANGE = struct.Struct("<IIQ")  # one range with its first PFN; more PFNs follow as u64s
 _U64 = struct.Struct("<Q")
@@ -279,14 +277,13 @@ def decode_version(body: bytes) -> int:
     return _VERSION.unpack_from(body)[0]
 
 
-def encode_pool(gpadl_id: int) -> bytes:
-    return _POOL.pack(gpadl_id, 0)
-
-
 def decode_pool(body: bytes) -> int:
-    if len(body) < _POOL.size:
+    """N.B. a leftover: the pool announcement (operation 0x100, hvsim's own) is gone from the
+    protocol, and nothing here sends or takes it; this parser of its union (gpadl_id u32) stays
+    only while fuzz/targets.py's vstor harness still calls it. Remove the two together."""
+    if len(body) < 8:
         raise StorError("short pool announcement")
-    return _POOL.unpack_from(body)[0]
+    return struct.unpack_from("<I", body)[0]
 
 
 # -- GPA-direct payloads ---------------------------------------------------------------------------

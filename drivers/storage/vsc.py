@@ -1,19 +1,21 @@
 """storvsc, the guest side of the synthetic SCSI controller, and the block devices it gives guest
 workloads: negotiate (BEGIN_INITIALIZATION, QUERY_PROTOCOL_VERSION newest first,
-QUERY_PROPERTIES, ANNOUNCE_IO_POOL, END_INITIALIZATION), discover the disks (REPORT LUNS to LUN
+QUERY_PROPERTIES, END_INITIALIZATION, as Linux's storvsc_channel_init does), discover the disks (REPORT LUNS to LUN
 0, then INQUIRY and READ CAPACITY (16), falling back to (10), on each LUN; LUN 0 alone when the
 target does not answer REPORT LUNS, or lists nothing, as Linux's scan does), then carry reads,
 writes and flushes as EXECUTE_SRBs addressed to a disk's LUN.
 
-Data goes through the I/O pool (protocol.py): pages of the guest granted to the host once, at
-open, through the `grant_pages(count, done)` hook in the config, which the guest's VMBus stack
-supplies: it allocates `count` of the guest's pages, grants them as a GPADL on this channel and
-calls `done(gpadl_id, pfns, view)` once the host accepted (`done(None, [], None)` if not). A
-write is copied into pool pages before its SRB goes out; a read is copied out when it completes.
+Data is bounced through pages the guest shows the host (protocol.py), as a confidential Linux
+guest bounces storvsc I/O through its shared swiotlb pages: at open, the `share_pages(count)` hook
+in the config, which the guest's VMBus stack supplies, allocates `count` of the guest's pages,
+makes them host-visible read-write with HvCallModifySparseGpaPageHostVisibility and returns
+(GPA pages, a view of them), or raises if it cannot; the stack hides and frees them when the
+channel closes. A write is copied into bounce pages before its SRB goes out; a read is copied out
+when it completes. Nothing is granted or announced: the host finds the pages by the SRB's ranges.
 
-Config: grant_pages (required, above); pool_pages 64 (the pool, and so the largest transfer,
-256 KiB); max_outstanding 64 (SRBs in flight); cpu_per_request "1us" (guest CPU charged per SRB
-sent); keep_completed 10000.
+Config: share_pages (required, above); pool_pages 64 (the bounce pages, and so the largest
+transfer, 256 KiB); max_outstanding 64 (SRBs in flight); cpu_per_request "1us" (guest CPU charged
+per SRB sent); keep_completed 10000.
 
 The block devices, for a workload driven by the guest stack's loop (it polls, or is called back):
 
@@ -26,9 +28,9 @@ The block devices, for a workload driven by the guest stack's loop (it polls, or
 `vsc.read`, `vsc.write`, `vsc.flush`, `vsc.execute`, `vsc.capacity` and `vsc.inquiry` are LUN 0's.
 `vsc.ready` once discovery is over with at least one disk (a LUN that cannot be used is left out,
 its reason in `vsc.lun_errors`); then each disk's `capacity` (blocks), and `vsc.max_blocks` (the
-largest single transfer, the same for every disk: the controller's pool and the host's limit).
-The disks share the controller's pool, ring and max_outstanding. Requests beyond max_outstanding,
-or that find the pool or the ring full, wait in `vsc.pending` and go out in order as completions
+largest single transfer, the same for every disk: the controller's bounce pages and the host's
+limit). The disks share the controller's bounce pages, ring and max_outstanding. Requests beyond
+max_outstanding, or that find the bounce pages or the ring full, wait in `vsc.pending` and go out in order as completions
 free room; finished requests are appended to `vsc.completed` (the last `keep_completed`). The
 host is not trusted: completions for unknown transaction ids are dropped, a read returns only the
 bytes the host reports, and a LUN list longer than its data is cut to what the data holds.
@@ -79,9 +81,9 @@ class IoRequest:
     transferred: int = 0
     cdb: bytes = b""
     data_in: int = p.DATA_UNKNOWN
-    length: int = 0               # bytes the request moves through the pool
+    length: int = 0               # bytes the request moves through the bounce pages
     out: bytes = field(default=b"", repr=False)  # data to write
-    pages: list[int] = field(default_factory=list, repr=False)  # pool pages while outstanding
+    pages: list[int] = field(default_factory=list, repr=False)  # bounce pages while outstanding
 
     @property
     def ok(self) -> bool:
@@ -149,9 +151,8 @@ class StorVsc(Vsc):
         self.completed: deque[IoRequest] = deque(maxlen=int(cfg.get("keep_completed", 10_000)))
         self._offered = list(p.VERSIONS)
         self._init_op: Operation | None = None  # the init request awaiting its completion
-        self._pool: tuple[int, list[int], memoryview] | None = None  # (gpadl id, pfns, view)
-        self._announced = False
-        self._free: list[int] = []            # free pool page indices, ascending
+        self._bounce: tuple[list[int], memoryview] | None = None  # (GPA pages, view), host-visible
+        self._free: list[int] = []            # free bounce page indices, ascending
         self._next_id = 1                     # IoRequest ids
         self._next_trans_id = 0               # the last transaction id used
         self._pumping = False
@@ -159,27 +160,22 @@ class StorVsc(Vsc):
     # -- negotiation -------------------------------------------------------------------------
 
     def on_open(self) -> None:
-        grant = self.config.get("grant_pages")
-        if grant is None:
-            self._fail("no grant_pages hook: the guest stack cannot give this device an I/O pool")
+        share = self.config.get("share_pages")
+        if share is None:
+            self._fail("no share_pages hook: the guest stack cannot give this device bounce pages")
             return
-        grant(self.pool_pages, self._pool_granted)
-        if self.state is State.NEGOTIATING:
-            self._init(Operation.BEGIN_INITIALIZATION)
-
-    def _pool_granted(self, gpadl_id: int | None, pfns, view) -> None:
-        if self.state is not State.NEGOTIATING:
-            return
-        if gpadl_id is None or view is None or len(pfns) == 0:
-            self._fail("the I/O pool could not be granted")
+        try:
+            pfns, view = share(self.pool_pages)
+        except Exception as exc:  # the guest stack's or the hypervisor's refusal
+            self._fail(f"the bounce pages could not be made host-visible: {type(exc).__name__}: {exc}")
             return
         view = memoryview(view).cast("B")
-        if len(view) < len(pfns) * PAGE_SIZE:
-            self._fail("the I/O pool view is smaller than its pages")
+        if not pfns or len(view) < len(pfns) * PAGE_SIZE:
+            self._fail("the bounce pages' view is smaller than the pages")
             return
-        self._pool = (gpadl_id, list(pfns), view)
+        self._bounce = (list(pfns), view)
         self._free = list(range(len(pfns)))
-        self._announce_when_ready()
+        self._init(Operation.BEGIN_INITIALIZATION)
 
     def _init(self, op: Operation, body: bytes = b"") -> None:
         self._init_op = op  # before sending: the reply may arrive before send() returns
@@ -188,11 +184,6 @@ class StorVsc(Vsc):
             self.channel.send(packet, trans_id=INIT_TRANS_ID, flags=FLAG_COMPLETION_REQUESTED)
         except RingError as exc:
             self._fail(f"cannot send {op.name}: {exc}")
-
-    def _announce_when_ready(self) -> None:
-        if self.properties is not None and self._pool is not None and not self._announced:
-            self._announced = True
-            self._init(Operation.ANNOUNCE_IO_POOL, p.encode_pool(self._pool[0]))
 
     def _on_init_reply(self, vp: p.VstorPacket) -> None:
         op, self._init_op = self._init_op, None
@@ -211,15 +202,13 @@ class StorVsc(Vsc):
             self._init(Operation.QUERY_PROPERTIES)
         elif op == Operation.QUERY_PROPERTIES:
             self.properties = p.ChannelProperties.decode(vp.body)
-            self._announce_when_ready()
-        elif op == Operation.ANNOUNCE_IO_POOL:
             self._init(Operation.END_INITIALIZATION)
         elif op == Operation.END_INITIALIZATION:
             self._discover()
 
     def _discover(self) -> None:
-        assert self.properties is not None and self._pool is not None
-        limit = min(self.properties.max_transfer_bytes, len(self._pool[1]) * PAGE_SIZE)
+        assert self.properties is not None and self._bounce is not None
+        limit = min(self.properties.max_transfer_bytes, len(self._bounce[0]) * PAGE_SIZE)
         self.max_blocks = limit // BLOCK_SIZE
         if self.max_blocks == 0:
             self._fail(f"transfers of at most {limit} bytes: not one block")
@@ -398,7 +387,7 @@ class StorVsc(Vsc):
         return request
 
     def _pump(self) -> None:
-        """Send pending requests, in order, while the bound, the pool and the ring allow."""
+        """Send pending requests, in order, while the bound, the bounce pages and the ring allow."""
         if self._pumping:
             return  # a completion delivered while sending: the outer loop carries on
         self._pumping = True
@@ -415,8 +404,8 @@ class StorVsc(Vsc):
             self._pumping = False
 
     def _send(self, request: IoRequest, pages: list[int]) -> bool:
-        assert self._pool is not None
-        _, pfns, view = self._pool
+        assert self._bounce is not None
+        pfns, view = self._bounce
         srb = ScsiRequest.for_cdb(request.cdb, request.data_in, request.length, lun=request.lun)
         packet = p.VstorPacket(Operation.EXECUTE_SRB, p.REQUEST_COMPLETION_FLAG, 0, srb.encode()).encode()
         if request.length:
@@ -508,8 +497,8 @@ class StorVsc(Vsc):
         self._finish(request)
 
     def _copy_out(self, pages: list[int], n: int) -> bytes:
-        assert self._pool is not None
-        view = self._pool[2]
+        assert self._bounce is not None
+        view = self._bounce[1]
         return b"".join(bytes(view[page * PAGE_SIZE:page * PAGE_SIZE + min(PAGE_SIZE, n - i * PAGE_SIZE)])
                         for i, page in enumerate(pages) if i * PAGE_SIZE < n)
 
@@ -540,7 +529,7 @@ class StorVsc(Vsc):
         if self.state is not State.FAILED:
             self.state = State.CLOSED
         self._fail_all("channel closed")
-        self._pool = None  # the guest stack takes the pages back
+        self._bounce = None  # the guest stack hides the pages and takes them back
         self._free = []
 
 

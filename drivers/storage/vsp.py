@@ -1,7 +1,7 @@
 """storvsp, the parent side of the synthetic SCSI controller: the vstor negotiation, then SCSI
 requests on its disks, each a logical unit (path 0, target 0, LUN 0..n-1, as Hyper-V places the
 disks of one controller) backed by a VHD file and completed after that disk's service time in
-simulated time. Wire format and the I/O pool: protocol.py; the SCSI target: scsi.py.
+simulated time. Wire format and where data lies: protocol.py; the SCSI target: scsi.py.
 
 Config (all optional but the disks):
   disks               the VHD files of LUN 0, 1, ...: each a path (opened read-write unless
@@ -15,15 +15,19 @@ Config (all optional but the disks):
   max_outstanding     64: requests in service per channel; more are refused with SRB BUSY
   max_transfer_bytes  256 KiB (what OpenVMM reports): longer transfers are refused
   cpu_per_request     "3us": parent CPU charged for every packet handled
-  resolve_gpadl       callable(gpadl_id) -> (view, pfns) of a GPADL the child created on this
-                      channel, or None: the parent's writable view of its pages (the core's
-                      grant) and their guest page numbers in GPADL order (the VMBus server's
-                      record). The parent's VMBus service supplies it.
+  guest_memory        the child's host-visible pages as the parent reaches them (the parent's
+                      VMBus service supplies hypervisor.grants.VisibleMemory for the child):
+                      check(pfns, writable) -> the first GPA page not host-visible (read-write
+                      if writable), or None; read(pfns, offset, length) -> bytes and
+                      write(pfns, offset, data), from byte `offset` of the pages in list order,
+                      raising HvError (ACCESS_DENIED, naming the page) if one is not visible
+                      enough now, nothing moved.
 
 Invariants:
 - Decode, then invoke: a request packet is checked completely (layout, state, lengths, every PFN
-  of its range inside the announced pool, the CDB) before anything is queued; a refused one is
-  answered at once and changes nothing, and the channel goes on.
+  of its range host-visible, read-write for a read, anywhere in the guest's memory, the CDB)
+  before anything is queued; a refused one is answered at once (INVALID_DEVICE_REQUEST, the
+  refusal logged with the page) and changes nothing, and the channel goes on.
 - Every request packet is answered with one completion (VMBus type 0xB, operation COMPLETE_IO,
   the request's trans_id), as Hyper-V and OpenVMM do; a completion from the guest is dropped
   (completions are never answered). trans_ids are only echoed, never interpreted. Completions
@@ -36,8 +40,9 @@ Invariants:
   a LUN that is not there is answered INVALID_LUN; REPORT LUNS (to any LUN) lists the ones that are.
 - `counters()` gives what each LUN moved (operations and bytes read and written, flushes, medium
   errors) as plain data, for the management layer's per-VM disk figures.
-- The pool is resolved again when a request executes: if the guest tore it down meanwhile, the
-  request fails with SRB ERROR and no byte moves. Nothing else of the guest is ever reached.
+- Visibility is checked again when a request executes: if the guest hid a page of it meanwhile,
+  the request fails with SRB ERROR and no byte moves into or out of the guest. Nothing but
+  host-visible pages of the guest is ever reached.
 """
 from __future__ import annotations
 
@@ -53,7 +58,8 @@ from drivers.storage.scsi import Command, Direction, ScsiDisk, ScsiResult, repor
 from drivers.storage.vhd import VhdError, VirtualDisk
 from hypervisor import quantities
 from hypervisor.quantities import parse_duration, parse_size
-from vmbus.protocol import PAGE_SIZE, GpaRange
+from hypervisor.status import HvError
+from vmbus.protocol import GpaRange
 from vmbus.ring import PKT_COMP, PKT_DATA_INBAND, Packet, RingError, RingFull
 
 MAX_TRANSFER_BYTES = 256 * 1024
@@ -63,7 +69,7 @@ _RETRY_NS = (100_000, 64_000_000)  # backlog retry: first delay, cap (doubling)
 # What a guest may send besides EXECUTE_SRB; anything else is refused as INVALID_DEVICE_REQUEST.
 _GUEST_CONTROL = frozenset({
     Operation.BEGIN_INITIALIZATION, Operation.QUERY_PROTOCOL_VERSION, Operation.QUERY_PROPERTIES,
-    Operation.ANNOUNCE_IO_POOL, Operation.END_INITIALIZATION, Operation.RESET_LUN,
+    Operation.END_INITIALIZATION, Operation.RESET_LUN,
     Operation.RESET_ADAPTER, Operation.RESET_BUS, Operation.CREATE_SUB_CHANNELS})
 
 
@@ -71,7 +77,7 @@ class State(enum.Enum):
     BEGIN = "begin"                        # waiting for BEGIN_INITIALIZATION
     QUERY_VERSION = "query_version"        # until a version is accepted
     QUERY_PROPERTIES = "query_properties"
-    END_INITIALIZATION = "end_initialization"  # ANNOUNCE_IO_POOL allowed here
+    END_INITIALIZATION = "end_initialization"
     READY = "ready"
 
 
@@ -114,20 +120,18 @@ class StorVsp(Vsp):
         cfg = self.config
         self.state = State.BEGIN
         self.version: int | None = None
-        self.pool_gpadl: int | None = None
         self.max_outstanding = max(1, int(cfg.get("max_outstanding", 64)))
         self.max_transfer = parse_size(cfg.get("max_transfer_bytes", MAX_TRANSFER_BYTES), "max_transfer_bytes")
         self.latency = parse_duration(cfg.get("latency", "100us"), "latency")
         self.bandwidth = parse_rate(cfg.get("bandwidth", "500MB/s"))
         self.cpu_per_request = parse_duration(cfg.get("cpu_per_request", "3us"), "cpu_per_request")
-        self._resolve = cfg.get("resolve_gpadl")
+        self._memory = cfg.get("guest_memory")
         self.outstanding: dict[int, _Request] = {}   # sequence number -> request in service
         self.completed = self.refused = self.busy = self.dropped = 0
         self.last_refusal: str | None = None
         self._seq = 0
         self._backlog: deque[tuple[int, bytes]] = deque()  # (trans_id, completion) the ring refused
         self._retry_ns: int | None = None                   # armed retry delay, None: not armed
-        self._pool_index: tuple[tuple[int, ...], dict[int, int]] = ((), {})
         self._closed = False
         self._quiesced_at: int | None = None        # when the VM's save quiesced it
         self.luns: list[_Lun | None] = []           # index = LUN; None: that disk is absent
@@ -276,13 +280,6 @@ class StorVsp(Vsp):
         elif op == Operation.QUERY_PROPERTIES and state is State.QUERY_PROPERTIES:
             body = p.ChannelProperties(0, 0, self.max_transfer).encode()
             status, self.state = NtStatus.SUCCESS, State.END_INITIALIZATION
-        elif op == Operation.ANNOUNCE_IO_POOL and state is State.END_INITIALIZATION:
-            gpadl_id = p.decode_pool(vp.body)
-            if self._resolve_pool(gpadl_id) is None:
-                self._note_refusal(f"pool GPADL {gpadl_id:#x} is not granted on this channel")
-                status = NtStatus.INVALID_PARAMETER
-            else:
-                status, self.pool_gpadl = NtStatus.SUCCESS, gpadl_id
         elif op == Operation.END_INITIALIZATION and state is State.END_INITIALIZATION:
             status, self.state = NtStatus.SUCCESS, State.READY
         elif op in (Operation.RESET_LUN, Operation.RESET_ADAPTER, Operation.RESET_BUS) and state is State.READY:
@@ -361,12 +358,12 @@ class StorVsp(Vsp):
         (rng,) = ranges
         if rng.byte_count < srb.data_transfer_length:
             return f"range of {rng.byte_count} bytes for a {srb.data_transfer_length}-byte transfer"
-        pool = self._pool()
-        if pool is None:
-            return "no I/O pool announced (or it was torn down)"
-        outside = [pfn for pfn in rng.pfns if pfn not in pool[1]]
-        if outside:
-            return f"PFN {outside[0]:#x} is outside the I/O pool"
+        if self._memory is None:
+            return "no access to the guest's memory (no guest_memory in the config)"
+        writable = srb.data_in == p.DATA_IN  # the device stores into the guest's pages
+        bad = self._memory.check(rng.pfns, writable)
+        if bad is not None:
+            return f"PFN {bad:#x} is not host-visible{' read-write' if writable else ''}"
         return None
 
     def service_time(self, nbytes: int) -> int:
@@ -384,29 +381,28 @@ class StorVsp(Vsp):
             self.context.log("storvsp cannot complete", error=str(exc))
 
     def _finish(self, request: _Request) -> None:
-        """Invoke: move the data between the pool and the medium, then complete."""
+        """Invoke: move the data between the guest's host-visible pages and the medium, then
+        complete."""
         command, length = request.command, request.command.length
         if not length:
             result = command.execute(bytearray())
             self._count(request, result)
             self._complete(request.trans_id, request.srb, result)
             return
-        pool = self._pool()
-        spans = None if pool is None else _spans(request.range, length, pool[1])
-        if spans is None:
+        rng = request.range
+        try:
+            if command.direction is Direction.OUT:
+                buffer = bytearray(self._memory.read(rng.pfns, rng.byte_offset, length))
+                result = command.execute(buffer)
+            else:
+                buffer = bytearray(length)
+                result = command.execute(buffer)
+                self._memory.write(rng.pfns, rng.byte_offset, memoryview(buffer)[:result.transferred])
+        except (HvError, LookupError) as exc:
+            # The guest hid a page meanwhile (or went away): nothing reached its memory.
+            self._note_refusal(f"data of a request no longer reachable: {exc}")
             self._complete(request.trans_id, request.srb, ScsiResult(p.ScsiStatus.GOOD, SrbStatus.ERROR))
             return
-        view = pool[0]
-        if len(spans) == 1:  # the usual case: the data lies in consecutive pool pages
-            at, n = spans[0]
-            result = command.execute(view[at:at + n])
-        else:
-            buffer = bytearray(length)
-            if command.direction is Direction.OUT:
-                _gather(view, spans, buffer)
-            result = command.execute(buffer)
-            if command.direction is Direction.IN:
-                _scatter(view, spans, memoryview(buffer)[:result.transferred])
         self._count(request, result)
         self._complete(request.trans_id, request.srb, result)
 
@@ -423,30 +419,6 @@ class StorVsp(Vsp):
             lun.write_ops, lun.write_bytes = lun.write_ops + 1, lun.write_bytes + result.transferred
         else:
             lun.flushes += 1
-
-    # -- the pool ----------------------------------------------------------------------------
-
-    def _resolve_pool(self, gpadl_id: int) -> tuple[memoryview, tuple[int, ...]] | None:
-        resolved = None if self._resolve is None else self._resolve(gpadl_id)
-        if resolved is None:
-            return None
-        view, pfns = resolved
-        view, pfns = memoryview(view).cast("B"), tuple(pfns)
-        if not pfns or len(view) < len(pfns) * PAGE_SIZE:
-            return None
-        return view, pfns
-
-    def _pool(self) -> tuple[memoryview, dict[int, int]] | None:
-        """(view, pfn -> page index in the view) of the announced pool, resolved now, or None."""
-        if self.pool_gpadl is None:
-            return None
-        resolved = self._resolve_pool(self.pool_gpadl)
-        if resolved is None:
-            return None
-        view, pfns = resolved
-        if self._pool_index[0] != pfns:
-            self._pool_index = (pfns, {pfn: i for i, pfn in enumerate(pfns)})
-        return view, self._pool_index[1]
 
     # -- completions -------------------------------------------------------------------------
 
@@ -520,10 +492,10 @@ class StorVsp(Vsp):
             self.context.call_later(self._retry_ns, self._retry)
 
     def save(self) -> dict:
-        """The controller's state as a plain record: protocol state, negotiated version, the I/O
-        pool's GPADL, the disk file, requests in service (by transaction id) and counters.
+        """The controller's state as a plain record: protocol state, negotiated version, the disk
+        files, requests in service (by transaction id) and counters.
         N.B. hvsim's saved VMs keep their device objects, so no restore from it exists yet."""
-        return {"state": self.state.value, "version": self.version, "pool_gpadl": self.pool_gpadl,
+        return {"state": self.state.value, "version": self.version,
                 "disk": self.disk.path if self.disk is not None else None,
                 "luns": [None if lun is None else {"path": lun.disk.path, "busy_until": lun.busy_until}
                          for lun in self.luns],
@@ -533,7 +505,7 @@ class StorVsp(Vsp):
     def quiesce(self) -> None:
         """The VM is being saved. Requests in service stay in service (they are in `outstanding`
         and in the saved record): their completion timers stand still with the VM, so each one
-        moves its data and completes after the restore, into the restored pool and ring, as
+        moves its data and completes after the restore, into the restored memory and ring, as
         long after it as it had left. Nothing is written to the guest meanwhile. The disks are
         flushed: what the guest wrote before the save is durable with the saved state."""
         self._quiesced_at = self.context.now()
@@ -574,43 +546,3 @@ class StorVsp(Vsp):
             if lun is not None and lun.owned:
                 lun.disk.close()
         self.luns = [None] * len(self.luns)
-
-
-def _spans(rng: GpaRange | None, length: int, index: dict[int, int]) -> list[tuple[int, int]] | None:
-    """The (view offset, byte count) pieces of the first `length` bytes of a range, merged where
-    consecutive; None if a page is not in the pool (any more)."""
-    if rng is None:
-        return None
-    spans: list[tuple[int, int]] = []
-    offset, left = rng.byte_offset, length
-    for pfn in rng.pfns:
-        if left == 0:
-            break
-        page = index.get(pfn)
-        if page is None:
-            return None
-        n = min(PAGE_SIZE - offset, left)
-        at = page * PAGE_SIZE + offset
-        if spans and spans[-1][0] + spans[-1][1] == at:
-            spans[-1] = (spans[-1][0], spans[-1][1] + n)
-        else:
-            spans.append((at, n))
-        offset, left = 0, left - n
-    return spans if left == 0 else None
-
-
-def _gather(view: memoryview, spans: list[tuple[int, int]], buffer: bytearray) -> None:
-    pos = 0
-    for at, n in spans:
-        buffer[pos:pos + n] = view[at:at + n]
-        pos += n
-
-
-def _scatter(view: memoryview, spans: list[tuple[int, int]], data: memoryview) -> None:
-    pos = 0
-    for at, n in spans:
-        if pos >= len(data):
-            return
-        chunk = data[pos:pos + n]
-        view[at:at + len(chunk)] = chunk
-        pos += n

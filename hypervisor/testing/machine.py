@@ -19,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from hypervisor import _binding
 from hypervisor.abi import (MAP_RWX, PAGE_SIZE, PARTITION_ID_SELF, PRIVILEGES_GUEST_DEFAULT, CallCode, Control,
-                            MapFlags, PartitionProperty, PartitionState, Privilege, Register, VP_INDEX_SELF, control)
+                            HostVisibility, MapFlags, PartitionProperty, PartitionState, Privilege, Register, VP_INDEX_SELF, control)
 from hypervisor.host import Host
 from hypervisor.partition import HypercallResult, Partition, VirtualProcessor
 from hypervisor.status import HvError, HvStatus
@@ -244,8 +244,12 @@ class HypervisorMachine(RuleBasedStateMachine):
                 return False
             if self.host.introspect.owner_codes(gpfn, 1)[0] == self._info(pid)["slot"]:
                 return True
-            return any(gpfn in self.host.grants.granted_pages(c) for c in self.host.introspect.partition_ids()
-                       if c != pid)
+            children = [c for c in self.host.introspect.partition_ids() if c != pid]
+            # A child's page is the root's if granted, or shown read-write (host visibility).
+            return (any(gpfn in self.host.grants.granted_pages(c) for c in children)
+                    or any(self.host.introspect.reach(c).get(gpa, (None,))[0] == gpfn
+                           for c in children for gpa, vis in self.host.grants.host_visible(c).items()
+                           if vis == HostVisibility.READ_WRITE))
         entry = self._reach(pid).get(gpfn)
         return entry is not None and entry[1] & _RW == _RW
 
@@ -585,6 +589,67 @@ class HypervisorMachine(RuleBasedStateMachine):
         ids = self.host.grants.ids(child)
         if ids:
             self.host.grants.get(child, data.draw(st.sampled_from(ids))).revoke()
+
+    # ---- host visibility (HvCallModifySparseGpaPageHostVisibility) ----------------------------------
+    @rule(data=st.data(), n=st.integers(1, 8), start=hs.rarely(4))
+    def host_visibility(self, data, n: int, start: bool) -> None:
+        """A partition shows or hides pages of its own, with valid and invalid inputs; the model
+        predicts the status and, on success, what becomes visible. The parent's reach (own + live
+        grants + host-visible pages) is recounted by the invariants after the step."""
+        caller = data.draw(st.sampled_from(self._callers()), label="caller")
+        vp = data.draw(st.sampled_from(caller.vps), label="vp")
+        ids = [p.id for p in self.host.partitions()]
+        pid = data.draw(st.one_of(st.just(PARTITION_ID_SELF), st.just(caller.id), st.sampled_from(ids),
+                                  st.integers(0, 2**64 - 1)), label="partition id")
+        vis = data.draw(st.one_of(st.sampled_from([0, 1, 3]), st.sampled_from([2, 1 << 2 | 1, 1 << 31 | 3])),
+                        label="visibility")
+        reserved = data.draw(st.sampled_from([0, 0, 0, 1]), label="reserved")
+        mapped = sorted(self.host.introspect.reach(caller.id)) if caller.id != self.root.id else []
+        page = st.one_of(st.sampled_from(mapped), st.integers(0, 2000)) if mapped else st.integers(0, 2000)
+        pages = data.draw(st.lists(page, min_size=n, max_size=n), label="pages")
+        first = data.draw(st.integers(0, n - 1), label="rep start") if start else 0
+        inp = struct.pack(f"<QII{n}Q", pid, vis, reserved, *pages)
+        vp.store_input(inp)
+        try:  # the block as the hypervisor will find it in the caller's memory
+            seen = caller.read(vp.input_gpa, len(inp)) if vp.input_gpa % PAGE_SIZE + len(inp) <= PAGE_SIZE else None
+        except MemoryError:
+            seen = None
+        end = min(n, first + self.reps_per_call)
+        S = HvStatus
+        reach = self.host.introspect.reach(caller.id) if caller.id != self.root.id else None
+        if seen is None or (reach is not None and not reach.get(vp.input_gpa // PAGE_SIZE, (0, 0))[1] & 1):
+            expected = S.INVALID_ALIGNMENT
+        else:
+            pid, vis, reserved, *pages = struct.unpack(f"<QII{n}Q", seen)
+            own = pid in (PARTITION_ID_SELF, caller.id)
+            child_of_caller = (self._info(pid) or {}).get("parent_id") == caller.id and pid != caller.id
+            if not own:
+                expected = S.ACCESS_DENIED if child_of_caller else S.INVALID_PARTITION_ID
+            elif caller.id == self.root.id:
+                expected = S.ACCESS_DENIED
+            elif vis & ~3 or vis == 2 or reserved:
+                expected = S.INVALID_PARAMETER
+            elif any(g not in reach for g in pages[first:end]):
+                expected = S.INVALID_PARAMETER
+            else:
+                expected = S.SUCCESS
+        before = self.host.grants.host_visible(caller.id) if caller.id != self.root.id else {}
+        ctl = control(CallCode.MODIFY_SPARSE_GPA_PAGE_HOST_VISIBILITY, rep_count=n, rep_start=first)
+        result = self.issue(vp, ctl, inp)
+        if result.status != expected or (result.ok and result.reps_completed != end):
+            raise _violation("ORACLE", f"ModifySparseGpaPageHostVisibility from partition {caller.id} returned "
+                                       f"{result.status!r} after {result.reps_completed} reps, the model expects "
+                                       f"{expected.name} after {end}")
+        if result.ok:
+            want = dict(before)
+            for g in pages[first:end]:
+                if vis:
+                    want[g] = vis
+                else:
+                    want.pop(g, None)
+            if self.host.grants.host_visible(caller.id) != want:
+                raise _violation("ORACLE", f"partition {caller.id} shows {self.host.grants.host_visible(caller.id)} "
+                                           f"after the call, the model expects {want}")
 
     # ---- raw hypercalls from anyone ---------------------------------------------------------------
     @rule(data=st.data())

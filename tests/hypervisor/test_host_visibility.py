@@ -271,3 +271,56 @@ def test_deleting_the_child_ends_its_views_and_marks(host, child):
     reach = host.introspect.reach(host.root)
     assert all(rights == 7 for _, rights in reach.values())  # the root's own pages only
     check_all(host)
+
+
+def test_a_saved_vm_keeps_its_host_visible_pages_and_its_file_records_them(tmp_path):
+    from partitions.savedstate import SavedStateError, SavedStateReader
+    from tests.partitions.test_save_restore_devices import build, failures
+
+    ms = 1_000_000
+    managed = build(tmp_path)
+    managed.run(300 * ms)
+    vm = managed.vms["a"]
+    grants = managed.host.grants
+    shown = grants.host_visible(vm.partition)
+    bounce = vm.device_vsc("storage")._bounce[0]
+    assert shown == {pfn: RW for pfn in bounce}          # storvsc's bounce pages
+    vm.save(tmp_path / "a.hvsav")
+    with SavedStateReader(tmp_path / "a.hvsav") as saved:
+        assert saved.load("host_visibility") == [[pfn, 3] for pfn in sorted(bounce)]
+    assert grants.host_visible(vm.partition) == shown   # partition state, kept while Saved
+    vm.restore()
+    assert grants.host_visible(vm.partition) == shown
+    completed = vm.device_vsp("storage").completed
+    managed.run(managed.host.now + 100 * ms)
+    assert vm.device_vsp("storage").completed > completed and vm.device_vsp("storage").refused == 0
+    assert failures(managed) == []
+    # A file that disagrees with the partition's marks is refused, and the VM stays Saved.
+    vm.save(tmp_path / "b.hvsav")
+    modify_host_visibility(vm.partition, bounce[:1], NONE)
+    with pytest.raises(SavedStateError, match="host-visible pages"):
+        vm.restore()
+    assert vm.state.value == "Saved"
+
+
+def test_show_view_hide_cycles_give_back_the_address_space(host, child):
+    """1000 show/view/hide cycles, the view's memoryview dropped after each revocation: the
+    process's mappings and the child's grant accounting end where they started."""
+    from tests.hypervisor.test_grants import _process_mappings
+
+    pages = [4, 6, 8, 10]                          # not contiguous: 4 runs
+    modify_host_visibility(child, pages, RW)
+    host.grants.visible_view(child, 1, pages).release()  # warm up what the first view allocates
+    usage = host.grants.usage(child)
+    count0, size0 = _process_mappings()
+    for i in range(1000):
+        modify_host_visibility(child, pages, RW)
+        v = host.grants.visible_view(child, 2 + i, pages, writable=True)
+        mem = v.view
+        mem[0:4] = b"ring"
+        modify_host_visibility(child, pages[1:2], NONE)  # revokes the view
+        del mem, v
+    count1, size1 = _process_mappings()
+    assert size1 - size0 < 4 << 20, f"address space grew by {(size1 - size0) >> 10} KiB"
+    assert count1 - count0 < 16, f"{count1 - count0} more mappings"
+    assert host.grants.usage(child) == usage and host.grants.visible_view_ids(child) == []

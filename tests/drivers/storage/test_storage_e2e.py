@@ -1,10 +1,8 @@
 """Synthetic SCSI storage on a simulated host: a child's storvsc negotiates with the parent's
-storvsp over VMBus, grants its I/O pool, writes and reads a VHD-backed disk; the data is in the
-file after a host restart; a hostile child's bad requests leave another child's I/O alone.
-
-Two hooks the VMBus stacks do not provide yet are wired here by hand, as partitions/vmbus_guest.py and
-partitions/vmbus_parent.py would: `grant_pages` for the VSC (PoolGrants below) and `resolve_gpadl` for the
-VSP (`resolve` below: the server's record of the GPADL plus the core's view of its grant).
+storvsp over VMBus, makes its bounce pages host-visible (HvCallModifySparseGpaPageHostVisibility,
+through the guest stack's `share_pages`), writes and reads a VHD-backed disk through them; the
+data is in the file after a host restart; a hostile child's bad requests leave another child's
+I/O alone. The parent reaches the child's ring (a GPADL) and its host-visible pages, nothing else.
 """
 import gc
 import struct
@@ -15,60 +13,14 @@ from drivers.storage import protocol as p
 from drivers.storage.vhd import VirtualDisk
 from drivers.storage.vsc import State
 from hypervisor import Host
-from hypervisor.grants import own_view
+from hypervisor.abi import HostVisibility
 from hypervisor.testing.invariants import check_all
 from partitions.worker import VmSpec, VmWorker
-from vmbus.client import EventKind
 from partitions.vmbus_guest import GuestVmbus
 from partitions.vmbus_parent import ParentVmbus
 from vmbus.protocol import GpaRange
-from vmbus.server import GpadlState
 
 MS = 1_000_000
-POOL_VIEW = 0x8000_0000  # own-view ids of pools: apart from the ring views (id = relid)
-
-
-class PoolGrants:
-    """The guest stack's side of `grant_pages` (what GuestVmbus should offer every VSC): take
-    pages from the stack's allocator, map them for the VSC, grant them to the host as a GPADL on
-    the device's channel, and answer once the host says the GPADL is created."""
-
-    def __init__(self, device: str = "storage"):
-        self.device = device
-        self.stack: GuestVmbus | None = None
-        self.waiting: dict[int, tuple] = {}   # gpadl id -> (done, pages, view)
-        self.seen = 0                          # stack.events already looked at
-
-    def __call__(self, count, done):
-        stack = self.stack
-        relid = next(r for r, ch in stack.channels.items() if ch.device.name == self.device)
-        pages = stack.pages.allocate(count)
-        view = own_view(stack.partition, POOL_VIEW | relid, pages)
-        gpadl_id = stack.client.create_gpadl(relid, [GpaRange.whole_pages(pages)])
-        self.waiting[gpadl_id] = (done, pages, view)
-
-    def poll(self, stack):
-        for event in stack.events[self.seen:]:
-            if event.gpadl_id in self.waiting and event.kind in (EventKind.GPADL_CREATED, EventKind.GPADL_FAILED):
-                done, pages, view = self.waiting.pop(event.gpadl_id)
-                if event.kind is EventKind.GPADL_CREATED:
-                    done(event.gpadl_id, pages, view)
-                else:
-                    done(None, [], None)
-        self.seen = len(stack.events)
-
-
-def resolve(parent, child, gpadl_id):
-    """`resolve_gpadl` as partitions/vmbus_parent.py would supply it to the storage VSP of `child`: a GPADL
-    the server created on the storage channel -> (the core's view of it, its guest PFNs)."""
-    c = parent.children[child.id]
-    gpadl = c.manager._gpadls.get(gpadl_id)  # N.B. ChannelManager has no public accessor yet
-    grant = parent.host.grants.get(child, gpadl_id)
-    if gpadl is None or grant is None or gpadl.state is not GpadlState.CREATED:
-        return None
-    if c.channels.get(gpadl.relid) is None or c.channels[gpadl.relid].device is not DEVICE:
-        return None  # only the GPADLs of this device's own channel
-    return grant.view, [pfn for r in gpadl.ranges for pfn in r.pfns]
 
 
 class Guest:
@@ -76,18 +28,13 @@ class Guest:
 
     def __init__(self, host, parent, name, path, workload=None):
         self.child = child = VmWorker(host, VmSpec(name, memory="1MiB")).build()
-        config = {"path": str(path), "resolve_gpadl": lambda gpadl_id: resolve(parent, child, gpadl_id)}
-        self.manager = parent.attach(child, [(DEVICE, config)])
-        self.pool = PoolGrants()
+        self.manager = parent.attach(child, [(DEVICE, {"path": str(path)})])
         self.workload = workload
-        self.stack = GuestVmbus(child, discover(), configs={"storage": {"grant_pages": self.pool}},
-                                on_poll=self.poll)
-        self.pool.stack = self.stack
+        self.stack = GuestVmbus(child, discover(), on_poll=self.poll)
         child.vp(0).run(self.stack.run)
         host.root.resume_partition(child)
 
     def poll(self, stack):
-        self.pool.poll(stack)
         vsc = stack.devices.get("storage")
         if self.workload is not None and vsc is not None and vsc.ready:
             self.workload(vsc)
@@ -133,9 +80,11 @@ def test_a_guest_writes_and_reads_its_disk_and_the_data_survives_a_host_restart(
     (relid,) = guest.manager.relids
     vsp = parent.vsp(guest.child, relid)
     assert vsp.completed >= len(PLAN) * 2 + 1 and vsp.refused == 0
-    # The ring and the I/O pool are the only pages of the child the parent reaches.
-    assert len(host.grants.ids(guest.child)) == 2
-    assert resolve(parent, guest.child, vsp.pool_gpadl)[1] == guest.vsc._pool[1]
+    # The ring (a GPADL) and the bounce pages, shown read-write, are the only pages of the child
+    # the parent reaches (check_all recounts the parent's reach exactly).
+    assert len(host.grants.ids(guest.child)) == 1
+    bounce = vsc._bounce[0]
+    assert host.grants.host_visible(guest.child) == {pfn: HostVisibility.READ_WRITE for pfn in bounce}
     check_all(host)
     # Storage cost the parent CPU time (and simulated time passed for the I/O).
     assert host.introspect.run_time_ns(host.root) > 0
@@ -200,13 +149,13 @@ def test_a_hostile_guest_does_not_disturb_another_guests_io(tmp_path):
             if "after" not in attack:
                 attack["after"] = (vsc.write(3, b"e" * 512), vsc.read(3, 1))
             return
-        pool_pfn = vsc._pool[1][0]
+        bounce_pfn = vsc._bounce[0][0]
         write1 = p.VstorPacket(p.Operation.EXECUTE_SRB, 1, 0, p.ScsiRequest.for_cdb(
             p.cdb_rw(True, 0, 1), p.DATA_OUT, 512).encode()).encode()
         bad = [   # (range list before offset8, payload, packet type)
-            (p.encode_gpa_direct([GpaRange(512, 0, (0x10,))]), write1, 9),        # its own page, not pooled
+            (p.encode_gpa_direct([GpaRange(512, 0, (0x10,))]), write1, 9),        # its own page, not visible
             (p.encode_gpa_direct([GpaRange(512, 0, (1 << 30,))]), write1, 9),     # beyond its memory
-            (p.encode_gpa_direct([GpaRange(100, 0, (pool_pfn,))]), write1, 9),    # range too short
+            (p.encode_gpa_direct([GpaRange(100, 0, (bounce_pfn,))]), write1, 9),  # range too short
             (b"", write1[:30], 6),                                                # truncated
             (b"", p.VstorPacket(0x4242, 1).encode(), 6),                          # unknown operation
             (b"\xff" * 64, write1, 9),                                            # garbage ranges
@@ -231,4 +180,23 @@ def test_a_hostile_guest_does_not_disturb_another_guests_io(tmp_path):
     write, read = attack["after"]
     assert write.ok and read.data == b"e" * 512 and evil.vsc.state is State.READY
     assert evil_vsp.disk.read(0, 512) == bytes(512)           # no refused write reached the disk
+    check_all(host)
+
+
+def test_closing_the_channel_hides_the_bounce_pages_before_they_are_reused(tmp_path):
+    path = tmp_path / "guest.vhd"
+    VirtualDisk.create(path, 2 << 20, "dynamic").close()
+    host = Host(logical_processors=2, memory="64MiB", seed=6)
+    parent = ParentVmbus(host, vp_index=1)
+    guest = Guest(host, parent, "guest", path)
+    host.run(10 * MS)
+    bounce = list(guest.vsc._bounce[0])
+    assert host.grants.host_visible(guest.child) and guest.vsc.ready
+    (relid,) = guest.manager.relids
+    guest.manager.rescind(relid)                 # the host takes the disk away
+    host.run(20 * MS)
+    assert "storage" not in guest.stack.devices
+    assert host.grants.host_visible(guest.child) == {}    # out of the parent's reach again
+    assert host.grants.check_visible(guest.child, bounce) == bounce[0]
+    assert set(bounce) <= set(guest.stack.pages._free)    # and free for the guest's next use
     check_all(host)

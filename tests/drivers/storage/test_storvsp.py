@@ -1,6 +1,6 @@
 """storvsp and storvsc over an in-process channel with manual clocks: the vstor wire layouts byte
-for byte, the negotiation, data through the I/O pool, completions, bounds, timing, and hostile
-packets that are refused while the channel keeps working."""
+for byte, the negotiation, data through host-visible guest pages, completions, bounds, timing, and
+hostile packets that are refused while the channel keeps working."""
 import dataclasses
 import struct
 from typing import NamedTuple
@@ -16,6 +16,8 @@ from drivers.storage.protocol import NtStatus, Operation, ScsiRequest, SrbStatus
 from drivers.storage.vhd import VirtualDisk
 from drivers.storage.vsc import INIT_TRANS_ID, State, StorVsc
 from drivers.storage.vsp import StorVsp
+from hypervisor import HvStatus
+from hypervisor.status import error_for
 from vmbus.channel import connected_pair
 from vmbus.protocol import GpaRange
 from vmbus.ring import PKT_COMP
@@ -25,22 +27,67 @@ SIZE = 4 << 20
 GPA_DIRECT = 9
 
 
-class Pool:
-    """An I/O pool as both sides see it once granted: its PFNs and one shared memory."""
+RO, RW = 1, 3  # host visibility: read-only, read-write
 
-    GPADL = 0xE1E11
+
+class Pool:
+    """The guest's memory as both sides see it: its bounce pages (`pfns`, their bytes `memory`),
+    which storvsc's `share_pages` hook makes host-visible read-write as the guest stack does with
+    HvCallModifySparseGpaPageHostVisibility, and any other page of the guest, anywhere, that a
+    test shows (`show`). It is storvsp's `guest_memory`: check/read/write by visibility, as
+    hypervisor.grants.VisibleMemory does over the core."""
 
     def __init__(self, pages: int, first: int = 0x100):
         self.pfns = list(range(first, first + pages))
         self.memory = bytearray(pages * 4096)
         self.view = memoryview(self.memory)
-        self.revoked = False
+        self.visible: dict[int, int] = {}          # GPA page -> RO or RW
+        self.elsewhere: dict[int, bytearray] = {}  # pages outside the bounce pages
 
-    def resolve(self, gpadl_id):
-        return (self.view, self.pfns) if gpadl_id == self.GPADL and not self.revoked else None
+    def share_pages(self, count):
+        for pfn in self.pfns[:count]:
+            self.visible[pfn] = RW
+        return self.pfns[:count], self.view
 
-    def grant(self, count, done):
-        done(self.GPADL, self.pfns[:count], self.view)
+    def show(self, pfn: int, visibility: int = RW) -> memoryview:
+        """Make guest page `pfn` host-visible (0 hides it); its bytes."""
+        if visibility:
+            self.visible[pfn] = visibility
+        else:
+            self.visible.pop(pfn, None)
+        return self.page(pfn)
+
+    def page(self, pfn: int) -> memoryview:
+        if pfn in self.pfns:
+            at = self.pfns.index(pfn) * 4096
+            return self.view[at:at + 4096]
+        return memoryview(self.elsewhere.setdefault(pfn, bytearray(4096)))
+
+    def check(self, pfns, writable=False):
+        for pfn in pfns:
+            if self.visible.get(pfn, 0) & (RW if writable else RO) != (RW if writable else RO):
+                return pfn
+        return None
+
+    def _touched(self, pfns, offset, length, writable):
+        pages = list(pfns)[offset // 4096:(offset + length + 4095) // 4096]
+        bad = self.check(pages, writable)
+        if bad is not None:
+            raise error_for(HvStatus.ACCESS_DENIED, "test", f"GPA page {bad:#x} is not visible")
+        return pages
+
+    def read(self, pfns, offset, length):
+        pages = self._touched(pfns, offset, length, False)
+        data = b"".join(bytes(self.page(pfn)) for pfn in pages)
+        return data[offset % 4096:offset % 4096 + length]
+
+    def write(self, pfns, offset, data):
+        pages = self._touched(pfns, offset, len(data), True)
+        data, at = bytes(data), offset % 4096
+        for i, pfn in enumerate(pages):
+            chunk = data[max(0, i * 4096 - at):(i + 1) * 4096 - at]
+            start = at if i == 0 else 0
+            self.page(pfn)[start:start + len(chunk)] = chunk
 
 
 class Rig:
@@ -51,9 +98,9 @@ class Rig:
         self.pool = Pool(pool_pages)
         self.host_end, self.guest_end = connected_pair(ring_pages)
         _sending_gpa(self.guest_end)
-        self.vsp = StorVsp(self.host_end, {"disk": disk, "resolve_gpadl": self.pool.resolve, **(vsp or {})},
+        self.vsp = StorVsp(self.host_end, {"disk": disk, "guest_memory": self.pool, **(vsp or {})},
                            self.host_ctx)
-        self.vsc = StorVsc(self.guest_end, {"grant_pages": self.pool.grant, "pool_pages": pool_pages,
+        self.vsc = StorVsc(self.guest_end, {"share_pages": self.pool.share_pages, "pool_pages": pool_pages,
                                             **(vsc or {})}, self.guest_ctx)
         self.to_host, self.to_guest = [], []
         self.host_end.on_signal = self.host_signalled
@@ -163,14 +210,14 @@ def test_a_linux_style_read_request_in_hex():
         "0000" "00" "00" "48000000" "3c000000" "00000000")  # srb_flags DATA_IN|DISABLE_SYNCH, 60 s
 
 
-def test_channel_properties_version_and_pool_layouts():
+def test_channel_properties_and_version_layouts():
     props = p.ChannelProperties(max_channel_count=7, flags=1, max_transfer_bytes=0x40000).encode()
     assert len(props) == 24
     assert struct.unpack("<IHHIIQ", props) == (0, 7, 0, 1, 0x40000, 0)
     assert p.ChannelProperties.decode(props.ljust(52, b"\0")).max_transfer_bytes == 0x40000
     assert p.encode_version(p.VERSION_WIN10) == b"\x02\x06\x00\x00"
     assert (p.VERSION_WIN8, p.VERSION_WIN8_1, p.VERSION_WIN10) == (0x0501, 0x0600, 0x0602)
-    assert p.encode_pool(0xE1E10) == struct.pack("<II", 0xE1E10, 0)
+    assert not hasattr(p, "encode_pool") and 0x100 not in set(Operation)  # hvsim's old private step is gone
     assert p.CLASS_ID == DEVICE.class_id and str(DEVICE.class_id) == "ba6163d9-04a1-4d29-b605-72e2ffb1dc7f"
 
 
@@ -221,13 +268,14 @@ def test_sense_formats():
 def test_the_init_sequence(disk):
     rig = Rig(disk).open()
     ops = [op_of(pk) for pk in rig.to_host]
-    assert ops[:5] == [Operation.BEGIN_INITIALIZATION, Operation.QUERY_PROTOCOL_VERSION,
-                       Operation.QUERY_PROPERTIES, Operation.ANNOUNCE_IO_POOL, Operation.END_INITIALIZATION]
-    assert ops[5:] == [Operation.EXECUTE_SRB] * 3        # REPORT LUNS, INQUIRY, READ CAPACITY (16)
-    assert all(pk.trans_id == INIT_TRANS_ID and pk.completion_requested for pk in rig.to_host[:5])
+    # Linux's storvsc_channel_init sequence: nothing hvsim-specific.
+    assert ops[:4] == [Operation.BEGIN_INITIALIZATION, Operation.QUERY_PROTOCOL_VERSION,
+                       Operation.QUERY_PROPERTIES, Operation.END_INITIALIZATION]
+    assert ops[4:] == [Operation.EXECUTE_SRB] * 3        # REPORT LUNS, INQUIRY, READ CAPACITY (16)
+    assert all(pk.trans_id == INIT_TRANS_ID and pk.completion_requested for pk in rig.to_host[:4])
     assert p.decode_version(p.decode_packet(rig.to_host[1].payload).body) == p.VERSION_WIN10
     # Each answered by a COMPLETE_IO completion with the same transaction id.
-    assert [pk.type for pk in rig.to_guest] == [PKT_COMP] * 8
+    assert [pk.type for pk in rig.to_guest] == [PKT_COMP] * 7
     assert [pk.trans_id for pk in rig.to_guest] == [pk.trans_id for pk in rig.to_host]
     assert all(p.decode_packet(pk.payload).status == NtStatus.SUCCESS for pk in rig.to_guest)
     props = p.ChannelProperties.decode(p.decode_packet(rig.to_guest[2].payload).body)
@@ -235,7 +283,8 @@ def test_the_init_sequence(disk):
     vsc = rig.vsc
     assert vsc.version == rig.vsp.version == p.VERSION_WIN10
     assert vsc.capacity == SIZE // 512 and vsc.block_size == 512
-    assert vsc.max_blocks == 16 * 4096 // 512           # the pool is smaller than max transfer
+    assert vsc.max_blocks == 16 * 4096 // 512           # the bounce pages are fewer than max transfer
+    assert rig.pool.visible == {pfn: RW for pfn in rig.pool.pfns}
     assert vsc.inquiry[8:16] == b"Msft    "
 
 
@@ -280,19 +329,36 @@ def test_operations_out_of_order_are_refused(disk):
     assert rig.vsp.state.value == "query_version"
 
 
-def test_a_pool_the_host_cannot_resolve_fails_the_device(disk):
-    rig = Rig(disk, vsp={"resolve_gpadl": lambda gpadl_id: None})
+def test_bounce_pages_the_guest_cannot_share_fail_the_device(disk):
+    def refuse(count):
+        raise MemoryError("no pages")
+
+    rig = Rig(disk, vsc={"share_pages": refuse})
     rig.vsc.on_open()
-    assert rig.vsc.state is State.FAILED and "ANNOUNCE_IO_POOL refused" in rig.vsc.error
+    assert rig.vsc.state is State.FAILED and "host-visible" in rig.vsc.error and "no pages" in rig.vsc.error
+    assert rig.to_host == []                              # nothing was sent
     with pytest.raises(RuntimeError, match="not ready"):
         rig.vsc.read(0, 1)
 
 
-def test_without_a_grant_hook_the_device_fails_cleanly(disk):
+def test_without_a_share_hook_the_device_fails_cleanly(disk):
     host_end, guest_end = connected_pair()
     vsc = StorVsc(guest_end, {})
     vsc.on_open()
-    assert vsc.state is State.FAILED and "grant_pages" in vsc.error
+    assert vsc.state is State.FAILED and "share_pages" in vsc.error
+
+
+def test_the_old_pool_announcement_is_an_unknown_operation(disk):
+    """0x100 was hvsim's private ANNOUNCE_IO_POOL; storvsp answers it as any operation it does
+    not know, in any state."""
+    rig = Rig(disk)
+    send = rig.guest_end.send
+    send(p.VstorPacket(Operation.BEGIN_INITIALIZATION, 1).encode(), trans_id=1, flags=1)
+    send(p.VstorPacket(0x100, 1, 0, struct.pack("<II", 0xE1E11, 0)).encode(), trans_id=2, flags=1)
+    assert "operation 256" in rig.vsp.last_refusal
+    send(p.VstorPacket(0x55, 1).encode(), trans_id=3, flags=1)
+    assert rig.reply(2)[0].status == rig.reply(3)[0].status == NtStatus.INVALID_DEVICE_REQUEST
+    assert rig.vsp.state.value == "query_version"
 
 
 # -- I/O --------------------------------------------------------------------------------------------
@@ -314,7 +380,7 @@ def test_data_round_trip(disk):
     assert flush.ok and vsc.outstanding == {} and not vsc.pending
 
 
-def test_scattered_pool_pages_are_gathered_and_scattered(disk):
+def test_scattered_bounce_pages_are_gathered_and_scattered(disk):
     rig = Rig(disk).open()
     pool = rig.pool
     data = bytes(range(251)) * 40                         # 10040 bytes, not a whole block count
@@ -402,7 +468,7 @@ def test_the_vsc_queues_beyond_its_bound(disk):
     rig.run(5 * MS)
     assert all(r.ok for r in reqs) and [r.id for r in vsc.completed][-6:] == [r.id for r in reqs]
     assert rig.vsp.busy == 0
-    # ...and a pool too small for everything at once holds requests back the same way.
+    # ...and bounce pages too few for everything at once hold requests back the same way.
     big = [vsc.read(0, vsc.max_blocks) for _ in range(3)]
     assert len(vsc.outstanding) == 1
     rig.run(5 * MS)
@@ -449,10 +515,11 @@ def _hostile_cases(pool):
         "zero ranges": (Gpa(struct.pack("<II", 0, 0), write1), GPA_DIRECT),
         "range count past the header": (Gpa(struct.pack("<II", 0, 1000), write1), GPA_DIRECT),
         "range offset past its page": (Gpa(struct.pack("<IIIIQ", 0, 1, 512, 4096, pfn), write1), GPA_DIRECT),
-        "PFN outside the pool": (gpa([GpaRange(512, 0, (pool.pfns[-1] + 1,))], write1), GPA_DIRECT),
+        "PFN not host-visible": (gpa([GpaRange(512, 0, (pool.pfns[-1] + 1,))], write1), GPA_DIRECT),
         "PFN outside the guest": (gpa([GpaRange(512, 0, (1 << 39,))], write1), GPA_DIRECT),
-        "pool then outside": (gpa([GpaRange(8192, 0, (pfn, 0x42))], srb(p.cdb_rw(True, 0, 16), p.DATA_OUT, 8192)),
-                              GPA_DIRECT),
+        "visible then not": (gpa([GpaRange(8192, 0, (pfn, 0x42))], srb(p.cdb_rw(True, 0, 16), p.DATA_OUT, 8192)),
+                             GPA_DIRECT),
+        "read into a read-only page": (gpa([GpaRange(512, 0, (0x30,))], read1), GPA_DIRECT),
         "range shorter than the transfer": (gpa([GpaRange(100, 0, (pfn,))], write1), GPA_DIRECT),
         "two ranges": (gpa(one * 2, write1), GPA_DIRECT),
         "data without a range": (write1, 6),
@@ -479,6 +546,7 @@ def test_hostile_packets_are_refused_and_the_channel_keeps_working(disk, case):
     rig = Rig(disk).open()
     payload, kind = _hostile_cases(rig.pool)[case]
     rig.pool.memory[:] = b"\xC3" * len(rig.pool.memory)
+    rig.pool.show(0x30, RO)[:] = b"\xC3" * 4096
     disk_before = disk.read(0, 8192)
     rig.guest_end.send(payload, packet_type=kind, trans_id=0xBAD, flags=1)
     rig.run(1 * MS)
@@ -487,6 +555,7 @@ def test_hostile_packets_are_refused_and_the_channel_keeps_working(disk, case):
     assert reply.srb_status & p.SRB_STATUS_MASK != SrbStatus.SUCCESS and reply.data_transfer_length == 0
     assert disk.read(0, 8192) == disk_before                 # nothing was written...
     assert rig.pool.memory == b"\xC3" * len(rig.pool.memory)  # ...or read into guest memory
+    assert rig.pool.page(0x30) == b"\xC3" * 4096
     # The channel goes on.
     write = rig.vsc.write(3, b"ok" * 256)
     rig.run(1 * MS)
@@ -553,16 +622,56 @@ def test_a_hostile_host_cannot_make_the_vsc_fail_badly(tmp_path_factory, during_
         assert all(r.data is None or len(r.data) <= r.length for r in vsc.completed)
 
 
-def test_a_pool_torn_down_before_execution_fails_the_request_and_touches_nothing(disk):
+def test_pages_hidden_before_execution_fail_the_request_and_touch_nothing(disk):
     rig = Rig(disk).open()
     write = rig.vsc.write(0, b"late" * 128)
-    rig.pool.revoked = True                                   # the guest tears its GPADL down
+    for pfn in rig.pool.pfns:                                 # the guest hides its bounce pages
+        rig.pool.show(pfn, 0)
     rig.run(1 * MS)
     assert write.done and not write.ok and write.srb_status == SrbStatus.ERROR
     assert disk.read(0, 512) == bytes(512)
     refused = rig.vsc.write(0, b"x" * 512)                    # and new requests are refused
     rig.run(1 * MS)
     assert refused.srb_status == SrbStatus.INVALID_REQUEST
+    assert "is not host-visible" in rig.vsp.last_refusal
+
+
+def test_a_read_whose_pages_become_read_only_meanwhile_stores_nothing(disk):
+    rig = Rig(disk).open()
+    disk.write(0, b"disk" * 128)
+    read = rig.vsc.read(0, 1)
+    for pfn in rig.pool.pfns:
+        rig.pool.show(pfn, RO)                                # the host may read them, not write
+    rig.run(1 * MS)
+    assert read.done and not read.ok and read.srb_status == SrbStatus.ERROR
+    assert bytes(rig.pool.memory[:512]) == bytes(512)
+
+
+def test_ranges_anywhere_in_the_guests_visible_memory_are_served(disk):
+    """storvsp takes any host-visible page of the guest, not only storvsc's bounce pages: a range
+    over pages far apart, shown read-only for a write to the disk and read-write for a read."""
+    rig = Rig(disk).open()
+    data = bytes(range(256)) * 24                          # 6144 bytes: 12 blocks over 2 pages
+    rig.pool.show(0x7000, RO)[1024:] = data[:3072]
+    rig.pool.show(0x20, RO)[:3072] = data[3072:]
+    rng = GpaRange(len(data), 1024, (0x7000, 0x20))
+    rig.guest_end.send(gpa([rng], srb(p.cdb_rw(True, 40, 12), p.DATA_OUT, len(data))),
+                       packet_type=GPA_DIRECT, trans_id=5, flags=1)
+    rig.run(1 * MS)
+    assert rig.reply(5)[1].srb_status == SrbStatus.SUCCESS and disk.read(40 * 512, len(data)) == data
+    # Reading back into those read-only pages is refused; into read-write pages elsewhere, served.
+    rig.guest_end.send(gpa([rng], srb(p.cdb_rw(False, 40, 12), p.DATA_IN, len(data))),
+                       packet_type=GPA_DIRECT, trans_id=6, flags=1)
+    rig.pool.show(0x9000, RW)
+    rig.pool.show(0x9002, RW)
+    rig.guest_end.send(gpa([GpaRange(len(data), 0, (0x9002, 0x9000))], srb(p.cdb_rw(False, 40, 12), p.DATA_IN,
+                                                                           len(data))),
+                       packet_type=GPA_DIRECT, trans_id=7, flags=1)
+    rig.run(1 * MS)
+    assert rig.reply(6)[1].srb_status == SrbStatus.INVALID_REQUEST
+    assert rig.vsp.last_refusal == "PFN 0x7000 is not host-visible read-write"
+    assert rig.reply(7)[1].srb_status == SrbStatus.SUCCESS
+    assert bytes(rig.pool.page(0x9002)) + bytes(rig.pool.page(0x9000)[:2048]) == data
 
 
 # -- rings full, close ------------------------------------------------------------------------------
