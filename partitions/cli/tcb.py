@@ -176,6 +176,10 @@ class _DwarfSources:
     def data(self, address: int) -> str | None:
         return self._data.get(address)
 
+    def unit_named(self, base: str) -> str:
+        """The compile unit whose source has this base name (a FILE symbol's), else the name."""
+        return next((name for name in self._names.values() if os.path.basename(name) == base), base)
+
 
 def _cu_name(top) -> str:
     name = top.attributes["DW_AT_name"].value.decode(errors="replace") if "DW_AT_name" in top.attributes else "?"
@@ -208,7 +212,9 @@ def _symbols(elf: ELFFile, symtab, dwarf: _DwarfSources | None) -> tuple[list[_S
         else:
             source = None
         if source is None and local and file_symbol:
-            source = file_symbol
+            # A FILE symbol gives only a base name; a compile unit says where the file is (a local
+            # table GCC makes of a switch, CSWTCH.n, has no DWARF of its own).
+            source = dwarf.unit_named(file_symbol) if dwarf is not None else file_symbol
         out.append(_Symbol(sym.name, address, size, kind, source, _owner(sym.name, source, dwarf is not None)))
     return out, file_symbols
 
