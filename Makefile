@@ -21,6 +21,8 @@ test: $(CORE)
 	sh tools/ensure-debian-packages $(TOOLS)
 	$(PY) -m pytest $(ARGS)
 
+# Every benchmark beside its goal, median (min-max) of 3 runs (docs/benchmarks.md); for example
+# ARGS="hypercalls channel --repeat 5 --size long".
 bench: $(CORE)
 	$(PY) -m bench $(ARGS)
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 
-from bench.channel import _channel, _rate
+from bench.channel import _channel
+from bench.timing import Figure, rate as loop_rate
 from drivers.network import DEVICE as NETWORK
 from drivers.network import frames
 from drivers.network.vswitch import VirtualSwitch
@@ -24,7 +25,8 @@ from partitions.vmbus_parent import ParentVmbus
 
 MS = 1_000_000
 SIZES = (64, 1500)
-RUN_NS = {64: 20 * MS, 1500: 20 * MS}   # simulated time per measurement
+RUN_NS = {"tiny": 2 * MS, "default": 20 * MS, "long": 100 * MS}  # simulated time per measurement
+MIN_SECONDS = {"tiny": 0.001, "default": 0.1, "long": 0.5}
 BENCH_TYPE = 0x88B5                      # a local experimental EtherType: the receiver only counts it
 WINDOW = 64                              # frames in flight from sender to receiver
 
@@ -47,7 +49,7 @@ def _vm(host, parent, switch, registry, index, workload=None):
     return stack, mac
 
 
-def network_rate(size: int) -> tuple[float, int, int]:
+def network_rate(size: int, run_ns: int = 20 * MS) -> tuple[float, int, int]:
     """(frames per wall second, frames delivered, simulated ns) for one VM streaming `size`-byte
     frames to another with at most WINDOW frames sent and not yet received (an end-to-end window,
     as a transport would keep: Ethernet itself has no flow control, and frames offered faster than
@@ -73,13 +75,13 @@ def network_rate(size: int) -> tuple[float, int, int]:
     rx = receiver.devices["network"]
     before, start_ns = rx.stats["rx_frames"], host.now
     start = time.perf_counter()
-    host.run_for(RUN_NS[size])
+    host.run_for(run_ns)
     elapsed = time.perf_counter() - start
     delivered = rx.stats["rx_frames"] - before
     return delivered / elapsed, delivered, host.now - start_ns
 
 
-def channel_rate(size: int, count: int = 1000) -> float:
+def channel_rate(size: int, count: int = 1000, min_seconds: float = 0.1) -> float:
     """Packets per wall second through one channel (bench.channel's channel API, one packet per
     call) with `size`-byte payloads."""
     host = Host(logical_processors=2, memory="64MiB", seed=1)
@@ -92,17 +94,16 @@ def channel_rate(size: int, count: int = 1000) -> float:
             guest.send(payload)
             host_end.receive()
 
-    return _rate(one_per_call, count)
+    return loop_rate(one_per_call, count, min_seconds=min_seconds)
 
 
-def run() -> list[dict]:
-    rows = []
-    for size in SIZES:
-        base = channel_rate(size)
-        rate, delivered, sim_ns = network_rate(size)
-        rows.append({"frame_bytes": size, "case": "channel API, 1 packet per call (baseline)",
-                     "per_wall_s": base, "vs_channel": 1.0})
-        rows.append({"frame_bytes": size, "case": "VM to VM: netvsc -> vswitch -> netvsc",
-                     "per_wall_s": rate, "vs_channel": rate / base,
-                     "frames": delivered, "sim_frames_per_s": delivered * 1e9 / sim_ns})
-    return rows
+def run(size: str = "default") -> list[Figure]:
+    figures = []
+    for frame in SIZES:
+        base = channel_rate(frame, 10 if size == "tiny" else 1000, MIN_SECONDS[size])
+        r, delivered, sim_ns = network_rate(frame, RUN_NS[size])
+        baseline = f"channel API, 1 packet per call, {frame} B"
+        figures.append(Figure(baseline, base, "packets/s", baseline, 1.0))
+        figures.append(Figure(f"VM to VM: netvsc -> vswitch -> netvsc, {frame} B frames", r, "frames/s", baseline,
+                              r / base, extra={"frames": delivered, "sim_frames_per_s": delivered * 1e9 / sim_ns}))
+    return figures

@@ -1,38 +1,37 @@
-"""Benchmark of the VMBus ring: packets per wall-clock second through the pure-Python ring (one
-packet per call) and the C batch path, as ratios to a pure-Python deque measured in the same run.
+"""The VMBus ring alone (in a bytearray): packets per wall second through the pure-Python ring
+(one packet per call) and the C batch path, as ratios to memcpy in C measured in the same run.
 
 Every case moves the same payloads in rounds of BATCH packets: all written, then all read and
-committed. The deque baseline is the cheapest Python queue there is (append / popleft of the
-same bytes objects: no copy, no object made), so "vs_deque" is what the ring's copies, layout,
-checks and the Packet object per read cost over moving references; "vs_python_ring" is what the
-C batch path gains over the pure-Python reference. A reader that hands each packet to Python
-pays for one object per packet however the bytes were copied: "write only" shows the C path
-without that cost.
+committed. The baseline is memcpy in C of the same bytes, packet by packet, in one crossing (the
+least a ring can cost: each packet is copied in at least once). The deque (append / popleft of
+the same bytes objects: no copy, no object made) is the cheapest Python queue there is. A reader
+that hands each packet to Python pays for one object per packet however the bytes were copied:
+"write only" shows the C path without that cost.
 """
 from __future__ import annotations
 
 from collections import deque
 
-from bench.timing import rate
+from bench.timing import Figure, rate
 from vmbus.ring import CONTROL_SIZE, IncomingRing, OutgoingRing, init_ring, packet_size
 
-BATCH = 1000
+BATCH = {"tiny": 10, "default": 1000, "long": 1000}
 PAYLOAD_SIZES = (64, 1500)
-MIN_SECONDS = 0.3  # per measurement, so that timer noise is small
+MIN_SECONDS = {"tiny": 0.001, "default": 0.1, "long": 0.5}
 
 
-def _ring_for(payload_size: int) -> bytearray:
+def _ring_for(payload_size: int, count: int) -> bytearray:
     data = 4096
-    while data - 8 < BATCH * packet_size(payload_size):
+    while data - 8 < count * packet_size(payload_size):
         data *= 2
     buf = bytearray(CONTROL_SIZE + data)
     init_ring(buf)
     return buf
 
 
-def _rate(round_fn) -> float:
-    """Packets per second of round_fn (which moves BATCH packets), best of three runs."""
-    return rate(round_fn, BATCH, min_seconds=MIN_SECONDS / 3)
+def _rate(round_fn, count: int, size: str) -> float:
+    """Packets per second of round_fn (which moves `count` packets)."""
+    return rate(round_fn, count, min_seconds=MIN_SECONDS[size])
 
 
 def _deque_round(payloads):
@@ -48,7 +47,7 @@ def _deque_round(payloads):
 
 
 def _python_round(payloads):
-    buf = _ring_for(len(payloads[0]))
+    buf = _ring_for(len(payloads[0]), len(payloads))
     out, inc = OutgoingRing(buf), IncomingRing(buf)
 
     def round_():
@@ -62,19 +61,20 @@ def _python_round(payloads):
 
 
 def _c_round(payloads):
-    buf = _ring_for(len(payloads[0]))
+    buf = _ring_for(len(payloads[0]), len(payloads))
     out, inc = OutgoingRing(buf), IncomingRing(buf)
 
     def round_():
         written, _ = out.write_batch(payloads)
-        packets, _ = inc.read_batch(BATCH)
-        assert written == len(packets) == BATCH
+        packets, _ = inc.read_batch(len(payloads))
+        if not written == len(packets) == len(payloads):
+            raise RuntimeError(f"batch moved {written} / {len(packets)} of {len(payloads)} packets")
 
     return round_
 
 
 def _c_write_only(payloads):
-    buf = _ring_for(len(payloads[0]))
+    buf = _ring_for(len(payloads[0]), len(payloads))
     out = OutgoingRing(buf)
 
     def round_():
@@ -84,36 +84,22 @@ def _c_write_only(payloads):
     return round_
 
 
-def run() -> list[dict]:
-    """One row per (payload size, path): packets/s, and the ratio to the deque baseline."""
-    rows = []
-    for size in PAYLOAD_SIZES:
-        payloads = [bytes([i % 251]) * size for i in range(BATCH)]
-        baseline = _rate(_deque_round(payloads))
-        python_ring = _rate(_python_round(payloads))
+def run(size: str = "default") -> list[Figure]:
+    """Per payload size: packets/s of each path, as a ratio to memcpy in C of the same bytes."""
+    from bench.channel import c_memcpy
+    batch = BATCH[size]
+    figures = []
+    for payload in PAYLOAD_SIZES:
+        payloads = [bytes([i % 251]) * payload for i in range(batch)]
+        base = _rate(c_memcpy(payload, batch), batch, size)
+        baseline = f"memcpy in C, {payload} B"
         cases = [
-            ("deque (baseline)", baseline),
-            ("python ring, 1 packet/call", python_ring),
-            (f"C batch, {BATCH}/call, write+read", _rate(_c_round(payloads))),
-            (f"C batch, {BATCH}/call, write only", _rate(_c_write_only(payloads))),
+            (baseline, base),
+            (f"deque append/popleft, {payload} B", _rate(_deque_round(payloads), batch, size)),
+            (f"python ring, 1 packet/call, {payload} B", _rate(_python_round(payloads), batch, size)),
+            (f"C batch, {batch}/call, write+read, {payload} B", _rate(_c_round(payloads), batch, size)),
+            (f"C batch, {batch}/call, write only, {payload} B", _rate(_c_write_only(payloads), batch, size)),
         ]
-        for name, rate in cases:
-            rows.append({
-                "bench": "vmbus ring",
-                "case": name,
-                "payload_bytes": size,
-                "packets_per_s": round(rate),
-                "vs_deque": round(rate / baseline, 3),
-                "vs_python_ring": round(rate / python_ring, 2),
-            })
-    return rows
-
-
-def main() -> None:
-    for row in run():
-        print(f"{row['payload_bytes']:>5} B  {row['case']:<34} {row['packets_per_s']:>12,} pkt/s"
-              f"  {row['vs_deque']:>7.3f}x deque  {row['vs_python_ring']:>6.2f}x python ring")
-
-
-if __name__ == "__main__":
-    main()
+        for name, r in cases:
+            figures.append(Figure(name, r, "packets/s", baseline, r / base))
+    return figures

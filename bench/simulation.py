@@ -10,13 +10,14 @@ The models, as both simulators run them:
 - Python guests: V VPs on V LPs, each looping "compute 1 ms, sleep 1 ms". hvsim: a Python
   coroutine per VP; SimPy: one process per VP with two timeouts per loop.
 Events counted are the simulators' own: hvsim's processed events (run_stats), SimPy's scheduled
-events (each timeout is one). Rates are per wall-clock second, best of three.
+events (each timeout is one). Rates are per wall-clock second of the simulation run alone
+(building the host is not counted).
 """
 from __future__ import annotations
 
-import time
-
 import simpy
+
+from bench.timing import Figure, Goal, wall
 
 from hypervisor import Host
 from hypervisor.synic import simp_value, sint_value, stimer_config_value
@@ -26,15 +27,8 @@ from partitions.worker import VmSpec, VmWorker
 MS, US = 1_000_000, 1_000
 
 
-def _best(fn, repeat: int = 3):
-    best = None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        elapsed = time.perf_counter() - start
-        if best is None or elapsed < best[0]:
-            best = (elapsed, out)
-    return best
+GOAL_TIMERS = Goal(">=", 10, "ratio", ">= 10x SimPy")
+GOAL_PYTHON = Goal(">=", 2, "ratio", ">= 2x SimPy")
 
 
 # ---- timer-only ------------------------------------------------------------------------------
@@ -77,22 +71,18 @@ def simpy_ticks(vps: int, until_ns: int, period_ns: int = 10 * MS, work_ns: int 
     return count[0]
 
 
-def bench_timers(vps: int = 200, sim_ns: int = 2 * 10**9) -> list[dict]:
-    def hv():
-        host = tick_host(lps=8, vms=vps // 2, vps=2)
-        start_events = host.introspect.run_stats()["events_processed"]
-        t0 = time.perf_counter()
-        host.run(sim_ns)
-        return host.introspect.run_stats()["events_processed"] - start_events, time.perf_counter() - t0
-
-    runs = [hv() for _ in range(3)]
-    events, seconds = min(runs, key=lambda r: r[1])
-    sp_elapsed, sp_events = _best(lambda: simpy_ticks(vps, sim_ns))
-    hv_rate, sp_rate = events / seconds, sp_events / sp_elapsed
+def bench_timers(vps: int, sim_ns: int) -> list[Figure]:
+    host = tick_host(lps=8, vms=vps // 2, vps=2)
+    start_events = host.introspect.run_stats()["events_processed"]
+    seconds, _ = wall(lambda: host.run(sim_ns))
+    events = host.introspect.run_stats()["events_processed"] - start_events
+    sp_seconds, sp_events = wall(lambda: simpy_ticks(vps, sim_ns))
+    hv_rate, sp_rate = events / seconds, sp_events / sp_seconds
+    baseline = f"SimPy, timer model ({vps} VPs)"
     return [
-        {"case": f"SimPy, timer model ({vps} VPs)", "events_per_s": sp_rate, "vs_simpy": 1.0},
-        {"case": f"hvsim C loop, tick guests + SynIC timers ({vps} VPs)", "events_per_s": hv_rate,
-         "vs_simpy": hv_rate / sp_rate},
+        Figure(baseline, sp_rate, "events/s", baseline, 1.0),
+        Figure(f"hvsim C loop, tick guests + SynIC timers ({vps} VPs)", hv_rate, "events/s", baseline,
+               hv_rate / sp_rate, GOAL_TIMERS),
     ]
 
 
@@ -128,38 +118,37 @@ def simpy_loops(vps: int, until_ns: int) -> int:
     return count[0]
 
 
-def bench_python_guests(vps: int = 32, sim_ns: int = 2 * 10**9) -> list[dict]:
-    def hv():
-        host = python_guest_host(vps)
-        t0 = time.perf_counter()
-        host.run(sim_ns)
-        return host.introspect.run_stats()["events_processed"], time.perf_counter() - t0
-
-    runs = [hv() for _ in range(3)]
-    events, seconds = min(runs, key=lambda r: r[1])
-    sp_elapsed, sp_events = _best(lambda: simpy_loops(vps, sim_ns))
+def bench_python_guests(vps: int, sim_ns: int) -> list[Figure]:
+    host = python_guest_host(vps)
+    seconds, _ = wall(lambda: host.run(sim_ns))
+    events = host.introspect.run_stats()["events_processed"]
+    sp_seconds, sp_events = wall(lambda: simpy_loops(vps, sim_ns))
     steps = vps * (sim_ns // (2 * MS)) * 2
+    baseline = f"SimPy, compute/sleep loop ({vps} VPs)"
     return [
-        {"case": f"SimPy, compute/sleep loop ({vps} VPs)", "events_per_s": sp_events / sp_elapsed,
-         "guest_steps_per_s": sp_events / sp_elapsed, "vs_simpy": 1.0},
-        {"case": f"hvsim, Python guest coroutines ({vps} VPs)", "events_per_s": events / seconds,
-         "guest_steps_per_s": steps / seconds, "vs_simpy": (steps / seconds) / (sp_events / sp_elapsed)},
+        Figure(baseline, sp_events / sp_seconds, "guest steps/s", baseline, 1.0),
+        Figure(f"hvsim, Python guest coroutines ({vps} VPs)", steps / seconds, "guest steps/s", baseline,
+               (steps / seconds) / (sp_events / sp_seconds), GOAL_PYTHON,
+               extra={"hvsim_events_per_s": events / seconds}),
     ]
 
 
 # ---- the big idle host -------------------------------------------------------------------------
-def bench_big_idle_host(sim_ns: int = 10**9) -> list[dict]:
-    t0 = time.perf_counter()
-    host = tick_host(lps=64, vms=256, vps=2)
-    built = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    host.run(sim_ns)
-    wall = time.perf_counter() - t0
-    return [{"case": "64 LPs, 256 VMs x 2 VPs, idle guests with 10 ms timers",
-             "simulated_s_per_wall_s": (sim_ns / 1e9) / wall,
-             "events_per_s": host.introspect.run_stats()["events_processed"] / wall,
-             "setup_s": built}]
+def bench_big_idle_host(vms: int, sim_ns: int) -> list[Figure]:
+    built, host = wall(lambda: tick_host(lps=64, vms=vms, vps=2))
+    seconds, _ = wall(lambda: host.run(sim_ns))
+    rate = (sim_ns / 1e9) / seconds
+    return [Figure(f"64 LPs, {vms} VMs x 2 VPs, idle tick guests with 10 ms timers", rate, "sim s / wall s",
+                   "real time", rate, note=f"building the host took {built:.1f} s (not counted)",
+                   extra={"events_per_s": host.introspect.run_stats()["events_processed"] / seconds})]
 
 
-def run() -> list[dict]:
-    return bench_timers() + bench_python_guests() + bench_big_idle_host()
+# (timer VPs, timer sim ns, Python-guest VPs, Python-guest sim ns, idle VMs, idle sim ns) per size
+PLAN = {"tiny": (4, 20 * MS, 2, 10 * MS, 2, 20 * MS),
+        "default": (200, 1_000 * MS, 32, 500 * MS, 256, 500 * MS),
+        "long": (200, 4_000 * MS, 32, 2_000 * MS, 256, 2_000 * MS)}
+
+
+def run(size: str = "default") -> list[Figure]:
+    tv, tns, pv, pns, iv, ins = PLAN[size]
+    return bench_timers(tv, tns) + bench_python_guests(pv, pns) + bench_big_idle_host(iv, ins)

@@ -205,8 +205,47 @@ class HypercallBatch:
         return int(self._results[i])
 
 
+def hv_call_frame(h, partition_id: int, vp_index: int):
+    """A VP's hypercall frame (struct hv_call_frame) and a buffer over its output block; the
+    frame keeps the raw host pointer, so its owner must keep the host alive (a VP does)."""
+    frame = ffi.new("struct hv_call_frame *")
+    frame.h = h
+    frame.partition_id = partition_id
+    frame.vp_index = vp_index
+    frame.last = 0xFFFFFFFFFFFFFFFF  # no previous result
+    return frame, ffi.buffer(frame.out)
+
+
+# hv_hypercall_frame(frame, control) and hv_hypercall_frame_at(frame, control, in_gpa, out_gpa)
+# are VirtualProcessor.hypercall's hot path, exported as the compiled functions themselves: a
+# Python wrapper would double the cost of the crossing. Callers pass 64-bit unsigned ints (cffi
+# raises OverflowError otherwise) and a frame from hv_call_frame (TypeError otherwise).
+hv_hypercall_frame = lib.hv_hypercall_frame
+hv_hypercall_frame_at = lib.hv_hypercall_frame_at
+FRAME_OUT_SHIFT = lib.HV_FRAME_OUT_SHIFT
+FRAME_OUT_UNREAD = lib.HV_FRAME_OUT_UNREAD
+FRAME_SAME = lib.HV_FRAME_SAME
+
+
 def hv_nop() -> None:
     lib.hv_nop()
+
+
+# The benchmarks' baselines (bench/hypercalls.py, bench/channel.py), as the compiled functions
+# themselves so that a call costs what a call of the core costs.
+hv_nop_raw = lib.hv_nop
+hv_nop_hypercall_raw = lib.hv_nop_hypercall
+hv_hypercall_raw = lib.hv_hypercall
+NULL = ffi.NULL
+
+
+def bench_memcpy(size: int, count: int):
+    """A function that copies `count` blocks of `size` bytes in C (hv_bench_memcpy), one crossing
+    per call: the benchmarks' memcpy baseline."""
+    src = ffi.new("uint8_t[]", bytes(i % 251 for i in range(size * count)))
+    dst = ffi.new("uint8_t[]", max(1, size * count))
+    fn = lib.hv_bench_memcpy
+    return lambda: fn(dst, src, size, count)
 
 
 def core_library_path() -> str:

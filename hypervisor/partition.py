@@ -9,12 +9,12 @@ reports as completed, the way Linux's `hv_do_rep_hypercall` does.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple, Sequence
 
 from hypervisor import _binding
 from hypervisor.abi import (PAGE_SIZE, MAX_REP_COUNT, PARTITION_ID_INVALID, PARTITION_ID_SELF,
                             MAP_RWX, CallCode, PartitionProperty, PartitionState, control)
+from hypervisor.status import _BY_CODE as _STATUS_BY_CODE
 from hypervisor.status import HvStatus, error_for, status_of
 from hypervisor.synic import PAYLOAD_MAX, PortType
 
@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     from hypervisor.host import Host
 
 
-@dataclass(frozen=True)
-class HypercallResult:
-    """What the hypercall instruction returned."""
+class HypercallResult(NamedTuple):
+    """What the hypercall instruction returned (a named tuple: immutable, and cheap to make on
+    the hypercall path)."""
 
     status: HvStatus | int
     reps_completed: int
@@ -51,6 +51,16 @@ class OverlayFault(MemoryError):
         self.gpa, self.length, self.overlay_gpa = gpa, length, overlay_gpa
 
 
+# VirtualProcessor.hypercall's hot path, bound once (each lookup costs as much as a small call).
+_CTL_FAST = 1 << 16
+_U64 = 0xFFFFFFFFFFFFFFFF
+_hypercall_frame, _hypercall_frame_at = _binding.hv_hypercall_frame, _binding.hv_hypercall_frame_at
+_FRAME_OUT_SHIFT, _FRAME_OUT_UNREAD, _FRAME_SAME = (_binding.FRAME_OUT_SHIFT, _binding.FRAME_OUT_UNREAD,
+                                                     _binding.FRAME_SAME)
+_status_get = _STATUS_BY_CODE.get
+_new_tuple = tuple.__new__
+
+
 def _round8(n: int) -> int:
     return (n + 7) & ~7
 
@@ -63,11 +73,38 @@ class VirtualProcessor:
     def __init__(self, partition: Partition, index: int, input_gpa: int, output_gpa: int):
         self.partition = partition
         self.index = index
+        self._frame = self._out = None  # struct hv_call_frame and its output buffer, made at the first call
+        # The frame's last result and its value with HV_FRAME_SAME set: what the core returns
+        # when the next call's result is equal to it.
+        self._last = self._same = None
         self.input_gpa = input_gpa
         self.output_gpa = output_gpa
 
     def __repr__(self) -> str:
         return f"<VP {self.index} of partition {self.partition.id}>"
+
+    # The VP's input and output pages; the frame keeps a copy (taken modulo 2**64) for the hot path.
+    @property
+    def input_gpa(self) -> int:
+        return self._in_gpa
+
+    @input_gpa.setter
+    def input_gpa(self, gpa: int) -> None:
+        self._in_gpa = gpa
+        self._sync_frame()
+
+    @property
+    def output_gpa(self) -> int:
+        return self._out_gpa
+
+    @output_gpa.setter
+    def output_gpa(self, gpa: int) -> None:
+        self._out_gpa = gpa
+        self._sync_frame()
+
+    def _sync_frame(self) -> None:
+        if self._frame is not None and hasattr(self, "_out_gpa"):
+            self._frame.in_gpa, self._frame.out_gpa = self._in_gpa & _U64, self._out_gpa & _U64
 
     def set_hypercall_pages(self, input_gpa: int, output_gpa: int) -> None:
         self.input_gpa, self.output_gpa = input_gpa, output_gpa
@@ -76,29 +113,59 @@ class VirtualProcessor:
                   output_gpa: int | None = None) -> HypercallResult:
         """The raw TLFS hypercall: `control_word` as the 64-bit input value, `input` the input
         block (written to this VP's input page, or passed in registers for a fast call)."""
-        host, pid = self.partition.host, self.partition.id
+        if not control_word & _CTL_FAST:
+            # The hot path: one crossing issues the call and copies its output block into this
+            # VP's frame (allocated at the first call); the result is the one object made per
+            # call. Arguments cffi refuses (negative, wider than 64 bits) take the slow path.
+            if input:
+                self.store_input(input, self.input_gpa if input_gpa is None else input_gpa)
+            try:
+                if input_gpa is None and output_gpa is None:
+                    raw = _hypercall_frame(self._frame, control_word)
+                else:
+                    raw = _hypercall_frame_at(self._frame, control_word,
+                                              self._in_gpa if input_gpa is None else input_gpa,
+                                              self._out_gpa if output_gpa is None else output_gpa)
+            except (TypeError, OverflowError):
+                return self._hypercall_slow(control_word, input_gpa, output_gpa)
+            if raw == self._same:
+                return self._last  # the core found status, reps and output as last time: an equal value
+            n = raw >> _FRAME_OUT_SHIFT & 0xFFFF
+            code = raw & 0xFFFF
+            result = _new_tuple(HypercallResult, (_status_get(code, code), raw >> 32 & 0xFFF,
+                                                  (self._out[0:n] if n != _FRAME_OUT_UNREAD else
+                                                   self._long_output(control_word, output_gpa)) if n else b""))
+            self._last, self._same = result, raw | _FRAME_SAME
+            return result
+        # A fast call: the input block travels in registers and there is no output page.
+        data = bytes(input).ljust(16, b"\0")
+        rdx, r8 = struct.unpack_from("<QQ", data)
+        raw = _binding.hv_hypercall(self.partition.host._h, self.partition.id, self.index, control_word, rdx, r8,
+                                    data[16:112] if len(data) > 16 else None)
+        return HypercallResult(status_of(raw & 0xFFFF), raw >> 32 & 0xFFF, b"")
+
+    def _hypercall_slow(self, control_word: int, input_gpa: int | None, output_gpa: int | None) -> HypercallResult:
+        """The hot path's first call (which makes the frame) and calls with arguments cffi
+        refuses as they are (taken modulo 2**64, as the instruction would see them)."""
+        if self._frame is None:
+            self._frame, self._out = _binding.hv_call_frame(self.partition.host._h, self.partition.id, self.index)
+            self._sync_frame()
         in_gpa = self.input_gpa if input_gpa is None else input_gpa
         out_gpa = self.output_gpa if output_gpa is None else output_gpa
-        fast = bool(control_word >> 16 & 1)
-        if fast:
-            data = bytes(input).ljust(16, b"\0")
-            rdx, r8 = struct.unpack_from("<QQ", data)
-            raw = _binding.hv_hypercall(host._h, pid, self.index, control_word, rdx, r8,
-                                        data[16:112] if len(data) > 16 else None)
-        else:
-            if input:
-                self.store_input(input, in_gpa)
-            raw = _binding.hv_hypercall(host._h, pid, self.index, control_word, in_gpa, out_gpa)
-        status = status_of(raw & 0xFFFF)
-        reps = raw >> 32 & 0xFFF
-        output = b""
+        raw = _hypercall_frame_at(self._frame, control_word & _U64, in_gpa & _U64, out_gpa & _U64)
+        raw &= ~_FRAME_SAME
+        n = raw >> _FRAME_OUT_SHIFT & 0xFFFF
+        output = (self._out[0:n] if n != _FRAME_OUT_UNREAD else self._long_output(control_word, out_gpa)) if n else b""
+        self._last = HypercallResult(status_of(raw & 0xFFFF), raw >> 32 & 0xFFF, output)
+        self._same = raw | _FRAME_SAME
+        return self._last
+
+    def _long_output(self, control_word: int, output_gpa: int | None) -> bytes:
+        """An output block longer than the frame's buffer, read from the output page(s)."""
+        out_gpa = self.output_gpa if output_gpa is None else output_gpa
         shape = _binding.hv_call_shape(control_word & 0xFFFF)
-        if status == HvStatus.SUCCESS and not fast and shape:
-            rep_count = control_word >> 32 & 0xFFF
-            out_len = _round8(shape["out_size"] + rep_count * shape["out_elem_size"])
-            if out_len:
-                output = _binding.hv_partition_read(host._h, pid, out_gpa, out_len) or b""
-        return HypercallResult(status, reps, output)
+        out_len = _round8(shape["out_size"] + (control_word >> 32 & 0xFFF) * shape["out_elem_size"])
+        return _binding.hv_partition_read(self.partition.host._h, self.partition.id, out_gpa & _U64, out_len) or b""
 
     def store_input(self, data: bytes, gpa: int | None = None) -> bool:
         """Store an input block the way a guest does, with ordinary writes to its own memory

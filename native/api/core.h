@@ -168,5 +168,31 @@ int32_t hv_lp_running(struct hv_host *h, uint32_t lp, uint64_t *partition_id);
 uint32_t hv_hypercall_batch(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint32_t count,
                             const uint64_t *controls, const uint64_t *in_args, const uint64_t *out_args,
                             uint64_t *results, int stop_on_error);
-/* Does nothing: the baseline of an empty cffi call for the benchmarks. */
+/* One VP's hypercall frame, allocated once per VP by the Python side: hv_hypercall_frame issues
+ * an ordinary (memory) hypercall from that VP with the VP's input and output pages (in_gpa,
+ * out_gpa), hv_hypercall_frame_at with others, and both copy the call's output block into `out`
+ * in the same crossing. The result is hv_hypercall's, with the number of output bytes copied in
+ * bits 31:16 (reserved in the TLFS result value; HV_FRAME_OUT_UNREAD there: longer than `out`,
+ * not copied), and bit 63 (HV_FRAME_SAME) set when status, reps and output bytes are those of
+ * the frame's previous call (`last`: that call's result value, without bit 63). */
+#define HV_FRAME_OUT_SHIFT 16
+#define HV_FRAME_OUT_UNREAD 0xFFFF
+#define HV_FRAME_SAME 0x8000000000000000
+struct hv_call_frame {
+    struct hv_host *h;
+    uint64_t partition_id;
+    uint32_t vp_index;
+    uint32_t reserved;
+    uint64_t in_gpa;
+    uint64_t out_gpa;
+    uint64_t last;
+    uint8_t out[4096];
+};
+uint64_t hv_hypercall_frame(struct hv_call_frame *f, uint64_t control);
+uint64_t hv_hypercall_frame_at(struct hv_call_frame *f, uint64_t control, uint64_t in_arg, uint64_t out_arg);
+/* Do nothing: the baselines of an empty cffi call, bare and with hv_hypercall's arguments. */
 void hv_nop(void);
+uint64_t hv_nop_hypercall(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint64_t control,
+                          uint64_t in_arg, uint64_t out_arg, const uint64_t *xmm);
+/* The benchmarks' memcpy baseline: `count` copies of `size` bytes, from src to dst, one after another. */
+void hv_bench_memcpy(uint8_t *dst, const uint8_t *src, size_t size, uint32_t count);
