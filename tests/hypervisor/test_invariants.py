@@ -220,3 +220,12 @@ def test_the_machines_message_checks_read_fresh_tables_each_round_and_still_catc
     with pytest.raises(InvariantViolation, match="^INV-MSG: .*no port of the partition delivered there"):
         machine.messages_hold()
     assert machine._tables is None
+
+
+def test_a_reach_larger_than_the_first_room_is_read_whole(busy, monkeypatch):
+    host, a, _ = busy
+    whole = {pid: host.introspect.reach_columns(pid) for pid in host.introspect.partition_ids()}
+    monkeypatch.setattr(host, "memory_bytes", 3 * 4096)  # the first walk's room: 3 pages, less than any reach
+    for pid, columns in whole.items():
+        assert host.introspect.reach_columns(pid) == columns
+        assert len(columns[0]) > 3
