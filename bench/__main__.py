@@ -2,8 +2,8 @@
 against baselines measured in the same run, and min/median/max over repeated runs.
 
 `python -m bench [NAMES...] [--repeat N] [--size tiny|default|long] [--json]`: NAMES picks
-benchmarks (default: all). A benchmark that fails prints why, and the others go on; one that
-fails is not repeated (failures here are deterministic: a host that cannot be built).
+benchmarks (default: all). A benchmark that fails prints why, and the others go on; one whose
+run raised, or measured nothing, is not run again (such failures are deterministic).
 """
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ def measure(names, repeat: int, size: str, log=None) -> dict[str, dict]:
             except Exception as exc:  # noqa: BLE001
                 entry["error"] = _why(exc)
                 break
-            if any(f.error for f in runs[-1]):
-                break  # a figure that cannot be measured will not be measurable next time either
+            if all(f.error for f in runs[-1]):
+                break  # nothing measurable: the next run would fail the same way
         entry["runs"] = len(runs)
         entry["figures"] = aggregate(runs)
         entry["seconds"] = time.perf_counter() - start
@@ -115,7 +115,7 @@ def _span(s) -> str:
 def render(results: dict, repeat: int, size: str) -> None:
     from rich.console import Console
     from rich.table import Table
-    console = Console(width=max(140, Console().width))
+    console = Console(width=max(180, Console().width))
     console.print(f"median (min-max) of up to {repeat} runs, size {size!r}; ratios are against the baseline "
                   "named, measured in the same run; 'met' judges the median")
     for name, entry in results.items():

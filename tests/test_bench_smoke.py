@@ -97,3 +97,30 @@ def test_command_line_picks_benches_and_prints_json(capsys):
         runner.main(["no-such-bench"])
     assert runner.main(["--list"]) == 0
     assert capsys.readouterr().out.split() == list(runner.BENCHES)
+
+
+def test_a_figure_that_fails_does_not_stop_the_others_being_repeated(monkeypatch):
+    mixed = types.ModuleType("bench.fake_mixed")
+    mixed.__doc__ = "One figure measured, one not."
+    mixed.run = lambda size: [Figure("ok", 1.0, "ops/s"), failed("big", "cannot be built: no")]
+    monkeypatch.setitem(sys.modules, "bench.fake_mixed", mixed)
+    (entry,) = runner.measure(["fake_mixed"], 3, "tiny").values()
+    ok, big = entry["figures"]
+    assert entry["runs"] == 3 and ok["runs"] == 3 and ok["error"] is None
+    assert big["error"] == "cannot be built: no" and big["goal_met"] is False
+
+
+def test_a_host_that_cannot_be_built_says_why_and_is_built_once(monkeypatch):
+    from bench import host
+    monkeypatch.setattr(host, "_UNBUILDABLE", {})
+    builds = []
+
+    def build():
+        builds.append(1)
+        raise RuntimeError("no event flag left")
+
+    goal = Goal(">=", 20, "value", "builds")
+    for _ in range(2):
+        (f,) = host.steady("huge host", build, 10, 10, goal, "note")
+        assert f.error == "cannot be built: RuntimeError: no event flag left" and f.goal is goal
+    assert builds == [1]
