@@ -176,6 +176,23 @@ def hv_partition_reach(h, partition_id: int) -> list[tuple[int, int, int]]:
     n = lib.hv_partition_reach(h, partition_id, gpas, pfns, rights, n)
     return [(int(gpas[i]), int(pfns[i]), int(rights[i])) for i in range(n)]
 
+def hv_partition_reach_columns(h, partition_id: int, room: int) -> tuple[list[int], list[int], list[int]]:
+    """The same as three lists: GPA pages, SPA frames, rights. The arrays are copied whole
+    through the buffer protocol (element by element, cffi took ~0.2 ms per thousand pages, and
+    the isolation invariants read every partition's reach after every step), and the map is
+    walked once when the reach fits in `room` entries (the core reports the whole count whatever
+    room it was given; a second walk gets the rest)."""
+    n = 0
+    while True:
+        room = max(n, room, 1)
+        gpas, pfns, rights = ffi.new("uint64_t[]", room), ffi.new("uint64_t[]", room), ffi.new("uint32_t[]", room)
+        n = lib.hv_partition_reach(h, partition_id, gpas, pfns, rights, room)
+        if n <= room:
+            break
+    return (memoryview(ffi.buffer(gpas, 8 * n)).cast("Q").tolist(),
+            memoryview(ffi.buffer(pfns, 8 * n)).cast("Q").tolist(),
+            memoryview(ffi.buffer(rights, 4 * n)).cast("I").tolist())
+
 
 def hv_state_digest(h, include_memory: bool) -> bytes:
     out = ffi.new("uint8_t[16]")
