@@ -448,13 +448,13 @@ class RunLoop:
         self._out = ffi.new("struct hv_resume[]", self.MAX)
         self._refused = ffi.new("int32_t *")
         self._out_buf = ffi.buffer(self._out)
-        self._record = _struct.Struct("<QIII4x")
+        self._record = _struct.Struct("<QIII4xQ")  # id, vp, reason, sints, work left
         self._step = _struct.Struct("<QIIQ")
         self._steps_buf = ffi.buffer(self._steps)
         assert self._record.size == ffi.sizeof("struct hv_resume")
         assert self._step.size == ffi.sizeof("struct hv_step")
 
-    def run(self, until: int, steps: list[tuple[int, int, int, int]]) -> tuple[list[tuple[int, int, int, int]], int]:
+    def run(self, until: int, steps: list[tuple[int, int, int, int]]) -> tuple[list[tuple[int, int, int, int, int]], int]:
         """Apply `steps` [(partition id, vp index, op, arg)], run to `until` or the next batch of
         guest steps; returns (resume records, index of the first refused step or -1)."""
         n = len(steps)

@@ -33,11 +33,13 @@ STEP_COMPUTE = _binding.constant("HV_STEP_COMPUTE")
 STEP_HALT = _binding.constant("HV_STEP_HALT")
 STEP_SLEEP = _binding.constant("HV_STEP_SLEEP")
 STEP_STOP = _binding.constant("HV_STEP_STOP")
+STEP_COMPUTE_INTR = _binding.constant("HV_STEP_COMPUTE_INTR")
 GUEST_NONE = _binding.constant("HV_GUEST_NONE")
 GUEST_PYTHON = _binding.constant("HV_GUEST_PYTHON")
 GUEST_BURN = _binding.constant("HV_GUEST_BURN")
 GUEST_TICK = _binding.constant("HV_GUEST_TICK")
 
+ALL_SINTS = (1 << _binding.constant("HV_SYNIC_SINT_COUNT")) - 1
 _REASONS = {_binding.constant("HV_RESUME_START"): "start", _binding.constant("HV_RESUME_STEP"): "step",
             _binding.constant("HV_RESUME_INTERRUPT"): "interrupt",
             _binding.constant("HV_RESUME_TIMEOUT"): "timeout"}
@@ -47,8 +49,10 @@ _REASONS = {_binding.constant("HV_RESUME_START"): "start", _binding.constant("HV
 class Wakeup:
     """What a guest's await returns: why it resumed and which SINTs were raised meanwhile."""
 
-    reason: str  # "start", "step" (its computation finished), "interrupt", "timeout"
+    reason: str  # "start" (its partition runs again after a suspend), "step" (its computation
+                 # finished), "interrupt", "timeout"
     sints: int   # bit n: SINT n was raised since the guest last looked
+    work_left: int = 0  # compute_interruptible ended early (an interrupt, a suspend): the ns it had left
 
     def raised(self, sint: int) -> bool:
         return bool(self.sints >> sint & 1)
@@ -82,6 +86,18 @@ class GuestContext:
         self.vp = vp
         self.partition: Partition = vp.partition
         self.host = vp.partition.host
+        #: bit n: SINT n was raised and nobody took it yet (take_sint). Every wakeup of this VP
+        #: adds its SINTs here, whoever awaited the step, so none is lost to a caller that
+        #: ignored its Wakeup.
+        self.raised_sints = 0
+
+    def take_sint(self, sint: int) -> bool:
+        """Whether SINT `sint` was raised since it was last taken; takes it."""
+        bit = 1 << sint
+        if self.raised_sints & bit:
+            self.raised_sints &= ~bit
+            return True
+        return False
 
     @property
     def now(self) -> int:
@@ -89,8 +105,13 @@ class GuestContext:
         return self.host.now
 
     def compute(self, duration: int | str) -> Step:
-        """Spend CPU time on this VP."""
+        """Spend CPU time on this VP (interrupts meanwhile stay pending until it is spent)."""
         return Step(STEP_COMPUTE, parse_duration(duration))
+
+    def compute_interruptible(self, duration: int | str) -> Step:
+        """Spend CPU time on this VP until it is spent or a SINT is raised, whichever is first:
+        the Wakeup says "interrupt" and how much was left (`work_left`) if it ended early."""
+        return Step(STEP_COMPUTE_INTR, parse_duration(duration))
 
     def halt(self, timeout: int | str | None = None) -> Step:
         """Wait for an interrupt (returns at once if one is pending), or for `timeout`."""
@@ -150,10 +171,12 @@ class GuestRunner:
     def __init__(self, host):
         self._host = host
         self._coros: dict[tuple[int, int], Coroutine] = {}
+        self._contexts: dict[tuple[int, int], GuestContext] = {}  # of the coroutines made
 
     def attach(self, vp: VirtualProcessor, fn: GuestFunction) -> None:
         key = (vp.partition.id, vp.index)
         old = self._coros.pop(key, None)
+        self._contexts.pop(key, None)
         if hasattr(old, "close"):
             old.close()
         if not callable(fn):
@@ -165,6 +188,7 @@ class GuestRunner:
     def detach(self, partition_id: int, vp_index: int | None = None) -> None:
         for key in [k for k in self._coros if k[0] == partition_id and (vp_index is None or k[1] == vp_index)]:
             coro = self._coros.pop(key)
+            self._contexts.pop(key, None)
             if hasattr(coro, "close"):
                 coro.close()
 
@@ -185,9 +209,9 @@ class GuestRunner:
                 return
             steps = []
             errors: list[GuestError] = []
-            for partition_id, vp_index, reason, sints in batch:
+            for partition_id, vp_index, reason, sints, left in batch:
                 try:
-                    op, arg = self.step(partition_id, vp_index, reason, sints)
+                    op, arg = self.step(partition_id, vp_index, reason, sints, left)
                 except GuestError as exc:  # that VP is stopped; the others still take their step
                     errors.append(exc)
                     continue
@@ -202,33 +226,44 @@ class GuestRunner:
                 for exc in errors:
                     handler(exc.partition_id, exc.vp_index, exc)
 
-    def step(self, partition_id: int, vp_index: int, reason: int, sints: int) -> tuple[int, int]:
+    def step(self, partition_id: int, vp_index: int, reason: int, sints: int, work_left: int = 0) -> tuple[int, int]:
         """Resume one guest; returns its next step (op, arg)."""
         key = (partition_id, vp_index)
         coro = self._coros.get(key)
         if coro is None:  # its guest was replaced or removed: the VP idles
             return STEP_STOP, 0
-        wake = Wakeup(_REASONS.get(reason, "step"), sints)
+        wake = Wakeup(_REASONS.get(reason, "step"), sints, work_left)
         try:
             if isinstance(coro, tuple):  # first run: make the coroutine now
                 fn, ctx = coro
+                ctx.raised_sints |= sints
+                self._contexts[key] = ctx
                 coro = self._coros[key] = fn(ctx)
                 if not hasattr(coro, "send"):
                     raise TypeError(f"a guest must be an async function taking a GuestContext, got {fn!r}")
                 step = coro.send(None)
             else:
-                step = coro.send(None if wake.reason == "start" else wake)
+                if wake.reason == "start":
+                    # Its partition was suspended and runs again: the core forgot what was raised
+                    # before, so anything may have been; and its step was cut short (work_left).
+                    sints = ALL_SINTS
+                if sints:
+                    self._contexts[key].raised_sints |= sints
+                step = coro.send(wake)
         except StopIteration:
             del self._coros[key]
+            self._contexts.pop(key, None)
             return STEP_STOP, 0
         except Exception as exc:
             del self._coros[key]
+            self._contexts.pop(key, None)
             _binding.hv_vp_step(self._host._h, partition_id, vp_index, STEP_STOP, 0)
             detail = f"{type(exc).__name__}: {exc}"
             raise GuestError(partition_id, vp_index, detail,
                              f"the guest on VP {vp_index} of partition {partition_id} raised {detail}") from exc
         if not isinstance(step, Step):
             del self._coros[key]
+            self._contexts.pop(key, None)
             _binding.hv_vp_step(self._host._h, partition_id, vp_index, STEP_STOP, 0)
             detail = f"awaited {step!r}; guests await only ctx.compute/halt/sleep"
             raise GuestError(partition_id, vp_index, detail,

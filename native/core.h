@@ -175,6 +175,8 @@ enum hv_event_kind {
 #define HV_STEP_HALT    2u  /* wait for an interrupt (arg: timeout ns, 0 = none) */
 #define HV_STEP_SLEEP   3u  /* wait arg ns; interrupts stay pending */
 #define HV_STEP_STOP    4u  /* the guest ended: the VP halts for good */
+#define HV_STEP_COMPUTE_INTR 5u  /* spend arg ns of CPU time; a SINT raised meanwhile ends it early
+                                    (HV_RESUME_INTERRUPT, with the work left in the resume record) */
 /* Why a Python guest is resumed. */
 #define HV_RESUME_START     1u
 #define HV_RESUME_STEP      2u  /* its computation finished */

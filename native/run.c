@@ -168,14 +168,20 @@ static void wake(struct hv_host *h, struct hv_vp *vp, uint32_t reason)
     make_runnable(h, vp);
 }
 
+static void interrupt_compute(struct hv_host *h, struct hv_vp *vp);
+
 void hv_vp_raise_interrupt(struct hv_host *h, struct hv_vp *vp, uint32_t sint)
 {
     struct hv_partition *p = h->parts[vp->part_slot];
     vp->pending_sints |= 1u << sint;
     hv_vp_charge(h, vp, h->costs.interrupt_ns);
     trace4(h, 0x1000 + sint, vp->part_slot, vp->index, 0);
-    if (vp->exec == HV_VP_HALTED && !vp->sleeping && p && p->started)
+    if (!p || !p->started)
+        return;
+    if (vp->exec == HV_VP_HALTED && !vp->sleeping)
         wake(h, vp, HV_RESUME_INTERRUPT);
+    else if (vp->interruptible && (vp->exec == HV_VP_RUNNING || vp->exec == HV_VP_RUNNABLE))
+        interrupt_compute(h, vp);
 }
 
 static void halt(struct hv_host *h, struct hv_vp *vp, uint64_t timeout, bool sleeping)
@@ -197,6 +203,7 @@ static void step_done(struct hv_host *h, struct hv_vp *vp)
     struct hv_partition *p = h->parts[vp->part_slot];
     switch (vp->guest_kind) {
     case HV_GUEST_PYTHON:
+        vp->interruptible = false;
         resume_add(h, vp, vp->resume_reason ? vp->resume_reason : HV_RESUME_STEP);
         return;
     case HV_GUEST_TICK: {
@@ -324,6 +331,25 @@ static void schedule_idle(struct hv_host *h)
     }
 }
 
+/* An interrupt ends a Python guest's HV_STEP_COMPUTE_INTR early: the VP leaves its LP (or the run
+ * queue) at once and its guest resumes with the work it had left; the interrupt's cost stays in
+ * its debt, spent with its next work. */
+static void interrupt_compute(struct hv_host *h, struct hv_vp *vp)
+{
+    if (vp->exec == HV_VP_RUNNING) {
+        account(h, vp);
+        undispatch(h, vp);
+        vp->slice_seq = ++h->vp_guard_seq; /* its slice event is stale now */
+    } else {
+        rq_remove(h, vp);
+    }
+    vp->interruptible = false;
+    vp->work_left_ns = vp->work_ns;
+    vp->work_ns = 0;
+    trace4(h, 0x5000, vp->part_slot, vp->index, vp->work_left_ns);
+    resume_add(h, vp, HV_RESUME_INTERRUPT);
+}
+
 /* ---- events ------------------------------------------------------------------------------------ */
 static void on_slice(struct hv_host *h, const struct hv_event *e)
 {
@@ -402,6 +428,9 @@ static void vp_stop(struct hv_host *h, struct hv_vp *vp)
     rq_remove(h, vp);
     resume_remove(h, vp);
     vp->exec = HV_VP_STOPPED;
+    /* An interruptible computation cut by the stop is reported as such when the VP starts again. */
+    vp->work_left_ns = vp->interruptible ? vp->work_ns : 0;
+    vp->interruptible = false;
     vp->slice_seq = ++h->vp_guard_seq;
     vp->wake_seq = ++h->vp_guard_seq;
     vp->work_ns = vp->debt_ns = 0;
@@ -469,7 +498,10 @@ uint32_t hv_run(struct hv_host *h, uint64_t until, struct hv_resume *out, uint32
                 out[i].vp_index = vp->index;
                 out[i].reason = vp->resume_reason;
                 out[i].pending_sints = vp->pending_sints;
+                out[i].reserved = 0;
+                out[i].work_left_ns = vp->work_left_ns;
                 vp->pending_sints = 0;
+                vp->work_left_ns = 0;
                 vp->resume_reason = 0;
                 vp->in_resume_list = false;
             }
@@ -504,6 +536,16 @@ int hv_vp_step(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint
     switch (op) {
     case HV_STEP_COMPUTE:
         vp->work_ns = arg;
+        make_runnable(h, vp);
+        return 0;
+    case HV_STEP_COMPUTE_INTR:
+        if (vp->pending_sints) { /* an interrupt is already pending: it ends the work before it starts */
+            vp->work_left_ns = arg;
+            resume_add(h, vp, HV_RESUME_INTERRUPT);
+            return 0;
+        }
+        vp->work_ns = arg;
+        vp->interruptible = true;
         make_runnable(h, vp);
         return 0;
     case HV_STEP_HALT:

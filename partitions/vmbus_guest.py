@@ -12,9 +12,17 @@ A channel's host->guest signals arrive on the VP the guest asked for (`target_vp
 device type name; `modify_channel` later): the flag is set in that VP's SIEF page and its SINT 2
 raised, so a guest that targets VP n > 0 runs `run_vp` on VP n, which turns that VP's SynIC on
 (SIMP/SIEFP at simp_gpfn + 2n, siefp_gpfn + 2n) and takes the signals there; without it the VP's
-SynIC stays off and the parent holds the channel's signals as for any guest with its SynIC off."""
+SynIC stays off and the parent holds the channel's signals as for any guest with its SynIC off.
+
+The stack is interrupt-driven: it reads a VP's SIM slot and SIEF flags only when the core reported
+SINT 2 raised on that VP (GuestContext.take_sint), and once more after anything that can leave a
+message or a flag there without a new interrupt the stack would see: its own SynIC set up (boot,
+run_vp) and a restore (resume). A message queued behind a full slot needs nothing more: the slot is
+read until it is empty, and the EOM written for it raises the SINT again. An idle guest's stack
+costs nothing; a busy one costs per interrupt."""
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,6 +31,7 @@ from drivers.registry import Registry
 from hypervisor import HvError, Partition, Register
 from hypervisor.abi import HostVisibility
 from hypervisor.grants import modify_host_visibility, own_view, release_view, view as own_view_ptr
+from hypervisor.status import HvStatus
 from hypervisor.synic import clear_message_slot, read_message_slot, simp_value, siefp_value, sint_value
 from vmbus.channel import ChannelEnd, init_ring_gpadl
 from partitions.device_context import EndpointContext
@@ -31,6 +40,7 @@ from vmbus.protocol import ModifyChannel, OfferChannel, VMBUS_MESSAGE_SINT
 from vmbus.ring import RingError
 
 MESSAGE_TYPE_VMBUS = 1
+RETRY_NS = 50_000   # a message the host's full port refused is posted again after this
 MAX_VPS = 30   # SynIC pages of VP n are simp_gpfn + 2n, siefp_gpfn + 2n, all below page 64
 
 
@@ -86,6 +96,10 @@ class GuestVmbus:
         self.names = dict(names or {})   # offer instance id -> the device's name in this guest
         self.target_vps = dict(target_vps or {})  # device type name -> VP its channel is opened on
         self.signals: dict[int, int] = {}  # VP -> channel signals taken from its SIEF page
+        self.slot_reads = 0   # reads of a SIM slot (each message, and each look at an empty slot)
+        self.flag_scans = 0   # reads of a VP's 256 bytes of SINT 2 event flags
+        self._contexts: dict[int, Any] = {}  # VP index -> its guest context (boot, run_vp)
+        self._rescan: set[int] = set()       # VPs whose slot and flags are read on their next pass
         self.on_poll = on_poll  # called after every pass over messages and signals
         self.client = VmbusClient(self, self._bind)
         self.channels: dict[int, _Open] = {}
@@ -94,6 +108,8 @@ class GuestVmbus:
         self.log_entries: list[tuple] = []
         self.on_log: Callable[[str, dict], None] | None = None
         self._pending: list[ClientEvent] = []
+        self._outbox: deque[tuple[bytes, int]] = deque()   # (message, connection) the host's port refused, in order
+        self._retry_armed = False
         self._gpadl_done: dict[int, Callable[[int, bool], None]] = {}
         self._views = 0x40000000  # own-view ids for buffers (ring views use the relid)
         self.context = EndpointContext(partition.host, lambda event, fields: self.log(event, **fields),
@@ -101,7 +117,29 @@ class GuestVmbus:
 
     # ---- the client's notifier ------------------------------------------------------------------
     def send(self, message: bytes, connection_id: int) -> None:
-        self.partition.post_message(connection_id, MESSAGE_TYPE_VMBUS, message)
+        # In order: behind any held message. The host's message ports have 16 buffers each; a
+        # guest opening many channels at once fills them, and what they refuse is posted again
+        # from a timer (the host taking its messages tells the guest nothing).
+        self._outbox.append((message, connection_id))
+        self._flush_outbox()
+
+    def _flush_outbox(self) -> None:
+        while self._outbox:
+            message, connection_id = self._outbox[0]
+            try:
+                self.partition.post_message(connection_id, MESSAGE_TYPE_VMBUS, message)
+            except HvError as exc:
+                if exc.status is not HvStatus.INSUFFICIENT_BUFFERS:
+                    raise
+                if not self._retry_armed:
+                    self._retry_armed = True
+                    self.context.call_later(RETRY_NS, self._retry_outbox)
+                return
+            self._outbox.popleft()
+
+    def _retry_outbox(self) -> None:
+        self._retry_armed = False
+        self._flush_outbox()
 
     def event(self, event: ClientEvent) -> None:
         self._pending.append(event)
@@ -251,9 +289,35 @@ class GuestVmbus:
                 self._closed(ev.relid)
 
     # ---- the loop ------------------------------------------------------------------------------------
+    def _raised(self, vp: int) -> bool:
+        """Whether VP `vp`'s slot and flags must be read now: its SINT 2 was raised (taken here), or
+        a rescan is due. A stack driven by no guest context (a test calling service()) reads always."""
+        ctx = self._contexts.get(vp)
+        raised = ctx is None or ctx.take_sint(VMBUS_MESSAGE_SINT)
+        if vp in self._rescan:
+            self._rescan.discard(vp)
+            return True
+        return raised
+
+    def pending(self) -> bool:
+        """Whether VP 0's slot and flags wait to be read: its SINT 2 raised and not yet taken, or
+        a rescan due. (Device timers are not counted: the caller's next halt or computation ends
+        by next_timeout(), so a timer that re-arms itself at once cannot spin it in zero time.)"""
+        ctx = self._contexts.get(0)
+        return ctx is None or bool(ctx.raised_sints >> VMBUS_MESSAGE_SINT & 1) or 0 in self._rescan
+
     def _drain(self) -> None:
+        if self._raised(0):
+            self._take_messages()
+            self._take_flags(0)
+        self._handle_events()
+        if self.on_poll is not None:
+            self.on_poll(self)
+
+    def _take_messages(self) -> None:
         part = self.partition
         while True:
+            self.slot_reads += 1
             msg = read_message_slot(part, self.simp, VMBUS_MESSAGE_SINT)
             if msg.empty:
                 break
@@ -263,15 +327,12 @@ class GuestVmbus:
             if msg.message_type == MESSAGE_TYPE_VMBUS:
                 self.client.handle_message(msg.payload)
             self._handle_events()
-        self._take_flags(0)
-        self._handle_events()
-        if self.on_poll is not None:
-            self.on_poll(self)
 
     def _take_flags(self, vp: int) -> None:
         """Hand the channels whose flags are set in VP `vp`'s SIEF page their signals."""
         part = self.partition
         base = (self.siefp + 2 * vp) * 4096 + VMBUS_MESSAGE_SINT * 256
+        self.flag_scans += 1
         flags = int.from_bytes(part.read(base, 256), "little")
         if flags:
             part.write(base, bytes(256))
@@ -291,14 +352,18 @@ class GuestVmbus:
         self.context.timers.hold(None)
 
     def resume(self) -> None:
-        """The VM was restored: its devices' timers run again."""
+        """The VM was restored: its devices' timers run again, and every VP's slot and flags are
+        read on its next pass (what the restored pages hold came with no interrupt the stack saw)."""
         self.context.timers.release(None)
+        self._rescan.update(self._contexts)
 
     def boot(self, ctx) -> None:
         """What the guest kernel does once: SynIC on (message and flag pages, SINT 2), then
         contact the host; negotiation, offers and opens follow as messages arrive."""
         ctx.vp.set_registers({Register.SIMP: simp_value(self.simp), Register.SIEFP: siefp_value(self.siefp),
                               Register.SCONTROL: 1, Register.SINT0 + VMBUS_MESSAGE_SINT: sint_value(0x32)})
+        self._contexts[0] = ctx
+        self._rescan.add(0)
         self.client.connect()
 
     def service(self) -> int:
@@ -317,15 +382,18 @@ class GuestVmbus:
         ctx.vp.set_registers({Register.SIMP: simp_value(self.simp + 2 * vp),
                               Register.SIEFP: siefp_value(self.siefp + 2 * vp),
                               Register.SCONTROL: 1, Register.SINT0 + VMBUS_MESSAGE_SINT: sint_value(0x32)})
+        self._contexts[vp] = ctx
+        self._rescan.add(vp)
         while True:
-            self._take_flags(vp)
+            if self._raised(vp):
+                self._take_flags(vp)
             self._handle_events()
             if self.on_poll is not None:
                 self.on_poll(self)
             cpu = self.context.take_pending()
             if cpu:
                 await ctx.compute(cpu)
-            else:
+            elif not ctx.raised_sints >> VMBUS_MESSAGE_SINT & 1:
                 await ctx.halt()
 
     async def run(self, ctx) -> None:
@@ -335,5 +403,5 @@ class GuestVmbus:
             cpu = self.service()
             if cpu:
                 await ctx.compute(cpu)
-            else:
+            elif not self.pending():
                 await ctx.halt(self.context.next_timeout())

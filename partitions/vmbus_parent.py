@@ -9,8 +9,16 @@ Per child it sets up, before the child runs:
     them: host->guest messages, and host->guest channel signals (flag = relid); a channel the guest
     opened or moved (ModifyChannel) to another of its VPs is signalled there instead, through an
     event port on SINT 2 of that VP made the first time a channel targets it;
-  - per offered channel, a root event port (one flag of the root's SINT 2) the child signals on
-    the offer's connection id.
+  - per offered channel, a root event port (one flag of a SINT of the service's VP: SINT 2's
+    flags first, then SINT 3's, ... up to SINT 15's; past those 28,671 flags channels share
+    flags, a signal on one then readies each channel that has it) the child signals on the
+    offer's connection id.
+
+The service is interrupt-driven: on a pass it reads its SIM slot and a SINT's event flags only
+if the core reported that SINT raised (or a message was left in the slot for a throttled
+child), reads only the channels that were signalled, and retries or serves only the children
+with something waiting (held signals, an outbox, an inbox, an unreachable SynIC). Its idle VP
+halts until an interrupt or its next timer.
 
 A child is quiesced while its VM is saved (quiesce/resume): its memory is wiped while the VM is
 Saved, so from the VSPs' quiesce() hooks until their resume() nothing reaches it. The service
@@ -35,20 +43,22 @@ from partitions.device_context import EndpointContext
 from vmbus.protocol import STATUS_SUCCESS, STATUS_UNSUCCESSFUL, VMBUS_MESSAGE_SINT, GpaRange
 from vmbus.ring import RingError
 from vmbus.server import ChannelManager
+from hypervisor.guest import ALL_SINTS
 
 MESSAGE_TYPE_VMBUS = 1
 CHILD_MESSAGE_PORT = 1     # in each child: host->guest messages
 CHILD_EVENT_PORT = 2       # in each child: host->guest channel signals
 FLAGS_PER_SINT = 2048
+FLAG_SINTS = tuple(range(VMBUS_MESSAGE_SINT, 16))  # the SINTs of the service's VP with channel flags
 
 # Budgets: what one child may take of the service (docs/vmbus.md, "Budgets and backpressure").
 PACKETS_PER_PASS = 64       # per channel per pass; a ring with more waits for the next pass
-SLICE_NS = 4_000            # a pass's CPU time is spent in slices; between two, newly signalled
-                            # channels are served, so they wait a slice, not a flooder's whole pass
 MESSAGE_BURST = 64          # control messages a child may have taken at once...
 MESSAGE_REFILL_NS = 16_000  # ...and one more per 16 us of simulated time after that
 OUTBOX_LIMIT = 64           # messages to a child not yet posted; at the limit its own are not handled
 INBOX_LIMIT = 64            # messages from a child waiting for room in its outbox; beyond: dropped
+RETRY_NS = 50_000           # a message a child's full port refused is posted again after this,
+RETRY_MAX_NS = 10_000_000   # ...doubling while refusals go on, up to this
 LOG_LIMIT = 10_000          # entries kept in ParentVmbus.log (the event log bounds itself per VM)
 
 
@@ -56,7 +66,7 @@ LOG_LIMIT = 10_000          # entries kept in ParentVmbus.log (the event log bou
 class _Channel:
     device: DeviceType
     config: dict
-    flag: int                     # the root SIEF flag the child signals
+    flag: tuple[int, int]         # (SINT, flag) of the service's VP the child signals
     port_id: int                  # the root event port behind it
     connection_id: int            # the child's connection to that port
     target_vp: int = 0            # the child's VP its signals go to (OpenChannel, ModifyChannel)
@@ -282,9 +292,20 @@ class ParentVmbus:
         #: not tear the partition down there and then (the management defers it).
         self.on_child_failed: Callable[[int, str], None] | None = None
         self._port_owner: dict[int, _Child] = {}      # root message port id -> child
-        self._flag_owner: dict[int, tuple[_Child, int]] = {}  # root flag -> (child, relid)
+        # (SINT, flag) -> the channels (child, relid) it stands for: one each until the flags run out
+        self._flag_owner: dict[tuple[int, int], list[tuple[_Child, int]]] = {}
         self._next_id = 0x1000
-        self._free_flags = list(range(FLAGS_PER_SINT - 1, 0, -1))  # flag 0 unused
+        # per SINT of FLAG_SINTS, its free flags (popped from the end: lowest first); flag 0 of
+        # SINT 2 is the doorbell. A SINT is turned on when its first flag is taken.
+        self._free_flags: dict[int, list[int]] = {
+            sint: list(range(FLAGS_PER_SINT - 1, 0 if sint == VMBUS_MESSAGE_SINT else -1, -1)) for sint in FLAG_SINTS}
+        self._flag_sints = {VMBUS_MESSAGE_SINT}   # SINTs of the service's VP turned on
+        self._shared_next = 0    # the next flag to share once every flag is taken
+        self.slot_reads = 0      # reads of the service's SIM slot
+        self.flag_scans = 0      # reads of a SINT's 256 bytes of event flags
+        self._ctx = None         # the service VP's guest context (its raised SINTs)
+        self._look_slot = True   # read the SIM slot on the next pass even without an interrupt
+        self._attention: dict[int, _Child] = {}   # children with something held or waiting
         self._pending_work = 0
         self.message_trace: list[tuple[int, str, dict]] | None = None  # (time, name, args) when recording
         self.context = EndpointContext(host, lambda event, fields: self.record(0, event, fields))
@@ -306,6 +327,8 @@ class ParentVmbus:
         self._ready: dict[tuple[int, int], None] = {}  # (child, relid) signalled and not yet read empty, in turn
         self._served: dict[tuple[int, int], int] = {}  # packets each channel had in the current pass
         self._refill_armed = False   # a timer wakes the service when a throttled child has a message again
+        self._retry_armed = False    # a timer wakes the service to post messages a full port refused
+        self._retry_ns = RETRY_NS
         self.vp.run(self._serve)
 
     def _root_pool(self, pages: int) -> None:
@@ -393,21 +416,44 @@ class ParentVmbus:
         """Offer a device to a child; returns its relid."""
         import uuid
         c = self.children[child.id]
-        if not self._free_flags:
-            raise RuntimeError("the parent's VMBus SINT has no event flag left for another channel")
         spec = OfferSpec(device.class_id, instance_id or uuid.UUID(int=(child.id << 64) | (len(c.channels) + 1)))
         relid = c.manager.offer(spec)
-        flag = self._free_flags.pop()
+        sint, flag = key = self._take_flag()
         port, conn = self._new_id(), 0x2000 + relid
         # The channel's event port (the root's pool) and the child's connection to it (its own).
         self._root_pool(1)
         self.host.root.deposit_memory(child, self.host.root_memory.allocate(1))
-        self.host.root.create_port(None, port, port_type=PortType.EVENT, target_sint=VMBUS_MESSAGE_SINT,
+        self.host.root.create_port(None, port, port_type=PortType.EVENT, target_sint=sint,
                                    target_vp=self.vp.index, base_flag=flag, flag_count=1, connection_partition=child)
         self.host.root.connect_port(child, conn, None, port, port_type=PortType.EVENT)
-        c.channels[relid] = _Channel(device, dict(config or device.defaults), flag, port, conn)
-        self._flag_owner[flag] = (c, relid)
+        c.channels[relid] = _Channel(device, dict(config or device.defaults), key, port, conn)
+        self._flag_owner.setdefault(key, []).append((c, relid))
         return relid
+
+    def _take_flag(self) -> tuple[int, int]:
+        """A (SINT, flag) of the service's VP for a new channel: a free one, lowest SINT first (its
+        SINT turned on the first time); with none free, one shared with other channels, in turn."""
+        for sint in FLAG_SINTS:
+            free = self._free_flags[sint]
+            if free:
+                if sint not in self._flag_sints:
+                    self.host.root.set_vp_registers(self.host.root, self.vp.index,
+                                                    {Register.SINT0 + sint: sint_value(0x30 + sint)})
+                    self._flag_sints.add(sint)
+                return sint, free.pop()
+        n = len(FLAG_SINTS) * FLAGS_PER_SINT
+        while True:
+            i, self._shared_next = self._shared_next, (self._shared_next + 1) % n
+            key = (FLAG_SINTS[i // FLAGS_PER_SINT], i % FLAGS_PER_SINT)
+            if key != (VMBUS_MESSAGE_SINT, 0):   # not the doorbell
+                return key
+
+    def _drop_flag(self, key: tuple[int, int], c: _Child, relid: int) -> None:
+        owners = [o for o in self._flag_owner.get(key, ()) if not (o[0] is c and o[1] == relid)]
+        if owners:
+            self._flag_owner[key] = owners
+        elif self._flag_owner.pop(key, None) is not None:
+            self._free_flags[key[0]].append(key[1])
 
     def detach(self, child: Partition | int) -> None:
         """Forget a child (turned off or deleted): close its VSPs, delete the root's ports and
@@ -417,14 +463,14 @@ class ParentVmbus:
         if c is None:
             return
         self._resuming.pop(cid, None)
+        self._attention.pop(cid, None)
         root = self.host.root
         alive = cid in self.host.introspect.partition_ids()
         self.context.timers.drop(cid)   # its VSPs' timers (held ones too) go with it
         for relid, ch in c.channels.items():
             if ch.vsp is not None:
                 self._close_vsp(c, relid, ch)
-            self._flag_owner.pop(ch.flag, None)
-            self._free_flags.append(ch.flag)
+            self._drop_flag(ch.flag, c, relid)
             self._teardown_call(c, alive, root.delete_port, ch.port_id)
         c.quiesced = True   # a VSP object kept by someone can no longer reach the child's memory
         for port in c.msg_ports:
@@ -493,6 +539,7 @@ class ParentVmbus:
         for relid in sorted(c.channels):  # every ring, whether or not its signal came meanwhile
             self._ready_channel(c, relid)
         self._retry(c)
+        self._attend(c)   # what it sent or was sent meanwhile: served from the next pass on
 
     def quiesced(self, child: Partition) -> bool:
         """Whether nothing reaches the child now (from quiesce() until its devices resumed)."""
@@ -522,6 +569,7 @@ class ParentVmbus:
         if c.quiesced or c.unreachable or c.failed is not None:
             if c.failed is None:
                 c.held_signals_out[relid] = None
+                self._attend(c)
             return
         ch = c.channels.get(relid)
         conn = c.vp_evt.get(ch.target_vp, c.to_child_evt) if ch is not None else c.to_child_evt
@@ -531,6 +579,7 @@ class ParentVmbus:
             self._refused(c, exc, "SignalEvent")
             if c.failed is None:
                 c.held_signals_out[relid] = None
+                self._attend(c)
 
     def _refused(self, c: _Child, exc: HvError, call: str) -> None:
         """A signal or message to `c` failed: held for a retry if the child's SynIC refused it,
@@ -583,7 +632,14 @@ class ParentVmbus:
                 self.host.root.post_message(c.to_child_msg, MESSAGE_TYPE_VMBUS, c.outbox[0], via=self.vp)
             except HvError as exc:
                 self._refused(c, exc, "PostMessage")
+                self._attend(c)
+                if exc.status is HvStatus.INSUFFICIENT_BUFFERS:
+                    # Its port's buffers free as the child takes its messages, which tells the
+                    # service nothing: a timer brings the retry (a child out of the
+                    # service's reach for good costs one pass per RETRY_MAX_NS).
+                    self._arm_retry()
                 return  # held: retried on the next pass
+            self._retry_ns = RETRY_NS
             message = c.outbox.popleft()
             c.stats["messages_out"] += 1
             if self.message_trace is not None:
@@ -685,13 +741,38 @@ class ParentVmbus:
         while self._resuming:
             c = self._resuming.pop(next(iter(self._resuming)))
             self._contained(c, self._resume_now, c)
-        did |= self._take_messages()
-        did |= self._take_flags()
+        raised = self._take_raised()
+        if raised >> VMBUS_MESSAGE_SINT & 1 or self._look_slot:
+            self._look_slot = False
+            did |= self._take_messages()
+        did |= self._take_flags(raised)
         did |= self._serve_ready()
-        for c in list(self.children.values()):
+        for c in list(self._attention.values()):
             self._contained(c, self._retry, c)
             self._contained(c, self._serve_inbox, c)
+            if not self._needs_attention(c):
+                self._attention.pop(c.partition.id, None)
         return did
+
+    def _take_raised(self) -> int:
+        """The SINTs raised on the service's VP since it last looked (bit n: SINT n), taken now.
+        Without a guest context (before its VP first ran) every SINT counts as raised."""
+        ctx = self._ctx
+        if ctx is None:
+            return ALL_SINTS
+        raised, ctx.raised_sints = ctx.raised_sints, 0
+        return raised
+
+    @staticmethod
+    def _needs_attention(c: _Child) -> bool:
+        # A quiesced child is left alone: its resume retries and serves it (_resume_now).
+        return bool(c.held_signals_out or c.outbox or c.inbox or c.unreachable) and c.failed is None \
+            and not c.quiesced
+
+    def _attend(self, c: _Child) -> None:
+        """`c` has something held or waiting: it is retried and served on every pass until not."""
+        if self._needs_attention(c) and self.children.get(c.partition.id) is c:
+            self._attention[c.partition.id] = c
 
     def _take_messages(self) -> bool:
         """Take the messages in the service's SIM slot while their senders have budget left.
@@ -701,12 +782,13 @@ class ParentVmbus:
         its ports' 16 buffers are in the queue. A timer takes it when the sender's budget allows."""
         root, did = self.host.root, False
         while True:
+            self.slot_reads += 1
             msg = read_message_slot(root, self.simp, VMBUS_MESSAGE_SINT)
             if msg.empty:
                 return did
             c = self._port_owner.get(msg.origin)
             if c is not None and not self._take_token(c):
-                return did
+                return did   # left in the slot: read again when the refill timer comes
             did = True
             clear_message_slot(root, self.simp, VMBUS_MESSAGE_SINT)
             if msg.pending:
@@ -726,6 +808,8 @@ class ParentVmbus:
                 else:
                     c.inbox.append((msg.payload, c.msg_ports[msg.origin]))
                     self._contained(c, self._serve_inbox, c)
+                    if c.inbox:
+                        self._attend(c)
 
     def _take_token(self, c: _Child) -> bool:
         """Spend one of `c`'s message budget; False (and a wake-up armed) if it has none now."""
@@ -742,8 +826,19 @@ class ParentVmbus:
             self.context.timers.add(c.tokens_at + MESSAGE_REFILL_NS - now, self._refilled)
         return False
 
+    def _arm_retry(self) -> None:
+        if not self._retry_armed:
+            self._retry_armed = True
+            self.context.timers.add(self._retry_ns, self._retry_fired)
+            self._retry_ns = min(2 * self._retry_ns, RETRY_MAX_NS)
+            self._wake_for_timers()
+
+    def _retry_fired(self) -> None:
+        self._retry_armed = False   # the pass this timer makes retries the children held
+
     def _refilled(self) -> None:
         self._refill_armed = False   # the pass this timer makes takes the waiting message
+        self._look_slot = True
 
     def _serve_inbox(self, c: _Child) -> None:
         """Handle a child's messages while its outbox has room: a child that does not take the
@@ -753,23 +848,28 @@ class ParentVmbus:
             payload, connection_id = c.inbox.popleft()
             self._handle_message(c, payload, connection_id)
 
-    def _take_flags(self) -> bool:
-        """Take the service's event flags at once: each channel's marks it ready."""
-        root = self.host.root
-        base = self.siefp * 4096 + VMBUS_MESSAGE_SINT * 256
-        flags = int.from_bytes(root.read(base, 256), "little")
-        if not flags:
-            return False
-        root.write(base, bytes(256))  # taken, all at once
-        while flags:
-            bit = (flags & -flags).bit_length() - 1
-            flags &= flags - 1
-            owner = self._flag_owner.get(bit)
-            if owner is not None:
-                ch = owner[0].channels.get(owner[1])
-                if ch is not None and ch.end is not None:
-                    self._contained(owner[0], ch.end.signalled)
-        return True
+    def _take_flags(self, raised: int) -> bool:
+        """Take the event flags of each of the service's SINTs in `raised` (bit n: SINT n), each
+        SINT's at once: each channel's marks it ready (a shared flag, each of its channels)."""
+        root, did = self.host.root, False
+        for sint in sorted(self._flag_sints):
+            if not raised >> sint & 1:
+                continue
+            self.flag_scans += 1
+            base = self.siefp * 4096 + sint * 256
+            flags = int.from_bytes(root.read(base, 256), "little")
+            if not flags:
+                continue
+            did = True
+            root.write(base, bytes(256))  # taken, all at once
+            while flags:
+                bit = (flags & -flags).bit_length() - 1
+                flags &= flags - 1
+                for c, relid in self._flag_owner.get((sint, bit), ()):
+                    ch = c.channels.get(relid)
+                    if ch is not None and ch.end is not None:
+                        self._contained(c, ch.end.signalled)
+        return did
 
     def _contained(self, c: _Child, fn, *args) -> None:
         """Serve one child: whatever raises while doing so is that child's failure, never the
@@ -802,6 +902,7 @@ class ParentVmbus:
             self.host.root.signal_event(self._doorbell, 0, via=self.vp)
 
     async def _serve(self, ctx) -> None:
+        self._ctx = ctx
         while True:
             did = self._drain()
             did |= self.context.run_due()
@@ -817,18 +918,22 @@ class ParentVmbus:
 
 
     async def _spend(self, ctx, cpu: int) -> None:
-        """Spend a pass's CPU time in slices; after each, serve the channels signalled meanwhile
-        that have not had their quantum in this pass (and add their cost), so that a channel
-        signalled while a flooder's quantum is being paid for waits a slice, not the whole
-        quantum."""
+        """Spend a pass's CPU time as one computation that an interrupt ends early: then the
+        channels signalled meanwhile that have not had their quantum in this pass are served at
+        once (and their cost added), so that a channel signalled while a flooder's quantum is
+        being paid for waits for its interrupt, not the whole quantum. Messages that came
+        meanwhile wait for the next pass."""
         while cpu > 0:
-            chunk = min(cpu, SLICE_NS)
-            await ctx.compute(chunk)
-            cpu -= chunk
-            if cpu > 0 and self._take_flags() | bool(self._ready):
-                self._serve_ready()
-                work, self._pending_work = self._pending_work, 0
-                cpu += work * self.packet_cost + self.context.take_pending()
+            wake = await ctx.compute_interruptible(cpu)
+            cpu = wake.work_left if wake.reason in ("interrupt", "start") else 0
+            if cpu > 0:
+                raised = self._take_raised()
+                if raised >> VMBUS_MESSAGE_SINT & 1:
+                    self._look_slot = True
+                if self._take_flags(raised) | bool(self._ready):
+                    self._serve_ready()
+                    work, self._pending_work = self._pending_work, 0
+                    cpu += work * self.packet_cost + self.context.take_pending()
 
 
 def _message_name(raw: bytes) -> str:

@@ -65,6 +65,8 @@ struct hv_resume {
     uint32_t vp_index;
     uint32_t reason;              /* HV_RESUME_* */
     uint32_t pending_sints;       /* SINTs raised since the guest last looked */
+    uint32_t reserved;
+    uint64_t work_left_ns;        /* HV_STEP_COMPUTE_INTR ended early by an interrupt: the work left */
 };
 
 struct hv_vp_info {

@@ -225,3 +225,125 @@ def test_a_different_workload_gives_a_different_trace():
     assert workload(7, [100, 300, 200])[0] != workload(7, [100, 300, 200], first_ms=4)[0]
     assert workload(7, [100, 300, 200])[0] != workload(7, [100, 300, 200, 100])[0]
     assert workload(7, [100, 300, 200])[0] != workload(7, [100, 300, 200], "301ms")[0]
+
+
+
+def _signalled_at(host, target, at_ns, sint=2):
+    """A root VP that signals flag 1 of `target`'s SINT `sint` (VP 0) at `at_ns`; returns what the
+    target's guest calls to turn its SynIC on, and the list of the times it signalled."""
+    from hypervisor import Register
+    from hypervisor.synic import PortType, siefp_value, sint_value
+    root, sent = host.root, []
+    root.deposit_memory(target, host.root_memory.allocate(1))   # the port
+    root.deposit_memory(None, host.root_memory.allocate(1))     # the connection
+    root.create_port(target, 0x300, port_type=PortType.EVENT, target_sint=sint, target_vp=0,
+                     base_flag=0, flag_count=16, connection_partition=root)
+    root.connect_port(None, 0x301, target, 0x300, port_type=PortType.EVENT)
+
+    async def signaller(ctx):
+        await ctx.sleep(at_ns)
+        root.signal_event(0x301, 1, via=ctx.vp)
+        sent.append(ctx.now)
+
+    root.vp(0).run(signaller)
+    return (lambda ctx: ctx.vp.set_registers({Register.SIEFP: siefp_value(9), Register.SCONTROL: 1,
+                                              Register.SINT0 + sint: sint_value(0x32)})), sent
+
+
+# 1 ns each, so that the times below are exact: enabling the SynIC is one hypercall (1 ns of
+# debt, spent first), the signal costs the child an event and an interrupt (2 ns).
+FREE = {"hypercall": 1, "message": 1, "event": 1, "interrupt": 1}
+
+
+def test_an_interrupt_ends_an_interruptible_compute_early_with_the_work_left():
+    host = Host(logical_processors=2, memory="32MiB", seed=1, costs=FREE)
+    p = child(host)
+    enable, sent = _signalled_at(host, p, 10 * MS)
+    out = []
+
+    async def guest(ctx):
+        enable(ctx)
+        w = await ctx.compute_interruptible("50ms")
+        out.append((ctx.now, w.reason, w.raised(2), w.work_left, ctx.take_sint(2), ctx.take_sint(2)))
+        w = await ctx.compute_interruptible(w.work_left)
+        out.append((ctx.now, w.reason, w.work_left))
+
+    p.vp(0).run(guest)
+    host.root.resume_partition(p)
+    host.run("100ms")
+    (t,) = sent
+    (at, reason, raised, left, taken, again), end = out
+    assert (at, reason, raised, taken, again) == (t, "interrupt", True, True, False)
+    assert 40 * MS - 10 <= left <= 40 * MS + 10
+    assert end == (50 * MS + 3, "step", 0)   # the rest, and the 3 ns of costs: as without the interrupt
+    assert host.introspect.run_time_ns(p) == 50 * MS + 3   # nothing lost, nothing spent twice
+
+
+def test_a_plain_compute_runs_to_its_end_and_the_interrupt_waits():
+    host = Host(logical_processors=2, memory="32MiB", seed=1, costs=FREE)
+    p = child(host)
+    enable, sent = _signalled_at(host, p, 10 * MS)
+    out = []
+
+    async def guest(ctx):
+        enable(ctx)
+        w = await ctx.compute("50ms")
+        out.append((ctx.now, w.reason, w.raised(2), w.work_left))
+        w = await ctx.compute_interruptible("5ms")   # the interrupt was reported: nothing pending
+        out.append((ctx.now, w.reason))
+
+    p.vp(0).run(guest)
+    host.root.resume_partition(p)
+    host.run("100ms")
+    assert sent and out == [(50 * MS + 3, "step", True, 0), (55 * MS + 3, "step")]
+
+
+def test_an_interrupt_raised_before_an_interruptible_compute_is_taken_ends_it_at_once():
+    # The root rings its own doorbell (an event port on its own VP) and then computes: the SINT
+    # was raised after its last wakeup, so the compute ends before it starts.
+    from hypervisor import Register
+    from hypervisor.synic import PortType, siefp_value, sint_value
+    host = Host(logical_processors=1, memory="32MiB", seed=1, costs=FREE)
+    root = host.root
+    root.deposit_memory(None, host.root_memory.allocate(2))
+    root.create_port(None, 0x400, port_type=PortType.EVENT, target_sint=3, target_vp=0,
+                     base_flag=0, flag_count=1, connection_partition=root)
+    root.connect_port(None, 0x401, None, 0x400, port_type=PortType.EVENT)
+    siefp = host.root_memory.allocate(1)[0]
+    out = []
+
+    async def guest(ctx):
+        ctx.vp.set_registers({Register.SIEFP: siefp_value(siefp), Register.SCONTROL: 1,
+                              Register.SINT0 + 3: sint_value(0x33)})
+        await ctx.compute("1ms")
+        root.signal_event(0x401, 0, via=ctx.vp)
+        w = await ctx.compute_interruptible("5ms")
+        out.append((ctx.now, w.reason, w.raised(3), w.work_left))
+
+    root.vp(0).run(guest)
+    host.run("100ms")
+    assert out == [(1 * MS + 1, "interrupt", True, 5 * MS)]
+
+
+def test_an_interrupted_compute_waiting_for_an_lp_leaves_the_run_queue():
+    # One LP, taken by a root VP that computes: the child's work waits in the run queue when its
+    # interrupt comes, and is ended there.
+    host = Host(logical_processors=1, root_vps=2, memory="32MiB", seed=1, costs=FREE)
+    p = child(host)
+    enable, sent = _signalled_at(host, p, 2 * MS)
+    out = []
+
+    async def hog(ctx):
+        await ctx.compute("30ms")
+
+    async def guest(ctx):
+        enable(ctx)
+        w = await ctx.compute_interruptible("5ms")
+        out.append((w.reason, w.work_left))
+
+    host.root.vp(1).run(hog)
+    p.vp(0).run(guest)
+    host.root.resume_partition(p)
+    host.run("100ms")
+    assert out == [("interrupt", 5 * MS)]   # none of it done: the hog had the LP
+    assert host.introspect.run_time_ns(p) == 0

@@ -90,7 +90,7 @@ def test_save_then_restore_gives_back_every_channels_rings_queues_and_state(tmp_
         for _ in range(500):
             if unread(rings(vm, vmbus)):
                 break
-            host.run(5 * US)
+            host.run(host.now + 5 * US)
         assert unread(rings(vm, vmbus))
     assert vm.state is VmState.RUNNING
     before = facts(vm, vmbus)
