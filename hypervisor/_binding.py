@@ -672,3 +672,49 @@ def hv_ring_read_batch(ring, out, max_packets: int) -> RingBatch:
         raise TypeError(f"the ring and `out` must be writable buffers: {exc}") from None
     return RingBatch(_ring_check(rc), bool(result.signal), result.index, result.out_used,
                      result.stop)
+
+
+# --- VHD data movement (native/vhd_io.h) ----------------------------------------------------
+
+
+class VhdDisk:
+    """`struct hv_vhd_disk`: one open VHD as hv_vhd_read/hv_vhd_write see it. For a dynamic or
+    differencing disk, `bat` is the caller's BAT (an array of uint32, read in place: never
+    resize it) and `set_bitmap` hands over a block's sector bitmap (a bytearray in the file's bit
+    order, read in place: never resize it either). Holds every buffer the C side points into,
+    and its parent's VhdDisk, for as long as it lives."""
+
+    def __init__(self, fd: int, size: int, block_size: int = 0, bitmap_size: int = 0, bat=None,
+                 parent: VhdDisk | None = None) -> None:
+        c = ffi.new("struct hv_vhd_disk *")
+        c.fd, c.size = fd, size
+        self._keep: dict[int, object] = {}
+        self._parent = parent
+        if block_size:
+            self._bat = ffi.from_buffer("uint32_t[]", bat)
+            self._bitmaps = ffi.new("uint8_t *[]", max(len(bat), 1))
+            c.block_size, c.bitmap_size, c.bat_entries = block_size, bitmap_size, len(bat)
+            c.bat, c.bitmaps = self._bat, self._bitmaps
+        if parent is not None:
+            c.parent = parent._c
+        self._c = c
+        self._done = ffi.new("uint64_t *")
+
+    def set_bitmap(self, block: int, bitmap: bytearray) -> None:
+        if block not in self._keep:
+            self._keep[block] = ptr = ffi.from_buffer("uint8_t[]", bitmap, require_writable=True)
+            self._bitmaps[block] = ptr
+
+
+def hv_vhd_read(disk: VhdDisk, offset: int, buf) -> tuple[int, int]:
+    """(status, bytes done) of reading len(buf) bytes of the disk at `offset` into `buf`."""
+    with ffi.from_buffer("uint8_t[]", buf, require_writable=True) as dst:
+        rc = lib.hv_vhd_read(disk._c, offset, dst, len(dst), disk._done)
+    return rc, disk._done[0]
+
+
+def hv_vhd_write(disk: VhdDisk, offset: int, data) -> tuple[int, int]:
+    """(status, bytes done) of writing `data` at `offset` where its sectors are present."""
+    with ffi.from_buffer("uint8_t[]", data) as src:
+        rc = lib.hv_vhd_write(disk._c, offset, src, len(src), disk._done)
+    return rc, disk._done[0]

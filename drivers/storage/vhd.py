@@ -120,8 +120,6 @@ class VirtualDisk:
         # than it saves); its struct serves the reads of the children it is a parent of.
         self._c = None
         self._c_direct = False
-        self._c_bitmaps = None
-        self._c_keep: dict[int, object] = {}   # block → bitmap buffer the C side points into
         self._bitmap_bufs: dict[int, bytearray] = {}  # block → bitmap in the file's bit order
         # Where the trailing footer starts: the next block goes here.
         self._end = meta.file_size - FOOTER_SIZE
@@ -523,54 +521,40 @@ class VirtualDisk:
         if buf is None:
             buf = self._bitmap_bufs[block] = bytearray(self._bitmap_size)
         buf[:] = bitmap_to_disk(bits, self._bitmap_size)
-        if self._c_bitmaps is not None and block not in self._c_keep:
-            ffi = _ffi()
-            self._c_keep[block] = ptr = ffi.from_buffer("uint8_t[]", buf)
-            self._c_bitmaps[block] = ptr
+        if self._c is not None:
+            self._c.set_bitmap(block, buf)
 
     # --- internals: the C path --------------------------------------------------------------
 
     def _native_setup(self) -> None:
         """Describe this disk to the C path (nothing if the core does not load)."""
-        lib = _lib()
-        if lib is None or (self._parent is not None and self._parent._c is None):
+        core = _core()
+        if core is None or (self._parent is not None and self._parent._c is None):
             return
         if self._bat is not None and self._bat.itemsize != 4:  # pragma: no cover - see unpack_bat
             return
-        ffi = _ffi()
-        c = ffi.new("struct hv_vhd_disk *")
-        c.fd, c.size = self._fd, self._size
-        if self._header is not None:
-            assert self._bat is not None
-            c.block_size, c.bitmap_size = self._block_size, self._bitmap_size
-            c.bat_entries = len(self._bat)
-            # In place: the array is never resized, only its entries change.
-            self._c_bat = ffi.from_buffer("uint32_t[]", self._bat)
-            self._c_bitmaps = ffi.new("uint8_t *[]", max(len(self._bat), 1))
-            self._c_keep = {}
+        if self._header is None:
+            c = core.VhdDisk(self._fd, self._size)
+        else:
+            # The BAT array and the bitmap buffers are read in place: they are never resized.
+            c = core.VhdDisk(self._fd, self._size, self._block_size, self._bitmap_size, self._bat,
+                             None if self._parent is None else self._parent._c)
             for block, buf in self._bitmap_bufs.items():
-                self._c_keep[block] = ptr = ffi.from_buffer("uint8_t[]", buf)
-                self._c_bitmaps[block] = ptr
-            c.bat, c.bitmaps = self._c_bat, self._c_bitmaps
-        if self._parent is not None:
-            # Held here too: the parent's struct must outlive this one's pointer to it.
-            self._c_parent = c.parent = self._parent._c
-        self._c_done = ffi.new("uint64_t *")
-        self._c_read, self._c_write, self._c_buffer = lib.hv_vhd_read, lib.hv_vhd_write, ffi.from_buffer
+                c.set_bitmap(block, buf)
+        self._c_read, self._c_write = core.hv_vhd_read, core.hv_vhd_write
         self._c = c
         self._c_direct = self._header is not None
 
     def _native(self, call, offset: int, view: memoryview) -> int:
         """One C call over `view`; returns the bytes it moved (all of them, or up to where the
         Python code must take over)."""
-        done = self._c_done
-        rc = call(self._c, offset, self._c_buffer("uint8_t[]", view), len(view), done)
+        rc, done = call(self._c, offset, view)
         if rc == 0 or rc == _NEED_METADATA:
-            return done[0]
+            return done
         if rc < 0:
             raise OSError(-rc, os.strerror(-rc), self._path)
         if rc == _PAST_EOF:
-            raise VhdCorruptError(f"{self._path}: data at disk offset {offset + done[0]} lies past the end "
+            raise VhdCorruptError(f"{self._path}: data at disk offset {offset + done} lies past the end "
                                   "of the file (file truncated while open?)")
         raise VhdError(f"{self._path}: the C path refused a request at {offset} of {len(view)} bytes")
 
@@ -658,23 +642,18 @@ _CORE: list = []
 
 
 def _core():
-    """(ffi, lib) of the compiled core, or (None, None) when it does not load: the Python code
-    is complete on its own."""
+    """The binding of the compiled core, or None when it does not load (or predates the C
+    path): the Python code is complete on its own."""
     if not _CORE:
         try:
             from hypervisor import _binding
-            _CORE.append((_binding.ffi, _binding.lib) if hasattr(_binding.lib, "hv_vhd_read") else (None, None))
         except ImportError:
-            _CORE.append((None, None))
+            _binding = None
+        _CORE.append(_binding if hasattr(_binding, "VhdDisk") else None)
+        if _CORE[0] is not None:
+            assert (_binding.constant("HV_VHD_NEED_METADATA"), _binding.constant("HV_VHD_PAST_EOF")) \
+                == (_NEED_METADATA, _PAST_EOF), "native/vhd_io.h and vhd.py disagree"
     return _CORE[0]
-
-
-def _ffi():
-    return _core()[0]
-
-
-def _lib():
-    return _core()[1]
 
 
 # --- opening and creating ------------------------------------------------------------------
