@@ -16,11 +16,30 @@ static uint64_t elem64(const struct hv_call *c, uint32_t header, uint32_t i)
     return hv_load64(c->in + header + (size_t)i * 8);
 }
 
-/* True if pfn appears among the batch's elements before index i (duplicates are refused). */
-static bool seen_before(const struct hv_call *c, uint32_t header, uint32_t i, uint64_t v)
+static int cmp_u64(const void *a, const void *b)
 {
-    for (uint32_t j = c->rep_start; j < i; j++)
-        if (elem64(c, header, j) == v)
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* True if a page appears twice among the elements [rep_start, rep_end) this invocation completes
+ * (duplicates are refused). A strictly ascending list, what builders send, has none and is
+ * recognised in one pass; any other list is sorted in a scratch copy and neighbours compared,
+ * O(n log n). The elements lie in the one-page input block, so the scratch fits on the stack. */
+static bool has_duplicate(const struct hv_call *c, uint32_t header)
+{
+    uint32_t n = c->rep_end - c->rep_start;
+    bool ascending = true;
+    for (uint32_t i = c->rep_start + 1; i < c->rep_end && ascending; i++)
+        ascending = elem64(c, header, i - 1) < elem64(c, header, i);
+    if (ascending)
+        return false;
+    uint64_t v[HV_PAGE_SIZE / 8];
+    for (uint32_t i = 0; i < n; i++)
+        v[i] = elem64(c, header, c->rep_start + i);
+    qsort(v, n, sizeof(v[0]), cmp_u64);
+    for (uint32_t i = 1; i < n; i++)
+        if (v[i - 1] == v[i])
             return true;
     return false;
 }
@@ -38,9 +57,11 @@ uint16_t hv_call_deposit_memory(struct hv_call *c)
     for (uint32_t i = c->rep_start; i < c->rep_end; i++) {
         uint64_t pfn = elem64(c, 8, i);
         /* The caller deposits pages it owns (the root sees them at GPA == SPA). */
-        if (!owned_by(c->h, pfn, c->caller->slot) || seen_before(c, 8, i, pfn))
+        if (!owned_by(c->h, pfn, c->caller->slot))
             return HV_STATUS_INVALID_PARAMETER;
     }
+    if (has_duplicate(c, 8)) /* the same status as a page not owned: the order does not show */
+        return HV_STATUS_INVALID_PARAMETER;
     if (!hv_page_list_reserve(&p->pool_free, c->rep_end - c->rep_start))
         return HV_STATUS_INSUFFICIENT_MEMORY;
     /* apply */
@@ -102,12 +123,14 @@ uint16_t hv_call_map_gpa_pages(struct hv_call *c)
     uint64_t first = in.target_gpa_base + c->rep_start, count = c->rep_end - c->rep_start;
     for (uint32_t i = c->rep_start; i < c->rep_end; i++) {
         uint64_t pfn = elem64(c, sizeof(in), i);
-        if (!owned_by(c->h, pfn, c->caller->slot) || seen_before(c, sizeof(in), i, pfn))
+        if (!owned_by(c->h, pfn, c->caller->slot))
             return HV_STATUS_INVALID_PARAMETER;
         /* hvsim does not remap: a GPA page already backed must be unmapped first. */
         if (hv_gpa_entry(c->h, p, in.target_gpa_base + i) & HV_PTE_PRESENT)
             return HV_STATUS_INVALID_PARAMETER;
     }
+    if (has_duplicate(c, sizeof(in))) /* the same status as the checks above: the order does not show */
+        return HV_STATUS_INVALID_PARAMETER;
     uint32_t leaves = hv_gpa_new_leaves(c->h, p, first, count);
     if (p->pool_free.len < leaves)
         return HV_STATUS_INSUFFICIENT_MEMORY;
