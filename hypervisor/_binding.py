@@ -154,6 +154,17 @@ def hv_partition_info(h, partition_id: int) -> dict | None:
     return {f: int(getattr(info, f)) for f in _INFO_FIELDS}
 
 
+def hv_partitions_run_time(h, partition_ids: list[int]) -> list[int | None]:
+    """Each partition's run_time_ns (as hv_partition_info has it), None for an id that names no
+    partition: one crossing for the lot."""
+    n = len(partition_ids)
+    if n == 0:
+        return []
+    out = ffi.new("uint64_t[]", n)
+    lib.hv_partitions_run_time(h, ffi.new("uint64_t[]", partition_ids), n, out)
+    return [None if t == 0xFFFFFFFFFFFFFFFF else t for t in ffi.unpack(out, n)]
+
+
 def hv_page_owners(h, first: int, count: int) -> memoryview:
     """Owner codes of `count` SPA pages from `first`, as a memoryview of uint32."""
     buf = bytearray(4 * count)

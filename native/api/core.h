@@ -110,6 +110,9 @@ uint16_t hv_check_set_vp_registers(struct hv_host *h, uint64_t caller_id, const 
 void hv_host_totals(struct hv_host *h, struct hv_host_totals *t);
 uint32_t hv_host_partitions(struct hv_host *h, uint64_t *ids, uint32_t max);
 int hv_partition_info(struct hv_host *h, uint64_t id, struct hv_partition_info *out);
+/* run_time_ns of each of `count` partitions (hv_partition_info's figure) into out[i], UINT64_MAX
+ * for an id that names none; returns how many were found (sample.c). */
+uint32_t hv_partitions_run_time(struct hv_host *h, const uint64_t *ids, uint32_t count, uint64_t *out);
 uint64_t hv_page_owners(struct hv_host *h, uint64_t first, uint32_t *out, uint64_t count);
 uint64_t hv_pool_pages(struct hv_host *h, uint64_t id, uint64_t *out, uint64_t max);
 uint64_t hv_partition_reach(struct hv_host *h, uint64_t id, uint64_t *gpas, uint64_t *pfns,
