@@ -362,7 +362,7 @@ def test_a_long_run_interleaves_every_interface():
             totals["reads"] += self.ring_reads
             totals["restores"] += self.restores
 
-    run_state_machine_as_test(Counted, settings=settings(max_examples=8, stateful_step_count=50, deadline=None,
+    run_state_machine_as_test(Counted, settings=settings(max_examples=20, stateful_step_count=50, deadline=None,
                                                          derandomize=True, database=None,
                                                          suppress_health_check=list(HealthCheck)))
     assert totals["packets"] > 0 and totals["reads"] > 0 and totals["restores"] > 0, totals
