@@ -8,7 +8,9 @@ else escaping, or an oracle below failing, is a finding. `make fuzz` runs these 
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import struct
 import tempfile
 import uuid
@@ -234,6 +236,7 @@ def rndis(data: bytes) -> None:
 # The images live on a tmpfs when there is one (no disk behind them), one file per name, made once
 # and rewritten in place for every input; the readers still open it by path, as a user's file.
 _scratch = tempfile.mkdtemp(prefix="hvsim-fuzz-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+atexit.register(shutil.rmtree, _scratch, ignore_errors=True)  # a tmpfs is memory: leave nothing behind
 _images: dict[str, tuple[str, int]] = {}
 
 
