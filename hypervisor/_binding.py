@@ -7,6 +7,7 @@ the core's error codes into exceptions. The rest of hvsim imports from here, nev
 from __future__ import annotations
 
 import functools as _functools
+import itertools as _itertools
 import os
 import struct as _struct
 
@@ -452,6 +453,7 @@ class RunLoop:
     of VPs whose guests must step."""
 
     MAX = 1024
+    CHUNK = 64
 
     def __init__(self, h):
         self._h = h
@@ -462,6 +464,8 @@ class RunLoop:
         self._record = _struct.Struct("<QIII4xQ")  # id, vp, reason, sints, work left
         self._step = _struct.Struct("<QIIQ")
         self._steps_buf = ffi.buffer(self._steps)
+        self._out_view = memoryview(self._out_buf)  # read in place: the records are unpacked at once
+        self._packs: dict = {}  # batch size -> its pack_into
         assert self._record.size == ffi.sizeof("struct hv_resume")
         assert self._step.size == ffi.sizeof("struct hv_step")
 
@@ -471,12 +475,15 @@ class RunLoop:
         n = len(steps)
         if n > self.MAX:
             raise ValueError(f"at most {self.MAX} guest steps per crossing, got {n}")
-        pack, buf, size = self._step.pack_into, self._steps_buf, self._step.size
-        for i, step in enumerate(steps):
-            pack(buf, i * size, *step)
+        # Packed CHUNK steps at a time by Structs made once per count (at most CHUNK of them).
+        for at in range(0, n, self.CHUNK):
+            part = steps[at:at + self.CHUNK]
+            pack = self._packs.get(len(part))
+            if pack is None:
+                pack = self._packs[len(part)] = _struct.Struct("<" + "QIIQ" * len(part)).pack_into
+            pack(self._steps_buf, at * self._step.size, *_itertools.chain.from_iterable(part))
         k = lib.hv_run_steps(self._h, self._steps, n, self._refused, until, self._out, self.MAX)
-        size = self._record.size
-        return list(self._record.iter_unpack(self._out_buf[:k * size])), int(self._refused[0])
+        return list(self._record.iter_unpack(self._out_view[:k * self._record.size])), self._refused[0]
 
 
 def hv_vp_step(h, partition_id: int, vp_index: int, op: int, arg: int) -> bool:

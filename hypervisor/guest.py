@@ -40,7 +40,8 @@ GUEST_BURN = _binding.constant("HV_GUEST_BURN")
 GUEST_TICK = _binding.constant("HV_GUEST_TICK")
 
 ALL_SINTS = (1 << _binding.constant("HV_SYNIC_SINT_COUNT")) - 1
-_REASONS = {_binding.constant("HV_RESUME_START"): "start", _binding.constant("HV_RESUME_STEP"): "step",
+RESUME_START = _binding.constant("HV_RESUME_START")
+_REASONS = {RESUME_START: "start", _binding.constant("HV_RESUME_STEP"): "step",
             _binding.constant("HV_RESUME_INTERRUPT"): "interrupt",
             _binding.constant("HV_RESUME_TIMEOUT"): "timeout"}
 
@@ -104,22 +105,35 @@ class GuestContext:
         """Simulated time in ns."""
         return self.host.now
 
+    # The step makers are on every guest's hot path: a plain non-negative int (ns) skips the
+    # parser, anything else (a string, a bool, a negative) goes through it and its checks.
+
     def compute(self, duration: int | str) -> Step:
         """Spend CPU time on this VP (interrupts meanwhile stay pending until it is spent)."""
-        return Step(STEP_COMPUTE, parse_duration(duration))
+        if type(duration) is not int or duration < 0:
+            duration = parse_duration(duration)
+        return Step(STEP_COMPUTE, duration)
 
     def compute_interruptible(self, duration: int | str) -> Step:
         """Spend CPU time on this VP until it is spent or a SINT is raised, whichever is first:
         the Wakeup says "interrupt" and how much was left (`work_left`) if it ended early."""
-        return Step(STEP_COMPUTE_INTR, parse_duration(duration))
+        if type(duration) is not int or duration < 0:
+            duration = parse_duration(duration)
+        return Step(STEP_COMPUTE_INTR, duration)
 
     def halt(self, timeout: int | str | None = None) -> Step:
         """Wait for an interrupt (returns at once if one is pending), or for `timeout`."""
-        return Step(STEP_HALT, 0 if timeout is None else max(1, parse_duration(timeout)))
+        if timeout is None:
+            return Step(STEP_HALT, 0)
+        if type(timeout) is not int or timeout < 1:
+            timeout = max(1, parse_duration(timeout))
+        return Step(STEP_HALT, timeout)
 
     def sleep(self, duration: int | str) -> Step:
         """Let `duration` pass; interrupts that arrive meanwhile stay pending."""
-        return Step(STEP_SLEEP, max(1, parse_duration(duration)))
+        if type(duration) is not int or duration < 1:
+            duration = max(1, parse_duration(duration))
+        return Step(STEP_SLEEP, duration)
 
     async def wait_for_sint(self, sint: int, timeout: int | str | None = None) -> Wakeup:
         """Halt until SINT `sint` is raised (or the timeout passes)."""
@@ -172,11 +186,18 @@ class GuestRunner:
         self._host = host
         self._coros: dict[tuple[int, int], Coroutine] = {}
         self._contexts: dict[tuple[int, int], GuestContext] = {}  # of the coroutines made
+        # (coroutine's send, context) of each coroutine made: what a plain step needs, in one
+        # lookup. Kept in step with _coros: every path that drops a coroutine drops its entry.
+        self._live: dict[tuple[int, int], tuple[Callable, GuestContext]] = {}
+        # Wakeups without work_left, by reason << 32 | sints: a Wakeup is immutable, so the guests
+        # share one per kind instead of each step building its own.
+        self._wakes: dict[int, Wakeup] = {}
 
     def attach(self, vp: VirtualProcessor, fn: GuestFunction) -> None:
         key = (vp.partition.id, vp.index)
         old = self._coros.pop(key, None)
         self._contexts.pop(key, None)
+        self._live.pop(key, None)
         if hasattr(old, "close"):
             old.close()
         if not callable(fn):
@@ -189,8 +210,15 @@ class GuestRunner:
         for key in [k for k in self._coros if k[0] == partition_id and (vp_index is None or k[1] == vp_index)]:
             coro = self._coros.pop(key)
             self._contexts.pop(key, None)
+            self._live.pop(key, None)
             if hasattr(coro, "close"):
                 coro.close()
+
+    def _wakeup(self, reason: int, sints: int) -> Wakeup:
+        wake = self._wakes.get(reason << 32 | sints)
+        if wake is None:
+            wake = self._wakes[reason << 32 | sints] = Wakeup(_REASONS.get(reason, "step"), sints)
+        return wake
 
     def run(self, until: int) -> None:
         """Run the host to `until`, stepping guests in batches: one crossing into C per batch.
@@ -201,6 +229,7 @@ class GuestRunner:
         the run goes on; without one, the first error ends the run."""
         loop = self._loop = getattr(self, "_loop", None) or _binding.RunLoop(self._host._h)
         steps: list[tuple[int, int, int, int]] = []
+        live_get, wakes_get = self._live.get, self._wakes.get
         while True:
             batch, refused = loop.run(until, steps)
             if refused >= 0:
@@ -208,14 +237,40 @@ class GuestRunner:
             if not batch:
                 return
             steps = []
+            append = steps.append
             errors: list[GuestError] = []
             for partition_id, vp_index, reason, sints, left in batch:
+                live = live_get((partition_id, vp_index))
+                # The common step, inline: a made coroutine resumed after a step, an interrupt
+                # or a timeout. A first run, a restart, a step cut short, a guest that ends,
+                # raises or awaits something else all go through step().
+                if live is not None and not left and reason != RESUME_START:
+                    send, ctx = live
+                    if sints:
+                        ctx.raised_sints |= sints
+                    wake = wakes_get(reason << 32 | sints) or self._wakeup(reason, sints)
+                    try:
+                        step = send(wake)
+                    except BaseException as exc:  # noqa: BLE001 - step() sorts it out
+                        thrown = exc
+                    else:
+                        if type(step) is Step:
+                            append((partition_id, vp_index, step.op, step.arg))
+                            continue
+                        thrown = None
+                    try:
+                        op, arg = self._settle(partition_id, vp_index, step if thrown is None else None, thrown)
+                    except GuestError as exc:
+                        errors.append(exc)
+                        continue
+                    append((partition_id, vp_index, op, arg))
+                    continue
                 try:
                     op, arg = self.step(partition_id, vp_index, reason, sints, left)
                 except GuestError as exc:  # that VP is stopped; the others still take their step
                     errors.append(exc)
                     continue
-                steps.append((partition_id, vp_index, op, arg))
+                append((partition_id, vp_index, op, arg))
             if errors:
                 for partition_id, vp_index, op, arg in steps:
                     _binding.hv_vp_step(self._host._h, partition_id, vp_index, op, arg)
@@ -232,7 +287,7 @@ class GuestRunner:
         coro = self._coros.get(key)
         if coro is None:  # its guest was replaced or removed: the VP idles
             return STEP_STOP, 0
-        wake = Wakeup(_REASONS.get(reason, "step"), sints, work_left)
+        wake = Wakeup(_REASONS.get(reason, "step"), sints, work_left) if work_left else self._wakeup(reason, sints)
         try:
             if isinstance(coro, tuple):  # first run: make the coroutine now
                 fn, ctx = coro
@@ -241,6 +296,7 @@ class GuestRunner:
                 coro = self._coros[key] = fn(ctx)
                 if not hasattr(coro, "send"):
                     raise TypeError(f"a guest must be an async function taking a GuestContext, got {fn!r}")
+                self._live[key] = (coro.send, ctx)
                 step = coro.send(None)
             else:
                 if wake.reason == "start":
@@ -250,22 +306,29 @@ class GuestRunner:
                 if sints:
                     self._contexts[key].raised_sints |= sints
                 step = coro.send(wake)
-        except StopIteration:
-            del self._coros[key]
-            self._contexts.pop(key, None)
+        except BaseException as exc:  # noqa: BLE001 - _settle re-raises what is not the guest's
+            return self._settle(partition_id, vp_index, None, exc)
+        return self._settle(partition_id, vp_index, step, None)
+
+    def _settle(self, partition_id: int, vp_index: int, step, exc: BaseException | None) -> tuple[int, int]:
+        """The step a resumed guest took (op, arg), or what its ending means: a guest that
+        returned stops its VP; one that raised or awaited something else stops it and raises
+        GuestError; anything that is not an Exception (KeyboardInterrupt) propagates."""
+        key = (partition_id, vp_index)
+        if exc is None and isinstance(step, Step):
+            return step.op, step.arg
+        if exc is not None and not isinstance(exc, Exception):
+            raise exc
+        del self._coros[key]
+        self._contexts.pop(key, None)
+        self._live.pop(key, None)
+        if isinstance(exc, StopIteration):
             return STEP_STOP, 0
-        except Exception as exc:
-            del self._coros[key]
-            self._contexts.pop(key, None)
-            _binding.hv_vp_step(self._host._h, partition_id, vp_index, STEP_STOP, 0)
+        _binding.hv_vp_step(self._host._h, partition_id, vp_index, STEP_STOP, 0)
+        if exc is not None:
             detail = f"{type(exc).__name__}: {exc}"
             raise GuestError(partition_id, vp_index, detail,
                              f"the guest on VP {vp_index} of partition {partition_id} raised {detail}") from exc
-        if not isinstance(step, Step):
-            del self._coros[key]
-            self._contexts.pop(key, None)
-            _binding.hv_vp_step(self._host._h, partition_id, vp_index, STEP_STOP, 0)
-            detail = f"awaited {step!r}; guests await only ctx.compute/halt/sleep"
-            raise GuestError(partition_id, vp_index, detail,
-                             f"the guest on VP {vp_index} of partition {partition_id} {detail}")
-        return step.op, step.arg
+        detail = f"awaited {step!r}; guests await only ctx.compute/halt/sleep"
+        raise GuestError(partition_id, vp_index, detail,
+                         f"the guest on VP {vp_index} of partition {partition_id} {detail}")

@@ -2,7 +2,7 @@
 import pytest
 
 from hypervisor import CallCode, Host, HvStatus, control
-from hypervisor.guest import GuestError
+from hypervisor.guest import GuestContext, GuestError
 from partitions.worker import VmSpec, VmWorker
 
 US, MS = 1_000, 1_000_000
@@ -347,3 +347,84 @@ def test_an_interrupted_compute_waiting_for_an_lp_leaves_the_run_queue():
     host.run("100ms")
     assert out == [("interrupt", 5 * MS)]   # none of it done: the hog had the LP
     assert host.introspect.run_time_ns(p) == 0
+
+
+def test_a_batch_of_more_guest_steps_than_one_pack_reaches_each_vp_with_its_own_step():
+    # 2 partitions x 50 VPs all wake at the same instant: one batch of 100 steps, packed for the
+    # core in more than one piece; each VP's compute must land on that VP and no other.
+    host = Host(logical_processors=4, memory="64MiB", seed=1)
+    parts = [child(host, f"b{k}", vps=50) for k in range(2)]
+
+    def guest(us):
+        async def run(ctx):
+            await ctx.sleep("1ms")
+            await ctx.compute(us * US)
+            await ctx.sleep("1ms")
+        return run
+
+    for k, p in enumerate(parts):
+        for v in range(50):
+            p.vp(v).run(guest(1 + 50 * k + v))
+    for p in parts:
+        host.root.resume_partition(p)
+    host.run("1s")
+    for k, p in enumerate(parts):
+        assert [p.vp(v).info()["run_time_ns"] for v in range(50)] == [(1 + 50 * k + v) * US for v in range(50)]
+
+
+def test_wakeups_say_why_each_step_ended_and_a_kept_one_does_not_change():
+    host = Host(logical_processors=1, memory="32MiB", seed=1)
+    p = child(host)
+    seen = []
+
+    async def guest(ctx):
+        for _ in range(2):
+            seen.append(await ctx.compute("1ms"))
+            seen.append(await ctx.sleep("1ms"))
+            seen.append(await ctx.halt("1ms"))
+
+    p.vp(0).run(guest)
+    host.root.resume_partition(p)
+    host.run("20ms")
+    assert [(w.reason, w.sints, w.work_left) for w in seen] == [("step", 0, 0), ("timeout", 0, 0),
+                                                               ("timeout", 0, 0)] * 2
+    assert p.vp(0).info()["exec"] == 3  # the guest returned: its VP stopped
+
+
+def test_awaiting_something_else_after_a_step_is_a_clear_error_and_stops_only_that_vp():
+    import asyncio
+    host = Host(logical_processors=2, memory="32MiB", seed=1)
+    p = child(host, vps=2)
+    ticks = []
+
+    async def bad(ctx):
+        await ctx.compute("1ms")
+        await asyncio.sleep(0)
+
+    async def good(ctx):
+        while True:
+            await ctx.compute("1ms")
+            ticks.append(ctx.now)
+
+    p.vp(0).run(bad)
+    p.vp(1).run(good)
+    host.root.resume_partition(p)
+    errors = []
+    host.on_guest_error = lambda pid, vp, exc: errors.append((vp, exc.detail.split(";")[0]))
+    host.run("5ms")
+    assert len(errors) == 1 and errors[0][0] == 0 and errors[0][1].startswith("awaited")
+    assert p.vp(0).info()["exec"] == 3
+    assert ticks == [n * MS for n in range(1, 6)]
+
+
+def test_steps_given_as_strings_and_out_of_range_values_are_checked_as_before():
+    host = Host(logical_processors=1, memory="32MiB", seed=1)
+    p = child(host)
+    ctx = GuestContext(p.vp(0))
+    assert (ctx.compute("2ms").arg, ctx.compute(5).arg, ctx.sleep(0).arg, ctx.halt().arg,
+            ctx.halt(0).arg, ctx.compute_interruptible("1us").arg) == (2 * MS, 5, 1, 0, 1, US)
+    for bad in (-1, True, 1.5, "soon"):
+        with pytest.raises(ValueError):
+            ctx.compute(bad)
+        with pytest.raises(ValueError):
+            ctx.sleep(bad)
