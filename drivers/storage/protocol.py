@@ -111,17 +111,19 @@ SRB_STATUS_QUEUE_FROZEN = 0x40
 SRB_STATUS_MASK = 0x3F
 
 
+_NTSTATUS_FOR = {
+    SrbStatus.SUCCESS: NtStatus.SUCCESS,
+    SrbStatus.BUSY: NtStatus.DEVICE_BUSY,
+    SrbStatus.INVALID_LUN: NtStatus.DEVICE_DOES_NOT_EXIST,
+    SrbStatus.DATA_OVERRUN: NtStatus.BUFFER_OVERFLOW,
+    SrbStatus.ABORTED: NtStatus.CANCELLED,
+    SrbStatus.INVALID_REQUEST: NtStatus.INVALID_DEVICE_REQUEST,
+}
+
+
 def ntstatus_for(srb_status: int) -> NtStatus:
     """The vstor status storvsp sends with an SRB completion (as OpenVMM maps it)."""
-    status = srb_status & SRB_STATUS_MASK
-    return {
-        SrbStatus.SUCCESS: NtStatus.SUCCESS,
-        SrbStatus.BUSY: NtStatus.DEVICE_BUSY,
-        SrbStatus.INVALID_LUN: NtStatus.DEVICE_DOES_NOT_EXIST,
-        SrbStatus.DATA_OVERRUN: NtStatus.BUFFER_OVERFLOW,
-        SrbStatus.ABORTED: NtStatus.CANCELLED,
-        SrbStatus.INVALID_REQUEST: NtStatus.INVALID_DEVICE_REQUEST,
-    }.get(status, NtStatus.IO_DEVICE_ERROR)
+    return _NTSTATUS_FOR.get(srb_status & SRB_STATUS_MASK, NtStatus.IO_DEVICE_ERROR)
 
 
 class ScsiStatus(enum.IntEnum):
@@ -151,8 +153,20 @@ _VERSION = struct.Struct("<HH")
 _GPA_HEADER = struct.Struct("<II")
 _RANGE = struct.Struct("<IIQ")  # one range with its first PFN; more PFNs follow as u64s
 _U64 = struct.Struct("<Q")
+# A whole vstor_packet carrying a vmscsi_request: the per-I/O packets are packed and unpacked in
+# one call (the same bytes as VstorPacket(..., ScsiRequest(...).encode()).encode()).
+_SRB_PACKET = struct.Struct("<III" + _REQUEST.format[1:])
 assert _HEADER.size + UNION_SIZE == PACKET_SIZE and _REQUEST.size == REQUEST_SIZE
+assert _SRB_PACKET.size == PACKET_SIZE
 assert _PROPERTIES.size == 24
+
+
+_new = object.__new__
+
+
+def _set_dict(obj, fields: dict) -> None:
+    """Give a frozen dataclass instance its fields at once (decode's fast construction)."""
+    object.__setattr__(obj, "__dict__", fields)
 
 
 class StorError(ValueError):
@@ -181,7 +195,11 @@ def decode_packet(payload) -> VstorPacket:
     if len(data) < PACKET_SIZE:
         raise StorError(f"a vstor_packet is {PACKET_SIZE} bytes, got {len(data)}")
     operation, flags, status = _HEADER.unpack_from(data)
-    return VstorPacket(operation, flags, status, data[_HEADER.size:])
+    # N.B. filled in directly rather than through the frozen dataclass's __init__ (one
+    # object.__setattr__ per field): this runs for every packet. The fields are the same.
+    packet = _new(VstorPacket)
+    _set_dict(packet, {"operation": operation, "flags": flags, "status": status, "body": data[_HEADER.size:]})
+    return packet
 
 
 # -- the union's members ---------------------------------------------------------------------------
@@ -242,12 +260,54 @@ class ScsiRequest:
     def decode(cls, body: bytes) -> ScsiRequest:
         if len(body) < REQUEST_SIZE:
             raise StorError(f"a vmscsi_request is {REQUEST_SIZE} bytes, got {len(body)}")
+        return cls._from_fields(_REQUEST.unpack_from(body))
+
+    @classmethod
+    def _from_fields(cls, fields: tuple) -> ScsiRequest:
+        """A request from _REQUEST's unpacked fields (wire order, reserved ones included)."""
         (length, srb_status, scsi_status, port, path_id, target_id, lun, cdb_length,
          sense_info_length, data_in, _, data_transfer_length, payload, _, queue_tag, queue_action,
-         srb_flags, time_out_value, queue_sort_key) = _REQUEST.unpack_from(body)
-        return cls(cdb_length, data_in, data_transfer_length, payload, length, srb_status,
-                   scsi_status, port, path_id, target_id, lun, sense_info_length, srb_flags,
-                   time_out_value, queue_tag, queue_action, queue_sort_key)
+         srb_flags, time_out_value, queue_sort_key) = fields
+        request = _new(cls)  # as decode_packet: the frozen fields set at once, per packet
+        _set_dict(request, {
+            "cdb_length": cdb_length, "data_in": data_in, "data_transfer_length": data_transfer_length,
+            "payload": payload, "length": length, "srb_status": srb_status, "scsi_status": scsi_status,
+            "port": port, "path_id": path_id, "target_id": target_id, "lun": lun,
+            "sense_info_length": sense_info_length, "srb_flags": srb_flags, "time_out_value": time_out_value,
+            "queue_tag": queue_tag, "queue_action": queue_action, "queue_sort_key": queue_sort_key})
+        return request
+
+
+_SRB_FLAGS_FOR = {DATA_IN: SRB_FLAGS_DISABLE_SYNCH_TRANSFER | SRB_FLAGS_DATA_IN,
+                  DATA_OUT: SRB_FLAGS_DISABLE_SYNCH_TRANSFER | SRB_FLAGS_DATA_OUT}
+
+
+def encode_srb_request(cdb: bytes, data_in: int, data_transfer_length: int, lun: int) -> bytes:
+    """The EXECUTE_SRB vstor_packet storvsc sends: the bytes of VstorPacket(EXECUTE_SRB,
+    REQUEST_COMPLETION_FLAG, 0, ScsiRequest.for_cdb(cdb, data_in, data_transfer_length,
+    lun=lun).encode()).encode(), packed in one call (it is built for every I/O)."""
+    if not 1 <= len(cdb) <= CDB_SIZE:
+        raise ValueError(f"a CDB is 1..{CDB_SIZE} bytes, got {len(cdb)}")
+    return _SRB_PACKET.pack(
+        Operation.EXECUTE_SRB, REQUEST_COMPLETION_FLAG, 0,
+        REQUEST_SIZE, 0, 0, 0, 0, 0, lun, len(cdb), SENSE_BUFFER_SIZE, data_in, 0,
+        data_transfer_length, cdb, 0, 0, 0,
+        _SRB_FLAGS_FOR.get(data_in, SRB_FLAGS_DISABLE_SYNCH_TRANSFER), 60, 0)
+
+
+def encode_srb_completion(srb: ScsiRequest, srb_status: int, scsi_status: int, transferred: int,
+                          sense: bytes) -> bytes:
+    """The COMPLETE_IO vstor_packet storvsp answers `srb` with: its addressing, CDB length and
+    direction echoed, the result's statuses, `transferred` and up to SENSE_BUFFER_SIZE bytes of
+    `sense` (AUTOSENSE_VALID set when there is sense), the vstor status mapped from the SRB
+    status (ntstatus_for). The same bytes as a VstorPacket of a ScsiRequest so built."""
+    sense = sense[:SENSE_BUFFER_SIZE]
+    if sense:
+        srb_status |= SRB_STATUS_AUTOSENSE_VALID
+    return _SRB_PACKET.pack(
+        Operation.COMPLETE_IO, 0, _NTSTATUS_FOR.get(srb_status & SRB_STATUS_MASK, NtStatus.IO_DEVICE_ERROR),
+        REQUEST_SIZE, srb_status, scsi_status, srb.port, srb.path_id, srb.target_id, srb.lun,
+        srb.cdb_length, len(sense), srb.data_in, 0, transferred, sense, 0, 0, 0, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -297,6 +357,13 @@ def encode_gpa_direct(ranges: tuple[GpaRange, ...] | list[GpaRange]) -> bytes:
     for r in ranges:
         parts.append(struct.pack(f"<II{len(r.pfns)}Q", r.byte_count, r.byte_offset, *r.pfns))
     return b"".join(parts)
+
+
+def encode_gpa_range(byte_count: int, byte_offset: int, pfns) -> bytes:
+    """The range list of a GPA-direct packet with one range: encode_gpa_direct((GpaRange(
+    byte_count, byte_offset, pfns),)) without building the range (the caller's own pages)."""
+    n = len(pfns)
+    return struct.pack(f"<IIII{n}Q", 0, 1, byte_count, byte_offset, *pfns)
 
 
 def decode_gpa_direct(header) -> tuple[GpaRange, ...]:

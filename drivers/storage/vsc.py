@@ -406,15 +406,23 @@ class StorVsc(Vsc):
     def _send(self, request: IoRequest, pages: list[int]) -> bool:
         assert self._bounce is not None
         pfns, view = self._bounce
-        srb = ScsiRequest.for_cdb(request.cdb, request.data_in, request.length, lun=request.lun)
-        packet = p.VstorPacket(Operation.EXECUTE_SRB, p.REQUEST_COMPLETION_FLAG, 0, srb.encode()).encode()
-        if request.length:
-            for i, page in enumerate(pages):
-                # A write's data; zeros for a read, so a short reply cannot show an older one's.
-                chunk = request.out[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] or bytes(PAGE_SIZE)
-                view[page * PAGE_SIZE:page * PAGE_SIZE + len(chunk)] = chunk
-            rng = GpaRange(request.length, 0, tuple(pfns[page] for page in pages))
-            header, kind = p.encode_gpa_direct((rng,)), PKT_GPA_DIRECT
+        length = request.length
+        packet = p.encode_srb_request(request.cdb, request.data_in, length, request.lun)
+        if length:
+            # A write's data; zeros for a read, so a short reply cannot show an older one's.
+            out = request.out
+            first = pages[0]
+            if pages[-1] - first == len(pages) - 1:  # consecutive bounce pages: one copy
+                start = first * PAGE_SIZE
+                if out:
+                    view[start:start + len(out)] = out
+                else:
+                    view[start:start + len(pages) * PAGE_SIZE] = _zeros(len(pages))
+            else:
+                for i, page in enumerate(pages):
+                    chunk = out[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] or _zeros(1)
+                    view[page * PAGE_SIZE:page * PAGE_SIZE + len(chunk)] = chunk
+            header, kind = p.encode_gpa_range(length, 0, [pfns[page] for page in pages]), PKT_GPA_DIRECT
         else:
             header, kind = b"", PKT_DATA_INBAND
         trans_id = self._new_trans_id()
@@ -499,6 +507,9 @@ class StorVsc(Vsc):
     def _copy_out(self, pages: list[int], n: int) -> bytes:
         assert self._bounce is not None
         view = self._bounce[1]
+        if pages and pages[-1] - pages[0] == len(pages) - 1:  # consecutive bounce pages: one copy
+            start = pages[0] * PAGE_SIZE
+            return bytes(view[start:start + min(n, len(pages) * PAGE_SIZE)])
         return b"".join(bytes(view[page * PAGE_SIZE:page * PAGE_SIZE + min(PAGE_SIZE, n - i * PAGE_SIZE)])
                         for i, page in enumerate(pages) if i * PAGE_SIZE < n)
 
@@ -531,6 +542,17 @@ class StorVsc(Vsc):
         self._fail_all("channel closed")
         self._bounce = None  # the guest stack hides the pages and takes them back
         self._free = []
+
+
+_ZEROS: dict[int, bytes] = {}
+
+
+def _zeros(pages: int) -> bytes:
+    """`pages` pages of zeros (a read's bounce pages are cleared before it goes out), made once."""
+    zeros = _ZEROS.get(pages)
+    if zeros is None:
+        zeros = _ZEROS[pages] = bytes(pages * PAGE_SIZE)
+    return zeros
 
 
 def _describe(status: int, scsi_status: int, sense: tuple[int, int, int] | None) -> str:

@@ -392,8 +392,8 @@ class StorVsp(Vsp):
         rng = request.range
         try:
             if command.direction is Direction.OUT:
-                buffer = bytearray(self._memory.read(rng.pfns, rng.byte_offset, length))
-                result = command.execute(buffer)
+                # The bytes read from the guest's pages are a copy already: the medium takes them.
+                result = command.execute(self._memory.read(rng.pfns, rng.byte_offset, length))
             else:
                 buffer = bytearray(length)
                 result = command.execute(buffer)
@@ -423,16 +423,9 @@ class StorVsp(Vsp):
     # -- completions -------------------------------------------------------------------------
 
     def _complete(self, trans_id: int, srb: ScsiRequest, result: ScsiResult) -> None:
-        sense = result.sense or b""
-        srb_status = result.srb_status | (p.SRB_STATUS_AUTOSENSE_VALID if sense else 0)
-        response = ScsiRequest(
-            cdb_length=srb.cdb_length, data_in=srb.data_in, data_transfer_length=result.transferred,
-            payload=sense[:p.SENSE_BUFFER_SIZE], srb_status=srb_status, scsi_status=result.scsi_status,
-            port=srb.port, path_id=srb.path_id, target_id=srb.target_id, lun=srb.lun,
-            sense_info_length=min(len(sense), p.SENSE_BUFFER_SIZE))
-        status = p.ntstatus_for(srb_status)
         self.completed += 1
-        self._send(trans_id, p.VstorPacket(Operation.COMPLETE_IO, 0, status, response.encode()).encode())
+        self._send(trans_id, p.encode_srb_completion(srb, result.srb_status, result.scsi_status,
+                                                     result.transferred, result.sense or b""))
 
     def _refuse(self, trans_id: int, status: NtStatus, why: str, srb: ScsiRequest | None = None) -> None:
         self._note_refusal(why)

@@ -255,6 +255,63 @@ def test_vmscsi_request_round_trip(request):
     assert p.decode_packet(p.VstorPacket(3, 1, 2, request.encode()).encode()).body == request.encode()
 
 
+@settings(max_examples=200, deadline=None)
+@given(cdb=st.binary(min_size=1, max_size=16), data_in=st.integers(0, 255),
+       length=st.integers(0, 2**32 - 1), lun=st.integers(0, 255))
+def test_the_one_call_srb_request_is_the_dataclasses_bytes(cdb, data_in, length, lun):
+    # storvsc packs its per-I/O EXECUTE_SRB in one call: the same bytes as the dataclasses give.
+    slow = p.VstorPacket(Operation.EXECUTE_SRB, p.REQUEST_COMPLETION_FLAG, 0,
+                         ScsiRequest.for_cdb(cdb, data_in, length, lun=lun).encode()).encode()
+    assert p.encode_srb_request(cdb, data_in, length, lun) == slow
+
+
+def test_the_one_call_srb_request_refuses_what_for_cdb_refuses():
+    for cdb in (b"", bytes(17)):
+        with pytest.raises(ValueError):
+            p.encode_srb_request(cdb, p.DATA_IN, 512, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(request=st.builds(ScsiRequest, cdb_length=st.integers(0, 255), data_in=st.integers(0, 255),
+                         port=st.integers(0, 255), path_id=st.integers(0, 255), target_id=st.integers(0, 255),
+                         lun=st.integers(0, 255), srb_flags=st.integers(0, 2**32 - 1)),
+       srb_status=st.integers(0, 0x7F), scsi_status=st.integers(0, 255),
+       transferred=st.integers(0, 2**32 - 1), sense=st.binary(max_size=40))
+def test_the_one_call_completion_is_the_dataclasses_bytes(request, srb_status, scsi_status, transferred, sense):
+    # storvsp's completion, packed in one call, against the ScsiRequest/VstorPacket it replaces.
+    status = srb_status | (p.SRB_STATUS_AUTOSENSE_VALID if sense else 0)
+    response = ScsiRequest(cdb_length=request.cdb_length, data_in=request.data_in,
+                           data_transfer_length=transferred, payload=sense[:p.SENSE_BUFFER_SIZE],
+                           srb_status=status, scsi_status=scsi_status, port=request.port,
+                           path_id=request.path_id, target_id=request.target_id, lun=request.lun,
+                           sense_info_length=min(len(sense), p.SENSE_BUFFER_SIZE))
+    slow = p.VstorPacket(Operation.COMPLETE_IO, 0, p.ntstatus_for(status), response.encode()).encode()
+    assert p.encode_srb_completion(request, srb_status, scsi_status, transferred, sense) == slow
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 20000), st.integers(0, 4095))
+def test_the_one_range_list_is_encode_gpa_direct(n, off):
+    pfns = tuple(range(7, 7 + (off + n + 4095) // 4096))
+    assert p.encode_gpa_range(n, off, list(pfns)) == p.encode_gpa_direct([GpaRange(n, off, pfns)])
+
+
+def test_decoded_packets_are_ordinary_frozen_dataclasses():
+    # decode fills the frozen dataclasses' fields directly: they compare, hash and refuse
+    # assignment as ones built by __init__ do.
+    request = ScsiRequest.for_cdb(p.cdb_rw(False, 8, 1), p.DATA_IN, 512, lun=2)
+    request = dataclasses.replace(request, payload=request.payload.ljust(p.SENSE_BUFFER_SIZE, b"\0"))
+    decoded = ScsiRequest.decode(request.encode())
+    assert decoded == request and hash(decoded) == hash(request) and repr(decoded) == repr(request)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decoded.lun = 3
+    packet = p.VstorPacket(int(Operation.COMPLETE_IO), 1, 2, request.encode())
+    again = p.decode_packet(packet.encode())
+    assert again == packet and hash(again) == hash(packet) and repr(again) == repr(packet)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        again.status = 0
+
+
 def test_sense_formats():
     assert p.parse_sense(p.sense_fixed(5, 0x21, 1)) == (5, 0x21, 1)
     assert p.parse_sense(bytes([0x72, 0x05, 0x24, 0x00, 0, 0, 0, 0])) == (5, 0x24, 0)
