@@ -87,6 +87,7 @@ class GuestContext:
         self.vp = vp
         self.partition: Partition = vp.partition
         self.host = vp.partition.host
+        self._now = _binding.hv_now_reader(self.host._h)
         #: bit n: SINT n was raised and nobody took it yet (take_sint). Every wakeup of this VP
         #: adds its SINTs here, whoever awaited the step, so none is lost to a caller that
         #: ignored its Wakeup.
@@ -103,7 +104,7 @@ class GuestContext:
     @property
     def now(self) -> int:
         """Simulated time in ns."""
-        return self.host.now
+        return self._now()
 
     # The step makers are on every guest's hot path: a plain non-negative int (ns) skips the
     # parser, anything else (a string, a bool, a negative) goes through it and its checks.

@@ -85,6 +85,7 @@ class Host:
         self.seed = seed
         self._h = _binding.hv_host_create(memory_bytes, logical_processors, smt, seed, root_vps, reps_per_call,
                                           SCHEDULERS[scheduler], core_costs, core_limits)
+        self._now = _binding.hv_now_reader(self._h)  # read on every guest's hot path
         self._partitions: dict[int, Partition] = {}
         self._guests = GuestRunner(self)
         #: on_guest_error(partition_id, vp_index, error): called when a Python guest raises (its
@@ -110,7 +111,7 @@ class Host:
     @property
     def now(self) -> int:
         """Simulated time, ns."""
-        return _binding.hv_now(self._h)
+        return self._now()
 
     def run(self, until: int | str) -> int:
         """Run the simulation until simulated time `until` (ns, or a duration such as "1.5s",

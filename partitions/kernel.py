@@ -56,10 +56,10 @@ class _WorkloadContext:
 class KernelContext(_WorkloadContext):
     """What a workload on VP 0 sees: its steps, with VMBus served in between them."""
 
-    async def _serve(self) -> None:
-        """Serve VMBus, and again while serving it (the CPU time its devices charged) let
-        something new come: an interrupt, a timer due."""
-        cpu = self.stack.service()
+    async def _serve(self, cpu: int) -> None:
+        """Spend `cpu` (what serving VMBus just charged) and serve it again while that lets
+        something new come: an interrupt, a timer due. Callers serve once themselves and await
+        this only when that cost something, so a step with nothing to serve makes no coroutine."""
         while cpu:
             await self._ctx.compute(cpu)
             cpu = self.stack.service() if self.stack.pending() else 0
@@ -72,7 +72,9 @@ class KernelContext(_WorkloadContext):
             wake = await self._ctx.compute_interruptible(step)
             # Ended early by an interrupt, or by a pause (the VM resumed): the rest goes on.
             left -= step - (wake.work_left if wake.reason in ("interrupt", "start") else 0)
-            await self._serve()
+            cpu = self.stack.service()
+            if cpu:
+                await self._serve(cpu)
 
     async def sleep(self, duration: int | str) -> None:
         deadline = self.now + parse_duration(duration)
@@ -81,12 +83,14 @@ class KernelContext(_WorkloadContext):
     async def wait_until(self, deadline: int, condition=None) -> bool:
         """Serve VMBus until `deadline` or until condition() is true; returns condition()."""
         while True:
-            await self._serve()
+            cpu = self.stack.service()
+            if cpu:
+                await self._serve(cpu)
             if condition is not None and condition():
                 return True
-            if self.now >= deadline:
+            timeout = deadline - self.now  # time moves only at an await: one read serves both uses
+            if timeout <= 0:
                 return bool(condition and condition())
-            timeout = deadline - self.now
             nxt = self.stack.context.next_timeout()
             await self._ctx.halt(min(timeout, nxt) if nxt else timeout)
 
