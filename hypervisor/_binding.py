@@ -498,11 +498,6 @@ def hv_now(h) -> int:
     return int(lib.hv_now(h))
 
 
-def hv_now_reader(h) -> _functools.partial:
-    """hv_now bound to one host: what hot paths call to read the time (no wrapper on the way)."""
-    return _functools.partial(lib.hv_now, h)
-
-
 def hv_trace_digest(h) -> bytes:
     out = ffi.new("uint8_t[16]")
     lib.hv_trace_digest(h, out)
@@ -602,7 +597,10 @@ def hv_sched_log_take(h, max_records: int = 65536) -> tuple[list[tuple[int, int,
 # ring: the 4096-byte control page and the data area.
 
 import array as _array  # noqa: E402 - this section is appended to the binding; see its header
+import mmap as _mmap  # noqa: E402
+from contextlib import ExitStack as _ExitStack  # noqa: E402
 from contextlib import nullcontext as _nullcontext  # noqa: E402
+from sys import getrefcount as _getrefcount  # noqa: E402
 from typing import NamedTuple as _NamedTuple  # noqa: E402
 
 
@@ -646,9 +644,65 @@ def _ring_check(rc: int) -> int:
     raise RingCorruptError(-rc, kind, message)
 
 
+# Records buffers are written by C before Python sees them: no need to zero them first.
+_alloc_uninit = ffi.new_allocator(should_clear_after_alloc=False)
+
+
+class RingPin:
+    """A ring's memory held for fast calls: a uint8_t * to its first byte and its length, valid
+    for as long as this object lives (it holds an export on the object that owns the memory, so
+    that memory cannot move or go away). Also a small scratch buffer for short reads."""
+
+    __slots__ = ("_owner", "ptr", "len", "scratch", "scratch_bytes", "spare")
+
+    def __init__(self, owner, ptr, length: int):
+        self._owner = owner  # the from_buffer cdata pinning the exporter
+        self.ptr = ptr
+        self.len = length
+        self.scratch = _alloc_uninit("uint8_t[]", _SMALL_READ)
+        self.scratch_bytes = ffi.buffer(self.scratch)  # sliced to copy a short read out
+        self.spare = None  # memory of the last large read, ring.len bytes (holds any batch)
+
+
+# Exporters whose memory stays put while an export is held and that are not GC containers (a
+# memoryview is one: CPython's GC cannot clear a memoryview that is still exported).
+_PINNABLE = (bytearray, _mmap.mmap, type(ffi.buffer(ffi.new("char[]", 1))))
+_SMALL_READ = 4096  # reads of at most this many bytes go through RingPin.scratch
+
+
+def ring_pin(mem: memoryview) -> RingPin | None:
+    """Pin a writable ring memoryview for the fast calls below, or None when its exporter is
+    not one that can be pinned safely (the calls then take the memoryview, as before)."""
+    owner = mem.obj
+    if type(owner) not in _PINNABLE:
+        return None
+    with ffi.from_buffer("uint8_t[]", mem, require_writable=True) as view:
+        addr, length = int(ffi.cast("uintptr_t", view)), len(view)
+    base = ffi.from_buffer("uint8_t[]", owner, require_writable=True)
+    offset = addr - int(ffi.cast("uintptr_t", base))
+    if not (0 <= offset and offset + length <= len(base)):
+        ffi.release(base)
+        return None
+    return RingPin(base, ffi.cast("uint8_t *", base) + offset, length)
+
+
+# One result record for every ring call: hvsim runs in one thread and each call reads its result
+# before the next call is made, so no call needs one of its own.
+_ring_result = ffi.new("struct hv_ring_result *")
+# From this average payload size up, payloads are handed to C by pointer instead of being
+# gathered into one buffer first (below it, one join is cheaper than one from_buffer each).
+_GATHER_BELOW = 2048
+
+
+class _Pinned(_NamedTuple):
+    ptr: object
+    len: int
+
+
 def hv_ring_write_batch(ring, payloads, *, packet_type: int = 6, flags: int = 0,
                         trans_ids=None) -> RingBatch:
-    """Append `payloads` (bytes-like) as packets until one does not fit; one index publish."""
+    """Append `payloads` (bytes-like) as packets until one does not fit; one index publish.
+    Each payload is copied once, into the ring (small ones are gathered into one buffer first)."""
     if not (0 <= packet_type <= 0xFFFF and 0 <= flags <= 0xFFFF):
         raise ValueError(f"packet type {packet_type} / flags {flags} are not u16")
     count = len(payloads)
@@ -661,23 +715,74 @@ def hv_ring_write_batch(ring, payloads, *, packet_type: int = 6, flags: int = 0,
         raise ValueError(f"payload length or trans_id out of range: {exc}") from None
     if ids is not None and len(ids) != count:
         raise ValueError(f"{len(ids)} trans_ids for {count} payloads")
-    blob = b"".join(payloads)
-    if len(blob) != sum(lengths):  # a memoryview whose items are not bytes
-        raise TypeError("payloads must be bytes-like objects of bytes")
-    result = ffi.new("struct hv_ring_result *")
+    total = sum(lengths)
+    result = _ring_result
     # N.B. every from_buffer is released by `with`, even on error: a cdata left alive in a
     # traceback keeps an export on the ring's memoryview, and CPython's GC crashes when it
     # clears a memoryview that is still exported.
     tids = _nullcontext(ffi.NULL) if ids is None else ffi.from_buffer("uint64_t[]", ids)
     try:
-        with ffi.from_buffer("uint8_t[]", ring, require_writable=True) as buf, \
-                ffi.from_buffer("uint8_t[]", blob) as src, \
-                ffi.from_buffer("uint32_t[]", lengths) as lens, tids as ids_ptr:
-            rc = lib.hv_ring_write_batch(buf, len(buf), src, lens, count, packet_type, flags,
-                                         ids_ptr, result)
+        with _ExitStack() as stack:
+            if type(ring) is RingPin:
+                buf = _Pinned(ring.ptr, ring.len)
+            else:
+                view = stack.enter_context(ffi.from_buffer("uint8_t[]", ring,
+                                                           require_writable=True))
+                buf = _Pinned(view, len(view))
+            lens = stack.enter_context(ffi.from_buffer("uint32_t[]", lengths))
+            ids_ptr = stack.enter_context(tids)
+            if count and total >= _GATHER_BELOW * count:
+                vec = ffi.new("uint8_t *[]", count)
+                for i, p in enumerate(payloads):
+                    src = stack.enter_context(ffi.from_buffer("uint8_t[]", p))
+                    if len(src) != lengths[i]:  # a memoryview whose items are not bytes
+                        raise TypeError("payloads must be bytes-like objects of bytes")
+                    vec[i] = src
+                rc = lib.hv_ring_write_batchv(buf.ptr, buf.len, vec, lens, count, packet_type,
+                                              flags, ids_ptr, result)
+            else:
+                blob = b"".join(payloads)
+                if len(blob) != total:  # a memoryview whose items are not bytes
+                    raise TypeError("payloads must be bytes-like objects of bytes")
+                rc = lib.hv_ring_write_batch(buf.ptr, buf.len, blob, lens, count, packet_type,
+                                             flags, ids_ptr, result)
     except BufferError as exc:
         raise TypeError(f"the ring must be a writable buffer: {exc}") from None
     return RingBatch(_ring_check(rc), bool(result.signal), result.index, 0, 0)
+
+
+def hv_ring_write_packet(ring, payload, header=b"", packet_type: int = 6, flags: int = 0,
+                         trans_id: int = 0) -> tuple[int, bool, int]:
+    """Append one packet (header, a multiple of 8 bytes, then payload): (1 written or 0 if it
+    does not fit now, signal, the write_index left published). Raises ValueError for bad
+    arguments or a packet that can never fit, RingCorruptError for a bad ring."""
+    result = _ring_result
+    if type(ring) is RingPin and type(payload) is bytes and type(header) is bytes:
+        try:  # the fast case: nothing to export, one call
+            rc = lib.hv_ring_write_packet(ring.ptr, ring.len, header, len(header), payload,
+                                          len(payload), packet_type, flags, trans_id, result)
+        except OverflowError as exc:
+            raise ValueError(f"packet field out of range: {exc}") from None
+        return _ring_check(rc) if rc < 0 else rc, bool(result.signal), result.index
+    if type(ring) is RingPin:
+        ring = ffi.buffer(ring.ptr, ring.len)
+    try:
+        with ffi.from_buffer("uint8_t[]", ring, require_writable=True) as buf:
+            if type(payload) is bytes and type(header) is bytes:  # passed in place, no export
+                rc = lib.hv_ring_write_packet(buf, len(buf), header, len(header), payload,
+                                              len(payload), packet_type, flags, trans_id, result)
+            else:
+                with ffi.from_buffer("uint8_t[]", payload) as src, \
+                        ffi.from_buffer("uint8_t[]", header) as hdr:
+                    if len(src) != len(payload) or len(hdr) != len(header):
+                        raise TypeError("payload and header must be bytes-like objects of bytes")
+                    rc = lib.hv_ring_write_packet(buf, len(buf), hdr, len(hdr), src, len(src),
+                                                  packet_type, flags, trans_id, result)
+    except BufferError as exc:
+        raise TypeError(f"the ring must be a writable buffer: {exc}") from None
+    except OverflowError as exc:
+        raise ValueError(f"packet field out of range: {exc}") from None
+    return _ring_check(rc), bool(result.signal), result.index
 
 
 def hv_ring_read_batch(ring, out, max_packets: int) -> RingBatch:
@@ -686,7 +791,7 @@ def hv_ring_read_batch(ring, out, max_packets: int) -> RingBatch:
     back); publish read_index once."""
     if not 0 <= max_packets < 1 << 31:
         raise ValueError(f"max_packets {max_packets} out of range")
-    result = ffi.new("struct hv_ring_result *")
+    result = _ring_result
     try:
         with ffi.from_buffer("uint8_t[]", ring, require_writable=True) as buf, \
                 ffi.from_buffer("uint8_t[]", out, require_writable=True) as dst:
@@ -695,6 +800,41 @@ def hv_ring_read_batch(ring, out, max_packets: int) -> RingBatch:
         raise TypeError(f"the ring and `out` must be writable buffers: {exc}") from None
     return RingBatch(_ring_check(rc), bool(result.signal), result.index, result.out_used,
                      result.stop)
+
+
+def hv_ring_read_records(ring, capacity: int, max_packets: int):
+    """hv_ring_read_batch of up to `capacity` bytes of records: (count, signal, the read_index
+    left published, the records), the records in memory of their own. Large reads go into fresh memory that C copies to once (returned as a
+    read-only memoryview that owns it); reads of a pinned ring that fit RingPin.scratch go there
+    and come back as bytes (a short copy is cheaper than a fresh buffer)."""
+    if not 0 <= max_packets < 1 << 31:
+        raise ValueError(f"max_packets {max_packets} out of range")
+    result = _ring_result
+    if type(ring) is RingPin:
+        if capacity <= _SMALL_READ:
+            out = ring.scratch
+        else:
+            # The last large batch's memory is used again once nothing refers to it any more
+            # (no batch, packet view or buffer: only ring.spare, `out` and getrefcount's
+            # argument), so steady reading allocates nothing.
+            out = ring.spare
+            if out is None or _getrefcount(out) > 3:
+                out = ring.spare = _alloc_uninit("uint8_t[]", ring.len)
+        rc = lib.hv_ring_read_batch(ring.ptr, ring.len, out, capacity, max_packets, result)
+    else:
+        out = _alloc_uninit("uint8_t[]", max(capacity, 1))
+        try:
+            with ffi.from_buffer("uint8_t[]", ring, require_writable=True) as buf:
+                rc = lib.hv_ring_read_batch(buf, len(buf), out, capacity, max_packets, result)
+        except BufferError as exc:
+            raise TypeError(f"the ring must be a writable buffer: {exc}") from None
+    count = _ring_check(rc) if rc < 0 else rc
+    used = result.out_used
+    if type(ring) is RingPin and out is ring.scratch:
+        records = ring.scratch_bytes[:used]
+    else:
+        records = memoryview(ffi.buffer(out, used)).toreadonly()
+    return count, bool(result.signal), result.index, records
 
 
 # --- VHD data movement (native/vhd_io.h) ----------------------------------------------------

@@ -118,10 +118,93 @@ static uint32_t packet_total(const struct ring_view *v, uint32_t len)
     return (uint32_t)total;
 }
 
-int hv_ring_write_batch(uint8_t *ring, size_t ring_len,
-                        const uint8_t *payloads, const uint32_t *lengths, uint32_t count,
-                        uint16_t type, uint16_t flags, const uint64_t *trans_ids,
-                        struct hv_ring_result *result)
+/* Write one packet at w (free space already checked): descriptor, header (hlen, a multiple of
+ * 8), payload, zero padding, trailer. `total` is packet_total(hlen + len). */
+static void put_packet(const struct ring_view *v, uint32_t w, uint32_t total, uint16_t type,
+                       uint16_t flags, uint64_t trans_id, const uint8_t *header, uint32_t hlen,
+                       const uint8_t *payload, uint32_t len)
+{
+    uint32_t body = total - HV_RING_TRAILER_SIZE;
+    uint32_t pad = body - HV_RING_DESC_SIZE - hlen - len;
+    if (total <= v->dsize - w) {
+        /* The common case, no wrap: build the packet in place (same bytes as below). */
+        uint8_t *p = v->data + w;
+        put_le16(p + 0, type);
+        put_le16(p + 2, (uint16_t)((HV_RING_DESC_SIZE + hlen) / HV_RING_ALIGN));
+        put_le16(p + 4, (uint16_t)(body / HV_RING_ALIGN));
+        put_le16(p + 6, flags);
+        put_le64(p + 8, trans_id);
+        p += HV_RING_DESC_SIZE;
+        if (hlen)
+            memcpy(p, header, hlen);
+        p += hlen;
+        if (len)
+            memcpy(p, payload, len);
+        p += len;
+        memset(p, 0, pad);
+        put_le64(p + pad, (uint64_t)w << 32);
+        return;
+    }
+    uint8_t desc[HV_RING_DESC_SIZE];
+    put_le16(desc + 0, type);
+    put_le16(desc + 2, (uint16_t)((HV_RING_DESC_SIZE + hlen) / HV_RING_ALIGN));
+    put_le16(desc + 4, (uint16_t)(body / HV_RING_ALIGN));
+    put_le16(desc + 6, flags);
+    put_le64(desc + 8, trans_id);
+
+    /* Zero padding then the trailer: the packet's start offset in the upper 32 bits. */
+    uint8_t tail[HV_RING_ALIGN + HV_RING_TRAILER_SIZE] = {0};
+    put_le64(tail + pad, (uint64_t)w << 32);
+
+    uint32_t pos = w;
+    copy_in(v, pos, desc, HV_RING_DESC_SIZE);
+    pos = advance(v, pos, HV_RING_DESC_SIZE);
+    if (hlen) {
+        copy_in(v, pos, header, hlen);
+        pos = advance(v, pos, hlen);
+    }
+    if (len) {
+        copy_in(v, pos, payload, len);
+        pos = advance(v, pos, len);
+    }
+    copy_in(v, pos, tail, pad + HV_RING_TRAILER_SIZE);
+}
+
+/* Load and validate both indices for a writer: own index first, then the peer's (the same
+ * order as the Python writer). */
+static int writer_indices(const struct ring_view *v, uint32_t *w, uint32_t *r)
+{
+    *w = get_le32(v->ctl + HV_RING_OFF_WRITE_INDEX);
+    *r = get_le32(v->ctl + HV_RING_OFF_READ_INDEX);
+    if (!index_valid(v, *w))
+        return -HV_RING_EBAD_WRITE_INDEX;
+    if (!index_valid(v, *r))
+        return -HV_RING_EBAD_READ_INDEX;
+    return 0;
+}
+
+/* After n > 0 packets: publish write_index once and decide the signal. */
+static void writer_publish(const struct ring_view *v, uint32_t old_w, uint32_t w,
+                           struct hv_ring_result *result)
+{
+    /* (barrier: packet bytes before the index) One publish for the whole batch. */
+    put_le32(v->ctl + HV_RING_OFF_WRITE_INDEX, w);
+    result->index = w;
+
+    /* (full barrier) Signal only on empty -> non-empty, and only if the reader has not masked
+     * interrupts. read_index is loaded again after publishing: a reader that drained the ring
+     * meanwhile and went idle must still be woken. */
+    uint32_t mask = get_le32(v->ctl + HV_RING_OFF_INTERRUPT_MASK);
+    uint32_t r_now = get_le32(v->ctl + HV_RING_OFF_READ_INDEX);
+    result->signal = mask == 0 && r_now == old_w;
+}
+
+/* The batch writers: payload i is vec[i] if vec is not NULL, else the next lengths[i] bytes of
+ * `payloads`. */
+static int write_batch(uint8_t *ring, size_t ring_len, const uint8_t *payloads,
+                       const uint8_t *const *vec, const uint32_t *lengths, uint32_t count,
+                       uint16_t type, uint16_t flags, const uint64_t *trans_ids,
+                       struct hv_ring_result *result)
 {
     struct ring_view v;
     int rc = view_init(&v, ring, ring_len);
@@ -138,17 +221,16 @@ int hv_ring_write_batch(uint8_t *ring, size_t ring_len,
         if (packet_total(&v, lengths[i]) == 0)
             return -HV_RING_EMSGSIZE;
         payload_bytes += lengths[i];
+        if (vec != NULL && lengths[i] && vec[i] == NULL)
+            return -HV_RING_EINVAL;
     }
-    if (payload_bytes && payloads == NULL)
+    if (payload_bytes && vec == NULL && payloads == NULL)
         return -HV_RING_EINVAL;
 
-    /* Own index first, then the peer's: the same order as the Python writer. */
-    uint32_t old_w = get_le32(v.ctl + HV_RING_OFF_WRITE_INDEX);
-    uint32_t r = get_le32(v.ctl + HV_RING_OFF_READ_INDEX);
-    if (!index_valid(&v, old_w))
-        return -HV_RING_EBAD_WRITE_INDEX;
-    if (!index_valid(&v, r))
-        return -HV_RING_EBAD_READ_INDEX;
+    uint32_t old_w, r;
+    rc = writer_indices(&v, &old_w, &r);
+    if (rc)
+        return rc;
     result->index = old_w;
 
     /* A packet fits only if free > total, so the writer never makes w == r (8 bytes stay free).
@@ -161,47 +243,66 @@ int hv_ring_write_batch(uint8_t *ring, size_t ring_len,
         uint32_t total = packet_total(&v, len);
         if (free_bytes <= total)
             break;
-        uint32_t body = total - HV_RING_TRAILER_SIZE;
-
-        uint8_t desc[HV_RING_DESC_SIZE];
-        put_le16(desc + 0, type);
-        put_le16(desc + 2, HV_RING_DESC_SIZE / HV_RING_ALIGN);
-        put_le16(desc + 4, (uint16_t)(body / HV_RING_ALIGN));
-        put_le16(desc + 6, flags);
-        put_le64(desc + 8, trans_ids ? trans_ids[n] : 0);
-
-        /* Zero padding then the trailer: the packet's start offset in the upper 32 bits. */
-        uint8_t tail[HV_RING_ALIGN + HV_RING_TRAILER_SIZE] = {0};
-        uint32_t pad = body - HV_RING_DESC_SIZE - len;
-        put_le64(tail + pad, (uint64_t)w << 32);
-
-        uint32_t pos = w;
-        copy_in(&v, pos, desc, HV_RING_DESC_SIZE);
-        pos = advance(&v, pos, HV_RING_DESC_SIZE);
-        if (len) {
-            copy_in(&v, pos, payloads, len);
-            pos = advance(&v, pos, len);
+        const uint8_t *src = vec != NULL ? vec[n] : payloads;
+        put_packet(&v, w, total, type, flags, trans_ids ? trans_ids[n] : 0, NULL, 0, src, len);
+        if (vec == NULL)
             payloads += len;
-        }
-        copy_in(&v, pos, tail, pad + HV_RING_TRAILER_SIZE);
-
         w = advance(&v, w, total);
         free_bytes -= total;
     }
     if (n == 0)
         return 0;
-
-    /* (barrier: packet bytes before the index) One publish for the whole batch. */
-    put_le32(v.ctl + HV_RING_OFF_WRITE_INDEX, w);
-    result->index = w;
-
-    /* (full barrier) Signal only on empty -> non-empty, and only if the reader has not masked
-     * interrupts. read_index is loaded again after publishing: a reader that drained the ring
-     * meanwhile and went idle must still be woken. */
-    uint32_t mask = get_le32(v.ctl + HV_RING_OFF_INTERRUPT_MASK);
-    uint32_t r_now = get_le32(v.ctl + HV_RING_OFF_READ_INDEX);
-    result->signal = mask == 0 && r_now == old_w;
+    writer_publish(&v, old_w, w, result);
     return (int)n;
+}
+
+int hv_ring_write_batch(uint8_t *ring, size_t ring_len,
+                        const uint8_t *payloads, const uint32_t *lengths, uint32_t count,
+                        uint16_t type, uint16_t flags, const uint64_t *trans_ids,
+                        struct hv_ring_result *result)
+{
+    return write_batch(ring, ring_len, payloads, NULL, lengths, count, type, flags, trans_ids,
+                       result);
+}
+
+int hv_ring_write_batchv(uint8_t *ring, size_t ring_len,
+                         const uint8_t *const *payloads, const uint32_t *lengths, uint32_t count,
+                         uint16_t type, uint16_t flags, const uint64_t *trans_ids,
+                         struct hv_ring_result *result)
+{
+    if (count && payloads == NULL)
+        return -HV_RING_EINVAL;
+    return write_batch(ring, ring_len, NULL, count ? payloads : NULL, lengths, count, type,
+                       flags, trans_ids, result);
+}
+
+int hv_ring_write_packet(uint8_t *ring, size_t ring_len, const uint8_t *header,
+                         uint32_t header_len, const uint8_t *payload, uint32_t len,
+                         uint16_t type, uint16_t flags, uint64_t trans_id,
+                         struct hv_ring_result *result)
+{
+    struct ring_view v;
+    int rc = view_init(&v, ring, ring_len);
+    if (rc)
+        return rc;
+    if (result == NULL || header_len % HV_RING_ALIGN || (header_len && header == NULL)
+        || (len && payload == NULL) || len > UINT32_MAX - header_len)
+        return -HV_RING_EINVAL;
+    memset(result, 0, sizeof *result);
+    uint32_t total = packet_total(&v, header_len + len);
+    if (total == 0)
+        return -HV_RING_EMSGSIZE;
+
+    uint32_t w, r;
+    rc = writer_indices(&v, &w, &r);
+    if (rc)
+        return rc;
+    result->index = w;
+    if (v.dsize - bytes_used(&v, w, r) <= total)
+        return 0;
+    put_packet(&v, w, total, type, flags, trans_id, header, header_len, payload, len);
+    writer_publish(&v, w, advance(&v, w, total), result);
+    return 1;
 }
 
 /* Whether a reader that consumed `bytes_read` bytes, leaving read_index at r, must signal the

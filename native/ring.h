@@ -83,6 +83,19 @@ int hv_ring_write_batch(uint8_t *ring, size_t ring_len,
                         uint16_t type, uint16_t flags, const uint64_t *trans_ids,
                         struct hv_ring_result *result);
 
+/* hv_ring_write_batch with payload i at payloads[i] (no need to gather them first). */
+int hv_ring_write_batchv(uint8_t *ring, size_t ring_len,
+                         const uint8_t *const *payloads, const uint32_t *lengths, uint32_t count,
+                         uint16_t type, uint16_t flags, const uint64_t *trans_ids,
+                         struct hv_ring_result *result);
+
+/* Append one packet: descriptor, header (header_len bytes, a multiple of 8, counted in offset8
+ * like a GPA-direct range list), payload. Returns 1, 0 if it does not fit now, or -HV_RING_E*. */
+int hv_ring_write_packet(uint8_t *ring, size_t ring_len, const uint8_t *header,
+                         uint32_t header_len, const uint8_t *payload, uint32_t len,
+                         uint16_t type, uint16_t flags, uint64_t trans_id,
+                         struct hv_ring_result *result);
+
 /* Copy up to max_packets packets out into `out` as records (each record = the packet exactly as
  * it sits in the ring, descriptor included, trailer excluded: len8 * 8 bytes, 8-aligned, back to
  * back). Returns how many or -HV_RING_E*; publishes read_index once. */

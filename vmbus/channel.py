@@ -117,7 +117,7 @@ class ChannelEnd:
 
     def send(self, payload, **kw) -> None:
         """Write one packet (RingFull if it does not fit) and signal if the rules say so."""
-        if self.outgoing.write(payload, **kw):
+        if self.outgoing.write_packet(payload, **kw):
             self._signal()
 
     def receive(self) -> list[Packet]:

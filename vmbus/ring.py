@@ -37,7 +37,8 @@ do the same through the C fast path (native/ring.c), which follows this module c
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 CONTROL_SIZE = 4096
 MIN_DATA_SIZE = 32  # the smallest packet (24 bytes) plus the 8 bytes that always stay free
@@ -106,6 +107,79 @@ class Packet(NamedTuple):
         return bool(self.flags & FLAG_COMPLETION_REQUESTED)
 
 
+def _same(b: bytes) -> bytes:
+    return b
+
+
+class PacketBatch(Sequence):
+    """The packets one read_batch() copied out, as a read-only sequence of Packet.
+
+    All of them sit in one buffer that C filled (one copy per packet, out of the ring), which
+    belongs to this batch alone. A Packet is parsed from it only when it is looked at; its
+    payload and header are bytes, copied from the buffer then. payload_views() hands out the
+    payloads as read-only memoryviews of the buffer instead, for a reader that wants no second
+    copy. Records were checked by C before they were copied (offset8 >= 2, offset8 <= len8,
+    inside the bytes published).
+    """
+
+    __slots__ = ("_records", "_count", "_starts")
+
+    def __init__(self, records, count: int):
+        self._records = records  # bytes or a read-only memoryview; each record: descriptor |
+        # header | payload, len8 * 8 bytes
+        self._count = count
+        self._starts: list[int] | None = None  # record offsets, built on first indexing
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self):
+        records, pos = self._records, 0
+        unpack, new_packet = _DESC.unpack_from, tuple.__new__  # hot loop: skip Packet.__new__
+        as_bytes = bytes if type(records) is memoryview else _same
+        for _ in range(self._count):
+            ptype, offset8, len8, flags, trans_id = unpack(records, pos)
+            start, end = pos + offset8 * ALIGN, pos + len8 * ALIGN
+            yield new_packet(Packet, (ptype, flags, trans_id, as_bytes(records[start:end]),
+                                      offset8, len8, as_bytes(records[pos + DESC_SIZE : start])))
+            pos = end
+
+    def payload_views(self):
+        """Each packet's payload as a read-only memoryview of the batch's buffer (no copy)."""
+        records, pos = memoryview(self._records), 0
+        unpack = _DESC.unpack_from
+        for _ in range(self._count):
+            _, offset8, len8, _, _ = unpack(records, pos)
+            end = pos + len8 * ALIGN
+            yield records[pos + offset8 * ALIGN : end]
+            pos = end
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return list(self)[index]
+        if self._starts is None:
+            starts, pos = [], 0
+            for _ in range(self._count):
+                starts.append(pos)
+                pos += _DESC.unpack_from(self._records, pos)[2] * ALIGN
+            self._starts = starts
+        pos = self._starts[index]
+        ptype, offset8, len8, flags, trans_id = _DESC.unpack_from(self._records, pos)
+        start, end = pos + offset8 * ALIGN, pos + len8 * ALIGN
+        return Packet(ptype, flags, trans_id, bytes(self._records[start:end]), offset8, len8,
+                      bytes(self._records[pos + DESC_SIZE : start]))  # bytes of bytes: no copy
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (PacketBatch, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"PacketBatch({list(self)!r})"
+
+
 def packet_size(payload_len: int) -> int:
     """Ring bytes one packet takes: descriptor, payload padded to 8, trailer."""
     return DESC_SIZE + _pad8(payload_len) + TRAILER_SIZE
@@ -142,16 +216,39 @@ def _check_u(name: str, value: int, bits: int) -> None:
         raise ValueError(f"{name} {value!r} is not a u{bits}")
 
 
+_binding = None
+
+
+def _core():
+    """hypervisor._binding, imported on first use: the pure-Python reference in this module must
+    not need the core."""
+    global _binding
+    if _binding is None:
+        from hypervisor import _binding as binding
+
+        _binding = binding
+    return _binding
+
+
 class _RingEnd:
     """What both ends share: the memory, index checks, wrapped copies, breaking the ring."""
 
-    __slots__ = ("_mem", "_data", "_dsize", "_broken")
+    __slots__ = ("_mem", "_data", "_dsize", "_broken", "_pinned")
 
     def __init__(self, buffer):
         self._mem = _as_ring_memory(buffer)
         self._data = self._mem[CONTROL_SIZE:]
         self._dsize = len(self._data)
         self._broken: tuple[str, str] | None = None
+        self._pinned = None  # what the C path is given: see _ring()
+
+    def _ring(self):
+        """The ring as the C path takes it: pinned once (binding.ring_pin) when its memory
+        allows, so that a call need not export the memoryview again; else the memoryview."""
+        pinned = self._pinned
+        if pinned is None:
+            pinned = self._pinned = _core().ring_pin(self._mem) or self._mem
+        return pinned
 
     @property
     def data_size(self) -> int:
@@ -309,6 +406,38 @@ class OutgoingRing(_RingEnd):
         # reader that drained the ring meanwhile and went idle must still be woken.
         return self._load(_INTERRUPT_MASK) == 0 and self._load(_READ_INDEX) == w
 
+    def write_packet(
+        self,
+        payload,
+        *,
+        packet_type: int = PKT_DATA_INBAND,
+        flags: int = 0,
+        trans_id: int = 0,
+        set_pending_send_sz: bool = False,
+        header=b"",
+    ) -> bool:
+        """write() through the C path (one crossing, one copy of the payload): the same packet,
+        bytes, signalling and errors. Only a packet that fits goes through C; anything else (a
+        full ring, a bad argument) is handed to write(), which decides as the reference does."""
+        if self._broken is not None:
+            raise RingCorrupt(*self._broken)
+        if _U32.unpack_from(self._mem, _WRITE_INDEX)[0] != self._w:
+            self._own_index()  # adopts the first time; else raises (tampered or invalid)
+        core = _binding or _core()
+        try:
+            written, signal, index = core.hv_ring_write_packet(
+                self._pinned or self._ring(), payload, header, packet_type, flags, trans_id
+            )
+        except core.RingCorruptError as exc:
+            raise self._break(exc.kind, str(exc)) from None
+        except (ValueError, TypeError):
+            written = 0  # C wrote nothing; write() raises the reference's error
+        if not written:
+            return self.write(payload, packet_type=packet_type, flags=flags, trans_id=trans_id,
+                              set_pending_send_sz=set_pending_send_sz, header=header)
+        self._after_publish(index)
+        return signal
+
     def write_batch(
         self,
         payloads: Sequence,
@@ -325,15 +454,12 @@ class OutgoingRing(_RingEnd):
         set_pending_send_sz, a short write leaves pending_send_sz set to the size of the first
         packet not written. Raises PacketTooLarge (writing nothing) if any can never fit.
         """
-        from hypervisor import _binding  # the pure-Python reference above must not need the core
-
+        core = _core()
         self._alive()
         _check_u("packet type", packet_type, 16)
         _check_u("flags", flags, 16)
         if trans_ids is not None and len(trans_ids) != len(payloads):
             raise ValueError(f"{len(trans_ids)} trans_ids for {len(payloads)} payloads")
-        if payloads:
-            self._packet_size(max(map(len, payloads)))  # PacketTooLarge before anything is written
 
         written, signal = 0, False
         while True:
@@ -341,11 +467,16 @@ class OutgoingRing(_RingEnd):
             rest = payloads[written:] if written else payloads
             ids = None if trans_ids is None else trans_ids[written:]
             try:
-                result = _binding.hv_ring_write_batch(
-                    self._mem, rest, packet_type=packet_type, flags=flags, trans_ids=ids
+                result = core.hv_ring_write_batch(
+                    self._ring(), rest, packet_type=packet_type, flags=flags, trans_ids=ids
                 )
-            except _binding.RingCorruptError as exc:
+            except core.RingCorruptError as exc:
                 raise self._break(exc.kind, str(exc)) from None
+            except ValueError:
+                # C checks every length before writing anything: name the one that can never fit.
+                for p in rest:
+                    self._packet_size(len(p))
+                raise
             if result.count:
                 self._after_publish(result.index)
                 signal |= result.signal
@@ -407,13 +538,12 @@ class IncomingRing(_RingEnd):
     read_index it published, and treats any other value found there as tampering.
     """
 
-    __slots__ = ("_cursor", "_published", "_scratch")
+    __slots__ = ("_cursor", "_published")
 
     def __init__(self, buffer):
         super().__init__(buffer)
         self._cursor: int | None = None  # where the next read() starts
         self._published: int | None = None  # read_index as last stored by this end (None: adopt)
-        self._scratch: bytearray | None = None  # read_batch's copy-out buffer, dsize bytes
 
     # -- state -------------------------------------------------------------------------------
 
@@ -485,39 +615,38 @@ class IncomingRing(_RingEnd):
         self._published = self._cursor
         return self._writer_signal(self._cursor, consumed)
 
-    def read_batch(self, max_packets: int = 1024) -> tuple[list[Packet], bool]:
+    def read_batch(self, max_packets: int = 1024) -> tuple[PacketBatch, bool]:
         """Read up to max_packets packets through the C fast path and commit them; return
         (packets, whether the writer must be signalled). Same packets and signalling as read()
-        repeated then commit(); a corrupt packet after good ones is raised by the next call."""
-        from hypervisor import _binding  # the pure-Python reference above must not need the core
+        repeated then commit(); a corrupt packet after good ones is raised by the next call.
 
-        self._alive()
+        One crossing into C per call; each packet is copied once, out of the ring into memory
+        that belongs to the returned PacketBatch, which parses a packet only when it is looked
+        at (see PacketBatch)."""
+        if self._broken is not None:
+            raise RingCorrupt(*self._broken)
         if not 0 <= max_packets < 1 << 31:
             raise ValueError(f"max_packets {max_packets} out of range")
-        signal = self.commit()  # the C path starts at the published read_index
-        if self._scratch is None:
-            self._scratch = bytearray(self._dsize)  # holds every packet the ring can hold
+        mem = self._mem
+        r = _U32.unpack_from(mem, _READ_INDEX)[0]
+        if r != self._published:
+            r = self._own_index()  # adopts the first time; else raises (tampered or invalid)
+        signal = self.commit() if self._cursor != r else False  # C starts at read_index
+        # The records of a batch never take more than the bytes published (each drops its
+        # trailer), so that much memory always holds them. An invalid write_index gives 0 here
+        # and is reported by C.
+        w = _U32.unpack_from(mem, _WRITE_INDEX)[0]
+        dsize = self._dsize
+        capacity = (w - self._published) % dsize if w < dsize and not w % ALIGN else 0
+        core = _binding or _core()
         try:
-            result = _binding.hv_ring_read_batch(self._mem, self._scratch, max_packets)
-        except _binding.RingCorruptError as exc:
+            count, more_signal, index, records = core.hv_ring_read_records(
+                self._pinned or self._ring(), capacity, max_packets
+            )
+        except core.RingCorruptError as exc:
             raise self._break(exc.kind, str(exc)) from None
-        self._cursor = self._published = result.index
-
-        # Records are this end's private copy, already checked by C; the fields are parsed from
-        # it, never from the ring. One bytes copy of all of them makes each payload one slice.
-        records = bytes(memoryview(self._scratch)[: result.out_used])
-        packets = []
-        pos = 0
-        unpack, new_packet = _DESC.unpack_from, tuple.__new__  # the hot loop: skip Packet.__new__
-        for _ in range(result.count):
-            ptype, offset8, len8, flags, trans_id = unpack(records, pos)
-            end = pos + len8 * ALIGN
-            start = pos + offset8 * ALIGN
-            payload = records[start:end]
-            header = records[pos + DESC_SIZE : start]
-            packets.append(new_packet(Packet, (ptype, flags, trans_id, payload, offset8, len8, header)))
-            pos = end
-        return packets, signal or result.signal
+        self._cursor = self._published = index
+        return PacketBatch(records, count), signal or more_signal
 
     # -- internals ---------------------------------------------------------------------------
 

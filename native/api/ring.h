@@ -28,5 +28,15 @@ int hv_ring_write_batch(uint8_t *ring, size_t ring_len,
                         uint16_t type, uint16_t flags, const uint64_t *trans_ids,
                         struct hv_ring_result *result);
 
+int hv_ring_write_batchv(uint8_t *ring, size_t ring_len,
+                         const uint8_t *const *payloads, const uint32_t *lengths, uint32_t count,
+                         uint16_t type, uint16_t flags, const uint64_t *trans_ids,
+                         struct hv_ring_result *result);
+
+int hv_ring_write_packet(uint8_t *ring, size_t ring_len, const uint8_t *header,
+                         uint32_t header_len, const uint8_t *payload, uint32_t len,
+                         uint16_t type, uint16_t flags, uint64_t trans_id,
+                         struct hv_ring_result *result);
+
 int hv_ring_read_batch(uint8_t *ring, size_t ring_len, uint8_t *out, size_t out_cap,
                        uint32_t max_packets, struct hv_ring_result *result);

@@ -478,3 +478,109 @@ def test_c_batch_argument_errors():
     with pytest.raises(TypeError):
         _binding.hv_ring_read_batch(bytes(buf), bytearray(64), 1)  # read-only ring
     assert control(buf)[0] == 0
+
+
+# -- the fast paths: one crossing, one copy ------------------------------------------------------
+
+
+def test_write_packet_writes_the_bytes_write_does():
+    ref, fast = new_ring(256), new_ring(256)
+    header = struct.pack("<QQ", 7, 9)
+    for ring in (ref, fast):
+        poke(ring, 0, "I", 200)  # wrap the packets around the end of the data area
+        poke(ring, 4, "I", 200)
+    kw = dict(packet_type=9, flags=1, trans_id=0xABCDEF, header=header)
+    assert OutgoingRing(ref).write(b"payload!x", **kw) == OutgoingRing(fast).write_packet(
+        b"payload!x", **kw) is True
+    assert fast == ref
+    # Payloads that are not bytes objects take the same path with an export.
+    out = OutgoingRing(fast)
+    out.write_packet(memoryview(bytearray(b"second")), header=bytearray(8))
+    OutgoingRing(ref).write(b"second", header=bytes(8))
+    assert fast == ref
+    (first, second), _ = IncomingRing(fast).read_batch()
+    assert (first.payload[:9], first.header, first.trans_id, second.header) == (
+        b"payload!x", header, 0xABCDEF, bytes(8))
+
+
+def test_write_packet_errors_are_the_references():
+    buf = new_ring(64)
+    out = OutgoingRing(buf)
+    with pytest.raises(PacketTooLarge):
+        out.write_packet(bytes(64))
+    with pytest.raises(ValueError):
+        out.write_packet(b"x", header=b"odd")
+    with pytest.raises(ValueError):
+        out.write_packet(b"x", packet_type=1 << 16)
+    with pytest.raises(TypeError):
+        out.write_packet(memoryview(bytes(8)).cast("I"))  # items are not bytes
+    out.write_packet(bytes(16))
+    with pytest.raises(RingFull):
+        out.write_packet(bytes(16))
+    assert control(buf)[:2] == (40, 0)
+    # Full, but asking for space: pending_send_sz is set exactly as write() sets it.
+    with pytest.raises(RingFull):
+        out.write_packet(bytes(16), set_pending_send_sz=True)
+    assert control(buf)[3] == packet_size(16)
+
+
+def test_batch_of_large_payloads_goes_by_pointer_and_matches_write():
+    payloads = [bytes([1]) * 5000, bytearray(b"\2" * 3000), memoryview(b"\3" * 4100)]
+    ref, fast = new_ring(16384), new_ring(16384)
+    for p in payloads:
+        OutgoingRing(ref).write(p, trans_id=5)
+    assert OutgoingRing(fast).write_batch(payloads, trans_ids=[5, 5, 5]) == (3, True)
+    assert fast == ref
+    with pytest.raises(TypeError):  # the size check covers the pointer path too
+        OutgoingRing(new_ring(16384)).write_batch([memoryview(bytes(4096)).cast("I")] * 2)
+
+
+@pytest.mark.parametrize("size", [40, 6000])  # the short-read scratch and fresh memory
+def test_a_packet_batch_owns_its_memory(size):
+    buf = new_ring(16384)
+    out, inc = OutgoingRing(buf), IncomingRing(buf)
+    out.write_batch([b"a" * size, b"b" * size])
+    first, _ = inc.read_batch()
+    out.write_batch([b"c" * size, b"d" * size])
+    second, _ = inc.read_batch()  # reuses the ring bytes and any scratch memory
+    assert [p.payload[:size] for p in first] == [b"a" * size, b"b" * size]
+    assert [bytes(v[:size]) for v in second.payload_views()] == [b"c" * size, b"d" * size]
+    assert first[1] == list(first)[1] and first[-1].payload[:1] == b"b" and len(first[:1]) == 1
+    assert first == list(first) and first != second
+    assert all(type(p.payload) is bytes and type(p.header) is bytes for p in first)
+    with pytest.raises(TypeError):
+        next(second.payload_views())[0] = 0  # the views are read-only
+
+
+def test_pinned_ring_inside_a_larger_buffer_writes_at_its_own_offset():
+    # The C path pins the buffer that owns the memory and points into it: a ring that is a
+    # slice of a larger bytearray must be written where the slice is, and nowhere else.
+    whole = bytearray(3 * 4096 + 256)
+    ring = memoryview(whole)[4096 : 4096 + CONTROL_SIZE + 256]
+    init_ring(ring)
+    OutgoingRing(ring).write_packet(b"here", trans_id=3)
+    OutgoingRing(ring).write_batch([b"and here"])
+    ref = new_ring(256)
+    OutgoingRing(ref).write(b"here", trans_id=3)
+    OutgoingRing(ref).write(b"and here")
+    assert bytes(ring) == bytes(ref)
+    assert not any(whole[:4096]) and not any(whole[4096 + CONTROL_SIZE + 256 :])
+    assert [p.payload[:8] for p in IncomingRing(ring).read_batch()[0]] == [b"here\0\0\0\0", b"and here"]
+
+
+def test_large_read_memory_is_reused_only_once_nothing_refers_to_it():
+    buf = new_ring(65536)
+    out, inc = OutgoingRing(buf), IncomingRing(buf)
+    out.write_batch([b"a" * 6000])
+    first, _ = inc.read_batch()
+    view = next(first.payload_views())
+    del first
+    out.write_batch([b"b" * 6000])
+    second, _ = inc.read_batch()
+    assert bytes(view[:3]) == b"aaa" and second[0].payload[:3] == b"bbb"  # a view kept it alive
+    del view, second
+    out.write_batch([b"c" * 6000])
+    third, _ = inc.read_batch()
+    out.write_batch([b"d" * 6000])
+    fourth, _ = inc.read_batch()
+    assert third[0].payload[:3] == b"ccc" and fourth[0].payload[:3] == b"ddd"
