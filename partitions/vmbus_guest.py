@@ -42,6 +42,7 @@ from vmbus.ring import RingError
 MESSAGE_TYPE_VMBUS = 1
 RETRY_NS = 50_000   # a message the host's full port refused is posted again after this
 MAX_VPS = 30   # SynIC pages of VP n are simp_gpfn + 2n, siefp_gpfn + 2n, all below page 64
+_NO_FLAGS = bytes(256)   # a SINT's event flags, all taken
 
 
 class GuestPages:
@@ -335,7 +336,7 @@ class GuestVmbus:
         self.flag_scans += 1
         flags = int.from_bytes(part.read(base, 256), "little")
         if flags:
-            part.write(base, bytes(256))
+            part.write(base, _NO_FLAGS)
             while flags:
                 relid = (flags & -flags).bit_length() - 1
                 flags &= flags - 1

@@ -56,6 +56,7 @@ PACKETS_PER_PASS = 64       # per channel per pass; a ring with more waits for t
 MESSAGE_BURST = 64          # control messages a child may have taken at once...
 MESSAGE_REFILL_NS = 16_000  # ...and one more per 16 us of simulated time after that
 OUTBOX_LIMIT = 64           # messages to a child not yet posted; at the limit its own are not handled
+_NO_FLAGS = bytes(256)      # a SINT's event flags, all taken
 INBOX_LIMIT = 64            # messages from a child waiting for room in its outbox; beyond: dropped
 RETRY_NS = 50_000           # a message a child's full port refused is posted again after this,
 RETRY_MAX_NS = 10_000_000   # ...doubling while refusals go on, up to this
@@ -861,7 +862,7 @@ class ParentVmbus:
             if not flags:
                 continue
             did = True
-            root.write(base, bytes(256))  # taken, all at once
+            root.write(base, _NO_FLAGS)  # taken, all at once
             while flags:
                 bit = (flags & -flags).bit_length() - 1
                 flags &= flags - 1

@@ -118,6 +118,7 @@ def disk_io(pattern: str = "sequential", block_size: int | str = "64KiB", queue_
         payload = bytes(range(256)) * (size // 256)
         position = 0
         inflight = []
+        second = parse_duration("1s")   # parsed once, not on every wait
         while True:
             inflight = [r for r in inflight if not r.done]
             while len(inflight) < queue_depth:
@@ -128,7 +129,7 @@ def disk_io(pattern: str = "sequential", block_size: int | str = "64KiB", queue_
                     inflight.append(lun.read(lba, blocks))
                 else:
                     inflight.append(lun.write(lba, payload))
-            await ctx.wait_for(lambda: any(r.done for r in inflight), "1s")
+            await ctx.wait_for(lambda: any(r.done for r in inflight), second)
 
     return io
 

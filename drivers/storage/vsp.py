@@ -309,17 +309,18 @@ class StorVsp(Vsp):
             return
         ours = (srb.path_id, srb.target_id) == (0, 0)
         lun = self.luns[srb.lun] if ours and srb.lun < len(self.luns) else None
-        if ours and srb.cdb[:1] == bytes([p.Op.REPORT_LUNS]):
+        cdb = srb.cdb   # 1..CDB_SIZE bytes: _check_srb saw to it
+        if ours and cdb[0] == p.Op.REPORT_LUNS:
             # The target answers REPORT LUNS, whichever LUN it is sent to (a guest asks LUN 0
             # even when no disk is there).
             lun = None
-            command = report_luns(srb.cdb, [i for i, u in enumerate(self.luns) if u is not None],
+            command = report_luns(cdb, [i for i, u in enumerate(self.luns) if u is not None],
                                   srb.data_transfer_length)
         elif lun is None:
             self._complete(trans_id, srb, ScsiResult(p.ScsiStatus.GOOD, SrbStatus.INVALID_LUN))
             return
         else:
-            command = lun.target.decode(srb.cdb, srb.data_transfer_length)
+            command = lun.target.decode(cdb, srb.data_transfer_length)
         if isinstance(command, ScsiResult):
             self._complete(trans_id, srb, command)
             return
