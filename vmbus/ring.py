@@ -31,8 +31,10 @@ copy. The first inconsistency marks the ring broken: RingCorrupt is raised, and 
 raises it again. Nothing but a RingError (or a ValueError/TypeError for a caller's own bad
 arguments) leaves this module.
 
-`write`/`read` are the pure-Python reference, one packet at a time; `write_batch`/`read_batch`
-do the same through the C fast path (native/ring.c), which follows this module check for check.
+`write`/`read` are the pure-Python reference, one packet at a time; `write_packet` (one packet)
+and `write_batch`/`read_batch` (many) do the same through the C fast path (native/ring.c), which
+follows this module check for check, in one crossing per call, copying each payload once into
+the ring and once out of it.
 """
 from __future__ import annotations
 
