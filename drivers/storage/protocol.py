@@ -390,7 +390,7 @@ def decode_gpa_direct(header) -> tuple[GpaRange, ...]:
         if end > len(data):
             raise StorError(f"range {i} needs {n} PFNs; the header ends first")
         pfns = struct.unpack_from(f"<{n}Q", data, pos + 8)
-        if any(pfn > MAX_PFN for pfn in pfns):
+        if max(pfns) > MAX_PFN:   # n >= 1: byte_count is not 0
             raise StorError(f"range {i} names a PFN beyond {MAX_PFN:#x}")
         ranges.append(GpaRange(byte_count, byte_offset, pfns))
         pos = end
