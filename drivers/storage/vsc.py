@@ -48,7 +48,7 @@ from drivers.storage.protocol import (
     BLOCK_SIZE, PKT_GPA_DIRECT, NtStatus, Operation, ScsiRequest, SrbStatus, StorError,
 )
 from hypervisor.quantities import parse_duration
-from vmbus.protocol import PAGE_SIZE, GpaRange
+from vmbus.protocol import PAGE_SIZE
 from vmbus.ring import FLAG_COMPLETION_REQUESTED, PKT_COMP, PKT_DATA_INBAND, Packet, RingError, RingFull
 
 INIT_TRANS_ID = (1 << 64) - 3  # Linux's VMBUS_RQST_INIT: init requests never collide with I/O ids
