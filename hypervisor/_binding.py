@@ -886,3 +886,141 @@ def hv_vhd_write(disk: VhdDisk, offset: int, data) -> tuple[int, int]:
     with ffi.from_buffer("uint8_t[]", data) as src:
         rc = lib.hv_vhd_write(disk._c, offset, src, len(src), disk._done)
     return rc, disk._done[0]
+
+
+def hv_partitions_run_time_into(h, ids, out, count: int) -> int:
+    """hv_partitions_run_time over cffi arrays the caller keeps (`ids` uint64_t[count], `out`
+    uint64_t[count], UINT64_MAX for an id that names no partition): no Python object per
+    partition, for owners that sample many partitions often. Returns how many were found."""
+    return lib.hv_partitions_run_time(h, ids, count, out)
+
+
+# --- storvsc's per-I/O path (native/storvsc.c) ------------------------------------------------
+# drivers/storage/vsc.py is the only caller; vmbus.ring's write_call/read_call supply the ring
+# (a RingPin, or any writable buffer) and do the ring end's checks and bookkeeping around these.
+
+
+class StorvscBuffers:
+    """What one storvsc keeps for the calls below: its bounce pages pinned (a RingPin over their
+    view), their GPA page numbers as a uint64_t[], and the completion scratch and records for a
+    ring of `ring_len` bytes (a read never holds more than the ring)."""
+
+    __slots__ = ("bounce", "pfns", "pool_pages", "scratch", "scratch_bytes", "done", "done_bytes",
+                 "done_cap", "result")
+
+    def __init__(self, bounce: RingPin, pfns: list[int], ring_len: int):
+        self.bounce = bounce
+        self.pfns = ffi.new("uint64_t[]", pfns)
+        self.pool_pages = min(len(pfns), bounce.len // 4096)
+        self.scratch = _alloc_uninit("uint8_t[]", ring_len)
+        self.scratch_bytes = ffi.buffer(self.scratch)
+        self.done_cap = ring_len - ring_len % lib.HV_STORVSC_DONE_SIZE
+        self.done = _alloc_uninit("uint8_t[]", max(self.done_cap, 1))
+        self.done_bytes = ffi.buffer(self.done)
+        self.result = ffi.new("struct hv_storvsc_result *")
+
+
+def hv_storvsc_submit(ring, bufs: StorvscBuffers, trans_id: int, lun: int, data_in: int,
+                      length: int, first_page: int, cdb: bytes, data: bytes) -> tuple[int, int, int]:
+    """One EXECUTE_SRB through bounce pages first_page.. (OutgoingRing.write_call's `call`):
+    (1 written or 0 if it does not fit now, signal, the write_index left published). Raises
+    ValueError for arguments C refuses (nothing written, bounce pages untouched) and
+    RingCorruptError for a bad ring."""
+    result = _ring_result
+    bounce = bufs.bounce
+    try:
+        if type(ring) is RingPin:
+            rc = lib.hv_storvsc_submit(ring.ptr, ring.len, bounce.ptr, bounce.len, bufs.pfns,
+                                       bufs.pool_pages, trans_id, lun, data_in, length, first_page,
+                                       cdb, len(cdb), data, len(data), result)
+        else:
+            with ffi.from_buffer("uint8_t[]", ring, require_writable=True) as buf:
+                rc = lib.hv_storvsc_submit(buf, len(buf), bounce.ptr, bounce.len, bufs.pfns,
+                                           bufs.pool_pages, trans_id, lun, data_in, length,
+                                           first_page, cdb, len(cdb), data, len(data), result)
+    except OverflowError as exc:
+        raise ValueError(f"SRB field out of range: {exc}") from None
+    return _ring_check(rc) if rc < 0 else rc, bool(result.signal), result.index
+
+
+def hv_storvsc_complete(ring, capacity: int, bufs: StorvscBuffers):
+    """Every packet in the ring, read and decoded in one crossing (IncomingRing.read_call's
+    `call`): (count, signal, the read_index left published, (records, packets)), `records` the
+    24-byte completion records (native/api/storvsc.h) and `packets` what was read, as
+    hv_ring_read_batch's records; both bytes of their own (a completion's callback may read the
+    ring again before the caller is done with them)."""
+    result = bufs.result
+    if type(ring) is RingPin:
+        rc = lib.hv_storvsc_complete(ring.ptr, ring.len, bufs.scratch, capacity, bufs.done,
+                                     bufs.done_cap, result)
+    else:
+        with ffi.from_buffer("uint8_t[]", ring, require_writable=True) as buf:
+            rc = lib.hv_storvsc_complete(buf, len(buf), bufs.scratch, capacity, bufs.done,
+                                         bufs.done_cap, result)
+    count = _ring_check(rc) if rc < 0 else rc
+    return (count, bool(result.signal), result.index,
+            (bufs.done_bytes[:result.records * 24], bufs.scratch_bytes[:result.out_used]))
+
+
+# --- storvsp's data plane (native/storvsp.h) -------------------------------------------------
+
+
+class StorvspPlane:
+    """`struct hv_storvsp`: one storvsp channel's READ/WRITE path in C. `luns[i]` is the C view
+    of LUN i (its medium's timeline and counters, read and written in place); set_lun points it
+    at a VhdDisk, which this object keeps alive while C may use it."""
+
+    def __init__(self, h, child_id: int, max_outstanding: int, max_transfer: int, latency: int,
+                 bandwidth: int, nluns: int) -> None:
+        c = lib.hv_storvsp_create(h, child_id, max_outstanding, max_transfer, latency, bandwidth, nluns)
+        if c == ffi.NULL:
+            raise ValueError("hv_storvsp_create refused its arguments (or memory ran out)")
+        self._c = ffi.gc(c, lib.hv_storvsp_destroy)
+        self.luns = self._c.luns
+        self._disks: list = [None] * nluns
+        self._slots = ffi.new("uint32_t[]", max_outstanding)
+        self._dues = ffi.new("uint64_t[]", max_outstanding)
+        self._used = ffi.new("size_t *")
+        self.done = ffi.new("struct hv_storvsp_done *")
+
+    @property
+    def completed(self) -> int:
+        return self._c.completed
+
+    def set_lun(self, lun: int, disk: VhdDisk | None, blocks: int, read_only: bool) -> None:
+        """LUN `lun` is served from `disk` (None: present, but every request goes to Python)."""
+        entry = self.luns[lun]
+        entry.present, entry.blocks, entry.read_only = 1, blocks, 1 if read_only else 0
+        entry.disk = ffi.NULL if disk is None else disk._c
+        self._disks[lun] = disk
+
+    def submit(self, records, count: int, now: int, others: int) -> tuple[int, int, list, list]:
+        """hv_storvsp_submit: (packets taken, bytes of records they took, their slots, their due
+        times)."""
+        with ffi.from_buffer("uint8_t[]", records) as buf:
+            taken = lib.hv_storvsp_submit(self._c, buf, len(buf), count, now, others, self._slots,
+                                          self._dues, self._used)
+        if not taken:
+            return 0, 0, [], []
+        return taken, self._used[0], ffi.unpack(self._slots, taken), ffi.unpack(self._dues, taken)
+
+    def complete(self, slot: int, ring) -> int:
+        """hv_storvsp_complete into `ring` (a RingPin, or None: the completion is left in
+        done.packet for the caller to send)."""
+        if ring is None:
+            return lib.hv_storvsp_complete(self._c, slot, ffi.NULL, 0, self.done)
+        return lib.hv_storvsp_complete(self._c, slot, ring.ptr, ring.len, self.done)
+
+    def request(self, slot: int):
+        """The request in `slot` (struct hv_storvsp_req, read in place)."""
+        return self._c.reqs[slot]
+
+    def release(self, slot: int) -> None:
+        lib.hv_storvsp_release(self._c, slot)
+
+    def close(self) -> None:
+        """Free the C side now (nothing may be called afterwards)."""
+        if self._c is not None:
+            ffi.release(self._c)
+            self._c = None
+            self._disks = []

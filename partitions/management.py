@@ -97,7 +97,13 @@ class ManagedHost:
         # parent's VMBus service and the devices log goes to the event log with the VM's name.
         self.events = HostEvents(event_log, self._vm_name, self.vmbus)
         self._names: dict[int, str] = {}          # partition id -> VM name (kept after the partition goes)
-        self._cpu: dict[str, deque] = {}          # VM -> (time, CPU time) samples of the last CPU_WINDOW
+        # CPU samples of the last CPU_WINDOW, every VM at once: (time, layout, run times), where
+        # run times is a cffi array the core filled (one crossing, no Python object per VM) and
+        # layout the (partition ids, earlier incarnations' CPU time) it was read with. A layout
+        # changes only when some VM changes state (_state_changed), so a sample costs O(1)
+        # Python however many VMs there are; the per-VM figure is worked out when looked at.
+        self._cpu: deque = deque()
+        self._cpu_layout = None                   # the current layout; None: make it afresh
         self.host.on_guest_error = self._guest_crashed
         self.vmbus.on_log = self.events.from_vmbus
         # A child the VMBus service had to stop serving crashes; the service tells it from its
@@ -125,6 +131,8 @@ class ManagedHost:
             self.vms[plan.config.name] = self._make_vm(plan)
         for vm in self.vms.values():
             vm.on_event = self._vm_event   # checkpoint and saved-state files, into the event log
+        self._cpu_vms = {name: i for i, name in enumerate(self.vms)}   # VM -> its index in a sample
+        self._cpu.append((0, self._layout(), _binding.ffi.new("uint64_t[]", max(1, len(self.vms)))))
         self.timeline = sorted(config.timeline, key=lambda a: a.time)  # stable: file order at equal times
         for at in self.timeline:
             if at.action not in SUPPORTED_ACTIONS:
@@ -247,6 +255,7 @@ class ManagedHost:
         raise ValueError(f"vm {cfg.name!r}: workload {w!r} has no runner")
 
     def _state_changed(self, vm: VirtualMachine, old: VmState, new: VmState) -> None:
+        self._cpu_layout = None   # its partition or its earlier incarnations' CPU time may have changed
         if vm.partition is not None:
             self._names[vm.partition.id] = vm.name
         if new is VmState.RUNNING and vm.stack is not None and self.events.enabled:
@@ -350,26 +359,39 @@ class ManagedHost:
                          "Status": s["reason"] or status})
         return rows
 
+    def _layout(self) -> tuple:
+        """(partition ids, earlier incarnations' CPU time) of every VM in sample order: id 0 names
+        no partition (a VM that is Off), whose figure is then its earlier CPU time alone."""
+        vms = self.vms.values()
+        ids = _binding.ffi.new("uint64_t[]", [vm.partition.id if vm.partition is not None else 0 for vm in vms] or [0])
+        return ids, [vm._run_time_before for vm in vms]
+
     def _sample_cpu(self) -> None:
+        """Read every VM's partition's CPU time in one crossing into a fresh array (O(VMs) in C,
+        O(1) in Python), and drop the samples older than the window needs."""
         now = self.host.now
-        due = [vm for vm in self.vms.values() if self._cpu.setdefault(vm.name, deque([(0, 0)]))[-1][0] < now]
-        # Every running VM's partition in one crossing: a partition-info dict per VM every 100 ms
-        # was a large share of an idle host of 1,024 VMs. The figure is VirtualMachine.run_time_ns's:
-        # earlier incarnations' CPU time plus the live partition's.
-        live = [vm for vm in due if vm.partition is not None]
-        times = _binding.hv_partitions_run_time(self.host._h, [vm.partition.id for vm in live])
-        now_ns = {vm.name: t for vm, t in zip(live, times) if t is not None}
-        for vm in due:
-            t = now_ns.get(vm.name)
-            self._cpu[vm.name].append((now, vm.run_time_ns() if t is None else vm._run_time_before + t))
-        for vm in self.vms.values():
-            samples = self._cpu[vm.name]
-            # Keep the newest sample at least a window old, and the ones after it.
-            while len(samples) > 2 and samples[1][0] <= now - CPU_WINDOW_NS:
-                samples.popleft()
+        if self._cpu[-1][0] >= now:
+            return
+        if self._cpu_layout is None:
+            self._cpu_layout = self._layout()
+        ids, _ = layout = self._cpu_layout
+        times = _binding.ffi.new("uint64_t[]", len(ids))
+        _binding.hv_partitions_run_time_into(self.host._h, ids, times, len(self.vms))
+        self._cpu.append((now, layout, times))
+        # Keep the newest sample at least a window old, and the ones after it.
+        while len(self._cpu) > 2 and self._cpu[1][0] <= now - CPU_WINDOW_NS:
+            self._cpu.popleft()
+
+    def _cpu_sample(self, vm: VirtualMachine, k: int) -> tuple[int, int]:
+        """(time, CPU time) of `vm` in the k-th sample kept (-1: the newest): the figure of
+        VirtualMachine.run_time_ns, earlier incarnations' CPU time plus the live partition's."""
+        now, (_, before), times = self._cpu[k]
+        i = self._cpu_vms[vm.name]
+        t = times[i]
+        return now, before[i] + (0 if t == _NO_PARTITION else t)
 
     def _cpu_usage(self, vm: VirtualMachine) -> float:
-        (t0, cpu0), (t1, cpu1) = self._cpu[vm.name][0], self._cpu[vm.name][-1]
+        (t0, cpu0), (t1, cpu1) = self._cpu_sample(vm, 0), self._cpu_sample(vm, -1)
         return 100.0 * (cpu1 - cpu0) / (t1 - t0) / self.host.logical_processors if t1 > t0 else 0.0
 
     def measure(self) -> list[dict[str, Any]]:
@@ -419,6 +441,7 @@ class ManagedHost:
             sw.stop_capture()
 
 
+_NO_PARTITION = 0xFFFF_FFFF_FFFF_FFFF   # hv_partitions_run_time's figure for an id that names none
 _TURN_OFF_FROM = (VmState.RUNNING, VmState.PAUSED, VmState.STOPPING, VmState.SAVED)
 
 
