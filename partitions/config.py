@@ -1,6 +1,9 @@
-"""Host configuration files: load a TOML host description into `partitions.config_schema`
-dataclasses (checking everything, with errors that name the file and the key), the built-in
-default host, and `dump` back to TOML.
+"""Host configuration files: load a TOML host description — or a datacenter of hosts and links —
+into `partitions.config_schema` dataclasses (checking everything, with errors that name the file
+and the key), the built-in default host, and `dump` back to TOML.
+
+A file with `[host]` describes one host and loads to a Config; a file with `[[host]]` tables
+describes a datacenter and loads to a DatacenterConfig (a Config per host, the links, the seed).
 
     config = load("web.toml")          # or loads(text, file=..., base_dir=...), from_dict(data, ...)
     config = default_config(workdir)   # what `hvsim run` uses without a file
@@ -17,6 +20,7 @@ import difflib
 import ipaddress
 import os
 import re
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -26,17 +30,18 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
     import tomli as tomllib  # type: ignore[no-redef]
 
 from hypervisor.host import COSTS, SCHEDULERS
-from hypervisor.quantities import AmbiguousSizeError, parse_duration, parse_size
+from hypervisor.quantities import AmbiguousSizeError, parse_duration, parse_rate, parse_size
 from partitions.config_schema import (
     ACTIONS, CHECKPOINT_ACTIONS, DEVICES_WITH_KEYS, DISK_TYPES, GIB, INTEGRATION_SERVICES, MAX_DISKS, MAX_NICS, MIB,
-    MS, SWITCH_TYPES, WORKLOADS, AtConfig, Config, ConfigError, CpuBurnWorkload, CpuConfig, DeviceConfig,
-    DiskConfig, DiskIoWorkload, HostConfig,
+    MS, SWITCH_TYPES, WORKLOADS, AtConfig, Config, ConfigError, CpuBurnWorkload, CpuConfig, DatacenterConfig,
+    DatacenterHostConfig, DeviceConfig, DiskConfig, DiskIoWorkload, HostConfig, LinkConfig,
     IdleWorkload, IntegrationServices, MemoryCounterWorkload, NetRequestResponseWorkload, NicConfig, PythonWorkload,
     SwitchConfig,
     VmConfig, dump, format_duration, format_size_exact, generated_mac, show,
 )
 
-__all__ = ["ConfigError", "Config", "load", "loads", "from_dict", "default_config", "dump", "DEFAULT_TOML"]
+__all__ = ["ConfigError", "Config", "DatacenterConfig", "load", "loads", "from_dict", "default_config", "dump",
+           "DEFAULT_TOML"]
 
 _REQUIRED = object()
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -59,13 +64,20 @@ _KEYS = {
     "nic": ("switch", "vlan", "mac", "ip", "gateway"),
     "switch": ("name", "type"),
     "at": ("time", "action", "vm", "name"),
+    "datacenter file": ("datacenter", "host", "link", "at"),
+    "datacenter": ("seed",),
+    "datacenter host": ("name", "logical_processors", "smt", "memory", "scheduler", "seed", "costs", "vm",
+                        "switch"),
+    "link": ("hosts", "bandwidth", "latency"),
 }
+_BITS = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([kKmMgGtT]?)(?:bit/s|bps)\s*")
+MAX_BANDWIDTH = 100 * 10**12       # bits per second
 _WORKLOAD_KEYS = {kind: ("kind",) + tuple(f.name for f in dataclasses.fields(cls)) for kind, cls in WORKLOADS.items()}
 
 
 # ---- entry points --------------------------------------------------------------------------------
 
-def load(path: str | os.PathLike) -> Config:
+def load(path: str | os.PathLike) -> Config | DatacenterConfig:
     """Load a configuration file; relative disk paths resolve against its directory."""
     import stat
     path = Path(path)
@@ -90,10 +102,15 @@ def load(path: str | os.PathLike) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), None, "UTF-8 text", f"byte {exc.object[exc.start]:#04x} at offset {exc.start}") \
             from None
-    return dataclasses.replace(loads(text, file=str(path), base_dir=path.parent), path=path)
+    config = loads(text, file=str(path), base_dir=path.parent)
+    if isinstance(config, DatacenterConfig):   # each host's errors name the file too
+        hosts = tuple(dataclasses.replace(h, config=dataclasses.replace(h.config, path=path)) for h in config.hosts)
+        return dataclasses.replace(config, hosts=hosts, path=path)
+    return dataclasses.replace(config, path=path)
 
 
-def loads(text: str, *, file: str = "<string>", base_dir: str | os.PathLike | None = None) -> Config:
+def loads(text: str, *, file: str = "<string>", base_dir: str | os.PathLike | None = None
+          ) -> Config | DatacenterConfig:
     """Load configuration text; `file` names it in errors, `base_dir` (default: the current
     directory) is where relative disk paths point."""
     try:
@@ -112,7 +129,8 @@ def loads(text: str, *, file: str = "<string>", base_dir: str | os.PathLike | No
     return from_dict(data, file=file, base_dir=base_dir)
 
 
-def from_dict(data: dict[str, Any], *, file: str = "<dict>", base_dir: str | os.PathLike | None = None) -> Config:
+def from_dict(data: dict[str, Any], *, file: str = "<dict>", base_dir: str | os.PathLike | None = None
+              ) -> Config | DatacenterConfig:
     """Check and convert a parsed TOML document (dicts, lists and TOML scalars)."""
     base = Path(os.path.abspath(base_dir if base_dir is not None else Path.cwd()))
     return _Reader(file, base).config(data)
@@ -245,7 +263,13 @@ class _Reader:
         return n
 
     # -- the document --
-    def config(self, data: Any) -> Config:
+    def config(self, data: Any) -> Config | DatacenterConfig:
+        if isinstance(data, dict) and isinstance(data.get("host"), list):
+            return self.datacenter(data)
+        for name in ("link", "datacenter"):
+            if isinstance(data, dict) and name in data:
+                self.fail(name, "[[host]] tables, each with a name, to be a datacenter file (this file's [host] "
+                          "makes it a single-host one)", f"[[{name}]]" if name == "link" else f"[{name}]")
         self.table(data, "", _KEYS[""])
         host = self.host(data.get("host", {}))
         switches = tuple(self.switch(t, key) for key, t in self.tables(data, "", "switch"))
@@ -255,18 +279,100 @@ class _Reader:
         _Checks(self, host, vms, switches, timeline, [t for _, t in vm_tables]).run()
         return Config(host, tuple(self.assign_macs(vms)), switches, timeline)
 
-    def host(self, value: Any) -> HostConfig:
-        t, key = self.table(value, "host", _KEYS["host"]), "host"
+    def host(self, value: Any, key: str = "host") -> HostConfig:
+        t = self.table(value, key, _KEYS["host"])
         lps = self.integer(t, key, "logical_processors", 1, 1024, 4)
         smt = self.integer(t, key, "smt", 1, 8, 1)
         if lps % smt:
-            self.fail("host.smt", f"a number of threads per core that divides logical_processors ({lps})", show(smt))
+            self.fail(f"{key}.smt", f"a number of threads per core that divides logical_processors ({lps})", show(smt))
         memory = self.size(t, key, "memory", 256 * 1024, MAX_HOST_MEMORY, 4096, "16GiB", 4 * GIB)
         scheduler = self.string(t, key, "scheduler", "classic", choices=tuple(SCHEDULERS))
         seed = self.integer(t, key, "seed", 0, MAX_SEED, None) if "seed" in t else None
-        costs = self.table(t.get("costs", {}), "host.costs", tuple(COSTS))
-        costs = {name: self.duration(costs, "host.costs", name, positive=True) for name in costs}
+        costs = self.table(t.get("costs", {}), f"{key}.costs", tuple(COSTS))
+        costs = {name: self.duration(costs, f"{key}.costs", name, positive=True) for name in costs}
         return HostConfig(lps, smt, memory, scheduler, seed, costs)
+
+    def datacenter(self, data: dict) -> DatacenterConfig:
+        """A datacenter file: [datacenter], [[host]] tables each with its own [[host.vm]] and
+        [[host.switch]] tables, [[link]] tables joining two hosts, and one [[at]] timeline whose
+        entries name VMs of any host."""
+        for name in ("vm", "switch"):
+            if name in data:
+                self.fail(name, f"each [[{name}]] under the [[host]] it belongs to, as [[host.{name}]] (this is a "
+                          "datacenter file: it has [[host]] tables)", f"a top-level [[{name}]]")
+        self.table(data, "", _KEYS["datacenter file"])
+        dc = self.table(data.get("datacenter", {}), "datacenter", _KEYS["datacenter"])
+        seed = self.integer(dc, "datacenter", "seed", 0, MAX_SEED, None) if "seed" in dc else None
+        read = []   # (key, name, HostConfig, switches, vms, vm tables) per [[host]]
+        for key, t in self.tables(data, "", "host"):
+            self.table(t, key, _KEYS["datacenter host"])
+            name = self.string(t, key, "name", pattern=_NAME, expected=_NAME_EXPECTED)
+            host = self.host({k: v for k, v in t.items() if k in _KEYS["host"]}, key)
+            switches = tuple(self.switch(s, k) for k, s in self.tables(t, key, "switch"))
+            vm_tables = self.tables(t, key, "vm")
+            read.append((key, name, host, switches, [self.vm(v, k, host) for k, v in vm_tables],
+                         [v for _, v in vm_tables]))
+        if not read:
+            self.fail("host", "at least one [[host]] table", "none")
+        names = tuple(name for _, name, *_ in read)
+        _unique(self, [(f"{key}.name", name) for key, name, *_ in read], "a host name")
+        _unique(self, [(f"{key}.vm[{j}].name", vm.name) for key, _, _, _, vms, _ in read
+                       for j, vm in enumerate(vms)], "a VM name (VM names are the datacenter's)")
+        _unique(self, [(f"{key}.vm[{j}].disks[{k}].path", str(d.path)) for key, _, _, _, vms, _ in read
+                       for j, vm in enumerate(vms) for k, d in enumerate(vm.disks)], "a disk path")
+        links = tuple(self.link(t, key, names) for key, t in self.tables(data, "", "link"))
+        _unique(self, [(f"link[{i}].hosts", tuple(sorted(link.hosts))) for i, link in enumerate(links)],
+                "a pair of hosts (one link joins two hosts)")
+        timeline = tuple(self.at(t, key) for key, t in self.tables(data, "", "at"))
+        where = {vm.name: name for _, name, _, _, vms, _ in read for vm in vms}
+        for i, at in enumerate(timeline):
+            if at.vm not in where:
+                self.fail(f"at[{i}].vm", "the name of a VM of one of the hosts", show(at.vm),
+                          _suggest(at.vm, tuple(where)))
+        hosts = []
+        for key, name, host, switches, vms, vm_tables in read:
+            mine = [i for i, at in enumerate(timeline) if where[at.vm] == name]
+            own = tuple(timeline[i] for i in mine)
+            _Checks(self, host, vms, switches, own, vm_tables, prefix=f"{key}.", at_keys=[f"at[{i}]" for i in mine]).run()
+            hosts.append(DatacenterHostConfig(name, Config(host, tuple(self.assign_macs(vms)), switches, own)))
+        return DatacenterConfig(tuple(hosts), links, timeline, seed)
+
+    def link(self, value: dict, key: str, hosts: tuple[str, ...]) -> LinkConfig:
+        t = self.table(value, key, _KEYS["link"])
+        expected = 'the names of the two hosts it joins, such as ["a", "b"]'
+        ends, _ = self._get(t, key, "hosts", _REQUIRED, expected)
+        if not (isinstance(ends, list) and len(ends) == 2 and all(isinstance(h, str) for h in ends)):
+            self.fail(f"{key}.hosts", expected, show(ends))
+        for j, name in enumerate(ends):
+            if name not in hosts:
+                self.fail(f"{key}.hosts[{j}]", f"the name of a [[host]] ({_one_of(hosts)})", show(name),
+                          _suggest(name, hosts))
+        if ends[0] == ends[1]:
+            self.fail(f"{key}.hosts", "two different hosts (a link joins a host to another one)", show(ends))
+        return LinkConfig((ends[0], ends[1]), self.bandwidth(t, key, "bandwidth"),
+                          self.duration(t, key, "latency", positive=True))
+
+    def bandwidth(self, t: dict, key: str, name: str) -> int:
+        """Bits per second: "10Gbit/s", "100Mbit/s", "1Gbps" (SI prefixes, as links are quoted), or a
+        byte rate as hypervisor.quantities.parse_rate reads it ("1.25GB/s"). A bare number is
+        refused: bits or bytes is the first thing a reader of a link would ask."""
+        expected = (f'a bandwidth with a unit from 1kbit/s to 100Tbit/s, such as "10Gbit/s", "100Mbit/s" or '
+                    f'"1.25GB/s"')
+        value, _ = self._get(t, key, name, _REQUIRED, expected)
+        bits = None
+        if isinstance(value, str):
+            m = _BITS.fullmatch(value)
+            try:
+                if m:
+                    n = Fraction(m.group(1)) * 1000 ** " kmgt".index(m.group(2).lower() or " ")
+                    bits = int(n) if n.denominator == 1 else None
+                elif value.strip().endswith("B/s"):
+                    bits = 8 * parse_rate(value, name)
+            except ValueError:
+                bits = None
+        if bits is None or not 1000 <= bits <= MAX_BANDWIDTH:
+            self.fail(_path(key, name), expected, show(value))
+        return bits
 
     def vm(self, value: dict, key: str, host: HostConfig) -> VmConfig:
         t = self.table(value, key, _KEYS["vm"])
@@ -469,18 +575,35 @@ class _Reader:
         return out
 
 
+def _unique(r: _Reader, items: list[tuple[str, Any]], what: str) -> None:
+    """Refuse the second of two equal values: items are (key, value) in file order."""
+    seen: dict[Any, str] = {}
+    for key, value in items:
+        if value in seen:
+            r.fail(key, f"{what} used once", f"{show(value)} (also at {seen[value]})")
+        seen[value] = key
+
+
 class _Checks:
     """What ties the tables together; each finding names the key that should change."""
 
     def __init__(self, r: _Reader, host: HostConfig, vms: list[VmConfig], switches: tuple[SwitchConfig, ...],
-                 timeline: tuple[AtConfig, ...], vm_tables: list[dict]) -> None:
+                 timeline: tuple[AtConfig, ...], vm_tables: list[dict], *, prefix: str = "",
+                 at_keys: list[str] | None = None) -> None:
         self.r, self.host, self.vms, self.switches, self.timeline = r, host, vms, switches, timeline
         self.vm_tables = vm_tables
+        # In a datacenter file the host's tables are host[i].vm[j] and host[i].switch[j], and its
+        # timeline is the [[at]] entries naming its VMs: at_keys[k] is the key of its k-th one.
+        self.p = prefix
+        self._at_keys = at_keys
+
+    def at_key(self, i: int) -> str:
+        return self._at_keys[i] if self._at_keys is not None else f"at[{i}]"
 
     def run(self) -> None:
-        self.unique([(f"switch[{i}].name", s.name) for i, s in enumerate(self.switches)], "a switch name")
-        self.unique([(f"vm[{i}].name", v.name) for i, v in enumerate(self.vms)], "a VM name")
-        self.unique([(f"vm[{i}].disks[{j}].path", str(d.path)) for i, v in enumerate(self.vms)
+        self.unique([(f"{self.p}switch[{i}].name", s.name) for i, s in enumerate(self.switches)], "a switch name")
+        self.unique([(f"{self.p}vm[{i}].name", v.name) for i, v in enumerate(self.vms)], "a VM name")
+        self.unique([(f"{self.p}vm[{i}].disks[{j}].path", str(d.path)) for i, v in enumerate(self.vms)
                      for j, d in enumerate(v.disks)], "a disk path")
         self.network()
         self.disks()
@@ -489,11 +612,7 @@ class _Checks:
         self.timeline_entries()
 
     def unique(self, items: list[tuple[str, Any]], what: str) -> None:
-        seen: dict[Any, str] = {}
-        for key, value in items:
-            if value in seen:
-                self.r.fail(key, f"{what} used once", f"{show(value)} (also at {seen[value]})")
-            seen[value] = key
+        _unique(self.r, items, what)
 
     def network(self) -> None:
         names = tuple(s.name for s in self.switches)
@@ -501,7 +620,7 @@ class _Checks:
         ips: dict[tuple[str, int, Any], str] = {}
         for i, vm in enumerate(self.vms):
             for j, nic in enumerate(vm.nics):
-                key = f"vm[{i}].nics[{j}]"
+                key = f"{self.p}vm[{i}].nics[{j}]"
                 if nic.switch not in names:
                     self.r.fail(f"{key}.switch", "the name of a [[switch]]" + (f" ({_one_of(names)})" if names else
                                 " (this file has none)"), show(nic.switch), _suggest(nic.switch, names))
@@ -523,7 +642,7 @@ class _Checks:
             for j, d in enumerate(vm.disks):
                 if (d.parent is not None and d.parent not in paths and not os.path.exists(d.parent)
                         and not os.path.exists(d.path)):
-                    self.r.fail(f"vm[{i}].disks[{j}].parent", "an existing VHD or another disk of this file",
+                    self.r.fail(f"{self.p}vm[{i}].disks[{j}].parent", "an existing VHD or another disk of this file",
                                 show(self.vm_tables[i]["disks"][j]["parent"]))
 
     def workloads(self) -> None:
@@ -531,7 +650,7 @@ class _Checks:
         for i, vm in enumerate(self.vms):
             single = isinstance(self.vm_tables[i].get("workload"), dict)
             for j, w in enumerate(vm.workloads):
-                key = f"vm[{i}].workload" + ("" if single else f"[{j}]")
+                key = f"{self.p}vm[{i}].workload" + ("" if single else f"[{j}]")
                 if isinstance(w, DiskIoWorkload) and w.disk >= len(vm.disks):
                     self.r.fail(f"{key}.disk", f"the index of one of the VM's {len(vm.disks)} disks", show(w.disk))
                 if isinstance(w, NetRequestResponseWorkload):
@@ -549,24 +668,24 @@ class _Checks:
         for i, vm in enumerate(self.vms):
             reserved += vm.cpu.reserve * vm.processors
             if reserved > 100 * lps:
-                self.r.fail(f"vm[{i}].cpu.reserve",
+                self.r.fail(f"{self.p}vm[{i}].cpu.reserve",
                             f"reserves the host's {lps} logical processors can admit (sum of reserve x processors "
                             f"at most {100 * lps})", f"{vm.cpu.reserve} (the sum reaches {reserved} here)")
             memory += vm.memory
             if memory > self.host.memory:
-                self.r.fail(f"vm[{i}].memory", f"VM memory that fits in the host's {format_size_exact(self.host.memory)}",
+                self.r.fail(f"{self.p}vm[{i}].memory", f"VM memory that fits in the host's {format_size_exact(self.host.memory)}",
                             f"{show(format_size_exact(vm.memory))} (the VMs reach {format_size_exact(memory)} here)")
 
     def timeline_entries(self) -> None:
         vms = {vm.name: vm for vm in self.vms}
         for i, at in enumerate(self.timeline):
             if at.vm not in vms:
-                self.r.fail(f"at[{i}].vm", "the name of a [[vm]]", show(at.vm), _suggest(at.vm, tuple(vms)))
+                self.r.fail(f"{self.at_key(i)}.vm", "the name of a [[vm]]", show(at.vm), _suggest(at.vm, tuple(vms)))
             if at.action == "stop" and not vms[at.vm].integration_services.shutdown:
-                self.r.fail(f"at[{i}].action", f'an action VM "{at.vm}" can take (a graceful stop needs its '
+                self.r.fail(f"{self.at_key(i)}.action", f'an action VM "{at.vm}" can take (a graceful stop needs its '
                             'shutdown integration service; "turn-off" does not)', show(at.action))
             if at.action in CHECKPOINT_ACTIONS and not vms[at.vm].disks:
-                self.r.fail(f"at[{i}].action", f'an action VM "{at.vm}" can take: it has no disk, and checkpoints '
+                self.r.fail(f"{self.at_key(i)}.action", f'an action VM "{at.vm}" can take: it has no disk, and checkpoints '
                             "are of a VM's disks", show(at.action))
         for vm in self.vms:
             self.lifecycle(vm, sorted((at.time, i) for i, at in enumerate(self.timeline) if at.vm == vm.name))
@@ -584,22 +703,22 @@ class _Checks:
             if not states & set(allowed):
                 now = " or ".join(sorted(states, key=_STATE_ORDER.index))
                 needs = " or ".join(allowed) + (f" ({_FIRST[at.action]} first)" if at.action in _FIRST else "")
-                self.r.fail(f"at[{i}].action", f'an action VM "{vm.name}" can take at {_time(time)}, when it is '
+                self.r.fail(f"{self.at_key(i)}.action", f'an action VM "{vm.name}" can take at {_time(time)}, when it is '
                             f"{now} ({since}): {at.action} needs it {needs}", show(at.action))
             if after is not None:
                 states = set(after)
-                since = f"since at[{i}] {at.action}"
+                since = f"since {self.at_key(i)} {at.action}"
             else:
                 states &= set(allowed)
             if at.action == "checkpoint":
                 name = at.name or f"checkpoint-{time // 1_000_000}ms"   # the name the runner gives it
                 if name in checkpoints:
-                    self.r.fail(f"at[{i}].name", f'a checkpoint name VM "{vm.name}" does not have yet',
-                                f"{show(name)} (taken by at[{checkpoints[name]}])")
+                    self.r.fail(f"{self.at_key(i)}.name", f'a checkpoint name VM "{vm.name}" does not have yet',
+                                f"{show(name)} (taken by {self.at_key(checkpoints[name])})")
                 checkpoints[name] = i
             elif at.action in CHECKPOINT_ACTIONS and at.name not in checkpoints:
                 have = ", ".join(show(n) for n in checkpoints) if checkpoints else "none"
-                self.r.fail(f"at[{i}].name", f'the name of a checkpoint VM "{vm.name}" has at {_time(time)}, taken '
+                self.r.fail(f"{self.at_key(i)}.name", f'the name of a checkpoint VM "{vm.name}" has at {_time(time)}, taken '
                             f"by an earlier checkpoint action (it has {have})", show(at.name),
                             _suggest(at.name, tuple(checkpoints)))
             elif at.action == "delete-checkpoint":

@@ -232,6 +232,46 @@ class Config:
         raise LookupError(f"no VM named {name!r} in this configuration")
 
 
+@dataclass(frozen=True)
+class LinkConfig:
+    """A network link between two hosts of a datacenter: full duplex, each direction sending one
+    message at a time at `bandwidth`, each message arriving `latency` after its last bit left."""
+    hosts: tuple[str, str]           # two different DatacenterHostConfig names
+    bandwidth: int                   # bits per second, > 0
+    latency: int                     # ns, > 0 (the datacenter's window is at most the smallest)
+
+
+@dataclass(frozen=True)
+class DatacenterHostConfig:
+    """One host of a datacenter: its name and its own configuration ([host] keys, its VMs and
+    switches, and the [[at]] entries that name its VMs, in file order)."""
+    name: str
+    config: Config
+
+
+@dataclass(frozen=True)
+class DatacenterConfig:
+    """Hosts advancing in one simulated time, joined by links (partitions.datacenter runs it)."""
+    hosts: tuple[DatacenterHostConfig, ...]
+    links: tuple[LinkConfig, ...] = ()
+    timeline: tuple[AtConfig, ...] = ()           # every [[at]], in file order (each host has its own)
+    seed: int | None = None                       # [datacenter] seed; None: the command line's (default 0)
+    path: Path | None = field(default=None, compare=False)
+
+    def host(self, name: str) -> DatacenterHostConfig:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise LookupError(f"no host named {name!r} in this datacenter")
+
+    def host_of(self, vm: str) -> str:
+        """The name of the host VM `vm` is configured on."""
+        for host in self.hosts:
+            if any(v.name == vm for v in host.config.vms):
+                return host.name
+        raise LookupError(f"no VM named {vm!r} in this datacenter")
+
+
 def generated_mac(vm: str, index: int, attempt: int = 0) -> str:
     """The MAC of adapter `index` of `vm` when the configuration gives none: Hyper-V's prefix and
     three bytes of a hash of the name and index, so it is the same on every run. `attempt` > 0
