@@ -1024,3 +1024,131 @@ class StorvspPlane:
             ffi.release(self._c)
             self._c = None
             self._disks = []
+
+
+# --- the network data plane (native/netplane.h) ----------------------------------------------
+# Thin calls for drivers/network/netplane.py, which owns the objects: a switch's table and
+# ports, and each netvsp adapter's sections. The structs are handed out as cdata (their fields
+# are plain integers the caller reads and writes); nothing else of ffi leaves this module.
+
+def hv_np_switch_new(ageing_ns: int, window_ns: int, max_frames_per_window: int, max_macs_per_port: int,
+                     mtu: int):
+    sw = lib.hv_np_switch_new(ageing_ns, window_ns, max_frames_per_window, max_macs_per_port, mtu)
+    if sw == ffi.NULL:
+        raise MemoryError("hv_np_switch_new")
+    return ffi.gc(sw, lib.hv_np_switch_free)
+
+
+def hv_np_port_add(sw) -> int:
+    port = lib.hv_np_port_add(sw)
+    if port < 0:
+        raise MemoryError("hv_np_port_add")
+    return port
+
+
+def hv_np_port_remove(sw, port: int) -> None:
+    lib.hv_np_port_remove(sw, port)
+
+
+def hv_np_port_at(sw, port: int):
+    """The port's struct (valid until the next hv_np_port_add, which may move the array)."""
+    return lib.hv_np_port_at(sw, port)
+
+
+def hv_np_learn(sw, vlan: int, mac: int, port: int, now: int) -> int:
+    return lib.hv_np_learn(sw, vlan, mac, port, now)
+
+
+def hv_np_lookup(sw, vlan: int, mac: int, now: int) -> int:
+    return lib.hv_np_lookup(sw, vlan, mac, now)
+
+
+def hv_np_expire(sw, port: int, now: int) -> None:
+    lib.hv_np_expire(sw, port, now)
+
+
+def hv_np_forget_port(sw, port: int) -> None:
+    lib.hv_np_forget_port(sw, port)
+
+
+def hv_np_mac_entries(sw) -> list[tuple[int, int, int, int]]:
+    """[(vlan, mac as an int, port, seen)] in table order."""
+    n = lib.hv_np_mac_entries(sw, ffi.NULL, 0)
+    out = ffi.new("struct hv_np_mac_entry[]", max(n, 1))
+    n = min(n, lib.hv_np_mac_entries(sw, out, n))
+    return [(e.vlan, e.mac, e.port, e.seen) for e in out[0:n]]
+
+
+def hv_np_adapter_new():
+    a = lib.hv_np_adapter_new()
+    if a == ffi.NULL:
+        raise MemoryError("hv_np_adapter_new")
+    return ffi.gc(a, lib.hv_np_adapter_free)
+
+
+def hv_np_sections_reset(a, count: int) -> None:
+    if lib.hv_np_sections_reset(a, count) != 0:
+        raise MemoryError("hv_np_sections_reset")
+
+
+def hv_np_take(a) -> int:
+    return lib.hv_np_take(a)
+
+
+def hv_np_put_front(a, section: int) -> None:
+    lib.hv_np_put_front(a, section)
+
+
+def hv_np_put_back(a, section: int) -> None:
+    lib.hv_np_put_back(a, section)
+
+
+def hv_np_begin(a, section: int) -> int:
+    return lib.hv_np_begin(a, section)
+
+
+def hv_np_complete(a, trans_id: int) -> int:
+    return lib.hv_np_complete(a, trans_id) if 0 <= trans_id < 1 << 64 else -1
+
+
+def hv_np_free_list(a) -> list[int]:
+    n = a.free_len
+    out = ffi.new("uint32_t[]", max(n, 1))
+    lib.hv_np_free_list(a, out, n)
+    return list(out[0:n])
+
+
+def hv_np_in_flight(a) -> dict[int, int]:
+    n = a.ift_len
+    tids, sections = ffi.new("uint64_t[]", max(n, 1)), ffi.new("uint32_t[]", max(n, 1))
+    n = min(n, lib.hv_np_in_flight(a, tids, sections, n))
+    return dict(zip(tids[0:n], sections[0:n]))
+
+
+def hv_np_attach(a, field: str, pin) -> None:
+    """Point an adapter's `recv`, `send` or `ring` at pinned memory (a RingPin from ring_pin,
+    kept alive by the caller), or at nothing (None)."""
+    ptr, length = (ffi.NULL, 0) if pin is None else (pin.ptr, pin.len)
+    setattr(a, field, ptr)
+    if field == "ring":
+        a.ring_len = length
+
+
+def hv_np_batch_new():
+    return ffi.new("struct hv_np_batch *")
+
+
+def hv_np_forward(sw, a, records, offset: int, max_packets: int, batch) -> int:
+    """Handle packets of a batch's records from `offset` (see native/netplane.h); how many."""
+    with ffi.from_buffer("uint8_t[]", records) as buf:
+        rc = lib.hv_np_forward(sw, a, buf, len(buf), offset, max_packets, batch)
+    if rc < 0:
+        raise ValueError("hv_np_forward: the records are not a ring read's")
+    return rc
+
+
+def hv_np_bind(sw, port: int, adapter) -> None:
+    """Put an adapter (None: none) behind a port; frames for it may then be delivered by C."""
+    c = lib.hv_np_port_at(sw, port)
+    c.adapter = ffi.NULL if adapter is None else adapter
+    c.deliverable = adapter is not None

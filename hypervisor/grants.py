@@ -190,6 +190,12 @@ class VisibleMemory:
     def __init__(self, host: Host, child: Partition | int):
         self._grants, self.child_id = host.grants, _cid(child)
 
+    @property
+    def host_handle(self):
+        """The core's host handle, for a data plane in C that checks and copies through the core
+        (native/storvsp.c) as the calls below do."""
+        return self._grants._host._h
+
     def check(self, gpa_pages, writable: bool = False) -> int | None:
         """The first of `gpa_pages` not host-visible (read-write if `writable`), or None."""
         try:

@@ -6,5 +6,6 @@
 #include "core.h"
 #include "ring.h"
 #include "vhd_io.h"
+#include "netplane.h"
 
 #endif

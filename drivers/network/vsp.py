@@ -50,11 +50,12 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 from drivers.device import Vsp
+from drivers.network import netplane
 from drivers.network import protocol as p
 from drivers.network.frames import BROADCAST, HEADER_LEN, MTU, TAG_LEN, mac_bytes, mac_text
 from drivers.network.protocol import NetError, NvspStatus
 from drivers.network.vswitch import VirtualSwitch, VlanConfig
-from vmbus.ring import FLAG_COMPLETION_REQUESTED, PKT_COMP, PKT_DATA_INBAND, Packet, RingCorrupt, RingFull
+from vmbus.ring import FLAG_COMPLETION_REQUESTED, PKT_COMP, PKT_DATA_INBAND, Packet, PacketBatch, RingCorrupt, RingFull
 
 GUEST_NVSP = frozenset({p.Init, p.SendNdisVersion, p.SendNdisConfig, p.SendReceiveBuffer, p.RevokeReceiveBuffer,
                         p.SendSendBuffer, p.RevokeSendBuffer, p.SendRndisPacket})
@@ -119,8 +120,8 @@ class NetVsp(Vsp):
         return {"version": self.version, "ndis_version": list(self.ndis_version) if self.ndis_version else None,
                 "guest_mtu": self.guest_mtu, "receive": _buffer_record(self.receive),
                 "send": _buffer_record(self.send), "rndis": self.rndis.name, "packet_filter": self.packet_filter,
-                "mac": self.mac.hex(), "vlan": repr(self.vlan), "free_sections": sorted(self._free),
-                "in_flight": sorted(self._in_flight)}
+                "mac": self.mac.hex(), "vlan": repr(self.vlan), "free_sections": sorted(self._sections.free_list()),
+                "in_flight": sorted(self._sections.in_flight())}
 
     def __init__(self, channel, config=None, context=None):
         super().__init__(channel, config, context)
@@ -158,9 +159,10 @@ class NetVsp(Vsp):
         self.send: _Buffer | None = None
         self.stats: Counter[str] = Counter()     # traffic: tx_* from the guest, rx_* to it
         self.refused: Counter[str] = Counter()   # refusals by reason
-        self._free: deque[int] = deque()         # free receive sections
-        self._in_flight: dict[int, int] = {}     # transfer trans_id -> receive section
-        self._next_transfer = 1
+        # Receive sections (free, and in flight by transfer trans_id): in C when the switch has
+        # the C data plane (netplane.AdapterPlane, `_np`), else in Python (netplane.Sections).
+        self._np: netplane.AdapterPlane | None = None
+        self._sections = netplane.Sections()
         self._control: deque[bytes] = deque()    # RNDIS responses waiting for a section
         self._replies: deque[tuple[bytes, int]] = deque()  # (completion payload, trans_id) waiting for ring space
         self._resolve = cfg.get("resolve_gpadl")  # gpadl id -> (view, pfns), from the parent
@@ -199,17 +201,58 @@ class NetVsp(Vsp):
         except (ValueError, TypeError) as exc:
             self.error = f"switch port: {exc}"
             self.context.log("netvsp unusable", error=self.error)
+            return
+        plane = self.switch._plane
+        if plane is not None and self.port.mac is not None and not self.port.allow_mac_spoofing:
+            np = netplane.AdapterPlane(self)
+            if np.pin("ring", self.channel.outgoing._mem):
+                c = np.c
+                c.mac = list(self.mac)
+                c.mtu = self.mtu
+                np.sync_ring(self.channel.outgoing)
+                self._np, self._sections = np, np
+                self.port._np_vsp = self
+                plane.bind(self.port, np)
 
     def on_close(self) -> None:
         if self.port is not None:
             self.port.disconnect()
         self.port = None
         self.receive = self.send = None
-        self._free.clear()
-        self._in_flight.clear()
+        self._sections.reset(0)
         self._control.clear()
         self._replies.clear()
-        self.rndis = RndisState.UNINITIALIZED
+        self._set_rndis(RndisState.UNINITIALIZED)
+        np, self._np = self._np, None
+        if np is not None:
+            for field in ("recv", "send", "ring"):
+                np.pin(field, None)
+            np.c.port = -1
+
+    def _set_rndis(self, state: RndisState) -> None:
+        self.rndis = state
+        if self._np is not None:
+            self._np.c.rndis_ready = state is RndisState.INITIALIZED
+            self._np.c.packet_filter = self.packet_filter
+
+    def _set_buffer(self, what: str, buffer: _Buffer | None) -> None:
+        """Attach (or drop) the receive or send buffer, in C too when the data plane has it."""
+        setattr(self, what, buffer)
+        np = self._np
+        if np is None:
+            return
+        field = "recv" if what == "receive" else "send"
+        if not np.pin(field, None if buffer is None else buffer.view):
+            self._np = None     # memory C cannot hold: this adapter stays on the Python path
+            self._sections = _python_sections(np)
+            self.switch._plane.bind(self.port, None)
+            return
+        c = np.c
+        if what == "receive":
+            c.recv_size, c.recv_count, c.recv_id = (0, 0, 0) if buffer is None else (buffer.size, buffer.count,
+                                                                                      buffer.buffer_id)
+        else:
+            c.send_size, c.send_count = (0, 0) if buffer is None else (buffer.size, buffer.count)
 
     def _refuse(self, reason: str, detail: str) -> None:
         self.refused[reason] += 1
@@ -222,18 +265,45 @@ class NetVsp(Vsp):
         if self.error is not None:
             self.refused["unusable"] += len(packets)   # no port: the guest's bring-up times out
             return
-        for packet in packets:
-            try:
-                if packet.type == PKT_DATA_INBAND or packet.type == p.PKT_DATA_USING_GPA_DIRECT:
-                    self._request(packet)
-                elif packet.type == PKT_COMP:
-                    self._completion(packet)
-                else:
-                    raise NetError("packet_type", f"a guest does not send VMBus packets of type {packet.type}")
-            except NetError as exc:
-                self._refuse(exc.reason, str(exc))
+        if self._np is not None and type(packets) is PacketBatch:
+            self._packets_via_plane(packets)
+        else:
+            for packet in packets:
+                self._packet(packet)
         self._pump_control()
         self._flush_replies()
+
+    def _packet(self, packet: Packet) -> None:
+        try:
+            if packet.type == PKT_DATA_INBAND or packet.type == p.PKT_DATA_USING_GPA_DIRECT:
+                self._request(packet)
+            elif packet.type == PKT_COMP:
+                self._completion(packet)
+            else:
+                raise NetError("packet_type", f"a guest does not send VMBus packets of type {packet.type}")
+        except NetError as exc:
+            self._refuse(exc.reason, str(exc))
+
+    def _packets_via_plane(self, batch: PacketBatch) -> None:
+        """The batch in order: runs of data frames and receive completions in C (netplane.py),
+        each packet C leaves through _packet, as above."""
+        records, count = batch._records, len(batch)
+        offset = done = 0
+        while done < count:
+            switch = self.switch
+            if (self._np is not None and not self._replies and self.port is not None and switch._capture is None
+                    and not switch._delivering):
+                handled, offset = netplane.forward(self, switch._plane, records, offset, count - done)
+                done += handled
+                if done == count:
+                    return
+            packet, offset = netplane.packet_at(records, offset)
+            self._packet(packet)
+            done += 1
+
+    def _reply_success(self, trans_id: int) -> None:
+        """A data packet's completion that the C path could not write (netplane.forward)."""
+        self._reply(p.RndisPacketComplete(NvspStatus.SUCCESS), trans_id)
 
     def _request(self, packet: Packet) -> None:
         message, rest = p.decode_nvsp(packet.payload)
@@ -275,7 +345,9 @@ class NetVsp(Vsp):
             if buffer is None:
                 self._reply(p.ReceiveBufferComplete(NvspStatus.FAIL), packet.trans_id)
                 return
-            self.receive, self._free, self._pages = buffer, deque(range(buffer.count)), None
+            self._set_buffer("receive", buffer)
+            self._sections.reset(buffer.count)
+            self._pages = None
             section = p.Section(0, buffer.size, buffer.count, buffer.size * buffer.count)
             self._reply(p.ReceiveBufferComplete(NvspStatus.SUCCESS, (section,)), packet.trans_id)
         elif kind is p.SendSendBuffer:
@@ -283,19 +355,21 @@ class NetVsp(Vsp):
             if buffer is None:
                 self._reply(p.SendBufferComplete(NvspStatus.FAIL, 0), packet.trans_id)
                 return
-            self.send, self._pages = buffer, None
+            self._set_buffer("send", buffer)
+            self._pages = None
             self._reply(p.SendBufferComplete(NvspStatus.SUCCESS, buffer.size), packet.trans_id)
         elif kind is p.RevokeReceiveBuffer:
             if self.receive is None or message.buffer_id != self.receive.buffer_id:
                 raise NetError("buffer_id", f"no receive buffer {message.buffer_id:#x} to revoke")
-            self.receive, self._pages = None, None
-            self._free.clear()
-            self._in_flight.clear()
+            self._set_buffer("receive", None)
+            self._pages = None
+            self._sections.reset(0)
             self._control.clear()
         else:  # RevokeSendBuffer
             if self.send is None or message.buffer_id != self.send.buffer_id:
                 raise NetError("buffer_id", f"no send buffer {message.buffer_id:#x} to revoke")
-            self.send, self._pages = None, None
+            self._set_buffer("send", None)
+            self._pages = None
 
     def _init(self, packet: Packet, message: p.Init) -> None:
         if self.version is not None:
@@ -306,6 +380,8 @@ class NetVsp(Vsp):
         chosen = next((v for v in self.versions if lo <= v <= hi), None)   # self.versions is newest first
         if chosen is not None:
             self.version, status = chosen, NvspStatus.SUCCESS
+            if self._np is not None:
+                self._np.c.version_ok = 1
         elif hi < min(self.versions):
             status = NvspStatus.PROTOCOL_TOO_OLD
         elif lo > max(self.versions):
@@ -390,11 +466,12 @@ class NetVsp(Vsp):
         if self.receive is None:
             raise NetError("rndis_state", "an RNDIS request before the receive buffer (no way to answer)")
         if isinstance(message, p.RndisInitialize):
-            self.rndis = RndisState.INITIALIZED
+            self._set_rndis(RndisState.INITIALIZED)
             self._respond(p.RndisInitializeComplete(message.req_id, p.RNDIS_STATUS_SUCCESS,
                                                     max_transfer_size=self.section_size))
         elif isinstance(message, p.RndisHalt):
-            self.rndis, self.packet_filter = RndisState.HALTED, 0
+            self.packet_filter = 0
+            self._set_rndis(RndisState.HALTED)
         elif isinstance(message, p.RndisKeepalive):
             self._respond(p.RndisKeepaliveComplete(message.req_id, p.RNDIS_STATUS_SUCCESS))
         elif self.rndis is not RndisState.INITIALIZED:
@@ -442,6 +519,8 @@ class NetVsp(Vsp):
             self._refuse("oid_value", f"packet filter bits {value:#x}")
             return p.RNDIS_STATUS_NOT_SUPPORTED
         self.packet_filter = value
+        if self._np is not None:
+            self._np.c.packet_filter = value
         return p.RNDIS_STATUS_SUCCESS
 
     def _data(self, data: bytes) -> None:
@@ -470,10 +549,10 @@ class NetVsp(Vsp):
         if not isinstance(message, p.RndisPacketComplete):
             raise NetError("completion", f"a guest completes transfers with SEND_RNDIS_PKT_COMPLETE, "
                                          f"not {type(message).__name__}")
-        section = self._in_flight.pop(packet.trans_id, None)
+        section = self._sections.complete(packet.trans_id)
         if section is None:
             raise NetError("completion", f"no transfer {packet.trans_id:#x} is outstanding")
-        self._free.append(section)
+        self._sections.put_back(section)
 
     # -- to the guest ---------------------------------------------------------------------------
 
@@ -482,9 +561,13 @@ class NetVsp(Vsp):
         wiped while Saved), as an adapter that is off drops them. Transfers the guest has not
         completed yet stay in flight; it completes them after the restore."""
         self._quiesced = True
+        if self._np is not None:
+            self._np.c.quiesced = 1
 
     def resume(self) -> None:
         self._quiesced = False
+        if self._np is not None:
+            self._np.c.quiesced = 0
 
     def _from_switch(self, frame: bytes) -> bool:
         """The switch's deliver callback: False when the guest cannot take the frame now."""
@@ -497,12 +580,13 @@ class NetVsp(Vsp):
         if not self._passes_filter(frame):
             self.stats["rx_filtered"] += 1
             return True                          # taken, as a NIC takes what its filter drops
-        if not self._free:
+        if not self._sections.free_count():
             self.stats["rx_no_buffer"] += 1
             return False
         try:
             sent = self._indicate(p.encode_packet(frame), p.CHANNEL_DATA)
         except RingCorrupt:
+            self._ring_broken()
             self.stats["rx_ring_broken"] += 1
             return False
         self.stats["rx_frames" if sent else "rx_ring_full"] += 1
@@ -527,21 +611,35 @@ class NetVsp(Vsp):
         """Copy one RNDIS message into a free receive section and announce it; False if the ring
         is full (the section stays free)."""
         receive = self.receive
-        section = self._free.popleft()
+        sections = self._sections
+        section = sections.take()
         start = section * receive.size
         receive.view[start:start + len(message)] = message
-        trans_id = self._next_transfer
-        self._next_transfer = trans_id + 1 if trans_id < (1 << 63) else 1   # never 0
+        trans_id = sections.begin(section)   # never 0; used up even if the ring is full
         header = p.encode_transfer_pages(receive.buffer_id, [(start, len(message))])
-        self._in_flight[trans_id] = section
         try:
-            self.channel.send(p.encode_nvsp(p.SendRndisPacket(channel)), packet_type=p.PKT_DATA_USING_XFER_PAGES,
-                              trans_id=trans_id, flags=FLAG_COMPLETION_REQUESTED, header=header)
+            self._send(p.encode_nvsp(p.SendRndisPacket(channel)), packet_type=p.PKT_DATA_USING_XFER_PAGES,
+                       trans_id=trans_id, flags=FLAG_COMPLETION_REQUESTED, header=header)
         except RingFull:
-            del self._in_flight[trans_id]
-            self._free.appendleft(section)
+            sections.complete(trans_id)
+            sections.put_front(section)
             return False
         return True
+
+    def _send(self, payload: bytes, **kw) -> None:
+        """channel.send, keeping the C data plane's view of the ring in step."""
+        try:
+            self.channel.send(payload, **kw)
+        except RingCorrupt:
+            self._ring_broken()
+            raise
+        finally:
+            if self._np is not None:
+                self._np.sync_ring(self.channel.outgoing)
+
+    def _ring_broken(self) -> None:
+        if self._np is not None:
+            self._np.c.broken = 1
 
     def _respond(self, message) -> None:
         """Queue an RNDIS response for the guest; it goes out as soon as a section is free."""
@@ -553,7 +651,7 @@ class NetVsp(Vsp):
     def _pump_control(self) -> None:
         # Each item leaves its queue before it is sent: sending may re-enter this side (a peer
         # answering from inside the signal) and must not find it still queued.
-        while self._control and self._free and self.receive is not None:
+        while self._control and self._sections.free_count() and self.receive is not None:
             message = self._control.popleft()
             if not self._indicate(message, p.CHANNEL_CONTROL):
                 self._control.appendleft(message)
@@ -573,7 +671,7 @@ class NetVsp(Vsp):
         while self._replies:
             payload, trans_id = self._replies.popleft()
             try:
-                self.channel.send(payload, packet_type=PKT_COMP, trans_id=trans_id)
+                self._send(payload, packet_type=PKT_COMP, trans_id=trans_id)
             except RingFull:
                 self._replies.appendleft((payload, trans_id))
                 if not self._retry_armed:
@@ -587,5 +685,15 @@ class NetVsp(Vsp):
             self._pump_control()
             self._flush_replies()
         except RingCorrupt:
+            self._ring_broken()
             self.stats["reply_ring_broken"] += 1
             self._replies.clear()
+
+
+def _python_sections(np: netplane.AdapterPlane) -> netplane.Sections:
+    """The same sections, moved from C to Python (an adapter that leaves the C path)."""
+    sections = netplane.Sections()
+    sections._free = deque(np.free_list())
+    sections._in_flight = np.in_flight()
+    sections._next = np.c.next_transfer
+    return sections

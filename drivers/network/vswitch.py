@@ -54,7 +54,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from drivers.network import pcap
+from drivers.network import netplane, pcap
 from drivers.network.frames import (
     HEADER_LEN, MTU, TAG_LEN, TPID_8021Q, VLAN_MAX, VLAN_NONE, VLAN_TPIDS, ZERO_MAC, mac_bytes, mac_text, tag,
 )
@@ -192,6 +192,8 @@ class Port:
         self._queued = 0                  # frames waiting in the switch's delivery FIFO
         self._learned = 0                 # MAC entries pointing at this port
         self._next_expiry = 0             # no entry of this port ages before this time
+        self._np = -1                     # its index in the switch's C data plane (-1: none)
+        self._np_vsp = None               # the netvsp whose AdapterPlane is bound to it
 
     @property
     def connected(self) -> bool:
@@ -211,6 +213,8 @@ class Port:
         the error a previous receiver left."""
         self._deliver = deliver
         self.error = None
+        if self._switch is not None and self._switch._plane is not None:
+            self._switch._plane.undeliverable(self)
 
     def set_vlan(self, config: VlanConfig) -> None:
         """Change the port's VLAN membership; what it had learned is forgotten."""
@@ -219,6 +223,8 @@ class Port:
         if self._switch is not None:
             self._switch._forget_port(self)
         self._vlan = config
+        if self._switch is not None and self._switch._plane is not None:
+            self._switch._plane.set_vlan(self, config)
 
     def disconnect(self) -> None:
         """Leave the switch: its MAC entries and waiting frames go; sending returns False."""
@@ -259,7 +265,8 @@ class Endpoint(Port):
 
 class VirtualSwitch:
     def __init__(self, name: str, kind: SwitchType | str = SwitchType.PRIVATE, *,
-                 now: Callable[[], int], settings: SwitchSettings | None = None) -> None:
+                 now: Callable[[], int], settings: SwitchSettings | None = None,
+                 data_plane: bool | None = None) -> None:
         self.name = name
         self.kind = SwitchType(kind)
         self.settings = settings or SwitchSettings()
@@ -272,6 +279,10 @@ class VirtualSwitch:
         self._pending: deque[tuple[Port, bytes]] = deque()
         self._delivering = False
         self._capture: pcap.PcapWriter | None = None
+        # The C data plane (drivers/network/netplane.py): with it the MAC table lives in C and
+        # netvsp ports forward frames there; without it (data_plane=False) all is Python.
+        use_plane = netplane.enabled() if data_plane is None else bool(data_plane)
+        self._plane: netplane.SwitchPlane | None = netplane.SwitchPlane(self.settings) if use_plane else None
         self.parent: Endpoint | None = None
         self.external: Endpoint | None = None
         if self.kind is not SwitchType.PRIVATE:
@@ -301,6 +312,8 @@ class VirtualSwitch:
             raise ValueError(f"switch {self.name!r} already has a port named {port.name!r}")
         self._ports[port.name] = port
         self._members.clear()
+        if self._plane is not None:
+            self._plane.add(port)
         return port
 
     @property
@@ -312,6 +325,8 @@ class VirtualSwitch:
 
     def _remove(self, port: Port) -> None:
         self._forget_port(port)
+        if self._plane is not None:
+            self._plane.remove(port)
         del self._ports[port.name]
         port._switch = None
         self._members.clear()
@@ -320,6 +335,10 @@ class VirtualSwitch:
             port._queued = 0
 
     def _forget_port(self, port: Port) -> None:
+        if self._plane is not None:
+            self._plane.forget(port)
+            self._members.clear()
+            return
         for key in [key for key, entry in self._macs.items() if entry.port is port]:
             del self._macs[key]
         port._learned = 0
@@ -335,6 +354,11 @@ class VirtualSwitch:
     # --- the MAC table ---------------------------------------------------------------------
 
     def _learn(self, vlan: int, mac: bytes, port: Port, now: int) -> None:
+        if self._plane is not None:   # the same policy, on the C table
+            bits = self._plane.learn(vlan, mac, port, now)
+            self.stats.mac_moves += bits & 1
+            self.stats.learn_refused += bits >> 1 & 1
+            return
         key = (vlan, mac)
         entry = self._macs.get(key)
         if entry is not None:
@@ -357,6 +381,8 @@ class VirtualSwitch:
         port._learned += 1
 
     def _lookup(self, vlan: int, mac: bytes, now: int) -> Port | None:
+        if self._plane is not None:
+            return self._plane.lookup(vlan, mac, now)
         entry = self._macs.get((vlan, mac))
         if entry is None:
             return None
@@ -368,6 +394,9 @@ class VirtualSwitch:
 
     def _expire(self, port: Port | None, now: int) -> None:
         """Forget aged entries (of one port, or all)."""
+        if self._plane is not None:
+            self._plane.expire(port, now)
+            return
         ageing = self.settings.ageing_ns
         oldest_kept = now
         for key, entry in list(self._macs.items()):
@@ -384,8 +413,12 @@ class VirtualSwitch:
         """The live entries, by VLAN then MAC."""
         now = self._now()
         self._expire(None, now)
-        return sorted((MacEntry(vlan, mac_text(mac), e.port.name, now - e.seen)
-                       for (vlan, mac), e in self._macs.items()), key=lambda e: (e.vlan, e.mac))
+        if self._plane is not None:
+            live = [(vlan, mac, port, seen) for vlan, mac, port, seen in self._plane.entries()]
+        else:
+            live = [(vlan, mac, e.port, e.seen) for (vlan, mac), e in self._macs.items()]
+        return sorted((MacEntry(vlan, mac_text(mac), port.name, now - seen) for vlan, mac, port, seen in live),
+                      key=lambda e: (e.vlan, e.mac))
 
     # --- forwarding ------------------------------------------------------------------------
 
@@ -495,6 +528,8 @@ class VirtualSwitch:
                     taken = deliver(frame)
                 except Exception as exc:  # a broken receiver fails alone  # noqa: BLE001
                     port.error = exc
+                    if self._plane is not None:
+                        self._plane.undeliverable(port)
                     port.stats.dropped_refused += 1
                     continue
                 if taken is False:

@@ -47,20 +47,23 @@ Invariants:
 from __future__ import annotations
 
 import enum
+import struct
 import weakref
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 
 from drivers.device import Vsp
 from drivers.storage import protocol as p
 from drivers.storage.protocol import PKT_GPA_DIRECT, NtStatus, Operation, ScsiRequest, SrbStatus, StorError
 from drivers.storage.scsi import Command, Direction, ScsiDisk, ScsiResult, report_luns
 from drivers.storage.vhd import VhdError, VirtualDisk
-from hypervisor import quantities
+from hypervisor import _binding, quantities
+from hypervisor.grants import VisibleMemory
 from hypervisor.quantities import parse_duration, parse_size
 from hypervisor.status import HvError
 from vmbus.protocol import GpaRange
-from vmbus.ring import PKT_COMP, PKT_DATA_INBAND, Packet, RingError, RingFull
+from vmbus.ring import PKT_COMP, PKT_DATA_INBAND, Packet, PacketBatch, RingError, RingFull
 
 MAX_TRANSFER_BYTES = 256 * 1024
 MAX_LUNS = 64                  # disks on one Hyper-V SCSI controller
@@ -81,20 +84,35 @@ class State(enum.Enum):
     READY = "ready"
 
 
-@dataclass
+class _LunStats:
+    """A LUN's medium timeline and what it moved, when no C data plane keeps them (the plane
+    keeps them in its struct hv_storvsp_lun, which has the same fields)."""
+
+    __slots__ = ("busy_until", "read_ops", "read_bytes", "write_ops", "write_bytes", "flushes", "errors")
+
+    def __init__(self) -> None:
+        self.busy_until = 0         # when this medium finishes what it has
+        self.read_ops = self.read_bytes = self.write_ops = self.write_bytes = self.flushes = 0
+        self.errors = 0             # medium commands that failed (the file failing underneath)
+
+
+def _stat(name: str) -> property:
+    return property(lambda lun: getattr(lun.stats, name), lambda lun, value: setattr(lun.stats, name, value))
+
+
 class _Lun:
     """One disk of the controller: its file, the SCSI unit over it, its medium's timeline and what
-    it moved."""
-    disk: VirtualDisk
-    target: ScsiDisk
-    owned: bool                 # opened here from a path: closed with the channel
-    busy_until: int = 0         # when this medium finishes what it has
-    read_ops: int = 0
-    read_bytes: int = 0
-    write_ops: int = 0
-    write_bytes: int = 0
-    flushes: int = 0
-    errors: int = 0             # medium commands that failed (the file failing underneath)
+    it moved (`stats`: Python's, or the C plane's record of this LUN, read and written in place,
+    so that both paths share one timeline and one set of counters)."""
+
+    __slots__ = ("disk", "target", "owned", "stats", "c_disk")
+    busy_until, read_ops, read_bytes, write_ops, write_bytes, flushes, errors = map(_stat, _LunStats.__slots__)
+
+    def __init__(self, disk: VirtualDisk, target: ScsiDisk, owned: bool) -> None:
+        self.disk, self.target = disk, target
+        self.owned = owned          # opened here from a path: closed with the channel
+        self.stats = _LunStats()
+        self.c_disk = None          # the VhdDisk the C plane was given for it (see _plane_point)
 
 
 @dataclass
@@ -104,6 +122,21 @@ class _Request:
     command: Command
     range: GpaRange | None
     lun: _Lun | None = None     # None: answered by the target (REPORT LUNS), not a unit
+
+
+_U32 = struct.Struct("<I")
+_DESC = struct.Struct("<HHHHQ")   # a VMBus packet descriptor: type, offset8, len8, flags, trans_id
+
+
+def _records_of(packets) -> bytes:
+    """The packets as the ring's reader leaves them for C: each record the packet as it sat in
+    the ring (descriptor, header, payload; len8 * 8 bytes), back to back."""
+    if type(packets) is PacketBatch:
+        return packets._records
+    if any(16 + len(pk.header) + len(pk.payload) != pk.len8 * 8 for pk in packets):
+        return None   # not as a ring gives them (a test's own): the Python path takes them all
+    return b"".join(_DESC.pack(pk.type, pk.offset8, pk.len8, pk.flags, pk.trans_id) + pk.header + pk.payload
+                    for pk in packets)
 
 
 def parse_rate(value: int | str, what: str = "bandwidth") -> int:
@@ -126,8 +159,8 @@ class StorVsp(Vsp):
         self.bandwidth = parse_rate(cfg.get("bandwidth", "500MB/s"))
         self.cpu_per_request = parse_duration(cfg.get("cpu_per_request", "3us"), "cpu_per_request")
         self._memory = cfg.get("guest_memory")
-        self.outstanding: dict[int, _Request] = {}   # sequence number -> request in service
-        self.completed = self.refused = self.busy = self.dropped = 0
+        self._outstanding: dict[int, _Request] = {}  # sequence number -> request in service (Python's)
+        self._completed = self.refused = self.busy = self.dropped = 0
         self.last_refusal: str | None = None
         self._seq = 0
         self._backlog: deque[tuple[int, bytes]] = deque()  # (trans_id, completion) the ring refused
@@ -136,6 +169,13 @@ class StorVsp(Vsp):
         self._quiesced_at: int | None = None        # when the VM's save quiesced it
         self.luns: list[_Lun | None] = []           # index = LUN; None: that disk is absent
         self._open_disks()
+        # The C data plane (native/storvsp.h) takes the READ/WRITE requests it can; None: every
+        # request takes the Python path, the reference (data_plane "python", or no core handle
+        # to the guest's memory, as with a test's own guest_memory).
+        self._plane = None
+        self._handed: dict[int, _Request] = {}      # C slot -> request Python finishes at its due time
+        if cfg.get("data_plane", "c") != "python":
+            self._plane = self._make_plane()
 
     @staticmethod
     def configured_disks(cfg: dict) -> list:
@@ -225,6 +265,19 @@ class StorVsp(Vsp):
         entry = self.luns[lun] if 0 <= lun < len(self.luns) else None
         return entry.disk if entry is not None else None
 
+    @property
+    def outstanding(self) -> dict:
+        """The requests in service, by a key of their own: Python's (by sequence number) and the C
+        plane's (by -1 - slot), each as a _Request."""
+        requests = dict(self._outstanding)
+        for slot in self._plane_slots():
+            requests[-1 - slot] = self._plane_request(slot)
+        return requests
+
+    @property
+    def completed(self) -> int:
+        return self._completed + (self._plane.completed if self._plane is not None else 0)
+
     def counters(self) -> dict:
         """What the controller did, as plain data: per LUN the operations and bytes read and
         written, flushes and medium errors (what Measure-VM's disk figures are made of), and the
@@ -239,15 +292,43 @@ class StorVsp(Vsp):
 
     def on_packets(self, packets: list[Packet]) -> None:
         self._flush_backlog()
-        for packet in packets:
-            self.context.charge(self.cpu_per_request)
-            if packet.type == PKT_COMP:
-                self._note_refusal("a guest sends requests, not completions")
-                continue  # a completion is never answered
-            try:
-                self._handle(packet)
-            except StorError as exc:
-                self._refuse(packet.trans_id, NtStatus.INVALID_PARAMETER, str(exc))
+        plane = self._plane
+        records = _records_of(packets) if plane is not None else None
+        if records is None:
+            for packet in packets:
+                self._on_packet(packet)
+            return
+        # The C plane takes the longest run of requests it can from where it is; the first packet
+        # it does not take goes through the Python path below, then C goes on after it. So every
+        # packet is handled, charged and its timer armed in the order of the ring.
+        records = memoryview(records)
+        count, i, pos = len(packets), 0, 0
+        while i < count:
+            if self.state is State.READY and self._plane is not None:
+                taken, used, slots, dues = plane.submit(records[pos:], count - i, self.context.now(),
+                                                        len(self._outstanding))
+                if taken:
+                    self.context.charge(self.cpu_per_request * taken)
+                    now = self.context.now()
+                    for slot, due in zip(slots, dues):
+                        self.context.call_later(due - now, partial(self._plane_done, slot))
+                    i, pos = i + taken, pos + used
+                    if i == count:
+                        return
+            packet = packets[i]
+            self._on_packet(packet)
+            i, pos = i + 1, pos + packet.len8 * 8
+
+    def _on_packet(self, packet: Packet) -> None:
+        """The Python path's step for one packet (the reference)."""
+        self.context.charge(self.cpu_per_request)
+        if packet.type == PKT_COMP:
+            self._note_refusal("a guest sends requests, not completions")
+            return  # a completion is never answered
+        try:
+            self._handle(packet)
+        except StorError as exc:
+            self._refuse(packet.trans_id, NtStatus.INVALID_PARAMETER, str(exc))
 
     def _handle(self, packet: Packet) -> None:
         if packet.type == PKT_GPA_DIRECT:
@@ -303,7 +384,7 @@ class StorVsp(Vsp):
         if problem is not None:
             self._refuse(trans_id, NtStatus.INVALID_DEVICE_REQUEST, problem, srb)
             return
-        if len(self.outstanding) >= self.max_outstanding:
+        if self._in_service() >= self.max_outstanding:
             self.busy += 1
             self._complete(trans_id, srb, ScsiResult(p.ScsiStatus.BUSY, SrbStatus.BUSY))
             return
@@ -339,7 +420,7 @@ class StorVsp(Vsp):
         lun.busy_until = done
         self._seq += 1
         seq = self._seq
-        self.outstanding[seq] = request
+        self._outstanding[seq] = request
         self.context.call_later(done - now, lambda: self._medium_done(seq))
 
     def _check_srb(self, srb: ScsiRequest, ranges: tuple[GpaRange, ...]) -> str | None:
@@ -372,7 +453,7 @@ class StorVsp(Vsp):
         return self.latency + -(-nbytes * 1_000_000_000 // self.bandwidth)
 
     def _medium_done(self, seq: int) -> None:
-        request = self.outstanding.pop(seq, None)
+        request = self._outstanding.pop(seq, None)
         if self._closed or request is None:
             return
         try:
@@ -421,10 +502,104 @@ class StorVsp(Vsp):
         else:
             lun.flushes += 1
 
+    # -- the C data plane ----------------------------------------------------------------------
+
+    def _make_plane(self):
+        """The C plane for this channel, or None when it cannot serve it: the guest's memory is not
+        the core's (VisibleMemory), or the channel's rings are not a ChannelEnd's."""
+        memory = self._memory
+        if type(memory) is not VisibleMemory or not hasattr(self.channel, "outgoing"):
+            return None
+        plane = _binding.StorvspPlane(memory.host_handle, memory.child_id, self.max_outstanding,
+                                      self.max_transfer, self.latency, self.bandwidth, len(self.luns))
+        for index, lun in enumerate(self.luns):
+            if lun is not None:
+                self._plane_attach(plane, index, lun)
+        return plane
+
+    @staticmethod
+    def _plane_attach(plane, index: int, lun: _Lun) -> None:
+        """Hand LUN `index` to the plane: its numbers move into the plane's record of it."""
+        stats, lun.stats = lun.stats, plane.luns[index]
+        for name in _LunStats.__slots__:
+            setattr(lun.stats, name, getattr(stats, name))
+        lun.c_disk = lun.disk._c if not lun.disk.closed else None
+        plane.set_lun(index, lun.c_disk, lun.target.blocks, lun.disk.read_only)
+
+    def _in_service(self) -> int:
+        return len(self._outstanding) + (self._plane.in_service if self._plane is not None else 0)
+
+    def _plane_slots(self) -> list[int]:
+        return self._plane.slots() if self._plane is not None else []
+
+    def _plane_request(self, slot: int, lun: _Lun | None = None) -> _Request:
+        """The request in C slot `slot` as the Python path holds one (the same SRB and range,
+        decoded by the LUN's unit, `lun` if given)."""
+        trans_id, raw, index, byte_count, byte_offset, pfns = self._plane.request(slot)
+        srb = ScsiRequest.decode(raw)
+        lun = lun or self.luns[index]
+        command = lun.target.decode(srb.cdb, srb.data_transfer_length)
+        return _Request(trans_id, srb, command, GpaRange(byte_count, byte_offset, tuple(pfns)), lun)
+
+    def _plane_done(self, slot: int) -> None:
+        """A C request's due time: C moves its data and completes it, or hands it back whole."""
+        if self._closed:
+            return
+        plane = self._plane
+        request = self._handed.pop(slot, None)
+        if request is None and plane is None:
+            return
+        if request is None:
+            for lun in self.luns:   # a disk closed or changed under the plane: C must not use it
+                if lun is not None and lun.disk._c is not lun.c_disk:
+                    self._plane_attach(plane, self.luns.index(lun), lun)
+            rc = plane.complete(slot, self._plane_ring())
+            done = plane.done
+            if rc == _binding.STORVSP_SENT or rc == _binding.STORVSP_UNSENT:
+                if done.write:
+                    # N.B. VirtualDisk.write marks its disk written (the next flush syncs it);
+                    # C wrote through the same file, so it marks it too.
+                    self.luns[done.lun].disk._dirty = True
+                if rc == _binding.STORVSP_SENT:
+                    out = self.channel.outgoing
+                    out._after_publish(done.index)
+                    if done.signal:
+                        self.channel._signal()
+                    return
+                try:
+                    self._send(done.trans_id, _binding.storvsp_packet(done))
+                except RingError as exc:
+                    self.context.log("storvsp cannot complete", error=str(exc))
+                return
+            if rc != _binding.STORVSP_PYTHON:
+                return
+            request = self._plane_request(slot)
+        plane.release(slot)
+        if isinstance(request.command, ScsiResult):   # pragma: no cover - the unit decoded it once
+            self._complete(request.trans_id, request.srb, request.command)
+            return
+        try:
+            self._finish(request)
+        except RingError as exc:
+            self.context.log("storvsp cannot complete", error=str(exc))
+
+    def _plane_ring(self):
+        """The outgoing ring for C to write a completion into, or None when the Python path must
+        send it (a backlog to keep in order, the VM quiesced, the ring broken, not adopted yet or
+        tampered with, or memory C cannot be handed): ChannelEnd.send's checks, made here."""
+        channel = self.channel
+        if self._backlog or getattr(getattr(channel, "child", None), "quiesced", False):
+            return None
+        out = channel.outgoing
+        if out._broken is not None or out._w is None or _U32.unpack_from(out._mem, 0)[0] != out._w:
+            return None
+        ring = out._pinned or out._ring()
+        return ring if type(ring) is _binding.RingPin else None
+
     # -- completions -------------------------------------------------------------------------
 
     def _complete(self, trans_id: int, srb: ScsiRequest, result: ScsiResult) -> None:
-        self.completed += 1
+        self._completed += 1
         self._send(trans_id, p.encode_srb_completion(srb, result.srb_status, result.scsi_status,
                                                      result.transferred, result.sense or b""))
 
@@ -493,7 +668,8 @@ class StorVsp(Vsp):
                 "disk": self.disk.path if self.disk is not None else None,
                 "luns": [None if lun is None else {"path": lun.disk.path, "busy_until": lun.busy_until}
                          for lun in self.luns],
-                "outstanding": sorted(r.trans_id for r in self.outstanding.values()),
+                "outstanding": sorted([r.trans_id for r in self._outstanding.values()]
+                                      + [self._plane.request(slot)[0] for slot in self._plane_slots()]),
                 "busy_until": self.busy_until, "completed": self.completed, "refused": self.refused}
 
     def quiesce(self) -> None:
@@ -524,17 +700,30 @@ class StorVsp(Vsp):
         entry = self.luns[lun]
         old = entry.disk if entry is not None else None
         unit = ScsiDisk(disk, serial=self.config.get("serial"))
+        plane = self._plane
+        if plane is not None and entry is not None:
+            # The C plane's requests on this LUN were decoded against the old disk, as the Python
+            # path's are (their Command is the old unit's): Python finishes them at their due time.
+            for slot in self._plane_slots():
+                if slot not in self._handed and plane.request(slot)[2] == lun:
+                    self._handed[slot] = self._plane_request(slot, entry)
         if entry is None:
-            self.luns[lun] = _Lun(disk, unit, owned=True)
+            entry = self.luns[lun] = _Lun(disk, unit, owned=True)
         else:
             entry.disk, entry.target = disk, unit
             if entry.owned:
                 weakref.finalize(self, disk.close)
+        if plane is not None:
+            self._plane_attach(plane, lun, entry)
         return old
 
     def on_close(self) -> None:
         self._closed = True
-        self.outstanding.clear()
+        self._outstanding.clear()
+        self._handed.clear()
+        if self._plane is not None:
+            self._plane.close()
+            self._plane = None
         self._backlog.clear()
         for lun in self.luns:
             if lun is not None and lun.owned:

@@ -446,7 +446,7 @@ def test_frames_flow_both_ways_through_the_switch():
     assert got == [bytes([i]) * 1000 for i in range(100)]
     # Every section came back: nothing in flight once the traffic stopped.
     for x in (a, b):
-        assert len(x.vsp._free) == x.vsp.receive.count and not x.vsp._in_flight
+        assert x.vsp._sections.free_count() == x.vsp.receive.count and not x.vsp._sections.in_flight()
         assert len(x.vsc._send_free) == x.vsp.send.count and not x.vsc._outstanding
     # a sent an ARP request, 3 echo requests and 100 datagrams (b learnt a's address from its request).
     assert a.vsp.stats["tx_frames"] == a.vsc.stats["tx_frames"] == 104
@@ -592,14 +592,14 @@ def test_unknown_and_repeated_completions_and_foreign_packet_types_are_refused()
     port.send(frame(a.mac, "00:15:5d:00:00:fe"))
     (transfer,) = [pk for pk in a.guest_end.receive() if pk.type == p.PKT_DATA_USING_XFER_PAGES]
     done = p.encode_nvsp(p.RndisPacketComplete(1))
-    free = len(a.vsp._free)
+    free = a.vsp._sections.free_count()
     a.guest_sends(done, PKT_COMP, trans_id=transfer.trans_id)
     a.guest_sends(done, PKT_COMP, trans_id=transfer.trans_id)           # a second time
     a.guest_sends(done, PKT_COMP, trans_id=0xFFFF_FFFF_FFFF_0000)       # a pointer-like id
     a.guest_sends(p.encode_nvsp(p.Init(2, 2)), PKT_COMP, trans_id=7)    # not a completion message
     for kind in (1, 2, 5, 7, 0xD, 0x3FF):
         a.guest_sends(b"\0" * 24, kind)
-    assert len(a.vsp._free) == free + 1
+    assert a.vsp._sections.free_count() == free + 1
     assert a.vsp.refused["completion"] == 3 and a.vsp.refused["packet_type"] == 6
 
 
@@ -645,7 +645,7 @@ def test_a_hostile_guest_never_raises_and_never_breaks_the_bookkeeping(packets, 
         lan.settle()
         vsp = a.vsp
         if vsp.receive is not None:
-            sections = list(vsp._free) + list(vsp._in_flight.values())
+            sections = vsp._sections.free_list() + list(vsp._sections.in_flight().values())
             assert sorted(sections) == list(range(vsp.receive.count))   # each section exactly once
         assert vsp.refusals == sum(vsp.refused.values())
     # The other adapters on the switch are untouched and still work.
