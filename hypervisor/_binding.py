@@ -965,6 +965,15 @@ def hv_storvsc_complete(ring, capacity: int, bufs: StorvscBuffers):
 # --- storvsp's data plane (native/storvsp.h) -------------------------------------------------
 
 
+STORVSP_SENT, STORVSP_UNSENT, STORVSP_PYTHON, STORVSP_STALE = (
+    lib.HV_STORVSP_SENT, lib.HV_STORVSP_UNSENT, lib.HV_STORVSP_PYTHON, lib.HV_STORVSP_STALE)
+
+
+def storvsp_packet(done) -> bytes:
+    """The completion packet a struct hv_storvsp_done holds."""
+    return bytes(ffi.buffer(done.packet))
+
+
 class StorvspPlane:
     """`struct hv_storvsp`: one storvsp channel's READ/WRITE path in C. `luns[i]` is the C view
     of LUN i (its medium's timeline and counters, read and written in place); set_lun points it
@@ -1011,9 +1020,22 @@ class StorvspPlane:
             return lib.hv_storvsp_complete(self._c, slot, ffi.NULL, 0, self.done)
         return lib.hv_storvsp_complete(self._c, slot, ring.ptr, ring.len, self.done)
 
-    def request(self, slot: int):
-        """The request in `slot` (struct hv_storvsp_req, read in place)."""
-        return self._c.reqs[slot]
+    @property
+    def in_service(self) -> int:
+        """Requests the plane holds (queued, or handed back and not yet released)."""
+        return self._c.in_use
+
+    def slots(self) -> list[int]:
+        """The slots of the requests the plane holds, in slot order."""
+        reqs = self._c.reqs
+        return [slot for slot in range(self._c.max_outstanding) if reqs[slot].in_use]
+
+    def request(self, slot: int) -> tuple[int, bytes, int, int, int, list[int]]:
+        """The request in `slot`: (trans_id, the vmscsi_request as sent, LUN, its range's
+        byte_count, byte_offset and PFNs)."""
+        r = self._c.reqs[slot]
+        return (r.trans_id, bytes(ffi.buffer(r.srb)), r.lun, r.byte_count, r.byte_offset,
+                ffi.unpack(r.pfns, r.npfns))
 
     def release(self, slot: int) -> None:
         lib.hv_storvsp_release(self._c, slot)
