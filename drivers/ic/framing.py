@@ -20,7 +20,6 @@ may exceed what icmsgsize needs; it may never exceed the packet.)
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
 # Message types (icmsgtype).
@@ -53,6 +52,9 @@ PIPE_DATA = 1                           # VmPipeMessageData: a whole message fol
 PIPE_HEADER = struct.Struct("<II")
 IC_HEADER = struct.Struct("<HHHHHHIBBH")
 HEADER_SIZE = PIPE_HEADER.size + IC_HEADER.size  # 28 (Linux ICMSG_HDR)
+# Both headers at once: every message is framed and read with one struct call (the periodic
+# exchanges of an idle host are mostly framing).
+FRAME = struct.Struct("<" + PIPE_HEADER.format[1:] + IC_HEADER.format[1:])
 MAX_MESSAGE_SIZE = 13312                # OpenVMM's bound on one IC packet, headers included
 MAX_BODY = MAX_MESSAGE_SIZE - HEADER_SIZE
 
@@ -101,8 +103,8 @@ def versions(values: Iterable) -> tuple[Version, ...]:
 FRAMEWORK_VERSIONS = (Version(3, 0), Version(1, 0))  # UTIL_FW_VERSION, UTIL_WS2K8_FW_VERSION
 
 
-@dataclass(frozen=True)
-class IcHeader:
+class IcHeader(NamedTuple):
+    """An icmsg header as read or to be written (a tuple: cheap to make, once per message)."""
     msgtype: int
     framework: Version
     version: Version
@@ -112,35 +114,44 @@ class IcHeader:
 
 
 def encode(header: IcHeader, body: bytes = b"") -> bytes:
-    if len(body) > MAX_BODY:
-        raise ValueError(f"an IC body is at most {MAX_BODY} bytes, got {len(body)}")
-    fw, ver = header.framework, header.version
-    return (PIPE_HEADER.pack(PIPE_DATA, IC_HEADER.size + len(body))
-            + IC_HEADER.pack(fw.major, fw.minor, header.msgtype, ver.major, ver.minor, len(body),
-                             header.status, header.trans_id & 0xFF, header.flags, 0)
-            + bytes(body))
+    msgtype, fw, ver, trans_id, flags, status = header
+    return _frame(msgtype, fw, ver, trans_id, flags, status, body)
+
+
+def encode_answer(request: IcHeader, status: int, body: bytes = b"") -> bytes:
+    """The answer to `request`: its header (type, versions, transaction) with TRANSACTION|RESPONSE
+    and `status`, then `body`; as encode(request._replace(...)), without the new header."""
+    return _frame(request[0], request[1], request[2], request[3], TRANSACTION | RESPONSE, status, body)
+
+
+def _frame(msgtype: int, fw: Version, ver: Version, trans_id: int, flags: int, status: int, body) -> bytes:
+    n = len(body)
+    if n > MAX_BODY:
+        raise ValueError(f"an IC body is at most {MAX_BODY} bytes, got {n}")
+    return FRAME.pack(PIPE_DATA, IC_HEADER.size + n, fw[0], fw[1], msgtype, ver[0], ver[1], n, status,
+                      trans_id & 0xFF, flags, 0) + body
 
 
 def decode(payload) -> tuple[IcHeader, bytes]:
-    """(header, body) of a packet payload; IcError for anything malformed."""
-    payload = bytes(payload)  # one private copy: every field below comes from it
-    if len(payload) < HEADER_SIZE:
-        raise IcError(f"an IC message has a {HEADER_SIZE}-byte header, got {len(payload)} bytes")
-    if len(payload) > MAX_MESSAGE_SIZE:
-        raise IcError(f"{len(payload)}-byte IC message > {MAX_MESSAGE_SIZE}")
-    pipe_flags, msgsize = PIPE_HEADER.unpack_from(payload)
-    (fw_major, fw_minor, msgtype, major, minor, size, status, trans_id, flags,
-     _reserved) = IC_HEADER.unpack_from(payload, PIPE_HEADER.size)
+    """(header, body) of a packet payload; IcError for anything malformed. Every field comes
+    from one read of the headers, and the body is copied out once, after the checks."""
+    n = len(payload)
+    if n < HEADER_SIZE:
+        raise IcError(f"an IC message has a {HEADER_SIZE}-byte header, got {n} bytes")
+    if n > MAX_MESSAGE_SIZE:
+        raise IcError(f"{n}-byte IC message > {MAX_MESSAGE_SIZE}")
+    (pipe_flags, msgsize, fw_major, fw_minor, msgtype, major, minor, size, status, trans_id, flags,
+     _reserved) = FRAME.unpack_from(payload)
     if pipe_flags != PIPE_DATA:
         raise IcError(f"pipe message type {pipe_flags}, expected {PIPE_DATA} (data)")
-    if not IC_HEADER.size <= msgsize <= len(payload) - PIPE_HEADER.size:
-        raise IcError(f"pipe msgsize {msgsize} does not fit a {len(payload)}-byte packet")
+    if not IC_HEADER.size <= msgsize <= n - PIPE_HEADER.size:
+        raise IcError(f"pipe msgsize {msgsize} does not fit a {n}-byte packet")
     if size > msgsize - IC_HEADER.size:
         raise IcError(f"icmsgsize {size} > the {msgsize - IC_HEADER.size} bytes the pipe carries")
     if flags & _FLAGS_RESERVED:
         raise IcError(f"reserved icflags set: 0x{flags:02x}")
     header = IcHeader(msgtype, Version(fw_major, fw_minor), Version(major, minor), trans_id, flags, status)
-    return header, payload[HEADER_SIZE:HEADER_SIZE + size]
+    return header, bytes(payload[HEADER_SIZE:HEADER_SIZE + size])
 
 
 # -- the negotiate message (type 0) ----------------------------------------------------------------

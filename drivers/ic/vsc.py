@@ -11,7 +11,6 @@ in the guest kernel's loop.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, ClassVar, NamedTuple
 
 from drivers.device import Vsc
@@ -78,9 +77,23 @@ class IcVsc(Vsc):
         if packet.type != PKT_DATA_INBAND:
             raise f.IcError(f"packet type {packet.type} is not in-band data")
         header, body = f.decode(packet.payload)
-        if header.flags & f.RESPONSE or not header.flags & f.TRANSACTION:
-            raise f.IcError(f"icflags 0x{header.flags:x} are not those of a request")
-        if header.msgtype == f.NEGOTIATE:
+        msgtype, framework, version, _, flags, _ = header
+        if flags & f.RESPONSE or not flags & f.TRANSACTION:
+            raise f.IcError(f"icflags 0x{flags:x} are not those of a request")
+        if msgtype == self.MSGTYPE:   # the periodic case first (MSGTYPE is never NEGOTIATE)
+            if self.version is None:
+                raise f.IcError("a service request before a successful negotiation")
+            if framework != self.framework or version != self.version:
+                raise f.IcError(f"request at {framework}/{version}, negotiated {self.framework}/{self.version}")
+            if not self.answering:
+                self.ignored += 1
+                return
+            try:
+                status, reply, then = self.handle(body)
+            except f.IcError as exc:
+                self._reject(exc)
+                status, reply, then = exc.status, None, None
+        elif msgtype == f.NEGOTIATE:
             if not self.answering:
                 self.ignored += 1
                 return
@@ -89,31 +102,17 @@ class IcVsc(Vsc):
             self.context.log("ic negotiated" if chosen else "ic no common version",
                              service=f.MESSAGE_TYPES.get(self.MSGTYPE),
                              framework=str(self.framework), version=str(self.version))
-            answer = f.HV_S_OK, reply, None
-        elif header.msgtype == self.MSGTYPE:
-            if self.version is None:
-                raise f.IcError("a service request before a successful negotiation")
-            if (header.framework, header.version) != (self.framework, self.version):
-                raise f.IcError(f"request at {header.framework}/{header.version}, negotiated "
-                                f"{self.framework}/{self.version}")
-            if not self.answering:
-                self.ignored += 1
-                return
-            try:
-                answer = self.handle(body)
-            except f.IcError as exc:
-                self._reject(exc)
-                answer = Answer(exc.status)
+            status, then = f.HV_S_OK, None
         else:
-            raise f.IcError(f"message type {header.msgtype} is not for this service")
-        status, reply, then = answer
-        out = dataclasses.replace(header, flags=f.TRANSACTION | f.RESPONSE, status=status)
+            raise f.IcError(f"message type {msgtype} is not for this service")
         try:
-            self.channel.send(f.encode(out, body if reply is None else reply), trans_id=packet.trans_id)
+            self.channel.send(f.encode_answer(header, status, body if reply is None else reply),
+                              trans_id=packet.trans_id)
         except RingError as exc:  # the host's ring is full or broken: the host will time out
             self.context.log("ic answer not sent", service=f.MESSAGE_TYPES.get(self.MSGTYPE), error=str(exc))
             return
-        self.guest_call("then", then)
+        if then is not None:
+            self.guest_call("then", then)
 
     # ---- saved state ------------------------------------------------------------------------------
     def save(self) -> dict:

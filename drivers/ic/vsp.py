@@ -29,6 +29,7 @@ DEFAULT_TIMEOUT = "5s"
 # Exchanges not logged one by one: negotiation is logged by its outcome, and a heartbeat every
 # period would flood the log (its status changes are logged instead).
 _QUIET = (f.NEGOTIATE, f.HEARTBEAT)
+_ANSWER_FLAGS = f.TRANSACTION | f.RESPONSE
 
 
 class Negotiation(Enum):
@@ -213,19 +214,19 @@ class IcVsp(Vsp):
                     raise f.IcError(f"packet type {packet.type} is not in-band data")
                 header, body = f.decode(packet.payload)
                 sent = self._sent
-                if (header.msgtype, header.framework, header.version, header.trans_id) != \
-                        (sent.msgtype, sent.framework, sent.version, sent.trans_id):
+                # msgtype, framework, version and trans_id: the first four fields of a header
+                if header[:4] != sent[:4]:
                     raise f.IcError(f"the answer's header {header} does not match the request {sent}")
-                if header.flags != f.TRANSACTION | f.RESPONSE:
+                if header.flags != _ANSWER_FLAGS:
                     raise f.IcError(f"icflags 0x{header.flags:x} of an answer are not TRANSACTION|RESPONSE")
-                ok = header.status == f.HV_S_OK
-                reply = ex.decode(ex.request, body) if ok and ex.decode else None
+                status = header.status
+                reply = ex.decode(ex.request, body) if status == f.HV_S_OK and ex.decode else None
             except f.IcError as exc:  # refused; the exchange in flight keeps waiting
                 self.rejected += 1
                 self.context.log("answer_rejected", service=f.MESSAGE_TYPES.get(self.MSGTYPE),
                                  why=str(exc))
                 continue
-            self._finish(ex, status=header.status, reply=reply)
+            self._finish(ex, status=status, reply=reply)
 
     # ---- saved state: the negotiated versions; exchanges in flight are not kept (asked again) ---
     def save(self) -> dict:

@@ -1,7 +1,6 @@
 """One IC's VSP and VSC over an in-process channel, sharing one ManualContext clock."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from drivers.device import ManualContext
@@ -49,7 +48,7 @@ def hostile_guest(device, host: dict | None = None) -> tuple[object, ChannelEnd,
 def answer(request_payload: bytes, body: bytes | None = None, status: int = f.HV_S_OK, **changes) -> bytes:
     """A well-formed answer to a request (its header echoed), with `changes` to the header."""
     header, request_body = f.decode(request_payload)
-    header = dataclasses.replace(header, **{"flags": f.TRANSACTION | f.RESPONSE, "status": status, **changes})
+    header = header._replace(**{"flags": f.TRANSACTION | f.RESPONSE, "status": status, **changes})
     return f.encode(header, request_body if body is None else body)
 
 

@@ -1,6 +1,5 @@
 """Hostile peers: a guest that answers garbage, a host that sends garbage. Each packet is refused
 and counted; nothing raises; the exchange in flight and the service state are untouched."""
-import dataclasses
 import struct
 
 import pytest
@@ -179,5 +178,5 @@ def test_guest_answers_reuse_the_request_like_linux():
     pair.vsp.get(kvp.POOL_AUTO, "OSName")
     ((req, req_body), req_id), ((ans, ans_body), ans_id) = wire["host"][-1], wire["guest"][-1]
     assert ans.flags == f.TRANSACTION | f.RESPONSE and ans.status == f.HV_S_OK and ans_id == req_id
-    assert dataclasses.replace(ans, flags=req.flags, status=req.status) == req
+    assert ans._replace(flags=req.flags, status=req.status) == req
     assert len(ans_body) == len(req_body) == kvp.BODY_SIZE[kvp.GET]
