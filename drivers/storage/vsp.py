@@ -22,6 +22,17 @@ Config (all optional but the disks):
                       write(pfns, offset, data), from byte `offset` of the pages in list order,
                       raising HvError (ACCESS_DENIED, naming the page) if one is not visible
                       enough now, nothing moved.
+  data_plane          "c" (StorVsp.DATA_PLANE): READ/WRITE requests run in C (native/storvsp.c)
+                      when guest_memory is the core's VisibleMemory; "python": every request takes
+                      the Python path below, the reference the C one is tested against
+
+The C data plane takes, in one crossing per signal, the run of READ/WRITE (10)/(16) requests that
+pass every check below (it stops at the first packet it does not take: Python handles that one,
+then C goes on), so that requests are queued and their timers armed in ring order; at each due
+time one crossing moves the data and writes the completion. Whatever it cannot finish as the
+Python path would (a VHD table to change, a page hidden meanwhile, a file error, a disk replaced,
+a full ring or a backlog) it hands back, and the Python path does it. The two give the same
+packets, bytes, counters, costs and trace (tests/drivers/storage/test_storvsp_plane.py).
 
 Invariants:
 - Decode, then invoke: a request packet is checked completely (layout, state, lengths, every PFN
@@ -148,6 +159,7 @@ def parse_rate(value: int | str, what: str = "bandwidth") -> int:
 
 
 class StorVsp(Vsp):
+    DATA_PLANE = "c"    # for a config that does not say ("c" or "python"): what benchmarks switch
     def __init__(self, channel, config=None, context=None):
         super().__init__(channel, config, context)
         cfg = self.config
@@ -174,7 +186,7 @@ class StorVsp(Vsp):
         # to the guest's memory, as with a test's own guest_memory).
         self._plane = None
         self._handed: dict[int, _Request] = {}      # C slot -> request Python finishes at its due time
-        if cfg.get("data_plane", "c") != "python":
+        if cfg.get("data_plane", self.DATA_PLANE) != "python":
             self._plane = self._make_plane()
 
     @staticmethod
