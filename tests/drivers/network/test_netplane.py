@@ -40,6 +40,8 @@ def observe(host, parent, switch, vms, sink):
         "vsp": [(dict(vm.vsp.stats), dict(vm.vsp.refused), vm.vsp.save(), vm.vsp.counters()) for vm in vms],
         "vsc": [(dict(vm.vsc.stats), vm.vsc.refusals) for vm in vms],
         "broken": [parent.broken(vm.child, vm.relid) for vm in vms],
+        # every byte of every guest: rings, receive sections, send buffers, stacks
+        "memory": [vm.child.read(0, 1 << 20) for vm in vms],
     }
 
 
@@ -152,3 +154,40 @@ def test_the_switch_and_adapters_say_which_path_they_take(monkeypatch, plane):
     monkeypatch.setenv("HVSIM_NETPLANE", "1" if plane else "0")
     assert (VirtualSwitch("x", now=lambda: 0)._plane is not None) == plane
     assert (VirtualSwitch("y", now=lambda: 0, data_plane=not plane)._plane is not None) == (not plane)
+
+
+class TamperingSink(e2e.Sink):
+    """A receiver that, once at `when`, rewrites the write_index of the ring the host writes to it
+    (which only the host may write): the host must find its ring tampered with on its next write,
+    whichever path makes it, and only this adapter may suffer."""
+
+    def __init__(self, when=6 * MS):
+        super().__init__()
+        self.when, self.done = when, False
+
+    def __call__(self, vm, vsc):
+        super().__call__(vm, vsc)
+        if not self.done:
+            if vsc.context.now() < self.when:
+                vsc.context.call_later(self.when - vsc.context.now(), lambda: None)   # wake then
+                return
+            self.done = True
+            ring = vsc.channel.incoming._mem
+            ring[0:4] = (int.from_bytes(ring[0:4], "little") + 64).to_bytes(4, "little")
+
+
+def test_a_guest_tampering_with_its_receive_ring_breaks_only_itself_either_way(monkeypatch):
+    outs = []
+    for plane in (False, True):
+        monkeypatch.setenv("HVSIM_NETPLANE", "1" if plane else "0")
+        sink, stream = TamperingSink(), e2e.UdpStream("10.0.10.2", count=300)
+        host, parent, switch, vms = e2e.lan((stream, sink, None))
+        host.run(12 * MS)
+        assert sink.done
+        outs.append(observe(host, parent, switch, vms, sink))
+        b = vms[1]
+        assert b.vsp.stats["rx_ring_broken"] > 0 or parent.broken(b.child, b.relid) is not None
+        assert parent.broken(vms[0].child, vms[0].relid) is None
+        if plane:
+            assert switch._plane.handled > 100
+    assert outs[0] == outs[1]
