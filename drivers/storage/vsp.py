@@ -135,6 +135,7 @@ class _Request:
     lun: _Lun | None = None     # None: answered by the target (REPORT LUNS), not a unit
 
 
+_PLANE_MAX_OUTSTANDING = 4096     # the C plane keeps a slot (about 1 KiB) per request in service
 _U32 = struct.Struct("<I")
 _DESC = struct.Struct("<HHHHQ")   # a VMBus packet descriptor: type, offset8, len8, flags, trans_id
 
@@ -143,7 +144,7 @@ def _records_of(packets) -> bytes:
     """The packets as the ring's reader leaves them for C: each record the packet as it sat in
     the ring (descriptor, header, payload; len8 * 8 bytes), back to back."""
     if type(packets) is PacketBatch:
-        return packets._records
+        return packets._records   # N.B. the batch's own buffer, exactly these records: no copy
     if any(16 + len(pk.header) + len(pk.payload) != pk.len8 * 8 for pk in packets):
         return None   # not as a ring gives them (a test's own): the Python path takes them all
     return b"".join(_DESC.pack(pk.type, pk.offset8, pk.len8, pk.flags, pk.trans_id) + pk.header + pk.payload
@@ -322,6 +323,8 @@ class StorVsp(Vsp):
                 if taken:
                     self.context.charge(self.cpu_per_request * taken)
                     now = self.context.now()
+                    # One timer per request, as the Python path arms them: timers of the same due
+                    # time run in arming order, across devices too, so the trace stays the same.
                     for slot, due in zip(slots, dues):
                         self.context.call_later(due - now, partial(self._plane_done, slot))
                     i, pos = i + taken, pos + used
@@ -522,8 +525,12 @@ class StorVsp(Vsp):
         memory = self._memory
         if type(memory) is not VisibleMemory or not hasattr(self.channel, "outgoing"):
             return None
+        if self.max_outstanding > _PLANE_MAX_OUTSTANDING:
+            return None   # a slot per request in service: past this, the Python path's dict
+        # A vmscsi_request's transfer length is a u32: a larger limit refuses nothing more.
         plane = _binding.StorvspPlane(memory.host_handle, memory.child_id, self.max_outstanding,
-                                      self.max_transfer, self.latency, self.bandwidth, len(self.luns))
+                                      min(self.max_transfer, 0xFFFFFFFF), self.latency, self.bandwidth,
+                                      len(self.luns))
         for index, lun in enumerate(self.luns):
             if lun is not None:
                 self._plane_attach(plane, index, lun)

@@ -340,3 +340,12 @@ def test_a_host_gives_the_same_trace_digest_data_and_file_on_both_paths(template
     python, c = (_host_run(tmp_path, templates, mode) for mode in MODES)
     assert python == c
     assert python[0][2]["luns"][0]["read_ops"] == 4
+
+
+def test_limits_past_what_the_plane_holds_leave_it_out_or_are_clamped(templates, tmp_path):
+    rig = PlaneRig("c", templates, tmp_path)
+    config = {"disk": rig.vsp.disk, "guest_memory": rig.memory}
+    many = StorVsp(rig.host_end, {**config, "max_outstanding": 100_000}, ManualContext())
+    wide = StorVsp(rig.host_end, {**config, "max_transfer_bytes": 1 << 40}, ManualContext())
+    assert many._plane is None                  # a slot per request: the Python path's dict instead
+    assert wide._plane is not None and wide.max_transfer == 1 << 40   # a u32 transfer is never longer
