@@ -637,6 +637,7 @@ _RING_ERRORS = {
     lib.HV_RING_EBAD_READ_INDEX: ("read_index", "read_index unaligned or beyond the data area"),
     lib.HV_RING_EBAD_DESCRIPTOR: ("descriptor", "packet descriptor: offset8 < 2 or > len8"),
     lib.HV_RING_ETRUNCATED: ("truncated", "packet is longer than the bytes published"),
+    lib.HV_RING_ETAMPERED: ("tampered", "the index this end owns is not the one it published"),
 }
 
 
@@ -658,7 +659,7 @@ class RingPin:
     for as long as this object lives (it holds an export on the object that owns the memory, so
     that memory cannot move or go away). Also a small scratch buffer for short reads."""
 
-    __slots__ = ("_owner", "ptr", "len", "scratch", "scratch_bytes", "spare")
+    __slots__ = ("_owner", "ptr", "len", "scratch", "scratch_bytes", "spare", "span")
 
     def __init__(self, owner, ptr, length: int):
         self._owner = owner  # the from_buffer cdata pinning the exporter
@@ -667,12 +668,17 @@ class RingPin:
         self.scratch = _alloc_uninit("uint8_t[]", _SMALL_READ)
         self.scratch_bytes = ffi.buffer(self.scratch)  # sliced to copy a short read out
         self.spare = None  # memory of the last large read, ring.len bytes (holds any batch)
+        # The ring and the scratch as hv_ring_send / hv_ring_receive take them (pointers into
+        # memory this object keeps alive).
+        self.span = ffi.new("struct hv_ring_span *", {"ring": ptr, "ring_len": length,
+                                                      "out": self.scratch, "out_cap": RECEIVE_OUT})
 
 
 # Exporters whose memory stays put while an export is held and that are not GC containers (a
 # memoryview is one: CPython's GC cannot clear a memoryview that is still exported).
 _PINNABLE = (bytearray, _mmap.mmap, type(ffi.buffer(ffi.new("char[]", 1))))
 _SMALL_READ = 4096  # reads of at most this many bytes go through RingPin.scratch
+RECEIVE_OUT = min(lib.HV_RING_RECEIVE_MAX_OUT, _SMALL_READ)  # hv_ring_receive's share of it
 
 
 def ring_pin(mem: memoryview) -> RingPin | None:
@@ -694,8 +700,8 @@ def ring_pin(mem: memoryview) -> RingPin | None:
 # One result record for every ring call: hvsim runs in one thread and each call reads its result
 # before the next call is made, so no call needs one of its own.
 _ring_result = ffi.new("struct hv_ring_result *")
-# From this average payload size up, payloads are handed to C by pointer instead of being
-# gathered into one buffer first (below it, one join is cheaper than one from_buffer each).
+# From this payload size up (the batch's first), payloads are handed to C by pointer instead of
+# being gathered into one buffer first (below it, one join is cheaper than one from_buffer each).
 _GATHER_BELOW = 2048
 
 
@@ -720,7 +726,6 @@ def hv_ring_write_batch(ring, payloads, *, packet_type: int = 6, flags: int = 0,
         raise ValueError(f"payload length or trans_id out of range: {exc}") from None
     if ids is not None and len(ids) != count:
         raise ValueError(f"{len(ids)} trans_ids for {count} payloads")
-    total = sum(lengths)
     result = _ring_result
     # N.B. every from_buffer is released by `with`, even on error: a cdata left alive in a
     # traceback keeps an export on the ring's memoryview, and CPython's GC crashes when it
@@ -736,21 +741,29 @@ def hv_ring_write_batch(ring, payloads, *, packet_type: int = 6, flags: int = 0,
                 buf = _Pinned(view, len(view))
             lens = stack.enter_context(ffi.from_buffer("uint32_t[]", lengths))
             ids_ptr = stack.enter_context(tids)
-            if count and total >= _GATHER_BELOW * count:
+            if count and len(payloads[0]) >= _GATHER_BELOW:
                 vec = ffi.new("uint8_t *[]", count)
-                for i, p in enumerate(payloads):
-                    src = stack.enter_context(ffi.from_buffer("uint8_t[]", p))
-                    if len(src) != lengths[i]:  # a memoryview whose items are not bytes
-                        raise TypeError("payloads must be bytes-like objects of bytes")
-                    vec[i] = src
-                rc = lib.hv_ring_write_batchv(buf.ptr, buf.len, vec, lens, count, packet_type,
-                                              flags, ids_ptr, result)
+                srcs = []  # released in the finally below (one `with` each costs as much again)
+                try:
+                    for i, p in enumerate(payloads):
+                        src = ffi.from_buffer("uint8_t[]", p)
+                        srcs.append(src)
+                        if len(src) != lengths[i]:  # a memoryview whose items are not bytes
+                            raise TypeError("payloads must be bytes-like objects of bytes")
+                        vec[i] = src
+                    rc = lib.hv_ring_write_batchv(buf.ptr, buf.len, vec, lens, count,
+                                                  packet_type, flags, ids_ptr, result)
+                finally:
+                    for src in srcs:
+                        ffi.release(src)
             else:
                 blob = b"".join(payloads)
-                if len(blob) != total:  # a memoryview whose items are not bytes
+                # C checks that the lengths add up to the bytes joined (no sum over the lengths
+                # here): they do not when a payload is a memoryview whose items are not bytes.
+                rc = lib.hv_ring_write_gathered(buf.ptr, buf.len, blob, len(blob), lens, count,
+                                                packet_type, flags, ids_ptr, result)
+                if rc == -lib.HV_RING_EINVAL:
                     raise TypeError("payloads must be bytes-like objects of bytes")
-                rc = lib.hv_ring_write_batch(buf.ptr, buf.len, blob, lens, count, packet_type,
-                                             flags, ids_ptr, result)
     except BufferError as exc:
         raise TypeError(f"the ring must be a writable buffer: {exc}") from None
     return RingBatch(_ring_check(rc), bool(result.signal), result.index, 0, 0)
@@ -788,6 +801,15 @@ def hv_ring_write_packet(ring, payload, header=b"", packet_type: int = 6, flags:
     except OverflowError as exc:
         raise ValueError(f"packet field out of range: {exc}") from None
     return _ring_check(rc), bool(result.signal), result.index
+
+
+# The one-packet calls of a channel end (vmbus.channel.ChannelEnd.send/receive), exported as the
+# compiled functions themselves (a wrapper would cost as much as the crossing): a RingPin's
+# span, the index the end published last, then the packet (send) or the most packets to read
+# (receive: into RingPin.scratch, whose bytes scratch_bytes slices). Any refusal (<= 0 from
+# send, < 0 from receive) has changed nothing; the caller then takes the general path.
+hv_ring_send = lib.hv_ring_send
+hv_ring_receive = lib.hv_ring_receive
 
 
 def hv_ring_read_batch(ring, out, max_packets: int) -> RingBatch:

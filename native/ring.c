@@ -127,22 +127,21 @@ static void put_packet(const struct ring_view *v, uint32_t w, uint32_t total, ui
     uint32_t body = total - HV_RING_TRAILER_SIZE;
     uint32_t pad = body - HV_RING_DESC_SIZE - hlen - len;
     if (total <= v->dsize - w) {
-        /* The common case, no wrap: build the packet in place (same bytes as below). */
+        /* The common case, no wrap: build the packet in place (same bytes as below). The
+         * descriptor is two 64-bit words; the padding is cleared by zeroing the body's last
+         * word before the payload is copied over its start (pad > 0 implies len + pad >= 8, so
+         * that word lies past the descriptor and the header). */
         uint8_t *p = v->data + w;
-        put_le16(p + 0, type);
-        put_le16(p + 2, (uint16_t)((HV_RING_DESC_SIZE + hlen) / HV_RING_ALIGN));
-        put_le16(p + 4, (uint16_t)(body / HV_RING_ALIGN));
-        put_le16(p + 6, flags);
+        put_le64(p, (uint64_t)type | (uint64_t)((HV_RING_DESC_SIZE + hlen) / HV_RING_ALIGN) << 16 |
+                    (uint64_t)(body / HV_RING_ALIGN) << 32 | (uint64_t)flags << 48);
         put_le64(p + 8, trans_id);
-        p += HV_RING_DESC_SIZE;
+        if (pad)
+            put_le64(p + body - HV_RING_ALIGN, 0);
         if (hlen)
-            memcpy(p, header, hlen);
-        p += hlen;
+            memcpy(p + HV_RING_DESC_SIZE, header, hlen);
         if (len)
-            memcpy(p, payload, len);
-        p += len;
-        memset(p, 0, pad);
-        put_le64(p + pad, (uint64_t)w << 32);
+            memcpy(p + HV_RING_DESC_SIZE + hlen, payload, len);
+        put_le64(p + body, (uint64_t)w << 32);
         return;
     }
     uint8_t desc[HV_RING_DESC_SIZE];
@@ -200,8 +199,9 @@ static void writer_publish(const struct ring_view *v, uint32_t old_w, uint32_t w
 }
 
 /* The batch writers: payload i is vec[i] if vec is not NULL, else the next lengths[i] bytes of
- * `payloads`. */
-static int write_batch(uint8_t *ring, size_t ring_len, const uint8_t *payloads,
+ * `payloads`, which holds payloads_len bytes (UNCHECKED: as many as the lengths add up to). */
+#define UNCHECKED UINT64_MAX
+static int write_batch(uint8_t *ring, size_t ring_len, const uint8_t *payloads, uint64_t payloads_len,
                        const uint8_t *const *vec, const uint32_t *lengths, uint32_t count,
                        uint16_t type, uint16_t flags, const uint64_t *trans_ids,
                        struct hv_ring_result *result)
@@ -225,6 +225,8 @@ static int write_batch(uint8_t *ring, size_t ring_len, const uint8_t *payloads,
             return -HV_RING_EINVAL;
     }
     if (payload_bytes && vec == NULL && payloads == NULL)
+        return -HV_RING_EINVAL;
+    if (vec == NULL && payloads_len != UNCHECKED && payload_bytes != payloads_len)
         return -HV_RING_EINVAL;
 
     uint32_t old_w, r;
@@ -261,8 +263,19 @@ int hv_ring_write_batch(uint8_t *ring, size_t ring_len,
                         uint16_t type, uint16_t flags, const uint64_t *trans_ids,
                         struct hv_ring_result *result)
 {
-    return write_batch(ring, ring_len, payloads, NULL, lengths, count, type, flags, trans_ids,
-                       result);
+    return write_batch(ring, ring_len, payloads, UNCHECKED, NULL, lengths, count, type, flags,
+                       trans_ids, result);
+}
+
+int hv_ring_write_gathered(uint8_t *ring, size_t ring_len,
+                           const uint8_t *payloads, uint64_t payloads_len, const uint32_t *lengths,
+                           uint32_t count, uint16_t type, uint16_t flags, const uint64_t *trans_ids,
+                           struct hv_ring_result *result)
+{
+    if (payloads_len == UNCHECKED)
+        return -HV_RING_EINVAL;
+    return write_batch(ring, ring_len, payloads, payloads_len, NULL, lengths, count, type, flags,
+                       trans_ids, result);
 }
 
 int hv_ring_write_batchv(uint8_t *ring, size_t ring_len,
@@ -272,8 +285,30 @@ int hv_ring_write_batchv(uint8_t *ring, size_t ring_len,
 {
     if (count && payloads == NULL)
         return -HV_RING_EINVAL;
-    return write_batch(ring, ring_len, NULL, count ? payloads : NULL, lengths, count, type,
-                       flags, trans_ids, result);
+    return write_batch(ring, ring_len, NULL, UNCHECKED, count ? payloads : NULL, lengths, count,
+                       type, flags, trans_ids, result);
+}
+
+/* Write one packet of `total` ring bytes (packet_total, not 0) if it fits now: 1, 0 if it does
+ * not, or -HV_RING_E*. `own` is the write_index the caller published last (it must be the
+ * ring's, else -HV_RING_ETAMPERED and nothing is written), or ANY_OWN. */
+#define ANY_OWN UINT64_MAX
+static int write_one(const struct ring_view *v, uint64_t own, uint32_t total, uint16_t type,
+                     uint16_t flags, uint64_t trans_id, const uint8_t *header, uint32_t hlen,
+                     const uint8_t *payload, uint32_t len, struct hv_ring_result *result)
+{
+    uint32_t w, r;
+    int rc = writer_indices(v, &w, &r);
+    if (rc)
+        return rc;
+    if (own != ANY_OWN && w != own)
+        return -HV_RING_ETAMPERED;
+    result->index = w;
+    if (v->dsize - bytes_used(v, w, r) <= total)
+        return 0;
+    put_packet(v, w, total, type, flags, trans_id, header, hlen, payload, len);
+    writer_publish(v, w, advance(v, w, total), result);
+    return 1;
 }
 
 int hv_ring_write_packet(uint8_t *ring, size_t ring_len, const uint8_t *header,
@@ -292,17 +327,8 @@ int hv_ring_write_packet(uint8_t *ring, size_t ring_len, const uint8_t *header,
     uint32_t total = packet_total(&v, header_len + len);
     if (total == 0)
         return -HV_RING_EMSGSIZE;
-
-    uint32_t w, r;
-    rc = writer_indices(&v, &w, &r);
-    if (rc)
-        return rc;
-    result->index = w;
-    if (v.dsize - bytes_used(&v, w, r) <= total)
-        return 0;
-    put_packet(&v, w, total, type, flags, trans_id, header, header_len, payload, len);
-    writer_publish(&v, w, advance(&v, w, total), result);
-    return 1;
+    return write_one(&v, ANY_OWN, total, type, flags, trans_id, header, header_len, payload, len,
+                     result);
 }
 
 /* Whether a reader that consumed `bytes_read` bytes, leaving read_index at r, must signal the
@@ -327,19 +353,15 @@ static uint32_t reader_signal(const struct ring_view *v, uint32_t r, uint32_t by
     return free_before <= pending && free_now > pending;
 }
 
-int hv_ring_read_batch(uint8_t *ring, size_t ring_len, uint8_t *out, size_t out_cap,
-                       uint32_t max_packets, struct hv_ring_result *result)
+/* hv_ring_read_batch from read_index r, loaded once by the caller (and not yet validated). */
+static int read_from(const struct ring_view *vp, uint32_t r, uint8_t *out, size_t out_cap,
+                     uint32_t max_packets, struct hv_ring_result *result)
 {
-    struct ring_view v;
-    int rc = view_init(&v, ring, ring_len);
-    if (rc)
-        return rc;
-    if (result == NULL || max_packets > INT32_MAX || (out == NULL && out_cap))
-        return -HV_RING_EINVAL;
+    const struct ring_view v = *vp;
     memset(result, 0, sizeof *result);
 
-    /* Own index first, then the peer's: the same order as the Python reader. */
-    uint32_t r = get_le32(v.ctl + HV_RING_OFF_READ_INDEX);
+    /* Own index first (the caller loaded it), then the peer's: the same order as the Python
+     * reader. */
     uint32_t w = get_le32(v.ctl + HV_RING_OFF_WRITE_INDEX);
     if (!index_valid(&v, r))
         return -HV_RING_EBAD_READ_INDEX;
@@ -363,7 +385,10 @@ int hv_ring_read_batch(uint8_t *ring, size_t ring_len, uint8_t *out, size_t out_
             break;
         }
         uint8_t desc[HV_RING_DESC_SIZE]; /* the one snapshot every check and the record use */
-        copy_out(&v, pos, desc, HV_RING_DESC_SIZE);
+        if (v.dsize - pos >= HV_RING_DESC_SIZE)
+            memcpy(desc, v.data + pos, HV_RING_DESC_SIZE); /* no wrap: two loads */
+        else
+            copy_out(&v, pos, desc, HV_RING_DESC_SIZE);
         uint32_t offset8 = get_le16(desc + 2);
         uint32_t len8 = get_le16(desc + 4);
         if (offset8 < HV_RING_DESC_SIZE / HV_RING_ALIGN || offset8 > len8) {
@@ -380,8 +405,12 @@ int hv_ring_read_batch(uint8_t *ring, size_t ring_len, uint8_t *out, size_t out_
             break;
         }
         memcpy(out + used, desc, HV_RING_DESC_SIZE);
-        copy_out(&v, advance(&v, pos, HV_RING_DESC_SIZE), out + used + HV_RING_DESC_SIZE,
-                 len - HV_RING_DESC_SIZE);
+        if (v.dsize - pos >= len) /* no wrap: one copy of the rest */
+            memcpy(out + used + HV_RING_DESC_SIZE, v.data + pos + HV_RING_DESC_SIZE,
+                   len - HV_RING_DESC_SIZE);
+        else
+            copy_out(&v, advance(&v, pos, HV_RING_DESC_SIZE), out + used + HV_RING_DESC_SIZE,
+                     len - HV_RING_DESC_SIZE);
         used += len;
         pos = advance(&v, pos, len + HV_RING_TRAILER_SIZE);
     }
@@ -402,4 +431,65 @@ int hv_ring_read_batch(uint8_t *ring, size_t ring_len, uint8_t *out, size_t out_
     result->index = pos;
     result->signal = reader_signal(&v, pos, (uint32_t)used + n * HV_RING_TRAILER_SIZE);
     return (int)n;
+}
+
+int hv_ring_read_batch(uint8_t *ring, size_t ring_len, uint8_t *out, size_t out_cap,
+                       uint32_t max_packets, struct hv_ring_result *result)
+{
+    struct ring_view v;
+    int rc = view_init(&v, ring, ring_len);
+    if (rc)
+        return rc;
+    if (result == NULL || max_packets > INT32_MAX || (out == NULL && out_cap))
+        return -HV_RING_EINVAL;
+    return read_from(&v, get_le32(v.ctl + HV_RING_OFF_READ_INDEX), out, out_cap, max_packets,
+                     result);
+}
+
+/* ---- One packet per call (a channel end that remembers the index it published) ---------- */
+
+static int span_view(struct ring_view *v, const struct hv_ring_span *span)
+{
+    return span == NULL ? -HV_RING_EINVAL : view_init(v, span->ring, span->ring_len);
+}
+
+int64_t hv_ring_send(const struct hv_ring_span *span, uint32_t own, const uint8_t *payload,
+                     uint32_t len)
+{
+    struct ring_view v;
+    int rc = span_view(&v, span);
+    if (rc)
+        return rc;
+    if (len && payload == NULL)
+        return -HV_RING_EINVAL;
+    uint32_t total = packet_total(&v, len);
+    if (total == 0)
+        return -HV_RING_EMSGSIZE;
+    struct hv_ring_result result = {0};
+    rc = write_one(&v, own, total, HV_RING_PKT_DATA_INBAND, 0, 0, NULL, 0, payload, len, &result);
+    if (rc <= 0)
+        return rc;
+    return (int64_t)result.index << 2 | (int64_t)result.signal << 1 | 1;
+}
+
+int64_t hv_ring_receive(const struct hv_ring_span *span, uint32_t own, uint32_t max_packets)
+{
+    struct ring_view v;
+    int rc = span_view(&v, span);
+    if (rc)
+        return rc;
+    uint8_t *out = span->out;
+    uint32_t out_cap = span->out_cap;
+    if (out_cap > HV_RING_RECEIVE_MAX_OUT || max_packets > HV_RING_RECEIVE_MAX_PACKETS ||
+        (out == NULL && out_cap))
+        return -HV_RING_EINVAL;
+    uint32_t r = get_le32(v.ctl + HV_RING_OFF_READ_INDEX);
+    if (r != own)
+        return -HV_RING_ETAMPERED;
+    struct hv_ring_result result;
+    rc = read_from(&v, r, out, out_cap, max_packets, &result);
+    if (rc < 0)
+        return rc;
+    return (int64_t)rc | (int64_t)result.signal << 16 | (int64_t)result.stop << 17 |
+           (int64_t)result.out_used << 19 | (int64_t)result.index << 32;
 }

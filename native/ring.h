@@ -53,6 +53,7 @@
 #define HV_RING_EBAD_READ_INDEX   4 /* read_index unaligned or >= data size */
 #define HV_RING_EBAD_DESCRIPTOR   5 /* offset8 < 2 or offset8 > len8 */
 #define HV_RING_ETRUNCATED        6 /* packet + trailer longer than the bytes available */
+#define HV_RING_ETAMPERED         7 /* the index this end owns is not the one it published */
 
 /* Why hv_ring_read_batch stopped. */
 #define HV_RING_STOP_EMPTY    0 /* no more packets */
@@ -83,6 +84,14 @@ int hv_ring_write_batch(uint8_t *ring, size_t ring_len,
                         uint16_t type, uint16_t flags, const uint64_t *trans_ids,
                         struct hv_ring_result *result);
 
+/* hv_ring_write_batch that also checks the gathered payloads hold payloads_len bytes, the sum of
+ * the lengths (-HV_RING_EINVAL, nothing written, otherwise): a caller that joined its payloads
+ * need not add the lengths up itself. */
+int hv_ring_write_gathered(uint8_t *ring, size_t ring_len,
+                           const uint8_t *payloads, uint64_t payloads_len, const uint32_t *lengths,
+                           uint32_t count, uint16_t type, uint16_t flags, const uint64_t *trans_ids,
+                           struct hv_ring_result *result);
+
 /* hv_ring_write_batch with payload i at payloads[i] (no need to gather them first). */
 int hv_ring_write_batchv(uint8_t *ring, size_t ring_len,
                          const uint8_t *const *payloads, const uint32_t *lengths, uint32_t count,
@@ -101,5 +110,31 @@ int hv_ring_write_packet(uint8_t *ring, size_t ring_len, const uint8_t *header,
  * back). Returns how many or -HV_RING_E*; publishes read_index once. */
 int hv_ring_read_batch(uint8_t *ring, size_t ring_len, uint8_t *out, size_t out_cap,
                        uint32_t max_packets, struct hv_ring_result *result);
+
+/* The one-packet calls of a channel end (vmbus/channel.py's send and receive). `span` holds
+ * the ring and the reader's records buffer, set up once per ring, so a call converts few
+ * arguments; the end passes `own`, the index it published last, and the call refuses
+ * (-HV_RING_ETAMPERED, nothing done) if the ring's copy differs. On any refusal nothing changed
+ * and the caller takes the general path, which names the error. Both do exactly what
+ * hv_ring_write_packet / hv_ring_read_batch do. */
+struct hv_ring_span {
+    uint8_t *ring;     /* control page + data area */
+    uint64_t ring_len;
+    uint8_t *out;      /* hv_ring_receive's records go here */
+    uint32_t out_cap;  /* <= HV_RING_RECEIVE_MAX_OUT */
+    uint32_t reserved;
+};
+
+/* Append one in-band packet (type 6, no flags, trans_id 0): returns
+ * (new write_index << 2) | (signal << 1) | 1, 0 if it does not fit now, or -HV_RING_E*. */
+int64_t hv_ring_send(const struct hv_ring_span *span, uint32_t own, const uint8_t *payload,
+                     uint32_t len);
+
+/* Read up to max_packets (<= HV_RING_RECEIVE_MAX_PACKETS) packets into span->out as
+ * hv_ring_read_batch's records: returns count | signal << 16 | stop << 17 | out_used << 19 |
+ * (read_index left published) << 32, or -HV_RING_E*. */
+#define HV_RING_RECEIVE_MAX_OUT     8191u
+#define HV_RING_RECEIVE_MAX_PACKETS 0xFFFFu
+int64_t hv_ring_receive(const struct hv_ring_span *span, uint32_t own, uint32_t max_packets);
 
 #endif

@@ -25,7 +25,22 @@ from vmbus.protocol import (
     GpaRange,
     OfferChannel,
 )
-from vmbus.ring import IncomingRing, OutgoingRing, Packet, init_ring
+from vmbus.ring import IncomingRing, OutgoingRing, Packet, PacketBatch, init_ring
+from vmbus.ring import _DESC
+
+_unpack_desc = _DESC.unpack_from
+_new_tuple = tuple.__new__
+_STOP_EMPTY, _STOP_CORRUPT = 0, 3  # native/ring.h HV_RING_STOP_*
+_ring_send = _ring_receive = None  # hypervisor._binding's, bound by the first general-path call
+
+
+def _bind_core() -> None:
+    """Bind the core's one-packet calls (the first send or receive has loaded the core by then;
+    this module itself must not import it)."""
+    global _ring_send, _ring_receive
+    from hypervisor import _binding
+
+    _ring_send, _ring_receive = _binding.hv_ring_send, _binding.hv_ring_receive
 
 MIN_RING_PAGES = 2  # control page + one data page
 
@@ -117,14 +132,57 @@ class ChannelEnd:
 
     def send(self, payload, **kw) -> None:
         """Write one packet (RingFull if it does not fit) and signal if the rules say so."""
-        if self.outgoing.write_packet(payload, **kw):
+        out = self.outgoing
+        pin = out._pinned
+        # The common send, a bare in-band packet of bytes, in one crossing that also checks the
+        # write_index this end published (hv_ring_send, the same packet write_packet writes). It
+        # needs the ring pinned, this end's index adopted and no space request outstanding; any
+        # refusal changed nothing, and write_packet then decides (and raises) as always.
+        if (pin is not None and not kw and type(payload) is bytes and out._broken is None
+                and not out._requested and out._w is not None and _ring_send is not None):
+            rc = _ring_send(pin.span, out._w, payload, len(payload))
+            if rc > 0:
+                out._w = rc >> 2
+                if rc & 2:
+                    self._signal()
+                return
+        elif _ring_send is None and pin is not None:
+            _bind_core()
+        if out.write_packet(payload, **kw):
             self._signal()
 
     def receive(self) -> list[Packet]:
         """Every packet available now, copied out in batches by the core's ring fast path;
         signals the writer if that freed the space it waits for."""
+        inc = self.incoming
+        pin = inc._pinned
         packets: list[Packet] = []
         signal = False
+        # The first batch in one crossing that also checks the read_index this end published
+        # (hv_ring_receive, the same records read_batch copies out), into the pin's scratch
+        # memory; it needs the ring pinned and nothing read and left uncommitted. One packet (the
+        # one-per-call case) is parsed here; more go through PacketBatch; a batch that stopped
+        # short of the ring's end (the scratch or the count was full) goes on below.
+        if _ring_receive is None and pin is not None:
+            _bind_core()
+        if pin is not None and inc._broken is None and inc._cursor == inc._published is not None:
+            rc = _ring_receive(pin.span, inc._published, 1024)
+            if rc >= 0:
+                inc._cursor = inc._published = rc >> 32
+                records = pin.scratch_bytes
+                if rc & 0x7FFFF == 1:  # one packet, ring now empty, no signal
+                    ptype, offset8, len8, flags, trans_id = _unpack_desc(records)
+                    start = offset8 * 8
+                    return [_new_tuple(Packet, (ptype, flags, trans_id, records[start : len8 * 8],
+                                                offset8, len8,
+                                                records[16:start] if offset8 != 2 else b""))]
+                count, stop = rc & 0xFFFF, rc >> 17 & 3
+                packets += PacketBatch(records[: rc >> 19 & 0x1FFF], count)
+                signal = bool(rc & 0x10000)
+                if stop == _STOP_EMPTY or stop == _STOP_CORRUPT:
+                    if signal:
+                        self._signal()
+                    return packets
         while True:
             batch, more_signal = self.incoming.read_batch()
             signal |= more_signal
