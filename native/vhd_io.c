@@ -79,6 +79,40 @@ static int valid(const struct hv_vhd_disk *d, uint64_t offset, uint64_t len)
     return d->size <= (uint64_t)d->bat_entries * d->block_size;
 }
 
+/* A fixed disk's request: the file holds the disk's bytes at the same offsets. */
+static int fixed_io(const struct hv_vhd_disk *d, uint64_t offset, uint8_t *rbuf, const uint8_t *wbuf,
+                    uint64_t len, uint64_t *done)
+{
+    int rc = rbuf != NULL ? pread_full(d->fd, rbuf, len, offset) : pwrite_full(d->fd, wbuf, len, offset);
+    if (rc == HV_VHD_OK)
+        *done = len;
+    return rc;
+}
+
+/* The part of a request (disk offset `offset`, `len` bytes, `pos` of them done) that lies in
+ * one block of a sparse disk: the read and the write loops walk a request by these. */
+struct block_part {
+    uint64_t block;    /* the block's index */
+    uint32_t in_block; /* where the part starts in the block */
+    uint64_t chunk;    /* the part's bytes */
+    uint32_t entry;    /* the block's BAT entry */
+    uint64_t data_at;  /* file offset of the block's data (past its bitmap), if allocated */
+};
+
+static struct block_part block_part(const struct hv_vhd_disk *d, uint64_t offset, uint64_t pos, uint64_t len)
+{
+    struct block_part b;
+    uint64_t at = offset + pos;
+    b.block = at / d->block_size;
+    b.in_block = (uint32_t)(at % d->block_size);
+    b.chunk = d->block_size - b.in_block;
+    if (b.chunk > len - pos)
+        b.chunk = len - pos;
+    b.entry = d->bat[b.block];
+    b.data_at = (uint64_t)b.entry * HV_VHD_SECTOR + d->bitmap_size;
+    return b;
+}
+
 static int read_chain(const struct hv_vhd_disk *d, uint64_t offset, uint8_t *buf, uint64_t len,
                       uint64_t *done, int depth);
 
@@ -105,25 +139,17 @@ static int read_chain(const struct hv_vhd_disk *d, uint64_t offset, uint8_t *buf
     *done = 0;
     if (depth > MAX_DEPTH || !valid(d, offset, len))
         return HV_VHD_EINVAL;
-    if (d->block_size == 0) {
-        int rc = pread_full(d->fd, buf, len, offset);
-        if (rc == HV_VHD_OK)
-            *done = len;
-        return rc;
-    }
+    if (d->block_size == 0)
+        return fixed_io(d, offset, buf, NULL, len, done);
     uint64_t pos = 0;
     while (pos < len) {
-        uint64_t at = offset + pos;
-        uint64_t block = at / d->block_size;
-        uint32_t in_block = (uint32_t)(at % d->block_size);
-        uint64_t chunk = d->block_size - in_block;
-        if (chunk > len - pos)
-            chunk = len - pos;
-        uint32_t entry = d->bat[block];
+        struct block_part b = block_part(d, offset, pos, len);
+        uint64_t block = b.block, chunk = b.chunk, data_at = b.data_at;
+        uint32_t in_block = b.in_block;
         uint64_t part = 0;
         int rc;
-        if (entry == HV_VHD_UNALLOCATED) {
-            rc = read_absent(d, at, buf + pos, chunk, &part, depth);
+        if (b.entry == HV_VHD_UNALLOCATED) {
+            rc = read_absent(d, offset + pos, buf + pos, chunk, &part, depth);
             pos += part;
             if (rc != HV_VHD_OK) {
                 *done = pos;
@@ -136,7 +162,6 @@ static int read_chain(const struct hv_vhd_disk *d, uint64_t offset, uint8_t *buf
             *done = pos;
             return HV_VHD_NEED_METADATA;
         }
-        uint64_t data_at = (uint64_t)entry * HV_VHD_SECTOR + d->bitmap_size;
         uint32_t first = in_block / HV_VHD_SECTOR;
         uint32_t end = (uint32_t)((in_block + chunk - 1) / HV_VHD_SECTOR) + 1;
         uint32_t s = first;
@@ -176,35 +201,25 @@ int hv_vhd_write(const struct hv_vhd_disk *d, uint64_t offset, const uint8_t *bu
     *done = 0;
     if (!valid(d, offset, len))
         return HV_VHD_EINVAL;
-    if (d->block_size == 0) {
-        int rc = pwrite_full(d->fd, buf, len, offset);
-        if (rc == HV_VHD_OK)
-            *done = len;
-        return rc;
-    }
+    if (d->block_size == 0)
+        return fixed_io(d, offset, NULL, buf, len, done);
     if (offset % HV_VHD_SECTOR || len % HV_VHD_SECTOR)
         return HV_VHD_EINVAL;
     uint64_t pos = 0;
     while (pos < len) {
-        uint64_t at = offset + pos;
-        uint64_t block = at / d->block_size;
-        uint32_t in_block = (uint32_t)(at % d->block_size);
-        uint64_t chunk = d->block_size - in_block;
-        if (chunk > len - pos)
-            chunk = len - pos;
-        uint32_t entry = d->bat[block];
-        const uint8_t *bitmap = entry == HV_VHD_UNALLOCATED ? NULL : d->bitmaps[block];
+        struct block_part b = block_part(d, offset, pos, len);
+        const uint8_t *bitmap = b.entry == HV_VHD_UNALLOCATED ? NULL : d->bitmaps[b.block];
         if (bitmap == NULL) {
             *done = pos;
             return HV_VHD_NEED_METADATA;
         }
-        uint32_t first = in_block / HV_VHD_SECTOR, end = first + (uint32_t)(chunk / HV_VHD_SECTOR);
+        uint64_t chunk = b.chunk;
+        uint32_t first = b.in_block / HV_VHD_SECTOR, end = first + (uint32_t)(chunk / HV_VHD_SECTOR);
         uint32_t n = present(bitmap, first) ? run_length(bitmap, first, end) : 0;
         /* Write the present sectors at the front; a sector not present needs its bit set first
          * (after the data: the Python side orders that), so stop there. */
         uint64_t bytes = (uint64_t)n * HV_VHD_SECTOR;
-        uint64_t data_at = (uint64_t)entry * HV_VHD_SECTOR + d->bitmap_size + in_block;
-        int rc = bytes ? pwrite_full(d->fd, buf + pos, bytes, data_at) : HV_VHD_OK;
+        int rc = bytes ? pwrite_full(d->fd, buf + pos, bytes, b.data_at + b.in_block) : HV_VHD_OK;
         if (rc != HV_VHD_OK) {
             *done = pos;
             return rc;
