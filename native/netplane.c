@@ -599,6 +599,9 @@ int hv_np_forward(struct hv_np_switch *sw, struct hv_np_adapter *a, const uint8_
     b->offset = offset;
     b->rx_frames = b->rx_bytes = b->forwarded = b->filtered = b->mac_moves = b->learn_refused = 0;
     b->tx_frames = b->tx_bytes = 0;
+    b->cap_used = b->ncap = 0;
+    if (b->capture && b->cap == NULL)
+        return -1;
     if (sw == NULL || a == NULL || records == NULL || !port_valid(sw, a->port))
         return -1;
     struct hv_np_port *self = &sw->ports[a->port];
@@ -666,6 +669,8 @@ int hv_np_forward(struct hv_np_switch *sw, struct hv_np_adapter *a, const uint8_
             break;
         if (b->nsignals + 2 > HV_NP_MAX_SIGNALS)
             break;
+        if (b->capture && (uint64_t)b->cap_used + 4 + flen > b->cap_cap)
+            break;
 
         /* Delivery comes first: it is the one step that may still stop (a ring Python must
          * write), and nothing has changed yet. */
@@ -681,6 +686,12 @@ int hv_np_forward(struct hv_np_switch *sw, struct hv_np_adapter *a, const uint8_
         b->window_start = wstart;
         b->window_count = wcount + 1;
         b->rx_frames++, b->rx_bytes += flen, b->forwarded++;
+        if (b->capture) {   /* as the switch has it: untagged here, Python tags it for its VLAN */
+            put32(b->cap + b->cap_used, flen);
+            memcpy(b->cap + b->cap_used + 4, frame, flen);
+            b->cap_used += 4 + flen;
+            b->ncap++;
+        }
         uint32_t learnt = hv_np_learn(sw, vlan, mac48(src), a->port, now);
         b->mac_moves += (learnt & HV_NP_MOVED) != 0;
         b->learn_refused += (learnt & HV_NP_REFUSED) != 0;

@@ -112,6 +112,12 @@ struct hv_np_batch {
     uint32_t ntouched, nsignals;
     int32_t touched[HV_NP_MAX_TOUCHED]; /* receiver ports with deltas to fold */
     int32_t signals[HV_NP_MAX_SIGNALS]; /* ports whose ring to signal, in order */
+    /* A capture is running (in): each frame the switch accepts is appended to cap as a u32
+     * length and its bytes, for Python to write to the pcap in order; a frame that does not
+     * fit stops the batch before it. */
+    uint32_t capture;
+    uint32_t cap_cap, cap_used, ncap;   /* (in) cap_cap; the rest outputs */
+    uint8_t *cap;                       /* (in) */
 };
 
 struct hv_np_mac_entry {

@@ -20,6 +20,7 @@ import os
 import struct
 from collections import deque
 
+from drivers.network.frames import VLAN_NONE, tag
 from vmbus.ring import Packet
 
 _DESC = struct.Struct("<HHHHQ")   # a ring record's descriptor: type, offset8, len8, flags, trans_id
@@ -143,7 +144,7 @@ class SwitchPlane:
         self.sw = _core.hv_np_switch_new(settings.ageing_ns, settings.window_ns, settings.max_frames_per_window,
                                          settings.max_macs_per_port, settings.mtu)
         self.ports: dict[int, object] = {}     # index -> Port
-        self.batch = _core.hv_np_batch_new()
+        self.batch, self._capture_buffer = _core.hv_np_batch_new()
         self.handled = 0                       # packets the C path took (frames and completions)
 
     # ports
@@ -205,8 +206,10 @@ def forward(vsp, plane: SwitchPlane, records, offset: int, count: int) -> tuple[
     fold back what C did, signal the rings it wrote as the ring rules said, and queue a completion
     the sender's ring did not take. Returns (packets handled, offset of the next)."""
     port = vsp.port
+    switch = port._switch
     b = plane.batch
-    b.now = port._switch._now()
+    b.now = now = switch._now()
+    b.capture = switch._capture is not None
     b.window_start, b.window_count = port._window_start, port._window_count
     handled = _core.hv_np_forward(plane.sw, vsp._np.c, records, offset, count, b)
     if not handled:
@@ -215,12 +218,13 @@ def forward(vsp, plane: SwitchPlane, records, offset: int, count: int) -> tuple[
     # Everything is read out of the batch record before any callback (a signal may re-enter).
     next_offset, pending, pending_tid = b.offset, b.completion_pending, b.completion_tid
     touched = list(b.touched[0:b.ntouched])
+    captured = _core.hv_np_captured(b, plane._capture_buffer) if b.ncap else ()
     signals = list(b.signals[0:b.nsignals])
     port._window_start, port._window_count = b.window_start, b.window_count
     st = port.stats
     st.rx_frames += b.rx_frames
     st.rx_bytes += b.rx_bytes
-    sw = port._switch.stats
+    sw = switch.stats
     sw.forwarded += b.forwarded
     sw.filtered += b.filtered
     sw.mac_moves += b.mac_moves
@@ -240,6 +244,13 @@ def forward(vsp, plane: SwitchPlane, records, offset: int, count: int) -> tuple[
         c.d_tx_frames = c.d_tx_bytes = c.d_dropped_refused = 0
         _fold_adapter(out._np_vsp)
     _fold_adapter(vsp)
+    if captured:
+        # As _ingress records them: once per frame the switch took, tagged with its VLAN.
+        vlan = port.vlan.vlan
+        for frame in captured:
+            if switch._capture is None:   # a failing disk stopped the capture
+                break
+            switch._record(tag(frame, vlan, 0) if vlan != VLAN_NONE else frame, now)
     for index in signals:
         ports[index]._np_vsp.channel._signal()
     if pending:

@@ -291,8 +291,7 @@ class NetVsp(Vsp):
         offset = done = 0
         while done < count:
             switch = self.switch
-            if (self._np is not None and not self._replies and self.port is not None and switch._capture is None
-                    and not switch._delivering):
+            if self._np is not None and not self._replies and self.port is not None and not switch._delivering:
                 handled, offset = netplane.forward(self, switch._plane, records, offset, count - done)
                 done += handled
                 if done == count:

@@ -84,6 +84,10 @@ struct hv_np_batch {
     uint32_t ntouched, nsignals;
     int32_t touched[HV_NP_MAX_TOUCHED];
     int32_t signals[HV_NP_MAX_SIGNALS];
+
+    uint32_t capture;
+    uint32_t cap_cap, cap_used, ncap;
+    uint8_t *cap;
 };
 
 struct hv_np_mac_entry {

@@ -22,9 +22,12 @@ def run_lan(monkeypatch, plane: bool, *, capture=None, hostile=True, count=300, 
     if capture is not None:
         host.run(5 * MS)
         switch.capture(capture)      # from the middle of the stream on
+        before = switch._plane.handled if plane else 0
     host.run(until)
     if capture is not None:
         switch.stop_capture()
+        if plane:   # the frames captured went through C, which handed them to the capture
+            assert switch._plane.handled - before > 100
     return host, parent, switch, vms, sink
 
 
