@@ -1178,8 +1178,26 @@ def hv_np_attach(a, field: str, pin) -> None:
         a.ring_len = length
 
 
+_NP_CAPTURE_BYTES = 64 << 10   # frames a batch may hand to a running capture (then it stops)
+
+
 def hv_np_batch_new():
-    return ffi.new("struct hv_np_batch *")
+    """A batch record with its capture buffer (kept alive by the record's owner through it)."""
+    batch = ffi.new("struct hv_np_batch *")
+    cap = ffi.new("uint8_t[]", _NP_CAPTURE_BYTES)
+    batch.cap, batch.cap_cap = cap, _NP_CAPTURE_BYTES
+    return batch, cap
+
+
+def hv_np_captured(batch, cap) -> list[bytes]:
+    """The frames the last hv_np_forward appended for the capture, in order."""
+    data = ffi.buffer(cap, batch.cap_used)[:]
+    frames, at = [], 0
+    for _ in range(batch.ncap):
+        n = int.from_bytes(data[at:at + 4], "little")
+        frames.append(data[at + 4:at + 4 + n])
+        at += 4 + n
+    return frames
 
 
 def hv_np_forward(sw, a, records, offset: int, max_packets: int, batch) -> int:
