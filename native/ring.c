@@ -11,9 +11,10 @@
  *    that checked copy;
  *  - every access is inside [ring, ring + ring_len): positions are < dsize and copies longer than
  *    the distance to the end of the data area are split at the wrap.
- * Loads and stores go byte by byte in little-endian order: the layout is little-endian whatever
- * the host, and byte access can never be an unaligned (undefined) access. Compilers turn these
- * into single moves on little-endian hosts.
+ * Loads and stores are fixed-size memcpy to or from a local, swapped on big-endian hosts: the
+ * layout is little-endian whatever the host, a memcpy is never an unaligned (undefined) access,
+ * and compilers turn each into one move. (A byte-by-byte loop is not always merged: GCC 12 at
+ * -O2 stored the descriptor and trailer a byte at a time, a sixth of a 64-byte packet's cost.)
  *
  * N.B. hvsim runs in one thread, so no memory barriers are needed; the comments mark where a
  * concurrent implementation (Linux hv_ringbuffer_write, hv_pkt_iter_close) puts them.
@@ -24,29 +25,41 @@
 
 #include "ring.h"
 
-static uint16_t get_le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+/* Host byte order <-> little-endian (a no-op on little-endian hosts). */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define LE16(v) __builtin_bswap16(v)
+#define LE32(v) __builtin_bswap32(v)
+#define LE64(v) __builtin_bswap64(v)
+#else
+#define LE16(v) (v)
+#define LE32(v) (v)
+#define LE64(v) (v)
+#endif
+
+static uint16_t get_le16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, sizeof v);
+    return LE16(v);
+}
 
 static uint32_t get_le32(const uint8_t *p)
 {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void put_le16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return LE32(v);
 }
 
 static void put_le32(uint8_t *p, uint32_t v)
 {
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
+    v = LE32(v);
+    memcpy(p, &v, sizeof v);
 }
 
 static void put_le64(uint8_t *p, uint64_t v)
 {
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
+    v = LE64(v);
+    memcpy(p, &v, sizeof v);
 }
 
 /* One ring, decoded from (buffer, length). */
@@ -118,6 +131,16 @@ static uint32_t packet_total(const struct ring_view *v, uint32_t len)
     return (uint32_t)total;
 }
 
+/* A descriptor (type, offset8, len8, flags: four u16, then trans_id) as two 64-bit words, for a
+ * packet with an `hlen`-byte header and a `body`-byte packet (trailer excluded). */
+static void put_desc(uint8_t *p, uint16_t type, uint32_t hlen, uint32_t body, uint16_t flags,
+                     uint64_t trans_id)
+{
+    put_le64(p, (uint64_t)type | (uint64_t)((HV_RING_DESC_SIZE + hlen) / HV_RING_ALIGN) << 16 |
+                    (uint64_t)(body / HV_RING_ALIGN) << 32 | (uint64_t)flags << 48);
+    put_le64(p + 8, trans_id);
+}
+
 /* Write one packet at w (free space already checked): descriptor, header (hlen, a multiple of
  * 8), payload, zero padding, trailer. `total` is packet_total(hlen + len). */
 static void put_packet(const struct ring_view *v, uint32_t w, uint32_t total, uint16_t type,
@@ -132,9 +155,7 @@ static void put_packet(const struct ring_view *v, uint32_t w, uint32_t total, ui
          * word before the payload is copied over its start (pad > 0 implies len + pad >= 8, so
          * that word lies past the descriptor and the header). */
         uint8_t *p = v->data + w;
-        put_le64(p, (uint64_t)type | (uint64_t)((HV_RING_DESC_SIZE + hlen) / HV_RING_ALIGN) << 16 |
-                    (uint64_t)(body / HV_RING_ALIGN) << 32 | (uint64_t)flags << 48);
-        put_le64(p + 8, trans_id);
+        put_desc(p, type, hlen, body, flags, trans_id);
         if (pad)
             put_le64(p + body - HV_RING_ALIGN, 0);
         if (hlen)
@@ -145,11 +166,7 @@ static void put_packet(const struct ring_view *v, uint32_t w, uint32_t total, ui
         return;
     }
     uint8_t desc[HV_RING_DESC_SIZE];
-    put_le16(desc + 0, type);
-    put_le16(desc + 2, (uint16_t)((HV_RING_DESC_SIZE + hlen) / HV_RING_ALIGN));
-    put_le16(desc + 4, (uint16_t)(body / HV_RING_ALIGN));
-    put_le16(desc + 6, flags);
-    put_le64(desc + 8, trans_id);
+    put_desc(desc, type, hlen, body, flags, trans_id);
 
     /* Zero padding then the trailer: the packet's start offset in the upper 32 bits. */
     uint8_t tail[HV_RING_ALIGN + HV_RING_TRAILER_SIZE] = {0};
