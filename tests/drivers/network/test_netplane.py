@@ -194,3 +194,50 @@ def test_a_guest_tampering_with_its_receive_ring_breaks_only_itself_either_way(m
         if plane:
             assert switch._plane.handled > 100
     assert outs[0] == outs[1]
+
+
+# -- hostile packets, through both paths ------------------------------------------------------------
+
+from tests.drivers.network import test_nvsp as nvsp   # noqa: E402
+
+
+def hostile_run(data_plane, packets, inbound):
+    lan = nvsp.Lan(data_plane=data_plane)
+    a = lan.adapter()
+    port, received = nvsp.raw_port(lan)
+    b = lan.adapter(2)
+    b.vsc.transmit(nvsp.frames.BROADCAST + b.vsc.mac + b"\x88\xb5" + bytes(50))   # the switch learns b
+    lan.settle()
+    for kind, payload, trans_id in [*packets, (None, None, None)]:
+        if kind is not None:
+            a.guest_sends(payload, kind, trans_id=trans_id)
+        # frames from a to b through the switch (C when on), then whatever arrives for a
+        if a.vsc.ready:
+            for _ in range(3):
+                a.vsc.transmit(b.vsc.mac + a.vsc.mac + b"\x88\xb5" + bytes(50))
+        for blob in inbound:
+            port.send(nvsp.frames.mac_bytes(a.mac) + nvsp.frames.mac_bytes("00:15:5d:00:00:fe") + blob)
+        lan.settle()
+    vsps = (a.vsp, b.vsp)
+    handled = lan.switch._plane.handled if data_plane else 0
+    return handled, {
+        "vsp": [(dict(v.stats), dict(v.refused), v.save()) for v in vsps],
+        "vsc": [(dict(x.vsc.stats), x.vsc.refusals) for x in (a, b)],
+        "ports": {p.name: p.stats for p in lan.switch.ports},
+        "switch": lan.switch.stats,
+        "received": list(received),
+        "rings": [bytes(x.host_end.outgoing._mem) + bytes(x.host_end.incoming._mem) for x in (a, b)],
+        "buffers": [bytes(v.receive.view) if v.receive is not None else None for v in vsps],
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(nvsp.GUEST_PACKETS, max_size=20), st.lists(st.binary(min_size=2, max_size=100), max_size=3))
+def test_hostile_packets_end_the_same_through_c_and_python(packets, inbound):
+    assert hostile_run(True, packets, inbound)[1] == hostile_run(False, packets, inbound)[1]
+
+
+def test_the_hostile_runs_do_take_the_c_path():
+    handled, seen = hostile_run(True, [], [])
+    assert handled >= 6 and seen["vsp"][1][0]["rx_frames"] == 3   # three frames, and their completions
+    assert hostile_run(False, [], [])[1] == seen

@@ -81,7 +81,7 @@ class Adapter:
         self.vsc = NetVsc(self.guest_end, {"address": f"10.0.0.{index}/24", "relid": index,
                                            "buffer_pages": range(first, first + RECV_PAGES + SEND_PAGES),
                                            **(vsc_config or {})}, lan.ctx)
-        self.host_end.on_signal = lambda: lan.queue.append(lambda: self.vsp.on_packets(self.host_end.receive()))
+        self.host_end.on_signal = lambda: lan.queue.append(lambda: self.vsp.on_packets(receive_batch(self.host_end)))
         self.guest_end.on_signal = lambda: lan.queue.append(lambda: self.vsc.on_packets(self.guest_end.receive()))
         self.vsp.on_open()
 
@@ -99,10 +99,19 @@ class Adapter:
         self.lan.settle()
 
 
+def receive_batch(end):
+    """What the parent's VMBus service hands a VSP: one read of the ring (a PacketBatch, which
+    netvsp may give to the C data plane), signalling the writer if the rules say so."""
+    batch, signal = end.incoming.read_batch()
+    if signal:
+        end._signal()
+    return batch
+
+
 class Lan:
-    def __init__(self):
+    def __init__(self, data_plane=None):
         self.ctx = GuestMemory()
-        self.switch = VirtualSwitch("sw", now=self.ctx.now)
+        self.switch = VirtualSwitch("sw", now=self.ctx.now, data_plane=data_plane)
         self.queue: deque = deque()
 
     def adapter(self, index=1, vlan=10, vsp=None, vsc=None, up=True) -> Adapter:
