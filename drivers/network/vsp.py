@@ -19,6 +19,13 @@ range; the guest's completion of that transaction id frees the section. With no 
 a full ring) the frame is refused and the switch counts it against this port only. RNDIS control
 responses travel the same way and wait (at most MAX_CONTROL_BACKLOG) for a section.
 
+With the switch's C data plane (netplane.py) the receive sections live in C, and a batch the
+parent read from the ring goes to C first: runs of data frames (RNDIS PACKET in a send section
+or in-band, to a learned unicast MAC behind another netvsp) and of receive completions are
+handled there in one crossing; the first packet of any other kind, and any the C path would
+have to refuse, drop or queue, is handled by the code below, and C takes over again after it.
+The code below is the reference: both paths leave the same bytes in every guest's memory.
+
 The guest is not trusted. Allow-lists (CVE-2021-28476 was an OID reserved for the host, passed
 through from a guest):
   - VMBus packets: in-band (6) requests, GPA-direct (9) SEND_RNDIS_PKT requests and completions
