@@ -987,8 +987,9 @@ def hv_storvsc_complete(ring, capacity: int, bufs: StorvscBuffers):
 # --- storvsp's data plane (native/storvsp.h) -------------------------------------------------
 
 
-STORVSP_SENT, STORVSP_UNSENT, STORVSP_PYTHON, STORVSP_STALE = (
-    lib.HV_STORVSP_SENT, lib.HV_STORVSP_UNSENT, lib.HV_STORVSP_PYTHON, lib.HV_STORVSP_STALE)
+STORVSP_SENT, STORVSP_UNSENT, STORVSP_PYTHON, STORVSP_STALE, STORVSP_WRITE = (
+    lib.HV_STORVSP_SENT, lib.HV_STORVSP_UNSENT, lib.HV_STORVSP_PYTHON, lib.HV_STORVSP_STALE,
+    lib.HV_STORVSP_WRITE)
 
 
 def storvsp_packet(done) -> bytes:
@@ -1051,6 +1052,17 @@ class StorvspPlane:
         """The slots of the requests the plane holds, in slot order."""
         reqs = self._c.reqs
         return [slot for slot in range(self._c.max_outstanding) if reqs[slot].in_use]
+
+    def written(self, slot: int, ring) -> int:
+        """hv_storvsp_written: the write in `slot` reached the disk through Python; complete it."""
+        if ring is None:
+            return lib.hv_storvsp_written(self._c, slot, ffi.NULL, 0, self.done)
+        return lib.hv_storvsp_written(self._c, slot, ring.ptr, ring.len, self.done)
+
+    def scratch(self, length: int):
+        """The first `length` bytes of the plane's scratch buffer (a WRITE's guest bytes), as a
+        buffer valid until the next call into the plane."""
+        return ffi.buffer(self._c.scratch, length)
 
     def request(self, slot: int) -> tuple[int, bytes, int, int, int, list[int]]:
         """The request in `slot`: (trans_id, the vmscsi_request as sent, LUN, its range's

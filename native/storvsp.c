@@ -202,6 +202,9 @@ static void completion(const struct hv_storvsp_req *r, uint8_t *p)
     put32(q + R_TRANSFER, r->length);
 }
 
+static int finish(struct hv_storvsp *s, struct hv_storvsp_req *r, uint8_t *ring, size_t ring_len,
+                  struct hv_storvsp_done *done);
+
 int hv_storvsp_complete(struct hv_storvsp *s, uint32_t slot, uint8_t *ring, size_t ring_len,
                         struct hv_storvsp_done *done)
 {
@@ -217,17 +220,31 @@ int hv_storvsp_complete(struct hv_storvsp *s, uint32_t slot, uint8_t *ring, size
         if (hv_visible_copy(s->host, s->child_id, r->pfns, r->npfns, r->byte_offset, s->scratch, r->length, 0, &bad)
             != HV_STATUS_SUCCESS)
             return HV_STORVSP_PYTHON;
-        if (hv_vhd_write(u->disk, r->offset, s->scratch, r->length, &moved) != HV_VHD_OK || moved != r->length)
-            return HV_STORVSP_PYTHON;   /* Python writes it all (the same bytes) with its tables */
-        u->write_ops++, u->write_bytes += r->length;
+        if (hv_vhd_write(u->disk, r->offset, s->scratch, r->length, &moved) != HV_VHD_OK || moved != r->length) {
+            /* Python writes it all (the same bytes) with its tables, from the scratch buffer */
+            done->offset = r->offset, done->length = r->length;
+            return HV_STORVSP_WRITE;
+        }
     } else {
         if (hv_vhd_read(u->disk, r->offset, s->scratch, r->length, &moved) != HV_VHD_OK || moved != r->length)
             return HV_STORVSP_PYTHON;
         if (hv_visible_copy(s->host, s->child_id, r->pfns, r->npfns, r->byte_offset, s->scratch, r->length, 1, &bad)
             != HV_STATUS_SUCCESS)
             return HV_STORVSP_PYTHON;   /* a page hidden meanwhile: Python fails it, nothing moved */
-        u->read_ops++, u->read_bytes += r->length;
     }
+    return finish(s, r, ring, ring_len, done);
+}
+
+/* A request whose data moved: count it, free its slot, write its completion (SENT) or leave it
+ * in done->packet (UNSENT: no ring given, or it does not fit now). */
+static int finish(struct hv_storvsp *s, struct hv_storvsp_req *r, uint8_t *ring, size_t ring_len,
+                  struct hv_storvsp_done *done)
+{
+    struct hv_storvsp_lun *u = &s->luns[r->lun];
+    if (r->write)
+        u->write_ops++, u->write_bytes += r->length;
+    else
+        u->read_ops++, u->read_bytes += r->length;
     s->completed++;
     completion(r, done->packet);
     r->in_use = 0;
@@ -249,4 +266,13 @@ void hv_storvsp_release(struct hv_storvsp *s, uint32_t slot)
         s->reqs[slot].in_use = 0;
         s->in_use--;
     }
+}
+
+int hv_storvsp_written(struct hv_storvsp *s, uint32_t slot, uint8_t *ring, size_t ring_len,
+                       struct hv_storvsp_done *done)
+{
+    if (!s || slot >= s->max_outstanding || !s->reqs[slot].in_use || !s->reqs[slot].write)
+        return HV_STORVSP_STALE;
+    done->signal = 0;
+    return finish(s, &s->reqs[slot], ring, ring_len, done);
 }

@@ -19,7 +19,10 @@
  *                      Python sends done->packet itself: no ring given, or it was full), PYTHON
  *                      (nothing done: the VHD needs a table change, a page was hidden, the file
  *                      failed, the disk changed: Python executes the request by the reference path
- *                      from the slot, then frees it), STALE (no such request).
+ *                      from the slot, then frees it), WRITE (a write whose guest bytes are in the
+ *                      scratch buffer, but the VHD needs a table change or failed: Python writes
+ *                      them with its tables, then hv_storvsp_written completes it as SENT/UNSENT
+ *                      do, or Python completes a failure itself), STALE (no such request).
  *
  * Invariants: nothing is written to the guest or the disk before every check of the step has
  * passed, except a VHD write that stopped part way for Python (which then writes the same bytes

@@ -218,7 +218,7 @@ class ScsiDisk:
             return _overrun()
         offset = lba * BLOCK_SIZE
         if write:
-            return Command(op, Direction.OUT, length, True, lambda buf: self._write(offset, buf[:length], fua))
+            return Command(op, Direction.OUT, length, True, lambda buf: self.write_blocks(offset, buf[:length], fua))
         # A FUA read reads the medium; the cache never holds anything the file does not, so
         # every read already does.
         return Command(op, Direction.IN, length, True, lambda buf: self._read(offset, buf[:length]))
@@ -233,7 +233,10 @@ class ScsiDisk:
             return check_condition(SenseKey.MEDIUM_ERROR, Asc.UNRECOVERED_READ_ERROR)
         return ScsiResult(ScsiStatus.GOOD, SrbStatus.SUCCESS, len(buf))
 
-    def _write(self, offset: int, buf: memoryview, fua: bool = False) -> ScsiResult:
+    def write_blocks(self, offset: int, buf, fua: bool = False) -> ScsiResult:
+        """What a decoded WRITE does on the medium: `buf` (whole blocks) at byte `offset`, then a
+        flush with FUA. Also storvsp's C plane's way to the medium when the VHD's tables must
+        change (it checked the CDB as decode does)."""
         try:
             self.disk.write(offset, buf)
             if fua:

@@ -579,16 +579,10 @@ class StorVsp(Vsp):
                     # N.B. VirtualDisk.write marks its disk written (the next flush syncs it);
                     # C wrote through the same file, so it marks it too.
                     self.luns[done.lun].disk._dirty = True
-                if rc == _binding.STORVSP_SENT:
-                    out = self.channel.outgoing
-                    out._after_publish(done.index)
-                    if done.signal:
-                        self.channel._signal()
-                    return
-                try:
-                    self._send(done.trans_id, _binding.storvsp_packet(done))
-                except RingError as exc:
-                    self.context.log("storvsp cannot complete", error=str(exc))
+                self._plane_sent(rc, done)
+                return
+            if rc == _binding.STORVSP_WRITE:
+                self._plane_write(slot)
                 return
             if rc != _binding.STORVSP_PYTHON:
                 return
@@ -599,6 +593,38 @@ class StorVsp(Vsp):
             return
         try:
             self._finish(request)
+        except RingError as exc:
+            self.context.log("storvsp cannot complete", error=str(exc))
+
+    def _plane_sent(self, rc: int, done) -> None:
+        """After C completed a request: the ring's bookkeeping and the signal (SENT), or the
+        completion sent the Python way (UNSENT: behind a backlog, or into a full ring)."""
+        if rc == _binding.STORVSP_SENT:
+            self.channel.outgoing._after_publish(done.index)
+            if done.signal:
+                self.channel._signal()
+            return
+        try:
+            self._send(done.trans_id, _binding.storvsp_packet(done))
+        except RingError as exc:
+            self.context.log("storvsp cannot complete", error=str(exc))
+
+    def _plane_write(self, slot: int) -> None:
+        """A write C took whose VHD tables must change: the unit writes the guest's bytes (C copied
+        them into its scratch buffer, the copy the Python path reads from the guest's pages), as
+        the write's Command would; C completes it, or Python a medium error."""
+        plane, done = self._plane, self._plane.done
+        lun = self.luns[done.lun]
+        result = lun.target.write_blocks(done.offset, plane.scratch(done.length))
+        if result.ok:
+            rc = plane.written(slot, self._plane_ring())
+            self._plane_sent(rc, done)
+            return
+        trans_id, raw = plane.request(slot)[:2]
+        plane.release(slot)
+        lun.errors += 1
+        try:
+            self._complete(trans_id, ScsiRequest.decode(raw), result)
         except RingError as exc:
             self.context.log("storvsp cannot complete", error=str(exc))
 

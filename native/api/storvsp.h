@@ -9,6 +9,7 @@
 #define HV_STORVSP_UNSENT 1
 #define HV_STORVSP_PYTHON 2
 #define HV_STORVSP_STALE 3
+#define HV_STORVSP_WRITE 4
 
 struct hv_storvsp_lun {
     const struct hv_vhd_disk *disk;
@@ -46,6 +47,9 @@ struct hv_storvsp_done {
     uint32_t lun;
     uint32_t write;
     uint64_t trans_id;
+    uint64_t offset;
+    uint32_t length;
+    uint32_t reserved;
     uint8_t packet[64];
 };
 
@@ -71,4 +75,6 @@ int hv_storvsp_submit(struct hv_storvsp *s, const uint8_t *records, size_t len, 
                       uint32_t others, uint32_t *slots, uint64_t *dues, size_t *used);
 int hv_storvsp_complete(struct hv_storvsp *s, uint32_t slot, uint8_t *ring, size_t ring_len,
                         struct hv_storvsp_done *done);
+int hv_storvsp_written(struct hv_storvsp *s, uint32_t slot, uint8_t *ring, size_t ring_len,
+                       struct hv_storvsp_done *done);
 void hv_storvsp_release(struct hv_storvsp *s, uint32_t slot);
