@@ -349,3 +349,20 @@ def test_limits_past_what_the_plane_holds_leave_it_out_or_are_clamped(templates,
     wide = StorVsp(rig.host_end, {**config, "max_transfer_bytes": 1 << 40}, ManualContext())
     assert many._plane is None                  # a slot per request: the Python path's dict instead
     assert wide._plane is not None and wide.max_transfer == 1 << 40   # a u32 transfer is never longer
+
+
+def test_a_disk_that_cannot_grow_fails_that_write_alone_on_both_paths(templates, tmp_path, monkeypatch):
+    def full(self, block, in_block, src):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(VirtualDisk, "_allocate", full)
+
+    def script(r):   # the differencing disk holds no block yet: a write must allocate one
+        r.batch([io(True, 100, 8, RW_PAGES[0:1]), io(False, 100, 8, RW_PAGES[2:3])])
+        r.run(5 * MS)
+
+    (python, python_files), (c, c_files) = both(templates, tmp_path, script, kind="differencing")
+    assert python == c and python_files == c_files
+    replies = [p.ScsiRequest.decode(p.decode_packet(pk[3]).body) for pk in python[0][4:]]
+    assert [r.srb_status & 0x3F for r in replies] == [4, 1]             # ERROR (medium), SUCCESS
+    assert python[2]["luns"][0]["errors"] == 1 and python[2]["luns"][0]["read_ops"] == 1
