@@ -61,7 +61,7 @@ class UsageError(Exception):
 @dataclass
 class Plan:
     """What a run will do, checked: the configuration, where its files go, for how long, the seed."""
-    config: Any                 # partitions.config_schema.Config
+    config: Any                 # partitions.config_schema.Config, or DatacenterConfig
     workdir: Path
     duration: int               # ns
     seed: int | None            # None: the file's, else 0
@@ -71,7 +71,7 @@ def plan(args: argparse.Namespace, *, create: bool) -> Plan:
     """Check everything a run needs that can be known before it starts; UsageError if anything is
     wrong. `create`: make the default host's work directory (a run does; a check does not)."""
     from partitions import run_files
-    from partitions.config import ConfigError, command_line_value, default_config, load
+    from partitions.config import ConfigError, DatacenterConfig, command_line_value, default_config, load
     try:
         duration = command_line_value("--for", args.duration, "at.time")
         seed = None if args.seed is None else command_line_value("--seed", args.seed, "host.seed")
@@ -86,20 +86,29 @@ def plan(args: argparse.Namespace, *, create: bool) -> Plan:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"{exc.filename or args.config or args.workdir}: {exc.strerror or exc}") from None
-    try:  # the disks: the ones named exist as VHDs of their size, or can be made; run files can be
-        run_files.plan_disks(config, workdir, args.config or "the default host")
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    _check_workloads(config, args.config or "the default host")
+    # A datacenter file is checked host by host, each host's keys under its host[i].
+    hosts = ([(f"host[{i}].", h.config, f"{args.pcap}.{h.name}") for i, h in enumerate(config.hosts)]
+             if isinstance(config, DatacenterConfig) else [("", config, args.pcap)])
+    if isinstance(config, DatacenterConfig) and args.trace is not None:
+        raise UsageError(f"--trace {args.trace}: not available for a datacenter file yet (the trace is of one host)")
+    for prefix, host, pcap in hosts:
+        try:  # the disks: the ones named exist as VHDs of their size, or can be made; run files can be
+            run_files.plan_disks(host, workdir, args.config or "the default host")
+        except ConfigError as exc:
+            if prefix and exc.key is not None:
+                exc = ConfigError(exc.file, prefix + exc.key, exc.expected, exc.got, hint=exc.hint)
+            raise UsageError(str(exc)) from None
+        _check_workloads(host, args.config or "the default host", prefix)
     for option, path in (("--log", args.log), ("--trace", args.trace)):
         if path is not None:
             _check_file(Path(path), option)
     if args.pcap is not None:
-        names = [sw.name for sw in config.switches]
-        if not names:
+        switches = [(pcap, [sw.name for sw in host.switches]) for _, host, pcap in hosts]
+        if not any(names for _, names in switches):
             raise UsageError(f"--pcap {args.pcap}: {args.config or 'the host'} has no [[switch]] to capture")
-        for path in [args.pcap] if len(names) <= 1 else [f"{args.pcap}.{name}" for name in names]:
-            _check_file(Path(path), "--pcap")
+        for pcap, names in switches:
+            for path in [pcap] if len(names) == 1 else [f"{pcap}.{name}" for name in names]:
+                _check_file(Path(path), "--pcap")
     if create:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +140,7 @@ def _check_directory(path: Path, what: str) -> None:
         raise UsageError(f"{what} {path}: {existing} is not writable")
 
 
-def _check_workloads(config, file: str) -> None:
+def _check_workloads(config, file: str, prefix: str = "") -> None:
     """A python workload's module can be found (as the run will import it, on this sys.path)."""
     import importlib.util
 
@@ -146,7 +155,7 @@ def _check_workloads(config, file: str) -> None:
             except (ImportError, ValueError):   # a parent package that is missing, or fails to import
                 found = False
             if not found:
-                key = f"vm[{i}].workload" + (f"[{j}]" if len(vm.workloads) > 1 else "")
+                key = f"{prefix}vm[{i}].workload" + (f"[{j}]" if len(vm.workloads) > 1 else "")
                 raise UsageError(f"{file}: {key}.target: expected a module this Python can import, got "
                                  f"{w.target!r} (no module {module!r} on sys.path)")
 
@@ -157,6 +166,7 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from partitions.config_schema import DatacenterConfig
     from partitions.eventlog import EventLog
     from partitions.management import ManagedHost, ScenarioError
     with _CtrlC() as ctrl_c:
@@ -164,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
             p = plan(args, create=True)
         except UsageError as exc:
             return _fail(str(exc))
+        if isinstance(p.config, DatacenterConfig):
+            return _run_datacenter(args, p, ctrl_c)
         built: list = []  # the host, once built: the log's clock reads 0 until then
         log = EventLog(args.log, lambda: built[0].host.now if built else 0) if args.log else None
         try:
@@ -330,6 +342,104 @@ def _print_summary(s: dict) -> None:
                       str(v.get("packets_in", "")) if v else "")
     console.print(parts)
     console.print(f"trace digest {s['trace_digest']}")
+    outcome = s.get("outcome", {})
+    if outcome.get("status", "completed") != "completed":
+        console.print(f"[bold red]run {outcome['status']}[/] at {s['simulated_ns'] / 1e9:g} s: {outcome['reason']}",
+                      markup=True, highlight=False)
+
+
+# ---- a datacenter file ------------------------------------------------------------------------------
+
+def _run_datacenter(args: argparse.Namespace, p: Plan, ctrl_c: _CtrlC) -> int:
+    """`hvsim run` of a datacenter file: its hosts in one simulated time (partitions.datacenter),
+    with the same options, outcomes and exit statuses as one host; the summary is per host, plus
+    the links' traffic and the datacenter's digest."""
+    from partitions.datacenter import Datacenter
+    from partitions.eventlog import EventLog
+    from partitions.management import ScenarioError
+    built: list = []   # the datacenter, once built: the log's clock reads 0 until then
+    log = EventLog(args.log, lambda: built[0].clock() if built else 0) if args.log else None
+    try:
+        dc = Datacenter(p.config, seed=p.seed, workdir=p.workdir, event_log=log, pcap=args.pcap)
+    except (ScenarioError, ValueError, OSError) as exc:
+        if log is not None:
+            log.close()
+        return _fail(str(exc))
+    built.append(dc)
+    outcome, status, crash = {"status": "completed"}, 0, None
+    try:
+        ctrl_c.check()
+        if sys.stdout.isatty() and not args.json:
+            _run_datacenter_live(dc, p.duration, lambda d: ctrl_c.check())
+        else:
+            dc.run(p.duration, on_progress=lambda d: ctrl_c.check())
+    except KeyboardInterrupt:
+        outcome, status = {"status": "interrupted", "reason": "Ctrl-C"}, EXIT_INTERRUPTED
+    except ScenarioError as exc:
+        outcome, status = {"status": "failed", "reason": f"host {dc.stopped_in!r}: {exc}"}, EXIT_FAILED
+    except Exception as exc:   # a guest that raised, or a defect of hvsim's: report it, keep the records
+        where = dc.hosts.get(dc.stopped_in)
+        reason = _naming_vms(exc, where.managed) if where is not None else f"{type(exc).__name__}: {exc}"
+        outcome, status = {"status": "failed", "reason": f"host {dc.stopped_in!r}: {reason}"}, EXIT_FAILED
+        crash = traceback.format_exc() if not _is_guest_error(exc) else None
+    summary = dc.summary()
+    summary["outcome"] = outcome
+    dc.close()
+    if log is not None:
+        log.event("run.end", **outcome)
+        log.close()
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        print()
+    else:
+        _print_datacenter_summary(summary)
+    if crash is not None:
+        print(crash, file=sys.stderr, end="")
+    if status:   # the time of the host that stopped the run; Ctrl-C is heard between windows
+        now = dc.hosts[dc.stopped_in].now if dc.stopped_in in dc.hosts else dc.now
+        print(f"hvsim run: {outcome['status']} at {now / 1e9:g} s: {outcome['reason']}", file=sys.stderr)
+    return status
+
+
+def _run_datacenter_live(dc, duration: int, progress: Callable) -> None:
+    from rich.console import Group
+    from rich.live import Live
+    from rich.progress import BarColumn, Progress, TextColumn
+    bar = Progress(TextColumn("simulated time"), BarColumn(), TextColumn("{task.completed:.2f} / {task.total:.2f} s"))
+    task = bar.add_task("run", total=duration / 1e9)
+
+    def view():
+        return Group(*[_vm_table(node.managed.get_vm(), f"Get-VM on {name}") for name, node in dc.hosts.items()],
+                     bar)
+    with Live(view(), refresh_per_second=8) as live:
+        shown = [0]
+
+        def update(d) -> None:
+            progress(d)
+            if d.now - shown[0] >= 100_000_000 or d.now >= duration:   # windows can be short: redraw by 100 ms
+                shown[0] = d.now
+                bar.update(task, completed=d.now / 1e9)
+                live.update(view())
+        dc.run(duration, on_progress=update)
+
+
+def _print_datacenter_summary(s: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    for name, host in s["hosts"].items():
+        console.print(_vm_table(host["vms"], f"Get-VM on {name} after {host['simulated_ns'] / 1e9:g} s "
+                                             f"(seed {host['seed']})"))
+    links = Table(title=f"Links (windows of {s['window_ns'] / 1e3:g} us: {s['windows']})")
+    for col in ("link", "bandwidth", "latency", "messages", "bytes", "queued (ms)", "busy (%)"):
+        links.add_column(col, justify="left" if col == "link" else "right")
+    for link in s["links"]:
+        for d in link["directions"]:
+            links.add_row(f"{d['from']} -> {d['to']}", f"{link['bandwidth_bps'] / 1e9:g} Gbit/s",
+                          f"{link['latency_ns'] / 1e3:g} us", str(d["messages"]), str(d["bytes"]),
+                          f"{d['queued_ns'] / 1e6:.3f}", f"{100 * d['utilisation']:.2f}")
+    console.print(links)
+    console.print(f"trace digest {s['trace_digest']} (seed {s['seed']}, {len(s['hosts'])} hosts)")
     outcome = s.get("outcome", {})
     if outcome.get("status", "completed") != "completed":
         console.print(f"[bold red]run {outcome['status']}[/] at {s['simulated_ns'] / 1e9:g} s: {outcome['reason']}",

@@ -1,0 +1,156 @@
+"""A datacenter: hosts advancing in one simulated time, joined by links, run by a conservative
+window protocol (see docs/datacenter.md).
+
+    dc = Datacenter(load("two-hosts.toml"), seed=7, workdir="run")
+    dc.hosts["b"].handle("ping", lambda m: print("ping at", dc.hosts["b"].now))
+    dc.hosts["a"].send("b", "ping", b"hello")
+    dc.run("1s")
+    dc.trace_digest()
+
+The run loop advances time in windows no longer than the smallest link latency. Within a window
+each host runs alone (in name order) to the window's end, stopping only to deliver the messages
+that arrive inside it; then the messages sent during the window go onto their links. A message
+sent at t arrives no earlier than t + latency >= the window's end, where every host stands at
+that moment: it always lands in its receiver's future, so no host ever has to be rolled back,
+and the outcome depends neither on the order hosts run in nor on whether they run in one process.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Callable
+
+from hypervisor.quantities import parse_duration
+from partitions.config_schema import DatacenterConfig
+from partitions.datacenter.link import Link, Message
+from partitions.datacenter.node import HostNode
+
+#: The longest window, whatever the links: the run reports progress (and hears Ctrl-C) at least
+#: this often, as a single host does.
+MAX_WINDOW_NS = 100_000_000
+
+
+def host_seed(datacenter_seed: int, host: str) -> int:
+    """A host's seed derived from the datacenter's: the first 8 bytes (little-endian) of the
+    SHA-256 of the datacenter seed in decimal, a NUL byte and the host's name in UTF-8. Two hosts
+    of one datacenter get unrelated seeds; the same names and seed give the same ones anywhere."""
+    digest = hashlib.sha256(f"{datacenter_seed}\0{host}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+class Datacenter:
+    """The hosts of `config`, each a ManagedHost built from its own configuration, and its links.
+
+    The datacenter's seed is `seed` when given (`hvsim run --seed`), else the file's
+    `[datacenter] seed`, else 0. A host's seed is its table's `seed` when it sets one and `seed`
+    is not given here (the command line wins over the file, as for one host); otherwise
+    host_seed(datacenter seed, host name). `event_log` gets every host's events, each with its
+    `host` field; the log's clock should read `Datacenter.clock`. `pcap` captures each host's
+    switches to PCAP.HOST (PCAP.HOST.SWITCH for a host with several)."""
+
+    def __init__(self, config: DatacenterConfig, *, seed: int | None = None, workdir: Path | str = ".",
+                 event_log=None, record_scheduling: bool = False, pcap: Path | str | None = None) -> None:
+        self.config = config
+        self.seed = seed if seed is not None else config.seed if config.seed is not None else 0
+        self.links = [Link(c.hosts[0], c.hosts[1], c.bandwidth, c.latency) for c in config.links]
+        self.window_ns = min([MAX_WINDOW_NS] + [link.latency for link in self.links])
+        self.now = 0            # the end of the last window: where every host stands between windows
+        self.windows = 0
+        self._focus: HostNode | None = None   # the host running now (its clock is the log's)
+        self.stopped_in: str | None = None    # the host that was running when a run raised
+        self._traffic = hashlib.blake2b(digest_size=16)   # every message, as its link carried it
+        self.hosts: dict[str, HostNode] = {}
+        built: list[HostNode] = []
+        try:
+            for h in sorted(config.hosts, key=lambda h: h.name):
+                pinned = h.config.host.seed
+                neighbours = {end for link in self.links if h.name in (link.a, link.b)
+                              for end in (link.a, link.b) if end != h.name}
+                self._focus = None
+                node = HostNode(h.name, h.config,
+                                seed=pinned if pinned is not None and seed is None else host_seed(self.seed, h.name),
+                                neighbours=neighbours, workdir=workdir,
+                                event_log=event_log.bind(host=h.name) if event_log is not None else None,
+                                record_scheduling=record_scheduling,
+                                pcap=f"{pcap}.{h.name}" if pcap is not None and h.config.switches else None)
+                built.append(node)
+                self.hosts[h.name] = node
+        except BaseException:
+            for node in built:   # a host that cannot be built: the ones made before it let go of their files
+                node.close()
+            raise
+
+    def clock(self) -> int:
+        """The simulated time an event happens at: the running host's inside a window, the
+        datacenter's between windows."""
+        return self._focus.now if self._focus is not None else self.now
+
+    # ---- messages ---------------------------------------------------------------------------------
+    def send(self, src: str, dst: str, kind: str, payload: bytes = b"", *, size: int | None = None) -> Message:
+        """Send a message from host `src` to host `dst` over the link joining them (HostNode.send)."""
+        return self.hosts[src].send(dst, kind, payload, size=size)
+
+    def link(self, x: str, y: str) -> Link:
+        """The link joining hosts x and y."""
+        for link in self.links:
+            if link.joins(x, y):
+                return link
+        raise LookupError(f"no link joins host {x!r} and host {y!r}")
+
+    def _exchange(self) -> None:
+        """The window's end: every message sent in it goes onto its link, in the order each host
+        sent them (one host sends each direction, so each link direction is FIFO), and to its
+        receiver, which stands at the window's end, no later than the message's arrival."""
+        incoming: dict[str, list[Message]] = {}
+        for node in self.hosts.values():
+            for m in node.take_outbox():
+                self.link(m.src, m.dst).transmit(m)
+                self._traffic.update(repr(m.record()).encode())
+                incoming.setdefault(m.dst, []).append(m)
+        for dst, messages in incoming.items():
+            self.hosts[dst].accept(messages)   # raises if a message would land in dst's past
+
+    # ---- running ------------------------------------------------------------------------------------
+    def run(self, until: int | str, *, on_progress: Callable[[Datacenter], None] | None = None) -> None:
+        """Run every host to `until` in windows of `window_ns`; `on_progress` after each window."""
+        end = parse_duration(until, "until")
+        while self.now < end:
+            window_end = min(end, self.now + self.window_ns)
+            for node in self.hosts.values():   # name order
+                self._focus = node
+                try:
+                    node.advance(window_end)
+                except BaseException:
+                    self.stopped_in = node.name
+                    raise
+                finally:
+                    self._focus = None
+            self.now = window_end
+            self.windows += 1
+            self._exchange()
+            if on_progress is not None:
+                on_progress(self)
+
+    # ---- what it shows ----------------------------------------------------------------------------
+    def trace_digest(self) -> bytes:
+        """A digest of the whole datacenter: each host's name, seed and trace digest (in name
+        order), then every message its links carried. The same configuration and seed give the
+        same digest. N.B. the seeds go in themselves: a host's own digest covers its events and
+        scheduling, which today's built-in workloads make the same whatever the seed (it picks
+        only disk-io's offsets), and two runs with different seeds are different runs."""
+        d = hashlib.blake2b(digest_size=16)
+        for name, node in self.hosts.items():
+            d.update(name.encode() + b"\0" + node.managed.seed.to_bytes(8, "little") + node.trace_digest())
+        d.update(self._traffic.digest())
+        return d.digest()
+
+    def summary(self) -> dict[str, Any]:
+        return {"simulated_ns": self.now, "seed": self.seed, "window_ns": self.window_ns, "windows": self.windows,
+                "hosts": {name: node.summary() for name, node in self.hosts.items()},
+                "links": [link.summary(self.now) for link in self.links],
+                "trace_digest": self.trace_digest().hex()}
+
+    def close(self) -> None:
+        """Every host is done (ManagedHost.close): take the summary first."""
+        for node in self.hosts.values():
+            node.close()
