@@ -144,7 +144,7 @@ class SwitchPlane:
         self.sw = _core.hv_np_switch_new(settings.ageing_ns, settings.window_ns, settings.max_frames_per_window,
                                          settings.max_macs_per_port, settings.mtu)
         self.ports: dict[int, object] = {}     # index -> Port
-        self.batch, self._capture_buffer = _core.hv_np_batch_new()
+        self.batch, self._capture_buffer, self._view = _core.hv_np_batch_new()
         self.handled = 0                       # packets the C path took (frames and completions)
 
     # ports
@@ -211,28 +211,30 @@ def forward(vsp, plane: SwitchPlane, records, offset: int, count: int) -> tuple[
     b.now = now = switch._now()
     b.capture = switch._capture is not None
     b.window_start, b.window_count = port._window_start, port._window_count
-    handled = _core.hv_np_forward(plane.sw, vsp._np.c, records, offset, count, b)
+    (_, window_start, window_count, handled, next_offset, pending, pending_tid, rx_frames, rx_bytes, forwarded,
+     filtered, moves, refused, tx_frames, tx_bytes, ntouched, nsignals) = _core.hv_np_forward(
+        plane.sw, vsp._np.c, records, offset, count, b, plane._view)
     if not handled:
         return 0, offset
     plane.handled += handled
     # Everything is read out of the batch record before any callback (a signal may re-enter).
-    next_offset, pending, pending_tid = b.offset, b.completion_pending, b.completion_tid
-    touched = list(b.touched[0:b.ntouched])
-    captured = _core.hv_np_captured(b, plane._capture_buffer) if b.ncap else ()
-    signals = list(b.signals[0:b.nsignals])
-    port._window_start, port._window_count = b.window_start, b.window_count
-    st = port.stats
-    st.rx_frames += b.rx_frames
-    st.rx_bytes += b.rx_bytes
-    sw = switch.stats
-    sw.forwarded += b.forwarded
-    sw.filtered += b.filtered
-    sw.mac_moves += b.mac_moves
-    sw.learn_refused += b.learn_refused
-    vst = vsp.stats
-    if b.tx_frames:
-        vst["tx_frames"] += b.tx_frames
-        vst["tx_bytes"] += b.tx_bytes
+    touched = b.touched[0:ntouched] if ntouched else ()
+    signals = b.signals[0:nsignals] if nsignals else ()
+    captured = _core.hv_np_captured(b, plane._capture_buffer) if b.capture and b.ncap else ()
+    if rx_frames:
+        port._window_start, port._window_count = window_start, window_count
+        st = port.stats
+        st.rx_frames += rx_frames
+        st.rx_bytes += rx_bytes
+        sw = switch.stats
+        sw.forwarded += forwarded
+        if filtered or moves or refused:
+            sw.filtered += filtered
+            sw.mac_moves += moves
+            sw.learn_refused += refused
+        vst = vsp.stats
+        vst["tx_frames"] += tx_frames
+        vst["tx_bytes"] += tx_bytes
     ports = plane.ports
     for index in touched:
         out = ports[index]
@@ -243,7 +245,10 @@ def forward(vsp, plane: SwitchPlane, records, offset: int, count: int) -> tuple[
         ost.dropped_refused += c.d_dropped_refused
         c.d_tx_frames = c.d_tx_bytes = c.d_dropped_refused = 0
         _fold_adapter(out._np_vsp)
-    _fold_adapter(vsp)
+    c = vsp._np.c
+    if c.wrote:
+        c.wrote = 0
+        vsp.channel.outgoing._after_publish(c.w)
     if captured:
         # As _ingress records them: once per frame the switch took, tagged with its VLAN.
         vlan = port.vlan.vlan
@@ -259,13 +264,19 @@ def forward(vsp, plane: SwitchPlane, records, offset: int, count: int) -> tuple[
 
 
 def _fold_adapter(vsp) -> None:
+    """A receiving adapter's counters and ring, after C delivered to it."""
     c = vsp._np.c
     st = vsp.stats
-    for key in ("rx_frames", "rx_bytes", "rx_filtered", "rx_no_buffer", "rx_ring_full"):
-        value = getattr(c, "d_" + key)
-        if value:
-            st[key] += value
-            setattr(c, "d_" + key, 0)
+    if c.d_rx_frames:
+        st["rx_frames"] += c.d_rx_frames
+        st["rx_bytes"] += c.d_rx_bytes
+        c.d_rx_frames = c.d_rx_bytes = 0
+    if c.d_rx_filtered or c.d_rx_no_buffer or c.d_rx_ring_full:
+        for key in ("rx_filtered", "rx_no_buffer", "rx_ring_full"):
+            value = getattr(c, "d_" + key)
+            if value:
+                st[key] += value
+                setattr(c, "d_" + key, 0)
     if c.wrote:
         c.wrote = 0
         vsp.channel.outgoing._after_publish(c.w)
