@@ -1193,12 +1193,19 @@ def hv_np_attach(a, field: str, pin) -> None:
 _NP_CAPTURE_BYTES = 64 << 10   # frames a batch may hand to a running capture (then it stops)
 
 
+# struct hv_np_batch up to touched[]: now, window_start, window_count, handled, offset,
+# completion_pending, completion_tid, rx_frames, rx_bytes, forwarded, filtered, mac_moves,
+# learn_refused, tx_frames, tx_bytes, ntouched, nsignals (read in one unpack after each call).
+_NP_BATCH_HEAD = _struct.Struct("<QQIIIIQ8QII")
+assert _NP_BATCH_HEAD.size == ffi.offsetof("struct hv_np_batch", "touched")
+
+
 def hv_np_batch_new():
-    """A batch record with its capture buffer (kept alive by the record's owner through it)."""
+    """A batch record, its capture buffer and a view of the record (the owner keeps all three)."""
     batch = ffi.new("struct hv_np_batch *")
     cap = ffi.new("uint8_t[]", _NP_CAPTURE_BYTES)
     batch.cap, batch.cap_cap = cap, _NP_CAPTURE_BYTES
-    return batch, cap
+    return batch, cap, ffi.buffer(batch)
 
 
 def hv_np_captured(batch, cap) -> list[bytes]:
@@ -1212,13 +1219,14 @@ def hv_np_captured(batch, cap) -> list[bytes]:
     return frames
 
 
-def hv_np_forward(sw, a, records, offset: int, max_packets: int, batch) -> int:
-    """Handle packets of a batch's records from `offset` (see native/netplane.h); how many."""
+def hv_np_forward(sw, a, records, offset: int, max_packets: int, batch, view) -> tuple:
+    """Handle packets of a batch's records from `offset` (see native/netplane.h); the batch
+    record's outputs up to touched[], as _NP_BATCH_HEAD lists them."""
     with ffi.from_buffer("uint8_t[]", records) as buf:
         rc = lib.hv_np_forward(sw, a, buf, len(buf), offset, max_packets, batch)
     if rc < 0:
         raise ValueError("hv_np_forward: the records are not a ring read's")
-    return rc
+    return _NP_BATCH_HEAD.unpack_from(view)
 
 
 def hv_np_bind(sw, port: int, adapter) -> None:
