@@ -6,6 +6,7 @@
 #include "core.h"
 #include "ring.h"
 #include "vhd_io.h"
+#include "api/storvsc.h"
 #include "storvsp.h"
 #include "netplane.h"
 

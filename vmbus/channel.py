@@ -119,6 +119,9 @@ class ChannelEnd:
         self.incoming = IncomingRing(incoming)
         self._signal = signal
         self.on_signal: Callable[[], None] | None = None  # called when the peer signals
+        # A device's own reader (storvsc's one-crossing completions): reader(incoming) ->
+        # (packets, signal), `packets` a sequence of Packet; receive() returns it instead.
+        self.reader: Callable[[IncomingRing], tuple] | None = None
 
     @classmethod
     def host(cls, memory, downstream_page_offset: int, signal: Callable[[], None]) -> "ChannelEnd":
@@ -151,9 +154,22 @@ class ChannelEnd:
         if out.write_packet(payload, **kw):
             self._signal()
 
+    def send_call(self, call, *args) -> int:
+        """Write one packet with a device's own C writer (OutgoingRing.write_call) and signal if
+        the rules say so; returns 1, or 0 if it did not fit (nothing written)."""
+        written, signal = self.outgoing.write_call(call, *args)
+        if signal:
+            self._signal()
+        return written
+
     def receive(self) -> list[Packet]:
-        """Every packet available now, copied out in batches by the core's ring fast path;
-        signals the writer if that freed the space it waits for."""
+        """Every packet available now, copied out in batches by the core's ring fast path (or
+        by the device's `reader`); signals the writer if that freed the space it waits for."""
+        if self.reader is not None:
+            packets, signal = self.reader(self.incoming)
+            if signal:
+                self._signal()
+            return packets
         inc = self.incoming
         pin = inc._pinned
         packets: list[Packet] = []

@@ -34,7 +34,9 @@ arguments) leaves this module.
 `write`/`read` are the pure-Python reference, one packet at a time; `write_packet` (one packet)
 and `write_batch`/`read_batch` (many) do the same through the C fast path (native/ring.c), which
 follows this module check for check, in one crossing per call, copying each payload once into
-the ring and once out of it.
+the ring and once out of it. `write_call`/`read_call` wrap a device's own C call built on those
+ring calls (storvsc's, which packs or decodes its packets in the same crossing) in the same
+checks and bookkeeping.
 """
 from __future__ import annotations
 
@@ -440,6 +442,26 @@ class OutgoingRing(_RingEnd):
         self._after_publish(index)
         return signal
 
+    def write_call(self, call, *args) -> tuple[int, bool]:
+        """write_packet's checks and bookkeeping around a device's own C writer (storvsc's:
+        hypervisor._binding.hv_storvsc_submit), which packs its packet and writes it with
+        hv_ring_write_packet in the same crossing: call(ring, *args) -> (written, signal,
+        write_index). Returns (written, whether the reader must be signalled); on 0 nothing was
+        written and the caller takes write() (the reference) for the same packet."""
+        if self._broken is not None:
+            raise RingCorrupt(*self._broken)
+        if _U32.unpack_from(self._mem, _WRITE_INDEX)[0] != self._w:
+            self._own_index()  # adopts the first time; else raises (tampered or invalid)
+        core = _binding or _core()
+        try:
+            written, signal, index = call(self._pinned or self._ring(), *args)
+        except core.RingCorruptError as exc:
+            raise self._break(exc.kind, str(exc)) from None
+        if not written:
+            return 0, False
+        self._after_publish(index)
+        return written, signal
+
     def write_batch(
         self,
         payloads: Sequence,
@@ -649,6 +671,30 @@ class IncomingRing(_RingEnd):
             raise self._break(exc.kind, str(exc)) from None
         self._cursor = self._published = index
         return PacketBatch(records, count), signal or more_signal
+
+    def read_call(self, call, *args):
+        """read_batch through a device's own C reader (storvsc's: hv_storvsc_complete), which
+        reads with hv_ring_read_batch and decodes what it read in the same crossing:
+        call(ring, capacity, *args) -> (count, signal, read_index, result), `capacity` the bytes
+        published, as read_batch computes it. The same checks, commit and errors as read_batch;
+        returns (result, whether the writer must be signalled)."""
+        if self._broken is not None:
+            raise RingCorrupt(*self._broken)
+        mem = self._mem
+        r = _U32.unpack_from(mem, _READ_INDEX)[0]
+        if r != self._published:
+            r = self._own_index()  # adopts the first time; else raises (tampered or invalid)
+        signal = self.commit() if self._cursor != r else False  # C starts at read_index
+        w = _U32.unpack_from(mem, _WRITE_INDEX)[0]
+        dsize = self._dsize
+        capacity = (w - self._published) % dsize if w < dsize and not w % ALIGN else 0
+        core = _binding or _core()
+        try:
+            count, more_signal, index, result = call(self._pinned or self._ring(), capacity, *args)
+        except core.RingCorruptError as exc:
+            raise self._break(exc.kind, str(exc)) from None
+        self._cursor = self._published = index
+        return result, signal or more_signal
 
     # -- internals ---------------------------------------------------------------------------
 

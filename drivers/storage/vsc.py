@@ -38,6 +38,7 @@ bytes the host reports, and a LUN list longer than its data is cut to what the d
 from __future__ import annotations
 
 import enum
+import struct
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -49,7 +50,14 @@ from drivers.storage.protocol import (
 )
 from hypervisor.quantities import parse_duration
 from vmbus.protocol import PAGE_SIZE
-from vmbus.ring import FLAG_COMPLETION_REQUESTED, PKT_COMP, PKT_DATA_INBAND, Packet, RingError, RingFull
+from vmbus.ring import (
+    FLAG_COMPLETION_REQUESTED, PKT_COMP, PKT_DATA_INBAND, Packet, PacketBatch, RingError, RingFull,
+)
+
+try:  # the one-crossing path (native/storvsc.c); without the core, the reference path does all
+    from hypervisor import _binding as _native
+except ImportError:  # pragma: no cover - the core is always built in this repository
+    _native = None
 
 INIT_TRANS_ID = (1 << 64) - 3  # Linux's VMBUS_RQST_INIT: init requests never collide with I/O ids
 
@@ -74,6 +82,7 @@ class IoRequest:
     callback: Callable[[IoRequest], None] | None = None
     done: bool = False
     data: bytes | None = None     # a read's (or a data-in command's) bytes once done
+    copy: bool = True             # False: a read's bytes stay in the bounce pages (data stays None)
     error: str | None = None
     srb_status: int | None = None
     scsi_status: int | None = None
@@ -106,9 +115,10 @@ class Disk:
     def max_blocks(self) -> int:
         return self.controller.max_blocks
 
-    def read(self, lba: int, count: int, callback=None) -> IoRequest:
-        """Read `count` blocks from `lba`; request.data holds them once done."""
-        return self.controller._read(self.lun, lba, count, callback)
+    def read(self, lba: int, count: int, callback=None, *, copy: bool = True) -> IoRequest:
+        """Read `count` blocks from `lba`; request.data holds them once done (with copy=False
+        they are not copied out of the bounce pages: request.transferred says how many came)."""
+        return self.controller._read(self.lun, lba, count, callback, copy)
 
     def write(self, lba: int, data, callback=None) -> IoRequest:
         """Write `data` (a multiple of 512 bytes) from `lba`."""
@@ -156,6 +166,8 @@ class StorVsc(Vsc):
         self._next_id = 1                     # IoRequest ids
         self._next_trans_id = 0               # the last transaction id used
         self._pumping = False
+        self._native: _native.StorvscBuffers | None = None  # the one-crossing path, once open
+        self.native = bool(cfg.get("native", True))  # False: the pure-Python reference path
 
     # -- negotiation -------------------------------------------------------------------------
 
@@ -175,7 +187,21 @@ class StorVsc(Vsc):
             return
         self._bounce = (list(pfns), view)
         self._free = list(range(len(pfns)))
+        self._open_native(view)
         self._init(Operation.BEGIN_INITIALIZATION)
+
+    def _open_native(self, view: memoryview) -> None:
+        """Take the one-crossing path (native/storvsc.c) when the core is there and both the
+        bounce pages and the channel's rings can be pinned; else every I/O takes the reference."""
+        if not self.native or _native is None:
+            return
+        bounce = _native.ring_pin(view)
+        channel = self.channel
+        incoming = getattr(channel, "incoming", None)
+        if bounce is None or incoming is None or not hasattr(channel, "send_call"):
+            return
+        self._native = _native.StorvscBuffers(bounce, self._bounce[0], len(incoming._mem))
+        channel.reader = self._read_ring
 
     def _init(self, op: Operation, body: bytes = b"") -> None:
         self._init_op = op  # before sending: the reply may arrive before send() returns
@@ -304,9 +330,10 @@ class StorVsc(Vsc):
         disk = self.luns.get(0)
         return disk.inquiry if disk is not None else None
 
-    def read(self, lba: int, count: int, callback=None) -> IoRequest:
-        """Read `count` blocks from `lba` of LUN 0; request.data holds them once done."""
-        return self._read(0, lba, count, callback)
+    def read(self, lba: int, count: int, callback=None, *, copy: bool = True) -> IoRequest:
+        """Read `count` blocks from `lba` of LUN 0; request.data holds them once done (see
+        Disk.read for copy=False)."""
+        return self._read(0, lba, count, callback, copy)
 
     def write(self, lba: int, data, callback=None) -> IoRequest:
         """Write `data` (a multiple of 512 bytes) from `lba` of LUN 0."""
@@ -316,10 +343,10 @@ class StorVsc(Vsc):
         """Make every completed write of LUN 0 durable (SYNCHRONIZE CACHE)."""
         return self._flush(0, callback)
 
-    def _read(self, lun: int, lba: int, count: int, callback) -> IoRequest:
+    def _read(self, lun: int, lba: int, count: int, callback, copy: bool = True) -> IoRequest:
         self._check_blocks(lun, lba, count)
         request = self._scsi(p.cdb_rw(False, lba, count), lun=lun, data_in=count * BLOCK_SIZE, callback=callback)
-        request.kind, request.lba, request.count = "read", lba, count
+        request.kind, request.lba, request.count, request.copy = "read", lba, count, copy
         return self._submit(request)
 
     def _write(self, lun: int, lba: int, data, callback) -> IoRequest:
@@ -382,6 +409,17 @@ class StorVsc(Vsc):
             request.error = self.error or "channel closed"
             self._finish(request)
             return request
+        pages = self._free
+        if (not self.pending and not self._pumping and len(self.outstanding) < self.max_outstanding
+                and self.state is State.READY and -(-request.length // PAGE_SIZE) <= len(pages)):
+            # Nothing waits and there is room: what _pump would do, without the loop.
+            self.pending.append(request)
+            self._pumping = True
+            try:
+                self._send(request, pages[:-(-request.length // PAGE_SIZE)])
+            finally:
+                self._pumping = False
+            return request
         self.pending.append(request)
         self._pump()
         return request
@@ -404,6 +442,46 @@ class StorVsc(Vsc):
             self._pumping = False
 
     def _send(self, request: IoRequest, pages: list[int]) -> bool:
+        native = self._native
+        if native is not None and (not pages or pages[-1] - pages[0] == len(pages) - 1):
+            # One crossing: bounce pages filled, SRB and range list packed, packet written. It
+            # sends exactly what _send_reference would (tests/drivers/storage/test_storvsc_native.py).
+            trans_id = self._new_trans_id()
+            self.pending.popleft()
+            del self._free[:len(pages)]
+            request.pages = pages
+            self.outstanding[trans_id] = request  # before sending, as below
+            try:
+                written = self.channel.send_call(
+                    _native.hv_storvsc_submit, native, trans_id, request.lun, request.data_in,
+                    request.length, pages[0] if pages else 0, request.cdb, request.out)
+            except RingError as exc:
+                return self._unsend(request, trans_id, f"ring: {exc}")
+            except ValueError:
+                written = 0  # arguments C refuses: the reference decides (and raises) as before
+            if written:
+                self.context.charge(self.cpu_per_request)
+                return True
+            # Nothing was written (no room now): the reference path, with the same id, asks the
+            # host for room and raises what it raises.
+            self.outstanding.pop(trans_id, None)
+            self._release(request)
+            self.pending.appendleft(request)
+            return self._send_reference(request, pages, trans_id)
+        return self._send_reference(request, pages, self._new_trans_id())
+
+    def _unsend(self, request: IoRequest, trans_id: int, why: str | None) -> bool:
+        """Take back a request that did not go out: it waits at the head of pending again (and
+        the device fails, if `why`)."""
+        self.outstanding.pop(trans_id, None)
+        self._release(request)
+        self.pending.appendleft(request)
+        if why is not None:
+            self._fail(why)
+        return False
+
+    def _send_reference(self, request: IoRequest, pages: list[int], trans_id: int) -> bool:
+        """The pure-Python path: pack in Python, one ring write (vmbus.ring's reference rules)."""
         assert self._bounce is not None
         pfns, view = self._bounce
         length = request.length
@@ -425,7 +503,6 @@ class StorVsc(Vsc):
             header, kind = p.encode_gpa_range(length, 0, [pfns[page] for page in pages]), PKT_GPA_DIRECT
         else:
             header, kind = b"", PKT_DATA_INBAND
-        trans_id = self._new_trans_id()
         # Taken before sending: the completion may arrive before send() returns.
         self.pending.popleft()
         del self._free[:len(pages)]
@@ -436,16 +513,9 @@ class StorVsc(Vsc):
                               trans_id=trans_id, set_pending_send_sz=True, header=header)
         except RingFull:
             # The host signals once it has read enough: on_packets pumps again then.
-            self.outstanding.pop(trans_id, None)
-            self._release(request)
-            self.pending.appendleft(request)
-            return False
+            return self._unsend(request, trans_id, None)
         except RingError as exc:
-            self.outstanding.pop(trans_id, None)
-            self._release(request)
-            self.pending.appendleft(request)
-            self._fail(f"ring: {exc}")
-            return False
+            return self._unsend(request, trans_id, f"ring: {exc}")
         self.context.charge(self.cpu_per_request)
         return True
 
@@ -464,26 +534,58 @@ class StorVsc(Vsc):
 
     # -- completions -------------------------------------------------------------------------
 
+    def _read_ring(self, incoming) -> tuple[Completions, bool]:
+        """The channel's reader (ChannelEnd.reader): every packet in one crossing, decoded."""
+        (records, count, done), signal = incoming.read_call(_native.hv_storvsc_complete, self._native)
+        return Completions(records, count, done), signal
+
     def on_packets(self, packets: list[Packet]) -> None:
-        for packet in packets:
-            if packet.type not in (PKT_COMP, PKT_DATA_INBAND):
-                continue
-            try:
-                vp = p.decode_packet(packet.payload)
-            except StorError:
-                continue  # the host is not trusted either
-            if vp.operation != Operation.COMPLETE_IO:
-                continue  # ENUMERATE_BUS and the like: hvsim's disk never changes
-            if packet.trans_id == INIT_TRANS_ID:
-                if self._init_op is not None:
-                    try:
-                        self._on_init_reply(vp)
-                    except StorError as exc:
-                        self._fail(f"bad reply to initialization: {exc}")
-            elif packet.trans_id in self.outstanding:
-                self._on_srb_reply(self.outstanding.pop(packet.trans_id), vp)
-            # anything else is dropped: each id completes at most once
+        if type(packets) is Completions:
+            self._on_completions(packets)
+        else:
+            for packet in packets:
+                self._on_packet(packet)
         self._pump()
+
+    def _on_packet(self, packet: Packet) -> None:
+        """The reference decoder, for one packet."""
+        if packet.type not in (PKT_COMP, PKT_DATA_INBAND):
+            return
+        try:
+            vp = p.decode_packet(packet.payload)
+        except StorError:
+            return  # the host is not trusted either
+        if vp.operation != Operation.COMPLETE_IO:
+            return  # ENUMERATE_BUS and the like: hvsim's disk never changes
+        if packet.trans_id == INIT_TRANS_ID:
+            if self._init_op is not None:
+                try:
+                    self._on_init_reply(vp)
+                except StorError as exc:
+                    self._fail(f"bad reply to initialization: {exc}")
+        elif packet.trans_id in self.outstanding:
+            self._on_srb_reply(self.outstanding.pop(packet.trans_id), vp)
+        # anything else is dropped: each id completes at most once
+
+    def _on_completions(self, batch: Completions) -> None:
+        """What C decoded (native/storvsc.c): a good SRB completion is finished from its compact
+        record, as _on_srb_reply finishes it; anything else goes through the reference decoder."""
+        outstanding = self.outstanding
+        for trans_id, transferred, offset, raw, srb_status, scsi_status in _DONE.iter_unpack(batch.done):
+            if raw:
+                self._on_packet(batch.packet_at(offset))
+                continue
+            request = outstanding.pop(trans_id, None)
+            if request is None:
+                continue  # not ours, or completed already: dropped
+            request.srb_status, request.scsi_status = srb_status, scsi_status
+            length = request.length
+            request.transferred = transferred = transferred if transferred < length else length
+            if request.data_in == p.DATA_IN and request.copy:
+                request.data = self._copy_out(request.pages, transferred)
+            if transferred != length and request.kind in ("read", "write"):
+                request.error = f"short transfer: {transferred} of {length} bytes"
+            self._finish(request)
 
     def _on_srb_reply(self, request: IoRequest, vp: p.VstorPacket) -> None:
         srb = ScsiRequest.decode(vp.body)  # the body is always 52 bytes
@@ -496,7 +598,7 @@ class StorVsc(Vsc):
                 pass
         status = srb.srb_status & p.SRB_STATUS_MASK
         if status == SrbStatus.SUCCESS and srb.scsi_status == p.ScsiStatus.GOOD:
-            if request.data_in == p.DATA_IN:
+            if request.data_in == p.DATA_IN and request.copy:
                 request.data = self._copy_out(request.pages, request.transferred)
             if request.kind in ("read", "write") and request.transferred != request.length:
                 request.error = f"short transfer: {request.transferred} of {request.length} bytes"
@@ -543,6 +645,24 @@ class StorVsc(Vsc):
         self._bounce = None  # the guest stack hides the pages and takes them back
         self._free = []
 
+
+class Completions(PacketBatch):
+    """What the channel's reader hands on_packets: the packets read (a PacketBatch, so a caller
+    of ChannelEnd.receive sees them as before) and C's record of each one the driver must look
+    at, in ring order (`done`: native/api/storvsc.h's 24-byte records)."""
+
+    __slots__ = ("done",)
+
+    def __init__(self, records, count: int, done: bytes):
+        super().__init__(records, count)
+        self.done = done
+
+    def packet_at(self, offset: int) -> Packet:
+        """The packet whose record starts at `offset` of the records."""
+        return next(iter(PacketBatch(memoryview(self._records)[offset:], 1)))
+
+
+_DONE = struct.Struct("<QIIBBB5x")  # trans_id, transferred, offset, kind (1: raw), SRB and SCSI status
 
 _ZEROS: dict[int, bytes] = {}
 
