@@ -128,3 +128,24 @@ def test_without_links_a_window_is_the_progress_step(tmp_path):
     dc.run("1s")
     assert (dc.window_ns, dc.windows) == (MAX_WINDOW_NS, 10)
     dc.close()
+
+
+def test_each_host_logs_with_its_name_and_its_own_time(tmp_path):
+    from partitions.eventlog import EventLog
+    built = []
+    log = EventLog(None, lambda: built[0].clock() if built else 0)
+    config = DatacenterConfig(tuple(DatacenterHostConfig(n, Config(HostConfig(logical_processors=1, memory=64 * MIB)))
+                                    for n in ("a", "b")), (LinkConfig(("a", "b"), 10**9, 100 * US),))
+    dc = Datacenter(config, workdir=tmp_path, event_log=log)
+    built.append(dc)
+    dc.hosts["b"].handle("ping", lambda m: None)
+    dc.send("a", "b", "ping", b"x" * 125, size=125)          # 1 us at 1 Gbit/s
+    dc.send("a", "b", "other", b"")
+    dc.run(1000 * US)
+    messages = [e for e in log.records() if e["event"] == "link.message"]
+    assert messages == [
+        {"event": "link.message", "host": "b", "t_ns": 101 * US, "src": "a", "kind": "ping", "size": 125,
+         "sent_ns": 0, "handled": True},
+        {"event": "link.message", "host": "b", "t_ns": 101 * US, "src": "a", "kind": "other", "size": 0,
+         "sent_ns": 0, "handled": False}]
+    dc.close()
