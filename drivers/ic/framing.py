@@ -81,7 +81,10 @@ class Version(NamedTuple):
 
     @classmethod
     def of(cls, value) -> Version:
-        """A version from a Version, a (major, minor) pair or a string such as "3.0"."""
+        """A version from a Version (itself: a VSP's or VSC's lists share the defaults'), a
+        (major, minor) pair or a string such as "3.0"."""
+        if type(value) is cls and all(type(v) is int and 0 <= v <= 0xFFFF for v in value):
+            return value
         if isinstance(value, str):
             major, dot, minor = value.partition(".")
             if not (dot and major.isdigit() and minor.isdigit()):
@@ -97,6 +100,8 @@ def versions(values: Iterable) -> tuple[Version, ...]:
     out = tuple(Version.of(v) for v in values)
     if not out:
         raise ValueError("a version list cannot be empty")
+    if type(values) is tuple and all(a is b for a, b in zip(out, values)):
+        return values   # a class default: one tuple for every channel, not one per channel
     return out
 
 

@@ -71,7 +71,8 @@ class HeartbeatVsp(IcVsp):
             self._beat = None
         if ex.ok:
             self.last_answer, self.application_state = self.context.now(), ex.reply
-            self._note_status()
+            if self._shown is not HeartbeatStatus.OK:   # an answer just now: the status is OK
+                self._note_status()
 
     def quiesce(self) -> None:
         super().quiesce()

@@ -127,3 +127,13 @@ def test_negotiate_parsers_raise_only_icerror(body, fw, ver):
             parse(body)
         except f.IcError:
             pass
+
+
+def test_version_lists_share_the_defaults_and_still_check_what_they_are_given():
+    assert f.versions(f.FRAMEWORK_VERSIONS) is f.FRAMEWORK_VERSIONS   # one tuple for every channel
+    assert f.versions([(3, 0), "1.0"]) == (V(3, 0), V(1, 0))
+    assert all(type(v) is V for v in f.versions(((3, 0), (1, 0))))
+    with pytest.raises(ValueError):
+        f.versions((V(70000, 0),))
+    with pytest.raises(ValueError):
+        f.versions(())
