@@ -346,11 +346,13 @@ def show(value: Any, limit: int = 60) -> str:
 
 def emit(document: Mapping[str, Any]) -> str:
     """A TOML document: top-level tables as [name], arrays of tables as [[name]], everything below
-    them inline. None values and empty arrays are left out (they mean "the default")."""
+    them inline. None values and empty arrays are left out (they mean "the default"). A dotted
+    name ("host.vm") is a table path: [[host.vm]] belongs to the [[host]] written before it."""
     out: list[str] = []
     for name, value in document.items():
         rows = [value] if isinstance(value, Mapping) else value
-        header = f"[{toml_key(name)}]" if isinstance(value, Mapping) else f"[[{toml_key(name)}]]"
+        name = ".".join(toml_key(part) for part in name.split("."))
+        header = f"[{name}]" if isinstance(value, Mapping) else f"[[{name}]]"
         for row in rows:
             out.append(header)
             for key, v in row.items():
@@ -366,10 +368,10 @@ def emit(document: Mapping[str, Any]) -> str:
 
 # ---- a whole configuration as TOML --------------------------------------------------------------
 
-def dump(config: Config, relative_to: str | os.PathLike | None = None) -> str:
-    """The configuration as TOML that loads back to an equal Config. Disk paths under
-    `relative_to` (default: the directory of the file the config came from) are written relative
-    to it; the others absolute."""
+def dump(config: Config | DatacenterConfig, relative_to: str | os.PathLike | None = None) -> str:
+    """The configuration as TOML that loads back to an equal Config (or DatacenterConfig: a
+    datacenter file). Disk paths under `relative_to` (default: the directory of the file the
+    config came from) are written relative to it; the others absolute."""
     base = Path(relative_to) if relative_to is not None else (config.path.parent if config.path else None)
 
     def path(p: Path) -> str:
@@ -388,23 +390,37 @@ def dump(config: Config, relative_to: str | os.PathLike | None = None) -> str:
                 out[name] = text(out[name])
         return out
 
-    h = config.host
-    host = {"logical_processors": h.logical_processors, "smt": h.smt, "memory": format_size_exact(h.memory),
-            "scheduler": h.scheduler, "seed": h.seed,
-            "costs": {k: format_duration(v) for k, v in h.costs.items()} or None}
-    vms = []
-    for vm in config.vms:
-        workloads = [workload(w) for w in vm.workloads]
-        vms.append({
-            "name": vm.name, "processors": vm.processors, "memory": format_size_exact(vm.memory),
-            "autostart": vm.autostart, "cpu": dataclasses.asdict(vm.cpu),
-            "workload": workloads[0] if len(workloads) == 1 else workloads or None,
-            "disks": [{"path": path(d.path), "size": None if d.size is None else format_size_exact(d.size),
-                       "type": d.type, "parent": None if d.parent is None else path(d.parent)} for d in vm.disks],
-            "nics": [dataclasses.asdict(n) for n in vm.nics],
-            "devices": [{"type": d.type, **d.settings} for d in vm.devices],
-            "integration_services": dataclasses.asdict(vm.integration_services),
-        })
-    return emit({"host": host, "vm": vms, "switch": [dataclasses.asdict(s) for s in config.switches],
-                 "at": [{"time": format_duration(a.time), "action": a.action, "vm": a.vm, "name": a.name}
-                        for a in config.timeline]})
+    def tables(config: Config) -> tuple[dict, list, list]:
+        h = config.host
+        host = {"logical_processors": h.logical_processors, "smt": h.smt, "memory": format_size_exact(h.memory),
+                "scheduler": h.scheduler, "seed": h.seed,
+                "costs": {k: format_duration(v) for k, v in h.costs.items()} or None}
+        vms = []
+        for vm in config.vms:
+            workloads = [workload(w) for w in vm.workloads]
+            vms.append({
+                "name": vm.name, "processors": vm.processors, "memory": format_size_exact(vm.memory),
+                "autostart": vm.autostart, "cpu": dataclasses.asdict(vm.cpu),
+                "workload": workloads[0] if len(workloads) == 1 else workloads or None,
+                "disks": [{"path": path(d.path), "size": None if d.size is None else format_size_exact(d.size),
+                           "type": d.type, "parent": None if d.parent is None else path(d.parent)} for d in vm.disks],
+                "nics": [dataclasses.asdict(n) for n in vm.nics],
+                "devices": [{"type": d.type, **d.settings} for d in vm.devices],
+                "integration_services": dataclasses.asdict(vm.integration_services),
+            })
+        return host, vms, [dataclasses.asdict(s) for s in config.switches]
+
+    def timeline(entries: tuple[AtConfig, ...]) -> list[dict]:
+        return [{"time": format_duration(a.time), "action": a.action, "vm": a.vm, "name": a.name} for a in entries]
+
+    if isinstance(config, DatacenterConfig):
+        out = [emit({"datacenter": {"seed": config.seed}})] if config.seed is not None else []
+        for h in config.hosts:
+            host, vms, switches = tables(h.config)
+            out.append(emit({"host": [{"name": h.name, **host}], "host.switch": switches, "host.vm": vms}))
+        out.append(emit({"link": [{"hosts": list(link.hosts), "bandwidth": f"{link.bandwidth}bit/s",
+                                   "latency": format_duration(link.latency)} for link in config.links],
+                         "at": timeline(config.timeline)}))
+        return "\n".join(out)
+    host, vms, switches = tables(config)
+    return emit({"host": host, "vm": vms, "switch": switches, "at": timeline(config.timeline)})

@@ -187,3 +187,39 @@ def test_a_datacenter_file_loads_with_its_path(tmp_path):
     dc = load(path)
     assert dc.path == path and all(h.config.path == path for h in dc.hosts)
     assert dataclasses.replace(dc, path=None) == loads(TWO_HOSTS, base_dir=tmp_path)
+
+
+def test_dump_writes_a_datacenter_file_that_loads_back_equal(tmp_path):
+    from partitions.config import dump
+    dc = loads(TWO_HOSTS, base_dir=tmp_path)
+    text = dump(dc, tmp_path)
+    assert "[[host.vm]]" in text and "[[host.switch]]" in text and 'bandwidth = "10000000000bit/s"' in text
+    again = loads(text, base_dir=tmp_path)
+    assert again == dc and dump(again, tmp_path) == text
+    # A single host's file is written as before: the same text as its own dump.
+    assert dump(default_config(tmp_path), tmp_path).startswith("[host]\n")
+
+
+# ---- mutated datacenter documents: a DatacenterConfig (or Config) or a ConfigError, nothing else ----
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_datacenter_documents_load_or_raise_config_error(tmp_path, data):
+    import tomllib
+
+    from partitions.config import dump, from_dict
+    from tests.partitions.test_config import _mutate
+    doc = tomllib.loads(TWO_HOSTS)
+    for _ in range(data.draw(st.integers(1, 4))):
+        doc = _mutate(data, doc)
+    try:
+        config = from_dict(doc, file="m.toml", base_dir=tmp_path)
+    except ConfigError as err:
+        assert err.file == "m.toml" and str(err).startswith("m.toml: ")
+        return
+    text = dump(config, tmp_path)
+    assert dump(loads(text, base_dir=tmp_path), tmp_path) == text
