@@ -1301,3 +1301,38 @@ def hv_storvsc_complete(ring, capacity: int, bufs: StorvscBuffers):
     count = _ring_check(rc) if rc < 0 else rc
     return (count, bool(result.signal), result.index,
             (bufs.scratch_bytes[:result.out_used], count, bufs.done_bytes[:result.records * 24]))
+
+
+# --- duty cycles (run.c: hv_vp_cycle) ------------------------------------------------------------
+
+
+class VpCycle:
+    """One VP's duty cycle in the core (struct hv_cycle), with its buffer made once: arm it with
+    the step its guest takes now, read where the core left it, tell it what the guest's side is."""
+
+    def __init__(self, h, partition_id: int, vp_index: int):
+        self._h, self._id, self._vp = h, partition_id, vp_index
+        self._c = ffi.new("struct hv_cycle *")
+
+    def arm(self, kind: int, phase: int, busy: int, idle: int, left: int, step: int, deadline: int,
+            horizon: int = 0, dirty: bool = False) -> None:
+        c = self._c
+        c.kind, c.phase, c.busy_ns, c.idle_ns = kind, phase, busy, idle
+        c.left_ns, c.step_ns, c.deadline, c.horizon, c.dirty = left, step, deadline, horizon, dirty
+        if lib.hv_vp_cycle(self._h, self._id, self._vp, c) != 0:
+            raise ValueError(f"hv_vp_cycle refused: VP {self._vp} of partition {self._id} is not waiting "
+                             f"for a step, or the cycle {kind, phase, busy, idle, left, step} is not one")
+
+    def state(self) -> tuple[int, int, int, int]:
+        """(phase, left_ns, step_ns, deadline) of the cycle's step in flight."""
+        c = self._c
+        lib.hv_vp_cycle_state(self._h, self._id, self._vp, c)
+        return c.phase, c.left_ns, c.step_ns, c.deadline
+
+    def steps(self) -> int:
+        """Steps the core has taken for this VP's guest, in all."""
+        lib.hv_vp_cycle_state(self._h, self._id, self._vp, self._c)
+        return int(self._c.steps)
+
+    def sync(self, horizon: int, dirty: bool) -> None:
+        lib.hv_vp_cycle_sync(self._h, self._id, self._vp, horizon, dirty)

@@ -38,6 +38,10 @@ GUEST_NONE = _binding.constant("HV_GUEST_NONE")
 GUEST_PYTHON = _binding.constant("HV_GUEST_PYTHON")
 GUEST_BURN = _binding.constant("HV_GUEST_BURN")
 GUEST_TICK = _binding.constant("HV_GUEST_TICK")
+CYCLE_KERNEL = _binding.constant("HV_CYCLE_KERNEL")
+CYCLE_PLAIN = _binding.constant("HV_CYCLE_PLAIN")
+CYCLE_COMPUTE = _binding.constant("HV_CYCLE_COMPUTE")
+CYCLE_IDLE = _binding.constant("HV_CYCLE_IDLE")
 
 ALL_SINTS = (1 << _binding.constant("HV_SYNIC_SINT_COUNT")) - 1
 RESUME_START = _binding.constant("HV_RESUME_START")
@@ -92,6 +96,7 @@ class GuestContext:
         #: adds its SINTs here, whoever awaited the step, so none is lost to a caller that
         #: ignored its Wakeup.
         self.raised_sints = 0
+        self._cycle: _binding.VpCycle | None = None
 
     def take_sint(self, sint: int) -> bool:
         """Whether SINT `sint` was raised since it was last taken; takes it."""
@@ -165,6 +170,40 @@ class GuestContext:
                 return None
             await self.halt(left)
 
+    # A duty cycle (a cpu-burn's loop) the core takes between interrupts: the guest arms it with
+    # each step it takes for the cycle; the core takes the following steps itself, the same ones at
+    # the same points, while nothing else happens (native/api/core.h, struct hv_cycle). A cycle
+    # guest with a side of its own (the kernel's VMBus stack) keeps the core told what that side
+    # is (watch_cycle: called whenever Python code of the guest's partition may have changed it).
+
+    def _cycle_control(self) -> _binding.VpCycle:
+        if self._cycle is None:
+            self._cycle = _binding.VpCycle(self.host._h, self.partition.id, self.vp.index)
+        return self._cycle
+
+    def arm_cycle(self, kind: int, phase: int, busy: int, idle: int, left: int, step: int, deadline: int,
+                  horizon: int = 0, dirty: bool = False) -> None:
+        """The step this guest takes now is its cycle's (phase CYCLE_COMPUTE: `step` of the period's
+        `left`; CYCLE_IDLE: until `deadline`); `horizon`: when its next timer is due (0: none)."""
+        self._cycle_control().arm(kind, phase, busy, idle, left, step, deadline, horizon, dirty)
+
+    def cycle_state(self) -> tuple[int, int, int, int]:
+        """(phase, left, step, deadline) of the cycle's step that just ended: the guest's, or the
+        last the core took for it."""
+        return self._cycle_control().state()
+
+    def cycle_steps(self) -> int:
+        """Steps the core has taken for this guest's cycles, in all."""
+        return self._cycle_control().steps()
+
+    def watch_cycle(self, sync: Callable[[], tuple[int, bool]]) -> Callable[[], None]:
+        """Call `sync()` -> (horizon, dirty) before the core runs again after Python code of this
+        partition ran (and at the start of every run), and hand it to the cycle; returns the
+        function that stops it."""
+        control = self._cycle_control()
+        return self.host._guests.watch_cycle(self.partition.id, self.vp.index,
+                                             lambda: control.sync(*sync()))
+
     def hypercall(self, control_word: int, input: bytes = b"", **kw) -> HypercallResult:
         """The raw hypercall from this VP (it costs the VP hypercall_ns)."""
         return self.vp.hypercall(control_word, input, **kw)
@@ -193,6 +232,30 @@ class GuestRunner:
         # Wakeups without work_left, by reason << 32 | sints: a Wakeup is immutable, so the guests
         # share one per kind instead of each step building its own.
         self._wakes: dict[int, Wakeup] = {}
+        # partition id -> {VP index: sync} of the guests whose cycles the core takes (watch_cycle)
+        self._cycles: dict[int, dict[int, Callable[[], None]]] = {}
+
+    def watch_cycle(self, partition_id: int, vp_index: int, sync: Callable[[], None]) -> Callable[[], None]:
+        self._cycles.setdefault(partition_id, {})[vp_index] = sync
+
+        def stop() -> None:
+            syncs = self._cycles.get(partition_id)
+            if syncs is not None and syncs.get(vp_index) is sync:
+                del syncs[vp_index]
+                if not syncs:
+                    del self._cycles[partition_id]
+        return stop
+
+    def _sync_cycles(self, batch) -> None:
+        """Tell the core what the cycle guests' sides are now, for every partition whose Python
+        code ran in `batch` (None: every partition)."""
+        cycles = self._cycles
+        if batch is None:
+            syncs = [f for vps in cycles.values() for f in vps.values()]
+        else:
+            syncs = [f for pid in {r[0] for r in batch} if pid in cycles for f in cycles[pid].values()]
+        for sync in syncs:
+            sync()
 
     def attach(self, vp: VirtualProcessor, fn: GuestFunction) -> None:
         key = (vp.partition.id, vp.index)
@@ -231,7 +294,10 @@ class GuestRunner:
         loop = self._loop = getattr(self, "_loop", None) or _binding.RunLoop(self._host._h)
         steps: list[tuple[int, int, int, int]] = []
         live_get, wakes_get = self._live.get, self._wakes.get
+        batch = None  # the Python code that ran before the first crossing: anything
         while True:
+            if self._cycles:
+                self._sync_cycles(batch)
             batch, refused = loop.run(until, steps)
             if refused >= 0:
                 raise AssertionError(f"the core refused guest step {steps[refused]}")
@@ -281,6 +347,7 @@ class GuestRunner:
                     raise errors[0]
                 for exc in errors:
                     handler(exc.partition_id, exc.vp_index, exc)
+                batch = None  # the handler may have changed any partition
 
     def step(self, partition_id: int, vp_index: int, reason: int, sints: int, work_left: int = 0) -> tuple[int, int]:
         """Resume one guest; returns its next step (op, arg)."""

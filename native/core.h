@@ -89,6 +89,7 @@ struct hv_vp {
     uint32_t rq_class;           /* its heap in host->rq_heap while runnable (HV_RQ_*) */
     uint32_t rq_hpos;            /* its index in that heap (valid while rq_pos >= 0) */
     uint64_t window_epoch;       /* the window window_used_ns counts; older: it counts 0 (hv_sched_window_used) */
+    struct hv_cycle cycle;       /* its Python guest's duty cycle, taken by the core between interrupts (run.c) */
 };
 
 struct hv_page_list {             /* a growable array of SPA pfns */

@@ -428,6 +428,7 @@ static void vp_stop(struct hv_host *h, struct hv_vp *vp)
     rq_remove(h, vp);
     resume_remove(h, vp);
     vp->exec = HV_VP_STOPPED;
+    vp->cycle.armed = 0;  /* its guest resumes (HV_RESUME_START) and goes on from the cycle's state */
     /* An interruptible computation cut by the stop is reported as such when the VP starts again. */
     vp->work_left_ns = vp->interruptible ? vp->work_ns : 0;
     vp->interruptible = false;
@@ -456,6 +457,109 @@ uint16_t hv_partition_set_running(struct hv_host *h, struct hv_partition *p, boo
     }
     trace4(h, 0x3000 + run, p->slot, 0, 0);
     return HV_STATUS_SUCCESS;
+}
+
+/* ---- duty cycles ------------------------------------------------------------------------------------ */
+
+static int vp_step(struct hv_host *h, struct hv_vp *vp, uint32_t op, uint64_t arg);
+
+/* Whether a resumed VP's step was its cycle's and ended where its guest would only take the cycle's
+ * next step: the step ran to its end (a computation done, an idle timed out), no interrupt came,
+ * and a kernel cycle's guest has nothing of its own to do (no timer due, not dirty). */
+static bool cycle_ready(const struct hv_host *h, const struct hv_vp *vp)
+{
+    const struct hv_cycle *c = &vp->cycle;
+    if (!c->armed || vp->pending_sints || vp->work_left_ns)
+        return false;
+    if (vp->resume_reason != (c->phase == HV_CYCLE_COMPUTE ? HV_RESUME_STEP : HV_RESUME_TIMEOUT))
+        return false;
+    return c->kind != HV_CYCLE_KERNEL || (!c->dirty && (!c->horizon || c->horizon > h->now));
+}
+
+/* Take the cycle's next step for its guest, as the guest's loop would (partitions/kernel.py,
+ * KernelContext.cycle and SecondaryContext.cycle): a kernel cycle computes interruptibly, at most
+ * up to its next timer, and idles in halts that end at the period's deadline or that timer; a
+ * plain one computes its busy time and sleeps its idle time. */
+static void cycle_step(struct hv_host *h, struct hv_vp *vp)
+{
+    struct hv_cycle *c = &vp->cycle;
+    bool kernel = c->kind == HV_CYCLE_KERNEL;
+    uint64_t nxt = kernel && c->horizon ? c->horizon - h->now : UINT64_MAX; /* > 0: cycle_ready */
+    bool compute;
+    if (c->phase == HV_CYCLE_COMPUTE) {
+        c->left_ns -= c->step_ns;
+        if (!c->left_ns) { /* the period's work is done: its idle, or (none) the next period */
+            if (c->idle_ns)
+                c->deadline = h->now + c->idle_ns;
+            else
+                c->left_ns = c->busy_ns;
+        }
+        compute = c->left_ns != 0;
+    } else if (kernel && c->deadline > h->now) {
+        compute = false; /* a halt ended by the timer horizon; the idle goes on */
+    } else if (c->busy_ns) {
+        c->left_ns = c->busy_ns;
+        compute = true;
+    } else {
+        c->deadline = h->now + c->idle_ns;
+        compute = false;
+    }
+    uint64_t arg;
+    uint32_t op;
+    if (compute) {
+        c->phase = HV_CYCLE_COMPUTE;
+        arg = kernel && nxt < c->left_ns ? nxt : c->left_ns;
+        op = kernel ? HV_STEP_COMPUTE_INTR : HV_STEP_COMPUTE;
+    } else {
+        c->phase = HV_CYCLE_IDLE;
+        arg = c->deadline - h->now;
+        if (nxt < arg)
+            arg = nxt;
+        op = kernel ? HV_STEP_HALT : HV_STEP_SLEEP;
+    }
+    c->step_ns = arg;
+    c->steps++;
+    vp_step(h, vp, op, arg);
+}
+
+static struct hv_vp *cycle_vp(struct hv_host *h, uint64_t partition_id, uint32_t vp_index)
+{
+    struct hv_partition *p = hv_partition_by_id(h, partition_id);
+    return p && vp_index < HV_MAX_VPS ? p->vps[vp_index] : NULL;
+}
+
+int hv_vp_cycle(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, const struct hv_cycle *c)
+{
+    struct hv_vp *vp = cycle_vp(h, partition_id, vp_index);
+    if (!vp || vp->exec != HV_VP_GUEST || vp->in_resume_list || vp->guest_kind != HV_GUEST_PYTHON
+        || (c->kind != HV_CYCLE_KERNEL && c->kind != HV_CYCLE_PLAIN)
+        || (c->phase != HV_CYCLE_COMPUTE && c->phase != HV_CYCLE_IDLE)
+        || (!c->busy_ns && !c->idle_ns) || c->step_ns > (c->phase == HV_CYCLE_COMPUTE ? c->left_ns : UINT64_MAX))
+        return -1;
+    uint64_t steps = vp->cycle.steps;
+    vp->cycle = *c;
+    vp->cycle.steps = steps;
+    vp->cycle.armed = 1;
+    return 0;
+}
+
+int hv_vp_cycle_state(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, struct hv_cycle *out)
+{
+    struct hv_vp *vp = cycle_vp(h, partition_id, vp_index);
+    if (!vp)
+        return -1;
+    *out = vp->cycle;
+    return 0;
+}
+
+int hv_vp_cycle_sync(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint64_t horizon, uint32_t dirty)
+{
+    struct hv_vp *vp = cycle_vp(h, partition_id, vp_index);
+    if (!vp)
+        return -1;
+    vp->cycle.horizon = horizon;
+    vp->cycle.dirty = dirty;
+    return 0;
 }
 
 /* ---- the loop ------------------------------------------------------------------------------------ */
@@ -491,23 +595,37 @@ uint32_t hv_run(struct hv_host *h, uint64_t until, struct hv_resume *out, uint32
         /* Hand Python a batch: every VP whose guest must step at this instant, once every
          * event of this instant has been processed (so one crossing serves them all). */
         if (h->nr_resume && (!h->nr_events || h->events[0].time > h->now || h->nr_resume >= max)) {
-            uint32_t n = h->nr_resume < max ? h->nr_resume : max;
+            /* The leading VPs whose cycle the core can take step here, in list order; from the
+             * first that needs its Python guest on, every VP goes to Python, so the steps are
+             * applied in the order Python would have applied them all. A step taken here that
+             * resumes its VP at once (an interrupt pending) puts it at the list's end, as
+             * hv_run_steps would. */
+            uint32_t n = h->nr_resume < max ? h->nr_resume : max, k = 0;
             for (uint32_t i = 0; i < n; i++) {
-                struct hv_vp *vp = h->resume[i];
-                out[i].partition_id = h->parts[vp->part_slot]->id;
-                out[i].vp_index = vp->index;
-                out[i].reason = vp->resume_reason;
-                out[i].pending_sints = vp->pending_sints;
-                out[i].reserved = 0;
-                out[i].work_left_ns = vp->work_left_ns;
+                struct hv_vp *vp = h->resume[i]; /* (re-read: a step may grow the list) */
+                vp->in_resume_list = false;
+                if (!k && cycle_ready(h, vp)) {
+                    vp->resume_reason = 0;
+                    cycle_step(h, vp);
+                    continue;
+                }
+                out[k].partition_id = h->parts[vp->part_slot]->id;
+                out[k].vp_index = vp->index;
+                out[k].reason = vp->resume_reason;
+                out[k].pending_sints = vp->pending_sints;
+                out[k].reserved = 0;
+                out[k].work_left_ns = vp->work_left_ns;
+                k++;
                 vp->pending_sints = 0;
                 vp->work_left_ns = 0;
                 vp->resume_reason = 0;
-                vp->in_resume_list = false;
+                vp->cycle.armed = 0;
             }
             memmove(h->resume, h->resume + n, (h->nr_resume - n) * sizeof(*h->resume));
             h->nr_resume -= n;
-            return n;
+            if (k)
+                return k;
+            continue;
         }
         if (!h->nr_resume)
             schedule_idle(h); /* LPs are handed out once the guests of this instant have stepped */
@@ -526,12 +644,9 @@ uint32_t hv_run(struct hv_host *h, uint64_t until, struct hv_resume *out, uint32
     }
 }
 
-int hv_vp_step(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint32_t op, uint64_t arg)
+/* A guest's step, for a VP waiting for it (whoever takes it: its Python guest, or the core for a cycle). */
+static int vp_step(struct hv_host *h, struct hv_vp *vp, uint32_t op, uint64_t arg)
 {
-    struct hv_partition *p = hv_partition_by_id(h, partition_id);
-    struct hv_vp *vp = p && vp_index < HV_MAX_VPS ? p->vps[vp_index] : NULL;
-    if (!vp || vp->exec != HV_VP_GUEST || vp->in_resume_list)
-        return -1;
     trace4(h, 0x4000 + op, vp->part_slot, vp->index, arg);
     switch (op) {
     case HV_STEP_COMPUTE:
@@ -560,11 +675,21 @@ int hv_vp_step(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint
         return 0;
     case HV_STEP_STOP:
         vp->guest_kind = HV_GUEST_NONE;
+        vp->cycle.armed = 0;
         halt(h, vp, 0, false);
         return 0;
     default:
         return -1;
     }
+}
+
+int hv_vp_step(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint32_t op, uint64_t arg)
+{
+    struct hv_partition *p = hv_partition_by_id(h, partition_id);
+    struct hv_vp *vp = p && vp_index < HV_MAX_VPS ? p->vps[vp_index] : NULL;
+    if (!vp || vp->exec != HV_VP_GUEST || vp->in_resume_list)
+        return -1;
+    return vp_step(h, vp, op, arg);
 }
 
 int hv_vp_set_guest(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint32_t kind, uint64_t a)

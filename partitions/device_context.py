@@ -78,6 +78,10 @@ class TimerQueue:
         """ns until the next timer that can run, or None if there is none."""
         return max(1, self._heap[0][0] - self._host.now) if self._heap else None
 
+    def next_due(self) -> int | None:
+        """When the next timer that can run is due (ns, simulated time; it may be past), or None."""
+        return self._heap[0][0] if self._heap else None
+
 
 class EndpointContext(DeviceContext):
     def __init__(self, host, log: Callable[[str, dict], None], *, gpadl_view=None, create_gpadl=None,

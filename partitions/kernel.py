@@ -6,11 +6,20 @@ halt); here `ctx` is a KernelContext that serves VMBus (messages, channel signal
 when an interrupt comes and whenever it waits. A computation is one interruptible step: an
 interrupt ends it early, the kernel serves VMBus, and the rest of it goes on; so a workload that
 computes without I/O costs the stack nothing, and a busy one costs per interrupt.
+
+A duty cycle (`ctx.cycle(busy, idle)`, what the cpu-burn workload runs) takes the same steps as
+`compute(busy); sleep(idle)` in a loop, but while the VM's stack has nothing to do the core takes
+them itself (hypervisor/guest.py, arm_cycle): Python runs per interrupt, not twice per period.
 """
 from __future__ import annotations
 
+from hypervisor.guest import CYCLE_COMPUTE, CYCLE_IDLE, CYCLE_KERNEL, CYCLE_PLAIN
 from hypervisor.quantities import parse_duration
 from partitions.vmbus_guest import GuestVmbus
+
+#: Whether the core takes a duty cycle's steps between interrupts. False: every step is taken in
+#: Python, the reference the core's steps are tested against (the same trace either way).
+CYCLES_IN_CORE = True
 
 
 class _WorkloadContext:
@@ -94,6 +103,60 @@ class KernelContext(_WorkloadContext):
             nxt = self.stack.context.next_timeout()
             await self._ctx.halt(min(timeout, nxt) if nxt else timeout)
 
+    def _stack_side(self) -> tuple[int, bool]:
+        """(when the stack's next timer is due, 0 if none; whether it has work at its next look)."""
+        return self.stack.context.timers.next_due() or 0, not self.stack.quiet()
+
+    async def cycle(self, busy: int, idle: int) -> None:
+        """compute(busy) then sleep(idle), for ever (busy + idle > 0): the same steps at the same
+        points, written as one loop whose state the core can carry on from. The loop's top is in
+        compute's loop (`left` of the period's work to go) or in wait_until's (until `deadline`);
+        each step is armed as the cycle's, and when the guest resumes its state is the core's."""
+        ctx, stack = self._ctx, self.stack
+        core = CYCLES_IN_CORE and stack.on_poll is None  # a poll hook runs on every pass: Python's
+        unwatch = ctx.watch_cycle(self._stack_side) if core else None
+        phase, left, step, deadline = (CYCLE_COMPUTE, busy, 0, 0) if busy else (CYCLE_IDLE, 0, 0, self.now + idle)
+        try:
+            while True:
+                if phase == CYCLE_COMPUTE:
+                    if left <= 0:  # compute(busy) returned: sleep(idle), or the next period's compute
+                        if idle:
+                            phase, deadline = CYCLE_IDLE, self.now + idle
+                        else:
+                            left = busy
+                        continue
+                    nxt = stack.context.next_timeout()
+                    step = left if nxt is None else min(left, nxt)
+                    if core:
+                        ctx.arm_cycle(CYCLE_KERNEL, phase, busy, idle, left, step, 0, *self._stack_side())
+                    wake = await ctx.compute_interruptible(step)
+                else:
+                    cpu = stack.service()
+                    if cpu:
+                        await self._serve(cpu)
+                    timeout = deadline - self.now
+                    if timeout <= 0:  # sleep(idle) returned: the next period
+                        if busy:
+                            phase, left = CYCLE_COMPUTE, busy
+                        else:
+                            deadline = self.now + idle
+                        continue
+                    nxt = stack.context.next_timeout()
+                    step = min(timeout, nxt) if nxt else timeout
+                    if core:
+                        ctx.arm_cycle(CYCLE_KERNEL, phase, busy, idle, 0, step, deadline, *self._stack_side())
+                    wake = await ctx.halt(step)
+                if core:
+                    phase, left, step, deadline = ctx.cycle_state()
+                if phase == CYCLE_COMPUTE:  # as in compute(): the rest goes on after serving
+                    left -= step - (wake.work_left if wake.reason in ("interrupt", "start") else 0)
+                    cpu = stack.service()
+                    if cpu:
+                        await self._serve(cpu)
+        finally:
+            if unwatch is not None:
+                unwatch()
+
     async def wait_for(self, condition, timeout: int | str = "10s", *, what: str | None = None, **fields) -> bool:
         """Serve VMBus until condition() holds (e.g. a device became ready), or the timeout; a
         timeout is logged (`wait_timeout`, with `what` was awaited and `fields`)."""
@@ -129,6 +192,27 @@ class SecondaryContext(_WorkloadContext):
 
     async def sleep(self, duration: int | str) -> None:
         await self._ctx.sleep(max(1, parse_duration(duration)))
+
+    async def cycle(self, busy: int, idle: int) -> None:
+        """compute(busy) then sleep(idle), for ever (busy + idle > 0), with the same steps; the
+        core takes them while no interrupt comes (see KernelContext.cycle)."""
+        ctx, core = self._ctx, CYCLES_IN_CORE
+        phase = CYCLE_COMPUTE if busy else CYCLE_IDLE
+        while True:
+            if phase == CYCLE_COMPUTE:
+                if core:
+                    ctx.arm_cycle(CYCLE_PLAIN, phase, busy, idle, busy, busy, 0)
+                await ctx.compute(busy)
+            else:
+                if core:
+                    ctx.arm_cycle(CYCLE_PLAIN, phase, busy, idle, 0, idle, self.now + idle)
+                await ctx.sleep(idle)
+            if core:
+                phase = ctx.cycle_state()[0]
+            if phase == CYCLE_COMPUTE:
+                phase = CYCLE_IDLE if idle else CYCLE_COMPUTE
+            else:
+                phase = CYCLE_COMPUTE if busy else CYCLE_IDLE
 
     async def wait_for(self, condition, timeout: int | str = "10s", *, what: str | None = None, **fields) -> bool:
         ns = parse_duration(timeout)

@@ -307,6 +307,14 @@ class GuestVmbus:
         ctx = self._contexts.get(0)
         return ctx is None or bool(ctx.raised_sints >> VMBUS_MESSAGE_SINT & 1) or 0 in self._rescan
 
+    def quiet(self) -> bool:
+        """Whether service() would do nothing now but run the timers due: no SINT 2 raised on VP 0
+        and not taken, no rescan, no client event, no poll hook, no CPU time charged. (While it
+        holds, the guest kernel lets the core take a cpu-burn's steps: partitions/kernel.py.)"""
+        ctx = self._contexts.get(0)
+        return (ctx is not None and not ctx.raised_sints >> VMBUS_MESSAGE_SINT & 1 and not self._rescan
+                and not self._pending and self.on_poll is None and not self.context.pending_ns)
+
     def _drain(self) -> None:
         if self._raised(0):
             self._take_messages()

@@ -201,3 +201,36 @@ uint64_t hv_nop_hypercall(struct hv_host *h, uint64_t partition_id, uint32_t vp_
                           uint64_t in_arg, uint64_t out_arg, const uint64_t *xmm);
 /* The benchmarks' memcpy baseline: `count` copies of `size` bytes, from src to dst, one after another. */
 void hv_bench_memcpy(uint8_t *dst, const uint8_t *src, size_t size, uint32_t count);
+
+/* A Python guest's duty cycle (what a cpu-burn workload does): compute busy_ns, then idle idle_ns,
+ * for ever. The guest arms it with each step it takes for the cycle (hv_vp_cycle, before the step
+ * is applied); when that step ends at a boundary where the guest would only take the cycle's next
+ * step (its computation done or its idle timed out, no interrupt, nothing of its own to do), the
+ * core takes that step itself, the same step the guest would have taken at the same point of the
+ * same batch, and the guest is resumed only when something else happens. The fields describe the
+ * step in flight, so a resumed guest goes on from them (hv_vp_cycle_state).
+ * HV_CYCLE_KERNEL: the guest kernel's loop (interruptible computation split at the guest's next
+ * timer, `horizon`; halts that an interrupt ends); HV_CYCLE_PLAIN: compute then sleep. */
+#define HV_CYCLE_KERNEL 1
+#define HV_CYCLE_PLAIN 2
+#define HV_CYCLE_COMPUTE 1
+#define HV_CYCLE_IDLE 2
+struct hv_cycle {
+    uint32_t kind;                /* HV_CYCLE_KERNEL or HV_CYCLE_PLAIN */
+    uint32_t phase;               /* the step in flight: HV_CYCLE_COMPUTE or HV_CYCLE_IDLE */
+    uint64_t busy_ns, idle_ns;    /* the period's two parts */
+    uint64_t left_ns;             /* COMPUTE: the period's work left before the step in flight */
+    uint64_t step_ns;             /* the step in flight's argument */
+    uint64_t deadline;            /* IDLE: when the period's idle ends */
+    uint64_t horizon;             /* KERNEL: when the guest's next timer is due, 0 if none */
+    uint64_t steps;               /* steps the core has taken for the guest, in all */
+    uint32_t dirty;               /* KERNEL: the guest has work of its own at its next boundary */
+    uint32_t armed;               /* the step in flight is the cycle's (cleared when the guest resumes) */
+};
+/* Arm the cycle for the step the VP's guest takes now (-1: no such VP waiting for a step). */
+int hv_vp_cycle(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, const struct hv_cycle *c);
+/* The cycle's state: where a resumed guest's loop goes on from. */
+int hv_vp_cycle_state(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, struct hv_cycle *out);
+/* What the guest's own side is now (its code ran meanwhile): its next timer, and whether it has
+ * work of its own at its next boundary. */
+int hv_vp_cycle_sync(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint64_t horizon, uint32_t dirty);
