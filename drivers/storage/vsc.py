@@ -344,6 +344,13 @@ class StorVsc(Vsc):
         return self._flush(0, callback)
 
     def _read(self, lun: int, lba: int, count: int, callback, copy: bool = True) -> IoRequest:
+        if (self.state is State.READY and type(lba) is int and type(count) is int and lba >= 0
+                and 1 <= count <= self.max_blocks and lun in self.luns):
+            # The checks below all pass (the common case): the request made at once.
+            request = IoRequest(self._next_id, "read", lun, lba, count, callback, copy=copy,
+                                cdb=p.cdb_rw(False, lba, count), data_in=p.DATA_IN, length=count * BLOCK_SIZE)
+            self._next_id += 1
+            return self._submit(request)
         self._check_blocks(lun, lba, count)
         request = self._scsi(p.cdb_rw(False, lba, count), lun=lun, data_in=count * BLOCK_SIZE, callback=callback)
         request.kind, request.lba, request.count, request.copy = "read", lba, count, copy
@@ -354,6 +361,13 @@ class StorVsc(Vsc):
         if not data or len(data) % BLOCK_SIZE:
             raise ValueError(f"a write is a positive multiple of {BLOCK_SIZE} bytes, got {len(data)}")
         count = len(data) // BLOCK_SIZE
+        if (self.state is State.READY and type(lba) is int and lba >= 0 and count <= self.max_blocks
+                and lun in self.luns):
+            # As in _read: every check below passes.
+            request = IoRequest(self._next_id, "write", lun, lba, count, callback, out=data,
+                                cdb=p.cdb_rw(True, lba, count), data_in=p.DATA_OUT, length=len(data))
+            self._next_id += 1
+            return self._submit(request)
         self._check_blocks(lun, lba, count)
         request = self._scsi(p.cdb_rw(True, lba, count), lun=lun, data_out=data, callback=callback)
         request.kind, request.lba, request.count = "write", lba, count
