@@ -31,6 +31,9 @@
 #define RNDIS_PACKET_HEADER 44u /* type, length, rndis_packet (36) */
 #define RNDIS_PACKET_BODY 36u
 #define FILTER_DIRECTED 0x01u
+#define FILTER_MULTICAST 0x02u
+#define FILTER_ALL_MULTICAST 0x04u
+#define FILTER_BROADCAST 0x08u
 #define FILTER_PROMISCUOUS 0x20u
 #define ETH_HEADER 14u
 #define ETH_TAG 4u
@@ -171,7 +174,7 @@ int32_t hv_np_port_add(struct hv_np_switch *sw)
         sw->ports = ports;
         sw->nports = n;
     }
-    sw->ports[i] = (struct hv_np_port){.in_use = 1, .vlan = HV_NP_TRUNK};
+    sw->ports[i] = (struct hv_np_port){.in_use = 1, .vlan = HV_NP_TRUNK, .seq = ++sw->next_seq};
     return (int32_t)i;
 }
 
@@ -478,35 +481,82 @@ static int add_signal(struct hv_np_batch *b, int32_t port)
     return 0;
 }
 
-/* What a receiving adapter did with a frame (vsp.py _from_switch). */
+/* What a receiving adapter does with a frame (vsp.py _from_switch). */
 enum outcome { STOP, DELIVERED, FILTERED, NO_BUFFER, RING_FULL };
 
-static enum outcome deliver(struct hv_np_adapter *r, const uint8_t *frame, uint32_t len, const uint8_t *dst,
+static const uint8_t BROADCAST[6] = {0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
+
+static int passes_filter(const struct hv_np_adapter *r, const uint8_t *dst)
+{
+    uint32_t wanted = r->packet_filter;
+    if (wanted & FILTER_PROMISCUOUS)
+        return 1;
+    if (memcmp(dst, r->mac, 6) == 0)
+        return (wanted & FILTER_DIRECTED) != 0;
+    if (memcmp(dst, BROADCAST, 6) == 0)
+        return (wanted & FILTER_BROADCAST) != 0;
+    if (dst[0] & 1)
+        return (wanted & (FILTER_MULTICAST | FILTER_ALL_MULTICAST)) != 0;
+    return 0;
+}
+
+/* The indices as hv_ring_write_packet checks them: valid ones mean it writes or finds no room. */
+static int ring_indices_valid(const struct hv_np_adapter *a)
+{
+    size_t dsize = a->ring_len - HV_RING_CONTROL_SIZE;
+    if (a->ring_len <= HV_RING_CONTROL_SIZE || dsize < HV_RING_MIN_DATA_SIZE || dsize > HV_RING_MAX_DATA_SIZE
+        || dsize % HV_RING_ALIGN)
+        return 0;
+    uint32_t w = le32(a->ring + HV_RING_OFF_WRITE_INDEX), r = le32(a->ring + HV_RING_OFF_READ_INDEX);
+    return w < dsize && r < dsize && w % HV_RING_ALIGN == 0 && r % HV_RING_ALIGN == 0;
+}
+
+/* A delivery decided, nothing changed yet: the outcome and, for DELIVERED (a write, which may
+ * still find the ring full), the section it goes to. */
+struct plan {
+    enum outcome out;
+    uint32_t section;
+    uint8_t *at;         /* the section's first byte */
+    uint32_t msg_len;    /* the RNDIS message's bytes there */
+};
+
+static struct plan plan_delivery(const struct hv_np_adapter *r, const uint8_t *frame, uint32_t len,
+                                 const uint8_t *dst)
+{
+    struct plan p = {STOP, 0, NULL, 0};
+    if (r->quiesced || !r->rndis_ready || r->recv == NULL)
+        return p;   /* rx_vm_saved / rx_not_ready: Python's */
+    if (!passes_filter(r, dst)) {
+        p.out = FILTERED;
+        return p;
+    }
+    if (r->free_len == 0) {
+        p.out = NO_BUFFER;
+        return p;
+    }
+    if (!ring_writable(r) || !ring_indices_valid(r))
+        return p;   /* Python raises RingCorrupt (rx_ring_broken) */
+    p.section = r->free_q[r->free_head];
+    p.msg_len = RNDIS_PACKET_HEADER + len;
+    if (p.section >= r->recv_count || p.msg_len > r->recv_size)
+        return p;   /* Python's slice assignment would say why */
+    p.at = r->recv + (uint64_t)p.section * r->recv_size;
+    if (p.at < frame + len && frame < p.at + p.msg_len)
+        return p;   /* the frame lies in the section it would go to: Python copies it first */
+    p.out = DELIVERED;
+    return p;
+}
+
+/* Carry out a DELIVERED plan: the RNDIS message into the section, the transfer-page packet into
+ * the ring. DELIVERED, or RING_FULL (the section stays free; the trans_id is used up). */
+static enum outcome deliver(struct hv_np_adapter *r, const struct plan *p, const uint8_t *frame, uint32_t len,
                             int *signal)
 {
-    if (r->quiesced || !r->rndis_ready || r->recv == NULL)
-        return STOP;   /* rx_vm_saved / rx_not_ready: Python's */
-    uint32_t wanted = r->packet_filter;
-    if (!(wanted & FILTER_PROMISCUOUS)) {
-        /* Only unicast frames come here: the directed bit, or not for this adapter at all. */
-        if (memcmp(dst, r->mac, 6) != 0 || !(wanted & FILTER_DIRECTED))
-            return FILTERED;
-    }
-    if (r->free_len == 0)
-        return NO_BUFFER;
-    if (!ring_writable(r))
-        return STOP;
-    uint32_t section = r->free_q[r->free_head];
-    uint64_t start = (uint64_t)section * r->recv_size;
-    uint32_t msg_len = RNDIS_PACKET_HEADER + len;
-    if (section >= r->recv_count || msg_len > r->recv_size)
-        return STOP;   /* Python's slice assignment would say why */
-    uint8_t *m = r->recv + start;
-    if (m < frame + len && frame < m + msg_len)
-        return STOP;   /* the frame lies in the section it would go to: Python copies it first */
+    uint8_t *m = p->at;
+    uint64_t start = (uint64_t)p->section * r->recv_size;
     memset(m, 0, RNDIS_PACKET_HEADER);
     put32(m, RNDIS_PACKET);
-    put32(m + 4, msg_len);
+    put32(m + 4, p->msg_len);
     put32(m + 8, RNDIS_PACKET_BODY);   /* data offset, from the byte after type and length */
     put32(m + 12, len);
     memcpy(m + RNDIS_PACKET_HEADER, frame, len);
@@ -514,7 +564,7 @@ static enum outcome deliver(struct hv_np_adapter *r, const uint8_t *frame, uint3
     uint8_t header[16] = {0}, nvsp[NVSP_MESSAGE_SIZE] = {0};
     header[0] = (uint8_t)r->recv_id, header[1] = (uint8_t)(r->recv_id >> 8);
     put32(header + 4, 1);
-    put32(header + 8, msg_len);
+    put32(header + 8, p->msg_len);
     put32(header + 12, (uint32_t)start);
     put32(nvsp, NVSP_SEND_RNDIS_PKT);
     put32(nvsp + 4, CHANNEL_DATA);
@@ -522,16 +572,44 @@ static enum outcome deliver(struct hv_np_adapter *r, const uint8_t *frame, uint3
     uint64_t tid = r->next_transfer;
     int rc = ring_write(r, header, sizeof header, nvsp, sizeof nvsp, PKT_XFER_PAGES,
                         HV_RING_FLAG_COMPLETION_REQUESTED, tid, signal);
-    if (rc < 0)
-        return STOP;
     hv_np_take(r);
-    hv_np_begin(r, section);   /* the trans_id is used up even if the ring was full */
-    if (rc == 0) {
+    hv_np_begin(r, p->section);
+    if (rc != 1) {   /* 0: no room (< 0 cannot follow a plan: it checked the indices) */
         hv_np_complete(r, tid);
-        hv_np_put_front(r, section);
+        hv_np_put_front(r, p->section);
         return RING_FULL;
     }
     return DELIVERED;
+}
+
+static int overlaps(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+{
+    return a < b + blen && b < a + alen;
+}
+
+/* The ports a flood goes to, in the order they were added (vswitch.py _members_of), each a
+ * netvsp the C path delivers to; -1 if any port that may carry the VLAN is not one. */
+static int flood_members(const struct hv_np_switch *sw, int32_t self, uint32_t vlan, int32_t *out, uint32_t *n)
+{
+    *n = 0;
+    for (uint32_t i = 0; i < sw->nports; i++) {
+        const struct hv_np_port *p = &sw->ports[i];
+        if (!p->in_use || (int32_t)i == self)
+            continue;
+        if (p->vlan == HV_NP_TRUNK)
+            return -1;   /* a trunk may carry it, tagged: Python's */
+        if (p->vlan != (int32_t)vlan)
+            continue;
+        if (!p->deliverable || p->adapter == NULL || *n == HV_NP_MAX_FLOOD)
+            return -1;
+        uint32_t j = (*n)++;   /* insertion by seq: a handful of ports */
+        while (j > 0 && sw->ports[out[j - 1]].seq > p->seq) {
+            out[j] = out[j - 1];
+            j--;
+        }
+        out[j] = (int32_t)i;
+    }
+    return 0;
 }
 
 static int touch(struct hv_np_switch *sw, struct hv_np_batch *b, int32_t port)
@@ -598,6 +676,7 @@ int hv_np_forward(struct hv_np_switch *sw, struct hv_np_adapter *a, const uint8_
     b->handled = b->completion_pending = b->ntouched = b->nsignals = 0;
     b->offset = offset;
     b->rx_frames = b->rx_bytes = b->forwarded = b->filtered = b->mac_moves = b->learn_refused = 0;
+    b->flooded = 0;
     b->tx_frames = b->tx_bytes = 0;
     b->cap_used = b->ncap = 0;
     if (b->capture && b->cap == NULL)
@@ -651,35 +730,67 @@ int hv_np_forward(struct hv_np_switch *sw, struct hv_np_adapter *a, const uint8_
         const uint8_t *dst = eth, *src = eth + 6;
         if (src[0] & 1 || memcmp(src, a->mac, 6) != 0 || mac48(src) == 0)
             break;   /* spoofed or malformed: Python drops it */
-        int32_t target;
+        /* Where it goes: nowhere (to its own port: filtered), one learned port, or the VLAN. */
+        int32_t targets[HV_NP_MAX_FLOOD];
+        uint32_t ntargets = 0;
+        int flooded = 0, filtered = 0;
         if (memcmp(dst, src, 6) == 0) {
-            target = a->port;   /* learned from this very frame: filtered */
+            filtered = 1;   /* learned from this very frame */
+        } else if (dst[0] & 1) {
+            flooded = 1;
         } else {
-            if (dst[0] & 1)
-                break;   /* flooded: Python's */
             struct hv_np_mac *e = mac_find(sw, mac_key(vlan, mac48(dst)));
-            if (e == NULL || now - e->seen >= sw->ageing_ns)
-                break;   /* not learned (or aged): flooded */
-            target = e->port;
-            struct hv_np_port *t = &sw->ports[target];
-            if (target != a->port && (t->vlan != (int32_t)vlan || !t->deliverable || t->adapter == NULL))
-                break;
+            if (e != NULL && now - e->seen >= sw->ageing_ns)
+                break;   /* aged: Python forgets it (then floods) */
+            if (e == NULL) {
+                flooded = 1;
+            } else if (e->port == a->port) {
+                filtered = 1;
+            } else {
+                struct hv_np_port *t = &sw->ports[e->port];
+                if (t->vlan != (int32_t)vlan || !t->deliverable || t->adapter == NULL)
+                    break;   /* not a netvsp on its VLAN: Python's */
+                targets[ntargets++] = e->port;
+            }
         }
-        if (target != a->port && touch(sw, b, target) != 0)
+        if (flooded && flood_members(sw, a->port, vlan, targets, &ntargets) != 0)
             break;
-        if (b->nsignals + 2 > HV_NP_MAX_SIGNALS)
-            break;
-        if (b->capture && (uint64_t)b->cap_used + 4 + flen > b->cap_cap)
+        if (b->nsignals + ntargets + 1 > HV_NP_MAX_SIGNALS)
             break;
 
-        /* Delivery comes first: it is the one step that may still stop (a ring Python must
-         * write), and nothing has changed yet. */
-        enum outcome out = FILTERED;
-        int signal = 0;
-        if (target != a->port) {
-            out = deliver(sw->ports[target].adapter, frame, flen, dst, &signal);
-            if (out == STOP)
-                break;
+        /* Every delivery is decided before anything changes: one that Python must make stops the
+         * batch here. The writes of a flood must not touch each other's rings, sections or the
+         * frame (a guest can alias its own buffers and rings): else Python writes them, one after
+         * another, as the reference does. */
+        struct plan plans[HV_NP_MAX_FLOOD];
+        int stop_here = 0;
+        for (uint32_t k = 0; k < ntargets && !stop_here; k++) {
+            plans[k] = plan_delivery(sw->ports[targets[k]].adapter, frame, flen, dst);
+            stop_here = plans[k].out == STOP || touch(sw, b, targets[k]) != 0;
+        }
+        for (uint32_t k = 0; k < ntargets && ntargets > 1 && !stop_here; k++) {
+            const struct hv_np_adapter *rk = sw->ports[targets[k]].adapter;
+            if (plans[k].out != DELIVERED)
+                continue;
+            stop_here = overlaps(rk->ring, rk->ring_len, plans[k].at, plans[k].msg_len);
+            for (uint32_t j = 0; j < ntargets && !stop_here; j++) {
+                const struct hv_np_adapter *rj = sw->ports[targets[j]].adapter;
+                if (j == k || plans[j].out != DELIVERED)
+                    continue;
+                stop_here = overlaps(rk->ring, rk->ring_len, rj->ring, rj->ring_len)
+                    || overlaps(rk->ring, rk->ring_len, plans[j].at, plans[j].msg_len)
+                    || overlaps(plans[k].at, plans[k].msg_len, plans[j].at, plans[j].msg_len)
+                    || overlaps(frame, flen, plans[j].at, plans[j].msg_len);
+            }
+        }
+        if (stop_here)
+            break;   /* (ports touched stay listed: their deltas are zero) */
+        enum outcome outs[HV_NP_MAX_FLOOD];
+        int signals[HV_NP_MAX_FLOOD];
+        for (uint32_t k = 0; k < ntargets; k++) {
+            signals[k] = 0;
+            outs[k] = plans[k].out != DELIVERED ? plans[k].out
+                : deliver(sw->ports[targets[k]].adapter, &plans[k], frame, flen, &signals[k]);
         }
 
         /* Committed: the sender's side of _ingress and _data, the receiver's of _from_switch. */
@@ -695,22 +806,22 @@ int hv_np_forward(struct hv_np_switch *sw, struct hv_np_adapter *a, const uint8_
         uint32_t learnt = hv_np_learn(sw, vlan, mac48(src), a->port, now);
         b->mac_moves += (learnt & HV_NP_MOVED) != 0;
         b->learn_refused += (learnt & HV_NP_REFUSED) != 0;
-        if (target == a->port) {
-            b->filtered++;
-        } else {
-            struct hv_np_port *t = &sw->ports[target];
+        b->filtered += (uint64_t)filtered;
+        b->flooded += (uint64_t)flooded;
+        for (uint32_t k = 0; k < ntargets; k++) {
+            struct hv_np_port *t = &sw->ports[targets[k]];
             struct hv_np_adapter *r = t->adapter;
-            if (signal)
-                add_signal(b, target);
-            if (out == NO_BUFFER || out == RING_FULL) {
+            if (signals[k])
+                add_signal(b, targets[k]);
+            if (outs[k] == NO_BUFFER || outs[k] == RING_FULL) {
                 t->d_dropped_refused++;
-                if (out == NO_BUFFER)
+                if (outs[k] == NO_BUFFER)
                     r->d_rx_no_buffer++;
                 else
                     r->d_rx_ring_full++;
             } else {
                 t->d_tx_frames++, t->d_tx_bytes += flen;
-                if (out == FILTERED)
+                if (outs[k] == FILTERED)
                     r->d_rx_filtered++;
                 else
                     r->d_rx_frames++, r->d_rx_bytes += flen;
@@ -722,7 +833,7 @@ int hv_np_forward(struct hv_np_switch *sw, struct hv_np_adapter *a, const uint8_
         uint8_t done[NVSP_MESSAGE_SIZE] = {0};
         put32(done, NVSP_SEND_RNDIS_PKT_COMPLETE);
         put32(done + 4, NVSP_SUCCESS);
-        signal = 0;
+        int signal = 0;
         if (!ring_writable(a) || ring_write(a, NULL, 0, done, sizeof done, PKT_COMP, 0, tid, &signal) != 1) {
             b->completion_pending = 1, b->completion_tid = tid;
             stop = 1;

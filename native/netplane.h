@@ -30,6 +30,7 @@
 #define HV_NP_ADOPT     0xFFFFFFFFu /* hv_np_adapter.w: adopt the write_index found (first write) */
 #define HV_NP_MAX_TOUCHED 32
 #define HV_NP_MAX_SIGNALS 64
+#define HV_NP_MAX_FLOOD 16   /* ports a flood may go to in C (more: Python floods it) */
 
 /* hv_np_learn's result bits. */
 #define HV_NP_MOVED   1u  /* a live entry moved from another port */
@@ -48,6 +49,7 @@ struct hv_np_port {
     /* deltas since Python last folded them */
     uint64_t d_tx_frames, d_tx_bytes, d_dropped_refused;
     int32_t touched;                /* listed in the current batch's touched[] */
+    uint64_t seq;                   /* when it was added: floods go to ports in this order */
 };
 
 struct hv_np_mac {
@@ -66,6 +68,7 @@ struct hv_np_switch {
     struct hv_np_port *ports;
     struct hv_np_mac *macs;         /* open addressing, linear probing, mac_cap a power of two */
     uint32_t mac_cap, mac_count;
+    uint64_t next_seq;              /* the seq of the last port added */
 };
 
 struct hv_np_adapter {
@@ -109,6 +112,7 @@ struct hv_np_batch {
     uint64_t rx_frames, rx_bytes;       /* sender port */
     uint64_t forwarded, filtered, mac_moves, learn_refused;  /* switch */
     uint64_t tx_frames, tx_bytes;       /* sender adapter */
+    uint64_t flooded;                   /* switch */
     uint32_t ntouched, nsignals;
     int32_t touched[HV_NP_MAX_TOUCHED]; /* receiver ports with deltas to fold */
     int32_t signals[HV_NP_MAX_SIGNALS]; /* ports whose ring to signal, in order */

@@ -4,7 +4,8 @@ beside `Sections`, the pure-Python reference), and `forward`, which hands a batc
 guest sent to native/netplane.c and folds back what it did.
 
 The C path takes, in one crossing per batch, the packets whose whole path it knows: a well-formed
-RNDIS data message from an access port to a learned unicast MAC behind another netvsp, and
+RNDIS data message from an access port to a learned unicast MAC behind another netvsp, or flooded
+(broadcast, multicast, not learned) to a VLAN whose every other port is such a netvsp, and
 completions of receive transfers. The first packet that is anything else (control, malformed,
 flooded, dropped by the switch, a capture running, a ring Python must write) stops it, Python
 handles that packet with its own code (vsp.py and vswitch.py are the reference), and the C path
@@ -212,7 +213,7 @@ def forward(vsp, plane: SwitchPlane, records, offset: int, count: int) -> tuple[
     b.capture = switch._capture is not None
     b.window_start, b.window_count = port._window_start, port._window_count
     (_, window_start, window_count, handled, next_offset, pending, pending_tid, rx_frames, rx_bytes, forwarded,
-     filtered, moves, refused, tx_frames, tx_bytes, ntouched, nsignals) = _core.hv_np_forward(
+     filtered, moves, refused, tx_frames, tx_bytes, flooded, ntouched, nsignals) = _core.hv_np_forward(
         plane.sw, vsp._np.c, records, offset, count, b, plane._view)
     if not handled:
         return 0, offset
@@ -228,6 +229,7 @@ def forward(vsp, plane: SwitchPlane, records, offset: int, count: int) -> tuple[
         st.rx_bytes += rx_bytes
         sw = switch.stats
         sw.forwarded += forwarded
+        sw.flooded += flooded
         if filtered or moves or refused:
             sw.filtered += filtered
             sw.mac_moves += moves

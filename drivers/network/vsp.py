@@ -21,7 +21,8 @@ responses travel the same way and wait (at most MAX_CONTROL_BACKLOG) for a secti
 
 With the switch's C data plane (netplane.py) the receive sections live in C, and a batch the
 parent read from the ring goes to C first: runs of data frames (RNDIS PACKET in a send section
-or in-band, to a learned unicast MAC behind another netvsp) and of receive completions are
+or in-band, to a learned MAC behind another netvsp or flooded to a VLAN of netvsps only) and of
+receive completions are
 handled there in one crossing; the first packet of any other kind, and any the C path would
 have to refuse, drop or queue, is handled by the code below, and C takes over again after it.
 The code below is the reference: both paths leave the same bytes in every guest's memory.

@@ -46,8 +46,8 @@ The data plane in C (drivers/network/netplane.py, native/netplane.c). Unless bui
 `data_plane=False` (or HVSIM_NETPLANE=0 in the environment), a switch keeps its MAC table in C
 and netvsp adapters forward their data frames there, a batch per crossing: the same decisions,
 counters and capture records as the code below, which stays the reference and handles every
-frame the C path leaves to it (tagged, flooded, dropped, to a port that is not a netvsp's, sent
-while the switch is delivering). Learning, lookups and ageing on the C table follow `_learn`,
+frame the C path leaves to it (tagged, dropped, to a port that is not a netvsp's or flooded to a
+VLAN with one, sent while the switch is delivering). Learning, lookups and ageing on the C table follow `_learn`,
 `_lookup` and `_expire` step for step.
 
 Counters, per port (`port.stats`): rx_* are frames the switch took from the port, tx_* frames it

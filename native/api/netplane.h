@@ -5,6 +5,7 @@
 #define HV_NP_ADOPT     4294967295
 #define HV_NP_MAX_TOUCHED 32
 #define HV_NP_MAX_SIGNALS 64
+#define HV_NP_MAX_FLOOD 16
 
 #define HV_NP_MOVED   1
 #define HV_NP_REFUSED 2
@@ -21,6 +22,7 @@ struct hv_np_port {
 
     uint64_t d_tx_frames, d_tx_bytes, d_dropped_refused;
     int32_t touched;
+    uint64_t seq;
 };
 
 struct hv_np_mac {
@@ -39,6 +41,7 @@ struct hv_np_switch {
     struct hv_np_port *ports;
     struct hv_np_mac *macs;
     uint32_t mac_cap, mac_count;
+    uint64_t next_seq;
 };
 
 struct hv_np_adapter {
@@ -81,6 +84,7 @@ struct hv_np_batch {
     uint64_t rx_frames, rx_bytes;
     uint64_t forwarded, filtered, mac_moves, learn_refused;
     uint64_t tx_frames, tx_bytes;
+    uint64_t flooded;
     uint32_t ntouched, nsignals;
     int32_t touched[HV_NP_MAX_TOUCHED];
     int32_t signals[HV_NP_MAX_SIGNALS];

@@ -241,3 +241,39 @@ def test_the_hostile_runs_do_take_the_c_path():
     handled, seen = hostile_run(True, [], [])
     assert handled >= 6 and seen["vsp"][1][0]["rx_frames"] == 3   # three frames, and their completions
     assert hostile_run(False, [], [])[1] == seen
+
+
+def flood_run(data_plane):
+    lan = nvsp.Lan(data_plane=data_plane)
+    a, b, c = lan.adapter(1), lan.adapter(2), lan.adapter(3)
+    d = lan.adapter(4, vlan=20)
+    c.vsp.packet_filter = 0   # c takes nothing (a NIC whose filter drops every frame: "filtered")
+    if c.vsp._np is not None:
+        c.vsp._np.c.packet_filter = 0
+    frames_ = nvsp.frames
+    # broadcast, multicast, a MAC nobody has, b's MAC before and after b is heard from
+    for dst in (frames_.BROADCAST, bytes.fromhex("01005e000001"), bytes.fromhex("00155d0000aa"), b.vsc.mac, None):
+        if dst is None:
+            b.vsc.transmit(a.vsc.mac + b.vsc.mac + b"\x88\xb5" + bytes(100))
+            dst = b.vsc.mac
+        for _ in range(20):
+            a.vsc.transmit(dst + a.vsc.mac + b"\x88\xb5" + bytes(100))
+        lan.settle()
+    lan.run(MS)
+    return (lan.switch._plane.handled if data_plane else 0), {
+        "vsp": [(dict(x.vsp.stats), dict(x.vsp.refused), x.vsp.save()) for x in (a, b, c, d)],
+        "vsc": [dict(x.vsc.stats) for x in (a, b, c, d)],
+        "ports": {p.name: p.stats for p in lan.switch.ports},
+        "switch": lan.switch.stats,
+        "rings": [bytes(x.host_end.outgoing._mem) for x in (a, b, c, d)],
+    }
+
+
+def test_floods_to_a_vlan_of_netvsps_go_through_c_as_through_python():
+    handled, seen = flood_run(True)
+    assert seen == flood_run(False)[1]
+    assert seen["switch"].flooded == 80 and seen["switch"].forwarded == 101 and handled >= 100
+    # b: broadcast, multicast (ALL_MULTICAST), its own MAC twice; not the MAC nobody has
+    assert seen["vsp"][1][0]["rx_frames"] == 80 and seen["vsp"][1][0]["rx_filtered"] == 20
+    assert seen["vsp"][2][0]["rx_filtered"] == 80                      # c: the floods, filtered
+    assert seen["vsp"][3][0].get("rx_frames", 0) == 0                  # VLAN 20 heard nothing
