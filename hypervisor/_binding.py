@@ -1195,8 +1195,9 @@ _NP_CAPTURE_BYTES = 64 << 10   # frames a batch may hand to a running capture (t
 
 # struct hv_np_batch up to touched[]: now, window_start, window_count, handled, offset,
 # completion_pending, completion_tid, rx_frames, rx_bytes, forwarded, filtered, mac_moves,
-# learn_refused, tx_frames, tx_bytes, ntouched, nsignals (read in one unpack after each call).
-_NP_BATCH_HEAD = _struct.Struct("<QQIIIIQ8QII")
+# learn_refused, tx_frames, tx_bytes, flooded, ntouched, nsignals (read in one unpack after each
+# call).
+_NP_BATCH_HEAD = _struct.Struct("<QQIIIIQ9QII")
 assert _NP_BATCH_HEAD.size == ffi.offsetof("struct hv_np_batch", "touched")
 
 
