@@ -92,6 +92,14 @@ struct hv_vp {
     struct hv_cycle cycle;       /* its Python guest's duty cycle, taken by the core between interrupts (run.c) */
 };
 
+/* A run-queue heap entry (sched_classic.c): a runnable VP and its key, which does not change while
+ * it is runnable: (vruntime, partition slot << 32 | VP index). */
+struct hv_rq_entry {
+    uint64_t vruntime;
+    uint64_t tie;
+    struct hv_vp *vp;
+};
+
 struct hv_page_list {             /* a growable array of SPA pfns */
     uint64_t *pfn;
     uint64_t len, cap;
@@ -260,7 +268,7 @@ struct hv_host {
      * on (vruntime, slot, VP index), one per class: under its reserve, the rest, capped. A class
      * depends on the window's use and the partition's controls, which only change for runnable
      * VPs at a window or a control change: then rq_stale says the heaps must be sorted again. */
-    struct hv_vp **rq_heap[3];
+    struct hv_rq_entry *rq_heap[3]; /* each entry holds its VP's key, so a sift reads no VP */
     uint32_t nr_rq_heap[3], cap_rq_heap[3];
     bool rq_stale;
     uint64_t window_epoch;        /* accounting windows started so far */

@@ -96,43 +96,41 @@ static uint32_t rq_class_of(const struct hv_host *h, const struct hv_vp *vp)
     return used < hv_sched_reserve_ns(h, vp) ? HV_RQ_RESERVE : HV_RQ_FAIR;
 }
 
-/* Heap order within a class: least vruntime, then (partition slot, VP index). */
-static bool key_before(const struct hv_vp *a, const struct hv_vp *b)
+/* Heap order within a class: least vruntime, then (partition slot, VP index); from the keys the
+ * entries hold, so a sift touches the heap's array only. */
+static bool key_before(const struct hv_rq_entry *a, const struct hv_rq_entry *b)
 {
-    if (a->vruntime != b->vruntime)
-        return a->vruntime < b->vruntime;
-    if (a->part_slot != b->part_slot)
-        return a->part_slot < b->part_slot;
-    return a->index < b->index;
+    __extension__ typedef unsigned __int128 key; /* one comparison, no branch on the first half */
+    return ((key)a->vruntime << 64 | a->tie) < ((key)b->vruntime << 64 | b->tie);
 }
 
-static void heap_set(struct hv_vp **heap, uint32_t i, struct hv_vp *vp)
+static void heap_set(struct hv_rq_entry *heap, uint32_t i, const struct hv_rq_entry *e)
 {
-    heap[i] = vp;
-    vp->rq_hpos = i;
+    heap[i] = *e;
+    e->vp->rq_hpos = i;
 }
 
 static void heap_fix(struct hv_host *h, uint32_t c, uint32_t i)
 {
-    struct hv_vp **heap = h->rq_heap[c];
+    struct hv_rq_entry *heap = h->rq_heap[c];
     uint32_t n = h->nr_rq_heap[c];
-    struct hv_vp *vp = heap[i];
-    while (i > 0 && key_before(vp, heap[(i - 1) / 2])) {
-        heap_set(heap, i, heap[(i - 1) / 2]);
+    struct hv_rq_entry e = heap[i];
+    while (i > 0 && key_before(&e, &heap[(i - 1) / 2])) {
+        heap_set(heap, i, &heap[(i - 1) / 2]);
         i = (i - 1) / 2;
     }
     for (;;) {
         uint32_t l = 2 * i + 1, r = l + 1, m = l;
         if (l >= n)
             break;
-        if (r < n && key_before(heap[r], heap[l]))
+        if (r < n && key_before(&heap[r], &heap[l]))
             m = r;
-        if (!key_before(heap[m], vp))
+        if (!key_before(&heap[m], &e))
             break;
-        heap_set(heap, i, heap[m]);
+        heap_set(heap, i, &heap[m]);
         i = m;
     }
-    heap_set(heap, i, vp);
+    heap_set(heap, i, &e);
 }
 
 static void heap_push(struct hv_host *h, struct hv_vp *vp)
@@ -140,14 +138,15 @@ static void heap_push(struct hv_host *h, struct hv_vp *vp)
     uint32_t c = rq_class_of(h, vp);
     if (h->nr_rq_heap[c] == h->cap_rq_heap[c]) {
         uint32_t cap = h->cap_rq_heap[c] ? h->cap_rq_heap[c] * 2 : 64;
-        struct hv_vp **n = realloc(h->rq_heap[c], cap * sizeof(*n));
+        struct hv_rq_entry *n = realloc(h->rq_heap[c], cap * sizeof(*n));
         if (!n)
             abort(); /* as the event queue: a lost runnable VP would silently break determinism */
         h->rq_heap[c] = n;
         h->cap_rq_heap[c] = cap;
     }
     vp->rq_class = c;
-    heap_set(h->rq_heap[c], h->nr_rq_heap[c]++, vp);
+    struct hv_rq_entry e = { vp->vruntime, (uint64_t)vp->part_slot << 32 | vp->index, vp };
+    heap_set(h->rq_heap[c], h->nr_rq_heap[c]++, &e);
     heap_fix(h, c, vp->rq_hpos);
 }
 
@@ -162,8 +161,8 @@ void hv_sched_rq_erase(struct hv_host *h, struct hv_vp *vp)
     if (h->rq_stale)
         return;
     uint32_t c = vp->rq_class, i = vp->rq_hpos;
-    struct hv_vp *last = h->rq_heap[c][--h->nr_rq_heap[c]];
-    if (last == vp)
+    struct hv_rq_entry *last = &h->rq_heap[c][--h->nr_rq_heap[c]];
+    if (last->vp == vp)
         return;
     heap_set(h->rq_heap[c], i, last);
     heap_fix(h, c, i);
@@ -214,9 +213,9 @@ struct hv_vp *hv_sched_pick_fair(struct hv_host *h, uint32_t only_slot)
         if (h->rq_stale)
             rq_rebuild(h);
         if (h->nr_rq_heap[HV_RQ_RESERVE])
-            best = h->rq_heap[HV_RQ_RESERVE][0];
+            best = h->rq_heap[HV_RQ_RESERVE][0].vp;
         else if (h->nr_rq_heap[HV_RQ_FAIR])
-            best = h->rq_heap[HV_RQ_FAIR][0];
+            best = h->rq_heap[HV_RQ_FAIR][0].vp;
     } else {
         /* One partition's VPs: at most HV_MAX_VPS to look at, however long the queue. */
         const struct hv_partition *p = h->parts[only_slot];
@@ -262,8 +261,8 @@ void hv_sched_fair_rejoin(struct hv_host *h, struct hv_vp *vp)
     } else {
         /* Each heap's top has its least vruntime. */
         for (uint32_t c = 0; c < 3; c++)
-            if (h->nr_rq_heap[c] && h->rq_heap[c][0]->vruntime < floor)
-                floor = h->rq_heap[c][0]->vruntime;
+            if (h->nr_rq_heap[c] && h->rq_heap[c][0].vruntime < floor)
+                floor = h->rq_heap[c][0].vruntime;
     }
     for (uint32_t i = 0; i < h->cfg.logical_processors; i++)
         if (h->lps[i].vp && h->lps[i].vp != vp && h->lps[i].vp->vruntime < floor)

@@ -124,22 +124,28 @@ static void interrupt(struct hv_host *h, struct hv_vp *vp, uint32_t sint)
     hv_vp_raise_interrupt(h, vp, sint);
 }
 
-static void build_message(struct hv_host *h, struct hv_synic *s, const struct hv_queued_msg *m, uint8_t *out)
+/* Write message m into a free slot (all 256 bytes), MessagePending set if `more` wait behind it;
+ * the delivery costs the VP and raises its SINT. */
+static void deliver(struct hv_host *h, struct hv_vp *vp, uint32_t sint, const struct hv_queued_msg *m,
+                    uint8_t *slot, uint64_t pfn, bool more)
 {
+    struct hv_synic *s = &vp->synic;
     if (m->kind == HV_MSG_PORT) {
-        memcpy(out, hv_spa_page(h, m->buf_pfn) + (size_t)m->buf * HV_MESSAGE_SIZE, HV_MESSAGE_SIZE);
-        return;
+        memcpy(slot, hv_spa_page(h, m->buf_pfn) + (size_t)m->buf * HV_MESSAGE_SIZE, HV_MESSAGE_SIZE);
+    } else {
+        struct hv_stimer *t = &s->timer[m->buf];
+        struct hv_message_header hd = { HV_MESSAGE_TYPE_TIMER_EXPIRED, sizeof(struct hv_timer_message_payload), 0, 0, 0 };
+        struct hv_timer_message_payload pl = { m->buf, 0, t->pending_expiry, h->now / 100 };
+        memcpy(slot, &hd, sizeof(hd));
+        memcpy(slot + sizeof(hd), &pl, sizeof(pl));
+        memset(slot + sizeof(hd) + sizeof(pl), 0, HV_MESSAGE_SIZE - sizeof(hd) - sizeof(pl));
+        t->pending = false;
     }
-    struct hv_stimer *t = &s->timer[m->buf];
-    struct hv_message msg;
-    memset(&msg, 0, sizeof(msg));
-    struct hv_timer_message_payload pl = { m->buf, 0, t->pending_expiry, h->now / 100 };
-    msg.header.message_type = HV_MESSAGE_TYPE_TIMER_EXPIRED;
-    msg.header.payload_size = sizeof(pl);
-    msg.header.origination_id = 0;
-    memcpy(msg.payload, &pl, sizeof(pl));
-    memcpy(out, &msg, sizeof(msg));
-    t->pending = false;
+    if (more)
+        slot[5] |= HV_MESSAGE_FLAG_PENDING;
+    hv_page_mark_dirty(h, pfn);
+    hv_vp_charge(h, vp, h->costs.message_ns);
+    interrupt(h, vp, sint);
 }
 
 /* Deliver the head of (vp, sint)'s queue if its slot is free; otherwise flag the slot. */
@@ -162,20 +168,15 @@ static void pump(struct hv_host *h, struct hv_partition *p, struct hv_vp *vp, ui
     }
     struct hv_queued_msg m = q->e[0];
     memmove(q->e, q->e + 1, (size_t)--q->len * sizeof(*q->e));
-    uint8_t msg[HV_MESSAGE_SIZE];
-    build_message(h, s, &m, msg);
-    if (q->len)
-        msg[5] |= HV_MESSAGE_FLAG_PENDING;
-    memcpy(slot, msg, sizeof(msg));
-    hv_page_mark_dirty(h, pfn);
-    hv_vp_charge(h, vp, h->costs.message_ns);
-    interrupt(h, vp, sint);
+    deliver(h, vp, sint, &m, slot, pfn, q->len != 0);
 }
 
 static void eom(struct hv_host *h, struct hv_partition *p, struct hv_vp *vp)
 {
+    /* Most queues are empty: look before calling (pump's frame holds a whole message). */
     for (uint32_t i = 0; i < SINTS; i++)
-        pump(h, p, vp, i);
+        if (vp->synic.queue[i].len)
+            pump(h, p, vp, i);
 }
 
 uint16_t hv_synic_check_target(struct hv_host *h, const struct hv_partition *p, const struct hv_vp *vp,
@@ -218,6 +219,14 @@ void hv_synic_enqueue(struct hv_host *h, struct hv_partition *p, struct hv_vp *v
                       const struct hv_queued_msg *m)
 {
     struct hv_msg_queue *q = &vp->synic.queue[sint];
+    if (!q->len) { /* the common case, an empty queue and a free slot: what push and pump would do */
+        uint64_t pfn;
+        uint8_t *slot = message_slot(h, p, &vp->synic, sint, &pfn);
+        if (slot && hv_load32(slot) == HV_MESSAGE_TYPE_NONE) {
+            deliver(h, vp, sint, m, slot, pfn, false);
+            return;
+        }
+    }
     q->e[q->len++] = *m;
     pump(h, p, vp, sint);
 }
@@ -260,9 +269,8 @@ void hv_synic_purge_sender(struct hv_synic *s, uint32_t sint, uint32_t slot)
 void hv_synic_consume(struct hv_host *h, struct hv_partition *p, struct hv_vp *vp, uint32_t sints)
 {
     struct hv_synic *s = &vp->synic;
-    for (uint32_t i = 0; i < SINTS; i++) {
-        if (!((sints >> i) & 1))
-            continue;
+    for (uint32_t left = sints & ((1u << SINTS) - 1); left; left &= left - 1) {
+        uint32_t i = (uint32_t)__builtin_ctz(left);
         uint64_t pfn;
         uint8_t *slot = synic_page(h, p, s->simp, i * HV_MESSAGE_SIZE, &pfn);
         if (slot) {
