@@ -17,7 +17,7 @@ import traceback
 
 from bench.timing import SIZES, Figure
 
-BENCHES = ("hypercalls", "channel", "ring", "storage", "host", "simulation", "memory", "network")
+BENCHES = ("hypercalls", "channel", "ring", "storage", "storvsc", "host", "simulation", "memory", "network")
 
 
 def measure(names, repeat: int, size: str, log=None) -> dict[str, dict]:

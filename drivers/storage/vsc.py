@@ -15,12 +15,20 @@ when it completes. Nothing is granted or announced: the host finds the pages by 
 
 Config: share_pages (required, above); pool_pages 64 (the bounce pages, and so the largest
 transfer, 256 KiB); max_outstanding 64 (SRBs in flight); cpu_per_request "1us" (guest CPU charged
-per SRB sent); keep_completed 10000.
+per SRB sent); keep_completed 10000; native true (false: every I/O takes the Python path below).
+
+The per-I/O path is one crossing each way (native/storvsc.c, through vmbus.ring's write_call and
+read_call): sending fills the bounce pages and packs and writes the SRB; a signal's completions
+are read and decoded in C into compact records, and a good one is finished from its record. The
+Python path (_send_reference, _on_packet) is the reference: it sends the same bytes and ends each
+request the same way, and it takes what C leaves (bounce pages that are not consecutive, a full
+ring, an initialization reply, an error with sense).
 
 The block devices, for a workload driven by the guest stack's loop (it polls, or is called back):
 
     disk = vsc.disk(lun)                              # a Disk, or None; vsc.luns: {LUN: Disk}
     request = disk.read(lba, count, callback=None)    # IoRequest; count blocks of 512 bytes
+    request = disk.read(lba, count, copy=False)       # the bytes stay in the bounce pages
     request = disk.write(lba, data, callback=None)    # data: a multiple of 512 bytes
     request = disk.flush(callback=None)               # SYNCHRONIZE CACHE: writes made durable
     request.done, request.ok, request.data, request.error, request.sense
