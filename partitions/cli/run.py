@@ -89,8 +89,6 @@ def plan(args: argparse.Namespace, *, create: bool) -> Plan:
     # A datacenter file is checked host by host, each host's keys under its host[i].
     hosts = ([(f"host[{i}].", h.config, f"{args.pcap}.{h.name}") for i, h in enumerate(config.hosts)]
              if isinstance(config, DatacenterConfig) else [("", config, args.pcap)])
-    if isinstance(config, DatacenterConfig) and args.trace is not None:
-        raise UsageError(f"--trace {args.trace}: not available for a datacenter file yet (the trace is of one host)")
     for prefix, host, pcap in hosts:
         try:  # the disks: the ones named exist as VHDs of their size, or can be made; run files can be
             run_files.plan_disks(host, workdir, args.config or "the default host")
@@ -99,7 +97,9 @@ def plan(args: argparse.Namespace, *, create: bool) -> Plan:
                 exc = ConfigError(exc.file, prefix + exc.key, exc.expected, exc.got, hint=exc.hint)
             raise UsageError(str(exc)) from None
         _check_workloads(host, args.config or "the default host", prefix)
-    for option, path in (("--log", args.log), ("--trace", args.trace)):
+    traces = ([f"{args.trace}.{h.name}" for h in config.hosts] if isinstance(config, DatacenterConfig)
+              else [args.trace]) if args.trace is not None else []
+    for option, path in [("--log", args.log)] + [("--trace", t) for t in traces]:
         if path is not None:
             _check_file(Path(path), option)
     if args.pcap is not None:
@@ -360,19 +360,34 @@ def _run_datacenter(args: argparse.Namespace, p: Plan, ctrl_c: _CtrlC) -> int:
     built: list = []   # the datacenter, once built: the log's clock reads 0 until then
     log = EventLog(args.log, lambda: built[0].clock() if built else 0) if args.log else None
     try:
-        dc = Datacenter(p.config, seed=p.seed, workdir=p.workdir, event_log=log, pcap=args.pcap)
+        dc = Datacenter(p.config, seed=p.seed, workdir=p.workdir, event_log=log, pcap=args.pcap,
+                        record_scheduling=bool(args.trace))
     except (ScenarioError, ValueError, OSError) as exc:
         if log is not None:
             log.close()
         return _fail(str(exc))
     built.append(dc)
+    records: dict[str, list] = {name: [] for name in dc.hosts}
+
+    def take_scheduling() -> None:
+        for name, node in dc.hosts.items():
+            records[name].extend(node.managed.host.introspect.take_scheduling()[0])
+
+    drained = [0]
+
+    def progress(d) -> None:
+        if args.trace and d.now - drained[0] >= 100_000_000:   # as often as one host's run drains it
+            drained[0] = d.now
+            take_scheduling()
+        ctrl_c.check()
+
     outcome, status, crash = {"status": "completed"}, 0, None
     try:
         ctrl_c.check()
         if sys.stdout.isatty() and not args.json:
-            _run_datacenter_live(dc, p.duration, lambda d: ctrl_c.check())
+            _run_datacenter_live(dc, p.duration, progress)
         else:
-            dc.run(p.duration, on_progress=lambda d: ctrl_c.check())
+            dc.run(p.duration, on_progress=progress)
     except KeyboardInterrupt:
         outcome, status = {"status": "interrupted", "reason": "Ctrl-C"}, EXIT_INTERRUPTED
     except ScenarioError as exc:
@@ -384,6 +399,10 @@ def _run_datacenter(args: argparse.Namespace, p: Plan, ctrl_c: _CtrlC) -> int:
         crash = traceback.format_exc() if not _is_guest_error(exc) else None
     summary = dc.summary()
     summary["outcome"] = outcome
+    if args.trace:   # one trace per host: each has its own LPs and partitions
+        take_scheduling()
+        for name, node in dc.hosts.items():
+            _write_trace(f"{args.trace}.{name}", node.managed, records[name])
     dc.close()
     if log is not None:
         log.event("run.end", **outcome)
@@ -432,7 +451,7 @@ def _print_datacenter_summary(s: dict) -> None:
                                              f"(seed {host['seed']})"))
     links = Table(title=f"Links (windows of {s['window_ns'] / 1e3:g} us: {s['windows']})")
     for col in ("link", "bandwidth", "latency", "messages", "bytes", "queued (ms)", "busy (%)"):
-        links.add_column(col, justify="left" if col == "link" else "right")
+        links.add_column(col, justify="left" if col == "link" else "right", no_wrap=col == "link")
     for link in s["links"]:
         for d in link["directions"]:
             links.add_row(f"{d['from']} -> {d['to']}", f"{link['bandwidth_bps'] / 1e9:g} Gbit/s",

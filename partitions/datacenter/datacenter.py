@@ -66,7 +66,6 @@ class Datacenter:
                 pinned = h.config.host.seed
                 neighbours = {end for link in self.links if h.name in (link.a, link.b)
                               for end in (link.a, link.b) if end != h.name}
-                self._focus = None
                 node = HostNode(h.name, h.config,
                                 seed=pinned if pinned is not None and seed is None else host_seed(self.seed, h.name),
                                 neighbours=neighbours, workdir=workdir,

@@ -101,5 +101,5 @@ class Link:
         return {"hosts": [self.a, self.b], "bandwidth_bps": self.bandwidth, "latency_ns": self.latency,
                 "directions": [{"from": src, "to": self.b if src == self.a else self.a, "messages": d.messages,
                                 "bytes": d.bytes, "queued_ns": d.queued_ns,
-                                "utilisation": round(d.busy_ns / elapsed_ns, 6) if elapsed_ns else 0.0}
+                                "utilisation": round(min(1.0, d.busy_ns / elapsed_ns), 6) if elapsed_ns else 0.0}
                                for src, d in self.traffic.items()]}

@@ -87,13 +87,13 @@ class HostNode:
                                      f"arriving at {m.arrival_ns} ns reached host {self.name!r} at {self.now} ns")
             heapq.heappush(self._inbox, (m.arrival_ns, m.src, m.seq, m))
 
-    def advance(self, until: int, on_progress: Callable[[ManagedHost], None] | None = None) -> None:
+    def advance(self, until: int) -> None:
         """Run this host alone to `until`, stopping at each message's arrival to deliver it there."""
         while self._inbox and self._inbox[0][0] <= until:
             arrival, _, _, message = heapq.heappop(self._inbox)
-            self.managed.run(arrival, on_progress=on_progress)
+            self.managed.run(arrival)
             self._deliver(message)
-        self.managed.run(until, on_progress=on_progress)
+        self.managed.run(until)
 
     def _deliver(self, m: Message) -> None:
         handler = self._handlers.get(m.kind)

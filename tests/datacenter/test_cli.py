@@ -81,9 +81,21 @@ def test_check_describes_a_datacenter_file(capsys):
                                        "2 timeline actions\n")
 
 
-def test_a_trace_of_a_datacenter_is_refused_before_the_run(tmp_path, capsys):
-    assert main(["run", EXAMPLE, "--trace", str(tmp_path / "t.json"), "--workdir", str(tmp_path / "w")]) == 2
-    assert "--trace" in capsys.readouterr().err and not (tmp_path / "w").exists()
+def test_a_trace_and_a_capture_per_host(tmp_path, capsys):
+    trace, pcap = tmp_path / "t.json", tmp_path / "p.pcap"
+    run_json(capsys, EXAMPLE, "--for", "300ms", "--trace", str(trace), "--pcap", str(pcap),
+             "--workdir", str(tmp_path / "w"))
+    for host, vms in (("host-a", {"web", "cache"}), ("host-b", {"batch"})):
+        doc = json.loads((tmp_path / f"t.json.{host}").read_text())
+        slices = [e for e in doc["traceEvents"] if e.get("ph") == "X"]
+        assert slices and max(e["ts"] + e["dur"] for e in slices) > 250_000       # us: the whole run
+        running = {e["name"].split("/")[0] for e in slices}                       # "web/vp0": VM and VP
+        assert vms <= running and not ({"web", "cache", "batch"} - vms) & running
+    assert (tmp_path / "p.pcap.host-a").stat().st_size > 24 and not (tmp_path / "p.pcap.host-b").exists()
+    assert not trace.exists()
+    # An unwritable one is refused before anything is made.
+    assert main(["run", EXAMPLE, "--trace", str(tmp_path / "no" / "t.json"), "--workdir", str(tmp_path / "x")]) == 2
+    assert "--trace" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_an_action_that_fails_on_one_host_gives_the_summary_so_far_and_exit_1(tmp_path, capsys):
@@ -134,3 +146,20 @@ def test_ctrl_c_stops_a_datacenter_with_the_summary_so_far_and_exit_130(tmp_path
     assert "hvsim run: interrupted at" in err and "Traceback" not in err
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert events[-1]["event"] == "run.end" and events[-1]["status"] == "interrupted"
+
+
+def test_a_single_host_file_runs_as_before(tmp_path, capsys):
+    # The default host as a file goes through the reader and the command's single-host path,
+    # which now also read datacenter files; the built-in default (default_config) and a
+    # ManagedHost made directly do not: all three give one digest and one summary shape.
+    from partitions.config import DEFAULT_TOML, default_config
+    from partitions.management import ManagedHost
+    host = tmp_path / "host.toml"
+    host.write_text(DEFAULT_TOML)
+    from_file = run_json(capsys, str(host), "--for", "1s", "--seed", "7", "--workdir", str(tmp_path / "a"))
+    built_in = run_json(capsys, "--for", "1s", "--seed", "7", "--workdir", str(tmp_path / "b"))
+    direct = ManagedHost(default_config(tmp_path / "c"), seed=7, workdir=tmp_path / "c")
+    direct.run("1s")
+    assert from_file["trace_digest"] == built_in["trace_digest"] == direct.host.trace_digest().hex()
+    direct.close()
+    assert set(from_file) == set(built_in) and "hosts" not in from_file and "links" not in from_file

@@ -205,6 +205,8 @@ def test_dump_writes_a_datacenter_file_that_loads_back_equal(tmp_path):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from tests.partitions.test_config import _mutate  # noqa: E402 - the single-host file's mutations
+
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
@@ -212,7 +214,6 @@ def test_mutated_datacenter_documents_load_or_raise_config_error(tmp_path, data)
     import tomllib
 
     from partitions.config import dump, from_dict
-    from tests.partitions.test_config import _mutate
     doc = tomllib.loads(TWO_HOSTS)
     for _ in range(data.draw(st.integers(1, 4))):
         doc = _mutate(data, doc)
