@@ -666,6 +666,9 @@ class StorVsc(Vsc):
         self._fail_all("channel closed")
         self._bounce = None  # the guest stack hides the pages and takes them back
         self._free = []
+        if self._native is not None:  # nor is C to reach them (or the ring) any more
+            self._native = None
+            self.channel.reader = None
 
 
 class Completions(PacketBatch):

@@ -239,3 +239,13 @@ def test_a_block_request_is_the_scsi_command_it_stands_for(tmp_path_factory, lba
     assert _seen(block)[4:] == _seen(raw)[4:] and block.kind == ("write" if write else "read")
     assert (block.lun, block.lba, block.count, block.cdb, block.data_in, block.length) == \
         (0, lba, count, raw.cdb, raw.data_in, raw.length)
+
+
+def test_after_close_nothing_points_into_the_pages_the_guest_took_back(tmp_path):
+    rig = _rig(tmp_path / "d.vhd", True).open()
+    assert rig.guest_end.reader is not None
+    req = rig.vsc.read(0, 1)
+    rig.vsc.on_close()
+    assert req.error == "channel closed" and rig.vsc._native is None and rig.guest_end.reader is None
+    rig.host_end.send(_completion(0, 1, 0, 512), packet_type=PKT_COMP, trans_id=1)   # read the plain way
+    assert rig.to_guest[-1].trans_id == 1 and type(rig.guest_end.receive()) is list
