@@ -103,9 +103,12 @@ class KernelContext(_WorkloadContext):
             nxt = self.stack.context.next_timeout()
             await self._ctx.halt(min(timeout, nxt) if nxt else timeout)
 
-    def _stack_side(self) -> tuple[int, bool]:
-        """(when the stack's next timer is due, 0 if none; whether it has work at its next look)."""
-        return self.stack.context.timers.next_due() or 0, not self.stack.quiet()
+    def _stack_side(self):
+        """A function giving (when the stack's next timer is due, 0 if none; whether the stack has
+        work at its next look): what the core needs to take a cycle's steps. (Called for every
+        cycle guest at the start of every run: its lookups are made once.)"""
+        next_due, quiet = self.stack.context.timers.next_due, self.stack.quiet
+        return lambda: (next_due() or 0, not quiet())
 
     async def cycle(self, busy: int, idle: int) -> None:
         """compute(busy) then sleep(idle), for ever (busy + idle > 0): the same steps at the same
@@ -114,7 +117,8 @@ class KernelContext(_WorkloadContext):
         each step is armed as the cycle's, and when the guest resumes its state is the core's."""
         ctx, stack = self._ctx, self.stack
         core = CYCLES_IN_CORE and stack.on_poll is None  # a poll hook runs on every pass: Python's
-        unwatch = ctx.watch_cycle(self._stack_side) if core else None
+        side = self._stack_side()
+        unwatch = ctx.watch_cycle(side) if core else None
         phase, left, step, deadline = (CYCLE_COMPUTE, busy, 0, 0) if busy else (CYCLE_IDLE, 0, 0, self.now + idle)
         try:
             while True:
@@ -128,7 +132,7 @@ class KernelContext(_WorkloadContext):
                     nxt = stack.context.next_timeout()
                     step = left if nxt is None else min(left, nxt)
                     if core:
-                        ctx.arm_cycle(CYCLE_KERNEL, phase, busy, idle, left, step, 0, *self._stack_side())
+                        ctx.arm_cycle(CYCLE_KERNEL, phase, busy, idle, left, step, 0, *side())
                     wake = await ctx.compute_interruptible(step)
                 else:
                     cpu = stack.service()
@@ -144,7 +148,7 @@ class KernelContext(_WorkloadContext):
                     nxt = stack.context.next_timeout()
                     step = min(timeout, nxt) if nxt else timeout
                     if core:
-                        ctx.arm_cycle(CYCLE_KERNEL, phase, busy, idle, 0, step, deadline, *self._stack_side())
+                        ctx.arm_cycle(CYCLE_KERNEL, phase, busy, idle, 0, step, deadline, *side())
                     wake = await ctx.halt(step)
                 if core:
                     phase, left, step, deadline = ctx.cycle_state()
