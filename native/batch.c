@@ -21,6 +21,24 @@ uint32_t hv_hypercall_batch(struct hv_host *h, uint64_t partition_id, uint32_t v
     return i;
 }
 
+/* Read the output block as the caller's loads see it (the overlay where it covers the page). A
+ * block that lies in one page, as every successful call's does, takes one translation; any
+ * other the general guest read. True if every byte was readable. */
+static bool read_output(struct hv_host *h, uint64_t partition_id, uint64_t gpa, uint8_t *buf, uint64_t len)
+{
+    uint64_t off = gpa & (HV_PAGE_SIZE - 1), pfn;
+    struct hv_partition *p = hv_partition_by_id(h, partition_id);
+    if (p == NULL || off + len > HV_PAGE_SIZE)
+        return hv_partition_read(h, partition_id, gpa, buf, len) == 0;
+    if (!hv_gpa_translate(h, p, gpa >> HV_PAGE_SHIFT, HV_MAP_GPA_READABLE, &pfn))
+        return false;
+    if (hv_overlay_covers(p, gpa >> HV_PAGE_SHIFT))
+        hv_overlay_read(off, buf, len);
+    else
+        memcpy(buf, hv_spa_page(h, pfn) + off, len);
+    return true;
+}
+
 uint64_t hv_hypercall_frame(struct hv_call_frame *f, uint64_t control)
 {
     return hv_hypercall_frame_at(f, control, f->in_gpa, f->out_gpa);
@@ -43,7 +61,7 @@ uint64_t hv_hypercall_frame_at(struct hv_call_frame *f, uint64_t control, uint64
         f->last = UINT64_MAX; /* a result that no call returns: the next one is new */
         return raw | ((uint64_t)HV_FRAME_OUT_UNREAD << HV_FRAME_OUT_SHIFT);
     }
-    if (len && hv_partition_read(f->h, f->partition_id, out_arg, block, len) != 0)
+    if (len && !read_output(f->h, f->partition_id, out_arg, block, len))
         len = 0; /* an unreadable output page reads as no output, as on the Python path */
     raw |= len << HV_FRAME_OUT_SHIFT;
     /* The same status, reps and output bytes as this frame's previous call: say so, and the
