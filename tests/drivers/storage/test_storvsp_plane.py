@@ -366,3 +366,27 @@ def test_a_disk_that_cannot_grow_fails_that_write_alone_on_both_paths(templates,
     replies = [p.ScsiRequest.decode(p.decode_packet(pk[3]).body) for pk in python[0][4:]]
     assert [r.srb_status & 0x3F for r in replies] == [4, 1]             # ERROR (medium), SUCCESS
     assert python[2]["luns"][0]["errors"] == 1 and python[2]["luns"][0]["read_ops"] == 1
+
+
+def test_a_save_holds_the_planes_requests_and_they_complete_as_long_after_the_resume(templates, tmp_path):
+    times = []
+
+    def script(r):
+        r.batch([io(i % 2 == 0, 8 * i, 16, RW_PAGES[i:i + 2]) for i in range(4)])
+        r.run(150 * US)
+        r.ctx.hold()
+        r.vsp.quiesce()
+        r.ctx.advance(7 * MS)                     # Saved: nothing completes meanwhile
+        r.batch([io(False, 64, 8, RW_PAGES[10:11])])   # a request in while held: timed from the release
+        r.ctx.release()
+        r.vsp.resume()
+        done = []
+        for _ in range(1000):                     # 10 ms in steps of 10 us: when each arrives
+            r.ctx.advance(10 * US)
+            done += [(r.ctx.time, pk.trans_id) for pk in r.guest_end.receive()]
+        times.append(done)
+        r.run(5 * MS)
+
+    (python, python_files), (c, c_files) = both(templates, tmp_path, script)
+    assert python == c and python_files == c_files and times[0] == times[1]
+    assert len(times[0]) == 4 and times[0][0][0] > 7 * MS   # the first was done before the save
