@@ -3,14 +3,22 @@ seen by the parent through a grant and by the guest through its own view (two ma
 same host pages, as on Hyper-V), for 64-byte and 64 KiB payloads.
 
 Paths: the pure-Python ring of the same layout one packet at a time (the reference), the channel
-API one packet per call (each receive crosses into the core once), and the core's batch path
-(many packets per crossing, written then read back). The baseline, in the same run, is memcpy
-in C (hv_bench_memcpy, compiled with the core) of the same bytes, packet by packet, in one
-crossing: the least any ring can cost, since each packet is copied into the ring at least once.
+API one packet per call (each send and each receive crosses into the core once), and the core's
+batch path (many packets per crossing, written then read back). The baseline, in the same run,
+is memcpy in C (hv_bench_memcpy, compiled with the core) of the same bytes, packet by packet, in
+one crossing: the least any ring can cost, since each packet is copied into the ring at least
+once (and out of it once more: a ring's reader copies every packet out before it looks at it).
+
+Floors, measured in the same run so that a goal missed can be told from the machine: two empty
+cffi calls (what one send and one receive cross at the least), the Python work of a batch before
+any C runs (the payloads' lengths and one join), and the batch path's C calls alone on a ring of
+the same size (no Python at all).
 """
 from __future__ import annotations
 
-from bench.timing import Figure, Goal, rate
+import array
+
+from bench.timing import Figure, Goal, rate, stmt_rate
 from hypervisor import Host, _binding
 from hypervisor.grants import own_view
 from partitions.worker import VmSpec, VmWorker
@@ -80,6 +88,16 @@ def run(size: str = "default") -> list[Figure]:
                  (f"pure-Python ring, 1 packet/call, {label}", None, rate(python_ring, count, min_seconds=min_s)),
                  (f"channel API, 1 packet per call, {label}", "one", rate(one_per_call, count, min_seconds=min_s)),
                  (f"core batch path, {count} per call, {label}", "batch", rate(batched, count, min_seconds=min_s))]
+        data_size = (ring_pages - 1) * 4096
+        cases.append((f"floor: the batch path's C calls alone, {count} per call, {label}", None,
+                      rate(_binding.bench_ring_batch(payloads, data_size), count, min_seconds=min_s)))
+        if payload == 64:
+            crossings = stmt_rate("nop(); nop()", {"nop": _binding.hv_nop_raw}, min_seconds=min_s)
+            cases.append(("floor: two empty cffi calls (one send's and one receive's crossing)", None,
+                          crossings))
+            cases.append((f"floor: Python's part of a batch ({count} lengths and one join), {label}", None,
+                          rate(lambda: (array.array("I", map(len, payloads)), b"".join(payloads)), count,
+                               min_seconds=min_s)))
         for name, kind, r in cases:
             figures.append(Figure(name, r, "packets/s", baseline, r / base, GOALS.get((payload, kind)),
                                   extra={"MB_per_s": r * payload / 1e6}))
