@@ -234,6 +234,13 @@ def _core():
     return _binding
 
 
+def _read_records(ring, capacity: int, max_packets: int):
+    """hv_ring_read_records as IncomingRing.read_call takes a reader: its result is (records,
+    count), what read_batch makes its PacketBatch of."""
+    count, signal, index, records = _binding.hv_ring_read_records(ring, capacity, max_packets)
+    return count, signal, index, (records, count)
+
+
 class _RingEnd:
     """What both ends share: the memory, index checks, wrapped copies, breaking the ring."""
 
@@ -423,23 +430,15 @@ class OutgoingRing(_RingEnd):
         """write() through the C path (one crossing, one copy of the payload): the same packet,
         bytes, signalling and errors. Only a packet that fits goes through C; anything else (a
         full ring, a bad argument) is handed to write(), which decides as the reference does."""
-        if self._broken is not None:
-            raise RingCorrupt(*self._broken)
-        if _U32.unpack_from(self._mem, _WRITE_INDEX)[0] != self._w:
-            self._own_index()  # adopts the first time; else raises (tampered or invalid)
         core = _binding or _core()
         try:
-            written, signal, index = core.hv_ring_write_packet(
-                self._pinned or self._ring(), payload, header, packet_type, flags, trans_id
-            )
-        except core.RingCorruptError as exc:
-            raise self._break(exc.kind, str(exc)) from None
+            written, signal = self.write_call(core.hv_ring_write_packet, payload, header,
+                                              packet_type, flags, trans_id)
         except (ValueError, TypeError):
             written = 0  # C wrote nothing; write() raises the reference's error
         if not written:
             return self.write(payload, packet_type=packet_type, flags=flags, trans_id=trans_id,
                               set_pending_send_sz=set_pending_send_sz, header=header)
-        self._after_publish(index)
         return signal
 
     def write_call(self, call, *args) -> tuple[int, bool]:
@@ -651,26 +650,9 @@ class IncomingRing(_RingEnd):
             raise RingCorrupt(*self._broken)
         if not 0 <= max_packets < 1 << 31:
             raise ValueError(f"max_packets {max_packets} out of range")
-        mem = self._mem
-        r = _U32.unpack_from(mem, _READ_INDEX)[0]
-        if r != self._published:
-            r = self._own_index()  # adopts the first time; else raises (tampered or invalid)
-        signal = self.commit() if self._cursor != r else False  # C starts at read_index
-        # The records of a batch never take more than the bytes published (each drops its
-        # trailer), so that much memory always holds them. An invalid write_index gives 0 here
-        # and is reported by C.
-        w = _U32.unpack_from(mem, _WRITE_INDEX)[0]
-        dsize = self._dsize
-        capacity = (w - self._published) % dsize if w < dsize and not w % ALIGN else 0
-        core = _binding or _core()
-        try:
-            count, more_signal, index, records = core.hv_ring_read_records(
-                self._pinned or self._ring(), capacity, max_packets
-            )
-        except core.RingCorruptError as exc:
-            raise self._break(exc.kind, str(exc)) from None
-        self._cursor = self._published = index
-        return PacketBatch(records, count), signal or more_signal
+        _core()
+        (records, count), signal = self.read_call(_read_records, max_packets)
+        return PacketBatch(records, count), signal
 
     def read_call(self, call, *args):
         """read_batch through a device's own C reader (storvsc's: hv_storvsc_complete), which
@@ -685,6 +667,9 @@ class IncomingRing(_RingEnd):
         if r != self._published:
             r = self._own_index()  # adopts the first time; else raises (tampered or invalid)
         signal = self.commit() if self._cursor != r else False  # C starts at read_index
+        # The records of a batch never take more than the bytes published (each drops its
+        # trailer), so that much memory always holds them. An invalid write_index gives 0 here
+        # and is reported by C.
         w = _U32.unpack_from(mem, _WRITE_INDEX)[0]
         dsize = self._dsize
         capacity = (w - self._published) % dsize if w < dsize and not w % ALIGN else 0
