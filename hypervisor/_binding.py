@@ -931,11 +931,19 @@ def hv_vhd_write(disk: VhdDisk, offset: int, data) -> tuple[int, int]:
     return rc, disk._done[0]
 
 
-def hv_partitions_run_time_into(h, ids, out, count: int) -> int:
-    """hv_partitions_run_time over cffi arrays the caller keeps (`ids` uint64_t[count], `out`
-    uint64_t[count], UINT64_MAX for an id that names no partition): no Python object per
-    partition, for owners that sample many partitions often. Returns how many were found."""
-    return lib.hv_partitions_run_time(h, ids, count, out)
+def partition_id_array(ids: list[int]):
+    """`ids` as a uint64_t[] for hv_partitions_run_time_array, made once and kept by the caller
+    (at least one element: 0, which names no partition, stands in for none)."""
+    return ffi.new("uint64_t[]", ids or [0])
+
+
+def hv_partitions_run_time_array(h, ids, count: int):
+    """hv_partitions_run_time over the first `count` ids of a partition_id_array: a fresh
+    uint64_t[] of run times (UINT64_MAX for an id that names no partition), indexable from
+    Python, and no Python object per partition; for owners that sample many partitions often."""
+    out = ffi.new("uint64_t[]", max(1, count))
+    lib.hv_partitions_run_time(h, ids, count, out)
+    return out
 
 
 # --- storvsc's per-I/O path (native/storvsc.c) ------------------------------------------------

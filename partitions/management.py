@@ -102,7 +102,7 @@ class ManagedHost:
         self.events = HostEvents(event_log, self._vm_name, self.vmbus)
         self._names: dict[int, str] = {}          # partition id -> VM name (kept after the partition goes)
         # CPU samples of the last CPU_WINDOW, every VM at once: (time, layout, run times), where
-        # run times is a cffi array the core filled (one crossing, no Python object per VM) and
+        # run times is an array the core filled (one crossing, no Python object per VM) and
         # layout the (partition ids, earlier incarnations' CPU time) it was read with. A layout
         # changes only when some VM changes state (_state_changed), so a sample costs O(1)
         # Python however many VMs there are; the per-VM figure is worked out when looked at.
@@ -137,7 +137,7 @@ class ManagedHost:
         for vm in self.vms.values():
             vm.on_event = self._vm_event   # checkpoint and saved-state files, into the event log
         self._cpu_vms = {name: i for i, name in enumerate(self.vms)}   # VM -> its index in a sample
-        self._cpu.append((0, self._layout(), _binding.ffi.new("uint64_t[]", max(1, len(self.vms)))))
+        self._cpu.append((0, self._layout(), [0] * len(self.vms)))
         self.timeline = sorted(config.timeline, key=lambda a: a.time)  # stable: file order at equal times
         for at in self.timeline:
             if at.action not in SUPPORTED_ACTIONS:
@@ -381,7 +381,7 @@ class ManagedHost:
         """(partition ids, earlier incarnations' CPU time) of every VM in sample order: id 0 names
         no partition (a VM that is Off), whose figure is then its earlier CPU time alone."""
         vms = self.vms.values()
-        ids = _binding.ffi.new("uint64_t[]", [vm.partition.id if vm.partition is not None else 0 for vm in vms] or [0])
+        ids = _binding.partition_id_array([vm.partition.id if vm.partition is not None else 0 for vm in vms])
         return ids, [vm._run_time_before for vm in vms]
 
     def _sample_cpu(self) -> None:
@@ -393,9 +393,7 @@ class ManagedHost:
         if self._cpu_layout is None:
             self._cpu_layout = self._layout()
         ids, _ = layout = self._cpu_layout
-        times = _binding.ffi.new("uint64_t[]", len(ids))
-        _binding.hv_partitions_run_time_into(self.host._h, ids, times, len(self.vms))
-        self._cpu.append((now, layout, times))
+        self._cpu.append((now, layout, _binding.hv_partitions_run_time_array(self.host._h, ids, len(self.vms))))
         # Keep the newest sample at least a window old, and the ones after it.
         while len(self._cpu) > 2 and self._cpu[1][0] <= now - CPU_WINDOW_NS:
             self._cpu.popleft()
