@@ -6,6 +6,7 @@ from typing import Callable
 
 from hypervisor import _binding
 from hypervisor.abi import MAX_VPS, PAGE_SIZE
+from hypervisor.dirty import DirtyLog
 from hypervisor.grants import Grants
 from hypervisor.guest import GuestError, GuestRunner
 from hypervisor.introspect import Introspection
@@ -137,6 +138,10 @@ class Host:
         if partition_id not in self.introspect.partition_ids():
             raise LookupError(f"no partition {partition_id} on this host")
         return self._partition(partition_id)
+
+    def dirty_log(self, child: Partition | int) -> DirtyLog:
+        """The dirty log of a child of the root (hypervisor/dirty.py): start, take, stop."""
+        return DirtyLog(self.root, child if isinstance(child, Partition) else self.partition(child))
 
     def partitions(self) -> list[Partition]:
         return [self._partition(pid) for pid in self.introspect.partition_ids()]

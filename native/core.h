@@ -151,6 +151,8 @@ struct hv_partition {
     uint32_t grant_mappings;      /* mappings its live grants and own views cost the process */
     uint64_t hypercall_msr;       /* HV_X64_MSR_HYPERCALL: while enabled, the hypercall page overlays
                                      that GPA page: reads see the overlay, writes fault (overlay.c) */
+    uint64_t *dirty_log;          /* while its parent tracks it: bitmap by SPA page, set on every write
+                                     the core makes into a page it owns; NULL when off (dirty.c) */
 };
 
 
@@ -240,6 +242,7 @@ struct hv_host {
     uint64_t teardown_visits;     /* table entries partition teardown has visited (a work counter) */
     uint32_t *owner;              /* owner code per SPA page (see HV_OWNER_*), lazily zero */
     uint64_t *dirty;              /* bitmap: page may hold non-zero bytes (zeroing is skipped otherwise) */
+    uint32_t dirty_logs;          /* partitions with a dirty log: while 0 a write sets no log bit (dirty.c) */
     struct hv_page_list free_pages;/* SPA pages owned by nobody (owner HV_OWNER_FREE), all zero */
     uint64_t hv_pages;            /* pages owned by the hypervisor (reserved + every pool) */
     struct hv_partition *parts[HV_MAX_PARTITIONS]; /* by slot; slot 0 is the root */
@@ -432,6 +435,22 @@ uint16_t hv_call_post_message(struct hv_call *c);
 uint16_t hv_call_signal_event(struct hv_call *c);
 /* Handler in visibility.c: a child shows pages of its own to its parent. */
 uint16_t hv_call_modify_host_visibility(struct hv_call *c);
+
+/* ---- dirty.c: a child's dirty log (live migration's pre-copy rounds) ------------------------- */
+/* Handler: read (and clear or set) the dirty state of a range of a child's GPA pages. */
+uint16_t hv_call_get_gpa_pages_access_states(struct hv_call *c);
+/* The core wrote SPA page pfn: set its bit in its owner's log (hv_page_mark_dirty calls this
+ * only while some log exists). */
+void hv_dirty_log_mark(struct hv_host *h, uint64_t pfn);
+/* Page pfn now backs a GPA page of p (a new mapping): its contents there are new. */
+void hv_dirty_log_mapped(struct hv_partition *p, uint64_t pfn);
+/* A writable view of p's pages ends: its pages count as written once more. */
+void hv_dirty_log_view_released(struct hv_host *h, struct hv_partition *p, const struct hv_grant *g);
+/* HV_PARTITION_PROPERTY_GPA_PAGE_ACCESS_TRACKING: read it, and set it (decode then apply). */
+uint64_t hv_dirty_tracking(const struct hv_partition *p);
+uint16_t hv_dirty_set_tracking(struct hv_host *h, struct hv_partition *p, uint64_t value);
+/* Partition teardown: the log goes with it. */
+void hv_dirty_log_free(struct hv_host *h, struct hv_partition *p);
 
 /* Resolve a partition id named in a hypercall: SELF or the caller's own id gives the caller;
  * otherwise it must be a live child of the caller. NULL if not. */

@@ -235,8 +235,12 @@ static uint16_t create(struct hv_host *h, struct hv_partition *p, uint32_t grant
         if (!own && !visible)
             h->grant_refs[pfns[i]]++;
         /* Writes through the view bypass the core's copy paths: assume the page dirty, so it is
-         * zeroed before it ever changes owner. */
-        hv_page_mark_dirty(h, pfns[i]);
+         * zeroed before it ever changes owner. A writable view's pages also count as written in
+         * the child's dirty log (dirty.c); a read-only view writes nothing there. */
+        if (visible != HV_HOST_VISIBILITY_READ_ONLY)
+            hv_page_mark_dirty(h, pfns[i]);
+        else
+            h->dirty[pfns[i] / 64] |= 1ull << (pfns[i] % 64);
     }
     h->grants[h->nr_grants++] = g;
     return HV_STATUS_SUCCESS;
@@ -277,6 +281,8 @@ uint16_t hv_view_create(struct hv_host *h, uint64_t partition_id, uint32_t view_
 static void release(struct hv_host *h, struct hv_grant *g)
 {
     struct hv_partition *p = h->parts[g->child_slot];
+    if (p)
+        hv_dirty_log_view_released(h, p, g); /* stores through the view since the last log read */
     for (uint32_t i = 0; i < g->npages; i++) {
         h->pin_refs[g->pfns[i]]--;
         if (!g->own && !g->visible)

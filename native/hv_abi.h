@@ -124,6 +124,7 @@ enum hv_status {
 #define HVCALL_SIGNAL_EVENT            0x005D
 #define HVCALL_CREATE_PORT             0x0095
 #define HVCALL_CONNECT_PORT            0x0096
+#define HVCALL_GET_GPA_PAGES_ACCESS_STATES 0x00C9 /* rep: a child's dirty log, 1 state byte per page */
 #define HVCALL_MODIFY_SPARSE_GPA_PAGE_HOST_VISIBILITY 0x00DB
 
 /* ---- HV_PARTITION_PRIVILEGE_MASK bit numbers ------------------------------------------- */
@@ -182,6 +183,18 @@ enum hv_status {
 #define HV_PARTITION_PROPERTY_CPU_RESERVE     0x00020001u /* % of one LP per VP, 0..100      */
 #define HV_PARTITION_PROPERTY_CPU_CAP         0x00020002u /* limit, % of one LP, 1..100      */
 #define HV_PARTITION_PROPERTY_CPU_WEIGHT      0x00020003u /* relative weight 1..10000        */
+/* HV_PARTITION_PAGE_ACCESS_TRACKING_CONFIG: bit 0 Enabled, bits 2:1 Granularity (0 = 4 KiB, the
+ * only one hvsim has), the rest reserved: the child's dirty log is on while Enabled (dirty.c). */
+#define HV_PARTITION_PROPERTY_GPA_PAGE_ACCESS_TRACKING 0x00050005u
+#define HV_PAGE_ACCESS_TRACKING_ENABLED 0x1ull
+
+/* GetGpaPagesAccessStates flags (HV_GPA_PAGE_ACCESS_STATE_FLAGS) and its output byte per page
+ * (HV_GPA_PAGE_ACCESS_STATE: bit 0 accessed, bit 1 dirty). hvsim keeps no accessed state. */
+#define HV_GPA_ACCESS_CLEAR_ACCESSED 0x1ull
+#define HV_GPA_ACCESS_SET_ACCESSED   0x2ull
+#define HV_GPA_ACCESS_CLEAR_DIRTY    0x4ull
+#define HV_GPA_ACCESS_SET_DIRTY      0x8ull
+#define HV_GPA_ACCESS_STATE_DIRTY    0x2u
 
 /* GPA map flags (HV_MAP_GPA_*). */
 #define HV_MAP_GPA_READABLE   0x1u
@@ -305,6 +318,12 @@ struct hv_register_assoc {        /* SetVpRegisters rep element, 32 bytes */
     uint64_t value_high;
 };
 
+struct hv_in_get_gpa_pages_access_states { /* 0x00C9 header; rep count = pages */
+    uint64_t partition_id;
+    uint64_t flags;               /* HV_GPA_ACCESS_* */
+    uint64_t gpa_page_number;     /* the first page; rep i is page gpa_page_number + i */
+};
+_Static_assert(sizeof(struct hv_in_get_gpa_pages_access_states) == 24, "GetGpaPagesAccessStates header is 24 bytes");
 _Static_assert(sizeof(struct hv_in_create_partition) == 56, "CreatePartition input is 56 bytes");
 _Static_assert(sizeof(struct hv_in_get_partition_property) == 16, "layout");
 _Static_assert(sizeof(struct hv_in_set_partition_property) == 24, "layout");

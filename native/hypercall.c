@@ -46,6 +46,8 @@ static const struct hv_call_desc calls[HV_CALL_TABLE_SIZE] = {
     [HVCALL_SIGNAL_EVENT] = {"SignalEvent", P(HV_PRIV_SIGNAL_EVENTS), 8, 0, 0, 0, false, true, hv_call_signal_event},
     /* host visibility of a child's own pages (visibility.c) */
     [HVCALL_MODIFY_SPARSE_GPA_PAGE_HOST_VISIBILITY] = {"ModifySparseGpaPageHostVisibility", 0, 16, 8, 0, 0, true, false, hv_call_modify_host_visibility},
+    /* a child's dirty log, read by its parent: one state byte per page (dirty.c) */
+    [HVCALL_GET_GPA_PAGES_ACCESS_STATES] = {"GetGpaPagesAccessStates", P(HV_PRIV_CREATE_PARTITIONS), 24, 0, 0, 1, true, false, hv_call_get_gpa_pages_access_states},
 };
 
 /* The entry point's own lookup, static so that it inlines (hv_call_lookup, exported, is called

@@ -72,6 +72,8 @@ uint8_t *hv_spa_page(struct hv_host *h, uint64_t pfn)
 void hv_page_mark_dirty(struct hv_host *h, uint64_t pfn)
 {
     h->dirty[pfn / 64] |= 1ull << (pfn % 64);
+    if (__builtin_expect(h->dirty_logs != 0, 0))
+        hv_dirty_log_mark(h, pfn); /* a parent tracks some partition's writes (dirty.c) */
 }
 
 static bool page_dirty(const struct hv_host *h, uint64_t pfn)
@@ -195,6 +197,7 @@ void hv_gpa_map(struct hv_host *h, struct hv_partition *p, uint64_t gpa_page, ui
                                     ((uint64_t)rights << HV_PTE_RIGHTS_SHIFT) | HV_PTE_PRESENT;
     p->gpa_leaf_count[r]++;
     p->gpa_mapped++;
+    hv_dirty_log_mapped(p, pfn);
 }
 
 uint64_t hv_gpa_unmap(struct hv_host *h, struct hv_partition *p, uint64_t gpa_page)

@@ -114,6 +114,7 @@ void hv_partition_destroy(struct hv_host *h, struct hv_partition *p)
     uint32_t parent = p->parent_slot;
     hv_ports_drop_partition(h, p->slot);
     hv_grants_drop_partition(h, p->slot);
+    hv_dirty_log_free(h, p);
     for (uint32_t i = 0; i < HV_MAX_VPS; i++) {
         if (p->vps[i]) {
             hv_vp_free(p->vps[i]);
@@ -235,6 +236,7 @@ static uint16_t property_get(const struct hv_partition *p, uint32_t code, uint64
     case HV_PARTITION_PROPERTY_CPU_RESERVE: *value = p->cpu_reserve; return HV_STATUS_SUCCESS;
     case HV_PARTITION_PROPERTY_CPU_CAP: *value = p->cpu_cap; return HV_STATUS_SUCCESS;
     case HV_PARTITION_PROPERTY_CPU_WEIGHT: *value = p->cpu_weight; return HV_STATUS_SUCCESS;
+    case HV_PARTITION_PROPERTY_GPA_PAGE_ACCESS_TRACKING: *value = hv_dirty_tracking(p); return HV_STATUS_SUCCESS;
     default: return HV_STATUS_UNKNOWN_PROPERTY;
     }
 }
@@ -304,6 +306,8 @@ uint16_t hv_call_set_partition_property(struct hv_call *c)
             return HV_STATUS_PROPERTY_VALUE_OUT_OF_RANGE;
         p->cpu_weight = (uint32_t)v;
         return HV_STATUS_SUCCESS;
+    case HV_PARTITION_PROPERTY_GPA_PAGE_ACCESS_TRACKING:
+        return hv_dirty_set_tracking(c->h, p, v); /* the child's dirty log (dirty.c) */
     default:
         return HV_STATUS_UNKNOWN_PROPERTY;
     }
