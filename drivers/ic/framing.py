@@ -83,8 +83,10 @@ class Version(NamedTuple):
     def of(cls, value) -> Version:
         """A version from a Version (itself: a VSP's or VSC's lists share the defaults'), a
         (major, minor) pair or a string such as "3.0"."""
-        if type(value) is cls and all(type(v) is int and 0 <= v <= 0xFFFF for v in value):
-            return value
+        if type(value) is cls:   # (each channel's VSP and VSC ask, for every listed version)
+            major, minor = value
+            if type(major) is int and type(minor) is int and 0 <= major <= 0xFFFF and 0 <= minor <= 0xFFFF:
+                return value
         if isinstance(value, str):
             major, dot, minor = value.partition(".")
             if not (dot and major.isdigit() and minor.isdigit()):
@@ -120,21 +122,46 @@ class IcHeader(NamedTuple):
 
 def encode(header: IcHeader, body: bytes = b"") -> bytes:
     msgtype, fw, ver, trans_id, flags, status = header
-    return _frame(msgtype, fw, ver, trans_id, flags, status, body)
+    n = len(body)
+    if n > MAX_BODY:
+        raise ValueError(f"an IC body is at most {MAX_BODY} bytes, got {n}")
+    return _FRAME_PACK(PIPE_DATA, _IC_SIZE + n, fw[0], fw[1], msgtype, ver[0], ver[1], n, status,
+                       trans_id & 0xFF, flags, 0) + body
 
 
 def encode_answer(request: IcHeader, status: int, body: bytes = b"") -> bytes:
     """The answer to `request`: its header (type, versions, transaction) with TRANSACTION|RESPONSE
     and `status`, then `body`; as encode(request._replace(...)), without the new header."""
-    return _frame(request[0], request[1], request[2], request[3], TRANSACTION | RESPONSE, status, body)
-
-
-def _frame(msgtype: int, fw: Version, ver: Version, trans_id: int, flags: int, status: int, body) -> bytes:
+    msgtype, fw, ver, trans_id = request[:4]
     n = len(body)
     if n > MAX_BODY:
         raise ValueError(f"an IC body is at most {MAX_BODY} bytes, got {n}")
-    return FRAME.pack(PIPE_DATA, IC_HEADER.size + n, fw[0], fw[1], msgtype, ver[0], ver[1], n, status,
-                      trans_id & 0xFF, flags, 0) + body
+    return _FRAME_PACK(PIPE_DATA, _IC_SIZE + n, fw[0], fw[1], msgtype, ver[0], ver[1], n, status,
+                       trans_id & 0xFF, TRANSACTION | RESPONSE, 0) + body
+
+
+# What decode runs per message without a Python-level call: the headers are read with the two
+# versions as u32 words (major | minor << 16), each mapped to its (interned) Version by a dict,
+# and the IcHeader is made with tuple.__new__ (a named tuple's own constructor is a Python
+# function). The periodic exchanges of an idle host are mostly this.
+_RAW = struct.Struct("<IIIHIHIBBH")
+assert _RAW.size == HEADER_SIZE
+_RAW_UNPACK = _RAW.unpack_from
+_FRAME_PACK = FRAME.pack
+_IC_SIZE = IC_HEADER.size
+_TUPLE_NEW = tuple.__new__
+_VERSION_OF_WORD: dict[int, Version] = {}
+
+
+def _version(word: int) -> Version:
+    """The Version a u32 word holds; the first 4,096 distinct words are interned (a hostile
+    sender cannot grow the table without bound)."""
+    v = _VERSION_OF_WORD.get(word)
+    if v is None:
+        v = Version(word & 0xFFFF, word >> 16)
+        if len(_VERSION_OF_WORD) < 4096:
+            _VERSION_OF_WORD[word] = v
+    return v
 
 
 def decode(payload) -> tuple[IcHeader, bytes]:
@@ -145,17 +172,19 @@ def decode(payload) -> tuple[IcHeader, bytes]:
         raise IcError(f"an IC message has a {HEADER_SIZE}-byte header, got {n} bytes")
     if n > MAX_MESSAGE_SIZE:
         raise IcError(f"{n}-byte IC message > {MAX_MESSAGE_SIZE}")
-    (pipe_flags, msgsize, fw_major, fw_minor, msgtype, major, minor, size, status, trans_id, flags,
-     _reserved) = FRAME.unpack_from(payload)
+    pipe_flags, msgsize, fw, msgtype, ver, size, status, trans_id, flags, _reserved = _RAW_UNPACK(payload)
     if pipe_flags != PIPE_DATA:
         raise IcError(f"pipe message type {pipe_flags}, expected {PIPE_DATA} (data)")
-    if not IC_HEADER.size <= msgsize <= n - PIPE_HEADER.size:
+    if not _IC_SIZE <= msgsize <= n - 8:
         raise IcError(f"pipe msgsize {msgsize} does not fit a {n}-byte packet")
-    if size > msgsize - IC_HEADER.size:
-        raise IcError(f"icmsgsize {size} > the {msgsize - IC_HEADER.size} bytes the pipe carries")
+    if size > msgsize - _IC_SIZE:
+        raise IcError(f"icmsgsize {size} > the {msgsize - _IC_SIZE} bytes the pipe carries")
     if flags & _FLAGS_RESERVED:
         raise IcError(f"reserved icflags set: 0x{flags:02x}")
-    header = IcHeader(msgtype, Version(fw_major, fw_minor), Version(major, minor), trans_id, flags, status)
+    words = _VERSION_OF_WORD
+    fw = words.get(fw) or _version(fw)
+    ver = words.get(ver) or _version(ver)
+    header = _TUPLE_NEW(IcHeader, (msgtype, fw, ver, trans_id, flags, status))
     return header, bytes(payload[HEADER_SIZE:HEADER_SIZE + size])
 
 
@@ -179,8 +208,8 @@ def parse_negotiate(body: bytes) -> tuple[tuple[Version, ...], tuple[Version, ..
     n_fw, n_msg, _ = _NEGOTIATE.unpack_from(body)
     if _NEGOTIATE.size + _VERSION.size * (n_fw + n_msg) > len(body):
         raise IcError(f"{n_fw} + {n_msg} versions do not fit a {len(body)}-byte negotiate body")
-    listed = [Version(*_VERSION.unpack_from(body, _NEGOTIATE.size + _VERSION.size * i))
-              for i in range(n_fw + n_msg)]
+    words = _VERSION_OF_WORD
+    listed = [words.get(w) or _version(w) for w in struct.unpack_from(f"<{n_fw + n_msg}I", body, _NEGOTIATE.size)]
     return tuple(listed[:n_fw]), tuple(listed[n_fw:])
 
 

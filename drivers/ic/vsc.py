@@ -18,6 +18,11 @@ from drivers.ic import framing as f
 from vmbus.ring import PKT_DATA_INBAND, Packet, RingError
 
 
+_FRAME_PACK = f.FRAME.pack
+_IC_SIZE = f.IC_HEADER.size
+_ANSWER_FLAGS = f.TRANSACTION | f.RESPONSE
+
+
 class Answer(NamedTuple):
     status: int
     body: bytes | None = None                # None: the request's own body, as Linux reuses it
@@ -63,9 +68,10 @@ class IcVsc(Vsc):
             return default
 
     def on_packets(self, packets: list[Packet]) -> None:
+        receive = self._receive
         for packet in packets:
             try:
-                self._receive(packet)
+                receive(packet)
             except f.IcError as exc:
                 self._reject(exc)
 
@@ -105,8 +111,15 @@ class IcVsc(Vsc):
             status, then = f.HV_S_OK, None
         else:
             raise f.IcError(f"message type {msgtype} is not for this service")
-        try:
-            self.channel.send(f.encode_answer(header, status, body if reply is None else reply),
+        if reply is None:
+            reply = body
+        n = len(reply)
+        if n > f.MAX_BODY:
+            raise ValueError(f"an IC body is at most {f.MAX_BODY} bytes, got {n}")
+        try:  # f.encode_answer(header, status, reply), without the call (once per exchange)
+            self.channel.send(_FRAME_PACK(f.PIPE_DATA, _IC_SIZE + n, framework[0], framework[1], msgtype,
+                                          version[0], version[1], n, status, header[3] & 0xFF,
+                                          _ANSWER_FLAGS, 0) + reply,
                               trans_id=packet.trans_id)
         except RingError as exc:  # the host's ring is full or broken: the host will time out
             self.context.log("ic answer not sent", service=f.MESSAGE_TYPES.get(self.MSGTYPE), error=str(exc))

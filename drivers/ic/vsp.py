@@ -15,6 +15,7 @@ stands still with the VSP's other timers), and sending goes on after resume().
 from __future__ import annotations
 
 from collections import deque
+from functools import partial
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, ClassVar
@@ -30,6 +31,8 @@ DEFAULT_TIMEOUT = "5s"
 # period would flood the log (its status changes are logged instead).
 _QUIET = (f.NEGOTIATE, f.HEARTBEAT)
 _ANSWER_FLAGS = f.TRANSACTION | f.RESPONSE
+_REQUEST_FLAGS = f.TRANSACTION | f.REQUEST
+_HEADER = tuple.__new__   # an IcHeader without its Python-level constructor (once per exchange)
 
 
 class Negotiation(Enum):
@@ -113,7 +116,7 @@ class IcVsp(Vsp):
 
     def cancel(self, ex: Exchange, why: str) -> None:
         """Give up on an exchange (queued or in flight); a late answer to it is rejected."""
-        if ex.done:
+        if ex.status is not None or ex.error is not None:   # ex.done: every timeout timer asks
             return
         if ex in self._queue:
             self._queue.remove(ex)
@@ -181,11 +184,12 @@ class IcVsp(Vsp):
                 ex = self._queue.popleft()
                 body = ex.body() if callable(ex.body) else ex.body
                 negotiated = ex.msgtype != f.NEGOTIATE
-                header = f.IcHeader(ex.msgtype, self.framework if negotiated else self.frameworks[0],
-                                    self.version if negotiated else self.offered[0], trans_id=ex.id & 0xFF)
+                header = _HEADER(f.IcHeader, (ex.msgtype, self.framework if negotiated else self.frameworks[0],
+                                              self.version if negotiated else self.offered[0], ex.id & 0xFF,
+                                              _REQUEST_FLAGS, f.HV_S_OK))
                 # In flight before it is sent: the answer may come back before send() returns.
                 self._inflight, self._sent = ex, header
-                self.context.call_later(self.timeout, lambda ex=ex: self.cancel(ex, "timeout"))
+                self.context.call_later(self.timeout, partial(self.cancel, ex, "timeout"))
                 try:  # an in-band packet; the answer is another one, not a VMBus completion
                     self.channel.send(f.encode(header, body), trans_id=ex.id)
                 except RingError as exc:  # a full or broken ring fails this exchange, not the host
@@ -200,7 +204,8 @@ class IcVsp(Vsp):
                              error=error)
         if self._inflight is ex:
             self._inflight = self._sent = None
-            self._pump()
+            if self._queue:   # (nothing else to send, as after every periodic exchange)
+                self._pump()
         if ex.on_done is not None:
             ex.on_done(ex)
 

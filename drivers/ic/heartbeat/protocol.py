@@ -23,6 +23,12 @@ _STATE = struct.Struct("<QI")
 _SEQUENCE = struct.Struct("<Q")
 
 
+MASK = 0xFFFF_FFFF_FFFF_FFFF
+PACK = _MESSAGE.pack          # (sequence, state): a whole body, for the periodic paths
+SEQUENCE = _SEQUENCE.unpack_from
+STATE = _STATE.unpack_from
+
+
 def message(sequence: int, state: int = UNKNOWN) -> bytes:
     return _MESSAGE.pack(sequence & 0xFFFF_FFFF_FFFF_FFFF, state)
 

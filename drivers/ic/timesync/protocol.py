@@ -27,6 +27,9 @@ _V4 = struct.Struct("<QQBBB3x")   # 22 bytes
 _V4_READ = struct.Struct("<QQBBB")   # what a v4 reader needs
 _V3 = struct.Struct("<QQQB")      # 25 bytes
 _V3_READ = struct.Struct("<QQQB")
+_V4_PACK, _V3_PACK = _V4.pack, _V3.pack
+_V4_HEAD = struct.Struct("<QQB").unpack_from   # the fields of _V4_READ that read() returns
+assert _V4_READ.size == 19 and _V3_READ.size == 25
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,31 @@ def encode(message: TimeMessage, version: Version) -> bytes:
         return _V4.pack(message.parent_time, message.reference_time or 0, message.flags,
                         message.leap, message.stratum)
     return _V3.pack(message.parent_time, 0, 0, message.flags)
+
+
+def encode_now(host_ns: int, reference: int, flags: int, stratum: int, version: Version) -> bytes:
+    """encode(TimeMessage(from_unix_ns(host_ns), flags, reference, stratum=stratum), version),
+    without the message object (the host's periodic sample)."""
+    if version >= V4:
+        return _V4_PACK(host_ns // 100 + WLTIMEDELTA, reference, flags, 0, stratum)
+    return _V3_PACK(host_ns // 100 + WLTIMEDELTA, 0, 0, flags)
+
+
+def read(body: bytes, version: Version) -> tuple[int, int, int | None]:
+    """(parent_time, flags, reference_time) of parse(body, version), without the message object
+    (the guest's side of every sample); the same checks."""
+    if version >= V4:
+        if len(body) < 19:   # _V4_READ.size, as parse
+            raise IcError(f"a v{version} time message needs 19 bytes, got {len(body)}")
+        parent, reference, flags = _V4_HEAD(body)
+    else:
+        if len(body) < 25:
+            raise IcError(f"a v{version} time message needs 25 bytes, got {len(body)}")
+        parent, _, _, flags = _V3_READ.unpack_from(body)
+        reference = None
+    if flags & ~(SYNC | SAMPLE):
+        raise IcError(f"unknown time-sync flags 0x{flags:x}")
+    return parent, flags, reference
 
 
 def parse(body: bytes, version: Version) -> TimeMessage:

@@ -19,6 +19,9 @@ from drivers.ic.vsc import Answer, IcVsc
 from hypervisor.quantities import parse_duration
 
 
+_OK = Answer(f.HV_S_OK)   # the request's own buffer back: one tuple for every answer
+
+
 class TimesyncVsc(IcVsc):
     MSGTYPE = f.TIMESYNC
     VERSIONS = p.VERSIONS
@@ -48,17 +51,17 @@ class TimesyncVsc(IcVsc):
         return self.clock_ns() - (host_ns + self.context.now() - at)
 
     def handle(self, body: bytes) -> Answer:
-        message = p.parse(body, self.version)
+        parent_time, flags, reference_time = p.read(body, self.version)
         now = self.context.now()
-        host_ns = p.to_unix_ns(message.parent_time)
-        if message.reference_time is not None:
-            host_ns += (now // 100 - message.reference_time) * 100
+        host_ns = (parent_time - p.WLTIMEDELTA) * 100   # p.to_unix_ns
+        if reference_time is not None:
+            host_ns += (now // 100 - reference_time) * 100
         self._host = (host_ns, now)
-        if message.flags & p.SYNC:
+        if flags & p.SYNC:
             self._set(host_ns, step=True)
-        elif message.flags & p.SAMPLE:
+        elif flags & p.SAMPLE:
             self._set(host_ns, step=False)
-        return Answer(f.HV_S_OK)
+        return _OK
 
     def _set(self, host_ns: int, *, step: bool) -> None:
         self._base_clock, self._base_sim, self._slew = self.clock_ns(), self.context.now(), 0

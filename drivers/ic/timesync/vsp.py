@@ -51,10 +51,9 @@ class TimesyncVsp(IcVsp):
         return self._send(p.SAMPLE, on_done)
 
     def _send(self, flags: int, on_done) -> Exchange:
-        def body() -> bytes:
-            message = p.TimeMessage(p.from_unix_ns(self.host_time_ns()), flags,
-                                    self.context.now() // 100, stratum=self.stratum)
-            return p.encode(message, self.version)
+        def body() -> bytes:   # built when sent, at the time it is sent
+            now = self.context.now()
+            return p.encode_now(self.epoch_ns + now, now // 100, flags, self.stratum, self.version)
 
         self._last = self._submit(f.TIMESYNC, body, request=flags, on_done=on_done)
         return self._last

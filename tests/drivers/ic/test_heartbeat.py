@@ -53,3 +53,19 @@ def test_the_body_layout():
     # Linux's struct heartbeat_msg_data: seq_num u64 + reserved u32[8] = 40 bytes.
     assert p.message(7, p.HEALTHY) == (7).to_bytes(8, "little") + (1).to_bytes(4, "little") + bytes(28)
     assert p.parse((9).to_bytes(8, "little")) == (9, p.UNKNOWN)   # Linux reads only the sequence
+
+
+def test_a_linux_style_short_heartbeat_is_answered_and_a_shorter_one_refused():
+    """The guest's answer path reads the sequence itself: an 8-byte body (only the sequence, as
+    Linux sends it) is answered with sequence + 1; a 7-byte one is malformed (E_FAIL)."""
+    from drivers.ic import framing as f
+    pair = connect(HEARTBEAT)
+    vsc = pair.vsc
+    status, body, _ = vsc.handle((2**64 - 1).to_bytes(8, "little"))
+    assert status == f.HV_S_OK and p.parse(body) == (0, vsc.state)   # the sequence wraps
+    try:
+        vsc.handle(bytes(7))
+    except f.IcError as exc:
+        assert "8-byte sequence" in str(exc)
+    else:
+        raise AssertionError("a 7-byte heartbeat was answered")

@@ -92,3 +92,27 @@ def test_the_guest_clock_never_runs_backwards_between_steps(drift, steps, period
             assert pair.vsc.clock_ns() >= last
         last, stepped = pair.vsc.clock_ns(), pair.vsc.steps
     assert abs(pair.vsc.error_ns()) <= 128 * MS + pair.vsp.sample_period * abs(drift) // 10**9 + 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=32), version=st.sampled_from([f.Version(4, 0), f.Version(3, 0), f.Version(1, 0)]))
+def test_the_guests_read_is_parse_without_the_message(body, version):
+    """read() (the guest's path for every sample) takes what parse() takes, refuses what it
+    refuses with the same words, and gives its parent time, flags and reference time."""
+    try:
+        m = p.parse(body, version)
+    except f.IcError as exc:
+        try:
+            p.read(body, version)
+        except f.IcError as again:
+            assert str(again) == str(exc)
+            return
+        raise AssertionError(f"read took what parse refused: {exc}")
+    assert p.read(body, version) == (m.parent_time, m.flags, m.reference_time)
+
+
+@given(host_ns=st.integers(0, 2**62), reference=st.integers(0, 2**63), flags=st.sampled_from([p.SYNC, p.SAMPLE]),
+       stratum=st.integers(0, 255), version=st.sampled_from([f.Version(4, 0), f.Version(3, 0)]))
+def test_the_hosts_encode_now_is_encode_of_the_message(host_ns, reference, flags, stratum, version):
+    m = p.TimeMessage(p.from_unix_ns(host_ns), flags, reference, stratum=stratum)
+    assert p.encode_now(host_ns, reference, flags, stratum, version) == p.encode(m, version)
