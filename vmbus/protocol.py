@@ -17,6 +17,7 @@ import enum
 import struct
 import uuid
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 # -- versions (major << 16 | minor) --------------------------------------------------------------
@@ -84,6 +85,9 @@ class ConnectionState(enum.IntEnum):
     FAILED_UNKNOWN_FAILURE = 2
 
 
+_CONNECTION_STATES = frozenset(ConnectionState)
+
+
 class Direction(enum.Enum):
     HOST_TO_GUEST = "host->guest"
     GUEST_TO_HOST = "guest->host"
@@ -130,7 +134,9 @@ def _is_int(v) -> bool:
 
 
 def _uint(bits: int, fmt: str) -> Kind:
-    return Kind(f"u{bits}", fmt, check=lambda v: _is_int(v) and 0 <= v < 1 << bits)
+    limit = 1 << bits
+    # _is_int, with a plain int (nearly every value) decided without a call
+    return Kind(f"u{bits}", fmt, check=lambda v: (type(v) is int or _is_int(v)) and 0 <= v < limit)
 
 
 def _raw(n: int) -> Kind:
@@ -142,7 +148,7 @@ GUID = Kind(
     "guid", "16s", lambda v: v.bytes_le, lambda b: uuid.UUID(bytes_le=b),
     lambda v: isinstance(v, uuid.UUID),
 )  # Microsoft mixed-endian GUID
-RELID = Kind("relid", "I", check=lambda v: _is_int(v) and 1 <= v <= MAX_RELID)
+RELID = Kind("relid", "I", check=lambda v: (type(v) is int or _is_int(v)) and 1 <= v <= MAX_RELID)
 BOOL8 = Kind("bool8", "B", int, lambda b: b != 0, lambda v: isinstance(v, bool))  # non-zero
 FLAG8 = Kind("flag8", "B", int, lambda b: bool(b & 1), lambda v: isinstance(v, bool))  # bit 0
 FLAG16 = Kind("flag16", "H", int, lambda b: bool(b & 1), lambda v: isinstance(v, bool))
@@ -181,40 +187,53 @@ class Message:
     """Base of every message dataclass: encode() through the table, checks on construction."""
 
     spec: ClassVar[MessageSpec]
+    # Compiled from `spec` by _compile: the fixed part's struct (header and reserved bytes
+    # included), its fields' names in that order, the conversions of those that have one, and
+    # (name, kind, check) of every field for __post_init__.
+    _pack: ClassVar[Callable[..., bytes]]
+    _unpack: ClassVar[Callable[..., tuple]]
+    _names: ClassVar[tuple[str, ...]]
+    _to_wire: ClassVar[tuple[tuple[int, Callable], ...]]
+    _from_wire: ClassVar[tuple[tuple[int, Callable], ...]]
+    _relids: ClassVar[tuple[int, ...]]
+    _checks: ClassVar[tuple[tuple[str, Kind, Callable], ...]]
 
     def __post_init__(self) -> None:
-        for f in self.spec.layout:
-            value = getattr(self, f.name)
-            if f.kind is USER_DEF and isinstance(value, (bytes, bytearray)):
+        spec, values = self.spec, self.__dict__
+        for name, kind, check in self._checks:
+            value = values[name]
+            if kind is USER_DEF and isinstance(value, (bytes, bytearray)):
                 if len(value) > USER_DEFINED_SIZE:
-                    raise ProtocolError(f"{self.spec.name}.{f.name}: {len(value)} bytes > 120")
-                value = bytes(value).ljust(USER_DEFINED_SIZE, b"\0")
-                object.__setattr__(self, f.name, value)
-            if not f.kind.check(value):
-                raise ProtocolError(f"{self.spec.name}.{f.name} = {value!r} is not a valid {f.kind.name}")
-        if self.spec.tail:
-            words = tuple(getattr(self, self.spec.tail))
-            object.__setattr__(self, self.spec.tail, words)
-            if len(words) > self.spec.max_tail_words:
+                    raise ProtocolError(f"{spec.name}.{name}: {len(value)} bytes > 120")
+                value = values[name] = bytes(value).ljust(USER_DEFINED_SIZE, b"\0")
+            if not check(value):
+                raise ProtocolError(f"{spec.name}.{name} = {value!r} is not a valid {kind.name}")
+        if spec.tail:
+            words = values[spec.tail] = tuple(values[spec.tail])
+            if len(words) > spec.max_tail_words:
                 raise ProtocolError(
-                    f"{self.spec.name}: {len(words)} words > {self.spec.max_tail_words}"
+                    f"{spec.name}: {len(words)} words > {spec.max_tail_words}"
                 )
-            if not all(type(w) is int and 0 <= w < 1 << 64 for w in words):
-                raise ProtocolError(f"{self.spec.name}.{self.spec.tail}: not all u64")
+            if not _all_u64(words):
+                raise ProtocolError(f"{spec.name}.{spec.tail}: not all u64")
         self._check()
 
     def _check(self) -> None:
         """Cross-field checks; raise ProtocolError."""
 
     def encode(self) -> bytes:
-        spec = self.spec
-        tail = getattr(self, spec.tail) if spec.tail else ()
-        out = bytearray(spec.size + 8 * len(tail))
-        struct.pack_into("<I", out, 0, spec.id)
-        for f in spec.layout:
-            struct.pack_into("<" + f.kind.fmt, out, f.offset, f.kind.to_wire(getattr(self, f.name)))
-        struct.pack_into(f"<{len(tail)}Q", out, spec.size, *tail)
-        return bytes(out)
+        """The message's bytes: the fixed part with one struct call (its layout compiled once
+        per class by _compile: reserved bytes packed as zeros), then the tail's words."""
+        values = self.__dict__
+        fixed = [values[name] for name in self._names]
+        for i, to_wire in self._to_wire:
+            fixed[i] = to_wire(fixed[i])
+        out = self._pack(*fixed)
+        tail = self.spec.tail
+        if tail and values[tail]:
+            words = values[tail]
+            return out + struct.pack(f"<{len(words)}Q", *words)
+        return out
 
     @classmethod
     def decode(cls, raw) -> "Message":
@@ -373,7 +392,7 @@ class VersionResponse(Message):
     msg_conn_id: int = 0  # >= 5.0: the connection for later messages; else (OpenVMM) the version
 
     def _check(self) -> None:
-        if self.connection_state not in set(ConnectionState):
+        if self.connection_state not in _CONNECTION_STATES:
             raise ProtocolError(f"connection_state {self.connection_state} unknown")
 
 
@@ -407,10 +426,42 @@ class UnloadResponse(Message):
 # -- the table -----------------------------------------------------------------------------------
 
 
+def _all_u64(words: tuple) -> bool:
+    """Every word a u64 (an int, not a bool), without a Python-level step per word."""
+    return not words or (set(map(type, words)) == _INT_ONLY and min(words) >= 0 and max(words) < 1 << 64)
+
+
+_INT_ONLY = {int}
+_NO_TO_WIRE = Kind.__dataclass_fields__["to_wire"].default       # the default conversions: none
+_NO_FROM_WIRE = Kind.__dataclass_fields__["from_wire"].default
+
+
+def _compile(cls, spec: MessageSpec) -> None:
+    """What encode, decode and __post_init__ use, once per class (see Message)."""
+    fmt, end, names = "", HEADER_SIZE, []
+    for f in sorted(spec.layout, key=lambda f: f.offset):
+        fmt += (f"{f.offset - end}x" if f.offset > end else "") + f.kind.fmt
+        end = f.offset + f.kind.size
+        names.append(f.name)
+    fmt += f"{spec.size - end}x" if spec.size > end else ""
+    layout = struct.Struct("<I4x" + fmt)   # msgtype and the header's padding, then the fields
+    assert layout.size == spec.size, spec.name
+    kinds = {f.name: f.kind for f in spec.layout}
+    cls._pack = partial(layout.pack, spec.id)
+    cls._unpack = struct.Struct("<8x" + fmt).unpack_from
+    cls._names = tuple(names)
+    cls._to_wire = tuple((i, kinds[n].to_wire) for i, n in enumerate(names) if kinds[n].to_wire is not _NO_TO_WIRE)
+    cls._from_wire = tuple((i, kinds[n].from_wire) for i, n in enumerate(names)
+                           if kinds[n].from_wire is not _NO_FROM_WIRE)
+    cls._relids = tuple(i for i, n in enumerate(names) if kinds[n] is RELID)
+    cls._checks = tuple((f.name, f.kind, f.kind.check) for f in spec.layout)
+
+
 def _row(id, cls, direction, min_version, size, *layout, tail=None) -> MessageSpec:
     spec = MessageSpec(id, cls.__name__, direction, min_version, size,
                        tuple(Field(*f) for f in layout), tail)
     cls.spec = spec
+    _compile(cls, spec)
     return spec
 
 
@@ -478,6 +529,9 @@ def _check_table() -> None:
 _check_table()
 
 
+_MSGTYPE = struct.Struct("<I").unpack_from
+
+
 def decode(raw) -> Message:
     """Parse one message (the SynIC payload as the sender sized it) or raise ProtocolError."""
     data = bytes(memoryview(raw).cast("B"))  # one private copy: later reads see only it
@@ -485,21 +539,36 @@ def decode(raw) -> Message:
         raise ProtocolError(f"{len(data)}-byte message is shorter than the header")
     if len(data) > MAX_MESSAGE_SIZE:
         raise ProtocolError(f"{len(data)}-byte message exceeds the {MAX_MESSAGE_SIZE}-byte payload")
-    msgtype = struct.unpack_from("<I", data)[0]
+    msgtype = _MSGTYPE(data)[0]
     spec = _BY_ID.get(msgtype)
     if spec is None:
         raise ProtocolError(f"unknown message type {msgtype}")
     if len(data) < spec.size:
         raise ProtocolError(f"{spec.name}: {len(data)} bytes, needs {spec.size}")
-    values = {
-        f.name: f.kind.from_wire(struct.unpack_from("<" + f.kind.fmt, data, f.offset)[0])
-        for f in spec.layout
-    }
+    cls = _CLASS_BY_ID[msgtype]
+    fixed = list(cls._unpack(data))
+    for i, from_wire in cls._from_wire:
+        fixed[i] = from_wire(fixed[i])
+    # What the wire gives is already what __post_init__ would make of it, and passes its checks
+    # (every number is in its kind's range, a GUID is a UUID, user data has its 120 bytes, the
+    # tail's words are u64s and fit), except a relid's range and the class's cross-field
+    # _check: so the message is made without its constructor, and only those are checked.
+    for i in cls._relids:
+        if not 1 <= fixed[i] <= MAX_RELID:
+            name = cls._names[i]
+            raise ProtocolError(f"{spec.name}.{name} = {fixed[i]!r} is not a valid {RELID.name}")
+    msg = _NEW(cls)
+    values = msg.__dict__
+    values.update(zip(cls._names, fixed))
     if spec.tail:
         # A partial trailing word is padding; whole words are the sender's to justify.
         n = (len(data) - spec.size) // 8
         values[spec.tail] = struct.unpack_from(f"<{n}Q", data, spec.size)
-    return _CLASS_BY_ID[spec.id](**values)
+    msg._check()
+    return msg
+
+
+_NEW = object.__new__
 
 
 # -- GPADL ranges --------------------------------------------------------------------------------
@@ -529,9 +598,11 @@ class GpaRange:
         if len(self.pfns) != need:
             raise GpadlError(f"range of {self.byte_count} bytes at +{self.byte_offset} needs "
                              f"{need} PFNs, has {len(self.pfns)}")
-        for pfn in self.pfns:
-            if not (type(pfn) is int and 0 <= pfn <= MAX_PFN):
-                raise GpadlError(f"PFN {pfn!r} out of range")
+        pfns = self.pfns
+        if not (set(map(type, pfns)) == _INT_ONLY and min(pfns) >= 0 and max(pfns) <= MAX_PFN):
+            for pfn in pfns:   # which one (there is one: a range has at least one PFN)
+                if not (type(pfn) is int and 0 <= pfn <= MAX_PFN):
+                    raise GpadlError(f"PFN {pfn!r} out of range")
 
     @classmethod
     def whole_pages(cls, pfns: Sequence[int]) -> "GpaRange":

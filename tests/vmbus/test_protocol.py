@@ -3,6 +3,7 @@ encodings written out by hand, round trips, hostile bytes (only ProtocolError es
 range splitting and reassembly."""
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import pytest
@@ -241,6 +242,23 @@ def test_decode_of_arbitrary_bodies_of_known_types(msgtype, body):
         return
     assert msg.spec.id == msgtype
     assert decode(msg.encode()) == msg
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(EXPECTED)), st.binary(max_size=240))
+def test_decode_makes_what_the_constructor_makes(msgtype, body):
+    """decode builds a message without its constructor's checks (the wire's values pass them):
+    the constructor, given the decoded fields, must accept them and make an equal message whose
+    fields are of the same types."""
+    raw = (msgtype.to_bytes(4, "little") + bytes(4) + body)[:240]
+    try:
+        msg = decode(raw)
+    except ProtocolError:
+        return
+    values = {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
+    made = type(msg)(**values)
+    assert made == msg and made.encode() == msg.encode()
+    assert [type(v) for v in values.values()] == [type(getattr(made, n)) for n in values]
 
 
 # -- round trips ---------------------------------------------------------------------------------
