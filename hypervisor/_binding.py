@@ -1366,3 +1366,27 @@ class VpCycle:
 
     def sync(self, horizon: int, dirty: bool) -> None:
         lib.hv_vp_cycle_sync(self._h, self._id, self._vp, horizon, dirty)
+
+
+# --- the parent's VMBus service (native/service.c) ---------------------------------------------
+
+
+class ServiceTake:
+    """What one VMBus service keeps for hv_service_take: room for every flag of 16 SINTs and
+    the slot's type, allocated once (the call is made on every pass of the service)."""
+
+    __slots__ = ("out", "slot_type", "_h", "_id", "_slot", "_flags")
+
+    def __init__(self, h, partition_id: int, slot_gpa: int, flags_gpa: int):
+        self.out = ffi.new("uint16_t[]", 16 * 2048)
+        self.slot_type = ffi.new("uint32_t *")
+        self._h, self._id, self._slot, self._flags = h, partition_id, slot_gpa, flags_gpa
+
+    def take(self, sints: int) -> tuple[int, list[int]]:
+        """(the SIM slot's MessageType, 0 if empty; the flags taken of `sints`, as sint * 2048 +
+        flag, in order) in one crossing. MemoryError if the pages are not the partition's."""
+        n = lib.hv_service_take(self._h, self._id, self._slot, self._flags, sints, self.out, 16 * 2048,
+                                self.slot_type)
+        if n < 0:
+            raise MemoryError(f"partition {self._id}: its SynIC pages are not readable by it")
+        return self.slot_type[0], ffi.unpack(self.out, n) if n else []

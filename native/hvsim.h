@@ -9,5 +9,6 @@
 #include "api/storvsc.h"
 #include "storvsp.h"
 #include "netplane.h"
+#include "api/service.h"
 
 #endif

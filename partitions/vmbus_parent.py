@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from drivers.device import DeviceContext, DeviceQuiesced, DeviceType, Vsp
-from hypervisor import Host, Partition, Register
+from hypervisor import Host, Partition, Register, _binding
 from hypervisor.grants import VisibleMemory
 from hypervisor.status import HvError, HvStatus
 from hypervisor.synic import (PortType, clear_message_slot, read_message_slot, simp_value, siefp_value,
@@ -261,10 +261,15 @@ class _ChannelContext(DeviceContext):
         return self._child.context.now()
 
     def call_later(self, delay_ns: int, fn) -> None:
-        self._child.context.call_later(delay_ns, lambda: self._service._guard(self._child, self._relid, fn))
+        # What the child's context's call_later does, without its two calls (a VSP arms a timer
+        # per request): armed in the child's group, then the service's VP woken if it sleeps past it.
+        service, child = self._service, self._child
+        service.context.timers.add(delay_ns, lambda: service._guard(child, self._relid, fn), child.partition.id)
+        if service._asleep_until is not False:
+            service._wake_for_timers()
 
     def charge(self, ns: int) -> None:
-        self._child.context.charge(ns)
+        self._service.context.charge(ns)   # what the child's context's charge does
 
     def log(self, event: str, **fields: Any) -> None:
         self._service.record(self._child.partition.id, event, {**fields, "relid": self._relid},
@@ -312,6 +317,11 @@ class ParentVmbus:
         self.context = EndpointContext(host, lambda event, fields: self.record(0, event, fields))
         root = host.root
         self.simp, self.siefp = host.root_memory.allocate(2)
+        # Its SIM slot's type and its SINTs' flags, looked at in one crossing per pass (not a read
+        # of the slot and a read and a write per SINT).
+        self._taker = _binding.ServiceTake(host._h, root.id, self.simp * 4096 + VMBUS_MESSAGE_SINT * 256,
+                                           self.siefp * 4096)
+        self._flag_mask = 1 << VMBUS_MESSAGE_SINT   # _flag_sints as a mask (bit n: SINT n)
         root.set_vp_registers(root, vp_index, {
             Register.SIMP: simp_value(self.simp), Register.SIEFP: siefp_value(self.siefp),
             Register.SCONTROL: 1, Register.SINT0 + VMBUS_MESSAGE_SINT: sint_value(0x32)})
@@ -441,6 +451,7 @@ class ParentVmbus:
                     self.host.root.set_vp_registers(self.host.root, self.vp.index,
                                                     {Register.SINT0 + sint: sint_value(0x30 + sint)})
                     self._flag_sints.add(sint)
+                    self._flag_mask |= 1 << sint
                 return sint, free.pop()
         n = len(FLAG_SINTS) * FLAGS_PER_SINT
         while True:
@@ -736,7 +747,6 @@ class ParentVmbus:
     def _drain(self) -> bool:
         """One pass: take the messages each child may have taken (its budget), every event
         flag, then read each signalled channel once (its quantum); True if there was any work."""
-        root = self.host.root
         self._served.clear()
         did = bool(self._resuming)
         while self._resuming:
@@ -745,10 +755,17 @@ class ParentVmbus:
         raised = self._take_raised()
         if raised >> VMBUS_MESSAGE_SINT & 1 or self._look_slot:
             self._look_slot = False
-            did |= self._take_messages()
-        did |= self._take_flags(raised)
-        did |= self._serve_ready()
-        for c in list(self._attention.values()):
+            slot, flags = self._take_signals(raised)
+            if slot:
+                did |= self._take_messages()
+            else:
+                self.slot_reads += 1   # looked at, empty
+            did |= self._signalled(flags)
+        elif raised & self._flag_mask:
+            did |= self._signalled(self._take_signals(raised)[1])
+        if self._ready:
+            did |= self._serve_ready()
+        for c in list(self._attention.values()) if self._attention else ():
             self._contained(c, self._retry, c)
             self._contained(c, self._serve_inbox, c)
             if not self._needs_attention(c):
@@ -849,28 +866,26 @@ class ParentVmbus:
             payload, connection_id = c.inbox.popleft()
             self._handle_message(c, payload, connection_id)
 
-    def _take_flags(self, raised: int) -> bool:
-        """Take the event flags of each of the service's SINTs in `raised` (bit n: SINT n), each
-        SINT's at once: each channel's marks it ready (a shared flag, each of its channels)."""
-        root, did = self.host.root, False
-        for sint in sorted(self._flag_sints):
-            if not raised >> sint & 1:
-                continue
-            self.flag_scans += 1
-            base = self.siefp * 4096 + sint * 256
-            flags = int.from_bytes(root.read(base, 256), "little")
-            if not flags:
-                continue
-            did = True
-            root.write(base, _NO_FLAGS)  # taken, all at once
-            while flags:
-                bit = (flags & -flags).bit_length() - 1
-                flags &= flags - 1
-                for c, relid in self._flag_owner.get((sint, bit), ()):
-                    ch = c.channels.get(relid)
-                    if ch is not None and ch.end is not None:
-                        self._contained(c, ch.end.signalled)
-        return did
+    def _take_signals(self, raised: int) -> tuple[int, list[int]]:
+        """In one crossing: the service's SIM slot's MessageType (0: empty; the message is left
+        in it) and the event flags of each of its SINTs in `raised` (bit n: SINT n), each SINT's
+        taken at once, as sint * FLAGS_PER_SINT + flag in order. The flags are taken before the
+        messages of the same pass are handled; no flag of the service's can be set meanwhile
+        (only the children's VPs set them, and the doorbell rings only while the service halts)."""
+        sints = raised & self._flag_mask
+        self.flag_scans += sints.bit_count()
+        return self._taker.take(sints)
+
+    def _signalled(self, flags: list[int]) -> bool:
+        """Mark ready each channel with one of `flags` (a shared flag: each of its channels);
+        True if any flag was set."""
+        owners, ready = self._flag_owner, self._ready
+        for flag in flags:
+            for c, relid in owners.get(divmod(flag, FLAGS_PER_SINT), ()):
+                ch = c.channels.get(relid)
+                if ch is not None and ch.end is not None:
+                    ready[(c.partition.id, relid)] = None   # what its end's on_signal does (_ready_channel)
+        return bool(flags)
 
     def _contained(self, c: _Child, fn, *args) -> None:
         """Serve one child: whatever raises while doing so is that child's failure, never the
@@ -904,9 +919,16 @@ class ParentVmbus:
 
     async def _serve(self, ctx) -> None:
         self._ctx = ctx
+        timers = self.context.timers
         while True:
-            did = self._drain()
-            did |= self.context.run_due()
+            # A pass after a computation often finds nothing (no SINT raised meanwhile, nothing
+            # held or ready): then _drain would only forget the last pass's quanta.
+            if ctx.raised_sints or self._look_slot or self._resuming or self._ready or self._attention:
+                did = self._drain()
+            else:
+                did = False
+                self._served.clear()
+            did |= timers.run_due()
             work, self._pending_work = self._pending_work, 0
             cpu = work * self.packet_cost + self.context.take_pending()
             if did or cpu:
@@ -931,7 +953,8 @@ class ParentVmbus:
                 raised = self._take_raised()
                 if raised >> VMBUS_MESSAGE_SINT & 1:
                     self._look_slot = True
-                if self._take_flags(raised) | bool(self._ready):
+                if (raised & self._flag_mask and self._signalled(self._take_signals(raised)[1])) \
+                        | bool(self._ready):
                     self._serve_ready()
                     work, self._pending_work = self._pending_work, 0
                     cpu += work * self.packet_cost + self.context.take_pending()
