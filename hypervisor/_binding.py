@@ -7,7 +7,6 @@ the core's error codes into exceptions. The rest of hvsim imports from here, nev
 from __future__ import annotations
 
 import functools as _functools
-import itertools as _itertools
 import os
 import struct as _struct
 
@@ -468,43 +467,47 @@ def hv_run(h, until: int, max_records: int = 512) -> list[tuple[int, int, int, i
             for i in range(n)]
 
 
-class RunLoop:
-    """The crossing between Python guests and the C run loop, with buffers made once per host:
-    each call hands the C loop the steps Python's guests just took and gets back the next batch
-    of VPs whose guests must step."""
+class BatchLoop:
+    """The positional crossing (hv_run_batch) of the guest runner's hot path: it hands the C loop
+    one (op, arg) pair per record of the batch it got last, in that batch's order, and gets back
+    one word per record of the next (guest handle << 32 | work-left bit 31 | reason << 16 |
+    SINTs): no per-step tuples, and the guest found by its handle, not by (partition, VP)."""
 
     MAX = 1024
-    CHUNK = 64
 
     def __init__(self, h):
         self._h = h
-        self._steps = ffi.new("struct hv_step[]", self.MAX)
-        self._out = ffi.new("struct hv_resume[]", self.MAX)
+        self._steps = ffi.new("uint64_t[]", 2 * self.MAX)
+        self._batch = ffi.new("struct hv_resume[]", self.MAX)
+        self._words = ffi.new("uint64_t[]", self.MAX)
+        self._words_view = memoryview(ffi.buffer(self._words)).cast("B").cast("Q")
         self._refused = ffi.new("int32_t *")
-        self._out_buf = ffi.buffer(self._out)
-        self._record = _struct.Struct("<QIII4xQ")  # id, vp, reason, sints, work left
-        self._step = _struct.Struct("<QIIQ")
-        self._steps_buf = ffi.buffer(self._steps)
-        self._out_view = memoryview(self._out_buf)  # read in place: the records are unpacked at once
-        self._packs: dict = {}  # batch size -> its pack_into
-        assert self._record.size == ffi.sizeof("struct hv_resume")
-        assert self._step.size == ffi.sizeof("struct hv_step")
 
-    def run(self, until: int, steps: list[tuple[int, int, int, int]]) -> tuple[list[tuple[int, int, int, int, int]], int]:
-        """Apply `steps` [(partition id, vp index, op, arg)], run to `until` or the next batch of
-        guest steps; returns (resume records, index of the first refused step or -1)."""
+    def run(self, until: int, steps: list[int]) -> list[int]:
+        """Apply `steps` (op, arg, op, arg... for the last batch's records in order; op 0: none),
+        run to `until` or the next batch; returns its words (empty: `until` was reached).
+        Raises AssertionError naming the first refused step."""
         n = len(steps)
-        if n > self.MAX:
-            raise ValueError(f"at most {self.MAX} guest steps per crossing, got {n}")
-        # Packed CHUNK steps at a time by Structs made once per count (at most CHUNK of them).
-        for at in range(0, n, self.CHUNK):
-            part = steps[at:at + self.CHUNK]
-            pack = self._packs.get(len(part))
-            if pack is None:
-                pack = self._packs[len(part)] = _struct.Struct("<" + "QIIQ" * len(part)).pack_into
-            pack(self._steps_buf, at * self._step.size, *_itertools.chain.from_iterable(part))
-        k = lib.hv_run_steps(self._h, self._steps, n, self._refused, until, self._out, self.MAX)
-        return list(self._record.iter_unpack(self._out_view[:k * self._record.size])), self._refused[0]
+        if n:
+            self._steps[0:n] = steps
+        k = lib.hv_run_batch(self._h, self._steps, n >> 1, self._refused, until, self._batch, self._words, self.MAX)
+        if self._refused[0] >= 0:
+            i = self._refused[0]
+            raise AssertionError(f"the core refused guest step {steps[2 * i:2 * i + 2]} (record {i} of the batch)")
+        return self._words_view[:k].tolist()
+
+    def apply(self, steps: list[int]) -> int:
+        """Apply `steps` as run would, without running; the index of the first refused one or -1."""
+        n = len(steps)
+        if n:
+            self._steps[0:n] = steps
+        lib.hv_apply_batch(self._h, self._steps, n >> 1, self._refused, self._batch)
+        return self._refused[0]
+
+    def record(self, i: int) -> tuple[int, int, int, int, int]:
+        """Record i of the batch: (partition id, vp index, reason, pending sints, work left ns)."""
+        r = self._batch[i]
+        return (int(r.partition_id), int(r.vp_index), int(r.reason), int(r.pending_sints), int(r.work_left_ns))
 
 
 def hv_vp_step(h, partition_id: int, vp_index: int, op: int, arg: int) -> bool:
@@ -1366,27 +1369,3 @@ class VpCycle:
 
     def sync(self, horizon: int, dirty: bool) -> None:
         lib.hv_vp_cycle_sync(self._h, self._id, self._vp, horizon, dirty)
-
-
-# --- the parent's VMBus service (native/service.c) ---------------------------------------------
-
-
-class ServiceTake:
-    """What one VMBus service keeps for hv_service_take: room for every flag of 16 SINTs and
-    the slot's type, allocated once (the call is made on every pass of the service)."""
-
-    __slots__ = ("out", "slot_type", "_h", "_id", "_slot", "_flags")
-
-    def __init__(self, h, partition_id: int, slot_gpa: int, flags_gpa: int):
-        self.out = ffi.new("uint16_t[]", 16 * 2048)
-        self.slot_type = ffi.new("uint32_t *")
-        self._h, self._id, self._slot, self._flags = h, partition_id, slot_gpa, flags_gpa
-
-    def take(self, sints: int) -> tuple[int, list[int]]:
-        """(the SIM slot's MessageType, 0 if empty; the flags taken of `sints`, as sint * 2048 +
-        flag, in order) in one crossing. MemoryError if the pages are not the partition's."""
-        n = lib.hv_service_take(self._h, self._id, self._slot, self._flags, sints, self.out, 16 * 2048,
-                                self.slot_type)
-        if n < 0:
-            raise MemoryError(f"partition {self._id}: its SynIC pages are not readable by it")
-        return self.slot_type[0], ffi.unpack(self.out, n) if n else []

@@ -66,13 +66,34 @@ class Wakeup:
 class Step:
     """An awaitable step: the coroutine yields it to the run loop and gets a Wakeup back."""
 
-    __slots__ = ("op", "arg")
+    __slots__ = ("op", "arg", "pair")
 
     def __init__(self, op: int, arg: int):
         self.op, self.arg = op, arg
+        self.pair = (op, arg)  # what the runner hands the core for it (BatchLoop)
 
     def __await__(self) -> Generator[Step, Wakeup, Wakeup]:
         return (yield self)
+
+
+# Steps are immutable, so the step makers share one per (op, whole ns) instead of building one per
+# await: a guest's loop awaits the same few durations again and again. Bounded: a guest awaiting
+# ever new durations (a random workload's) builds each beyond the bound anew.
+_SHARED_MAX = 4096
+_COMPUTES: dict[int, Step] = {}
+_COMPUTES_INTR: dict[int, Step] = {}
+_HALTS: dict[int, Step] = {}
+_SLEEPS: dict[int, Step] = {}
+
+
+_HALT_FOREVER = Step(STEP_HALT, 0)
+
+
+def _shared(steps: dict[int, Step], op: int, arg: int) -> Step:
+    step = Step(op, arg)
+    if len(steps) < _SHARED_MAX:
+        steps[arg] = step
+    return step
 
 
 class GuestError(RuntimeError):
@@ -116,30 +137,46 @@ class GuestContext:
 
     def compute(self, duration: int | str) -> Step:
         """Spend CPU time on this VP (interrupts meanwhile stay pending until it is spent)."""
-        if type(duration) is not int or duration < 0:
-            duration = parse_duration(duration)
-        return Step(STEP_COMPUTE, duration)
+        if type(duration) is int:  # (a bool is not: it would find 0's or 1's step)
+            step = _COMPUTES.get(duration)
+            if step is not None:
+                return step
+            if duration >= 0:
+                return _shared(_COMPUTES, STEP_COMPUTE, duration)
+        return Step(STEP_COMPUTE, parse_duration(duration))
 
     def compute_interruptible(self, duration: int | str) -> Step:
         """Spend CPU time on this VP until it is spent or a SINT is raised, whichever is first:
         the Wakeup says "interrupt" and how much was left (`work_left`) if it ended early."""
-        if type(duration) is not int or duration < 0:
-            duration = parse_duration(duration)
-        return Step(STEP_COMPUTE_INTR, duration)
+        if type(duration) is int:
+            step = _COMPUTES_INTR.get(duration)
+            if step is not None:
+                return step
+            if duration >= 0:
+                return _shared(_COMPUTES_INTR, STEP_COMPUTE_INTR, duration)
+        return Step(STEP_COMPUTE_INTR, parse_duration(duration))
 
     def halt(self, timeout: int | str | None = None) -> Step:
         """Wait for an interrupt (returns at once if one is pending), or for `timeout`."""
         if timeout is None:
-            return Step(STEP_HALT, 0)
-        if type(timeout) is not int or timeout < 1:
-            timeout = max(1, parse_duration(timeout))
-        return Step(STEP_HALT, timeout)
+            return _HALT_FOREVER
+        if type(timeout) is int:
+            step = _HALTS.get(timeout)
+            if step is not None:
+                return step
+            if timeout >= 1:
+                return _shared(_HALTS, STEP_HALT, timeout)
+        return Step(STEP_HALT, max(1, parse_duration(timeout)))
 
     def sleep(self, duration: int | str) -> Step:
         """Let `duration` pass; interrupts that arrive meanwhile stay pending."""
-        if type(duration) is not int or duration < 1:
-            duration = max(1, parse_duration(duration))
-        return Step(STEP_SLEEP, duration)
+        if type(duration) is int:
+            step = _SLEEPS.get(duration)
+            if step is not None:
+                return step
+            if duration >= 1:
+                return _shared(_SLEEPS, STEP_SLEEP, duration)
+        return Step(STEP_SLEEP, max(1, parse_duration(duration)))
 
     async def wait_for_sint(self, sint: int, timeout: int | str | None = None) -> Wakeup:
         """Halt until SINT `sint` is raised (or the timeout passes)."""
@@ -226,12 +263,18 @@ class GuestRunner:
         self._host = host
         self._coros: dict[tuple[int, int], Coroutine] = {}
         self._contexts: dict[tuple[int, int], GuestContext] = {}  # of the coroutines made
-        # (coroutine's send, context) of each coroutine made: what a plain step needs, in one
-        # lookup. Kept in step with _coros: every path that drops a coroutine drops its entry.
-        self._live: dict[tuple[int, int], tuple[Callable, GuestContext]] = {}
-        # Wakeups without work_left, by reason << 32 | sints: a Wakeup is immutable, so the guests
-        # share one per kind instead of each step building its own.
+        # Each attach gives its guest a new handle (never reused), which the core puts in the
+        # VP's resume words: _keys[handle] is its (partition id, VP index), for good;
+        # _lives[handle] is (coroutine's send, context) once the coroutine is made and while it
+        # lives, else None (handle 0: none). Every path that drops a coroutine drops its entry.
+        self._keys: list[tuple[int, int] | None] = [None]
+        self._lives: list[tuple[Callable, GuestContext] | None] = [None]
+        self._handles: dict[tuple[int, int], int] = {}  # the current handle of each attached VP
+        # Wakeups without work_left, by reason << 16 | sints: a Wakeup is immutable, so the guests
+        # share one per kind instead of each step building its own. _fast holds those of every
+        # reason but "start", by the low half of a resume word: what a plain step takes.
         self._wakes: dict[int, Wakeup] = {}
+        self._fast: dict[int, Wakeup] = {}
         # partition id -> {VP index: sync} of the guests whose cycles the core takes (watch_cycle)
         self._cycles: dict[int, dict[int, Callable[[], None]]] = {}
 
@@ -253,7 +296,8 @@ class GuestRunner:
         if batch is None:
             syncs = [f for vps in cycles.values() for f in vps.values()]
         else:
-            syncs = [f for pid in {r[0] for r in batch} if pid in cycles for f in cycles[pid].values()]
+            keys = self._keys
+            syncs = [f for pid in {keys[w >> 32][0] for w in batch} if pid in cycles for f in cycles[pid].values()]
         for sync in syncs:
             sync()
 
@@ -261,27 +305,38 @@ class GuestRunner:
         key = (vp.partition.id, vp.index)
         old = self._coros.pop(key, None)
         self._contexts.pop(key, None)
-        self._live.pop(key, None)
+        self._drop_live(key)
         if hasattr(old, "close"):
             old.close()
         if not callable(fn):
             raise TypeError(f"a guest must be an async function taking a GuestContext, got {fn!r}")
         # The coroutine is made when the VP first runs, so a guest that never runs leaves none.
         self._coros[key] = (fn, GuestContext(vp))
-        _binding.hv_vp_set_guest(self._host._h, vp.partition.id, vp.index, GUEST_PYTHON)
+        handle = self._handles[key] = len(self._keys)
+        self._keys.append(key)
+        self._lives.append(None)
+        _binding.hv_vp_set_guest(self._host._h, vp.partition.id, vp.index, GUEST_PYTHON, handle)
+
+    def _drop_live(self, key: tuple[int, int]) -> None:
+        handle = self._handles.get(key)
+        if handle is not None:
+            self._lives[handle] = None
 
     def detach(self, partition_id: int, vp_index: int | None = None) -> None:
         for key in [k for k in self._coros if k[0] == partition_id and (vp_index is None or k[1] == vp_index)]:
             coro = self._coros.pop(key)
             self._contexts.pop(key, None)
-            self._live.pop(key, None)
+            self._drop_live(key)
+            del self._handles[key]
             if hasattr(coro, "close"):
                 coro.close()
 
     def _wakeup(self, reason: int, sints: int) -> Wakeup:
-        wake = self._wakes.get(reason << 32 | sints)
+        wake = self._wakes.get(reason << 16 | sints)
         if wake is None:
-            wake = self._wakes[reason << 32 | sints] = Wakeup(_REASONS.get(reason, "step"), sints)
+            wake = self._wakes[reason << 16 | sints] = Wakeup(_REASONS.get(reason, "step"), sints)
+            if reason != RESUME_START:
+                self._fast[reason << 16 | sints] = wake
         return wake
 
     def run(self, until: int) -> None:
@@ -291,56 +346,64 @@ class GuestRunner:
         Then, if the host has an `on_guest_error` handler, it is called once per failed VP
         (after the batch's steps are with the core, so it may tear whole partitions down) and
         the run goes on; without one, the first error ends the run."""
-        loop = self._loop = getattr(self, "_loop", None) or _binding.RunLoop(self._host._h)
-        steps: list[tuple[int, int, int, int]] = []
-        live_get, wakes_get = self._live.get, self._wakes.get
+        loop = self._loop = getattr(self, "_loop", None) or _binding.BatchLoop(self._host._h)
+        # The steps of the last batch's records, in its order: (op, arg) each, (0, 0) for a VP
+        # whose guest failed (already stopped). Record i's pair is at 2i, so len(steps) // 2 is
+        # the index of the record being served.
+        steps: list[int] = []
+        lives, fast_get = self._lives, self._fast.get
         batch = None  # the Python code that ran before the first crossing: anything
         while True:
             if self._cycles:
                 self._sync_cycles(batch)
-            batch, refused = loop.run(until, steps)
-            if refused >= 0:
-                raise AssertionError(f"the core refused guest step {steps[refused]}")
+            batch = loop.run(until, steps)
             if not batch:
                 return
             steps = []
-            append = steps.append
+            extend = steps.extend
             errors: list[GuestError] = []
-            for partition_id, vp_index, reason, sints, left in batch:
-                live = live_get((partition_id, vp_index))
-                # The common step, inline: a made coroutine resumed after a step, an interrupt
-                # or a timeout. A first run, a restart, a step cut short, a guest that ends,
-                # raises or awaits something else all go through step().
-                if live is not None and not left and reason != RESUME_START:
+            for word in batch:
+                # The common step, inline: a made coroutine (its handle's entry) resumed after a
+                # step, an interrupt or a timeout with no work left (a word _fast knows). A first
+                # run, a restart, a step cut short, a guest that ends, raises or awaits something
+                # else all go through step().
+                live = lives[word >> 32]
+                wake = fast_get(word & 0xFFFFFFFF)
+                if live is not None and wake is not None:
                     send, ctx = live
-                    if sints:
-                        ctx.raised_sints |= sints
-                    wake = wakes_get(reason << 32 | sints) or self._wakeup(reason, sints)
+                    if word & 0xFFFF:
+                        ctx.raised_sints |= word & 0xFFFF
                     try:
                         step = send(wake)
                     except BaseException as exc:  # noqa: BLE001 - step() sorts it out
                         thrown = exc
                     else:
                         if type(step) is Step:
-                            append((partition_id, vp_index, step.op, step.arg))
+                            extend(step.pair)
                             continue
                         thrown = None
+                    partition_id, vp_index = self._keys[word >> 32]
                     try:
-                        op, arg = self._settle(partition_id, vp_index, step if thrown is None else None, thrown)
+                        extend(self._settle(partition_id, vp_index, step if thrown is None else None, thrown))
                     except GuestError as exc:
                         errors.append(exc)
-                        continue
-                    append((partition_id, vp_index, op, arg))
+                        extend((0, 0))
                     continue
+                if self._handles.get(self._keys[word >> 32]) != word >> 32:
+                    # Its guest was replaced or removed since the core handed this batch out,
+                    # which restarted (or removed) the VP: it takes no step of this record.
+                    extend((0, 0))
+                    continue
+                partition_id, vp_index, reason, sints, left = loop.record(len(steps) >> 1)
                 try:
-                    op, arg = self.step(partition_id, vp_index, reason, sints, left)
+                    extend(self.step(partition_id, vp_index, reason, sints, left))
                 except GuestError as exc:  # that VP is stopped; the others still take their step
                     errors.append(exc)
-                    continue
-                append((partition_id, vp_index, op, arg))
+                    extend((0, 0))
             if errors:
-                for partition_id, vp_index, op, arg in steps:
-                    _binding.hv_vp_step(self._host._h, partition_id, vp_index, op, arg)
+                refused = loop.apply(steps)
+                if refused >= 0:
+                    raise AssertionError(f"the core refused guest step {steps[2 * refused:2 * refused + 2]}")
                 steps = []
                 handler = self._host.on_guest_error
                 if handler is None:
@@ -364,7 +427,9 @@ class GuestRunner:
                 coro = self._coros[key] = fn(ctx)
                 if not hasattr(coro, "send"):
                     raise TypeError(f"a guest must be an async function taking a GuestContext, got {fn!r}")
-                self._live[key] = (coro.send, ctx)
+                handle = self._handles.get(key)
+                if handle is not None:
+                    self._lives[handle] = (coro.send, ctx)
                 step = coro.send(None)
             else:
                 if wake.reason == "start":
@@ -389,7 +454,7 @@ class GuestRunner:
             raise exc
         del self._coros[key]
         self._contexts.pop(key, None)
-        self._live.pop(key, None)
+        self._drop_live(key)
         if isinstance(exc, StopIteration):
             return STEP_STOP, 0
         _binding.hv_vp_step(self._host._h, partition_id, vp_index, STEP_STOP, 0)

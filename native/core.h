@@ -72,6 +72,7 @@ struct hv_vp {
     uint64_t debt_ns;            /* costs charged (hypercalls, interrupts) not yet spent */
     uint32_t pending_sints;      /* SINT interrupts raised since the guest last looked */
     uint32_t guest_kind;         /* HV_GUEST_* */
+    uint32_t guest_handle;       /* HV_GUEST_PYTHON: the runner's number for its guest (0: none), in its resume words */
     uint64_t tick_period_ns, tick_work_ns; /* HV_GUEST_TICK parameters */
     uint64_t wake_at;            /* HV_VP_HALTED with a timeout: when it wakes, else 0 */
     uint64_t wake_seq;           /* guard of its pending wake event (from host->vp_guard_seq) */

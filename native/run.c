@@ -605,7 +605,7 @@ uint32_t hv_run(struct hv_host *h, uint64_t until, struct hv_resume *out, uint32
              * first that needs its Python guest on, every VP goes to Python, so the steps are
              * applied in the order Python would have applied them all. A step taken here that
              * resumes its VP at once (an interrupt pending) puts it at the list's end, as
-             * hv_run_steps would. */
+             * hv_run_batch would. */
             uint32_t n = h->nr_resume < max ? h->nr_resume : max, k = 0;
             for (uint32_t i = 0; i < n; i++) {
                 struct hv_vp *vp = h->resume[i]; /* (re-read: a step may grow the list) */
@@ -619,7 +619,7 @@ uint32_t hv_run(struct hv_host *h, uint64_t until, struct hv_resume *out, uint32
                 out[k].vp_index = vp->index;
                 out[k].reason = vp->resume_reason;
                 out[k].pending_sints = vp->pending_sints;
-                out[k].reserved = 0;
+                out[k].guest_handle = vp->guest_handle;
                 out[k].work_left_ns = vp->work_left_ns;
                 k++;
                 vp->pending_sints = 0;
@@ -709,6 +709,7 @@ int hv_vp_set_guest(struct hv_host *h, uint64_t partition_id, uint32_t vp_index,
         vp_stop(h, vp);
     vp->guest_kind = kind;
     vp->tick_work_ns = kind == HV_GUEST_TICK ? a : 0;
+    vp->guest_handle = kind == HV_GUEST_PYTHON ? (uint32_t)a : 0;
     if (running || p->started)
         vp_start(h, vp);
     return 0;
@@ -763,12 +764,24 @@ int32_t hv_lp_running(struct hv_host *h, uint32_t lp, uint64_t *partition_id)
     return (int32_t)h->lps[lp].vp->index;
 }
 
-uint32_t hv_run_steps(struct hv_host *h, const struct hv_step *steps, uint32_t n_steps, int32_t *refused,
-                      uint64_t until, struct hv_resume *out, uint32_t max)
+void hv_apply_batch(struct hv_host *h, const uint64_t *steps, uint32_t n_steps, int32_t *refused,
+                    const struct hv_resume *batch)
 {
     *refused = -1;
-    for (uint32_t i = 0; i < n_steps; i++)
-        if (hv_vp_step(h, steps[i].partition_id, steps[i].vp_index, steps[i].op, steps[i].arg) != 0 && *refused < 0)
+    for (uint32_t i = 0; i < n_steps; i++) {
+        uint32_t op = (uint32_t)steps[2 * i];
+        if (op && hv_vp_step(h, batch[i].partition_id, batch[i].vp_index, op, steps[2 * i + 1]) != 0 && *refused < 0)
             *refused = (int32_t)i;
-    return hv_run(h, until, out, max);
+    }
+}
+
+uint32_t hv_run_batch(struct hv_host *h, const uint64_t *steps, uint32_t n_steps, int32_t *refused,
+                      uint64_t until, struct hv_resume *batch, uint64_t *words, uint32_t max)
+{
+    hv_apply_batch(h, steps, n_steps, refused, batch);
+    uint32_t k = hv_run(h, until, batch, max);
+    for (uint32_t i = 0; i < k; i++)
+        words[i] = (uint64_t)batch[i].guest_handle << 32 | (batch[i].work_left_ns ? 1u << 31 : 0)
+                   | (uint64_t)(batch[i].reason & 0x7fff) << 16 | (batch[i].pending_sints & 0xffff);
+    return k;
 }

@@ -65,7 +65,7 @@ struct hv_resume {
     uint32_t vp_index;
     uint32_t reason;              /* HV_RESUME_* */
     uint32_t pending_sints;       /* SINTs raised since the guest last looked */
-    uint32_t reserved;
+    uint32_t guest_handle;        /* HV_GUEST_PYTHON: its handle (hv_vp_set_guest's `a`), else 0 */
     uint64_t work_left_ns;        /* HV_STEP_COMPUTE_INTR ended early by an interrupt: the work left */
 };
 
@@ -138,25 +138,24 @@ struct hv_sched_record {
 int hv_sched_log_enable(struct hv_host *h, uint32_t capacity);
 uint32_t hv_sched_log_take(struct hv_host *h, struct hv_sched_record *out, uint32_t max, uint64_t *dropped);
 
-/* A Python guest's next step, for hv_run_steps. */
-struct hv_step {
-    uint64_t partition_id;
-    uint32_t vp_index;
-    uint32_t op;                  /* HV_STEP_* */
-    uint64_t arg;
-};
-
-/* Apply `n_steps` guest steps (as hv_vp_step; the index of the first refused one, or -1, goes to
- * *refused), then run as hv_run does: one crossing per batch of guest steps. */
-uint32_t hv_run_steps(struct hv_host *h, const struct hv_step *steps, uint32_t n_steps, int32_t *refused,
-                      uint64_t until, struct hv_resume *out, uint32_t max);
+/* The crossing of a Python guest runner, positional: `steps` holds (op, arg) pairs, pair i the step
+ * for record i of `batch` (the records the previous call wrote there; op 0: none, its guest
+ * failed), applied in that order as hv_vp_step would (the index of the first refused one, or -1,
+ * goes to *refused). hv_run_batch then runs as hv_run does, writing the next batch's records to
+ * `batch` and one word per record to `words`: the VP's guest handle (hv_vp_set_guest) << 32, bit
+ * 31 set if the record has work left, its reason << 16, its SINTs. */
+void hv_apply_batch(struct hv_host *h, const uint64_t *steps, uint32_t n_steps, int32_t *refused,
+                    const struct hv_resume *batch);
+uint32_t hv_run_batch(struct hv_host *h, const uint64_t *steps, uint32_t n_steps, int32_t *refused,
+                      uint64_t until, struct hv_resume *batch, uint64_t *words, uint32_t max);
 
 /* Simulated time. Run until `until` (ns) or until Python guests must step: returns how many
  * resume records it wrote to `out` (0: it reached `until`). */
 uint32_t hv_run(struct hv_host *h, uint64_t until, struct hv_resume *out, uint32_t max);
 /* A Python guest's next step (HV_STEP_*): 0, or -1 if the VP is not waiting for one. */
 int hv_vp_step(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint32_t op, uint64_t arg);
-/* What a VP runs (HV_GUEST_*; `a` is the tick guest's work per interrupt in ns). */
+/* What a VP runs (HV_GUEST_*; `a` is the tick guest's work per interrupt in ns, or the Python
+ * guest's handle, which its resume words carry). */
 int hv_vp_set_guest(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint32_t kind, uint64_t a);
 uint64_t hv_now(struct hv_host *h);
 void hv_trace_digest(struct hv_host *h, uint8_t *out);

@@ -428,3 +428,69 @@ def test_steps_given_as_strings_and_out_of_range_values_are_checked_as_before():
             ctx.compute(bad)
         with pytest.raises(ValueError):
             ctx.sleep(bad)
+
+
+def test_step_makers_give_each_duration_its_own_step_beyond_the_shared_ones():
+    # Steps of whole ns are shared per (op, duration) up to a bound; past it each is made anew.
+    host = Host(logical_processors=1, memory="32MiB", seed=1)
+    ctx = GuestContext(child(host).vp(0))
+    n = 5000
+    assert [ctx.compute(d).arg for d in range(n)] == list(range(n))
+    assert [ctx.compute_interruptible(d).arg for d in range(n)] == list(range(n))
+    assert [ctx.sleep(d).arg for d in range(1, n)] == [ctx.halt(d).arg for d in range(1, n)] == list(range(1, n))
+    assert {ctx.compute(d).op for d in range(n)} == {ctx.compute(d).op for d in range(n - 1, -1, -1)}
+    assert (ctx.compute(7).op, ctx.compute_interruptible(7).op, ctx.sleep(7).op, ctx.halt(7).op) == (
+        ctx.compute("7ns").op, ctx.compute_interruptible("7ns").op, ctx.sleep("7ns").op, ctx.halt("7ns").op)
+
+
+def test_a_step_of_any_64_bit_duration_reaches_the_core_whole():
+    # Each step crosses as an (op, arg) pair of 64-bit words: a timeout past 2**61 ns is the one
+    # the guest asked for, so the VP stays halted (and an interrupt still wakes it).
+    host = Host(logical_processors=1, memory="32MiB", seed=1)
+    p = child(host)
+    seen = []
+
+    async def guest(ctx):
+        seen.append((await ctx.halt(2**63 + 5)).reason)
+        seen.append((await ctx.sleep(3 * MS)).reason)
+
+    p.vp(0).run(guest)
+    host.root.resume_partition(p)
+    host.run("1s")
+    assert seen == [] and p.vp(0).info()["exec"] == 3
+
+
+def test_a_guest_replaced_while_its_vp_steps_in_the_same_batch_starts_afresh():
+    # VP 0's guest puts a new guest on VP 1 at the instant VP 1's old guest is due: the old one
+    # never runs again (its coroutine is closed) and the new one starts, whatever order the
+    # batch has them in.
+    host = Host(logical_processors=2, memory="32MiB", seed=1)
+    p = child(host, vps=2)
+    seen = []
+
+    async def old(ctx):
+        try:
+            while True:
+                await ctx.sleep(MS)
+                seen.append(("old", ctx.now))
+        finally:
+            seen.append(("old closed", ctx.now))
+
+    async def new(ctx):
+        seen.append(("new", ctx.now))
+        await ctx.sleep(MS)
+        seen.append(("new", ctx.now))
+
+    async def replacer(ctx):
+        await ctx.sleep(2 * MS)
+        p.vp(1).run(new)
+
+    p.vp(0).run(replacer)
+    p.vp(1).run(old)
+    host.root.resume_partition(p)
+    host.run("10ms")
+    olds = [t for what, t in seen if what == "old"]
+    assert olds and max(olds) <= 2 * MS
+    assert ("old closed", 2 * MS) in seen
+    news = [t for what, t in seen if what == "new"]
+    assert len(news) == 2 and news[0] >= 2 * MS and news[1] == news[0] + MS
