@@ -98,11 +98,20 @@ class Version(NamedTuple):
         return cls(major, minor)
 
 
+# Version tuples already found to be lists of Versions, by id (each kept alive here, so its id
+# is not reused; by id, as a tuple may hold unhashable pairs).
+_CHECKED_LISTS: dict[int, tuple] = {}
+
+
 def versions(values: Iterable) -> tuple[Version, ...]:
+    if type(values) is tuple and _CHECKED_LISTS.get(id(values)) is values:
+        return values   # a class default again (each channel's VSP and VSC ask)
     out = tuple(Version.of(v) for v in values)
     if not out:
         raise ValueError("a version list cannot be empty")
     if type(values) is tuple and all(a is b for a, b in zip(out, values)):
+        if len(_CHECKED_LISTS) < 64:   # the class defaults; a config's own lists are not kept
+            _CHECKED_LISTS[id(values)] = values
         return values   # a class default: one tuple for every channel, not one per channel
     return out
 
