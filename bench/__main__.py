@@ -17,7 +17,8 @@ import traceback
 
 from bench.timing import SIZES, Figure
 
-BENCHES = ("hypercalls", "channel", "ring", "storage", "storvsc", "host", "simulation", "memory", "network")
+BENCHES = ("hypercalls", "channel", "ring", "storage", "storvsc", "host", "simulation", "memory", "network",
+           "dirty")
 
 
 def measure(names, repeat: int, size: str, log=None) -> dict[str, dict]:
