@@ -295,6 +295,11 @@ class GuestRunner:
         cycles = self._cycles
         if batch is None:
             syncs = [f for vps in cycles.values() for f in vps.values()]
+        elif len(batch) == 1:  # the common batch: one guest stepped
+            vps = cycles.get(self._keys[batch[0] >> 32][0])
+            if vps is None:
+                return
+            syncs = list(vps.values())
         else:
             keys = self._keys
             syncs = [f for pid in {keys[w >> 32][0] for w in batch} if pid in cycles for f in cycles[pid].values()]

@@ -28,10 +28,11 @@ class _WorkloadContext:
     def __init__(self, ctx, stack: GuestVmbus):
         self._ctx, self.stack = ctx, stack
         self.vp, self.partition, self.host = ctx.vp, ctx.partition, ctx.host
+        self._now = ctx._now  # the host's clock, read with no property on the way (hot: every wait)
 
     @property
     def now(self) -> int:
-        return self._ctx.now
+        return self._now()
 
     @property
     def devices(self):
@@ -91,17 +92,18 @@ class KernelContext(_WorkloadContext):
 
     async def wait_until(self, deadline: int, condition=None) -> bool:
         """Serve VMBus until `deadline` or until condition() is true; returns condition()."""
+        stack, now, halt = self.stack, self._now, self._ctx.halt
         while True:
-            cpu = self.stack.service()
+            cpu = stack.service()
             if cpu:
                 await self._serve(cpu)
             if condition is not None and condition():
                 return True
-            timeout = deadline - self.now  # time moves only at an await: one read serves both uses
+            timeout = deadline - now()  # time moves only at an await: one read serves both uses
             if timeout <= 0:
                 return bool(condition and condition())
-            nxt = self.stack.context.next_timeout()
-            await self._ctx.halt(min(timeout, nxt) if nxt else timeout)
+            nxt = stack.context.next_timeout()
+            await halt(min(timeout, nxt) if nxt else timeout)
 
     def _stack_side(self):
         """A function giving (when the stack's next timer is due, 0 if none; whether the stack has
@@ -164,8 +166,8 @@ class KernelContext(_WorkloadContext):
     async def wait_for(self, condition, timeout: int | str = "10s", *, what: str | None = None, **fields) -> bool:
         """Serve VMBus until condition() holds (e.g. a device became ready), or the timeout; a
         timeout is logged (`wait_timeout`, with `what` was awaited and `fields`)."""
-        ns = parse_duration(timeout)
-        if await self.wait_until(self.now + ns, condition):
+        ns = timeout if type(timeout) is int and timeout >= 0 else parse_duration(timeout)
+        if await self.wait_until(self._now() + ns, condition):
             return True
         self._timed_out(condition, ns, what, fields)
         return False

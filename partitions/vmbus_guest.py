@@ -43,6 +43,7 @@ MESSAGE_TYPE_VMBUS = 1
 RETRY_NS = 50_000   # a message the host's full port refused is posted again after this
 MAX_VPS = 30   # SynIC pages of VP n are simp_gpfn + 2n, siefp_gpfn + 2n, all below page 64
 _NO_FLAGS = bytes(256)   # a SINT's event flags, all taken
+_SINT_BIT = 1 << VMBUS_MESSAGE_SINT   # VMBus's SINT in GuestContext.raised_sints
 
 
 class GuestPages:
@@ -316,7 +317,18 @@ class GuestVmbus:
                 and not self._pending and self.on_poll is None and not self.context.pending_ns)
 
     def _drain(self) -> None:
-        if self._raised(0):
+        # _raised(0), inline: this runs on every pass of VP 0's kernel (every wake of its guest)
+        ctx = self._contexts.get(0)
+        if ctx is None:
+            raised = True
+        else:
+            raised = ctx.raised_sints & _SINT_BIT
+            if raised:
+                ctx.raised_sints &= ~_SINT_BIT
+        if self._rescan and 0 in self._rescan:
+            self._rescan.discard(0)
+            raised = True
+        if raised:
             self._take_messages()
             self._take_flags(0)
         self._handle_events()
