@@ -313,7 +313,7 @@ class DirtyLogMachine(RuleBasedStateMachine):
             assert self.log.on == self.on
 
 
-DirtyLogMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+DirtyLogMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=30, deadline=None)
 test_the_log_follows_the_model = DirtyLogMachine.TestCase
 
 
