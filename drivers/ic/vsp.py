@@ -33,6 +33,8 @@ _QUIET = (f.NEGOTIATE, f.HEARTBEAT)
 _ANSWER_FLAGS = f.TRANSACTION | f.RESPONSE
 _REQUEST_FLAGS = f.TRANSACTION | f.REQUEST
 _HEADER = tuple.__new__   # an IcHeader without its Python-level constructor (once per exchange)
+_FRAME_PACK = f.FRAME.pack
+_IC_SIZE = f.IC_HEADER.size
 
 
 class Negotiation(Enum):
@@ -41,7 +43,7 @@ class Negotiation(Enum):
     FAILED = "failed"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)   # slots: one is made per exchange, heartbeats included
 class Exchange:
     """One host-initiated transaction: the handle a VSP's request methods return. It is done once
     the guest answered (`status`, and `reply` decoded from an S_OK answer) or once it failed
@@ -184,14 +186,20 @@ class IcVsp(Vsp):
                 ex = self._queue.popleft()
                 body = ex.body() if callable(ex.body) else ex.body
                 negotiated = ex.msgtype != f.NEGOTIATE
-                header = _HEADER(f.IcHeader, (ex.msgtype, self.framework if negotiated else self.frameworks[0],
-                                              self.version if negotiated else self.offered[0], ex.id & 0xFF,
-                                              _REQUEST_FLAGS, f.HV_S_OK))
+                msgtype, trans = ex.msgtype, ex.id & 0xFF
+                fw = self.framework if negotiated else self.frameworks[0]
+                ver = self.version if negotiated else self.offered[0]
+                header = _HEADER(f.IcHeader, (msgtype, fw, ver, trans, _REQUEST_FLAGS, f.HV_S_OK))
                 # In flight before it is sent: the answer may come back before send() returns.
                 self._inflight, self._sent = ex, header
                 self.context.call_later(self.timeout, partial(self.cancel, ex, "timeout"))
+                n = len(body)
+                if n > f.MAX_BODY:
+                    raise ValueError(f"an IC body is at most {f.MAX_BODY} bytes, got {n}")
                 try:  # an in-band packet; the answer is another one, not a VMBus completion
-                    self.channel.send(f.encode(header, body), trans_id=ex.id)
+                    # f.encode(header, body), without the call (once per exchange)
+                    self.channel.send(_FRAME_PACK(f.PIPE_DATA, _IC_SIZE + n, fw[0], fw[1], msgtype, ver[0], ver[1],
+                                                  n, f.HV_S_OK, trans, _REQUEST_FLAGS, 0) + body, trans_id=ex.id)
                 except RingError as exc:  # a full or broken ring fails this exchange, not the host
                     self._finish(ex, error=f"send failed: {exc}")
         finally:
