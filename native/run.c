@@ -636,12 +636,14 @@ uint32_t hv_run(struct hv_host *h, uint64_t until, struct hv_resume *out, uint32
         if (!h->nr_resume)
             schedule_idle(h); /* LPs are handed out once the guests of this instant have stepped */
         if (!h->nr_events || h->events[0].time > until) {
-            if (until > h->now) {
+            /* The VPs on LPs are not charged here: a run's end is where its caller chose to
+             * look, not an event, and charging moves a running VP's vruntime, which the
+             * scheduler reads (a waking VP's floor, hv_sched_fair_rejoin). So a run cut at any
+             * instant takes the decisions of one that is not (its trace is the same); readers of
+             * run time add the running slice's part themselves (hv_vp_info, hv_partition_info,
+             * hv_lp_busy, the VP_RUNTIME register). */
+            if (until > h->now)
                 h->now = until;
-                for (uint32_t i = 0; i < h->cfg.logical_processors; i++)
-                    if (h->lps[i].vp)
-                        account(h, h->lps[i].vp);
-            }
             return 0;
         }
         struct hv_event e = ev_pop(h);
@@ -733,10 +735,15 @@ int hv_vp_info(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, stru
     out->lp = vp->lp;
     out->guest_kind = vp->guest_kind;
     out->pending_sints = vp->pending_sints;
-    out->run_time_ns = vp->run_time_ns + (vp->exec == HV_VP_RUNNING ? h->now - vp->dispatched_at : 0);
-    out->work_ns = vp->work_ns;
-    out->debt_ns = vp->debt_ns;
-    out->window_used_ns = hv_sched_window_used(h, vp);
+    /* A running VP is charged at events only (its slice's end, a window's start), not when a run
+     * stops (hv_run): what it ran since it was last charged is spent here as account() would. */
+    uint64_t ran = vp->exec == HV_VP_RUNNING ? h->now - vp->dispatched_at : 0;
+    uint64_t d = ran < vp->debt_ns ? ran : vp->debt_ns;
+    out->run_time_ns = vp->run_time_ns + ran;
+    out->debt_ns = vp->debt_ns - d;
+    out->work_ns = vp->work_ns == HV_WORK_FOREVER ? HV_WORK_FOREVER
+                   : vp->work_ns - ((ran - d) < vp->work_ns ? (ran - d) : vp->work_ns);
+    out->window_used_ns = hv_sched_window_used(h, vp) + ran;
     return 0;
 }
 

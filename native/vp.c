@@ -128,7 +128,8 @@ static uint64_t register_read(struct hv_host *h, struct hv_partition *p, struct 
 {
     switch (name) {
     case HV_REGISTER_VP_INDEX: return vp->index;
-    case HV_REGISTER_VP_RUNTIME: return vp->run_time_ns / 100;
+    case HV_REGISTER_VP_RUNTIME: /* a running VP's slice so far included: it is charged only at events */
+        return (vp->run_time_ns + (vp->exec == HV_VP_RUNNING ? h->now - vp->dispatched_at : 0)) / 100;
     case HV_REGISTER_TIME_REF_COUNT: return h->now / 100; /* reference time counts 100 ns */
     case HV_REGISTER_HYPERCALL: return p->hypercall_msr;
     default: {
