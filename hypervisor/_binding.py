@@ -999,10 +999,10 @@ def hv_storvsc_submit(ring, bufs: StorvscBuffers, trans_id: int, lun: int, data_
 
 def hv_storvsc_complete(ring, capacity: int, bufs: StorvscBuffers):
     """Every packet in the ring, read and decoded in one crossing (IncomingRing.read_call's
-    `call`): (count, signal, the read_index left published, (records, packets)), `records` the
-    24-byte completion records (native/api/storvsc.h) and `packets` what was read, as
-    hv_ring_read_batch's records; both bytes of their own (a completion's callback may read the
-    ring again before the caller is done with them)."""
+    `call`): (count, signal, the read_index left published, (packets, count, records)),
+    `packets` what was read, as hv_ring_read_batch's records, and `records` the 24-byte
+    completion records (native/api/storvsc.h); both bytes of their own (a completion's callback
+    may read the ring again before the caller is done with them)."""
     result = bufs.result
     if type(ring) is RingPin:
         rc = lib.hv_storvsc_complete(ring.ptr, ring.len, bufs.scratch, capacity, bufs.done,
@@ -1013,7 +1013,7 @@ def hv_storvsc_complete(ring, capacity: int, bufs: StorvscBuffers):
                                          bufs.done_cap, result)
     count = _ring_check(rc) if rc < 0 else rc
     return (count, bool(result.signal), result.index,
-            (bufs.done_bytes[:result.records * 24], bufs.scratch_bytes[:result.out_used]))
+            (bufs.scratch_bytes[:result.out_used], count, bufs.done_bytes[:result.records * 24]))
 
 
 # --- storvsp's data plane (native/storvsp.h) -------------------------------------------------
@@ -1262,80 +1262,6 @@ def hv_np_forward(sw, a, records, offset: int, max_packets: int, batch, view) ->
     return _NP_BATCH_HEAD.unpack_from(view)
 
 
-def hv_np_bind(sw, port: int, adapter) -> None:
-    """Put an adapter (None: none) behind a port; frames for it may then be delivered by C."""
-    c = lib.hv_np_port_at(sw, port)
-    c.adapter = ffi.NULL if adapter is None else adapter
-    c.deliverable = adapter is not None
-
-
-# --- storvsc's per-I/O path (native/storvsc.c) ------------------------------------------------
-# drivers/storage/vsc.py is the only caller; vmbus.ring's write_call/read_call supply the ring
-# (a RingPin, or any writable buffer) and do the ring end's checks and bookkeeping around these.
-
-
-class StorvscBuffers:
-    """What one storvsc keeps for the calls below: its bounce pages pinned (a RingPin over their
-    view), their GPA page numbers as a uint64_t[], and the completion scratch and records for a
-    ring of `ring_len` bytes (a read never holds more than the ring)."""
-
-    __slots__ = ("bounce", "pfns", "pool_pages", "scratch", "scratch_bytes", "done", "done_bytes",
-                 "done_cap", "result")
-
-    def __init__(self, bounce: RingPin, pfns: list[int], ring_len: int):
-        self.bounce = bounce
-        self.pfns = ffi.new("uint64_t[]", pfns)
-        self.pool_pages = min(len(pfns), bounce.len // 4096)
-        self.scratch = _alloc_uninit("uint8_t[]", ring_len)
-        self.scratch_bytes = ffi.buffer(self.scratch)
-        self.done_cap = ring_len - ring_len % lib.HV_STORVSC_DONE_SIZE
-        self.done = _alloc_uninit("uint8_t[]", max(self.done_cap, 1))
-        self.done_bytes = ffi.buffer(self.done)
-        self.result = ffi.new("struct hv_storvsc_result *")
-
-
-def hv_storvsc_submit(ring, bufs: StorvscBuffers, trans_id: int, lun: int, data_in: int,
-                      length: int, first_page: int, cdb: bytes, data: bytes) -> tuple[int, int, int]:
-    """One EXECUTE_SRB through bounce pages first_page.. (OutgoingRing.write_call's `call`):
-    (1 written or 0 if it does not fit now, signal, the write_index left published). Raises
-    ValueError for arguments C refuses (nothing written, bounce pages untouched) and
-    RingCorruptError for a bad ring."""
-    result = _ring_result
-    bounce = bufs.bounce
-    try:
-        if type(ring) is RingPin:
-            rc = lib.hv_storvsc_submit(ring.ptr, ring.len, bounce.ptr, bounce.len, bufs.pfns,
-                                       bufs.pool_pages, trans_id, lun, data_in, length, first_page,
-                                       cdb, len(cdb), data, len(data), result)
-        else:
-            with ffi.from_buffer("uint8_t[]", ring, require_writable=True) as buf:
-                rc = lib.hv_storvsc_submit(buf, len(buf), bounce.ptr, bounce.len, bufs.pfns,
-                                           bufs.pool_pages, trans_id, lun, data_in, length,
-                                           first_page, cdb, len(cdb), data, len(data), result)
-    except OverflowError as exc:
-        raise ValueError(f"SRB field out of range: {exc}") from None
-    return _ring_check(rc) if rc < 0 else rc, bool(result.signal), result.index
-
-
-def hv_storvsc_complete(ring, capacity: int, bufs: StorvscBuffers):
-    """Every packet in the ring, read and decoded in one crossing (IncomingRing.read_call's
-    `call`): (count, signal, the read_index left published, (packets, count, records)),
-    `packets` what was read, as hv_ring_read_batch's records, and `records` the 24-byte
-    completion records (native/api/storvsc.h); both bytes of their own (a completion's callback
-    may read the ring again before the caller is done with them)."""
-    result = bufs.result
-    if type(ring) is RingPin:
-        rc = lib.hv_storvsc_complete(ring.ptr, ring.len, bufs.scratch, capacity, bufs.done,
-                                     bufs.done_cap, result)
-    else:
-        with ffi.from_buffer("uint8_t[]", ring, require_writable=True) as buf:
-            rc = lib.hv_storvsc_complete(buf, len(buf), bufs.scratch, capacity, bufs.done,
-                                         bufs.done_cap, result)
-    count = _ring_check(rc) if rc < 0 else rc
-    return (count, bool(result.signal), result.index,
-            (bufs.scratch_bytes[:result.out_used], count, bufs.done_bytes[:result.records * 24]))
-
-
 # --- duty cycles (run.c: hv_vp_cycle) ------------------------------------------------------------
 
 
@@ -1369,3 +1295,34 @@ class VpCycle:
 
     def sync(self, horizon: int, dirty: bool) -> None:
         lib.hv_vp_cycle_sync(self._h, self._id, self._vp, horizon, dirty)
+
+
+def hv_np_bind(sw, port: int, adapter) -> None:
+    """Put an adapter (None: none) behind a port; frames for it may then be delivered by C."""
+    c = lib.hv_np_port_at(sw, port)
+    c.adapter = ffi.NULL if adapter is None else adapter
+    c.deliverable = adapter is not None
+
+
+# --- the parent's VMBus service (native/service.c) ---------------------------------------------
+
+
+class ServiceTake:
+    """What one VMBus service keeps for hv_service_take: room for every flag of 16 SINTs and
+    the slot's type, allocated once (the call is made on every pass of the service)."""
+
+    __slots__ = ("out", "slot_type", "_h", "_id", "_slot", "_flags")
+
+    def __init__(self, h, partition_id: int, slot_gpa: int, flags_gpa: int):
+        self.out = ffi.new("uint16_t[]", 16 * 2048)
+        self.slot_type = ffi.new("uint32_t *")
+        self._h, self._id, self._slot, self._flags = h, partition_id, slot_gpa, flags_gpa
+
+    def take(self, sints: int) -> tuple[int, list[int]]:
+        """(the SIM slot's MessageType, 0 if empty; the flags taken of `sints`, as sint * 2048 +
+        flag, in order) in one crossing. MemoryError if the pages are not the partition's."""
+        n = lib.hv_service_take(self._h, self._id, self._slot, self._flags, sints, self.out, 16 * 2048,
+                                self.slot_type)
+        if n < 0:
+            raise MemoryError(f"partition {self._id}: its SynIC pages are not readable by it")
+        return self.slot_type[0], ffi.unpack(self.out, n) if n else []
