@@ -281,6 +281,12 @@ struct hv_host {
     uint64_t events_processed;
     struct hv_vp **resume;        /* VPs whose Python guest must take its next step */
     uint32_t nr_resume, cap_resume;
+    /* Cycle steps the core decided for the leading VPs of a batch that also goes to Python:
+     * applied, in batch order, before the steps Python returns (as Python applies a batch's steps
+     * after all of its guests' code ran), so a later guest's hypercalls precede them as they would
+     * if Python had taken every step. */
+    struct hv_held_step { uint64_t partition_id; uint32_t vp_index, op; uint64_t arg; } *held;
+    uint32_t nr_held, cap_held;
     struct hv_sched_record *sched_log; /* scheduling records for traces (off when cap is 0) */
     uint32_t nr_sched_log, cap_sched_log;
     uint64_t sched_log_dropped;   /* records lost because nobody drained the buffer */

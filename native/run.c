@@ -486,7 +486,7 @@ static bool cycle_ready(const struct hv_host *h, const struct hv_vp *vp)
  * KernelContext.cycle and SecondaryContext.cycle): a kernel cycle computes interruptibly, at most
  * up to its next timer, and idles in halts that end at the period's deadline or that timer; a
  * plain one computes its busy time and sleeps its idle time. */
-static void cycle_step(struct hv_host *h, struct hv_vp *vp)
+static struct hv_held_step cycle_decide(struct hv_host *h, struct hv_vp *vp)
 {
     struct hv_cycle *c = &vp->cycle;
     bool kernel = c->kind == HV_CYCLE_KERNEL;
@@ -525,7 +525,37 @@ static void cycle_step(struct hv_host *h, struct hv_vp *vp)
     }
     c->step_ns = arg;
     c->steps++;
-    vp_step(h, vp, op, arg);
+    return (struct hv_held_step){h->parts[vp->part_slot]->id, vp->index, op, arg};
+}
+
+/* Hold a decided cycle step until the batch's Python steps are applied (struct hv_host: held). */
+static void cycle_hold(struct hv_host *h, struct hv_held_step s)
+{
+    if (h->nr_held == h->cap_held) {
+        uint32_t cap = h->cap_held ? h->cap_held * 2 : 64;
+        struct hv_held_step *n = realloc(h->held, cap * sizeof(*n));
+        if (!n)
+            abort();
+        h->held = n;
+        h->cap_held = cap;
+    }
+    h->held[h->nr_held++] = s;
+}
+
+/* Apply the held cycle steps in batch order. A VP whose guest was replaced or stopped meanwhile
+ * (its cycle disarmed), or whose partition went, takes none: as a Python step of a guest that is
+ * gone is dropped. */
+static void cycle_release(struct hv_host *h)
+{
+    uint32_t n = h->nr_held;
+    h->nr_held = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        struct hv_held_step s = h->held[i];
+        struct hv_partition *p = hv_partition_by_id(h, s.partition_id);
+        struct hv_vp *vp = p && s.vp_index < HV_MAX_VPS ? p->vps[s.vp_index] : NULL;
+        if (vp && vp->cycle.armed && vp->exec == HV_VP_GUEST && !vp->in_resume_list)
+            vp_step(h, vp, s.op, s.arg);
+    }
 }
 
 static struct hv_vp *cycle_vp(struct hv_host *h, uint64_t partition_id, uint32_t vp_index)
@@ -593,26 +623,30 @@ void hv_run_fini(struct hv_host *h)
     free(h->rq);
     hv_sched_rq_fini(h);
     free(h->resume);
+    free(h->held);
 }
 
 uint32_t hv_run(struct hv_host *h, uint64_t until, struct hv_resume *out, uint32_t max)
 {
+    cycle_release(h);  /* (none, unless Python stepped its VPs one by one: hv_vp_step) */
     for (;;) {
         /* Hand Python a batch: every VP whose guest must step at this instant, once every
          * event of this instant has been processed (so one crossing serves them all). */
         if (h->nr_resume && (!h->nr_events || h->events[0].time > h->now || h->nr_resume >= max)) {
             /* The leading VPs whose cycle the core can take step here, in list order; from the
              * first that needs its Python guest on, every VP goes to Python, so the steps are
-             * applied in the order Python would have applied them all. A step taken here that
-             * resumes its VP at once (an interrupt pending) puts it at the list's end, as
-             * hv_run_batch would. */
+             * applied in the order Python would have applied them all. The core's steps are
+             * held while the rest of the batch is with Python and go in before Python's (the
+             * guests' code runs before any step of their batch is applied); with no VP for
+             * Python they go in at once. A step that resumes its VP at once (an interrupt
+             * pending) puts it at the list's end, as hv_run_batch would. */
             uint32_t n = h->nr_resume < max ? h->nr_resume : max, k = 0;
             for (uint32_t i = 0; i < n; i++) {
                 struct hv_vp *vp = h->resume[i]; /* (re-read: a step may grow the list) */
                 vp->in_resume_list = false;
                 if (!k && cycle_ready(h, vp)) {
                     vp->resume_reason = 0;
-                    cycle_step(h, vp);
+                    cycle_hold(h, cycle_decide(h, vp));
                     continue;
                 }
                 out[k].partition_id = h->parts[vp->part_slot]->id;
@@ -630,7 +664,8 @@ uint32_t hv_run(struct hv_host *h, uint64_t until, struct hv_resume *out, uint32
             memmove(h->resume, h->resume + n, (h->nr_resume - n) * sizeof(*h->resume));
             h->nr_resume -= n;
             if (k)
-                return k;
+                return k;    /* the held steps go in first when Python's come back */
+            cycle_release(h);
             continue;
         }
         if (!h->nr_resume)
@@ -775,6 +810,7 @@ void hv_apply_batch(struct hv_host *h, const uint64_t *steps, uint32_t n_steps, 
                     const struct hv_resume *batch)
 {
     *refused = -1;
+    cycle_release(h);
     for (uint32_t i = 0; i < n_steps; i++) {
         uint32_t op = (uint32_t)steps[2 * i];
         if (op && hv_vp_step(h, batch[i].partition_id, batch[i].vp_index, op, steps[2 * i + 1]) != 0 && *refused < 0)

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import partitions.kernel as kernel
 from drivers.example import DEVICE as ECHO
@@ -76,6 +76,12 @@ def run_echo_host(monkeypatch, in_core, until, **kw):
 @given(duty=st.sampled_from([0.0, 0.1, 0.35, 0.5, 0.9, 1.0]), period=st.integers(200 * US, 7 * MS),
        echo_every=st.sampled_from([0, 90 * US, 700 * US, 3 * MS]), lps=st.integers(1, 2),
        secondary_duty=st.sampled_from([None, 0.0, 0.3, 1.0]), side_every=st.sampled_from([0, 250 * US, 1900 * US]))
+# A burn on VP 0 whose echo replies come mid-period while VP 1's idle cycle is due at the same
+# instant: the core's step for VP 1 must go in after VP 0's guest code of that batch (its signal),
+# as Python applies a batch's steps after all of its guests ran.
+@example(duty=0.5, period=200_000, echo_every=90_000, lps=2, secondary_duty=0.0, side_every=0)
+# Echo replies in every idle stretch: the core has no step to take, and must not be required to.
+@example(duty=0.0, period=200_000, echo_every=90_000, lps=2, secondary_duty=1.0, side_every=0)
 def test_the_core_takes_the_steps_python_would(monkeypatch, duty, period, echo_every, lps, secondary_duty,
                                                side_every):
     kw = dict(duty=duty, period=period, echo_every=echo_every, lps=lps, secondary_duty=secondary_duty,
@@ -84,8 +90,11 @@ def test_the_core_takes_the_steps_python_would(monkeypatch, duty, period, echo_e
     reference, ref_times, ref_steps = run_echo_host(monkeypatch, False, 120 * MS, **kw)
     assert (digest, times) == (reference, ref_times)
     assert ref_steps == [0, 0]
-    if not side_every:   # (work given every few hundred us can leave the core no boundary to take)
-        assert steps[0] > 0   # the core took steps (the device is ready after a few ms)
+    # With periods that pass quietly (no work given to the stack, replies rarer than two periods)
+    # the core took steps (the device is ready after a few ms); interrupts in every period can
+    # leave it none to take.
+    if not side_every and (not echo_every or echo_every > 2 * period):
+        assert steps[0] > 0
 
 
 def test_a_quiet_burn_resumes_python_per_interrupt_not_per_period(monkeypatch):
