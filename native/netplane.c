@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "le.h"
 #include "netplane.h"
 #include "ring.h"
 
@@ -39,17 +40,6 @@
 #define ETH_TAG 4u
 #define MAX_TRANSFER_ID (1ull << 63)
 
-static uint16_t le16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
-static uint32_t le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t le64(const uint8_t *p) { return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32; }
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
 static uint64_t mac48(const uint8_t *p)
 {
     uint64_t v = 0;

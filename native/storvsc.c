@@ -26,6 +26,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "le.h"
 #include "ring.h"
 #include "api/storvsc.h"
 
@@ -53,26 +54,6 @@
 
 _Static_assert(sizeof(struct hv_storvsc_result) == 24, "hv_storvsc_result layout");
 
-static uint16_t le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-
-static uint32_t le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t le64(const uint8_t *p) { return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32; }
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
 
 int hv_storvsc_submit(uint8_t *ring, size_t ring_len, uint8_t *bounce, size_t bounce_len,
                       const uint64_t *pfns, uint32_t pool_pages, uint64_t trans_id, uint32_t lun,
