@@ -4,8 +4,8 @@ message traffic goes into the digest; a host alone in a datacenter runs as it ru
 import dataclasses
 from pathlib import Path
 
-from partitions.config import default_config, load
-from partitions.config_schema import DatacenterConfig, DatacenterHostConfig
+from partitions.config import default_config, from_dict, load
+from partitions.config_schema import DatacenterConfig, DatacenterHostConfig, LinkConfig
 from partitions.datacenter import Datacenter, host_seed
 from partitions.management import ManagedHost
 
@@ -89,3 +89,25 @@ def test_a_host_alone_in_a_datacenter_runs_as_it_runs_by_itself(tmp_path):
     dc.run("1s")
     assert dc.summary()["hosts"]["solo"]["trace_digest"] == digest
     dc.close()
+
+
+def test_a_host_in_windows_of_a_short_link_runs_as_it_runs_by_itself(tmp_path):
+    # A 50 us link cuts the default host's run (CPU controls, network and disk traffic) into
+    # windows of 50 us: its trace must still be the one of its own 100 ms steps. (It was not
+    # while a run's end charged the VPs on LPs, which moved the scheduler's rejoin floor.)
+    config = default_config(tmp_path / "disks")
+    alone = ManagedHost(config, seed=7, workdir=tmp_path / "alone")
+    alone.run("300ms")
+    digest = alone.host.trace_digest().hex()
+    alone.close()
+    pinned = dataclasses.replace(config, host=dataclasses.replace(config.host, seed=7))
+    other = from_dict({"host": {"logical_processors": 1}, "vm": [{"name": "idle", "memory": "64MiB"}]},
+                      base_dir=tmp_path / "other")
+    dc = Datacenter(DatacenterConfig((DatacenterHostConfig("solo", pinned), DatacenterHostConfig("other", other)),
+                                     (LinkConfig(("solo", "other"), 10_000_000_000, 50_000),)),
+                    workdir=tmp_path / "dc")
+    dc.run("300ms")
+    summary = dc.summary()
+    dc.close()
+    assert summary["windows"] >= 6000
+    assert summary["hosts"]["solo"]["trace_digest"] == digest
