@@ -201,13 +201,8 @@ def run(args: argparse.Namespace) -> int:
                 _run_live(managed, p.duration, progress)
             else:
                 managed.run(p.duration, on_progress=progress)
-        except KeyboardInterrupt:
-            outcome, status = {"status": "interrupted", "reason": "Ctrl-C"}, EXIT_INTERRUPTED
-        except ScenarioError as exc:
-            outcome, status = {"status": "failed", "reason": str(exc)}, EXIT_FAILED
-        except Exception as exc:   # a guest that raised, or a defect of hvsim's: report it, keep the records
-            outcome, status = {"status": "failed", "reason": _naming_vms(exc, managed)}, EXIT_FAILED
-            crash = traceback.format_exc() if not _is_guest_error(exc) else None
+        except (KeyboardInterrupt, Exception) as exc:   # reported, and the records kept
+            outcome, status, crash = _ending(exc, managed)
         if args.trace:   # what was scheduled since the last progress point, when the run stopped between two
             records.extend(managed.host.introspect.take_scheduling()[0])
         summary = managed.summary()
@@ -258,6 +253,21 @@ class _CtrlC:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+
+def _ending(exc: BaseException, managed, prefix: str = "") -> tuple[dict, int, str | None]:
+    """How a run that `exc` stopped ended: (its outcome, the exit status, the traceback to print
+    or None). Ctrl-C is an interruption; a timeline action that fails, a guest that raised or a
+    defect of hvsim's (the one with a traceback) is a failure, naming the VM where `managed` (the
+    host it happened in, if known) can; `prefix` names the host in a datacenter."""
+    from partitions.management import ScenarioError
+    if isinstance(exc, KeyboardInterrupt):
+        return {"status": "interrupted", "reason": "Ctrl-C"}, EXIT_INTERRUPTED, None
+    if isinstance(exc, ScenarioError):
+        return {"status": "failed", "reason": prefix + str(exc)}, EXIT_FAILED, None
+    reason = _naming_vms(exc, managed) if managed is not None else f"{type(exc).__name__}: {exc}"
+    crash = traceback.format_exc() if not _is_guest_error(exc) else None
+    return {"status": "failed", "reason": prefix + reason}, EXIT_FAILED, crash
 
 
 def _is_guest_error(exc: BaseException) -> bool:
@@ -388,15 +398,10 @@ def _run_datacenter(args: argparse.Namespace, p: Plan, ctrl_c: _CtrlC) -> int:
             _run_datacenter_live(dc, p.duration, progress)
         else:
             dc.run(p.duration, on_progress=progress)
-    except KeyboardInterrupt:
-        outcome, status = {"status": "interrupted", "reason": "Ctrl-C"}, EXIT_INTERRUPTED
-    except ScenarioError as exc:
-        outcome, status = {"status": "failed", "reason": f"host {dc.stopped_in!r}: {exc}"}, EXIT_FAILED
-    except Exception as exc:   # a guest that raised, or a defect of hvsim's: report it, keep the records
+    except (KeyboardInterrupt, Exception) as exc:   # reported, and the records kept
         where = dc.hosts.get(dc.stopped_in)
-        reason = _naming_vms(exc, where.managed) if where is not None else f"{type(exc).__name__}: {exc}"
-        outcome, status = {"status": "failed", "reason": f"host {dc.stopped_in!r}: {reason}"}, EXIT_FAILED
-        crash = traceback.format_exc() if not _is_guest_error(exc) else None
+        outcome, status, crash = _ending(exc, where.managed if where is not None else None,
+                                         f"host {dc.stopped_in!r}: ")
     summary = dc.summary()
     summary["outcome"] = outcome
     if args.trace:   # one trace per host: each has its own LPs and partitions
