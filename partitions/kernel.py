@@ -23,10 +23,13 @@ CYCLES_IN_CORE = True
 
 
 class _WorkloadContext:
-    """What every workload context has: its VP, partition, host, the time and the VM's devices."""
+    """What every workload context has: its VP, partition, host, the time, the VM's devices and
+    `state`, the dict of plain values the workload keeps to survive a restore into a new shell
+    (docs/guest-state.md)."""
 
-    def __init__(self, ctx, stack: GuestVmbus):
+    def __init__(self, ctx, stack: GuestVmbus, state: dict | None = None):
         self._ctx, self.stack = ctx, stack
+        self.state = {} if state is None else state
         self.vp, self.partition, self.host = ctx.vp, ctx.partition, ctx.host
         self._now = ctx._now  # the host's clock, read with no property on the way (hot: every wait)
 
@@ -173,10 +176,14 @@ class KernelContext(_WorkloadContext):
         return False
 
 
-async def kernel_main(ctx, stack: GuestVmbus, workload=None) -> None:
-    """VP 0's guest: boot the VMBus stack, run the workload (if any), then idle serving VMBus."""
-    stack.boot(ctx)
-    kctx = KernelContext(ctx, stack)
+async def kernel_main(ctx, stack: GuestVmbus, workload=None, state: dict | None = None, *,
+                      resume: bool = False) -> None:
+    """VP 0's guest: boot the VMBus stack, run the workload (if any), then idle serving VMBus.
+    `state` is the workload's `ctx.state`. With `resume` the guest resumes from a saved state in
+    a new shell (memory and registers came back; the stack was given its record): the stack
+    reconnects, and the workload runs again from its top with the state it had kept."""
+    stack.boot(ctx, resume=resume)
+    kctx = KernelContext(ctx, stack, state)
     if workload is not None:
         await workload(kctx)
     while True:
@@ -231,6 +238,6 @@ class SecondaryContext(_WorkloadContext):
         return True
 
 
-async def secondary_main(ctx, stack: GuestVmbus, workload) -> None:
-    """Another VP of the VM: runs one workload, then halts."""
-    await workload(SecondaryContext(ctx, stack))
+async def secondary_main(ctx, stack: GuestVmbus, workload, state: dict | None = None) -> None:
+    """Another VP of the VM: runs one workload (with `state` as its ctx.state), then halts."""
+    await workload(SecondaryContext(ctx, stack, state))

@@ -19,6 +19,7 @@ from drivers.registry import discover
 from hypervisor import Host, _binding
 from hypervisor.quantities import parse_duration
 from partitions import run_files
+from partitions.config_schema import dump as config_schema_dump
 from partitions.config_schema import (DEVICES_WITH_KEYS, MAX_DISKS, MAX_NICS, Config, ConfigError, CpuBurnWorkload,
                                       DiskIoWorkload, IdleWorkload, MemoryCounterWorkload, NetRequestResponseWorkload,
                                       PythonWorkload,
@@ -230,9 +231,76 @@ class ManagedHost:
         cfg = plan.config
         spec = VmSpec(cfg.name, memory=cfg.memory, processors=cfg.processors, cpu_reserve=cfg.cpu.reserve,
                       cpu_limit=cfg.cpu.limit, cpu_weight=cfg.cpu.weight)
-        return VirtualMachine(self.host, self.vmbus, self.registry, spec, devices=plan.slots,
-                              workload=plan.runners[0], more_workloads=plan.runners[1:],
-                              guest_services=plan.services, on_state=self._state_changed)
+        vm = VirtualMachine(self.host, self.vmbus, self.registry, spec, devices=plan.slots,
+                            workload=plan.runners[0], more_workloads=plan.runners[1:],
+                            guest_services=plan.services, on_state=self._state_changed)
+        vm.config = cfg
+        vm.on_release = self._released
+        return vm
+
+    # ---- VMs that arrive and leave (a restore into a new shell, a move) ----------------------------
+    def incoming(self, config_data: dict) -> VirtualMachine:
+        """A VM built on this host from the configuration of a capture (`capture()["config"]`):
+        its adapters on this host's switches of the same names, its storage serving the disk files
+        the configuration names (storage the hosts share). It joins this host's VMs Migrating: its
+        partition and RAM built, its devices offered, its VPs not running and no guest code yet,
+        ready for write_pages and resume_from. A configuration this host cannot take (a switch it
+        lacks, a VM of that name here already) raises SavedStateError naming the key."""
+        from partitions.config import from_dict
+        from partitions.run_files import DiskPlan
+        from partitions.savedstate import SavedStateError
+        import tomllib
+        if not isinstance(config_data, dict) or not isinstance(config_data.get("vm"), dict) \
+                or not isinstance(config_data.get("storage"), list):
+            raise SavedStateError("incoming VM: expected a configuration with its table 'vm' and 'storage' files")
+        host_table = tomllib.loads(config_schema_dump(Config(self.config.host)))["host"]
+        document = {"host": host_table, "vm": [config_data["vm"]], "switch": list(config_data.get("switches", []))}
+        try:
+            cfg = from_dict(document, file="(incoming vm)").vms[0]
+            if cfg.name in self.vms:
+                self._refuse("vm[0].name", "the name of a VM this host does not have", repr(cfg.name))
+            storage = [str(path) for path in config_data["storage"]]
+            if len(storage) != len(cfg.disks):
+                self._refuse("vm[0].disks", f"a disk for each of the {len(storage)} storage files", str(len(cfg.disks)))
+            disks = [DiskPlan(cfg.name, f"vm[0].disks[{i}]", d, False, Path(path))
+                     for i, (d, path) in enumerate(zip(cfg.disks, storage))]
+            plan = self._plan_vm(len(self.vms), cfg, disks)
+        except ConfigError as exc:
+            raise SavedStateError(f"incoming vm: {exc}") from None
+        vm = self._make_vm(plan)
+        vm.on_event = self._vm_event
+        self._vms_changed(add=vm)
+        vm.arrive()
+        return vm
+
+    def restore_vm(self, path: Path | str) -> VirtualMachine:
+        """Restore a saved-state file into its VM of this host (Off: its shell is built anew)."""
+        from partitions.savedstate import SavedStateError, SavedStateReader
+        with SavedStateReader(path, kind="saved-state") as reader:
+            name = reader.meta.get("vm")
+        if name not in self.vms:
+            raise SavedStateError(f"{path}: saved from vm {name!r}, which this host does not have")
+        vm = self.vms[name]
+        vm.restore(path)
+        return vm
+
+    def _released(self, vm: VirtualMachine, reason: str) -> None:
+        """A VM moved away (VirtualMachine.release): it is no longer one of this host's."""
+        if self.vms.get(vm.name) is vm:
+            self._event("vm.released", vm=vm.name, reason=reason)
+            self._vms_changed(remove=vm)
+
+    def _vms_changed(self, *, add: VirtualMachine | None = None, remove: VirtualMachine | None = None) -> None:
+        """The host's VMs changed: the CPU samples start afresh (their layout is by VM)."""
+        if add is not None:
+            self.vms[add.name] = add
+        if remove is not None:
+            del self.vms[remove.name]
+        self._cpu_vms = {name: i for i, name in enumerate(self.vms)}
+        self._cpu_layout = layout = self._layout()
+        self._cpu.clear()
+        self._cpu.append((self.host.now, layout,
+                          _binding.hv_partitions_run_time_array(self.host._h, layout[0], len(self.vms))))
 
     def _workload(self, cfg: VmConfig, w, key: str, adapters: list[str]):
         if isinstance(w, IdleWorkload):
@@ -461,7 +529,7 @@ class ManagedHost:
 
 
 _NO_PARTITION = 0xFFFF_FFFF_FFFF_FFFF   # hv_partitions_run_time's figure for an id that names none
-_TURN_OFF_FROM = (VmState.RUNNING, VmState.PAUSED, VmState.STOPPING, VmState.SAVED)
+_TURN_OFF_FROM = (VmState.RUNNING, VmState.PAUSED, VmState.STOPPING, VmState.SAVED, VmState.MIGRATING)
 
 
 def _uptime(ns: int) -> str:

@@ -1,7 +1,8 @@
 """A virtual machine as the parent's management sees it: Hyper-V's states and the transitions
 between them, carried out by a VM worker, the parent's VMBus service and the guest kernel.
 
-States (Hyper-V's): Off, Starting, Running, Paused, Saving, Saved, Stopping, Resetting.
+States (Hyper-V's): Off, Starting, Running, Paused, Saving, Saved, Stopping, Resetting, and
+Migrating (a VM being moved: frozen on its source, or arriving on its target).
     start       Off -> Starting -> Running        build the partition, offer devices, run the guest
     stop        Running -> Stopping -> Off        graceful: the shutdown integration service asks
                                                   the guest, which stops; then the partition goes
@@ -20,6 +21,22 @@ States (Hyper-V's): Off, Starting, Running, Paused, Saving, Saved, Stopping, Res
     checkpoint  Running|Paused|Off                a production checkpoint of its disks (VSS when
                                                   the guest offers it), disks fork (partitions/checkpoints.py)
     apply_checkpoint   Off                        continue from a checkpoint
+    freeze      Running|Paused -> Migrating       VPs suspended, devices quiesced: its memory is still
+    thaw        Migrating -> Running|Paused       a move that failed: it runs on, unchanged
+    release     Migrating -> Off                  moved: channels rescinded, partition torn down, it
+                                                  leaves its host
+    resume_from Migrating -> Running              (a VM made by ManagedHost.incoming) an image applied:
+                                                  the guest resumes in this new shell
+    restore     Off -> Migrating -> Running       a saved-state file restored into a new shell
+                                                  (another process, another host)
+
+A VM's state is data (`capture()`, the sections of a saved-state file): memory, VP registers, host
+visibility, device records, its configuration and the guest record (the guest kernel's page
+allocator and channels, each VSC's record, each workload's `ctx.state`). Restored into a new shell
+the guest resumes as Linux does after hibernation: the VMBus reconnects, devices open afresh and
+each workload goes on from its state (docs/guest-state.md). A restore into the shell that saved it
+(the VM Saved in this process) stays transparent: the shell, the guest's coroutines and the devices
+continue where they stood.
     delete_checkpoint  Running|Paused|Off         merge its disk
 Anything else raises InvalidTransition, which names the VM, its state and the action.
 """
@@ -55,6 +72,7 @@ class VmState(enum.Enum):
     SAVED = "Saved"
     STOPPING = "Stopping"
     RESETTING = "Resetting"
+    MIGRATING = "Migrating"
 
 
 class InvalidTransition(RuntimeError):
@@ -128,17 +146,39 @@ class VirtualMachine:
         storage = next((d for d in self.devices if d.device.name == "storage"
                         and ("disks" in d.host_config or "path" in d.host_config)), None)
         self._storage_slot = storage
-        self.checkpoints = CheckpointTree(self.name, self._storage_files()) if storage else None
+        self._checkpoints: CheckpointTree | None = None
+        if storage is not None:
+            from drivers.storage.vhd import VhdInUseError
+            try:
+                self._checkpoints = CheckpointTree(self.name, self._storage_files())
+            except VhdInUseError:
+                pass   # a VM arriving from a host that still serves its disks: made on first use
         self.checkpoint_log: list[tuple[int, str, str]] = []  # (time, checkpoint, what happened)
         self._saved_path: str | None = None
         self.off_reason: str | None = None     # why it went Off, if not asked to (a crash), until it starts
         #: on_event(vm, name, fields): files it made or changed (checkpoints, saved state), for the event log
         self.on_event: Callable[[VirtualMachine, str, dict], None] | None = None
         self._measured_before: Counter[str] = Counter()   # Measure-VM figures of earlier incarnations
+        #: The VmConfig the VM was built from (ManagedHost sets it): what capture() carries as its config.
+        self.config = None
+        #: Each workload's ctx.state (VP 0's first, then one per further VP): what the guest keeps.
+        self.workload_states: list[dict] = []
+        self._frozen_from: VmState | None = None   # what freeze() found (thaw goes back to it)
+        self._carried: dict[str, dict] = {}       # device records of an image, until the device opens again
+        #: on_release(vm, reason): the VM left this host (moved); its host drops it.
+        self.on_release: Callable[[VirtualMachine, str], None] | None = None
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def checkpoints(self) -> CheckpointTree | None:
+        """The checkpoint tree of the VM's disks (None without a disk). A VM arriving on a host (a
+        move) whose source still serves its disks gets it when it is first looked at."""
+        if self._checkpoints is None and self._storage_slot is not None:
+            self._checkpoints = CheckpointTree(self.name, self._storage_files())
+        return self._checkpoints
 
     @property
     def partition(self):
@@ -182,6 +222,13 @@ class VirtualMachine:
                 raise DiskUnavailable(f"vm {self.name!r} cannot start: {why}", vm=self.name)
 
     def _build(self) -> None:
+        self._build_shell()
+        self.workload_states = [{} for _ in range(1 + len(self.more_workloads))]
+        self._carried = {}
+        self._start_guest(resume=False)
+
+    def _build_shell(self) -> None:
+        """The partition, its VMBus and device offers and the guest's stack, no guest code yet."""
         self.worker = VmWorker(self.host, self.spec)
         part = self.worker.build()
         self.vmbus.attach(part)
@@ -203,10 +250,13 @@ class VirtualMachine:
             shared = NetStack(clock=self.stack.context)
             for slot in adapters:
                 self.stack.configs[slot.name].setdefault("netstack", shared)
-        stack, workload = self.stack, self.workload
-        part.vp(0).run(lambda ctx: kernel_main(ctx, stack, workload))
+
+    def _start_guest(self, *, resume: bool) -> None:
+        """The guest kernel on VP 0 and the further workloads on their VPs, then the VPs run."""
+        part, stack, workload, states = self.partition, self.stack, self.workload, self.workload_states
+        part.vp(0).run(lambda ctx: kernel_main(ctx, stack, workload, states[0], resume=resume))
         for i, extra in enumerate(self.more_workloads, start=1):
-            part.vp(i).run(lambda ctx, extra=extra: secondary_main(ctx, stack, extra))
+            part.vp(i).run(lambda ctx, extra=extra, i=i: secondary_main(ctx, stack, extra, states[i]))
         self.host.root.resume_partition(part)
         self.started_at = self.host.now
 
@@ -242,7 +292,9 @@ class VirtualMachine:
     def turn_off(self) -> None:
         """Off at once; the guest is not asked. A Saved VM's saved state is discarded (its next
         start boots afresh), as Hyper-V deletes it."""
-        self._require("turn off", VmState.RUNNING, VmState.PAUSED, VmState.STOPPING, VmState.SAVED)
+        self._require("turn off", VmState.RUNNING, VmState.PAUSED, VmState.STOPPING, VmState.SAVED,
+                      VmState.MIGRATING)
+        self._frozen_from = None
         self._teardown()
         self._saved_path = None
         self._set(VmState.OFF)
@@ -308,25 +360,13 @@ class VirtualMachine:
         self._set(VmState.SAVING)
         self._quiesce_devices()
         try:
-            names = self._saved_registers()
-            vps = [{"index": vp.index, "registers": [[int(n), v] for n, v in zip(
-                        names, self.host.root.get_vp_registers(part, vp.index, names))]}
-                   for vp in part.vps]
-            devices = {}
-            for slot in self.devices:
-                vsp = self.device_vsp(slot.name)
-                try:
-                    devices[slot.name] = {"saved": vsp.save() if vsp is not None else None}
-                except Exception as exc:  # SaveUnsupported and friends: recorded, not fatal here
-                    devices[slot.name] = {"not_saved": f"{type(exc).__name__}: {exc}"}
-            pages = sorted(self.host.introspect.reach(part))
-            shown = [[gpa, int(vis)] for gpa, vis in sorted(self.host.grants.host_visible(part).items())]
+            image = self._capture()
+            pages = self.memory_pages()
             meta = {"vm": self.name, "memory_bytes": self.worker.memory_bytes, "processors": self.spec.processors,
                     "time_ns": self.host.now, "memory_digest": self.memory_digest(), "pages": len(pages)}
             with SavedStateWriter(path, "saved-state", meta) as w:
-                w.section("vps", vps)
-                w.section("devices", devices)
-                w.section("host_visibility", shown)
+                for name in IMAGE_SECTIONS:
+                    w.section(name, image[name])
                 mem = w.stream("memory")
                 zero = bytes(4096)
                 for gpa in pages:
@@ -348,9 +388,14 @@ class VirtualMachine:
 
     def restore(self, path=None) -> None:
         """Restore from a saved-state file (by default the one saved last). The whole file is
-        checked before anything changes; a corrupt or foreign file leaves the VM Saved."""
+        checked before anything changes; a corrupt or foreign file leaves the VM Saved.
+        A VM that is Off (no shell: a fresh process, another host) restores `path` into a new
+        shell (_restore_new_shell): the guest resumes as from hibernation."""
         from hypervisor import HvError
         from partitions.savedstate import SavedStateError, SavedStateReader
+        if self.state is VmState.OFF and path is not None:
+            self._restore_new_shell(path)
+            return
         self._require("restore", VmState.SAVED)
         path = path or self._saved_path
         reader = SavedStateReader(path, kind="saved-state")  # validates everything, or raises
@@ -461,9 +506,9 @@ class VirtualMachine:
             if v["index"] in out:
                 raise SavedStateError(f"{where}: VP {v['index']} appears twice")
             out[v["index"]] = values
-        if sorted(out) != sorted(vp.index for vp in self.partition.vps):
+        if sorted(out) != list(range(self.spec.processors)):
             raise SavedStateError(f"{path}: VPs {sorted(out)} do not match vm {self.name!r}'s "
-                                  f"{sorted(vp.index for vp in self.partition.vps)}")
+                                  f"{list(range(self.spec.processors))}")
         return out
 
     def _quiesce_devices(self) -> None:
@@ -490,6 +535,298 @@ class VirtualMachine:
             page_enable = 1  # bit 0 of SIMP and SIEFP (TLFS)
             self.host.root.set_vp_registers(part, vp.index, {
                 Register.SIMP: simp & ~page_enable, Register.SIEFP: siefp & ~page_enable, **timers_off})
+
+    # ---- the VM's state as data: freeze, capture, arrive, resume, release ------------------------
+    def freeze(self) -> None:
+        """Stop the VM for a capture (a move): its VPs are suspended and its devices quiesced (the
+        VSPs stop producing into its memory, device timers stand still), so nothing changes its
+        memory any more. Running|Paused -> Migrating; thaw() undoes it."""
+        self._require("freeze", VmState.RUNNING, VmState.PAUSED)
+        was = self.state
+        if was is VmState.RUNNING:
+            self.host.root.suspend_partition(self.partition)
+        self._frozen_from = was
+        self._set(VmState.MIGRATING)
+        self._quiesce_devices()
+
+    def thaw(self) -> None:
+        """A move that failed: the frozen VM runs on (or stays Paused) as it was."""
+        self._require("thaw", VmState.MIGRATING)
+        if self._frozen_from is None:
+            raise InvalidTransition(self.name, self.state, "thaw a VM that arrived (turn it off, or resume_from)",
+                                    (VmState.MIGRATING,))
+        was, self._frozen_from = self._frozen_from, None
+        self._resume_devices()
+        if was is VmState.RUNNING:
+            self.host.root.resume_partition(self.partition)
+        self._set(was)
+
+    def capture(self) -> dict:
+        """The VM's whole state but its memory contents, as plain data (see IMAGE_SECTIONS and
+        docs/guest-state.md): what a saved-state file holds beside its memory, and what a move
+        sends. The VM must be frozen."""
+        self._require("capture", VmState.MIGRATING)
+        if self._frozen_from is None:
+            raise InvalidTransition(self.name, self.state, "capture a VM that is not frozen", (VmState.MIGRATING,))
+        return self._capture()
+
+    def _capture(self) -> dict:
+        part = self.partition
+        names = self._saved_registers()
+        vps = [{"index": vp.index, "registers": [[int(n), v] for n, v in zip(
+                    names, self.host.root.get_vp_registers(part, vp.index, names))]}
+               for vp in part.vps]
+        devices = {}
+        for slot in self.devices:
+            vsp = self.device_vsp(slot.name)
+            if vsp is None and slot.name in self._carried:   # restored, not open again yet: as it came
+                devices[slot.name] = self._carried[slot.name]
+                continue
+            try:
+                devices[slot.name] = {"saved": vsp.save() if vsp is not None else None}
+            except Exception as exc:  # SaveUnsupported and friends: recorded, not fatal here
+                devices[slot.name] = {"not_saved": f"{type(exc).__name__}: {exc}"}
+        shown = [[gpa, int(vis)] for gpa, vis in sorted(self.host.grants.host_visible(part).items())]
+        guest = {"format": 1, "kernel": self.stack.save() if self.stack is not None else None,
+                 "workloads": self.workload_states}
+        image = {"format": IMAGE_FORMAT, "vm": self.name, "config": self.config_data(), "time_ns": self.host.now,
+                 "memory_bytes": self.worker.memory_bytes, "processors": self.spec.processors, "vps": vps,
+                 "host_visibility": shown, "guest": guest, "devices": devices, "measured": self.measure()}
+        return _plain(image, f"vm {self.name!r}")
+
+    def config_data(self) -> dict | None:
+        """The VM's configuration as plain data, enough for another host to build it
+        (ManagedHost.incoming): its [[vm]] table as a host file would have it, the switches its
+        adapters are on, and the disk files its storage serves now (its run disks, by LUN:
+        whoever builds it serves those, as a move of the VM moves its storage). None for a VM
+        not built from a configuration."""
+        if self.config is None:
+            return None
+        import tomllib
+        from partitions.config_schema import Config, SwitchConfig, dump
+        kinds = {slot.host_config["switch"].name: slot.host_config["switch"].kind.value for slot in self.devices
+                 if slot.device.name == "network" and hasattr(slot.host_config.get("switch"), "kind")}
+        switches = tuple(SwitchConfig(name, kinds.get(name, "private"))
+                         for name in dict.fromkeys(nic.switch for nic in self.config.nics))
+        doc = tomllib.loads(dump(Config(vms=(self.config,), switches=switches)))
+        return {"vm": doc["vm"][0], "switches": doc.get("switch", []),
+                "storage": self._storage_files() if self._storage_slot is not None else []}
+
+    def memory_pages(self) -> list[int]:
+        """The GPA page numbers of the VM's RAM, in order."""
+        return sorted(self.host.introspect.reach(self.partition))
+
+    def write_pages(self, pages, data) -> None:
+        """Write memory a move (or a restore) brought: `pages` is the first GPA page of a run, or a
+        list of GPA pages; `data` holds 4 KiB for each, in that order. Consecutive pages go in one
+        write each."""
+        if self.partition is None:
+            raise InvalidTransition(self.name, self.state, "write pages without a partition", (VmState.MIGRATING,))
+        view = memoryview(data).cast("B")
+        count = len(view) // PAGE
+        if len(view) % PAGE:
+            raise ValueError(f"vm {self.name!r}: {len(view)} bytes of pages: expected a multiple of {PAGE}")
+        if isinstance(pages, int):
+            runs = [(pages, count)]
+        else:
+            pages = list(pages)
+            if len(pages) != count:
+                raise ValueError(f"vm {self.name!r}: {len(pages)} pages and {count} pages of data")
+            runs = []
+            for gpa in pages:
+                if runs and runs[-1][0] + runs[-1][1] == gpa:
+                    runs[-1][1] += 1
+                else:
+                    runs.append([gpa, 1])
+        limit = self.worker.memory_bytes // PAGE
+        if any(first < 0 or first + n > limit for first, n in runs):
+            raise ValueError(f"vm {self.name!r}: pages outside its {limit} pages of memory")
+        part, at = self.partition, 0
+        for first, n in runs:
+            part.write(first * PAGE, view[at:at + n * PAGE])
+            at += n * PAGE
+
+    def arrive(self) -> None:
+        """Off -> Migrating: the shell of a VM about to receive an image (ManagedHost.incoming):
+        partition, RAM, VMBus and device offers, VPs not running, no guest code yet."""
+        self._require("arrive", VmState.OFF)
+        self.off_reason = None
+        self._build_shell()
+        self._frozen_from = None
+        self._set(VmState.MIGRATING)
+
+    def resume_from(self, image: dict) -> None:
+        """Apply a capture to a VM that arrived (its memory written already): VP registers, host
+        visibility, the guest record, device records (carried until each device opens again) and
+        Measure-VM's figures; then the guest kernel starts on VP 0 in resume mode and the VM is
+        Running. Everything is checked first: a bad image raises SavedStateError and leaves the
+        VM Migrating, unchanged (its caller tears it down)."""
+        from hypervisor import HvError, Register
+        from hypervisor.abi import HostVisibility
+        from hypervisor.grants import modify_host_visibility
+        from partitions.savedstate import SavedStateError
+        self._require("resume from an image", VmState.MIGRATING)
+        if self._frozen_from is not None or self.stack is None:
+            raise InvalidTransition(self.name, self.state, "resume a frozen VM from an image (thaw it)",
+                                    (VmState.MIGRATING,))
+        where = f"image of vm {image.get('vm')!r}" if isinstance(image, dict) else "image"
+        image = _plain(image, where)
+        registers = self._check_image(image, where)
+        part = self.partition
+        for index, values in registers.items():
+            try:
+                self.host.root.check_vp_registers(part, index, values)
+            except HvError as e:
+                raise SavedStateError(f"{where}: vm {self.name!r} VP {index}: the saved registers are refused "
+                                      f"({e})") from None
+        for index, values in registers.items():
+            self.host.root.set_vp_registers(part, index, values)
+            self.host.root.set_vp_registers(part, index, {Register.EOM: 0})
+        # Host visibility is the partition's state in the core: the guest had shown these pages
+        # (the old shell's bounce buffers); its kernel hides and reuses them as it resumes.
+        for vis in (int(HostVisibility.READ_ONLY), int(HostVisibility.READ_WRITE)):
+            pages = [gpa for gpa, v in image["host_visibility"] if v == vis]
+            if pages:
+                modify_host_visibility(part, pages, vis)
+        guest = image["guest"]
+        self.stack.load(guest["kernel"])
+        self.workload_states = [dict(state) for state in guest["workloads"]]
+        self._carried = dict(image["devices"])
+        self._measured_before = Counter(image["measured"])
+        self._start_guest(resume=True)
+        self._emit("vm.resumed_from_image", time_ns=image["time_ns"])
+        self._set(VmState.RUNNING)
+
+    def release(self, reason: str = "moved") -> None:
+        """After a successful move: the VM's channels are rescinded (logged), its partition is torn
+        down (its VSPs close and let go of its disks) and it leaves its host (on_release)."""
+        self._require("release", VmState.MIGRATING)
+        part = self.partition
+        child = self.vmbus.children.get(part.id) if part is not None else None
+        for relid, ch in sorted(child.channels.items()) if child is not None else ():
+            self.vmbus.record(part.id, "channel rescinded", {"relid": relid, "reason": reason}, device=ch.device.name)
+        self._teardown()
+        self._frozen_from = None
+        self._saved_path = None
+        self.off_reason = reason
+        self._set(VmState.OFF)
+        if self.on_release is not None:
+            self.on_release(self, reason)
+
+    def _check_image(self, image: dict, where: str) -> dict[int, dict[int, int]]:
+        """Everything in an image (plain data) that can be checked without the partition; returns
+        the VP registers. SavedStateError says what is wrong."""
+        from partitions.savedstate import SavedStateError
+        from partitions.vmbus_guest import GuestVmbus
+        if not isinstance(image, dict) or image.get("format") != IMAGE_FORMAT:
+            raise SavedStateError(f"{where}: expected a map with format {IMAGE_FORMAT}")
+        missing = [k for k in ("vm", "time_ns", "memory_bytes", "processors", *IMAGE_SECTIONS) if k not in image]
+        if missing:
+            raise SavedStateError(f"{where}: no {', '.join(missing)} (a saved state from an hvsim that did not "
+                                  "keep a VM's whole state?)")
+        memory_bytes = self.worker.memory_bytes if self.worker is not None else _memory_bytes(self.spec)
+        if image["vm"] != self.name or image["memory_bytes"] != memory_bytes \
+                or image["processors"] != self.spec.processors:
+            raise SavedStateError(f"{where}: vm {image['vm']!r} with {image['memory_bytes']!r} bytes and "
+                                  f"{image['processors']!r} processors, not vm {self.name!r} with {memory_bytes} "
+                                  f"and {self.spec.processors}")
+        if not _is_int(image["time_ns"]) or image["time_ns"] < 0:
+            raise SavedStateError(f"{where}: time_ns {image['time_ns']!r}: expected a time in ns")
+        self._check_config(image["config"], where)
+        registers = self._restore_registers(where, image["vps"])
+        shown = image["host_visibility"]
+        if not isinstance(shown, list) or not all(
+                isinstance(e, list) and len(e) == 2 and all(map(_is_int, e)) and e[1] in (1, 3)
+                and 0 <= e[0] < memory_bytes // PAGE for e in shown):
+            raise SavedStateError(f"{where}: section 'host_visibility' is not a list of [GPA page, 1 or 3] pairs")
+        self._check_device_records(where, image["devices"])
+        guest = image["guest"]
+        if not isinstance(guest, dict) or guest.get("format") != 1:
+            raise SavedStateError(f"{where}: section 'guest': expected a map with format 1")
+        try:
+            GuestVmbus.check_record(guest.get("kernel"), "guest.kernel")
+        except ValueError as e:
+            raise SavedStateError(f"{where}: section {e}") from None
+        states = guest.get("workloads")
+        if not isinstance(states, list) or len(states) != 1 + len(self.more_workloads):
+            raise SavedStateError(f"{where}: guest.workloads: expected a list of {1 + len(self.more_workloads)} "
+                                  "states, one per workload of the VM")
+        for n, state in enumerate(states):
+            if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+                raise SavedStateError(f"{where}: guest.workloads[{n}]: expected a map with string keys (the "
+                                      "workload's ctx.state)")
+        measured = image["measured"]
+        if not isinstance(measured, dict) or sorted(measured) != sorted(MEASURED) \
+                or not all(_is_int(v) and v >= 0 for v in measured.values()):
+            raise SavedStateError(f"{where}: measured: expected {', '.join(MEASURED)} as counts")
+        return registers
+
+    def _check_config(self, config, where: str) -> None:
+        """The image's configuration is this VM's (ManagedHost.incoming built it from it, or the
+        host's file has the same [[vm]] table); a VM not built from a configuration takes any."""
+        from partitions.savedstate import SavedStateError
+        if not isinstance(config, dict) or not isinstance(config.get("vm"), dict) \
+                or not isinstance(config.get("storage"), list) or not all(isinstance(d, str) for d in config["storage"]):
+            raise SavedStateError(f"{where}: section 'config': expected a map with the VM's table 'vm' and its "
+                                  "'storage' files")
+        ours = self.config_data()
+        if ours is None:
+            return
+        for key in sorted(set(ours["vm"]) | set(config["vm"])):
+            if ours["vm"].get(key) != config["vm"].get(key):
+                raise SavedStateError(f"{where}: config: vm.{key} is {config['vm'].get(key)!r} in the image, "
+                                      f"{ours['vm'].get(key)!r} for vm {self.name!r} here")
+
+    def _restore_new_shell(self, path) -> None:
+        """Off -> Migrating -> Running: a saved-state file restored into a new shell. The file is
+        checked whole, then the shell is built, the memory written and the image applied
+        (resume_from); the storage serves the disk files the VM ran on when it was saved. A bad
+        file leaves the VM Off, as it was."""
+        from partitions.savedstate import SavedStateError, SavedStateReader
+        self._require("restore into a new shell", VmState.OFF)
+        reader = SavedStateReader(path, kind="saved-state")
+        try:
+            meta = reader.meta
+            missing = [name for name in IMAGE_SECTIONS if name not in reader]
+            if missing:
+                raise SavedStateError(f"{path}: no section {', '.join(map(repr, missing))}: it cannot be restored "
+                                      "into a new shell (only into the one that saved it)")
+            image = {"format": IMAGE_FORMAT, "vm": meta.get("vm"), "time_ns": meta.get("time_ns"),
+                     "memory_bytes": meta.get("memory_bytes"), "processors": meta.get("processors"),
+                     **{name: reader.load(name) for name in IMAGE_SECTIONS}}
+            self._check_image(image, str(path))
+            mapped = set(range(image["memory_bytes"] // PAGE))
+            if meta.get("pages") != len(mapped):
+                raise SavedStateError(f"{path}: header says {meta.get('pages')!r} pages; vm {self.name!r} has "
+                                      f"{len(mapped)}")
+            memory = self._restore_memory(path, reader, mapped, meta.get("memory_digest"))
+        finally:
+            reader.close()
+        storage = image["config"]["storage"]
+        slot = self._storage_slot
+        before = dict(slot.host_config) if slot is not None else None
+        if slot is not None:
+            problems = slot.device.vsp.disk_problems({**slot.host_config, "disks": storage})
+            if len(storage) != len(self._storage_files()) or problems:
+                why = "; ".join(f"disks[{lun}] {disk}: {what}" for lun, disk, what in problems) or \
+                    f"{len(storage)} disks, vm {self.name!r} has {len(self._storage_files())}"
+                raise SavedStateError(f"{path}: the disks vm {self.name!r} ran on cannot be served here: {why}")
+            slot.host_config.pop("path", None)
+            slot.host_config["disks"] = list(storage)
+        try:
+            self.arrive()
+            for gpa in sorted(memory):
+                self.partition.write(gpa * PAGE, memory[gpa])
+            self.resume_from(image)
+        except BaseException:
+            if self.partition is not None:
+                self._teardown()
+            if slot is not None:
+                slot.host_config.clear()
+                slot.host_config.update(before)
+            self._frozen_from = None
+            self._set(VmState.OFF)
+            raise
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def _storage_files(self) -> list[str]:
@@ -567,6 +904,16 @@ class VirtualMachine:
         if self.on_event is not None:
             self.on_event(self, name, fields)
 
+    # ---- moving to another host -------------------------------------------------------------------
+    def move(self, to: str, kind: str = "live"):
+        """Move-VM: move this VM to host `to` of its datacenter, "live" (pre-copy), "post-copy" or
+        "quick"; returns the migration's record (partitions/datacenter/migration.py), which the
+        datacenter's run fills in. Only a VM of a datacenter has somewhere to go."""
+        mover = getattr(self, "mover", None)
+        if mover is None:
+            raise RuntimeError(f"vm {self.name!r} is not on a host of a datacenter: there is no host to move it to")
+        return mover(to, kind)
+
     # ---- a guest that crashed -------------------------------------------------------------------
     def crash(self, reason: str) -> None:
         """The guest crashed (code on one of its VPs raised): the VM goes Off at once, as with
@@ -641,6 +988,39 @@ class VirtualMachine:
                 "uptime_ns": self.uptime_ns, "status": self.heartbeat_status(),
                 "partition_id": part.id if part is not None else None,
                 "hypercalls": info["hypercalls"] if info else 0}
+
+
+#: The sections of a VM's image beside its memory (a capture's keys, a saved-state file's sections).
+IMAGE_SECTIONS = ("vps", "devices", "host_visibility", "config", "guest", "measured")
+IMAGE_FORMAT = 1
+PAGE = 4096
+
+
+def _memory_bytes(spec: VmSpec) -> int:
+    from hypervisor.quantities import parse_size
+    return parse_size(spec.memory, f"vm {spec.name!r} memory")
+
+
+def _plain(image: dict, where: str) -> dict:
+    """`image` as msgpack gives it back (tuples become lists): plain data, or a SavedStateError
+    naming the part that is not (a workload's ctx.state, a device's record, ...)."""
+    import msgpack
+    from partitions.savedstate import SavedStateError
+
+    def round_trip(value, what):
+        try:
+            return msgpack.unpackb(msgpack.packb(value, use_bin_type=True, datetime=False), raw=False,
+                                   strict_map_key=True)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise SavedStateError(f"{where}: {what} is not plain data (msgpack: {e})") from None
+
+    if not isinstance(image, dict):
+        raise SavedStateError(f"{where}: expected a map, got {type(image).__name__}")
+    guest = image.get("guest")
+    if isinstance(guest, dict) and isinstance(guest.get("workloads"), list):
+        for n, state in enumerate(guest["workloads"]):
+            round_trip(state, f"guest.workloads[{n}] (the workload's ctx.state)")
+    return {key: round_trip(value, str(key)) for key, value in image.items()}
 
 
 def _counters(vsp) -> dict:

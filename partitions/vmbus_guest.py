@@ -66,6 +66,16 @@ class GuestPages:
     def release(self, pages: list[int]) -> None:
         self._free.extend(pages)
 
+    def save(self) -> dict:
+        """The allocator as plain data: the range it hands out, how far it got, what was given back."""
+        return {"next": self._next, "end": self._end, "free": list(self._free)}
+
+    @classmethod
+    def restore(cls, state: dict) -> GuestPages:
+        pages = cls(0, 0)
+        pages._next, pages._end, pages._free = state["next"], state["end"], list(state["free"])
+        return pages
+
 
 @dataclass
 class _Open:
@@ -76,6 +86,7 @@ class _Open:
     vsc: Vsc | None = None
     buffers: list = field(default_factory=list)  # (gpadl id, pages) granted beyond the ring
     shared: list = field(default_factory=list)   # (own view id, pages) made host-visible
+    held: list = field(default_factory=list)     # other pages it took from the allocator (buffer_pages)
 
 
 class GuestVmbus:
@@ -114,6 +125,8 @@ class GuestVmbus:
         self._retry_armed = False
         self._gpadl_done: dict[int, Callable[[int, bool], None]] = {}
         self._views = 0x40000000  # own-view ids for buffers (ring views use the relid)
+        self._stale: list[dict] = []       # channels of the shell a restored stack ran on (load)
+        self._carried: dict[str, dict] = {}  # VSC records of devices not yet open again (load)
         self.context = EndpointContext(partition.host, lambda event, fields: self.log(event, **fields),
                                        create_gpadl=self._create_gpadl, own_view=self._own_buffer_view)
 
@@ -229,7 +242,9 @@ class GuestVmbus:
         if ch.device.guest_buffer_pages and "buffer_pages" not in config:
             # Pages the VSC shares through GPADLs of its own (netvsc's receive and send buffers).
             config["buffer_pages"] = self.pages.allocate(ch.device.guest_buffer_pages)
+            ch.held.extend(config["buffer_pages"])
         vsc = ch.device.vsc(end, config, self.context)
+        self._carried.pop(ch.name, None)   # the device is open again: its own record from now on
 
         def deliver() -> None:
             # The host is not trusted: a ring it corrupted breaks this channel only.
@@ -378,9 +393,89 @@ class GuestVmbus:
         self.context.timers.release(None)
         self._rescan.update(self._contexts)
 
-    def boot(self, ctx) -> None:
+    # ---- the kernel's state as data (a restore into a new shell) ------------------------------
+    def save(self) -> dict:
+        """The stack's state as plain data: its page allocator, the pages each open channel holds
+        (rings, buffers, host-visible pages) and each VSC's record where it has one. A stack
+        restored and not yet booted gives back what it was restored from (its channels wait to
+        be let go at boot; a device not yet open again keeps its VSC record)."""
+        channels = [dict(c) for c in self._stale]
+        vscs = dict(self._carried)
+        for relid, ch in sorted(self.channels.items()):
+            channels.append({"name": ch.name, "device": ch.device.name, "rings": list(ch.pages),
+                             "buffers": [list(pages) for _, pages in ch.buffers],
+                             "shared": [list(pages) for _, pages in ch.shared], "held": list(ch.held)})
+            if ch.vsc is not None:
+                try:
+                    vscs[ch.name] = {"saved": ch.vsc.save()}
+                except Exception as exc:  # SaveUnsupported and friends: named, not fatal
+                    vscs[ch.name] = {"not_saved": f"{type(exc).__name__}: {exc}"}
+        return {"format": 1, "pages": self.pages.save(), "channels": channels, "vscs": vscs}
+
+    @staticmethod
+    def check_record(record, where: str) -> None:
+        """Raise ValueError (saying what, under `where`) unless `record` is what save() gives."""
+        def pages_ok(x):
+            return isinstance(x, list) and all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in x)
+        if not isinstance(record, dict) or record.get("format") != 1:
+            raise ValueError(f"{where}: expected a map with format 1")
+        alloc = record.get("pages")
+        if not (isinstance(alloc, dict) and pages_ok([alloc.get("next"), alloc.get("end")])
+                and pages_ok(alloc.get("free")) and alloc["next"] <= alloc["end"]):
+            raise ValueError(f"{where}.pages: expected the allocator's next, end and free pages")
+        channels = record.get("channels")
+        if not isinstance(channels, list):
+            raise ValueError(f"{where}.channels: expected a list")
+        for n, c in enumerate(channels):
+            if not (isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("device"), str)
+                    and pages_ok(c.get("rings")) and pages_ok(c.get("held"))
+                    and all(isinstance(c.get(k), list) and all(pages_ok(p) for p in c[k])
+                            for k in ("buffers", "shared"))):
+                raise ValueError(f"{where}.channels[{n}]: expected name, device, rings, buffers, shared, held")
+        vscs = record.get("vscs")
+        if not isinstance(vscs, dict) or not all(
+                isinstance(v, dict) and len(v) == 1 and ("saved" in v or isinstance(v.get("not_saved"), str))
+                for v in vscs.values()):
+            raise ValueError(f"{where}.vscs: expected {{name: {{'saved': record}} or {{'not_saved': reason}}}}")
+
+    def load(self, record: dict) -> None:
+        """Take the state of a stack saved elsewhere (check_record first), before boot(resume=True):
+        its allocator, and the channels of the shell it ran on, which boot lets go."""
+        self.pages = GuestPages.restore(record["pages"])
+        self._stale = [dict(c) for c in record["channels"]]
+        self._carried = dict(record["vscs"])
+
+    def _let_go_stale(self, ctx) -> None:
+        """Resuming in a new shell: the channels of the old one are gone with it. What the hypervisor
+        of the old shell left in the SynIC pages is dropped (it was meant for the old host), the
+        pages the old channels made host-visible are hidden, and all their pages go back to the
+        allocator, to be rings and buffers again when the devices open anew."""
+        part = self.partition
+        clear_message_slot(part, self.simp, VMBUS_MESSAGE_SINT)
+        part.write((self.siefp * 4096) + VMBUS_MESSAGE_SINT * 256, _NO_FLAGS)
+        stale, self._stale = self._stale, []
+        for c in stale:
+            for pages in c["shared"]:
+                try:
+                    modify_host_visibility(part, pages, HostVisibility.NONE)
+                except HvError as exc:  # still visible: never reuse them for anything private
+                    self.log("cannot hide shared pages", device=c["name"], error=str(exc))
+                    continue
+                self.pages.release(pages)
+            self.pages.release(c["rings"])
+            for pages in c["buffers"]:
+                self.pages.release(pages)
+            self.pages.release(c["held"])
+        self.log("vmbus resume", channels=len(stale))
+
+    def boot(self, ctx, *, resume: bool = False) -> None:
         """What the guest kernel does once: SynIC on (message and flag pages, SINT 2), then
-        contact the host; negotiation, offers and opens follow as messages arrive."""
+        contact the host; negotiation, offers and opens follow as messages arrive. With `resume`
+        the guest resumes from a saved state in a new shell (load() gave its record), as Linux's
+        VMBus driver does after hibernation: the old shell's channels are let go first, then it
+        connects again and its devices open afresh."""
+        if resume:
+            self._let_go_stale(ctx)
         ctx.vp.set_registers({Register.SIMP: simp_value(self.simp), Register.SIEFP: siefp_value(self.siefp),
                               Register.SCONTROL: 1, Register.SINT0 + VMBUS_MESSAGE_SINT: sint_value(0x32)})
         self._contexts[0] = ctx

@@ -47,6 +47,7 @@ def memory_counter(pages: int = 64, interval: int | str = "1ms", page_work: int 
     fall inside a round), then waits `interval`. The pages come from the guest kernel's page
     allocator, so nothing else writes them, and the round is read back from guest memory (the
     first page), so the count goes on from whatever memory a restore or a migration brought back.
+    It keeps its region in `ctx.state`: resumed in a new shell, it counts on in the same pages.
 
     What it wrote stays visible for checks: `workload.region` (the GPA pages, once allocated) and
     `workload.written` (the value it last stored in each page). A page must always hold its
@@ -60,8 +61,14 @@ def memory_counter(pages: int = 64, interval: int | str = "1ms", page_work: int 
     written: list[int] = []
 
     async def count(ctx) -> None:
-        region[:] = ctx.stack.pages.allocate(pages)
-        written[:] = [0] * pages
+        state = ctx.state
+        if "region" in state:   # resumed in a new shell: the same pages, the count from memory
+            region[:] = state["region"]
+            written[:] = [int.from_bytes(ctx.partition.read(page * PAGE_SIZE, 8), "little") for page in region]
+        else:
+            region[:] = ctx.stack.pages.allocate(pages)
+            written[:] = [0] * pages
+            state["region"] = list(region)
         while True:
             value = int.from_bytes(ctx.partition.read(region[0] * PAGE_SIZE, 8), "little") + 1
             for i, page in enumerate(region):
@@ -94,7 +101,12 @@ def disk_io(pattern: str = "sequential", block_size: int | str = "64KiB", queue_
             read_fraction: float = 0.5, device: str = "storage", seed: int = 0, disk: int = 0) -> Workload:
     """Keep `queue_depth` requests of `block_size` in flight on disk number `disk` of the VM (the
     LUN of its storage controller): `pattern` "sequential" or "random" offsets, `read_fraction`
-    of them reads. Random choices come from a generator seeded from the VM (deterministic)."""
+    of them reads. Random choices come from a generator seeded from the VM (deterministic).
+
+    It keeps in `ctx.state` its position, the number of requests it issued (`issued`), its
+    generator's state and the requests in flight (`inflight`: request number -> [block, is a
+    read]). Resumed in a new shell it issues those in flight again first (the old shell's VSP
+    never completed them to the guest), then goes on with its sequence where it stopped."""
     import random
 
     from hypervisor.quantities import parse_size
@@ -108,7 +120,11 @@ def disk_io(pattern: str = "sequential", block_size: int | str = "64KiB", queue_
     blocks = size // 512
 
     async def io(ctx) -> None:
+        state = ctx.state
         rng = random.Random(seed)
+        if "rng" in state:   # resumed from a saved state (docs/guest-state.md)
+            version, internal, gauss = state["rng"]
+            rng.setstate((version, tuple(internal), gauss))
 
         def target():
             controller = ctx.devices.get(device)
@@ -120,32 +136,45 @@ def disk_io(pattern: str = "sequential", block_size: int | str = "64KiB", queue_
         lun = target()
         span = max(1, lun.capacity // blocks)
         payload = bytes(range(256)) * (size // 256)
-        position = 0
+        position, issued = state.get("position", 0), state.get("issued", 0)
+        flying = state.setdefault("inflight", {})   # str(request number) -> [block, is a read]
         inflight = 0    # requests issued and not yet seen done by this loop
         finished = 0    # requests done since the loop last looked (counted by their callback)
         second = parse_duration("1s")   # parsed once, not on every wait
         read, write, sequential, randrange, draw = lun.read, lun.write, pattern == "sequential", rng.randrange, rng.random
 
-        def done(_request) -> None:
-            nonlocal finished
-            finished += 1
+        def issue(key: str, slot: int, is_read: bool) -> None:
+            def done(_request) -> None:
+                nonlocal finished
+                finished += 1
+                flying.pop(key, None)
+            if is_read:
+                read(slot * blocks, blocks, done, copy=False)
+            else:
+                write(slot * blocks, payload, done)
 
         def any_done() -> int:
             return finished
 
+        # Requests in flight when the VM was saved, if it resumed in a new shell: first again.
+        for key, (slot, is_read) in list(flying.items()):
+            issue(key, slot, is_read)
+            inflight += 1
         # Nothing here needs what a read brings: it stays in storvsc's bounce pages (copy=False),
         # and a request's completion is counted by its callback rather than looked for.
         while True:
             inflight -= finished
             finished = 0
-            while inflight < queue_depth:
-                slot = position if sequential else randrange(span)
-                position = (position + 1) % span
-                if draw() < read_fraction:
-                    read(slot * blocks, blocks, done, copy=False)
-                else:
-                    write(slot * blocks, payload, done)
-                inflight += 1
+            if inflight < queue_depth:
+                while inflight < queue_depth:
+                    slot = position if sequential else randrange(span)
+                    position = (position + 1) % span
+                    key, is_read = str(issued), draw() < read_fraction
+                    issued += 1
+                    flying[key] = [slot, is_read]
+                    issue(key, slot, is_read)
+                    inflight += 1
+                state["position"], state["issued"], state["rng"] = position, issued, rng.getstate()
             await ctx.wait_for(any_done, second)
 
     return io
@@ -156,13 +185,20 @@ def net_request_response(peer_ip: str | None, port: int = 5000, size: int = 64, 
     """Send a `size`-byte UDP request to `peer_ip`:`port` every `interval`; the peer's echo
     service (udp_echo_service) answers. `device` is the adapter on the peer's network: the
     requests start once its interface is up and is the guest stack's route to the peer (they
-    leave by it, with its address). Counts go in the workload's `stats` dict."""
+    leave by it, with its address). Counts go in the workload's `stats` dict, and in `ctx.state`
+    (so a VM resumed in a new shell counts on)."""
     interval_ns = parse_duration(interval, "net-request-response interval")
     stats = {"sent": 0, "answered": 0}
 
     async def client(ctx) -> None:
         if peer_ip is None:
             return
+        state = ctx.state      # the counts, kept with the VM's state (docs/guest-state.md)
+        stats.update({"sent": state.setdefault("sent", 0), "answered": state.setdefault("answered", 0)})
+
+        def count(what: str) -> None:
+            stats[what] += 1
+            state[what] = stats[what]
         def route():
             adapter = ctx.devices.get(device)
             iface = getattr(adapter, "interface", None)
@@ -173,12 +209,12 @@ def net_request_response(peer_ip: str | None, port: int = 5000, size: int = 64, 
                                   device_name=device):
             return
         stack = route()
-        sock = stack.udp_socket(0, on_datagram=lambda *_: stats.__setitem__("answered", stats["answered"] + 1))
+        sock = stack.udp_socket(0, on_datagram=lambda *_: count("answered"))
         payload = bytes(size)
         while True:
             try:
                 sock.sendto(payload, (peer_ip, port))
-                stats["sent"] += 1
+                count("sent")
             except OSError:
                 pass  # no route yet, ARP pending, queue full: the next period tries again
             await ctx.sleep(interval_ns)
