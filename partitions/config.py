@@ -67,7 +67,7 @@ _KEYS = {
     "datacenter file": ("datacenter", "host", "link", "at"),
     "datacenter": ("seed",),
     "datacenter host": ("name", "logical_processors", "smt", "memory", "scheduler", "seed", "costs", "vm",
-                        "switch"),
+                        "switch", "remote", "remote_timeout"),
     "link": ("hosts", "bandwidth", "latency"),
 }
 _BITS = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([kKmMgGtT]?)(?:bit/s|bps)\s*")
@@ -304,6 +304,7 @@ class _Reader:
         dc = self.table(data.get("datacenter", {}), "datacenter", _KEYS["datacenter"])
         seed = self.integer(dc, "datacenter", "seed", 0, MAX_SEED, None) if "seed" in dc else None
         read = []   # (key, name, HostConfig, switches, vms, vm tables) per [[host]]
+        remotes = {}   # name -> (remote address or None, its timeout or None)
         for key, t in self.tables(data, "", "host"):
             self.table(t, key, _KEYS["datacenter host"])
             name = self.string(t, key, "name", pattern=_NAME, expected=_NAME_EXPECTED)
@@ -312,6 +313,7 @@ class _Reader:
             vm_tables = self.tables(t, key, "vm")
             read.append((key, name, host, switches, [self.vm(v, k, host) for k, v in vm_tables],
                          [v for _, v in vm_tables]))
+            remotes[name] = self.remote(t, key)
         if not read:
             self.fail("host", "at least one [[host]] table", "none")
         names = tuple(name for _, name, *_ in read)
@@ -334,8 +336,27 @@ class _Reader:
             mine = [i for i, at in enumerate(timeline) if where[at.vm] == name]
             own = tuple(timeline[i] for i in mine)
             _Checks(self, host, vms, switches, own, vm_tables, prefix=f"{key}.", at_keys=[f"at[{i}]" for i in mine]).run()
-            hosts.append(DatacenterHostConfig(name, Config(host, tuple(self.assign_macs(vms)), switches, own)))
+            hosts.append(DatacenterHostConfig(name, Config(host, tuple(self.assign_macs(vms)), switches, own),
+                                              *remotes[name]))
         return DatacenterConfig(tuple(hosts), links, timeline, seed)
+
+    def remote(self, t: dict, key: str) -> tuple[str | None, int | None]:
+        """A [[host]]'s `remote` ("HOST:PORT" of `hvsim host serve`) and `remote_timeout`."""
+        from partitions.datacenter.wire import parse_address
+        expected = 'the address of `hvsim host serve` as "HOST:PORT", such as "127.0.0.1:7000"'
+        address, given = self._get(t, key, "remote", None, expected)
+        if given:
+            try:
+                ok = isinstance(address, str) and parse_address(address)[1] != 0
+            except ValueError:
+                ok = False
+            if not ok:
+                self.fail(f"{key}.remote", expected, show(address))
+        elif "remote_timeout" in t:
+            self.fail(f"{key}.remote_timeout", "no timeout for a host in this process (only with remote)",
+                      show(t["remote_timeout"]))
+        timeout = self.duration(t, key, "remote_timeout", positive=True, default=None)
+        return address, timeout
 
     def link(self, value: dict, key: str, hosts: tuple[str, ...]) -> LinkConfig:
         t = self.table(value, key, _KEYS["link"])

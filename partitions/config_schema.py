@@ -244,9 +244,12 @@ class LinkConfig:
 @dataclass(frozen=True)
 class DatacenterHostConfig:
     """One host of a datacenter: its name and its own configuration ([host] keys, its VMs and
-    switches, and the [[at]] entries that name its VMs, in file order)."""
+    switches, and the [[at]] entries that name its VMs, in file order). A `remote` host runs in
+    the process `hvsim host serve` started at that address, which gets `config` at hello."""
     name: str
     config: Config
+    remote: str | None = None        # "HOST:PORT" of `hvsim host serve`; None: in this process
+    remote_timeout: int | None = None   # ns of wall clock to wait for each answer; None: wire's default
 
 
 @dataclass(frozen=True)
@@ -417,7 +420,9 @@ def dump(config: Config | DatacenterConfig, relative_to: str | os.PathLike | Non
         out = [emit({"datacenter": {"seed": config.seed}})] if config.seed is not None else []
         for h in config.hosts:
             host, vms, switches = tables(h.config)
-            out.append(emit({"host": [{"name": h.name, **host}], "host.switch": switches, "host.vm": vms}))
+            remote = {"remote": h.remote,
+                      "remote_timeout": None if h.remote_timeout is None else format_duration(h.remote_timeout)}
+            out.append(emit({"host": [{"name": h.name, **remote, **host}], "host.switch": switches, "host.vm": vms}))
         out.append(emit({"link": [{"hosts": list(link.hosts), "bandwidth": f"{link.bandwidth}bit/s",
                                    "latency": format_duration(link.latency)} for link in config.links],
                          "at": timeline(config.timeline)}))

@@ -86,9 +86,10 @@ def plan(args: argparse.Namespace, *, create: bool) -> Plan:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"{exc.filename or args.config or args.workdir}: {exc.strerror or exc}") from None
-    # A datacenter file is checked host by host, each host's keys under its host[i].
-    hosts = ([(f"host[{i}].", h.config, f"{args.pcap}.{h.name}") for i, h in enumerate(config.hosts)]
-             if isinstance(config, DatacenterConfig) else [("", config, args.pcap)])
+    # A datacenter file is checked host by host, each host's keys under its host[i]; a remote host's
+    # disks and workloads are its server's to check (at hello), and it has no trace or capture here.
+    hosts = ([(f"host[{i}].", h.config, f"{args.pcap}.{h.name}") for i, h in enumerate(config.hosts)
+              if h.remote is None] if isinstance(config, DatacenterConfig) else [("", config, args.pcap)])
     for prefix, host, pcap in hosts:
         try:  # the disks: the ones named exist as VHDs of their size, or can be made; run files can be
             run_files.plan_disks(host, workdir, args.config or "the default host")
@@ -97,7 +98,7 @@ def plan(args: argparse.Namespace, *, create: bool) -> Plan:
                 exc = ConfigError(exc.file, prefix + exc.key, exc.expected, exc.got, hint=exc.hint)
             raise UsageError(str(exc)) from None
         _check_workloads(host, args.config or "the default host", prefix)
-    traces = ([f"{args.trace}.{h.name}" for h in config.hosts] if isinstance(config, DatacenterConfig)
+    traces = ([f"{args.trace}.{h.name}" for h in config.hosts if h.remote is None] if isinstance(config, DatacenterConfig)
               else [args.trace]) if args.trace is not None else []
     for option, path in [("--log", args.log)] + [("--trace", t) for t in traces]:
         if path is not None:
@@ -260,11 +261,14 @@ def _ending(exc: BaseException, managed, prefix: str = "") -> tuple[dict, int, s
     or None). Ctrl-C is an interruption; a timeline action that fails, a guest that raised or a
     defect of hvsim's (the one with a traceback) is a failure, naming the VM where `managed` (the
     host it happened in, if known) can; `prefix` names the host in a datacenter."""
+    from partitions.datacenter.remote import RemoteHostError, WireError
     from partitions.management import ScenarioError
     if isinstance(exc, KeyboardInterrupt):
         return {"status": "interrupted", "reason": "Ctrl-C"}, EXIT_INTERRUPTED, None
     if isinstance(exc, ScenarioError):
         return {"status": "failed", "reason": prefix + str(exc)}, EXIT_FAILED, None
+    if isinstance(exc, (WireError, RemoteHostError)):   # their messages name the host and its address
+        return {"status": "failed", "reason": str(exc)}, EXIT_FAILED, getattr(exc, "remote_traceback", None)
     reason = _naming_vms(exc, managed) if managed is not None else f"{type(exc).__name__}: {exc}"
     crash = traceback.format_exc() if not _is_guest_error(exc) else None
     return {"status": "failed", "reason": prefix + reason}, EXIT_FAILED, crash
@@ -377,10 +381,11 @@ def _run_datacenter(args: argparse.Namespace, p: Plan, ctrl_c: _CtrlC) -> int:
             log.close()
         return _fail(str(exc))
     built.append(dc)
-    records: dict[str, list] = {name: [] for name in dc.hosts}
+    local = {name: node for name, node in dc.hosts.items() if hasattr(node, "managed")}   # not a remote host
+    records: dict[str, list] = {name: [] for name in local}
 
     def take_scheduling() -> None:
-        for name, node in dc.hosts.items():
+        for name, node in local.items():
             records[name].extend(node.managed.host.introspect.take_scheduling()[0])
 
     drained = [0]
@@ -399,14 +404,14 @@ def _run_datacenter(args: argparse.Namespace, p: Plan, ctrl_c: _CtrlC) -> int:
         else:
             dc.run(p.duration, on_progress=progress)
     except (KeyboardInterrupt, Exception) as exc:   # reported, and the records kept
-        where = dc.hosts.get(dc.stopped_in)
+        where = local.get(dc.stopped_in)
         outcome, status, crash = _ending(exc, where.managed if where is not None else None,
                                          f"host {dc.stopped_in!r}: ")
     summary = dc.summary()
     summary["outcome"] = outcome
     if args.trace:   # one trace per host: each has its own LPs and partitions
         take_scheduling()
-        for name, node in dc.hosts.items():
+        for name, node in local.items():
             _write_trace(f"{args.trace}.{name}", node.managed, records[name])
     dc.close()
     if log is not None:
@@ -433,8 +438,8 @@ def _run_datacenter_live(dc, duration: int, progress: Callable) -> None:
     task = bar.add_task("run", total=duration / 1e9)
 
     def view():
-        return Group(*[_vm_table(node.managed.get_vm(), f"Get-VM on {name}") for name, node in dc.hosts.items()],
-                     bar)
+        return Group(*[_vm_table(node.managed.get_vm() if hasattr(node, "managed") else node.summary()["vms"],
+                                 f"Get-VM on {name}") for name, node in dc.hosts.items()], bar)
     with Live(view(), refresh_per_second=8) as live:
         shown = [0]
 

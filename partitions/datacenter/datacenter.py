@@ -24,6 +24,7 @@ from hypervisor.quantities import parse_duration
 from partitions.config_schema import DatacenterConfig
 from partitions.datacenter.link import Link, Message
 from partitions.datacenter.node import HostNode
+from partitions.datacenter.remote import RemoteHostNode
 
 #: The longest window, whatever the links: the run reports progress (and hears Ctrl-C) at least
 #: this often, as a single host does.
@@ -66,9 +67,15 @@ class Datacenter:
                 pinned = h.config.host.seed
                 neighbours = {end for link in self.links if h.name in (link.a, link.b)
                               for end in (link.a, link.b) if end != h.name}
-                node = HostNode(h.name, h.config,
-                                seed=pinned if pinned is not None and seed is None else host_seed(self.seed, h.name),
-                                neighbours=neighbours, workdir=workdir,
+                own_seed = pinned if pinned is not None and seed is None else host_seed(self.seed, h.name)
+                if h.remote is not None:   # served by `hvsim host serve`, which gets its config at hello
+                    node = RemoteHostNode(h.name, h.config, address=h.remote, seed=own_seed, neighbours=neighbours,
+                                          base_dir=config.path.parent if config.path else None,
+                                          **({} if h.remote_timeout is None else {"timeout": h.remote_timeout / 1e9}))
+                    built.append(node)
+                    self.hosts[h.name] = node
+                    continue
+                node = HostNode(h.name, h.config, seed=own_seed, neighbours=neighbours, workdir=workdir,
                                 event_log=event_log.bind(host=h.name) if event_log is not None else None,
                                 record_scheduling=record_scheduling,
                                 pcap=f"{pcap}.{h.name}" if pcap is not None and h.config.switches else None)
@@ -139,7 +146,7 @@ class Datacenter:
         only disk-io's offsets), and two runs with different seeds are different runs."""
         d = hashlib.blake2b(digest_size=16)
         for name, node in self.hosts.items():
-            d.update(name.encode() + b"\0" + node.managed.seed.to_bytes(8, "little") + node.trace_digest())
+            d.update(name.encode() + b"\0" + node.seed.to_bytes(8, "little") + node.trace_digest())
         d.update(self._traffic.digest())
         return d.digest()
 

@@ -43,6 +43,10 @@ class HostNode:
     def now(self) -> int:
         return self.managed.host.now
 
+    @property
+    def seed(self) -> int:
+        return self.managed.seed
+
     # ---- what code on this host uses ------------------------------------------------------------
     def handle(self, kind: str, handler: Handler | None) -> None:
         """Deliver messages of `kind` to `handler(message)`, called at their arrival time on this

@@ -1,0 +1,296 @@
+"""A datacenter host served by `hvsim host serve` in another process, over loopback TCP: the
+datacenter's digest is the one it has with the host in-process, messages cross both ways, and a
+server that dies or a stream that is cut or damaged stops the run with an error naming the host
+(and, from `hvsim run`, a failed outcome without a traceback). Every server is killed at the end."""
+import json
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from partitions.cli import main
+from partitions.config import ConfigError, loads
+from partitions.datacenter import Datacenter
+from partitions.datacenter.remote import answer_pings
+from partitions.datacenter.wire import WireError
+
+CHECKOUT = str(Path(__file__).resolve().parents[2])
+
+DC = """
+[datacenter]
+seed = 3
+
+[[host]]
+name = "host-a"
+logical_processors = 2
+memory = "1GiB"
+
+[[host.vm]]
+name = "counter"
+memory = "64MiB"
+workload = { kind = "memory-counter", pages = 16, interval = "2ms" }
+
+[[host]]
+name = "host-b"
+{remote}
+logical_processors = 2
+memory = "1GiB"
+
+[[host.vm]]
+name = "batch"
+processors = 2
+memory = "64MiB"
+workload = [ { kind = "cpu-burn", duty = 0.5, period = "10ms" }, { kind = "disk-io", queue_depth = 1 } ]
+disks = [ { path = "disks/batch.vhd", size = "16MiB" } ]
+
+[[link]]
+hosts = ["host-a", "host-b"]
+bandwidth = "10Gbit/s"
+latency = "50us"
+
+[[at]]
+time = "30ms"
+action = "pause"
+vm = "batch"
+"""
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """start(*options) -> (process, "127.0.0.1:PORT") of a new `hvsim host serve` on port 0."""
+    started = []
+
+    def start(*options):
+        proc = subprocess.Popen([sys.executable, "-m", "partitions.cli", "host", "serve", "--listen", "127.0.0.1:0",
+                                 "--workdir", str(tmp_path / f"served{len(started)}"), *options],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": CHECKOUT})   # this checkout's hvsim
+        started.append(proc)
+        line = proc.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:"), proc.communicate()
+        return proc, line.split()[-1]
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.communicate()
+
+
+class Proxy:
+    """Forwards one connection to `target`; after `frames` whole frames from the served side,
+    it sends half of the next one and hangs up (`damage=False`), or flips a byte in the middle of
+    it and carries on (`damage=True`). A test's thread, not the simulation's."""
+
+    def __init__(self, target: str, *, frames: int, damage: bool = False) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.frames, self.damage = frames, damage
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        client, _ = self.listener.accept()
+        served = socket.create_connection(self.target)
+        pending, whole = b"", 0
+        try:
+            while True:
+                ready, _, _ = select.select([client, served], [], [], 30)
+                if not ready:
+                    return
+                if client in ready:
+                    data = client.recv(1 << 16)
+                    if not data:
+                        return
+                    served.sendall(data)
+                if served in ready:
+                    data = served.recv(1 << 16)
+                    if not data:
+                        return
+                    pending += data
+                    while len(pending) >= 24:   # whole frames go through; the chosen one is cut or damaged
+                        size = 24 + struct.unpack_from("<I", pending, 12)[0] + 16
+                        if len(pending) < size:
+                            break
+                        frame, pending = pending[:size], pending[size:]
+                        if whole == self.frames:
+                            if not self.damage:
+                                client.sendall(frame[:size // 2])
+                                return
+                            frame = frame[:size // 2] + bytes([frame[size // 2] ^ 0x40]) + frame[size // 2 + 1:]
+                        client.sendall(frame)
+                        whole += 1
+        finally:
+            client.close()
+            served.close()
+            self.listener.close()
+
+
+def config(remote: str | None):
+    return loads(DC.replace("{remote}", f'remote = "{remote}"' if remote else ""))
+
+
+def run(remote: str | None, until="60ms", workdir="run"):
+    """The datacenter's digest and summary after host-a pings host-b at 0 and at 20 ms."""
+    dc = Datacenter(config(remote), workdir=workdir)
+    try:
+        if remote is None:
+            answer_pings(dc.hosts["host-b"])   # what a served host has
+        a = dc.hosts["host-a"]
+        pongs = []
+        a.handle("pong", lambda m: pongs.append((a.now, m.payload)))
+        a.send("host-b", "ping", b"first", size=125_000)
+        dc.run("20ms")
+        a.send("host-b", "ping", b"second")
+        dc.run(until)
+        return dc.trace_digest().hex(), dc.summary(), pongs
+    finally:
+        dc.close()
+
+
+def test_a_served_host_gives_the_digest_it_gives_in_process(serve):
+    _, address = serve("--once")
+    remote = run(address)
+    local = run(None)
+    assert remote[0] == local[0]
+    # 1 Mbit out (100 us) and 5 bytes back (4 ns), each plus 50 us; then 6 bytes each way (5 ns)
+    assert remote[2] == local[2] == [(150_000 + 4 + 50_000, b"first"), (20_000_000 + 2 * (5 + 50_000), b"second")]
+    b = remote[1]["hosts"]["host-b"]
+    assert b["remote"] == address and "lost" not in b
+    assert b["messages"] == local[1]["hosts"]["host-b"]["messages"] == {"sent": 2, "delivered": 2, "unhandled": 0,
+                                                                          "pending": 0}
+    assert {v["Name"]: v["State"] for v in b["vms"]} == {"batch": "Paused"}   # its own timeline, run there
+    assert b["trace_digest"] == local[1]["hosts"]["host-b"]["trace_digest"]
+    assert remote[1]["links"] == local[1]["links"]
+
+
+def test_a_server_killed_between_windows_is_an_error_naming_the_host(serve):
+    proc, address = serve()
+    dc = Datacenter(config(address), workdir="run")
+    try:
+        dc.run("5ms")
+
+        def kill(d):
+            if d.windows == 150:
+                proc.kill()
+                proc.wait()
+        with pytest.raises(WireError, match=rf"^host 'host-b' \({address}\): .*(closed|reset|Broken pipe)"):
+            dc.run("20ms", on_progress=kill)
+        assert dc.stopped_in == "host-b" and dc.hosts["host-b"].now == 7_500_000
+        s = dc.summary()   # still whole: the lost host says what it last knew
+        assert s["hosts"]["host-b"]["lost"] and s["hosts"]["host-b"]["simulated_ns"] == 7_500_000
+        assert s["hosts"]["host-a"]["simulated_ns"] == 7_550_000 and dc.hosts["host-b"].trace_digest() == bytes(16)
+        with pytest.raises(WireError, match="the connection was lost earlier"):
+            dc.run("30ms")
+    finally:
+        dc.close()
+
+
+@pytest.mark.parametrize("damage, error", [(False, "the connection closed inside a frame"),
+                                           (True, "a frame fails its digest")])
+def test_a_stream_cut_or_damaged_mid_frame_stops_the_run(serve, damage, error):
+    _, address = serve()
+    proxy = Proxy(address, frames=40, damage=damage)   # the hello, then 39 windows' answers
+    dc = Datacenter(config(proxy.address), workdir="run")
+    try:
+        with pytest.raises(WireError, match=rf"^host 'host-b' \({proxy.address}\): {error}"):
+            dc.run("10ms")
+        assert dc.hosts["host-b"].now == 39 * 50_000 and dc.now == 39 * 50_000
+    finally:
+        dc.close()
+        proxy.thread.join(10)
+
+
+def test_hvsim_run_reports_a_lost_host_without_a_traceback(serve, tmp_path, capsys):
+    _, address = serve()
+    proxy = Proxy(address, frames=100)
+    cfg = tmp_path / "dc.toml"
+    cfg.write_text(DC.replace("{remote}", f'remote = "{proxy.address}"'))
+    assert main(["run", str(cfg), "--for", "50ms", "--json", "--workdir", str(tmp_path / "w")]) == 1
+    out, err = capsys.readouterr()
+    s = json.loads(out)
+    assert s["outcome"] == {"status": "failed", "reason": f"host 'host-b' ({proxy.address}): the connection closed "
+                                                          f"inside a frame (" + s["outcome"]["reason"].split("(")[-1]}
+    assert s["hosts"]["host-b"]["lost"].startswith("the connection closed inside a frame")
+    assert "Traceback" not in err and err.startswith(f"hvsim run: failed at 0.00495 s: host 'host-b' ({proxy.address})")
+    proxy.thread.join(10)
+
+
+def test_hvsim_run_with_a_served_host(serve, tmp_path, capsys):
+    proc, address = serve("--once")
+    cfg = tmp_path / "dc.toml"
+    cfg.write_text(DC.replace("{remote}", f'remote = "{address}"\nremote_timeout = "20s"'))
+    assert main(["run", str(cfg), "--for", "40ms", "--json", "--workdir", str(tmp_path / "w")]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["outcome"] == {"status": "completed"} and s["hosts"]["host-b"]["remote"] == address
+    assert proc.wait(30) == 0   # the session closed by the datacenter: --once exits 0
+    assert (tmp_path / "served0" / "disks" / "batch.vhd").exists()   # the disk is the served host's
+    assert not (tmp_path / "disks").exists()
+
+
+def test_a_served_host_refuses_what_would_reach_outside_it(serve, tmp_path):
+    _, address = serve()
+    # A disk under the datacenter file's directory goes as a path relative to it (and so lands in
+    # the served host's work directory); one elsewhere goes as it is, and is refused.
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-x.vhd"
+    outside = DC.replace("{remote}", f'remote = "{address}"').replace('"disks/batch.vhd"', f'"{elsewhere}"')
+    with pytest.raises(WireError, match=r"refused it: .*vm\[0\]\.disks\[0\]\.path: expected a path under the "
+                                        r"served host's work directory"):
+        Datacenter(loads(outside), workdir="run")
+    assert not elsewhere.exists()
+    _, address = serve()
+    python = DC.replace("{remote}", f'remote = "{address}"').replace(
+        '{ kind = "disk-io", queue_depth = 1 }', '{ kind = "python", target = "os:system" }')
+    with pytest.raises(WireError, match=r"refused it: .*vm\[0\]\.workload: expected a built-in workload"):
+        Datacenter(loads(python), workdir="run")
+
+
+def test_a_served_host_reports_a_failed_action_as_in_one_process(serve, tmp_path):
+    _, address = serve()
+    (tmp_path / "served0" / "batch.hvsav").mkdir(parents=True)   # where its save will fail to write
+    text = DC.replace("{remote}", f'remote = "{address}"').replace('action = "pause"', 'action = "save"')
+    dc = Datacenter(loads(text), workdir="run")
+    try:
+        with pytest.raises(TypeError, match="runs in another process"):
+            dc.hosts["host-b"].handle("ping", print)
+        from partitions.management import ScenarioError
+        with pytest.raises(ScenarioError, match="^at 0.03s: save of vm 'batch' failed: .*batch.hvsav"):
+            dc.run("40ms")
+        assert dc.stopped_in == "host-b" and dc.summary()["hosts"]["host-b"]["simulated_ns"] == 30_000_000
+    finally:
+        dc.close()
+
+
+def test_nobody_listening_is_a_clear_error(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+    with pytest.raises(WireError, match=rf"host 'host-b': cannot connect to 127.0.0.1:{port}"):
+        Datacenter(config(f"127.0.0.1:{port}"), workdir="run")
+
+
+@pytest.mark.parametrize("edit, key, expected", [
+    ('remote = "127.0.0.1"', "host[1].remote", 'the address of `hvsim host serve` as "HOST:PORT"'),
+    ('remote = "127.0.0.1:0"', "host[1].remote", 'the address of `hvsim host serve` as "HOST:PORT"'),
+    ('remote = 7000', "host[1].remote", 'the address of `hvsim host serve` as "HOST:PORT"'),
+    ('remote_timeout = "5s"', "host[1].remote_timeout", "no timeout for a host in this process"),
+    ('remote = "127.0.0.1:7000"\nremote_timeout = "0s"', "host[1].remote_timeout", "a positive duration"),
+])
+def test_remote_keys_are_checked(edit, key, expected):
+    with pytest.raises(ConfigError) as e:
+        loads(DC.replace("{remote}", edit), file="dc.toml")
+    assert e.value.file == "dc.toml" and e.value.key == key and e.value.expected.startswith(expected)
+
+
+def test_remote_keys_dump_and_load_back():
+    from partitions.config import dump
+    c = loads(DC.replace("{remote}", 'remote = "127.0.0.1:7000"\nremote_timeout = "2m"'))
+    assert c.host("host-b").remote == "127.0.0.1:7000" and c.host("host-b").remote_timeout == 120 * 10**9
+    assert c.host("host-a").remote is None and loads(dump(c)) == c
