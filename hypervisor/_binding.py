@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools as _functools
 import os
 import struct as _struct
+import weakref as _weakref
 
 # ABI version this Python package was written against; the compiled core reports its own.
 ABI_VERSION = 1
@@ -1326,3 +1327,142 @@ class ServiceTake:
         if n < 0:
             raise MemoryError(f"partition {self._id}: its SynIC pages are not readable by it")
         return self.slot_type[0], ffi.unpack(self.out, n) if n else []
+
+
+# --- live migration: the parent's bulk access to a child's memory, absent pages (migration.c, pager.c)
+
+_NO_VP = 0xFFFFFFFF
+
+
+def _page_list(gpa_pages):
+    """A uint64_t[] of the GPA pages: an array('Q') is passed as it is, with no copy; any other
+    iterable of ints is converted."""
+    if isinstance(gpa_pages, _array.array) and gpa_pages.typecode == "Q":
+        arr = ffi.from_buffer("uint64_t[]", gpa_pages)
+        return arr, len(arr)
+    pages = list(gpa_pages)
+    return ffi.new("uint64_t[]", pages or [0]), len(pages)
+
+
+def _page_buffer(count: int, out):
+    """(cdata, owner) of count pages to read into: `out` if given (a writable buffer of exactly that
+    size), else a new bytearray."""
+    if out is None:
+        out = bytearray(count * 4096)
+    view = ffi.from_buffer(out, require_writable=True)
+    if len(view) != count * 4096:
+        raise ValueError(f"expected a buffer of {count * 4096} bytes for {count} pages, got {len(view)}")
+    return view, out
+
+
+def hv_child_read_pages(h, parent_id: int, child_id: int, gpa_pages, out=None) -> tuple[int, object, int]:
+    """(HV_STATUS, the pages' bytes in order (`out` if given), the GPA page refused)."""
+    pages, n = _page_list(gpa_pages)
+    view, owner = _page_buffer(n, out)
+    bad = ffi.new("uint64_t *")
+    st = int(lib.hv_child_read_pages(h, parent_id, child_id, pages, n, view, bad))
+    return st, owner, int(bad[0])
+
+
+def hv_child_read_range(h, parent_id: int, child_id: int, first: int, count: int, out=None) -> tuple[int, object, int]:
+    view, owner = _page_buffer(count, out)
+    bad = ffi.new("uint64_t *")
+    st = int(lib.hv_child_read_range(h, parent_id, child_id, first, count, view, bad))
+    return st, owner, int(bad[0])
+
+
+def hv_child_write_pages(h, parent_id: int, child_id: int, gpa_pages, data) -> tuple[int, int]:
+    """(HV_STATUS, the GPA page refused); data holds 4096 bytes per page."""
+    pages, n = _page_list(gpa_pages)
+    src = ffi.from_buffer(data)
+    if len(src) != n * 4096:
+        raise ValueError(f"expected {n * 4096} bytes for {n} pages, got {len(src)}")
+    bad = ffi.new("uint64_t *")
+    return int(lib.hv_child_write_pages(h, parent_id, child_id, pages, n, src, bad)), int(bad[0])
+
+
+def hv_child_write_range(h, parent_id: int, child_id: int, first: int, data) -> tuple[int, int]:
+    src = ffi.from_buffer(data)
+    if len(src) % 4096:
+        raise ValueError(f"expected whole pages (a multiple of 4096 bytes), got {len(src)}")
+    bad = ffi.new("uint64_t *")
+    return int(lib.hv_child_write_range(h, parent_id, child_id, first, len(src) // 4096, src, bad)), int(bad[0])
+
+
+def hv_child_nonzero_pages(h, parent_id: int, child_id: int, first: int, count: int) -> tuple[int, list[int]]:
+    """(HV_STATUS, the GPA pages of the range that are mapped and may hold a non-zero byte)."""
+    if count < 0:
+        raise ValueError(f"expected a page count, got {count}")
+    out = ffi.new("uint64_t[]", max(min(count, 1 << 24), 1))
+    found = ffi.new("uint64_t *")
+    st = int(lib.hv_child_nonzero_pages(h, parent_id, child_id, first, count, out, found))
+    return st, ffi.unpack(out, int(found[0])) if st == 0 and found[0] else []
+
+
+def hv_dirty_log_read(h, caller_id: int, vp_index: int, in_gpa: int, out_gpa: int, child_id: int, first: int,
+                      count: int, flags: int) -> tuple[int, list[int]]:
+    """(HV_STATUS, the GPA pages GetGpaPagesAccessStates reported dirty) over the range."""
+    out = ffi.new("uint64_t[]", max(min(count, 1 << 24), 1))
+    found = ffi.new("uint64_t *")
+    st = int(lib.hv_dirty_log_read(h, caller_id, vp_index, in_gpa & 0xFFFFFFFFFFFFFFFF, out_gpa & 0xFFFFFFFFFFFFFFFF,
+                                   child_id, first, count, flags, out, found))
+    return st, ffi.unpack(out, int(found[0])) if found[0] else []
+
+
+def hv_child_set_absent(h, parent_id: int, child_id: int, first: int, count: int) -> tuple[int, int]:
+    bad = ffi.new("uint64_t *")
+    return int(lib.hv_child_set_absent(h, parent_id, child_id, first, count, bad)), int(bad[0])
+
+
+def hv_child_page_in(h, parent_id: int, child_id: int, gpa_page: int, data) -> int:
+    src = ffi.from_buffer(data)
+    if len(src) != 4096:
+        raise ValueError(f"expected one page (4096 bytes), got {len(src)}")
+    return int(lib.hv_child_page_in(h, parent_id, child_id, gpa_page, src))
+
+
+def hv_child_absent_map(h, parent_id: int, child_id: int, first: int, count: int) -> tuple[int, bytes]:
+    out = ffi.new("uint8_t[]", max(count, 1))
+    st = int(lib.hv_child_absent_map(h, parent_id, child_id, first, count, out))
+    return st, bytes(ffi.buffer(out, count)) if st == 0 else b""
+
+
+def hv_pager_stats(h, partition_id: int) -> dict | None:
+    s = ffi.new("struct hv_pager_stats *")
+    if lib.hv_pager_stats(h, partition_id, s) != 0:
+        return None
+    return {"absent": s.absent, "faults": s.faults, "failures": s.failures, "stall_ns": s.stall_ns,
+            "unattributed": s.unattributed}
+
+
+# Host handle (address) -> a weak reference to the function that serves its faults:
+# serve(partition_id, gpa_page, vp_index or None) -> (4096 bytes, stall ns, VP index or None), or
+# None if the fetch failed. Weak, so that a host with a pager is still collected.
+_PAGERS: dict[int, object] = {}
+
+
+def hv_pager_install(h, serve) -> None:
+    """Let `serve` (a bound method) answer the host's absent-page faults."""
+    _PAGERS[int(ffi.cast("uintptr_t", h))] = _weakref.WeakMethod(serve)
+    lib.hv_pager_install(h, lib.hv_pager_upcall)
+
+
+@ffi.def_extern()
+def hv_pager_upcall(h, partition_id, gpa_page, vp_index, page, stall_ns, vp_out):
+    # Called by the core in the middle of an access: nothing may escape into C, so anything the
+    # serving function lets through fails the fetch (the access then fails for that child only).
+    try:
+        ref = _PAGERS.get(int(ffi.cast("uintptr_t", h)))
+        serve = ref() if ref is not None else None
+        if serve is None:
+            return -1
+        got = serve(int(partition_id), int(gpa_page), None if vp_index == _NO_VP else int(vp_index))
+        if got is None:
+            return -1
+        data, ns, vp = got
+        ffi.memmove(page, data, 4096)
+        stall_ns[0] = ns
+        vp_out[0] = _NO_VP if vp is None else vp
+        return 0
+    except BaseException:  # noqa: BLE001 - see above
+        return -1

@@ -277,6 +277,20 @@ class GuestRunner:
         self._fast: dict[int, Wakeup] = {}
         # partition id -> {VP index: sync} of the guests whose cycles the core takes (watch_cycle)
         self._cycles: dict[int, dict[int, Callable[[], None]]] = {}
+        # While run() serves a batch: (its resume words, the steps taken so far). The guest whose
+        # code runs now is record len(steps) // 2 (running_vp); None between batches.
+        self._serving: tuple[list[int], list[int]] | None = None
+
+    def running_vp(self, partition_id: int) -> int | None:
+        """The VP index of the guest whose code runs now, if it is one of `partition_id`'s."""
+        if self._serving is None:
+            return None
+        batch, steps = self._serving
+        i = len(steps) >> 1
+        if i >= len(batch):
+            return None
+        key = self._keys[batch[i] >> 32]
+        return key[1] if key is not None and key[0] == partition_id else None
 
     def watch_cycle(self, partition_id: int, vp_index: int, sync: Callable[[], None]) -> Callable[[], None]:
         self._cycles.setdefault(partition_id, {})[vp_index] = sync
@@ -361,10 +375,12 @@ class GuestRunner:
         while True:
             if self._cycles:
                 self._sync_cycles(batch)
+            self._serving = None
             batch = loop.run(until, steps)
             if not batch:
                 return
             steps = []
+            self._serving = (batch, steps)
             extend = steps.extend
             errors: list[GuestError] = []
             for word in batch:
@@ -410,6 +426,7 @@ class GuestRunner:
                 if refused >= 0:
                     raise AssertionError(f"the core refused guest step {steps[2 * refused:2 * refused + 2]}")
                 steps = []
+                self._serving = None
                 handler = self._host.on_guest_error
                 if handler is None:
                     raise errors[0]

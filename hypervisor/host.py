@@ -103,6 +103,9 @@ class Host:
             self.root._vps[i] = VirtualProcessor(self.root, i, (first + 2 * i) * PAGE_SIZE,
                                                  (first + 2 * i + 1) * PAGE_SIZE)
         self.root_memory = RootMemory(first + 2 * root_vps, memory_bytes // PAGE_SIZE)
+        self._pagers: dict[int, Callable] = {}
+        #: child id -> (GPA page, exception) of the last fetch its pager failed (set_pager).
+        self.pager_failures: dict[int, tuple[int, BaseException]] = {}
 
     def __repr__(self) -> str:
         return (f"<Host {self.logical_processors} LPs, {self.memory_bytes // 2**20} MiB, "
@@ -142,6 +145,46 @@ class Host:
     def dirty_log(self, child: Partition | int) -> DirtyLog:
         """The dirty log of a child of the root (hypervisor/dirty.py): start, take, stop."""
         return DirtyLog(self.root, child if isinstance(child, Partition) else self.partition(child))
+
+    # ---- absent pages (post-copy): the parent's pager -------------------------------------------
+    def set_pager(self, child: Partition | int, fn: Callable[[int], object] | None) -> None:
+        """Serve the first access to each absent page of `child` (Partition.set_absent) with
+        `fn(gpa_page)`, which returns the page's 4096 bytes and how long fetching it took in
+        simulated ns, as `(data, ns)` (bare bytes: 0 ns), or raises. The VP the access was for
+        waits that long before its next step; a fetch that raises (or returns anything else) fails
+        the access as an unmapped GPA would: the child's guest sees MemoryError, the host runs on.
+        `fn` must not call into the core (it runs in the middle of an access). None: no pager."""
+        child_id = child if isinstance(child, int) else child.id
+        if fn is None:
+            self._pagers.pop(child_id, None)
+            return
+        if not self._pagers:
+            _binding.hv_pager_install(self._h, self._serve_page)
+        self._pagers[child_id] = fn
+
+    def pager_stats(self, child: Partition | int) -> dict:
+        """{absent, faults, failures, stall_ns, unattributed} of a partition (docs/dirty-log.md)."""
+        stats = _binding.hv_pager_stats(self._h, child if isinstance(child, int) else child.id)
+        if stats is None:
+            raise LookupError(f"no partition {child} on this host")
+        return stats
+
+    def _serve_page(self, partition_id: int, gpa_page: int, vp_index: int | None):
+        """The core's absent-page fault: (data, ns, VP index or None), or None if it failed."""
+        fn = self._pagers.get(partition_id)
+        if fn is None:
+            return None
+        try:
+            got = fn(gpa_page)
+            data, ns = (got, 0) if isinstance(got, (bytes, bytearray, memoryview)) else got
+            if len(data) != PAGE_SIZE or type(ns) is not int or ns < 0:
+                raise ValueError(f"a pager returns (4096 bytes, ns >= 0), got {len(data)} bytes and {ns!r}")
+        except Exception as exc:  # noqa: BLE001 - the fetch fails; the access fails for that child only
+            self.pager_failures[partition_id] = (gpa_page, exc)
+            return None
+        if vp_index is None:  # a load or store of its guest's code: the guest running now
+            vp_index = self._guests.running_vp(partition_id)
+        return data, ns, vp_index
 
     def partitions(self) -> list[Partition]:
         return [self._partition(pid) for pid in self.introspect.partition_ids()]

@@ -62,6 +62,10 @@ _SIGNAL_EVENT_FAST = control(CallCode.SIGNAL_EVENT, fast=True)
 _new_tuple = tuple.__new__
 
 
+#: Statuses of the bulk page calls that name a page (the one refused).
+_PAGE_REFUSALS = (HvStatus.INVALID_PARAMETER, HvStatus.OBJECT_IN_USE)
+
+
 def _round8(n: int) -> int:
     return (n + 7) & ~7
 
@@ -431,6 +435,72 @@ class Partition:
             if overlay is not None and gpa < overlay + PAGE_SIZE and overlay < gpa + len(data):
                 raise OverlayFault(self.id, gpa, len(data), overlay)
             raise MemoryError(f"partition {self.id}: GPA {gpa:#x}+{len(data)} is not writable by it")
+
+    # ---- a child's memory in bulk, for live migration (native/migration.c, native/pager.c) ------
+    # The parent's copies of whole pages, many per crossing, by the child's GPA map (whatever rights
+    # the child has on them). Each call checks every page before a byte moves: a page the child does
+    # not map raises HvInvalidParameter naming it, and nothing changed. Only the child's parent may
+    # call (HvNotFound otherwise). See docs/dirty-log.md.
+
+    def _child_call(self, name: str, result: tuple) -> None:
+        status, bad = result[0], result[-1]
+        if status != HvStatus.SUCCESS:
+            raise error_for(status, name, f"GPA page {bad:#x}" if status in _PAGE_REFUSALS else None)
+
+    def read_pages(self, child: Partition | int, gpa_pages, *, out=None) -> bytes:
+        """The child's GPA pages `gpa_pages` (a sequence of ints, or an array('Q') passed with no
+        copy), 4096 bytes each, in order; into `out` (a writable buffer of that size) if given."""
+        r = _binding.hv_child_read_pages(self.host._h, self.id, self._target_id(child), gpa_pages, out)
+        self._child_call("ReadPages", r)
+        return r[1] if out is not None else bytes(r[1])
+
+    def read_range(self, child: Partition | int, first: int, count: int, *, out=None) -> bytes:
+        """The child's GPA pages first .. first + count - 1, without a list of them."""
+        r = _binding.hv_child_read_range(self.host._h, self.id, self._target_id(child), first, count, out)
+        self._child_call("ReadPages", r)
+        return r[1] if out is not None else bytes(r[1])
+
+    def write_pages(self, child: Partition | int, gpa_pages, data) -> None:
+        """Store `data` (4096 bytes per page) into the child's GPA pages `gpa_pages`: writes of the
+        core, which set the child's dirty log, and which supply pages that were absent."""
+        self._child_call("WritePages", _binding.hv_child_write_pages(self.host._h, self.id, self._target_id(child),
+                                                                     gpa_pages, data))
+
+    def write_range(self, child: Partition | int, first: int, data) -> None:
+        """write_pages for the GPA pages from `first` on, as many as `data` holds."""
+        self._child_call("WritePages", _binding.hv_child_write_range(self.host._h, self.id, self._target_id(child),
+                                                                     first, data))
+
+    def nonzero_pages(self, child: Partition | int, first: int, count: int) -> list[int]:
+        """The GPA pages of first .. first + count - 1 that the child maps and that may hold a
+        non-zero byte (absent pages among them); pages the core never wrote cost nothing."""
+        status, pages = _binding.hv_child_nonzero_pages(self.host._h, self.id, self._target_id(child), first, count)
+        if status != HvStatus.SUCCESS:
+            raise error_for(status, "NonzeroPages")
+        return pages
+
+    def set_absent(self, child: Partition | int, first: int, count: int) -> None:
+        """Mark the child's GPA pages first .. first + count - 1 absent (post-copy): the first
+        access to each asks the host's pager for it (Host.set_pager). Each must be mapped
+        (HvInvalidParameter) and neither granted, viewed nor host-visible (HvInvalidState)."""
+        self._child_call("SetAbsent", _binding.hv_child_set_absent(self.host._h, self.id, self._target_id(child),
+                                                                   first, count))
+
+    def page_in(self, child: Partition | int, gpa_page: int, data) -> None:
+        """Supply one page of the child (4096 bytes): it is no longer absent."""
+        status = _binding.hv_child_page_in(self.host._h, self.id, self._target_id(child), gpa_page, data)
+        self._child_call("PageIn", (status, gpa_page))
+
+    def absent_pages(self, child: Partition | int, first: int, count: int) -> list[int]:
+        """The GPA pages of first .. first + count - 1 that are absent now."""
+        status, marks = _binding.hv_child_absent_map(self.host._h, self.id, self._target_id(child), first, count)
+        if status != HvStatus.SUCCESS:
+            raise error_for(status, "AbsentPages")
+        out, at = [], marks.find(1)
+        while at >= 0:
+            out.append(first + at)
+            at = marks.find(1, at + 1)
+        return out
 
     # ---- ports, connections, messages and events (synic) ----
     def create_port(self, port_partition: Partition | int | None, port_id: int, *, port_type: int,

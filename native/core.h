@@ -17,6 +17,7 @@
 #include "api/grant.h"
 #include "api/visibility.h"
 #include "api/overlay.h"
+#include "api/migration.h"
 #include "synic.h"
 #include "port.h"
 
@@ -91,6 +92,10 @@ struct hv_vp {
     uint32_t rq_hpos;            /* its index in that heap (valid while rq_pos >= 0) */
     uint64_t window_epoch;       /* the window window_used_ns counts; older: it counts 0 (hv_sched_window_used) */
     struct hv_cycle cycle;       /* its Python guest's duty cycle, taken by the core between interrupts (run.c) */
+    uint64_t stall_ns;           /* time fetching absent pages for it cost, not yet waited (pager.c) */
+    bool stalled;                /* halted for a stall: its guest's step (stalled_op, _arg) follows */
+    uint32_t stalled_op;
+    uint64_t stalled_arg;
 };
 
 /* A run-queue heap entry (sched_classic.c): a runnable VP and its key, which does not change while
@@ -120,6 +125,15 @@ struct hv_grant {
     uint32_t runs;                /* runs of contiguous SPA pages: the mappings the view costs */
     uint8_t visible;              /* a host-visible view (visibility.c): the HV_HOST_VISIBILITY_* its
                                      pages need; 0 for grants and own views */
+};
+
+/* A page of a writable view, for the dirty log's reads (dirty.c). */
+struct hv_view_page { uint64_t gpa, pfn; };
+struct hv_view_index {            /* a partition's writable view pages, sorted by GPA page */
+    struct hv_view_page *page;
+    uint64_t n;
+    uint64_t gen;                 /* host->grants_gen when it was made */
+    bool built;
 };
 
 struct hv_partition_counters {
@@ -154,6 +168,8 @@ struct hv_partition {
                                      that GPA page: reads see the overlay, writes fault (overlay.c) */
     uint64_t *dirty_log;          /* while its parent tracks it: bitmap by SPA page, set on every write
                                      the core makes into a page it owns; NULL when off (dirty.c) */
+    struct hv_pager_stats pager;  /* its absent pages and their faults (pager.c) */
+    struct hv_view_index dirty_views; /* its writable view pages by GPA, while its log is read (dirty.c) */
 };
 
 
@@ -238,12 +254,19 @@ struct hv_host {
                                      for every other page; reset whenever the page changes owner) */
     struct hv_grant **grants;     /* live grants, in creation order */
     uint32_t nr_grants, cap_grants;
+    uint64_t grants_gen;          /* bumped whenever a grant or view is made or released (dirty.c's index) */
     uint64_t grant_mappings;      /* mappings every live grant and own view costs (sum over partitions) */
     struct hv_grant_refusal grant_refusal; /* why the last refused grant or view was refused */
     uint64_t teardown_visits;     /* table entries partition teardown has visited (a work counter) */
     uint32_t *owner;              /* owner code per SPA page (see HV_OWNER_*), lazily zero */
     uint64_t *dirty;              /* bitmap: page may hold non-zero bytes (zeroing is skipped otherwise) */
     uint32_t dirty_logs;          /* partitions with a dirty log: while 0 a write sets no log bit (dirty.c) */
+    uint64_t *absent;             /* bitmap by SPA page: an absent page of a child, fetched at first touch (pager.c) */
+    uint64_t absent_pages;        /* bits set in it: while 0 a translation checks nothing more */
+    hv_pager_fn pager_fn;         /* the parent's pager callback, NULL if none (every fault fails) */
+    bool in_pager;                /* the callback is running: a fault now fails (no re-entry) */
+    struct hv_vp *touch_vp;       /* the VP the core accesses guest memory for now (a hypercall's caller, a
+                                     SynIC delivery's target), NULL if none: who a fetch stalls */
     struct hv_page_list free_pages;/* SPA pages owned by nobody (owner HV_OWNER_FREE), all zero */
     uint64_t hv_pages;            /* pages owned by the hypervisor (reserved + every pool) */
     struct hv_partition *parts[HV_MAX_PARTITIONS]; /* by slot; slot 0 is the root */
@@ -458,6 +481,23 @@ uint64_t hv_dirty_tracking(const struct hv_partition *p);
 uint16_t hv_dirty_set_tracking(struct hv_host *h, struct hv_partition *p, uint64_t value);
 /* Partition teardown: the log goes with it. */
 void hv_dirty_log_free(struct hv_host *h, struct hv_partition *p);
+
+/* ---- migration.c and pager.c: the parent's bulk access, absent pages (post-copy) -------------- */
+/* The child named by child_id if parent_id is its parent, else NULL. */
+struct hv_partition *hv_child_of(struct hv_host *h, uint64_t parent_id, uint64_t child_id);
+bool hv_page_is_zero(const uint8_t *page);
+static inline bool hv_page_absent(const struct hv_host *h, uint64_t pfn)
+{
+    return __builtin_expect(h->absent_pages != 0, 0) && ((h->absent[pfn / 64] >> (pfn % 64)) & 1);
+}
+/* p touched absent page pfn at GPA page gpa_page: fetch it from the pager; false if that failed. */
+bool hv_pager_fault(struct hv_host *h, const struct hv_partition *p, uint64_t gpa_page, uint64_t pfn);
+/* Page pfn of p is present now (fetched if it was absent); false if the fetch failed. */
+bool hv_pager_present(struct hv_host *h, const struct hv_partition *p, uint64_t gpa_page, uint64_t pfn);
+/* The parent wrote page pfn of p whole: it is no longer absent. */
+void hv_pager_supplied(struct hv_host *h, struct hv_partition *p, uint64_t pfn);
+/* Page pfn changes owner: it is no longer absent (called only when it is). */
+void hv_pager_forget(struct hv_host *h, uint64_t pfn);
 
 /* Resolve a partition id named in a hypercall: SELF or the caller's own id gives the caller;
  * otherwise it must be a live child of the caller. NULL if not. */

@@ -171,6 +171,10 @@ static uint16_t create(struct hv_host *h, struct hv_partition *p, uint32_t grant
         uint32_t rw = HV_MAP_GPA_READABLE | HV_MAP_GPA_WRITABLE;
         if (!(e & HV_PTE_PRESENT) || (own && (((e >> HV_PTE_RIGHTS_SHIFT) & rw) != rw)))
             goto fail_param;
+        /* Devices store into the view with no call into the core: a page that has not arrived
+         * yet (post-copy) is fetched now, or the grant fails as for a page not mapped (pager.c). */
+        if (!hv_pager_present(h, p, gpa_pages[i], e >> HV_PAGE_SHIFT))
+            goto fail_param;
         /* A host-visible view needs every page shown to the host with at least its access. */
         if (visible && (h->host_vis[e >> HV_PAGE_SHIFT] & visible) != visible) {
             free(g); free(pfns); free(gpas);
@@ -243,6 +247,7 @@ static uint16_t create(struct hv_host *h, struct hv_partition *p, uint32_t grant
             h->dirty[pfns[i] / 64] |= 1ull << (pfns[i] % 64);
     }
     h->grants[h->nr_grants++] = g;
+    h->grants_gen++;
     return HV_STATUS_SUCCESS;
 fail_param:
     free(g); free(pfns); free(gpas);
@@ -281,6 +286,7 @@ uint16_t hv_view_create(struct hv_host *h, uint64_t partition_id, uint32_t view_
 static void release(struct hv_host *h, struct hv_grant *g)
 {
     struct hv_partition *p = h->parts[g->child_slot];
+    h->grants_gen++;
     if (p)
         hv_dirty_log_view_released(h, p, g); /* stores through the view since the last log read */
     for (uint32_t i = 0; i < g->npages; i++) {

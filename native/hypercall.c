@@ -179,7 +179,11 @@ uint64_t hv_hypercall(struct hv_host *h, uint64_t partition_id, uint32_t vp_inde
     struct hv_call c = { .h = h, .caller = caller, .vp = caller->vps[vp_index],
                          .code = (uint16_t)(control & HV_CTL_CALL_CODE_MASK) };
     const struct hv_call_desc *d = call_desc(c.code);
+    /* The core touches guest memory for this VP now: an absent page it meets stalls it (pager.c). */
+    struct hv_vp *outer = h->touch_vp;
+    h->touch_vp = c.vp;
     uint16_t st = decode_and_run(&c, d, control, in_arg, out_arg, xmm, in_buf, out_buf);
+    h->touch_vp = outer;
     /* An exit and a hypercall cost the calling VP time, whatever the outcome. */
     hv_vp_charge(h, c.vp, h->costs.hypercall_ns);
     /* The caller may have been deleted by its own call only if it were its own parent: never. */

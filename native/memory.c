@@ -39,10 +39,11 @@ int hv_mem_init(struct hv_host *h)
     h->spa = spa == MAP_FAILED ? NULL : spa;
     h->owner = reserve(h->nr_pages * sizeof(uint32_t));
     h->dirty = reserve(((h->nr_pages + 63) / 64) * sizeof(uint64_t));
+    h->absent = reserve(((h->nr_pages + 63) / 64) * sizeof(uint64_t));
     h->grant_refs = reserve(h->nr_pages * sizeof(uint16_t));
     h->pin_refs = reserve(h->nr_pages * sizeof(uint16_t));
     h->host_vis = reserve(h->nr_pages);
-    if (!h->spa || !h->owner || !h->dirty || !h->grant_refs || !h->pin_refs || !h->host_vis)
+    if (!h->spa || !h->owner || !h->dirty || !h->absent || !h->grant_refs || !h->pin_refs || !h->host_vis)
         return -1;
     /* The hypervisor keeps the lowest pages (SPA pfn 0 among them, which is why 0 can mean
      * "no leaf table" in GPA maps); the root owns the rest through the all-zero table. */
@@ -57,6 +58,7 @@ void hv_mem_fini(struct hv_host *h)
     if (h->spa) munmap(h->spa, h->nr_pages << HV_PAGE_SHIFT);
     if (h->owner) munmap(h->owner, h->nr_pages * sizeof(uint32_t));
     if (h->dirty) munmap(h->dirty, ((h->nr_pages + 63) / 64) * sizeof(uint64_t));
+    if (h->absent) munmap(h->absent, ((h->nr_pages + 63) / 64) * sizeof(uint64_t));
     if (h->grant_refs) munmap(h->grant_refs, h->nr_pages * sizeof(uint16_t));
     if (h->pin_refs) munmap(h->pin_refs, h->nr_pages * sizeof(uint16_t));
     if (h->host_vis) munmap(h->host_vis, h->nr_pages);
@@ -93,6 +95,8 @@ void hv_page_set_owner(struct hv_host *h, uint64_t pfn, uint32_t owner)
         h->dirty[pfn / 64] &= ~(1ull << (pfn % 64));
     }
     h->host_vis[pfn] = HV_HOST_VISIBILITY_NONE; /* a child's choice ends with its ownership */
+    if (hv_page_absent(h, pfn))
+        hv_pager_forget(h, pfn); /* (zeroed above or never written: nothing to fetch any more) */
     uint32_t old = h->owner[pfn];
     struct hv_partition *from = owner_partition(h, old), *to = owner_partition(h, owner);
     if (from) from->pages_owned--;
@@ -170,6 +174,10 @@ bool hv_gpa_translate(struct hv_host *h, const struct hv_partition *p, uint64_t 
     if ((have & rights) != rights)
         return false;
     *pfn = e >> HV_PAGE_SHIFT;
+    /* An access to a page that has not arrived yet (post-copy) fetches it first (pager.c); a
+     * lookup that asks for no right touches no byte and fetches nothing. */
+    if (hv_page_absent(h, *pfn) && rights)
+        return hv_pager_fault(h, p, gpa_page, *pfn);
     return true;
 }
 

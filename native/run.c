@@ -370,11 +370,22 @@ static void on_slice(struct hv_host *h, const struct hv_event *e)
         step_done(h, vp);
 }
 
+static int vp_step(struct hv_host *h, struct hv_vp *vp, uint32_t op, uint64_t arg);
+
 static void on_wake(struct hv_host *h, const struct hv_event *e)
 {
     struct hv_vp *vp = hv_vp_lookup(h, e->slot, e->vp);
     if (!vp || vp->exec != HV_VP_HALTED || vp->wake_seq != e->arg2)
         return;
+    if (vp->stalled) {
+        /* Its stall is over: the step its guest took when the stall began goes in now. */
+        vp->stalled = false;
+        vp->sleeping = false;
+        vp->exec = HV_VP_GUEST;
+        h->sched->rejoin(h, vp);
+        vp_step(h, vp, vp->stalled_op, vp->stalled_arg);
+        return;
+    }
     wake(h, vp, HV_RESUME_TIMEOUT);
 }
 
@@ -441,6 +452,8 @@ static void vp_stop(struct hv_host *h, struct hv_vp *vp)
     vp->slice_seq = ++h->vp_guard_seq;
     vp->wake_seq = ++h->vp_guard_seq;
     vp->work_ns = vp->debt_ns = 0;
+    vp->stalled = false;  /* (a stall cut by the stop is over: its guest starts afresh) */
+    vp->stall_ns = 0;
 }
 
 uint16_t hv_partition_set_running(struct hv_host *h, struct hv_partition *p, bool run)
@@ -466,8 +479,6 @@ uint16_t hv_partition_set_running(struct hv_host *h, struct hv_partition *p, boo
 }
 
 /* ---- duty cycles ------------------------------------------------------------------------------------ */
-
-static int vp_step(struct hv_host *h, struct hv_vp *vp, uint32_t op, uint64_t arg);
 
 /* Whether a resumed VP's step was its cycle's and ended where its guest would only take the cycle's
  * next step: the step ran to its end (a computation done, an idle timed out), no interrupt came,
@@ -690,6 +701,19 @@ uint32_t hv_run(struct hv_host *h, uint64_t until, struct hv_resume *out, uint32
 /* A guest's step, for a VP waiting for it (whoever takes it: its Python guest, or the core for a cycle). */
 static int vp_step(struct hv_host *h, struct hv_vp *vp, uint32_t op, uint64_t arg)
 {
+    if (__builtin_expect(vp->stall_ns != 0, 0) && op >= HV_STEP_COMPUTE && op <= HV_STEP_COMPUTE_INTR
+        && op != HV_STEP_STOP) {
+        /* Its guest touched pages that had not arrived (post-copy, pager.c): the VP waits off its LP
+         * for as long as fetching them took, interrupts staying pending, and the step follows
+         * (on_wake). The wait is not run time: the VP did not run. */
+        trace4(h, 0x6000, vp->part_slot, vp->index, vp->stall_ns);
+        vp->stalled = true;
+        vp->stalled_op = op;
+        vp->stalled_arg = arg;
+        halt(h, vp, vp->stall_ns, true);
+        vp->stall_ns = 0;
+        return 0;
+    }
     trace4(h, 0x4000 + op, vp->part_slot, vp->index, arg);
     switch (op) {
     case HV_STEP_COMPUTE:

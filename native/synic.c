@@ -98,19 +98,31 @@ static uint8_t *synic_page(struct hv_host *h, const struct hv_partition *p, uint
     return hv_spa_page(h, *pfn) + off;
 }
 
+/* synic_page for the VP whose SynIC `s` is: a page that has not arrived yet (post-copy) is fetched
+ * on that VP's behalf and stalls it (pager.c). */
+static uint8_t *vp_synic_page(struct hv_host *h, const struct hv_partition *p, const struct hv_synic *s,
+                              uint64_t reg, uint32_t off, uint64_t *pfn)
+{
+    struct hv_vp *outer = h->touch_vp;
+    h->touch_vp = (struct hv_vp *)((char *)s - offsetof(struct hv_vp, synic)); /* s is vp->synic */
+    uint8_t *at = synic_page(h, p, reg, off, pfn);
+    h->touch_vp = outer;
+    return at;
+}
+
 /* SINT `sint`'s slot in the SIM page, if messages can be delivered there now. */
 static uint8_t *message_slot(struct hv_host *h, const struct hv_partition *p, const struct hv_synic *s,
                              uint32_t sint, uint64_t *pfn)
 {
     if (!(s->scontrol & HV_SCONTROL_ENABLE))
         return NULL;
-    return synic_page(h, p, s->simp, sint * HV_MESSAGE_SIZE, pfn);
+    return vp_synic_page(h, p, s, s->simp, sint * HV_MESSAGE_SIZE, pfn);
 }
 
 static uint8_t *flags_area(struct hv_host *h, const struct hv_partition *p, const struct hv_synic *s,
                            uint32_t sint, uint64_t *pfn)
 {
-    return synic_page(h, p, s->siefp, sint * HV_EVENT_FLAGS_BYTES, pfn);
+    return vp_synic_page(h, p, s, s->siefp, sint * HV_EVENT_FLAGS_BYTES, pfn);
 }
 
 /* ---- delivery ---------------------------------------------------------------------------------- */
@@ -272,7 +284,7 @@ void hv_synic_consume(struct hv_host *h, struct hv_partition *p, struct hv_vp *v
     for (uint32_t left = sints & ((1u << SINTS) - 1); left; left &= left - 1) {
         uint32_t i = (uint32_t)__builtin_ctz(left);
         uint64_t pfn;
-        uint8_t *slot = synic_page(h, p, s->simp, i * HV_MESSAGE_SIZE, &pfn);
+        uint8_t *slot = vp_synic_page(h, p, s, s->simp, i * HV_MESSAGE_SIZE, &pfn);
         if (slot) {
             memset(slot, 0, 4);   /* MessageType = None */
             slot[5] = 0;          /* MessagePending cleared */

@@ -53,8 +53,13 @@ uint16_t hv_call_modify_host_visibility(struct hv_call *c)
         return HV_STATUS_INVALID_PARAMETER;
     for (uint32_t i = c->rep_start; i < c->rep_end; i++) {
         uint64_t gpa = hv_load64(c->in + sizeof(in) + (size_t)i * 8);
-        if (!(hv_gpa_entry(c->h, p, gpa) & HV_PTE_PRESENT))
+        uint64_t e = hv_gpa_entry(c->h, p, gpa);
+        if (!(e & HV_PTE_PRESENT))
             return HV_STATUS_INVALID_PARAMETER; /* not a page of the caller */
+        /* The parent reaches a host-visible page without the core: one that has not arrived yet
+         * (post-copy) is fetched first, or the call fails as for a page not mapped (pager.c). */
+        if (vis && !hv_pager_present(c->h, p, gpa, e >> HV_PAGE_SHIFT))
+            return HV_STATUS_INVALID_PARAMETER;
     }
     /* apply: nothing below can fail (a page named twice simply ends with the same mark) */
     bool lowered = false;
