@@ -118,3 +118,239 @@ def test_a_bad_image_leaves_the_arriving_vm_migrating(tmp_path):
         assert arrived.state is VmState.MIGRATING
     arrived.resume_from(image)
     assert arrived.state is VmState.RUNNING
+
+
+def test_an_incoming_vm_needs_its_switches_here(tmp_path):
+    text = HOST + """
+[[switch]]
+name = "lan"
+[[vm]]
+name = "web"
+memory = "8MiB"
+nics = [ { switch = "lan", ip = "10.0.0.1/24" } ]
+"""
+    source, target = host(tmp_path, text, "a"), host(tmp_path, EMPTY, "b")
+    source.run("50ms")
+    vm = source.vms["web"]
+    vm.freeze()
+    with pytest.raises(SavedStateError, match=r"vm\[0\]\.nics\[0\]\.switch"):
+        target.incoming(vm.capture()["config"])
+    assert "web" not in target.vms
+    vm.thaw()
+    assert vm.state is VmState.RUNNING
+
+
+# ---- a saved VM restored in a new Python process --------------------------------------------------
+
+FILE = """
+[host]
+logical_processors = 2
+memory = "256MiB"
+[[vm]]
+name = "counter"
+memory = "16MiB"
+workload = { kind = "memory-counter", pages = 16, interval = "1ms", page_work = "1us" }
+[[vm]]
+name = "disk"
+memory = "16MiB"
+workload = { kind = "disk-io", pattern = "random", queue_depth = 4 }
+disks = [ { path = "disk.vhd", size = "8MiB" } ]
+"""
+T, D = 200 * MS, 300 * MS
+PAGES, INTERVAL, PAGE_WORK, QUEUE_DEPTH = 16, 1 * MS, 1_000, 4
+
+# Run in a fresh interpreter: build the host from the same file, restore each VM from its file,
+# and report (msgpack) the digest and capture right after the restore, when every device of the
+# VM is open again, and the workloads' progress at D/2 and D.
+RESTORE = r"""
+import sys
+from pathlib import Path
+import msgpack
+from partitions.config import load
+from partitions.management import ManagedHost
+
+config, workdir, out = sys.argv[1:4]
+names, D = sys.argv[4].split(","), int(sys.argv[5])
+managed = ManagedHost(load(config), workdir=workdir)
+report = {}
+for name in names:
+    vm = managed.restore_vm(Path(config).parent / f"{name}.hvsav")
+    digest = vm.memory_digest()
+    vm.freeze()
+    image = vm.capture()
+    vm.thaw()
+    report[name] = {"digest": digest, "image": image, "state": vm.state.value}
+
+def progress(vm):
+    state = vm.workload_states[0]
+    if "issued" in state:
+        return state["issued"]
+    return min(int.from_bytes(vm.partition.read(p * 4096, 8), "little") for p in state["region"])
+
+def all_open(vm):
+    return all(vm.device_vsc(s.name) is not None and getattr(vm.device_vsc(s.name), "ready", True)
+               for s in vm.devices)
+
+while managed.host.now < D:
+    managed.run(managed.host.now + 100_000)
+    for name in names:
+        vm = managed.vms[name]
+        if "reconnect_ns" not in report[name] and all_open(vm):
+            report[name]["reconnect_ns"] = managed.host.now
+    if managed.host.now == D // 2:
+        for name in names:
+            report[name]["half"] = progress(managed.vms[name])
+for name in names:
+    report[name]["end"] = progress(managed.vms[name])
+    report[name]["states"] = [row["State"] for row in managed.get_vm()]
+managed.close()
+Path(out).write_bytes(msgpack.packb(report, use_bin_type=True))
+"""
+
+
+def progress(vm) -> int:
+    """disk-io: requests issued; memory-counter: the lowest value in its pages (a whole round)."""
+    state = vm.workload_states[0]
+    if "issued" in state:
+        return state["issued"]
+    return min(int.from_bytes(vm.partition.read(p * 4096, 8), "little") for p in state["region"])
+
+
+def test_a_saved_vm_restores_in_a_new_process_and_goes_on(tmp_path):
+    import subprocess
+    import sys
+
+    import msgpack
+
+    from partitions.config import load
+    from partitions.savedstate import SavedStateReader
+    config = tmp_path / "host.toml"
+    config.write_text(FILE)
+    names = ["counter", "disk"]
+
+    saver = ManagedHost(load(config), workdir=tmp_path / "saver")
+    saver.run(T)
+    saved = {}
+    for name in names:
+        saver.vms[name].save(tmp_path / f"{name}.hvsav")
+        with SavedStateReader(tmp_path / f"{name}.hvsav") as r:
+            saved[name] = {"digest": r.meta["memory_digest"], **{s: r.load(s) for s in
+                           ("vps", "devices", "host_visibility", "config", "guest", "measured")}}
+    saver.close()   # its VSPs let go of the disk files; the saved states stay
+
+    # The run that was never saved, to T + D.
+    never = ManagedHost(load(config), workdir=tmp_path / "never")
+    never.run(T)
+    at_t = {name: progress(never.vms[name]) for name in names}
+    never.run(T + D)
+    at_end = {name: progress(never.vms[name]) for name in names}
+    never.close()
+
+    out = tmp_path / "report.msgpack"
+    subprocess.run([sys.executable, "-c", RESTORE, str(config), str(tmp_path / "restorer"), str(out),
+                    ",".join(names), str(D)], check=True, timeout=600)
+    report = msgpack.unpackb(out.read_bytes(), raw=False, strict_map_key=False)
+
+    for name in names:
+        got = report[name]
+        assert got["state"] == "Running" and got["states"] == ["Running", "Running"]
+        # Memory right after the restore is the memory at the save, and the records came through
+        # the new process's live objects unchanged.
+        assert got["digest"] == saved[name]["digest"]
+        for section in ("vps", "devices", "host_visibility", "config", "guest", "measured"):
+            assert got["image"][section] == saved[name][section], section
+    # The guest goes on from where it was saved, and keeps going.
+    state = {name: saved[name]["guest"]["workloads"][0] for name in names}
+    assert state["disk"]["issued"] == at_t["disk"] and state["disk"]["inflight"]
+    assert at_t["disk"] < report["disk"]["half"] < report["disk"]["end"]
+    assert at_t["counter"] <= report["counter"]["half"] < report["counter"]["end"]
+
+    # Against the run never saved, the restored one is behind only by its reconnect: until every
+    # device is open again (R) the guest serves its VMBus, at most R of its time; a round of the
+    # counter takes at least INTERVAL + (PAGES - 1) * PAGE_WORK; the round cut by the save starts
+    # over (one round either way). disk-io issues nothing while its disk is away and issues its
+    # QUEUE_DEPTH requests in flight again, not counted twice; after that it issues the same
+    # sequence at the rate of the run never saved (measured over D).
+    r_counter, r_disk = report["counter"]["reconnect_ns"], report["disk"]["reconnect_ns"]
+    round_ns = INTERVAL + (PAGES - 1) * PAGE_WORK
+    assert abs(at_end["counter"] - report["counter"]["end"]) <= -(-r_counter // round_ns) + 1
+    rate = (at_end["disk"] - at_t["disk"]) / D
+    behind = at_end["disk"] - report["disk"]["end"]
+    assert 0 <= behind <= -(-r_disk * rate // 1) + QUEUE_DEPTH + 1
+
+
+def rewrite(src: Path, dst: Path, change) -> None:
+    """A copy of saved-state file `src` with its sections (name -> object) as change(sections) has them."""
+    from partitions.savedstate import SavedStateReader, SavedStateWriter
+    with SavedStateReader(src) as r:
+        sections = {name: r.load(name) for name in r.sections() if name != "memory"}
+        memory = list(r.records("memory"))
+        meta, kind = r.meta, r.kind
+    sections = change(sections)
+    with SavedStateWriter(dst, kind, meta) as w:
+        for name, obj in sections.items():
+            w.section(name, obj)
+        stream = w.stream("memory")
+        for record in memory:
+            stream.write_record(record)
+
+
+@pytest.fixture
+def saved_counter(tmp_path):
+    config = tmp_path / "host.toml"
+    config.write_text(FILE)
+    from partitions.config import load
+    saver = ManagedHost(load(config), workdir=tmp_path / "saver")
+    saver.run("50ms")
+    saver.vms["counter"].save(tmp_path / "counter.hvsav")
+    saver.close()
+    return tmp_path / "counter.hvsav"
+
+
+def _guest(change):
+    def apply(sections):
+        sections["guest"] = change(sections["guest"])
+        return sections
+    return apply
+
+
+@pytest.mark.parametrize("what, change", [
+    ("no guest section", lambda s: {k: v for k, v in s.items() if k != "guest"}),
+    ("no config section", lambda s: {k: v for k, v in s.items() if k != "config"}),
+    ("a workload state that is not a map", _guest(lambda g: {**g, "workloads": [[1, 2]]})),
+    ("a workload state for a VP it lacks", _guest(lambda g: {**g, "workloads": g["workloads"] * 2})),
+    ("a kernel record without its allocator", _guest(lambda g: {**g, "kernel": {**g["kernel"], "pages": None}})),
+    ("a page of the image outside the VM", lambda s: {**s, "host_visibility": [[1 << 30, 3]]}),
+    ("Measure-VM figures that are not counts", lambda s: {**s, "measured": {"disk_read_bytes": -1}}),
+])
+def test_a_bad_image_leaves_the_vm_off(saved_counter, tmp_path, what, change):
+    bad = tmp_path / "bad.hvsav"
+    rewrite(saved_counter, bad, change)
+    managed = host(tmp_path, FILE, "restorer")
+    vm = managed.vms["counter"]
+    with pytest.raises(SavedStateError):
+        managed.restore_vm(bad)
+    assert vm.state is VmState.OFF and vm.partition is None and vm.off_reason is None
+    managed.restore_vm(saved_counter)    # the good file still restores
+    assert vm.state is VmState.RUNNING
+
+
+def test_an_image_of_another_configuration_is_refused(saved_counter, tmp_path):
+    managed = host(tmp_path, FILE.replace("pages = 16", "pages = 8"), "restorer")
+    with pytest.raises(SavedStateError, match=r"vm\.workload"):
+        managed.restore_vm(saved_counter)
+    assert managed.vms["counter"].state is VmState.OFF and managed.vms["counter"].partition is None
+
+
+def test_a_workload_state_that_is_not_plain_data_refuses_the_save(tmp_path):
+    managed = host(tmp_path, FILE, "a")
+    managed.run("50ms")
+    vm = managed.vms["counter"]
+    vm.workload_states[0]["oops"] = object()
+    with pytest.raises(SavedStateError, match=r"guest\.workloads\[0\]"):
+        vm.save(tmp_path / "x.hvsav")
+    assert vm.state is VmState.RUNNING and not (tmp_path / "x.hvsav").exists()
+    del vm.workload_states[0]["oops"]
+    value = max(vm.workload.written)
+    managed.run("100ms")
+    assert max(vm.workload.written) > value
