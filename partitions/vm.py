@@ -704,7 +704,7 @@ class VirtualMachine:
         part = self.partition
         child = self.vmbus.children.get(part.id) if part is not None else None
         for relid, ch in sorted(child.channels.items()) if child is not None else ():
-            self.vmbus.record(part.id, "channel rescinded", {"relid": relid, "reason": reason}, device=ch.device.name)
+            self.vmbus.record(part.id, "channel rescinded", {"relid": relid, "reason": reason})
         self._teardown()
         self._frozen_from = None
         self._saved_path = None

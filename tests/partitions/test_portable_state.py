@@ -59,7 +59,13 @@ def records(image: dict) -> dict:
 
 
 def test_a_vm_moves_between_two_hosts_of_one_process_and_goes_on(tmp_path):
-    source, target = host(tmp_path, HOST, "a"), host(tmp_path, EMPTY, "b")
+    from partitions.eventlog import EventLog
+    from tests.partitions.test_eventlog import documented, undocumented
+    hosts = []
+    logs = [EventLog(None, lambda i=i: hosts[i].host.now if len(hosts) > i else 0) for i in range(2)]
+    for i, (text, name) in enumerate(((HOST, "a"), (EMPTY, "b"))):
+        hosts.append(ManagedHost(loads(text, base_dir=tmp_path), workdir=tmp_path / name, event_log=logs[i]))
+    source, target = hosts
     source.run("200ms")
     target.run("200ms")
     before = {name: dict(vm.workload_states[0]) for name, vm in source.vms.items()}
@@ -82,6 +88,12 @@ def test_a_vm_moves_between_two_hosts_of_one_process_and_goes_on(tmp_path):
     assert [row["State"] for row in target.get_vm()] == ["Running", "Running"]
     assert d.measure()["disk_normalized_ios"] > 0
     assert not [e for e in target.vmbus.log if "broken" in e[2] or "failed" in e[2]]
+    assert d.measure()["disk_normalized_ios"] > image["measured"]["disk_normalized_ios"] > 0   # folded in
+    # What the move logged, on each side, is in docs/events.md.
+    events = [{r["event"] for r in log.records()} for log in logs]
+    assert {"vm.released", "vmbus.channel_rescinded"} <= events[0]
+    assert {"vm.resumed_from_image", "guest.vmbus_resume"} <= events[1]
+    assert not undocumented(events[0] | events[1], *documented())
 
 
 def test_freeze_then_thaw_changes_nothing(tmp_path):
