@@ -366,3 +366,57 @@ def test_a_workload_state_that_is_not_plain_data_refuses_the_save(tmp_path):
     value = max(vm.workload.written)
     managed.run("100ms")
     assert max(vm.workload.written) > value
+
+
+NETWORK = """
+[host]
+logical_processors = 2
+memory = "256MiB"
+[[switch]]
+name = "lan"
+[[vm]]
+name = "a"
+processors = 2
+memory = "16MiB"
+workload = [ { kind = "disk-io", queue_depth = 2 },
+             { kind = "net-request-response", peer = "b", interval = "10ms" } ]
+disks = [ { path = "a.vhd", size = "8MiB" } ]
+nics = [ { switch = "lan", ip = "10.0.0.1/24" } ]
+[[vm]]
+name = "b"
+memory = "16MiB"
+workload = { kind = "net-request-response", peer = "a", interval = "10ms" }
+nics = [ { switch = "lan", ip = "10.0.0.2/24" } ]
+[[vm]]
+name = "burn"
+processors = 2
+memory = "8MiB"
+workload = { kind = "cpu-burn", duty = 0.3 }
+"""
+
+
+def test_every_device_and_every_vp_carries_on_in_a_new_shell(tmp_path):
+    first = host(tmp_path, NETWORK, "first")
+    first.run("200ms")
+    saved = {}
+    for name, vm in first.vms.items():
+        vm.save(tmp_path / f"{name}.hvsav")
+        saved[name] = ([dict(s) for s in vm.workload_states], vm.measure())
+    first.close()
+
+    second = host(tmp_path, NETWORK, "second")
+    for name in ("a", "b", "burn"):
+        second.restore_vm(tmp_path / f"{name}.hvsav")
+    second.run("200ms")
+    a, b, burn = (second.vms[n] for n in ("a", "b", "burn"))
+    assert [row["State"] for row in second.get_vm()] == ["Running"] * 3
+    # disk-io on VP 0 and net-request-response on VP 1 of "a"; its peer "b" answers on the network.
+    assert a.workload_states[0]["issued"] > saved["a"][0][0]["issued"] > 0
+    assert a.workload_states[1]["answered"] > saved["a"][0][1]["answered"] > 0
+    assert b.workload_states[0]["answered"] > saved["b"][0][0]["answered"] > 0
+    # Measure-VM goes on from the saved figures.
+    for key in ("disk_normalized_ios", "network_in_bytes", "network_out_bytes"):
+        assert a.measure()[key] > saved["a"][1][key] > 0
+    # The burner keeps both its VPs at its duty cycle.
+    assert burn.run_time_ns() > 2 * 0.25 * 200 * MS
+    assert not [e for e in second.vmbus.log if "broken" in e[2] or "failed" in e[2]]
