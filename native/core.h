@@ -498,6 +498,8 @@ bool hv_pager_present(struct hv_host *h, const struct hv_partition *p, uint64_t 
 void hv_pager_supplied(struct hv_host *h, struct hv_partition *p, uint64_t pfn);
 /* Page pfn changes owner: it is no longer absent (called only when it is). */
 void hv_pager_forget(struct hv_host *h, uint64_t pfn);
+/* The absent marks, for the state digest (nothing while there are none). */
+void hv_pager_digest(const struct hv_host *h, struct hv_digest *d);
 
 /* Resolve a partition id named in a hypercall: SELF or the caller's own id gives the caller;
  * otherwise it must be a live child of the caller. NULL if not. */

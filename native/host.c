@@ -315,6 +315,7 @@ void hv_state_digest(struct hv_host *h, int include_memory, uint8_t *out)
     hv_ports_digest(&h->ports, &d);
     hv_grants_digest(h, &d);
     hv_visibility_digest(h, &d);
+    hv_pager_digest(h, &d);
     if (include_memory) {
         for (uint64_t pfn = 0; pfn < h->nr_pages; pfn++) {
             if (!((h->dirty[pfn / 64] >> (pfn % 64)) & 1))

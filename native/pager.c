@@ -148,3 +148,14 @@ int hv_pager_stats(struct hv_host *h, uint64_t partition_id, struct hv_pager_sta
     *out = p->pager;
     return 0;
 }
+
+void hv_pager_digest(const struct hv_host *h, struct hv_digest *d)
+{
+    if (!h->absent_pages)
+        return; /* (the common case: a digest taken without absent pages is the one it always was) */
+    for (uint64_t w = 0; w < (h->nr_pages + 63) / 64; w++)
+        for (uint64_t bits = h->absent[w]; bits; bits &= bits - 1) {
+            hv_digest_u64(d, 0xAB5E27ull);
+            hv_digest_u64(d, w * 64 + (uint64_t)__builtin_ctzll(bits));
+        }
+}

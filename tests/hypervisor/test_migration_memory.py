@@ -12,7 +12,7 @@ import array
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from hypervisor import HvError, HvStatus
+from hypervisor import Host, HvError, HvStatus
 from hypervisor.abi import MAX_GPA_PAGES, PAGE_SIZE
 
 from .conftest import new_host, unchanged
@@ -192,3 +192,266 @@ def test_a_log_read_over_many_blocks_finds_every_page():
     assert [p for p in range(9000) if log.states(p, 1)[0]] == written  # the call, one page at a time
     assert log.take(1, 8998) == written[1:-1]
     assert log.take(0, 9000) == [0, 8999]
+
+
+# ---- absent pages (post-copy) --------------------------------------------------------------------
+
+US, MS = 1_000, 1_000_000
+FIRST = 100  # absent pages of a worker-built VM start here (its hypercall pages are 0 and 1)
+
+
+def vm(host, name="vm"):
+    from partitions.worker import VmSpec, VmWorker
+    return VmWorker(host, VmSpec(name, memory="2MiB", processors=1)).build()
+
+
+class Pager:
+    """A pager that serves page_of(gpa) (or what `pages` holds), each fetch taking `ns`, and
+    records every call."""
+
+    def __init__(self, host, ns: int = 70 * US, pages: dict[int, bytes] | None = None):
+        self.host, self.ns, self.pages, self.calls = host, ns, pages or {}, []
+
+    def __call__(self, gpa_page: int):
+        self.calls.append(gpa_page)
+        return self.pages.get(gpa_page, page_of(gpa_page)), self.ns
+
+
+def test_a_guests_load_and_store_fetch_an_absent_page_once_and_see_its_data():
+    host = Host(logical_processors=1, memory="32MiB", seed=1)
+    p = vm(host)
+    host.root.set_absent(p, FIRST, 2)
+    pager = Pager(host)
+    host.set_pager(p, pager)
+    seen = []
+
+    async def guest(ctx):
+        await ctx.compute(1 * MS)
+        seen.append(ctx.now)
+        seen.append(ctx.read(FIRST * PAGE_SIZE, PAGE_SIZE))            # a load: fetched
+        ctx.write((FIRST + 1) * PAGE_SIZE + 10, b"abc")                 # a store: fetched, then stored
+        seen.append(ctx.read(FIRST * PAGE_SIZE, PAGE_SIZE))            # present now: no fetch
+        await ctx.compute(1 * MS)
+        seen.append(ctx.now)
+
+    p.vp(0).run(guest)
+    host.root.resume_partition(p)
+    host.run("10ms")
+    assert pager.calls == [FIRST, FIRST + 1]
+    assert seen[1] == seen[2] == page_of(FIRST)
+    expected = bytearray(page_of(FIRST + 1))
+    expected[10:13] = b"abc"
+    assert p.read((FIRST + 1) * PAGE_SIZE, PAGE_SIZE) == expected
+    # the stall: its next step started 140 us later, and the VP did not run meanwhile
+    assert seen[0] == 1 * MS and seen[3] == 2 * MS + 2 * pager.ns
+    assert host.introspect.run_time_ns(p) == 2 * MS
+    stats = host.pager_stats(p)
+    assert stats == {"absent": 0, "faults": 2, "failures": 0, "stall_ns": 2 * pager.ns, "unattributed": 0}
+    assert host.root.absent_pages(p, 0, 512) == []
+
+
+def test_an_absent_page_costs_nothing_until_touched_and_others_never_ask():
+    host = Host(logical_processors=1, memory="32MiB", seed=1)
+    p = vm(host)
+    host.root.set_absent(p, FIRST, 4)
+    pager = Pager(host)
+    host.set_pager(p, pager)
+    p.write(50 * PAGE_SIZE, b"present")
+    assert p.read(50 * PAGE_SIZE, 7) == b"present" and pager.calls == []
+    assert host.root.absent_pages(p, 0, 512) == [FIRST, FIRST + 1, FIRST + 2, FIRST + 3]
+    assert host.pager_stats(p)["absent"] == 4
+
+
+def test_a_synic_message_into_an_absent_sim_page_fetches_it_first(host, child):
+    from .test_synic import post, slot
+    # The SIM page as the source host left it: SINT 2's slot free, SINT 3's holding a message.
+    sim = bytearray(PAGE_SIZE)
+    sim[3 * 256:4 * 256] = page_of(16)[:256]
+    pager = Pager(host, ns=30 * US, pages={16: bytes(sim)})
+    host.set_pager(child, pager)
+    host.root.set_absent(child, 16, 2)                                  # VP 0's SIM and SIEF pages
+    post(host, b"hello")
+    assert pager.calls == [16]
+    assert slot(child).payload.startswith(b"hello")
+    assert child.read(16 * PAGE_SIZE + 3 * 256, 256) == page_of(16)[:256]  # SINT 3's slot: the pager's
+    # the delivery was for the child's VP 0: the fetch stalls it, not the poster
+    assert host.pager_stats(child) == {"absent": 1, "faults": 1, "failures": 0, "stall_ns": 30 * US,
+                                       "unattributed": 0}
+
+
+def test_hypercall_blocks_in_absent_pages_are_fetched_for_the_calling_vp(host, child):
+    from hypervisor import Register
+    pager = Pager(host, ns=5 * US)
+    host.set_pager(child, pager)
+    host.root.set_absent(child, 0, 2)                                   # VP 0's input and output pages
+    assert child.vp(0).get_registers([Register.SIMP]) == [(16 << 12) | 1]
+    assert pager.calls == [0, 1]
+    stats = host.pager_stats(child)
+    # the input block's store is the guest's (no guest runs here: nobody to stall); the output page
+    # is the core's access for the calling VP
+    assert stats["faults"] == 2 and stats["unattributed"] == 1 and stats["stall_ns"] == 5 * US
+
+
+def test_a_grant_over_absent_pages_fetches_them_before_devices_store_into_it(host, child):
+    pager = Pager(host)
+    host.set_pager(child, pager)
+    host.root.set_absent(child, 20, 3)
+    grant = host.grants.create(child, 7, [22, 20])
+    assert pager.calls == [22, 20]
+    assert bytes(grant.view) == page_of(22) + page_of(20)
+    assert host.root.absent_pages(child, 0, PAGES) == [21]
+    # a page made host-visible is fetched first too: the parent then reaches it without the core
+    from hypervisor.abi import HostVisibility
+    from hypervisor.grants import modify_host_visibility
+    modify_host_visibility(child, [21], HostVisibility.READ_WRITE)
+    assert pager.calls == [22, 20, 21]
+    assert host.grants.read_visible(child, [21], 0, 8) == page_of(21)[:8]
+
+
+def test_set_absent_refuses_pages_unmapped_pinned_or_host_visible(host, child):
+    from hypervisor.abi import HostVisibility
+    from hypervisor.grants import modify_host_visibility
+    host.grants.create(child, 1, [24])
+    modify_host_visibility(child, [25], HostVisibility.READ_ONLY)
+    for first, count, status, bad in [(30, 3, S.INVALID_PARAMETER, 32), (20, 5, S.OBJECT_IN_USE, 24),
+                                      (25, 1, S.OBJECT_IN_USE, 25), (MAX_GPA_PAGES, 1, S.INVALID_PARAMETER, None)]:
+        with unchanged(host):
+            with pytest.raises(HvError) as e:
+                host.root.set_absent(child, first, count)
+        assert e.value.status == status and (bad is None or f"{bad:#x}" in str(e.value))
+    assert host.root.absent_pages(child, 0, PAGES) == []
+    before = host.introspect.digest()
+    host.root.set_absent(child, 26, 1)      # the marks are state: a refusal above would have shown
+    assert host.introspect.digest() != before
+
+
+def test_the_parent_supplies_pages_without_the_pager_and_reads_through_it(host, child):
+    root = host.root
+    pager = Pager(host)
+    host.set_pager(child, pager)
+    root.set_absent(child, 20, 4)
+    root.page_in(child, 20, page_of(20, 1))
+    root.write_pages(child, [21], page_of(21, 1))
+    root.write_range(child, 22, bytes(PAGE_SIZE))                     # zeros are a page's contents too
+    assert pager.calls == [] and root.absent_pages(child, 0, PAGES) == [23]
+    assert child.read(20 * PAGE_SIZE, PAGE_SIZE) == page_of(20, 1) and child.read(22 * PAGE_SIZE, 4) == bytes(4)
+    assert 23 in root.nonzero_pages(child, 0, PAGES)                   # unknown contents: to be sent
+    assert root.read_pages(child, [23]) == page_of(23)                 # the parent's read fetches it
+    assert pager.calls == [23] and host.pager_stats(child)["unattributed"] == 1
+
+
+def test_an_unmapped_absent_page_is_forgotten(host, child):
+    root = host.root
+    root.set_absent(child, 28, 4)
+    root.unmap_gpa_pages(child, 28, 2)
+    assert host.pager_stats(child)["absent"] == 2 and root.absent_pages(child, 0, PAGES) == [30, 31]
+
+
+def test_without_a_pager_or_with_one_that_fails_the_access_fails_as_a_bad_gpa(host, child):
+    host.root.set_absent(child, 20, 1)
+    with pytest.raises(MemoryError):
+        child.read(20 * PAGE_SIZE, 1)                                   # no pager
+    for bad in (lambda g: 1 / 0, lambda g: b"short", lambda g: (page_of(g), -1), lambda g: None):
+        host.set_pager(child, bad)
+        with pytest.raises(MemoryError):
+            child.write(20 * PAGE_SIZE, b"x")
+    assert host.pager_failures[child.id][0] == 20
+    assert isinstance(host.pager_failures[child.id][1], TypeError)     # the last one's: None is no page
+    assert host.pager_stats(child)["failures"] == 5 and host.root.absent_pages(child, 0, PAGES) == [20]
+    host.set_pager(child, Pager(host))
+    assert child.read(20 * PAGE_SIZE, 4) == page_of(20)[:4]
+
+
+def test_a_failing_pager_crashes_only_its_vm():
+    host = Host(logical_processors=2, memory="32MiB", seed=1)
+    a, b = vm(host, "a"), vm(host, "b")
+    host.root.set_absent(a, FIRST, 1)
+    host.root.set_absent(b, FIRST, 1)
+
+    def lost(gpa_page):
+        raise ConnectionError("the source host is gone")
+
+    host.set_pager(a, lost)
+    host.set_pager(b, Pager(host))
+    passes = {a.id: 0, b.id: 0}
+
+    async def guest(ctx):
+        while True:
+            await ctx.compute(100 * US)
+            ctx.read(FIRST * PAGE_SIZE, 8)
+            passes[ctx.partition.id] += 1
+
+    crashed = []
+    host.on_guest_error = lambda pid, vp, err: crashed.append((pid, vp, err.detail))
+    for p in (a, b):
+        p.vp(0).run(guest)
+        host.root.resume_partition(p)
+    host.run("10ms")
+    assert crashed == [(a.id, 0, crashed[0][2])] and crashed[0][2].startswith("MemoryError")
+    assert passes[a.id] == 0 and passes[b.id] >= 90
+    assert isinstance(host.pager_failures[a.id][1], ConnectionError)
+    assert host.pager_stats(a)["failures"] == 1 and host.pager_stats(b)["failures"] == 0
+
+
+def _post_copy_run(absent: list[int], accesses, ns: int):
+    """A VM with `absent` pages (of FIRST..FIRST+15) whose guest makes `accesses` (page, offset,
+    data or None for a load) then computes 1 ms; returns (loads seen, pager calls, end time, host, vm)."""
+    host = Host(logical_processors=1, memory="32MiB", seed=3)
+    p = vm(host)
+    for page in range(FIRST, FIRST + 16):
+        host.root.write_pages(p, [page], page_of(page, 1))             # what arrived before the switch
+    for page in absent:
+        host.root.set_absent(p, page, 1)
+    pager = Pager(host, ns=ns)
+    host.set_pager(p, pager)
+    loads, end = [], []
+
+    async def guest(ctx):
+        for page, off, data in accesses:
+            if data is None:
+                loads.append(ctx.read(page * PAGE_SIZE + off, 16))
+            else:
+                ctx.write(page * PAGE_SIZE + off, data)
+        await ctx.compute(1 * MS)
+        end.append(ctx.now)
+
+    p.vp(0).run(guest)
+    host.root.resume_partition(p)
+    host.run("100ms")
+    return loads, pager.calls, end[0], host, p
+
+
+@settings(max_examples=25, deadline=None)
+@given(absent=st.sets(st.integers(FIRST, FIRST + 15)),
+       accesses=st.lists(st.tuples(st.integers(FIRST, FIRST + 15), st.integers(0, PAGE_SIZE - 16),
+                                   st.one_of(st.none(), st.binary(min_size=1, max_size=16))), max_size=30),
+       ns=st.integers(0, 200 * US))
+def test_every_page_the_guest_sees_is_what_the_pager_supplied(absent, accesses, ns):
+    loads, calls, end, host, p = _post_copy_run(sorted(absent), accesses, ns)
+    # the model: a present page holds page_of(page, 1), an absent one what the pager supplies (page_of(page))
+    memory = {page: bytearray(page_of(page) if page in absent else page_of(page, 1)) for page in range(FIRST, FIRST + 16)}
+    first_touch, expected_loads = [], []
+    for page, off, data in accesses:
+        if page in absent and page not in first_touch:
+            first_touch.append(page)
+        if data is None:
+            expected_loads.append(bytes(memory[page][off:off + 16]))
+        else:
+            memory[page][off:off + len(data)] = data
+    assert loads == expected_loads
+    assert calls == first_touch                                         # each absent page once, at first touch
+    assert end == 1 * MS + ns * len(first_touch)                        # the stall: every fetch, in full
+    assert host.pager_stats(p)["stall_ns"] == ns * len(first_touch)
+    assert host.root.absent_pages(p, FIRST, 16) == sorted(absent - set(first_touch))
+    for page in range(FIRST, FIRST + 16):
+        if page not in absent or page in first_touch:
+            assert p.read(page * PAGE_SIZE, PAGE_SIZE) == memory[page]
+
+
+def test_a_run_with_stalls_is_deterministic():
+    accesses = [(FIRST + 3, 0, None), (FIRST + 5, 8, b"x"), (FIRST + 3, 0, None)]
+    one = _post_copy_run([FIRST + 3, FIRST + 5], accesses, 40 * US)
+    two = _post_copy_run([FIRST + 3, FIRST + 5], accesses, 40 * US)
+    none = _post_copy_run([], accesses, 40 * US)
+    assert one[3].trace_digest() == two[3].trace_digest() != none[3].trace_digest()
+    assert one[2] == none[2] + 80 * US
