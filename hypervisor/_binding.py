@@ -1030,6 +1030,28 @@ def storvsp_packet(done) -> bytes:
     return bytes(ffi.buffer(done.packet))
 
 
+class StorageLink:
+    """`struct hv_storage_link`: a host's link to a shared storage, `bandwidth` bits per second and
+    `latency` ns, whose queue storvsp's C plane and Python path (and a quick migration's memory)
+    share. Its fields (busy_until, requests, bytes, busy_ns, queued_ns) read in place."""
+
+    def __init__(self, bandwidth: int, latency: int) -> None:
+        if bandwidth <= 0 or latency < 0:
+            raise ValueError(f"a storage link needs a positive bandwidth, got {bandwidth} bit/s, {latency} ns")
+        self._c = ffi.new("struct hv_storage_link *")
+        self._c.bandwidth, self._c.latency = bandwidth, latency
+
+    def cross(self, now: int, nbytes: int) -> int:
+        """hv_storage_link_cross: `nbytes` sent at `now` behind what the link still sends; their
+        arrival at the storage."""
+        return lib.hv_storage_link_cross(self._c, now, nbytes)
+
+    def __getattr__(self, name: str) -> int:
+        if name in ("bandwidth", "latency", "busy_until", "requests", "bytes", "busy_ns", "queued_ns"):
+            return getattr(self._c, name)
+        raise AttributeError(name)
+
+
 class StorvspPlane:
     """`struct hv_storvsp`: one storvsp channel's READ/WRITE path in C. `luns[i]` is the C view
     of LUN i (its medium's timeline and counters, read and written in place); set_lun points it
@@ -1043,6 +1065,7 @@ class StorvspPlane:
         self._c = ffi.gc(c, lib.hv_storvsp_destroy)
         self.luns = self._c.luns
         self._disks: list = [None] * nluns
+        self._links: list = [None] * nluns
         self._slots = ffi.new("uint32_t[]", max_outstanding)
         self._dues = ffi.new("uint64_t[]", max_outstanding)
         self._used = ffi.new("size_t *")
@@ -1058,6 +1081,12 @@ class StorvspPlane:
         entry.present, entry.blocks, entry.read_only = 1, blocks, 1 if read_only else 0
         entry.disk = ffi.NULL if disk is None else disk._c
         self._disks[lun] = disk
+
+    def set_lun_link(self, lun: int, link: StorageLink | None) -> None:
+        """LUN `lun`'s requests cross `link` (a host's link to a shared storage) before its
+        medium; None: the disk is the host's own."""
+        self.luns[lun].link = ffi.NULL if link is None else link._c
+        self._links[lun] = link   # kept alive while C may use it
 
     def submit(self, records, count: int, now: int, others: int) -> tuple[int, int, list, list]:
         """hv_storvsp_submit: (packets taken, bytes of records they took, their slots, their due

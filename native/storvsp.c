@@ -168,6 +168,19 @@ static int take(struct hv_storvsp *s, const uint8_t *rec, uint32_t reclen, struc
     return 1;
 }
 
+uint64_t hv_storage_link_cross(struct hv_storage_link *l, uint64_t now, uint64_t bytes)
+{
+    /* `bytes` leave when the link has sent what was queued before them, take ceil(bits / bandwidth)
+     * ns on it and arrive `latency` later (the datacenter's links' rule, link.py). 128-bit: a
+     * migration's gigabytes times 8e9 do not fit in 64 bits. */
+    uint64_t start = l->busy_until > now ? l->busy_until : now;
+    unsigned __int128 bits_ns = (unsigned __int128)bytes * 8u * 1000000000u;
+    uint64_t xfer = l->bandwidth ? (uint64_t)((bits_ns + l->bandwidth - 1) / l->bandwidth) : 0;
+    l->busy_until = start + xfer;
+    l->requests++, l->bytes += bytes, l->busy_ns += xfer, l->queued_ns += start - now;
+    return start + xfer + l->latency;
+}
+
 int hv_storvsp_submit(struct hv_storvsp *s, const uint8_t *records, size_t len, uint32_t count, uint64_t now,
                       uint32_t others, uint32_t *slots, uint64_t *dues, size_t *used)
 {
@@ -192,7 +205,9 @@ int hv_storvsp_submit(struct hv_storvsp *s, const uint8_t *records, size_t len, 
         /* The medium serves its requests in arrival order: this one starts when the last one
          * queued on the LUN ends (vsp.py's service_time: latency + ceil(bytes / bandwidth)). */
         struct hv_storvsp_lun *u = &s->luns[r->lun];
-        uint64_t start = u->busy_until > now ? u->busy_until : now;
+        /* A disk on a shared storage is reached over the host's link to it first. */
+        uint64_t at = u->link ? hv_storage_link_cross(u->link, now, r->length) : now;
+        uint64_t start = u->busy_until > at ? u->busy_until : at;
         uint64_t xfer = ((uint64_t)r->length * 1000000000ull + s->bandwidth - 1) / s->bandwidth;
         r->due = u->busy_until = start + s->latency + xfer;
         r->in_use = 1, r->handed = 0;

@@ -34,7 +34,8 @@ from hypervisor.quantities import AmbiguousSizeError, parse_duration, parse_rate
 from partitions.config_schema import (
     ACTIONS, CHECKPOINT_ACTIONS, DEVICES_WITH_KEYS, DISK_TYPES, GIB, INTEGRATION_SERVICES, MAX_DISKS, MAX_NICS, MIB,
     MS, SWITCH_TYPES, WORKLOADS, AtConfig, Config, ConfigError, CpuBurnWorkload, CpuConfig, DatacenterConfig,
-    DatacenterHostConfig, DeviceConfig, DiskConfig, DiskIoWorkload, HostConfig, LinkConfig,
+    DatacenterHostConfig, DeviceConfig, DiskConfig, DiskIoWorkload, HostConfig, LinkConfig, STORAGE_KINDS,
+    StorageConfig, StorageLinkConfig,
     IdleWorkload, IntegrationServices, MemoryCounterWorkload, NetRequestResponseWorkload, NicConfig, PythonWorkload,
     SwitchConfig,
     VmConfig, dump, format_duration, format_size_exact, generated_mac, show,
@@ -64,7 +65,8 @@ _KEYS = {
     "nic": ("switch", "vlan", "mac", "ip", "gateway"),
     "switch": ("name", "type"),
     "at": ("time", "action", "vm", "name"),
-    "datacenter file": ("datacenter", "host", "link", "at"),
+    "datacenter file": ("datacenter", "host", "link", "at", "storage"),
+    "storage": ("name", "kind", "directory"),
     "datacenter": ("seed",),
     "datacenter host": ("name", "logical_processors", "smt", "memory", "scheduler", "seed", "costs", "vm",
                         "switch", "remote", "remote_timeout"),
@@ -322,7 +324,12 @@ class _Reader:
                        for j, vm in enumerate(vms)], "a VM name (VM names are the datacenter's)")
         _unique(self, [(f"{key}.vm[{j}].disks[{k}].path", str(d.path)) for key, _, _, _, vms, _ in read
                        for j, vm in enumerate(vms) for k, d in enumerate(vm.disks)], "a disk path")
-        links = tuple(self.link(t, key, names) for key, t in self.tables(data, "", "link"))
+        storage = tuple(self.storage(t, key) for key, t in self.tables(data, "", "storage"))
+        _unique(self, [(f"{key}.name", name) for key, name, *_ in read]
+                + [(f"storage[{i}].name", s.name) for i, s in enumerate(storage)], "a name (hosts and storages "
+                "share one set of names: a [[link]] names either)")
+        links, storage = self.storage_links(data, names, storage)
+        self.disks_on_storage(read, storage)
         _unique(self, [(f"link[{i}].hosts", tuple(sorted(link.hosts))) for i, link in enumerate(links)],
                 "a pair of hosts (one link joins two hosts)")
         timeline = tuple(self.at(t, key) for key, t in self.tables(data, "", "at"))
@@ -338,7 +345,65 @@ class _Reader:
             _Checks(self, host, vms, switches, own, vm_tables, prefix=f"{key}.", at_keys=[f"at[{i}]" for i in mine]).run()
             hosts.append(DatacenterHostConfig(name, Config(host, tuple(self.assign_macs(vms)), switches, own),
                                               *remotes[name]))
-        return DatacenterConfig(tuple(hosts), links, timeline, seed)
+        return DatacenterConfig(tuple(hosts), links, timeline, seed, storage=storage)
+
+    def storage(self, value: dict, key: str) -> StorageConfig:
+        """A [[storage]]: name, kind ("iscsi" or "fc") and the directory holding its files,
+        relative to the file (as disk paths are; default: its name)."""
+        t = self.table(value, key, _KEYS["storage"])
+        name = self.string(t, key, "name", pattern=_NAME, expected=_NAME_EXPECTED)
+        kind = self.string(t, key, "kind", choices=STORAGE_KINDS)
+        directory = self.file_path(t, key, "directory", name)
+        if directory.exists() and not directory.is_dir():
+            self.fail(f"{key}.directory", "a directory (where the storage's disks and saved states are)",
+                      show(t.get("directory", name)))
+        return StorageConfig(name, kind, directory)
+
+    def storage_links(self, data: dict, hosts: tuple[str, ...], storage: tuple[StorageConfig, ...]
+                      ) -> tuple[tuple[LinkConfig, ...], tuple[StorageConfig, ...]]:
+        """The [[link]] tables: those joining two hosts, and each storage with the links that join
+        it to a host (hosts = ["host-a", "san"]: one host and one storage, in either order)."""
+        names = {s.name for s in storage}
+        links, reach = [], {s.name: [] for s in storage}
+        for key, t in self.tables(data, "", "link"):
+            ends = t.get("hosts") if isinstance(t, dict) else None
+            on = [e for e in ends if isinstance(e, str) and e in names] if isinstance(ends, list) else []
+            if not on:
+                links.append(self.link(t, key, hosts))
+                continue
+            if len(on) == 2:
+                self.fail(f"{key}.hosts", "a host and the storage it reaches (a link joins a storage to a host, "
+                          "not to another storage)", show(ends))
+            self.table(t, key, _KEYS["link"])
+            if len(ends) != 2:
+                self.fail(f"{key}.hosts", f'a host and the storage it reaches, such as ["a", "{on[0]}"]', show(ends))
+            j = 1 if isinstance(ends[0], str) and ends[0] in names else 0
+            host = ends[j]
+            if not isinstance(host, str) or host not in hosts:
+                self.fail(f"{key}.hosts[{j}]", f'the name of the [[host]] that reaches storage "{on[0]}" '
+                          f"({_one_of(hosts)})", show(host), _suggest(host, hosts))
+            if any(other.host == host for other in reach[on[0]]):
+                self.fail(f"{key}.hosts", f'one link from host "{host}" to storage "{on[0]}"', show(ends))
+            reach[on[0]].append(StorageLinkConfig(host, self.bandwidth(t, key, "bandwidth"),
+                                                  self.duration(t, key, "latency", positive=True)))
+        storage = tuple(dataclasses.replace(s, links=tuple(reach[s.name])) for s in storage)
+        for i, a in enumerate(storage):
+            for b in storage[i + 1:]:
+                if a.directory.is_relative_to(b.directory) or b.directory.is_relative_to(a.directory):
+                    self.fail(f"storage[{storage.index(b)}].directory", f'a directory apart from storage "{a.name}"\'s '
+                              f"({a.directory})", str(b.directory))
+        return tuple(links), storage
+
+    def disks_on_storage(self, read: list, storage: tuple[StorageConfig, ...]) -> None:
+        """A VM's disk on a storage is reached from its host over a link to that storage."""
+        for key, host, _, _, vms, _ in read:
+            for j, vm in enumerate(vms):
+                for k, disk in enumerate(vm.disks):
+                    on = next((s for s in storage if s.holds(disk.path)), None)
+                    if on is not None and not any(link.host == host for link in on.links):
+                        self.fail(f"{key}.vm[{j}].disks[{k}].path", f'a disk host "{host}" reaches: it is on storage '
+                                  f'"{on.name}", and no [[link]] joins them (hosts = ["{host}", "{on.name}"])',
+                                  show(str(disk.path)))
 
     def remote(self, t: dict, key: str) -> tuple[str | None, int | None]:
         """A [[host]]'s `remote` ("HOST:PORT" of `hvsim host serve`) and `remote_timeout`."""

@@ -241,6 +241,32 @@ class LinkConfig:
     latency: int                     # ns, > 0 (the datacenter's window is at most the smallest)
 
 
+STORAGE_KINDS = ("iscsi", "fc")
+
+
+@dataclass(frozen=True)
+class StorageLinkConfig:
+    """A host's link to a shared storage: `bandwidth` bits per second, each request arriving
+    `latency` ns after its last bit left (partitions/datacenter/storage.py)."""
+    host: str
+    bandwidth: int
+    latency: int
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """A storage several hosts see (an iSCSI or Fibre Channel SAN): a VM disk whose path lies under
+    `directory` is on it, and is owned by one host at a time."""
+    name: str
+    kind: str                        # one of STORAGE_KINDS (for the summary)
+    directory: Path                  # absolute
+    links: tuple[StorageLinkConfig, ...] = ()
+
+    def holds(self, path: Path) -> bool:
+        """Whether the file `path` (absolute) is on this storage."""
+        return Path(path).is_relative_to(self.directory)
+
+
 @dataclass(frozen=True)
 class DatacenterHostConfig:
     """One host of a datacenter: its name and its own configuration ([host] keys, its VMs and
@@ -260,6 +286,7 @@ class DatacenterConfig:
     timeline: tuple[AtConfig, ...] = ()           # every [[at]], in file order (each host has its own)
     seed: int | None = None                       # [datacenter] seed; None: the command line's (default 0)
     path: Path | None = field(default=None, compare=False)
+    storage: tuple[StorageConfig, ...] = ()       # [[storage]] tables, each with its hosts' links
 
     def host(self, name: str) -> DatacenterHostConfig:
         for host in self.hosts:
@@ -423,8 +450,13 @@ def dump(config: Config | DatacenterConfig, relative_to: str | os.PathLike | Non
             remote = {"remote": h.remote,
                       "remote_timeout": None if h.remote_timeout is None else format_duration(h.remote_timeout)}
             out.append(emit({"host": [{"name": h.name, **remote, **host}], "host.switch": switches, "host.vm": vms}))
-        out.append(emit({"link": [{"hosts": list(link.hosts), "bandwidth": f"{link.bandwidth}bit/s",
-                                   "latency": format_duration(link.latency)} for link in config.links],
+        out.append(emit({"storage": [{"name": s.name, "kind": s.kind, "directory": path(s.directory)}
+                                     for s in config.storage],
+                         "link": [{"hosts": list(link.hosts), "bandwidth": f"{link.bandwidth}bit/s",
+                                   "latency": format_duration(link.latency)} for link in config.links]
+                         + [{"hosts": [link.host, s.name], "bandwidth": f"{link.bandwidth}bit/s",
+                             "latency": format_duration(link.latency)} for s in config.storage for link in s.links],
+
                          "at": timeline(config.timeline)}))
         return "\n".join(out)
     host, vms, switches = tables(config)

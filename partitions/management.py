@@ -82,8 +82,12 @@ class ManagedHost:
     the one used."""
 
     def __init__(self, config: Config, *, seed: int | None = None, workdir: Path | str = ".",
-                 event_log=None, record_scheduling: bool = False, pcap: Path | str | None = None):
+                 event_log=None, record_scheduling: bool = False, pcap: Path | str | None = None, storage=None):
         self.config = config
+        # A datacenter's shared storages as this host sees them (partitions.datacenter.storage.
+        # HostStorage): a disk on one is taken for this host, and its requests cross the host's
+        # link to it. None: every disk is the host's own.
+        self.storage = storage
         self.workdir = Path(workdir)
         self.log = event_log
         h = config.host
@@ -176,7 +180,9 @@ class ManagedHost:
             from drivers.storage import DEVICE as STORAGE
             # The run disks are working copies that the next run makes afresh: write barriers
             # (the ordering that keeps a VHD valid through a power cut) would buy nothing there.
-            slots.append(DeviceSlot(STORAGE, {"disks": [str(d.run_path) for d in disks], "write_barriers": False},
+            links = self.storage.attach(cfg.name, [d.base.path for d in disks]) if self.storage is not None else None
+            slots.append(DeviceSlot(STORAGE, {"disks": [str(d.run_path) for d in disks], "write_barriers": False,
+                                              **({"links": links} if links else {})},
                                     instance=_unique("storage", taken)))
         adapters = []
         for j, nic in enumerate(cfg.nics):

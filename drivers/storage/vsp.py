@@ -12,6 +12,11 @@ Config (all optional but the disks):
   write_barriers      True (VirtualDisk's ordering of data before metadata)
   latency, bandwidth  "100us", "500MB/s": a request that reaches the medium takes
                       latency + bytes / bandwidth (reference/cost-model.md §1)
+  links               per LUN, the host's link to the shared storage the disk is on
+                      (hypervisor._binding.StorageLink, made by partitions/datacenter/storage.py)
+                      or None: a request on such a disk first crosses the link (queued behind
+                      the host's other traffic on it, its bytes at the link's bandwidth, then
+                      its latency) and then takes its medium time
   max_outstanding     64: requests in service per channel; more are refused with SRB BUSY
   max_transfer_bytes  256 KiB (what OpenVMM reports): longer transfers are refused
   cpu_per_request     "3us": parent CPU charged for every packet handled
@@ -116,7 +121,7 @@ class _Lun:
     it moved (`stats`: Python's, or the C plane's record of this LUN, read and written in place,
     so that both paths share one timeline and one set of counters)."""
 
-    __slots__ = ("disk", "target", "owned", "stats", "c_disk")
+    __slots__ = ("disk", "target", "owned", "stats", "c_disk", "link")
     busy_until, read_ops, read_bytes, write_ops, write_bytes, flushes, errors = map(_stat, _LunStats.__slots__)
 
     def __init__(self, disk: VirtualDisk, target: ScsiDisk, owned: bool) -> None:
@@ -124,6 +129,7 @@ class _Lun:
         self.owned = owned          # opened here from a path: closed with the channel
         self.stats = _LunStats()
         self.c_disk = None          # the VhdDisk the C plane was given for it (see _plane_point)
+        self.link = None            # the host's StorageLink to the shared storage it is on, if any
 
 
 @dataclass
@@ -226,9 +232,11 @@ class StorVsp(Vsp):
         if len(disks) > MAX_LUNS:
             self.context.log("storvsp has too many disks", disks=len(disks), max=MAX_LUNS)
             disks = disks[:MAX_LUNS]
+        links = list(self.config.get("links") or ())
         for lun, disk in enumerate(disks):
             try:
                 self.luns.append(self._open_lun(disk))
+                self.luns[-1].link = links[lun] if lun < len(links) else None
             except (OSError, VhdError, ValueError) as exc:
                 # No disk here: the controller still negotiates; SRBs for this LUN find none.
                 # N.B. a VM's start refuses disks that do not open (disk_problems), so this is
@@ -431,7 +439,10 @@ class StorVsp(Vsp):
             self._finish(request)
             return
         now = self.context.now()
-        done = max(now, lun.busy_until) + self.service_time(command.length)
+        # A disk on a shared storage: the bytes cross the host's link to it first (the C plane's
+        # hv_storvsp_submit computes the same due time with the same call).
+        at = now if lun.link is None else lun.link.cross(now, command.length)
+        done = max(at, lun.busy_until) + self.service_time(command.length)
         lun.busy_until = done
         self._seq += 1
         seq = self._seq
@@ -544,6 +555,7 @@ class StorVsp(Vsp):
             setattr(lun.stats, name, getattr(stats, name))
         lun.c_disk = lun.disk._c if not lun.disk.closed else None
         plane.set_lun(index, lun.c_disk, lun.target.blocks, lun.disk.read_only)
+        plane.set_lun_link(index, lun.link)
 
     def _in_service(self) -> int:
         return len(self._outstanding) + (self._plane.in_service if self._plane is not None else 0)

@@ -11,8 +11,23 @@
 #define HV_STORVSP_STALE 3
 #define HV_STORVSP_WRITE 4
 
+/* A host's link to a shared storage (partitions/datacenter/storage.py): one request at a time, in
+ * arrival order, each holding it for its bytes at `bandwidth` bits per second and reaching the
+ * storage `latency` ns after its last bit left. Every disk of every VM of the host on that storage
+ * (and a quick migration's memory) queues on the one link. */
+struct hv_storage_link {
+    uint64_t bandwidth;
+    uint64_t latency;
+    uint64_t busy_until;
+    uint64_t requests;
+    uint64_t bytes;
+    uint64_t busy_ns;
+    uint64_t queued_ns;
+};
+
 struct hv_storvsp_lun {
     const struct hv_vhd_disk *disk;
+    struct hv_storage_link *link;
     uint64_t blocks;
     uint32_t read_only;
     uint32_t present;
@@ -78,3 +93,4 @@ int hv_storvsp_complete(struct hv_storvsp *s, uint32_t slot, uint8_t *ring, size
 int hv_storvsp_written(struct hv_storvsp *s, uint32_t slot, uint8_t *ring, size_t ring_len,
                        struct hv_storvsp_done *done);
 void hv_storvsp_release(struct hv_storvsp *s, uint32_t slot);
+uint64_t hv_storage_link_cross(struct hv_storage_link *l, uint64_t now, uint64_t bytes);

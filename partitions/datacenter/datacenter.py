@@ -24,6 +24,7 @@ from hypervisor.quantities import parse_duration
 from partitions.config_schema import DatacenterConfig
 from partitions.datacenter.link import Link, Message
 from partitions.datacenter.node import HostNode
+from partitions.datacenter.storage import HostStorage, Storage
 from partitions.datacenter.remote import RemoteHostNode
 
 #: The longest window, whatever the links: the run reports progress (and hears Ctrl-C) at least
@@ -61,6 +62,13 @@ class Datacenter:
         self.stopped_in: str | None = None    # the host that was running when a run raised
         self._traffic = hashlib.blake2b(digest_size=16)   # every message, as its link carried it
         self.hosts: dict[str, HostNode] = {}
+        self.log = event_log
+        # Shared storages ([[storage]]): each host reaches them over links of its own, which are
+        # not host links (nothing crosses them from host to host) and so do not shorten windows.
+        self.storage = {c.name: Storage(c, clock=self.clock, event_log=event_log, in_use=self._holds_disks)
+                        for c in config.storage}
+        self._posted: list[Message] = []   # cluster messages of this window that travel on no link (post)
+        self.quick_migrations: list = []   # partitions.datacenter.quick.QuickMigration, in the order started
         built: list[HostNode] = []
         try:
             for h in sorted(config.hosts, key=lambda h: h.name):
@@ -76,6 +84,7 @@ class Datacenter:
                     self.hosts[h.name] = node
                     continue
                 node = HostNode(h.name, h.config, seed=own_seed, neighbours=neighbours, workdir=workdir,
+                                storage=HostStorage(h.name, self.storage) if self.storage else None,
                                 event_log=event_log.bind(host=h.name) if event_log is not None else None,
                                 record_scheduling=record_scheduling,
                                 pcap=f"{pcap}.{h.name}" if pcap is not None and h.config.switches else None)
@@ -96,6 +105,30 @@ class Datacenter:
         """Send a message from host `src` to host `dst` over the link joining them (HostNode.send)."""
         return self.hosts[src].send(dst, kind, payload, size=size)
 
+    def post(self, message: Message) -> None:
+        """Hand `message` to its receiver at `message.arrival_ns`, which its sender set, without a
+        host link: the cluster's own hand-offs through shared storage (a quick migration's
+        restore, partitions/datacenter/quick.py). Posted between windows, it is handed over at
+        once (every host stands at the datacenter's time); posted inside one, at the window's end
+        like any message, and an arrival before that end is moved to it, so that the outcome
+        does not depend on the order hosts run in. It goes into the trace digest as a link's
+        message does."""
+        if message.arrival_ns is None or message.arrival_ns < message.sent_ns:
+            raise ValueError(f"a posted message needs its arrival, no earlier than it was sent: {message!r}")
+        if self._focus is None:
+            message.arrival_ns = max(message.arrival_ns, self.now)
+            self._traffic.update(repr(message.record()).encode())
+            self.hosts[message.dst].accept([message])
+        else:
+            self._posted.append(message)
+
+    def _holds_disks(self, host: str, vm: str) -> bool:
+        """Whether VM `vm` still has its partition (and so its disks open) on `host`."""
+        node = self.hosts.get(host)
+        managed = getattr(node, "managed", None)
+        found = managed.vms.get(vm) if managed is not None else None
+        return found is not None and found.partition is not None
+
     def link(self, x: str, y: str) -> Link:
         """The link joining hosts x and y."""
         for link in self.links:
@@ -113,6 +146,11 @@ class Datacenter:
                 self.link(m.src, m.dst).transmit(m)
                 self._traffic.update(repr(m.record()).encode())
                 incoming.setdefault(m.dst, []).append(m)
+        posted, self._posted = self._posted, []
+        for m in posted:
+            m.arrival_ns = max(m.arrival_ns, self.now)
+            self._traffic.update(repr(m.record()).encode())
+            incoming.setdefault(m.dst, []).append(m)
         for dst, messages in incoming.items():
             self.hosts[dst].accept(messages)   # raises if a message would land in dst's past
 
@@ -154,6 +192,8 @@ class Datacenter:
         return {"simulated_ns": self.now, "seed": self.seed, "window_ns": self.window_ns, "windows": self.windows,
                 "hosts": {name: node.summary() for name, node in self.hosts.items()},
                 "links": [link.summary(self.now) for link in self.links],
+                **({"storage": [s.summary(self.now) for s in self.storage.values()]} if self.storage else {}),
+                **({"quick_migrations": [m.record() for m in self.quick_migrations]} if self.quick_migrations else {}),
                 "trace_digest": self.trace_digest().hex()}
 
     def close(self) -> None:

@@ -24,11 +24,12 @@ class HostNode:
     hosts a link joins it to (the only ones it can send to)."""
 
     def __init__(self, name: str, config: Config, *, seed: int, neighbours: set[str], workdir: Path | str,
-                 event_log=None, record_scheduling: bool = False, pcap: Path | str | None = None) -> None:
+                 event_log=None, record_scheduling: bool = False, pcap: Path | str | None = None,
+                 storage=None) -> None:
         self.name = name
         self.log = event_log
         self.managed = ManagedHost(config, seed=seed, workdir=workdir, event_log=event_log,
-                                   record_scheduling=record_scheduling, pcap=pcap)
+                                   record_scheduling=record_scheduling, pcap=pcap, storage=storage)
         self.neighbours = frozenset(neighbours)
         self._handlers: dict[str, Handler] = {}
         # Messages accepted and not delivered yet, by (arrival, sender, sender's sequence): the
