@@ -218,6 +218,9 @@ uint16_t hv_dirty_log_read(struct hv_host *h, uint64_t caller_id, uint32_t vp_in
      * through hv_hypercall (its checks, its costs); only the crossings from Python are saved. */
     uint64_t n_found = 0;
     *found = 0;
+    /* The whole range lies in the GPA space, or no invocation is issued (each would check only its own block). */
+    if (first >= HV_MAX_GPA_PAGES || count > HV_MAX_GPA_PAGES - first)
+        return HV_STATUS_INVALID_PARAMETER;
     for (uint64_t base = first; base < first + count; base += HV_MAX_REP_COUNT) {
         uint32_t n = (uint32_t)(first + count - base < HV_MAX_REP_COUNT ? first + count - base : HV_MAX_REP_COUNT);
         struct hv_in_get_gpa_pages_access_states in = { child_id, flags, base };

@@ -177,6 +177,18 @@ def test_the_dirty_log_sees_a_view_made_after_a_read(host, child):
     assert log.take(0, PAGES) == []
 
 
+def test_a_log_read_running_past_the_gpa_space_is_refused_before_any_block_is_read(host, child):
+    top = MAX_GPA_PAGES - 4990
+    host.root.map_gpa_pages(child, top, host.root_memory.allocate(1))
+    log = host.dirty_log(child)
+    log.start()
+    child.write(top * PAGE_SIZE, b"x")
+    with pytest.raises(HvError) as e:
+        log.take(MAX_GPA_PAGES - 5000, 10000)   # the first block is in the space, the second runs past it
+    assert e.value.status == S.INVALID_PARAMETER
+    assert log.peek(top, 1) == [top]           # nothing was cleared
+
+
 def test_a_log_read_over_many_blocks_finds_every_page():
     host = new_host(memory="64MiB")
     child = host.root.create_partition()
