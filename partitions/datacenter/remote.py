@@ -87,12 +87,17 @@ class RemoteHostNode:
     the connection and for each answer."""
 
     def __init__(self, name: str, config: Config, *, address: str, seed: int, neighbours: set[str],
-                 base_dir: Path | str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+                 links: dict[str, tuple[int, int]] | None = None, base_dir: Path | str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
         from partitions.config_schema import dump
         self.name = name
         self.address = address
         self.seed = seed
         self.neighbours = frozenset(neighbours)
+        self.links = dict(links or {})   # peer -> (bandwidth bit/s, latency ns), as HostNode.links
+        #: how the served host's `call`s reach another host: (peer, kind, payload) -> bytes (set by
+        #: the datacenter, as for a HostNode)
+        self.caller = None
         self._now = 0
         self._pending = 0                          # messages the served host holds, as of its last answer
         self._accepted: list[Message] = []         # accepted here, sent with the next request
@@ -110,7 +115,8 @@ class RemoteHostNode:
         base = Path(base_dir) if base_dir is not None else (config.path.parent if config.path else Path.cwd())
         try:
             answer = self._call({"op": "hello", "protocol": PROTOCOL, "version": VERSION, "host": name, "seed": seed,
-                                 "neighbours": sorted(self.neighbours), "config": dump(config, relative_to=base)})
+                                 "neighbours": sorted(self.neighbours), "config": dump(config, relative_to=base),
+                                 "links": {peer: list(link) for peer, link in self.links.items()}})
         except RemoteHostError as e:   # the served side checked the configuration and said no
             self._break(f"the served host refused it: {str(e).partition(' raised refused: ')[2]}")
         if answer.get("protocol") != PROTOCOL or answer.get("version") != VERSION or answer.get("host") != name:
@@ -204,6 +210,13 @@ class RemoteHostNode:
                 pass
         self._stream.close()
 
+    def answered(self, src: str, kind: str, payload: bytes) -> bytes:
+        """The served host's answer to a call from host `src` (HostNode.answered, one round trip)."""
+        answer = self._call({"op": "answered", "src": src, "kind": kind, "payload": bytes(payload)}).get("answer")
+        if not isinstance(answer, bytes):
+            self._break("its answer to a call is not bytes")
+        return answer
+
     # ---- what code on this host would use ------------------------------------------------------
     def handle(self, kind: str, handler) -> None:
         raise TypeError(f"host {self.name!r} runs in another process ({self.address}): its handlers are the "
@@ -214,6 +227,19 @@ class RemoteHostNode:
                         "its messages")
 
     # ---- one round trip --------------------------------------------------------------------------
+    def _call_out(self, call: Any) -> dict:
+        """The answer to a `call` frame: the served host, in the middle of a request, calls host
+        `to` (HostNode.call: a post-copy target reading its source's frozen page)."""
+        if not (isinstance(call, dict) and call.get("to") in self.neighbours and isinstance(call.get("kind"), str)
+                and len(call["kind"]) <= MAX_KIND and isinstance(call.get("payload"), bytes)):
+            raise WireError("a call from the served host is not one (to a neighbour, a kind and a payload)")
+        if self.caller is None:
+            return {"error": f"host {self.name!r} cannot call {call['to']!r}"}
+        try:
+            return {"answer": bytes(self.caller(call["to"], call["kind"], call["payload"]))}
+        except Exception as e:   # the callee's refusal goes back to the caller, which decides
+            return {"error": f"{type(e).__name__}: {e}"}
+
     def _break(self, why: str):
         self.lost = self.lost or why
         self._stream.close()
@@ -229,6 +255,9 @@ class RemoteHostNode:
         try:
             self._stream.send(request)
             answer = self._stream.receive()
+            while isinstance(answer, dict) and "call" in answer:   # the host calls out mid-request
+                self._stream.send(self._call_out(answer["call"]))
+                answer = self._stream.receive()
         except WireError as e:
             self._break(str(e).removeprefix(f"{self.address}: "))
         except KeyboardInterrupt:   # a second Ctrl-C inside a round trip: the stream is mid-frame
@@ -271,7 +300,7 @@ def _checked_config(hello: dict, workdir: Path, allow_python: bool) -> tuple[str
     from partitions.config import ConfigError, loads
     if hello.get("op") != "hello" or hello.get("protocol") != PROTOCOL or hello.get("version") != VERSION:
         raise WireError(f"the first frame is not a {PROTOCOL} version {VERSION} hello")
-    name, neighbours, text = hello.get("host"), hello.get("neighbours"), hello.get("config")
+    name, neighbours, text, links = hello.get("host"), hello.get("neighbours"), hello.get("config"), hello.get("links", {})
     seed = _integer(hello.get("seed"), "hello.seed", 0, 2**64 - 1)
     if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
         raise WireError(f"hello.host: expected a host name, got {name!r:.80}")
@@ -280,6 +309,10 @@ def _checked_config(hello: dict, workdir: Path, allow_python: bool) -> tuple[str
         raise WireError("hello.neighbours: expected a list of other hosts' names")
     if not isinstance(text, str):
         raise WireError("hello.config: expected the host's configuration as TOML text")
+    if not (isinstance(links, dict) and set(links) <= set(neighbours) and all(
+            isinstance(v, list) and len(v) == 2 and all(type(x) is int and 0 < x <= MAX_NS for x in v)
+            for v in links.values())):
+        raise WireError("hello.links: expected each neighbour's [bandwidth, latency]")
     config = loads(text, file=f"host {name!r}'s configuration", base_dir=workdir)
     if not isinstance(config, Config):
         raise ConfigError(f"host {name!r}'s configuration", None, "one host's configuration", "a datacenter")
@@ -295,7 +328,21 @@ def _checked_config(hello: dict, workdir: Path, allow_python: bool) -> tuple[str
                               "a built-in workload (a python workload imports code the peer names: "
                               "`hvsim host serve --allow-python` allows it)", "a python workload")
     run_files.plan_disks(config, workdir, f"host {name!r}'s configuration")
-    return name, seed, set(neighbours), config
+    return name, seed, set(neighbours), {peer: (v[0], v[1]) for peer, v in links.items()}, config
+
+
+def _calling_out(stream: FrameStream):
+    """HostNode.caller for a served host: a call (in the middle of a request) goes to the
+    datacenter as a `call` frame, and the next frame holds its `answer` (or an `error`)."""
+    def call(to: str, kind: str, payload: bytes) -> bytes:
+        stream.send({"call": {"to": to, "kind": kind, "payload": payload}})
+        reply = stream.receive()
+        if isinstance(reply, dict) and isinstance(reply.get("answer"), bytes):
+            return reply["answer"]
+        if isinstance(reply, dict) and isinstance(reply.get("error"), str):
+            raise LookupError(reply["error"])
+        raise WireError("the answer to a call is not one")
+    return call
 
 
 def serve_host(sock: socket.socket, peer: str, *, workdir: Path | str, timeout: float = DEFAULT_TIMEOUT,
@@ -313,8 +360,9 @@ def serve_host(sock: socket.socket, peer: str, *, workdir: Path | str, timeout: 
             hello = stream.receive()
             if not isinstance(hello, dict):
                 raise WireError("the first frame is not a hello")
-            name, seed, neighbours, config = _checked_config(hello, Path(workdir), allow_python)
+            name, seed, neighbours, links, config = _checked_config(hello, Path(workdir), allow_python)
             node = HostNode(name, config, seed=seed, neighbours=neighbours, workdir=workdir)
+            node.links, node.caller = links, _calling_out(stream)
             answer_pings(node)
         except WireError as e:
             return False, f"{peer}: no session: {e}"
@@ -366,6 +414,11 @@ def _serve_one(node, request: Any) -> dict:
             return {"now": node.now, "digest": node.trace_digest()}
         if op == "summary":
             return {"now": node.now, "pending": node.pending(), "summary": node.summary()}
+        if op == "answered":
+            src, kind, payload = request.get("src"), request.get("kind"), request.get("payload")
+            if src not in node.neighbours or not isinstance(kind, str) or not isinstance(payload, bytes):
+                raise WireError("answered: expected a neighbour, a kind and a payload")
+            return {"answer": node.answered(src, kind, payload)}
         if op == "close":
             return {"now": node.now, "closed": True}
         raise WireError(f"unknown request {op!r:.80}")
