@@ -33,6 +33,7 @@ from hypervisor.host import COSTS, SCHEDULERS
 from hypervisor.quantities import AmbiguousSizeError, parse_duration, parse_rate, parse_size
 from partitions.config_schema import (
     ACTIONS, CHECKPOINT_ACTIONS, DEVICES_WITH_KEYS, DISK_TYPES, GIB, INTEGRATION_SERVICES, MAX_DISKS, MAX_NICS, MIB,
+    MIGRATION_ACTIONS, MOVE_KINDS,
     MS, SWITCH_TYPES, WORKLOADS, AtConfig, Config, ConfigError, CpuBurnWorkload, CpuConfig, DatacenterConfig,
     DatacenterHostConfig, DeviceConfig, DiskConfig, DiskIoWorkload, HostConfig, LinkConfig, STORAGE_KINDS,
     StorageConfig, StorageLinkConfig,
@@ -64,7 +65,7 @@ _KEYS = {
     "disk": ("path", "size", "type", "parent"),
     "nic": ("switch", "vlan", "mac", "ip", "gateway"),
     "switch": ("name", "type"),
-    "at": ("time", "action", "vm", "name"),
+    "at": ("time", "action", "vm", "name", "to", "kind"),
     "datacenter file": ("datacenter", "host", "link", "at", "storage"),
     "storage": ("name", "kind", "directory"),
     "datacenter": ("seed",),
@@ -278,6 +279,10 @@ class _Reader:
         vm_tables = self.tables(data, "", "vm")
         vms = [self.vm(t, key, host) for key, t in vm_tables]
         timeline = tuple(self.at(t, key) for key, t in self.tables(data, "", "at"))
+        for i, at in enumerate(timeline):
+            if at.action in MIGRATION_ACTIONS:
+                self.fail(f"at[{i}].action", "an action of a single host (move and quick-move take a VM to another "
+                          "host: a datacenter file, with [[host]] and [[link]] tables)", show(at.action))
         _Checks(self, host, vms, switches, timeline, [t for _, t in vm_tables]).run()
         return Config(host, tuple(self.assign_macs(vms)), switches, timeline)
 
@@ -338,9 +343,11 @@ class _Reader:
             if at.vm not in where:
                 self.fail(f"at[{i}].vm", "the name of a VM of one of the hosts", show(at.vm),
                           _suggest(at.vm, tuple(where)))
+        self.moves(timeline, where, links, names)
         hosts = []
         for key, name, host, switches, vms, vm_tables in read:
-            mine = [i for i, at in enumerate(timeline) if where[at.vm] == name]
+            # A host's own timeline: the actions on its VMs; moves are the datacenter's.
+            mine = [i for i, at in enumerate(timeline) if where[at.vm] == name and at.action not in MIGRATION_ACTIONS]
             own = tuple(timeline[i] for i in mine)
             _Checks(self, host, vms, switches, own, vm_tables, prefix=f"{key}.", at_keys=[f"at[{i}]" for i in mine]).run()
             hosts.append(DatacenterHostConfig(name, Config(host, tuple(self.assign_macs(vms)), switches, own),
@@ -404,6 +411,31 @@ class _Reader:
                         self.fail(f"{key}.vm[{j}].disks[{k}].path", f'a disk host "{host}" reaches: it is on storage '
                                   f'"{on.name}", and no [[link]] joins them (hosts = ["{host}", "{on.name}"])',
                                   show(str(disk.path)))
+
+    def moves(self, timeline: tuple[AtConfig, ...], where: dict[str, str], links: tuple[LinkConfig, ...],
+              hosts: tuple[str, ...]) -> None:
+        """Walk the timeline by time (file order at equal times) as the datacenter will: a move
+        goes to another host that a link joins to the one the VM is on then; a VM that has moved
+        takes no other action afterwards (this version runs the rest of a VM's timeline on the
+        host it was configured on)."""
+        at_host, moved = dict(where), {}
+        joined = {frozenset(link.hosts) for link in links}
+        for time, i in sorted((at.time, i) for i, at in enumerate(timeline)):
+            at = timeline[i]
+            if at.action not in MIGRATION_ACTIONS:
+                if at.vm in moved:
+                    self.fail(f"at[{i}].action", f'an action on VM "{at.vm}" before it moves to another host (at '
+                              f"{moved[at.vm]} it moves: only further moves can follow)", show(at.action))
+                continue
+            here = at_host[at.vm]
+            if at.to == here or at.to not in hosts:
+                self.fail(f"at[{i}].to", f'the name of a [[host]] VM "{at.vm}" is not on at {_time(time)} (it is on '
+                          f'"{here}")', show(at.to), _suggest(at.to, hosts))
+            if frozenset((here, at.to)) not in joined:
+                self.fail(f"at[{i}].to", f'a host a [[link]] joins to "{here}", where VM "{at.vm}" is at {_time(time)}',
+                          show(at.to))
+            at_host[at.vm] = at.to
+            moved[at.vm] = f"at[{i}]"
 
     def remote(self, t: dict, key: str) -> tuple[str | None, int | None]:
         """A [[host]]'s `remote` ("HOST:PORT" of `hvsim host serve`) and `remote_timeout`."""
@@ -632,14 +664,21 @@ class _Reader:
     def at(self, value: dict, key: str) -> AtConfig:
         t = self.table(value, key, _KEYS["at"])
         time = self.duration(t, key, "time", positive=False)
-        action = self.string(t, key, "action", choices=ACTIONS)
+        action = self.string(t, key, "action", choices=ACTIONS + MIGRATION_ACTIONS)
         vm = self.string(t, key, "vm", expected="the name of a [[vm]]")
         name = self.string(t, key, "name", None, expected="a checkpoint name")
         if name is not None and (action not in CHECKPOINT_ACTIONS or not 1 <= len(name) <= 100):
             self.fail(f"{key}.name", "a name of 1 to 100 characters, on a checkpoint action only", show(name))
         if name is None and action in CHECKPOINT_ACTIONS[1:]:
             self.fail(f"{key}.name", f"the name of the checkpoint to {action.partition('-')[0]}", "nothing")
-        return AtConfig(time, action, vm, name)
+        to = self.string(t, key, "to", None, expected="the name of the [[host]] the VM moves to")
+        if (to is None) == (action in MIGRATION_ACTIONS):
+            self.fail(f"{key}.to", "the host a VM moves to, on a move or quick-move action only",
+                      "nothing" if to is None else show(to))
+        kind = self.string(t, key, "kind", None, choices=MOVE_KINDS)
+        if kind is not None and action != "move":
+            self.fail(f"{key}.kind", 'a kind of live migration, on a "move" action only', show(kind))
+        return AtConfig(time, action, vm, name, to, kind)
 
     def assign_macs(self, vms: list[VmConfig]) -> list[VmConfig]:
         """Give adapters without a MAC one generated from the VM name and index, skipping any MAC

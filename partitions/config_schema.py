@@ -29,6 +29,9 @@ SWITCH_TYPES = ("private", "internal", "external")
 DISK_TYPES = ("fixed", "dynamic", "differencing")
 ACTIONS = ("start", "stop", "turn-off", "pause", "resume", "save", "restore", "checkpoint",
            "apply-checkpoint", "delete-checkpoint", "quick-reset")
+#: Actions that move a VM to another host of a datacenter (`to`; `kind` for "move" only).
+MIGRATION_ACTIONS = ("move", "quick-move")
+MOVE_KINDS = ("live", "post-copy")
 #: Actions that name a checkpoint: optional for "checkpoint", required for the other two.
 CHECKPOINT_ACTIONS = ("checkpoint", "apply-checkpoint", "delete-checkpoint")
 INTEGRATION_SERVICES = ("heartbeat", "shutdown", "timesync", "kvp", "vss")
@@ -212,9 +215,11 @@ class SwitchConfig:
 @dataclass(frozen=True)
 class AtConfig:
     time: int                        # ns of simulated time since boot
-    action: str                      # one of ACTIONS
+    action: str                      # one of ACTIONS, or of MIGRATION_ACTIONS in a datacenter file
     vm: str
     name: str | None = None          # checkpoint name (CHECKPOINT_ACTIONS only)
+    to: str | None = None            # the host a VM moves to (MIGRATION_ACTIONS only)
+    kind: str | None = None          # "move" only: one of MOVE_KINDS (None: "live")
 
 
 @dataclass(frozen=True)
@@ -441,7 +446,8 @@ def dump(config: Config | DatacenterConfig, relative_to: str | os.PathLike | Non
         return host, vms, [dataclasses.asdict(s) for s in config.switches]
 
     def timeline(entries: tuple[AtConfig, ...]) -> list[dict]:
-        return [{"time": format_duration(a.time), "action": a.action, "vm": a.vm, "name": a.name} for a in entries]
+        return [{"time": format_duration(a.time), "action": a.action, "vm": a.vm, "name": a.name, "to": a.to,
+                 "kind": a.kind} for a in entries]
 
     if isinstance(config, DatacenterConfig):
         out = [emit({"datacenter": {"seed": config.seed}})] if config.seed is not None else []

@@ -9,6 +9,8 @@ buffer) is independent of this writer:
     Sched(time_ns, lp, partition_id, vp_index, kind)   kind "run": the VP starts running on the LP
                                                        kind "stop": it stops
     Instant(time_ns, name, args)                       args: a JSON-able dict, or None
+    Slice(start_ns, end_ns, name, args, track)         a span of the host's own work (a migration's
+                                                       rounds and blackout) on the thread `track`
 
 Any tuple of those fields in that order will do. Records of one LP must come in time order
 (those of different LPs may interleave freely). A "run" on an LP where another VP is running ends
@@ -26,7 +28,7 @@ from typing import Any, NamedTuple, TextIO
 
 RUN, STOP = "run", "stop"
 
-HOST_PID, VMBUS_PID = 1, 2
+HOST_PID, VMBUS_PID, WORK_PID = 1, 2, 3
 VMBUS_TID = 1
 
 
@@ -42,6 +44,14 @@ class Instant(NamedTuple):
     time_ns: int
     name: str
     args: dict[str, Any] | None = None
+
+
+class Slice(NamedTuple):
+    start_ns: int
+    end_ns: int
+    name: str
+    args: dict[str, Any] | None = None
+    track: str = "work"
 
 
 class TraceError(ValueError):
@@ -60,10 +70,12 @@ def _us(ns: int) -> float:
 
 def build(records: Iterable[tuple], instants: Iterable[tuple] = (), *, end_ns: int | None = None,
           partition_names: Mapping[int, str] | None = None,
-          logical_processors: int | None = None) -> dict[str, Any]:
+          logical_processors: int | None = None, spans: Iterable[tuple] = ()) -> dict[str, Any]:
     """The trace document. `end_ns` defaults to the last record's time; `partition_names` maps
     partition ids to the names slices use (default "partition<id>"); `logical_processors`, if
-    given, gives every LP a thread (idle ones too) and rejects records of other LPs."""
+    given, gives every LP a thread (idle ones too) and rejects records of other LPs; `spans`
+    (Slice records) go on the "host work" process, a thread per track (in order of first
+    appearance), in time order: a track's slices must not overlap but by nesting."""
     names = dict(partition_names or {})
     scheds = [Sched(*r) for r in records]
     marks = sorted((Instant(*i) for i in instants), key=lambda i: i.time_ns)
@@ -124,6 +136,20 @@ def build(records: Iterable[tuple], instants: Iterable[tuple] = (), *, end_ns: i
         events.append(_meta("thread_sort_index", HOST_PID, lp_tid(lp), sort_index=lp))
     for lp in sorted(slices):
         events.extend(slices[lp])
+    work = sorted((Slice(*s) for s in spans), key=lambda s: s.start_ns)
+    for s in work:
+        if s.end_ns < s.start_ns:
+            raise TraceError(f"{s}: a slice ends before it starts")
+    tracks: dict[str, int] = {}
+    for s in work:
+        tracks.setdefault(s.track, len(tracks) + 1)
+    if work:
+        events += [_meta("process_name", WORK_PID, 0, name="host work (migrations)"),
+                   _meta("process_sort_index", WORK_PID, 0, sort_index=2)]
+        events += [_meta("thread_name", WORK_PID, tid, name=track) for track, tid in tracks.items()]
+    for s in work:
+        events.append({"ph": "X", "name": s.name, "cat": "migration", "pid": WORK_PID, "tid": tracks[s.track],
+                       "ts": _us(s.start_ns), "dur": _us(s.end_ns - s.start_ns), "args": dict(s.args or {})})
     for i in marks:
         events.append({"ph": "i", "s": "t", "name": i.name, "cat": "vmbus", "pid": VMBUS_PID, "tid": VMBUS_TID,
                        "ts": _us(i.time_ns), "args": dict(i.args or {})})

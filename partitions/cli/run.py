@@ -291,14 +291,14 @@ def _naming_vms(exc: BaseException, managed) -> str:
     return f"vm {name!r}: {text}" if name and f"vm {name!r}" not in text else text
 
 
-def _write_trace(path: str, managed, records) -> None:
+def _write_trace(path: str, managed, records, slices=()) -> None:
     from partitions import perfetto
     names = {vm.partition.id: vm.name for vm in managed.vms.values() if vm.partition is not None}
     names[managed.host.root.id] = "root"
     instants = [(t, name, args) for t, name, args in (managed.vmbus.message_trace or [])]
     trace = perfetto.build([(t, lp, pid, vp, kind) for t, pid, lp, vp, kind in records], instants,
                            end_ns=managed.host.now, partition_names=names,
-                           logical_processors=managed.host.logical_processors)
+                           logical_processors=managed.host.logical_processors, spans=slices)
     perfetto.write(path, trace)
 
 
@@ -412,7 +412,7 @@ def _run_datacenter(args: argparse.Namespace, p: Plan, ctrl_c: _CtrlC) -> int:
     if args.trace:   # one trace per host: each has its own LPs and partitions
         take_scheduling()
         for name, node in local.items():
-            _write_trace(f"{args.trace}.{name}", node.managed, records[name])
+            _write_trace(f"{args.trace}.{name}", node.managed, records[name], _migration_slices(dc, name))
     dc.close()
     if log is not None:
         log.event("run.end", **outcome)
@@ -428,6 +428,12 @@ def _run_datacenter(args: argparse.Namespace, p: Plan, ctrl_c: _CtrlC) -> int:
         now = dc.hosts[dc.stopped_in].now if dc.stopped_in in dc.hosts else dc.now
         print(f"hvsim run: {outcome['status']} at {now / 1e9:g} s: {outcome['reason']}", file=sys.stderr)
     return status
+
+
+def _migration_slices(dc, host: str) -> list[tuple]:
+    """The trace slices of the migrations from `host` (rounds and blackout) and to it (blackout)."""
+    return [s for r in dc.migrations() if host in (r.source, r.target) for s in r.slices()
+            if r.source == host or s[2] == "blackout"]
 
 
 def _run_datacenter_live(dc, duration: int, progress: Callable) -> None:
@@ -452,6 +458,24 @@ def _run_datacenter_live(dc, duration: int, progress: Callable) -> None:
         dc.run(duration, on_progress=update)
 
 
+def _migrations_table(migrations: list[dict]):
+    """One row per migration: what moved where, how, its rounds, pages per round, bytes,
+    downtime and total time (docs/migration.md)."""
+    from rich.table import Table
+    table = Table(title="Migrations")
+    for col in ("vm", "from -> to", "kind", "outcome", "rounds", "pages per round", "bytes", "downtime (ms)",
+                "total (ms)"):
+        table.add_column(col, justify="right" if col in ("rounds", "bytes", "downtime (ms)", "total (ms)") else "left")
+    for m in migrations:
+        pages = m["pages_per_round"]
+        shown = ", ".join(map(str, pages if len(pages) <= 6 else pages[:4] + ["...", pages[-1]]))
+        ms = lambda ns: "-" if ns is None else f"{ns / 1e6:.3f}"   # noqa: E731
+        outcome = m["outcome"] + (f": {m['reason']}" if m["outcome"] == "aborted" else "")
+        table.add_row(m["vm"], f"{m['from']} -> {m['to']}", m["kind"], outcome, str(m["rounds"]), shown,
+                      str(m["bytes"]), ms(m["downtime_ns"]), ms(m["total_ns"]))
+    return table
+
+
 def _print_datacenter_summary(s: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -468,6 +492,8 @@ def _print_datacenter_summary(s: dict) -> None:
                           f"{link['latency_ns'] / 1e3:g} us", str(d["messages"]), str(d["bytes"]),
                           f"{d['queued_ns'] / 1e6:.3f}", f"{100 * d['utilisation']:.2f}")
     console.print(links)
+    if s.get("migrations"):
+        console.print(_migrations_table(s["migrations"]))
     console.print(f"trace digest {s['trace_digest']} (seed {s['seed']}, {len(s['hosts'])} hosts)")
     outcome = s.get("outcome", {})
     if outcome.get("status", "completed") != "completed":

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hypervisor.quantities import parse_duration
-from partitions.config_schema import DatacenterConfig
+from partitions.config_schema import MIGRATION_ACTIONS, DatacenterConfig
 from partitions.datacenter.link import Link, Message
+from partitions.datacenter.migration import MigrationError, MigrationRecord, StopRules
 from partitions.datacenter.node import HostNode
 from partitions.datacenter.storage import HostStorage, Storage
 from partitions.datacenter.remote import RemoteHostNode
@@ -94,6 +95,18 @@ class Datacenter:
             for node in built:   # a host that cannot be built: the ones made before it let go of their files
                 node.close()
             raise
+        # The timeline's moves are the datacenter's (a host's own timeline has the rest): each is
+        # carried out between windows, where every host stands at its time.
+        self._moves = sorted((at for at in config.timeline if at.action in MIGRATION_ACTIONS), key=lambda a: a.time)
+        self._next_move = 0
+        for node in self._local():
+            for link in self.links:
+                if node.name in (link.a, link.b):
+                    node.links[link.b if node.name == link.a else link.a] = (link.bandwidth, link.latency)
+            node.caller = lambda to, kind, payload, src=node.name: self.hosts[to].answered(src, kind, payload)
+            node.migrations.on_arrived = self._adopt
+            for vm in node.managed.vms.values():
+                self._adopt(vm)
 
     def clock(self) -> int:
         """The simulated time an event happens at: the running host's inside a window, the
@@ -144,7 +157,9 @@ class Datacenter:
         for node in self.hosts.values():
             for m in node.take_outbox():
                 self.link(m.src, m.dst).transmit(m)
-                self._traffic.update(repr(m.record()).encode())
+                # The payload goes in as bytes, not through repr: a migration's are megabytes.
+                self._traffic.update(repr(m.record()[:-1]).encode())
+                self._traffic.update(len(m.payload).to_bytes(8, "little") + m.payload)
                 incoming.setdefault(m.dst, []).append(m)
         posted, self._posted = self._posted, []
         for m in posted:
@@ -154,12 +169,71 @@ class Datacenter:
         for dst, messages in incoming.items():
             self.hosts[dst].accept(messages)   # raises if a message would land in dst's past
 
+    # ---- moving VMs ---------------------------------------------------------------------------------
+    def _adopt(self, vm) -> None:
+        """`vm` (on some host of this datacenter) can be moved by vm.move(to=..., kind=...)."""
+        vm.mover = lambda to, kind, vm=vm: self.move(vm.name, to=to, kind=kind)
+
+    def _local(self) -> list[HostNode]:
+        """The hosts this process runs (a remote host's VMs and migrations are its server's)."""
+        return [node for node in self.hosts.values() if hasattr(node, "migrations")]
+
+    def where(self, vm: str) -> HostNode:
+        """The host VM `vm` runs on (the source, while a migration has not handed it over)."""
+        for node in self._local():
+            found = node.managed.vms.get(vm)
+            if found is not None and found.state.value != "Migrating":
+                return node
+        for node in self._local():
+            if vm in node.managed.vms:
+                return node
+        raise LookupError(f"no VM named {vm!r} on any host of this datacenter run here")
+
+    def move(self, vm: str, *, to: str, kind: str = "live", rules: StopRules | None = None) -> MigrationRecord:
+        """Start moving VM `vm` to host `to`, live ("live": pre-copy, the default; "post-copy")
+        or by quick migration ("quick"); the run carries it out. Returns the migration's record
+        (partitions.datacenter.migration), which fills in as the run goes. A move that cannot
+        start (no such host, no link, a VM that is not running) raises MigrationError. `rules`:
+        when pre-copy stops (default StopRules(): Xen's 50 pages, 30 rounds, 3x the memory)."""
+        if to not in self.hosts:
+            raise MigrationError(f"move of vm {vm!r}: no host named {to!r} (hosts: {', '.join(self.hosts)})")
+        node = self.where(vm)
+        if kind == "quick":
+            return self._quick_move(node, vm, to)
+        return node.migrations.move(node.managed.vms[vm], to, kind, rules=rules)
+
+    def _quick_move(self, node: HostNode, vm: str, to: str):
+        raise MigrationError(f"quick-move of vm {vm!r}: quick migration is not available in this version of hvsim")
+
+    def _timeline_moves(self) -> None:
+        """The timeline's moves due now. One that cannot start is logged and the run goes on:
+        a migration never raises into the run loop."""
+        while self._next_move < len(self._moves) and self._moves[self._next_move].time <= self.now:
+            at = self._moves[self._next_move]
+            self._next_move += 1
+            kind = "quick" if at.action == "quick-move" else at.kind or "live"
+            try:
+                self.move(at.vm, to=at.to, kind=kind)
+            except (MigrationError, LookupError) as exc:
+                node = next((n for n in self._local() if at.vm in n.managed.vms), None)
+                if node is not None and node.log is not None:
+                    node.log.event("migration.refused", vm=at.vm, to=at.to, kind=kind, error=str(exc))
+
+    def migrations(self) -> list[MigrationRecord]:
+        """Every migration started, in the order they started."""
+        records = [r for node in self._local() for r in node.migrations.records]
+        return sorted(records, key=lambda r: r.started_ns)
+
     # ---- running ------------------------------------------------------------------------------------
     def run(self, until: int | str, *, on_progress: Callable[[Datacenter], None] | None = None) -> None:
-        """Run every host to `until` in windows of `window_ns`; `on_progress` after each window."""
+        """Run every host to `until` in windows of `window_ns`, cut short where a move of the
+        timeline is due; `on_progress` after each window."""
         end = parse_duration(until, "until")
         while self.now < end:
+            self._timeline_moves()
             window_end = min(end, self.now + self.window_ns)
+            if self._next_move < len(self._moves):
+                window_end = min(window_end, max(self.now + 1, self._moves[self._next_move].time))
             for node in self.hosts.values():   # name order
                 self._focus = node
                 try:
@@ -194,6 +268,7 @@ class Datacenter:
                 "links": [link.summary(self.now) for link in self.links],
                 **({"storage": [s.summary(self.now) for s in self.storage.values()]} if self.storage else {}),
                 **({"quick_migrations": [m.record() for m in self.quick_migrations]} if self.quick_migrations else {}),
+                "migrations": [r.summary() for r in self.migrations()],
                 "trace_digest": self.trace_digest().hex()}
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from partitions.config_schema import Config
 from partitions.datacenter.link import Message
+from partitions.datacenter.migration import MigrationService
 from partitions.management import ManagedHost
 
 Handler = Callable[[Message], None]
@@ -39,6 +40,13 @@ class HostNode:
         self.sent = 0
         self.delivered = 0
         self.unhandled = 0
+        #: peer -> (bandwidth in bit/s, latency in ns) of the link to it (set by the datacenter)
+        self.links: dict[str, tuple[int, int]] = {}
+        #: how `call` reaches a peer: (peer, kind, payload) -> the answer's bytes (set by the datacenter)
+        self.caller: Callable[[str, str, bytes], bytes] | None = None
+        self._answers: dict[str, Callable[[str, bytes], bytes]] = {}
+        # Migrations to and from this host: a protocol of messages handled like any other.
+        self.migrations = MigrationService(self)
 
     @property
     def now(self) -> int:
@@ -58,11 +66,13 @@ class HostNode:
         else:
             self._handlers[kind] = handler
 
-    def send(self, to: str, kind: str, payload: bytes = b"", *, size: int | None = None) -> Message:
+    def send(self, to: str, kind: str, payload: bytes = b"", *, size: int | None = None,
+             at: int | None = None) -> Message:
         """Send a message to host `to` now: it leaves at the end of this window and arrives after
         the link's queue, its transmission and the link's latency. `size` (default: the payload's
         length) is what it occupies on the link; it may be larger than the payload, to stand for
-        data not materialised (memory pages in bulk)."""
+        data not materialised (memory pages in bulk). `at` (default now, never earlier) is when the
+        sender hands it to the link: a sender that queues messages of its own sends them later."""
         if to not in self.neighbours:
             raise LookupError(f"host {self.name!r} has no link to {to!r} (its links reach: "
                               f"{', '.join(sorted(self.neighbours)) or 'no host'})")
@@ -72,10 +82,31 @@ class HostNode:
         size = len(payload) if size is None else size
         if not isinstance(size, int) or size < len(payload):
             raise ValueError(f"size: expected an integer of at least the payload's {len(payload)} bytes, got {size!r}")
-        message = Message(self.name, to, kind, bytes(payload), size, self.now, self.sent)
+        if at is not None and (not isinstance(at, int) or at < self.now):
+            raise ValueError(f"at: expected a time no earlier than now ({self.now} ns), got {at!r}")
+        message = Message(self.name, to, kind, bytes(payload), size, self.now if at is None else at, self.sent)
         self.sent += 1
         self._outbox.append(message)
         return message
+
+    def answer(self, kind: str, fn: Callable[[str, bytes], bytes]) -> None:
+        """Answer `call`s of `kind` from other hosts with fn(caller, payload) -> bytes."""
+        self._answers[kind] = fn
+
+    def call(self, to: str, kind: str, payload: bytes) -> bytes:
+        """A synchronous exchange with host `to`, outside simulated time: its answer must not
+        depend on when it is asked, nor change anything there (a frozen VM's memory, read for a
+        post-copy fault). Everything else goes by `send`."""
+        if to not in self.neighbours or self.caller is None:
+            raise LookupError(f"host {self.name!r} cannot call {to!r}")
+        return self.caller(to, kind, bytes(payload))
+
+    def answered(self, src: str, kind: str, payload: bytes) -> bytes:
+        """The answer to a call from host `src` (the other end of `call`)."""
+        fn = self._answers.get(kind)
+        if fn is None:
+            raise LookupError(f"host {self.name!r} answers no call {kind!r}")
+        return bytes(fn(src, payload))
 
     # ---- the window seam ------------------------------------------------------------------------
     def take_outbox(self) -> list[Message]:

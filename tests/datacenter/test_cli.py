@@ -21,11 +21,12 @@ def test_the_example_runs_with_per_host_summaries_links_and_a_digest(tmp_path, c
     assert s["simulated_ns"] == 2_200_000_000 and s["outcome"] == {"status": "completed"}
     assert set(s["hosts"]) == {"host-a", "host-b"}
     vms = {h: {v["Name"]: v for v in s["hosts"][h]["vms"]} for h in s["hosts"]}
-    assert set(vms["host-a"]) == {"web", "cache"} and set(vms["host-b"]) == {"batch"}
+    # cache moved to host-b at 1 s (a live migration)
+    assert set(vms["host-a"]) == {"web", "kv"} and set(vms["host-b"]) == {"batch", "cache"}
     assert vms["host-b"]["batch"]["State"] == "Paused"             # the timeline's pause at 2 s, on host-b
     assert vms["host-a"]["web"]["State"] == "Running" and vms["host-a"]["web"]["CPUUsage(%)"] > 5
     assert all(h["simulated_ns"] == s["simulated_ns"] for h in s["hosts"].values())
-    assert s["hosts"]["host-a"]["switches"]["lan"]["forwarded"] > 100   # web's requests to cache
+    assert s["hosts"]["host-a"]["switches"]["lan"]["forwarded"] > 100   # web's requests to kv
     (link,) = s["links"]
     assert link["hosts"] == ["host-a", "host-b"] and link["bandwidth_bps"] == 10**10 and link["latency_ns"] == 50_000
     assert s["window_ns"] == 50_000 and s["windows"] == 2_200_000_000 // 50_000
@@ -77,20 +78,20 @@ def test_a_bad_datacenter_file_is_one_line_and_exit_2(tmp_path, capsys, edit, me
 
 def test_check_describes_a_datacenter_file(capsys):
     assert main(["check", EXAMPLE]) == 0
-    assert capsys.readouterr().out == (f"{EXAMPLE}: ok — a datacenter of 2 hosts, 1 link, 3 VMs, 1 switch, "
-                                       "2 timeline actions\n")
+    assert capsys.readouterr().out == (f"{EXAMPLE}: ok — a datacenter of 2 hosts, 1 link, 4 VMs, 1 switch, "
+                                       "3 timeline actions\n")
 
 
 def test_a_trace_and_a_capture_per_host(tmp_path, capsys):
     trace, pcap = tmp_path / "t.json", tmp_path / "p.pcap"
     run_json(capsys, EXAMPLE, "--for", "300ms", "--trace", str(trace), "--pcap", str(pcap),
              "--workdir", str(tmp_path / "w"))
-    for host, vms in (("host-a", {"web", "cache"}), ("host-b", {"batch"})):
+    for host, vms in (("host-a", {"web", "kv", "cache"}), ("host-b", {"batch"})):
         doc = json.loads((tmp_path / f"t.json.{host}").read_text())
         slices = [e for e in doc["traceEvents"] if e.get("ph") == "X"]
         assert slices and max(e["ts"] + e["dur"] for e in slices) > 250_000       # us: the whole run
         running = {e["name"].split("/")[0] for e in slices}                       # "web/vp0": VM and VP
-        assert vms <= running and not ({"web", "cache", "batch"} - vms) & running
+        assert vms <= running and not ({"web", "kv", "cache", "batch"} - vms) & running
     assert (tmp_path / "p.pcap.host-a").stat().st_size > 24 and not (tmp_path / "p.pcap.host-b").exists()
     assert not trace.exists()
     # An unwritable one is refused before anything is made.

@@ -1,0 +1,744 @@
+"""Live migration of a running VM between two hosts of a datacenter, pre-copy and post-copy, as a
+versioned protocol of link messages between the two hosts (docs/migration.md).
+
+    record = dc.move("cache", to="host-b", kind="live")     # or kind="post-copy"
+    dc.run("3s")
+    record.summary()   # kind, rounds, pages per round, bytes, downtime, total time, outcome
+
+Each host has a MigrationService (HostNode.migrations): the source's side drives a migration, the
+target's side builds the VM, writes what arrives and resumes it. The two halves share no object:
+every payload is a msgpack map of plain data, so the same bytes can go over TCP between processes,
+and the source's memory is reachable from the target only through messages (post-copy's page
+fetches included).
+
+Invariants:
+- Nothing here lets an exception reach the run loop: a failure before the target resumed aborts
+  the migration (the source VM is thawed and runs on unchanged, the target's half-built VM is torn
+  down), and is logged with the VM's name.
+- Pre-copy reads a page's bytes when its message is sent, after the round's read of the dirty log:
+  a store after that read is caught by the next read, so the blackout's last read misses nothing.
+- A message's size on the link is its payload's length: the bytes a real stream of this protocol
+  carries. Zero pages travel as runs of page numbers, not as 4 KiB of zeros.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import msgpack
+
+from hypervisor.abi import PAGE_SIZE
+from partitions.datacenter.link import transmission_ns
+
+#: The protocol's version: a message of another version is refused (the migration aborts).
+PROTOCOL_VERSION = 1
+#: Every message kind of the protocol is this prefix and its op.
+KIND = "migration."
+SOURCE_OPS = ("begin", "pages", "state", "page", "abort")            # source -> target
+TARGET_OPS = ("ready", "failed", "ack", "resumed", "fetch", "done")   # target -> source
+#: The one synchronous exchange (HostNode.call): a post-copy target reads a page of the frozen
+#: source. Its answer cannot depend on when it is asked (nothing changes a frozen VM's memory).
+READ = "read"
+KINDS = ("live", "post-copy")
+
+#: Pages per "pages" message (1 MiB of data at most): small enough that the link interleaves
+#: other traffic, large enough that a round of a 4 GiB VM is a few thousand messages.
+CHUNK_PAGES = 256
+#: "pages" messages in flight before the source waits for an ack: enough to keep a 10 Gbit/s
+#: link with 50 us latency busy (its bandwidth-delay product is ~125 KB), few enough that the
+#: source holds little in its outbox.
+WINDOW = 4
+#: Post-copy's background push sends smaller messages, so that a demand fetch's page (FIFO behind
+#: them on the link) waits little: at most WINDOW x 32 pages (~105 us at 10 Gbit/s each).
+PUSH_CHUNK_PAGES = 32
+
+#: Pages one message names at most, zero pages included (a zero page costs its page number).
+MAX_MESSAGE_PAGES = 16 * CHUNK_PAGES
+
+_ZERO_PAGE = bytes(PAGE_SIZE)
+_ZERO_CHUNK = bytes(CHUNK_PAGES * PAGE_SIZE)
+
+
+class MigrationError(RuntimeError):
+    """A migration that cannot start or goes wrong (the message names the VM)."""
+
+
+class ProtocolError(MigrationError):
+    """A message that is not of this protocol: wrong version, unknown op, missing fields."""
+
+
+@dataclass(frozen=True)
+class StopRules:
+    """When pre-copy stops iterating and copies the rest with the VM frozen (Clark et al.; Xen's
+    defaults): fewer than `min_pages` pages dirty after a round, `max_rounds` rounds done (round
+    0, the whole memory, counts), or `max_factor` times the VM's pages sent in all."""
+    min_pages: int = 50
+    max_rounds: int = 30
+    max_factor: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.min_pages < 0 or self.max_rounds < 1 or self.max_factor <= 0:
+            raise ValueError(f"stop rules: expected min_pages >= 0, max_rounds >= 1, max_factor > 0, got {self}")
+
+
+# ---- the wire ---------------------------------------------------------------------------------------
+def encode(op: str, mid: str, **fields: Any) -> bytes:
+    """One message's payload: {"v": version, "op": op, "id": migration id, ...fields}."""
+    return msgpack.packb({"v": PROTOCOL_VERSION, "op": op, "id": mid, **fields}, use_bin_type=True)
+
+
+#: The fields each op must carry, with their types (bool is not an int here).
+_FIELDS: dict[str, dict[str, tuple]] = {
+    "begin": {"vm": (str,), "kind": (str,), "pages": (int,), "memory_bytes": (int,), "config": (dict,)},
+    "ready": {}, "failed": {"reason": (str,)}, "abort": {"reason": (str,)},
+    "pages": {"round": (int,), "seq": (int,), "zero": (list,), "gpas": (list,), "data": (bytes,)},
+    "ack": {"seq": (int,)},
+    "state": {"image": (dict,), "freeze_ns": (int,)},
+    "resumed": {"resume_ns": (int,)},
+    "fetch": {"gpa": (int,)}, "page": {"gpa": (int,), "data": (bytes,)}, "read": {"gpa": (int,)},
+    "done": {"fetches": (int,), "stall_ns": (int,), "late_ns": (int,)},
+}
+
+
+def decode(payload: bytes, op: str | None = None) -> dict:
+    """A message's payload as a map, checked: this protocol's version, a known op (`op` if given),
+    an id, and the op's fields with their types. Anything else is a ProtocolError."""
+    try:
+        m = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several types for truncated or corrupt input
+        raise ProtocolError(f"not a migration message ({type(exc).__name__}: {exc})") from None
+    if not isinstance(m, dict) or m.get("v") != PROTOCOL_VERSION:
+        got = m.get("v") if isinstance(m, dict) else type(m).__name__
+        raise ProtocolError(f"expected a migration message of protocol version {PROTOCOL_VERSION}, got version {got!r}")
+    if m.get("op") not in _FIELDS or (op is not None and m["op"] != op) or not isinstance(m.get("id"), str):
+        raise ProtocolError(f"expected op {op or 'of the protocol'!r} with an id, got op {m.get('op')!r}")
+    for name, types in _FIELDS[m["op"]].items():
+        value = m.get(name)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ProtocolError(f"{m['op']} message: field {name!r} missing or not {types[0].__name__}")
+    if m["op"] == "pages":
+        _check_pages(m)
+    return m
+
+
+def _check_pages(m: dict) -> None:
+    ok = all(isinstance(r, list) and len(r) == 2 and all(_is_count(x) for x in r) for r in m["zero"])
+    if not ok or not all(_is_count(g) for g in m["gpas"]) or len(m["data"]) != len(m["gpas"]) * PAGE_SIZE:
+        raise ProtocolError("pages message: expected zero runs [first, count], page numbers, and 4 KiB of data "
+                            "for each page number")
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def runs(pages: list[int]) -> list[tuple[int, int]]:
+    """Sorted page numbers as (first, count) runs of consecutive pages."""
+    out: list[tuple[int, int]] = []
+    for p in pages:
+        if out and out[-1][0] + out[-1][1] == p:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((p, 1))
+    return out
+
+
+def read_pages(vm, gpas: list[int]) -> bytes:
+    """The 4 KiB of each GPA page of `gpas` of `vm`'s partition, back to back: the parent's bulk
+    read (one crossing into the core)."""
+    return vm.host.root.read_pages(vm.partition, gpas) if gpas else b""
+
+
+def split_zero(gpas: list[int], data: bytes) -> tuple[list[list[int]], list[int], bytes]:
+    """(runs of zero pages, the other pages, their data) of pages `gpas` holding `data`."""
+    if len(data) == len(_ZERO_CHUNK) and data == _ZERO_CHUNK:   # most chunks of a big, idle VM
+        return [list(r) for r in runs(gpas)], [], b""
+    zero, full, parts = [], [], []
+    for i, gpa in enumerate(gpas):
+        page = data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
+        if page == _ZERO_PAGE:
+            zero.append(gpa)
+        else:
+            full.append(gpa)
+            parts.append(page)
+    return [list(r) for r in runs(zero)], full, b"".join(parts)
+
+
+# ---- what a migration reports ------------------------------------------------------------------------
+@dataclass
+class Round:
+    """One round of pages: pre-copy's rounds (0 is the whole memory), the blackout's last pages,
+    post-copy's background push. `end_ns` is when its last message was acknowledged (or, in the
+    blackout, arrived)."""
+    number: int
+    start_ns: int
+    pages: int = 0
+    zero_pages: int = 0
+    bytes: int = 0
+    messages: int = 0
+    end_ns: int | None = None
+    blackout: bool = False
+
+
+@dataclass
+class MigrationRecord:
+    """One migration as the source sees it; `summary()` is its plain-data report."""
+    id: str
+    vm: str
+    kind: str
+    source: str
+    target: str
+    started_ns: int
+    outcome: str = "running"          # running | completed | aborted
+    reason: str | None = None         # why it aborted, or which stop rule ended pre-copy
+    rounds: list[Round] = field(default_factory=list)
+    freeze_ns: int | None = None
+    resume_ns: int | None = None
+    ended_ns: int | None = None
+    bytes: int = 0                    # every message of the migration, both ways
+    messages: int = 0
+    fetches: int = 0                  # post-copy: pages pulled on demand
+    fetch_wait_ns: int = 0            # post-copy: time the target's VPs waited for them, summed
+    fetch_late_ns: int = 0            # post-copy: how much later than charged their pages arrived, summed
+    stop_rule: str | None = None
+
+    @property
+    def downtime_ns(self) -> int | None:
+        return None if self.freeze_ns is None or self.resume_ns is None else self.resume_ns - self.freeze_ns
+
+    @property
+    def total_ns(self) -> int | None:
+        return None if self.ended_ns is None else self.ended_ns - self.started_ns
+
+    def summary(self) -> dict[str, Any]:
+        precopy = [r for r in self.rounds if not r.blackout]
+        return {"id": self.id, "vm": self.vm, "kind": self.kind, "from": self.source, "to": self.target,
+                "outcome": self.outcome, "reason": self.reason, "stop_rule": self.stop_rule,
+                "rounds": len(precopy) if self.kind == "live" else 0,
+                "pages_per_round": [r.pages for r in self.rounds],
+                "rounds_detail": [dataclasses.asdict(r) for r in self.rounds],
+                "bytes": self.bytes, "messages": self.messages,
+                "pages_sent": sum(r.pages for r in self.rounds),
+                "started_ns": self.started_ns, "freeze_ns": self.freeze_ns, "resume_ns": self.resume_ns,
+                "downtime_ns": self.downtime_ns, "total_ns": self.total_ns,
+                "fetches": self.fetches, "fetch_wait_ns": self.fetch_wait_ns, "fetch_late_ns": self.fetch_late_ns}
+
+    def slices(self) -> list[tuple[int, int, str, dict, str]]:
+        """(start, end, name, args, track) for the source host's trace (partitions.perfetto.Slice):
+        each round of pages on one track, the blackout on another (post-copy's push goes on
+        after it ends)."""
+        rounds = f"{self.vm}: migration to {self.target}"
+        out = [(r.start_ns, r.end_ns,
+                "blackout pages" if r.blackout else "push" if self.kind == "post-copy" else f"round {r.number}",
+                {"pages": r.pages, "zero_pages": r.zero_pages, "bytes": r.bytes}, rounds)
+               for r in self.rounds if r.end_ns is not None]
+        if self.freeze_ns is not None and self.resume_ns is not None:
+            out.append((self.freeze_ns, self.resume_ns, "blackout", {"downtime_ns": self.downtime_ns},
+                        f"{self.vm}: blackout"))
+        return out
+
+
+# ---- one host's side --------------------------------------------------------------------------------
+class MigrationService:
+    """The migrations of one host (`node`, a HostNode): those it sends (`outgoing`, by id) and
+    receives (`incoming`, by id). `records` keeps every migration this host started, in order;
+    `on_moved(vm, target)` is called when a VM has arrived on this host (the datacenter gives it
+    its `move`)."""
+
+    def __init__(self, node, *, rules: StopRules = StopRules()) -> None:
+        self.node = node
+        self.rules = rules
+        self.outgoing: dict[str, _Source] = {}
+        self.incoming: dict[str, _Target] = {}
+        self.records: list[MigrationRecord] = []
+        self.on_arrived: Callable[[Any], None] | None = None
+        self._count = 0
+        for op in SOURCE_OPS:
+            node.handle(KIND + op, self._to_target)
+        for op in TARGET_OPS:
+            node.handle(KIND + op, self._to_source)
+        node.answer(KIND + READ, self._read)
+
+    def log(self, name: str, **fields: Any) -> None:
+        if self.node.log is not None:
+            self.node.log.event(name, **fields)
+
+    def move(self, vm, to: str, kind: str = "live", *, rules: StopRules | None = None) -> MigrationRecord:
+        """Start moving `vm` (a VirtualMachine of this host) to host `to`; returns its record,
+        which the run fills in. What cannot even start (a kind that does not exist, a host with no
+        link) raises MigrationError here and changes nothing."""
+        if kind not in KINDS:
+            raise MigrationError(f"move of vm {vm.name!r}: kind expected one of {', '.join(KINDS)}, got {kind!r}")
+        if to not in self.node.neighbours:
+            raise MigrationError(f"move of vm {vm.name!r}: host {self.node.name!r} has no link to {to!r}")
+        if any(s.vm is vm for s in self.outgoing.values()):
+            raise MigrationError(f"move of vm {vm.name!r}: it is already moving")
+        self._count += 1
+        mid = f"{self.node.name}/{self._count}"
+        record = MigrationRecord(mid, vm.name, kind, self.node.name, to, self.node.now)
+        self.records.append(record)
+        source = _Source(self, record, vm, rules or self.rules)
+        self.outgoing[mid] = source
+        source.start()
+        return record
+
+    # Messages are decoded before anything is done with them; one that is not of the protocol,
+    # or of no migration this host knows, is logged and dropped (a stale message of an aborted
+    # migration is the ordinary case).
+    def _to_target(self, message) -> None:
+        try:
+            m = decode(message.payload, message.kind[len(KIND):])
+        except ProtocolError as exc:
+            return self._bad(message, exc)
+        if m["op"] == "begin":
+            if m["id"] in self.incoming:
+                return self._bad(message, ProtocolError(f"migration {m['id']} began twice"))
+            self.incoming[m["id"]] = _Target(self, message.src, m)
+            self.incoming[m["id"]].begin(m)
+            return
+        target = self.incoming.get(m["id"])
+        if target is None or target.source != message.src:
+            return self._bad(message, ProtocolError(f"no migration {m['id']} from {message.src!r} here"))
+        target.receive(m, message)
+
+    def _to_source(self, message) -> None:
+        try:
+            m = decode(message.payload, message.kind[len(KIND):])
+        except ProtocolError as exc:
+            return self._bad(message, exc)
+        source = self.outgoing.get(m["id"])
+        if source is None or source.record.target != message.src:
+            return self._bad(message, ProtocolError(f"no migration {m['id']} to {message.src!r} here"))
+        source.receive(m, message)
+
+    def _read(self, src: str, payload: bytes) -> bytes:
+        """A post-copy target's synchronous read of a frozen source page (HostNode.call)."""
+        m = decode(payload, READ)
+        source = self.outgoing.get(m["id"])
+        if source is None or source.record.target != src:
+            raise ProtocolError(f"no migration {m['id']} to {src!r} here")
+        return encode("page", m["id"], gpa=m["gpa"], data=source.serve(m["gpa"]))
+
+    def _bad(self, message, exc: Exception) -> None:
+        self.log("migration.message_dropped", src=message.src, kind=message.kind, error=str(exc))
+
+
+class _Source:
+    """The source's half: drives the rounds, the blackout and the post-copy push."""
+
+    def __init__(self, service: MigrationService, record: MigrationRecord, vm, rules: StopRules) -> None:
+        self.service, self.record, self.vm, self.rules = service, record, vm, rules
+        self.node = service.node
+        self.to = record.target
+        self.dirty = None             # the VM's dirty log (pre-copy)
+        self.pages: list[int] = []    # the VM's RAM, GPA pages in order
+        self.queue: list[int] = []    # pages of the current round (sorted); those from `at` on not sent yet
+        self.at = 0
+        self.inflight = 0             # "pages" messages not acknowledged yet
+        self.seq = 0
+        self.frozen = False
+        self.resumed = False          # the target runs the VM: no abort any more
+        self.sent: set[int] | None = None   # post-copy: pages the target has (pushed or fetched)
+        self.nonzero: set[int] | None = None   # round 0 and the push: pages that may hold data
+
+    # -- sending --
+    def _send(self, op: str, size_hint: int = 0, **fields) -> None:
+        payload = encode(op, self.record.id, **fields)
+        self.node.send(self.to, KIND + op, payload)
+        self.record.bytes += len(payload)
+        self.record.messages += 1
+
+    def start(self) -> None:
+        vm = self.vm
+        try:
+            if vm.state.value not in ("Running", "Paused"):
+                raise MigrationError(f"vm {vm.name!r} is {vm.state.value}: only a Running or Paused VM moves")
+            self.pages = sorted(vm.memory_pages())
+            config = vm.config_data()
+            self.service.log("migration.begin", vm=vm.name, id=self.record.id, to=self.to, kind=self.record.kind,
+                             pages=len(self.pages))
+            self._send("begin", vm=vm.name, kind=self.record.kind, pages=len(self.pages),
+                       memory_bytes=len(self.pages) * PAGE_SIZE, config=config)
+        except Exception as exc:  # noqa: BLE001 - a migration never raises into the run loop
+            self.abort(f"{type(exc).__name__}: {exc}", tell=False)
+
+    def receive(self, m: dict, message) -> None:
+        self.record.bytes += message.size
+        self.record.messages += 1
+        op = m["op"]
+        try:
+            if op == "failed":
+                return self.abort(f"the target failed: {m['reason']}", tell=False)
+            if op == "ready":
+                return self._ready()
+            if op == "ack":
+                return self._acked()
+            if op == "resumed":
+                return self._resumed(m["resume_ns"])
+            if op == "fetch":
+                return self._fetch(m["gpa"])
+            if op == "done":
+                self.record.fetches, self.record.fetch_wait_ns = m["fetches"], m["stall_ns"]
+                self.record.fetch_late_ns = m["late_ns"]
+                return self._finish()
+        except Exception as exc:  # noqa: BLE001
+            self.abort(f"{type(exc).__name__}: {exc}")
+
+    # -- pre-copy --
+    def _ready(self) -> None:
+        if self.record.kind == "post-copy":
+            return self._blackout_postcopy()
+        self.dirty = self.vm.host.dirty_log(self.vm.partition)
+        self.dirty.start()
+        self._whole_memory()
+
+    def _whole_memory(self) -> None:
+        """A round of every page (pre-copy's round 0, post-copy's push). Pages the core never
+        wrote are known zero without reading them: a big idle VM costs page numbers, not reads."""
+        root, part = self.vm.host.root, self.vm.partition
+        self.nonzero = {g for first, count in runs(self.pages) for g in root.nonzero_pages(part, first, count)}
+        self._round(list(self.pages))
+
+    def _round(self, pages: list[int]) -> None:
+        self.record.rounds.append(Round(len(self.record.rounds), self.node.now))
+        self.queue, self.at = pages, 0
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send the round's pages while fewer than WINDOW messages are unacknowledged."""
+        while self.at < len(self.queue) and self.inflight < WINDOW:
+            batch = self._batch()
+            if self.sent is not None:     # post-copy: skip what a fetch already brought
+                batch = [p for p in batch if p not in self.sent]
+                self.sent.update(batch)
+                if not batch:
+                    continue
+            self._send_pages(batch, self.record.rounds[-1])
+            self.inflight += 1
+        if self.at >= len(self.queue) and self.inflight == 0:
+            self.nonzero = None
+            self._round_done()
+
+    def _batch(self) -> list[int]:
+        """The next pages of the round for one message: up to CHUNK_PAGES (post-copy's push:
+        PUSH_CHUNK_PAGES) pages that may hold data, and zero pages known as such (they cost a page
+        number each) up to MAX_MESSAGE_PAGES in all."""
+        limit = PUSH_CHUNK_PAGES if self.sent is not None else CHUNK_PAGES
+        queue, first, nonzero = self.queue, self.at, self.nonzero
+        if nonzero is None:
+            end = min(len(queue), first + limit)
+        else:
+            end, full, stop = first, 0, min(len(queue), first + MAX_MESSAGE_PAGES)
+            while end < stop:
+                if queue[end] in nonzero:
+                    if full == limit:
+                        break
+                    full += 1
+                end += 1
+        self.at = end
+        return queue[first:end]
+
+    def _send_pages(self, gpas: list[int], rnd: Round) -> None:
+        if self.nonzero is not None:   # the core never wrote the others: they are zero, unread
+            maybe = [g for g in gpas if g in self.nonzero]
+            zero_known = [g for g in gpas if g not in self.nonzero]
+        else:
+            maybe, zero_known = gpas, []
+        zero, full, data = split_zero(maybe, read_pages(self.vm, maybe))
+        if zero_known:
+            zero = [list(r) for r in runs(sorted(zero_known + [p for a, n in zero for p in range(a, a + n)]))]
+        payload = encode("pages", self.record.id, round=rnd.number, seq=self.seq, zero=zero, gpas=full, data=data)
+        self.seq += 1
+        self.node.send(self.to, KIND + "pages", payload)
+        rnd.pages += len(gpas)
+        rnd.zero_pages += len(gpas) - len(full)
+        rnd.bytes += len(payload)
+        rnd.messages += 1
+        self.record.bytes += len(payload)
+        self.record.messages += 1
+
+    def _acked(self) -> None:
+        self.inflight -= 1
+        if self.frozen and self.sent is None:   # the blackout's pages: not windowed, their acks only count
+            if self.inflight == 0:
+                self.record.rounds[-1].end_ns = self.node.now
+            return
+        self._pump()
+
+    def _round_done(self) -> None:
+        rnd = self.record.rounds[-1]
+        rnd.end_ns = self.node.now
+        self.service.log("migration.round", vm=self.vm.name, id=self.record.id, round=rnd.number, pages=rnd.pages,
+                         zero_pages=rnd.zero_pages, bytes=rnd.bytes, start_ns=rnd.start_ns, end_ns=rnd.end_ns)
+        if self.sent is not None:      # post-copy's push is done: the target says when it has every page
+            return
+        dirty = self._take()
+        sent = sum(r.pages for r in self.record.rounds)
+        rules = self.rules
+        rule = ("fewer than min_pages dirty" if len(dirty) < rules.min_pages else
+                "max_rounds reached" if len(self.record.rounds) >= rules.max_rounds else
+                "max_factor of memory sent" if sent >= rules.max_factor * len(self.pages) else None)
+        if rule is None:
+            return self._round(dirty)
+        self.record.stop_rule = rule
+        self._blackout_precopy()
+
+    def _take(self) -> list[int]:
+        out: list[int] = []
+        for first, count in runs(self.pages):
+            out += self.dirty.take(first, count)
+        return out
+
+    def _freeze(self) -> None:
+        self.vm.freeze()
+        self.frozen = True
+        self.record.freeze_ns = self.node.now
+        self.service.log("migration.blackout", vm=self.vm.name, id=self.record.id, kind=self.record.kind)
+
+    def _blackout_precopy(self) -> None:
+        """Stop and copy: freeze, the pages dirtied since the last read, then the VM's state."""
+        self._freeze()
+        last = self._take()
+        rnd = Round(len(self.record.rounds), self.node.now, blackout=True)
+        self.record.rounds.append(rnd)
+        for i in range(0, len(last), CHUNK_PAGES):
+            self._send_pages(last[i:i + CHUNK_PAGES], rnd)
+            self.inflight += 1
+        self._send("state", image=self.vm.capture(), freeze_ns=self.record.freeze_ns)
+
+    # -- post-copy --
+    def _blackout_postcopy(self) -> None:
+        """Freeze, send the VM's state at once, then push every page in order (the target
+        fetches the ones it touches first)."""
+        self._freeze()
+        self._send("state", image=self.vm.capture(), freeze_ns=self.record.freeze_ns)
+        self.sent = set()
+        self._pageset = frozenset(self.pages)
+        self._whole_memory()
+
+    def serve(self, gpa: int) -> bytes:
+        """A post-copy target's read of page `gpa` (MigrationService's answer to READ). It changes
+        nothing here: it may come at any point of this host's window, and only the frozen VM's
+        memory, which nothing changes, is read."""
+        if self.sent is None or not self.frozen or gpa not in self._pageset:
+            raise MigrationError(f"vm {self.vm.name!r}: page {gpa} read, but it is no page of the frozen VM")
+        return read_pages(self.vm, [gpa])
+
+    def _fetch(self, gpa: int) -> None:
+        """A page the target's guest touched: the page goes now, ahead of the push's queue (behind
+        the push messages already on the link), and the push skips it."""
+        if self.sent is None or gpa not in self._pageset:
+            raise MigrationError(f"the target fetched page {gpa}, which is no page of vm {self.vm.name!r}")
+        self.sent.add(gpa)
+        self._send("page", gpa=gpa, data=read_pages(self.vm, [gpa]))
+
+    # -- the end --
+    def _resumed(self, resume_ns: int) -> None:
+        self.resumed = True
+        self.record.resume_ns = resume_ns
+        self.service.log("migration.resumed", vm=self.vm.name, id=self.record.id, to=self.to,
+                         downtime_ns=self.record.downtime_ns)
+        if self.record.kind == "live":
+            self._finish()
+
+    def _finish(self) -> None:
+        """The target has the whole VM: the source lets go of its copy."""
+        if self.dirty is not None:
+            self._quietly(self.dirty.stop)
+        self.vm.release(f"migrated to host {self.to!r}")
+        self._end("completed")
+
+    def _end(self, outcome: str, reason: str | None = None) -> None:
+        rec = self.record
+        rec.outcome, rec.ended_ns = outcome, self.node.now
+        if reason is not None:
+            rec.reason = reason
+        self.service.outgoing.pop(rec.id, None)
+        self.service.log("migration.end", vm=rec.vm, id=rec.id, outcome=outcome, reason=reason, kind=rec.kind,
+                         to=self.to, rounds=len(rec.rounds), bytes=rec.bytes, downtime_ns=rec.downtime_ns,
+                         total_ns=rec.total_ns)
+
+    def abort(self, reason: str, *, tell: bool = True) -> None:
+        """Give up: the VM runs on here unchanged. After the target resumed there is no going back
+        (post-copy's weakness): the failure is logged and the migration ends as aborted, the VM
+        left where it is."""
+        if self.record.outcome != "running":
+            return
+        if tell:
+            self._quietly(lambda: self._send("abort", reason=reason))
+        if self.dirty is not None:
+            self._quietly(self.dirty.stop)
+        if self.frozen and not self.resumed:
+            self._quietly(self.vm.thaw)
+        self.service.log("migration.abort", vm=self.vm.name, id=self.record.id, reason=reason)
+        self._end("aborted", reason)
+
+    def _quietly(self, fn) -> None:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - cleaning up must not raise into the run loop
+            self.service.log("migration.cleanup_failed", vm=self.vm.name, id=self.record.id,
+                             error=f"{type(exc).__name__}: {exc}")
+
+
+class _Target:
+    """The target's half: builds the VM from the source's configuration, writes the pages that
+    arrive, resumes the VM from its state, and (post-copy) serves its guest's first touch of each
+    page not here yet."""
+
+    def __init__(self, service: MigrationService, source: str, begin: dict) -> None:
+        self.service, self.source, self.id = service, source, begin["id"]
+        self.node = service.node
+        self.kind = begin["kind"]
+        self.name = begin["vm"]
+        self.vm = None
+        self.resumed = False
+        self.pages: list[int] = []
+        self.absent: set[int] = set()     # post-copy: pages not here yet
+        self.fetched: dict[int, int] = {} # post-copy: page fetched -> when its page should arrive
+        self.fetches = self.stall_ns = self.late_ns = 0
+        self.fetch_free = 0                # post-copy: when the last fetch's page is due
+
+    def _send(self, op: str, **fields) -> None:
+        self.node.send(self.source, KIND + op, encode(op, self.id, **fields))
+
+    def begin(self, m: dict) -> None:
+        try:
+            if m["kind"] not in KINDS:
+                raise ProtocolError(f"kind {m['kind']!r} is not one of {', '.join(KINDS)}")
+            self.vm = self.node.managed.incoming(m["config"])
+            self.pages = sorted(self.vm.memory_pages())
+            if len(self.pages) != m["pages"]:
+                raise MigrationError(f"vm {self.name!r} has {m['pages']} pages on the source and "
+                                     f"{len(self.pages)} here")
+            self.service.log("migration.incoming", vm=self.name, id=self.id, src=self.source, kind=self.kind)
+            self._send("ready")
+        except Exception as exc:  # noqa: BLE001
+            self.fail(f"{type(exc).__name__}: {exc}")
+
+    def receive(self, m: dict, message) -> None:
+        op = m["op"]
+        try:
+            if op == "abort":
+                return self._torn_down(f"the source aborted: {m['reason']}")
+            if op == "pages":
+                self._pages(m)
+                return self._send("ack", seq=m["seq"])
+            if op == "state":
+                return self._state(m)
+            if op == "page":
+                return self._page(m["gpa"], m["data"])
+            raise ProtocolError(f"op {op!r} does not go to a target")
+        except Exception as exc:  # noqa: BLE001
+            self.fail(f"{type(exc).__name__}: {exc}")
+
+    def _pages(self, m: dict) -> None:
+        gpas, data = m["gpas"], m["data"]
+        zero = [p for first, count in m["zero"] for p in range(first, first + count)]
+        if self.kind == "post-copy":
+            # Only pages still absent: one fetched on demand may have been written here since.
+            keep = [i for i, g in enumerate(gpas) if g in self.absent]
+            if len(keep) < len(gpas):
+                data = b"".join(data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in keep)
+                gpas = [gpas[i] for i in keep]
+            zero = [p for p in zero if p in self.absent]
+            self._supply(gpas, data)
+            self._supply(zero, bytes(len(zero) * PAGE_SIZE))
+            return
+        if gpas:
+            self.vm.write_pages(gpas, data)
+        # Round 0 lands in fresh (zero) RAM; a later zero page may overwrite one sent before.
+        if zero and m["round"] > 0:
+            self.vm.write_pages(zero, bytes(len(zero) * PAGE_SIZE))
+
+    def _state(self, m: dict) -> None:
+        vm = self.vm
+        if self.kind == "post-copy":
+            # Every page absent before the guest can touch one: its first touch calls _fault.
+            root, part = vm.host.root, vm.partition
+            for first, count in runs(self.pages):
+                root.set_absent(part, first, count)
+            self.absent = set(self.pages)
+            vm.host.set_pager(part, self._fault)
+        vm.resume_from(m["image"])
+        self.resumed = True
+        self.service.log("migration.resumed_here", vm=self.name, id=self.id, src=self.source,
+                         downtime_ns=self.node.now - m["freeze_ns"])
+        self._send("resumed", resume_ns=self.node.now)
+        if self.service.on_arrived is not None:
+            self.service.on_arrived(vm)
+        if self.kind == "live":
+            self.service.incoming.pop(self.id, None)
+
+    # -- post-copy --
+    def _fault(self, gpa: int) -> tuple[bytes, int]:
+        """The core's pager: the guest (or the core on its behalf) touched absent page `gpa`. A
+        real fetch is a request to the source and the page back: the faulting VP is charged that
+        round trip and the page's transmission on an idle link. The bytes come from a read of the
+        frozen source (HostNode.call), and the request goes as a message too, so that the source
+        skips the page in its push and sends it back on the link, which carries (and is busy
+        with) what a real fetch moves; when the push holds the link, that page arrives later than
+        charged, and the summary says by how much (fetch_late_ns)."""
+        reply = decode(self.node.call(self.source, KIND + READ, encode(READ, self.id, gpa=gpa)), "page")
+        data = reply["data"]
+        if reply["gpa"] != gpa or len(data) != PAGE_SIZE:
+            raise ProtocolError(f"read of page {gpa}: the source answered for page {reply['gpa']} "
+                                f"with {len(data)} bytes")
+        fetch = encode("fetch", self.id, gpa=gpa)
+        bandwidth, latency = self.node.links[self.source]
+        trip = (2 * latency + transmission_ns(len(fetch), bandwidth)
+                + transmission_ns(len(encode("page", self.id, gpa=gpa, data=data)), bandwidth))
+        # A burst of faults in one step of a VP's code (its loop over its pages) is one fetch after
+        # another: the core adds each one's stall to the VP's, and each request leaves when the
+        # one before it has come back.
+        start = max(self.node.now, self.fetch_free)
+        self.fetch_free = start + trip
+        self.node.send(self.source, KIND + "fetch", fetch, at=start)
+        self.fetched[gpa] = start + trip
+        self.fetches += 1
+        self.stall_ns += trip
+        self.absent.discard(gpa)
+        return data, trip
+
+    def _page(self, gpa: int, data: bytes) -> None:
+        """A fetched page's message: what the link carried for a fetch served already."""
+        if len(data) != PAGE_SIZE:
+            raise ProtocolError(f"page message for page {gpa}: expected 4 KiB, got {len(data)} bytes")
+        due = self.fetched.pop(gpa, None)
+        if due is not None:
+            self.late_ns += max(0, self.node.now - due)
+        self._check_done()
+
+    def _supply(self, gpas: list[int], data: bytes) -> None:
+        if gpas:
+            self.vm.host.root.write_pages(self.vm.partition, gpas, data)
+            self.absent.difference_update(gpas)
+        self._check_done()
+
+    def _check_done(self) -> None:
+        """Every page here and every fetched page's message in: the source may let go."""
+        if self.resumed and not self.absent and not self.fetched and self.kind == "post-copy":
+            self.vm.host.set_pager(self.vm.partition, None)
+            self._send("done", fetches=self.fetches, stall_ns=self.stall_ns, late_ns=self.late_ns)
+            self.service.incoming.pop(self.id, None)
+
+    # -- failure --
+    def fail(self, reason: str) -> None:
+        """Something went wrong here: before the VM resumed, tear down what was built and tell the
+        source (which thaws its VM); after, the VM is here and only the log can say so."""
+        self.service.log("migration.target_failed", vm=self.name, id=self.id, error=reason, resumed=self.resumed)
+        if self.resumed:
+            return
+        self._send("failed", reason=reason)
+        self._torn_down(reason)
+
+    def _torn_down(self, reason: str) -> None:
+        self.service.incoming.pop(self.id, None)
+        if self.vm is not None and not self.resumed:
+            try:
+                self.vm.release(f"incoming migration abandoned: {reason}")
+            except Exception as exc:  # noqa: BLE001
+                self.service.log("migration.cleanup_failed", vm=self.name, id=self.id,
+                                 error=f"{type(exc).__name__}: {exc}")
+            self.vm = None
