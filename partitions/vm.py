@@ -338,8 +338,28 @@ class VirtualMachine:
 
     def memory_digest(self) -> str:
         """A digest of the partition's memory contents (GPA order): what save/restore preserves."""
+        pages, contents = self._memory_contents()
+        zero = bytes(PAGE)
+        return _memory_digest((gpa, contents.get(gpa, zero)) for gpa in pages)
+
+    def _memory_contents(self) -> tuple[list[int], dict[int, bytes]]:
+        """The VM's RAM pages (GPA order) and the contents of those that are not zero (GPA order),
+        read in batches through the core (nonzero_pages, read_pages): a page the core never wrote
+        is neither read nor listed, so a big VM that is mostly zero costs little."""
         part = self.partition
-        return _memory_digest((gpa, part.read(gpa * 4096, 4096)) for gpa in sorted(self.host.introspect.reach(part)))
+        pages = self.memory_pages()
+        if not pages:
+            return pages, {}
+        root, zero, contents = self.host.root, bytes(PAGE), {}
+        candidates = root.nonzero_pages(part, pages[0], pages[-1] - pages[0] + 1)
+        for i in range(0, len(candidates), 1024):
+            batch = candidates[i:i + 1024]
+            data = root.read_pages(part, batch)
+            for j, gpa in enumerate(batch):
+                page = data[j * PAGE:(j + 1) * PAGE]
+                if page != zero:
+                    contents[gpa] = page
+        return pages, contents
 
     def save(self, path) -> None:
         """Save the VM to `path`, in Hyper-V's order: its VPs stop, its devices are quiesced (each
@@ -361,18 +381,17 @@ class VirtualMachine:
         self._quiesce_devices()
         try:
             image = self._capture()
-            pages = self.memory_pages()
+            pages, contents = self._memory_contents()
+            zero = bytes(PAGE)
             meta = {"vm": self.name, "memory_bytes": self.worker.memory_bytes, "processors": self.spec.processors,
-                    "time_ns": self.host.now, "memory_digest": self.memory_digest(), "pages": len(pages)}
+                    "time_ns": self.host.now, "pages": len(pages),
+                    "memory_digest": _memory_digest((gpa, contents.get(gpa, zero)) for gpa in pages)}
             with SavedStateWriter(path, "saved-state", meta) as w:
                 for name in IMAGE_SECTIONS:
                     w.section(name, image[name])
                 mem = w.stream("memory")
-                zero = bytes(4096)
-                for gpa in pages:
-                    data = part.read(gpa * 4096, 4096)
-                    if data != zero:
-                        mem.write_record([gpa, data])
+                for gpa, data in contents.items():   # the pages that are not zero, in GPA order
+                    mem.write_record([gpa, data])
                 mem.close()
         except Exception:
             self._resume_devices()
@@ -380,8 +399,8 @@ class VirtualMachine:
             if was is VmState.RUNNING:
                 self.host.root.resume_partition(part)
             raise
-        for gpa in pages:  # the state now lives in the file
-            part.write(gpa * 4096, bytes(4096))
+        for gpa in contents:  # the state now lives in the file (the other pages are zero already)
+            part.write(gpa * PAGE, bytes(PAGE))
         self._synic_off(part)
         self._saved_path = str(path)
         self._set(VmState.SAVED)
