@@ -203,7 +203,13 @@ class Datacenter:
         return node.migrations.move(node.managed.vms[vm], to, kind, rules=rules)
 
     def _quick_move(self, node: HostNode, vm: str, to: str):
-        raise MigrationError(f"quick-move of vm {vm!r}: quick migration is not available in this version of hvsim")
+        """Hyper-V 2008's quick migration through shared storage (partitions/datacenter/quick.py);
+        its record is a QuickMigration, in `quick_migrations` and the summary."""
+        from partitions.datacenter.quick import QuickMigrationError, quick_move
+        try:
+            return quick_move(self, node.managed.vms[vm], to)
+        except QuickMigrationError as exc:
+            raise MigrationError(str(exc)) from exc
 
     def _timeline_moves(self) -> None:
         """The timeline's moves due now. One that cannot start is logged and the run goes on:

@@ -120,3 +120,51 @@ def test_hvsim_run_of_the_example_moves_cache_and_shows_it(tmp_path, capsys, mon
     assert main(["run", EXAMPLE, "--for", "1.1s", "--workdir", str(tmp_path / "t")]) == 0
     out = capsys.readouterr().out
     assert "Migrations" in out and "host-a -> host-b" in out and "downtime (ms)" in out
+
+
+SAN = """
+[[host]]
+name = "a"
+logical_processors = 1
+memory = "512MiB"
+
+[[host.vm]]
+name = "db"
+memory = "32MiB"
+disks = [ { path = "san/db.vhd", size = "8MiB" } ]
+workload = { kind = "disk-io", pattern = "random", block_size = 4096, queue_depth = 2 }
+
+[[host]]
+name = "b"
+logical_processors = 1
+memory = "512MiB"
+
+[[storage]]
+name = "san"
+kind = "iscsi"
+directory = "san"
+
+[[link]]
+hosts = ["a", "san"]
+bandwidth = "4Gbit/s"
+latency = "100us"
+
+[[link]]
+hosts = ["san", "b"]
+bandwidth = "4Gbit/s"
+latency = "100us"
+"""
+
+
+def test_a_timeline_quick_move_goes_through_shared_storage_without_a_host_link(tmp_path):
+    from partitions.datacenter import Datacenter
+    config = loads(SAN + at(time="100ms", action="quick-move", vm="db", to="b"), base_dir=str(tmp_path))
+    dc = Datacenter(config, seed=1, workdir=tmp_path / "run")
+    try:
+        dc.run("600ms")
+        (move,) = dc.quick_migrations
+        assert move.started_ns == 100_000_000 and move.outcome == "completed"
+        assert dc.hosts["b"].managed.vms["db"].state.value == "Running" and "db" not in dc.hosts["a"].managed.vms
+        assert dc.summary()["quick_migrations"][0]["downtime_ns"] == move.downtime_ns > 0
+    finally:
+        dc.close()
