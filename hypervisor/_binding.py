@@ -1473,11 +1473,11 @@ _PAGERS: dict[int, object] = {}
 def hv_pager_install(h, serve) -> None:
     """Let `serve` (a bound method) answer the host's absent-page faults."""
     _PAGERS[int(ffi.cast("uintptr_t", h))] = _weakref.WeakMethod(serve)
-    lib.hv_pager_install(h, lib.hv_pager_upcall)
+    lib.hv_pager_install(h, lib._cffi_pager_upcall)
 
 
 @ffi.def_extern()
-def hv_pager_upcall(h, partition_id, gpa_page, vp_index, page, stall_ns, vp_out):
+def _cffi_pager_upcall(h, partition_id, gpa_page, vp_index, page, stall_ns, vp_out):
     # Called by the core in the middle of an access: nothing may escape into C, so anything the
     # serving function lets through fails the fetch (the access then fails for that child only).
     try:
