@@ -310,6 +310,18 @@ def scenario_events(tmp_path, monkeypatch):
     m.run("1.5s")
     with pytest.raises(management.ScenarioError):
         m._act(AtConfig(1_500_000_000, "resume", "b"))   # b is Off: the action fails at run time
+    # a (crashed, Off) started again, restored into a new shell from its file
+    # (vm.resumed_from_image), then leaving its host as the last step of a move does
+    # (vm.released, vmbus.channel_rescinded); its workload would crash again only at 0.5 s.
+    a = m.vms["a"]
+    a.start()
+    m.run("1.6s")
+    a.save(tmp_path / "a.hvsav")
+    a.turn_off()
+    a.restore(tmp_path / "a.hvsav")
+    m.run("1.7s")
+    a.freeze()
+    a.release("moved")
     return log.records()
 
 
@@ -353,7 +365,7 @@ def test_what_a_plugin_device_logs_names_its_vm_and_device_and_is_bounded(scenar
     assert hypercalls[0]["vm"] == "a" and hypercalls[0]["count"] >= 1
     kinds = [(e["event"], e.get("checkpoint")) for e in events if e["event"].startswith(("checkpoint.", "savedstate."))]
     assert kinds == [("checkpoint.created", "one"), ("savedstate.written", None), ("checkpoint.applied", "one"),
-                     ("checkpoint.deleted", "one")]
+                     ("checkpoint.deleted", "one"), ("savedstate.written", None)]   # the last one: a's
 
 
 def test_a_field_may_be_called_name():
