@@ -476,6 +476,32 @@ def _migrations_table(migrations: list[dict]):
     return table
 
 
+def _storage_tables(storage: list[dict], quick: list[dict]) -> list:
+    """Each shared storage's links (what crossed from each host) and owners, and each quick
+    migration (docs/datacenter.md#shared-storage)."""
+    from rich.table import Table
+    table = Table(title="Shared storage (" + ", ".join(f"{st['name']}: {st['kind']}" for st in storage) + ")")
+    for col in ("storage", "host", "bandwidth", "latency", "requests", "bytes", "queued (ms)", "busy (%)", "owns"):
+        table.add_column(col, justify="left" if col in ("storage", "host", "owns") else "right")
+    for st in storage:
+        for link in st["links"]:
+            owned = sorted(disk for disk, host in st["owners"].items() if host == link["host"])
+            table.add_row(st["name"], link["host"], f"{link['bandwidth_bps'] / 1e9:g} Gbit/s",
+                          f"{link['latency_ns'] / 1e3:g} us", str(link["requests"]), str(link["bytes"]),
+                          f"{link['queued_ns'] / 1e6:.3f}", f"{100 * link['utilisation']:.2f}", ", ".join(owned))
+    tables = [table]
+    if quick:
+        moves = Table(title="Quick migrations")
+        for col in ("vm", "from -> to", "storage", "outcome", "memory (MiB)", "file (MiB)", "downtime (s)"):
+            moves.add_column(col, justify="right" if "(" in col else "left")
+        for m in quick:
+            down = "-" if m["downtime_ns"] is None else f"{m['downtime_ns'] / 1e9:.3f}"
+            moves.add_row(m["vm"], f"{m['source']} -> {m['target']}", m["storage"], m["outcome"],
+                          f"{m['memory_bytes'] / 2**20:g}", f"{m['file_bytes'] / 2**20:.2f}", down)
+        tables.append(moves)
+    return tables
+
+
 def _print_datacenter_summary(s: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -492,6 +518,8 @@ def _print_datacenter_summary(s: dict) -> None:
                           f"{link['latency_ns'] / 1e3:g} us", str(d["messages"]), str(d["bytes"]),
                           f"{d['queued_ns'] / 1e6:.3f}", f"{100 * d['utilisation']:.2f}")
     console.print(links)
+    for table in _storage_tables(s.get("storage", []), s.get("quick_migrations", [])) if s.get("storage") else ():
+        console.print(table)
     if s.get("migrations"):
         console.print(_migrations_table(s["migrations"]))
     console.print(f"trace digest {s['trace_digest']} (seed {s['seed']}, {len(s['hosts'])} hosts)")

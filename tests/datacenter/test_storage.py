@@ -198,3 +198,22 @@ def test_the_same_seed_gives_the_same_digest_and_the_link_slows_the_disk(tmp_pat
     finally:
         dc.close()
     assert alone > one["hosts"]["a"]["measure"][0]["AggregatedNormalizedIOCount"]
+
+
+def test_the_example_runs_and_its_vm_quick_migrates(tmp_path):
+    import shutil
+    from pathlib import Path
+    from partitions.config import load
+    from partitions.datacenter.quick import quick_move
+    example = Path(__file__).parents[2] / "examples" / "san.toml"
+    shutil.copy(example, tmp_path / "san.toml")
+    dc = Datacenter(load(tmp_path / "san.toml"), seed=0, workdir=tmp_path / "run")
+    try:
+        dc.run("300ms")
+        assert dc.storage["san"].owner("db.vhd") == "host-a" and dc.storage["san"].links["host-a"].requests > 0
+        move = quick_move(dc, "db", "host-b")
+        dc.run(move.saved_ns + 10**9 + move.memory_bytes * 8)   # past the read back at 1 Gbit/s
+        assert move.outcome == "completed" and dc.storage["san"].owner("db.vhd") == "host-b"
+        assert dc.hosts["host-b"].managed.vms["db"].state.value == "Running"
+    finally:
+        dc.close()
