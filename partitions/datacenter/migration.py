@@ -482,7 +482,7 @@ class _Source:
         if rule is None:
             return self._round(dirty)
         self.record.stop_rule = rule
-        self._blackout_precopy()
+        self._blackout_precopy(dirty)
 
     def _take(self) -> list[int]:
         out: list[int] = []
@@ -496,10 +496,11 @@ class _Source:
         self.record.freeze_ns = self.node.now
         self.service.log("migration.blackout", vm=self.vm.name, id=self.record.id, kind=self.record.kind)
 
-    def _blackout_precopy(self) -> None:
-        """Stop and copy: freeze, the pages dirtied since the last read, then the VM's state."""
+    def _blackout_precopy(self, dirty: list[int]) -> None:
+        """Stop and copy: freeze, then the pages the last read found (`dirty`, which decided to
+        stop: that read cleared them) and those written since, then the VM's state."""
         self._freeze()
-        last = self._take()
+        last = sorted(set(dirty).union(self._take()))
         rnd = Round(len(self.record.rounds), self.node.now, blackout=True)
         self.record.rounds.append(rnd)
         for i in range(0, len(last), CHUNK_PAGES):
