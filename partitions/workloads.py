@@ -47,7 +47,8 @@ def memory_counter(pages: int = 64, interval: int | str = "1ms", page_work: int 
     fall inside a round), then waits `interval`. The pages come from the guest kernel's page
     allocator, so nothing else writes them, and the round is read back from guest memory (the
     first page), so the count goes on from whatever memory a restore or a migration brought back.
-    It keeps its region in `ctx.state`: resumed in a new shell, it counts on in the same pages.
+    It keeps its region and the page its round goes on with in `ctx.state`: resumed in a new
+    shell, it finishes the round it was in, in the same pages, and counts on.
 
     What it wrote stays visible for checks: `workload.region` (the GPA pages, once allocated) and
     `workload.written` (the value it last stored in each page). A page must always hold its
@@ -68,12 +69,17 @@ def memory_counter(pages: int = 64, interval: int | str = "1ms", page_work: int 
         else:
             region[:] = ctx.stack.pages.allocate(pages)
             written[:] = [0] * pages
-            state["region"] = list(region)
+            state["region"], state["next"] = list(region), 0
         while True:
-            value = int.from_bytes(ctx.partition.read(region[0] * PAGE_SIZE, 8), "little") + 1
-            for i, page in enumerate(region):
-                ctx.partition.write(page * PAGE_SIZE, value.to_bytes(8, "little"))
+            # `next` is the page the round goes on with: 0 between rounds. A round a save cut
+            # goes on where it stopped, with the value its first page already holds, so the
+            # pages never hold more than two values (QEMU's check).
+            first = state.get("next", 0)
+            value = int.from_bytes(ctx.partition.read(region[0] * PAGE_SIZE, 8), "little") + (first == 0)
+            for i in range(first, pages):
+                ctx.partition.write(region[i] * PAGE_SIZE, value.to_bytes(8, "little"))
                 written[i] = value
+                state["next"] = i + 1 if i + 1 < pages else 0
                 if page_ns and i + 1 < pages:
                     await ctx.compute(page_ns)
             await ctx.sleep(interval_ns)
