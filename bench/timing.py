@@ -73,7 +73,8 @@ def scratch_dir() -> tuple[str, str]:
 @dataclass(frozen=True)
 class Goal:
     """A target from issue 12's list: `op` ">=" or "<=", on the figure's "value" or its
-    "ratio" to the baseline, and how the target reads in the issue."""
+    "ratio" to the baseline, and how the target reads in the issue. `op` "within": the value or
+    ratio is within `target` of 1 (a ratio to a published figure, either way)."""
 
     op: str
     target: float
@@ -84,6 +85,8 @@ class Goal:
         x = value if self.on == "value" else ratio
         if x is None:
             return None
+        if self.op == "within":
+            return abs(x - 1) <= self.target + 1e-12   # 1.1 is within 10 % of 1, floating point or not
         return x >= self.target if self.op == ">=" else x <= self.target
 
 

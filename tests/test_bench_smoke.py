@@ -35,7 +35,7 @@ def test_every_target_of_the_issue_has_a_figure_with_its_goal(tiny):
     goals = {f["goal"] for entry in tiny.values() for f in entry["figures"] if f["goal"]}
     for bench, module_goals in (
             ("hypercalls", ["GOAL_PYTHON", "GOAL_BATCH"]), ("storage", ["GOAL"]), ("memory", ["GOAL"]),
-            ("simulation", ["GOAL_TIMERS", "GOAL_PYTHON"])):
+            ("simulation", ["GOAL_TIMERS", "GOAL_PYTHON"]), ("quick_migration", ["GOAL"])):
         module = sys.modules[f"bench.{bench}"]
         for g in module_goals:
             assert getattr(module, g).text in goals, (bench, g)
@@ -47,7 +47,7 @@ def test_baselines_are_figures_of_the_same_run(tiny):
     for name, entry in tiny.items():
         names = {f["name"] for f in entry["figures"]}
         for f in entry["figures"]:
-            if f["baseline"] not in (None, "real time", "host with no VMs", "1 GiB written"):
+            if f["baseline"] not in (None, "real time", "host with no VMs", "1 GiB written", "published (Microsoft 2006)"):
                 assert f["baseline"] in names, (name, f["baseline"])
 
 
@@ -124,3 +124,16 @@ def test_a_host_that_cannot_be_built_says_why_and_is_built_once(monkeypatch):
         (f,) = host.steady("huge host", build, 10, 10, goal, "note")
         assert f.error == "cannot be built: RuntimeError: no event flag left" and f.goal is goal
     assert builds == [1]
+
+
+def test_a_goal_within_a_tolerance_judges_both_sides():
+    goal = Goal("within", 0.10, "ratio", "within 10%")
+    assert [goal.met(None, r) for r in (0.89, 0.9, 1.0, 1.1, 1.11)] == [False, True, True, True, False]
+    assert goal.met(None, None) is None
+
+
+def test_the_quick_migration_table_has_every_published_cell(tiny):
+    from bench import quick_migration as qm
+    assert len(qm.CELLS["default"]) == 15 and {m for m, _ in qm.CELLS["default"]} == set(qm.PUBLISHED)
+    (figure,) = tiny["quick_migration"]["figures"]   # tiny: 512 MiB over 4 Gb FC, published 2 s
+    assert figure["baseline"] == qm.BASELINE and "published 2 s" in figure["note"]
