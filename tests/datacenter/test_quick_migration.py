@@ -211,3 +211,24 @@ def test_the_same_seed_gives_the_same_digest_twice_with_a_move_inside_a_window(t
     saved, owned, restored = one[1]
     assert owned == saved + FAILOVER_NS        # not moved to the window's end: the failover outlasts a window
     assert restored == owned + crossing(64 * MIB, 2 * 10**9, 30_000)
+
+
+def test_a_posted_hand_off_lands_at_its_arrival_or_at_the_end_of_the_window_it_was_posted_in(dc):
+    """Datacenter.post: between windows a message is handed over at once and delivered at its
+    arrival; inside a window, at the window's end, and an arrival before that end moves to it (so
+    the outcome does not depend on the order hosts run in)."""
+    a, b = dc.hosts["a"], dc.hosts["b"]
+    seen = []
+    b.handle("hand-off", lambda m: seen.append((m.payload, b.now)))
+
+    def post(payload, arrival):
+        dc.post(Message("a", "b", "hand-off", payload, len(payload), a.now, a.sent, a.now, arrival))
+        a.sent += 1
+
+    post(b"between", 30_000_000)                         # at 0, between windows
+    a.handle("go", lambda m: post(b"inside", a.now + 1))  # at 50 ms, inside the first window
+    a.accept([Message("a", "a", "go", b"", 0, 0, 10**6, 0, 50_000_000)])
+    dc.run("200ms")
+    assert seen == [(b"between", 30_000_000), (b"inside", 100_000_000)]
+    with pytest.raises(ValueError, match="no earlier than it was sent"):
+        dc.post(Message("a", "b", "hand-off", b"", 0, 5, 0, 5, 4))
