@@ -91,7 +91,9 @@ def test_zero_pages_travel_as_runs_and_the_rest_with_their_data(pages):
     zero, full, out = split_zero(gpas, data)
     assert [p for first, n in zero for p in range(first, first + n)] == [g for g, f in pages if not f]
     assert full == [g for g, f in pages if f] and out == b"".join(bytes([g % 255 + 1]) * PAGE for g in full)
-    assert runs(gpas) == [tuple(r) for r in runs(gpas)]
+    got = runs(gpas)
+    assert [p for first, n in got for p in range(first, first + n)] == gpas and all(n > 0 for _, n in got)
+    assert all(a + n < b for (a, n), (b, _) in zip(got, got[1:]))     # maximal: no two runs touch
 
 
 # ---- QEMU's check: the counter across a move ------------------------------------------------------
