@@ -35,7 +35,8 @@ def test_every_target_of_the_issue_has_a_figure_with_its_goal(tiny):
     goals = {f["goal"] for entry in tiny.values() for f in entry["figures"] if f["goal"]}
     for bench, module_goals in (
             ("hypercalls", ["GOAL_PYTHON", "GOAL_BATCH"]), ("storage", ["GOAL"]), ("memory", ["GOAL"]),
-            ("simulation", ["GOAL_TIMERS", "GOAL_PYTHON"]), ("quick_migration", ["GOAL"])):
+            ("simulation", ["GOAL_TIMERS", "GOAL_PYTHON"]), ("quick_migration", ["GOAL"]),
+            ("migration", ["GOAL_DOWNTIME"])):
         module = sys.modules[f"bench.{bench}"]
         for g in module_goals:
             assert getattr(module, g).text in goals, (bench, g)
