@@ -27,6 +27,7 @@ from partitions.datacenter.migration import MigrationError, MigrationRecord, Sto
 from partitions.datacenter.node import HostNode
 from partitions.datacenter.storage import HostStorage, Storage
 from partitions.datacenter.remote import RemoteHostNode
+from partitions.datacenter.wire import WireError
 
 #: The longest window, whatever the links: the run reports progress (and hears Ctrl-C) at least
 #: this often, as a single host does.
@@ -78,9 +79,12 @@ class Datacenter:
                               for end in (link.a, link.b) if end != h.name}
                 own_seed = pinned if pinned is not None and seed is None else host_seed(self.seed, h.name)
                 if h.remote is not None:   # served by `hvsim host serve`, which gets its config at hello
+                    links = {link.b if link.a == h.name else link.a: (link.bandwidth, link.latency)
+                             for link in self.links if h.name in (link.a, link.b)}
                     node = RemoteHostNode(h.name, h.config, address=h.remote, seed=own_seed, neighbours=neighbours,
-                                          base_dir=config.path.parent if config.path else None,
+                                          links=links, base_dir=config.path.parent if config.path else None,
                                           **({} if h.remote_timeout is None else {"timeout": h.remote_timeout / 1e9}))
+                    node.caller = lambda to, kind, payload, src=h.name: self.hosts[to].answered(src, kind, payload)
                     built.append(node)
                     self.hosts[h.name] = node
                     continue
@@ -244,8 +248,10 @@ class Datacenter:
                 self._focus = node
                 try:
                     node.advance(window_end)
-                except BaseException:
+                except BaseException as exc:
                     self.stopped_in = node.name
+                    if isinstance(exc, WireError):
+                        self._host_lost(node.name, str(exc))
                     raise
                 finally:
                     self._focus = None
@@ -254,6 +260,20 @@ class Datacenter:
             self._exchange()
             if on_progress is not None:
                 on_progress(self)
+
+    def _host_lost(self, name: str, reason: str) -> None:
+        """Host `name`, served in another process, is lost (its connection broke; the run stops
+        with the WireError). The migrations between it and the hosts run here abort now, so that
+        each VM they were moving runs on where it was, as after a target's failure; the lost host
+        stands still from then on and drops what is sent to it (RemoteHostNode), so a run can go
+        on without it."""
+        why = f"host {name!r} was lost: {reason}"
+        for node in self._local():
+            service = node.migrations
+            for source in [s for s in service.outgoing.values() if s.record.target == name]:
+                source.abort(why, tell=False)
+            for target in [t for t in service.incoming.values() if t.source == name]:
+                target._torn_down(why)
 
     # ---- what it shows ----------------------------------------------------------------------------
     def trace_digest(self) -> bytes:

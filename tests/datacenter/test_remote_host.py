@@ -298,3 +298,106 @@ def test_remote_keys_dump_and_load_back():
     assert c.host("host-b").remote == "127.0.0.1:7000" and c.host("host-b").remote_timeout == 120 * 10**9
     assert c.host("host-a").remote is None and loads(dump(c)) == c
 
+
+# ---- live migration to a served host --------------------------------------------------------------------
+MOVING = """
+[[host]]
+name = "host-a"
+logical_processors = 2
+memory = "512MiB"
+
+[[host.vm]]
+name = "counter"
+memory = "16MiB"
+workload = { kind = "memory-counter", pages = 1024, interval = "1ms" }
+
+[[host]]
+name = "host-b"
+{remote}
+logical_processors = 2
+memory = "512MiB"
+
+[[link]]
+hosts = ["host-a", "host-b"]
+bandwidth = "10Gbit/s"
+latency = "50us"
+"""
+WINDOW = 50_000
+
+
+def moving(remote: str | None, workdir: str) -> Datacenter:
+    return Datacenter(loads(MOVING.replace("{remote}", f'remote = "{remote}"' if remote else "")), seed=2,
+                      workdir=workdir)
+
+
+@pytest.mark.parametrize("kind", ["live", "post-copy"])
+def test_a_vm_live_migrates_to_a_served_host_as_it_does_in_one_process(serve, kind):
+    """Post-copy's target reads a page its guest touched from the frozen source in the middle of
+    its window: a call frame to the datacenter and its answer, inside the advance's round trip."""
+    _, address = serve("--once")
+    seen = {}
+    for remote in (address, None):
+        dc = moving(remote, f"run-{remote is None}")
+        try:
+            dc.run("20ms")
+            record = dc.move("counter", to="host-b", kind=kind)
+            dc.run("150ms")
+            seen[remote] = (dc.trace_digest(), record.summary(), dc.summary()["hosts"])
+        finally:
+            dc.close()
+    (digest, report, hosts), local = seen[address], seen[None]
+    assert report["outcome"] == "completed" and report["downtime_ns"] > 0
+    if kind == "live":
+        assert report["pages_per_round"][0] == 4096 and report["fetches"] == 0   # round 0: all 16 MiB
+    else:
+        assert report["fetches"] > 0   # pages the guest touched first, read across the processes
+    assert (digest, report) == local[:2]   # the same pages, rounds, bytes and times, and the same run
+    assert [vm["Name"] for vm in hosts["host-a"]["vms"]] == []
+    assert [(vm["Name"], vm["State"]) for vm in hosts["host-b"]["vms"]] == [("counter", "Running")]
+    assert hosts["host-b"]["remote"] == address and hosts["host-b"]["trace_digest"] == local[2]["host-b"]["trace_digest"]
+
+
+@pytest.mark.parametrize("when", ["round 0", "blackout"])
+def test_a_stream_cut_during_a_migration_loses_nothing(serve, monkeypatch, when):
+    """The stream to the target is cut inside a frame: in pre-copy's first round, or in the window
+    whose answer carries the target's "resumed". The migration aborts, the VM runs on on the
+    source with the memory it had when it froze (if it did), counting on, and the run says why."""
+    from partitions.vm import VirtualMachine
+    reference = moving(None, "reference")   # where the migration's steps fall, in one process
+    try:
+        reference.run("20ms")
+        ref = reference.move("counter", to="host-b")
+        reference.run("150ms")
+    finally:
+        reference.close()
+    assert ref.outcome == "completed" and ref.rounds[0].end_ns < ref.freeze_ns < ref.resume_ns
+    cut_at = ref.rounds[0].end_ns if when == "round 0" else ref.resume_ns
+    frames = 1 + (cut_at - 1) // WINDOW   # the hello's answer, then one per window before the cut's
+
+    digests = {}
+    freeze, thaw = VirtualMachine.freeze, VirtualMachine.thaw
+    monkeypatch.setattr(VirtualMachine, "freeze", lambda vm: (freeze(vm), digests.setdefault("frozen", vm.memory_digest())))
+    monkeypatch.setattr(VirtualMachine, "thaw", lambda vm: (digests.setdefault("thawed", vm.memory_digest()), thaw(vm)))
+    _, address = serve()
+    proxy = Proxy(address, frames=frames)
+    dc = moving(proxy.address, "cut")
+    try:
+        dc.run("20ms")
+        vm = dc.hosts["host-a"].managed.vms["counter"]
+        record = dc.move("counter", to="host-b")
+        with pytest.raises(WireError, match=rf"^host 'host-b' \({proxy.address}\): the connection closed inside"):
+            dc.run("150ms")
+        assert dc.now == (frames - 1) * WINDOW
+        assert record.outcome == "aborted" and record.reason.startswith("host 'host-b' was lost: host 'host-b' (")
+        assert vm.state.value == "Running" and dc.hosts["host-a"].managed.vms["counter"] is vm
+        if when == "blackout":
+            assert record.freeze_ns is not None and digests["frozen"] == digests["thawed"]
+        else:
+            assert record.freeze_ns is None and not digests
+        counted = vm.workload.written[0]
+        dc.run(dc.now + 20_000_000)
+        assert vm.workload.written[0] > counted   # it counts on, on the source
+        assert dc.summary()["migrations"][0]["outcome"] == "aborted"
+    finally:
+        dc.close()
+        proxy.thread.join(10)
