@@ -832,7 +832,10 @@ class VirtualMachine:
                 raise SavedStateError(f"{path}: the disks vm {self.name!r} ran on cannot be served here: {why}")
             slot.host_config.pop("path", None)
             slot.host_config["disks"] = list(storage)
+        checkpoints = self._checkpoints
         try:
+            if slot is not None:   # checkpoints fork the files it serves now (read before they are open)
+                self._checkpoints = CheckpointTree(self.name, list(storage))
             self.arrive()
             for gpa in sorted(memory):
                 self.partition.write(gpa * PAGE, memory[gpa])
@@ -843,6 +846,7 @@ class VirtualMachine:
             if slot is not None:
                 slot.host_config.clear()
                 slot.host_config.update(before)
+            self._checkpoints = checkpoints
             self._frozen_from = None
             self._set(VmState.OFF)
             raise

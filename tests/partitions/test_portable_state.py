@@ -451,3 +451,19 @@ def test_the_counter_finishes_the_round_a_save_cut_when_it_resumes_in_a_new_shel
         seen.append(values(restored))
         assert qemu_check(seen[-1]), seen[-1]
     assert seen[-1][0] > seen[0][0]
+
+
+def test_checkpoints_of_a_vm_restored_in_a_new_shell_fork_the_disk_it_runs_on(tmp_path):
+    first = host(tmp_path, FILE, "first")
+    first.run("50ms")
+    first.vms["disk"].save(tmp_path / "disk.hvsav")
+    served = first.vms["disk"]._storage_files()
+    first.close()
+    second = host(tmp_path, FILE, "second")
+    vm = second.restore_vm(tmp_path / "disk.hvsav")
+    assert vm._storage_files() == served and vm.checkpoints.live_disk == served[0]
+    second.run("100ms")
+    vm.checkpoint("after")
+    second.run("150ms")
+    assert vm.checkpoints.checkpoints["after"].disk == served[0]   # the file it ran on is frozen
+    assert vm.state is VmState.RUNNING and vm.device_vsp("storage").completed > 0
