@@ -178,6 +178,12 @@ class Datacenter:
         """`vm` (on some host of this datacenter) can be moved by vm.move(to=..., kind=...)."""
         vm.mover = lambda to, kind, vm=vm: self.move(vm.name, to=to, kind=kind)
 
+    def _adopt_arrivals(self) -> None:
+        for node in self._local():
+            for vm in node.managed.vms.values():
+                if getattr(vm, "mover", None) is None:
+                    self._adopt(vm)
+
     def _local(self) -> list[HostNode]:
         """The hosts this process runs (a remote host's VMs and migrations are its server's)."""
         return [node for node in self.hosts.values() if hasattr(node, "migrations")]
@@ -258,6 +264,8 @@ class Datacenter:
             self.now = window_end
             self.windows += 1
             self._exchange()
+            if self.quick_migrations:   # a VM a quick migration restored can move again (vm.move)
+                self._adopt_arrivals()
             if on_progress is not None:
                 on_progress(self)
 

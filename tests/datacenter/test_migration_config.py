@@ -166,5 +166,7 @@ def test_a_timeline_quick_move_goes_through_shared_storage_without_a_host_link(t
         assert move.started_ns == 100_000_000 and move.outcome == "completed"
         assert dc.hosts["b"].managed.vms["db"].state.value == "Running" and "db" not in dc.hosts["a"].managed.vms
         assert dc.summary()["quick_migrations"][0]["downtime_ns"] == move.downtime_ns > 0
+        back = dc.hosts["b"].managed.vms["db"].move(to="a", kind="quick")   # Move-VM on the VM that arrived
+        assert back.source == "b" and back.target == "a" and back is dc.quick_migrations[-1]
     finally:
         dc.close()
