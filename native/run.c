@@ -162,9 +162,22 @@ void hv_vp_charge(struct hv_host *h, struct hv_vp *vp, uint64_t ns)
     vp->debt_ns += ns;
 }
 
+static void halt(struct hv_host *h, struct hv_vp *vp, uint64_t timeout, bool sleeping);
+
 /* A halted VP wakes: it spends its debt (and a tick guest its tick work), then its guest goes on. */
 static void wake(struct hv_host *h, struct hv_vp *vp, uint32_t reason)
 {
+    if (__builtin_expect(vp->stall_ns != 0, 0) && vp->guest_kind != HV_GUEST_PYTHON) {
+        /* A built-in guest takes no steps (vp_step stalls a Python guest's): the pages fetched for
+         * it (its SynIC pages, post-copy) hold its wake-up back instead; on_wake wakes it after. */
+        trace4(h, 0x6000, vp->part_slot, vp->index, vp->stall_ns);
+        vp->stalled = true;
+        vp->stalled_op = 0;
+        vp->resume_reason = reason;
+        halt(h, vp, vp->stall_ns, true);
+        vp->stall_ns = 0;
+        return;
+    }
     vp->wake_seq = ++h->vp_guard_seq; /* any pending timeout is now stale */
     vp->sleeping = false;
     vp->resume_reason = reason;
@@ -377,6 +390,11 @@ static void on_wake(struct hv_host *h, const struct hv_event *e)
     struct hv_vp *vp = hv_vp_lookup(h, e->slot, e->vp);
     if (!vp || vp->exec != HV_VP_HALTED || vp->wake_seq != e->arg2)
         return;
+    if (vp->stalled && vp->stalled_op == 0) {
+        vp->stalled = false; /* a tick guest's stall is over: it wakes as it would have */
+        wake(h, vp, vp->resume_reason);
+        return;
+    }
     if (vp->stalled) {
         /* Its stall is over: the step its guest took when the stall began goes in now. */
         vp->stalled = false;

@@ -291,6 +291,35 @@ def test_a_synic_message_into_an_absent_sim_page_fetches_it_first(host, child):
                                        "unattributed": 0}
 
 
+def _tick_guest_acknowledging(absent: bool):
+    """A child whose VP 0 runs the built-in tick guest, its SIM page absent (a 500 us fetch) or not;
+    the root posts it a message at 0. Returns (host, child, when the slot was seen empty)."""
+    from .test_synic import post, slot
+    host = new_host()
+    child = new_guest(host)
+    wire(host, child)
+    child.vp(0).run_builtin("tick", work="20us")
+    host.root.resume_partition(child)
+    if absent:
+        host.set_pager(child, Pager(host, ns=500 * US, pages={16: bytes(PAGE_SIZE)}))
+        host.root.set_absent(child, 16, 1)
+    post(host, b"tick")
+    for t in range(10 * US, 2 * MS, 10 * US):
+        host.run(t)
+        if slot(child).empty:
+            return host, child, t
+    raise AssertionError("the tick guest never acknowledged the message")
+
+
+def test_a_tick_guest_waits_out_the_fetch_of_its_sim_page_before_it_handles_the_message():
+    # A built-in guest takes no steps: the stall holds its wake-up back instead, off its LP.
+    host, child, done = _tick_guest_acknowledging(absent=True)
+    _, plain_child, plain_done = _tick_guest_acknowledging(absent=False)
+    assert plain_done < 100 * US and done == plain_done + 500 * US
+    assert host.introspect.run_time_ns(child) == plain_child.host.introspect.run_time_ns(plain_child)
+    assert host.pager_stats(child)["stall_ns"] == 500 * US
+
+
 def test_hypercall_blocks_in_absent_pages_are_fetched_for_the_calling_vp(host, child):
     from hypervisor import Register
     pager = Pager(host, ns=5 * US)
