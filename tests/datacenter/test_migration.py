@@ -299,6 +299,9 @@ def test_the_report_events_and_trace_slices(tmp_path):
     assert [e["event"] for e in events if e["event"] in ("migration.begin", "migration.end")] == \
         ["migration.begin", "migration.end"]
     assert all(e["host"] == "a" and e["vm"] == "counter" for e in rounds)
+    from tests.partitions.test_eventlog import documented
+    names, _ = documented()
+    assert {e["event"] for e in events if e["event"].startswith("migration.")} <= names   # docs/events.md
     slices = record.slices()
     assert [name for _, _, name, _, _ in slices] == [f"round {i}" for i in range(r["rounds"])] + [
         "blackout pages", "blackout"]
