@@ -784,11 +784,13 @@ class VirtualMachine:
         """The image's configuration is this VM's (ManagedHost.incoming built it from it, or the
         host's file has the same [[vm]] table); a VM not built from a configuration takes any."""
         from partitions.savedstate import SavedStateError
+        ours = self.config_data()
+        if config is None and ours is None:
+            return
         if not isinstance(config, dict) or not isinstance(config.get("vm"), dict) \
                 or not isinstance(config.get("storage"), list) or not all(isinstance(d, str) for d in config["storage"]):
             raise SavedStateError(f"{where}: section 'config': expected a map with the VM's table 'vm' and its "
                                   "'storage' files")
-        ours = self.config_data()
         if ours is None:
             return
         for key in sorted(set(ours["vm"]) | set(config["vm"])):
@@ -821,8 +823,8 @@ class VirtualMachine:
             memory = self._restore_memory(path, reader, mapped, meta.get("memory_digest"))
         finally:
             reader.close()
-        storage = image["config"]["storage"]
-        slot = self._storage_slot
+        storage = image["config"]["storage"] if image["config"] is not None else None
+        slot = self._storage_slot if storage is not None else None   # no configuration: its own disks
         before = dict(slot.host_config) if slot is not None else None
         if slot is not None:
             problems = slot.device.vsp.disk_problems({**slot.host_config, "disks": storage})

@@ -467,3 +467,41 @@ def test_checkpoints_of_a_vm_restored_in_a_new_shell_fork_the_disk_it_runs_on(tm
     second.run("150ms")
     assert vm.checkpoints.checkpoints["after"].disk == served[0]   # the file it ran on is frozen
     assert vm.state is VmState.RUNNING and vm.device_vsp("storage").completed > 0
+
+
+async def steps(ctx):
+    """A user workload keeping its count in ctx.state (as docs/guest-state.md shows)."""
+    n = ctx.state.get("step", 0)
+    while True:
+        await ctx.compute("10us")
+        n += 1
+        ctx.state["step"] = n
+        await ctx.sleep("1ms")
+
+
+def test_a_vm_built_without_a_configuration_restores_in_another_host_object(tmp_path):
+    from drivers.ic import HEARTBEAT
+    from drivers.registry import discover
+    from hypervisor import Host
+    from partitions.vm import DeviceSlot, VirtualMachine
+    from partitions.vmbus_parent import ParentVmbus
+    from partitions.worker import VmSpec
+
+    def make():
+        h = Host(logical_processors=2, memory="128MiB", seed=3)
+        vm = VirtualMachine(h, ParentVmbus(h, vp_index=1), discover(), VmSpec("vm", memory="2MiB"),
+                            devices=[DeviceSlot(HEARTBEAT)], workload=steps)
+        return h, vm
+
+    h1, vm1 = make()
+    vm1.start()
+    h1.run("50ms")
+    vm1.save(tmp_path / "vm.hvsav")
+    step = vm1.workload_states[0]["step"]
+    assert step > 10
+    h2, vm2 = make()
+    vm2.restore(tmp_path / "vm.hvsav")
+    assert vm2.workload_states[0] == {"step": step}
+    h2.run("20ms")
+    assert vm2.state is VmState.RUNNING and vm2.workload_states[0]["step"] > step
+    assert vm2.device_vsp("heartbeat") is not None and vm2.heartbeat_status() in ("OK", "No Contact")
