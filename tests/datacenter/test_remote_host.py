@@ -401,3 +401,24 @@ def test_a_stream_cut_during_a_migration_loses_nothing(serve, monkeypatch, when)
     finally:
         dc.close()
         proxy.thread.join(10)
+
+
+def test_hvsim_run_reports_a_move_cut_by_a_lost_host(serve, tmp_path, capsys):
+    """The timeline moves counter at 20 ms; the stream is cut 5 ms later, in pre-copy (16 MiB at
+    10 Gbit/s take ~13 ms): a failed run, no traceback, the move aborted and the VM still on
+    host-a."""
+    _, address = serve()
+    proxy = Proxy(address, frames=1 + 25_000_000 // WINDOW)
+    cfg = tmp_path / "dc.toml"
+    cfg.write_text(MOVING.replace("{remote}", f'remote = "{proxy.address}"')
+                   + '\n[[at]]\ntime = "20ms"\naction = "move"\nvm = "counter"\nto = "host-b"\n')
+    assert main(["run", str(cfg), "--for", "100ms", "--json", "--workdir", str(tmp_path / "w")]) == 1
+    out, err = capsys.readouterr()
+    s = json.loads(out)
+    assert s["outcome"]["status"] == "failed" and s["outcome"]["reason"].startswith(f"host 'host-b' ({proxy.address})")
+    (move,) = s["migrations"]
+    assert move["outcome"] == "aborted" and move["reason"].startswith("host 'host-b' was lost: ")
+    assert move["freeze_ns"] is None and s["hosts"]["host-b"]["simulated_ns"] == 25_000_000   # before the blackout
+    assert [(vm["Name"], vm["State"]) for vm in s["hosts"]["host-a"]["vms"]] == [("counter", "Running")]
+    assert "Traceback" not in err and f"host 'host-b' ({proxy.address}): the connection closed inside" in err
+    proxy.thread.join(10)
