@@ -136,7 +136,8 @@ static bool view_index(struct hv_host *h, struct hv_partition *p)
             for (uint32_t j = 0; j < g->npages; j++)
                 page[i++] = (struct hv_view_page){g->gpas[j], g->pfns[j]};
     }
-    qsort(page, n, sizeof(*page), cmp_view_page);
+    if (n)
+        qsort(page, n, sizeof(*page), cmp_view_page); /* (qsort's array may not be NULL, even empty) */
     free(x->page);
     *x = (struct hv_view_index){.page = page, .n = n, .gen = h->grants_gen, .built = true};
     return true;
