@@ -1472,6 +1472,8 @@ _PAGERS: dict[int, object] = {}
 
 def hv_pager_install(h, serve) -> None:
     """Let `serve` (a bound method) answer the host's absent-page faults."""
+    for gone in [key for key, ref in _PAGERS.items() if ref() is None]:  # hosts collected since
+        del _PAGERS[gone]
     _PAGERS[int(ffi.cast("uintptr_t", h))] = _weakref.WeakMethod(serve)
     lib.hv_pager_install(h, lib._cffi_pager_upcall)
 

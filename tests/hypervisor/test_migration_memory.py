@@ -496,3 +496,19 @@ def test_a_run_with_stalls_is_deterministic():
     none = _post_copy_run([], accesses, 40 * US)
     assert one[3].trace_digest() == two[3].trace_digest() != none[3].trace_digest()
     assert one[2] == none[2] + 80 * US
+
+
+def test_a_host_with_a_pager_is_still_collected():
+    import gc
+    import weakref
+    from hypervisor import _binding
+    host = new_host()
+    child = new_guest(host)
+    host.set_pager(child, Pager(host))
+    gone = weakref.ref(host)
+    del host, child
+    gc.collect()
+    assert gone() is None
+    other = new_host()
+    other.set_pager(1, lambda g: bytes(PAGE_SIZE))          # and its entry goes at the next install
+    assert all(ref() is not None for ref in _binding._PAGERS.values())
