@@ -15,6 +15,9 @@ Invariants:
 - Nothing here lets an exception reach the run loop: a failure before the target resumed aborts
   the migration (the source VM is thawed and runs on unchanged, the target's half-built VM is torn
   down), and is logged with the VM's name.
+- A round is over when its last message has left the link (the source is the only sender in its
+  direction, so it knows when: HostNode.link_free), and pre-copy reads the dirty log then; acks
+  only keep at most WINDOW page messages in flight, so the source never holds a round in memory.
 - Pre-copy reads a page's bytes when its message is sent, after the round's read of the dirty log:
   a store after that read is caught by the next read, so the blackout's last read misses nothing.
 - A message's size on the link is its payload's length: the bytes a real stream of this protocol
@@ -168,8 +171,8 @@ def split_zero(gpas: list[int], data: bytes) -> tuple[list[list[int]], list[int]
 @dataclass
 class Round:
     """One round of pages: pre-copy's rounds (0 is the whole memory), the blackout's last pages,
-    post-copy's background push. `end_ns` is when its last message was acknowledged (or, in the
-    blackout, arrived)."""
+    post-copy's background push. `end_ns` is when its last message has left the link (the
+    source's HostNode.link_free): pre-copy reads the dirty log then."""
     number: int
     start_ns: int
     pages: int = 0
@@ -335,6 +338,7 @@ class _Source:
         self.queue: list[int] = []    # pages of the current round (sorted); those from `at` on not sent yet
         self.at = 0
         self.inflight = 0             # "pages" messages not acknowledged yet
+        self.leaving = False          # the round's pages are all sent: waiting for the last to leave the link
         self.seq = 0
         self.frozen = False
         self.resumed = False          # the target runs the VM: no abort any more
@@ -403,6 +407,7 @@ class _Source:
     def _round(self, pages: list[int]) -> None:
         self.record.rounds.append(Round(len(self.record.rounds), self.node.now))
         self.queue, self.at = pages, 0
+        self.leaving = False
         self._pump()
 
     def _pump(self) -> None:
@@ -416,9 +421,22 @@ class _Source:
                     continue
             self._send_pages(batch, self.record.rounds[-1])
             self.inflight += 1
-        if self.at >= len(self.queue) and self.inflight == 0:
-            self.nonzero = None
+        if self.at >= len(self.queue) and not self.leaving:
+            # Every page of the round is on its way: the round is over when its last message has
+            # left the link (this host knows when: HostNode.link_free), and the log is read then.
+            self.leaving = True
+            rnd = self.record.rounds[-1]
+            self.node.at(max(self.node.now, self.node.link_free.get(self.to, 0)), lambda: self._round_left(rnd))
+
+    def _round_left(self, rnd: Round) -> None:
+        if self.record.outcome != "running" or rnd is not self.record.rounds[-1]:
+            return
+        self.leaving = False
+        self.nonzero = None
+        try:
             self._round_done()
+        except Exception as exc:  # noqa: BLE001 - a migration never raises into the run loop
+            self.abort(f"{type(exc).__name__}: {exc}")
 
     def _batch(self) -> list[int]:
         """The next pages of the round for one message: up to CHUNK_PAGES (post-copy's push:
@@ -461,8 +479,6 @@ class _Source:
     def _acked(self) -> None:
         self.inflight -= 1
         if self.frozen and self.sent is None:   # the blackout's pages: not windowed, their acks only count
-            if self.inflight == 0:
-                self.record.rounds[-1].end_ns = self.node.now
             return
         self._pump()
 
@@ -506,6 +522,7 @@ class _Source:
         for i in range(0, len(last), CHUNK_PAGES):
             self._send_pages(last[i:i + CHUNK_PAGES], rnd)
             self.inflight += 1
+        rnd.end_ns = max(self.node.now, self.node.link_free.get(self.to, 0))   # when its last page has left
         self._send("state", image=self.vm.capture(), freeze_ns=self.record.freeze_ns)
 
     # -- post-copy --

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from partitions.config_schema import Config
-from partitions.datacenter.link import Message
+from partitions.datacenter.link import Message, transmission_ns
 from partitions.datacenter.migration import MigrationService
 from partitions.management import ManagedHost
 
@@ -45,6 +45,13 @@ class HostNode:
         #: how `call` reaches a peer: (peer, kind, payload) -> the answer's bytes (set by the datacenter)
         self.caller: Callable[[str, str, bytes], bytes] | None = None
         self._answers: dict[str, Callable[[str, bytes], bytes]] = {}
+        # Wake-ups of this host's own (`at`), by (time, order set); and, for each peer, when the
+        # last message sent to it will have left the link: this host is the only sender in its
+        # direction, so it knows what the link will do with its messages (Link.transmit, the
+        # same rule in the same order).
+        self._timers: list[tuple[int, int, Callable[[], None]]] = []
+        self._timer_seq = 0
+        self.link_free: dict[str, int] = {}
         # Migrations to and from this host: a protocol of messages handled like any other.
         self.migrations = MigrationService(self)
 
@@ -85,6 +92,8 @@ class HostNode:
         if at is not None and (not isinstance(at, int) or at < self.now):
             raise ValueError(f"at: expected a time no earlier than now ({self.now} ns), got {at!r}")
         message = Message(self.name, to, kind, bytes(payload), size, self.now if at is None else at, self.sent)
+        if to in self.links:
+            self.link_free[to] = max(message.sent_ns, self.link_free.get(to, 0)) + transmission_ns(size, self.links[to][0])
         self.sent += 1
         self._outbox.append(message)
         return message
@@ -124,12 +133,29 @@ class HostNode:
             heapq.heappush(self._inbox, (m.arrival_ns, m.src, m.seq, m))
 
     def advance(self, until: int) -> None:
-        """Run this host alone to `until`, stopping at each message's arrival to deliver it there."""
-        while self._inbox and self._inbox[0][0] <= until:
-            arrival, _, _, message = heapq.heappop(self._inbox)
-            self.managed.run(arrival)
-            self._deliver(message)
+        """Run this host alone to `until`, stopping at each message's arrival to deliver it there,
+        and at each wake-up of its own (`at`; before a message arriving at the same time)."""
+        inbox, timers = self._inbox, self._timers
+        while True:
+            if timers and timers[0][0] <= until and (not inbox or timers[0][0] <= inbox[0][0]):
+                when, _, fn = heapq.heappop(timers)
+                self.managed.run(when)
+                fn()
+            elif inbox and inbox[0][0] <= until:
+                arrival, _, _, message = heapq.heappop(inbox)
+                self.managed.run(arrival)
+                self._deliver(message)
+            else:
+                break
         self.managed.run(until)
+
+    def at(self, time: int, fn: Callable[[], None]) -> None:
+        """Call fn() on this host when its time reaches `time` (no earlier than now): a wake-up of
+        its own, such as a sender's when its message has left the link (`link_free`)."""
+        if time < self.now:
+            raise ValueError(f"host {self.name!r}: a wake-up at {time} ns is in its past ({self.now} ns)")
+        heapq.heappush(self._timers, (time, self._timer_seq, fn))
+        self._timer_seq += 1
 
     def _deliver(self, m: Message) -> None:
         handler = self._handlers.get(m.kind)

@@ -336,3 +336,20 @@ def test_pre_copy_brings_the_memory_the_vm_had_when_it_froze_page_for_page(tmp_p
     record = dc.move("counter", to="b")
     dc.run("600ms")
     assert record.outcome == "completed" and seen["source"] == seen["target"]
+
+
+def test_a_sender_knows_when_its_messages_leave_the_link_and_wakes_itself_then(tmp_path):
+    """HostNode.link_free is what Link.transmit then does with the host's messages (queue, then
+    transmission), and HostNode.at calls back at that time, before a message arriving then."""
+    dc = Datacenter(loads(two_hosts('name = "idle"\nmemory = "16MiB"')), seed=1, workdir=tmp_path)
+    a = dc.hosts["a"]
+    dc.run("1ms")
+    sent = [a.send("b", "x", b"", size=125_000), a.send("b", "x", b"", size=250)]   # 100 us, then 0.2 us
+    assert a.link_free["b"] == 1_000_000 + 100_000 + 200
+    woke = []
+    a.at(a.link_free["b"], lambda: woke.append(a.now))
+    dc.run("2ms")
+    assert [m.start_ns + 8 * m.size * 10**9 // 10**10 for m in sent][-1] == a.link_free["b"]
+    assert woke == [1_100_200]
+    with pytest.raises(ValueError, match="past"):
+        a.at(a.now - 1, lambda: None)
