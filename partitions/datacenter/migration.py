@@ -335,8 +335,9 @@ class _Source:
         self.to = record.target
         self.dirty = None             # the VM's dirty log (pre-copy)
         self.pages: list[int] = []    # the VM's RAM, GPA pages in order
-        self.queue: list[int] = []    # pages of the current round (sorted); those from `at` on not sent yet
-        self.at = 0
+        self.page_runs: list[tuple[int, int]] = []   # the same as runs
+        self.queue: list[int] = []    # pages of the current round (sorted); those from `cursor` on not sent yet
+        self.cursor = 0
         self.inflight = 0             # "pages" messages not acknowledged yet
         self.leaving = False          # the round's pages are all sent: waiting for the last to leave the link
         self.seq = 0
@@ -346,7 +347,7 @@ class _Source:
         self.nonzero: set[int] | None = None   # round 0 and the push: pages that may hold data
 
     # -- sending --
-    def _send(self, op: str, size_hint: int = 0, **fields) -> None:
+    def _send(self, op: str, **fields) -> None:
         payload = encode(op, self.record.id, **fields)
         self.node.send(self.to, KIND + op, payload)
         self.record.bytes += len(payload)
@@ -406,13 +407,13 @@ class _Source:
 
     def _round(self, pages: list[int]) -> None:
         self.record.rounds.append(Round(len(self.record.rounds), self.node.now))
-        self.queue, self.at = pages, 0
+        self.queue, self.cursor = pages, 0
         self.leaving = False
         self._pump()
 
     def _pump(self) -> None:
         """Send the round's pages while fewer than WINDOW messages are unacknowledged."""
-        while self.at < len(self.queue) and self.inflight < WINDOW:
+        while self.cursor < len(self.queue) and self.inflight < WINDOW:
             batch = self._batch()
             if self.sent is not None:     # post-copy: skip what a fetch already brought
                 batch = [p for p in batch if p not in self.sent]
@@ -421,7 +422,7 @@ class _Source:
                     continue
             self._send_pages(batch, self.record.rounds[-1])
             self.inflight += 1
-        if self.at >= len(self.queue) and not self.leaving:
+        if self.cursor >= len(self.queue) and not self.leaving:
             # Every page of the round is on its way: the round is over when its last message has
             # left the link (this host knows when: HostNode.link_free), and the log is read then.
             self.leaving = True
@@ -443,7 +444,7 @@ class _Source:
         PUSH_CHUNK_PAGES) pages that may hold data, and zero pages known as such (they cost a page
         number each) up to MAX_MESSAGE_PAGES in all."""
         limit = PUSH_CHUNK_PAGES if self.sent is not None else CHUNK_PAGES
-        queue, first, nonzero = self.queue, self.at, self.nonzero
+        queue, first, nonzero = self.queue, self.cursor, self.nonzero
         if nonzero is None:
             end = min(len(queue), first + limit)
         else:
@@ -454,7 +455,7 @@ class _Source:
                         break
                     full += 1
                 end += 1
-        self.at = end
+        self.cursor = end
         return queue[first:end]
 
     def _send_pages(self, gpas: list[int], rnd: Round) -> None:
