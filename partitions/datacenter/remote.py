@@ -293,9 +293,10 @@ def answer_pings(node) -> None:
     node.handle("ping", lambda m: node.send(m.src, "pong", m.payload))
 
 
-def _checked_config(hello: dict, workdir: Path, allow_python: bool) -> tuple[str, int, set[str], Config]:
-    """The host's name, seed, neighbours and configuration from a hello, checked as a file is,
-    and confined: disks only under `workdir`, python workloads only when allowed."""
+def _checked_config(hello: dict, workdir: Path, allow_python: bool
+                    ) -> tuple[str, int, set[str], dict[str, tuple[int, int]], Config]:
+    """The host's name, seed, neighbours, links and configuration from a hello, checked as a
+    file is, and confined: disks only under `workdir`, python workloads only when allowed."""
     from partitions import run_files
     from partitions.config import ConfigError, loads
     if hello.get("op") != "hello" or hello.get("protocol") != PROTOCOL or hello.get("version") != VERSION:
@@ -316,11 +317,11 @@ def _checked_config(hello: dict, workdir: Path, allow_python: bool) -> tuple[str
     config = loads(text, file=f"host {name!r}'s configuration", base_dir=workdir)
     if not isinstance(config, Config):
         raise ConfigError(f"host {name!r}'s configuration", None, "one host's configuration", "a datacenter")
-    root = Path(os.path.abspath(workdir))
+    root = Path(os.path.realpath(workdir))
     for i, vm in enumerate(config.vms):
         for j, disk in enumerate(vm.disks):
             for path in (disk.path, disk.parent):
-                if path is not None and root not in Path(os.path.abspath(path)).parents:
+                if path is not None and not _inside(root, path):
                     raise ConfigError(f"host {name!r}'s configuration", f"vm[{i}].disks[{j}].path",
                                       f"a path under the served host's work directory {root}", str(path))
         if not allow_python and any(isinstance(w, PythonWorkload) for w in vm.workloads):
@@ -329,6 +330,39 @@ def _checked_config(hello: dict, workdir: Path, allow_python: bool) -> tuple[str
                               "`hvsim host serve --allow-python` allows it)", "a python workload")
     run_files.plan_disks(config, workdir, f"host {name!r}'s configuration")
     return name, seed, set(neighbours), {peer: (v[0], v[1]) for peer, v in links.items()}, config
+
+
+def _inside(root: Path, path) -> bool:
+    """Whether `path` (symbolic links resolved) lies under directory `root`."""
+    return root in Path(os.path.realpath(path)).parents
+
+
+def _confine_incoming(node, root: Path, allow_python: bool) -> None:
+    """A VM that migrates to a served host is built from a configuration its peer sent: the same
+    rules as the hello's hold for it (its disk files under `root`, no python workload unless
+    allowed), checked before anything is opened. A refusal is a SavedStateError, which the
+    migration's target reports to its source (which keeps the VM)."""
+    from partitions.savedstate import SavedStateError
+    incoming = node.managed.incoming
+
+    def confined(config_data):
+        vm = config_data.get("vm") if isinstance(config_data, dict) else None
+        storage = config_data.get("storage") if isinstance(config_data, dict) else None
+        if isinstance(vm, dict) and isinstance(storage, list):
+            disks = vm.get("disks") if isinstance(vm.get("disks"), list) else []
+            paths = [str(p) for p in storage] + [str(d[k]) for d in disks if isinstance(d, dict)
+                                                 for k in ("path", "parent") if isinstance(d.get(k), str)]
+            outside = [p for p in paths if not _inside(root, root / p)]
+            if outside:
+                raise SavedStateError(f"incoming vm: disk {outside[0]!r} is not under the served host's work "
+                                      f"directory {root}")
+            workloads = vm.get("workload")
+            workloads = workloads if isinstance(workloads, list) else [workloads]
+            if not allow_python and any(isinstance(w, dict) and w.get("kind") == "python" for w in workloads):
+                raise SavedStateError("incoming vm: a python workload (it imports code the peer names; "
+                                      "`hvsim host serve --allow-python` allows it)")
+        return incoming(config_data)
+    node.managed.incoming = confined
 
 
 def _calling_out(stream: FrameStream):
@@ -363,6 +397,7 @@ def serve_host(sock: socket.socket, peer: str, *, workdir: Path | str, timeout: 
             name, seed, neighbours, links, config = _checked_config(hello, Path(workdir), allow_python)
             node = HostNode(name, config, seed=seed, neighbours=neighbours, workdir=workdir)
             node.links, node.caller = links, _calling_out(stream)
+            _confine_incoming(node, Path(os.path.realpath(workdir)), allow_python)
             answer_pings(node)
         except WireError as e:
             return False, f"{peer}: no session: {e}"

@@ -422,3 +422,22 @@ def test_hvsim_run_reports_a_move_cut_by_a_lost_host(serve, tmp_path, capsys):
     assert [(vm["Name"], vm["State"]) for vm in s["hosts"]["host-a"]["vms"]] == [("counter", "Running")]
     assert "Traceback" not in err and f"host 'host-b' ({proxy.address}): the connection closed inside" in err
     proxy.thread.join(10)
+
+
+def test_a_served_host_refuses_a_migrating_vm_whose_disks_lie_outside_it(serve):
+    """A VM moving in is built from what the peer sent: its disk files must be under the served
+    host's work directory as the hello's are. Here they are the datacenter's run disks: the
+    target refuses before opening anything, and the VM runs on on the source."""
+    _, address = serve()
+    text = MOVING.replace("{remote}", f'remote = "{address}"').replace(
+        'memory = "16MiB"\n', 'memory = "16MiB"\ndisks = [ { path = "c.vhd", size = "16MiB" } ]\n')
+    dc = Datacenter(loads(text), seed=2, workdir="run")
+    try:
+        dc.run("20ms")
+        record = dc.move("counter", to="host-b")
+        dc.run("40ms")
+        assert record.outcome == "aborted" and "is not under the served host's work directory" in record.reason
+        assert record.freeze_ns is None and dc.hosts["host-a"].managed.vms["counter"].state.value == "Running"
+        assert dc.summary()["hosts"]["host-b"]["vms"] == []
+    finally:
+        dc.close()
