@@ -441,3 +441,15 @@ def test_a_served_host_refuses_a_migrating_vm_whose_disks_lie_outside_it(serve):
         assert dc.summary()["hosts"]["host-b"]["vms"] == []
     finally:
         dc.close()
+
+
+def test_host_serve_refuses_what_it_cannot_listen_on(capsys):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["host", "serve", "--listen", f"127.0.0.1:{port}", "--workdir", "w"]) == 2
+    assert main(["host", "serve", "--listen", "localhost", "--workdir", "w"]) == 2
+    assert main(["host", "serve", "--listen", "127.0.0.1:0", "--timeout", "0s", "--workdir", "w"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"hvsim host serve: Address already in use (127.0.0.1:{port})",
+                   "hvsim host serve: expected HOST:PORT such as \"127.0.0.1:7000\" (port 0-65535), got 'localhost'",
+                   "hvsim host serve: --timeout: expected a positive duration, got '0s'"]
