@@ -322,6 +322,76 @@ def scenario_events(tmp_path, monkeypatch):
     m.run("1.7s")
     a.freeze()
     a.release("moved")
+    return log.records() + quick_migration_events(tmp_path / "dc")
+
+
+QUICK = """
+[[host]]
+name = "a"
+logical_processors = 1
+memory = "512MiB"
+
+[[host.switch]]
+name = "lan"
+
+[[host.vm]]
+name = "q"
+memory = "16MiB"
+disks = [ {{ path = "san/q.vhd", size = "1MiB" }} ]
+
+[[host.vm]]
+name = "w"
+memory = "16MiB"
+nics = [ {{ switch = "lan" }} ]
+
+[[host]]
+name = "b"
+logical_processors = 1
+memory = "512MiB"
+
+[[storage]]
+name = "san"
+kind = "fc"
+
+[[link]]
+hosts = ["a", "san"]
+bandwidth = "{bw}"
+latency = "10us"
+
+[[link]]
+hosts = ["b", "san"]
+bandwidth = "{bw}"
+latency = "10us"
+"""
+
+
+def quick_migration_events(tmp_path):
+    """A datacenter's quick migrations (docs/datacenter.md): one that completes (storage.transfer,
+    migration.quick_saved, migration.quick), one whose save fails and one whose restore fails on
+    both hosts (migration.quick_failed, migration.quick_restore_failed)."""
+    from partitions.config import loads
+    from partitions.datacenter import Datacenter
+    from partitions.datacenter.quick import QuickMigrationError, quick_move
+    tmp_path.mkdir()
+    datacenter = []
+    log = EventLog(None, lambda: datacenter[0].clock() if datacenter else 0)
+    dc = Datacenter(loads(QUICK.format(bw="10Gbit/s"), base_dir=tmp_path), workdir=tmp_path / "run", event_log=log)
+    datacenter.append(dc)
+    try:
+        dc.run("100ms")
+        quick_move(dc, "q", "b")
+        w = dc.hosts["a"].managed.vms["w"]
+        w.workload_states[0]["oops"] = object()          # not plain data: the save fails
+        with pytest.raises(QuickMigrationError):
+            quick_move(dc, "w", "b")
+        del w.workload_states[0]["oops"]
+        move = quick_move(dc, "w", "b")                   # b lacks switch "lan": the restore fails there
+        dc.run(move.saved_ns + 150_000_000)               # b failed; the source's restore is due later
+        dc.hosts["a"].managed.switches.pop("lan")         # and now the source cannot build it either
+        dc.run("1s")
+        assert move.outcome == "failed"
+    finally:
+        dc.close()
     return log.records()
 
 
