@@ -345,6 +345,7 @@ class _Source:
         self.resumed = False          # the target runs the VM: no abort any more
         self.sent: set[int] | None = None   # post-copy: pages the target has (pushed or fetched)
         self.nonzero: set[int] | None = None   # round 0 and the push: pages that may hold data
+        self.cleanup_errors: list[str] = []    # what failed while letting go (dirty log, thaw)
 
     # -- sending --
     def _send(self, op: str, **fields) -> None:
@@ -576,7 +577,7 @@ class _Source:
         self.service.outgoing.pop(rec.id, None)
         self.service.log("migration.end", vm=rec.vm, id=rec.id, outcome=outcome, reason=reason, kind=rec.kind,
                          to=self.to, rounds=len(rec.rounds), bytes=rec.bytes, downtime_ns=rec.downtime_ns,
-                         total_ns=rec.total_ns)
+                         total_ns=rec.total_ns, cleanup_errors=self.cleanup_errors)
 
     def abort(self, reason: str, *, tell: bool = True) -> None:
         """Give up: the VM runs on here unchanged. After the target resumed there is no going back
@@ -594,11 +595,12 @@ class _Source:
         self._end("aborted", reason)
 
     def _quietly(self, fn) -> None:
+        """Clean up with fn(); a failure is kept for migration.end's `cleanup_errors`, not raised
+        into the run loop."""
         try:
             fn()
-        except Exception as exc:  # noqa: BLE001 - cleaning up must not raise into the run loop
-            self.service.log("migration.cleanup_failed", vm=self.vm.name, id=self.record.id,
-                             error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001
+            self.cleanup_errors.append(f"{type(exc).__name__}: {exc}")
 
 
 class _Target:
@@ -757,7 +759,7 @@ class _Target:
         if self.vm is not None and not self.resumed:
             try:
                 self.vm.release(f"incoming migration abandoned: {reason}")
-            except Exception as exc:  # noqa: BLE001
-                self.service.log("migration.cleanup_failed", vm=self.name, id=self.id,
-                                 error=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - never into the run loop
+                self.service.log("migration.target_failed", vm=self.name, id=self.id, resumed=False,
+                                 error=f"tearing down: {type(exc).__name__}: {exc}")
             self.vm = None
