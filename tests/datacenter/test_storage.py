@@ -204,16 +204,20 @@ def test_the_example_runs_and_its_vm_quick_migrates(tmp_path):
     import shutil
     from pathlib import Path
     from partitions.config import load
-    from partitions.datacenter.quick import quick_move
     example = Path(__file__).parents[2] / "examples" / "san.toml"
     shutil.copy(example, tmp_path / "san.toml")
     dc = Datacenter(load(tmp_path / "san.toml"), seed=0, workdir=tmp_path / "run")
     try:
-        dc.run("300ms")
-        assert dc.storage["san"].owner("db.vhd") == "host-a" and dc.storage["san"].links["host-a"].requests > 0
-        move = quick_move(dc, "db", "host-b")
-        dc.run(move.saved_ns + 10**9 + move.memory_bytes * 8)   # past the read back at 1 Gbit/s
-        assert move.outcome == "completed" and dc.storage["san"].owner("db.vhd") == "host-b"
-        assert dc.hosts["host-b"].managed.vms["db"].state.value == "Running"
+        dc.run("1s")
+        san = dc.storage["san"]
+        assert san.owner("db.vhd") == "host-a" and san.links["host-a"].requests > 0
+        dc.run("1.001s")
+        (move,) = dc.quick_migrations                     # the timeline's quick-move, at 1 s
+        dc.run(move.saved_ns + 10**8 + move.memory_bytes * 8 + 10**6)   # past the read back at 1 Gbit/s
+        assert move.outcome == "completed" and san.owner("db.vhd") == "host-b"
+        vm = dc.hosts["host-b"].managed.vms["db"]
+        issued = vm.workload_states[0]["issued"]
+        dc.run(dc.now + 100_000_000)
+        assert vm.workload_states[0]["issued"] > issued and san.links["host-b"].requests > 0
     finally:
         dc.close()
