@@ -221,3 +221,21 @@ def test_the_example_runs_and_its_vm_quick_migrates(tmp_path):
         assert vm.workload_states[0]["issued"] > issued and san.links["host-b"].requests > 0
     finally:
         dc.close()
+
+
+def test_the_c_plane_and_the_python_path_give_the_same_datacenter_over_a_storage_link(tmp_path, monkeypatch):
+    from drivers.storage.vsp import StorVsp
+    results, served = [], []
+    for mode in ("python", "c"):
+        monkeypatch.setattr(StorVsp, "DATA_PLANE", mode)
+        dc = Datacenter(loads(SAN, base_dir=tmp_path / mode), seed=7, workdir=tmp_path / mode / "run")
+        try:
+            dc.run("200ms")
+            plane = dc.hosts["a"].managed.vms["db"].device_vsp("storage")._plane
+            served.append(plane.completed if plane is not None else None)
+            s = dc.summary()
+            results.append((s["trace_digest"], s["storage"][0]["links"], s["hosts"]["a"]["measure"]))
+        finally:
+            dc.close()
+    assert served[0] is None and served[1] > 0          # the C plane did serve the second run
+    assert results[0] == results[1] and results[0][1][0]["requests"] > 0
