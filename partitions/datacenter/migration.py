@@ -276,6 +276,8 @@ class MigrationService:
             raise MigrationError(f"move of vm {vm.name!r}: host {self.node.name!r} has no link to {to!r}")
         if any(s.vm is vm for s in self.outgoing.values()):
             raise MigrationError(f"move of vm {vm.name!r}: it is already moving")
+        if vm.state.value not in ("Running", "Paused"):
+            raise MigrationError(f"move of vm {vm.name!r}: it is {vm.state.value}; only a Running or Paused VM moves")
         self._count += 1
         mid = f"{self.node.name}/{self._count}"
         record = MigrationRecord(mid, vm.name, kind, self.node.name, to, self.node.now)
@@ -357,8 +359,6 @@ class _Source:
     def start(self) -> None:
         vm = self.vm
         try:
-            if vm.state.value not in ("Running", "Paused"):
-                raise MigrationError(f"vm {vm.name!r} is {vm.state.value}: only a Running or Paused VM moves")
             self.pages = sorted(vm.memory_pages())
             self.page_runs = runs(self.pages)
             config = vm.config_data()

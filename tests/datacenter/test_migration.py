@@ -247,6 +247,11 @@ def test_a_move_that_cannot_start_raises_and_changes_nothing(tmp_path):
         dc.move("counter", to="c")
     with pytest.raises(MigrationError, match="kind"):
         dc.move("counter", to="b", kind="teleport")
+    dc.hosts["a"].managed.vms["counter"].pause()
+    dc.hosts["a"].managed.vms["counter"].save(tmp_path / "counter.hvsav")
+    with pytest.raises(MigrationError, match="it is Saved"):
+        dc.move("counter", to="b")
+    dc.hosts["a"].managed.vms["counter"].restore()
     record = dc.move("counter", to="b")
     with pytest.raises(MigrationError, match="already moving"):
         dc.move("counter", to="b")

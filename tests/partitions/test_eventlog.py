@@ -322,7 +322,7 @@ def scenario_events(tmp_path, monkeypatch):
     m.run("1.7s")
     a.freeze()
     a.release("moved")
-    return log.records() + quick_migration_events(tmp_path / "dc")
+    return log.records() + quick_migration_events(tmp_path / "dc") + live_migration_events(tmp_path / "live")
 
 
 QUICK = """
@@ -390,6 +390,71 @@ def quick_migration_events(tmp_path):
         dc.hosts["a"].managed.switches.pop("lan")         # and now the source cannot build it either
         dc.run("1s")
         assert move.outcome == "failed"
+    finally:
+        dc.close()
+    return log.records()
+
+
+LIVE = """
+[[host]]
+name = "a"
+logical_processors = 1
+memory = "256MiB"
+
+[[host.switch]]
+name = "lan"
+
+[[host.vm]]
+name = "m"
+memory = "16MiB"
+workload = { kind = "memory-counter", pages = 8 }
+
+[[host.vm]]
+name = "n"
+memory = "16MiB"
+nics = [ { switch = "lan" } ]
+
+[[host.vm]]
+name = "o"
+memory = "16MiB"
+autostart = false
+
+[[host]]
+name = "b"
+logical_processors = 1
+memory = "256MiB"
+
+[[link]]
+hosts = ["a", "b"]
+bandwidth = "10Gbit/s"
+latency = "50us"
+
+[[at]]
+time = "50ms"
+action = "move"
+vm = "o"
+to = "b"
+"""
+
+
+def live_migration_events(tmp_path):
+    """A datacenter's live migrations (docs/migration.md): one that completes (migration.begin,
+    .incoming, .round, .blackout, .resumed_here, .resumed, .end), one the target refuses (it has
+    no switch "lan": migration.target_failed, migration.abort), a timeline move of a VM that is
+    Off (migration.refused) and a message of no migration (migration.message_dropped)."""
+    from partitions.config import loads
+    from partitions.datacenter import Datacenter
+    tmp_path.mkdir()
+    datacenter = []
+    log = EventLog(None, lambda: datacenter[0].clock() if datacenter else 0)
+    dc = Datacenter(loads(LIVE, base_dir=tmp_path), workdir=tmp_path / "run", event_log=log)
+    datacenter.append(dc)
+    try:
+        dc.run("100ms")
+        done, refused = dc.move("m", to="b"), dc.move("n", to="b")
+        dc.hosts["b"].send("a", "migration.ack", b"not msgpack")
+        dc.run("200ms")
+        assert done.outcome == "completed" and refused.outcome == "aborted"
     finally:
         dc.close()
     return log.records()
