@@ -462,7 +462,6 @@ def dump(config: Config | DatacenterConfig, relative_to: str | os.PathLike | Non
                                    "latency": format_duration(link.latency)} for link in config.links]
                          + [{"hosts": [link.host, s.name], "bandwidth": f"{link.bandwidth}bit/s",
                              "latency": format_duration(link.latency)} for s in config.storage for link in s.links],
-
                          "at": timeline(config.timeline)}))
         return "\n".join(out)
     host, vms, switches = tables(config)
