@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the host's run directory; its VMs' disks must lie under it (default .hvsim-host)")
     s.add_argument("--timeout", default="60s", metavar="DURATION",
                    help="wall-clock time to wait for each request before the session is dropped (default 60s)")
+    s.add_argument("--log", metavar="FILE",
+                   help="write the served host's structured event log (JSON lines; each session rewrites it)")
     s.add_argument("--once", action="store_true", help="serve one session, then exit")
     s.add_argument("--allow-python", action="store_true",
                    help="accept python workloads (they import code the datacenter names)")
@@ -43,14 +45,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     from hypervisor.quantities import parse_duration
+    from partitions.cli import run as run_cli
     from partitions.datacenter.remote import listen, serve_host
     try:
         timeout = parse_duration(args.timeout, "--timeout") / 1e9
         if timeout <= 0:
             raise ValueError(f"--timeout: expected a positive duration, got {args.timeout!r}")
         workdir = Path(args.workdir).resolve()
+        if args.log is not None:
+            run_cli._check_file(Path(args.log), "--log")
         workdir.mkdir(parents=True, exist_ok=True)
         server = listen(args.listen)
+    except run_cli.UsageError as exc:
+        print(f"hvsim host serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (ValueError, OSError) as exc:
         print(f"hvsim host serve: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
               f"{f' ({args.listen})' if isinstance(exc, OSError) else ''}", file=sys.stderr)
@@ -62,7 +70,7 @@ def serve(args: argparse.Namespace) -> int:
         while True:
             sock, peer = server.accept()
             closed, ended = serve_host(sock, f"{peer[0]}:{peer[1]}", workdir=workdir, timeout=timeout,
-                               allow_python=args.allow_python, say=say)
+                               allow_python=args.allow_python, say=say, log=args.log)
             say(ended)
             if args.once:
                 return 0 if closed else EXIT_FAILED

@@ -380,22 +380,27 @@ def _calling_out(stream: FrameStream):
 
 
 def serve_host(sock: socket.socket, peer: str, *, workdir: Path | str, timeout: float = DEFAULT_TIMEOUT,
-               allow_python: bool = False, say=None) -> tuple[bool, str]:
+               allow_python: bool = False, say=None, log: str | os.PathLike | None = None) -> tuple[bool, str]:
     """Serve one datacenter's connection on `sock`: a hello, then requests until `close`, the
     connection's end or a stream error. Returns (whether the datacenter closed the session,
-    one line saying how it ended); `say` is told along the way. Never raises for what the peer
-    does."""
+    one line saying how it ended); `say` is told along the way; `log` is a file the host's
+    events go to (rewritten by each session). Never raises for what the peer does."""
     from partitions.datacenter.node import HostNode
+    from partitions.eventlog import EventLog
     say = say or (lambda line: None)
     stream = FrameStream(sock, peer=peer, timeout=timeout)
     node = None
+    events = None
     try:
         try:
             hello = stream.receive()
             if not isinstance(hello, dict):
                 raise WireError("the first frame is not a hello")
             name, seed, neighbours, links, config = _checked_config(hello, Path(workdir), allow_python)
-            node = HostNode(name, config, seed=seed, neighbours=neighbours, workdir=workdir)
+            if log is not None:   # its clock reads the host's time once there is a host
+                events = EventLog(log, lambda: node.now if node is not None else 0)
+            node = HostNode(name, config, seed=seed, neighbours=neighbours, workdir=workdir,
+                            event_log=events.bind(host=name) if events is not None else None)
             node.links, node.caller = links, _calling_out(stream)
             _confine_incoming(node, Path(os.path.realpath(workdir)), allow_python)
             answer_pings(node)
@@ -419,6 +424,8 @@ def serve_host(sock: socket.socket, peer: str, *, workdir: Path | str, timeout: 
     finally:
         if node is not None:
             node.close()
+        if events is not None:
+            events.close()
         stream.close()
 
 

@@ -228,7 +228,7 @@ def test_hvsim_run_reports_a_lost_host_without_a_traceback(serve, tmp_path, caps
 
 
 def test_hvsim_run_with_a_served_host(serve, tmp_path, capsys):
-    proc, address = serve("--once")
+    proc, address = serve("--once", "--log", str(tmp_path / "served.jsonl"))
     cfg = tmp_path / "dc.toml"
     cfg.write_text(DC.replace("{remote}", f'remote = "{address}"\nremote_timeout = "20s"'))
     assert main(["run", str(cfg), "--for", "40ms", "--json", "--workdir", str(tmp_path / "w")]) == 0
@@ -237,6 +237,9 @@ def test_hvsim_run_with_a_served_host(serve, tmp_path, capsys):
     assert proc.wait(30) == 0   # the session closed by the datacenter: --once exits 0
     assert (tmp_path / "served0" / "disks" / "batch.vhd").exists()   # the disk is the served host's
     assert not (tmp_path / "disks").exists()
+    events = [json.loads(line) for line in (tmp_path / "served.jsonl").read_text().splitlines()]
+    pause = next(e for e in events if e["event"] == "vm.action")   # host-b's own timeline, in its own log
+    assert (pause["host"], pause["vm"], pause["action"], pause["t_ns"]) == ("host-b", "batch", "pause", 30_000_000)
 
 
 def test_a_served_host_refuses_what_would_reach_outside_it(serve, tmp_path):
@@ -449,7 +452,9 @@ def test_host_serve_refuses_what_it_cannot_listen_on(capsys):
         assert main(["host", "serve", "--listen", f"127.0.0.1:{port}", "--workdir", "w"]) == 2
     assert main(["host", "serve", "--listen", "localhost", "--workdir", "w"]) == 2
     assert main(["host", "serve", "--listen", "127.0.0.1:0", "--timeout", "0s", "--workdir", "w"]) == 2
+    assert main(["host", "serve", "--listen", "127.0.0.1:0", "--log", "no/such/dir/x.jsonl", "--workdir", "w"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"hvsim host serve: Address already in use (127.0.0.1:{port})",
-                   "hvsim host serve: expected HOST:PORT such as \"127.0.0.1:7000\" (port 0-65535), got 'localhost'",
-                   "hvsim host serve: --timeout: expected a positive duration, got '0s'"]
+    assert err[:3] == [f"hvsim host serve: Address already in use (127.0.0.1:{port})",
+                       "hvsim host serve: expected HOST:PORT such as \"127.0.0.1:7000\" (port 0-65535), got 'localhost'",
+                       "hvsim host serve: --timeout: expected a positive duration, got '0s'"]
+    assert err[3].startswith("hvsim host serve: --log no/such/dir/x.jsonl: no directory") and len(err) == 4
