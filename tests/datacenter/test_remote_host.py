@@ -458,3 +458,18 @@ def test_host_serve_refuses_what_it_cannot_listen_on(capsys):
                        "hvsim host serve: expected HOST:PORT such as \"127.0.0.1:7000\" (port 0-65535), got 'localhost'",
                        "hvsim host serve: --timeout: expected a positive duration, got '0s'"]
     assert err[3].startswith("hvsim host serve: --log no/such/dir/x.jsonl: no directory") and len(err) == 4
+
+
+def test_a_served_host_that_stops_answering_is_lost_after_remote_timeout(serve):
+    import signal
+    proc, address = serve()
+    dc = Datacenter(loads(DC.replace("{remote}", f'remote = "{address}"\nremote_timeout = "1s"')), workdir="run")
+    try:
+        dc.run("1ms")
+        proc.send_signal(signal.SIGSTOP)   # alive, connected, and silent
+        with pytest.raises(WireError, match=rf"^host 'host-b' \({address}\): no answer within 1 s$"):
+            dc.run("2ms")
+        assert dc.hosts["host-b"].now == 1_000_000 and dc.summary()["hosts"]["host-b"]["lost"]
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        dc.close()
