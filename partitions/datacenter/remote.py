@@ -260,8 +260,10 @@ class RemoteHostNode:
                 answer = self._stream.receive()
         except WireError as e:
             self._break(str(e).removeprefix(f"{self.address}: "))
-        except KeyboardInterrupt:   # a second Ctrl-C inside a round trip: the stream is mid-frame
-            self._break("interrupted inside a round trip")
+        except KeyboardInterrupt:   # a second Ctrl-C inside a round trip: the stream is mid-frame,
+            self.lost = self.lost or "interrupted inside a round trip"   # so the host is lost, and the
+            self._stream.close()                                         # run ends as interrupted
+            raise
         self._accepted = []
         if not isinstance(answer, dict):
             self._break("an answer is not a map")

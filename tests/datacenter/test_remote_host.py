@@ -473,3 +473,20 @@ def test_a_served_host_that_stops_answering_is_lost_after_remote_timeout(serve):
     finally:
         proc.send_signal(signal.SIGCONT)
         dc.close()
+
+
+def test_ctrl_c_inside_a_round_trip_interrupts_the_run_and_loses_the_host(serve, monkeypatch):
+    _, address = serve()
+    dc = Datacenter(config(address), workdir="run")
+    try:
+        dc.run("1ms")
+        stream = dc.hosts["host-b"]._stream
+
+        def interrupted():
+            raise KeyboardInterrupt
+        monkeypatch.setattr(stream, "receive", interrupted)   # as a second Ctrl-C would, mid-frame
+        with pytest.raises(KeyboardInterrupt):
+            dc.run("2ms")
+        assert dc.summary()["hosts"]["host-b"]["lost"] == "interrupted inside a round trip"
+    finally:
+        dc.close()
