@@ -7,8 +7,9 @@ HostNode in the process `hvsim host serve` started (docs/wire.md).
 
 One round trip per window: the messages accepted for the host ride on the next request, and the
 answer to `advance` carries the messages the host sent during the window, its time and how many
-messages it holds. Both sides check every message they decode (its ends, kind, sizes and times),
-so a peer that is damaged or hostile can stop a run, never bend it. A host whose connection
+messages it holds. Both sides check every message they decode (its ends, kind, sizes and times):
+a damaged or hostile peer can stop a run, or send what its host could send, nothing past that
+(it cannot forge another host's messages or deliver one into a host's past). A host whose connection
 breaks raises WireError naming it, once: afterwards it stands still at the time it was lost, drops
 the messages sent to it, and answers `summary` from what it last knew, so the run still reports
 how it ended and can go on without it.
