@@ -758,6 +758,8 @@ class _Target:
         self.service.incoming.pop(self.id, None)
         if self.vm is not None and not self.resumed:
             try:
+                if self.kind == "post-copy" and self.vm.partition is not None:
+                    self.vm.host.set_pager(self.vm.partition, None)   # its partition goes: so does its pager
                 self.vm.release(f"incoming migration abandoned: {reason}")
             except Exception as exc:  # noqa: BLE001 - never into the run loop
                 self.service.log("migration.target_failed", vm=self.name, id=self.id, resumed=False,

@@ -207,7 +207,8 @@ def test_a_target_that_cannot_build_the_vm_aborts_and_the_vm_runs_on_unchanged(t
     assert digests[0] == digests[1]
 
 
-def test_a_failure_after_the_freeze_thaws_the_vm_with_its_memory_as_it_was(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["live", "post-copy"])
+def test_a_failure_after_the_freeze_thaws_the_vm_with_its_memory_as_it_was(tmp_path, monkeypatch, kind):
     from partitions.savedstate import SavedStateError
     from partitions.vm import VirtualMachine
     seen = {}
@@ -229,9 +230,10 @@ def test_a_failure_after_the_freeze_thaws_the_vm_with_its_memory_as_it_was(tmp_p
     dc = datacenter(tmp_path, WRITE_HEAVY)
     dc.run("200ms")
     vm = dc.hosts["a"].managed.vms["counter"]
-    record = vm.move(to="b")
+    record = vm.move(to="b", kind=kind)
     dc.run("600ms")
     assert record.outcome == "aborted" and "refused for the test" in record.reason
+    assert not dc.hosts["b"].managed.host._pagers                 # the target's pager went with its VM
     assert record.freeze_ns is not None and record.resume_ns is None
     assert seen["frozen"] == seen["thawed"]
     assert vm.state.value == "Running" and "counter" not in dc.hosts["b"].managed.vms
