@@ -33,7 +33,7 @@ from hypervisor.host import COSTS, SCHEDULERS
 from hypervisor.quantities import AmbiguousSizeError, parse_duration, parse_rate, parse_size
 from partitions.config_schema import (
     ACTIONS, CHECKPOINT_ACTIONS, DEVICES_WITH_KEYS, DISK_TYPES, GIB, INTEGRATION_SERVICES, MAX_DISKS, MAX_NICS, MIB,
-    MIGRATION_ACTIONS, MOVE_KINDS,
+    MIGRATION_ACTIONS, MOVE_KINDS, StopRules,
     MS, SWITCH_TYPES, WORKLOADS, AtConfig, Config, ConfigError, CpuBurnWorkload, CpuConfig, DatacenterConfig,
     DatacenterHostConfig, DeviceConfig, DiskConfig, DiskIoWorkload, HostConfig, LinkConfig, STORAGE_KINDS,
     StorageConfig, StorageLinkConfig,
@@ -68,7 +68,8 @@ _KEYS = {
     "at": ("time", "action", "vm", "name", "to", "kind"),
     "datacenter file": ("datacenter", "host", "link", "at", "storage"),
     "storage": ("name", "kind", "directory"),
-    "datacenter": ("seed",),
+    "datacenter": ("seed", "migration"),
+    "migration": ("min_pages", "max_rounds", "max_factor"),
     "datacenter host": ("name", "logical_processors", "smt", "memory", "scheduler", "seed", "costs", "vm",
                         "switch", "remote", "remote_timeout"),
     "link": ("hosts", "bandwidth", "latency"),
@@ -310,6 +311,11 @@ class _Reader:
         self.table(data, "", _KEYS["datacenter file"])
         dc = self.table(data.get("datacenter", {}), "datacenter", _KEYS["datacenter"])
         seed = self.integer(dc, "datacenter", "seed", 0, MAX_SEED, None) if "seed" in dc else None
+        rules = self.table(dc.get("migration", {}), "datacenter.migration", _KEYS["migration"])
+        default = StopRules()
+        rules = StopRules(self.integer(rules, "datacenter.migration", "min_pages", 0, 1 << 24, default.min_pages),
+                          self.integer(rules, "datacenter.migration", "max_rounds", 1, 1000, default.max_rounds),
+                          self.number(rules, "datacenter.migration", "max_factor", 0.001, 1000, default.max_factor))
         read = []   # (key, name, HostConfig, switches, vms, vm tables) per [[host]]
         remotes = {}   # name -> (remote address or None, its timeout or None)
         for key, t in self.tables(data, "", "host"):
@@ -352,7 +358,7 @@ class _Reader:
             _Checks(self, host, vms, switches, own, vm_tables, prefix=f"{key}.", at_keys=[f"at[{i}]" for i in mine]).run()
             hosts.append(DatacenterHostConfig(name, Config(host, tuple(self.assign_macs(vms)), switches, own),
                                               *remotes[name]))
-        return DatacenterConfig(tuple(hosts), links, timeline, seed, storage=storage)
+        return DatacenterConfig(tuple(hosts), links, timeline, seed, storage=storage, migration=rules)
 
     def storage(self, value: dict, key: str) -> StorageConfig:
         """A [[storage]]: name, kind ("iscsi" or "fc") and the directory holding its files,

@@ -284,6 +284,21 @@ class DatacenterHostConfig:
 
 
 @dataclass(frozen=True)
+class StopRules:
+    """When live migration's pre-copy stops iterating and copies the rest with the VM frozen
+    (Clark et al.; Xen's defaults): fewer than `min_pages` pages dirty after a round, `max_rounds`
+    rounds done (round 0, the whole memory, counts), or `max_factor` times the VM's pages sent in
+    all. A datacenter file's [datacenter] migration table (docs/migration.md)."""
+    min_pages: int = 50
+    max_rounds: int = 30
+    max_factor: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.min_pages < 0 or self.max_rounds < 1 or self.max_factor <= 0:
+            raise ValueError(f"stop rules: expected min_pages >= 0, max_rounds >= 1, max_factor > 0, got {self}")
+
+
+@dataclass(frozen=True)
 class DatacenterConfig:
     """Hosts advancing in one simulated time, joined by links (partitions.datacenter runs it)."""
     hosts: tuple[DatacenterHostConfig, ...]
@@ -292,6 +307,7 @@ class DatacenterConfig:
     seed: int | None = None                       # [datacenter] seed; None: the command line's (default 0)
     path: Path | None = field(default=None, compare=False)
     storage: tuple[StorageConfig, ...] = ()       # [[storage]] tables, each with its hosts' links
+    migration: StopRules = StopRules()            # [datacenter] migration: pre-copy's stop rules
 
     def host(self, name: str) -> DatacenterHostConfig:
         for host in self.hosts:
@@ -450,7 +466,9 @@ def dump(config: Config | DatacenterConfig, relative_to: str | os.PathLike | Non
                  "kind": a.kind} for a in entries]
 
     if isinstance(config, DatacenterConfig):
-        out = [emit({"datacenter": {"seed": config.seed}})] if config.seed is not None else []
+        rules = {} if config.migration == StopRules() else {"migration": dataclasses.asdict(config.migration)}
+        top = ({"seed": config.seed} if config.seed is not None else {}) | rules
+        out = [emit({"datacenter": top})] if top else []
         for h in config.hosts:
             host, vms, switches = tables(h.config)
             remote = {"remote": h.remote,

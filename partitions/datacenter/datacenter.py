@@ -109,6 +109,7 @@ class Datacenter:
                     node.links[link.b if node.name == link.a else link.a] = (link.bandwidth, link.latency)
             node.caller = lambda to, kind, payload, src=node.name: self.hosts[to].answered(src, kind, payload)
             node.migrations.on_arrived = self._adopt
+            node.migrations.rules = config.migration
             for vm in node.managed.vms.values():
                 self._adopt(vm)
 

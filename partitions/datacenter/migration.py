@@ -32,6 +32,7 @@ from typing import Any, Callable
 import msgpack
 
 from hypervisor.abi import PAGE_SIZE
+from partitions.config_schema import StopRules  # noqa: F401 (re-exported: migration's rules)
 from partitions.datacenter.link import transmission_ns
 
 #: The protocol's version: a message of another version is refused (the migration aborts).
@@ -69,20 +70,6 @@ class MigrationError(RuntimeError):
 
 class ProtocolError(MigrationError):
     """A message that is not of this protocol: wrong version, unknown op, missing fields."""
-
-
-@dataclass(frozen=True)
-class StopRules:
-    """When pre-copy stops iterating and copies the rest with the VM frozen (Clark et al.; Xen's
-    defaults): fewer than `min_pages` pages dirty after a round, `max_rounds` rounds done (round
-    0, the whole memory, counts), or `max_factor` times the VM's pages sent in all."""
-    min_pages: int = 50
-    max_rounds: int = 30
-    max_factor: float = 3.0
-
-    def __post_init__(self) -> None:
-        if self.min_pages < 0 or self.max_rounds < 1 or self.max_factor <= 0:
-            raise ValueError(f"stop rules: expected min_pages >= 0, max_rounds >= 1, max_factor > 0, got {self}")
 
 
 # ---- the wire ---------------------------------------------------------------------------------------

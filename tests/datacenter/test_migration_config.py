@@ -175,3 +175,22 @@ def test_a_timeline_quick_move_goes_through_shared_storage_without_a_host_link(t
         assert back.source == "b" and back.target == "a" and back is dc.quick_migrations[-1]
     finally:
         dc.close()
+
+
+def test_the_stop_rules_come_from_the_datacenter_table(tmp_path):
+    from partitions.config_schema import StopRules
+    from partitions.datacenter import Datacenter
+    text = '[datacenter]\nmigration = { min_pages = 0, max_rounds = 2 }\n' + HOSTS
+    config = loads(text)
+    assert config.migration == StopRules(min_pages=0, max_rounds=2, max_factor=3.0)
+    assert loads(dump(config)).migration == config.migration and loads(HOSTS).migration == StopRules()
+    dc = Datacenter(config, seed=1, workdir=tmp_path)
+    dc.run("100ms")
+    record = dc.move("v", to="b")
+    dc.run("300ms")
+    assert record.outcome == "completed" and record.stop_rule == "max_rounds reached"
+    assert record.summary()["rounds"] == 2
+    for bad, key in (("max_rounds = 0", "max_rounds"), ("max_factor = -1", "max_factor"), ("rounds = 3", "rounds")):
+        with pytest.raises(ConfigError) as caught:
+            loads(f"[datacenter]\nmigration = {{ {bad} }}\n" + HOSTS)
+        assert caught.value.key == f"datacenter.migration.{key}", str(caught.value)
