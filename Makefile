@@ -9,7 +9,7 @@ CORE   := hypervisor/.core-built
 NATIVE := $(wildcard native/*.c native/*.h native/api/*.h) native/build_core.py
 ARGS   ?=
 
-.PHONY: run test bench sanitize clean core tools fuzz soak
+.PHONY: run test bench sanitize clean core tools fuzz soak guests
 
 run: $(CORE)
 	$(VENV)/bin/hvsim run $(ARGS)
@@ -17,7 +17,7 @@ run: $(CORE)
 # Reference tools the interoperability tests compare against (Debian packages, installed if missing).
 TOOLS := qemu-img:qemu-utils qemu-io:qemu-utils tshark:tshark
 
-test: $(CORE)
+test: $(CORE) guests
 	sh tools/ensure-debian-packages $(TOOLS)
 	$(PY) -m pytest $(ARGS)
 
@@ -63,10 +63,14 @@ soak: $(CORE)
 
 core: $(CORE)
 
+# The guest SDK's example kernels (native/guest/, docs/native-guests.md): native/guest/build/*.elf.
+guests:
+	$(MAKE) -s -C native/guest
+
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(PY) -c "import cffi, pytest, hypothesis, msgpack, structlog, rich"
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench,native]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -c "import cffi, pytest, hypothesis, msgpack, structlog, rich, unicorn"
 	touch $@
 
 $(CORE): $(STAMP) $(NATIVE)
@@ -76,5 +80,5 @@ $(CORE): $(STAMP) $(NATIVE)
 	touch $@
 
 clean:
-	rm -rf $(VENV) build *.egg-info hypervisor/_hvcore* hypervisor/.core-built native/*.o
+	rm -rf $(VENV) build *.egg-info hypervisor/_hvcore* hypervisor/.core-built native/*.o native/guest/build
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -60,7 +60,7 @@ _KEYS = {
     "": ("host", "vm", "switch", "at"),
     "host": ("logical_processors", "smt", "memory", "scheduler", "seed", "costs"),
     "vm": ("name", "processors", "memory", "cpu", "workload", "disks", "nics", "devices", "integration_services",
-           "autostart"),
+           "autostart", "kernel"),
     "cpu": ("reserve", "limit", "weight"),
     "disk": ("path", "size", "type", "parent"),
     "nic": ("switch", "vlan", "mac", "ip", "gateway"),
@@ -522,7 +522,24 @@ class _Reader:
         return VmConfig(name, processors, memory, CpuConfig(reserve, limit, weight),
                         tuple(self.disk(d, k) for k, d in disks), tuple(self.nic(n, k) for k, n in nics),
                         ics, self.workloads(t, key), self.boolean(t, key, "autostart", True),
-                        tuple(self.device(d, k) for k, d in self.tables(t, key, "devices")))
+                        tuple(self.device(d, k) for k, d in self.tables(t, key, "devices")),
+                        self.kernel(t, key, memory))
+
+    def kernel(self, t: dict, key: str, memory: int) -> Path | None:
+        """A native guest's kernel: an x86-64 ELF file (relative to the configuration file) whose
+        segments fit the VM's memory; checked now, so a run never starts with a bad image."""
+        path = self.file_path(t, key, "kernel", None)
+        if path is None:
+            return None
+        if not path.is_file():
+            self.fail(_path(key, "kernel"), "an x86-64 ELF kernel file that exists", show(t["kernel"]))
+        from partitions.native_guest.loader import ElfLoadError, load_elf
+        try:
+            load_elf(path, memory)
+        except ElfLoadError as exc:
+            self.fail(_path(key, "kernel"), "an x86-64 ELF kernel (ELF64, EM_X86_64, ET_EXEC) that fits the VM's "
+                      "memory", f"{show(t['kernel'])}, which {exc.why}")
+        return path
 
     def registry(self):
         """The installed drivers (loaded once per file, and only for a file that names one)."""

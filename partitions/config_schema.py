@@ -204,6 +204,7 @@ class VmConfig:
     workloads: tuple[Workload, ...] = ()          # none: idle
     autostart: bool = True                        # False: Off until an [[at]] start
     devices: tuple[DeviceConfig, ...] = ()        # installed devices, offered after disks and nics
+    kernel: Path | None = None                    # a native guest's ELF image: runs on VP 0 instead of the Python kernel
 
 
 @dataclass(frozen=True)
@@ -457,6 +458,7 @@ def dump(config: Config | DatacenterConfig, relative_to: str | os.PathLike | Non
                            "type": d.type, "parent": None if d.parent is None else path(d.parent)} for d in vm.disks],
                 "nics": [dataclasses.asdict(n) for n in vm.nics],
                 "devices": [{"type": d.type, **d.settings} for d in vm.devices],
+                "kernel": None if vm.kernel is None else path(vm.kernel),
                 "integration_services": dataclasses.asdict(vm.integration_services),
             })
         return host, vms, [dataclasses.asdict(s) for s in config.switches]

@@ -156,6 +156,9 @@ class VirtualMachine:
         self.checkpoint_log: list[tuple[int, str, str]] = []  # (time, checkpoint, what happened)
         self._saved_path: str | None = None
         self.off_reason: str | None = None     # why it went Off, if not asked to (a crash), until it starts
+        self.console: list[str] = []            # lines its native guest wrote to its serial console
+        #: on_console(vm, line): each line as its native guest writes it (hvsim run --console)
+        self.on_console: Callable[[VirtualMachine, str], None] | None = None
         #: on_event(vm, name, fields): files it made or changed (checkpoints, saved state), for the event log
         self.on_event: Callable[[VirtualMachine, str, dict], None] | None = None
         self._measured_before: Counter[str] = Counter()   # Measure-VM figures of earlier incarnations
@@ -254,11 +257,38 @@ class VirtualMachine:
     def _start_guest(self, *, resume: bool) -> None:
         """The guest kernel on VP 0 and the further workloads on their VPs, then the VPs run."""
         part, stack, workload, states = self.partition, self.stack, self.workload, self.workload_states
-        part.vp(0).run(lambda ctx: kernel_main(ctx, stack, workload, states[0], resume=resume))
+        kernel = getattr(self.config, "kernel", None)
+        if kernel is not None:
+            self._start_native(kernel, resume=resume)
+        else:
+            part.vp(0).run(lambda ctx: kernel_main(ctx, stack, workload, states[0], resume=resume))
         for i, extra in enumerate(self.more_workloads, start=1):
             part.vp(i).run(lambda ctx, extra=extra, i=i: secondary_main(ctx, stack, extra, states[i]))
         self.host.root.resume_partition(part)
         self.started_at = self.host.now
+
+    def _start_native(self, kernel, *, resume: bool) -> None:
+        """A native guest on VP 0: the ELF kernel loaded into the VM's memory and run by the
+        emulator (partitions/native_guest); its serial console's lines go to the event log."""
+        from partitions.native_guest.cpu import Uart16550, native_guest
+        from partitions.native_guest.loader import load_elf
+        if resume:
+            raise RuntimeError(f"vm {self.name!r} runs a native kernel, whose CPU state a saved state does not "
+                               "carry yet: it cannot resume from one")
+        image = load_elf(kernel, self.spec_memory_bytes())
+
+        def line(text: str) -> None:
+            self.console.append(text)
+            if self.on_console is not None:
+                self.on_console(self, text)
+            if self.on_event is not None:
+                self.on_event(self, "guest.console", {"line": text})
+        self.partition.vp(0).run(native_guest(image, uart=Uart16550(on_line=line)))
+
+    def spec_memory_bytes(self) -> int:
+        from hypervisor.quantities import parse_size
+        memory = self.spec.memory
+        return memory if isinstance(memory, int) else parse_size(memory)
 
     def _guest_config(self, slot: DeviceSlot) -> dict:
         config = dict(slot.guest_config)

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", nargs="?", help="host configuration (TOML); see docs/configuration.md")
     add_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
+    p.add_argument("--console", action="append", default=[], metavar="VM",
+                   help="print the serial console of VM (a native guest's 16550 at 0x3F8) as it writes it, "
+                        "each line as 'VM| line' (on stderr with --json); may be given more than once")
     p.set_defaults(func=run)
 
 
@@ -187,6 +190,15 @@ def run(args: argparse.Namespace) -> int:
                 log.close()
             return _fail(str(exc))
         built.append(managed)
+        unknown = [name for name in getattr(args, "console", []) if name not in managed.vms]
+        if unknown:
+            managed.close()
+            if log is not None:
+                log.close()
+            return _fail(f"--console {unknown[0]}: no VM of that name in {args.config or 'the default host'}")
+        out = sys.stderr if args.json else sys.stdout
+        for name in getattr(args, "console", []):
+            managed.vms[name].on_console = lambda vm, line: print(f"{vm.name}| {line}", file=out, flush=True)
         records: list = []
 
         def progress(m: ManagedHost) -> None:

@@ -1,0 +1,459 @@
+"""The executor of native guests: a VP whose guest is x86-64 machine code, run by unicorn over the
+partition's own pages, with the hypervisor's interface (CPUID leaves, synthetic MSRs, `vmcall`,
+interrupts through the guest's IDT) and port I/O intercepts to emulated devices.
+
+How it fits the simulator: a native guest is a guest coroutine like any other. Each step it runs
+the emulator for at most SLICE_INSTRUCTIONS instructions (or until `hlt`, or until an instruction
+that needs the scheduler), then spends the simulated time those instructions cost
+(NS_PER_INSTRUCTION each, plus the exits it took) with `ctx.compute`, so the scheduler sees it as a
+VP that computes; `hlt` becomes `ctx.halt()`. Every exit the emulator takes is decided here, in
+one thread, from the guest's own state and simulated time: the same kernel and seed run the same
+way twice.
+
+Memory: the partition's RAM is mapped into the emulator through an own view of the core (the
+child's pages, pinned, mapped contiguously by the core from the SPA memory file) with
+uc.mem_map_ptr: no copy, and the emulator reaches exactly the GPA pages the core maps for the
+partition. Anything else (a GPA without a page) is unmapped in the emulator, and an access there
+faults the guest's VP.
+
+CPU mode: unicorn's x86-64 mode starts the CPU in 64-bit long mode with a flat address space
+(guest-virtual = guest-physical, no page tables walked), the identity mapping the loader assumes.
+The guest's own `lgdt`/`lidt` work; `iretq` from an interrupt handler is completed here (it pops
+the frame this module pushed), so kernels need no GDT of their own.
+"""
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_ERR_FETCH_UNMAPPED, UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED,
+                     UC_ERR_WRITE_PROT, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL,
+                     UC_PROT_EXEC, UC_PROT_READ, Uc, UcError)
+from unicorn import x86_const as X
+
+from hypervisor import _binding
+from hypervisor.abi import Register
+from hypervisor.status import HvError
+from partitions.native_guest.loader import PAGE, ElfImage
+
+#: Simulated cost of guest code: one instruction per simulated ns (a 1 GHz core retiring one
+#: instruction a cycle), so a slice of SLICE_INSTRUCTIONS is 100 us of the VP's CPU time.
+NS_PER_INSTRUCTION = 1
+SLICE_INSTRUCTIONS = 100_000
+#: An emulated device's own time per access, on top of the exit to the parent (parent_exit_ns):
+#: a 16550 register read or write.
+UART_ACCESS_NS = 500
+#: The exits' costs (cost-model.md): one handled in the hypervisor (CPUID), one that goes out to
+#: the parent's VM worker (a port I/O intercept).
+HYPERVISOR_EXIT_NS = 1000
+PARENT_EXIT_NS = 4000
+#: The hypervisor's CPUID vendor id (leaf 0x40000000 EBX:ECX:EDX) and interface id (0x40000001
+#: EAX: "Hv#1", so guests written for the TLFS interface accept it).
+VENDOR_ID = b"hvsimhvsimhv"
+INTERFACE_ID = 0x31237648
+MAX_LEAF = 0x40000006
+UART_BASE = 0x3F8
+
+# Synthetic MSRs (hyperv-abi.md §SynIC and §hypercall) -> the register the core keeps for each.
+MSRS: dict[int, int] = {0x40000000: Register.GUEST_OS_ID, 0x40000001: Register.HYPERCALL,
+                        0x40000002: Register.VP_INDEX, 0x40000010: Register.VP_RUNTIME,
+                        0x40000020: Register.TIME_REF_COUNT, 0x40000080: Register.SCONTROL,
+                        0x40000081: Register.SVERSION, 0x40000082: Register.SIEFP, 0x40000083: Register.SIMP,
+                        0x40000084: Register.EOM}
+MSRS.update({0x40000090 + n: Register[f"SINT{n}"] for n in range(16)})
+MSRS.update({0x400000B0 + 2 * n + k: Register[f"STIMER{n}_{kind}"] for n in range(4)
+             for k, kind in enumerate(("CONFIG", "COUNT"))})
+
+_IF = 1 << 9
+_GPRS = [X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX, X.UC_X86_REG_RSP,
+         X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_R8, X.UC_X86_REG_R9,
+         X.UC_X86_REG_R10, X.UC_X86_REG_R11, X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14,
+         X.UC_X86_REG_R15, X.UC_X86_REG_RIP, X.UC_X86_REG_RFLAGS]
+_EXCEPTIONS = {0: "#DE divide error", 1: "#DB", 3: "#BP breakpoint", 4: "#OF", 5: "#BR", 6: "#UD invalid opcode",
+               8: "#DF double fault", 13: "#GP general protection", 14: "#PF page fault"}
+
+
+class NativeFault(Exception):
+    """The guest's VP took a fault it cannot go on from (an access outside its memory, a wild
+    jump, an exception it has no handler for: a triple fault on hardware). Raised out of the
+    guest coroutine, so the VP stops and its VM crashes like any guest that fails."""
+
+
+@dataclass
+class Uart16550:
+    """The transmit side of a 16550 at UART_BASE: bytes written to THR make console lines; LSR
+    always says the transmitter is empty. Other registers read 0 and ignore writes."""
+
+    on_line: Callable[[str], None] | None = None
+    partial: bytearray = field(default_factory=bytearray)
+    lines: list[str] = field(default_factory=list)
+
+    def write(self, offset: int, value: int) -> None:
+        if offset != 0:
+            return
+        if value == 0x0A:
+            line = self.partial.decode("latin-1")
+            self.partial.clear()
+            self.lines.append(line)
+            if self.on_line is not None:
+                self.on_line(line)
+        elif value != 0x0D:
+            self.partial.append(value & 0xFF)
+
+    def read(self, offset: int) -> int:
+        return 0x60 if offset == 5 else 0  # LSR: THR empty, transmitter empty
+
+
+class NativeCpu:
+    """One VP's x86-64 CPU: the emulator, its mapping of the partition's memory, and the exits."""
+
+    _next_view = 0x4E470000  # own-view ids of native CPUs ("NG" + a counter), apart from the kernel's
+
+    def __init__(self, vp, image: ElfImage, *, uart: Uart16550 | None = None, stack_top: int | None = None,
+                 parent_exit_ns: int = PARENT_EXIT_NS):
+        self.vp, self.partition, self.image = vp, vp.partition, image
+        self.host = self.partition.host
+        self.uart = uart if uart is not None else Uart16550()
+        self.parent_exit_ns = parent_exit_ns
+        self.instructions = 0       # retired, in all
+        self.exits = {"hypercall": 0, "msr": 0, "cpuid": 0, "io": 0, "interrupt": 0}
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self._map_memory()
+        self._halted = False
+        self._extra_ns = 0          # exit time of the current slice
+        self._fault: str | None = None
+        self._now0 = 0              # simulated time at the slice's start (rdtsc)
+        self._slice_start = 0
+        self.uc.hook_add(UC_HOOK_CODE, self._on_code)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        self.uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        self.uc.reg_write(X.UC_X86_REG_RIP, image.entry)
+        top = stack_top if stack_top is not None else self._ram_end
+        self.uc.reg_write(X.UC_X86_REG_RSP, top - 8)
+        self.uc.reg_write(X.UC_X86_REG_RFLAGS, 0x2)  # interrupts off until the guest's sti
+
+    # ---- memory ----------------------------------------------------------------------------------
+    def _map_memory(self) -> None:
+        """Map the partition's RAM (every GPA page it reaches) through one own view of the core."""
+        pages = sorted(self.host.introspect.reach(self.partition))
+        if not pages:
+            raise NativeFault(f"partition {self.partition.id} has no memory to run a native guest in")
+        NativeCpu._next_view += 1
+        self._view_id = NativeCpu._next_view
+        h = self.host._h
+        status = _binding.hv_view_create(h, self.partition.id, self._view_id, pages)
+        if status != 0:
+            raise NativeFault(f"the core refused a view of partition {self.partition.id}'s memory "
+                              f"(status {status:#x})")
+        self._view = _binding.hv_view_ptr(h, self.partition.id, self._view_id)
+        base = self._base = ctypes.addressof(ctypes.c_char.from_buffer(self._view))
+        self._view_index = {gpa: i for i, gpa in enumerate(pages)}
+        self._overlay: int | None = None  # the GPA page the hypercall page covers in the emulator
+        # Consecutive GPA pages are consecutive in the view: one emulator region per run.
+        start = prev = pages[0]
+        offset = 0
+        for gpa in pages[1:] + [None]:
+            if gpa is not None and gpa == prev + 1:
+                prev = gpa
+                continue
+            n = prev - start + 1
+            self.uc.mem_map_ptr(start * PAGE, n * PAGE, UC_PROT_ALL, base + offset * PAGE)
+            offset += n
+            if gpa is not None:
+                start = prev = gpa
+        self._ram_end = (pages[-1] + 1) * PAGE if pages[-1] - pages[0] + 1 == len(pages) else (start + n) * PAGE
+
+    def sync_overlay(self) -> None:
+        """Show the core's hypercall page where the partition has it enabled (overlay.c): the
+        emulator maps the core's image there, readable and executable, never writable (a store
+        there faults, as in the core); the partition's own page comes back when it moves away."""
+        gpa = _binding.hv_partition_overlay_gpa(self.host._h, self.partition.id)
+        page = None if gpa is None else gpa // PAGE
+        if page == self._overlay:
+            return
+        if self._overlay is not None:
+            self.uc.mem_unmap(self._overlay * PAGE, PAGE)
+            self.uc.mem_map_ptr(self._overlay * PAGE, PAGE, UC_PROT_ALL,
+                                self._base + self._view_index[self._overlay] * PAGE)
+            self._overlay = None
+        if page is not None and page in self._view_index:
+            image = self.partition.read(page * PAGE, PAGE)
+            self.uc.mem_unmap(page * PAGE, PAGE)
+            self.uc.mem_map(page * PAGE, PAGE, UC_PROT_READ | UC_PROT_EXEC)
+            self.uc.mem_protect(page * PAGE, PAGE, UC_PROT_ALL)
+            self.uc.mem_write(page * PAGE, image)
+            self.uc.mem_protect(page * PAGE, PAGE, UC_PROT_READ | UC_PROT_EXEC)
+            self._overlay = page
+
+    # ---- registers -------------------------------------------------------------------------------
+    def registers(self) -> dict[str, int]:
+        names = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11",
+                 "r12", "r13", "r14", "r15", "rip", "rflags"]
+        return {n: self.uc.reg_read(r) for n, r in zip(names, _GPRS)}
+
+    def _where(self, rip: int | None = None) -> str:
+        rip = self.uc.reg_read(X.UC_X86_REG_RIP) if rip is None else rip
+        sym = self.image.symbol_at(rip)
+        return f"rip {rip:#x}" + (f" ({sym})" if sym else "")
+
+    # ---- running ---------------------------------------------------------------------------------
+    def run_slice(self, now: int, budget: int = SLICE_INSTRUCTIONS) -> tuple[int, bool]:
+        """Run up to `budget` instructions; returns (simulated ns they cost, halted). Raises
+        NativeFault if the guest faulted."""
+        self._halted, self._extra_ns, self._fault = False, 0, None
+        self._now0, self._slice_start = now, self.instructions
+        self.sync_overlay()
+        uc = self.uc
+        while True:
+            left = budget - (self.instructions - self._slice_start)
+            if left <= 0:
+                break
+            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            try:
+                uc.emu_start(rip, 0xFFFF_FFFF_FFFF_FFFF, count=left)
+            except UcError as exc:
+                # The emulator refuses `vmcall` itself (it has no VMX): it stops on it with an
+                # invalid-instruction error before the code hook sees it. That is the hypercall.
+                if self._fault is None and exc.errno == UC_ERR_INSN_INVALID and self._is_vmcall(rip := uc.reg_read(X.UC_X86_REG_RIP)):
+                    self.instructions += 1
+                    self._hypercall(uc)
+                    uc.reg_write(X.UC_X86_REG_RIP, rip + 3)
+                    continue
+                if self._fault is None:
+                    self._fault = self._describe(exc)
+            break
+        if self._fault is not None:
+            raise NativeFault(self._fault)
+        ran = self.instructions - self._slice_start
+        return ran * NS_PER_INSTRUCTION + self._extra_ns, self._halted
+
+    def _is_vmcall(self, rip: int) -> bool:
+        try:
+            return bytes(self.uc.mem_read(rip, 3)) == b"\x0f\x01\xc1"
+        except UcError:
+            return False
+
+    def _describe(self, exc: UcError) -> str:
+        kinds = {UC_ERR_READ_UNMAPPED: "read from a GPA outside its memory",
+                 UC_ERR_WRITE_UNMAPPED: "write to a GPA outside its memory",
+                 UC_ERR_FETCH_UNMAPPED: "jump to a GPA outside its memory",
+                 UC_ERR_WRITE_PROT: "write to its hypercall page"}
+        what = kinds.get(exc.errno, f"CPU fault ({exc})")
+        return f"native guest {what} at {self._where()}"
+
+    def _stop(self, fault: str) -> None:
+        self._fault = fault
+        self.uc.emu_stop()
+
+    def _on_intr(self, uc, intno, _ud) -> None:
+        # A CPU exception: hvsim's native guests take none (no exception vectors are delivered),
+        # so each is fatal, as a triple fault is on hardware.
+        name = _EXCEPTIONS.get(intno, f"vector {intno}")
+        self._stop(f"native guest took exception {name} at {self._where()} (unhandled: triple fault)")
+
+    def _on_code(self, uc, address, size, _ud) -> None:
+        self.instructions += 1
+        if size > 3:
+            return
+        b = bytes(uc.mem_read(address, size))
+        if b == b"\xf4":                                  # hlt
+            uc.reg_write(X.UC_X86_REG_RIP, address + 1)
+            self._halted = True
+            uc.emu_stop()
+        elif b == b"\x0f\x01\xc1":                        # vmcall
+            self._hypercall(uc)
+            uc.reg_write(X.UC_X86_REG_RIP, address + 3)
+        elif b == b"\x0f\xa2":                            # cpuid
+            if self._cpuid(uc):
+                uc.reg_write(X.UC_X86_REG_RIP, address + 2)
+        elif b == b"\x0f\x30" or b == b"\x0f\x32":        # wrmsr, rdmsr
+            self._msr(uc, address, write=b == b"\x0f\x30")
+        elif b == b"\x0f\x31":                            # rdtsc: simulated time, 1 GHz
+            tsc = self._now0 + (self.instructions - self._slice_start) * NS_PER_INSTRUCTION + self._extra_ns
+            uc.reg_write(X.UC_X86_REG_RAX, tsc & 0xFFFFFFFF)
+            uc.reg_write(X.UC_X86_REG_RDX, tsc >> 32 & 0xFFFFFFFF)
+            uc.reg_write(X.UC_X86_REG_RIP, address + 2)
+        elif b == b"\x48\xcf":                            # iretq
+            self._iretq(uc)
+
+    def _hypercall(self, uc) -> None:
+        """`vmcall`: RCX control, RDX/R8 input/output GPAs (or values for a fast call) into the
+        core's one hypercall entry point; RAX gets the result."""
+        self.exits["hypercall"] += 1
+        control = uc.reg_read(X.UC_X86_REG_RCX)
+        rdx, r8 = uc.reg_read(X.UC_X86_REG_RDX), uc.reg_read(X.UC_X86_REG_R8)
+        raw = _binding.hv_hypercall(self.host._h, self.partition.id, self.vp.index, control, rdx, r8)
+        uc.reg_write(X.UC_X86_REG_RAX, raw)
+
+    def _cpuid(self, uc) -> bool:
+        leaf = uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF
+        if not 0x40000000 <= leaf <= 0x400000FF:
+            return False  # the emulator's own CPU answers
+        self.exits["cpuid"] += 1
+        eax = ebx = ecx = edx = 0
+        if leaf == 0x40000000:
+            eax = MAX_LEAF
+            ebx, ecx, edx = struct.unpack("<III", VENDOR_ID)
+        elif leaf == 0x40000001:
+            eax = INTERFACE_ID
+        elif leaf == 0x40000003:
+            mask = self.partition.privileges
+            eax, ebx = mask & 0xFFFFFFFF, mask >> 32 & 0xFFFFFFFF
+        elif leaf == 0x40000005:
+            eax = len(self.partition.vps()) if hasattr(self.partition, "vps") else 1
+        for reg, value in ((X.UC_X86_REG_RAX, eax), (X.UC_X86_REG_RBX, ebx), (X.UC_X86_REG_RCX, ecx),
+                           (X.UC_X86_REG_RDX, edx)):
+            uc.reg_write(reg, value)
+        self._extra_ns += HYPERVISOR_EXIT_NS
+        return True
+
+    def _msr(self, uc, address: int, *, write: bool) -> None:
+        msr = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+        reg = MSRS.get(msr)
+        if reg is None:
+            if 0x40000000 <= msr <= 0x4000FFFF:
+                self._stop(f"native guest {'wrote' if write else 'read'} unknown synthetic MSR {msr:#x} "
+                           f"at {self._where(address)} (#GP, unhandled: triple fault)")
+                return
+            # An architectural MSR: the emulator's own CPU keeps it.
+            if write:
+                uc.msr_write(msr, (uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32
+                             | uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
+            else:
+                value = uc.msr_read(msr)
+                uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+                uc.reg_write(X.UC_X86_REG_RDX, value >> 32)
+            uc.reg_write(X.UC_X86_REG_RIP, address + 2)
+            return
+        self.exits["msr"] += 1
+        try:
+            if write:
+                value = (uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF
+                self.vp.set_registers({reg: value})
+                if reg == Register.HYPERCALL:
+                    self.sync_overlay()
+            else:
+                value = self.vp.get_registers([reg])[0]
+                uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+                uc.reg_write(X.UC_X86_REG_RDX, value >> 32 & 0xFFFFFFFF)
+        except HvError as exc:
+            self._stop(f"native guest {'wrote' if write else 'read'} MSR {msr:#x} ({reg.name}) at "
+                       f"{self._where(address)}: the hypervisor refused it ({exc.status.name}: #GP, unhandled: "
+                       "triple fault)")
+            return
+        uc.reg_write(X.UC_X86_REG_RIP, address + 2)
+
+    # ---- port I/O intercepts ---------------------------------------------------------------------
+    def _on_out(self, uc, port, size, value, _ud) -> None:
+        self.exits["io"] += 1
+        self._extra_ns += self.parent_exit_ns
+        if UART_BASE <= port < UART_BASE + 8:
+            self._extra_ns += UART_ACCESS_NS
+            self.uart.write(port - UART_BASE, value)
+
+    def _on_in(self, uc, port, size, _ud) -> int:
+        self.exits["io"] += 1
+        self._extra_ns += self.parent_exit_ns
+        if UART_BASE <= port < UART_BASE + 8:
+            self._extra_ns += UART_ACCESS_NS
+            return self.uart.read(port - UART_BASE)
+        return (1 << 8 * size) - 1  # no device: the bus floats high
+
+    # ---- interrupts ------------------------------------------------------------------------------
+    def interrupts_enabled(self) -> bool:
+        return bool(self.uc.reg_read(X.UC_X86_REG_RFLAGS) & _IF)
+
+    def deliver(self, vector: int) -> None:
+        """Take interrupt `vector` through the guest's IDT (the guest has IF set): push the 64-bit
+        interrupt frame (SS, RSP, RFLAGS, CS, RIP) on a 16-byte aligned stack, clear IF, jump to the
+        gate's handler. A gate that is not present, or an IDT that does not hold it, faults."""
+        uc = self.uc
+        _, base, limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)
+        if vector * 16 + 15 > limit:
+            raise NativeFault(f"native guest got interrupt vector {vector} beyond its IDT (limit {limit:#x}) "
+                              f"at {self._where()}")
+        try:
+            gate = bytes(uc.mem_read(base + vector * 16, 16))
+        except UcError:
+            raise NativeFault(f"native guest's IDT at {base:#x} is outside its memory") from None
+        lo, sel, _ist, attr, mid, hi = struct.unpack("<HHBBHI", gate[:12])
+        if not attr & 0x80:
+            raise NativeFault(f"native guest's IDT gate {vector} is not present (at {self._where()})")
+        handler = lo | mid << 16 | hi << 32
+        rsp = uc.reg_read(X.UC_X86_REG_RSP)
+        flags = uc.reg_read(X.UC_X86_REG_RFLAGS)
+        frame = struct.pack("<QQQQQ", uc.reg_read(X.UC_X86_REG_RIP), uc.reg_read(X.UC_X86_REG_CS), flags, rsp,
+                            uc.reg_read(X.UC_X86_REG_SS))
+        new_rsp = (rsp & ~0xF) - len(frame)
+        try:
+            uc.mem_write(new_rsp, frame)
+        except UcError:
+            raise NativeFault(f"native guest's stack {rsp:#x} is outside its memory taking vector {vector}") from None
+        uc.reg_write(X.UC_X86_REG_RSP, new_rsp)
+        if attr & 0xF == 0xE:  # an interrupt gate (a trap gate, 0xF, leaves IF as it was)
+            uc.reg_write(X.UC_X86_REG_RFLAGS, flags & ~_IF)
+        uc.reg_write(X.UC_X86_REG_RIP, handler)
+        self.exits["interrupt"] += 1
+        self._halted = False
+
+    def _iretq(self, uc) -> None:
+        """Pop the frame deliver() pushed (RIP, CS, RFLAGS, RSP, SS) and go back; the slice ends so
+        an interrupt that waited for IF is taken at once."""
+        rsp = uc.reg_read(X.UC_X86_REG_RSP)
+        try:
+            rip, _cs, flags, old_rsp, _ss = struct.unpack("<QQQQQ", bytes(uc.mem_read(rsp, 40)))
+        except UcError:
+            self._stop(f"native guest's iretq stack {rsp:#x} is outside its memory at {self._where()}")
+            return
+        uc.reg_write(X.UC_X86_REG_RFLAGS, flags | 0x2)
+        uc.reg_write(X.UC_X86_REG_RSP, old_rsp)
+        uc.reg_write(X.UC_X86_REG_RIP, rip)
+        uc.emu_stop()
+
+
+def sint_vector(vp, sint: int) -> int | None:
+    """The vector SINT `sint` of `vp` raises (its SINTx register), None while it is masked."""
+    value = vp.get_registers([Register[f"SINT{sint}"]])[0]
+    if value >> 16 & 1:
+        return None
+    return value & 0xFF
+
+
+def native_guest(image: ElfImage, *, uart: Uart16550 | None = None, write: bool = True,
+                 on_start: Callable[[NativeCpu], None] | None = None, parent_exit_ns: int = PARENT_EXIT_NS):
+    """The guest function (for vp.run) that runs `image` on a VP: loads it (unless `write` is
+    False: it is in memory already), then runs slices, halts on `hlt`, and takes the SINTs raised
+    meanwhile through the guest's IDT."""
+    from partitions.native_guest.loader import write_image
+
+    async def main(ctx) -> None:
+        if write:
+            write_image(ctx.partition, image)
+        cpu = NativeCpu(ctx.vp, image, uart=uart, parent_exit_ns=parent_exit_ns)
+        if on_start is not None:
+            on_start(cpu)
+        pending: list[int] = []       # vectors raised and not yet taken (IF was clear)
+        # No cleanup when the coroutine ends: it may be closed by the garbage collector after the
+        # emulator (or the host) is gone. The core's view ends with the partition's teardown, and
+        # the emulator maps nothing of its own but the hypercall page.
+        while True:
+            raised, ctx.raised_sints = ctx.raised_sints, 0
+            for sint in range(16):
+                if raised >> sint & 1:
+                    vector = sint_vector(ctx.vp, sint)
+                    if vector is not None and vector not in pending:
+                        pending.append(vector)
+            if pending and cpu.interrupts_enabled():
+                pending.sort()
+                cpu.deliver(pending.pop())  # the highest vector first, as the APIC does
+            ns, halted = cpu.run_slice(ctx.now)
+            if ns:
+                await ctx.compute(ns)
+            if halted and not ctx.raised_sints and not (pending and cpu.interrupts_enabled()):
+                await ctx.halt()
+
+    main.native_image = image
+    return main
