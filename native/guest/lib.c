@@ -58,10 +58,9 @@ int memcmp(const void *a, const void *b, size_t n)
 
 void hvg_console_init(void)
 {
+    /* No baud rate: the divisor latch (DLAB) is left alone, as an emulated UART has no line
+     * speed, and a model without DLAB would print the divisor's bytes. Each write is an exit. */
     hvg_outb(HVG_UART_BASE + UART_IER, 0x00);  /* no UART interrupts: the console is polled */
-    hvg_outb(HVG_UART_BASE + UART_LCR, 0x80);  /* DLAB: the divisor follows */
-    hvg_outb(HVG_UART_BASE + UART_THR, 0x01);  /* 115200 baud */
-    hvg_outb(HVG_UART_BASE + UART_IER, 0x00);
     hvg_outb(HVG_UART_BASE + UART_LCR, 0x03);  /* 8N1 */
     hvg_outb(HVG_UART_BASE + UART_FCR, 0xC7);  /* FIFOs on and cleared */
     hvg_outb(HVG_UART_BASE + UART_MCR, 0x0B);
