@@ -89,7 +89,8 @@ u32 hvg_msg_open_channel(u8 *buf, u32 relid, u32 open_id, u32 gpadl_id, u32 targ
     put32(buf + 16, gpadl_id);
     put32(buf + 20, target_vp);
     put32(buf + 24, downstream_page_offset);
-    memcpy(buf + 28, user_data, user_len < USER_DATA_SIZE ? user_len : USER_DATA_SIZE);
+    if (user_len) /* user_data may be null when there is none */
+        memcpy(buf + 28, user_data, user_len < USER_DATA_SIZE ? user_len : USER_DATA_SIZE);
     return size;
 }
 
