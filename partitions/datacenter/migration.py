@@ -17,7 +17,8 @@ Invariants:
   down), and is logged with the VM's name.
 - A round is over when its last message has left the link (the source is the only sender in its
   direction, so it knows when: HostNode.link_free), and pre-copy reads the dirty log then; acks
-  only keep at most WINDOW page messages in flight, so the source never holds a round in memory.
+  only keep at most a window of page messages in flight (the link's bandwidth-delay product, at
+  least WINDOW), so the source never holds a round in memory.
 - Pre-copy reads a page's bytes when its message is sent, after the round's read of the dirty log:
   a store after that read is caught by the next read, so the blackout's last read misses nothing.
 - A message's size on the link is its payload's length: the bytes a real stream of this protocol
@@ -49,18 +50,27 @@ KINDS = ("live", "post-copy")
 #: Pages per "pages" message (1 MiB of data at most): small enough that the link interleaves
 #: other traffic, large enough that a round of a 4 GiB VM is a few thousand messages.
 CHUNK_PAGES = 256
-#: "pages" messages in flight before the source waits for an ack: enough to keep a 10 Gbit/s
-#: link with 50 us latency busy (its bandwidth-delay product is ~125 KB), few enough that the
-#: source holds little in its outbox.
+#: "pages" messages in flight before the source waits for an ack, at least: enough to keep a
+#: 10 Gbit/s link with 50 us latency busy (its bandwidth-delay product is ~125 KB), few enough that
+#: the source holds little in its outbox. A link with a larger bandwidth-delay product gets a
+#: larger window (window()), or the push of a 2 ms link would send a few messages per round trip.
 WINDOW = 4
 #: Post-copy's background push sends smaller messages, so that a demand fetch's page (FIFO behind
-#: them on the link) waits little: at most WINDOW x 32 pages (~105 us at 10 Gbit/s each).
+#: them on the link) waits little: a window of 32-page messages (~105 us at 10 Gbit/s for 4).
 PUSH_CHUNK_PAGES = 32
 
 #: Pages one message names at most, zero pages included (a zero page costs its page number).
 MAX_MESSAGE_PAGES = 16 * CHUNK_PAGES
 
 _ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+def window(bandwidth: int, latency: int, pages: int) -> int:
+    """Messages of `pages` pages in flight that keep a link of `bandwidth` bit/s and `latency` ns
+    sending until the first one's ack is back (a round trip and the message itself): the
+    bandwidth-delay product in messages, plus one, and never fewer than WINDOW."""
+    bdp = bandwidth * 2 * latency // (8 * 10**9)     # bytes on the link in a round trip
+    return max(WINDOW, -(-bdp // (pages * PAGE_SIZE)) + 1)
 _ZERO_CHUNK = bytes(CHUNK_PAGES * PAGE_SIZE)
 
 
@@ -400,8 +410,10 @@ class _Source:
         self._pump()
 
     def _pump(self) -> None:
-        """Send the round's pages while fewer than WINDOW messages are unacknowledged."""
-        while self.cursor < len(self.queue) and self.inflight < WINDOW:
+        """Send the round's pages while fewer than `window` messages are unacknowledged."""
+        link = self.node.links.get(self.to)
+        limit = WINDOW if link is None else window(*link, PUSH_CHUNK_PAGES if self.sent is not None else CHUNK_PAGES)
+        while self.cursor < len(self.queue) and self.inflight < limit:
             batch = self._batch()
             if self.sent is not None:     # post-copy: skip what a fetch already brought
                 batch = [p for p in batch if p not in self.sent]
@@ -699,15 +711,27 @@ class _Target:
                 + transmission_ns(len(encode("page", self.id, gpa=gpa, data=data)), bandwidth))
         # A burst of faults in one step of a VP's code (its loop over its pages) is one fetch after
         # another: the core adds each one's stall to the VP's, and each request leaves when the
-        # one before it has come back.
+        # one before it has come back. A later request is sent by a wake-up at its time, not
+        # handed to the link now dated then: the link carries a host's messages in the order they
+        # are handed over, so a request dated far ahead (a burst of 2048 faults over a 200 us
+        # link is 0.8 s of round trips) would hold every ack sent behind it, and the push, which
+        # waits for its acks, would stop until the burst's end.
         start = max(self.node.now, self.fetch_free)
         self.fetch_free = start + trip
-        self.node.send(self.source, KIND + "fetch", fetch, at=start)
+        if start == self.node.now:
+            self.node.send(self.source, KIND + "fetch", fetch)
+        else:
+            self.node.at(start, lambda: self._request(fetch))
         self.fetched[gpa] = start + trip
         self.fetches += 1
         self.stall_ns += trip
         self.absent.discard(gpa)
         return data, trip
+
+    def _request(self, fetch: bytes) -> None:
+        """A fetch request's wake-up: it leaves now (unless the migration is over here)."""
+        if self.service.incoming.get(self.id) is self:
+            self.node.send(self.source, KIND + "fetch", fetch)
 
     def _page(self, gpa: int, data: bytes) -> None:
         """A fetched page's message: what the link carried for a fetch served already."""
