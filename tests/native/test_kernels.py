@@ -95,13 +95,14 @@ devices = [ {{ type = "echo" }} ]
 ''', base_dir=tmp_path)
     m = ManagedHost(config, workdir=tmp_path / "work")
     try:
-        m.run(50 * MS)
+        m.run(100 * MS)
         vm = m.vms["c"]
         assert vm.console[0].startswith("echo: VMBus version 50003, message connection ")
         assert vm.console[-6:] == ["echo: version 20000 accepted"] + [
-            f"echo: reply {i}: hello from C #{i}" for i in range(4)] + ["echo: 4 echoes, done"]
+            f"echo: reply {i}: hello from C #{i}" for i in range(4)] + [
+            "echo: 4 echoes and 60 patterned echoes of up to 3072 bytes, done"]
         vsp = vm.device_vsp("echo")
-        assert (vsp.version, vsp.echoed, vsp.rejected) == (0x00020000, 4, 0)
+        assert (vsp.version, vsp.echoed, vsp.rejected) == (0x00020000, 64, 0)
     finally:
         m.close()
 

@@ -7,6 +7,8 @@
 #define VMBUS_VECTOR 0x32u
 #define RING_PAGES 8u        /* 4 pages each way: control page + 3 data pages */
 #define ECHOES 4u
+#define PATTERNED 60u
+#define MAX_DATA 3072u       /* the echo protocol's largest request */
 
 #define ECHO_VERSION_2 0x00020000u
 #define VERSION_REQUEST 1u
@@ -22,6 +24,8 @@ static u8 ring_pages[RING_PAGES * HVG_PAGE_SIZE] HVG_PAGE_ALIGNED;
 static struct hvg_vmbus bus;
 static struct hvg_channel channel;
 static u8 packet[4096];
+static u32 request[(12 + MAX_DATA + 3) / 4]; /* type, status, length, data */
+static u8 *const data = (u8 *)&request[3];
 
 static void on_vmbus(u32 vector) { (void)vector; } /* waking the hlt is all it is for */
 
@@ -52,10 +56,26 @@ static void fail(const char *what)
     hvg_exit(1);
 }
 
+/* Send `len` bytes of `data` as an echo request and check that the reply repeats them. */
+static void echo(u64 trans_id, u32 len)
+{
+    struct hvg_packet pkt;
+    const u32 *reply = (const u32 *)packet;
+    request[0] = ECHO_REQUEST;
+    request[1] = 0;
+    request[2] = len;
+    if (hvg_channel_send(&channel, request, 12 + len, trans_id, HVG_PKT_COMPLETION_REQUESTED) != HVG_OK)
+        fail("echo request not sent");
+    u32 got = receive(&pkt);
+    if (pkt.trans_id != trans_id || got < 12 + len || reply[0] != ECHO_REPLY || reply[1] != 0 ||
+        reply[2] != len || memcmp(packet + 12, data, len) != 0)
+        fail("bad echo reply");
+}
+
 void kmain(void)
 {
     struct hvg_packet pkt;
-    u32 request[2 + 2 + 16], status;
+    u32 status;
 
     hvg_console_init();
     hvg_hypercall_init();
@@ -93,22 +113,23 @@ void kmain(void)
     static const char text[] = "hello from C #";
     u32 len = sizeof text; /* the digit replaces the terminator */
     for (u32 i = 0; i < ECHOES; i++) {
-        u8 *data = (u8 *)&request[3];
-        request[0] = ECHO_REQUEST;
-        request[1] = 0;
-        request[2] = len;
         memcpy(data, text, len - 1);
         data[len - 1] = (u8)('0' + i);
-        hvg_channel_send(&channel, request, 12 + len, 100 + i, HVG_PKT_COMPLETION_REQUESTED);
-        u32 got = receive(&pkt);
-        if (pkt.trans_id != 100 + i || got < 12 || reply[0] != ECHO_REPLY || reply[1] != 0 ||
-            reply[2] != len || memcmp(packet + 12, data, len) != 0)
-            fail("bad echo reply");
+        echo(100 + i, len);
         hvg_printf("echo: reply %u: ", i);
         for (u32 k = 0; k < len; k++)
             hvg_putc((char)packet[12 + k]);
         hvg_putc('\n');
     }
-    hvg_printf("echo: %u echoes, done\n", ECHOES);
+    /* Then every size class up to the protocol's largest, with a pattern that differs per
+     * request: 12 KiB of ring each way, so the packets wrap around both rings many times. */
+    for (u32 i = 0; i < PATTERNED; i++) {
+        len = i * 397u % (MAX_DATA + 1u);
+        for (u32 k = 0; k < len; k++)
+            data[k] = (u8)(i * 31u + k);
+        echo(1000 + i, len);
+    }
+    hvg_printf("echo: %u echoes and %u patterned echoes of up to %u bytes, done\n", ECHOES, PATTERNED,
+               MAX_DATA);
     hvg_exit(0);
 }
