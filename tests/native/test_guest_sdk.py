@@ -39,6 +39,7 @@ u32 hvg_msg_open_channel(u8 *buf, u32 relid, u32 open_id, u32 gpadl_id, u32 targ
 u32 hvg_msg_close_channel(u8 *buf, u32 relid);
 u32 hvg_msg_gpadl_teardown(u8 *buf, u32 relid, u32 gpadl_id);
 int hvg_channel_send(struct hvg_channel *ch, const void *payload, u32 len, u64 trans_id, u16 flags);
+int hvg_channel_recv(struct hvg_channel *ch, struct hvg_packet *pkt, void *buf, u32 cap);
 void hosted_reset(void);
 int hosted_deliver(u32 type, const u8 *payload, u32 size);
 u32 hosted_posted(u32 i, u32 *connection_id, u32 *type, u8 *payload);
@@ -341,6 +342,26 @@ def test_offers_gpadl_and_open_as_the_python_client_sends_them(sdk):
     upstream = IncomingRing(ffi.buffer(aligned, down * 4096))
     packet = upstream.read()
     assert (packet.trans_id, packet.payload, packet.flags) == (77, b"ping".ljust(8, b"\0"), 1)
+
+    # The host fills the downstream ring until a write finds it full and asks for space; the
+    # guest's first receive frees that much and signals the host, later ones do not.
+    downstream = OutgoingRing(ffi.buffer(aligned + down * 4096, (pages - down) * 4096))
+    sent = []
+    while True:
+        payload = bytes([len(sent)]) * 4000
+        try:
+            downstream.write(payload, trans_id=len(sent), set_pending_send_sz=True)
+        except RingFull:
+            break
+        sent.append(payload)
+    assert downstream.pending_send_sz == 4024
+    pkt, buf = ffi.new("struct hvg_packet *"), ffi.new("u8[]", 4096)
+    got = []
+    for _ in sent:
+        assert sdk.hvg_channel_recv(ch, pkt, buf, 4096) == OK
+        got.append(bytes(ffi.buffer(buf, pkt.payload_len))[:4000])
+        assert sdk.hosted_signal_count() == 2
+    assert got == sent and sdk.hvg_channel_recv(ch, pkt, buf, 4096) == EMPTY
 
 
 def test_a_refused_gpadl_fails_the_open_with_the_hosts_status(sdk):
