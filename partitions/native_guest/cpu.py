@@ -42,6 +42,7 @@ from partitions.native_guest.loader import PAGE, ElfImage
 #: instruction a cycle), so a slice of SLICE_INSTRUCTIONS is 100 us of the VP's CPU time.
 NS_PER_INSTRUCTION = 1
 SLICE_INSTRUCTIONS = 100_000
+SLICE_NS = SLICE_INSTRUCTIONS * NS_PER_INSTRUCTION  # a slice's whole cost, exits and hypercalls included
 #: An emulated device's own time per access, on top of the exit to the parent (parent_exit_ns):
 #: a 16550 register read or write.
 UART_ACCESS_NS = 500
@@ -112,7 +113,8 @@ class NativeCpu:
     _next_view = 0x4E470000  # own-view ids of native CPUs ("NG" + a counter), apart from the kernel's
 
     def __init__(self, vp, image: ElfImage, *, uart: Uart16550 | None = None, stack_top: int | None = None,
-                 parent_exit_ns: int = PARENT_EXIT_NS):
+                 parent_exit_ns: int = PARENT_EXIT_NS, hypercall_ns: int = HYPERVISOR_EXIT_NS):
+        self.hypercall_ns = hypercall_ns
         self.vp, self.partition, self.image = vp, vp.partition, image
         self.host = self.partition.host
         self.uart = uart if uart is not None else Uart16550()
@@ -126,6 +128,7 @@ class NativeCpu:
         self._fault: str | None = None
         self._now0 = 0              # simulated time at the slice's start (rdtsc)
         self._slice_start = 0
+        self._calls = 0             # hypercalls of the current slice
         self.uc.hook_add(UC_HOOK_CODE, self._on_code)
         self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
@@ -203,12 +206,13 @@ class NativeCpu:
     def run_slice(self, now: int, budget: int = SLICE_INSTRUCTIONS) -> tuple[int, bool]:
         """Run up to `budget` instructions; returns (simulated ns they cost, halted). Raises
         NativeFault if the guest faulted."""
-        self._halted, self._extra_ns, self._fault = False, 0, None
+        self._halted, self._extra_ns, self._fault, self._calls = False, 0, None, 0
         self._now0, self._slice_start = now, self.instructions
         self.sync_overlay()
         uc = self.uc
         while True:
-            left = budget - (self.instructions - self._slice_start)
+            left = min(budget - (self.instructions - self._slice_start),
+                       (SLICE_NS - self._spent()) // NS_PER_INSTRUCTION)
             if left <= 0:
                 break
             rip = uc.reg_read(X.UC_X86_REG_RIP)
@@ -219,9 +223,10 @@ class NativeCpu:
                 # invalid-instruction error before the code hook sees it. That is the hypercall.
                 if self._fault is None and exc.errno == UC_ERR_INSN_INVALID and self._is_vmcall(rip := uc.reg_read(X.UC_X86_REG_RIP)):
                     self.instructions += 1
-                    self._hypercall(uc)
                     uc.reg_write(X.UC_X86_REG_RIP, rip + 3)
-                    continue
+                    if self._hypercall(uc):
+                        continue
+                    break
                 if self._fault is None:
                     self._fault = self._describe(exc)
             break
@@ -241,6 +246,8 @@ class NativeCpu:
                  UC_ERR_WRITE_UNMAPPED: "write to a GPA outside its memory",
                  UC_ERR_FETCH_UNMAPPED: "jump to a GPA outside its memory",
                  UC_ERR_WRITE_PROT: "write to its hypercall page"}
+        if exc.errno == UC_ERR_INSN_INVALID:
+            return f"native guest took exception #UD invalid opcode at {self._where()} (unhandled: triple fault)"
         what = kinds.get(exc.errno, f"CPU fault ({exc})")
         return f"native guest {what} at {self._where()}"
 
@@ -264,8 +271,8 @@ class NativeCpu:
             self._halted = True
             uc.emu_stop()
         elif b == b"\x0f\x01\xc1":                        # vmcall
-            self._hypercall(uc)
             uc.reg_write(X.UC_X86_REG_RIP, address + 3)
+            self._hypercall(uc)
         elif b == b"\x0f\xa2":                            # cpuid
             if self._cpuid(uc):
                 uc.reg_write(X.UC_X86_REG_RIP, address + 2)
@@ -279,14 +286,26 @@ class NativeCpu:
         elif b == b"\x48\xcf":                            # iretq
             self._iretq(uc)
 
-    def _hypercall(self, uc) -> None:
+    def _spent(self) -> int:
+        """Simulated ns the current slice has cost so far: its instructions, its exits, and its
+        hypercalls (which the core charges the VP itself, hypercall_ns each)."""
+        return ((self.instructions - self._slice_start) * NS_PER_INSTRUCTION + self._extra_ns
+                + self._calls * self.hypercall_ns)
+
+    def _hypercall(self, uc) -> bool:
         """`vmcall`: RCX control, RDX/R8 input/output GPAs (or values for a fast call) into the
-        core's one hypercall entry point; RAX gets the result."""
+        core's one hypercall entry point; RAX gets the result. False when the slice is spent: a
+        guest that does nothing but hypercalls still yields to the scheduler every SLICE_NS."""
         self.exits["hypercall"] += 1
+        self._calls += 1
         control = uc.reg_read(X.UC_X86_REG_RCX)
         rdx, r8 = uc.reg_read(X.UC_X86_REG_RDX), uc.reg_read(X.UC_X86_REG_R8)
         raw = _binding.hv_hypercall(self.host._h, self.partition.id, self.vp.index, control, rdx, r8)
         uc.reg_write(X.UC_X86_REG_RAX, raw)
+        if self._spent() >= SLICE_NS:
+            uc.emu_stop()
+            return False
+        return True
 
     def _cpuid(self, uc) -> bool:
         leaf = uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF
@@ -353,14 +372,20 @@ class NativeCpu:
         if UART_BASE <= port < UART_BASE + 8:
             self._extra_ns += UART_ACCESS_NS
             self.uart.write(port - UART_BASE, value)
+        if self._spent() >= SLICE_NS:
+            uc.emu_stop()
 
     def _on_in(self, uc, port, size, _ud) -> int:
         self.exits["io"] += 1
         self._extra_ns += self.parent_exit_ns
         if UART_BASE <= port < UART_BASE + 8:
             self._extra_ns += UART_ACCESS_NS
-            return self.uart.read(port - UART_BASE)
-        return (1 << 8 * size) - 1  # no device: the bus floats high
+            value = self.uart.read(port - UART_BASE)
+        else:
+            value = (1 << 8 * size) - 1  # no device: the bus floats high
+        if self._spent() >= SLICE_NS:
+            uc.emu_stop()
+        return value
 
     # ---- interrupts ------------------------------------------------------------------------------
     def interrupts_enabled(self) -> bool:
