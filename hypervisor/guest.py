@@ -178,6 +178,20 @@ class GuestContext:
                 return _shared(_SLEEPS, STEP_SLEEP, duration)
         return Step(STEP_SLEEP, max(1, parse_duration(duration)))
 
+    async def port_in(self, port: int, size: int = 1) -> int:
+        """An intercept call: read `size` bytes (1, 2 or 4) at I/O `port` from the VM's emulated
+        devices (partitions/native_guest/devices.py). The VP spends what a native guest's `in`
+        costs: the exit to the parent plus the device's time."""
+        from partitions.native_guest.devices import bus_of
+        value, ns = bus_of(self.partition).port_in(port, size)
+        await self.compute(ns)
+        return value
+
+    async def port_out(self, port: int, size: int, value: int) -> None:
+        """An intercept call: write `value` (`size` bytes) to I/O `port`, at the cost of a native `out`."""
+        from partitions.native_guest.devices import bus_of
+        await self.compute(bus_of(self.partition).port_out(port, size, value))
+
     async def wait_for_sint(self, sint: int, timeout: int | str | None = None) -> Wakeup:
         """Halt until SINT `sint` is raised (or the timeout passes)."""
         deadline = None if timeout is None else self.now + parse_duration(timeout)

@@ -36,6 +36,7 @@ from unicorn import x86_const as X
 from hypervisor import _binding
 from hypervisor.abi import Register
 from hypervisor.status import HvError
+from partitions.native_guest.devices import IoBus, bus_of
 from partitions.native_guest.loader import PAGE, ElfImage
 
 #: Simulated cost of guest code: one instruction per simulated ns (a 1 GHz core retiring one
@@ -113,11 +114,19 @@ class NativeCpu:
     _next_view = 0x4E470000  # own-view ids of native CPUs ("NG" + a counter), apart from the kernel's
 
     def __init__(self, vp, image: ElfImage, *, uart: Uart16550 | None = None, stack_top: int | None = None,
-                 parent_exit_ns: int = PARENT_EXIT_NS, hypercall_ns: int = HYPERVISOR_EXIT_NS):
+                 parent_exit_ns: int = PARENT_EXIT_NS, hypercall_ns: int = HYPERVISOR_EXIT_NS,
+                 bus: IoBus | None = None):
         self.hypercall_ns = hypercall_ns
         self.vp, self.partition, self.image = vp, vp.partition, image
         self.host = self.partition.host
         self.uart = uart if uart is not None else Uart16550()
+        # Port I/O goes to the VM's intercept bus (devices.py), shared with its Python guests'
+        # intercept calls; the 16550 is on it unless the VM put another device at its ports.
+        self.bus = bus if bus is not None else bus_of(self.partition, exit_ns=parent_exit_ns)
+        if not self.bus.claimed(UART_BASE):
+            uart_dev = self.uart
+            self.bus.register("uart", UART_BASE, 8, read=lambda off, _size: uart_dev.read(off),
+                              write=lambda off, _size, value: uart_dev.write(off, value), access_ns=UART_ACCESS_NS)
         self.parent_exit_ns = parent_exit_ns
         self.instructions = 0       # retired, in all
         self.exits = {"hypercall": 0, "msr": 0, "cpuid": 0, "io": 0, "interrupt": 0}
@@ -368,21 +377,14 @@ class NativeCpu:
     # ---- port I/O intercepts ---------------------------------------------------------------------
     def _on_out(self, uc, port, size, value, _ud) -> None:
         self.exits["io"] += 1
-        self._extra_ns += self.parent_exit_ns
-        if UART_BASE <= port < UART_BASE + 8:
-            self._extra_ns += UART_ACCESS_NS
-            self.uart.write(port - UART_BASE, value)
+        self._extra_ns += self.bus.port_out(port, size, value)
         if self._spent() >= SLICE_NS:
             uc.emu_stop()
 
     def _on_in(self, uc, port, size, _ud) -> int:
         self.exits["io"] += 1
-        self._extra_ns += self.parent_exit_ns
-        if UART_BASE <= port < UART_BASE + 8:
-            self._extra_ns += UART_ACCESS_NS
-            value = self.uart.read(port - UART_BASE)
-        else:
-            value = (1 << 8 * size) - 1  # no device: the bus floats high
+        value, ns = self.bus.port_in(port, size)   # no device: the bus floats high
+        self._extra_ns += ns
         if self._spent() >= SLICE_NS:
             uc.emu_stop()
         return value
@@ -448,7 +450,8 @@ def sint_vector(vp, sint: int) -> int | None:
 
 
 def native_guest(image: ElfImage, *, uart: Uart16550 | None = None, write: bool = True,
-                 on_start: Callable[[NativeCpu], None] | None = None, parent_exit_ns: int = PARENT_EXIT_NS):
+                 on_start: Callable[[NativeCpu], None] | None = None, parent_exit_ns: int = PARENT_EXIT_NS,
+                 bus: IoBus | None = None):
     """The guest function (for vp.run) that runs `image` on a VP: loads it (unless `write` is
     False: it is in memory already), then runs slices, halts on `hlt`, and takes the SINTs raised
     meanwhile through the guest's IDT."""
@@ -457,7 +460,7 @@ def native_guest(image: ElfImage, *, uart: Uart16550 | None = None, write: bool 
     async def main(ctx) -> None:
         if write:
             write_image(ctx.partition, image)
-        cpu = NativeCpu(ctx.vp, image, uart=uart, parent_exit_ns=parent_exit_ns)
+        cpu = NativeCpu(ctx.vp, image, uart=uart, parent_exit_ns=parent_exit_ns, bus=bus)
         if on_start is not None:
             on_start(cpu)
         pending: list[int] = []       # vectors raised and not yet taken (IF was clear)
