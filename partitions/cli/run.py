@@ -35,9 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", nargs="?", help="host configuration (TOML); see docs/configuration.md")
     add_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
-    p.add_argument("--console", action="append", default=[], metavar="VM",
-                   help="print the serial console of VM (a native guest's 16550 at 0x3F8) as it writes it, "
-                        "each line as 'VM| line' (on stderr with --json); may be given more than once")
     p.set_defaults(func=run)
 
 
@@ -55,6 +52,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", metavar="FILE", help="write a Chrome/Perfetto trace of VP scheduling")
     p.add_argument("--pcap", metavar="FILE",
                    help="capture the virtual switch's frames (pcap); with several switches, FILE.SWITCH each")
+    p.add_argument("--console", action="append", default=[], metavar="VM",
+                   help="print the serial console of VM (a native guest's 16550 at 0x3F8) as it writes it, "
+                        "each line as 'VM| line' (on stderr with --json); may be given more than once")
 
 
 class UsageError(Exception):
@@ -113,6 +113,10 @@ def plan(args: argparse.Namespace, *, create: bool) -> Plan:
         for pcap, names in switches:
             for path in [pcap] if len(names) == 1 else [f"{pcap}.{name}" for name in names]:
                 _check_file(Path(path), "--pcap")
+    for name in getattr(args, "console", None) or []:
+        vms = [vm.name for _, host, _ in hosts for vm in host.vms]
+        if name not in vms:
+            raise UsageError(f"--console {name}: no VM of that name in {args.config or 'the default host'}")
     if create:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
@@ -190,14 +194,8 @@ def run(args: argparse.Namespace) -> int:
                 log.close()
             return _fail(str(exc))
         built.append(managed)
-        unknown = [name for name in getattr(args, "console", []) if name not in managed.vms]
-        if unknown:
-            managed.close()
-            if log is not None:
-                log.close()
-            return _fail(f"--console {unknown[0]}: no VM of that name in {args.config or 'the default host'}")
         out = sys.stderr if args.json else sys.stdout
-        for name in getattr(args, "console", []):
+        for name in args.console:
             managed.vms[name].on_console = lambda vm, line: print(f"{vm.name}| {line}", file=out, flush=True)
         records: list = []
 
