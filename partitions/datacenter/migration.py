@@ -37,11 +37,11 @@ from partitions.config_schema import StopRules  # noqa: F401 (re-exported: migra
 from partitions.datacenter.link import transmission_ns
 
 #: The protocol's version: a message of another version is refused (the migration aborts).
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 #: Every message kind of the protocol is this prefix and its op.
 KIND = "migration."
 SOURCE_OPS = ("begin", "pages", "state", "page", "abort")            # source -> target
-TARGET_OPS = ("ready", "failed", "ack", "resumed", "fetch", "done")   # target -> source
+TARGET_OPS = ("ready", "failed", "ack", "resumed", "fetch", "done", "reconnected")   # target -> source
 #: The one synchronous exchange (HostNode.call): a post-copy target reads a page of the frozen
 #: source. Its answer cannot depend on when it is asked (nothing changes a frozen VM's memory).
 READ = "read"
@@ -63,6 +63,44 @@ PUSH_CHUNK_PAGES = 32
 MAX_MESSAGE_PAGES = 16 * CHUNK_PAGES
 
 _ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+@dataclass(frozen=True)
+class BlackoutCosts:
+    """What the two parents spend in a blackout besides the link, in simulated ns (defaults from
+    /work/shared/reference/cost-model.md, docs/migration.md): downtime runs from the freeze to the
+    target's VM running, these included.
+
+    Source: each VP exits to the parent to stop (`stop_vp_ns`, the cost model's exit to the
+    parent), its registers are read (`vp_state_ns`, a get-registers hypercall), each device's
+    record is saved (`device_ns`, one SynIC message's worth of work), and each page sent in the
+    blackout is read at the memory copy rate. Target: each page written at that rate, each VP's
+    registers set and each device record loaded at the same costs, and each VP started
+    (`resume_vp_ns`, an exit to the parent). The guest's VMBus reconnect is not here: it runs
+    after the resume in the guest's own simulated time, and the summary reports it apart."""
+    stop_vp_ns: int = 4_000
+    vp_state_ns: int = 1_000
+    device_ns: int = 1_000
+    copy_bytes_per_s: int = 15 * 10**9    # memcpy, one core, from DRAM
+    resume_vp_ns: int = 4_000
+
+    def pages_ns(self, pages: int) -> int:
+        """Copying `pages` pages at the memory copy rate (rounded up)."""
+        return -(-pages * PAGE_SIZE * 10**9 // self.copy_bytes_per_s)
+
+    def stop_ns(self, vps: int, devices: int) -> int:
+        """The source's work from the freeze to its VM's state in hand."""
+        return vps * (self.stop_vp_ns + self.vp_state_ns) + devices * self.device_ns
+
+    def start_ns(self, vps: int, devices: int) -> int:
+        """The target's work from the state in hand to its VM running."""
+        return vps * (self.vp_state_ns + self.resume_vp_ns) + devices * self.device_ns
+
+
+#: How often the target looks whether its guest's devices are all open again after a resume
+#: (the reconnect time it reports is rounded up to this), and for how long at most.
+RECONNECT_POLL_NS = 5_000
+RECONNECT_LIMIT_NS = 5_000_000_000
 
 
 def window(bandwidth: int, latency: int, pages: int) -> int:
@@ -95,7 +133,8 @@ _FIELDS: dict[str, dict[str, tuple]] = {
     "pages": {"round": (int,), "seq": (int,), "zero": (list,), "gpas": (list,), "data": (bytes,)},
     "ack": {"seq": (int,)},
     "state": {"image": (dict,), "freeze_ns": (int,)},
-    "resumed": {"resume_ns": (int,)},
+    "resumed": {"resume_ns": (int,), "start_ns": (int,)},
+    "reconnected": {"devices_ns": (int,)},
     "fetch": {"gpa": (int,)}, "page": {"gpa": (int,), "data": (bytes,)}, "read": {"gpa": (int,)},
     "done": {"fetches": (int,), "stall_ns": (int,), "late_ns": (int,)},
 }
@@ -201,6 +240,14 @@ class MigrationRecord:
     fetch_wait_ns: int = 0            # post-copy: time the target's VPs waited for them, summed
     fetch_late_ns: int = 0            # post-copy: how much later than charged their pages arrived, summed
     stop_rule: str | None = None
+    stop_ns: int = 0                  # the source's work in the blackout (BlackoutCosts.stop_ns, page reads)
+    start_ns: int = 0                 # the target's: page writes not done when the state came, state, start
+    devices_ns: int | None = None     # when the guest's devices were all open again on the target
+
+    @property
+    def reconnect_ns(self) -> int | None:
+        """From the VM running on the target to its guest's devices all open again."""
+        return None if self.devices_ns is None or self.resume_ns is None else self.devices_ns - self.resume_ns
 
     @property
     def downtime_ns(self) -> int | None:
@@ -221,6 +268,10 @@ class MigrationRecord:
                 "pages_sent": sum(r.pages for r in self.rounds),
                 "started_ns": self.started_ns, "freeze_ns": self.freeze_ns, "resume_ns": self.resume_ns,
                 "downtime_ns": self.downtime_ns, "total_ns": self.total_ns,
+                "blackout_stop_ns": self.stop_ns, "blackout_start_ns": self.start_ns,
+                "devices_back_ns": self.devices_ns, "reconnect_ns": self.reconnect_ns,
+                "devices_away_ns": None if self.devices_ns is None or self.freeze_ns is None
+                else self.devices_ns - self.freeze_ns,
                 "fetches": self.fetches, "fetch_wait_ns": self.fetch_wait_ns, "fetch_late_ns": self.fetch_late_ns}
 
     def slices(self) -> list[tuple[int, int, str, dict, str]]:
@@ -245,9 +296,10 @@ class MigrationService:
     `on_moved(vm, target)` is called when a VM has arrived on this host (the datacenter gives it
     its `move`)."""
 
-    def __init__(self, node, *, rules: StopRules = StopRules()) -> None:
+    def __init__(self, node, *, rules: StopRules = StopRules(), costs: BlackoutCosts = BlackoutCosts()) -> None:
         self.node = node
         self.rules = rules
+        self.costs = costs
         self.outgoing: dict[str, _Source] = {}
         self.incoming: dict[str, _Target] = {}
         self.records: list[MigrationRecord] = []
@@ -308,6 +360,15 @@ class MigrationService:
             m = decode(message.payload, message.kind[len(KIND):])
         except ProtocolError as exc:
             return self._bad(message, exc)
+        if m["op"] == "reconnected":
+            # It comes after the resume, when a live migration has ended here: its record takes it.
+            record = next((r for r in self.records if r.id == m["id"] and r.target == message.src), None)
+            if record is None or record.resume_ns is None or m["devices_ns"] < record.resume_ns:
+                return self._bad(message, ProtocolError(f"no resumed migration {m['id']} to {message.src!r} here"))
+            record.devices_ns = m["devices_ns"]
+            record.bytes += message.size
+            record.messages += 1
+            return
         source = self.outgoing.get(m["id"])
         if source is None or source.record.target != message.src:
             return self._bad(message, ProtocolError(f"no migration {m['id']} to {message.src!r} here"))
@@ -347,9 +408,9 @@ class _Source:
         self.cleanup_errors: list[str] = []    # what failed while letting go (dirty log, thaw)
 
     # -- sending --
-    def _send(self, op: str, **fields) -> None:
+    def _send(self, op: str, *, at: int | None = None, **fields) -> None:
         payload = encode(op, self.record.id, **fields)
-        self.node.send(self.to, KIND + op, payload)
+        self.node.send(self.to, KIND + op, payload, at=at)
         self.record.bytes += len(payload)
         self.record.messages += 1
 
@@ -378,7 +439,7 @@ class _Source:
             if op == "ack":
                 return self._acked()
             if op == "resumed":
-                return self._resumed(m["resume_ns"])
+                return self._resumed(m["resume_ns"], m["start_ns"])
             if op == "fetch":
                 return self._fetch(m["gpa"])
             if op == "done":
@@ -458,7 +519,7 @@ class _Source:
         self.cursor = end
         return queue[first:end]
 
-    def _send_pages(self, gpas: list[int], rnd: Round) -> None:
+    def _send_pages(self, gpas: list[int], rnd: Round, at: int | None = None) -> None:
         if self.nonzero is not None:   # the core never wrote the others: they are zero, unread
             maybe = [g for g in gpas if g in self.nonzero]
             zero_known = [g for g in gpas if g not in self.nonzero]
@@ -469,7 +530,7 @@ class _Source:
             zero = [list(r) for r in runs(sorted(zero_known + [p for a, n in zero for p in range(a, a + n)]))]
         payload = encode("pages", self.record.id, round=rnd.number, seq=self.seq, zero=zero, gpas=full, data=data)
         self.seq += 1
-        self.node.send(self.to, KIND + "pages", payload)
+        self.node.send(self.to, KIND + "pages", payload, at=at)
         rnd.pages += len(gpas)
         rnd.zero_pages += len(gpas) - len(full)
         rnd.bytes += len(payload)
@@ -507,34 +568,52 @@ class _Source:
             out += self.dirty.take(first, count)
         return out
 
-    def _freeze(self) -> None:
+    def _freeze(self) -> int:
+        """Freeze the VM; returns when the source has its state in hand (its VPs stopped, their
+        registers and the device records read: BlackoutCosts.stop_ns), when its messages can go."""
         self.vm.freeze()
         self.frozen = True
         self.record.freeze_ns = self.node.now
         self.service.log("migration.blackout", vm=self.vm.name, id=self.record.id, kind=self.record.kind)
+        return self.node.now + self.service.costs.stop_ns(len(self.vm.partition.vps), len(self.vm.devices))
 
     def _blackout_precopy(self, dirty: list[int]) -> None:
         """Stop and copy: freeze, then the pages the last read found (`dirty`, which decided to
         stop: that read cleared them) and those written since, then the VM's state."""
-        self._freeze()
+        ready = self._freeze()
         last = sorted(set(dirty).union(self._take()))
         rnd = Round(len(self.record.rounds), self.node.now, blackout=True)
         self.record.rounds.append(rnd)
+        # Each chunk leaves once it has been read (at the memory copy rate, after the stop); the
+        # frozen memory does not change, so reading it now gives the same bytes.
         for i in range(0, len(last), CHUNK_PAGES):
-            self._send_pages(last[i:i + CHUNK_PAGES], rnd)
+            chunk = last[i:i + CHUNK_PAGES]
+            ready += self.service.costs.pages_ns(len(chunk))
+            self._send_pages(chunk, rnd, at=ready)
             self.inflight += 1
-        rnd.end_ns = max(self.node.now, self.node.link_free.get(self.to, 0))   # when its last page has left
-        self._send("state", image=self.vm.capture(), freeze_ns=self.record.freeze_ns)
+        self.record.stop_ns = ready - self.record.freeze_ns
+        rnd.end_ns = max(ready, self.node.link_free.get(self.to, 0))   # when its last page has left
+        self._send("state", at=ready, image=self.vm.capture(), freeze_ns=self.record.freeze_ns)
 
     # -- post-copy --
     def _blackout_postcopy(self) -> None:
         """Freeze, send the VM's state at once, then push every page in order (the target
         fetches the ones it touches first)."""
-        self._freeze()
-        self._send("state", image=self.vm.capture(), freeze_ns=self.record.freeze_ns)
+        ready = self._freeze()
+        self.record.stop_ns = ready - self.record.freeze_ns
+        self._send("state", at=ready, image=self.vm.capture(), freeze_ns=self.record.freeze_ns)
         self.sent = set()
         self._pageset = frozenset(self.pages)
-        self._whole_memory()
+        self.node.at(ready, self._push)
+
+    def _push(self) -> None:
+        """The push starts once the state has gone (a wake-up then)."""
+        if self.record.outcome != "running":
+            return
+        try:
+            self._whole_memory()
+        except Exception as exc:  # noqa: BLE001 - a migration never raises into the run loop
+            self.abort(f"{type(exc).__name__}: {exc}")
 
     def serve(self, gpa: int) -> bytes:
         """A post-copy target's read of page `gpa` (MigrationService's answer to READ). It changes
@@ -553,9 +632,9 @@ class _Source:
         self._send("page", gpa=gpa, data=read_pages(self.vm, [gpa]))
 
     # -- the end --
-    def _resumed(self, resume_ns: int) -> None:
+    def _resumed(self, resume_ns: int, start_ns: int) -> None:
         self.resumed = True
-        self.record.resume_ns = resume_ns
+        self.record.resume_ns, self.record.start_ns = resume_ns, start_ns
         self.service.log("migration.resumed", vm=self.vm.name, id=self.record.id, to=self.to,
                          downtime_ns=self.record.downtime_ns)
         if self.record.kind == "live":
@@ -619,6 +698,8 @@ class _Target:
         self.fetched: dict[int, int] = {} # post-copy: page fetched -> when its page should arrive
         self.fetches = self.stall_ns = self.late_ns = 0
         self.fetch_free = 0                # post-copy: when the last fetch's page is due
+        self.costs = service.costs
+        self.busy = 0                      # when the pages that arrived so far are written (copy rate)
 
     def _send(self, op: str, **fields) -> None:
         self.node.send(self.source, KIND + op, encode(op, self.id, **fields))
@@ -671,6 +752,9 @@ class _Target:
         # Round 0 lands in fresh (zero) RAM; a later zero page may overwrite one sent before.
         if zero and m["round"] > 0:
             self.vm.write_pages(zero, bytes(len(zero) * PAGE_SIZE))
+        written = len(gpas) + (len(zero) if m["round"] > 0 else 0)
+        # One writer: the blackout's last pages may still be being written when the state comes.
+        self.busy = max(self.busy, self.node.now) + self.costs.pages_ns(written)
 
     def _state(self, m: dict) -> None:
         vm = self.vm
@@ -681,15 +765,42 @@ class _Target:
                 root.set_absent(part, first, count)
             self.absent = set(self.pages)
             vm.host.set_pager(part, self._fault)
-        vm.resume_from(m["image"])
-        self.resumed = True
-        self.service.log("migration.resumed_here", vm=self.name, id=self.id, src=self.source,
-                         downtime_ns=self.node.now - m["freeze_ns"])
-        self._send("resumed", resume_ns=self.node.now)
-        if self.service.on_arrived is not None:
-            self.service.on_arrived(vm)
-        if self.kind == "live":
-            self.service.incoming.pop(self.id, None)
+        image = m["image"]
+        if not isinstance(image.get("vps"), list) or not isinstance(image.get("devices"), dict):
+            raise ProtocolError("state message: the image has no vps list or devices map")
+        # The VM runs once the pages still being written are, its VPs' registers are set, its
+        # device records loaded and its VPs started (BlackoutCosts.start_ns).
+        arrived = self.node.now
+        at = max(arrived, self.busy) + self.costs.start_ns(len(image["vps"]), len(image["devices"]))
+        self.node.at(at, lambda: self._resume(image, m["freeze_ns"], arrived))
+
+    def _resume(self, image: dict, freeze_ns: int, arrived: int) -> None:
+        if self.service.incoming.get(self.id) is not self or self.vm is None or self.resumed:
+            return                      # aborted meanwhile
+        try:
+            vm = self.vm
+            vm.resume_from(image)
+            self.resumed = True
+            self.service.log("migration.resumed_here", vm=self.name, id=self.id, src=self.source,
+                             downtime_ns=self.node.now - freeze_ns)
+            self._send("resumed", resume_ns=self.node.now, start_ns=self.node.now - arrived)
+            if self.service.on_arrived is not None:
+                self.service.on_arrived(vm)
+            if self.kind == "live":
+                self.service.incoming.pop(self.id, None)
+            self._reconnected(vm, self.node.now)
+        except Exception as exc:  # noqa: BLE001
+            self.fail(f"{type(exc).__name__}: {exc}")
+
+    def _reconnected(self, vm, resumed: int) -> None:
+        """Look (every RECONNECT_POLL_NS) whether the resumed guest has every device open again,
+        and tell the source when it has: the devices' time away, which the downtime leaves out."""
+        if vm.state.value != "Running" or self.node.now - resumed > RECONNECT_LIMIT_NS:
+            return
+        if all(vm.device_vsc(slot.name) is not None for slot in vm.devices):
+            self._send("reconnected", devices_ns=self.node.now)
+            return
+        self.node.at(self.node.now + RECONNECT_POLL_NS, lambda: self._reconnected(vm, resumed))
 
     # -- post-copy --
     def _fault(self, gpa: int) -> tuple[bytes, int]:
