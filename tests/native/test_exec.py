@@ -82,3 +82,21 @@ def test_a_vmcall_storm_is_its_own_vms_cpu_time_only(tmp_path):
     native = m.vms["native"].partition.vp(0).info()["run_time_ns"]
     assert other >= 40 * MS and native >= 40 * MS    # one LP, shared: neither starves the other
     m.close()
+
+
+def test_a_native_vm_turns_off_starts_again_and_resets_from_its_entry(tmp_path):
+    from tests.native.test_uart import _printer
+    elf = build(tmp_path, "hello", _printer("up\n") + HALT_FOREVER)
+    config = loads(f'[[vm]]\nname = "n"\nmemory = "4MiB"\nkernel = "{elf.name}"\n', base_dir=tmp_path)
+    m = ManagedHost(config, workdir=tmp_path / "work")
+    vm = m.vms["n"]
+    m.run(10 * MS)
+    assert vm.console == ["up"]
+    vm.turn_off()
+    assert m.host.introspect.partition_ids() == [m.host.root.id]   # its pages and view went with it
+    vm.start()
+    m.run(20 * MS)
+    vm.quick_reset()
+    m.run(30 * MS)
+    assert vm.console == ["up", "up", "up"] and vm.state.value == "Running"
+    m.close()
