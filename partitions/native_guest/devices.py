@@ -5,8 +5,8 @@ An access to an I/O port is not something the hypervisor answers: the VP exits, 
 to the parent's VM worker, and the worker's device model answers (the unenlightened path that
 Virtual Server and QEMU devices take). So every access costs `exit_ns` (the cost model's
 exit-to-parent time) plus the device's own `access_ns`, plus any time the device spends on that
-access beyond it (a disk fetching sectors: `busy_ns()`); all of it is parent CPU time the guest's VP
-waits out. A port no device claims reads all ones (the ISA bus floats high) and still costs the
+access beyond it (a disk fetching sectors: `busy_ns()`). The VP waits all of it out; the exit and
+the device's access time are the parent's CPU (`parent_ns`), the medium's time is not (`medium_ns`). A port no device claims reads all ones (the ISA bus floats high) and still costs the
 exit: the parent had to look before it could say nobody is there.
 
 Both kinds of guest use the same bus: a native guest's `in`/`out` (partitions/native_guest/cpu.py)
@@ -43,8 +43,9 @@ class Claim:
 
 
 class IoBus:
-    """The port I/O space of one VM: claims by range, and per device the accesses taken and the
-    parent CPU time they cost (exit plus device). Ranges do not overlap (register refuses)."""
+    """The port I/O space of one VM: claims by range, and per device the accesses taken, the
+    parent CPU time they cost (exit plus device) and the medium time the VP waited on top. Ranges
+    do not overlap (register refuses)."""
 
     def __init__(self, exit_ns: int = PARENT_EXIT_NS):
         self.exit_ns = exit_ns
@@ -52,6 +53,7 @@ class IoBus:
         self._by_port: dict[int, Claim] = {}
         self.accesses: Counter[str] = Counter()
         self.parent_ns: Counter[str] = Counter()
+        self.medium_ns: Counter[str] = Counter()
 
     def register(self, name: str, base: int, count: int, *, read: Callable[[int, int], int],
                  write: Callable[[int, int, int], None], access_ns: int, device: Any = None) -> Claim:
@@ -83,23 +85,25 @@ class IoBus:
         """(value, ns the access cost) of reading `size` bytes (1, 2 or 4) at `port`."""
         claim = self._by_port.get(port)
         if claim is None:
-            return (1 << 8 * size) - 1, self._count(NO_DEVICE, 0)
+            return (1 << 8 * size) - 1, self._count(NO_DEVICE, 0, 0)
         value = claim.read(port - claim.base, size) & ((1 << 8 * size) - 1)
-        return value, self._count(claim.name, claim.access_ns + claim.busy())
+        return value, self._count(claim.name, claim.access_ns, claim.busy())
 
     def port_out(self, port: int, size: int, value: int) -> int:
         """The ns writing `value` (`size` bytes) to `port` cost."""
         claim = self._by_port.get(port)
         if claim is None:
-            return self._count(NO_DEVICE, 0)
+            return self._count(NO_DEVICE, 0, 0)
         claim.write(port - claim.base, size, value & ((1 << 8 * size) - 1))
-        return self._count(claim.name, claim.access_ns + claim.busy())
+        return self._count(claim.name, claim.access_ns, claim.busy())
 
-    def _count(self, name: str, device_ns: int) -> int:
-        ns = self.exit_ns + device_ns
+    def _count(self, name: str, device_ns: int, medium_ns: int) -> int:
+        cpu = self.exit_ns + device_ns
         self.accesses[name] += 1
-        self.parent_ns[name] += ns
-        return ns
+        self.parent_ns[name] += cpu
+        if medium_ns:
+            self.medium_ns[name] += medium_ns
+        return cpu + medium_ns
 
 
 # The bus of each partition that has one (a VM's worker attaches it; a native CPU or a Python

@@ -173,3 +173,11 @@ def test_a_native_kernel_reads_the_disk_through_port_io(tmp_path, vhd):
     assert child.read(0x220000, 1024) == b"sector seven".ljust(1024, b"#")
     assert bus_of(child).accesses["ide"] == 6 + 1 + 512      # task file and command, one status poll, 512 words
     assert dev.completed["read"] == 1
+
+
+def test_the_medium_time_is_waited_but_is_not_parent_cpu(vhd):
+    bus, _ = _bus(vhd)
+    _command(bus, ide.READ, 0, 8)
+    assert bus.accesses["ide"] == 7
+    assert bus.parent_ns["ide"] == 7 * (PARENT_EXIT_NS + ide.ACCESS_NS)
+    assert bus.medium_ns["ide"] == ide.LATENCY_NS + 4096 * 10**9 // ide.BANDWIDTH
