@@ -83,7 +83,10 @@ def _migrate(size: str, kind: str | None):
             wall, cpu = time.perf_counter(), time.process_time()
             record = dc.move("vm", to="b", kind=kind) if kind is not None else None
             step = 10_000_000
-            while record is not None and record.outcome == "running" and dc.now < WARMUP_NS[size] + LIMIT_NS:
+            # Until the move has ended and the guest's devices are back on the target.
+            while record is not None and (record.outcome == "running" or (
+                    record.outcome == "completed" and record.devices_ns is None)) \
+                    and dc.now < WARMUP_NS[size] + LIMIT_NS:
                 dc.run(dc.now + step)
             return record, dc.now - WARMUP_NS[size], time.perf_counter() - wall, time.process_time() - cpu
         finally:
@@ -107,6 +110,10 @@ def _baseline(size: str, span_ns: int) -> tuple[float, float]:
             dc.close()
 
 
+def _ms(ns: int | None) -> str:
+    return "-" if ns is None else f"{ns / 1e6:.3f} ms"
+
+
 def run(size: str = "default") -> list[Figure]:
     gib = MEMORY[size] / GIB
     label = f"{gib:g} GiB VM, 5 % WWS, 10 Gbit/s"
@@ -118,12 +125,21 @@ def run(size: str = "default") -> list[Figure]:
             raise RuntimeError(f"{rec.kind} migration of the bench VM ended {rec.outcome}: {rec.reason}")
     s = live.summary()
     figures.append(Figure(f"pre-copy downtime ({label})", s["downtime_ns"] / 1e6, "ms simulated", goal=GOAL_DOWNTIME,
-                          note=f"{s['rounds']} rounds, pages per round {s['pages_per_round']}, stop rule: "
+                          note=f"freeze to running on the target: the source's stop {_ms(s['blackout_stop_ns'])}, "
+                               f"the target's start {_ms(s['blackout_start_ns'])}, the rest the link; "
+                               f"{s['rounds']} rounds, pages per round {s['pages_per_round']}, stop rule: "
                                f"{s['stop_rule']}"))
+    figures.append(Figure(f"pre-copy devices away ({label})", s["devices_away_ns"] / 1e6, "ms simulated",
+                          note=f"freeze to the guest's devices all open again: its VMBus reconnect takes "
+                               f"{_ms(s['reconnect_ns'])} after the resume"))
     p = post.summary()
     figures.append(Figure(f"post-copy downtime ({label})", p["downtime_ns"] / 1e6, "ms simulated",
-                          note=f"{p['fetches']} pages fetched on demand, {p['fetch_wait_ns'] / 1e6:.1f} ms of VP "
+                          note=f"stop {_ms(p['blackout_stop_ns'])}, start {_ms(p['blackout_start_ns'])}; "
+                               f"{p['fetches']} pages fetched on demand, {p['fetch_wait_ns'] / 1e6:.1f} ms of VP "
                                f"stalls charged, their pages {p['fetch_late_ns'] / 1e6:.1f} ms later than charged"))
+    figures.append(Figure(f"post-copy devices away ({label})", p["devices_away_ns"] / 1e6, "ms simulated",
+                          note=f"reconnect {_ms(p['reconnect_ns'])} after the resume (the guest's VP waits for "
+                               f"the pages it touches first)"))
     pre_total = Figure(f"pre-copy total time ({label})", s["total_ns"] / 1e6, "ms simulated",
                        note=f"{s['bytes'] / 1e6:.1f} MB on the link, both ways")
     figures.append(pre_total)

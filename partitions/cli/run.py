@@ -470,19 +470,20 @@ def _run_datacenter_live(dc, duration: int, progress: Callable) -> None:
 
 def _migrations_table(migrations: list[dict]):
     """One row per migration: what moved where, how, its rounds, pages per round, bytes,
-    downtime and total time (docs/migration.md)."""
+    downtime, the guest's reconnect after the resume and total time (docs/migration.md)."""
     from rich.table import Table
     table = Table(title="Migrations")
     for col in ("vm", "from -> to", "kind", "outcome", "rounds", "pages per round", "bytes", "downtime (ms)",
-                "total (ms)"):
-        table.add_column(col, justify="right" if col in ("rounds", "bytes", "downtime (ms)", "total (ms)") else "left")
+                "reconnect (ms)", "total (ms)"):
+        table.add_column(col, justify="right" if col in ("rounds", "bytes", "downtime (ms)", "reconnect (ms)",
+                                                         "total (ms)") else "left")
     for m in migrations:
         pages = m["pages_per_round"]
         shown = ", ".join(map(str, pages if len(pages) <= 6 else pages[:4] + ["...", pages[-1]]))
         ms = lambda ns: "-" if ns is None else f"{ns / 1e6:.3f}"   # noqa: E731
         outcome = m["outcome"] + (f": {m['reason']}" if m["outcome"] == "aborted" else "")
         table.add_row(m["vm"], f"{m['from']} -> {m['to']}", m["kind"], outcome, str(m["rounds"]), shown,
-                      str(m["bytes"]), ms(m["downtime_ns"]), ms(m["total_ns"]))
+                      str(m["bytes"]), ms(m["downtime_ns"]), ms(m.get("reconnect_ns")), ms(m["total_ns"]))
     return table
 
 

@@ -60,6 +60,6 @@ def test_the_downtime_counts_both_parents_work(tmp_path, kind):
 def test_the_devices_come_back_after_the_resume_and_the_summary_says_when(tmp_path, kind, guest):
     record, s, _, back = _move(tmp_path, guest, kind)
     assert s["reconnect_ns"] == record.devices_ns - record.resume_ns > 0
-    assert s["reconnect_ns"] % RECONNECT_POLL_NS == 0
+    assert s["reconnect_ns"] >= RECONNECT_POLL_NS
     assert s["devices_away_ns"] == s["downtime_ns"] + s["reconnect_ns"]
     assert back and all(back)

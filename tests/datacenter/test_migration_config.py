@@ -114,13 +114,14 @@ def test_hvsim_run_of_the_example_moves_cache_and_shows_it(tmp_path, capsys, mon
     assert (m["vm"], m["from"], m["to"], m["kind"], m["outcome"]) == ("cache", "host-a", "host-b", "live",
                                                                       "completed")
     assert m["rounds"] >= 1 and m["downtime_ns"] > 0 and m["pages_per_round"][0] == 512 * 256
+    assert m["reconnect_ns"] > 0 and m["devices_away_ns"] == m["downtime_ns"] + m["reconnect_ns"]
     vms = {h: {v["Name"]: v["State"] for v in s["hosts"][h]["vms"]} for h in s["hosts"]}
     assert vms["host-b"]["cache"] == "Running" and "cache" not in vms["host-a"]
     monkeypatch.setenv("COLUMNS", "160")
     trace = tmp_path / "trace.json"
     assert main(["run", EXAMPLE, "--for", "1.1s", "--workdir", str(tmp_path / "t"), "--trace", str(trace)]) == 0
     out = capsys.readouterr().out
-    assert "Migrations" in out and "host-a -> host-b" in out and "downtime (ms)" in out
+    assert "Migrations" in out and "host-a -> host-b" in out and "downtime (ms)" in out and "reconnect (ms)" in out
     work = {host: [e for e in json.loads((tmp_path / f"trace.json.{host}").read_text())["traceEvents"]
                    if e.get("cat") == "migration"] for host in ("host-a", "host-b")}
     assert [e["name"] for e in work["host-a"]][0] == "round 0" and "blackout" in [e["name"] for e in work["host-a"]]
