@@ -20,6 +20,7 @@ every VP that must step at that instant in one batch.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Callable, Coroutine, Generator
 
@@ -48,6 +49,11 @@ RESUME_START = _binding.constant("HV_RESUME_START")
 _REASONS = {RESUME_START: "start", _binding.constant("HV_RESUME_STEP"): "step",
             _binding.constant("HV_RESUME_INTERRUPT"): "interrupt",
             _binding.constant("HV_RESUME_TIMEOUT"): "timeout"}
+
+#: Each partition's intercept bus: the parent's emulated devices, which live above this layer
+#: (partitions/native_guest/devices.py registers a VM's bus here). A bus answers
+#: port_in(port, size) -> (value, ns) and port_out(port, size, value) -> ns.
+INTERCEPTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -182,15 +188,20 @@ class GuestContext:
         """An intercept call: read `size` bytes (1, 2 or 4) at I/O `port` from the VM's emulated
         devices (partitions/native_guest/devices.py). The VP spends what a native guest's `in`
         costs: the exit to the parent plus the device's time."""
-        from partitions.native_guest.devices import bus_of
-        value, ns = bus_of(self.partition).port_in(port, size)
+        value, ns = self._intercepts().port_in(port, size)
         await self.compute(ns)
         return value
 
     async def port_out(self, port: int, size: int, value: int) -> None:
         """An intercept call: write `value` (`size` bytes) to I/O `port`, at the cost of a native `out`."""
-        from partitions.native_guest.devices import bus_of
-        await self.compute(bus_of(self.partition).port_out(port, size, value))
+        await self.compute(self._intercepts().port_out(port, size, value))
+
+    def _intercepts(self):
+        bus = INTERCEPTS.get(self.partition)
+        if bus is None:
+            raise RuntimeError(f"partition {self.partition.id} has no emulated devices: its parent gave it "
+                               "no intercept bus")
+        return bus
 
     async def wait_for_sint(self, sint: int, timeout: int | str | None = None) -> Wakeup:
         """Halt until SINT `sint` is raised (or the timeout passes)."""

@@ -15,10 +15,11 @@ access costs the same either way. The bus of a partition is found with `bus_of(p
 """
 from __future__ import annotations
 
-import weakref
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from hypervisor.guest import INTERCEPTS
 
 #: The cost model's exit that goes out to the parent (cost-model.md §1): 4 us.
 PARENT_EXIT_NS = 4000
@@ -106,9 +107,9 @@ class IoBus:
         return cpu + medium_ns
 
 
-# The bus of each partition that has one (a VM's worker attaches it; a native CPU or a Python
-# guest's intercept call finds it here). Weak: a torn-down partition takes its bus with it.
-_BUSES: "weakref.WeakKeyDictionary[Any, IoBus]" = weakref.WeakKeyDictionary()
+# The bus of each partition that has one, kept where a Python guest's intercept call finds it
+# (hypervisor/guest.py, a layer below). Weak: a torn-down partition takes its bus with it.
+_BUSES = INTERCEPTS
 
 
 def bus_of(partition, *, exit_ns: int = PARENT_EXIT_NS) -> IoBus:

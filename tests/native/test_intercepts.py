@@ -90,3 +90,19 @@ def test_a_python_guest_reaches_the_same_devices_through_intercept_calls_at_the_
     assert seen == [10, 0xFF, 3 * PARENT_EXIT_NS + 2 * 300]
     assert bus_of(child).accesses == {"latch": 2, NO_DEVICE: 1}
     assert child.vp(0).info()["run_time_ns"] == 3 * PARENT_EXIT_NS + 2 * 300
+
+
+def test_a_python_guest_of_a_vm_without_emulated_devices_fails_its_intercept_call():
+    from hypervisor.guest import GuestError
+    from hypervisor.host import Host
+    from partitions.worker import VmSpec, VmWorker
+    host = Host(logical_processors=2, memory="256MiB", seed=3)
+    child = VmWorker(host, VmSpec("bare", memory="4MiB")).build()
+
+    async def guest(ctx):
+        await ctx.port_in(0x60, 1)
+
+    child.vp(0).run(guest)
+    host.root.resume_partition(child)
+    with pytest.raises(GuestError, match="has no emulated devices"):
+        host.run(until=1 * MS)
