@@ -24,6 +24,7 @@ the frame this module pushed), so kernels need no GDT of their own.
 from __future__ import annotations
 
 import ctypes
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Callable
@@ -75,6 +76,48 @@ _GPRS = [X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX,
          X.UC_X86_REG_R15, X.UC_X86_REG_RIP, X.UC_X86_REG_RFLAGS]
 _EXCEPTIONS = {0: "#DE divide error", 1: "#DB", 3: "#BP breakpoint", 4: "#OF", 5: "#BR", 6: "#UD invalid opcode",
                8: "#DF double fault", 13: "#GP general protection", 14: "#PF page fault"}
+
+
+def _find_counter_offset() -> int:
+    """Where unicorn keeps its instruction count of the current emu_start (uc_struct's
+    emu_counter, beside emu_count): found once by running a scratch emulator for two counts. The
+    executor reads it instead of counting in a Python hook on every instruction."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, PAGE)
+    uc.mem_write(0, b"\x90" * 64)
+    found = None
+    for count in (5, 11):
+        uc.emu_start(0, PAGE, count=count)
+        words = (ctypes.c_uint64 * 4096).from_address(uc._uch.value)
+        hits = {i for i in range(4095) if words[i] == count + 1 and words[i + 1] == count}
+        found = hits if found is None else found & hits
+    if len(found or ()) != 1:
+        raise RuntimeError("cannot find unicorn's instruction counter (a unicorn other than 2.1?)")
+    return found.pop() * 8
+
+
+_COUNTER_OFFSET: int | None = None
+#: wrmsr, rdmsr, iretq: the instructions the executor takes over that unicorn has no exit for.
+_SITE_BYTES = re.compile(rb"\x0f[\x30\x32]|\x48\xcf")
+
+
+def _emu_counter(uc: Uc) -> ctypes.c_uint64:
+    global _COUNTER_OFFSET
+    if _COUNTER_OFFSET is None:
+        _COUNTER_OFFSET = _find_counter_offset()
+    return ctypes.c_uint64.from_address(uc._uch.value + _COUNTER_OFFSET)
+
+
+def _hook_rdtsc(uc: Uc, callback) -> None:
+    """An instruction hook on rdtsc (unicorn's C side has it; its Python binding lists only
+    in/out/syscall/cpuid), with cpuid's signature: returning True skips the instruction."""
+    from unicorn.unicorn_py3.arch import intel
+    from unicorn.unicorn_py3.unicorn import uccallback
+
+    @uccallback(uc, intel.HOOK_INSN_CPUID_CFUNC)
+    def on_rdtsc(handle, key):
+        return callback(uc, None)
+    uc._Uc__do_hook_add(UC_HOOK_INSN, on_rdtsc, 1, 0, ctypes.c_int(X.UC_X86_INS_RDTSC))
 
 
 class NativeFault(Exception):
@@ -138,10 +181,16 @@ class NativeCpu:
         self._now0 = 0              # simulated time at the slice's start (rdtsc)
         self._slice_start = 0
         self._calls = 0             # hypercalls of the current slice
-        self.uc.hook_add(UC_HOOK_CODE, self._on_code)
+        self._counter = _emu_counter(self.uc)  # unicorn's own count of the current emu_start
+        self._run_base = 0          # self.instructions when the current emu_start began
+        self._run_count = 0         # its count
+        self._sites: dict[int, int] = {}  # address -> hook of each wrmsr/rdmsr/iretq the guest may run
+        self.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        _hook_rdtsc(self.uc, self._on_rdtsc)
         self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         self.uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        self._scan()
         self.uc.reg_write(X.UC_X86_REG_RIP, image.entry)
         top = stack_top if stack_top is not None else self._ram_end
         self.uc.reg_write(X.UC_X86_REG_RSP, top - 8)
@@ -225,11 +274,15 @@ class NativeCpu:
             if left <= 0:
                 break
             rip = uc.reg_read(X.UC_X86_REG_RIP)
+            self._run_base, self._run_count, self._hook_stopped = self.instructions, left, False
             try:
                 uc.emu_start(rip, 0xFFFF_FFFF_FFFF_FFFF, count=left)
             except UcError as exc:
+                self._retire()
                 # The emulator refuses `vmcall` itself (it has no VMX): it stops on it with an
-                # invalid-instruction error before the code hook sees it. That is the hypercall.
+                # invalid-instruction error, the instruction counted. That is the hypercall. A
+                # vmcall is charged as two instructions, as it always has been (the simulated
+                # times and trace digests stay those of earlier versions).
                 if self._fault is None and exc.errno == UC_ERR_INSN_INVALID and self._is_vmcall(rip := uc.reg_read(X.UC_X86_REG_RIP)):
                     self.instructions += 1
                     uc.reg_write(X.UC_X86_REG_RIP, rip + 3)
@@ -238,11 +291,43 @@ class NativeCpu:
                     break
                 if self._fault is None:
                     self._fault = self._describe(exc)
+                break
+            # The emulator stops by itself before its count only on `hlt` (it has run it: RIP is
+            # past it); every other early stop is a hook's.
+            if (self._counter.value <= left and not self._hook_stopped and self._fault is None
+                    and self._byte_before(uc.reg_read(X.UC_X86_REG_RIP)) == 0xF4):
+                self._halted = True
+            self._retire()
             break
         if self._fault is not None:
             raise NativeFault(self._fault)
         ran = self.instructions - self._slice_start
         return ran * NS_PER_INSTRUCTION + self._extra_ns, self._halted
+
+    def _retire(self) -> None:
+        """Bring self.instructions up to date inside or after an emu_start: unicorn counts each
+        instruction as it starts it (the one a hook runs in, or a fault stops, included) and,
+        when the count runs out, the one it stopped before as well."""
+        self.instructions = self._run_base + min(self._counter.value, self._run_count)
+
+    def _scan(self) -> None:
+        """Put a code hook on every `wrmsr`, `rdmsr` and `iretq` in the partition's memory as the
+        CPU starts (the kernel is loaded by then): the emulator gives no exit for them (it keeps
+        MSRs itself and would run iretq on the guest's missing GDT). A hook costs every
+        instruction a bound check, so there is one at each address where the bytes are, no
+        range; where the bytes are not an instruction's start the hook never runs."""
+        pages = sorted(self._view_index, key=self._view_index.get)
+        memory = (ctypes.c_char * (len(pages) * PAGE)).from_address(self._base)
+        for found in _SITE_BYTES.finditer(memory):
+            gpa = pages[found.start() // PAGE] * PAGE + found.start() % PAGE
+            if gpa not in self._sites:
+                self._sites[gpa] = self.uc.hook_add(UC_HOOK_CODE, self._on_code, None, gpa, gpa)
+
+    def _byte_before(self, rip: int) -> int | None:
+        try:
+            return bytes(self.uc.mem_read(rip - 1, 1))[0]
+        except UcError:
+            return None
 
     def _is_vmcall(self, rip: int) -> bool:
         try:
@@ -262,6 +347,7 @@ class NativeCpu:
 
     def _stop(self, fault: str) -> None:
         self._fault = fault
+        self._hook_stopped = True
         self.uc.emu_stop()
 
     def _on_intr(self, uc, intno, _ud) -> None:
@@ -271,29 +357,28 @@ class NativeCpu:
         self._stop(f"native guest took exception {name} at {self._where()} (unhandled: triple fault)")
 
     def _on_code(self, uc, address, size, _ud) -> None:
-        self.instructions += 1
-        if size > 3:
+        # Only at the addresses _scan found: the instruction there may be another one (the bytes
+        # were inside an instruction or data) and then runs as it is.
+        if size != 2:
             return
+        self._retire()
         b = bytes(uc.mem_read(address, size))
-        if b == b"\xf4":                                  # hlt
-            uc.reg_write(X.UC_X86_REG_RIP, address + 1)
-            self._halted = True
-            uc.emu_stop()
-        elif b == b"\x0f\x01\xc1":                        # vmcall
-            uc.reg_write(X.UC_X86_REG_RIP, address + 3)
-            self._hypercall(uc)
-        elif b == b"\x0f\xa2":                            # cpuid
-            if self._cpuid(uc):
-                uc.reg_write(X.UC_X86_REG_RIP, address + 2)
-        elif b == b"\x0f\x30" or b == b"\x0f\x32":        # wrmsr, rdmsr
+        if b == b"\x0f\x30" or b == b"\x0f\x32":          # wrmsr, rdmsr
             self._msr(uc, address, write=b == b"\x0f\x30")
-        elif b == b"\x0f\x31":                            # rdtsc: simulated time, 1 GHz
-            tsc = self._now0 + (self.instructions - self._slice_start) * NS_PER_INSTRUCTION + self._extra_ns
-            uc.reg_write(X.UC_X86_REG_RAX, tsc & 0xFFFFFFFF)
-            uc.reg_write(X.UC_X86_REG_RDX, tsc >> 32 & 0xFFFFFFFF)
-            uc.reg_write(X.UC_X86_REG_RIP, address + 2)
         elif b == b"\x48\xcf":                            # iretq
             self._iretq(uc)
+
+    def _on_cpuid(self, uc, _ud) -> bool:
+        self._retire()
+        return self._cpuid(uc)      # True: the hook answered, the emulator skips the instruction
+
+    def _on_rdtsc(self, uc, _ud) -> bool:
+        # Simulated time, 1 GHz, the rdtsc itself counted; never the emulator's host-derived TSC.
+        self._retire()
+        tsc = self._now0 + (self.instructions - self._slice_start) * NS_PER_INSTRUCTION + self._extra_ns
+        uc.reg_write(X.UC_X86_REG_RAX, tsc & 0xFFFFFFFF)
+        uc.reg_write(X.UC_X86_REG_RDX, tsc >> 32 & 0xFFFFFFFF)
+        return True
 
     def _spent(self) -> int:
         """Simulated ns the current slice has cost so far: its instructions, its exits, and its
@@ -312,7 +397,6 @@ class NativeCpu:
         raw = _binding.hv_hypercall(self.host._h, self.partition.id, self.vp.index, control, rdx, r8)
         uc.reg_write(X.UC_X86_REG_RAX, raw)
         if self._spent() >= SLICE_NS:
-            uc.emu_stop()
             return False
         return True
 
@@ -376,16 +460,20 @@ class NativeCpu:
 
     # ---- port I/O intercepts ---------------------------------------------------------------------
     def _on_out(self, uc, port, size, value, _ud) -> None:
+        self._retire()
         self.exits["io"] += 1
         self._extra_ns += self.bus.port_out(port, size, value)
         if self._spent() >= SLICE_NS:
+            self._hook_stopped = True
             uc.emu_stop()
 
     def _on_in(self, uc, port, size, _ud) -> int:
+        self._retire()
         self.exits["io"] += 1
         value, ns = self.bus.port_in(port, size)   # no device: the bus floats high
         self._extra_ns += ns
         if self._spent() >= SLICE_NS:
+            self._hook_stopped = True
             uc.emu_stop()
         return value
 
@@ -438,6 +526,7 @@ class NativeCpu:
         uc.reg_write(X.UC_X86_REG_RFLAGS, flags | 0x2)
         uc.reg_write(X.UC_X86_REG_RSP, old_rsp)
         uc.reg_write(X.UC_X86_REG_RIP, rip)
+        self._hook_stopped = True
         uc.emu_stop()
 
 
