@@ -11,7 +11,7 @@ ARGS   ?=
 
 .PHONY: run test bench sanitize clean core tools fuzz soak guests
 
-run: $(CORE)
+run: $(CORE) guests
 	$(VENV)/bin/hvsim run $(ARGS)
 
 # Reference tools the interoperability tests compare against (Debian packages, installed if missing).
