@@ -168,6 +168,8 @@ class VirtualMachine:
         self.workload_states: list[dict] = []
         self._frozen_from: VmState | None = None   # what freeze() found (thaw goes back to it)
         self._carried: dict[str, dict] = {}       # device records of an image, until the device opens again
+        self._native_cpu = None                   # a native guest's CPU (NativeCpu), once its VP ran
+        self._native_state: dict | None = None    # the native CPU record it (re)started from, None: its ELF
         #: on_release(vm, reason): the VM left this host (moved); its host drops it.
         self.on_release: Callable[[VirtualMachine, str], None] | None = None
 
@@ -271,11 +273,17 @@ class VirtualMachine:
         """A native guest on VP 0: the ELF kernel loaded into the VM's memory and run by the
         emulator (partitions/native_guest); its serial console's lines go to the event log."""
         from partitions.native_guest.cpu import Uart16550, native_guest
-        from partitions.native_guest.loader import load_elf
-        if resume:
-            raise RuntimeError(f"vm {self.name!r} runs a native kernel, whose CPU state a saved state does not "
-                               "carry yet: it cannot resume from one")
-        image = load_elf(kernel, self.spec_memory_bytes())
+        from partitions.native_guest.loader import ElfLoadError, load_elf
+        state = self._native_state if resume else None
+        self._native_cpu = None
+        if not resume:
+            self._native_state = None
+        try:
+            image = load_elf(kernel, self.spec_memory_bytes())
+        except (ElfLoadError, OSError):
+            if state is None:
+                raise
+            image = None   # resuming: memory holds the kernel; the ELF only names functions in faults
 
         def line(text: str) -> None:
             self.console.append(text)
@@ -283,7 +291,9 @@ class VirtualMachine:
                 self.on_console(self, text)
             if self.on_event is not None:
                 self.on_event(self, "guest.console", {"line": text})
-        self.partition.vp(0).run(native_guest(image, uart=Uart16550(on_line=line)))
+        def started(cpu) -> None:
+            self._native_cpu = cpu
+        self.partition.vp(0).run(native_guest(image, uart=Uart16550(on_line=line), state=state, on_start=started))
 
     def spec_memory_bytes(self) -> int:
         from hypervisor.quantities import parse_size
@@ -364,7 +374,10 @@ class VirtualMachine:
 
     def _saved_registers(self) -> list[int]:
         from hypervisor import Register
-        return [r for r in Register if r.name not in self._NOT_SAVED]
+        # GUEST_OS_ID before HYPERCALL: the core refuses to enable the hypercall page of a VP
+        # without a guest OS id, and a restore sets (and checks) them in this order.
+        return sorted((r for r in Register if r.name not in self._NOT_SAVED),
+                      key=lambda r: r is not Register.GUEST_OS_ID)
 
     def memory_digest(self) -> str:
         """A digest of the partition's memory contents (GPA order): what save/restore preserves."""
@@ -638,6 +651,10 @@ class VirtualMachine:
         shown = [[gpa, int(vis)] for gpa, vis in sorted(self.host.grants.host_visible(part).items())]
         guest = {"format": 1, "kernel": self.stack.save() if self.stack is not None else None,
                  "workloads": self.workload_states}
+        if getattr(self.config, "kernel", None) is not None:
+            # A native guest's CPU (docs/native-guests.md); before its VP first ran, the record it
+            # was started from (None: from its ELF).
+            guest["native"] = self._native_cpu.save_state() if self._native_cpu is not None else self._native_state
         image = {"format": IMAGE_FORMAT, "vm": self.name, "config": self.config_data(), "time_ns": self.host.now,
                  "memory_bytes": self.worker.memory_bytes, "processors": self.spec.processors, "vps": vps,
                  "host_visibility": shown, "guest": guest, "devices": devices, "measured": self.measure()}
@@ -722,14 +739,31 @@ class VirtualMachine:
         image = _plain(image, where)
         registers = self._check_image(image, where)
         part = self.partition
+        # The core checks a batch against the state before it, and enables the hypercall page
+        # only for a VP with a guest OS id (a native guest's): HYPERCALL goes in a second batch,
+        # after GUEST_OS_ID, and is checked here against the image's id and the VM's pages.
+        later: dict[int, dict[int, int]] = {}
+        pages = set(self.memory_pages())
         for index, values in registers.items():
+            call = values.get(int(Register.HYPERCALL))
+            if call is not None:
+                values = {n: v for n, v in values.items() if n != int(Register.HYPERCALL)}
+                registers[index] = values
+                later[index] = {int(Register.HYPERCALL): call}
             try:
                 self.host.root.check_vp_registers(part, index, values)
-            except HvError as e:
+                if call is not None:
+                    self.host.root.check_vp_registers(part, index, {int(Register.HYPERCALL): call & ~1})
+                    if call & 1 and (not values.get(int(Register.GUEST_OS_ID)) or call >> 12 not in pages):
+                        raise ValueError(f"HYPERCALL {call:#x}: enabled without a guest OS id, or outside its "
+                                         "memory")
+            except (HvError, ValueError) as e:
                 raise SavedStateError(f"{where}: vm {self.name!r} VP {index}: the saved registers are refused "
                                       f"({e})") from None
         for index, values in registers.items():
             self.host.root.set_vp_registers(part, index, values)
+            if index in later:
+                self.host.root.set_vp_registers(part, index, later[index])
             self.host.root.set_vp_registers(part, index, {Register.EOM: 0})
         # Host visibility is the partition's state in the core: the guest had shown these pages
         # (the old shell's bounce buffers); its kernel hides and reuses them as it resumes.
@@ -739,6 +773,7 @@ class VirtualMachine:
                 modify_host_visibility(part, pages, vis)
         guest = image["guest"]
         self.stack.load(guest["kernel"])
+        self._native_state = guest.get("native")
         self.workload_states = [dict(state) for state in guest["workloads"]]
         self._carried = dict(image["devices"])
         self._measured_before = Counter(image["measured"])
@@ -796,6 +831,11 @@ class VirtualMachine:
             GuestVmbus.check_record(guest.get("kernel"), "guest.kernel")
         except ValueError as e:
             raise SavedStateError(f"{where}: section {e}") from None
+        if getattr(self.config, "kernel", None) is not None:
+            from partitions.native_guest.cpu import check_state
+            problem = None if guest.get("native") is None else check_state(guest["native"])
+            if problem is not None:
+                raise SavedStateError(f"{where}: guest.native: {problem}")
         states = guest.get("workloads")
         if not isinstance(states, list) or len(states) != 1 + len(self.more_workloads):
             raise SavedStateError(f"{where}: guest.workloads: expected a list of {1 + len(self.more_workloads)} "

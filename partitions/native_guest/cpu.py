@@ -74,6 +74,15 @@ _GPRS = [X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX,
          X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_R8, X.UC_X86_REG_R9,
          X.UC_X86_REG_R10, X.UC_X86_REG_R11, X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14,
          X.UC_X86_REG_R15, X.UC_X86_REG_RIP, X.UC_X86_REG_RFLAGS]
+_GPR_NAMES = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11",
+              "r12", "r13", "r14", "r15", "rip", "rflags"]
+#: What a saved native CPU holds beside its general registers (NativeCpu.save_state).
+STATE_FORMAT = 1
+_SELECTORS = {"cs": X.UC_X86_REG_CS, "ss": X.UC_X86_REG_SS, "ds": X.UC_X86_REG_DS, "es": X.UC_X86_REG_ES,
+              "fs": X.UC_X86_REG_FS, "gs": X.UC_X86_REG_GS}
+_CONTROL = {"cr0": X.UC_X86_REG_CR0, "cr3": X.UC_X86_REG_CR3, "cr4": X.UC_X86_REG_CR4,
+            "fs_base": X.UC_X86_REG_FS_BASE, "gs_base": X.UC_X86_REG_GS_BASE}
+_EFER = 0xC0000080
 _EXCEPTIONS = {0: "#DE divide error", 1: "#DB", 3: "#BP breakpoint", 4: "#OF", 5: "#BR", 6: "#UD invalid opcode",
                8: "#DF double fault", 13: "#GP general protection", 14: "#PF page fault"}
 
@@ -181,6 +190,8 @@ class NativeCpu:
         self._now0 = 0              # simulated time at the slice's start (rdtsc)
         self._slice_start = 0
         self._calls = 0             # hypercalls of the current slice
+        self.pending: list[int] = []  # vectors raised and not yet taken (IF was clear)
+        self.ctx = None             # the guest context running it (native_guest): its raised SINTs are state
         self._counter = _emu_counter(self.uc)  # unicorn's own count of the current emu_start
         self._run_base = 0          # self.instructions when the current emu_start began
         self._run_count = 0         # its count
@@ -251,9 +262,67 @@ class NativeCpu:
 
     # ---- registers -------------------------------------------------------------------------------
     def registers(self) -> dict[str, int]:
-        names = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11",
-                 "r12", "r13", "r14", "r15", "rip", "rflags"]
-        return {n: self.uc.reg_read(r) for n, r in zip(names, _GPRS)}
+        return {n: self.uc.reg_read(r) for n, r in zip(_GPR_NAMES, _GPRS)}
+
+    # ---- the CPU's state as data (save, restore, migration) ---------------------------------------
+    def save_state(self) -> dict:
+        """Everything that is this VP's and not in memory or the core, as plain data (msgpack):
+        registers, the halted flag, interrupts raised and not yet taken, counters, the UART's
+        unfinished line and where the hypercall page overlay stands. Taken between slices (the
+        VP is suspended at an await), so nothing of a slice is in flight: the slice-local fields
+        (_now0, _extra_ns, _calls) are reset by the next run_slice and are not state."""
+        uc = self.uc
+        _, gdt_base, gdt_limit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
+        _, idt_base, idt_limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)
+        return {"format": STATE_FORMAT, "registers": self.registers(),
+                "segments": {n: uc.reg_read(r) for n, r in _SELECTORS.items()},
+                "control": {n: uc.reg_read(r) for n, r in _CONTROL.items()} | {"efer": uc.msr_read(_EFER)},
+                "gdtr": [gdt_base, gdt_limit], "idtr": [idt_base, idt_limit],
+                "halted": self._halted, "pending": list(self.pending),
+                "raised_sints": self.ctx.raised_sints if self.ctx is not None else 0,
+                "instructions": self.instructions, "exits": dict(self.exits),
+                "overlay": self._overlay, "uart": {"partial": bytes(self.uart.partial)}}
+
+    @classmethod
+    def from_state(cls, vp, state: dict, image: ElfImage | None = None, **kwargs) -> "NativeCpu":
+        """A CPU for `vp` that goes on from `state` (save_state's record, which check_state
+        accepts): the partition's memory already holds the kernel and its data, so nothing is
+        loaded; `image` only names functions in fault messages."""
+        problem = check_state(state)
+        if problem is not None:
+            raise ValueError(f"native CPU state: {problem}")
+        regs = state["registers"]
+        if image is None:
+            image = ElfImage(path="(restored native CPU)", entry=regs["rip"], segments=())
+        cpu = cls(vp, image, **kwargs)
+        uc = cpu.uc
+        control = state["control"]
+        for name, reg in _CONTROL.items():
+            if name not in ("fs_base", "gs_base") and uc.reg_read(reg) != control[name]:
+                uc.reg_write(reg, control[name])
+        if uc.msr_read(_EFER) != control["efer"]:
+            uc.msr_write(_EFER, control["efer"])
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, *state["gdtr"], 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, *state["idtr"], 0))
+        # A selector write loads its descriptor from the GDT (in 64-bit mode too), so only the
+        # ones the guest changed are written, after the GDTR; the FS/GS bases after them (a
+        # selector load sets the base from its descriptor).
+        for name, reg in _SELECTORS.items():
+            if uc.reg_read(reg) != state["segments"][name]:
+                uc.reg_write(reg, state["segments"][name])
+        for name in ("fs_base", "gs_base"):
+            uc.reg_write(_CONTROL[name], control[name])
+        for reg, name in zip(_GPRS, _GPR_NAMES):
+            uc.reg_write(reg, regs[name])
+        cpu._halted = state["halted"]
+        cpu.pending[:] = state["pending"]
+        cpu.instructions = state["instructions"]
+        cpu.exits.update(state["exits"])
+        cpu.uart.partial[:] = state["uart"]["partial"]
+        # The overlay follows the core's HV_X64_MSR_HYPERCALL (a VP register the image restored
+        # already), not the record: the record's overlay is the same page unless it was altered.
+        cpu.sync_overlay()
+        return cpu
 
     def _where(self, rip: int | None = None) -> str:
         rip = self.uc.reg_read(X.UC_X86_REG_RIP) if rip is None else rip
@@ -530,6 +599,45 @@ class NativeCpu:
         uc.emu_stop()
 
 
+def check_state(state) -> str | None:
+    """What is wrong with a native CPU record (NativeCpu.save_state's shape), or None: checked
+    before a restore changes anything."""
+    def u64(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 64
+
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        return f"expected a map with format {STATE_FORMAT}"
+    for key, names in (("registers", _GPR_NAMES), ("segments", list(_SELECTORS)),
+                       ("control", [*_CONTROL, "efer"])):
+        part = state.get(key)
+        if not isinstance(part, dict) or set(part) != set(names) or not all(map(u64, part.values())):
+            return f"{key}: expected {', '.join(names)} as unsigned 64-bit integers"
+    if any(v >= 1 << 16 for v in state["segments"].values()):
+        return "segments: a selector is 16 bits"
+    for key in ("gdtr", "idtr"):
+        t = state.get(key)
+        if not (isinstance(t, list) and len(t) == 2 and u64(t[0]) and u64(t[1]) and t[1] < 1 << 16):
+            return f"{key}: expected [base, 16-bit limit]"
+    if not isinstance(state.get("halted"), bool):
+        return "halted: expected a boolean"
+    if not (isinstance(state.get("pending"), list) and all(isinstance(v, int) and 0 <= v < 256
+                                                           for v in state["pending"])):
+        return "pending: expected a list of vectors (0-255)"
+    if not (isinstance(state.get("raised_sints"), int) and 0 <= state["raised_sints"] < 1 << 16):
+        return "raised_sints: expected a 16-bit mask"
+    if not u64(state.get("instructions")):
+        return "instructions: expected a count"
+    exits = state.get("exits")
+    if not (isinstance(exits, dict) and all(isinstance(k, str) and u64(v) for k, v in exits.items())):
+        return "exits: expected a map of counts"
+    if not (state.get("overlay") is None or u64(state["overlay"])):
+        return "overlay: expected a GPA page or None"
+    uart = state.get("uart")
+    if not (isinstance(uart, dict) and isinstance(uart.get("partial"), bytes)):
+        return "uart: expected a map with its unfinished line as bytes"
+    return None
+
+
 def sint_vector(vp, sint: int) -> int | None:
     """The vector SINT `sint` of `vp` raises (its SINTx register), None while it is masked."""
     value = vp.get_registers([Register[f"SINT{sint}"]])[0]
@@ -540,19 +648,29 @@ def sint_vector(vp, sint: int) -> int | None:
 
 def native_guest(image: ElfImage, *, uart: Uart16550 | None = None, write: bool = True,
                  on_start: Callable[[NativeCpu], None] | None = None, parent_exit_ns: int = PARENT_EXIT_NS,
-                 bus: IoBus | None = None):
+                 bus: IoBus | None = None, state: dict | None = None):
     """The guest function (for vp.run) that runs `image` on a VP: loads it (unless `write` is
     False: it is in memory already), then runs slices, halts on `hlt`, and takes the SINTs raised
-    meanwhile through the guest's IDT."""
+    meanwhile through the guest's IDT. With `state` (a NativeCpu.save_state() record, checked by
+    check_state) it loads nothing: memory holds the kernel, and the CPU goes on from the record
+    (`image` then only names functions in fault messages; None is fine)."""
     from partitions.native_guest.loader import write_image
 
     async def main(ctx) -> None:
-        if write:
+        if write and state is None:
             write_image(ctx.partition, image)
-        cpu = NativeCpu(ctx.vp, image, uart=uart, parent_exit_ns=parent_exit_ns, bus=bus)
+        if state is None:
+            cpu = NativeCpu(ctx.vp, image, uart=uart, parent_exit_ns=parent_exit_ns, bus=bus)
+        else:
+            cpu = NativeCpu.from_state(ctx.vp, state, image, uart=uart, parent_exit_ns=parent_exit_ns, bus=bus)
+            ctx.raised_sints |= state["raised_sints"]
+        cpu.ctx = ctx
         if on_start is not None:
             on_start(cpu)
-        pending: list[int] = []       # vectors raised and not yet taken (IF was clear)
+        pending = cpu.pending
+        if state is not None and state["halted"]:   # it was saved in `hlt`: it waits there again
+            if not ctx.raised_sints and not (pending and cpu.interrupts_enabled()):
+                await ctx.halt()
         # No cleanup when the coroutine ends: it may be closed by the garbage collector after the
         # emulator (or the host) is gone. The core's view ends with the partition's teardown, and
         # the emulator maps nothing of its own but the hypercall page.
