@@ -436,8 +436,8 @@ class _Reader:
                 continue
             here = at_host[at.vm]
             if at.to == here or at.to not in hosts:
-                self.fail(f"at[{i}].to", f'the name of a [[host]] VM "{at.vm}" is not on at {_time(time)} (it is on '
-                          f'"{here}")', show(at.to), _suggest(at.to, hosts))
+                self.fail(f"at[{i}].to", f'the name of a [[host]] other than "{here}", where VM "{at.vm}" is at '
+                          f'{_time(time)}', show(at.to), _suggest(at.to, hosts))
             if at.action == "move" and frozenset((here, at.to)) not in joined:   # quick-move: through storage
                 self.fail(f"at[{i}].to", f'a host a [[link]] joins to "{here}", where VM "{at.vm}" is at {_time(time)}',
                           show(at.to))

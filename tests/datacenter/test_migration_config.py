@@ -59,7 +59,7 @@ def test_a_move_is_read_with_its_host_and_kind_and_kept_out_of_the_hosts_timelin
     ([dict(action="quick-move", vm="v", to="b", kind="live")], "at[0].kind", 'on a "move" action only'),
     ([dict(action="move", vm="v", to="b", kind="teleport")], "at[0].kind", 'one of "live", "post-copy"'),
     ([dict(action="move", vm="v", to="x")], "at[0].to", "the name of a [[host]]"),
-    ([dict(action="move", vm="v", to="a")], "at[0].to", 'is not on at 1s (it is on "a")'),
+    ([dict(action="move", vm="v", to="a")], "at[0].to", 'a [[host]] other than "a", where VM "v" is at 1s'),
     ([dict(action="move", vm="v", to="c")], "at[0].to", 'a host a [[link]] joins to "a"'),
     ([dict(action="move", vm="v", to="b"), dict(action="pause", vm="v")], "at[1].action",
      "before it moves to another host"),
