@@ -196,6 +196,18 @@ class GuestContext:
         """An intercept call: write `value` (`size` bytes) to I/O `port`, at the cost of a native `out`."""
         await self.compute(self._intercepts().port_out(port, size, value))
 
+    async def mmio_read(self, gpa: int, size: int) -> int:
+        """An intercept call: load `size` bytes (1, 2, 4 or 8) at `gpa` from the emulated device
+        that claims it, at the cost of a native guest's load there (exit plus device). A GPA no
+        device claims raises, and the VP stops as a native guest's would."""
+        value, ns = self._intercepts().mmio_read(gpa, size)
+        await self.compute(ns)
+        return value
+
+    async def mmio_write(self, gpa: int, size: int, value: int) -> None:
+        """An intercept call: store `value` (`size` bytes) at `gpa`, at the cost of a native store."""
+        await self.compute(self._intercepts().mmio_write(gpa, size, value))
+
     def _intercepts(self):
         bus = INTERCEPTS.get(self.partition)
         if bus is None:

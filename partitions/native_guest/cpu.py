@@ -1,6 +1,6 @@
 """The executor of native guests: a VP whose guest is x86-64 machine code, run by unicorn over the
 partition's own pages, with the hypervisor's interface (CPUID leaves, synthetic MSRs, `vmcall`,
-interrupts through the guest's IDT) and port I/O intercepts to emulated devices.
+interrupts through the guest's IDT) and port I/O and MMIO intercepts to emulated devices.
 
 How it fits the simulator: a native guest is a guest coroutine like any other. Each step it runs
 the emulator for at most SLICE_INSTRUCTIONS instructions (or until `hlt`, or until an instruction
@@ -13,8 +13,9 @@ way twice.
 Memory: the partition's RAM is mapped into the emulator through an own view of the core (the
 child's pages, pinned, mapped contiguously by the core from the SPA memory file) with
 uc.mem_map_ptr: no copy, and the emulator reaches exactly the GPA pages the core maps for the
-partition. Anything else (a GPA without a page) is unmapped in the emulator, and an access there
-faults the guest's VP.
+partition. A range a device claims on the VM's intercept bus is mapped as MMIO (uc.mmio_map: each
+load or store calls the bus, whose answer is what the guest loads); anything else (a GPA without a
+page) is unmapped in the emulator, and an access there faults the guest's VP.
 
 CPU mode: unicorn's x86-64 mode starts the CPU in 64-bit long mode with a flat address space
 (guest-virtual = guest-physical, no page tables walked), the identity mapping the loader assumes.
@@ -196,6 +197,7 @@ class NativeCpu:
         self._run_base = 0          # self.instructions when the current emu_start began
         self._run_count = 0         # its count
         self._sites: dict[int, int] = {}  # address -> hook of each wrmsr/rdmsr/iretq the guest may run
+        self._mmio_mapped: set[int] = set()  # bases of the bus's MMIO claims mapped in the emulator
         self.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         _hook_rdtsc(self.uc, self._on_rdtsc)
         self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
@@ -336,6 +338,7 @@ class NativeCpu:
         self._halted, self._extra_ns, self._fault, self._calls = False, 0, None, 0
         self._now0, self._slice_start = now, self.instructions
         self.sync_overlay()
+        self.sync_mmio()
         uc = self.uc
         while True:
             left = min(budget - (self.instructions - self._slice_start),
@@ -526,6 +529,34 @@ class NativeCpu:
                        "triple fault)")
             return
         uc.reg_write(X.UC_X86_REG_RIP, address + 2)
+
+    def sync_mmio(self) -> None:
+        """Map each MMIO claim of the bus the emulator does not map yet (a device may be attached
+        after the CPU starts). Claims are never removed from a bus, so nothing is unmapped."""
+        for claim in self.bus.mmio_claims():
+            if claim.base not in self._mmio_mapped:
+                self.uc.mmio_map(claim.base, claim.count, self._on_mmio_read, claim.base,
+                                 self._on_mmio_write, claim.base)
+                self._mmio_mapped.add(claim.base)
+
+    # ---- MMIO intercepts -------------------------------------------------------------------------
+    def _on_mmio_read(self, uc, offset, size, base) -> int:
+        self._retire()
+        self.exits["mmio"] = self.exits.get("mmio", 0) + 1
+        value, ns = self.bus.mmio_read(base + offset, size)
+        self._extra_ns += ns
+        if self._spent() >= SLICE_NS:
+            self._hook_stopped = True
+            uc.emu_stop()
+        return value
+
+    def _on_mmio_write(self, uc, offset, size, value, base) -> None:
+        self._retire()
+        self.exits["mmio"] = self.exits.get("mmio", 0) + 1
+        self._extra_ns += self.bus.mmio_write(base + offset, size, value)
+        if self._spent() >= SLICE_NS:
+            self._hook_stopped = True
+            uc.emu_stop()
 
     # ---- port I/O intercepts ---------------------------------------------------------------------
     def _on_out(self, uc, port, size, value, _ud) -> None:

@@ -1,5 +1,5 @@
-"""The intercept bus of a VM: the emulated devices that answer its port I/O, what each access
-costs, and how many accesses each device took.
+"""The intercept bus of a VM: the emulated devices that answer its port I/O and MMIO, what each
+access costs, and how many accesses each device took.
 
 An access to an I/O port is not something the hypervisor answers: the VP exits, the exit goes out
 to the parent's VM worker, and the worker's device model answers (the unenlightened path that
@@ -12,9 +12,16 @@ exit: the parent had to look before it could say nobody is there.
 Both kinds of guest use the same bus: a native guest's `in`/`out` (partitions/native_guest/cpu.py)
 and a Python guest's `await ctx.port_in(...)` / `ctx.port_out(...)` (hypervisor/guest.py), so an
 access costs the same either way. The bus of a partition is found with `bus_of(partition)`.
+
+MMIO works the same way for guest-physical ranges that are not the VM's RAM: a device claims whole
+pages (the emulator maps pages, so a page belongs to one device or none), the claim is refused if it
+overlaps the VM's RAM or another claim, and a load or store there costs what a port access costs.
+Unlike a port, a GPA no device claims is not floating bus: it is nothing at all, and an access there
+faults the VP (`mmio_read`/`mmio_write` raise MmioUnclaimed).
 """
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -24,6 +31,12 @@ from hypervisor.guest import INTERCEPTS
 #: The cost model's exit that goes out to the parent (cost-model.md §1): 4 us.
 PARENT_EXIT_NS = 4000
 NO_DEVICE = "none"   # the name unclaimed accesses are counted under
+MMIO_PAGE = 0x1000   # MMIO claims are whole pages of this size
+GPA_LIMIT = 1 << 52  # the guest-physical address space (52-bit, as x86-64's)
+
+
+class MmioUnclaimed(LookupError):
+    """A guest touched a GPA that is neither its RAM nor a device's: its VP faults."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,10 @@ class IoBus:
         self.accesses: Counter[str] = Counter()
         self.parent_ns: Counter[str] = Counter()
         self.medium_ns: Counter[str] = Counter()
+        self._mmio: list[Claim] = []              # by base, never overlapping
+        self._mmio_page: dict[int, Claim] = {}    # GPA page number -> its claim
+        # Whether a GPA page is the VM's RAM (set by bus_of): MMIO claims must stay clear of it.
+        self.is_ram: Callable[[int], bool] = lambda page: False
 
     def register(self, name: str, base: int, count: int, *, read: Callable[[int, int], int],
                  write: Callable[[int, int, int], None], access_ns: int, device: Any = None) -> Claim:
@@ -75,12 +92,62 @@ class IoBus:
         (name, base, count, read, write, access_ns)."""
         for name, base, count, read, write, access_ns in device.claims():
             self.register(name, base, count, read=read, write=write, access_ns=access_ns, device=device)
+        # A device with registers in memory names them the same way: (name, gpa, size, read,
+        # write, access_ns).
+        for name, gpa, size, read, write, access_ns in getattr(device, "mmio_claims", lambda: ())():
+            self.register_mmio(name, gpa, size, read=read, write=write, access_ns=access_ns, device=device)
+
+    def register_mmio(self, name: str, gpa: int, size: int, *, read: Callable[[int, int], int],
+                      write: Callable[[int, int, int], None], access_ns: int, device: Any = None) -> Claim:
+        """Claim the GPA range [gpa, gpa + size) (whole pages) for a device. Refused (ValueError,
+        nothing claimed) if it is not page-aligned, leaves the address space, or overlaps the VM's
+        RAM or another device's range."""
+        if size <= 0 or gpa < 0 or gpa % MMIO_PAGE or size % MMIO_PAGE or gpa + size > GPA_LIMIT:
+            raise ValueError(f"device {name!r}: MMIO range {gpa:#x}+{size:#x} is not whole "
+                             f"{MMIO_PAGE:#x}-byte pages inside the guest-physical address space")
+        pages = range(gpa // MMIO_PAGE, (gpa + size) // MMIO_PAGE)
+        for page in pages:
+            other = self._mmio_page.get(page)
+            if other is not None:
+                raise ValueError(f"device {name!r}: GPA {page * MMIO_PAGE:#x} is already {other.name!r}'s")
+            if self.is_ram(page):
+                raise ValueError(f"device {name!r}: GPA {page * MMIO_PAGE:#x} is the VM's RAM")
+        claim = Claim(name, gpa, size, read, write, access_ns, device)
+        self._mmio.append(claim)
+        self._mmio.sort(key=lambda c: c.base)
+        for page in pages:
+            self._mmio_page[page] = claim
+        return claim
+
+    def mmio_claims(self) -> list[Claim]:
+        """The MMIO claims, by address (the emulator maps each range once)."""
+        return list(self._mmio)
+
+    def mmio_read(self, gpa: int, size: int) -> tuple[int, int]:
+        """(value, ns the access cost) of loading `size` bytes (1, 2, 4 or 8) at `gpa`."""
+        claim = self._mmio_claim(gpa, size)
+        value = claim.read(gpa - claim.base, size) & ((1 << 8 * size) - 1)
+        return value, self._count(claim.name, claim.access_ns, claim.busy())
+
+    def mmio_write(self, gpa: int, size: int, value: int) -> int:
+        """The ns storing `value` (`size` bytes) at `gpa` cost."""
+        claim = self._mmio_claim(gpa, size)
+        claim.write(gpa - claim.base, size, value & ((1 << 8 * size) - 1))
+        return self._count(claim.name, claim.access_ns, claim.busy())
+
+    def _mmio_claim(self, gpa: int, size: int) -> Claim:
+        if size not in (1, 2, 4, 8):
+            raise ValueError(f"an MMIO access is 1, 2, 4 or 8 bytes, not {size}")
+        claim = self._mmio_page.get(gpa // MMIO_PAGE)
+        if claim is None or gpa + size > claim.base + claim.count:
+            raise MmioUnclaimed(f"no device claims GPA {gpa:#x}+{size} (and it is not the VM's RAM)")
+        return claim
 
     def claimed(self, port: int) -> bool:
         return port in self._by_port
 
     def devices(self) -> list[str]:
-        return [c.name for c in self._claims]
+        return [c.name for c in self._claims + self._mmio]
 
     def port_in(self, port: int, size: int) -> tuple[int, int]:
         """(value, ns the access cost) of reading `size` bytes (1, 2 or 4) at `port`."""
@@ -117,4 +184,41 @@ def bus_of(partition, *, exit_ns: int = PARENT_EXIT_NS) -> IoBus:
     bus = _BUSES.get(partition)
     if bus is None:
         bus = _BUSES[partition] = IoBus(exit_ns)
+        # Weak: the bus is the value of a weak-keyed entry, and must not keep its key alive.
+        ref = weakref.ref(partition)
+
+        def is_ram(page: int) -> bool:
+            p = ref()
+            return p is not None and page in set(p.host.introspect.reach_columns(p)[0])
+        bus.is_ram = is_ram
     return bus
+
+
+class MmioScratch:
+    """A test device with registers in memory: one page at `gpa`. Offset 0 is a scratch register
+    (reads give back what was last written, at any size), offset 8 a counter (each read returns
+    how many reads it had before; a write sets it). Each access takes `access_ns` of the parent."""
+
+    def __init__(self, gpa: int, access_ns: int = 500, name: str = "scratch"):
+        self.gpa, self.access_ns, self.name = gpa, access_ns, name
+        self.scratch = 0
+        self.counter = 0
+
+    def mmio_claims(self):
+        yield (self.name, self.gpa, MMIO_PAGE, self._read, self._write, self.access_ns)
+
+    def claims(self):
+        return ()
+
+    def _read(self, offset: int, size: int) -> int:
+        if offset == 8:
+            self.counter += 1
+            return self.counter - 1
+        return self.scratch >> 8 * offset if offset < 8 else 0
+
+    def _write(self, offset: int, size: int, value: int) -> None:
+        if offset == 8:
+            self.counter = value
+        elif offset < 8:
+            mask = ((1 << 8 * size) - 1) << 8 * offset
+            self.scratch = (self.scratch & ~mask | value << 8 * offset) & 0xFFFF_FFFF_FFFF_FFFF
