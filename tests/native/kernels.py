@@ -76,3 +76,22 @@ class Booted:
 
     def u64(self, gpa: int) -> int:
         return int.from_bytes(self.child.read(gpa, 8), "little")
+
+
+#: A host file of a native VM (its kernel's file name in {kernel}) beside a Python VM that burns
+#: half of the only LP: what a hostile kernel's tests check runs on.
+BESIDE_A_BURNER = '''
+[host]
+logical_processors = 1
+memory = "512MiB"
+
+[[vm]]
+name = "native"
+memory = "4MiB"
+kernel = "{kernel}"
+
+[[vm]]
+name = "other"
+memory = "64MiB"
+workload = {{ kind = "cpu-burn", duty = 0.5 }}
+'''

@@ -5,7 +5,7 @@ import pytest
 from partitions.config import loads
 from partitions.management import ManagedHost
 from partitions.native_guest.cpu import NS_PER_INSTRUCTION, SLICE_INSTRUCTIONS
-from tests.native.kernels import HALT_FOREVER, HYPERCALL_SETUP, Booted, build
+from tests.native.kernels import BESIDE_A_BURNER as CONFIG, HALT_FOREVER, HYPERCALL_SETUP, Booted, build
 
 MS = 1_000_000
 
@@ -31,22 +31,6 @@ def test_the_same_kernel_and_seed_give_the_same_trace_twice(tmp_path):
     digests = [Booted(elf, seed=5).run(5 * MS).host.trace_digest() for _ in range(2)]
     assert digests[0] == digests[1]
 
-
-CONFIG = '''
-[host]
-logical_processors = 1
-memory = "512MiB"
-
-[[vm]]
-name = "native"
-memory = "4MiB"
-kernel = "{kernel}"
-
-[[vm]]
-name = "other"
-memory = "64MiB"
-workload = {{ kind = "cpu-burn", duty = 0.5 }}
-'''
 
 
 def _run(tmp_path, elf, duration=50 * MS):

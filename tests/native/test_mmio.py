@@ -5,7 +5,7 @@ GPA nobody claims still faults only that VM."""
 import pytest
 
 from partitions.native_guest.devices import PARENT_EXIT_NS, IoBus, MmioScratch, MmioUnclaimed, bus_of
-from tests.native.kernels import HALT_FOREVER, Booted, build
+from tests.native.kernels import BESIDE_A_BURNER as CONFIG, HALT_FOREVER, Booted, build
 
 MS = 1_000_000
 MMIO = 0x8000_0000          # far above the 4 MiB test VMs' RAM
@@ -81,22 +81,6 @@ def test_an_unclaimed_gpa_crashes_only_that_vm_even_beside_a_claim(tmp_path):
     assert m.vms["other"].partition.vp(0).info()["run_time_ns"] > 10 * MS   # it ran on
     m.close()
 
-
-CONFIG = '''
-[host]
-logical_processors = 1
-memory = "512MiB"
-
-[[vm]]
-name = "native"
-memory = "4MiB"
-kernel = "{kernel}"
-
-[[vm]]
-name = "other"
-memory = "64MiB"
-workload = {{ kind = "cpu-burn", duty = 0.5 }}
-'''
 
 
 def test_a_python_guests_mmio_calls_cost_what_a_native_access_costs():
