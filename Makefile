@@ -15,7 +15,7 @@ run: $(CORE) guests
 	$(VENV)/bin/hvsim run $(ARGS)
 
 # Reference tools the interoperability tests compare against (Debian packages, installed if missing).
-TOOLS := qemu-img:qemu-utils qemu-io:qemu-utils tshark:tshark
+TOOLS := qemu-img:qemu-utils qemu-io:qemu-utils tshark:tshark chromium:chromium
 
 test: $(CORE) guests
 	sh tools/ensure-debian-packages $(TOOLS)
@@ -69,8 +69,8 @@ guests:
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench,native]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(PY) -c "import cffi, pytest, hypothesis, msgpack, structlog, rich, unicorn"
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench,native,service,browser]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -c "import cffi, pytest, hypothesis, msgpack, structlog, rich, unicorn, fastapi, uvicorn, playwright"
 	touch $@
 
 $(CORE): $(STAMP) $(NATIVE)
