@@ -1,0 +1,450 @@
+"""The management service's API under load: request latency from 50 concurrent keep-alive clients
+on loopback against a running `hvsim serve` of the default host, at `--speed 1` and `--speed max`,
+with the simulated time the service advanced meanwhile, and faults thrown in during the run.
+
+Each speed gets its own server: `python -m partitions.cli serve --listen 127.0.0.1:PORT --speed S`
+in a subprocess (a free loopback port, its working and state directories in a scratch directory),
+ready when GET /v1/clock answers. One client process drives it: 50 asyncio connections, raw
+HTTP/1.1 with keep-alive (no HTTP library between the socket and the clock: a request is timed
+from just before its bytes are written to just after the last byte of its answer is read). Each
+client loops on a seeded mix: GET /v1/vms (40 %), GET /v1/vms/{name} (30 %), GET /v1/clock (28 %)
+and now and then (2 %) a lifecycle POST, pause or resume of a VM (a 409 is a right answer: another
+client may have got there first). No pause between a client's answer and its next request: the
+server is saturated, and the latency is what 50 users asking at once would see.
+
+The baseline of each speed is the same load against the same server with its clock paused
+(PUT /v1/clock {"paused": true}: the simulation thread waits and takes no CPU or GIL), measured
+first; then the clock is resumed and the load measured again. The simulated time the clock
+advanced over the loaded stretch, over the wall time, is the service's rate under load: at
+`--speed 1` it must keep pace with real time (the simulation must not stall behind the API).
+
+Faults during the loaded stretch, on their own connections: clients that open the event stream
+(`/v1/events?follow=true`, server-sent events), read part of it and drop the connection; a POST
+with malformed JSON (400 expected); bodies over the 1 MiB bound, with a Content-Length and chunked
+(413 expected); an unknown VM (404). After the run the clock must have moved on and the server must
+still answer; the figure counts the faults answered as expected and fails naming any that were not.
+
+N.B. the client and the server share the machine's CPUs (2 here), and the client's own time per
+request (about a tenth of the server's) is in every latency: the figures are an upper bound.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.timing import Figure, Goal, failed, scratch_dir
+
+CLIENTS = 50
+#: Seconds of load measured per phase (paused baseline, then running), per size.
+SECONDS = {"tiny": 0.4, "default": 8.0, "long": 30.0}
+#: Seconds the fault injector waits between rounds (every kind of fault each round).
+FAULT_EVERY = {"tiny": 0.1, "default": 1.0, "long": 2.0}
+GOAL = Goal("<=", 100.0, "value", "API p99 latency <= 100 ms under 50 concurrent clients on loopback (issue 15)")
+GOAL_PACE = Goal(">=", 0.9, "ratio", "--speed 1 keeps pace with real time under that load (>= 0.9x)")
+THINK = 0.2
+#: (phase, clock paused, mean pause of a client between an answer and its next request, faults).
+PHASES = (("clock paused, saturated", True, None, False),
+          ("running, saturated", False, None, True),
+          (f"running, paced ({THINK * 1e3:.0f} ms between requests)", False, THINK, False))
+MIX = (("vms.list", 0.40), ("vms.get", 0.30), ("clock.get", 0.28), ("lifecycle", 0.02))
+BOUND = 1 << 20          # the API's body bound (svc contract: 1 MiB; larger is 413 before parsing)
+READY_SECONDS = 120.0    # a server that is not answering by then is reported as failed
+
+
+# --- the server -------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`hvsim serve` of the default host in a subprocess, in a scratch directory of its own;
+    stopped with SIGTERM (as a user's Ctrl-C would) and killed only if that does not end it."""
+
+    def __init__(self, speed: str):
+        self.speed = speed
+        self.port = _free_port()
+        base, _ = scratch_dir()
+        self.dir = Path(tempfile.mkdtemp(prefix="hvsim-bench-api-", dir=base))
+        self.log = self.dir / "serve.log"
+        self.proc: subprocess.Popen | None = None
+
+    #: The command before its options (a test may point it elsewhere).
+    COMMAND = (sys.executable, "-m", "partitions.cli", "serve")
+
+    def __enter__(self) -> "Server":
+        argv = [*self.COMMAND, "--listen", f"127.0.0.1:{self.port}",
+                "--speed", self.speed, "--state", str(self.dir / "state")]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(argv, cwd=self.dir, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + READY_SECONDS
+        while True:
+            if self.proc.poll() is not None:
+                self.__exit__(None, None, None)
+                raise RuntimeError(f"hvsim serve --speed {self.speed} exited {self.proc.returncode}: {self.tail()}")
+            try:
+                status, _ = request("127.0.0.1", self.port, "GET", "/v1/clock", timeout=2.0)
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                raise RuntimeError(f"hvsim serve --speed {self.speed} not answering after {READY_SECONDS:.0f} s")
+            time.sleep(0.05)   # polling a readiness endpoint: the bench has no other signal to wait on
+
+    def tail(self) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no output)"
+        return " | ".join(lines[-3:]) or "(no output)"
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def request(host: str, port: int, method: str, path: str, body=None, timeout: float = 10.0):
+    """(status, decoded JSON or None) of one request on a connection of its own (set-up and checks
+    only; the measured requests go through `_Conn`)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+        r = conn.getresponse()
+        raw = r.read()
+        try:
+            return r.status, json.loads(raw) if raw else None
+        except ValueError:
+            return r.status, None
+    finally:
+        conn.close()
+
+
+# --- the clients ------------------------------------------------------------------------------
+
+class _Conn:
+    """One keep-alive HTTP/1.1 connection: a request written whole, its answer read to the last
+    byte of its body (Content-Length or chunked)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> "_Conn":
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(reader, writer)
+
+    async def call(self, method: str, path: str, body: bytes | None = None,
+                   headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+        for k, v in (headers or {}).items():
+            head.append(f"{k}: {v}")
+        if body is not None:
+            head.append(f"Content-Length: {len(body)}")
+        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + (body or b""))
+        return await read_response(self.reader)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+    return status, headers
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    status, headers = await read_head(reader)
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        parts = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            parts.append(await reader.readexactly(size + 2))
+            if size == 0:
+                break
+        return status, b"".join(p[:-2] for p in parts)
+    return status, await reader.readexactly(int(headers.get("content-length", "0")))
+
+
+@dataclass
+class Load:
+    """What one loaded stretch measured."""
+
+    latencies: list[float] = field(default_factory=list)   # seconds, every measured request
+    statuses: dict[str, dict[int, int]] = field(default_factory=dict)   # kind -> status -> count
+    seconds: float = 0.0
+    client_cpu: float = 0.0
+    faults: list[tuple[str, bool, str]] = field(default_factory=list)   # (fault, as expected, what came back)
+
+    def count(self, kind: str, status: int) -> None:
+        by = self.statuses.setdefault(kind, {})
+        by[status] = by.get(status, 0) + 1
+
+    def unexpected(self) -> list[str]:
+        ok = {"lifecycle": {200, 409}}
+        return [f"{kind} -> {status} x{n}" for kind, by in self.statuses.items() for status, n in by.items()
+                if status not in ok.get(kind, {200})]
+
+
+async def _client(conn: _Conn, rng: random.Random, names: list[str], until: float, think: float | None,
+                  load: Load) -> None:
+    kinds, weights = zip(*MIX)
+    first = True
+    while time.perf_counter() < until:
+        if think:
+            await asyncio.sleep(min(rng.expovariate(1 / think), max(0.0, until - time.perf_counter())))
+            if time.perf_counter() >= until:
+                break
+        kind = rng.choices(kinds, weights)[0]
+        if kind == "vms.list":
+            method, path = "GET", "/v1/vms"
+        elif kind == "vms.get":
+            method, path = "GET", f"/v1/vms/{rng.choice(names)}"
+        elif kind == "clock.get":
+            method, path = "GET", "/v1/clock"
+        else:
+            method, path = "POST", f"/v1/vms/{rng.choice(names)}/{rng.choice(('pause', 'resume'))}"
+        start = time.perf_counter()
+        status, _ = await conn.call(method, path, b"" if method == "POST" else None)
+        spent = time.perf_counter() - start
+        if first:
+            first = False      # the connection's first answer warms the server's path: not counted
+            continue
+        load.latencies.append(spent)
+        load.count(kind, status)
+
+
+async def _fault_round(port: int, load: Load) -> None:
+    """One of each fault, each on a connection of its own, the connection dropped afterwards."""
+    async def stream_dropped():
+        conn = await _Conn.open(port)
+        try:
+            conn.writer.write(b"GET /v1/events?follow=true&since=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              b"Accept: text/event-stream\r\n\r\n")
+            status, headers = await asyncio.wait_for(read_head(conn.reader), 5)
+            # Part of the stream (the boot's events are in the ring), then the client vanishes.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(conn.reader.read(512), 0.2)
+            kind = headers.get("content-type", "")
+            return "event stream dropped mid-stream", status == 200 and "text/event-stream" in kind, f"{status} {kind}"
+        finally:
+            conn.writer.transport.abort()   # no FIN handshake: a reset, as a killed client gives
+
+    async def malformed():
+        conn = await _Conn.open(port)
+        try:
+            status, body = await conn.call("POST", "/v1/vms", b'{"toml": "name = ', {"Content-Type": "application/json"})
+            kind = _error_type(body)
+            return "malformed JSON", status == 400 and kind == "BadRequest", f"{status} {kind}"
+        finally:
+            conn.close()
+
+    async def oversized(chunked: bool):
+        name = "oversized body, chunked" if chunked else "oversized body, Content-Length"
+        conn = await _Conn.open(port)
+        try:
+            size = BOUND + (1 << 16)
+            head = "POST /v1/vms HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            head += "Transfer-Encoding: chunked\r\n\r\n" if chunked else f"Content-Length: {size}\r\n\r\n"
+            conn.writer.write(head.encode())
+            answer = asyncio.ensure_future(read_response(conn.reader))
+            chunk = b'{"toml": "' + b"x" * (1 << 16)
+            sent = 0
+            # Send the body piece by piece and stop as soon as the server answers: it may refuse
+            # before reading it all, and bytes it never reads must not reset its answer away.
+            while sent < size and not answer.done():
+                piece = chunk[: size - sent]
+                conn.writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                sent += len(piece)
+                with contextlib.suppress(ConnectionError):
+                    await conn.writer.drain()
+            if chunked and not answer.done():
+                conn.writer.write(b"0\r\n\r\n")
+            try:
+                status, body = await asyncio.wait_for(answer, 10)
+            except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                return name, False, f"no answer: {type(exc).__name__}"
+            kind = _error_type(body)
+            return name, status == 413 and kind == "TooLarge", f"{status} {kind}"
+        finally:
+            conn.writer.transport.abort()
+
+    async def unknown_vm():
+        conn = await _Conn.open(port)
+        try:
+            status, body = await conn.call("GET", "/v1/vms/no-such-vm")
+            kind = _error_type(body)
+            return "unknown VM", status == 404 and kind == "NotFound", f"{status} {kind}"
+        finally:
+            conn.close()
+
+    for make in (stream_dropped, malformed, lambda: oversized(False), lambda: oversized(True), unknown_vm):
+        try:
+            load.faults.append(await make())
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as exc:
+            load.faults.append((getattr(make, "__name__", "oversized body"), False, f"{type(exc).__name__}: {exc}"))
+
+
+def _error_type(body: bytes) -> str | None:
+    try:
+        return json.loads(body)["error"]["type"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+async def _measure(port: int, names: list[str], seconds: float, think: float | None, fault_every: float | None,
+                   seed: int) -> Load:
+    load = Load()
+    conns = [await _Conn.open(port) for _ in range(CLIENTS)]
+    try:
+        cpu = time.process_time()
+        start = time.perf_counter()
+        until = start + seconds
+        tasks = [asyncio.ensure_future(_client(c, random.Random(seed * 1000 + i), names, until, think, load))
+                 for i, c in enumerate(conns)]
+        if fault_every is not None:
+            async def faults():
+                while True:   # at least one round, however short the stretch
+                    await _fault_round(port, load)
+                    if time.perf_counter() + fault_every >= until:
+                        return
+                    await asyncio.sleep(fault_every)
+            tasks.append(asyncio.ensure_future(faults()))
+        await asyncio.gather(*tasks)
+        load.seconds = time.perf_counter() - start
+        load.client_cpu = time.process_time() - cpu
+    finally:
+        for c in conns:
+            c.close()
+    return load
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+def _percentile(sorted_xs: list[float], p: float) -> float:
+    """The nearest-rank percentile (p in 0-100) of an ascending list."""
+    k = max(0, min(len(sorted_xs) - 1, int(-(-p * len(sorted_xs) // 100)) - 1))
+    return sorted_xs[k]
+
+
+def _stretch(server: Server, names: list[str], seconds: float, think: float | None, faults: float | None,
+             seed: int) -> tuple[Load, float]:
+    """(load, simulated seconds per wall second over it)."""
+    _, before = request("127.0.0.1", server.port, "GET", "/v1/clock")
+    t0 = time.perf_counter()
+    load = asyncio.run(_measure(server.port, names, seconds, think, faults, seed))
+    _, after = request("127.0.0.1", server.port, "GET", "/v1/clock")
+    wall = time.perf_counter() - t0
+    return load, (after["now_ns"] - before["now_ns"]) / 1e9 / wall
+
+
+def _speed(speed: str, size: str) -> list[Figure]:
+    label = f"--speed {speed}"
+    loads: dict[str, tuple[Load, float]] = {}
+    with Server(speed) as server:
+        status, vms = request("127.0.0.1", server.port, "GET", "/v1/vms")
+        if status != 200 or not vms:
+            raise RuntimeError(f"GET /v1/vms answered {status} {vms!r}: the bench needs the default host's VMs")
+        names = [row["Name"] for row in vms]
+        for n, (phase, paused, think, faults) in enumerate(PHASES):
+            status, _ = request("127.0.0.1", server.port, "PUT", "/v1/clock", {"paused": paused})
+            if status != 200:
+                raise RuntimeError(f"PUT /v1/clock {{'paused': {paused}}} answered {status}")
+            loads[phase] = _stretch(server, names, SECONDS[size], think, faults and FAULT_EVERY[size], seed=n + 1)
+        # Afterwards: the clock still moves and the server still answers.
+        _, c1 = request("127.0.0.1", server.port, "GET", "/v1/clock")
+        deadline = time.monotonic() + 10
+        while True:
+            status, c2 = request("127.0.0.1", server.port, "GET", "/v1/clock")
+            if status == 200 and c2["now_ns"] > c1["now_ns"]:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"after the faults the clock stands still at {c1['now_ns']} ns (answer {status})")
+            time.sleep(0.01)   # polling: the next window has to pass
+        after_status, _ = request("127.0.0.1", server.port, "GET", "/v1/vms")
+    figures = []
+    baseline = f"{label}, {PHASES[0][0]}: p99 latency"
+    for phase, paused, think, faults in PHASES:
+        load, pace = loads[phase]
+        xs = sorted(load.latencies)
+        name = f"{label}, {phase}: p99 latency"
+        goal = GOAL if think else None
+        if not xs:
+            figures.append(failed(name, "no request was answered", goal))
+            continue
+        bad = load.unexpected()
+        error = f"unexpected answers: {', '.join(bad)}" if bad else None
+        p50, p99, worst = (x * 1e3 for x in (_percentile(xs, 50), _percentile(xs, 99), xs[-1]))
+        note = (f"{len(xs)} requests in {load.seconds:.1f} s; client CPU {load.client_cpu / len(xs) * 1e6:.0f} us "
+                f"per request; p50 {p50:.1f} ms, max {worst:.1f} ms")
+        if name == baseline:
+            figures.append(Figure(name, p99, "ms", note=note, error=error))
+        else:
+            figures += [Figure(name, p99, "ms", baseline, p99 / figures[0].value if figures[0].value else None, goal,
+                               note, error),
+                        Figure(f"{label}, {phase}: p50 latency", p50, "ms", error=error),
+                        Figure(f"{label}, {phase}: max latency", worst, "ms", error=error)]
+        figures.append(Figure(f"{label}, {phase}: requests per second", len(xs) / load.seconds, "req/s", error=error))
+        if not paused:
+            figures.append(Figure(f"{label}, {phase}: simulated time", pace, "x real time", "real time", pace,
+                                  GOAL_PACE if speed == "1" and think else None,
+                                  "simulated seconds the clock advanced per wall second while the clients ran",
+                                  None if pace > 0 else "the clock did not advance under load"))
+    busy = next(loads[phase][0] for phase, _, _, faults in PHASES if faults)
+    wrong = [f"{what}: {got}" for what, ok, got in busy.faults if not ok]
+    if after_status != 200:
+        wrong.append(f"GET /v1/vms after the faults answered {after_status}")
+    kinds = sorted({what for what, _, _ in busy.faults})
+    figures.append(Figure(f"{label}: faults answered as expected", sum(ok for _, ok, _ in busy.faults), "requests",
+                          note=f"{len(busy.faults)} faults during the saturated run ({', '.join(kinds)}); the clock "
+                               "moved on and GET /v1/vms answered after them",
+                          error=f"not as expected: {'; '.join(wrong)}" if wrong else None))
+    return figures
+
+
+def run(size: str = "default") -> list[Figure]:
+    figures = []
+    for speed in ("1", "max"):
+        try:
+            figures += _speed(speed, size)
+        except RuntimeError as exc:
+            figures.append(failed(f"--speed {speed}, running: p99 latency", str(exc), GOAL))
+    return figures
+
+
+if __name__ == "__main__":
+    for f in run(sys.argv[1] if len(sys.argv) > 1 else "default"):
+        print(f)
