@@ -290,6 +290,34 @@ class ManagedHost:
         vm.restore(path)
         return vm
 
+    def add_vm(self, cfg: VmConfig) -> VirtualMachine:
+        """A VM added to the running host (the management service's create), Off: planned as at
+        construction (its devices, disks and switch ports; ConfigError names the key), its disks
+        made, then built. A VM the host's other VMs send requests to gets no echo service for them
+        (theirs were planned without it)."""
+        if cfg.name in self.vms:
+            raise ValueError(f"vm {cfg.name!r}: this host has a VM of that name already")
+        alone = dataclasses.replace(self.config, vms=(cfg,), timeline=())
+        disks = run_files.plan_disks(alone, self.workdir, self._file)
+        plan = self._plan_vm(len(self.config.vms), cfg, disks[cfg.name])
+        run_files.make_disks(disks, self.workdir, self._event)
+        vm = self._make_vm(plan)
+        vm.on_event = self._vm_event
+        self.config = dataclasses.replace(self.config, vms=self.config.vms + (cfg,))
+        self._vms_changed(add=vm)
+        self._event("vm.added", vm=cfg.name)
+        return vm
+
+    def remove_vm(self, name: str) -> None:
+        """Remove VM `name`, which must be Off (its files stay in the run directory)."""
+        vm = self.vms[name]
+        if vm.state is not VmState.OFF:
+            from partitions.vm import InvalidTransition
+            raise InvalidTransition(name, vm.state, "remove", (VmState.OFF,))
+        self.config = dataclasses.replace(self.config, vms=tuple(v for v in self.config.vms if v.name != name))
+        self._vms_changed(remove=vm)
+        self._event("vm.removed", vm=name)
+
     def _released(self, vm: VirtualMachine, reason: str) -> None:
         """A VM moved away (VirtualMachine.release): it is no longer one of this host's."""
         if self.vms.get(vm.name) is vm:
