@@ -193,9 +193,13 @@ class Forbidden(Exception):
 
 # ---- tokens ------------------------------------------------------------------------------------
 
-def new_token() -> tuple[str, str, str]:
-    """(token, token_id, token_sha256) for a new token; the caller shows `token` once, keeps the rest."""
+def new_token(taken: Iterable[str] = ()) -> tuple[str, str, str]:
+    """(token, token_id, token_sha256) for a new token whose id is none of `taken` (the ids of the
+    file's other users: ids are unique in a file); the caller shows `token` once, keeps the rest."""
+    taken = set(taken)
     token_id = secrets.token_hex(4)
+    while token_id in taken:
+        token_id = secrets.token_hex(4)
     token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
     return token, token_id, token_hash(token)
 

@@ -424,3 +424,120 @@ def test_a_template_is_a_frozen_value():
 
 def test_auth_module_documents_the_users_file():
     assert "[users.alice]" in auth.__doc__ and "token_sha256" in auth.__doc__
+
+
+# ---- hvsim users -------------------------------------------------------------------------------
+
+def users_cli(capsys, *argv) -> tuple[int, str, str]:
+    """Run `hvsim users ...` in-process; (exit status, stdout, stderr)."""
+    import argparse
+
+    from partitions.cli import users as users_cli_module
+    parser = argparse.ArgumentParser(prog="hvsim")
+    users_cli_module.register(parser.add_subparsers())
+    try:
+        args = parser.parse_args(["users", *argv])
+        status = args.func(args)
+    except SystemExit as exc:
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_users_add_prints_the_token_alone_once_and_it_authenticates(tmp_path, capsys):
+    path = tmp_path / "users.toml"
+    status, out, err = users_cli(capsys, "add", "carol", "--role", "self-service", "--template", "small",
+                                 "--template", "disk", "--quota-vms", "2", "--quota-memory", "2GiB",
+                                 "--quota-processors", "3", "--file", str(path))
+    assert status == 0 and re.fullmatch(r"hvsim_[0-9a-f]{8}_\S{43}\n", out)
+    token = out.strip()
+    assert 'added user "carol" (Self-service user)' in err and token not in err
+    assert token.split("_", 2)[2] not in path.read_text()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    p = Authorizer.from_file(path).authenticate(f"Bearer {token}", "192.0.2.1")
+    assert p == Principal("carol", "Self-service user", ("small", "disk"), Quota(2, 2 * GIB, 3))
+
+
+def test_users_list_shows_roles_and_ids_never_hashes(tmp_path, capsys):
+    path = tmp_path / "users.toml"
+    users_cli(capsys, "add", "alice", "--role", "Administrator", "--file", str(path))
+    users_cli(capsys, "add", "carol", "--role", "Self-service user", "--template", "small", "--quota-vms", "1",
+              "--file", str(path))
+    users = load_users(path)
+    status, out, _ = users_cli(capsys, "list", "--file", str(path))
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "ROLE", "TOKEN", "ID", "TEMPLATES", "QUOTA"]
+    assert lines[1].split() == ["alice", "Administrator", users["alice"].token_id, "-", "-"]
+    assert lines[2].split() == ["carol", "Self-service", "user", users["carol"].token_id, "small", "1", "VMs"]
+    status, out, _ = users_cli(capsys, "list", "--json", "--file", str(path))
+    rows = json.loads(out)
+    assert [r["name"] for r in rows] == ["alice", "carol"] and rows[1]["quota"]["vms"] == 1
+    for u in users.values():
+        assert u.token_sha256 not in out
+
+
+def test_users_token_replaces_the_token_and_remove_revokes_it(tmp_path, capsys):
+    path = tmp_path / "users.toml"
+    _, old, _ = users_cli(capsys, "add", "oscar", "--role", "operator", "--file", str(path))
+    users_cli(capsys, "add", "vera", "--role", "viewer", "--file", str(path))
+    a = Authorizer.from_file(path)
+    assert a.authenticate(f"Bearer {old.strip()}", None).user == "oscar"
+    status, new, err = users_cli(capsys, "token", "oscar", "--file", str(path))
+    assert status == 0 and new != old and "no longer works" in err
+    with pytest.raises(Unauthorized):
+        a.authenticate(f"Bearer {old.strip()}", None)
+    assert a.authenticate(f"Bearer {new.strip()}", None) == Principal("oscar", "Operator")
+    assert users_cli(capsys, "remove", "oscar", "--file", str(path))[0] == 0
+    with pytest.raises(Unauthorized):
+        a.authenticate(f"Bearer {new.strip()}", None)
+    assert list(load_users(path)) == ["vera"]
+
+
+@pytest.mark.parametrize("argv, status, message", [
+    (["add", "bob", "--role", "King"], 2, "expected one of 'Administrator'"),
+    (["add", "bob"], 2, "--role"),
+    (["add", "b b", "--role", "viewer"], 2, "NAME: expected a name of letters"),
+    (["add", "bob", "--role", "viewer", "--template", "small"], 2, "for a Self-service user, not Viewer"),
+    (["add", "bob", "--role", "self-service", "--quota-memory", "4GB"], 2, 'did you mean "4GiB"'),
+    (["add", "bob", "--role", "self-service", "--quota-vms", "-1"], 2, "--quota-vms: expected a number of 0 or more"),
+    (["add", "alice", "--role", "viewer"], 1, 'user "alice" exists already'),
+    (["remove", "bob"], 1, 'no user "bob" (its users: alice)'),
+    (["token", "bob"], 1, 'no user "bob"'),
+])
+def test_users_refusals_change_nothing(tmp_path, capsys, argv, status, message):
+    path = tmp_path / "users.toml"
+    users_cli(capsys, "add", "alice", "--role", "admin", "--file", str(path))
+    before = path.read_bytes()
+    got, out, err = users_cli(capsys, *argv, "--file", str(path))
+    assert got == status and message in err and out == ""
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["users.toml"]
+
+
+def test_users_on_a_bad_or_missing_file_name_it(tmp_path, capsys):
+    path = tmp_path / "users.toml"
+    status, _, err = users_cli(capsys, "list", "--file", str(path))
+    assert status == 1 and f"{path}: (file): expected a readable users file, got No such file" in err
+    path.write_text("[users.x]\nrole = 'King'\n")
+    status, _, err = users_cli(capsys, "add", "y", "--role", "viewer", "--file", str(path))
+    assert status == 1 and f"{path}: users.x.role: expected one of" in err
+
+
+def test_concurrent_users_adds_lose_none(tmp_path):
+    import subprocess
+    import sys
+    path = tmp_path / "users.toml"
+    procs = [subprocess.Popen([sys.executable, "-m", "partitions.cli", "users", "add", f"u{i}", "--role", "viewer",
+                               "--file", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in range(6)]
+    tokens = [p.communicate()[0].decode().strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    a = Authorizer.from_file(path)
+    assert sorted(a.authenticate(f"Bearer {t}", None).user for t in tokens) == [f"u{i}" for i in range(6)]
+
+
+def test_hvsim_users_is_a_subcommand():
+    from partitions.cli import build_parser
+    args = build_parser().parse_args(["users", "list", "--file", "x.toml"])
+    assert args.users_verb == "list" and args.file == "x.toml"
