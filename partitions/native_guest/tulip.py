@@ -94,6 +94,7 @@ SETUP_LEN = 192
 
 # CSR5 (status) and CSR7 (enable) bits.
 TI, TPS, TU, RI, RU, RPS, FBE, AIS, NIS = 1 << 0, 1 << 1, 1 << 2, 1 << 6, 1 << 7, 1 << 8, 1 << 13, 1 << 15, 1 << 16
+NIE, AIE = NIS, AIS                # CSR7: the summaries' enables (the same bits)
 NORMAL = TI | TU | RI
 ABNORMAL = TPS | RU | RPS | FBE
 CLEARABLE = 0x1FFFF
