@@ -1,0 +1,659 @@
+// The hvsim web console's logic: signs in, polls the /v1 API once a second, follows the event
+// stream, draws the selected VM's CPU history and sends the lifecycle actions the principal may use.
+//
+// Invariants: the page never builds HTML from server data (text nodes only); a VM's row and its
+// buttons are created once and updated in place, so a click never lands on a replaced element;
+// the buttons shown are the principal's actions (GET /v1/whoami), the buttons enabled are those
+// the VM's state allows (the same table as partitions/vm.py) and no action of that VM is in flight.
+"use strict";
+
+(function () {
+  const TOKEN_KEY = "hvsim.token";
+  const POLL_MS = 1000;          // modest: one round of GETs a second
+  const HOSTS_EVERY = 5;         // the host list changes rarely: every fifth round
+  const EVENTS_KEPT = 200;       // the event list is bounded, latest first
+  const CHART_WINDOW_NS = 60e9;  // the chart shows the last minute of simulated time
+
+  // The lifecycle buttons: the API's action name (vms.<op>), the label, and the states that allow
+  // it (partitions/vm.py's VirtualMachine._require calls).
+  const ACTIONS = [
+    { op: "start", label: "Start", from: ["Off", "Saved"] },  // Saved: the engine restores it
+    { op: "stop", label: "Stop", from: ["Running"] },
+    { op: "turn-off", label: "Turn off", from: ["Running", "Paused", "Stopping", "Saved", "Migrating"] },
+    { op: "pause", label: "Pause", from: ["Running"] },
+    { op: "resume", label: "Resume", from: ["Paused"] },
+    { op: "save", label: "Save", from: ["Running", "Paused"] },
+    { op: "restore", label: "Restore", from: ["Saved"] },
+    { op: "checkpoint", label: "Checkpoint", from: ["Running", "Paused", "Off"] },
+  ];
+
+  const state = {
+    principal: null,      // GET /v1/whoami
+    allowed: new Set(),   // its actions
+    hosts: [],            // GET /v1/hosts
+    rows: new Map(),      // VM name -> {row (API), tr, cells, buttons}
+    selected: null,       // the VM the chart shows
+    detail: null,         // GET /v1/vms/{selected}
+    clock: null,
+    busy: new Set(),      // VM names with an action in flight
+    round: 0,
+    pollTimer: null,
+    stream: null,         // AbortController of the event stream
+    lastSeq: 0,
+    running: false,
+  };
+
+  const $ = (id) => document.getElementById(id);
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "class") node.className = v;
+      else if (k === "text") node.textContent = v;
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v);
+    }
+    for (const c of children) node.append(c);
+    return node;
+  }
+
+  // ---- the API ----------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, type, message) {
+      super(message);
+      this.status = status;
+      this.type = type;
+    }
+  }
+
+  function headers(extra) {
+    const h = Object.assign({ Accept: "application/json" }, extra || {});
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) h.Authorization = "Bearer " + token;
+    return h;
+  }
+
+  async function api(method, path, body) {
+    const init = { method, headers: headers(body === undefined ? {} : { "Content-Type": "application/json" }) };
+    if (body !== undefined) init.body = JSON.stringify(body);
+    const resp = await fetch(path, init);
+    let data = null;
+    const text = await resp.text();
+    if (text) {
+      try { data = JSON.parse(text); } catch (e) { data = null; }
+    }
+    if (!resp.ok) {
+      const err = data && data.error;
+      throw new ApiError(resp.status, err ? err.type : "HTTP " + resp.status,
+                         err && err.message ? err.message : resp.status + " " + resp.statusText);
+    }
+    return data;
+  }
+
+  // ---- formatting --------------------------------------------------------------------------------
+
+  function simTime(ns) {
+    const ms = Math.floor(ns / 1e6);
+    const h = Math.floor(ms / 3600000), m = Math.floor(ms / 60000) % 60, s = Math.floor(ms / 1000) % 60;
+    const pad = (x, n) => String(x).padStart(n, "0");
+    return `${pad(h, 2)}:${pad(m, 2)}:${pad(s, 2)}.${pad(ms % 1000, 3)}`;
+  }
+
+  function speedText(speed) {
+    return speed === "max" || speed === null ? "as fast as possible" : `${speed}× real time`;
+  }
+
+  function bytesText(n) {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return `${Number.isInteger(n) ? n : n.toFixed(1)} ${units[i]}`;
+  }
+
+  function stateClass(s) {
+    return "state state-" + String(s || "unknown").toLowerCase();
+  }
+
+  // ---- messages ----------------------------------------------------------------------------------
+
+  function showError(title, message) {
+    $("error-title").textContent = title;
+    $("error-message").textContent = message;
+    $("error").hidden = false;
+  }
+
+  function clearError() {
+    $("error").hidden = true;
+  }
+
+  function setConnection(text, bad) {
+    const c = $("connection");
+    c.textContent = text;
+    c.classList.toggle("bad", !!bad);
+  }
+
+  // ---- sign-in -----------------------------------------------------------------------------------
+
+  async function signIn() {
+    let who;
+    try {
+      who = await api("GET", "/v1/whoami");
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 401) return showSignIn(sessionStorage.getItem(TOKEN_KEY)
+        ? "The server did not accept this token: " + e.message : "");
+      if (e instanceof ApiError) return showSignIn(e.message);
+      setConnection("Cannot reach the server: retrying", true);
+      setTimeout(signIn, 2000);
+      return;
+    }
+    state.principal = who;
+    state.allowed = new Set(who.actions || []);
+    $("whoami").textContent = `${who.user} · ${who.role}`;
+    $("sign-out").hidden = !sessionStorage.getItem(TOKEN_KEY);
+    $("signin").hidden = true;
+    $("main").hidden = false;
+    $("clock-controls").hidden = !state.allowed.has("clock.set");
+    $("clock-step").hidden = !state.allowed.has("clock.step");
+    resetView();
+    state.running = true;
+    startStream();
+    poll();
+  }
+
+  function showSignIn(message) {
+    stopLive();
+    state.principal = null;
+    $("whoami").textContent = "";
+    $("sign-out").hidden = true;
+    $("main").hidden = true;
+    $("signin").hidden = false;
+    $("signin-message").textContent = message || "";
+    $("token-input").focus();
+  }
+
+  function stopLive() {
+    state.running = false;
+    clearTimeout(state.pollTimer);
+    if (state.stream) state.stream.abort();
+    state.stream = null;
+  }
+
+  function resetView() {
+    state.rows.clear();
+    state.hosts = [];
+    state.round = 0;
+    state.lastSeq = 0;
+    state.detail = null;
+    $("hosts").replaceChildren();
+    $("events").replaceChildren();
+  }
+
+  // ---- polling -----------------------------------------------------------------------------------
+
+  async function poll() {
+    if (!state.running) return;
+    try {
+      const wantHosts = state.round % HOSTS_EVERY === 0;
+      const [clock, vms, hosts] = await Promise.all([
+        api("GET", "/v1/clock"), api("GET", "/v1/vms"), wantHosts ? api("GET", "/v1/hosts") : null]);
+      if (hosts) state.hosts = hosts;
+      state.clock = clock;
+      renderClock();
+      renderVms(vms);
+      if (state.selected && state.allowed.has("vms.get")) {
+        try {
+          state.detail = await api("GET", "/v1/vms/" + encodeURIComponent(state.selected));
+        } catch (e) {
+          if (!(e instanceof ApiError) || e.status !== 404) throw e;
+          state.detail = null;   // the VM went away between the list and its detail
+        }
+        renderDetail();
+      }
+      state.round++;
+      setConnection("Connected");
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 401) return showSignIn("The server no longer accepts this token.");
+      setConnection(e instanceof ApiError ? "Server error: " + e.message : "Cannot reach the server: retrying", true);
+    }
+    if (state.running) state.pollTimer = setTimeout(poll, POLL_MS);
+  }
+
+  function renderClock() {
+    const c = state.clock;
+    $("clock-now").textContent = simTime(c.now_ns);
+    $("clock-speed").textContent = speedText(c.speed);
+    const pill = $("clock-state");
+    pill.textContent = c.paused ? "paused" : "running";
+    pill.className = "pill " + (c.paused ? "pill-warn" : "pill-ok");
+    $("clock-pause").disabled = c.paused;
+    $("clock-resume").disabled = !c.paused;
+    $("clock-step").disabled = !c.paused;
+    const sel = $("clock-speed-select");
+    const value = c.speed === null ? "max" : String(c.speed);
+    if (![...sel.options].some((o) => o.value === value)) sel.append(el("option", { value, text: value + "×" }));
+    if (document.activeElement !== sel) sel.value = value;
+  }
+
+  // ---- hosts and VMs -----------------------------------------------------------------------------
+
+  function hostOf(row) {
+    if (row.Host) return row.Host;
+    const h = state.hosts.find((h) => (h.vms || []).includes(row.Name));
+    return h ? h.name : (state.hosts[0] ? state.hosts[0].name : "host");
+  }
+
+  function lifecycle() {
+    return ACTIONS.filter((a) => state.allowed.has("vms." + a.op));
+  }
+
+  function hostSection(name) {
+    const id = "host-" + name;
+    let section = document.getElementById(id);
+    if (section) return section;
+    const cols = ["Name", "State", "CPU %", "Memory", "Uptime", "Status"];
+    if (lifecycle().length) cols.push("Actions");
+    const thead = el("thead", {}, el("tr", {}, ...cols.map((c) => el("th", { scope: "col", text: c }))));
+    section = el("section", { class: "panel host", id, "data-testid": "host-" + name, "data-host": name },
+      el("div", { class: "panel-head" },
+        el("h2", { text: name }),
+        el("span", { class: "muted host-facts", "data-testid": "host-facts-" + name })),
+      el("div", { class: "table-wrap" },
+        el("table", { class: "vms", "data-testid": "vms-" + name }, thead, el("tbody"))));
+    $("hosts").append(section);
+    return section;
+  }
+
+  function renderHosts() {
+    // Every host the API lists gets a section, even one without VMs; a section whose host left
+    // (no longer listed and without VMs) goes.
+    for (const h of state.hosts) {
+      const facts = hostSection(h.name).querySelector(".host-facts");
+      const n = (h.vms || []).length;
+      facts.textContent = `${h.logical_processors} logical processors · ${bytesText(h.memory_bytes)} · ` +
+        `${n} VM${n === 1 ? "" : "s"}`;
+    }
+    for (const section of [...$("hosts").children]) {
+      const listed = state.hosts.some((h) => h.name === section.dataset.host);
+      if (!listed && !section.querySelector("tbody").children.length) section.remove();
+    }
+  }
+
+  function makeRow(name) {
+    const cells = {
+      name: el("td", { class: "name" }),
+      state: el("td", {}),
+      cpu: el("td", { class: "num" }),
+      memory: el("td", { class: "num" }),
+      uptime: el("td", { class: "num mono" }),
+      status: el("td", { class: "status" }),
+    };
+    const select = el("button", { type: "button", class: "link", "data-testid": "select-" + name,
+                                  title: "Show this VM's CPU history", text: name,
+                                  onclick: () => selectVm(name) });
+    cells.name.append(select);
+    cells.stateBadge = el("span", { "data-testid": "vm-state-" + name });
+    cells.state.append(cells.stateBadge);
+    cells.cpuBar = el("span", { class: "bar-fill" });
+    cells.cpuText = el("span", { class: "bar-text", "data-testid": "vm-cpu-" + name });
+    cells.cpu.append(el("span", { class: "bar" }, cells.cpuBar), cells.cpuText);
+    const tr = el("tr", { "data-testid": "vm-row-" + name, "data-vm": name },
+      cells.name, cells.state, cells.cpu, cells.memory, cells.uptime, cells.status);
+    const buttons = new Map();
+    const allowed = lifecycle();
+    if (allowed.length) {
+      const td = el("td", { class: "actions" });
+      for (const a of allowed) {
+        const b = el("button", { type: "button", "data-testid": `action-${a.op}-${name}`, "data-op": a.op,
+                                 text: a.label, onclick: () => act(name, a) });
+        buttons.set(a.op, b);
+        td.append(b);
+      }
+      tr.append(td);
+    }
+    return { tr, cells, buttons, row: null };
+  }
+
+  function updateRow(entry, row) {
+    entry.row = row;
+    const { cells } = entry;
+    cells.stateBadge.textContent = row.State;
+    cells.stateBadge.className = stateClass(row.State);
+    const cpu = Number(row["CPUUsage(%)"] || 0);
+    cells.cpuBar.style.width = Math.max(0, Math.min(100, cpu)) + "%";
+    cells.cpuText.textContent = cpu.toFixed(1);
+    cells.memory.textContent = `${row["MemoryAssigned(M)"]} MB`;
+    cells.uptime.textContent = row.Uptime;
+    cells.status.textContent = row.Status || "";
+    cells.status.title = row.Status || "";
+    entry.tr.classList.toggle("selected", state.selected === row.Name);
+    updateButtons(entry);
+  }
+
+  function updateButtons(entry) {
+    const busy = state.busy.has(entry.row.Name);
+    for (const a of ACTIONS) {
+      const b = entry.buttons.get(a.op);
+      if (b) b.disabled = busy || !a.from.includes(entry.row.State);
+    }
+  }
+
+  function renderVms(vms) {
+    renderHosts();
+    const seen = new Set();
+    for (const row of vms) {
+      seen.add(row.Name);
+      let entry = state.rows.get(row.Name);
+      const host = hostOf(row);
+      if (!entry) {
+        entry = makeRow(row.Name);
+        state.rows.set(row.Name, entry);
+      }
+      const tbody = hostSection(host).querySelector("tbody");
+      if (entry.tr.parentNode !== tbody) tbody.append(entry.tr);   // new, or moved to another host
+      updateRow(entry, row);
+    }
+    for (const [name, entry] of state.rows) {
+      if (!seen.has(name)) {
+        entry.tr.remove();
+        state.rows.delete(name);
+      }
+    }
+    renderHosts();
+    if (!state.selected || !state.rows.has(state.selected)) {
+      const first = vms.find((r) => r.State === "Running") || vms[0];
+      if (first) selectVm(first.Name, true);
+      else { state.selected = null; state.detail = null; renderDetail(); }
+    }
+  }
+
+  function selectVm(name, quiet) {
+    state.selected = name;
+    for (const [n, entry] of state.rows) entry.tr.classList.toggle("selected", n === name);
+    state.detail = state.detail && state.detail.Name === name ? state.detail : null;
+    renderDetail();
+    if (!quiet && state.allowed.has("vms.get")) {
+      api("GET", "/v1/vms/" + encodeURIComponent(name)).then((d) => {
+        if (state.selected === name) { state.detail = d; renderDetail(); }
+      }).catch(() => {});
+    }
+  }
+
+  // ---- actions -----------------------------------------------------------------------------------
+
+  async function act(name, action) {
+    const entry = state.rows.get(name);
+    state.busy.add(name);
+    if (entry) updateButtons(entry);
+    clearError();
+    try {
+      const row = await api("POST", `/v1/vms/${encodeURIComponent(name)}/${action.op}`, {});
+      const current = state.rows.get(name);
+      if (current && row && row.Name === name) updateRow(current, row);
+    } catch (e) {
+      showError(`${action.label} ${name}:`, e.message);
+      if (e instanceof ApiError && e.status === 401) showSignIn("The server no longer accepts this token.");
+    } finally {
+      state.busy.delete(name);
+      const current = state.rows.get(name);
+      if (current && current.row) updateButtons(current);
+    }
+  }
+
+  async function setClock(body) {
+    clearError();
+    try {
+      state.clock = await api("PUT", "/v1/clock", body);
+      renderClock();
+    } catch (e) {
+      showError("Clock:", e.message);
+    }
+  }
+
+  async function stepClock() {
+    clearError();
+    try {
+      await api("POST", "/v1/clock/step", { by: "100ms" });
+      state.clock = await api("GET", "/v1/clock");
+      renderClock();
+    } catch (e) {
+      showError("Clock:", e.message);
+    }
+  }
+
+  // ---- the event stream --------------------------------------------------------------------------
+
+  // EventSource cannot send an Authorization header, so the stream is read with fetch() and parsed
+  // here (text/event-stream: "field: value" lines, a blank line ends an event). It reconnects from
+  // the last sequence number seen (Last-Event-ID), so a dropped connection loses nothing the
+  // server's ring still holds.
+  async function startStream() {
+    const ctl = new AbortController();
+    state.stream = ctl;
+    let delay = 1000;
+    while (state.running && state.stream === ctl) {
+      try {
+        const h = headers({ Accept: "text/event-stream" });
+        if (state.lastSeq) h["Last-Event-ID"] = String(state.lastSeq);
+        const url = state.lastSeq ? `/v1/events?follow=true&since=${state.lastSeq}` : "/v1/events?follow=true";
+        const resp = await fetch(url, { headers: h, signal: ctl.signal });
+        if (!resp.ok) {
+          if (resp.status === 401) return showSignIn("The server no longer accepts this token.");
+          if (resp.status === 403) { setStream("not allowed", "pill-warn"); return; }
+          throw new Error("HTTP " + resp.status);
+        }
+        setStream("live", "pill-ok");
+        delay = 1000;
+        await readStream(resp.body.getReader());
+      } catch (e) {
+        if (ctl.signal.aborted) return;
+      }
+      if (!state.running || state.stream !== ctl) return;
+      setStream("reconnecting", "pill-warn");
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 8000);
+    }
+  }
+
+  function setStream(text, cls) {
+    const s = $("stream-state");
+    s.textContent = text;
+    s.className = "pill " + cls;
+  }
+
+  async function readStream(reader) {
+    const decoder = new TextDecoder();
+    let buffer = "";
+    let fields = { data: [] };
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += decoder.decode(value, { stream: true });
+      let nl;
+      while ((nl = buffer.search(/\r\n|\r|\n/)) >= 0) {
+        const line = buffer.slice(0, nl);
+        buffer = buffer.slice(nl + (buffer.startsWith("\r\n", nl) ? 2 : 1));
+        if (line === "") {
+          if (fields.data.length) dispatch(fields);
+          fields = { data: [] };
+        } else if (!line.startsWith(":")) {
+          const colon = line.indexOf(":");
+          const key = colon < 0 ? line : line.slice(0, colon);
+          let val = colon < 0 ? "" : line.slice(colon + 1);
+          if (val.startsWith(" ")) val = val.slice(1);
+          if (key === "data") fields.data.push(val);
+          else fields[key] = val;
+        }
+      }
+    }
+  }
+
+  function dispatch(fields) {
+    let ev;
+    try { ev = JSON.parse(fields.data.join("\n")); } catch (e) { return; }
+    const seq = Number(ev.seq || fields.id || 0);
+    if (seq && seq <= state.lastSeq) return;   // a replay after a reconnect
+    if (seq) state.lastSeq = seq;
+    addEvent(ev, fields.event || ev.event);
+    // A state change shows at once, not at the next poll.
+    if (ev.event === "vm.state" && ev.vm && state.rows.has(ev.vm)) {
+      const entry = state.rows.get(ev.vm);
+      if (entry.row) updateRow(entry, Object.assign({}, entry.row, { State: ev.new }));
+    }
+  }
+
+  const SKIP = new Set(["seq", "time_ns", "t_ns", "event", "vm", "host"]);
+
+  function addEvent(ev, name) {
+    const list = $("events");
+    const details = Object.entries(ev).filter(([k]) => !SKIP.has(k)).map(([k, v]) =>
+      `${k}=${typeof v === "object" && v !== null ? JSON.stringify(v) : v}`);
+    const t = ev.time_ns !== undefined ? ev.time_ns : ev.t_ns;
+    const li = el("li", { class: "event", "data-testid": "event", "data-event": name || "",
+                          "data-seq": String(ev.seq || "") },
+      el("span", { class: "event-time mono", text: t !== undefined ? simTime(t) : "" }),
+      el("span", { class: "event-name", text: name || "" }),
+      el("span", { class: "event-vm", text: ev.vm ? ev.vm + (ev.host ? "@" + ev.host : "") : (ev.host || "") }),
+      el("span", { class: "event-details", text: details.join("  ") }));
+    if (name && (name.endsWith("failed") || name === "vm.crashed")) li.classList.add("event-bad");
+    list.prepend(li);
+    while (list.children.length > EVENTS_KEPT) list.lastChild.remove();
+  }
+
+  // ---- the CPU chart -----------------------------------------------------------------------------
+
+  function niceStep(span, ticks) {
+    const raw = span / ticks;
+    const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+    for (const m of [1, 2, 5, 10]) if (m * mag >= raw) return m * mag;
+    return 10 * mag;
+  }
+
+  function renderDetail() {
+    const d = state.detail;
+    $("detail-title").textContent = state.selected ? `CPU usage · ${state.selected}` : "CPU usage";
+    const facts = $("detail-facts");
+    facts.replaceChildren();
+    if (d) {
+      const add = (k, v) => facts.append(el("dt", { text: k }), el("dd", { text: v }));
+      add("State", d.State);
+      if (d.processors !== undefined) add("Processors", String(d.processors));
+      if (d.memory_bytes !== undefined) add("Memory", bytesText(d.memory_bytes));
+      add("Host", d.Host || hostOf(d));
+      if (d.Owner) add("Owner", d.Owner);
+      const names = (xs) => (xs || []).map((x) => typeof x === "string" ? x : (x.name || x.checkpoint || JSON.stringify(x)));
+      add("Checkpoints", names(d.checkpoints).join(", ") || "none");
+      if (d.devices) add("Devices", names(d.devices).join(", ") || "none");
+    }
+    drawChart($("cpu-chart"), d && d.cpu ? d.cpu : []);
+  }
+
+  function drawChart(canvas, samples) {
+    const cssW = canvas.clientWidth || 600, cssH = canvas.clientHeight || 220;
+    const dpr = window.devicePixelRatio || 1;
+    if (canvas.width !== Math.round(cssW * dpr) || canvas.height !== Math.round(cssH * dpr)) {
+      canvas.width = Math.round(cssW * dpr);
+      canvas.height = Math.round(cssH * dpr);
+    }
+    const g = canvas.getContext("2d");
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.clearRect(0, 0, cssW, cssH);
+    canvas.dataset.samples = String(samples.length);
+
+    const css = getComputedStyle(document.documentElement);
+    const ink = css.getPropertyValue("--ink-muted").trim() || "#666";
+    const grid = css.getPropertyValue("--grid").trim() || "#e5e5e5";
+    const line = css.getPropertyValue("--accent").trim() || "#1f6feb";
+    const fill = css.getPropertyValue("--accent-soft").trim() || "rgba(31,111,235,0.15)";
+
+    const pad = { left: 48, right: 12, top: 12, bottom: 36 };
+    const w = cssW - pad.left - pad.right, h = cssH - pad.top - pad.bottom;
+    const tEnd = samples.length ? samples[samples.length - 1][0] : (state.clock ? state.clock.now_ns : 0);
+    const t0 = Math.max(0, tEnd - CHART_WINDOW_NS);
+    const t1 = Math.max(tEnd, t0 + 10e9);
+    const x = (t) => pad.left + (t - t0) / (t1 - t0) * w;
+    const y = (p) => pad.top + (1 - Math.max(0, Math.min(100, p)) / 100) * h;
+
+    g.font = "11px system-ui, sans-serif";
+    g.lineWidth = 1;
+    g.strokeStyle = grid;
+    g.fillStyle = ink;
+    g.textAlign = "right";
+    g.textBaseline = "middle";
+    for (let p = 0; p <= 100; p += 25) {
+      g.beginPath(); g.moveTo(pad.left, y(p) + 0.5); g.lineTo(pad.left + w, y(p) + 0.5); g.stroke();
+      g.fillText(String(p), pad.left - 6, y(p));
+    }
+    const step = niceStep((t1 - t0) / 1e9, 6);
+    g.textAlign = "center";
+    g.textBaseline = "top";
+    for (let s = Math.ceil(t0 / 1e9 / step) * step; s <= t1 / 1e9 + 1e-9; s += step) {
+      const xs = Math.round(x(s * 1e9)) + 0.5;
+      g.beginPath(); g.moveTo(xs, pad.top); g.lineTo(xs, pad.top + h); g.stroke();
+      g.fillText(Number(s.toFixed(3)).toString(), xs, pad.top + h + 4);
+    }
+    g.fillText("simulated time (s)", pad.left + w / 2, pad.top + h + 20);
+    g.save();
+    g.translate(12, pad.top + h / 2);
+    g.rotate(-Math.PI / 2);
+    g.textBaseline = "middle";
+    g.fillText("CPU %", 0, 0);
+    g.restore();
+
+    const shown = samples.filter(([t]) => t >= t0);
+    if (!shown.length) {
+      g.textAlign = "center";
+      g.textBaseline = "middle";
+      g.fillText(state.selected ? "no samples yet" : "no VM selected", pad.left + w / 2, pad.top + h / 2);
+      $("detail-now").textContent = "";
+      return;
+    }
+    g.beginPath();
+    g.moveTo(x(shown[0][0]), y(0));
+    for (const [t, p] of shown) g.lineTo(x(t), y(p));
+    g.lineTo(x(shown[shown.length - 1][0]), y(0));
+    g.closePath();
+    g.fillStyle = fill;
+    g.fill();
+    g.beginPath();
+    shown.forEach(([t, p], i) => (i ? g.lineTo(x(t), y(p)) : g.moveTo(x(t), y(p))));
+    g.strokeStyle = line;
+    g.lineWidth = 1.75;
+    g.lineJoin = "round";
+    g.stroke();
+    const [tl, pl] = shown[shown.length - 1];
+    $("detail-now").textContent = `${pl.toFixed(1)} % of the host's logical processors at ${simTime(tl)}`;
+  }
+
+  // ---- wiring ------------------------------------------------------------------------------------
+
+  function init() {
+    $("signin-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const token = $("token-input").value.trim();
+      if (!token) return;
+      sessionStorage.setItem(TOKEN_KEY, token);
+      $("token-input").value = "";
+      signIn();
+    });
+    $("sign-out").addEventListener("click", () => {
+      sessionStorage.removeItem(TOKEN_KEY);
+      clearError();
+      signIn();
+    });
+    $("error-dismiss").addEventListener("click", clearError);
+    $("clock-pause").addEventListener("click", () => setClock({ paused: true }));
+    $("clock-resume").addEventListener("click", () => setClock({ paused: false }));
+    $("clock-step").addEventListener("click", stepClock);
+    $("clock-speed-select").addEventListener("change", (e) => {
+      const v = e.target.value;
+      setClock({ speed: v === "max" ? "max" : Number(v) });
+    });
+    window.addEventListener("resize", () => renderDetail());
+    signIn();
+  }
+
+  // For the browser tests and the curious: the console's state, read-only by convention.
+  window.hvsimConsole = { state };
+  init();
+})();
