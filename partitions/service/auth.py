@@ -525,11 +525,11 @@ class Authorizer:
             return [n for n in names if n in p.templates]
         return []
 
-    def check_create(self, p: Principal, template: str | None, request: Mapping[str, Any],
+    def check_create(self, p: Principal, template: str | None, request: Mapping[str, Any] | Any,
                      owned: list[Mapping[str, Any]]) -> None:
         """Raise Forbidden unless `p` may create the VM `request` ({"name"?, "processors", "memory"
-        (bytes)}) from `template` (None: a TOML fragment), given the VMs it owns (each a mapping
-        with "processors" and "memory" or "memory_bytes"). An "own" scope allows its templates
+        (bytes)}, or its VmConfig) from `template` (None: a TOML fragment), given the VMs it owns
+        (each a mapping with "processors" and "memory" or "memory_bytes"). An "own" scope allows its templates
         only, within its quota; the message says which limit."""
         self.check(p, "vms.create")
         if self._scope(p, "vms.create") != "own":
@@ -545,7 +545,8 @@ class Authorizer:
         q = p.quota
         if q is None:
             return
-        vm = f'"{request["name"]}"' if request.get("name") else "the new VM"
+        name = request.get("name") if isinstance(request, Mapping) else getattr(request, "name", None)
+        vm = f'"{name}"' if name else "the new VM"
         if q.vms is not None and len(owned) + 1 > q.vms:
             raise Forbidden(f"{who} is over its quota of VMs: it may own {q.vms} and owns {len(owned)}",
                             user=p.user, role=p.role, action="vms.create")
@@ -572,10 +573,11 @@ class Authorizer:
             self._audit.write(record)
 
 
-def _amount(row: Mapping[str, Any], what: str) -> int:
-    """A VM's memory (bytes) or processors from a request or a VM row; fails closed when missing."""
+def _amount(row: Mapping[str, Any] | Any, what: str) -> int:
+    """A VM's memory (bytes) or processors from a request, a VM row or a VmConfig; fails closed
+    when it is missing."""
     for key in ((what, f"{what}_bytes") if what == "memory" else (what,)):
-        value = row.get(key)
+        value = row.get(key) if isinstance(row, Mapping) else getattr(row, key, None)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-    raise ValueError(f"a VM's {what} is needed to check a quota, got {show(dict(row))}")
+    raise ValueError(f"a VM's {what} is needed to check a quota, got {show(row)}")

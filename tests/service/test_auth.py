@@ -279,6 +279,14 @@ def test_a_quota_without_a_limit_does_not_limit_and_no_quota_is_none():
     a.check_create(Principal("carol", "Self-service user", ("small",)), "small", VM, [row(60, GIB)] * 50)
 
 
+def test_the_new_vm_may_be_given_as_its_vm_config(tmp_path):
+    vm = loads('[[vm]]\nname = "big"\nprocessors = 2\nmemory = "768MiB"\n').vms[0]
+    a = Authorizer.local()
+    a.check_create(CAROL, "small", vm, [row(1, 256 * MIB)])
+    with pytest.raises(Forbidden, match='its VMs have 512MiB; "big" asks 768MiB more'):
+        a.check_create(CAROL, "small", vm, [{"name": "x", "processors": 1, "memory": 512 * MIB}])
+
+
 def test_a_quota_check_fails_closed_without_the_vms_sizes():
     with pytest.raises(ValueError, match="memory is needed"):
         Authorizer.local().check_create(CAROL, "small", {"processors": 1}, [])
