@@ -7,6 +7,8 @@ import zlib
 
 import msgpack
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from drivers.network import frames, pcap
 from drivers.network.vswitch import VirtualSwitch
@@ -178,6 +180,7 @@ def test_received_frames_land_in_descriptors_with_length_crc_and_flags():
     assert rig.rdes0(1) & t.RDES0_MF
     assert rig.switch.parent.send(frame(dst=bytes.fromhex("020000000099")))   # another's: filtered
     assert rig.rdes0(2) & t.OWN and rig.nic.stats["filtered"] == 1
+    assert rig.nic.port.stats.dropped_refused == 0    # filtered is taken, not refused (as netvsp)
 
 
 def test_a_setup_frame_replaces_the_filter():
@@ -391,3 +394,55 @@ def test_a_legacy_nic_talks_to_a_netvsc_vm():
     host.root.resume_partition(vm)
     host.run(until=host.now + 100 * MS)
     assert answers == [(macs[0], n) for n in range(5)]
+
+
+# ---- any descriptor list ---------------------------------------------------------------------------
+
+_ADDRESSES = st.sampled_from([BUF, BUF + 0x801, 0, (4 << 20) - 64, 4 << 20, 0x4000_0000, 0xFFFF_FFFF])
+_BITS = st.sets(st.sampled_from([t.OWN, t.TDES1_FS, t.TDES1_LS, t.TDES1_IC, t.TDES1_SET, t.DES1_END,
+                                 t.DES1_CHAINED]))
+_DESCRIPTOR = st.tuples(st.booleans(), _BITS, st.integers(0, 2047), st.integers(0, 2047), _ADDRESSES,
+                        st.one_of(_ADDRESSES, st.sampled_from([TX, TX + 16, RX, RX + 16, TX + 2])))
+# Well-formed ones too, so that lists which work are among those tried.
+_GOOD_TX = st.tuples(st.just(True), st.just({t.TDES1_FS, t.TDES1_LS}), st.integers(60, 1514), st.just(0),
+                     st.just(BUF), st.just(0))
+_GOOD_RX = st.tuples(st.just(True), st.sampled_from([set(), {t.DES1_END}]), st.just(1536), st.just(0),
+                     st.just(BUF), st.just(0))
+
+
+@pytest.fixture(scope="module")
+def shared_rig():
+    return Rig()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tx=st.lists(st.one_of(_GOOD_TX, _DESCRIPTOR), min_size=1, max_size=4),
+       rx=st.lists(st.one_of(_GOOD_RX, _DESCRIPTOR), min_size=1, max_size=4),
+       tx_base=st.sampled_from([TX, TX + 4, TX + 2, 0x4000_0000]), sizes=st.lists(st.integers(14, 1514), max_size=3))
+def test_any_descriptor_list_sends_receives_or_stops_the_chip_and_never_raises(shared_rig, tx, rx, tx_base, sizes):
+    rig = shared_rig
+    rig.csr(0, t.SWR)
+    rig.switch.parent.received()
+    before = dict(rig.nic.stats)
+    for base, ring in ((TX, tx), (RX, rx)):
+        for i, (own, bits, size1, size2, buf1, word3) in enumerate(ring):
+            des1 = sum(bits) & ~t.OWN | size1 | size2 << 11
+            rig.vm.write(base + 16 * i, struct.pack("<IIII", t.OWN if own else 0, des1, buf1, word3))
+    rig.csr(3, RX)
+    rig.csr(4, tx_base)
+    rig.csr(6, t.SR | t.ST)                           # starting transmit looks at the list
+    for n, size in enumerate(sizes):
+        rig.switch.parent.send(frame(n=n, size=size))
+    rig.csr(1, 0)
+    status = rig.csr(5)
+    assert rig.nic.port.error is None                 # the switch's callback never raised
+    event(f"fatal={bool(rig.nic.fatal)} sent={rig.nic.stats['tx_frames'] > before['tx_frames']} "
+          f"received={rig.nic.stats['rx_frames'] > before['rx_frames']}")
+    assert bool(status & t.FBE) == bool(rig.nic.fatal)
+    for sent in rig.switch.parent.received():
+        assert t.MIN_FRAME <= len(sent) <= t.MAX_FRAME
+    if rig.nic.fatal:
+        before = dict(rig.nic.stats)
+        rig.csr(1, 0)
+        rig.switch.parent.send(frame())
+        assert rig.nic.stats["tx_frames"] == before["tx_frames"] and rig.nic.stats["rx_frames"] == before["rx_frames"]
