@@ -452,10 +452,8 @@ class Tulip21140:
             self.port.disconnect()
             self.port = None
 
-    STATE_VERSION = 1
-
     def save_state(self) -> dict:
-        return {"version": self.STATE_VERSION, "mac": self.mac, "csr0": self.csr0, "csr3": self.csr3,
+        return {"format": STATE_FORMAT, "mac": self.mac, "csr0": self.csr0, "csr3": self.csr3,
                 "csr4": self.csr4, "csr5": self.csr5, "csr6": self.csr6, "csr7": self.csr7,
                 "missed": self.missed, "missed_overflow": self.missed_overflow,
                 "rx_next": self.rx_next, "tx_next": self.tx_next, "rx_suspended": self.rx_suspended,
@@ -464,26 +462,60 @@ class Tulip21140:
                 "stats": dict(self.stats), "work_ns": self.work_ns, "wire_ns": self.wire_ns,
                 "held": list(self.held)}
 
-    def load_state(self, data: dict) -> None:
-        """Put back what save_state() gave (checked first: a bad record changes nothing)."""
-        if not isinstance(data, dict) or data.get("version") != self.STATE_VERSION:
-            raise ValueError(f"legacy NIC state: version {data.get('version') if isinstance(data, dict) else data!r}"
-                             f" is not {self.STATE_VERSION}")
-        ints = ("csr0", "csr3", "csr4", "csr5", "csr6", "csr7", "missed", "rx_next", "tx_next", "rom",
-                "work_ns", "wire_ns")
-        bad = [k for k in ints if not isinstance(data.get(k), int) or data[k] < 0]
-        held = data.get("held", [])
-        filt = data.get("filter")
-        if bad or not isinstance(held, list) or not all(isinstance(f, (bytes, bytearray)) for f in held) \
-                or (filt is not None and not all(isinstance(a, (bytes, bytearray)) and len(a) == 6 for a in filt)):
-            raise ValueError(f"legacy NIC state: bad fields {bad or ['held/filter']}")
-        if bytes(data.get("mac", b"")) != self.mac:
-            raise ValueError(f"legacy NIC state: saved for MAC {data.get('mac')!r}, this adapter is {mac_text(self.mac)}")
-        for k in ints:
-            setattr(self, k, data[k])
-        self.missed_overflow = bool(data.get("missed_overflow"))
-        self.rx_suspended, self.tx_suspended = bool(data.get("rx_suspended")), bool(data.get("tx_suspended"))
-        self.filter = None if filt is None else [bytes(a) for a in filt]
-        self.fatal = data.get("fatal")
-        self.stats.update(data.get("stats", {}))
-        self.held = [bytes(f) for f in held]
+    def load_state(self, state: dict) -> None:
+        """Go on from a save_state() record (check_state first: a bad one raises ValueError and
+        changes nothing)."""
+        problem = check_state(state, self.mac)
+        if problem is not None:
+            raise ValueError(f"legacy NIC state: {problem}")
+        for k in _STATE_INTS:
+            setattr(self, k, state[k])
+        self.work_ns, self.wire_ns = state["work_ns"], state["wire_ns"]
+        self.missed_overflow = state["missed_overflow"]
+        self.rx_suspended, self.tx_suspended = state["rx_suspended"], state["tx_suspended"]
+        self.filter = None if state["filter"] is None else [bytes(a) for a in state["filter"]]
+        self.fatal = state["fatal"]
+        self.stats = dict(state["stats"])
+        self.held = [bytes(f) for f in state["held"]]
+
+
+STATE_FORMAT = 1
+_STATE_INTS = ("csr0", "csr3", "csr4", "csr5", "csr6", "csr7", "missed", "rx_next", "tx_next", "rom")
+_STATS = ("tx_frames", "tx_bytes", "rx_frames", "rx_bytes", "missed", "filtered", "setup_frames")
+
+
+def check_state(state, mac: bytes | None = None) -> str | None:
+    """What is wrong with a Tulip21140.save_state() record (for the adapter with station address
+    `mac`, if given), or None: checked before a restore changes anything."""
+    def uint(x, bits: int = 32) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << bits
+
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        return f"expected a map with format {STATE_FORMAT}"
+    if not (isinstance(state.get("mac"), bytes) and len(state["mac"]) == 6):
+        return "mac: expected 6 bytes"
+    if mac is not None and state["mac"] != mac:
+        return f"saved for MAC {mac_text(state['mac'])}, this adapter is {mac_text(mac)}"
+    bad = [k for k in _STATE_INTS if not uint(state.get(k))]
+    if bad:
+        return f"{', '.join(bad)}: expected 32-bit unsigned integers"
+    if not uint(state["missed"], 16):
+        return "missed: expected a 16-bit count"
+    if not all(isinstance(state.get(k), bool) for k in ("missed_overflow", "rx_suspended", "tx_suspended")):
+        return "missed_overflow, rx_suspended, tx_suspended: expected booleans"
+    filt = state.get("filter", ())
+    if filt is not None and not (isinstance(filt, list) and len(filt) <= 16
+                                 and all(isinstance(a, bytes) and len(a) == 6 for a in filt)):
+        return "filter: expected None or at most 16 MAC addresses of 6 bytes"
+    if state.get("fatal", 0) is not None and not isinstance(state.get("fatal"), str):
+        return "fatal: expected None or why the chip stopped"
+    stats = state.get("stats")
+    if not (isinstance(stats, dict) and sorted(stats) == sorted(_STATS) and all(uint(v, 64) for v in stats.values())):
+        return f"stats: expected counts {', '.join(_STATS)}"
+    if not (uint(state.get("work_ns"), 64) and uint(state.get("wire_ns"), 64)):
+        return "work_ns, wire_ns: expected nanoseconds"
+    held = state.get("held")
+    if not (isinstance(held, list) and len(held) <= HOLD_FRAMES
+            and all(isinstance(f, bytes) and 14 <= len(f) <= MAX_FRAME for f in held)):
+        return f"held: expected at most {HOLD_FRAMES} frames"
+    return None

@@ -309,10 +309,14 @@ def test_save_and_load_state_mid_traffic_carry_on_where_the_chip_was():
     rig.queue_tx(1, frame(PEER, MAC, 6))
     rig.csr(1, 0)
     assert [f[14] for f in rig.switch.parent.received()] == [3, 6]
-    with pytest.raises(ValueError, match="version"):
-        nic.load_state({"version": 99})
+    with pytest.raises(ValueError, match="format"):
+        nic.load_state({"format": 99})
     with pytest.raises(ValueError, match="MAC"):
         nic.load_state({**state, "mac": PEER})
+    for bad in ({"csr6": -1}, {"held": [b"x"]}, {"rx_suspended": 1}, {"filter": [b"abc"]}, {"stats": {}}):
+        assert t.check_state({**state, **bad}, MAC) is not None, bad
+        with pytest.raises(ValueError):
+            nic.load_state({**state, **bad})
     assert nic.save_state()["rx_next"] == RX     # the refused records changed nothing
 
 
@@ -446,3 +450,26 @@ def test_any_descriptor_list_sends_receives_or_stops_the_chip_and_never_raises(s
         rig.csr(1, 0)
         rig.switch.parent.send(frame())
         assert rig.nic.stats["tx_frames"] == before["tx_frames"] and rig.nic.stats["rx_frames"] == before["rx_frames"]
+
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-1, 1 << 33), st.binary(max_size=8), st.text(max_size=4),
+                    st.lists(st.binary(min_size=6, max_size=6), max_size=3))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(st.sampled_from(["format", "mac", "csr0", "csr5", "csr6", "missed", "missed_overflow",
+                                                "rx_next", "rom", "filter", "fatal", "stats", "work_ns", "held",
+                                                "tx_suspended"]), _VALUES, max_size=3))
+def test_a_state_record_is_checked_whole_before_it_changes_anything(shared_rig, changes):
+    nic = shared_rig.nic
+    good = nic.save_state()
+    record = {**good, **changes}
+    problem = t.check_state(record, MAC)
+    if problem is None:
+        nic.load_state(record)
+        assert nic.save_state() == record
+        nic.load_state(good)
+    else:
+        with pytest.raises(ValueError):
+            nic.load_state(record)
+        assert nic.save_state() == good
