@@ -473,3 +473,37 @@ def test_a_state_record_is_checked_whole_before_it_changes_anything(shared_rig, 
         with pytest.raises(ValueError):
             nic.load_state(record)
         assert nic.save_state() == good
+
+
+def test_a_native_kernel_reads_the_mac_and_sends_a_frame_with_in_and_out(tmp_path):
+    from partitions.native_guest.cpu import native_guest
+    from partitions.native_guest.loader import load_elf
+    from tests.native.kernels import HALT_FOREVER, build
+    csr = lambda n: t.BASE + 8 * n   # noqa: E731
+    body = f"""
+  mov ${csr(9)}, %dx
+  xor %eax, %eax
+  out %eax, %dx
+  mov $0x220000, %rdi
+  mov $6, %rcx
+1: in %dx, %eax
+  mov %al, (%rdi)
+  inc %rdi
+  dec %rcx
+  jnz 1b
+  mov ${csr(4)}, %dx
+  mov ${TX}, %eax
+  out %eax, %dx
+  mov ${csr(6)}, %dx
+  mov ${t.ST}, %eax
+  out %eax, %dx
+""" + HALT_FOREVER
+    rig = Rig()
+    rig.queue_tx(0, frame(PEER, MAC, 42), control=t.TDES1_FS | t.TDES1_LS | t.DES1_END)
+    rig.vm.vp(0).run(native_guest(load_elf(build(tmp_path, "tulip", body))))
+    rig.host.root.resume_partition(rig.vm)
+    rig.host.run(until=5 * MS)
+    assert rig.vm.read(0x220000, 6) == MAC
+    assert rig.switch.parent.received() == [frame(PEER, MAC, 42)]
+    assert rig.bus.accesses["legacy-nic"] == 1 + 6 + 2
+    assert rig.bus.medium_ns["legacy-nic"] == t.wire_ns(60)     # the CSR6 write that sent it waited the wire
