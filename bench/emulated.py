@@ -304,11 +304,14 @@ def netvsc_pair(count: int = 2, responder_only: bool = False, kind: str = "rr", 
 
     def sender(vsc, tap) -> None:
         if kind == "rr":
+            # The next request once the answer came (or the first); one the ring refused is owed.
             if tap.frames or not done["sent"]:
                 done["packets"] += 2 * len(tap.frames)
                 tap.frames.clear()
-                if vsc.transmit(_bench_frame(macs[0], vsc.mac, SMALL, done["sent"])):
-                    done["sent"] += 1
+                state["owed"] = True
+            if state.get("owed") and vsc.transmit(_bench_frame(macs[0], vsc.mac, SMALL, done["sent"])):
+                done["sent"] += 1
+                state["owed"] = False
         else:
             if not state["announced"]:
                 return
