@@ -206,8 +206,8 @@ class Tulip21140:
             self.missed, self.missed_overflow = 0, False
             return value
         if csr == 9:
-            byte = self.mac[self.rom % 6]
-            self.rom += 1
+            byte = self.mac[self.rom]
+            self.rom = (self.rom + 1) % 6
             return byte
         return self._shadow(csr)
 
@@ -501,6 +501,8 @@ def check_state(state, mac: bytes | None = None) -> str | None:
         return f"{', '.join(bad)}: expected 32-bit unsigned integers"
     if not uint(state["missed"], 16):
         return "missed: expected a 16-bit count"
+    if state["rom"] >= 6:
+        return "rom: expected the address ROM's pointer, 0-5"
     if not all(isinstance(state.get(k), bool) for k in ("missed_overflow", "rx_suspended", "tx_suspended")):
         return "missed_overflow, rx_suspended, tx_suspended: expected booleans"
     filt = state.get("filter", ())
