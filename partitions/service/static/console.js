@@ -153,6 +153,7 @@
     $("sign-out").hidden = !sessionStorage.getItem(TOKEN_KEY);
     $("signin").hidden = true;
     $("main").hidden = false;
+    $("clock").hidden = false;
     $("clock-controls").hidden = !state.allowed.has("clock.set");
     $("clock-step").hidden = !state.allowed.has("clock.step");
     resetView();
@@ -167,6 +168,8 @@
     $("whoami").textContent = "";
     $("sign-out").hidden = true;
     $("main").hidden = true;
+    $("clock").hidden = true;
+    $("clock-controls").hidden = true;
     $("signin").hidden = false;
     $("signin-message").textContent = message || "";
     $("token-input").focus();
@@ -305,7 +308,7 @@
       const td = el("td", { class: "actions" });
       for (const a of allowed) {
         const b = el("button", { type: "button", "data-testid": `action-${a.op}-${name}`, "data-op": a.op,
-                                 text: a.label, onclick: () => act(name, a) });
+                                 "aria-label": `${a.label} ${name}`, text: a.label, onclick: () => act(name, a) });
         buttons.set(a.op, b);
         td.append(b);
       }
@@ -516,8 +519,20 @@
       el("span", { class: "event-vm", text: ev.vm ? ev.vm + (ev.host ? "@" + ev.host : "") : (ev.host || "") }),
       el("span", { class: "event-details", text: details.join("  ") }));
     if (name && (name.endsWith("failed") || name === "vm.crashed")) li.classList.add("event-bad");
+    li.dataset.match = `${name || ""} ${ev.vm || ""} ${ev.host || ""}`.toLowerCase();
+    li.hidden = !matches(li);
     list.prepend(li);
     while (list.children.length > EVENTS_KEPT) list.lastChild.remove();
+  }
+
+  // The filter hides events (it keeps them: clearing it shows the last EVENTS_KEPT again).
+  function matches(li) {
+    const words = $("events-filter").value.trim().toLowerCase().split(/\s+/).filter(Boolean);
+    return words.every((w) => li.dataset.match.includes(w));
+  }
+
+  function applyFilter() {
+    for (const li of $("events").children) li.hidden = !matches(li);
   }
 
   // ---- the CPU chart -----------------------------------------------------------------------------
@@ -642,6 +657,7 @@
       signIn();
     });
     $("error-dismiss").addEventListener("click", clearError);
+    $("events-filter").addEventListener("input", applyFilter);
     $("clock-pause").addEventListener("click", () => setClock({ paused: true }));
     $("clock-resume").addEventListener("click", () => setClock({ paused: false }));
     $("clock-step").addEventListener("click", stepClock);
