@@ -67,6 +67,8 @@ CPU_SAMPLE_NS = 100_000_000
 MAX_LAG_S = 0.5
 #: The file in the state directory that lists the VMs created through the API.
 STATE_FILE = "service.json"
+#: What a created VM's configuration errors name as their file.
+FRAGMENT = "the VM's TOML"
 
 
 class ServiceError(Exception):
@@ -157,7 +159,8 @@ class Engine:
         self._step_waiters: list[concurrent.futures.Future] = []
         self._next_cpu_ns = 0
         self._cpu_before: dict[str, tuple[int, int]] = {}   # vm -> (time, CPU time) of its last sample
-        self._created: dict[str, dict] = {}              # vm -> {"host", "toml", "owner"}: made through the API
+        self._created: dict[str, dict] = {}              # vm -> {"host", "vm", "owner"}: made through the API
+        self._saved_on_disk: set[str] = set()            # Off VMs with a saved-state file from an earlier service
         # Shared between threads: commands (under _cond), the published view, the event ring.
         self._cond = threading.Condition()
         self._commands: deque[_Command] = deque()
@@ -239,6 +242,8 @@ class Engine:
                 if managed.host.now == 0 and all(vm.state.value == "Off" for vm in managed.vms.values()):
                     managed.start()
             self._load_created()
+            self._saved_on_disk = {name for managed in self._hosts.values() for name, vm in managed.vms.items()
+                                   if vm.state.value == "Off" and (self.workdir / f"{name}.hvsav").is_file()}
         except BaseException:
             self._close_hosts()
             raise
@@ -568,6 +573,7 @@ class Engine:
         from partitions.vm import DiskUnavailable, VmState
         host, managed, vm = self._find(name)
         saved = self._saved_file(managed, vm)
+        was = vm.state
         if action == "checkpoint":
             checkpoint = checkpoint or f"checkpoint-{managed.host.now // 1_000_000}ms"
             tree = vm.checkpoints
@@ -604,24 +610,28 @@ class Engine:
                 raise Conflict(str(exc)) from None
             raise
         managed._event("vm.action", vm=name, action=action, **fields)
-        if action in ("start", "restore") and saved and vm.state is not VmState.OFF:
+        if (action in ("start", "restore") and (saved or was is VmState.SAVED)) and vm.state is not VmState.SAVED:
+            self._forget_saved(managed, vm)   # restored: the state lives in the VM again
+        if action == "turn-off" and was is VmState.SAVED:
             self._forget_saved(managed, vm)
         return self._row(name)
 
     def _saved_file(self, managed, vm) -> Path | None:
-        """A saved-state file of an Off VM from an earlier service with this state directory: the
-        VM shows as Saved; start or restore resumes it (into a new shell), turn-off discards it."""
+        """The saved-state file of an Off VM that an earlier service with this state directory
+        saved: the VM shows as Saved; start or restore resumes it (into a new shell), turn-off
+        discards it, as Hyper-V does with a saved state."""
         from partitions.vm import VmState
-        if vm.state is not VmState.OFF:
+        if vm.name not in self._saved_on_disk or vm.state is not VmState.OFF:
             return None
-        path = self.workdir / f"{vm.name}.hvsav"
-        return path if path.is_file() else None
+        return self.workdir / f"{vm.name}.hvsav"
 
     def _discard_saved(self, managed, vm) -> None:
         self._forget_saved(managed, vm)
         managed._event("savedstate.discarded", vm=vm.name)
 
     def _forget_saved(self, managed, vm) -> None:
+        """The VM's saved state is used or discarded: its file goes (a restore does not come back to it)."""
+        self._saved_on_disk.discard(vm.name)
         try:
             (self.workdir / f"{vm.name}.hvsav").unlink()
         except FileNotFoundError:
@@ -636,7 +646,7 @@ class Engine:
 
     def _dress(self, row: dict, host: str, managed) -> dict:
         row = dict(row, Host=host, Owner=self._owners.get(row["Name"]))
-        if row["State"] == "Off" and (self.workdir / f"{row['Name']}.hvsav").is_file():
+        if row["State"] == "Off" and row["Name"] in self._saved_on_disk:
             row["State"] = "Saved"
             row["Status"] = "saved state in the state directory"
         return row
@@ -657,22 +667,43 @@ class Engine:
         out["cpu"] = self.cpu_history(name)
         return out
 
-    def create_vm(self, toml_text: str, *, owner: str | None = None, host: str | None = None,
-                  name: str | None = None) -> dict:
-        """Add a VM from a TOML fragment (the keys of a [[vm]] table; `name` wins over its own) to
-        `host` (default: the first). It is Off. ConfigError names the key; Conflict for a name in
-        use. The fragment and owner are kept in the state directory."""
-        try:
-            fragment = tomllib.loads(toml_text)
-        except tomllib.TOMLDecodeError as exc:
-            from partitions.config_schema import ConfigError
-            raise ConfigError("the VM's TOML", None, "valid TOML", str(exc)) from None
+    def switches(self) -> list[dict]:
+        """Every host's virtual switches: {"name", "host", "type", "stats" (frames and bytes)}."""
+        def read():
+            return [{"name": name, "host": host, "type": sw.kind.value, "stats": dataclasses.asdict(sw.stats)}
+                    for host, managed in self._hosts.items() for name, sw in managed.switches.items()]
+        return self.call(read)
+
+    def disks(self) -> list[dict]:
+        """Every VM's disks as configured: {"vm", "host", "lun", "path", "size", "type", "parent"}."""
+        def read():
+            return [{"vm": name, "host": host, "lun": lun, "path": str(d.path), "size": d.size, "type": d.type,
+                     "parent": str(d.parent) if d.parent else None}
+                    for host, managed in self._hosts.items() for name, vm in managed.vms.items()
+                    for lun, d in enumerate(vm.config.disks if vm.config is not None else ())]
+        return self.call(read)
+
+    def create_vm(self, source: str | dict, *, owner: str | None = None, host: str | None = None,
+                  name: str | None = None, check: Callable[[Any, list[dict]], None] | None = None) -> dict:
+        """Add a VM to `host` (default: the first) from a TOML fragment (the keys of a [[vm]]
+        table) or that table parsed; `name` wins over its own. It is Off. ConfigError names the
+        key (as the fragment has it); Conflict for a name in use. `check(vm_config, owned)` runs
+        on the sim thread once the fragment is checked and before anything is made (the API's
+        quota check: `owned` is [{"name", "processors", "memory"}] of the VMs `owner` has): what
+        it raises, the caller gets. The fragment and owner are kept in the state directory."""
+        if isinstance(source, str):
+            try:
+                fragment = tomllib.loads(source)
+            except tomllib.TOMLDecodeError as exc:
+                from partitions.config_schema import ConfigError
+                raise ConfigError(FRAGMENT, None, "valid TOML", str(exc)) from None
+        else:
+            fragment = dict(source)
         if name is not None:
             fragment["name"] = name
-        return self.call(lambda: self._create(fragment, toml_text, owner, host))
+        return self.call(lambda: self._create(fragment, owner, host, check))
 
-    def _create(self, fragment: dict, toml_text: str, owner: str | None, host: str | None,
-                persist: bool = True) -> dict:
+    def _create(self, fragment: dict, owner: str | None, host: str | None, check=None, persist: bool = True) -> dict:
         from partitions.config import from_dict
         from partitions.config_schema import ConfigError
         if host is None:
@@ -683,24 +714,28 @@ class Engine:
         name = fragment.get("name")
         if isinstance(name, str) and any(name in m.vms for m in self._hosts.values()):
             raise Conflict(f"a VM named {name!r} exists already")
-        fragment = dict(fragment)
-        fragment.setdefault("autostart", False)
-        document = {"host": {"logical_processors": managed.config.host.logical_processors,
-                             "smt": managed.config.host.smt},
-                    "switch": [{"name": sw.name, "type": sw.type} for sw in managed.config.switches],
-                    "vm": [fragment]}
-        if not document["switch"]:
-            del document["switch"]
-        file = "the VM's TOML"
+        table = dict(fragment)
+        table.setdefault("autostart", False)
+        h = managed.config.host
+        document = {"host": {"logical_processors": h.logical_processors, "smt": h.smt, "memory": h.memory,
+                             "scheduler": h.scheduler},
+                    "vm": [table]}
+        if managed.config.switches:
+            document["switch"] = [{"name": sw.name, "type": sw.type} for sw in managed.config.switches]
         try:
-            cfg = from_dict(document, file=file, base_dir=self.workdir).vms[0]
+            cfg = from_dict(document, file=FRAGMENT, base_dir=self.workdir).vms[0]
+            if check is not None:
+                owned = [{"name": n, "processors": v.spec.processors, "memory": v.spec_memory_bytes()}
+                         for m in self._hosts.values() for n, v in m.vms.items()
+                         if owner is not None and self._owners.get(n) == owner]
+                check(cfg, owned)
             vm = managed.add_vm(cfg)
         except ConfigError as exc:   # its keys as the fragment has them: "memory", not "vm[0].memory"
             key = re.sub(r"^vm\[\d+\]\.?", "", exc.key or "") or None
-            raise ConfigError(file, key, exc.expected, exc.got, hint=exc.hint) from None
+            raise ConfigError(FRAGMENT, key, exc.expected, exc.got, hint=exc.hint) from None
         if self._dc is not None:
             self._dc._adopt(vm)
-        self._created[cfg.name] = {"host": host, "toml": toml_text, "owner": owner}
+        self._created[cfg.name] = {"host": host, "vm": fragment, "owner": owner}
         if owner is not None:
             self._owners[cfg.name] = owner
         if persist:
@@ -731,7 +766,7 @@ class Engine:
     def _save_created(self) -> None:
         path = self.workdir / STATE_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"vms": [{"name": n, **v} for n, v in self._created.items()]}, indent=1))
+        tmp.write_text(json.dumps({"vms": [{"name": n, **v} for n, v in self._created.items()]}, indent=1, default=str))
         os.replace(tmp, path)
 
     def _load_created(self) -> None:
@@ -747,9 +782,8 @@ class Engine:
             return
         for entry in entries:
             try:
-                fragment = tomllib.loads(entry["toml"])
-                fragment["name"] = entry["name"]
-                self._create(fragment, entry["toml"], entry.get("owner"), entry.get("host"), persist=False)
+                fragment = dict(entry["vm"], name=entry["name"])
+                self._create(fragment, entry.get("owner"), entry.get("host"), persist=False)
             except Exception as exc:
                 logger.error("%s: vm %r cannot be made again: %s", path, entry.get("name"), exc)
 

@@ -48,3 +48,80 @@ def make_engine(tmp_path):
 def engine(make_engine):
     """A paused engine over SMALL_HOST at time 0 (its VMs started)."""
     return make_engine(paused=True)
+
+
+class Server:
+    """An API server (uvicorn, in a thread) on a free loopback port over an engine."""
+
+    def __init__(self, engine, authorizer, **app_options):
+        import socket
+        import threading
+
+        import uvicorn
+
+        from partitions.service.api import create_app
+        self.engine, self.authorizer = engine, authorizer
+        self.app = create_app(engine, authorizer, **app_options)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.host, self.port = self._sock.getsockname()
+        self.url = f"http://{self.host}:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
+                                                    timeout_graceful_shutdown=5))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
+                                       name="uvicorn-test", daemon=True)
+        self.thread.start()
+        import time
+        deadline = time.monotonic() + 30
+        while not self.server.started:   # its readiness, polled with a deadline
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+
+    def request(self, method: str, path: str, body=None, *, headers: dict | None = None, raw: bytes | None = None,
+                timeout: float = 30):
+        """(status, parsed JSON or None, response headers)."""
+        import http.client
+        import json
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+            hdrs = {"Content-Type": "application/json"} if data is not None else {}
+            hdrs.update(headers or {})
+            conn.request(method, path, body=data, headers=hdrs)
+            response = conn.getresponse()
+            text = response.read()
+            parsed = json.loads(text) if text and response.getheader("content-type", "").startswith(
+                "application/json") else (text.decode() if text else None)
+            return response.status, parsed, dict(response.getheaders())
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.app.state.closing = True   # open event streams end
+        self.server.should_exit = True
+        self.thread.join(30)
+        self._sock.close()
+
+
+@pytest.fixture
+def make_server():
+    """make_server(engine, authorizer=None (Authorizer.local()), **create_app options) -> a started
+    Server; each is shut down at the test's end (before the engines of make_engine are stopped)."""
+    made = []
+
+    def make(engine, authorizer=None, **options):
+        from partitions.service.auth import Authorizer
+        server = Server(engine, authorizer or Authorizer.local(), **options)
+        made.append(server)
+        return server
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.fixture
+def server(engine, make_server):
+    """A server over the paused SMALL_HOST engine, without users (the test client is Administrator)."""
+    return make_server(engine)

@@ -1,0 +1,565 @@
+"""The management service's HTTP API: a FastAPI app over an Engine (the simulation) and an
+Authorizer (users, roles, the audit log), JSON under /v1, its OpenAPI document at
+/v1/openapi.json, the web console at /console/.
+
+    app = create_app(engine, Authorizer.local())
+    uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=8450)).run()
+
+How a request goes (the `_Guard` ASGI middleware, then the endpoint):
+1. Its body is read whole before anything else, at most MAX_BODY bytes: a Content-Length above
+   that, or a body that turns out longer, is answered 413 without being parsed.
+2. Its route's operationId is its action (the contract's names: "vms.start", ...). The caller is
+   authenticated (`authorizer.authenticate`: 401) and the action checked (`authorizer.check`, with
+   the owner of the VM the path names: 403). So no endpoint runs for a caller that may not use it.
+3. The endpoint reads the engine's published view (`snapshot()`, the CPU history, the event ring)
+   or goes through the engine's sim thread (`engine.call` and the methods over it). The API never
+   runs simulation code itself.
+4. Whatever the outcome, one audit line (`authorizer.audit`) with the status sent.
+
+Errors are `{"error": {"type", "message", ...}}` with the messages the CLI shows: BadRequest 400
+(malformed JSON, a bad field), Unauthorized 401, Forbidden 403, NotFound 404, Conflict and
+InvalidTransition 409, TooLarge 413, ConfigError 422 (a bad TOML fragment: names the key),
+Unavailable 503 (the simulation stopped). A request that fails changes nothing: checks come before
+the one command that acts, which the sim thread applies whole or not at all.
+
+Why FastAPI with uvicorn: both are widely used and well kept; FastAPI derives the OpenAPI document
+(and docs/api.md from it) from the endpoints' own type annotations, so the reference cannot drift
+from the code; uvicorn is a pure-Python ASGI server that runs in the service's own process, beside
+the simulation thread, on TCP or a Unix socket.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from partitions.config_schema import ConfigError
+from partitions.service.auth import Forbidden, Unauthorized
+from partitions.service.engine import NotFound, ServiceError
+from partitions.vm import InvalidTransition
+
+logger = logging.getLogger("hvsim.service")
+
+#: The largest request body accepted (bytes).
+MAX_BODY = 1024 * 1024
+#: Events a GET /v1/events answers at most (and by default).
+MAX_EVENTS = 10_000
+#: How often an event stream looks for new events, and sends a keep-alive comment when idle (s).
+STREAM_POLL_S = 0.05
+STREAM_KEEPALIVE_S = 15.0
+STATIC = Path(__file__).with_name("static")
+
+
+# ---- the models (the OpenAPI document's schemas) ------------------------------------------------------
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(description="BadRequest, Unauthorized, Forbidden, NotFound, Conflict, InvalidTransition, "
+                                  "TooLarge, ConfigError, Unavailable or Internal")
+    message: str = Field(description="what went wrong, as the command line shows it")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Whoami(BaseModel):
+    user: str
+    role: str
+    actions: list[str] = Field(description="the actions (operationIds) this caller may use")
+
+
+Speed = Union[float, Literal["max"]]
+
+
+class Clock(BaseModel):
+    now_ns: int = Field(description="simulated time since boot, in ns")
+    speed: Speed = Field(description='simulated seconds per wall second, or "max"')
+    paused: bool
+    windows: int = Field(description="windows of simulated time run so far")
+
+
+class ClockSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    speed: Speed | None = Field(None, description='a positive number (1 = real time) or "max"')
+    paused: bool | None = None
+
+
+class ClockStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: str = Field(description='simulated time to advance, with a unit: "100ms", "1s"', examples=["100ms"])
+
+
+class HostRow(BaseModel):
+    name: str
+    logical_processors: int
+    memory_bytes: int
+    vms: list[str]
+
+
+class VmRow(BaseModel):
+    """A row of Get-VM, with the host the VM is on and the user who created it."""
+    model_config = ConfigDict(populate_by_name=True)
+    Name: str
+    State: str = Field(description="Off, Starting, Running, Paused, Saving, Saved, Stopping, Resetting, Migrating")
+    CPUUsage: float = Field(alias="CPUUsage(%)", description="use of the host's LPs over the last simulated second")
+    MemoryAssigned: int = Field(alias="MemoryAssigned(M)", description="MiB")
+    Uptime: str = Field(description="hh:mm:ss.mmm of simulated time")
+    Status: str
+    Host: str
+    Owner: str | None = Field(description="the user who created it through the API (null: from the configuration)")
+
+
+class CheckpointRow(BaseModel):
+    name: str
+    time_ns: int
+    consistent: bool
+
+
+class VmDetail(VmRow):
+    processors: int
+    memory_bytes: int
+    checkpoints: list[CheckpointRow]
+    devices: list[str]
+    measure: dict[str, Any] = Field(description="Measure-VM's figures")
+    cpu: list[tuple[int, float]] = Field(description="[time_ns, CPU %] per 100 ms of simulated time, the last 600")
+
+
+class VmCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    toml: str | None = Field(None, description="the keys of a [[vm]] table, as TOML")
+    template: str | None = Field(None, description="a template's name (GET /v1/templates)")
+    name: str | None = Field(None, description="the VM's name (required with a template; wins over the TOML's)")
+    host: str | None = Field(None, description="the host to create it on (default: the first)")
+
+
+class CheckpointBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, description="default: checkpoint-<simulated ms>")
+
+
+class ApplyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    checkpoint: str
+
+
+class MoveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: str = Field(description="the host to move it to")
+    kind: Literal["live", "post-copy", "quick"] = "live"
+
+
+class SwitchRow(BaseModel):
+    name: str
+    host: str
+    type: str
+    stats: dict[str, int]
+
+
+class DiskRow(BaseModel):
+    vm: str
+    host: str
+    lun: int
+    path: str
+    size: int | None
+    type: str
+    parent: str | None
+
+
+class TemplateRow(BaseModel):
+    name: str
+    description: str
+    source: str
+    vm: dict[str, Any] = Field(description="the [[vm]] keys it makes (strings may hold {name})")
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    seq: int
+    time_ns: int
+    event: str
+    vm: str | None = None
+
+
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 422, 503)}
+
+
+# ---- errors -----------------------------------------------------------------------------------------
+
+def error(status: int, type_: str, message: str, **fields: Any) -> JSONResponse:
+    return JSONResponse({"error": {"type": type_, "message": message, **fields}}, status_code=status)
+
+
+class BadRequest(ValueError):
+    """A request the API refuses as malformed (400)."""
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            return f"malformed JSON: {e.get('ctx', {}).get('error', 'cannot be parsed')}"
+    parts = []
+    for e in errors[:3]:
+        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        where = ".".join(loc) or "the body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return "bad request: " + "; ".join(parts)
+
+
+def _install_errors(app: FastAPI) -> None:
+    statuses = {"NotFound": 404, "Conflict": 409, "Unavailable": 503}
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError):
+        return error(statuses.get(exc.type, 409), exc.type, str(exc))
+
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, exc: Unauthorized):
+        return error(401, "Unauthorized", str(exc))
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden):
+        request.state.allowed = False   # a create over its quota or outside its templates
+        return error(403, "Forbidden", str(exc))
+
+    @app.exception_handler(InvalidTransition)
+    async def invalid_transition(request: Request, exc: InvalidTransition):
+        return error(409, "InvalidTransition", str(exc), vm=exc.vm, state=exc.state.value)
+
+    @app.exception_handler(ConfigError)
+    async def config_error(request: Request, exc: ConfigError):
+        return error(422, "ConfigError", str(exc), key=exc.key, expected=exc.expected, got=exc.got)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return error(400, "BadRequest", _validation_message(exc))
+
+    @app.exception_handler(ValueError)
+    async def value_error(request: Request, exc: ValueError):
+        return error(400, "BadRequest", str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        message = f"no such endpoint: {request.method} {request.url.path}" if exc.status_code == 404 else str(exc.detail)
+        return error(exc.status_code, kind, message)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):
+        logger.exception("%s %s failed", request.method, request.url.path)
+        return error(500, "Internal", f"{type(exc).__name__}: {exc}")
+
+
+# ---- the guard: body limit, authentication, authorization, audit ------------------------------------------
+
+class _Guard:
+    """ASGI middleware in front of the app (see the module's docstring, steps 1, 2 and 4)."""
+
+    def __init__(self, app, *, api: FastAPI, engine, authorizer):
+        self.app, self.api, self.engine, self.authorizer = app, api, engine, authorizer
+
+    def _route(self, scope) -> tuple[str | None, dict]:
+        """(the action of the route the request is for, its path parameters); None: no route."""
+        for route in self.api.router.routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                return getattr(route, "operation_id", None), child.get("path_params", {})
+        return None, {}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        sent = {"status": None}
+
+        async def send_noting(message):
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+            await send(message)
+
+        client = scope.get("client")
+        client_host = client[0] if client and client[0] else None
+        action, params = self._route(scope)
+        principal = None
+        try:
+            # 1. the body, whole and bounded
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+                await error(413, "TooLarge", f"the request body is larger than {MAX_BODY} bytes")(scope, receive,
+                                                                                                  send_noting)
+                return
+            body, more, first = bytearray(), True, []
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    first.append(message)
+                    break
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > MAX_BODY:
+                    await error(413, "TooLarge", f"the request body is larger than {MAX_BODY} bytes")(
+                        scope, receive, send_noting)
+                    return
+            replay = [{"type": "http.request", "body": bytes(body), "more_body": False}] + first
+
+            async def receive_again():
+                return replay.pop(0) if replay else await receive()
+
+            # 2. who, and may they
+            if action is not None:
+                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+                try:
+                    principal = self.authorizer.authenticate(headers.get("authorization"), client_host)
+                    state["principal"] = principal
+                    owner = self.engine.owner(params["name"]) if "name" in params else None
+                    self.authorizer.check(principal, action, owner=owner)
+                    state["allowed"] = True   # what the audit calls allowed: past the role check
+                except Unauthorized as exc:
+                    await error(401, "Unauthorized", str(exc))(scope, receive_again, send_noting)
+                    return
+                except Forbidden as exc:
+                    await error(403, "Forbidden", str(exc))(scope, receive_again, send_noting)
+                    return
+            await self.app(scope, receive_again, send_noting)
+        finally:
+            # 4. one audit line per API request (the console's static files are not audited)
+            if action is not None or scope["path"].startswith("/v1/"):
+                target = state.get("target", params.get("name"))
+                status = sent["status"] or 500
+                try:
+                    self.authorizer.audit(principal, action or f"{scope['method']} {scope['path']}", target,
+                                          bool(state.get("allowed")), status,
+                                          self.engine.snapshot()["clock"]["now_ns"],
+                                          client_host)
+                except Exception:
+                    logger.exception("the audit log could not be written")
+
+
+# ---- the app ----------------------------------------------------------------------------------------------
+
+def create_app(engine, authorizer, *, templates: dict | None = None) -> FastAPI:
+    """The API over `engine` (started) with `authorizer`; `templates` (name -> Template, default
+    the built-in ones for the engine's configuration) are what vms.create and templates.list offer."""
+    if templates is None:
+        from partitions.service.templates import builtin_templates
+        templates = builtin_templates(engine.config)
+    app = FastAPI(title="hvsim management service", version="1",
+                  description="Manage a simulated Hyper-V host or datacenter while it runs: its VMs, clock and "
+                              "events. Every operationId is the action name roles are checked against.",
+                  openapi_url="/v1/openapi.json", docs_url="/v1/docs", redoc_url=None,
+                  strict_content_type=False)
+    _install_errors(app)
+
+    def principal(request: Request):
+        return request.state.principal
+
+    def visible_rows(request: Request) -> list[dict]:
+        p = principal(request)
+        return [row for row in engine.snapshot()["vms"] if authorizer.visible(p, row["Owner"])]
+
+    @app.get("/", include_in_schema=False)
+    async def root():
+        return RedirectResponse("/console/")
+
+    if STATIC.is_dir():
+        from fastapi.staticfiles import StaticFiles
+        app.mount("/console", StaticFiles(directory=STATIC, html=True), name="console")
+
+    @app.get("/v1/whoami", operation_id="whoami.get", response_model=Whoami, responses=ERRORS,
+             summary="Who the caller is and what it may do")
+    async def whoami(request: Request):
+        p = principal(request)
+        return {"user": p.user, "role": p.role, "actions": authorizer.actions(p)}
+
+    # -- the clock --
+    @app.get("/v1/clock", operation_id="clock.get", response_model=Clock, responses=ERRORS,
+             summary="The simulation's clock")
+    async def clock_get():
+        return engine.snapshot()["clock"]
+
+    @app.put("/v1/clock", operation_id="clock.set", response_model=Clock, responses=ERRORS,
+             summary="Set the clock's speed, pause or resume it")
+    def clock_set(body: ClockSet):
+        if body.speed is not None:
+            engine.set_speed(None if body.speed == "max" else body.speed)
+        if body.paused is True:
+            engine.pause()
+        elif body.paused is False:
+            engine.resume()
+        return engine.snapshot()["clock"]
+
+    @app.post("/v1/clock/step", operation_id="clock.step", response_model=Clock, responses=ERRORS,
+              summary="Advance a paused clock by exactly this much simulated time")
+    def clock_step(body: ClockStep):
+        engine.step(body.by)
+        return engine.snapshot()["clock"]
+
+    # -- hosts, VMs --
+    @app.get("/v1/hosts", operation_id="hosts.list", response_model=list[HostRow], responses=ERRORS,
+             summary="The hosts, with their LPs, memory and VMs")
+    async def hosts_list(request: Request):
+        p = principal(request)
+        owners = {row["Name"]: row["Owner"] for row in engine.snapshot()["vms"]}
+        return [{**h, "vms": [v for v in h["vms"] if authorizer.visible(p, owners.get(v))]}
+                for h in engine.snapshot()["hosts"]]
+
+    @app.get("/v1/vms", operation_id="vms.list", response_model=list[VmRow], responses=ERRORS,
+             summary="Get-VM: every VM the caller may see")
+    async def vms_list(request: Request):
+        return visible_rows(request)
+
+    @app.get("/v1/vms/{name}", operation_id="vms.get", response_model=VmDetail, responses=ERRORS,
+             summary="One VM: its row, configuration, checkpoints, devices, figures and CPU history")
+    def vms_get(name: str):
+        return engine.vm_detail(name)
+
+    @app.post("/v1/vms", operation_id="vms.create", status_code=201, response_model=VmRow, responses=ERRORS,
+              summary="Create a VM (Off) from a TOML fragment or a template")
+    def vms_create(body: VmCreate, request: Request):
+        p = principal(request)
+        if (body.toml is None) == (body.template is None):
+            raise BadRequest('give either "toml" (the keys of a [[vm]] table) or "template" with "name"')
+        if body.template is not None:
+            template = templates.get(body.template)
+            if template is None:
+                raise NotFound(f"no template named {body.template!r} (templates: {', '.join(templates)})")
+            if not body.name:
+                raise BadRequest('"name": a VM made from a template needs a name')
+        # May this caller create from this template (or from TOML) at all: before anything is
+        # parsed. Its quota is checked on the sim thread, against the VMs it owns then.
+        authorizer.check_create(p, body.template, {"name": body.name, "processors": 0, "memory": 0}, [])
+        source: Any = template.fragment(body.name) if body.template is not None else body.toml
+        request.state.target = body.name
+
+        def check(cfg, owned):
+            request.state.target = cfg.name
+            authorizer.check_create(p, body.template, {"name": cfg.name, "processors": cfg.processors,
+                                                       "memory": cfg.memory}, owned)
+        return JSONResponse(engine.create_vm(source, owner=p.user, host=body.host, name=body.name, check=check),
+                            status_code=201)
+
+    @app.delete("/v1/vms/{name}", operation_id="vms.delete", status_code=204, responses=ERRORS,
+                summary="Delete a VM that is Off or Saved")
+    def vms_delete(name: str, request: Request):
+        engine.delete_vm(name, user=principal(request).user)
+        return Response(status_code=204)
+
+    def lifecycle(action: str, summary: str, body_model=None):
+        path = f"/v1/vms/{{name}}/{action}"
+        verb = {"apply": "apply", "move": "move"}.get(action, action)
+
+        if body_model is None:
+            def endpoint(name: str, request: Request):
+                return engine.act(name, verb, user=principal(request).user)
+        elif body_model is CheckpointBody:
+            def endpoint(name: str, request: Request, body: CheckpointBody | None = None):
+                return engine.act(name, "checkpoint", checkpoint=body.name if body else None,
+                                  user=principal(request).user)
+        elif body_model is ApplyBody:
+            def endpoint(name: str, request: Request, body: ApplyBody):
+                return engine.act(name, "apply", checkpoint=body.checkpoint, user=principal(request).user)
+        else:
+            def endpoint(name: str, request: Request, body: MoveBody):
+                return engine.act(name, "move", to=body.to, kind=body.kind, user=principal(request).user)
+        endpoint.__name__ = f"vms_{action.replace('-', '_')}"
+        app.post(path, operation_id=f"vms.{action}", response_model=VmRow, responses=ERRORS, summary=summary)(endpoint)
+
+    lifecycle("start", "Start a VM (a Saved one resumes from its saved state)")
+    lifecycle("stop", "Shut a VM down through its guest (the shutdown integration service)")
+    lifecycle("turn-off", "Turn a VM off at once (a saved state is discarded)")
+    lifecycle("pause", "Pause a running VM")
+    lifecycle("resume", "Resume a paused VM")
+    lifecycle("save", "Save a VM's state into the state directory")
+    lifecycle("restore", "Restore a Saved VM")
+    lifecycle("checkpoint", "Take a production checkpoint of a VM's disks", CheckpointBody)
+    lifecycle("apply", "Apply a checkpoint to a VM that is Off", ApplyBody)
+    lifecycle("move", "Move a VM to another host of the datacenter", MoveBody)
+
+    # -- the rest --
+    @app.get("/v1/switches", operation_id="switches.list", response_model=list[SwitchRow], responses=ERRORS,
+             summary="The hosts' virtual switches and their counters")
+    def switches_list():
+        return engine.switches()
+
+    @app.get("/v1/disks", operation_id="disks.list", response_model=list[DiskRow], responses=ERRORS,
+             summary="The VMs' disks")
+    def disks_list():
+        return engine.disks()
+
+    @app.get("/v1/templates", operation_id="templates.list", response_model=list[TemplateRow], responses=ERRORS,
+             summary="The templates the caller may create VMs from")
+    async def templates_list(request: Request):
+        allowed = authorizer.templates_for(principal(request), templates)
+        return [templates[n].row() for n in allowed]
+
+    @app.get("/v1/events", operation_id="events.get", response_model=list[Event], responses={
+        **ERRORS, 200: {"description": "a JSON list, or with Accept: text/event-stream (or follow=true) a stream "
+                                       "of server-sent events: id = seq, event = the event's name, data = the "
+                                       "event as JSON", "content": {"text/event-stream": {}}}},
+             summary="The events since a sequence number, or a stream of them as they happen")
+    async def events_get(request: Request, since: int = 0, limit: int = MAX_EVENTS, follow: bool = False,
+                         vm: list[str] | None = Query(None, description="only these VMs' events")):
+        if limit < 1 or limit > MAX_EVENTS:
+            raise BadRequest(f"limit: expected 1 to {MAX_EVENTS}, got {limit}")
+        p = principal(request)
+        wanted = set(vm) if vm else None
+
+        def allowed() -> set[str] | None:
+            """The VMs whose events this caller sees (None: every event, the host's too)."""
+            seen = None if authorizer.visible(p, None) else {
+                row["Name"] for row in engine.snapshot()["vms"] if authorizer.visible(p, row["Owner"])}
+            if wanted is None:
+                return seen
+            return wanted if seen is None else wanted & seen
+        streaming = follow or "text/event-stream" in request.headers.get("accept", "")
+        if not streaming:
+            return engine.events(since, allowed(), limit)
+        last = request.headers.get("last-event-id")
+        if last is not None:
+            if not last.strip().isdigit():
+                raise BadRequest(f"Last-Event-ID: expected a sequence number, got {last!r}")
+            since = int(last)
+        return StreamingResponse(_stream(engine, since, allowed, app), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    app.state.closing = False
+    app.add_middleware(_Guard, api=app, engine=engine, authorizer=authorizer)
+    return app
+
+
+async def _stream(engine, since: int, allowed, app: FastAPI):
+    """Server-sent events from `since` on, as the engine records them; ends when the engine stops
+    or the server is closing (`app.state.closing`, set by whoever shuts the server down, so that
+    open streams do not hold its shutdown up). A client that goes away cancels this generator (at
+    its next await): nothing else is touched."""
+    idle = 0.0
+    while True:
+        batch = engine.events(since, None, 1000)
+        if batch:
+            since = batch[-1]["seq"]
+            vms = allowed()
+            out = [f"id: {e['seq']}\nevent: {e['event']}\ndata: {json.dumps(e)}\n\n" for e in batch
+                   if vms is None or e.get("vm") in vms]
+            if out:
+                idle = 0.0
+                yield "".join(out)
+                continue
+        if (not engine.running and since >= engine.last_seq) or getattr(app.state, "closing", False):
+            return
+        await asyncio.sleep(STREAM_POLL_S)
+        idle += STREAM_POLL_S
+        if idle >= STREAM_KEEPALIVE_S:
+            idle = 0.0
+            yield ": keep-alive\n\n"
+
