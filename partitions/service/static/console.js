@@ -27,6 +27,9 @@
     { op: "checkpoint", label: "Checkpoint", from: ["Running", "Paused", "Off"] },
   ];
 
+  // A live migration (datacenters only): the states VirtualMachine.freeze allows.
+  const MOVE = { op: "move", label: "Move", from: ["Running", "Paused"] };
+
   const state = {
     principal: null,      // GET /v1/whoami
     allowed: new Set(),   // its actions
@@ -250,6 +253,11 @@
     return ACTIONS.filter((a) => state.allowed.has("vms." + a.op));
   }
 
+  // A move needs the right to and a host to move to (a datacenter's; a single host has none).
+  function movable() {
+    return state.allowed.has("vms.move") && state.hosts.length > 1;
+  }
+
   function hostSection(name) {
     const id = "host-" + name;
     let section = document.getElementById(id);
@@ -304,7 +312,8 @@
       cells.name, cells.state, cells.cpu, cells.memory, cells.uptime, cells.status);
     const buttons = new Map();
     const allowed = lifecycle();
-    if (allowed.length) {
+    let move = null;
+    if (allowed.length || movable()) {
       const td = el("td", { class: "actions" });
       for (const a of allowed) {
         const b = el("button", { type: "button", "data-testid": `action-${a.op}-${name}`, "data-op": a.op,
@@ -312,9 +321,19 @@
         buttons.set(a.op, b);
         td.append(b);
       }
+      if (movable()) {
+        // A live migration to another host of the datacenter: choosing a host sends it.
+        move = el("select", { class: "move", "data-testid": `move-${name}`, "aria-label": `Move ${name} to another host`,
+                              onchange: (e) => {
+                                const to = e.target.value;
+                                e.target.value = "";
+                                if (to) act(name, MOVE, { to, kind: "live" });
+                              } });
+        td.append(move);
+      }
       tr.append(td);
     }
-    return { tr, cells, buttons, row: null };
+    return { tr, cells, buttons, move, row: null };
   }
 
   function updateRow(entry, row) {
@@ -338,6 +357,16 @@
     for (const a of ACTIONS) {
       const b = entry.buttons.get(a.op);
       if (b) b.disabled = busy || !a.from.includes(entry.row.State);
+    }
+    if (entry.move) {
+      const host = hostOf(entry.row);
+      const targets = state.hosts.map((h) => h.name).filter((h) => h !== host);
+      if (entry.move.dataset.from !== host || entry.move.options.length !== targets.length + 1) {
+        entry.move.replaceChildren(el("option", { value: "", text: "Move to…" }),
+                                   ...targets.map((h) => el("option", { value: h, text: h })));
+        entry.move.dataset.from = host;
+      }
+      entry.move.disabled = busy || !MOVE.from.includes(entry.row.State);
     }
   }
 
@@ -384,13 +413,13 @@
 
   // ---- actions -----------------------------------------------------------------------------------
 
-  async function act(name, action) {
+  async function act(name, action, body) {
     const entry = state.rows.get(name);
     state.busy.add(name);
     if (entry) updateButtons(entry);
     clearError();
     try {
-      const row = await api("POST", `/v1/vms/${encodeURIComponent(name)}/${action.op}`, {});
+      const row = await api("POST", `/v1/vms/${encodeURIComponent(name)}/${action.op}`, body || {});
       const current = state.rows.get(name);
       if (current && row && row.Name === name) updateRow(current, row);
     } catch (e) {
@@ -518,7 +547,7 @@
       el("span", { class: "event-name", text: name || "" }),
       el("span", { class: "event-vm", text: ev.vm ? ev.vm + (ev.host ? "@" + ev.host : "") : (ev.host || "") }),
       el("span", { class: "event-details", text: details.join("  ") }));
-    if (name && (name.endsWith("failed") || name === "vm.crashed")) li.classList.add("event-bad");
+    if (name && (/(failed|abort)$/.test(name) || name === "vm.crashed")) li.classList.add("event-bad");
     li.dataset.match = `${name || ""} ${ev.vm || ""} ${ev.host || ""}`.toLowerCase();
     li.hidden = !matches(li);
     list.prepend(li);
