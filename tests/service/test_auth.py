@@ -358,6 +358,21 @@ def test_each_audit_line_is_in_the_file_as_soon_as_audit_returns(tmp_path):
     a.close()
 
 
+def test_a_server_that_dies_abruptly_loses_no_audit_line_it_wrote(tmp_path):
+    import subprocess
+    import sys
+    path = tmp_path / "audit.jsonl"
+    # os._exit: no interpreter shutdown, no flush of Python's buffers, as a crash (or SIGKILL) ends it.
+    code = ("import os, sys\nfrom partitions.service.auth import Authorizer, Principal\n"
+            "a = Authorizer.local(audit=sys.argv[1])\n"
+            "for k in range(5):\n"
+            "    a.audit(Principal('local', 'Administrator'), 'vms.start', 'web', True, 200, k, None)\n"
+            "os._exit(9)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], cwd=os.getcwd(), capture_output=True)
+    assert done.returncode == 9, done.stderr
+    assert [json.loads(line)["sim_ns"] for line in path.read_text().splitlines()] == [0, 1, 2, 3, 4]
+
+
 def test_without_an_audit_file_audit_writes_nothing(tmp_path):
     Authorizer.local().audit(None, "clock.get", None, True, 200, 0, None)
     assert list(tmp_path.iterdir()) == []
