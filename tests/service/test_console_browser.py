@@ -278,17 +278,24 @@ def test_console_shows_the_default_hosts_vms_live(local, page):
     expect(page.get_by_test_id("events").locator("li")).not_to_have_count(0)
 
 
+def enabled_buttons(page, vm: str) -> set[str]:
+    return set(page.get_by_test_id(f"vm-row-{vm}").locator("button[data-op]:enabled").evaluate_all(
+        "buttons => buttons.map(b => b.dataset.op)"))
+
+
 def test_start_and_stop_clicks_change_the_vms_state_through_the_api(local, page):
     local.ensure_running("web")
     page.goto(local.url + "/console/")
     stop, start = page.get_by_test_id("action-stop-web"), page.get_by_test_id("action-start-web")
     expect(stop).to_be_enabled()
     expect(start).to_be_disabled()
+    assert enabled_buttons(page, "web") == {"stop", "turn-off", "pause", "save", "checkpoint"}
     stop.click()
     local.wait_state("web", "Off")
     expect(page.get_by_test_id("vm-state-web")).to_have_text("Off")
     expect(stop).to_be_disabled()
     expect(start).to_be_enabled()
+    assert enabled_buttons(page, "web") == {"start", "checkpoint"}
     start.click()
     local.wait_state("web", "Running")
     expect(page.get_by_test_id("vm-state-web")).to_have_text("Running")

@@ -17,7 +17,9 @@
   // The lifecycle buttons: the API's action name (vms.<op>), the label, and the states that allow
   // it (partitions/vm.py's VirtualMachine._require calls).
   const ACTIONS = [
-    { op: "start", label: "Start", from: ["Off", "Saved"] },  // Saved: the engine restores it
+    // N.B. not from Saved: the API starts a Saved VM only when its saved state is from an earlier
+    // service (the VM itself Off); Restore resumes either kind.
+    { op: "start", label: "Start", from: ["Off"] },
     { op: "stop", label: "Stop", from: ["Running"] },
     { op: "turn-off", label: "Turn off", from: ["Running", "Paused", "Stopping", "Saved", "Migrating"] },
     { op: "pause", label: "Pause", from: ["Running"] },
