@@ -96,6 +96,11 @@ ACTIONS = (
 VM_ACTIONS = ("vms.get", "vms.delete", "vms.start", "vms.stop", "vms.turn-off", "vms.pause", "vms.resume",
               "vms.save", "vms.restore", "vms.checkpoint", "vms.apply", "vms.move")
 
+# Actions an "own" scope allows without naming a VM, because the API narrows them itself: lists and
+# streams to what `visible()` lets through, a creation to what `check_create()` accepts. Any other
+# action under an "own" scope is refused (fail closed: a new endpoint is not silently let through).
+OWN_NARROWED = ("vms.list", "events.get", "vms.create")
+
 # The tasks: operations grouped as an administrator thinks of them.
 TASKS: dict[str, tuple[str, ...]] = {
     "look around": ("whoami.get", "clock.get", "hosts.list", "templates.list"),
@@ -498,6 +503,9 @@ class Authorizer:
         if scope == "own" and action in VM_ACTIONS and owner != p.user:
             raise Forbidden(f"{who} may use {action} only on the VMs it created, and this VM is not one of them",
                             user=p.user, role=p.role, action=action)
+        if scope == "own" and action not in VM_ACTIONS and action not in OWN_NARROWED:
+            raise Forbidden(f"{who} may not use {action}: the role may use it on its own VMs only, and this action "
+                            f"names none", user=p.user, role=p.role, action=action)
 
     def may(self, p: Principal, action: str, *, owner: str | None = None) -> bool:
         try:

@@ -236,6 +236,15 @@ def test_own_scope_needs_the_vm_to_be_the_users():
     assert "vms.start" in a.actions(carol) and "vms.move" not in a.actions(carol)
 
 
+def test_an_own_scope_on_an_action_that_names_no_vm_and_is_not_narrowed_is_refused(monkeypatch):
+    monkeypatch.setitem(auth._SCOPE["Self-service user"], "switches.list", "own")
+    a, carol = Authorizer.local(), Principal("carol", "Self-service user")
+    with pytest.raises(Forbidden, match="names none"):
+        a.check(carol, "switches.list", owner="carol")
+    for action in auth.OWN_NARROWED:
+        a.check(carol, action)
+
+
 def test_templates_for_a_principal():
     a, names = Authorizer.local(), ["small", "web", "disk"]
     assert a.templates_for(Principal("x", "Administrator"), names) == names
