@@ -1,0 +1,375 @@
+"""`hvsim vm ...`, `hvsim events` and `hvsim clock` and their HTTP client
+(partitions/service/client.py), against a small stand-in of the API: the JSON shapes and error
+answers of the contract, over TCP and a Unix socket, with an event stream that can be cut."""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import socketserver
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from partitions.cli import main
+from partitions.service.client import ApiError, Client, Server, Unreachable, parse_sse
+
+# ---- a stand-in of the API -------------------------------------------------------------------------
+
+ALLOWED = {"start": ("Off", "Saved"), "stop": ("Running",), "turn-off": ("Running", "Paused", "Saved"),
+           "pause": ("Running",), "resume": ("Paused",), "save": ("Running", "Paused"), "restore": ("Saved",)}
+AFTER = {"start": "Running", "stop": "Off", "turn-off": "Off", "pause": "Paused", "resume": "Running",
+         "save": "Saved", "restore": "Running"}
+
+
+class FakeApi:
+    """The API's shapes over two VMs, with a simulated clock that moves 1 ms per action. `token`:
+    the bearer token it wants (None: any request, as a local service). `streams`: what each
+    successive event stream sends before it closes (a list of events), the last one repeated."""
+
+    def __init__(self, token: str | None = None):
+        self.token = token
+        self.now = 0
+        self.vms = {"web": "Off", "db": "Running"}
+        self.events: list[dict] = []
+        self.streams: list[list[dict]] | None = None
+        self.requests: list[tuple[str, str, dict, object]] = []   # method, path, headers, body
+        self.lock = threading.Lock()
+
+    def row(self, name):
+        return {"Name": name, "State": self.vms[name], "CPUUsage(%)": 0.0, "MemoryAssigned(M)": 512,
+                "Uptime": "00:00:00.000", "Status": "Operating normally", "Host": "host", "Owner": None}
+
+    def log(self, event, **fields):
+        self.events.append({"seq": len(self.events) + 1, "time_ns": self.now, "event": event, **fields})
+
+    def answer(self, method, path, query, headers, body):
+        """(status, JSON document) for a request."""
+        self.requests.append((method, path, headers, body))
+        if self.token is not None and headers.get("Authorization") != f"Bearer {self.token}":
+            return 401, error("Unauthorized", "no token, or a token this service does not know")
+        m = re.fullmatch(r"/v1/vms/([^/]+)(?:/([a-z-]+))?", path)
+        if path == "/v1/vms" and method == "GET":
+            return 200, [self.row(n) for n in self.vms]
+        if m and m.group(1) not in self.vms:
+            return 404, error("NotFound", f"no VM named {m.group(1)!r}")
+        if m and method == "GET" and m.group(2) is None:
+            return 200, {**self.row(m.group(1)), "processors": 2, "memory_bytes": 512 << 20,
+                         "checkpoints": [], "devices": [{"name": "storage", "type": "storvsc"}],
+                         "measure": {"VMName": m.group(1), "NetworkInbound(M)": 0.0},
+                         "cpu": [[0, 0.0], [100_000_000, 12.5]]}
+        if m and method == "POST" and m.group(2) in ALLOWED:
+            name, action = m.group(1), m.group(2)
+            state = self.vms[name]
+            if state not in ALLOWED[action]:
+                return 409, error("InvalidTransition", f"vm {name!r} is {state}: cannot {action} "
+                                                       f"(allowed from {', '.join(ALLOWED[action])})")
+            self.now += 1_000_000
+            self.vms[name] = AFTER[action]
+            self.log("vm.state", vm=name, old=state, new=AFTER[action])
+            return 200, self.row(name)
+        if path == "/v1/events" and method == "GET":
+            since = int(query.get("since", ["0"])[0])
+            return 200, [e for e in self.events if e["seq"] > since]
+        if path == "/v1/clock" and method == "GET":
+            return 200, {"now_ns": self.now, "speed": 1, "paused": False, "windows": self.now // 10_000_000}
+        return 404, error("NotFound", f"no endpoint {method} {path}")
+
+
+def error(type, message):
+    return {"error": {"type": type, "message": message}}
+
+
+def handler_for(api: FakeApi):
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.handle_request("GET")
+
+        def do_POST(self):
+            self.handle_request("POST")
+
+        def do_PUT(self):
+            self.handle_request("PUT")
+
+        def do_DELETE(self):
+            self.handle_request("DELETE")
+
+        def handle_request(self, method):
+            url = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            query = parse_qs(url.query)
+            if "text/event-stream" in self.headers.get("Accept", "") and api.streams is not None:
+                return self.stream()
+            with api.lock:
+                status, doc = api.answer(method, url.path, query, dict(self.headers), body)
+            data = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def stream(self):
+            """One stream of events: those the next entry of api.streams lists, after the
+            Last-Event-ID the client sent, with a keep-alive comment; then the connection closes."""
+            with api.lock:
+                api.requests.append(("GET", self.path, dict(self.headers), None))
+                events = api.streams.pop(0) if len(api.streams) > 1 else api.streams[0]
+            last = int(self.headers.get("Last-Event-ID") or 0)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(b": keep-alive\n\n")
+            for e in events:
+                if e["seq"] > last:
+                    self.wfile.write(f"id: {e['seq']}\nevent: {e['event']}\ndata: {json.dumps(e)}\n\n".encode())
+            self.wfile.flush()
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = False   # server_close() joins the handlers' threads
+
+    def get_request(self):   # BaseHTTPRequestHandler wants a (host, port) client address
+        request, _ = super().get_request()
+        return request, ("local", 0)
+
+
+def serve(server):
+    thread = threading.Thread(target=server.serve_forever, name="fake-api")
+    thread.start()
+    return thread
+
+
+def stop(server, thread):
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def api():
+    """A stand-in of the API on a free loopback port: (FakeApi, its URL)."""
+    fake = FakeApi()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(fake))
+    thread = serve(server)
+    yield fake, f"http://127.0.0.1:{server.server_address[1]}"
+    stop(server, thread)
+
+
+def hvsim(capsys, *argv):
+    """(exit status, stdout, stderr) of `hvsim ARGV` run in this process."""
+    try:
+        status = main(list(argv))
+    except SystemExit as exc:   # argparse's usage errors
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture(autouse=True)
+def no_environment(monkeypatch):
+    """No server or token from the environment the tests run in; no thread left behind."""
+    for name in ("HVSIM_SERVER", "HVSIM_TOKEN", "HVSIM_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    before = set(threading.enumerate())
+    yield
+    assert set(threading.enumerate()) <= before
+
+
+# ---- the CLI against the stand-in -------------------------------------------------------------------
+
+def test_list_show_start_stop_round_trip(api, capsys):
+    fake, url = api
+    status, out, err = hvsim(capsys, "vm", "list", "--server", url)
+    assert status == 0 and err == ""
+    assert "Get-VM" in out and "web" in out and "db" in out and "Off" in out
+    assert "Host" not in out and "Owner" not in out   # one host, no owners: hvsim run's columns
+    status, out, _ = hvsim(capsys, "vm", "start", "web", "--server", url)
+    assert (status, out) == (0, "vm 'web' is Running\n")
+    assert fake.vms["web"] == "Running"
+    status, out, _ = hvsim(capsys, "vm", "show", "web", "--server", url)
+    assert status == 0
+    for text in ("Running", "2 virtual processors", "512 MiB assigned of 512 MiB", "storage", "Checkpoints"):
+        assert text in out
+    status, out, _ = hvsim(capsys, "vm", "stop", "web", "--server", url)
+    assert (status, out) == (0, "vm 'web' is Off\n")
+    assert fake.vms["web"] == "Off"
+
+
+def test_json_output_is_the_api_document(api, capsys):
+    fake, url = api
+    status, out, _ = hvsim(capsys, "vm", "list", "--json", "--server", url)
+    assert status == 0 and [r["Name"] for r in json.loads(out)] == ["web", "db"]
+    status, out, _ = hvsim(capsys, "vm", "pause", "db", "--json", "--server", url)
+    assert status == 0 and json.loads(out)["State"] == "Paused"
+    status, out, _ = hvsim(capsys, "clock", "--json", "--server", url)
+    assert status == 0 and json.loads(out)["now_ns"] == 1_000_000
+    status, out, _ = hvsim(capsys, "events", "--json", "--server", url)
+    assert status == 0 and [json.loads(line)["new"] for line in out.splitlines()] == ["Paused"]
+
+
+def test_an_invalid_transition_is_the_api_message_on_stderr(api, capsys):
+    fake, url = api
+    status, out, err = hvsim(capsys, "vm", "stop", "web", "--server", url)
+    assert status == 1 and out == ""
+    assert err == "hvsim vm: vm 'web' is Off: cannot stop (allowed from Running)\n"
+    assert fake.vms["web"] == "Off"
+
+
+def test_an_unknown_vm(api, capsys):
+    _, url = api
+    status, out, err = hvsim(capsys, "vm", "show", "nope", "--server", url)
+    assert (status, out, err) == (1, "", "hvsim vm: no VM named 'nope'\n")
+
+
+def test_no_server_is_one_clear_line_naming_the_address(capsys):
+    with socket.socket() as s:   # a port nothing listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        status, out, err = hvsim(capsys, "vm", "list", "--server", f"http://127.0.0.1:{port}")
+    assert status == 1 and out == ""
+    assert err.startswith(f"hvsim vm: cannot reach the hvsim service at http://127.0.0.1:{port}: connection refused")
+    assert err.count("\n") == 1
+
+
+def test_the_server_from_the_environment(api, capsys, monkeypatch):
+    _, url = api
+    monkeypatch.setenv("HVSIM_SERVER", url)
+    status, out, _ = hvsim(capsys, "vm", "list", "--json")
+    assert status == 0 and len(json.loads(out)) == 2
+
+
+def test_a_token_from_a_file_or_the_environment(capsys, tmp_path, monkeypatch):
+    fake = FakeApi(token="s3cret-token")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(fake))
+    thread = serve(server)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        status, _, err = hvsim(capsys, "vm", "list", "--server", url)
+        assert (status, err) == (1, "hvsim vm: no token, or a token this service does not know\n")
+        token = tmp_path / "token"
+        token.write_text("s3cret-token\n")
+        status, out, _ = hvsim(capsys, "vm", "list", "--json", "--server", url, "--token-file", str(token))
+        assert status == 0 and len(json.loads(out)) == 2
+        monkeypatch.setenv("HVSIM_TOKEN_FILE", str(token))
+        assert hvsim(capsys, "vm", "list", "--server", url)[0] == 0
+        monkeypatch.delenv("HVSIM_TOKEN_FILE")
+        monkeypatch.setenv("HVSIM_TOKEN", "s3cret-token")
+        assert hvsim(capsys, "vm", "list", "--server", url)[0] == 0
+        assert fake.requests[-1][2]["Authorization"] == "Bearer s3cret-token"
+    finally:
+        stop(server, thread)
+
+
+def test_a_token_file_that_cannot_be_used_is_a_usage_error(capsys, tmp_path):
+    missing = tmp_path / "missing"
+    status, _, err = hvsim(capsys, "vm", "list", "--token-file", str(missing))
+    assert status == 2 and err.startswith(f"hvsim vm: --token-file {missing}: No such file")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    status, _, err = hvsim(capsys, "vm", "list", "--token-file", str(empty))
+    assert status == 2 and "the file is empty" in err
+
+
+def test_a_unix_socket_server(capsys, tmp_path):
+    fake = FakeApi()
+    path = tmp_path / "hvsim.sock"
+    server = UnixHTTPServer(str(path), handler_for(fake))
+    thread = serve(server)
+    try:
+        status, out, _ = hvsim(capsys, "vm", "start", "web", "--server", f"unix:{path}")
+        assert (status, out) == (0, "vm 'web' is Running\n")
+        assert fake.requests[-1][2]["Host"] == "localhost"
+    finally:
+        stop(server, thread)
+    status, _, err = hvsim(capsys, "vm", "list", "--server", f"unix:{path}")
+    assert status == 1 and f"unix:{path}" in err
+
+
+def test_usage_errors_exit_2(api, capsys):
+    _, url = api
+    assert hvsim(capsys, "vm", "start", "--server", url)[0] == 2                 # no VM named
+    assert hvsim(capsys, "vm", "create", "--template", "small", "--server", url)[0] == 2   # no --name
+    assert hvsim(capsys, "clock", "--speed", "fast", "--server", url)[0] == 2
+    assert hvsim(capsys, "clock", "--step", "100", "--server", url)[0] == 2     # no unit
+    assert hvsim(capsys, "clock", "--pause", "--resume", "--server", url)[0] == 2
+    assert hvsim(capsys, "vm", "list", "--server", "ftp://x")[0] == 2
+    assert api[0].requests == []   # none of them reached the service
+
+
+def test_events_follow_reads_to_the_end_of_the_stream(api, capsys):
+    fake, url = api
+    hvsim(capsys, "vm", "start", "web", "--server", url)
+    hvsim(capsys, "vm", "stop", "web", "--server", url)
+    fake.streams = [fake.events]
+    status, out, err = hvsim(capsys, "events", "--follow", "--server", url)
+    assert (status, err) == (0, "")
+    lines = out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].split() == ["0.001000", "s", "vm.state", "web", "old=Off", "new=Running"]
+    assert lines[1].split()[2:] == ["vm.state", "web", "old=Running", "new=Off"]
+
+
+def test_events_follow_reconnects_once_after_a_drop_with_last_event_id(api, capsys):
+    fake, url = api
+    for name in ("web", "db", "web"):
+        hvsim(capsys, "vm", "start" if fake.vms[name] == "Off" else "pause", name, "--server", url)
+    # The first stream drops after two events; the second sends the rest; the third nothing.
+    fake.streams = [fake.events[:2], fake.events, []]
+    status, out, _ = hvsim(capsys, "events", "--follow", "--json", "--server", url)
+    assert status == 0
+    assert [json.loads(line)["seq"] for line in out.splitlines()] == [1, 2, 3]
+    streams = [r[2] for r in fake.requests if r[1].startswith("/v1/events")]
+    assert [h.get("Last-Event-ID") for h in streams] == [None, "2", "3"]
+
+
+def test_events_of_one_vm(api, capsys):
+    fake, url = api
+    hvsim(capsys, "vm", "start", "web", "--server", url)
+    hvsim(capsys, "vm", "pause", "db", "--server", url)
+    status, out, _ = hvsim(capsys, "events", "--vm", "db", "--server", url)
+    assert status == 0 and [line.split()[3] for line in out.splitlines()] == ["db"]
+
+
+# ---- the client on its own ----------------------------------------------------------------------------
+
+def test_server_addresses():
+    assert str(Server.parse("127.0.0.1:8450")) == "http://127.0.0.1:8450"
+    assert str(Server.parse("http://[::1]:9000/")) == "http://[::1]:9000"
+    assert Server.parse("unix:/run/hvsim.sock").host == "/run/hvsim.sock"
+    assert Server.parse("unix:///run/hvsim.sock").host == "/run/hvsim.sock"
+    for bad in ("ftp://x", "unix:", "http://host:99999", "http://"):
+        with pytest.raises(ValueError):
+            Server.parse(bad)
+
+
+def test_an_api_error_carries_status_type_and_message(api):
+    _, url = api
+    with pytest.raises(ApiError) as info:
+        Client(url).call("POST", "/v1/vms/web/stop")
+    assert (info.value.status, info.value.type) == (409, "InvalidTransition")
+    assert str(info.value) == "vm 'web' is Off: cannot stop (allowed from Running)"
+
+
+def test_unreachable_names_the_address(tmp_path):
+    with pytest.raises(Unreachable, match=re.escape(f"unix:{tmp_path}/none.sock")):
+        Client(f"unix:{tmp_path}/none.sock").call("GET", "/v1/vms")
+
+
+def test_sse_parsing():
+    stream = (b": keep-alive\n\n"
+              b"id: 7\r\nevent: vm.state\r\ndata: {\"seq\": 7, \"vm\": \"a\"}\r\n\r\n"
+              b"data: {\"seq\": 8,\ndata: \"event\": \"x\"}\n\n"
+              b"event: nothing\n\n"
+              b"id: 9\nretry: 5\ndata:{\"event\": \"y\"}\n\n")
+    events = list(parse_sse(iter(stream.splitlines(keepends=True))))
+    assert [(e.seq, e.name) for e in events] == [(7, "vm.state"), (8, "x"), (9, "y")]
+    assert events[0].data == {"seq": 7, "vm": "a"}
