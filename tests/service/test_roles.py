@@ -415,3 +415,32 @@ def test_without_users_a_loopback_client_is_administrator_and_another_is_refused
             [("192.0.2.10", False), ("192.0.2.10", False), ("10.1.2.3", False), ("10.1.2.3", False)]
     finally:
         authorizer.close()
+
+
+def test_tokens_made_by_hvsim_users_work_over_a_real_socket_until_removed(make_engine, make_server, tmp_path,
+                                                                           capsys):
+    from partitions.cli import main
+    users = tmp_path / "users.toml"
+    assert main(["users", "add", "olga", "--role", "Operator", "--file", str(users)]) == 0
+    olga = capsys.readouterr().out.strip()
+    assert main(["users", "add", "vera", "--role", "Viewer", "--file", str(users)]) == 0
+    vera = capsys.readouterr().out.strip()
+    audit = tmp_path / "audit.jsonl"
+    server = make_server(make_engine(paused=True), Authorizer.from_file(users, audit=audit))
+    try:
+        assert server.request("GET", "/v1/whoami")[0] == 401
+        status, body, _ = server.request("GET", "/v1/whoami", headers={"Authorization": f"Bearer {olga}"})
+        assert status == 200 and (body["user"], body["role"]) == ("olga", "Operator")
+        status, body, _ = server.request("POST", "/v1/vms/idle/pause", headers={"Authorization": f"Bearer {vera}"})
+        assert status == 403 and body["error"]["type"] == "Forbidden"
+        status, body, _ = server.request("POST", "/v1/vms/idle/pause", headers={"Authorization": f"Bearer {olga}"})
+        assert status == 200 and body["State"] == "Paused"
+        assert main(["users", "remove", "olga", "--file", str(users)]) == 0
+        assert server.request("GET", "/v1/whoami", headers={"Authorization": f"Bearer {olga}"})[0] == 401
+    finally:
+        server.authorizer.close()
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(r["user"], r["action"], r["allowed"], r["status"], r["client"]) for r in lines] == [
+        (None, "whoami.get", False, 401, "127.0.0.1"), ("olga", "whoami.get", True, 200, "127.0.0.1"),
+        ("vera", "vms.pause", False, 403, "127.0.0.1"), ("olga", "vms.pause", True, 200, "127.0.0.1"),
+        (None, "whoami.get", False, 401, "127.0.0.1")]
