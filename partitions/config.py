@@ -37,7 +37,7 @@ from partitions.config_schema import (
     MS, SWITCH_TYPES, WORKLOADS, AtConfig, Config, ConfigError, CpuBurnWorkload, CpuConfig, DatacenterConfig,
     DatacenterHostConfig, DeviceConfig, DiskConfig, DiskIoWorkload, HostConfig, LinkConfig, STORAGE_KINDS,
     StorageConfig, StorageLinkConfig,
-    IdleWorkload, IntegrationServices, MemoryCounterWorkload, NetRequestResponseWorkload, NicConfig, PythonWorkload,
+    IdleWorkload, IntegrationServices, LegacyNicConfig, MemoryCounterWorkload, NetRequestResponseWorkload, NicConfig, PythonWorkload,
     SwitchConfig,
     VmConfig, dump, format_duration, format_size_exact, generated_mac, show,
 )
@@ -52,6 +52,7 @@ _MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$|\s*\(at end of document\)$")
 MAX_HOST_MEMORY = 64 * 1024 * GIB
 MAX_DISK_SIZE = 2040 * GIB          # the VHD format's limit (drivers/storage/vhd.py)
+IDE_MAX_SIZE = 2**28 * 512          # an emulated IDE disk's limit: 28-bit LBA (partitions/native_guest/ide.py)
 MAX_TIME = 2**63 - 1
 MAX_SEED = 2**64 - 1
 UDP_PAYLOAD_MAX = 1472              # 1500-byte MTU less IPv4 and UDP headers
@@ -60,7 +61,8 @@ _KEYS = {
     "": ("host", "vm", "switch", "at"),
     "host": ("logical_processors", "smt", "memory", "scheduler", "seed", "costs"),
     "vm": ("name", "processors", "memory", "cpu", "workload", "disks", "nics", "devices", "integration_services",
-           "autostart", "kernel"),
+           "autostart", "kernel", "ide", "legacy_nic"),
+    "legacy_nic": ("switch", "mac"),
     "cpu": ("reserve", "limit", "weight"),
     "disk": ("path", "size", "type", "parent"),
     "nic": ("switch", "vlan", "mac", "ip", "gateway"),
@@ -523,7 +525,44 @@ class _Reader:
                         tuple(self.disk(d, k) for k, d in disks), tuple(self.nic(n, k) for k, n in nics),
                         ics, self.workloads(t, key), self.boolean(t, key, "autostart", True),
                         tuple(self.device(d, k) for k, d in self.tables(t, key, "devices")),
-                        self.kernel(t, key, memory))
+                        self.kernel(t, key, memory), self.ide(t, key), self.legacy_nic(t, key))
+
+    def ide(self, t: dict, key: str) -> DiskConfig | None:
+        """The emulated IDE disk: a VHD file's path (the file must exist), or a table with a
+        disk's keys (path, size, type, parent: made if missing, as disks are)."""
+        value = t.get("ide")
+        if value is None:
+            return None
+        if isinstance(value, str):
+            path = self.file_path(t, key, "ide")
+            if not path.exists():
+                self.fail(_path(key, "ide"), "an existing VHD file (or a table with a size to make one: "
+                          '{ path = "legacy.vhd", size = "64MiB" })', show(value))
+            return DiskConfig(path)
+        if not isinstance(value, dict):
+            self.fail(_path(key, "ide"), 'a VHD file\'s path, or a table such as { path = "legacy.vhd", size = "64MiB" }',
+                      show(value))
+        disk = self.disk(value, _path(key, "ide"))
+        if disk.size is not None and disk.size > IDE_MAX_SIZE:
+            self.fail(f"{_path(key, 'ide')}.size", f"at most {format_size_exact(IDE_MAX_SIZE)} (28-bit LBA)",
+                      show(value["size"]))
+        return disk
+
+    def legacy_nic(self, t: dict, key: str) -> LegacyNicConfig | None:
+        """The emulated legacy network adapter: `switch` (a [[switch]]) and an optional `mac`
+        (generated from the VM's name when left out, as adapters' are)."""
+        if t.get("legacy_nic") is None:
+            return None
+        where = _path(key, "legacy_nic")
+        n = self.table(t["legacy_nic"], where, _KEYS["legacy_nic"])
+        switch = self.string(n, where, "switch", expected="the name of a [[switch]]")
+        mac = self.string(n, where, "mac", None, pattern=_MAC, expected='a MAC address such as "00:15:5d:00:10:02"')
+        if mac is not None:
+            raw = bytes.fromhex(mac.replace("-", "").replace(":", ""))
+            if raw[0] & 1 or not any(raw):
+                self.fail(f"{where}.mac", "a unicast MAC address (first byte even, not all zero)", show(mac))
+            mac = ":".join(f"{b:02x}" for b in raw)
+        return LegacyNicConfig(switch, mac)   # mac None until assign_macs
 
     def kernel(self, t: dict, key: str, memory: int) -> Path | None:
         """A native guest's kernel: an x86-64 ELF file (relative to the configuration file) whose
@@ -707,9 +746,18 @@ class _Reader:
     def assign_macs(self, vms: list[VmConfig]) -> list[VmConfig]:
         """Give adapters without a MAC one generated from the VM name and index, skipping any MAC
         already taken on the host (given ones, and those generated for earlier adapters)."""
-        taken = {nic.mac for vm in vms for nic in vm.nics if nic.mac is not None}
+        taken = {nic.mac for vm in vms for nic in (*vm.nics, vm.legacy_nic) if nic is not None and nic.mac is not None}
         out = []
         for vm in vms:
+            legacy = vm.legacy_nic
+            attempt = 0
+            while legacy is not None and legacy.mac is None:
+                mac = generated_mac(vm.name, "legacy", attempt)   # apart from the synthetic adapters' indexes
+                if mac not in taken:
+                    taken.add(mac)
+                    legacy = dataclasses.replace(legacy, mac=mac)
+                attempt += 1
+            vm = dataclasses.replace(vm, legacy_nic=legacy)
             nics = []
             for i, nic in enumerate(vm.nics):
                 attempt = 0
@@ -753,7 +801,9 @@ class _Checks:
         self.unique([(f"{self.p}switch[{i}].name", s.name) for i, s in enumerate(self.switches)], "a switch name")
         self.unique([(f"{self.p}vm[{i}].name", v.name) for i, v in enumerate(self.vms)], "a VM name")
         self.unique([(f"{self.p}vm[{i}].disks[{j}].path", str(d.path)) for i, v in enumerate(self.vms)
-                     for j, d in enumerate(v.disks)], "a disk path")
+                     for j, d in enumerate(v.disks)]
+                    + [(f"{self.p}vm[{i}].ide" + (".path" if isinstance(self.vm_tables[i].get("ide"), dict) else ""),
+                        str(v.ide.path)) for i, v in enumerate(self.vms) if v.ide is not None], "a disk path")
         self.network()
         self.disks()
         self.workloads()
@@ -784,6 +834,17 @@ class _Checks:
                         self.r.fail(f"{key}.ip", f'an address unique on switch "{nic.switch}" VLAN {nic.vlan}',
                                     f"{show(nic.ip)} (also at {ips[where]})")
                     ips[where] = f"{key}.ip"
+            legacy = vm.legacy_nic
+            if legacy is not None:
+                key = f"{self.p}vm[{i}].legacy_nic"
+                if legacy.switch not in names:
+                    self.r.fail(f"{key}.switch", "the name of a [[switch]]" + (f" ({_one_of(names)})" if names else
+                                " (this file has none)"), show(legacy.switch), _suggest(legacy.switch, names))
+                if legacy.mac is not None:
+                    if (legacy.switch, legacy.mac) in macs:
+                        self.r.fail(f"{key}.mac", f'a MAC unique on switch "{legacy.switch}"',
+                                    f"{show(legacy.mac)} (also at {macs[legacy.switch, legacy.mac]})")
+                    macs[legacy.switch, legacy.mac] = f"{key}.mac"
 
     def disks(self) -> None:
         paths = {d.path for vm in self.vms for d in vm.disks}

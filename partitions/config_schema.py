@@ -107,6 +107,14 @@ class NicConfig:
 
 
 @dataclass(frozen=True)
+class LegacyNicConfig:
+    """The emulated legacy network adapter (a DEC 21140 on the VM's intercept bus): the switch
+    its port joins and its MAC (generated from the VM's name when the file gives none)."""
+    switch: str                      # a SwitchConfig name
+    mac: str                         # "00:15:5d:xx:xx:xx", lower case
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     """An installed device (a driver plugin, or the built-in echo device) attached to the VM:
     `type` names it (its `hvsim.drivers` entry point); `settings` are the other keys of its
@@ -205,6 +213,8 @@ class VmConfig:
     autostart: bool = True                        # False: Off until an [[at]] start
     devices: tuple[DeviceConfig, ...] = ()        # installed devices, offered after disks and nics
     kernel: Path | None = None                    # a native guest's ELF image: runs on VP 0 instead of the Python kernel
+    ide: DiskConfig | None = None                 # an emulated IDE disk (ATA PIO at 0x1F0), beside the synthetic disks
+    legacy_nic: LegacyNicConfig | None = None     # an emulated legacy network adapter (DEC 21140)
 
 
 @dataclass(frozen=True)
@@ -459,6 +469,10 @@ def dump(config: Config | DatacenterConfig, relative_to: str | os.PathLike | Non
                 "nics": [dataclasses.asdict(n) for n in vm.nics],
                 "devices": [{"type": d.type, **d.settings} for d in vm.devices],
                 "kernel": None if vm.kernel is None else path(vm.kernel),
+                "ide": None if vm.ide is None else {
+                    "path": path(vm.ide.path), "size": None if vm.ide.size is None else format_size_exact(vm.ide.size),
+                    "type": vm.ide.type, "parent": None if vm.ide.parent is None else path(vm.ide.parent)},
+                "legacy_nic": None if vm.legacy_nic is None else dataclasses.asdict(vm.legacy_nic),
                 "integration_services": dataclasses.asdict(vm.integration_services),
             })
         return host, vms, [dataclasses.asdict(s) for s in config.switches]

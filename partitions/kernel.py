@@ -59,6 +59,28 @@ class _WorkloadContext:
             return self.devices[name]
         return None
 
+    def read(self, gpa: int, length: int) -> bytes:
+        """The guest's own memory (what an emulated device's driver keeps its rings in)."""
+        return self._ctx.read(gpa, length)
+
+    def write(self, gpa: int, data: bytes) -> None:
+        self._ctx.write(gpa, data)
+
+    # Intercept calls to the VM's emulated devices (partitions/native_guest/devices.py): the
+    # guest context's own, at the same cost (the exit to the parent and the device's time); the
+    # VP waits them out as a native guest's `in`/`out` does, VMBus served at the next step.
+    async def port_in(self, port: int, size: int = 1) -> int:
+        return await self._ctx.port_in(port, size)
+
+    async def port_out(self, port: int, size: int, value: int) -> None:
+        await self._ctx.port_out(port, size, value)
+
+    async def mmio_read(self, gpa: int, size: int) -> int:
+        return await self._ctx.mmio_read(gpa, size)
+
+    async def mmio_write(self, gpa: int, size: int, value: int) -> None:
+        await self._ctx.mmio_write(gpa, size, value)
+
     def _timed_out(self, condition, timeout_ns: int, what: str | None, fields: dict) -> None:
         # A wait that ends without its condition is always logged: a workload waiting for
         # something that never comes must not look like one that is busy.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 import zlib
 from collections import deque
 from pathlib import Path
@@ -50,6 +51,8 @@ class _VmPlan:
     slots: list
     runners: list
     services: list
+    ide: str | None = None          # the run file its emulated IDE disk serves
+    legacy_nic: dict | None = None  # its emulated legacy NIC: {"switch": VirtualSwitch, "mac": bytes}
 
 
 def _unique(base: str, taken: set[str]) -> str:
@@ -120,6 +123,9 @@ class ManagedHost:
         # own VP, so the crash waits until host.run returns (nothing of the VM runs then).
         self._vmbus_failed: list[tuple[int, str]] = []
         self.vmbus.on_child_failed = lambda pid, why: self._vmbus_failed.append((pid, why))
+        # VMs whose emulated device failed in an access the guest survived (it caught the
+        # error): crashed, like those of the VMBus service, when host.run returns.
+        self._devices_failed: list[tuple[VirtualMachine, int]] = []
         self.registry = discover()
         for err in self.registry.errors:
             self._event("driver.load_failed", entry_point=err.entry_point, error=err.message)
@@ -169,6 +175,8 @@ class ManagedHost:
         uniquely: "network", "network1", ...; the storage slot holds every disk, as LUNs), its
         workloads and the guest services its peers need. ConfigError names the file and key."""
         key = f"vm[{index}]"
+        ide = next((os.path.abspath(d.run_path) for d in disks if d.ide), None)
+        disks = [d for d in disks if not d.ide]
         if len(cfg.disks) > MAX_DISKS:
             self._refuse(f"{key}.disks", f"at most {MAX_DISKS} disks (the LUNs of a SCSI controller)",
                          f"{len(cfg.disks)} disks")
@@ -211,7 +219,14 @@ class ManagedHost:
         burn = next((w for w in cfg.workloads if isinstance(w, CpuBurnWorkload)), None)
         while burn is not None and len(runners) < cfg.processors:
             runners.append(wl.cpu_burn(burn.duty, burn.period))
-        return _VmPlan(cfg, slots, runners, services)
+        legacy = None
+        if cfg.legacy_nic is not None:
+            if cfg.legacy_nic.switch not in self.switches:
+                self._refuse(f"{key}.legacy_nic.switch", f"the name of a switch ({', '.join(self.switches) or 'none'})",
+                             repr(cfg.legacy_nic.switch))
+            legacy = {"switch": self.switches[cfg.legacy_nic.switch],
+                      "mac": bytes.fromhex(cfg.legacy_nic.mac.replace(":", ""))}
+        return _VmPlan(cfg, slots, runners, services, ide, legacy)
 
     def _device_slot(self, key: str, dev, taken: set[str]) -> DeviceSlot:
         """An installed device from `devices`: its type must be in the registry, and its VSP
@@ -239,9 +254,11 @@ class ManagedHost:
                       cpu_limit=cfg.cpu.limit, cpu_weight=cfg.cpu.weight)
         vm = VirtualMachine(self.host, self.vmbus, self.registry, spec, devices=plan.slots,
                             workload=plan.runners[0], more_workloads=plan.runners[1:],
-                            guest_services=plan.services, on_state=self._state_changed)
+                            guest_services=plan.services, on_state=self._state_changed,
+                            ide=plan.ide, legacy_nic=plan.legacy_nic)
         vm.config = cfg
         vm.on_release = self._released
+        vm.on_device_failed = self._device_failed
         return vm
 
     # ---- VMs that arrive and leave (a restore into a new shell, a move) ----------------------------
@@ -270,6 +287,10 @@ class ManagedHost:
                 self._refuse("vm[0].disks", f"a disk for each of the {len(storage)} storage files", str(len(cfg.disks)))
             disks = [DiskPlan(cfg.name, f"vm[0].disks[{i}]", d, False, Path(path))
                      for i, (d, path) in enumerate(zip(cfg.disks, storage))]
+            if cfg.ide is not None:
+                if not isinstance(config_data.get("ide"), str):
+                    self._refuse("ide", "the file its emulated IDE disk served", repr(config_data.get("ide")))
+                disks.append(DiskPlan(cfg.name, "vm[0].ide", cfg.ide, False, Path(config_data["ide"]), ide=True))
             plan = self._plan_vm(len(self.vms), cfg, disks)
         except ConfigError as exc:
             raise SavedStateError(f"incoming vm: {exc}") from None
@@ -380,11 +401,32 @@ class ManagedHost:
         vm = self.vms.get(name) if name is not None else None
         if vm is None or vm.partition is None or vm.partition.id != partition_id:
             raise error
-        reason = f"guest crashed: {error.detail} on VP {vp_index}"
-        self._event("vm.crashed", vm=vm.name, vp=vp_index, error=error.detail)
+        failure = vm.device_failure
+        if failure is not None:
+            # An emulated device's own code raised during the guest's access: the device's fault,
+            # named as such (the guest only stopped because its access could not complete).
+            reason = f"{failure} (on VP {vp_index})"
+            self._event("vm.crashed", vm=vm.name, vp=vp_index, device=failure.device, error=str(failure))
+        else:
+            reason = f"guest crashed: {error.detail} on VP {vp_index}"
+            self._event("vm.crashed", vm=vm.name, vp=vp_index, error=error.detail)
         # Called between two batches of guest steps: nothing of this VM is running now, so it can
         # be torn down at once.
         vm.crash(reason)
+
+    def _device_failed(self, vm: VirtualMachine, failure) -> None:
+        """An emulated device of `vm` raised (VirtualMachine.on_device_failed), inside a guest's
+        step: the access raises too, which normally crashes the VM at once (_guest_crashed); if
+        the guest caught it, the VM is crashed when host.run returns."""
+        self._devices_failed.append((vm, vm.partition.id))
+
+    def _crash_devices_failed(self) -> None:
+        failed, self._devices_failed = self._devices_failed, []
+        for vm, pid in failed:
+            if vm.partition is not None and vm.partition.id == pid and vm.device_failure is not None:
+                failure = vm.device_failure
+                self._event("vm.crashed", vm=vm.name, device=failure.device, error=str(failure))
+                vm.crash(str(failure))
 
     def _crash_vmbus_failed(self) -> None:
         """Crash each VM the parent's VMBus service stopped serving (ParentVmbus.on_child_failed)."""
@@ -423,6 +465,7 @@ class ManagedHost:
             self._freeze_gc()
             self.host.run(nxt)
             self._crash_vmbus_failed()
+            self._crash_devices_failed()
             self._sample_cpu()
             self.events.hypercalls(self.host.introspect, self.host.root.id)
             while self._next_action < len(self.timeline) and self.timeline[self._next_action].time <= self.host.now:

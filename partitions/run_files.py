@@ -10,6 +10,7 @@ run wrote is left in its run directory for a look (or to become the base of anot
 
     <workdir>/<vm>/disk<i>.vhd          the VM's disk i as it runs (differencing over disks[i].path)
     <workdir>/<vm>/disk<i>-ckpt<n>.vhd  what the disk forked into at checkpoints, applies and so on
+    <workdir>/<vm>/ide.vhd              the VM's emulated IDE disk as it runs (differencing over ide's path)
 
 Files of that shape left in `<workdir>/<vm>/` by an earlier run are removed when the host is
 built (they belong to that run's checkpoints, which live only as long as the run); nothing else
@@ -27,7 +28,7 @@ from drivers.storage.vhd import VhdError, VirtualDisk
 from partitions.config_schema import Config, ConfigError, DiskConfig, format_size_exact
 
 #: The files of a VM's run directory that a run makes (and the next run of the same host removes).
-RUN_DISK = re.compile(r"disk\d+(-ckpt\d+)?\.vhd")
+RUN_DISK = re.compile(r"(disk\d+(-ckpt\d+)?|ide)\.vhd")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class DiskPlan:
     base: DiskConfig
     create: bool             # the base does not exist yet: created as configured
     run_path: Path
+    ide: bool = False        # the VM's emulated IDE disk (last of its plans), not a LUN of its storage
 
 
 def vm_directory(workdir: Path, vm: str) -> Path:
@@ -48,16 +50,17 @@ def vm_directory(workdir: Path, vm: str) -> Path:
 def plan_disks(config: Config, workdir: Path, file: str) -> dict[str, list[DiskPlan]]:
     """Check every disk of every VM and where its run files go, changing nothing; ConfigError
     (naming `file` and the key) for the first problem. Returns the disks by VM."""
-    planned = {d.path for vm in config.vms for d in vm.disks}
-    run_dirs = {Path(os.path.abspath(vm_directory(workdir, vm.name))) for vm in config.vms if vm.disks}
+    planned = {d.path for vm in config.vms for d in _disks(vm)}
+    run_dirs = {Path(os.path.abspath(vm_directory(workdir, vm.name))) for vm in config.vms if _disks(vm)}
     plans: dict[str, list[DiskPlan]] = {}
     for i, vm in enumerate(config.vms):
         out = plans[vm.name] = []
-        if vm.disks:
+        if _disks(vm):
             _check_directory(vm_directory(workdir, vm.name), file, f"vm[{i}]")
             _check_not_in_use(vm_directory(workdir, vm.name), file, f"vm[{i}]")
-        for j, disk in enumerate(vm.disks):
-            key = f"vm[{i}].disks[{j}]"
+        for j, disk in enumerate(_disks(vm)):
+            ide = j == len(vm.disks)
+            key = f"vm[{i}].ide" if ide else f"vm[{i}].disks[{j}]"
             for name, path in (("path", disk.path), ("parent", disk.parent)):
                 if path is not None and path.parent in run_dirs and RUN_DISK.fullmatch(path.name):
                     raise ConfigError(file, f"{key}.{name}", "a file that is not one of the files a run makes afresh "
@@ -73,9 +76,15 @@ def plan_disks(config: Config, workdir: Path, file: str) -> dict[str, list[DiskP
                     raise ConfigError(file, f"{key}.parent", "an existing VHD or another disk of this configuration",
                                       str(disk.parent))
                 _check_directory(disk.path.parent, file, f"{key}.path")
-            out.append(DiskPlan(vm.name, key, disk, not exists, vm_directory(workdir, vm.name) / f"disk{j}.vhd"))
+            run = vm_directory(workdir, vm.name) / ("ide.vhd" if ide else f"disk{j}.vhd")
+            out.append(DiskPlan(vm.name, key, disk, not exists, run, ide))
     _creation_order([p for ps in plans.values() for p in ps], file)
     return plans
+
+
+def _disks(vm) -> list[DiskConfig]:
+    """A VM's disk files: its storage's LUNs in order, then its emulated IDE disk (if any)."""
+    return [*vm.disks, *([vm.ide] if vm.ide is not None else [])]
 
 
 def make_disks(plans: dict[str, list[DiskPlan]], workdir: Path,

@@ -122,7 +122,8 @@ class VirtualMachine:
                  devices: list[DeviceSlot] = (), workload: Callable | None = None,
                  more_workloads: list[Callable] = (),
                  guest_services: list[Callable] = (),
-                 on_state: Callable[[VirtualMachine, VmState, VmState], None] | None = None):
+                 on_state: Callable[[VirtualMachine, VmState, VmState], None] | None = None,
+                 ide: str | None = None, legacy_nic: dict | None = None):
         self.host, self.vmbus, self.registry, self.spec = host, vmbus, registry, spec
         self.devices = list(devices)
         names = [slot.name for slot in self.devices]
@@ -172,6 +173,19 @@ class VirtualMachine:
         self._native_state: dict | None = None    # the native CPU record it (re)started from, None: its ELF
         #: on_release(vm, reason): the VM left this host (moved); its host drops it.
         self.on_release: Callable[[VirtualMachine, str], None] | None = None
+        # Emulated devices on its intercept bus (partitions/native_guest): the file its IDE disk
+        # serves, its legacy NIC's {"switch": VirtualSwitch, "mac": bytes}; the device objects of
+        # the running incarnation by name ("uart", "ide", "legacy-nic"), and the records an image
+        # brought for them (loaded as they are made at the resume).
+        self.ide_path = str(ide) if ide is not None else None
+        self.legacy_nic = legacy_nic
+        self.emulated: dict[str, Any] = {}
+        self._emulated_records: dict[str, Any] | None = None
+        #: The first failure of one of its emulated devices (DeviceFailed), until it starts again.
+        self.device_failure = None
+        #: on_device_failed(vm, failure): one of its emulated devices raised (a device model bug);
+        #: the VM's host crashes it (ManagedHost), outside the guest's step.
+        self.on_device_failed: Callable[[VirtualMachine, Any], None] | None = None
 
     @property
     def name(self) -> str:
@@ -225,6 +239,14 @@ class VirtualMachine:
                 why = "; ".join(f"{slot.name}.disks[{lun}] {disk}: {what}" for lun, disk, what in problems)
                 self.off_reason = f"a disk cannot be opened: {why}"
                 raise DiskUnavailable(f"vm {self.name!r} cannot start: {why}", vm=self.name)
+        if self.ide_path is not None:
+            from drivers.storage.vhd import VhdError, VirtualDisk
+            try:
+                VirtualDisk.open(self.ide_path).close()
+            except (VhdError, OSError) as exc:
+                why = f"ide {self.ide_path}: {exc}"
+                self.off_reason = f"a disk cannot be opened: {why}"
+                raise DiskUnavailable(f"vm {self.name!r} cannot start: {why}", vm=self.name) from None
 
     def _build(self) -> None:
         self._build_shell()
@@ -257,8 +279,10 @@ class VirtualMachine:
                 self.stack.configs[slot.name].setdefault("netstack", shared)
 
     def _start_guest(self, *, resume: bool) -> None:
-        """The guest kernel on VP 0 and the further workloads on their VPs, then the VPs run."""
+        """The emulated devices, the guest kernel on VP 0 and the further workloads on their VPs,
+        then the VPs run."""
         part, stack, workload, states = self.partition, self.stack, self.workload, self.workload_states
+        self._attach_emulated(resume=resume)
         kernel = getattr(self.config, "kernel", None)
         if kernel is not None:
             self._start_native(kernel, resume=resume)
@@ -272,7 +296,7 @@ class VirtualMachine:
     def _start_native(self, kernel, *, resume: bool) -> None:
         """A native guest on VP 0: the ELF kernel loaded into the VM's memory and run by the
         emulator (partitions/native_guest); its serial console's lines go to the event log."""
-        from partitions.native_guest.cpu import Uart16550, native_guest
+        from partitions.native_guest.cpu import native_guest
         from partitions.native_guest.loader import ElfLoadError, load_elf
         state = self._native_state if resume else None
         self._native_cpu = None
@@ -285,15 +309,120 @@ class VirtualMachine:
                 raise
             image = None   # resuming: memory holds the kernel; the ELF only names functions in faults
 
-        def line(text: str) -> None:
-            self.console.append(text)
-            if self.on_console is not None:
-                self.on_console(self, text)
-            if self.on_event is not None:
-                self.on_event(self, "guest.console", {"line": text})
         def started(cpu) -> None:
             self._native_cpu = cpu
-        self.partition.vp(0).run(native_guest(image, uart=Uart16550(on_line=line), state=state, on_start=started))
+        self.partition.vp(0).run(native_guest(image, uart=self.emulated["uart"], state=state, on_start=started))
+
+    def _console_line(self, text: str) -> None:
+        self.console.append(text)
+        if self.on_console is not None:
+            self.on_console(self, text)
+        if self.on_event is not None:
+            self.on_event(self, "guest.console", {"line": text})
+
+    # ---- emulated devices ----------------------------------------------------------------------------
+    def _attach_emulated(self, *, resume: bool) -> None:
+        """Make the VM's emulated devices and put them on its intercept bus: the 16550 console of
+        a native guest, the IDE disk (`ide`), the legacy NIC (`legacy_nic`). Resuming from an
+        image, each goes on from the record the image brought (checked already by _check_image).
+        A VM without any gets no bus (a Python guest's intercept call then says it has none)."""
+        from partitions.native_guest.cpu import Uart16550
+        from partitions.native_guest.devices import bus_of
+        from partitions.savedstate import SavedStateError
+        self.emulated, self.device_failure = {}, None
+        if getattr(self.config, "kernel", None) is not None:
+            self.emulated["uart"] = Uart16550(on_line=self._console_line)
+        if self.ide_path is not None:
+            from drivers.storage.vhd import VirtualDisk
+            from partitions.native_guest.ide import IdeDisk
+            # No write barriers: the VHD's ordering through a power cut buys nothing for a run disk
+            # the next run makes afresh (as the storage slot's disks).
+            self.emulated["ide"] = IdeDisk(VirtualDisk.open(self.ide_path, write_barriers=False))
+        if self.legacy_nic is not None:
+            from partitions.native_guest.tulip import Tulip21140
+            self.emulated["legacy-nic"] = Tulip21140(self.partition, self.legacy_nic["switch"],
+                                                     mac=self.legacy_nic["mac"], name="legacy-nic")
+        if not self.emulated:
+            return
+        bus = bus_of(self.partition)
+        bus.on_failure = self._device_failed
+        nic = self.emulated.get("legacy-nic")
+        if nic is not None and nic.port is not None:
+            nic.port.attach(self._guarded_receive(bus, nic))
+        for device in self.emulated.values():
+            bus.attach(device)
+        records, self._emulated_records = self._emulated_records, None
+        if resume and records is not None:
+            for name, device in self.emulated.items():
+                try:
+                    device.load_state(records[name])
+                except ValueError as exc:
+                    raise SavedStateError(f"vm {self.name!r}: emulated device {name!r}: {exc}") from None
+
+    def _guarded_receive(self, bus, nic):
+        """The legacy NIC's receive path as its switch port calls it, guarded: frames arrive
+        outside any access of this VM's guest (in the sender's step), so a bug there must not
+        raise into the sender. It fails the device as a failed access does (the bus keeps it,
+        the VM's host crashes the VM) and the switch counts the frame as not taken."""
+        from partitions.native_guest.devices import DeviceFailed
+        receive = nic._from_switch   # the port's deliver, which Tulip21140 gave add_port
+
+        def guarded(frame) -> bool:
+            if bus.failed is not None:
+                return False
+            try:
+                return receive(frame)
+            except Exception as exc:  # noqa: BLE001 - the device model's bug, named as its failure
+                bus.failed = DeviceFailed(nic.name, f"{type(exc).__name__}: {exc}")
+                self._device_failed(bus.failed)
+                return False
+        return guarded
+
+    def _device_failed(self, failure) -> None:
+        # Told by the bus from inside the failing access (a guest's step): the VM's host crashes
+        # it afterwards; the access itself raises, so the guest's VP stops at once.
+        self.device_failure = failure
+        if self.on_device_failed is not None:
+            self.on_device_failed(self, failure)
+
+    def _close_emulated(self) -> list[str]:
+        """Close the emulated devices (their files and switch ports); what failed, as text (a
+        close that raises must not keep the others open)."""
+        problems = []
+        for name, device in self.emulated.items():
+            close = getattr(device, "close", None)
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - the device's own failure, reported by name
+                problems.append(f"{name}: {type(exc).__name__}: {exc}")
+        self.emulated = {}
+        return problems
+
+    def _check_emulated(self, record, where: str) -> None:
+        """An image's "emulated" section: None (an image from before emulated devices were
+        saved: they start afresh), or {"format": 1, "devices": {name: record}} with a record for
+        exactly the emulated devices this VM has, each of the shape its device saves."""
+        from partitions.native_guest import ide
+        from partitions.native_guest.cpu import Uart16550
+        from partitions.savedstate import SavedStateError
+        if record is None:
+            return
+        names = sorted(({"uart"} if getattr(self.config, "kernel", None) is not None else set())
+                       | ({"ide"} if self.ide_path is not None else set())
+                       | ({"legacy-nic"} if self.legacy_nic is not None else set()))
+        if not isinstance(record, dict) or record.get("format") != 1 or not isinstance(record.get("devices"), dict):
+            raise SavedStateError(f"{where}: section 'emulated': expected a map with format 1 and its 'devices'")
+        if sorted(record["devices"]) != names:
+            raise SavedStateError(f"{where}: section 'emulated': devices {sorted(record['devices'])}, vm "
+                                  f"{self.name!r} has {names}")
+        checks = {"uart": Uart16550.check_state, "ide": ide.check_state}
+        for name, state in record["devices"].items():
+            check = checks.get(name)
+            problem = check(state) if check is not None else None
+            if problem is not None:
+                raise SavedStateError(f"{where}: emulated.devices.{name}: {problem}")
 
     def spec_memory_bytes(self) -> int:
         from hypervisor.quantities import parse_size
@@ -325,6 +454,8 @@ class VirtualMachine:
             self._measured_before.update(self._device_figures())
             self.host._guests.detach(part.id)
             self.vmbus.detach(part)
+            for problem in self._close_emulated():
+                self._emit("emulated.close_failed", error=problem)
             self.worker.destroy()
         self.worker = self.stack = None
         self.started_at = None
@@ -579,8 +710,14 @@ class VirtualMachine:
         self.vmbus.quiesce(self.partition)
         if self.stack is not None:
             self.stack.quiesce()
+        for device in self.emulated.values():   # the legacy NIC holds the frames that arrive meanwhile
+            if hasattr(device, "quiesce"):
+                device.quiesce()
 
     def _resume_devices(self) -> None:
+        for device in self.emulated.values():
+            if hasattr(device, "resume"):
+                device.resume()
         if self.stack is not None:
             self.stack.resume()
         self.vmbus.resume(self.partition)
@@ -610,6 +747,11 @@ class VirtualMachine:
         self._frozen_from = was
         self._set(VmState.MIGRATING)
         self._quiesce_devices()
+        # The emulated IDE disk lets go of its file (flushed): the target of a move opens it as
+        # it resumes, while this shell still waits for its release. thaw() takes it back.
+        ide = self.emulated.get("ide")
+        if ide is not None:
+            ide.disk.close()
 
     def thaw(self) -> None:
         """A move that failed: the frozen VM runs on (or stays Paused) as it was."""
@@ -618,6 +760,10 @@ class VirtualMachine:
             raise InvalidTransition(self.name, self.state, "thaw a VM that arrived (turn it off, or resume_from)",
                                     (VmState.MIGRATING,))
         was, self._frozen_from = self._frozen_from, None
+        ide = self.emulated.get("ide")
+        if ide is not None and ide.disk.closed:
+            from drivers.storage.vhd import VirtualDisk
+            ide.disk = VirtualDisk.open(self.ide_path, write_barriers=False)
         self._resume_devices()
         if was is VmState.RUNNING:
             self.host.root.resume_partition(self.partition)
@@ -655,9 +801,18 @@ class VirtualMachine:
             # A native guest's CPU (docs/native-guests.md); before its VP first ran, the record it
             # was started from (None: from its ELF).
             guest["native"] = self._native_cpu.save_state() if self._native_cpu is not None else self._native_state
+        emulated = {}
+        for name, device in self.emulated.items():
+            try:
+                emulated[name] = device.save_state()
+            except Exception as exc:  # noqa: BLE001 - the device's failure: the save is refused, the VM runs on
+                from partitions.savedstate import SavedStateError
+                raise SavedStateError(f"vm {self.name!r}: emulated device {name!r} cannot save its state "
+                                      f"({type(exc).__name__}: {exc})") from None
         image = {"format": IMAGE_FORMAT, "vm": self.name, "config": self.config_data(), "time_ns": self.host.now,
                  "memory_bytes": self.worker.memory_bytes, "processors": self.spec.processors, "vps": vps,
-                 "host_visibility": shown, "guest": guest, "devices": devices, "measured": self.measure()}
+                 "host_visibility": shown, "guest": guest, "devices": devices, "measured": self.measure(),
+                 "emulated": {"format": 1, "devices": emulated}}
         return _plain(image, f"vm {self.name!r}")
 
     def config_data(self) -> dict | None:
@@ -672,11 +827,15 @@ class VirtualMachine:
         from partitions.config_schema import Config, SwitchConfig, dump
         kinds = {slot.host_config["switch"].name: slot.host_config["switch"].kind.value for slot in self.devices
                  if slot.device.name == "network" and hasattr(slot.host_config.get("switch"), "kind")}
+        if self.legacy_nic is not None and hasattr(self.legacy_nic["switch"], "kind"):
+            kinds.setdefault(self.legacy_nic["switch"].name, self.legacy_nic["switch"].kind.value)
+        legacy = [self.config.legacy_nic.switch] if getattr(self.config, "legacy_nic", None) is not None else []
         switches = tuple(SwitchConfig(name, kinds.get(name, "private"))
-                         for name in dict.fromkeys(nic.switch for nic in self.config.nics))
+                         for name in dict.fromkeys([*(nic.switch for nic in self.config.nics), *legacy]))
         doc = tomllib.loads(dump(Config(vms=(self.config,), switches=switches)))
         return {"vm": doc["vm"][0], "switches": doc.get("switch", []),
-                "storage": self._storage_files() if self._storage_slot is not None else []}
+                "storage": self._storage_files() if self._storage_slot is not None else [],
+                **({"ide": self.ide_path} if self.ide_path is not None else {})}
 
     def memory_pages(self) -> list[int]:
         """The GPA page numbers of the VM's RAM, in order."""
@@ -774,6 +933,7 @@ class VirtualMachine:
         guest = image["guest"]
         self.stack.load(guest["kernel"])
         self._native_state = guest.get("native")
+        self._emulated_records = (image.get("emulated") or {}).get("devices")
         self.workload_states = [dict(state) for state in guest["workloads"]]
         self._carried = dict(image["devices"])
         self._measured_before = Counter(image["measured"])
@@ -804,7 +964,8 @@ class VirtualMachine:
         from partitions.vmbus_guest import GuestVmbus
         if not isinstance(image, dict) or image.get("format") != IMAGE_FORMAT:
             raise SavedStateError(f"{where}: expected a map with format {IMAGE_FORMAT}")
-        missing = [k for k in ("vm", "time_ns", "memory_bytes", "processors", *IMAGE_SECTIONS) if k not in image]
+        missing = [k for k in ("vm", "time_ns", "memory_bytes", "processors", *IMAGE_SECTIONS)
+                   if k not in image and k not in OPTIONAL_SECTIONS]
         if missing:
             raise SavedStateError(f"{where}: no {', '.join(missing)} (a saved state from an hvsim that did not "
                                   "keep a VM's whole state?)")
@@ -844,6 +1005,7 @@ class VirtualMachine:
             if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
                 raise SavedStateError(f"{where}: guest.workloads[{n}]: expected a map with string keys (the "
                                       "workload's ctx.state)")
+        self._check_emulated(image.get("emulated"), where)
         measured = image["measured"]
         if not isinstance(measured, dict) or sorted(measured) != sorted(MEASURED) \
                 or not all(_is_int(v) and v >= 0 for v in measured.values()):
@@ -878,13 +1040,13 @@ class VirtualMachine:
         reader = SavedStateReader(path, kind="saved-state")
         try:
             meta = reader.meta
-            missing = [name for name in IMAGE_SECTIONS if name not in reader]
+            missing = [name for name in IMAGE_SECTIONS if name not in reader and name not in OPTIONAL_SECTIONS]
             if missing:
                 raise SavedStateError(f"{path}: no section {', '.join(map(repr, missing))}: it cannot be restored "
                                       "into a new shell (only into the one that saved it)")
             image = {"format": IMAGE_FORMAT, "vm": meta.get("vm"), "time_ns": meta.get("time_ns"),
                      "memory_bytes": meta.get("memory_bytes"), "processors": meta.get("processors"),
-                     **{name: reader.load(name) for name in IMAGE_SECTIONS}}
+                     **{name: reader.load(name) if name in reader else None for name in IMAGE_SECTIONS}}
             self._check_image(image, str(path))
             mapped = set(range(image["memory_bytes"] // PAGE))
             if meta.get("pages") != len(mapped):
@@ -893,6 +1055,11 @@ class VirtualMachine:
             memory = self._restore_memory(path, reader, mapped, meta.get("memory_digest"))
         finally:
             reader.close()
+        if self.ide_path is not None and image["config"] is not None:
+            # The emulated IDE disk serves the file it served when it was saved, as the storage does.
+            if not isinstance(image["config"].get("ide"), str):
+                raise SavedStateError(f"{path}: config: no 'ide' file, and vm {self.name!r} has an emulated IDE disk")
+        ide = image["config"]["ide"] if self.ide_path is not None and image["config"] is not None else self.ide_path
         storage = image["config"]["storage"] if image["config"] is not None else None
         slot = self._storage_slot if storage is not None else None   # no configuration: its own disks
         before = dict(slot.host_config) if slot is not None else None
@@ -904,6 +1071,7 @@ class VirtualMachine:
                 raise SavedStateError(f"{path}: the disks vm {self.name!r} ran on cannot be served here: {why}")
             slot.host_config.pop("path", None)
             slot.host_config["disks"] = list(storage)
+        ide_before, self.ide_path = self.ide_path, ide
         checkpoints = self._checkpoints
         try:
             if slot is not None:   # checkpoints fork the files it serves now (read before they are open)
@@ -918,6 +1086,7 @@ class VirtualMachine:
             if slot is not None:
                 slot.host_config.clear()
                 slot.host_config.update(before)
+            self.ide_path = ide_before
             self._checkpoints = checkpoints
             self._frozen_from = None
             self._set(VmState.OFF)
@@ -1061,6 +1230,9 @@ class VirtualMachine:
                 # totals that is exact while a LUN's operations are of one size.
                 ops, moved = lun["read_ops"] + lun["write_ops"], lun["read_bytes"] + lun["write_bytes"]
                 figures["disk_normalized_ios"] += max(ops, -(-moved // 8192))
+        ide = self.emulated.get("ide")
+        if ide is not None:      # the emulated IDE disk counts as a disk of the VM, as on Hyper-V
+            figures.update(ide.measured)
         return figures
 
     def run_time_ns(self) -> int:
@@ -1086,7 +1258,9 @@ class VirtualMachine:
 
 
 #: The sections of a VM's image beside its memory (a capture's keys, a saved-state file's sections).
-IMAGE_SECTIONS = ("vps", "devices", "host_visibility", "config", "guest", "measured")
+IMAGE_SECTIONS = ("vps", "devices", "host_visibility", "config", "guest", "measured", "emulated")
+#: Sections an image from an earlier hvsim may lack: without "emulated" the emulated devices start afresh.
+OPTIONAL_SECTIONS = ("emulated",)
 IMAGE_FORMAT = 1
 PAGE = 4096
 

@@ -38,7 +38,7 @@ from unicorn import x86_const as X
 from hypervisor import _binding
 from hypervisor.abi import Register
 from hypervisor.status import HvError
-from partitions.native_guest.devices import IoBus, bus_of
+from partitions.native_guest.devices import DeviceFailed, IoBus, bus_of
 from partitions.native_guest.loader import PAGE, ElfImage
 
 #: Simulated cost of guest code: one instruction per simulated ns (a 1 GHz core retiring one
@@ -160,6 +160,29 @@ class Uart16550:
     def read(self, offset: int) -> int:
         return 0x60 if offset == 5 else 0  # LSR: THR empty, transmitter empty
 
+    def claims(self):
+        """Its ports on an intercept bus (IoBus.attach): eight registers at UART_BASE."""
+        yield ("uart", UART_BASE, 8, lambda off, _size: self.read(off),
+               lambda off, _size, value: self.write(off, value), UART_ACCESS_NS)
+
+    # Its state is the unfinished line: the model keeps no register contents (the registers it
+    # answers are constant: LSR always ready, the others 0), so there is nothing else to carry.
+    def save_state(self) -> dict:
+        return {"partial": bytes(self.partial)}
+
+    @staticmethod
+    def check_state(state) -> str | None:
+        """What is wrong with a save_state() record, or None."""
+        if not (isinstance(state, dict) and set(state) == {"partial"} and isinstance(state["partial"], bytes)):
+            return "expected a map with its unfinished line as bytes ('partial')"
+        return None
+
+    def load_state(self, state: dict) -> None:
+        problem = self.check_state(state)
+        if problem is not None:
+            raise ValueError(f"16550 state: {problem}")
+        self.partial[:] = state["partial"]
+
 
 class NativeCpu:
     """One VP's x86-64 CPU: the emulator, its mapping of the partition's memory, and the exits."""
@@ -176,10 +199,8 @@ class NativeCpu:
         # Port I/O goes to the VM's intercept bus (devices.py), shared with its Python guests'
         # intercept calls; the 16550 is on it unless the VM put another device at its ports.
         self.bus = bus if bus is not None else bus_of(self.partition, exit_ns=parent_exit_ns)
-        if not self.bus.claimed(UART_BASE):
-            uart_dev = self.uart
-            self.bus.register("uart", UART_BASE, 8, read=lambda off, _size: uart_dev.read(off),
-                              write=lambda off, _size, value: uart_dev.write(off, value), access_ns=UART_ACCESS_NS)
+        if not self.bus.claimed(UART_BASE):   # the VM worker attaches the VM's own (vm.py)
+            self.bus.attach(self.uart)
         self.parent_exit_ns = parent_exit_ns
         self.instructions = 0       # retired, in all
         self.exits = {"hypercall": 0, "msr": 0, "cpuid": 0, "io": 0, "interrupt": 0}
@@ -188,6 +209,7 @@ class NativeCpu:
         self._halted = False
         self._extra_ns = 0          # exit time of the current slice
         self._fault: str | None = None
+        self._failed: DeviceFailed | None = None  # a device that failed in this slice's access (raised after it)
         self._now0 = 0              # simulated time at the slice's start (rdtsc)
         self._slice_start = 0
         self._calls = 0             # hypercalls of the current slice
@@ -371,6 +393,10 @@ class NativeCpu:
                 self._halted = True
             self._retire()
             break
+        if self._failed is not None:
+            # An emulated device's bug, not the guest's fault: raised as the device's failure.
+            failed, self._failed = self._failed, None
+            raise failed
         if self._fault is not None:
             raise NativeFault(self._fault)
         ran = self.instructions - self._slice_start
@@ -540,10 +566,21 @@ class NativeCpu:
                 self._mmio_mapped.add(claim.base)
 
     # ---- MMIO intercepts -------------------------------------------------------------------------
+    def _device_failed(self, exc: DeviceFailed) -> None:
+        # Raised out of run_slice once the emulator has stopped: a hook that raised would leave
+        # unicorn a return value it cannot convert (an `in` or an MMIO load).
+        self._failed = exc
+        self._hook_stopped = True
+        self.uc.emu_stop()
+
     def _on_mmio_read(self, uc, offset, size, base) -> int:
         self._retire()
         self.exits["mmio"] = self.exits.get("mmio", 0) + 1
-        value, ns = self.bus.mmio_read(base + offset, size)
+        try:
+            value, ns = self.bus.mmio_read(base + offset, size)
+        except DeviceFailed as exc:
+            self._device_failed(exc)
+            return 0
         self._extra_ns += ns
         if self._spent() >= SLICE_NS:
             self._hook_stopped = True
@@ -553,7 +590,11 @@ class NativeCpu:
     def _on_mmio_write(self, uc, offset, size, value, base) -> None:
         self._retire()
         self.exits["mmio"] = self.exits.get("mmio", 0) + 1
-        self._extra_ns += self.bus.mmio_write(base + offset, size, value)
+        try:
+            self._extra_ns += self.bus.mmio_write(base + offset, size, value)
+        except DeviceFailed as exc:
+            self._device_failed(exc)
+            return
         if self._spent() >= SLICE_NS:
             self._hook_stopped = True
             uc.emu_stop()
@@ -562,7 +603,11 @@ class NativeCpu:
     def _on_out(self, uc, port, size, value, _ud) -> None:
         self._retire()
         self.exits["io"] += 1
-        self._extra_ns += self.bus.port_out(port, size, value)
+        try:
+            self._extra_ns += self.bus.port_out(port, size, value)
+        except DeviceFailed as exc:
+            self._device_failed(exc)
+            return
         if self._spent() >= SLICE_NS:
             self._hook_stopped = True
             uc.emu_stop()
@@ -570,7 +615,11 @@ class NativeCpu:
     def _on_in(self, uc, port, size, _ud) -> int:
         self._retire()
         self.exits["io"] += 1
-        value, ns = self.bus.port_in(port, size)   # no device: the bus floats high
+        try:
+            value, ns = self.bus.port_in(port, size)   # no device: the bus floats high
+        except DeviceFailed as exc:
+            self._device_failed(exc)
+            return (1 << 8 * size) - 1
         self._extra_ns += ns
         if self._spent() >= SLICE_NS:
             self._hook_stopped = True

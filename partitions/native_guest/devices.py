@@ -18,6 +18,12 @@ pages (the emulator maps pages, so a page belongs to one device or none), the cl
 overlaps the VM's RAM or another claim, and a load or store there costs what a port access costs.
 Unlike a port, a GPA no device claims is not floating bus: it is nothing at all, and an access there
 faults the VP (`mmio_read`/`mmio_write` raise MmioUnclaimed).
+
+Containment: a device model is parent code, and a bug in it (an exception out of its read, write
+or busy_ns) must not take the host down nor pass for the guest's own failure. The bus turns it into
+DeviceFailed naming the device, records it (`failed`), tells `on_failure` (the VM worker crashes
+that VM), and from then on every access to that device raises DeviceFailed again, so a guest that
+swallows the first one does not run on against a broken device.
 """
 from __future__ import annotations
 
@@ -37,6 +43,15 @@ GPA_LIMIT = 1 << 52  # the guest-physical address space (52-bit, as x86-64's)
 
 class MmioUnclaimed(LookupError):
     """A guest touched a GPA that is neither its RAM nor a device's: its VP faults."""
+
+
+class DeviceFailed(RuntimeError):
+    """An emulated device's own code raised while it served an access: the device's fault, not
+    the guest's. Raised out of the access (so the guest's VP stops) and kept on the bus."""
+
+    def __init__(self, device: str, detail: str):
+        super().__init__(f"emulated device {device!r} failed: {detail}")
+        self.device, self.detail = device, detail
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,9 @@ class IoBus:
         self._mmio_page: dict[int, Claim] = {}    # GPA page number -> its claim
         # Whether a GPA page is the VM's RAM (set by bus_of): MMIO claims must stay clear of it.
         self.is_ram: Callable[[int], bool] = lambda page: False
+        self.failed: DeviceFailed | None = None   # the first device failure, kept
+        #: on_failure(DeviceFailed): told once, at the first device failure (the VM worker crashes the VM)
+        self.on_failure: Callable[[DeviceFailed], None] | None = None
 
     def register(self, name: str, base: int, count: int, *, read: Callable[[int, int], int],
                  write: Callable[[int, int, int], None], access_ns: int, device: Any = None) -> Claim:
@@ -126,14 +144,14 @@ class IoBus:
     def mmio_read(self, gpa: int, size: int) -> tuple[int, int]:
         """(value, ns the access cost) of loading `size` bytes (1, 2, 4 or 8) at `gpa`."""
         claim = self._mmio_claim(gpa, size)
-        value = claim.read(gpa - claim.base, size) & ((1 << 8 * size) - 1)
-        return value, self._count(claim.name, claim.access_ns, claim.busy())
+        value = self._guarded(claim, claim.read, gpa - claim.base, size) & ((1 << 8 * size) - 1)
+        return value, self._count(claim.name, claim.access_ns, self._guarded(claim, claim.busy))
 
     def mmio_write(self, gpa: int, size: int, value: int) -> int:
         """The ns storing `value` (`size` bytes) at `gpa` cost."""
         claim = self._mmio_claim(gpa, size)
-        claim.write(gpa - claim.base, size, value & ((1 << 8 * size) - 1))
-        return self._count(claim.name, claim.access_ns, claim.busy())
+        self._guarded(claim, claim.write, gpa - claim.base, size, value & ((1 << 8 * size) - 1))
+        return self._count(claim.name, claim.access_ns, self._guarded(claim, claim.busy))
 
     def _mmio_claim(self, gpa: int, size: int) -> Claim:
         if size not in (1, 2, 4, 8):
@@ -154,16 +172,33 @@ class IoBus:
         claim = self._by_port.get(port)
         if claim is None:
             return (1 << 8 * size) - 1, self._count(NO_DEVICE, 0, 0)
-        value = claim.read(port - claim.base, size) & ((1 << 8 * size) - 1)
-        return value, self._count(claim.name, claim.access_ns, claim.busy())
+        value = self._guarded(claim, claim.read, port - claim.base, size) & ((1 << 8 * size) - 1)
+        return value, self._count(claim.name, claim.access_ns, self._guarded(claim, claim.busy))
 
     def port_out(self, port: int, size: int, value: int) -> int:
         """The ns writing `value` (`size` bytes) to `port` cost."""
         claim = self._by_port.get(port)
         if claim is None:
             return self._count(NO_DEVICE, 0, 0)
-        claim.write(port - claim.base, size, value & ((1 << 8 * size) - 1))
-        return self._count(claim.name, claim.access_ns, claim.busy())
+        self._guarded(claim, claim.write, port - claim.base, size, value & ((1 << 8 * size) - 1))
+        return self._count(claim.name, claim.access_ns, self._guarded(claim, claim.busy))
+
+    def _guarded(self, claim: Claim, call, *args):
+        """`call(*args)` of the device behind `claim`; whatever it raises becomes DeviceFailed
+        naming the device (recorded, and told to on_failure the first time). A device that
+        failed once fails every later access."""
+        failed = self.failed
+        if failed is not None and failed.device == claim.name:
+            raise failed
+        try:
+            return call(*args)
+        except Exception as exc:  # noqa: BLE001 - any bug of a device model is that device's failure
+            failure = DeviceFailed(claim.name, f"{type(exc).__name__}: {exc}")
+            if self.failed is None:
+                self.failed = failure
+                if self.on_failure is not None:
+                    self.on_failure(failure)
+            raise failure from exc
 
     def _count(self, name: str, device_ns: int, medium_ns: int) -> int:
         cpu = self.exit_ns + device_ns

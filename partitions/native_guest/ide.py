@@ -32,6 +32,8 @@ MAX_LBA28 = 0x0FFF_FFFF
 #: The device's own time per register access (a register read or write in the worker's model).
 ACCESS_NS = 200
 LATENCY_NS, BANDWIDTH = 100_000, 500_000_000   # the cost model's disk: 100 us + size / 500 MB/s
+STATE_FORMAT = 1                            # of IdeDisk.save_state()'s record
+COMPLETED = ("identify", "read", "write", "aborted")   # the commands a drive counts
 
 
 def _ata_string(text: str, words: int) -> list[int]:
@@ -60,7 +62,10 @@ class IdeDisk:
         self.pos = 0
         self._write_at: int | None = None         # the LBA of the write in progress
         self._busy = 0
-        self.completed = {"identify": 0, "read": 0, "write": 0, "aborted": 0}
+        self.completed = dict.fromkeys(COMPLETED, 0)
+        # Measure-VM's figures of this incarnation (not in save_state: the VM's image carries
+        # them in its "measured" section, as it does storvsp's).
+        self.measured = {"disk_read_bytes": 0, "disk_written_bytes": 0, "disk_normalized_ios": 0}
 
     def claims(self):
         yield ("ide", PRIMARY_BASE, 8, self.read, self.write, ACCESS_NS)
@@ -133,6 +138,7 @@ class IdeDisk:
             self.buffer = bytearray(self.disk.read(lba * SECTOR, count * SECTOR))
             self._busy += self._service(count)
             self.completed["read"] += 1
+            self._measure("disk_read_bytes", count * SECTOR)
         else:
             self._write_at = lba
             self.buffer = bytearray(count * SECTOR)
@@ -141,6 +147,10 @@ class IdeDisk:
     def _abort(self, error: int) -> None:
         self.error, self.status = error, DRDY | DSC | ERR
         self.completed["aborted"] += 1
+
+    def _measure(self, what: str, size: int) -> None:
+        self.measured[what] += size
+        self.measured["disk_normalized_ios"] += -(-size // 8192)   # 8 KiB units, as Hyper-V counts
 
     def _service(self, sectors: int) -> int:
         return self.latency_ns + -(-sectors * SECTOR * 1_000_000_000 // self.bandwidth)
@@ -164,6 +174,35 @@ class IdeDisk:
             self._busy += self._service(len(self.buffer) // SECTOR)
             self._write_at, self.status = None, DRDY | DSC
             self.completed["write"] += 1
+            self._measure("disk_written_bytes", len(self.buffer))
+
+    # ---- its state as data (save, restore, migration) ------------------------------------------------
+    def save_state(self) -> dict:
+        """The drive's state as plain data: the task file, status and error, device control, the
+        PIO buffer and how far the guest got through it, the LBA of a write in progress (its data
+        is in the buffer: the VHD gets it only with the last word) and the commands counted. The
+        disk's contents are the VHD's, not this record's."""
+        return {"format": STATE_FORMAT, "sectors": self.sectors, "features": self.features, "error": self.error,
+                "count": self.count[0], "lba": list(self.lba), "drive": self.drive, "control": self.control,
+                "status": self.status, "buffer": bytes(self.buffer), "pos": self.pos, "write_at": self._write_at,
+                "busy_ns": self._busy, "completed": dict(self.completed)}
+
+    def load_state(self, state: dict) -> None:
+        """Go on from a save_state() record (check_state first: a bad one raises ValueError and
+        changes nothing). A guest saved in the middle of a PIO transfer reads (or writes) on from
+        the word it stopped at."""
+        problem = check_state(state, self.sectors)
+        if problem is not None:
+            raise ValueError(f"IDE drive state: {problem}")
+        self.features, self.error, self.count[0] = state["features"], state["error"], state["count"]
+        self.lba, self.drive, self.control, self.status = list(state["lba"]), state["drive"], state["control"], state["status"]
+        self.buffer, self.pos, self._write_at = bytearray(state["buffer"]), state["pos"], state["write_at"]
+        self._busy = state["busy_ns"]
+        self.completed = dict(state["completed"])
+
+    def close(self) -> None:
+        """The VM is gone: let go of the disk file."""
+        self.disk.close()
 
     def identify(self) -> bytes:
         """IDENTIFY DEVICE's 256 words (ATA-6 layout, the fields a driver reads)."""
@@ -189,3 +228,66 @@ class IdeDisk:
         data[510] = 0xA5
         data[511] = -sum(data[:511]) & 0xFF
         return bytes(data)
+
+
+async def pio_reads(ctx, sectors: int = 8, interval: str = "10ms") -> None:
+    """A Python guest's driver loop for the drive (a `python` workload: "partitions.native_guest.
+    ide:pio_reads"): IDENTIFY once, then every `interval` READ SECTORS of `sectors` at the next
+    LBA, a word per intercept, wrapping at the disk's end. Keeps in ctx.state the drive's size
+    (`disk_sectors`), the next LBA (`lba`), the reads done (`reads`) and the last status (`status`),
+    so a restore into a new shell reads on from there."""
+    state = ctx.state
+    if "disk_sectors" not in state:
+        await ctx.port_out(PRIMARY_BASE + DRIVE, 1, 0xE0)
+        await ctx.port_out(PRIMARY_BASE + STATUS, 1, IDENTIFY)
+        words = [await ctx.port_in(PRIMARY_BASE + DATA, 2) for _ in range(256)]
+        state.update(disk_sectors=words[60] | words[61] << 16, lba=0, reads=0)
+    while True:
+        lba = state["lba"]
+        await ctx.port_out(PRIMARY_BASE + DRIVE, 1, 0xE0 | lba >> 24 & 0x0F)
+        await ctx.port_out(PRIMARY_BASE + COUNT, 1, sectors & 0xFF)
+        for i in range(3):
+            await ctx.port_out(PRIMARY_BASE + LBA0 + i, 1, lba >> 8 * i & 0xFF)
+        await ctx.port_out(PRIMARY_BASE + STATUS, 1, READ)
+        status = await ctx.port_in(PRIMARY_BASE + STATUS, 1)
+        if status & DRQ:
+            for _ in range(sectors * SECTOR // 2):
+                await ctx.port_in(PRIMARY_BASE + DATA, 2)
+        nxt = lba + sectors
+        state.update(lba=0 if nxt + sectors > state["disk_sectors"] else nxt, reads=state["reads"] + 1,
+                     status=status)
+        await ctx.sleep(interval)
+
+
+def check_state(state, sectors: int | None = None) -> str | None:
+    """What is wrong with an IdeDisk.save_state() record (for a drive of `sectors`, if given), or
+    None: checked before a restore changes anything."""
+    def byte(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 256
+
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        return f"expected a map with format {STATE_FORMAT}"
+    if not (isinstance(state.get("sectors"), int) and 0 < state["sectors"] <= MAX_LBA28 + 1):
+        return "sectors: expected the drive's size in sectors"
+    if sectors is not None and state["sectors"] != sectors:
+        return f"a drive of {state['sectors']} sectors, this one has {sectors} (another disk?)"
+    if not all(byte(state.get(k)) for k in ("features", "error", "count", "drive", "control", "status")):
+        return "features, error, count, drive, control, status: expected bytes (0-255)"
+    if not (isinstance(state.get("lba"), list) and len(state["lba"]) == 3 and all(map(byte, state["lba"]))):
+        return "lba: expected three bytes"
+    buffer, pos = state.get("buffer"), state.get("pos")
+    if not (isinstance(buffer, bytes) and len(buffer) % 2 == 0 and len(buffer) <= 256 * SECTOR):
+        return "buffer: expected the bytes of at most 256 sectors"
+    if not (isinstance(pos, int) and not isinstance(pos, bool) and 0 <= pos <= len(buffer)):
+        return "pos: expected a position in the buffer"
+    write_at = state.get("write_at")
+    if write_at is not None and not (isinstance(write_at, int) and 0 <= write_at
+                                     and write_at + len(buffer) // SECTOR <= state["sectors"]):
+        return "write_at: expected None or the LBA of a write that fits the disk"
+    if not (isinstance(state.get("busy_ns"), int) and state["busy_ns"] >= 0):
+        return "busy_ns: expected a time in ns"
+    completed = state.get("completed")
+    if not (isinstance(completed, dict) and set(completed) == set(COMPLETED)
+            and all(isinstance(v, int) and v >= 0 for v in completed.values())):
+        return f"completed: expected counts of {', '.join(COMPLETED)}"
+    return None
