@@ -417,10 +417,11 @@ class VirtualMachine:
         if sorted(record["devices"]) != names:
             raise SavedStateError(f"{where}: section 'emulated': devices {sorted(record['devices'])}, vm "
                                   f"{self.name!r} has {names}")
-        checks = {"uart": Uart16550.check_state, "ide": ide.check_state}
+        from partitions.native_guest import tulip
+        checks = {"uart": Uart16550.check_state, "ide": ide.check_state,
+                  "legacy-nic": lambda state: tulip.check_state(state, self.legacy_nic["mac"])}
         for name, state in record["devices"].items():
-            check = checks.get(name)
-            problem = check(state) if check is not None else None
+            problem = checks[name](state)
             if problem is not None:
                 raise SavedStateError(f"{where}: emulated.devices.{name}: {problem}")
 

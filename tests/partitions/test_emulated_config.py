@@ -336,8 +336,7 @@ async def legacy_talker(ctx, send: bool = True):
             ctx.state["received"] += 1
 
 
-def test_legacy_nics_from_the_configuration_talk_over_their_switch_and_save_their_state(tmp_path):
-    text = host('''
+LEGACY_PAIR = host('''
 [[vm]]
 name = "a"
 memory = "16MiB"
@@ -349,7 +348,10 @@ memory = "16MiB"
 legacy_nic = { switch = "lan", mac = "00:15:5d:00:00:0b" }
 workload = { kind = "python", target = "tests.partitions.test_emulated_config:legacy_talker", args = { send = false } }
 ''', '[[switch]]\nname = "lan"')
-    m = ManagedHost(loads(text), workdir=tmp_path)
+
+
+def test_legacy_nics_from_the_configuration_talk_over_their_switch_and_save_their_state(tmp_path):
+    m = ManagedHost(loads(LEGACY_PAIR), workdir=tmp_path)
     try:
         m.run(100 * MS)
         a, b = m.vms["a"], m.vms["b"]
@@ -367,3 +369,42 @@ workload = { kind = "python", target = "tests.partitions.test_emulated_config:le
         assert b.workload_states[0]["received"] == before  # nobody sends any more
     finally:
         m.close()
+
+
+def test_a_legacy_nic_restored_into_a_new_shell_goes_on_from_its_record(tmp_path):
+    old = ManagedHost(loads(LEGACY_PAIR), workdir=tmp_path / "old")
+    old.run(60 * MS)
+    b = old.vms["b"]
+    saved = b.emulated["legacy-nic"].save_state()
+    b.save(tmp_path / "b.hvsav")
+    old.close()
+    new = ManagedHost(loads(LEGACY_PAIR), workdir=tmp_path / "new")
+    try:
+        vm = new.restore_vm(tmp_path / "b.hvsav")
+        nic = vm.emulated["legacy-nic"]
+        assert nic.save_state() == saved and nic.stats["rx_frames"] > 10
+        assert nic.port is not None                       # on the new host's switch
+    finally:
+        new.close()
+    # A record for another adapter is refused before anything changes.
+    from partitions.savedstate import SavedStateReader, SavedStateWriter
+    with SavedStateReader(tmp_path / "b.hvsav", kind="saved-state") as r:
+        meta = r.meta
+        sections = {name: r.load(name) for name in r.sections() if name != "memory"}
+        memory = list(r.records("memory"))
+    sections["emulated"]["devices"]["legacy-nic"]["mac"] = bytes.fromhex("00155d0000ff")
+    with SavedStateWriter(tmp_path / "bad.hvsav", "saved-state", meta) as w:
+        for name, value in sections.items():
+            w.section(name, value)
+        mem = w.stream("memory")
+        for rec in memory:
+            mem.write_record(rec)
+        mem.close()
+    again = ManagedHost(loads(LEGACY_PAIR), workdir=tmp_path / "again")
+    try:
+        vm = again.vms["b"]
+        with pytest.raises(SavedStateError, match="emulated.devices.legacy-nic: saved for MAC 00:15:5d:00:00:ff"):
+            vm.restore(tmp_path / "bad.hvsav")
+        assert vm.state.value == "Off" and vm.emulated == {}
+    finally:
+        again.close()
