@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `hvsim --help` lists them.
-SUBCOMMANDS = ("run", "check", "host", "vhd", "drivers", "tcb", "vm", "users")
+SUBCOMMANDS = ("run", "check", "host", "vhd", "drivers", "tcb", "serve", "vm", "users")
 
 
 def version() -> str:
