@@ -46,6 +46,7 @@
     stream: null,         // AbortController of the event stream
     lastSeq: 0,
     running: false,
+    generation: 0,        // bumped at each sign-in and sign-out: one poll loop at a time
   };
 
   const $ = (id) => document.getElementById(id);
@@ -163,8 +164,9 @@
     $("clock-step").hidden = !state.allowed.has("clock.step");
     resetView();
     state.running = true;
+    state.generation++;
     startStream();
-    poll();
+    poll(state.generation);
   }
 
   function showSignIn(message) {
@@ -182,6 +184,7 @@
 
   function stopLive() {
     state.running = false;
+    state.generation++;      // a poll still awaiting its answers ends there
     clearTimeout(state.pollTimer);
     if (state.stream) state.stream.abort();
     state.stream = null;
@@ -193,18 +196,21 @@
     state.round = 0;
     state.lastSeq = 0;
     state.detail = null;
+    state.selected = null;
     $("hosts").replaceChildren();
     $("events").replaceChildren();
   }
 
   // ---- polling -----------------------------------------------------------------------------------
 
-  async function poll() {
-    if (!state.running) return;
+  async function poll(generation) {
+    const current = () => state.running && state.generation === generation;
+    if (!current()) return;
     try {
       const wantHosts = state.round % HOSTS_EVERY === 0;
       const [clock, vms, hosts] = await Promise.all([
         api("GET", "/v1/clock"), api("GET", "/v1/vms"), wantHosts ? api("GET", "/v1/hosts") : null]);
+      if (!current()) return;
       if (hosts) state.hosts = hosts;
       state.clock = clock;
       renderClock();
@@ -216,15 +222,17 @@
           if (!(e instanceof ApiError) || e.status !== 404) throw e;
           state.detail = null;   // the VM went away between the list and its detail
         }
+        if (!current()) return;
         renderDetail();
       }
       state.round++;
       setConnection("Connected");
     } catch (e) {
+      if (!current()) return;
       if (e instanceof ApiError && e.status === 401) return showSignIn("The server no longer accepts this token.");
       setConnection(e instanceof ApiError ? "Server error: " + e.message : "Cannot reach the server: retrying", true);
     }
-    if (state.running) state.pollTimer = setTimeout(poll, POLL_MS);
+    if (current()) state.pollTimer = setTimeout(() => poll(generation), POLL_MS);
   }
 
   function renderClock() {
@@ -265,7 +273,7 @@
     let section = document.getElementById(id);
     if (section) return section;
     const cols = ["Name", "State", "CPU %", "Memory", "Uptime", "Status"];
-    if (lifecycle().length) cols.push("Actions");
+    if (lifecycle().length || movable()) cols.push("Actions");
     const thead = el("thead", {}, el("tr", {}, ...cols.map((c) => el("th", { scope: "col", text: c }))));
     section = el("section", { class: "panel host", id, "data-testid": "host-" + name, "data-host": name },
       el("div", { class: "panel-head" },
@@ -683,6 +691,7 @@
       signIn();
     });
     $("sign-out").addEventListener("click", () => {
+      stopLive();
       sessionStorage.removeItem(TOKEN_KEY);
       clearError();
       signIn();
