@@ -18,7 +18,7 @@ import traceback
 from bench.timing import SIZES, Figure
 
 BENCHES = ("hypercalls", "channel", "ring", "storage", "storvsc", "host", "simulation", "memory", "network",
-           "dirty", "quick_migration", "migration", "emulated", "native")
+           "dirty", "quick_migration", "migration", "emulated", "native", "api")
 
 
 def measure(names, repeat: int, size: str, log=None) -> dict[str, dict]:
