@@ -557,16 +557,28 @@ def test_users_on_a_bad_or_missing_file_name_it(tmp_path, capsys):
 
 
 def test_concurrent_users_adds_lose_none(tmp_path):
-    import subprocess
-    import sys
+    # Threads, each opening the directory for its own lock as a separate process would: without
+    # the lock, the read-modify-writes overlap and most users are lost.
+    import argparse
+    import contextlib
+    import io
+
+    from partitions.cli.users import add_command
     path = tmp_path / "users.toml"
-    procs = [subprocess.Popen([sys.executable, "-m", "partitions.cli", "users", "add", f"u{i}", "--role", "viewer",
-                               "--file", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for i in range(6)]
-    tokens = [p.communicate()[0].decode().strip() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    a = Authorizer.from_file(path)
-    assert sorted(a.authenticate(f"Bearer {t}", None).user for t in tokens) == [f"u{i}" for i in range(6)]
+
+    def add(i):
+        add_command(argparse.Namespace(file=str(path), name=f"u{i}", role="Viewer", templates=[], quota_vms=None,
+                                       quota_memory=None, quota_processors=None))
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        threads = [threading.Thread(target=add, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    users = load_users(path)
+    assert sorted(users) == sorted(f"u{i}" for i in range(8))
+    assert len({u.token_id for u in users.values()}) == 8
 
 
 def test_hvsim_users_is_a_subcommand():
