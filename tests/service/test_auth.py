@@ -86,6 +86,24 @@ def test_any_users_table_survives_dump_and_load(entries):
     assert users_from_dict(tomllib.loads(dump_users(users))) == users
 
 
+_SCALARS = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=70) | \
+    st.sampled_from(list(ROLES) + ["0123abcd", "a" * 64, "4GiB", "small"])
+_TOML_LIKE = st.recursive(_SCALARS.filter(lambda v: v is not None),
+                          lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.sampled_from(["users", "role", "token_id", "token_sha256", "templates",
+                                                             "quota", "vms", "memory", "processors", "alice", "x y"]),
+                                            inner, max_size=5), max_leaves=20)
+
+
+@given(_TOML_LIKE)
+def test_any_document_is_read_as_users_or_refused_with_a_config_error(data):
+    try:
+        users = users_from_dict(data)
+    except ConfigError:
+        return
+    assert all(isinstance(u, User) and u.role in ROLES for u in users.values())
+
+
 _GOOD = ('role = "Viewer"\ntoken_id = "0123abcd"\n'
          'token_sha256 = "' + "a" * 64 + '"\n')
 
