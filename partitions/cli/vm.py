@@ -84,7 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--template", metavar="TEMPLATE", help="a template the service offers (with --name)")
     source.add_argument("--file", metavar="FRAGMENT.toml",
                         help="a [[vm]] table's keys, as in a host file (docs/configuration.md)")
-    p.add_argument("--name", metavar="NAME", help="the new VM's name (with --template)")
+    p.add_argument("--name", metavar="NAME", help="the new VM's name (needed with --template; with --file it "
+                                                  "wins over the fragment's own)")
+    p.add_argument("--host", metavar="HOST", help="the host to create it on (default: the first)")
     verb("delete", "delete a VM that is Off or Saved (Remove-VM)", _delete, "name")
 
     p = sub.add_parser("events", parents=[common], help="the event log of a running hvsim service",
@@ -255,32 +257,33 @@ def _details(vm: dict) -> list[tuple[str, str]]:
     for key in ("Host", "Owner"):
         if vm.get(key):
             rows.append((key, str(vm[key])))
-    rows.append(("Checkpoints", _listing(vm.get("checkpoints"), "checkpoint") or "none"))
-    rows.append(("Devices", _listing(vm.get("devices"), "name") or "none"))
+    rows.append(("Checkpoints", "\n".join(_checkpoint(c) for c in vm.get("checkpoints") or []) or "none"))
+    rows.append(("Devices", ", ".join(map(str, vm.get("devices") or [])) or "none"))
     measure = vm.get("measure")
     if isinstance(measure, dict) and measure:
-        rows.append(("Measure", ", ".join(f"{k} {v}" for k, v in measure.items() if k != "VMName")))
+        rows.append(("Measure", _measure(measure)))
     return rows
 
 
-def _listing(items: Any, name_key: str) -> str:
-    """A list of names, or of records shown as `name (key=value, ...)`; anything else as JSON."""
-    if not items:
-        return ""
-    if isinstance(items, dict):
-        items = [{name_key: k, **v} if isinstance(v, dict) else {name_key: k, "value": v} for k, v in items.items()]
-    if not isinstance(items, list):
-        return json.dumps(items)
-    parts = []
-    for item in items:
-        if isinstance(item, dict):
-            key = next((k for k in (name_key, "name", "type") if k in item), None)
-            rest = ", ".join(f"{k}={_value(v)}" for k, v in item.items() if k != key)
-            label = str(item[key]) if key is not None else ""
-            parts.append(f"{label} ({rest})" if label and rest else label or rest)
-        else:
-            parts.append(str(item))
-    return "\n".join(parts)
+def _checkpoint(c: Any) -> str:
+    """"before-upgrade (taken at 2.000 s, consistent)"."""
+    if not isinstance(c, dict):
+        return str(c)
+    when = f"taken at {c['time_ns'] / 1e9:.3f} s" if isinstance(c.get("time_ns"), int) else ""
+    how = {True: "consistent", False: "crash-consistent"}.get(c.get("consistent"), "")
+    notes = ", ".join(x for x in (when, how) if x)
+    return f"{c.get('name', '?')} ({notes})" if notes else str(c.get("name", "?"))
+
+
+def _measure(m: dict) -> str:
+    """Measure-VM's figures in two lines: the disks', then the network's."""
+    known = ("AggregatedDiskDataRead(M)", "AggregatedDiskDataWritten(M)", "AggregatedNormalizedIOCount",
+             "AggregatedAverageNormalizedIOPS", "NetworkInbound(M)", "NetworkOutbound(M)")
+    g = lambda key: m.get(key, 0)   # noqa: E731
+    lines = [f"disk read {g(known[0])} MB, written {g(known[1])} MB, {g(known[2])} I/Os of 8 KiB "
+             f"({g(known[3])} IOPS)", f"network in {g(known[4])} MB, out {g(known[5])} MB"]
+    lines += [f"{k} {v}" for k, v in m.items() if k not in known and k != "VMName"]
+    return "\n".join(lines)
 
 
 def _sparkline(values: list[float]) -> str:
@@ -323,15 +326,17 @@ def _create(client, args) -> int:
             raise UsageError("--template needs --name NAME, the new VM's name")
         body: dict = {"template": args.template, "name": args.name}
     else:
-        if args.name:
-            raise UsageError("--name goes with --template; a fragment names its VM with its own name key")
         try:
             with open(args.file, encoding="utf-8") as f:
                 body = {"toml": f.read()}
+            if args.name:
+                body["name"] = args.name
         except OSError as exc:
             raise UsageError(f"--file {args.file}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
             raise UsageError(f"--file {args.file}: not a UTF-8 text file") from None
+    if args.host:
+        body["host"] = args.host
     row = client.call("POST", "/v1/vms", body)
     if args.json:
         _print_json(row)
@@ -357,7 +362,7 @@ def event_line(data: dict) -> str:
     when = f"{t / 1e9:12.6f} s" if isinstance(t, (int, float)) else f"{'?':>12} s"
     skip = {"seq", "time_ns", "t_ns", "event", "vm"}
     fields = " ".join(f"{k}={_value(v)}" for k, v in data.items() if k not in skip)
-    return f"{when}  {str(data.get('event', '?')):<20} {str(data.get('vm') or '-'):<12} {fields}".rstrip()
+    return f"{when}  {str(data.get('event', '?')):<24} {str(data.get('vm') or '-'):<12} {fields}".rstrip()
 
 
 def _value(v: Any) -> str:
@@ -368,8 +373,8 @@ def _value(v: Any) -> str:
 
 
 def _events(client, args) -> int:
-    wanted = set(args.vm)
-    vm = args.vm[0] if len(args.vm) == 1 else None   # the server filters one; several are filtered here
+    wanted = set(args.vm)   # the server filters them; so does this, for a server that would not
+    vm = args.vm or None
 
     def show(data: dict) -> None:
         if wanted and data.get("vm") not in wanted:

@@ -163,16 +163,19 @@ class Client:
         return headers
 
     def _target(self, path: str, query: dict | None) -> str:
+        # None leaves a parameter out; a list repeats it (`vm=a&vm=b`); booleans as true/false.
         pairs = [(k, str(v).lower() if isinstance(v, bool) else str(v))
-                 for k, v in (query or {}).items() if v is not None]
+                 for k, values in (query or {}).items()
+                 for v in (values if isinstance(values, (list, tuple)) else [values]) if v is not None]
         return self.server.prefix + path + (("?" + urllib.parse.urlencode(pairs)) if pairs else "")
 
     # ---- the event stream ----------------------------------------------------------------------
-    def follow_events(self, since: int | None = None, *, vm: str | None = None) -> Iterator[Event]:
-        """The events after `since` (None: those the server starts a stream with), as they come,
-        until the stream ends. A stream that drops is opened again once with Last-Event-ID (the
-        server sends what came after it); the iteration ends when that one ends without a new
-        event or the server is gone by then. Failing to open the first stream raises."""
+    def follow_events(self, since: int | None = None, *, vm: str | list[str] | None = None) -> Iterator[Event]:
+        """The events after `since` (None: those the server starts a stream with) of the VMs `vm`
+        names (None: every one the caller may see), as they come, until the stream ends. A stream
+        that ends or drops is opened again once with Last-Event-ID (the server sends what came
+        after it): the iteration ends when that one brings no new event, or nobody answers by
+        then. Failing to open the first stream raises."""
         last, first, retried = since, True, False
         while True:
             progress = False
@@ -192,7 +195,7 @@ class Client:
                 return
             retried = True
 
-    def _stream(self, since: int | None, vm: str | None, *, reconnect: bool) -> Iterator[Event]:
+    def _stream(self, since: int | None, vm: str | list[str] | None, *, reconnect: bool) -> Iterator[Event]:
         conn = self.server.connection(self.timeout)
         try:
             headers = self._headers({"Accept": "text/event-stream", "Cache-Control": "no-cache"})

@@ -373,3 +373,222 @@ def test_sse_parsing():
     events = list(parse_sse(iter(stream.splitlines(keepends=True))))
     assert [(e.seq, e.name) for e in events] == [(7, "vm.state"), (8, "x"), (9, "y")]
     assert events[0].data == {"seq": 7, "vm": "a"}
+
+
+# ---- the CLI against the service itself ----------------------------------------------------------------
+# The API of partitions/service/api.py over an engine of SMALL_HOST (tests/service/conftest.py):
+# "steady" and "idle" Running at time 0, the clock paused, so that nothing moves unless a test
+# steps it.
+
+def vm_state(capsys, url, name):
+    status, out, _ = hvsim(capsys, "vm", "show", name, "--json", "--server", url)
+    assert status == 0
+    return json.loads(out)["State"]
+
+
+def test_service_list_show_stop_start_round_trip(server, capsys):
+    url = server.url
+    status, out, _ = hvsim(capsys, "vm", "list", "--server", url)
+    assert status == 0 and re.search(r"│ idle +│ Running", out)
+    # Let the guests negotiate their integration services (the shutdown one stops a VM).
+    assert hvsim(capsys, "clock", "--step", "1s", "--server", url)[0] == 0
+    status, out, _ = hvsim(capsys, "vm", "stop", "idle", "--server", url)
+    assert status == 0 and re.fullmatch(r"vm 'idle' is (Stopping|Off)\n", out)
+    assert hvsim(capsys, "clock", "--step", "1s", "--server", url)[0] == 0
+    assert vm_state(capsys, url, "idle") == "Off"
+    status, out, _ = hvsim(capsys, "vm", "start", "idle", "--server", url)
+    assert status == 0 and re.fullmatch(r"vm 'idle' is (Starting|Running)\n", out)
+    assert hvsim(capsys, "clock", "--step", "100ms", "--server", url)[0] == 0
+    assert vm_state(capsys, url, "idle") == "Running"
+    status, out, _ = hvsim(capsys, "vm", "show", "idle", "--server", url)
+    assert status == 0
+    for text in ("Running", "1 virtual processor", "64 MiB assigned of 64 MiB", "heartbeat", "Measure"):
+        assert text in out
+
+
+def test_service_json_output_parses(server, capsys):
+    url = server.url
+    status, out, _ = hvsim(capsys, "vm", "list", "--json", "--server", url)
+    assert status == 0 and sorted(r["Name"] for r in json.loads(out)) == ["idle", "steady"]
+    status, out, _ = hvsim(capsys, "vm", "pause", "steady", "--json", "--server", url)
+    assert status == 0 and json.loads(out)["State"] == "Paused"
+    status, out, _ = hvsim(capsys, "clock", "--step", "100ms", "--json", "--server", url)
+    assert status == 0 and json.loads(out)["now_ns"] == 100_000_000 and json.loads(out)["paused"] is True
+    status, out, _ = hvsim(capsys, "events", "--vm", "steady", "--json", "--server", url)
+    events = [json.loads(line) for line in out.splitlines()]
+    assert status == 0 and events and {e["vm"] for e in events} == {"steady"}
+    assert [(e["old"], e["new"]) for e in events if e["event"] == "vm.state"][-1] == ("Running", "Paused")
+
+
+def test_service_invalid_transition_and_unknown_vm(server, capsys):
+    url = server.url
+    status, out, err = hvsim(capsys, "vm", "resume", "idle", "--server", url)
+    assert (status, out) == (1, "")
+    assert err == "hvsim vm: vm 'idle' is Running: cannot resume (allowed from Paused)\n"
+    assert vm_state(capsys, url, "idle") == "Running"
+    status, out, err = hvsim(capsys, "vm", "start", "nope", "--server", url)
+    assert (status, out) == (1, "") and err == "hvsim vm: no VM named 'nope'\n"
+
+
+def test_service_create_and_delete_from_a_template_and_a_fragment(server, capsys, tmp_path):
+    url = server.url
+    status, out, _ = hvsim(capsys, "vm", "create", "--template", "small", "--name", "n1", "--server", url)
+    assert (status, out) == (0, "vm 'n1' created, Off\n")
+    fragment = tmp_path / "n2.toml"
+    fragment.write_text('name = "n2"\nmemory = "32MiB"\n')
+    status, out, _ = hvsim(capsys, "vm", "create", "--file", str(fragment), "--server", url)
+    assert (status, out) == (0, "vm 'n2' created, Off\n")
+    fragment.write_text('name = "n3"\nmemory = "lots"\n')
+    status, _, err = hvsim(capsys, "vm", "create", "--file", str(fragment), "--server", url)
+    assert status == 1 and "memory" in err and err.count("\n") == 1
+    assert hvsim(capsys, "vm", "delete", "n1", "--server", url)[:2] == (0, "vm 'n1' deleted\n")
+    status, out, _ = hvsim(capsys, "vm", "list", "--json", "--server", url)
+    assert sorted(r["Name"] for r in json.loads(out)) == ["idle", "n2", "steady"]
+
+
+def test_service_clock(server, capsys):
+    url = server.url
+    status, out, _ = hvsim(capsys, "clock", "--server", url)
+    assert (status, out) == (0, "simulated time 0.000000 s, speed max (as fast as it can), paused (0 windows)\n")
+    status, out, _ = hvsim(capsys, "clock", "--speed", "2", "--step", "250ms", "--json", "--server", url)
+    clock = json.loads(out)
+    assert status == 0 and (clock["now_ns"], clock["speed"], clock["paused"]) == (250_000_000, 2, True)
+    status, out, _ = hvsim(capsys, "clock", "--speed", "max", "--resume", "--json", "--server", url)
+    assert status == 0 and json.loads(out)["paused"] is False
+    status, out, _ = hvsim(capsys, "clock", "--pause", "--json", "--server", url)
+    assert status == 0 and json.loads(out)["paused"] is True
+    status, _, err = hvsim(capsys, "clock", "--resume", "--step", "1ms", "--server", url)
+    assert status == 1 and err.startswith("hvsim clock: ")   # a running clock cannot be stepped: 409
+
+
+def test_service_token_file(make_engine, make_server, tmp_path, capsys, monkeypatch):
+    from partitions.service.auth import Authorizer
+    users = tmp_path / "users.toml"
+    assert main(["users", "add", "vera", "--role", "Viewer", "--file", str(users)]) == 0
+    token = tmp_path / "vera.token"
+    token.write_text(capsys.readouterr().out)
+    server = make_server(make_engine(paused=True), Authorizer.from_file(users))
+    try:
+        status, _, err = hvsim(capsys, "vm", "list", "--server", server.url)
+        assert status == 1 and err.startswith("hvsim vm: ") and err.count("\n") == 1
+        status, out, _ = hvsim(capsys, "vm", "list", "--json", "--server", server.url, "--token-file", str(token))
+        assert status == 0 and len(json.loads(out)) == 2
+        status, _, err = hvsim(capsys, "vm", "pause", "idle", "--server", server.url, "--token-file", str(token))
+        assert status == 1 and "vera" in err and "Viewer" in err      # Forbidden names user and role
+        monkeypatch.setenv("HVSIM_TOKEN_FILE", str(token))
+        monkeypatch.setenv("HVSIM_SERVER", server.url)
+        assert hvsim(capsys, "vm", "show", "idle")[0] == 0
+    finally:
+        server.authorizer.close()
+
+
+class UnixServer:
+    """The API served by uvicorn on a Unix socket at `path`, in a thread."""
+
+    def __init__(self, engine, path):
+        import time
+
+        import uvicorn
+
+        from partitions.service.api import create_app
+        from partitions.service.auth import Authorizer
+        self.app = create_app(engine, Authorizer.local())
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
+                                                    timeout_graceful_shutdown=5))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="uvicorn-unix")
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:   # its readiness, polled with a deadline
+            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.01)
+
+    def close(self):
+        self.app.state.closing = True
+        self.server.should_exit = True
+        self.thread.join()
+        self.sock.close()
+
+
+def test_service_on_a_unix_socket(engine, tmp_path, capsys):
+    path = tmp_path / "hvsim.sock"
+    server = UnixServer(engine, path)
+    try:
+        status, out, _ = hvsim(capsys, "vm", "pause", "idle", "--server", f"unix:{path}")
+        assert (status, out) == (0, "vm 'idle' is Paused\n")   # a Unix-socket client is the local Administrator
+        status, out, _ = hvsim(capsys, "vm", "list", "--json", "--server", f"unix:{path}")
+        assert status == 0 and {r["Name"]: r["State"] for r in json.loads(out)}["idle"] == "Paused"
+    finally:
+        server.close()
+
+
+class Follower:
+    """`hvsim events --follow` against `url` in a process of its own: its output read line by line
+    from a pipe, its errors into a file. A guard kills it if it is still there after two minutes
+    (a hang is then a failure, not a stuck test suite); used as a context manager."""
+
+    def __init__(self, url, tmp_path, *args):
+        import os
+        import subprocess
+        import sys
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HVSIM_")}
+        self.err = open(tmp_path / "follow.stderr", "w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "partitions.cli", "events", "--follow", "--server", url,
+                                      *args], stdout=subprocess.PIPE, stderr=self.err, text=True, env=env)
+        self.guard = threading.Timer(120, self.proc.kill)
+        self.guard.start()
+
+    def readline(self) -> str:
+        return self.proc.stdout.readline()
+
+    def finish(self) -> tuple[int, str, str]:
+        """(exit status, the rest of its output, its errors), once it has ended."""
+        out = self.proc.stdout.read()
+        status = self.proc.wait()
+        self.err.seek(0)
+        return status, out, self.err.read()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.err.close()
+        self.guard.cancel()
+        self.guard.join()
+
+
+def test_service_events_follow_prints_a_start_as_it_happens_and_stops_at_the_end_of_the_stream(
+        engine, server, capsys, tmp_path):
+    url = server.url
+    assert hvsim(capsys, "clock", "--step", "1s", "--server", url)[0] == 0
+    assert hvsim(capsys, "vm", "turn-off", "idle", "--server", url)[0] == 0
+    with Follower(url, tmp_path, "--since", str(engine.last_seq), "--vm", "idle") as follower:
+        assert hvsim(capsys, "vm", "start", "idle", "--server", url)[0] == 0
+        first = follower.readline()   # the start, as it happened
+        assert first.split()[2:] == ["vm.state", "idle", "old=Off", "new=Starting"]
+        assert hvsim(capsys, "clock", "--step", "100ms", "--server", url)[0] == 0
+        # Once the simulation stops, the stream ends; the client's one reconnection finds nothing
+        # newer, and it exits 0.
+        engine.stop()
+        status, out, err = follower.finish()
+    lines = [first] + out.splitlines()
+    assert (status, err) == (0, "")
+    changes = [line.split()[4:6] for line in lines if line.split()[2] == "vm.state"]
+    assert changes[:2] == [["old=Off", "new=Starting"], ["old=Starting", "new=Running"]]
+    assert changes[-1] == ["old=Running", "new=Off"]   # the engine's stop turned it off
+    assert {line.split()[3] for line in lines} == {"idle"}
+    assert [float(line.split()[0]) for line in lines] == sorted(float(line.split()[0]) for line in lines)
+
+
+def test_service_events_follow_ends_at_ctrl_c_with_130(server, tmp_path):
+    import signal
+    with Follower(server.url, tmp_path) as follower:
+        assert follower.readline()   # connected: the events so far are coming
+        follower.proc.send_signal(signal.SIGINT)
+        status, _, err = follower.finish()
+    assert status == 130 and "Traceback" not in err
