@@ -356,8 +356,9 @@ class VirtualMachine:
             for name, device in self.emulated.items():
                 try:
                     device.load_state(records[name])
-                except ValueError as exc:
-                    raise SavedStateError(f"vm {self.name!r}: emulated device {name!r}: {exc}") from None
+                except Exception as exc:  # noqa: BLE001 - checked already: what is left is the device's own failure
+                    raise SavedStateError(f"vm {self.name!r}: emulated device {name!r} refused its record "
+                                          f"({type(exc).__name__}: {exc})") from None
 
     def _guarded_receive(self, bus, nic):
         """The legacy NIC's receive path as its switch port calls it, guarded: frames arrive
@@ -377,6 +378,19 @@ class VirtualMachine:
                 self._device_failed(bus.failed)
                 return False
         return guarded
+
+    def _emulated_hook(self, name: str, hook) -> None:
+        """A lifecycle hook of an emulated device (quiesce, resume), guarded: one that raises is
+        that device's failure (its VM is crashed, as for a failed access), not the caller's."""
+        from partitions.native_guest.devices import DeviceFailed, bus_of
+        try:
+            hook()
+        except Exception as exc:  # noqa: BLE001 - a device model's bug, named as its failure
+            bus = bus_of(self.partition)
+            failure = DeviceFailed(name, f"{type(exc).__name__}: {exc}")
+            if bus.failed is None:
+                bus.failed = failure
+            self._device_failed(failure)
 
     def _device_failed(self, failure) -> None:
         # Told by the bus from inside the failing access (a guest's step): the VM's host crashes
@@ -711,14 +725,14 @@ class VirtualMachine:
         self.vmbus.quiesce(self.partition)
         if self.stack is not None:
             self.stack.quiesce()
-        for device in self.emulated.values():   # the legacy NIC holds the frames that arrive meanwhile
+        for name, device in self.emulated.items():   # the legacy NIC holds the frames that arrive meanwhile
             if hasattr(device, "quiesce"):
-                device.quiesce()
+                self._emulated_hook(name, device.quiesce)
 
     def _resume_devices(self) -> None:
-        for device in self.emulated.values():
+        for name, device in self.emulated.items():
             if hasattr(device, "resume"):
-                device.resume()
+                self._emulated_hook(name, device.resume)
         if self.stack is not None:
             self.stack.resume()
         self.vmbus.resume(self.partition)

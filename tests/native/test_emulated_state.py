@@ -185,7 +185,8 @@ def test_a_save_in_the_middle_of_a_pio_read_reads_on_in_a_new_process(files, tmp
     assert out.read_text() == f"Running {READS} True"
 
 
-def test_a_vm_moved_live_in_the_middle_of_a_pio_read_reads_on_on_the_target(files, tmp_path):
+@pytest.mark.parametrize("kind", ["live", "post-copy"])
+def test_a_vm_moved_in_the_middle_of_a_pio_read_reads_on_on_the_target(files, tmp_path, kind):
     from partitions.datacenter import Datacenter
     elf, base = files
     text = f'''
@@ -214,7 +215,7 @@ latency = "50us"
     dc.run("30ms")
     source = dc.hosts["a"].managed.vms["n"]
     assert 0 < source.emulated["ide"].pos < len(source.emulated["ide"].buffer)
-    record = source.move(to="b", kind="live")
+    record = source.move(to="b", kind=kind)
     dc.run("300ms")
     assert record.outcome == "completed", record.reason
     target = dc.hosts["b"].managed.vms["n"]

@@ -408,3 +408,22 @@ def test_a_legacy_nic_restored_into_a_new_shell_goes_on_from_its_record(tmp_path
         assert vm.state.value == "Off" and vm.emulated == {}
     finally:
         again.close()
+
+
+def test_a_device_whose_quiesce_raises_crashes_its_vm_alone(tmp_path, monkeypatch):
+    from partitions.native_guest import tulip
+
+    def broken(self):
+        raise RuntimeError("quiesce bug")
+    monkeypatch.setattr(tulip.Tulip21140, "quiesce", broken)
+    m = ManagedHost(loads(LEGACY_PAIR), workdir=tmp_path)
+    try:
+        m.run(40 * MS)
+        m.vms["b"].save(tmp_path / "b.hvsav")       # the hook's failure does not stop the save ...
+        m.run(60 * MS)                              # ... and the VM is crashed as the host's step ends
+        b, a = m.vms["b"], m.vms["a"]
+        assert b.state.value == "Off"
+        assert b.off_reason == "emulated device 'legacy-nic' failed: RuntimeError: quiesce bug"
+        assert a.state.value == "Running"
+    finally:
+        m.close()
