@@ -197,12 +197,13 @@ def _console():
 
 # ---- hvsim vm ------------------------------------------------------------------------------------
 
-def vm_table(rows: list[dict], title: str = "Get-VM"):
-    """Get-VM's table, with `hvsim run`'s columns and look; Host when the VMs are on more than one
-    host, Owner when any VM has one (created through the API by a user)."""
+def vm_table(rows: list[dict], title: str = "Get-VM", *, hosts: int = 1):
+    """Get-VM's table, with `hvsim run`'s columns and look (its own helper has no Host or Owner);
+    Host when the service has more than one host (`hosts`) or the VMs are on several, Owner when
+    any VM has one (created through the API by a user)."""
     from rich.table import Table
     columns = list(COLUMNS)
-    if len({r.get("Host") for r in rows}) > 1:
+    if hosts > 1 or len({r.get("Host") for r in rows}) > 1:
         columns.append("Host")
     if any(r.get("Owner") for r in rows):
         columns.append("Owner")
@@ -218,8 +219,13 @@ def _list(client, args) -> int:
     rows = client.call("GET", "/v1/vms")
     if args.json:
         _print_json(rows)
-    else:
-        _console().print(vm_table(rows))
+        return 0
+    from partitions.service.client import ApiError
+    try:   # a datacenter's hosts, so that the Host column shows even while its VMs are all on one
+        hosts = len(client.call("GET", "/v1/hosts"))
+    except ApiError:
+        hosts = 1
+    _console().print(vm_table(rows, hosts=hosts))
     return 0
 
 

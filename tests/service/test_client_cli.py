@@ -592,3 +592,40 @@ def test_service_events_follow_ends_at_ctrl_c_with_130(server, tmp_path):
         follower.proc.send_signal(signal.SIGINT)
         status, _, err = follower.finish()
     assert status == 130 and "Traceback" not in err
+
+
+def test_get_vm_table_adds_host_and_owner_only_when_they_say_something():
+    from rich.console import Console
+
+    from partitions.cli.vm import vm_table
+    fake = FakeApi()
+    rows = [fake.row("web"), fake.row("db")]
+
+    def header(rows):
+        console = Console(width=200, record=True)
+        console.print(vm_table(rows))
+        return console.export_text().splitlines()[2].split()
+
+    assert header(rows) == ["┃", "Name", "┃", "State", "┃", "CPUUsage(%)", "┃", "MemoryAssigned(M)", "┃", "Uptime",
+                            "┃", "Status", "┃"]
+    rows[1] = {**rows[1], "Host": "b", "Owner": "carol"}
+    assert header(rows)[-5:] == ["┃", "Host", "┃", "Owner", "┃"]
+
+
+def test_service_move_between_the_hosts_of_a_datacenter(make_engine, make_server, capsys):
+    import time
+
+    from tests.service.test_engine import TWO_HOSTS
+    url = make_server(make_engine(TWO_HOSTS, paused=True)).url
+    status, out, _ = hvsim(capsys, "vm", "list", "--server", url)
+    assert status == 0 and re.search(r"│ mover +│ Running .*│ a +│", out)   # two hosts: the Host column
+    assert hvsim(capsys, "clock", "--step", "10ms", "--server", url)[0] == 0
+    status, _, err = hvsim(capsys, "vm", "move", "mover", "--to", "c", "--server", url)
+    assert status == 1 and err.startswith("hvsim vm: ") and "no host named 'c'" in err and err.count("\n") == 1
+    status, out, _ = hvsim(capsys, "vm", "move", "mover", "--to", "b", "--server", url)
+    assert status == 0 and out.startswith("vm 'mover' is ") and out.endswith(" on a\n")   # under way
+    assert hvsim(capsys, "clock", "--step", "1s", "--server", url)[0] == 0
+    deadline = time.monotonic() + 30   # the view is published after the step's last window
+    while json.loads(hvsim(capsys, "vm", "show", "mover", "--json", "--server", url)[1])["Host"] != "b":
+        assert time.monotonic() < deadline, "the move did not end"
+        time.sleep(0.01)
