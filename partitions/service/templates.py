@@ -104,10 +104,9 @@ def builtin_templates(config: Config | DatacenterConfig | None = None) -> dict[s
 def load_templates(path: str | os.PathLike | None, config: Config | DatacenterConfig | None = None
                    ) -> dict[str, Template]:
     """The built-in templates, then those of the file at `path` (None: none), checked."""
-    templates = builtin_templates(config)
     if path is None:
-        return templates
-    from partitions.config import _Reader, _NAME, _NAME_EXPECTED, tomllib
+        return builtin_templates(config)
+    from partitions.config import tomllib
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -120,6 +119,14 @@ def load_templates(path: str | os.PathLike | None, config: Config | DatacenterCo
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, None, "valid TOML", str(exc)) from None
+    return templates_from_dict(data, config, file=file)
+
+
+def templates_from_dict(data: Any, config: Config | DatacenterConfig | None = None, *, file: str = "<templates>"
+                        ) -> dict[str, Template]:
+    """The built-in templates, then those of a parsed templates file, checked."""
+    from partitions.config import _Reader, _NAME, _NAME_EXPECTED
+    templates = builtin_templates(config)
     r = _Reader(file, Path.cwd())
     r.table(data, "", ("templates",))
     tables = data.get("templates", {})
@@ -162,4 +169,4 @@ def check_template(template: Template, host: Config, *, file: str) -> None:
         raise ConfigError(file, key, exc.expected, got, hint=exc.hint) from None
 
 
-__all__ = ["Template", "builtin_templates", "load_templates", "check_template"]
+__all__ = ["Template", "builtin_templates", "load_templates", "templates_from_dict", "check_template"]

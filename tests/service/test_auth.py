@@ -466,6 +466,26 @@ def test_a_bad_template_is_refused_naming_the_file_and_the_key(tmp_path, text, k
     assert "template-check" not in str(err.value)
 
 
+_VM_LIKE = st.recursive(
+    _SCALARS.filter(lambda v: v is not None) | st.sampled_from(["512MiB", "cpu-burn", "disk-io", "{name}.vhd", "lan"]),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["templates", "t", "description", "name", "processors", "memory", "workload",
+                                       "kind", "disks", "path", "size", "nics", "switch", "cpu", "limit"]),
+                      inner, max_size=5), max_leaves=20)
+
+
+@given(_VM_LIKE)
+def test_any_templates_document_is_read_or_refused_with_a_config_error(data):
+    from partitions.service.templates import templates_from_dict
+    config = loads('[host]\nlogical_processors = 2\n[[switch]]\nname = "lan"\n')
+    try:
+        templates = templates_from_dict(data, config, file="t.toml")
+    except ConfigError as exc:
+        assert exc.file == "t.toml"
+        return
+    assert {"small", "web", "disk"} <= set(templates)
+
+
 def test_a_template_is_a_frozen_value():
     t = Template("t", {"memory": "1GiB", "disks": [{"path": "{name}.vhd", "size": "1MiB"}]})
     t.fragment("a")["disks"][0]["path"] = "changed"
