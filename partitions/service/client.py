@@ -188,8 +188,7 @@ class Client:
             except Unreachable:
                 if first:
                     raise
-                if not progress:   # a reconnect that found nobody: the stream is over
-                    return
+                return   # a reconnection found nobody: the service is gone, and its stream with it
             first = False
             if not progress and retried:
                 return

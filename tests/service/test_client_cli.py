@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from hypothesis import given, strategies as st
 
 from partitions.cli import main
 from partitions.service.client import ApiError, Client, Server, Unreachable, parse_sse
@@ -629,3 +630,32 @@ def test_service_move_between_the_hosts_of_a_datacenter(make_engine, make_server
     while json.loads(hvsim(capsys, "vm", "show", "mover", "--json", "--server", url)[1])["Host"] != "b":
         assert time.monotonic() < deadline, "the move did not end"
         time.sleep(0.01)
+
+
+_names = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20).filter(
+    lambda s: s.strip() == s and s != "message")
+_events = st.lists(st.tuples(_names, st.dictionaries(st.text(max_size=8), st.one_of(
+    st.integers(), st.text(), st.booleans(), st.none()), max_size=4)), max_size=8)
+
+
+def _wire(events, eol: str, comments: bool) -> tuple[bytes, list[int]]:
+    """The events as the API sends them (id, event, data), with keep-alive comments between them;
+    and where each event is complete: past its blank line's first character (a lone CR ends a
+    line too)."""
+    out, ends = b"", []
+    for seq, (name, data) in enumerate(events, 1):
+        if comments:
+            out += f": keep-alive{eol}{eol}".encode()
+        out += f"id: {seq}{eol}event: {name}{eol}data: {json.dumps({**data, 'seq': seq})}{eol}{eol}".encode()
+        ends.append(len(out) - len(eol) + 1)
+    return out, ends
+
+
+@given(_events, st.sampled_from(["\n", "\r\n"]), st.booleans(), st.data())
+def test_sse_parses_back_what_was_sent_and_a_cut_stream_gives_only_its_whole_events(events, eol, comments, data):
+    wire, ends = _wire(events, eol, comments)
+    expected = [(seq, name, {**d, "seq": seq}) for seq, (name, d) in enumerate(events, 1)]
+    assert [(e.seq, e.name, e.data) for e in parse_sse(iter(wire.splitlines(keepends=True)))] == expected
+    cut = data.draw(st.integers(0, len(wire)), label="cut")
+    got = [(e.seq, e.name, e.data) for e in parse_sse(iter(wire[:cut].splitlines(keepends=True)))]
+    assert got == expected[:sum(end <= cut for end in ends)]
