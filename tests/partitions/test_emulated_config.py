@@ -166,6 +166,19 @@ def test_the_ide_disk_lets_go_of_its_file_when_the_vm_goes(tmp_path, how):
         m.close()
 
 
+def test_another_run_in_the_same_run_directory_is_refused_while_the_ide_run_disk_is_open(tmp_path):
+    m = reader_host(tmp_path)
+    try:
+        m.run(10 * MS)
+        config = loads(host('[[vm]]\nname = "p"\nmemory = "16MiB"\nide = "legacy.vhd"'), file="again.toml",
+                       base_dir=tmp_path)
+        with pytest.raises(ConfigError) as info:
+            ManagedHost(config, workdir=tmp_path / "run")
+        assert info.value.key == "vm[0]" and "ide.vhd, which an open disk holds" in str(info.value)
+    finally:
+        m.close()
+
+
 def test_a_vm_whose_ide_file_cannot_be_opened_stays_off_with_the_reason(tmp_path):
     m = reader_host(tmp_path)
     try:
