@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import os
 import random
 import re
 import shutil
@@ -96,11 +97,17 @@ class Server:
         self.log = self.dir / "serve.log"
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "Server":
+    def spawn(self) -> None:
+        """Start the process (once); `with server:` waits until it answers."""
+        if self.proc is not None:
+            return
         argv = [*self.COMMAND, "--listen", "127.0.0.1:0", "--speed", self.speed, "--state", str(self.dir / "state")]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, cwd=self.dir, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
+
+    def __enter__(self) -> "Server":
+        self.spawn()
         deadline = time.monotonic() + READY_SECONDS
         while True:
             if self.proc.poll() is not None:
@@ -219,6 +226,7 @@ class Load:
     statuses: dict[str, dict[int, int]] = field(default_factory=dict)   # kind -> status -> count
     seconds: float = 0.0
     client_cpu: float = 0.0
+    server_cpu: float | None = None   # CPU seconds of the server's process over the stretch (Linux /proc)
     faults: list[tuple[str, bool, str]] = field(default_factory=list)   # (fault, as expected, what came back)
 
     def count(self, kind: str, status: int) -> None:
@@ -372,14 +380,26 @@ def _percentile(sorted_xs: list[float], p: float) -> float:
     return sorted_xs[k]
 
 
+def _process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) the process has used so far; None where /proc has no such file."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime
+
+
 def _stretch(server: Server, names: list[str], seconds: float, think: float | None, faults: float | None,
              seed: int) -> tuple[Load, float]:
-    """(load, simulated seconds per wall second over it)."""
+    """(load, simulated seconds per wall second over it); the server's CPU seconds go in load.server_cpu."""
     _, before = request("127.0.0.1", server.port, "GET", "/v1/clock")
+    cpu = _process_cpu(server.proc.pid)
     t0 = time.perf_counter()
     load = asyncio.run(_measure(server.port, names, seconds, think, faults, seed))
     _, after = request("127.0.0.1", server.port, "GET", "/v1/clock")
     wall = time.perf_counter() - t0
+    end = _process_cpu(server.proc.pid)
+    load.server_cpu = None if cpu is None or end is None else end - cpu
     return load, (after["now_ns"] - before["now_ns"]) / 1e9 / wall
 
 
@@ -396,10 +416,11 @@ def _warm_up(server: Server, until_ns: int) -> None:
         time.sleep(0.05)   # polling: the clock moves on by itself
 
 
-def _speed(speed: str, size: str) -> list[Figure]:
+def _speed(server: Server, size: str) -> list[Figure]:
+    speed = server.speed
     label = f"--speed {speed}"
     loads: dict[str, tuple[Load, float]] = {}
-    with Server(speed) as server:
+    with server:
         status, vms = request("127.0.0.1", server.port, "GET", "/v1/vms")
         if status != 200 or not vms:
             raise RuntimeError(f"GET /v1/vms answered {status} {vms!r}: the bench needs the default host's VMs")
@@ -435,14 +456,21 @@ def _speed(speed: str, size: str) -> list[Figure]:
         error = f"unexpected answers: {', '.join(bad)}" if bad else None
         p50, p99, worst = (x * 1e3 for x in (_percentile(xs, 50), _percentile(xs, 99), xs[-1]))
         p99s[phase] = p99
-        note = (f"{len(xs)} requests in {load.seconds:.1f} s; p50 {p50:.1f} ms, max {worst:.1f} ms; the client's "
-                f"own CPU {load.client_cpu / len(xs) * 1e6:.0f} us per request")
+        note = (f"{len(xs)} requests in {load.seconds:.1f} s; p50 {p50:.1f} ms, max {worst:.1f} ms; CPU per request: "
+                f"the client's {load.client_cpu / len(xs) * 1e6:.0f} us"
+                + (f", the server's {load.server_cpu / len(xs) * 1e6:.0f} us" if load.server_cpu is not None else "")
+                + (" (with the simulation's)" if not paused else ""))
         ratio = p99 / p99s[base] if base in p99s and p99s[base] else None
         figures.append(Figure(name, p99, "ms", base and f"{label}, {base}: p99 latency", ratio, goal, note, error))
         if not paused:
             figures += [Figure(f"{label}, {phase}: p50 latency", p50, "ms", error=error),
                         Figure(f"{label}, {phase}: max latency", worst, "ms", error=error)]
         figures.append(Figure(f"{label}, {phase}: requests per second", len(xs) / load.seconds, "req/s", error=error))
+        if paused and not think and load.server_cpu:
+            # The clock paused, the server's CPU is the API's alone: what a request costs on any machine,
+            # however loaded (its inverse is the capacity of one CPU).
+            figures.append(Figure(f"{label}, {phase}: server CPU per request", load.server_cpu / len(xs) * 1e3,
+                                  "ms", note="CPU seconds of the hvsim serve process over the requests answered"))
         if not paused:
             figures.append(Figure(f"{label}, {phase}: simulated time", pace, "x real time", "real time", pace,
                                   GOAL_PACE if speed == "1" and think else None,
@@ -461,12 +489,20 @@ def _speed(speed: str, size: str) -> list[Figure]:
 
 
 def run(size: str = "default") -> list[Figure]:
+    servers = [Server(speed) for speed in ("1", "max")]
     figures = []
-    for speed in ("1", "max"):
-        try:
-            figures += _speed(speed, size)
-        except RuntimeError as exc:
-            figures.append(failed(f"--speed {speed}, running: p99 latency", str(exc), GOAL))
+    try:
+        if size == "tiny":
+            for server in servers:   # a smoke test: both start at once (their start-up is most of its time)
+                server.spawn()
+        for server in servers:
+            try:
+                figures += _speed(server, size)
+            except RuntimeError as exc:
+                figures.append(failed(f"--speed {server.speed}, running, paced: p99 latency", str(exc), GOAL))
+    finally:
+        for server in servers:
+            server.__exit__(None, None, None)   # a server already stopped is left as it is
     return figures
 
 
