@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 # Actions the console offers and the API actions behind them (partitions/service/static/console.js).
-BUTTONS = ("start", "stop", "turn-off", "pause", "resume", "save", "restore", "checkpoint")
+BUTTONS = ("start", "stop", "turn-off", "pause", "resume", "save", "restore", "checkpoint", "delete")
 
 
 # ---- a real server --------------------------------------------------------------------------------
@@ -303,7 +303,7 @@ def test_start_and_stop_clicks_change_the_vms_state_through_the_api(local, page)
     expect(page.get_by_test_id("vm-state-web")).to_have_text("Off")
     expect(stop).to_be_disabled()
     expect(start).to_be_enabled()
-    assert enabled_buttons(page, "web") == {"start", "checkpoint"}
+    assert enabled_buttons(page, "web") == {"start", "checkpoint", "delete"}
     start.click()
     local.wait_state("web", "Running")
     expect(page.get_by_test_id("vm-state-web")).to_have_text("Running")
@@ -354,6 +354,32 @@ def test_an_action_the_state_forbids_shows_the_apis_message(local, page):
     local.ensure_running("web")
 
 
+def test_a_vm_created_from_a_template_and_deleted_in_the_console(local, page):
+    page.goto(local.url + "/console/")
+    expect(page.get_by_test_id("create")).to_be_visible()
+    templates = [t["name"] for t in local.get("/v1/templates")]
+    assert page.get_by_test_id("create-template").locator("option").all_text_contents() == templates
+    page.get_by_test_id("create-template").select_option("small")
+    page.get_by_test_id("create-name").fill("from-console")
+    page.get_by_test_id("create-submit").click()
+    expect(page.get_by_test_id("vm-state-from-console")).to_have_text("Off")
+    row = local.get("/v1/vms/from-console")
+    assert (row["State"], row["Owner"], row["processors"]) == ("Off", "local", 1)
+    # The same name again: the API's refusal, on the page.
+    page.get_by_test_id("create-name").fill("from-console")
+    page.get_by_test_id("create-submit").click()
+    expect(page.get_by_test_id("error-message")).to_contain_text("from-console")
+    # Delete asks first; a dismissed question changes nothing, an accepted one deletes.
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_test_id("action-delete-from-console").click()
+    expect(page.get_by_test_id("action-delete-from-console")).to_be_enabled()
+    assert local.state("from-console") == "Off"
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_test_id("action-delete-from-console").click()
+    expect(page.get_by_test_id("vm-row-from-console")).to_have_count(0)
+    assert local.call("GET", "/v1/vms/from-console")[0] == 404
+
+
 def test_a_viewer_signs_in_and_sees_no_action_buttons(with_users, page):
     page.goto(with_users.url + "/console/")
     expect(page.get_by_test_id("signin")).to_be_visible()
@@ -370,6 +396,7 @@ def test_a_viewer_signs_in_and_sees_no_action_buttons(with_users, page):
     assert "Actions" not in page.locator("th").all_text_contents()
     expect(page.locator("td.actions button, button[data-op]")).to_have_count(0)
     expect(page.get_by_test_id("clock-pause")).to_be_hidden()
+    expect(page.get_by_test_id("create")).to_be_hidden()
     # The same page signed in as the Administrator shows every lifecycle button of every VM.
     page.get_by_test_id("sign-out").click()
     page.get_by_test_id("token-input").fill(with_users.tokens["alice"])

@@ -27,6 +27,8 @@
     { op: "save", label: "Save", from: ["Running", "Paused"] },
     { op: "restore", label: "Restore", from: ["Saved"] },
     { op: "checkpoint", label: "Checkpoint", from: ["Running", "Paused", "Off"] },
+    { op: "delete", label: "Delete", from: ["Off", "Saved"], method: "DELETE",
+      confirm: (name) => `Delete VM ${name}? It goes with its saved state; its virtual disk files stay.` },
   ];
 
   // A live migration (datacenters only): the states VirtualMachine.freeze allows.
@@ -46,6 +48,7 @@
     stream: null,         // AbortController of the event stream
     lastSeq: 0,
     running: false,
+    templates: [],         // GET /v1/templates (the new-VM form)
     generation: 0,        // bumped at each sign-in and sign-out: one poll loop at a time
   };
 
@@ -163,6 +166,7 @@
     $("clock-controls").hidden = !state.allowed.has("clock.set");
     $("clock-step").hidden = !state.allowed.has("clock.step");
     resetView();
+    loadTemplates();
     state.running = true;
     state.generation++;
     startStream();
@@ -175,6 +179,7 @@
     $("whoami").textContent = "";
     $("sign-out").hidden = true;
     $("main").hidden = true;
+    $("create").hidden = true;
     $("clock").hidden = true;
     $("clock-controls").hidden = true;
     $("signin").hidden = false;
@@ -211,7 +216,7 @@
       const [clock, vms, hosts] = await Promise.all([
         api("GET", "/v1/clock"), api("GET", "/v1/vms"), wantHosts ? api("GET", "/v1/hosts") : null]);
       if (!current()) return;
-      if (hosts) state.hosts = hosts;
+      if (hosts) { state.hosts = hosts; renderCreateHosts(); }
       state.clock = clock;
       renderClock();
       renderVms(vms);
@@ -280,7 +285,8 @@
         el("h2", { text: name }),
         el("span", { class: "muted host-facts", "data-testid": "host-facts-" + name })),
       el("div", { class: "table-wrap" },
-        el("table", { class: "vms", "data-testid": "vms-" + name }, thead, el("tbody"))));
+        el("table", { class: "vms", "data-testid": "vms-" + name }, thead, el("tbody"))),
+      el("p", { class: "empty muted", text: "No virtual machines on this host that you may see." }));
     $("hosts").append(section);
     return section;
   }
@@ -289,14 +295,18 @@
     // Every host the API lists gets a section, even one without VMs; a section whose host left
     // (no longer listed and without VMs) goes.
     for (const h of state.hosts) {
-      const facts = hostSection(h.name).querySelector(".host-facts");
-      const n = (h.vms || []).length;
+      const section = hostSection(h.name);
+      const facts = section.querySelector(".host-facts");
+      const n = section.querySelector("tbody").children.length;   // the VMs shown, as they are now
       facts.textContent = `${h.logical_processors} logical processors · ${bytesText(h.memory_bytes)} · ` +
         `${n} VM${n === 1 ? "" : "s"}`;
     }
     for (const section of [...$("hosts").children]) {
       const listed = state.hosts.some((h) => h.name === section.dataset.host);
-      if (!listed && !section.querySelector("tbody").children.length) section.remove();
+      const empty = !section.querySelector("tbody").children.length;
+      if (!listed && empty) section.remove();
+      // A principal may see none of a host's VMs (a Self-service user before its first VM).
+      section.querySelector(".empty").hidden = !empty;
     }
   }
 
@@ -395,11 +405,8 @@
       if (entry.tr.parentNode !== tbody) tbody.append(entry.tr);   // new, or moved to another host
       updateRow(entry, row);
     }
-    for (const [name, entry] of state.rows) {
-      if (!seen.has(name)) {
-        entry.tr.remove();
-        state.rows.delete(name);
-      }
+    for (const name of [...state.rows.keys()]) {
+      if (!seen.has(name)) removeRow(name);
     }
     renderHosts();
     if (!state.selected || !state.rows.has(state.selected)) {
@@ -407,6 +414,14 @@
       if (first) selectVm(first.Name, true);
       else { state.selected = null; state.detail = null; renderDetail(); }
     }
+  }
+
+  function removeRow(name) {
+    const entry = state.rows.get(name);
+    if (!entry) return;
+    entry.tr.remove();
+    state.rows.delete(name);
+    if (state.selected === name) { state.selected = null; state.detail = null; renderDetail(); }
   }
 
   function selectVm(name, quiet) {
@@ -424,12 +439,19 @@
   // ---- actions -----------------------------------------------------------------------------------
 
   async function act(name, action, body) {
+    if (action.confirm && !window.confirm(action.confirm(name))) return;
     const entry = state.rows.get(name);
     state.busy.add(name);
     if (entry) updateButtons(entry);
     clearError();
     try {
-      const row = await api("POST", `/v1/vms/${encodeURIComponent(name)}/${action.op}`, body || {});
+      const path = `/v1/vms/${encodeURIComponent(name)}`;
+      if (action.method === "DELETE") {
+        await api("DELETE", path);
+        removeRow(name);
+        return;
+      }
+      const row = await api("POST", `${path}/${action.op}`, body || {});
       const current = state.rows.get(name);
       if (current && row && row.Name === name) updateRow(current, row);
     } catch (e) {
@@ -460,6 +482,66 @@
       renderClock();
     } catch (e) {
       showError("Clock:", e.message);
+    }
+  }
+
+  // ---- new VMs -----------------------------------------------------------------------------------
+
+  // The form shows the templates this principal may use (GET /v1/templates: a Self-service user's
+  // own) and, in a datacenter, the host to create on.
+  async function loadTemplates() {
+    const form = $("create");
+    form.hidden = true;
+    if (!state.allowed.has("vms.create") || !state.allowed.has("templates.list")) return;
+    let templates;
+    try {
+      templates = await api("GET", "/v1/templates");
+    } catch (e) {
+      return;
+    }
+    state.templates = templates;
+    const sel = $("create-template");
+    sel.replaceChildren(...templates.map((t) => el("option", { value: t.name, text: t.name, title: t.description || "" })));
+    describeTemplate();
+    form.hidden = templates.length === 0;
+  }
+
+  function describeTemplate() {
+    const t = (state.templates || []).find((t) => t.name === $("create-template").value);
+    $("create-description").textContent = t && t.description ? t.description : "";
+  }
+
+  function renderCreateHosts() {
+    const sel = $("create-host");
+    const names = state.hosts.map((h) => h.name);
+    const several = names.length > 1;
+    for (const node of document.querySelectorAll(".create-host")) node.hidden = !several;
+    if ([...sel.options].map((o) => o.value).join("\n") !== names.join("\n")) {
+      sel.replaceChildren(...names.map((n) => el("option", { value: n, text: n })));
+    }
+  }
+
+  async function createVm(e) {
+    e.preventDefault();
+    const name = $("create-name").value.trim();
+    const body = { template: $("create-template").value, name };
+    if (state.hosts.length > 1) body.host = $("create-host").value;
+    clearError();
+    $("create-submit").disabled = true;
+    try {
+      const row = await api("POST", "/v1/vms", body);
+      $("create-name").value = "";
+      const entry = makeRow(row.Name);
+      state.rows.set(row.Name, entry);
+      hostSection(hostOf(row)).querySelector("tbody").append(entry.tr);
+      updateRow(entry, row);
+      renderHosts();
+      selectVm(row.Name);
+      state.round = 0;          // the next poll fetches the hosts again
+    } catch (err) {
+      showError(`Create ${name}:`, err.message);
+    } finally {
+      $("create-submit").disabled = false;
     }
   }
 
@@ -698,6 +780,8 @@
     });
     $("error-dismiss").addEventListener("click", clearError);
     $("events-filter").addEventListener("input", applyFilter);
+    $("create").addEventListener("submit", createVm);
+    $("create-template").addEventListener("change", describeTemplate);
     $("clock-pause").addEventListener("click", () => setClock({ paused: true }));
     $("clock-resume").addEventListener("click", () => setClock({ paused: false }));
     $("clock-step").addEventListener("click", stepClock);
