@@ -62,7 +62,7 @@ class Server:
         from partitions.service.api import create_app
         self.engine, self.authorizer = engine, authorizer
         self.app = create_app(engine, authorizer, **app_options)
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)   # TCP_NODELAY
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.host, self.port = self._sock.getsockname()

@@ -180,3 +180,27 @@ def test_a_port_in_use_is_a_usage_error(tmp_path):
         result = hvsim("serve", "--listen", f"127.0.0.1:{port}", "--state", "state", cwd=tmp_path)
     assert result.returncode == 2 and f"--listen 127.0.0.1:{port}:" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_connections_to_the_listening_socket_get_tcp_nodelay():
+    """asyncio (under uvicorn) sets TCP_NODELAY only on a socket whose proto says TCP; without it a
+    keep-alive client waited ~40 ms per request (Nagle and the delayed ACK)."""
+    import asyncio
+
+    from partitions.cli.serve import _bind
+    sock = _bind("tcp", ("127.0.0.1", 0))
+
+    async def main():
+        seen = []
+
+        async def handle(reader, writer):
+            seen.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+        server = await asyncio.start_server(handle, sock=sock)
+        reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        await reader.read()
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return seen
+    assert [bool(x) for x in asyncio.run(main())] == [True]
