@@ -219,7 +219,7 @@
       if (hosts) { state.hosts = hosts; renderCreateHosts(); }
       state.clock = clock;
       renderClock();
-      renderVms(vms);
+      renderVms(vms, clock.now_ns);
       if (state.selected && state.allowed.has("vms.get")) {
         try {
           state.detail = await api("GET", "/v1/vms/" + encodeURIComponent(state.selected));
@@ -390,7 +390,9 @@
     }
   }
 
-  function renderVms(vms) {
+  // `asOf`: the simulated time the rows are (about) from; an event of a VM's state applies to its
+  // row only if it is later (the stream replays old events after a (re)connect).
+  function renderVms(vms, asOf) {
     renderHosts();
     const seen = new Set();
     for (const row of vms) {
@@ -403,6 +405,7 @@
       }
       const tbody = hostSection(host).querySelector("tbody");
       if (entry.tr.parentNode !== tbody) tbody.append(entry.tr);   // new, or moved to another host
+      entry.asOf = asOf;
       updateRow(entry, row);
     }
     for (const name of [...state.rows.keys()]) {
@@ -622,7 +625,10 @@
     // A state change shows at once, not at the next poll.
     if (ev.event === "vm.state" && ev.vm && state.rows.has(ev.vm)) {
       const entry = state.rows.get(ev.vm);
-      if (entry.row) updateRow(entry, Object.assign({}, entry.row, { State: ev.new }));
+      if (entry.row && !(ev.time_ns <= entry.asOf)) {   // the stream is in order: later ones win
+        updateRow(entry, Object.assign({}, entry.row, { State: ev.new }));
+        if (ev.vm === state.selected) renderDetail();
+      }
     }
   }
 
@@ -672,7 +678,8 @@
     facts.replaceChildren();
     if (d) {
       const add = (k, v) => facts.append(el("dt", { text: k }), el("dd", { text: v }));
-      add("State", d.State);
+      const entry = state.rows.get(d.Name);
+      add("State", entry && entry.row ? entry.row.State : d.State);   // the row may be newer (an event)
       if (d.processors !== undefined) add("Processors", String(d.processors));
       if (d.memory_bytes !== undefined) add("Memory", bytesText(d.memory_bytes));
       add("Host", d.Host || hostOf(d));
