@@ -223,6 +223,7 @@ class Load:
     """What one loaded stretch measured."""
 
     latencies: list[float] = field(default_factory=list)   # seconds, every measured request
+    by_kind: dict[str, list[float]] = field(default_factory=dict)   # the same, by the mix's kind
     statuses: dict[str, dict[int, int]] = field(default_factory=dict)   # kind -> status -> count
     seconds: float = 0.0
     client_cpu: float = 0.0
@@ -264,6 +265,7 @@ async def _client(conn: _Conn, rng: random.Random, names: list[str], until: floa
             first = False      # the connection's first answer warms the server's path: not counted
             continue
         load.latencies.append(spent)
+        load.by_kind.setdefault(kind, []).append(spent)
         load.count(kind, status)
 
 
@@ -459,7 +461,9 @@ def _speed(server: Server, size: str) -> list[Figure]:
         note = (f"{len(xs)} requests in {load.seconds:.1f} s; p50 {p50:.1f} ms, max {worst:.1f} ms; CPU per request: "
                 f"the client's {load.client_cpu / len(xs) * 1e6:.0f} us"
                 + (f", the server's {load.server_cpu / len(xs) * 1e6:.0f} us" if load.server_cpu is not None else "")
-                + (" (with the simulation's)" if not paused else ""))
+                + (" (with the simulation's)" if not paused else "")
+                + "; p99 by request: " + ", ".join(f"{kind} {_percentile(sorted(ys), 99) * 1e3:.0f} ms"
+                                                   for kind, ys in sorted(load.by_kind.items())))
         ratio = p99 / p99s[base] if base in p99s and p99s[base] else None
         figures.append(Figure(name, p99, "ms", base and f"{label}, {base}: p99 latency", ratio, goal, note, error))
         if not paused:
