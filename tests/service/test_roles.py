@@ -438,6 +438,9 @@ def test_tokens_made_by_hvsim_users_work_over_a_real_socket_until_removed(make_e
         assert main(["users", "remove", "olga", "--file", str(users)]) == 0
         assert server.request("GET", "/v1/whoami", headers={"Authorization": f"Bearer {olga}"})[0] == 401
     finally:
+        # The API writes a request's audit line once the answer is out: the server is stopped
+        # (its requests finished) before the log is read.
+        server.close()
         server.authorizer.close()
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
     assert [(r["user"], r["action"], r["allowed"], r["status"], r["client"]) for r in lines] == [
