@@ -16,8 +16,11 @@ import zlib
 from dataclasses import dataclass
 
 import pytest
-
 from playwright.sync_api import expect, sync_playwright
+
+# The page polls once a second and the machine may be busy: give each expectation room (a
+# deadline, not a delay: they pass as soon as the page shows what they expect).
+expect.set_options(timeout=15_000)
 
 # Actions the console offers and the API actions behind them (partitions/service/static/console.js).
 BUTTONS = ("start", "stop", "turn-off", "pause", "resume", "save", "restore", "checkpoint", "delete")
