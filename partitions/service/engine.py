@@ -17,12 +17,13 @@ not deterministic is *which* window a command lands in: that is wall-clock time,
 operator of a real host.
 
 Why windows: the core's cffi calls keep the GIL (native/build_core.py), so one long crossing
-blocks the API's thread for its length. A window bounds the crossings to about its own simulated
-length at the default host's pace (~1x real time): measured on the default host, a thread waiting
-for the GIL waits at most ~15-30 ms with 10 ms windows, ~3-20 ms with 1 ms windows, ~60 ms with
-100 ms windows, and the throughput is the same for 1 and 10 ms (docs in the report of issue 15;
-bench/api.py measures the API's latency). The default, 2 ms, keeps both the GIL waits and the
-per-window bookkeeping (the snapshot, the CPU samples) small.
+blocks the API's threads for its length. A window bounds the crossings to about its own simulated
+length at the default host's pace (~1x real time). Measured on the default host (a thread that
+sleeps 0.5 ms in a loop beside `ManagedHost.run` in windows, its extra delay being the wait for
+the GIL; 2 s of simulated time): 1 ms windows, p99 3 ms, max 19 ms; 10 ms windows, p99 14 ms,
+max 27 ms; 100 ms windows, p99 34 ms, max 61 ms; the simulation's own speed was the same for 1 ms
+and 10 ms windows. The default, 2 ms, keeps the GIL waits a few ms while the per-window
+bookkeeping (CPU samples, the view) stays small.
 
 Pacing: at `speed` s, simulated time follows wall time times s from an anchor (set at start, at
 each speed change and resume); a simulation that cannot keep up runs flat out and the anchor moves
@@ -65,6 +66,11 @@ CPU_SAMPLES = 600
 CPU_SAMPLE_NS = 100_000_000
 #: A paced simulation further behind its wall-clock target than this (wall seconds) drops the debt.
 MAX_LAG_S = 0.5
+#: The view is published after a window if it is older than this (wall s), after every command, and
+#: whenever the simulation stops to wait (paused, ahead of the wall clock, a step's end): building
+#: it (every VM's Get-VM row) after each of hundreds of windows a second would cost a big host
+#: more than its simulation.
+PUBLISH_S = 0.01
 #: The file in the state directory that lists the VMs created through the API.
 STATE_FILE = "service.json"
 #: What a created VM's configuration errors name as their file.
@@ -158,6 +164,8 @@ class Engine:
         self._step_to: int | None = None                 # a step in progress ends here
         self._step_waiters: list[concurrent.futures.Future] = []
         self._next_cpu_ns = 0
+        self._dirty = False                              # windows ran since the view was last published
+        self._published_at = 0.0                         # when it was (wall monotonic s)
         self._cpu_before: dict[str, tuple[int, int]] = {}   # vm -> (time, CPU time) of its last sample
         self._created: dict[str, dict] = {}              # vm -> {"host", "vm", "owner"}: made through the API
         self._saved_on_disk: set[str] = set()            # Off VMs with a saved-state file from an earlier service
@@ -257,12 +265,17 @@ class Engine:
                 if self._stopping:
                     return
                 target, wait = self._next_window()
-                if target is None:
+            if target is None:   # nothing to run now: the view is brought up to date, then wait
+                if self._dirty:
+                    self._publish()
+                with self._cond:
                     if not self._commands and not self._stopping:
                         self._cond.wait(wait)
-                    continue
+                continue
             self._advance(target)
-            self._publish()
+            self._dirty = True
+            if time.monotonic() - self._published_at >= PUBLISH_S:
+                self._publish()
             if self._speed is None:
                 time.sleep(0)   # at max speed, give the API's threads the GIL between windows
 
@@ -294,6 +307,8 @@ class Engine:
         return None, (end - allowed) / (self._speed * 1e9)
 
     def _step_done(self) -> None:
+        if self._dirty:
+            self._publish()   # first: the caller of step() reads the view at the step's end
         self._step_to = None
         waiters, self._step_waiters = self._step_waiters, []
         for fut in waiters:
@@ -789,6 +804,8 @@ class Engine:
 
     # ---- the published view -------------------------------------------------------------------------
     def _publish(self) -> None:
+        self._dirty = False
+        self._published_at = time.monotonic()
         rows, hosts = [], []
         for host, managed in self._hosts.items():
             own = [self._dress(row, host, managed) for row in managed.get_vm()]

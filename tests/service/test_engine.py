@@ -71,6 +71,18 @@ def test_the_clock_runs_pauses_and_resumes(make_engine):
     assert names == ["clock.paused", "clock.resumed", "clock.speed"]
 
 
+@pytest.mark.parametrize("speed", [1.0, 0.5])
+def test_a_paced_clock_never_runs_ahead_of_the_wall_clock(make_engine, speed):
+    started = time.monotonic()
+    engine = make_engine(speed=speed)
+
+    def check():
+        now = engine.snapshot()["clock"]["now_ns"]
+        assert now <= (time.monotonic() - started) * speed * 1e9
+        return now >= 100_000_000
+    wait_for(check, "100 ms of simulated time")
+
+
 def test_a_command_that_raises_reaches_its_caller_and_changes_nothing(engine):
     engine.step("50ms")
     before = engine.snapshot()
