@@ -128,10 +128,11 @@ def main(args: argparse.Namespace) -> int:
     and the exit status."""
     from partitions.service.client import ApiError, Client, Unreachable
     try:
+        server, source = _server(args)
         try:
-            client = Client(_server(args), _token(args))
+            client = Client(server, _token(args))
         except ValueError as exc:   # the server's URL
-            raise UsageError(f"--server {exc}") from None
+            raise UsageError(f"{source} {exc}") from None
         return args.handler(client, args) or 0
     except UsageError as exc:
         print(f"{args.prog}: {exc}", file=sys.stderr)
@@ -148,9 +149,14 @@ def main(args: argparse.Namespace) -> int:
         return 0
 
 
-def _server(args: argparse.Namespace) -> str:
+def _server(args: argparse.Namespace) -> tuple[str, str]:
+    """(the service's URL, where it came from): --server, else $HVSIM_SERVER, else the default."""
     from partitions.service.client import DEFAULT_SERVER
-    return args.server or os.environ.get("HVSIM_SERVER") or DEFAULT_SERVER
+    if args.server:
+        return args.server, "--server"
+    if os.environ.get("HVSIM_SERVER"):
+        return os.environ["HVSIM_SERVER"], "HVSIM_SERVER"
+    return DEFAULT_SERVER, "the default server"
 
 
 def _token(args: argparse.Namespace) -> str | None:

@@ -8,6 +8,7 @@ import re
 import socket
 import socketserver
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -182,6 +183,11 @@ def no_environment(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     before = set(threading.enumerate())
     yield
+    # A server's worker threads (AnyIO's, for its plain `def` endpoints) end shortly after its
+    # event loop does: wait for that, with a deadline, rather than for a fixed time.
+    deadline = time.monotonic() + 30
+    while not set(threading.enumerate()) <= before and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert set(threading.enumerate()) <= before
 
 
@@ -246,6 +252,10 @@ def test_the_server_from_the_environment(api, capsys, monkeypatch):
     monkeypatch.setenv("HVSIM_SERVER", url)
     status, out, _ = hvsim(capsys, "vm", "list", "--json")
     assert status == 0 and len(json.loads(out)) == 2
+    monkeypatch.setenv("HVSIM_SERVER", "gopher://x")
+    status, _, err = hvsim(capsys, "vm", "list")
+    assert (status, err) == (2, "hvsim vm: HVSIM_SERVER 'gopher://x': expected http://HOST:PORT or "
+                                "unix:/path/to/socket\n")
 
 
 def test_a_token_from_a_file_or_the_environment(capsys, tmp_path, monkeypatch):
@@ -487,8 +497,6 @@ class UnixServer:
     """The API served by uvicorn on a Unix socket at `path`, in a thread."""
 
     def __init__(self, engine, path):
-        import time
-
         import uvicorn
 
         from partitions.service.api import create_app
@@ -614,8 +622,6 @@ def test_get_vm_table_adds_host_and_owner_only_when_they_say_something():
 
 
 def test_service_move_between_the_hosts_of_a_datacenter(make_engine, make_server, capsys):
-    import time
-
     from tests.service.test_engine import TWO_HOSTS
     url = make_server(make_engine(TWO_HOSTS, paused=True)).url
     status, out, _ = hvsim(capsys, "vm", "list", "--server", url)
