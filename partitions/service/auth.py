@@ -227,9 +227,20 @@ def load_users(path: str | os.PathLike) -> dict[str, User]:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
+    import stat
     file = str(path)
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK and a regular-file check: a FIFO put in the file's place must not hang the
+        # server at its next request (it re-reads a changed file), as config.load refuses one too.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(file, None, "a regular file", "something else (a directory, FIFO or device)")
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        with open(fd, "rb") as f:
             text = f.read().decode("utf-8")
     except OSError as exc:
         raise ConfigError(file, None, "a readable users file", exc.strerror or type(exc).__name__) from None

@@ -137,6 +137,19 @@ def test_a_bad_users_file_is_refused_naming_the_file_the_key_and_what_was_expect
     assert str(err.value).startswith(f"{path}: ")
 
 
+def test_a_fifo_or_a_directory_as_the_users_file_is_refused_at_once(tmp_path, no_hang, users_file):
+    path, tokens = users_file
+    a = Authorizer.from_file(path)
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    for bad in (fifo, tmp_path):
+        with pytest.raises(ConfigError, match="expected a regular file"):
+            Authorizer.from_file(bad)
+    os.replace(fifo, path)               # the file the server reads is swapped for a FIFO
+    with pytest.raises(Unauthorized, match="expected a regular file"):
+        a.authenticate(f"Bearer {tokens['alice']}", None)
+
+
 def test_a_missing_users_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="expected a readable users file"):
         Authorizer.from_file(tmp_path / "nope.toml")
