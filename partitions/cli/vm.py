@@ -353,7 +353,9 @@ def _create(client, args) -> int:
     if args.json:
         _print_json(row)
     else:
-        print(_state_line(row, args.name or "?").replace(" is ", " created, ", 1))
+        row = row if isinstance(row, dict) else {}
+        where = f" on {row['Host']}" if args.host and row.get("Host") else ""
+        print(f"vm {row.get('Name', args.name)!r} created, {row.get('State', '?')}{where}")
     return 0
 
 
