@@ -309,7 +309,10 @@ def _lifecycle(client, args) -> int:
     if args.json:
         _print_json(row)
     else:
-        print(_state_line(row, args.name, host=args.action == "move"))
+        line = _state_line(row, args.name, host=args.action == "move")
+        if args.action == "checkpoint" and args.checkpoint:
+            line += f"; checkpoint {args.checkpoint!r} taken"
+        print(line)
     return 0
 
 

@@ -665,3 +665,25 @@ def test_sse_parses_back_what_was_sent_and_a_cut_stream_gives_only_its_whole_eve
     cut = data.draw(st.integers(0, len(wire)), label="cut")
     got = [(e.seq, e.name, e.data) for e in parse_sse(iter(wire[:cut].splitlines(keepends=True)))]
     assert got == expected[:sum(end <= cut for end in ends)]
+
+
+def test_service_checkpoint_apply_save_restore_of_a_vm_with_a_disk(server, capsys):
+    url = server.url
+    assert hvsim(capsys, "vm", "create", "--template", "disk", "--name", "d1", "--server", url)[0] == 0
+    assert hvsim(capsys, "vm", "start", "d1", "--server", url)[0] == 0
+    assert hvsim(capsys, "clock", "--step", "500ms", "--server", url)[0] == 0   # booted, VSS negotiated
+    status, out, _ = hvsim(capsys, "vm", "checkpoint", "d1", "--name", "c1", "--server", url)
+    assert (status, out) == (0, "vm 'd1' is Running; checkpoint 'c1' taken\n")
+    assert hvsim(capsys, "clock", "--step", "100ms", "--server", url)[0] == 0   # the guest's VSS froze, thawed
+    status, out, _ = hvsim(capsys, "vm", "show", "d1", "--server", url)
+    assert status == 0 and "c1 (taken at 0.500 s, consistent)" in out
+    assert hvsim(capsys, "vm", "turn-off", "d1", "--server", url)[:2] == (0, "vm 'd1' is Off\n")
+    assert hvsim(capsys, "vm", "apply", "d1", "c1", "--server", url)[:2] == (0, "vm 'd1' is Off\n")
+    status, _, err = hvsim(capsys, "vm", "apply", "d1", "nope", "--server", url)
+    assert (status, err) == (1, "hvsim vm: vm 'd1' has no checkpoint named 'nope'\n")
+    assert hvsim(capsys, "vm", "start", "d1", "--server", url)[0] == 0
+    assert hvsim(capsys, "clock", "--step", "100ms", "--server", url)[0] == 0
+    assert hvsim(capsys, "vm", "save", "d1", "--server", url)[:2] == (0, "vm 'd1' is Saved\n")
+    assert hvsim(capsys, "vm", "restore", "d1", "--server", url)[:2] == (0, "vm 'd1' is Running\n")
+    status, out, _ = hvsim(capsys, "vm", "list", "--server", url)
+    assert status == 0 and re.search(r"│ d1 +│ Running .*│ local +│", out)   # created through the API: an owner
