@@ -295,6 +295,8 @@ def _why(exc: BaseException, timeout: float | None) -> str:
         return f"no answer within {timeout:g} s"
     if isinstance(exc, http.client.RemoteDisconnected):
         return "it closed the connection without answering"
+    if isinstance(exc, (http.client.BadStatusLine, http.client.LineTooLong)):
+        return "what answers there does not speak HTTP"
     if isinstance(exc, socket.gaierror):
         return f"unknown host ({exc.strerror})"
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

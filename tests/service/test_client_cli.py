@@ -687,3 +687,21 @@ def test_service_checkpoint_apply_save_restore_of_a_vm_with_a_disk(server, capsy
     assert hvsim(capsys, "vm", "restore", "d1", "--server", url)[:2] == (0, "vm 'd1' is Running\n")
     status, out, _ = hvsim(capsys, "vm", "list", "--server", url)
     assert status == 0 and re.search(r"│ d1 +│ Running .*│ local +│", out)   # created through the API: an owner
+
+
+def test_a_server_that_does_not_speak_http_is_unreachable_naming_it(capsys):
+    class Banner(socketserver.BaseRequestHandler):
+        def handle(self):
+            self.request.recv(4096)
+            self.request.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Banner)
+    server.daemon_threads = False
+    thread = serve(server)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        status, out, err = hvsim(capsys, "vm", "list", "--server", url)
+    finally:
+        stop(server, thread)
+    assert (status, out) == (1, "")
+    assert err == f"hvsim vm: cannot reach the hvsim service at {url}: what answers there does not speak HTTP\n"
