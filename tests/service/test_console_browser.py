@@ -410,6 +410,30 @@ def test_a_viewer_signs_in_and_sees_no_action_buttons(with_users, page):
         expect(page.get_by_test_id(f"action-{op}-web")).to_be_visible()
 
 
+def test_event_stream_sends_the_token_and_resumes_after_the_last_event(with_users, page):
+    """The stream is read with fetch() (EventSource cannot send the token); when it ends, the page
+    connects again with Last-Event-ID, and shows each event once."""
+    first = with_users.get("/v1/events?limit=3", user="alice")
+    assert len(first) == 3
+    seen = []
+
+    def stream(route):
+        seen.append((route.request.headers.get("authorization"), route.request.headers.get("last-event-id")))
+        if len(seen) == 1:     # the first connection ends after three events
+            body = "".join(f"id: {e['seq']}\nevent: {e['event']}\ndata: {json.dumps(e)}\n\n" for e in first)
+            route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+        else:
+            route.continue_()
+    page.route(re.compile(r"/v1/events"), stream)
+    sign_in(page, with_users, "alice")
+    page.wait_for_function(f"() => window.hvsimConsole.state.lastSeq > {first[-1]['seq']}", timeout=15_000)
+    token = f"Bearer {with_users.tokens['alice']}"
+    assert seen[:2] == [(token, None), (token, str(first[-1]["seq"]))]
+    expect(page.get_by_test_id("stream-state")).to_have_text("live")
+    seqs = page.get_by_test_id("events").locator("li").evaluate_all("items => items.map(li => li.dataset.seq)")
+    assert len(seqs) == len(set(seqs))
+
+
 def test_cpu_chart_draws_after_the_clock_advances(with_users, page):
     sign_in(page, with_users, "alice")
     page.get_by_test_id("select-web").click()

@@ -285,7 +285,8 @@
         el("h2", { text: name }),
         el("span", { class: "muted host-facts", "data-testid": "host-facts-" + name })),
       el("div", { class: "table-wrap" },
-        el("table", { class: "vms", "data-testid": "vms-" + name }, thead, el("tbody"))),
+        el("table", { class: "vms", "data-testid": "vms-" + name },
+          el("caption", { class: "sr-only", text: `Virtual machines on host ${name}` }), thead, el("tbody"))),
       el("p", { class: "empty muted", text: "No virtual machines on this host that you may see." }));
     $("hosts").append(section);
     return section;
@@ -766,6 +767,8 @@
     g.stroke();
     const [tl, pl] = shown[shown.length - 1];
     $("detail-now").textContent = `${pl.toFixed(1)} % of the host's logical processors at ${simTime(tl)}`;
+    canvas.setAttribute("aria-label", `CPU usage of ${state.selected} over simulated time: ` +
+                        `${pl.toFixed(1)} % at ${simTime(tl)}`);
   }
 
   // ---- wiring ------------------------------------------------------------------------------------
