@@ -326,11 +326,14 @@ class VirtualMachine:
         a native guest, the IDE disk (`ide`), the legacy NIC (`legacy_nic`). Resuming from an
         image, each goes on from the record the image brought (checked already by _check_image).
         A VM without any gets no bus (a Python guest's intercept call then says it has none)."""
-        from partitions.native_guest.cpu import Uart16550
+        self.emulated, self.device_failure = {}, None
+        native = getattr(self.config, "kernel", None) is not None
+        if not (native or self.ide_path is not None or self.legacy_nic is not None):
+            return      # the common VM: nothing emulated, nothing imported (unicorn is not light)
         from partitions.native_guest.devices import bus_of
         from partitions.savedstate import SavedStateError
-        self.emulated, self.device_failure = {}, None
-        if getattr(self.config, "kernel", None) is not None:
+        if native:
+            from partitions.native_guest.cpu import Uart16550
             self.emulated["uart"] = Uart16550(on_line=self._console_line)
         if self.ide_path is not None:
             from drivers.storage.vhd import VirtualDisk
@@ -342,8 +345,6 @@ class VirtualMachine:
             from partitions.native_guest.tulip import Tulip21140
             self.emulated["legacy-nic"] = Tulip21140(self.partition, self.legacy_nic["switch"],
                                                      mac=self.legacy_nic["mac"], name="legacy-nic")
-        if not self.emulated:
-            return
         bus = bus_of(self.partition)
         bus.on_failure = self._device_failed
         nic = self.emulated.get("legacy-nic")
@@ -418,8 +419,6 @@ class VirtualMachine:
         """An image's "emulated" section: None (an image from before emulated devices were
         saved: they start afresh), or {"format": 1, "devices": {name: record}} with a record for
         exactly the emulated devices this VM has, each of the shape its device saves."""
-        from partitions.native_guest import ide
-        from partitions.native_guest.cpu import Uart16550
         from partitions.savedstate import SavedStateError
         if record is None:
             return
@@ -431,11 +430,16 @@ class VirtualMachine:
         if sorted(record["devices"]) != names:
             raise SavedStateError(f"{where}: section 'emulated': devices {sorted(record['devices'])}, vm "
                                   f"{self.name!r} has {names}")
-        from partitions.native_guest import tulip
-        checks = {"uart": Uart16550.check_state, "ide": ide.check_state,
-                  "legacy-nic": lambda state: tulip.check_state(state, self.legacy_nic["mac"])}
         for name, state in record["devices"].items():
-            problem = checks[name](state)
+            if name == "uart":
+                from partitions.native_guest.cpu import Uart16550
+                problem = Uart16550.check_state(state)
+            elif name == "ide":
+                from partitions.native_guest import ide
+                problem = ide.check_state(state)
+            else:
+                from partitions.native_guest import tulip
+                problem = tulip.check_state(state, self.legacy_nic["mac"])
             if problem is not None:
                 raise SavedStateError(f"{where}: emulated.devices.{name}: {problem}")
 
