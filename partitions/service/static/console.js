@@ -49,6 +49,7 @@
     lastSeq: 0,
     running: false,
     templates: [],         // GET /v1/templates (the new-VM form)
+    polling: 0,           // the generation of the poll awaiting its answers (0: none)
     generation: 0,        // bumped at each sign-in and sign-out: one poll loop at a time
   };
 
@@ -211,6 +212,11 @@
   async function poll(generation) {
     const current = () => state.running && state.generation === generation;
     if (!current()) return;
+    if (document.hidden) {     // a tab nobody looks at costs the server nothing but its stream
+      state.pollTimer = setTimeout(() => poll(generation), POLL_MS);
+      return;
+    }
+    state.polling = generation;
     try {
       const wantHosts = state.round % HOSTS_EVERY === 0;
       const [clock, vms, hosts] = await Promise.all([
@@ -236,6 +242,8 @@
       if (!current()) return;
       if (e instanceof ApiError && e.status === 401) return showSignIn("The server no longer accepts this token.");
       setConnection(e instanceof ApiError ? "Server error: " + e.message : "Cannot reach the server: retrying", true);
+    } finally {
+      if (state.polling === generation) state.polling = 0;
     }
     if (current()) state.pollTimer = setTimeout(() => poll(generation), POLL_MS);
   }
@@ -800,6 +808,13 @@
       setClock({ speed: v === "max" ? "max" : Number(v) });
     });
     window.addEventListener("resize", () => renderDetail());
+    document.addEventListener("visibilitychange", () => {
+      // Poll at once on coming back, unless a poll is on its way (one loop at a time).
+      if (!document.hidden && state.running && state.polling !== state.generation) {
+        clearTimeout(state.pollTimer);
+        poll(state.generation);
+      }
+    });
     signIn();
   }
 
