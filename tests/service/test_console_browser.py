@@ -434,6 +434,19 @@ def test_event_stream_sends_the_token_and_resumes_after_the_last_event(with_user
     assert len(seqs) == len(set(seqs))
 
 
+def test_clock_controls_step_a_paused_clock(with_users, page):
+    sign_in(page, with_users, "alice")
+    clock = with_users.get("/v1/clock", user="alice")
+    assert clock["paused"]
+    expect(page.get_by_test_id("clock-state")).to_have_text("paused")
+    expect(page.get_by_test_id("clock-pause")).to_be_disabled()
+    page.get_by_test_id("clock-step").click()
+    expect(page.get_by_test_id("clock-now")).to_have_text(
+        time.strftime("%H:%M:%S", time.gmtime((clock["now_ns"] + 100_000_000) // 10**9))
+        + f".{(clock['now_ns'] + 100_000_000) // 10**6 % 1000:03d}")
+    assert with_users.get("/v1/clock", user="alice")["now_ns"] == clock["now_ns"] + 100_000_000
+
+
 def test_cpu_chart_draws_after_the_clock_advances(with_users, page):
     sign_in(page, with_users, "alice")
     page.get_by_test_id("select-web").click()

@@ -38,17 +38,17 @@
     principal: null,      // GET /v1/whoami
     allowed: new Set(),   // its actions
     hosts: [],            // GET /v1/hosts
-    rows: new Map(),      // VM name -> {row (API), tr, cells, buttons}
+    rows: new Map(),      // VM name -> {row (API), asOf (its poll's simulated time), tr, cells, buttons, move}
     selected: null,       // the VM the chart shows
     detail: null,         // GET /v1/vms/{selected}
     clock: null,
     busy: new Set(),      // VM names with an action in flight
-    round: 0,
+    round: 0,             // polls since sign-in (the hosts are fetched every HOSTS_EVERY)
     pollTimer: null,
     stream: null,         // AbortController of the event stream
-    lastSeq: 0,
-    running: false,
-    templates: [],         // GET /v1/templates (the new-VM form)
+    lastSeq: 0,           // the last event shown (Last-Event-ID of the next connection)
+    running: false,       // signed in: polling and streaming
+    templates: [],        // GET /v1/templates (the new-VM form)
     polling: 0,           // the generation of the poll awaiting its answers (0: none)
     generation: 0,        // bumped at each sign-in and sign-out: one poll loop at a time
   };
@@ -489,8 +489,7 @@
   async function stepClock() {
     clearError();
     try {
-      await api("POST", "/v1/clock/step", { by: "100ms" });
-      state.clock = await api("GET", "/v1/clock");
+      state.clock = await api("POST", "/v1/clock/step", { by: "100ms" });
       renderClock();
     } catch (e) {
       showError("Clock:", e.message);
