@@ -99,12 +99,12 @@ def _serve(tmp_path, *, users: dict[str, str] | None = None, paused: bool = Fals
     engine = Engine(default_config(tmp_path), seed=7, workdir=tmp_path / "state", speed=speed, paused=paused)
     engine.start()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(create_app(engine, authorizer), log_level="warning",
                                            timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="console-test-uvicorn")
-    thread.start()
     try:
+        sock.bind(("127.0.0.1", 0))
+        thread.start()
         deadline = time.monotonic() + 20
         while not server.started:
             assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
@@ -112,7 +112,8 @@ def _serve(tmp_path, *, users: dict[str, str] | None = None, paused: bool = Fals
         yield Served(f"http://127.0.0.1:{sock.getsockname()[1]}", tokens)
     finally:
         server.should_exit = True
-        thread.join(15)
+        if thread.ident is not None:
+            thread.join(15)
         sock.close()
         engine.stop()
         authorizer.close()
