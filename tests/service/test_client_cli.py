@@ -17,6 +17,7 @@ from hypothesis import given, strategies as st
 
 from partitions.cli import main
 from partitions.service.client import ApiError, Client, Server, Unreachable, parse_sse
+from tests.service.test_serve_cli import serving  # noqa: F401  (a fixture: `hvsim serve` in a process)
 
 # ---- a stand-in of the API -------------------------------------------------------------------------
 
@@ -145,7 +146,8 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
 
 
 def serve(server):
-    thread = threading.Thread(target=server.serve_forever, name="fake-api")
+    # A short poll interval: shutdown() waits for the loop to look at its flag.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-api")
     thread.start()
     return thread
 
@@ -667,22 +669,24 @@ def test_sse_parses_back_what_was_sent_and_a_cut_stream_gives_only_its_whole_eve
     assert got == expected[:sum(end <= cut for end in ends)]
 
 
-def test_service_checkpoint_apply_save_restore_of_a_vm_with_a_disk(server, capsys):
+def test_service_checkpoint_apply_save_restore_of_a_vm_with_a_disk(server, capsys, tmp_path):
     url = server.url
-    assert hvsim(capsys, "vm", "create", "--template", "disk", "--name", "d1", "--server", url)[0] == 0
+    fragment = tmp_path / "d1.toml"   # small memory: a save writes what the guest touched
+    fragment.write_text('name = "d1"\nmemory = "32MiB"\ndisks = [ { path = "d1.vhd", size = "8MiB" } ]\n')
+    assert hvsim(capsys, "vm", "create", "--file", str(fragment), "--server", url)[0] == 0
     assert hvsim(capsys, "vm", "start", "d1", "--server", url)[0] == 0
-    assert hvsim(capsys, "clock", "--step", "500ms", "--server", url)[0] == 0   # booted, VSS negotiated
+    assert hvsim(capsys, "clock", "--step", "20ms", "--server", url)[0] == 0   # booted, VSS negotiated
     status, out, _ = hvsim(capsys, "vm", "checkpoint", "d1", "--name", "c1", "--server", url)
     assert (status, out) == (0, "vm 'd1' is Running; checkpoint 'c1' taken\n")
-    assert hvsim(capsys, "clock", "--step", "100ms", "--server", url)[0] == 0   # the guest's VSS froze, thawed
+    assert hvsim(capsys, "clock", "--step", "20ms", "--server", url)[0] == 0   # the guest's VSS froze, thawed
     status, out, _ = hvsim(capsys, "vm", "show", "d1", "--server", url)
-    assert status == 0 and "c1 (taken at 0.500 s, consistent)" in out
+    assert status == 0 and "c1 (taken at 0.020 s, consistent)" in out
     assert hvsim(capsys, "vm", "turn-off", "d1", "--server", url)[:2] == (0, "vm 'd1' is Off\n")
     assert hvsim(capsys, "vm", "apply", "d1", "c1", "--server", url)[:2] == (0, "vm 'd1' is Off\n")
     status, _, err = hvsim(capsys, "vm", "apply", "d1", "nope", "--server", url)
     assert (status, err) == (1, "hvsim vm: vm 'd1' has no checkpoint named 'nope'\n")
     assert hvsim(capsys, "vm", "start", "d1", "--server", url)[0] == 0
-    assert hvsim(capsys, "clock", "--step", "100ms", "--server", url)[0] == 0
+    assert hvsim(capsys, "clock", "--step", "20ms", "--server", url)[0] == 0
     assert hvsim(capsys, "vm", "save", "d1", "--server", url)[:2] == (0, "vm 'd1' is Saved\n")
     assert hvsim(capsys, "vm", "restore", "d1", "--server", url)[:2] == (0, "vm 'd1' is Running\n")
     status, out, _ = hvsim(capsys, "vm", "list", "--server", url)
@@ -705,3 +709,20 @@ def test_a_server_that_does_not_speak_http_is_unreachable_naming_it(capsys):
         stop(server, thread)
     assert (status, out) == (1, "")
     assert err == f"hvsim vm: cannot reach the hvsim service at {url}: what answers there does not speak HTTP\n"
+
+
+def test_quick_start_hvsim_serve_then_hvsim_vm(serving, capsys):
+    """docs/service.md's quick start: `hvsim serve` (the built-in default host), then `hvsim vm`."""
+    s = serving("--listen", "127.0.0.1:0", "--state", "state", "--paused")
+    url = f"http://{s.host}:{s.port}"
+    status, out, _ = hvsim(capsys, "vm", "list", "--server", url)
+    assert status == 0 and all(re.search(rf"│ {name} +│ Running", out) for name in ("web", "db", "batch"))
+    assert hvsim(capsys, "clock", "--step", "100ms", "--server", url)[0] == 0
+    assert hvsim(capsys, "vm", "stop", "batch", "--server", url)[0] == 0
+    assert hvsim(capsys, "clock", "--step", "100ms", "--server", url)[0] == 0
+    assert vm_state(capsys, url, "batch") == "Off"
+    assert hvsim(capsys, "vm", "start", "batch", "--server", url)[0] == 0
+    assert hvsim(capsys, "clock", "--step", "100ms", "--server", url)[0] == 0
+    assert vm_state(capsys, url, "batch") == "Running"
+    code, _, err = s.stop()
+    assert code == 0 and "Traceback" not in err
