@@ -1,6 +1,8 @@
 """`hvsim vm ...`, `hvsim events` and `hvsim clock` and their HTTP client
-(partitions/service/client.py), against a small stand-in of the API: the JSON shapes and error
-answers of the contract, over TCP and a Unix socket, with an event stream that can be cut."""
+(partitions/service/client.py): first against a small stand-in of the API (its JSON shapes and
+error answers, over TCP and a Unix socket, with an event stream that can be cut where a test
+wants), then against the service itself (the API and uvicorn over an engine, on a free loopback
+port or a Unix socket, and `hvsim serve` as a process)."""
 from __future__ import annotations
 
 import json
