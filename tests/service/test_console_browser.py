@@ -358,6 +358,22 @@ def test_an_action_the_state_forbids_shows_the_apis_message(local, page):
     local.ensure_running("web")
 
 
+def test_out_of_contact_the_page_says_so_and_offers_no_action(local, page):
+    local.ensure_running("web")
+    page.goto(local.url + "/console/")
+    stop = page.get_by_test_id("action-stop-web")
+    expect(stop).to_be_enabled()
+    api_paths = re.compile(r"/v1/")
+    page.route(api_paths, lambda route: route.abort())      # as a server that went away
+    expect(page.get_by_test_id("connection")).to_have_text("Cannot reach the server: retrying")
+    expect(page.get_by_test_id("clock-state")).to_have_text("no contact")
+    expect(page.locator("button[data-op]:enabled")).to_have_count(0)
+    page.unroute(api_paths)
+    expect(page.get_by_test_id("connection")).to_have_text("Connected")
+    expect(page.get_by_test_id("clock-state")).to_have_text("running")
+    expect(stop).to_be_enabled()
+
+
 def test_a_vm_created_from_a_template_and_deleted_in_the_console(local, page):
     page.goto(local.url + "/console/")
     expect(page.get_by_test_id("create")).to_be_visible()

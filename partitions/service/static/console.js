@@ -49,6 +49,7 @@
     lastSeq: 0,           // the last event shown (Last-Event-ID of the next connection)
     running: false,       // signed in: polling and streaming
     templates: [],        // GET /v1/templates (the new-VM form)
+    lost: false,          // out of contact with the server (setConnection)
     polling: 0,           // the generation of the poll awaiting its answers (0: none)
     generation: 0,        // bumped at each sign-in and sign-out: one poll loop at a time
   };
@@ -137,10 +138,21 @@
     $("error").hidden = true;
   }
 
+  // Out of contact (the server gone, or answering errors), the page greys what it shows, which is
+  // no longer live, and offers no action.
   function setConnection(text, bad) {
     const c = $("connection");
     c.textContent = text;
     c.classList.toggle("bad", !!bad);
+    if (state.lost === !!bad) return;
+    state.lost = !!bad;
+    document.body.classList.toggle("lost", state.lost);
+    if (state.lost) {
+      const pill = $("clock-state");
+      pill.textContent = "no contact";
+      pill.className = "pill pill-bad";
+    }
+    for (const entry of state.rows.values()) if (entry.row) updateButtons(entry);
   }
 
   // ---- sign-in -----------------------------------------------------------------------------------
@@ -382,7 +394,7 @@
   }
 
   function updateButtons(entry) {
-    const busy = state.busy.has(entry.row.Name);
+    const busy = state.busy.has(entry.row.Name) || state.lost;
     for (const a of ACTIONS) {
       const b = entry.buttons.get(a.op);
       if (b) b.disabled = busy || !a.from.includes(entry.row.State);
