@@ -44,7 +44,7 @@ from starlette.routing import Match
 
 from partitions.config_schema import ConfigError
 from partitions.service.auth import Forbidden, Unauthorized
-from partitions.service.engine import NotFound, ServiceError
+from partitions.service.engine import NotFound, ServiceError, _check_speed
 from partitions.vm import InvalidTransition
 
 logger = logging.getLogger("hvsim.service")
@@ -283,15 +283,27 @@ class _Guard:
         state = scope.setdefault("state", {})
         sent = {"status": None}
 
-        async def send_noting(message):
-            if message["type"] == "http.response.start":
-                sent["status"] = message["status"]
-            await send(message)
-
         client = scope.get("client")
         client_host = client[0] if client and client[0] else None
         action, params = self._route(scope)
         principal = None
+
+        def audit(status: int) -> None:
+            """4. one audit line per API request (the console's static files are not audited)."""
+            if action is None and not scope["path"].startswith("/v1/"):
+                return
+            try:
+                self.authorizer.audit(principal, action or f"{scope['method']} {scope['path']}",
+                                      state.get("target", params.get("name")), bool(state.get("allowed")), status,
+                                      self.engine.snapshot()["clock"]["now_ns"], client_host)
+            except Exception:
+                logger.exception("the audit log could not be written")
+
+        async def send_noting(message):
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+                audit(message["status"])   # before the client has its answer: a client never finds it missing
+            await send(message)
         try:
             # 1. the body, whole and bounded
             length = dict(scope.get("headers") or []).get(b"content-length")
@@ -333,17 +345,8 @@ class _Guard:
                     return
             await self.app(scope, receive_again, send_noting)
         finally:
-            # 4. one audit line per API request (the console's static files are not audited)
-            if action is not None or scope["path"].startswith("/v1/"):
-                target = state.get("target", params.get("name"))
-                status = sent["status"] or 500
-                try:
-                    self.authorizer.audit(principal, action or f"{scope['method']} {scope['path']}", target,
-                                          bool(state.get("allowed")), status,
-                                          self.engine.snapshot()["clock"]["now_ns"],
-                                          client_host)
-                except Exception:
-                    logger.exception("the audit log could not be written")
+            if sent["status"] is None:   # no answer at all (the app failed before it sent one)
+                audit(500)
 
 
 # ---- the app ----------------------------------------------------------------------------------------------
@@ -390,13 +393,17 @@ def create_app(engine, authorizer, *, templates: dict | None = None) -> FastAPI:
 
     @app.put("/v1/clock", operation_id="clock.set", response_model=Clock, responses=ERRORS,
              summary="Set the clock's speed, pause or resume it")
-    def clock_set(body: ClockSet):
-        if body.speed is not None:
-            engine.set_speed(None if body.speed == "max" else body.speed)
-        if body.paused is True:
-            engine.pause()
-        elif body.paused is False:
-            engine.resume()
+    async def clock_set(body: ClockSet):
+        def apply():   # on the sim thread, so that the two change together or not at all: a resume
+            if body.paused is True:      # can be refused (a step in progress), the speed was checked
+                engine.pause()
+            elif body.paused is False:
+                engine.resume()
+            if body.speed is not None:
+                engine.set_speed(None if body.speed == "max" else body.speed)
+        if body.speed is not None and body.speed != "max":
+            _check_speed(body.speed)
+        await engine.call_async(apply)
         return engine.snapshot()["clock"]
 
     @app.post("/v1/clock/step", operation_id="clock.step", response_model=Clock, responses=ERRORS,
@@ -421,12 +428,12 @@ def create_app(engine, authorizer, *, templates: dict | None = None) -> FastAPI:
 
     @app.get("/v1/vms/{name}", operation_id="vms.get", response_model=VmDetail, responses=ERRORS,
              summary="One VM: its row, configuration, checkpoints, devices, figures and CPU history")
-    def vms_get(name: str):
-        return engine.vm_detail(name)
+    async def vms_get(name: str):
+        return await engine.call_async(lambda: engine.vm_detail(name))
 
     @app.post("/v1/vms", operation_id="vms.create", status_code=201, response_model=VmRow, responses=ERRORS,
               summary="Create a VM (Off) from a TOML fragment or a template")
-    def vms_create(body: VmCreate, request: Request):
+    async def vms_create(body: VmCreate, request: Request):
         p = principal(request)
         if (body.toml is None) == (body.template is None):
             raise BadRequest('give either "toml" (the keys of a [[vm]] table) or "template" with "name"')
@@ -446,32 +453,36 @@ def create_app(engine, authorizer, *, templates: dict | None = None) -> FastAPI:
             request.state.target = cfg.name
             authorizer.check_create(p, body.template, {"name": cfg.name, "processors": cfg.processors,
                                                        "memory": cfg.memory}, owned)
-        return JSONResponse(engine.create_vm(source, owner=p.user, host=body.host, name=body.name, check=check),
-                            status_code=201)
+        row = await engine.call_async(lambda: engine.create_vm(source, owner=p.user, host=body.host,
+                                                               name=body.name, check=check))
+        return JSONResponse(row, status_code=201)
 
     @app.delete("/v1/vms/{name}", operation_id="vms.delete", status_code=204, responses=ERRORS,
                 summary="Delete a VM that is Off or Saved")
-    def vms_delete(name: str, request: Request):
-        engine.delete_vm(name, user=principal(request).user)
+    async def vms_delete(name: str, request: Request):
+        user = principal(request).user
+        await engine.call_async(lambda: engine.delete_vm(name, user=user))
         return Response(status_code=204)
 
     def lifecycle(action: str, summary: str, body_model=None):
         path = f"/v1/vms/{{name}}/{action}"
-        verb = {"apply": "apply", "move": "move"}.get(action, action)
+
+        def act(name: str, request: Request, **kw):
+            user = principal(request).user
+            return engine.call_async(lambda: engine.act(name, action, user=user, **kw))
 
         if body_model is None:
-            def endpoint(name: str, request: Request):
-                return engine.act(name, verb, user=principal(request).user)
+            async def endpoint(name: str, request: Request):
+                return await act(name, request)
         elif body_model is CheckpointBody:
-            def endpoint(name: str, request: Request, body: CheckpointBody | None = None):
-                return engine.act(name, "checkpoint", checkpoint=body.name if body else None,
-                                  user=principal(request).user)
+            async def endpoint(name: str, request: Request, body: CheckpointBody | None = None):
+                return await act(name, request, checkpoint=body.name if body else None)
         elif body_model is ApplyBody:
-            def endpoint(name: str, request: Request, body: ApplyBody):
-                return engine.act(name, "apply", checkpoint=body.checkpoint, user=principal(request).user)
+            async def endpoint(name: str, request: Request, body: ApplyBody):
+                return await act(name, request, checkpoint=body.checkpoint)
         else:
-            def endpoint(name: str, request: Request, body: MoveBody):
-                return engine.act(name, "move", to=body.to, kind=body.kind, user=principal(request).user)
+            async def endpoint(name: str, request: Request, body: MoveBody):
+                return await act(name, request, to=body.to, kind=body.kind)
         endpoint.__name__ = f"vms_{action.replace('-', '_')}"
         app.post(path, operation_id=f"vms.{action}", response_model=VmRow, responses=ERRORS, summary=summary)(endpoint)
 
@@ -489,13 +500,13 @@ def create_app(engine, authorizer, *, templates: dict | None = None) -> FastAPI:
     # -- the rest --
     @app.get("/v1/switches", operation_id="switches.list", response_model=list[SwitchRow], responses=ERRORS,
              summary="The hosts' virtual switches and their counters")
-    def switches_list():
-        return engine.switches()
+    async def switches_list():
+        return await engine.call_async(engine.switches)
 
     @app.get("/v1/disks", operation_id="disks.list", response_model=list[DiskRow], responses=ERRORS,
              summary="The VMs' disks")
-    def disks_list():
-        return engine.disks()
+    async def disks_list():
+        return await engine.call_async(engine.disks)
 
     @app.get("/v1/templates", operation_id="templates.list", response_model=list[TemplateRow], responses=ERRORS,
              summary="The templates the caller may create VMs from")

@@ -374,22 +374,29 @@ class Engine:
         return vm
 
     def _run_commands(self) -> None:
+        """Run the commands queued, in order; the view is published once after them, before their
+        callers hear back (so each caller's next read of the view sees what it did)."""
         while True:
             with self._cond:
                 if not self._commands:
                     return
-                command = self._commands.popleft()
-            if not command.future.set_running_or_notify_cancel():
-                continue   # its caller gave up before it ran: it does nothing
-            try:
-                result = command.fn()
-            except BaseException as exc:
-                logger.info("command failed: %s: %s", type(exc).__name__, exc)
+                batch, self._commands = list(self._commands), deque()
+            outcomes = []
+            for command in batch:
+                if not command.future.set_running_or_notify_cancel():
+                    continue   # its caller gave up before it ran: it does nothing
+                try:
+                    outcomes.append((command.future, True, command.fn()))
+                except BaseException as exc:
+                    logger.info("command failed: %s: %s", type(exc).__name__, exc)
+                    outcomes.append((command.future, False, exc))
+            if outcomes:
                 self._publish()
-                command.future.set_exception(exc)
-            else:
-                self._publish()   # first: its caller's next read of the view sees what it did
-                command.future.set_result(result)
+            for future, ok, value in outcomes:
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
 
     def _finish(self) -> None:
         with self._cond:
@@ -421,24 +428,47 @@ class Engine:
             self._file_log.close()
 
     # ---- what other threads call -----------------------------------------------------------------
-    def call(self, fn: Callable[[], Any], timeout: float | None = 5.0) -> Any:
-        """Run `fn()` on the sim thread between two windows (also while paused) and return its value,
-        or raise its exception here. Unavailable if the simulation has stopped or did not take the
-        command within `timeout` seconds (it is then withdrawn: it never runs)."""
-        if threading.current_thread() is self._thread:
-            return fn()
+    def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Queue `fn()` for the sim thread (between two windows) and return its Future at once;
+        cancelling the Future before the command runs withdraws it. Unavailable if the simulation
+        has stopped."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             if self._stopping or self._thread is None or self._failed is not None:
                 raise Unavailable(f"the simulation has stopped{': ' + self._failed if self._failed else ''}")
             self._commands.append(_Command(fn, future))
             self._cond.notify_all()
+        return future
+
+    def call(self, fn: Callable[[], Any], timeout: float | None = 5.0) -> Any:
+        """Run `fn()` on the sim thread between two windows (also while paused) and return its value,
+        or raise its exception here. Unavailable if the simulation has stopped or did not take the
+        command within `timeout` seconds (it is then withdrawn: it never runs). On the sim thread
+        itself (a command calling another engine method), `fn()` runs at once."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        future = self.submit(fn)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             if future.cancel():
                 raise Unavailable(f"the simulation did not take the command within {timeout} s") from None
             return future.result()   # it is running: its outcome is the caller's
+
+    async def call_async(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
+        """call() for an asyncio caller (the API): awaits the command without holding a thread. A
+        caller cancelled before the command runs (its client went away) withdraws it."""
+        import asyncio
+        future = self.submit(fn)
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
+        except asyncio.TimeoutError:
+            if future.cancel():
+                raise Unavailable(f"the simulation did not take the command within {timeout} s") from None
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
 
     def snapshot(self) -> dict:
         """The view published after the last window or command (do not modify it):
