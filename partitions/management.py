@@ -326,7 +326,6 @@ class ManagedHost:
         vm.on_event = self._vm_event
         self.config = dataclasses.replace(self.config, vms=self.config.vms + (cfg,))
         self._vms_changed(add=vm)
-        self._event("vm.added", vm=cfg.name)
         return vm
 
     def remove_vm(self, name: str) -> None:
@@ -337,7 +336,6 @@ class ManagedHost:
             raise InvalidTransition(name, vm.state, "remove", (VmState.OFF,))
         self.config = dataclasses.replace(self.config, vms=tuple(v for v in self.config.vms if v.name != name))
         self._vms_changed(remove=vm)
-        self._event("vm.removed", vm=name)
 
     def _released(self, vm: VirtualMachine, reason: str) -> None:
         """A VM moved away (VirtualMachine.release): it is no longer one of this host's."""
