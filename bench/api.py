@@ -75,6 +75,7 @@ PHASES = (("clock paused, paced", True, THINK, False, None),
 MIX = (("vms.list", 0.40), ("vms.get", 0.30), ("clock.get", 0.28), ("lifecycle", 0.02))
 BOUND = 1 << 20          # the API's body bound (svc contract: 1 MiB; larger is 413 before parsing)
 READY_SECONDS = 120.0    # a server that is not answering by then is reported as failed
+ANSWER_SECONDS = 30.0    # a request not answered by then fails the figure (status 0), not the bench
 _LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
 
@@ -236,8 +237,8 @@ class Load:
 
     def unexpected(self) -> list[str]:
         ok = {"lifecycle": {200, 409}}
-        return [f"{kind} -> {status} x{n}" for kind, by in self.statuses.items() for status, n in by.items()
-                if status not in ok.get(kind, {200})]
+        return [f"{kind} -> {status or 'no answer'} x{n}" for kind, by in self.statuses.items()
+                for status, n in by.items() if status not in ok.get(kind, {200})]
 
 
 def _requests(kind: str, rng: random.Random, names: list[str]) -> list[tuple[str, str]]:
@@ -265,7 +266,12 @@ async def _client(conn: _Conn, rng: random.Random, names: list[str], until: floa
         kind = rng.choices(kinds, weights)[0]
         for method, path in _requests(kind, rng, names):
             start = time.perf_counter()
-            status, _ = await conn.call(method, path, b"" if method == "POST" else None)
+            try:
+                status, _ = await asyncio.wait_for(conn.call(method, path, b"" if method == "POST" else None),
+                                                   ANSWER_SECONDS)
+            except asyncio.TimeoutError:
+                load.count(kind, 0)   # no answer: reported as an unexpected status, and the client stops
+                return
             spent = time.perf_counter() - start
             load.latencies.append(spent)
             load.by_kind.setdefault(kind, []).append(spent)
@@ -291,7 +297,8 @@ async def _fault_round(port: int, load: Load) -> None:
     async def malformed():
         conn = await _Conn.open(port)
         try:
-            status, body = await conn.call("POST", "/v1/vms", b'{"toml": "name = ', {"Content-Type": "application/json"})
+            status, body = await conn.call("POST", "/v1/vms", b'{"toml": "name = ',
+                                           {"Content-Type": "application/json"})
             kind = _error_type(body)
             return "malformed JSON", status == 400 and kind == "BadRequest", f"{status} {kind}"
         finally:
