@@ -249,6 +249,9 @@ class Engine:
                 # first window only if every VM were still Off).
                 if managed.host.now == 0 and all(vm.state.value == "Off" for vm in managed.vms.values()):
                     managed.start()
+                # ManagedHost.run autostarts a host still at time 0 whose VMs are all Off: here
+                # that would start again the VMs an operator turned off before the first window.
+                managed.start = lambda: None
             self._load_created()
             self._saved_on_disk = {name for managed in self._hosts.values() for name, vm in managed.vms.items()
                                    if vm.state.value == "Off" and (self.workdir / f"{name}.hvsav").is_file()}

@@ -45,6 +45,13 @@ def test_a_step_advances_exactly_what_it_is_asked_then_stays_paused(engine):
     assert states(engine) == {"steady": "Running", "idle": "Running"}
 
 
+def test_vms_turned_off_before_the_first_window_stay_off(engine):
+    engine.act("steady", "turn-off")
+    engine.act("idle", "turn-off")
+    engine.step("10ms")
+    assert states(engine) == {"steady": "Off", "idle": "Off"}
+
+
 def test_a_step_while_the_clock_runs_is_refused(make_engine):
     engine = make_engine(paused=False)
     with pytest.raises(Conflict, match="pause it before stepping"):
