@@ -322,6 +322,15 @@ def scenario_events(tmp_path, monkeypatch):
     m.run("1.7s")
     a.freeze()
     a.release("moved")
+    # An emulated device whose close raises as its VM is turned off (emulated.close_failed).
+    from partitions.vm import VmState
+
+    class _CloseFails:
+        def close(self):
+            raise OSError("the disk file is gone")
+    running = next(vm for vm in m.vms.values() if vm.state is VmState.RUNNING)
+    running.emulated["broken"] = _CloseFails()
+    running.turn_off()
     return log.records() + quick_migration_events(tmp_path / "dc") + live_migration_events(tmp_path / "live")
 
 
