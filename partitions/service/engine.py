@@ -279,8 +279,10 @@ class Engine:
             self._dirty = True
             if time.monotonic() - self._published_at >= PUBLISH_S:
                 self._publish()
-            if self._speed is None:
-                time.sleep(0)   # at max speed, give the API's threads the GIL between windows
+            # Give the API's threads the GIL between windows at every speed: the core's calls keep
+            # it, and a paced simulation that is behind real time runs windows back to back (without
+            # this, requests waited seconds for the simulation to catch up).
+            time.sleep(0)
 
     def _next_window(self) -> tuple[int | None, float | None]:
         """(where the next window ends, None: not now) and how long to wait before looking again
