@@ -33,7 +33,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -265,16 +265,30 @@ def _install_errors(app: FastAPI) -> None:
 class _Guard:
     """ASGI middleware in front of the app (see the module's docstring, steps 1, 2 and 4)."""
 
+    #: Requests (method, path) whose route is remembered, at most: matching a path against every
+    #: route (regular expressions) was a tenth of a request's CPU; a full table is cleared.
+    ROUTES_KEPT = 4096
+
     def __init__(self, app, *, api: FastAPI, engine, authorizer):
         self.app, self.api, self.engine, self.authorizer = app, api, engine, authorizer
+        self._routes: dict[tuple[str, str], tuple[str | None, dict]] = {}
 
     def _route(self, scope) -> tuple[str | None, dict]:
-        """(the action of the route the request is for, its path parameters); None: no route."""
-        for route in self.api.router.routes:
-            match, child = route.matches(scope)
-            if match is Match.FULL:
-                return getattr(route, "operation_id", None), child.get("path_params", {})
-        return None, {}
+        """(the action of the route the request is for, its path parameters); None: no route.
+        The routes are fixed once the app is made, and a match depends on the method and path only."""
+        key = (scope.get("method", ""), scope["path"])
+        found = self._routes.get(key)
+        if found is None:
+            found = None, {}
+            for route in self.api.router.routes:
+                match, child = route.matches(scope)
+                if match is Match.FULL:
+                    found = getattr(route, "operation_id", None), child.get("path_params", {})
+                    break
+            if len(self._routes) >= self.ROUTES_KEPT:
+                self._routes.clear()
+            self._routes[key] = found
+        return found[0], dict(found[1])
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -349,6 +363,57 @@ class _Guard:
                 audit(500)
 
 
+# ---- reads from the published view ------------------------------------------------------------------------
+
+class _ViewJson:
+    """The JSON bytes of the read endpoints, built from the engine's published view at most once
+    per publish and key (the endpoint and the caller's visibility scope: everyone's VMs, or one
+    Self-service user's), then answered as they are by every request until the next publish.
+    Only the event loop's thread uses it. Each publish is a new dict that is never changed
+    afterwards (engine.snapshot()), so its identity says whether the bytes are still current; the
+    CPU history changes by itself (a sample per 100 ms of simulated time), so its JSON is kept per
+    VM and history version apart."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self._view: dict | None = None
+        self._bytes: dict[Any, bytes] = {}
+        self._cpu: dict[str, tuple[int, bytes]] = {}   # vm -> (history version, its JSON)
+
+    def get(self, key, build: Callable[[dict], Any]) -> bytes:
+        view = self.engine.snapshot()
+        if view is not self._view:
+            self._view, self._bytes = view, {}
+        data = self._bytes.get(key)
+        if data is None:
+            data = self._bytes[key] = _dumps(build(view))
+        return data
+
+    def detail(self, name: str) -> bytes:
+        """GET /v1/vms/{name}'s body: the row and details of the view, then the CPU history."""
+        def build(view):
+            row = next((r for r in view["vms"] if r["Name"] == name), None)
+            if row is None:
+                raise NotFound(f"no VM named {name!r}")
+            return {**row, **view["details"][name]}
+        head = self.get(("vm", name), build)
+        version = self.engine.snapshot()["cpu_samples"]
+        cached = self._cpu.get(name)
+        if cached is None or cached[0] != version:
+            if len(self._cpu) > 4 * len(self.engine.snapshot()["vms"]) + 64:
+                self._cpu.clear()   # deleted VMs' histories go (bounded by the VMs there are)
+            cached = self._cpu[name] = (version, _dumps(self.engine.cpu_history(name)))
+        return head[:-1] + b',"cpu":' + cached[1] + b"}"
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _json(data: bytes) -> Response:
+    return Response(data, media_type="application/json")
+
+
 # ---- the app ----------------------------------------------------------------------------------------------
 
 def create_app(engine, authorizer, *, templates: dict | None = None) -> FastAPI:
@@ -367,9 +432,11 @@ def create_app(engine, authorizer, *, templates: dict | None = None) -> FastAPI:
     def principal(request: Request):
         return request.state.principal
 
-    def visible_rows(request: Request) -> list[dict]:
-        p = principal(request)
-        return [row for row in engine.snapshot()["vms"] if authorizer.visible(p, row["Owner"])]
+    view = _ViewJson(engine)
+
+    def scope(p) -> str | None:
+        """The caller's visibility scope: None sees every VM, else the user who sees its own only."""
+        return None if authorizer.visible(p, None) else p.user
 
     @app.get("/", include_in_schema=False)
     async def root():
@@ -389,7 +456,7 @@ def create_app(engine, authorizer, *, templates: dict | None = None) -> FastAPI:
     @app.get("/v1/clock", operation_id="clock.get", response_model=Clock, responses=ERRORS,
              summary="The simulation's clock")
     async def clock_get():
-        return engine.snapshot()["clock"]
+        return _json(view.get("clock", lambda v: v["clock"]))
 
     @app.put("/v1/clock", operation_id="clock.set", response_model=Clock, responses=ERRORS,
              summary="Set the clock's speed, pause or resume it")
@@ -417,19 +484,23 @@ def create_app(engine, authorizer, *, templates: dict | None = None) -> FastAPI:
              summary="The hosts, with their LPs, memory and VMs")
     async def hosts_list(request: Request):
         p = principal(request)
-        owners = {row["Name"]: row["Owner"] for row in engine.snapshot()["vms"]}
-        return [{**h, "vms": [v for v in h["vms"] if authorizer.visible(p, owners.get(v))]}
-                for h in engine.snapshot()["hosts"]]
+
+        def build(v):
+            owners = {row["Name"]: row["Owner"] for row in v["vms"]}
+            return [{**h, "vms": [n for n in h["vms"] if authorizer.visible(p, owners.get(n))]} for h in v["hosts"]]
+        return _json(view.get(("hosts", scope(p)), build))
 
     @app.get("/v1/vms", operation_id="vms.list", response_model=list[VmRow], responses=ERRORS,
              summary="Get-VM: every VM the caller may see")
     async def vms_list(request: Request):
-        return visible_rows(request)
+        p = principal(request)
+        return _json(view.get(("vms", scope(p)), lambda v: [row for row in v["vms"]
+                                                             if authorizer.visible(p, row["Owner"])]))
 
     @app.get("/v1/vms/{name}", operation_id="vms.get", response_model=VmDetail, responses=ERRORS,
              summary="One VM: its row, configuration, checkpoints, devices, figures and CPU history")
     async def vms_get(name: str):
-        return await engine.call_async(lambda: engine.vm_detail(name))
+        return _json(view.detail(name))   # from the view: no window is waited for
 
     @app.post("/v1/vms", operation_id="vms.create", status_code=201, response_model=VmRow, responses=ERRORS,
               summary="Create a VM (Off) from a TOML fragment or a template")

@@ -176,8 +176,10 @@ class Engine:
         self._failed: str | None = None                  # why the simulation stopped, if it did
         self._thread: threading.Thread | None = None
         self._snapshot: dict = {"clock": {"now_ns": 0, "speed": _speed_value(speed), "paused": paused,
-                                          "windows": 0}, "hosts": [], "vms": []}
+                                          "windows": 0}, "hosts": [], "vms": [], "details": {},
+                          "cpu_samples": 0}
         self._cpu: dict[str, deque] = {}
+        self._cpu_samples = 0                            # CPU sampling rounds so far (the history's version)
         self._owners: dict[str, str] = {}
         self._events_cond = threading.Condition()
         self._ring: deque[dict] = deque(maxlen=EVENT_RING)
@@ -476,9 +478,11 @@ class Engine:
             raise
 
     def snapshot(self) -> dict:
-        """The view published after the last window or command (do not modify it):
-        {"clock": {"now_ns", "speed", "paused", "windows"}, "hosts": [{"name", "logical_processors",
-        "memory_bytes", "vms"}], "vms": [Get-VM rows with "Host" and "Owner"]}."""
+        """The view published after the last window or command (do not modify it; each publish
+        makes a new one): {"clock": {"now_ns", "speed", "paused", "windows"}, "hosts": [{"name",
+        "logical_processors", "memory_bytes", "vms"}], "vms": [Get-VM rows with "Host" and "Owner"],
+        "details": {vm: what vm_detail adds to the row, but the CPU history}, "cpu_samples": the CPU
+        history's version (it changes when a sample is added)}."""
         return self._snapshot
 
     def cpu_history(self, vm: str) -> list[list]:
@@ -703,18 +707,25 @@ class Engine:
 
     def vm_detail(self, name: str) -> dict:
         """The row of VM `name` with its processors, memory, checkpoints, devices, Measure-VM's
-        figures and CPU history."""
-        def detail():
-            host, managed, vm = self._find(name)
-            row = self._row(name)
+        figures and CPU history, from the published view (it waits for no window, like
+        `snapshot()`); NotFound if the view has no such VM."""
+        snap = self._snapshot
+        row = next((r for r in snap["vms"] if r["Name"] == name), None)
+        if row is None:
+            raise NotFound(f"no VM named {name!r}")
+        return {**row, **snap["details"][name], "cpu": self.cpu_history(name)}
+
+    @staticmethod
+    def _details(managed) -> dict[str, dict]:
+        """What a VM's detail adds to its row (see vm_detail), for each VM of `managed`."""
+        measures = {m["VMName"]: m for m in managed.measure()}
+        out = {}
+        for name, vm in managed.vms.items():
             tree = vm.checkpoints
-            measure = next((m for m in managed.measure() if m["VMName"] == name), {})
-            return {**row, "processors": vm.spec.processors, "memory_bytes": vm.spec_memory_bytes(),
-                    "checkpoints": [{"name": n, "time_ns": cp.created_ns, "consistent": cp.consistent}
-                                    for n, cp in tree.checkpoints.items()] if tree is not None else [],
-                    "devices": [slot.name for slot in vm.devices], "measure": measure}
-        out = self.call(detail)
-        out["cpu"] = self.cpu_history(name)
+            out[name] = {"processors": vm.spec.processors, "memory_bytes": vm.spec_memory_bytes(),
+                         "checkpoints": [{"name": n, "time_ns": cp.created_ns, "consistent": cp.consistent}
+                                         for n, cp in tree.checkpoints.items()] if tree is not None else [],
+                         "devices": [slot.name for slot in vm.devices], "measure": measures.get(name, {})}
         return out
 
     def switches(self) -> list[dict]:
@@ -841,15 +852,18 @@ class Engine:
     def _publish(self) -> None:
         self._dirty = False
         self._published_at = time.monotonic()
-        rows, hosts = [], []
+        rows, hosts, details = [], [], {}
         for host, managed in self._hosts.items():
             own = [self._dress(row, host, managed) for row in managed.get_vm()]
             rows.extend(own)
             hosts.append({"name": host, "logical_processors": managed.host.logical_processors,
                           "memory_bytes": managed.host.memory_bytes, "vms": [r["Name"] for r in own]})
+            details.update(self._details(managed))
+        # A new dict each time, never changed afterwards: a reader holds one consistent view, and
+        # the API keys the JSON it built from a view on the view's identity.
         self._snapshot = {"clock": {"now_ns": self._now(), "speed": _speed_value(self._speed),
                                     "paused": self._paused or self._failed is not None, "windows": self._windows},
-                          "hosts": hosts, "vms": rows,
+                          "hosts": hosts, "vms": rows, "details": details, "cpu_samples": self._cpu_samples,
                           **({"failed": self._failed} if self._failed is not None else {})}
 
     def _sample_cpu(self) -> None:
@@ -858,6 +872,7 @@ class Engine:
         if now < self._next_cpu_ns:
             return
         self._next_cpu_ns = (now // CPU_SAMPLE_NS + 1) * CPU_SAMPLE_NS
+        self._cpu_samples += 1
         for managed in self._hosts.values():
             lps = managed.host.logical_processors
             for name, vm in managed.vms.items():

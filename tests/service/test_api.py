@@ -302,3 +302,57 @@ def test_a_vm_moves_between_the_hosts_of_a_datacenter(make_engine, make_server):
     assert server.request("POST", "/v1/vms/mover/move", {"to": "b"})[0] == 200
     server.request("POST", "/v1/clock/step", {"by": "1s"})
     wait_for(lambda: server.request("GET", "/v1/vms/mover")[1]["Host"] == "b", "the move to end")
+
+
+def test_reads_are_answered_from_the_view_while_the_simulation_is_busy_in_a_command(server):
+    """GET /v1/vms/{name} (and the other reads of the view) wait for no window: they answer while
+    the sim thread is held in a long command, with the view published before it."""
+    import threading
+    server.request("POST", "/v1/clock/step", {"by": "100ms"})
+    busy, release = threading.Event(), threading.Event()
+
+    def long_command():
+        busy.set()
+        release.wait(60)
+    blocked = server.engine.submit(long_command)
+    try:
+        assert busy.wait(30)
+        status, vm, _ = server.request("GET", "/v1/vms/steady")
+        assert status == 200 and vm["Name"] == "steady" and vm["processors"] == 1
+        assert [t for t, _ in vm["cpu"]] == [100_000_000] and vm["measure"]["VMName"] == "steady"
+        assert server.request("GET", "/v1/vms/nope")[0] == 404
+        assert server.request("GET", "/v1/clock")[1]["now_ns"] == 100_000_000
+        assert server.request("GET", "/v1/vms")[0] == 200 and server.request("GET", "/v1/hosts")[0] == 200
+    finally:
+        release.set()
+        blocked.result(30)
+
+
+def test_a_read_sees_a_command_done_before_it_and_each_callers_own_vms(make_engine, make_server):
+    """The JSON built once per publish is rebuilt after the next one (a command publishes before
+    its caller hears back), and is kept per visibility scope: within one publish (the clock is
+    paused), one Self-service user's list is not another's, nor the Administrator's."""
+    from partitions.service.auth import User, token_hash
+    tokens, users = {}, {}
+    for i, (name, role) in enumerate([("alice", "Administrator"), ("carol", "Self-service user"),
+                                      ("dave", "Self-service user")]):
+        tokens[name] = f"hvsim_{i:08x}_" + "A" * 43
+        users[name] = User(name, role, f"{i:08x}", token_hash(tokens[name]),
+                           templates=("small",) if role != "Administrator" else ())
+    engine = make_engine(paused=True)
+    server = make_server(engine, Authorizer(users))
+    as_ = lambda who: {"Authorization": f"Bearer {tokens[who]}"}   # noqa: E731
+    assert server.request("GET", "/v1/vms/idle", headers=as_("alice"))[1]["State"] == "Running"
+    assert server.request("POST", "/v1/vms/idle/pause", headers=as_("alice"))[0] == 200
+    assert server.request("GET", "/v1/vms/idle", headers=as_("alice"))[1]["State"] == "Paused"
+    assert server.request("GET", "/v1/vms/carol-vm", headers=as_("alice"))[0] == 404
+    for who in ("carol", "dave"):
+        assert server.request("POST", "/v1/vms", {"template": "small", "name": f"{who}-vm"}, headers=as_(who))[0] == 201
+    assert server.request("GET", "/v1/vms/carol-vm", headers=as_("alice"))[1]["Owner"] == "carol"
+    windows = engine.snapshot()["clock"]["windows"]
+    lists = {who: [r["Name"] for r in server.request("GET", "/v1/vms", headers=as_(who))[1]]
+             for who in ("carol", "dave", "alice", "carol")}
+    hosts = {who: server.request("GET", "/v1/hosts", headers=as_(who))[1][0]["vms"] for who in ("dave", "carol")}
+    assert engine.snapshot()["clock"]["windows"] == windows
+    assert lists == {"carol": ["carol-vm"], "dave": ["dave-vm"], "alice": ["steady", "idle", "carol-vm", "dave-vm"]}
+    assert hosts == {"carol": ["carol-vm"], "dave": ["dave-vm"]}
