@@ -519,6 +519,10 @@ def hv_vp_set_guest(h, partition_id: int, vp_index: int, kind: int, a: int = 0) 
     return lib.hv_vp_set_guest(h, partition_id, vp_index, kind, a) == 0
 
 
+def hv_vp_device_interrupt(h, partition_id: int, vp_index: int) -> bool:
+    return lib.hv_vp_device_interrupt(h, partition_id, vp_index) == 0
+
+
 def hv_now(h) -> int:
     return int(lib.hv_now(h))
 

@@ -208,6 +208,21 @@ class GuestContext:
         """An intercept call: store `value` (`size` bytes) at `gpa`, at the cost of a native store."""
         await self.compute(self._intercepts().mmio_write(gpa, size, value))
 
+    async def wait_irq(self, line: int, timeout: int | str | None = None) -> bool:
+        """Wait, halted, for the emulated devices' interrupt line `line` (IRQ 0-15, level-triggered:
+        partitions/native_guest/devices.py) to be up: True once it is (the interrupt taken and
+        ended with an APIC EOI, whose exit the VP spends), False after `timeout`. The device keeps
+        the line up until the guest clears the cause through its registers."""
+        bus = self._intercepts()
+        deadline = None if timeout is None else self.now + parse_duration(timeout)
+        while not bus.asserted(line):
+            left = None if deadline is None else deadline - self.now
+            if left is not None and left <= 0:
+                return False
+            await self.halt(left)
+        await self.compute(bus.eoi(line))
+        return True
+
     def _intercepts(self):
         bus = INTERCEPTS.get(self.partition)
         if bus is None:

@@ -203,6 +203,23 @@ void hv_vp_raise_interrupt(struct hv_host *h, struct hv_vp *vp, uint32_t sint)
         interrupt_compute(h, vp);
 }
 
+int hv_vp_device_interrupt(struct hv_host *h, uint64_t partition_id, uint32_t vp_index)
+{
+    struct hv_partition *p = hv_partition_by_id(h, partition_id);
+    struct hv_vp *vp = p && vp_index < HV_MAX_VPS ? p->vps[vp_index] : NULL;
+    if (!vp)
+        return -1;
+    hv_vp_charge(h, vp, h->costs.interrupt_ns);
+    trace4(h, 0x1010, vp->part_slot, vp->index, 0);
+    if (!p->started)
+        return 0;
+    if (vp->exec == HV_VP_HALTED && !vp->sleeping)
+        wake(h, vp, HV_RESUME_INTERRUPT);
+    else if (vp->interruptible && (vp->exec == HV_VP_RUNNING || vp->exec == HV_VP_RUNNABLE))
+        interrupt_compute(h, vp);
+    return 0;
+}
+
 static void halt(struct hv_host *h, struct hv_vp *vp, uint64_t timeout, bool sleeping)
 {
     vp->exec = HV_VP_HALTED;

@@ -81,6 +81,10 @@ class _WorkloadContext:
     async def mmio_write(self, gpa: int, size: int, value: int) -> None:
         await self._ctx.mmio_write(gpa, size, value)
 
+    async def wait_irq(self, line: int, timeout: int | str | None = None) -> bool:
+        """Wait for an emulated device's interrupt line (the guest context's wait_irq)."""
+        return await self._ctx.wait_irq(line, timeout)
+
     def _timed_out(self, condition, timeout_ns: int, what: str | None, fields: dict) -> None:
         # A wait that ends without its condition is always logged: a workload waiting for
         # something that never comes must not look like one that is busy.
@@ -129,6 +133,15 @@ class KernelContext(_WorkloadContext):
                 return bool(condition and condition())
             nxt = stack.context.next_timeout()
             await halt(min(timeout, nxt) if nxt else timeout)
+
+    async def wait_irq(self, line: int, timeout: int | str | None = None) -> bool:
+        """Wait for an emulated device's interrupt line with VMBus served meanwhile; once it is up,
+        the guest context takes it (and charges its EOI)."""
+        bus = self._ctx._intercepts()
+        deadline = self.now + (1 << 62 if timeout is None else parse_duration(timeout))
+        if not await self.wait_until(deadline, lambda: bus.asserted(line)):
+            return False
+        return await self._ctx.wait_irq(line, 0)
 
     def _stack_side(self):
         """A function giving (when the stack's next timer is due, 0 if none; whether the stack has

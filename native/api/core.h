@@ -157,6 +157,11 @@ int hv_vp_step(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint
 /* What a VP runs (HV_GUEST_*; `a` is the tick guest's work per interrupt in ns, or the Python
  * guest's handle, which its resume words carry). */
 int hv_vp_set_guest(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, uint32_t kind, uint64_t a);
+/* An emulated device's interrupt line was asserted for a VP (the parent's device model, through
+ * the VM's intercept bus): charge it interrupt_ns and wake it if it is halted (not sleeping), or
+ * end an interruptible computation, as a SINT would; no SINT bit is set (the guest asks its bus
+ * which lines are up). 0, or -1 if there is no such VP. */
+int hv_vp_device_interrupt(struct hv_host *h, uint64_t partition_id, uint32_t vp_index);
 uint64_t hv_now(struct hv_host *h);
 void hv_trace_digest(struct hv_host *h, uint8_t *out);
 int hv_vp_info(struct hv_host *h, uint64_t partition_id, uint32_t vp_index, struct hv_vp_info *out);

@@ -21,6 +21,14 @@ CPU mode: unicorn's x86-64 mode starts the CPU in 64-bit long mode with a flat a
 (guest-virtual = guest-physical, no page tables walked), the identity mapping the loader assumes.
 The guest's own `lgdt`/`lidt` work; `iretq` from an interrupt handler is completed here (it pops
 the frame this module pushed), so kernels need no GDT of their own.
+
+Interrupts: a SINT's vector (its SINTx register) and an emulated device's (an interrupt line up on
+the VM's intercept bus, IRQ n -> vector 0x20 + n, devices.py) are taken through the guest's IDT
+when IF is set, the highest vector first. SINTs are AutoEOI (the guest SDK programs them so). A
+device's line is level-triggered and its vector, once delivered, is in service until the guest
+writes the x2APIC EOI MSR (0x80B): until then it is not delivered again, after it it is again if
+the line is still up (the guest did not clear the cause). The EOI is an exit the hypervisor
+handles (devices.EOI_NS, 1 us), the interrupt itself the core's interrupt cost (1 us).
 """
 from __future__ import annotations
 
@@ -59,6 +67,8 @@ VENDOR_ID = b"hvsimhvsimhv"
 INTERFACE_ID = 0x31237648
 MAX_LEAF = 0x40000006
 UART_BASE = 0x3F8
+#: The x2APIC EOI register's MSR: a write ends the highest device vector in service.
+X2APIC_EOI_MSR = 0x80B
 
 # Synthetic MSRs (hyperv-abi.md §SynIC and §hypercall) -> the register the core keeps for each.
 MSRS: dict[int, int] = {0x40000000: Register.GUEST_OS_ID, 0x40000001: Register.HYPERCALL,
@@ -214,6 +224,8 @@ class NativeCpu:
         self._slice_start = 0
         self._calls = 0             # hypercalls of the current slice
         self.pending: list[int] = []  # vectors raised and not yet taken (IF was clear)
+        self.in_service: list[int] = []  # device vectors taken and not yet ended by an EOI
+        self._irq_seen = self.bus.irq_seq  # the bus's line rises this CPU has looked at
         self.ctx = None             # the guest context running it (native_guest): its raised SINTs are state
         self._counter = _emu_counter(self.uc)  # unicorn's own count of the current emu_start
         self._run_base = 0          # self.instructions when the current emu_start began
@@ -302,7 +314,7 @@ class NativeCpu:
                 "segments": {n: uc.reg_read(r) for n, r in _SELECTORS.items()},
                 "control": {n: uc.reg_read(r) for n, r in _CONTROL.items()} | {"efer": uc.msr_read(_EFER)},
                 "gdtr": [gdt_base, gdt_limit], "idtr": [idt_base, idt_limit],
-                "halted": self._halted, "pending": list(self.pending),
+                "halted": self._halted, "pending": list(self.pending), "in_service": list(self.in_service),
                 "raised_sints": self.ctx.raised_sints if self.ctx is not None else 0,
                 "instructions": self.instructions, "exits": dict(self.exits),
                 "overlay": self._overlay, "uart": {"partial": bytes(self.uart.partial)}}
@@ -340,6 +352,7 @@ class NativeCpu:
             uc.reg_write(reg, regs[name])
         cpu._halted = state["halted"]
         cpu.pending[:] = state["pending"]
+        cpu.in_service[:] = state.get("in_service", [])
         cpu.instructions = state["instructions"]
         cpu.exits.update(state["exits"])
         cpu.uart.partial[:] = state["uart"]["partial"]
@@ -522,6 +535,10 @@ class NativeCpu:
 
     def _msr(self, uc, address: int, *, write: bool) -> None:
         msr = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+        if msr == X2APIC_EOI_MSR and write:
+            self.eoi()
+            uc.reg_write(X.UC_X86_REG_RIP, address + 2)
+            return
         reg = MSRS.get(msr)
         if reg is None:
             if 0x40000000 <= msr <= 0x4000FFFF:
@@ -595,6 +612,7 @@ class NativeCpu:
         except DeviceFailed as exc:
             self._device_failed(exc)
             return
+        self._irq_news(uc)
         if self._spent() >= SLICE_NS:
             self._hook_stopped = True
             uc.emu_stop()
@@ -608,6 +626,7 @@ class NativeCpu:
         except DeviceFailed as exc:
             self._device_failed(exc)
             return
+        self._irq_news(uc)
         if self._spent() >= SLICE_NS:
             self._hook_stopped = True
             uc.emu_stop()
@@ -621,6 +640,7 @@ class NativeCpu:
             self._device_failed(exc)
             return (1 << 8 * size) - 1
         self._extra_ns += ns
+        self._irq_news(uc)
         if self._spent() >= SLICE_NS:
             self._hook_stopped = True
             uc.emu_stop()
@@ -629,6 +649,43 @@ class NativeCpu:
     # ---- interrupts ------------------------------------------------------------------------------
     def interrupts_enabled(self) -> bool:
         return bool(self.uc.reg_read(X.UC_X86_REG_RFLAGS) & _IF)
+
+    def device_vectors(self) -> list[int]:
+        """The vectors of the device lines that are up and not in service (deliverable)."""
+        return [v for v in map(self.bus.vector, self.bus.asserted_lines()) if v not in self.in_service]
+
+    def next_interrupt(self) -> int | None:
+        """Take the highest vector waiting (a SINT's or a device's), or None; a device's goes in
+        service. Only when IF is set."""
+        devices = self.device_vectors()
+        if not (self.pending or devices) or not self.interrupts_enabled():
+            return None
+        vector = max(self.pending + devices)
+        if vector in self.pending:
+            self.pending.remove(vector)
+        else:
+            self.in_service.append(vector)
+        return vector
+
+    def eoi(self) -> None:
+        """The guest's APIC EOI: the highest device vector in service ends (none: nothing ends,
+        the exit is still taken). Costs the hypervisor's exit, counted on the bus."""
+        self.exits["eoi"] = self.exits.get("eoi", 0) + 1
+        line = None
+        if self.in_service:
+            vector = max(self.in_service)
+            self.in_service.remove(vector)
+            line = self.bus.line_of(vector)
+        self._extra_ns += self.bus.eoi(line)
+
+    def _irq_news(self, uc) -> None:
+        # A device line went up during this access: end the slice so it is taken before the next
+        # instruction, as an interrupt is (if IF lets it).
+        if self.bus.irq_seq != self._irq_seen:
+            self._irq_seen = self.bus.irq_seq
+            if uc.reg_read(X.UC_X86_REG_RFLAGS) & _IF:
+                self._hook_stopped = True
+                uc.emu_stop()
 
     def deliver(self, vector: int) -> None:
         """Take interrupt `vector` through the guest's IDT (the guest has IF set): push the 64-bit
@@ -703,6 +760,12 @@ def check_state(state) -> str | None:
     if not (isinstance(state.get("pending"), list) and all(isinstance(v, int) and 0 <= v < 256
                                                            for v in state["pending"])):
         return "pending: expected a list of vectors (0-255)"
+    # (a record from before device interrupts has no "in_service": nothing in service)
+    in_service = state.get("in_service", [])
+    if not (isinstance(in_service, list) and len(set(in_service)) == len(in_service)
+            and all(isinstance(v, int) and not isinstance(v, bool) and IoBus.line_of(v) is not None
+                    for v in in_service)):
+        return "in_service: expected distinct device vectors (0x20-0x2F)"
     if not (isinstance(state.get("raised_sints"), int) and 0 <= state["raised_sints"] < 1 << 16):
         return "raised_sints: expected a 16-bit mask"
     if not u64(state.get("instructions")):
@@ -749,7 +812,7 @@ def native_guest(image: ElfImage, *, uart: Uart16550 | None = None, write: bool 
             on_start(cpu)
         pending = cpu.pending
         if state is not None and state["halted"]:   # it was saved in `hlt`: it waits there again
-            if not ctx.raised_sints and not (pending and cpu.interrupts_enabled()):
+            if not ctx.raised_sints and not ((pending or cpu.device_vectors()) and cpu.interrupts_enabled()):
                 await ctx.halt()
         # No cleanup when the coroutine ends: it may be closed by the garbage collector after the
         # emulator (or the host) is gone. The core's view ends with the partition's teardown, and
@@ -761,13 +824,14 @@ def native_guest(image: ElfImage, *, uart: Uart16550 | None = None, write: bool 
                     vector = sint_vector(ctx.vp, sint)
                     if vector is not None and vector not in pending:
                         pending.append(vector)
-            if pending and cpu.interrupts_enabled():
-                pending.sort()
-                cpu.deliver(pending.pop())  # the highest vector first, as the APIC does
+            vector = cpu.next_interrupt()   # the highest vector first, as the APIC does
+            if vector is not None:
+                cpu.deliver(vector)
             ns, halted = cpu.run_slice(ctx.now)
             if ns:
                 await ctx.compute(ns)
-            if halted and not ctx.raised_sints and not (pending and cpu.interrupts_enabled()):
+            if halted and not ctx.raised_sints and not ((pending or cpu.device_vectors())
+                                                        and cpu.interrupts_enabled()):
                 await ctx.halt()
 
     main.native_image = image

@@ -24,6 +24,18 @@ or busy_ns) must not take the host down nor pass for the guest's own failure. Th
 DeviceFailed naming the device, records it (`failed`), tells `on_failure` (the VM worker crashes
 that VM), and from then on every access to that device raises DeviceFailed again, so a guest that
 swallows the first one does not run on against a broken device.
+
+Interrupts: a device asserts and deasserts an interrupt line (`raise_irq(device, line)`,
+`lower_irq(device, line)`), level-triggered: the line stays up until the device's cause is cleared
+(by the guest, through the device's registers). The routing is a PC's legacy one, fixed and kept
+simple: ISA IRQ n (0-15) is vector IRQ_VECTOR_BASE + n (0x20 + n, where a legacy OS programs its
+PIC or IOAPIC), delivered to VP 0; the IDE disk uses IRQ 14 (vector 0x2E), the legacy NIC IRQ 11
+(0x2B). A line going up tells the core (hv_vp_device_interrupt), which charges the VP the cost
+model's interrupt (1 us) and wakes it if it is halted. A native guest takes the vector through its
+IDT when IF is set (cpu.py) and ends it with an APIC EOI (a write to the x2APIC EOI MSR, 0x80B);
+a Python guest waits with `await ctx.wait_irq(line)`, which charges the same EOI. The APIC is the
+hypervisor's, so the EOI is an exit handled there (EOI_NS, the cost model's 1 us), not the
+parent's: it counts in `eois` and `hypervisor_ns`, not in `parent_ns`.
 """
 from __future__ import annotations
 
@@ -32,10 +44,16 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from hypervisor import _binding
 from hypervisor.guest import INTERCEPTS
 
 #: The cost model's exit that goes out to the parent (cost-model.md §1): 4 us.
 PARENT_EXIT_NS = 4000
+#: An APIC EOI: an exit the hypervisor handles itself (cost-model.md §1: 1 us), not the parent.
+EOI_NS = 1000
+#: Legacy interrupt routing: ISA IRQ n is vector IRQ_VECTOR_BASE + n on VP IRQ_VP.
+IRQ_LINES, IRQ_VECTOR_BASE, IRQ_VP = 16, 0x20, 0
+IDE_IRQ, NIC_IRQ = 14, 11
 NO_DEVICE = "none"   # the name unclaimed accesses are counted under
 MMIO_PAGE = 0x1000   # MMIO claims are whole pages of this size
 GPA_LIMIT = 1 << 52  # the guest-physical address space (52-bit, as x86-64's)
@@ -90,6 +108,15 @@ class IoBus:
         self.failed: DeviceFailed | None = None   # the first device failure, kept
         #: on_failure(DeviceFailed): told once, at the first device failure (the VM worker crashes the VM)
         self.on_failure: Callable[[DeviceFailed], None] | None = None
+        # Interrupt lines: line -> the device holding it up (one device a line: no sharing).
+        self._lines: dict[int, str] = {}
+        self._owners: dict[int, str] = {}         # line -> the device that last raised it
+        self.irq_seq = 0                          # rises of any line so far (an executor looks for news)
+        self.interrupts: Counter[str] = Counter()     # rises per device
+        self.eois: Counter[str] = Counter()           # EOIs per device (the interrupts the guest ended)
+        self.hypervisor_ns: Counter[str] = Counter()  # the EOI exits' time, per device
+        #: on_irq(line): told when a line goes up (bus_of: the core charges and wakes the VP)
+        self.on_irq: Callable[[int], None] | None = None
 
     def register(self, name: str, base: int, count: int, *, read: Callable[[int, int], int],
                  write: Callable[[int, int, int], None], access_ns: int, device: Any = None) -> Claim:
@@ -107,7 +134,11 @@ class IoBus:
 
     def attach(self, device) -> None:
         """Register a device that names its own ranges: `device.claims()` yields
-        (name, base, count, read, write, access_ns)."""
+        (name, base, count, read, write, access_ns). A device with an interrupt line is told its
+        bus (`device.connect(bus)`) so it can raise it."""
+        connect = getattr(device, "connect", None)
+        if connect is not None:
+            connect(self)
         for name, base, count, read, write, access_ns in device.claims():
             self.register(name, base, count, read=read, write=write, access_ns=access_ns, device=device)
         # A device with registers in memory names them the same way: (name, gpa, size, read,
@@ -160,6 +191,57 @@ class IoBus:
         if claim is None or gpa + size > claim.base + claim.count:
             raise MmioUnclaimed(f"no device claims GPA {gpa:#x}+{size} (and it is not the VM's RAM)")
         return claim
+
+    # ---- interrupt lines ---------------------------------------------------------------------------
+    def raise_irq(self, device: str, line: int) -> None:
+        """`device` asserts IRQ `line` (level: it stays up until lower_irq). Raising a line that is
+        up already changes nothing; a line another device holds is refused (no sharing)."""
+        holder = self._lines.get(self._check_line(line))
+        if holder is not None:
+            if holder != device:
+                raise ValueError(f"device {device!r}: IRQ {line} is {holder!r}'s")
+            return
+        self._lines[line] = self._owners[line] = device
+        self.irq_seq += 1
+        self.interrupts[device] += 1
+        if self.on_irq is not None:
+            self.on_irq(line)
+
+    def lower_irq(self, device: str, line: int) -> None:
+        """`device` deasserts IRQ `line` (its cause was cleared)."""
+        if self._lines.get(self._check_line(line)) == device:
+            del self._lines[line]
+
+    @staticmethod
+    def _check_line(line: int) -> int:
+        if not (isinstance(line, int) and 0 <= line < IRQ_LINES):
+            raise ValueError(f"IRQ line {line!r}: expected 0-{IRQ_LINES - 1}")
+        return line
+
+    def asserted(self, line: int) -> bool:
+        return line in self._lines
+
+    def asserted_lines(self) -> list[int]:
+        return sorted(self._lines)
+
+    @staticmethod
+    def vector(line: int) -> int:
+        """The vector IRQ `line` is routed to."""
+        return IRQ_VECTOR_BASE + line
+
+    @staticmethod
+    def line_of(vector: int) -> int | None:
+        """The IRQ line routed to `vector`, or None if none is."""
+        line = vector - IRQ_VECTOR_BASE
+        return line if 0 <= line < IRQ_LINES else None
+
+    def eoi(self, line: int | None) -> int:
+        """The guest ended the interrupt of `line` (None: no device's) with an APIC EOI: the ns
+        that exit costs (the hypervisor's, counted under the line's device)."""
+        name = self._owners.get(line, NO_DEVICE) if line is not None else NO_DEVICE
+        self.eois[name] += 1
+        self.hypervisor_ns[name] += EOI_NS
+        return EOI_NS
 
     def claimed(self, port: int) -> bool:
         return port in self._by_port
@@ -226,6 +308,12 @@ def bus_of(partition, *, exit_ns: int = PARENT_EXIT_NS) -> IoBus:
             p = ref()
             return p is not None and page in set(p.host.introspect.reach_columns(p)[0])
         bus.is_ram = is_ram
+
+        def on_irq(line: int) -> None:
+            p = ref()
+            if p is not None:
+                _binding.hv_vp_device_interrupt(p.host._h, p.id, IRQ_VP)
+        bus.on_irq = on_irq
     return bus
 
 

@@ -7,8 +7,15 @@ IDENTIFY DEVICE (0xEC), READ SECTORS (0x20/0x21) and WRITE SECTORS (0x30/0x31); 
 0 means 256. Every 16-bit word of a sector goes through the data port, one intercept each: that is
 why the emulated path is slow. Anything else (another command, CHS addressing, the slave drive's
 commands) aborts: ERR in the status, ABRT in the error register; an LBA range past the disk's end
-sets IDNF and ABRT. No interrupts are raised (a guest polls the status); device control's SRST
-holds the drive BSY until it is cleared, then leaves the reset signature in the registers.
+sets IDNF and ABRT. Device control's SRST holds the drive BSY until it is cleared, then leaves the
+reset signature in the registers.
+
+Interrupts: the drive's INTRQ is IRQ 14 on the intercept bus (vector 0x2E, devices.py). As ATA's PIO
+protocols have it, it is set when a command reaches the guest's turn: a read's or IDENTIFY's data
+is ready (DRQ), a write's last word is on the disk, a command aborted. Reading the status register
+(not the alternate status at 0x3F6) or writing a command clears it, and the line is up while INTRQ
+is set and device control's nIEN is clear; so a guest that sets nIEN, or never waits for the line,
+polls the status as before.
 
 Time: the medium's time for a command (the cost model's disk service time: latency plus bytes over
 bandwidth, the same storvsp charges) is spent on the access that makes the drive work -- the
@@ -19,6 +26,8 @@ access that started the work returns, the work is done and DRQ or DRDY is up.
 from __future__ import annotations
 
 import struct
+
+from partitions.native_guest.devices import IDE_IRQ
 
 SECTOR = 512
 DATA, ERROR, COUNT, LBA0, LBA1, LBA2, DRIVE, STATUS = range(8)   # offsets from 0x1F0 (ERROR reads, FEATURES writes)
@@ -62,6 +71,8 @@ class IdeDisk:
         self.pos = 0
         self._write_at: int | None = None         # the LBA of the write in progress
         self._busy = 0
+        self.intrq = False                        # ATA INTRQ: the line is up while set and nIEN clear
+        self.bus = None                           # the intercept bus of its line (connect)
         self.completed = dict.fromkeys(COMPLETED, 0)
         # Measure-VM's figures of this incarnation (not in save_state: the VM's image carries
         # them in its "measured" section, as it does storvsp's).
@@ -75,6 +86,22 @@ class IdeDisk:
         ns, self._busy = self._busy, 0
         return ns
 
+    def connect(self, bus) -> None:
+        """Its interrupt line is on `bus` (IoBus.attach calls this)."""
+        self.bus = bus
+        self._sync_irq()
+
+    def _interrupt(self, on: bool) -> None:
+        self.intrq = on
+        self._sync_irq()
+
+    def _sync_irq(self) -> None:
+        if self.bus is not None:
+            if self.intrq and not self.control & NIEN:
+                self.bus.raise_irq("ide", IDE_IRQ)
+            else:
+                self.bus.lower_irq("ide", IDE_IRQ)
+
     # ---- registers -------------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
         if offset == DATA:
@@ -82,6 +109,8 @@ class IdeDisk:
         if self.drive & 0x10:
             return 0          # the slave is absent: the master leaves its registers at 0
         if offset == STATUS:
+            if self.intrq:
+                self._interrupt(False)                  # reading the status acknowledges INTRQ
             return self.status
         if offset == ERROR:
             return self.error
@@ -110,9 +139,11 @@ class IdeDisk:
 
     def _write_control(self, _offset: int, _size: int, value: int) -> None:
         was, self.control = self.control, value & 0xFF
+        self._sync_irq()                                # nIEN may have changed
         if self.control & SRST:
             self.status = BSY
             self.buffer, self.pos, self._write_at = bytearray(), 0, None
+            self._interrupt(False)
         elif was & SRST:
             # Reset done: the ATA signature of a non-packet device, and ready.
             self.count[0], self.lba, self.drive = 1, [1, 0, 0], 0xA0
@@ -123,11 +154,12 @@ class IdeDisk:
         if self.status & BSY or self.drive & 0x10:
             return            # a busy drive, or the absent slave, ignores commands
         self.error, self.buffer, self.pos, self._write_at = 0, bytearray(), 0, None
+        self.intrq = False    # a command write clears INTRQ (the line follows below)
         if command == IDENTIFY:
             self.buffer = bytearray(self.identify())
             self.status = DRDY | DSC | DRQ
             self.completed["identify"] += 1
-            return
+            return self._interrupt(True)                # data ready
         if command not in (READ, READ_NR, WRITE, WRITE_NR) or not self.drive & 0x40:
             return self._abort(ABRT)                    # unknown command, or CHS addressing
         lba = self.lba[0] | self.lba[1] << 8 | self.lba[2] << 16 | (self.drive & 0x0F) << 24
@@ -139,14 +171,17 @@ class IdeDisk:
             self._busy += self._service(count)
             self.completed["read"] += 1
             self._measure("disk_read_bytes", count * SECTOR)
-        else:
-            self._write_at = lba
-            self.buffer = bytearray(count * SECTOR)
+            self.status = DRDY | DSC | DRQ
+            return self._interrupt(True)                # data ready
+        self._write_at = lba
+        self.buffer = bytearray(count * SECTOR)
         self.status = DRDY | DSC | DRQ
+        self._sync_irq()      # PIO data-out: the first block is asked for without an interrupt
 
     def _abort(self, error: int) -> None:
         self.error, self.status = error, DRDY | DSC | ERR
         self.completed["aborted"] += 1
+        self._interrupt(True)
 
     def _measure(self, what: str, size: int) -> None:
         self.measured[what] += size
@@ -175,6 +210,7 @@ class IdeDisk:
             self._write_at, self.status = None, DRDY | DSC
             self.completed["write"] += 1
             self._measure("disk_written_bytes", len(self.buffer))
+            self._interrupt(True)                       # the write is done
 
     # ---- its state as data (save, restore, migration) ------------------------------------------------
     def save_state(self) -> dict:
@@ -185,7 +221,7 @@ class IdeDisk:
         return {"format": STATE_FORMAT, "sectors": self.sectors, "features": self.features, "error": self.error,
                 "count": self.count[0], "lba": list(self.lba), "drive": self.drive, "control": self.control,
                 "status": self.status, "buffer": bytes(self.buffer), "pos": self.pos, "write_at": self._write_at,
-                "busy_ns": self._busy, "completed": dict(self.completed)}
+                "busy_ns": self._busy, "intrq": self.intrq, "completed": dict(self.completed)}
 
     def load_state(self, state: dict) -> None:
         """Go on from a save_state() record (check_state first: a bad one raises ValueError and
@@ -199,6 +235,8 @@ class IdeDisk:
         self.buffer, self.pos, self._write_at = bytearray(state["buffer"]), state["pos"], state["write_at"]
         self._busy = state["busy_ns"]
         self.completed = dict(state["completed"])
+        self.intrq = state.get("intrq", False)
+        self._sync_irq()      # an interrupt saved pending is pending again
 
     def close(self) -> None:
         """The VM is gone: let go of the disk file."""
@@ -286,6 +324,11 @@ def check_state(state, sectors: int | None = None) -> str | None:
         return "write_at: expected None or the LBA of a write that fits the disk"
     if not (isinstance(state.get("busy_ns"), int) and state["busy_ns"] >= 0):
         return "busy_ns: expected a time in ns"
+    # (a record from before interrupts were modelled has no "intrq": no interrupt pending)
+    if not isinstance(state.get("intrq", False), bool):
+        return "intrq: expected a boolean (the drive's interrupt pending)"
+    if state.get("intrq") and state["status"] & 0x80:
+        return "intrq: a drive in reset (BSY) has no interrupt pending"
     completed = state.get("completed")
     if not (isinstance(completed, dict) and set(completed) == set(COMPLETED)
             and all(isinstance(v, int) and v >= 0 for v in completed.values())):

@@ -24,10 +24,11 @@ writes the low bytes of the register at its offset. What each does here:
         gets its MAC with one write and six reads.
   CSR10-15 read 0 and ignore writes (no general-purpose timer, port or watchdog).
 
-Interrupts. The intercept bus has no IRQ path, so the chip raises none: a guest polls, either CSR5
-(an intercept per look) or, as tulip_driver.py does, its descriptors in its own memory (no exit),
-and then reads and acknowledges CSR5 the way an interrupt handler would. `interrupt` says whether
-the chip would assert INTA.
+Interrupts. The chip asserts its interrupt line (IRQ 11 on the intercept bus, vector 0x2B:
+devices.py) while CSR5 has a summary bit CSR7 enables (NIS for TI, TU, RI; AIS for TPS, RU, RPS,
+FBE), level-triggered: it stays up until the guest clears the bits by writing them to CSR5, as a
+21140's INTA does. `interrupt` says whether it is up. With CSR7 at 0 the chip raises nothing and a
+guest polls (CSR5, or its descriptors in its own memory), as before interrupts were modelled.
 
 Descriptors (4 little-endian 32-bit words, 4-byte aligned, in guest memory). Word 0 holds OWN (bit
 31: the chip's) and the status, word 1 the control bits and two buffer sizes (bits 10:0 and 21:11,
@@ -75,6 +76,7 @@ import zlib
 
 from drivers.network.frames import BROADCAST, mac_bytes, mac_text
 from hypervisor.status import HvError
+from partitions.native_guest.devices import NIC_IRQ
 
 BASE = 0xEC00            # CSR0's port; CSRn is at BASE + 8 * n
 CSR_STRIDE, CSRS = 8, 16
@@ -142,6 +144,8 @@ class Tulip21140:
         self._busy = 0
         self.quiesced = False
         self.held: list[bytes] = []         # frames the switch brought while quiesced
+        self.bus = None                     # the intercept bus its interrupt line is on (connect)
+        self.irq = NIC_IRQ
         self._reset()
 
     # ---- the bus ---------------------------------------------------------------------------------
@@ -150,6 +154,19 @@ class Tulip21140:
 
     def attach(self, bus) -> None:
         bus.attach(self)
+
+    def connect(self, bus) -> None:
+        """Its interrupt line is on `bus` (IoBus.attach calls this)."""
+        self.bus = bus
+        self._sync_irq()
+
+    def _sync_irq(self) -> None:
+        # The line follows CSR5 & CSR7 (level): called after anything that changes either.
+        if self.bus is not None:
+            if self.interrupt:
+                self.bus.raise_irq(self.name, self.irq)
+            else:
+                self.bus.lower_irq(self.name, self.irq)
 
     def busy_ns(self) -> int:
         ns, self._busy = self._busy, 0
@@ -184,6 +201,7 @@ class Tulip21140:
             if csr == 5:       # write-1-to-clear: only the written bytes' ones count
                 value &= mask
         self._write_csr(csr, value)
+        self._sync_irq()
 
     def _shadow(self, csr: int) -> int:
         return {0: self.csr0, 3: self.csr3, 4: self.csr4, 6: self.csr6, 7: self.csr7}.get(csr, 0)
@@ -370,7 +388,9 @@ class Tulip21140:
                 return False
             self.held.append(bytes(frame))
             return True
-        return self._receive(frame)
+        taken = self._receive(frame)
+        self._sync_irq()
+        return taken
 
     def _miss(self) -> None:
         self.stats["missed"] += 1
@@ -445,6 +465,7 @@ class Tulip21140:
         held, self.held = self.held, []
         for frame in held:
             self._receive(frame)
+        self._sync_irq()
 
     def close(self) -> None:
         """Leave the switch (frames for this adapter are then dropped by the switch)."""
@@ -477,6 +498,7 @@ class Tulip21140:
         self.fatal = state["fatal"]
         self.stats = dict(state["stats"])
         self.held = [bytes(f) for f in state["held"]]
+        self._sync_irq()      # the line is CSR5 & CSR7's: up again if it was up when saved
 
 
 STATE_FORMAT = 1

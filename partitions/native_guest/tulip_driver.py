@@ -9,12 +9,18 @@ with receive and transmit started: 12 intercepts.
 
 Sending a frame costs one intercept (the transmit poll demand in CSR1): the buffer and the
 descriptor are stores to the guest's own memory, and finished transmit descriptors are reclaimed
-by looking at their OWN bits there. Receiving: with no interrupt line (the bus has none), the
-driver looks at its next receive descriptor in its own memory every `poll_ns` (no exit), and when
-frames have come does what an interrupt handler would: reads CSR5 and writes its bits back to
-acknowledge them (2 intercepts), takes every finished descriptor, gives them back to the chip, and
-writes CSR2 (a receive poll demand, one more) only if the chip had reported RU. So a frame sent
-and received one at a time costs 1 + 2 intercepts.
+by looking at their OWN bits there; a frame asks for a transmit interrupt (IC) only when the ring
+is half full or more, so a driver keeping up takes none (as Linux's tulip driver does).
+
+Receiving (`interrupts=True`, the default): the driver waits for the chip's interrupt line
+(`ctx.wait_irq`, IRQ 11: the VP halts, the frame's arrival wakes it, the interrupt and its APIC EOI
+are charged), then its handler reads CSR5 and writes its bits back to acknowledge them (2
+intercepts, which lowers the line), takes every finished descriptor, gives them back to the chip,
+and writes CSR2 (a receive poll demand, one more) only if the chip had reported RU. So a frame
+sent and received one at a time costs 1 + 2 intercepts and one interrupt. With
+`interrupts=False` the driver enables no interrupt in CSR7 and polls instead: it looks at its next
+receive descriptor in its own memory every `poll_ns` (no exit) and runs the same handler when
+frames have come.
 """
 from __future__ import annotations
 
@@ -32,7 +38,8 @@ class TulipDriver:
     `buffer`-byte buffer each, page aligned)."""
 
     def __init__(self, ctx, *, base: int = t.BASE, memory: int = 0x10_0000, rx_count: int = 16,
-                 tx_count: int = 16, buffer: int = 1536, poll_ns: int = 5_000, cpu_per_frame: int = 1_000):
+                 tx_count: int = 16, buffer: int = 1536, poll_ns: int = 5_000, cpu_per_frame: int = 1_000,
+                 interrupts: bool = True):
         self.ctx, self.base = ctx, base
         self.rx_count, self.tx_count, self.buffer = rx_count, tx_count, buffer
         self.rx_ring = memory
@@ -41,12 +48,13 @@ class TulipDriver:
         self.rx_buffers = buffers
         self.tx_buffers = buffers + buffer * rx_count
         self.poll_ns, self.cpu_per_frame = poll_ns, cpu_per_frame
+        self.interrupts = interrupts
         self.mac = b""
         self.rx_at = self.tx_at = 0           # next receive descriptor to look at, next to fill
         self.tx_busy = 0                      # transmit descriptors given and not yet reclaimed
         self.tx_reclaim = 0
         self.received: deque[bytes] = deque()
-        self.stats = {"sent": 0, "received": 0, "acks": 0, "rx_polls": 0, "errors": 0}
+        self.stats = {"sent": 0, "received": 0, "acks": 0, "rx_polls": 0, "irqs": 0, "errors": 0}
 
     # ---- registers -------------------------------------------------------------------------------
     async def csr_read(self, n: int) -> int:
@@ -69,7 +77,7 @@ class TulipDriver:
         self.rx_at = self.tx_at = self.tx_busy = self.tx_reclaim = 0
         await self.csr_write(3, self.rx_ring)
         await self.csr_write(4, self.tx_ring)
-        await self.csr_write(7, t.NIS | t.AIS | t.TI | t.RI | t.RU | t.FBE)
+        await self.csr_write(7, t.NIS | t.AIS | t.TI | t.RI | t.RU | t.FBE if self.interrupts else 0)
         await self.csr_write(6, t.SR | t.ST | (t.PR if promiscuous else 0))
         return self.mac
 
@@ -98,7 +106,8 @@ class TulipDriver:
         address, gpa = self.tx_buffers + self.buffer * i, self.tx_ring + 16 * i
         ctx.write(address, frame)
         end = t.DES1_END if i == self.tx_count - 1 else 0
-        control = t.TDES1_IC | t.TDES1_FS | t.TDES1_LS | end | len(frame)
+        ic = t.TDES1_IC if 2 * self.tx_busy >= self.tx_count else 0   # room left: no TI wanted
+        control = ic | t.TDES1_FS | t.TDES1_LS | end | len(frame)
         ctx.write(gpa + 4, struct.pack("<II", control, address))
         ctx.write(gpa, _WORD.pack(t.OWN))     # last: the descriptor is the chip's from here on
         self.tx_at, self.tx_busy = (i + 1) % self.tx_count, self.tx_busy + 1
@@ -154,6 +163,15 @@ class TulipDriver:
 
     async def receive(self, timeout_ns: int | None = None) -> bytes | None:
         """The next frame received (its bytes, without the CRC), or None after `timeout_ns`."""
+        if self.interrupts:
+            deadline = None if timeout_ns is None else self.ctx.now + timeout_ns
+            while not self.received:
+                left = None if deadline is None else deadline - self.ctx.now
+                if left is not None and left <= 0 or not await self.ctx.wait_irq(t.NIC_IRQ, left):
+                    return None
+                self.stats["irqs"] += 1
+                await self._service()
+            return self.received.popleft()
         waited = 0
         while not self.received:
             if self._ready():
