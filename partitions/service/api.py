@@ -24,8 +24,9 @@ the one command that acts, which the sim thread applies whole or not at all.
 
 Why FastAPI with uvicorn: both are widely used and well kept; FastAPI derives the OpenAPI document
 (and docs/api.md from it) from the endpoints' own type annotations, so the reference cannot drift
-from the code; uvicorn is a pure-Python ASGI server that runs in the service's own process, beside
-the simulation thread, on TCP or a Unix socket.
+from the code; uvicorn is an ASGI server that runs in the service's own process, beside the
+simulation thread, on TCP or a Unix socket; with httptools installed (the `service` extra) it parses
+HTTP in C, which cut a request's server CPU by about a third (bench api, docs/service.md).
 """
 from __future__ import annotations
 
