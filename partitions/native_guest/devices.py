@@ -30,8 +30,10 @@ Interrupts: a device asserts and deasserts an interrupt line (`raise_irq(device,
 (by the guest, through the device's registers). The routing is a PC's legacy one, fixed and kept
 simple: ISA IRQ n (0-15) is vector IRQ_VECTOR_BASE + n (0x20 + n, where a legacy OS programs its
 PIC or IOAPIC), delivered to VP 0; the IDE disk uses IRQ 14 (vector 0x2E), the legacy NIC IRQ 11
-(0x2B). A line going up tells the core (hv_vp_device_interrupt), which charges the VP the cost
-model's interrupt (1 us) and wakes it if it is halted. A native guest takes the vector through its
+(0x2B). A line going up is the parent's device model asserting the interrupt with a hypercall
+(HvCallAssertVirtualInterrupt on Hyper-V: ASSERT_NS, the cost model's 1 us, the parent's CPU,
+counted in `parent_ns` under the device) and tells the core (hv_vp_device_interrupt), which
+charges the VP the cost model's interrupt (1 us) and wakes it if it is halted. A native guest takes the vector through its
 IDT when IF is set (cpu.py) and ends it with an APIC EOI (a write to the x2APIC EOI MSR, 0x80B);
 a Python guest waits with `await ctx.wait_irq(line)`, which charges the same EOI. The APIC is the
 hypervisor's, so the EOI is an exit handled there (EOI_NS, the cost model's 1 us), not the
@@ -51,6 +53,8 @@ from hypervisor.guest import INTERCEPTS
 PARENT_EXIT_NS = 4000
 #: An APIC EOI: an exit the hypervisor handles itself (cost-model.md §1: 1 us), not the parent.
 EOI_NS = 1000
+#: The parent asserting a line into its child: a simple hypercall (cost-model.md §1: 1 us).
+ASSERT_NS = 1000
 #: Legacy interrupt routing: ISA IRQ n is vector IRQ_VECTOR_BASE + n on VP IRQ_VP.
 IRQ_LINES, IRQ_VECTOR_BASE, IRQ_VP = 16, 0x20, 0
 IDE_IRQ, NIC_IRQ = 14, 11
@@ -204,6 +208,7 @@ class IoBus:
         self._lines[line] = self._owners[line] = device
         self.irq_seq += 1
         self.interrupts[device] += 1
+        self.parent_ns[device] += ASSERT_NS
         if self.on_irq is not None:
             self.on_irq(line)
 

@@ -6,7 +6,7 @@ import pytest
 
 from drivers.storage.vhd import VirtualDisk
 from partitions.native_guest import ide
-from partitions.native_guest.devices import PARENT_EXIT_NS, IoBus
+from partitions.native_guest.devices import ASSERT_NS, PARENT_EXIT_NS, IoBus
 from tests.native.kernels import HALT_FOREVER, build
 
 MS = 1_000_000
@@ -178,6 +178,7 @@ def test_a_native_kernel_reads_the_disk_through_port_io(tmp_path, vhd):
 def test_the_medium_time_is_waited_but_is_not_parent_cpu(vhd):
     bus, _ = _bus(vhd)
     _command(bus, ide.READ, 0, 8)
-    assert bus.accesses["ide"] == 7
-    assert bus.parent_ns["ide"] == 7 * (PARENT_EXIT_NS + ide.ACCESS_NS)
+    assert bus.accesses["ide"] == 7 and bus.interrupts["ide"] == 1
+    # The exits and the device's time, and the parent asserting IRQ 14 once (data ready).
+    assert bus.parent_ns["ide"] == 7 * (PARENT_EXIT_NS + ide.ACCESS_NS) + ASSERT_NS
     assert bus.medium_ns["ide"] == ide.LATENCY_NS + 4096 * 10**9 // ide.BANDWIDTH

@@ -10,7 +10,7 @@ from hypervisor.host import Host
 from partitions.native_guest import ide
 from partitions.native_guest import tulip as t
 from partitions.native_guest.cpu import check_state
-from partitions.native_guest.devices import EOI_NS, IoBus, bus_of
+from partitions.native_guest.devices import ASSERT_NS, EOI_NS, IoBus, bus_of
 from partitions.native_guest.tulip_driver import TulipDriver
 from partitions.worker import VmSpec, VmWorker
 from tests.native.kernels import HALT_FOREVER, Booted, build
@@ -42,7 +42,7 @@ def test_lines_are_level_one_device_each_and_routed_to_0x20_plus_the_irq():
     assert not bus.asserted(11)
     assert bus.vector(14) == 0x2E and bus.line_of(0x2B) == 11 and bus.line_of(0x40) is None
     assert bus.eoi(11) == EOI_NS and bus.eois["nic"] == 1 and bus.hypervisor_ns["nic"] == EOI_NS
-    assert bus.parent_ns["nic"] == 0         # the EOI is the hypervisor's exit, not the parent's
+    assert bus.parent_ns["nic"] == ASSERT_NS  # the parent asserted the line; the EOI is the hypervisor's
 
 
 def test_the_ide_drive_raises_irq14_when_a_command_needs_the_guest_unless_nien(vhd):
