@@ -329,3 +329,49 @@ def test_a_21140_line_up_when_saved_is_up_after_the_restore():
     assert not bus2.asserted(11)
     nic2.load_state(record)
     assert bus2.asserted(11)
+
+
+async def irq_holder(ctx):
+    """Asks the drive for IDENTIFY and never reads the status, so IRQ 14 stays up; in a shell
+    restored from a save it takes the interrupt (ctx.state says it asked already)."""
+    if "asked" not in ctx.state:
+        await ctx.port_out(0x1F6, 1, 0xE0)
+        await ctx.port_out(0x1F7, 1, ide.IDENTIFY)
+        ctx.state["asked"] = True
+    else:
+        ctx.state["took"] = await ctx.wait_irq(ide.IDE_IRQ, timeout="1ms")
+        ctx.state["status"] = await ctx.port_in(0x1F7, 1)
+    while True:
+        await ctx.sleep("10ms")
+
+
+def test_a_vm_saved_with_irq14_up_has_it_up_after_a_restore_into_a_new_shell(tmp_path):
+    from partitions.config import loads
+    from partitions.management import ManagedHost
+    from tests.partitions.test_emulated_config import host, make_vhd
+    make_vhd(tmp_path / "legacy.vhd")
+    text = host('''
+[[vm]]
+name = "p"
+memory = "16MiB"
+ide = "legacy.vhd"
+workload = { kind = "python", target = "tests.native.test_irq:irq_holder" }
+''')
+    old = ManagedHost(loads(text, base_dir=tmp_path), workdir=tmp_path / "old")
+    try:
+        old.run(20 * MS)
+        vm = old.vms["p"]
+        assert bus_of(vm.partition).asserted(14) and vm.workload_states[0]["asked"]
+        vm.save(tmp_path / "p.hvsav")
+    finally:
+        old.close()
+    new = ManagedHost(loads(text, base_dir=tmp_path), workdir=tmp_path / "new")
+    try:
+        vm = new.restore_vm(tmp_path / "p.hvsav")
+        assert vm.emulated["ide"].intrq and bus_of(vm.partition).asserted(14)
+        new.run(new.host.now + 5 * MS)
+        state = vm.workload_states[0]
+        assert state["took"] is True and state["status"] & ide.DRQ
+        assert not bus_of(vm.partition).asserted(14) and bus_of(vm.partition).eois["ide"] == 1
+    finally:
+        new.close()
