@@ -67,6 +67,7 @@ yet written back: no fsync per request). The file is created 0600.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -384,6 +385,7 @@ def wall_time() -> str:
 
 # ---- the authorizer ----------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=256)   # asked for every request; parsing the address was most of authenticate()
 def is_loopback(client_host: str | None) -> bool:
     """None is a Unix-socket client (as local as loopback); else an IP on the loopback network
     (an IPv4-mapped IPv6 address counts as its IPv4 address). Names are not trusted."""
