@@ -203,7 +203,7 @@ def _serve(args, plan, speed, authorizer, templates, sock, kind, where, stop_req
     import uvicorn
 
     from partitions.management import ScenarioError
-    from partitions.service.api import create_app
+    from partitions.service.api import create_app, http_protocol
     from partitions.service.engine import Engine
     logging.basicConfig(level=logging.WARNING, format="hvsim serve: %(message)s", stream=sys.stderr)
     engine = Engine(plan.config, seed=plan.seed, workdir=plan.workdir, speed=speed, paused=args.paused,
@@ -228,7 +228,8 @@ def _serve(args, plan, speed, authorizer, templates, sock, kind, where, stop_req
                     self.should_exit = True
 
         config = uvicorn.Config(app, log_level="warning", access_log=args.access_log, lifespan="off",
-                                timeout_graceful_shutdown=5, **({"uds": str(where)} if kind == "unix" else {}))
+                                timeout_graceful_shutdown=5, http=http_protocol() or "auto",
+                                **({"uds": str(where)} if kind == "unix" else {}))
         server = Server(config)
         if kind == "unix":
             address = f"unix:{where}"

@@ -435,6 +435,63 @@ def _json(data: bytes) -> Response:
     return Response(data, media_type="application/json")
 
 
+# ---- one send per answer -----------------------------------------------------------------------------------
+
+class _OneSend:
+    """A transport whose writes made in one turn of the event loop reach the socket as one send,
+    at the end of that turn. uvicorn writes a response's head and its body apart, two sends on
+    the socket; on loopback each costs the kernel's whole delivery, the reader's wake-up included,
+    which under a paced load (each request alone) was most of the server's CPU per request
+    (py-spy: the sends and the audit write). Everything else is the transport's own. Invariants:
+    bytes go out in the order written; close() sends what is pending first, abort() drops it."""
+
+    def __init__(self, transport):
+        self._transport = transport
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def set_protocol(self, protocol) -> None:
+        self._flush()
+        self._transport.set_protocol(protocol)
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+
+def http_protocol():
+    """The HTTP protocol class for uvicorn (`uvicorn.Config(http=...)`): its httptools protocol
+    with one send per answer (_OneSend); None without httptools (uvicorn's own choice then)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return None
+
+    class HttpProtocol(HttpToolsProtocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(_OneSend(transport))
+    return HttpProtocol
+
+
 # ---- the app ----------------------------------------------------------------------------------------------
 
 def create_app(engine, authorizer, *, templates: dict | None = None) -> FastAPI:
@@ -619,9 +676,13 @@ def create_app(engine, authorizer, *, templates: dict | None = None) -> FastAPI:
                                        "event as JSON", "content": {"text/event-stream": {}}}},
              summary="The events since a sequence number, or a stream of them as they happen")
     async def events_get(request: Request, since: int = 0, limit: int = MAX_EVENTS, follow: bool = False,
-                         vm: list[str] | None = Query(None, description="only these VMs' events")):
+                         vm: list[str] | None = Query(None, description="only these VMs' events"),
+                         tail: int | None = Query(None, description="only the last N events (after since); a "
+                                                  "stream starts with them, unless Last-Event-ID is sent")):
         if limit < 1 or limit > MAX_EVENTS:
             raise BadRequest(f"limit: expected 1 to {MAX_EVENTS}, got {limit}")
+        if tail is not None and not 1 <= tail <= MAX_EVENTS:
+            raise BadRequest(f"tail: expected 1 to {MAX_EVENTS}, got {tail}")
         p = principal(request)
         wanted = set(vm) if vm else None
 
@@ -634,12 +695,16 @@ def create_app(engine, authorizer, *, templates: dict | None = None) -> FastAPI:
             return wanted if seen is None else wanted & seen
         streaming = follow or "text/event-stream" in request.headers.get("accept", "")
         if not streaming:
-            return engine.events(since, allowed(), limit)
+            return engine.events(since, allowed(), limit, tail=tail)
         last = request.headers.get("last-event-id")
         if last is not None:
             if not last.strip().isdigit():
                 raise BadRequest(f"Last-Event-ID: expected a sequence number, got {last!r}")
             since = int(last)
+        elif tail is not None:   # start just before the last `tail` events this caller sees
+            newest = engine.last_seq
+            recent = engine.events(since, allowed(), tail=tail)
+            since = recent[0]["seq"] - 1 if recent else max(since, newest)
         return StreamingResponse(_stream(engine, since, allowed, app), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

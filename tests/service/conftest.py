@@ -59,7 +59,7 @@ class Server:
 
         import uvicorn
 
-        from partitions.service.api import create_app
+        from partitions.service.api import create_app, http_protocol
         self.engine, self.authorizer = engine, authorizer
         self.app = create_app(engine, authorizer, **app_options)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)   # TCP_NODELAY
@@ -68,7 +68,7 @@ class Server:
         self.host, self.port = self._sock.getsockname()
         self.url = f"http://{self.host}:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                                    timeout_graceful_shutdown=5))
+                                                    timeout_graceful_shutdown=5, http=http_protocol() or "auto"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
                                        name="uvicorn-test", daemon=True)
         self.thread.start()

@@ -356,3 +356,75 @@ def test_a_read_sees_a_command_done_before_it_and_each_callers_own_vms(make_engi
     assert engine.snapshot()["clock"]["windows"] == windows
     assert lists == {"carol": ["carol-vm"], "dave": ["dave-vm"], "alice": ["steady", "idle", "carol-vm", "dave-vm"]}
     assert hosts == {"carol": ["carol-vm"], "dave": ["dave-vm"]}
+
+
+def test_events_tail_gives_the_last_n_and_a_stream_starts_with_them(server):
+    """?tail=N: the last N events (of the VMs asked for), oldest first; a stream with tail=N
+    starts with those N, not with the whole ring (the console's first look)."""
+    server.request("POST", "/v1/vms/idle/pause")
+    server.request("POST", "/v1/vms/idle/resume")
+    last = server.engine.last_seq
+    status, events, _ = server.request("GET", "/v1/events?tail=3")
+    assert status == 200 and [e["seq"] for e in events] == [last - 2, last - 1, last]
+    everything = server.request("GET", "/v1/events")[1]
+    idle = [e["seq"] for e in everything if e.get("vm") == "idle"]
+    assert [e["seq"] for e in server.request("GET", "/v1/events?tail=2&vm=idle")[1]] == idle[-2:]
+    assert server.request("GET", f"/v1/events?tail=5&since={last - 1}")[1][0]["seq"] == last
+    assert server.request("GET", "/v1/events?tail=0")[0] == 400
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    conn.request("GET", "/v1/events?follow=true&tail=2")
+    response = conn.getresponse()
+    ids = []
+    while len(ids) < 2:
+        line = response.readline().decode().rstrip("\n")
+        if line.startswith("id: "):
+            ids.append(int(line[4:]))
+    assert ids == [last - 1, last]
+    conn.close()
+
+
+def test_an_answers_writes_in_one_turn_of_the_event_loop_go_out_as_one_send_in_order():
+    """_OneSend: uvicorn's head and body writes reach the socket as one send at the end of the
+    loop's turn, in order; close() sends what is pending first, abort() drops it."""
+    import asyncio
+
+    from partitions.service.api import _OneSend
+
+    class Transport:
+        def __init__(self):
+            self.sent, self.closed, self.aborted = [], False, False
+
+        def write(self, data):
+            self.sent.append(data)
+
+        def is_closing(self):
+            return self.closed or self.aborted
+
+        def close(self):
+            self.closed = True
+
+        def abort(self):
+            self.aborted = True
+
+        def get_extra_info(self, name):
+            return ("127.0.0.1", 1) if name == "peername" else None
+
+    async def main():
+        t = Transport()
+        one = _OneSend(t)
+        one.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        one.write(memoryview(b"body"))
+        assert t.sent == []
+        await asyncio.sleep(0)
+        assert t.sent == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+        one.write(b"last")
+        one.close()
+        assert t.sent[-1] == b"last" and t.closed
+        assert one.get_extra_info("peername") == ("127.0.0.1", 1)
+        t2 = Transport()
+        two = _OneSend(t2)
+        two.write(b"never")
+        two.abort()
+        await asyncio.sleep(0)
+        assert t2.sent == [] and t2.aborted
+    asyncio.run(main())
