@@ -566,15 +566,27 @@ class Engine:
         recorder = _Recorder(self, self._file_log, {})
         recorder.event(name, **fields)
 
-    def events(self, since_seq: int = 0, vms: set[str] | None = None, limit: int | None = None) -> list[dict]:
+    def events(self, since_seq: int = 0, vms: set[str] | None = None, limit: int | None = None, *,
+               tail: int | None = None) -> list[dict]:
         """The events after `since_seq` still in the ring, oldest first; with `vms`, only those of
-        these VMs (an event without a VM is the host's: left out then)."""
+        these VMs (an event without a VM is the host's: left out then); with `tail`, only the last
+        `tail` of them (the newest, still oldest first)."""
         with self._events_cond:
             ring = self._ring
             if not ring or since_seq >= self._seq:
                 return []
             start = max(0, since_seq - ring[0]["seq"] + 1)
             out = []
+            if tail is not None:   # from the newest back: a console's first look reads N, not the ring
+                for i in range(len(ring) - 1, start - 1, -1):
+                    record = ring[i]
+                    if vms is not None and record.get("vm") not in vms:
+                        continue
+                    out.append(record)
+                    if len(out) >= tail:
+                        break
+                out.reverse()
+                return out[:limit] if limit is not None else out
             for i in range(start, len(ring)):
                 record = ring[i]
                 if vms is not None and record.get("vm") not in vms:

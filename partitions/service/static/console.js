@@ -582,7 +582,8 @@
       try {
         const h = headers({ Accept: "text/event-stream" });
         if (state.lastSeq) h["Last-Event-ID"] = String(state.lastSeq);
-        const url = state.lastSeq ? `/v1/events?follow=true&since=${state.lastSeq}` : "/v1/events?follow=true";
+        const url = state.lastSeq ? `/v1/events?follow=true&since=${state.lastSeq}`
+          : `/v1/events?follow=true&tail=${EVENTS_KEPT}`;   // the list shows EVENTS_KEPT: not the whole ring
         const resp = await fetch(url, { headers: h, signal: ctl.signal });
         if (!resp.ok) {
           if (resp.status === 401) return showSignIn("The server no longer accepts this token.");
