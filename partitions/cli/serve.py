@@ -204,8 +204,9 @@ def _serve(args, plan, speed, authorizer, templates, sock, kind, where, stop_req
 
     from partitions.management import ScenarioError
     from partitions.service.api import create_app, http_protocol
-    from partitions.service.engine import Engine
+    from partitions.service.engine import GIL_SWITCH_S, Engine
     logging.basicConfig(level=logging.WARNING, format="hvsim serve: %(message)s", stream=sys.stderr)
+    sys.setswitchinterval(GIL_SWITCH_S)   # the API's thread gets the GIL back sooner (engine.py says why)
     engine = Engine(plan.config, seed=plan.seed, workdir=plan.workdir, speed=speed, paused=args.paused,
                     window=args.window, log=args.log)
     try:
