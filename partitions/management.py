@@ -155,10 +155,17 @@ class ManagedHost:
                 raise ScenarioError(f"at {at.time / 1e9:g}s: {at.action} of vm {at.vm!r} is not available in this "
                                     f"version of hvsim (supported: {', '.join(SUPPORTED_ACTIONS)})")
         self._next_action = 0
+        #: Whether the host's autostart has run (start()); run() autostarts a host only once.
+        self.started = False
 
     # ---- building -------------------------------------------------------------------------------
     def _event(self, name: str, **fields: Any) -> None:
         self.events.emit(name, **fields)
+
+    def event(self, name: str, **fields: Any) -> None:
+        """Log an event of the host's (docs/events.md), with the host's simulated time: for a
+        caller that drives the host from outside (the management service)."""
+        self._event(name, **fields)
 
     def _vm_name(self, partition_id: int) -> str | None:
         """The name of the VM a partition is (or was) the partition of; None for the root."""
@@ -441,6 +448,7 @@ class ManagedHost:
         that cannot be opened) stays Off with the reason, logged as vm.start_failed; the host
         and the other VMs go on, as Hyper-V's automatic start does."""
         from partitions.vm import DiskUnavailable
+        self.started = True
         for cfg in self.config.vms:
             if cfg.autostart:
                 try:
@@ -454,7 +462,7 @@ class ManagedHost:
         called every `step` of simulated time (for a live view)."""
         end = parse_duration(until, "until")
         step_ns = max(1, parse_duration(step, "step"))
-        if self.host.now == 0 and all(vm.state is VmState.OFF for vm in self.vms.values()):
+        if not self.started and self.host.now == 0 and all(vm.state is VmState.OFF for vm in self.vms.values()):
             self.start()
         while self.host.now < end:
             nxt = min(end, (self.host.now // step_ns + 1) * step_ns)
@@ -488,6 +496,17 @@ class ManagedHost:
         """Where a save of `vm` goes: <workdir>/<vm>.hvsav (the run directory is made if need be)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         return self.workdir / f"{vm.name}.hvsav"
+
+    def saved_state_path(self, vm: VirtualMachine) -> Path:
+        """Where a save of `vm` goes (as the timeline's save puts it)."""
+        return self._saved_state_path(vm)
+
+    def skip_due_action(self) -> None:
+        """Step past the timeline action due now (one that failed, so that the next run does not
+        try it again); nothing if none is due."""
+        i = self._next_action
+        if i < len(self.timeline) and self.timeline[i].time <= self.host.now:
+            self._next_action = i + 1
 
     def _act(self, at) -> None:
         vm = self.vms[at.vm]

@@ -254,13 +254,12 @@ class Engine:
                 managed = ManagedHost(self.config, seed=self.seed, workdir=self.workdir, event_log=recorder)
                 self._hosts = {getattr(self.config.host, "name", None) or "host": managed}
             for managed in self._hosts.values():
-                # Autostart now, as `hvsim run` does at time 0 (ManagedHost.run would do it at its
-                # first window only if every VM were still Off).
+                # Autostart now, as `hvsim run` does at time 0; either way the host counts as
+                # started, so that ManagedHost.run does not start again the VMs an operator turned
+                # off before the first window (it autostarts a host at time 0 whose VMs are all Off).
                 if managed.host.now == 0 and all(vm.state.value == "Off" for vm in managed.vms.values()):
                     managed.start()
-                # ManagedHost.run autostarts a host still at time 0 whose VMs are all Off: here
-                # that would start again the VMs an operator turned off before the first window.
-                managed.start = lambda: None
+                managed.started = True
             self._load_created()
             self._saved_on_disk = {name for managed in self._hosts.values() for name, vm in managed.vms.items()
                                    if vm.state.value == "Off" and (self.workdir / f"{name}.hvsav").is_file()}
@@ -349,9 +348,7 @@ class Engine:
     def _skip_failed_action(self) -> None:
         """The timeline action that just failed is not tried again at every window."""
         for managed in self._hosts.values():
-            timeline, i = managed.timeline, managed._next_action
-            if i < len(timeline) and timeline[i].time <= managed.host.now:
-                managed._next_action = i + 1
+            managed.skip_due_action()
 
     def _contain(self, exc: BaseException) -> None:
         from partitions.cli.run import _is_guest_error, _naming_vms
@@ -366,7 +363,7 @@ class Engine:
             self._record("service.failed", {"host": host, "error": reason})
             return
         logger.error("vm %r crashed: %s", vm.name, reason, exc_info=None if _is_guest_error(exc) else exc)
-        managed._event("vm.crashed", vm=vm.name, error=reason)
+        managed.event("vm.crashed", vm=vm.name, error=reason)
         try:
             vm.crash(f"crashed: {reason}")
         except Exception:   # its teardown failed too: the VM is lost, the host goes on
@@ -665,7 +662,7 @@ class Engine:
                 raise NotFound(f"no host named {to!r} (hosts: {', '.join(self._dc.hosts)})")
         run = {"start": lambda: vm.restore(saved) if saved else vm.start(),
                "stop": vm.stop, "turn-off": vm.turn_off, "pause": vm.pause, "resume": vm.resume,
-               "save": lambda: vm.save(managed._saved_state_path(vm)),
+               "save": lambda: vm.save(managed.saved_state_path(vm)),
                "restore": lambda: vm.restore(saved) if saved else vm.restore(),
                "checkpoint": lambda: vm.checkpoint(checkpoint),
                "apply": lambda: vm.apply_checkpoint(checkpoint),
@@ -678,11 +675,11 @@ class Engine:
         try:
             run()
         except Exception as exc:
-            managed._event("vm.action_failed", vm=name, action=action, error=str(exc), **fields)
+            managed.event("vm.action_failed", vm=name, action=action, error=str(exc), **fields)
             if isinstance(exc, (DiskUnavailable, CheckpointError, MigrationError)):
                 raise Conflict(str(exc)) from None
             raise
-        managed._event("vm.action", vm=name, action=action, **fields)
+        managed.event("vm.action", vm=name, action=action, **fields)
         if (action in ("start", "restore") and (saved or was is VmState.SAVED)) and vm.state is not VmState.SAVED:
             self._forget_saved(managed, vm)   # restored: the state lives in the VM again
         if action == "turn-off" and was is VmState.SAVED:
@@ -700,7 +697,7 @@ class Engine:
 
     def _discard_saved(self, managed, vm) -> None:
         self._forget_saved(managed, vm)
-        managed._event("savedstate.discarded", vm=vm.name)
+        managed.event("savedstate.discarded", vm=vm.name)
 
     def _forget_saved(self, managed, vm) -> None:
         """The VM's saved state is used or discarded: its file goes (a restore does not come back to it)."""

@@ -308,3 +308,22 @@ def test_a_datacenter_engine_shows_its_hosts_and_moves_a_vm(make_engine):
     row = next(r for r in engine.snapshot()["vms"] if r["Name"] == "mover")
     assert row["Host"] == "b" and row["State"] == "Running"
     assert engine.create_vm('name = "late"\nmemory = "32MiB"', host="b")["Host"] == "b"
+
+
+def test_managed_host_autostarts_once_so_vms_turned_off_at_time_0_stay_off(tmp_path):
+    """ManagedHost.run autostarts a host at time 0 whose VMs are all Off, unless start() ran
+    already (ManagedHost.started): VMs turned off between the two stay Off."""
+    from partitions.management import ManagedHost
+
+    from tests.service.conftest import small_config
+    managed = ManagedHost(small_config(tmp_path), workdir=tmp_path / "run")
+    try:
+        assert managed.started is False
+        managed.start()
+        assert managed.started is True
+        for vm in managed.vms.values():
+            vm.turn_off()
+        managed.run("10ms", step="5ms")
+        assert {vm.state.value for vm in managed.vms.values()} == {"Off"}
+    finally:
+        managed.close()
