@@ -83,13 +83,15 @@ _WORKLOAD_KEYS = {kind: ("kind",) + tuple(f.name for f in dataclasses.fields(cls
 
 # ---- entry points --------------------------------------------------------------------------------
 
-def load(path: str | os.PathLike) -> Config | DatacenterConfig:
-    """Load a configuration file; relative disk paths resolve against its directory."""
+def read_text_file(path: str | os.PathLike, what: str = "a readable file") -> str:
+    """The UTF-8 text of a file hvsim reads (a host file, the service's users or templates file);
+    ConfigError names the file and what was wrong: unreadable (`what` was expected), not a regular
+    file, not UTF-8."""
     import stat
     path = Path(path)
     try:
-        # O_NONBLOCK so that a FIFO (or a device) named as the host file is refused at once
-        # instead of waiting for a writer or reading without end.
+        # O_NONBLOCK so that a FIFO (or a device) named as the file is refused at once instead of
+        # waiting for a writer or reading without end.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         try:
             mode = os.fstat(fd).st_mode
@@ -102,12 +104,27 @@ def load(path: str | os.PathLike) -> Config | DatacenterConfig:
             os.close(fd)
             raise
         with open(fd, "rb") as f:
-            text = f.read().decode("utf-8")
+            return f.read().decode("utf-8")
     except OSError as exc:
-        raise ConfigError(str(path), None, "a readable file", exc.strerror or type(exc).__name__) from None
+        raise ConfigError(str(path), None, what, exc.strerror or type(exc).__name__) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), None, "UTF-8 text", f"byte {exc.object[exc.start]:#04x} at offset {exc.start}") \
             from None
+
+
+def read_toml_file(path: str | os.PathLike, what: str) -> dict:
+    """A TOML file read as read_text_file reads it, parsed; ConfigError when it is not TOML."""
+    text = read_text_file(path, what)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), None, "valid TOML", str(exc)) from None
+
+
+def load(path: str | os.PathLike) -> Config | DatacenterConfig:
+    """Load a configuration file; relative disk paths resolve against its directory."""
+    path = Path(path)
+    text = read_text_file(path)
     config = loads(text, file=str(path), base_dir=path.parent)
     if isinstance(config, DatacenterConfig):   # each host's errors name the file too
         hosts = tuple(dataclasses.replace(h, config=dataclasses.replace(h.config, path=path)) for h in config.hosts)

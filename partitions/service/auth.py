@@ -223,35 +223,12 @@ def token_id_of(token: str) -> str | None:
 # ---- the users file ----------------------------------------------------------------------------
 
 def load_users(path: str | os.PathLike) -> dict[str, User]:
-    """Read and check a users file; ConfigError names the file, the key and what was expected."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-    import stat
+    """Read and check a users file; ConfigError names the file, the key and what was expected. A
+    FIFO or a directory put in the file's place is refused at once (read_text_file), so the server,
+    which re-reads a changed file, never hangs on it."""
+    from partitions.config import read_toml_file
     file = str(path)
-    try:
-        # O_NONBLOCK and a regular-file check: a FIFO put in the file's place must not hang the
-        # server at its next request (it re-reads a changed file), as config.load refuses one too.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ConfigError(file, None, "a regular file", "something else (a directory, FIFO or device)")
-            os.set_blocking(fd, True)
-        except BaseException:
-            os.close(fd)
-            raise
-        with open(fd, "rb") as f:
-            text = f.read().decode("utf-8")
-    except OSError as exc:
-        raise ConfigError(file, None, "a readable users file", exc.strerror or type(exc).__name__) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(file, None, "UTF-8 text", f"byte {exc.object[exc.start]:#04x} at offset {exc.start}") \
-            from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(file, None, "valid TOML", str(exc)) from None
+    data = read_toml_file(path, "a readable users file")
     return users_from_dict(data, file=file)
 
 

@@ -106,19 +106,9 @@ def load_templates(path: str | os.PathLike | None, config: Config | DatacenterCo
     """The built-in templates, then those of the file at `path` (None: none), checked."""
     if path is None:
         return builtin_templates(config)
-    from partitions.config import tomllib
+    from partitions.config import read_toml_file
     file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(file, None, "a readable templates file", exc.strerror or type(exc).__name__) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(file, None, "UTF-8 text", f"byte {exc.object[exc.start]:#04x} at offset {exc.start}") \
-            from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(file, None, "valid TOML", str(exc)) from None
+    data = read_toml_file(path, "a readable templates file")
     return templates_from_dict(data, config, file=file)
 
 

@@ -636,3 +636,13 @@ def test_hvsim_users_is_a_subcommand():
     from partitions.cli import build_parser
     args = build_parser().parse_args(["users", "list", "--file", "x.toml"])
     assert args.users_verb == "list" and args.file == "x.toml"
+
+
+def test_a_fifo_or_a_directory_as_the_templates_file_is_refused_at_once(tmp_path, no_hang):
+    """hvsim serve --templates FIFO must say what is wrong, not wait for a writer."""
+    fifo = tmp_path / "templates.toml"
+    os.mkfifo(fifo)
+    for bad in (fifo, tmp_path):
+        with pytest.raises(ConfigError, match="expected a regular file") as err:
+            load_templates(bad, default_config(tmp_path))
+        assert err.value.file == str(bad)
