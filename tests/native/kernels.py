@@ -95,3 +95,11 @@ name = "other"
 memory = "64MiB"
 workload = {{ kind = "cpu-burn", duty = 0.5 }}
 '''
+
+
+def two_hosts(vm: str) -> str:
+    """A datacenter file: hosts "a" and "b" (2 LPs, 256 MiB each) on a 10 Gbit/s, 50 us link, with
+    the [[host.vm]] table `vm` on "a" (the native tests' live and post-copy moves)."""
+    host = 'logical_processors = 2\nmemory = "256MiB"\n'
+    return (f'[[host]]\nname = "a"\n{host}\n{vm}\n[[host]]\nname = "b"\n{host}\n'
+            '[[link]]\nhosts = ["a", "b"]\nbandwidth = "10Gbit/s"\nlatency = "50us"\n')

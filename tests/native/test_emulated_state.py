@@ -14,7 +14,7 @@ from drivers.storage.vhd import VirtualDisk
 from partitions.config import loads
 from partitions.management import ManagedHost
 from partitions.savedstate import SavedStateError, SavedStateReader, SavedStateWriter
-from tests.native.kernels import build
+from tests.native.kernels import build, two_hosts
 
 MS = 1_000_000
 READS, SECTORS = 24, 4                  # 24 reads of 4 sectors (2 KiB, 1,024 words) each
@@ -189,28 +189,7 @@ def test_a_save_in_the_middle_of_a_pio_read_reads_on_in_a_new_process(files, tmp
 def test_a_vm_moved_in_the_middle_of_a_pio_read_reads_on_on_the_target(files, tmp_path, kind):
     from partitions.datacenter import Datacenter
     elf, base = files
-    text = f'''
-[[host]]
-name = "a"
-logical_processors = 2
-memory = "256MiB"
-
-[[host.vm]]
-name = "n"
-memory = "4MiB"
-kernel = "{elf}"
-ide = "{base}"
-
-[[host]]
-name = "b"
-logical_processors = 2
-memory = "256MiB"
-
-[[link]]
-hosts = ["a", "b"]
-bandwidth = "10Gbit/s"
-latency = "50us"
-'''
+    text = two_hosts(f'[[host.vm]]\nname = "n"\nmemory = "4MiB"\nkernel = "{elf}"\nide = "{base}"\n')
     dc = Datacenter(loads(text), seed=1, workdir=tmp_path)
     dc.run("30ms")
     source = dc.hosts["a"].managed.vms["n"]

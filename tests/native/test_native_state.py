@@ -12,6 +12,7 @@ from elftools.elf.elffile import ELFFile
 from partitions.config import loads
 from partitions.management import ManagedHost
 from partitions.savedstate import SavedStateError
+from tests.native.kernels import two_hosts
 
 GUEST = Path(__file__).resolve().parents[2] / "native" / "guest"
 PAGE = 4096
@@ -184,27 +185,7 @@ def test_a_bad_cpu_record_is_refused_and_the_vm_stays_off(counter, tmp_path):
 def test_a_native_counter_vm_moves_and_counts_on_on_the_target(counter, tmp_path, kind):
     from partitions.datacenter import Datacenter
     elf, region = counter
-    text = f'''
-[[host]]
-name = "a"
-logical_processors = 2
-memory = "256MiB"
-
-[[host.vm]]
-name = "n"
-memory = "8MiB"
-kernel = "{elf}"
-
-[[host]]
-name = "b"
-logical_processors = 2
-memory = "256MiB"
-
-[[link]]
-hosts = ["a", "b"]
-bandwidth = "10Gbit/s"
-latency = "50us"
-'''
+    text = two_hosts(f'[[host.vm]]\nname = "n"\nmemory = "8MiB"\nkernel = "{elf}"\n')
     dc = Datacenter(loads(text), seed=1, workdir=tmp_path)
     dc.run("30ms")
     source = dc.hosts["a"].managed.vms["n"]
